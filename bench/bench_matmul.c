@@ -1,0 +1,287 @@
+/* bench_matmul: CPU matmul throughput on the shapes of a 0.48B Llama
+ * (hidden 1024, ffn 5504, 16/8 heads of 64).
+ *
+ *   prefill  m = 512, GFLOP/s (2*m*n*k per product)
+ *   decode   m = 1, GB/s of weights read; products cycle through a pool of
+ *            distinct weight matrices larger than the L3 cache, so the
+ *            weights come from DRAM as they do in a real decode step
+ *   stream   a plain streaming read of the same pool, for the ratio
+ *
+ * with 1 and 2 threads (a spinning pool, like the engine's), for BF16, F16
+ * and F32 weights. Each figure is the median of several timed runs.
+ *
+ * usage: bench_matmul [reps (default 5)] [pool MiB (default 512)] */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "backend/cpu/matmul.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* ---- a spinning thread pool ------------------------------------------------ */
+
+typedef struct {
+    atomic_int count, sense;
+    int n;
+} spin_barrier;
+
+static void spin_wait(void *ctx) {
+    spin_barrier *b = ctx;
+    int s = atomic_load(&b->sense);
+    if (atomic_fetch_add(&b->count, 1) == b->n - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, !s);
+    } else {
+        while (atomic_load(&b->sense) == s) CPU_RELAX();
+    }
+}
+
+typedef void (*task_fn)(void *arg, int ith, int nth);
+
+typedef struct {
+    int nth;
+    spin_barrier start, done, inner;
+    task_fn fn;
+    void *arg;
+    atomic_int quit;
+    pthread_t tid[16];
+} pool;
+
+typedef struct {
+    pool *p;
+    int ith;
+} pool_worker;
+static pool_worker workers[16];
+
+static void *worker_main(void *v) {
+    pool_worker *w = v;
+    for (;;) {
+        spin_wait(&w->p->start);
+        if (atomic_load(&w->p->quit)) return NULL;
+        w->p->fn(w->p->arg, w->ith, w->p->nth);
+        spin_wait(&w->p->done);
+    }
+}
+
+static void pool_init(pool *p, int nth) {
+    *p = (pool){.nth = nth, .start.n = nth, .done.n = nth, .inner.n = nth};
+    for (int i = 1; i < nth; i++) {
+        workers[i] = (pool_worker){p, i};
+        pthread_create(&p->tid[i], NULL, worker_main, &workers[i]);
+    }
+}
+
+static void pool_run(pool *p, task_fn fn, void *arg) {
+    p->fn = fn;
+    p->arg = arg;
+    spin_wait(&p->start);
+    fn(arg, 0, p->nth);
+    spin_wait(&p->done);
+}
+
+static void pool_free(pool *p) {
+    atomic_store(&p->quit, 1);
+    spin_wait(&p->start);
+    for (int i = 1; i < p->nth; i++) pthread_join(p->tid[i], NULL);
+}
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return v[n / 2];
+}
+
+static void *alloc_huge(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+/* Small random values in any weight type (the bit patterns of f32 in [-1, 1)). */
+static void fill_random(void *p, size_t count, mnv_dtype t) {
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < count; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        float v = (float)((s >> 40) * (1.0 / 8388608.0)) - 1.0f;
+        if (t == MNV_DTYPE_F32) ((float *)p)[i] = v;
+        else if (t == MNV_DTYPE_F16) ((uint16_t *)p)[i] = mnv_f32_to_f16(v);
+        else ((uint16_t *)p)[i] = mnv_f32_to_bf16(v);
+    }
+}
+
+static void matmul_task(void *arg, int ith, int nth) { mnv_cpu_matmul(arg, ith, nth); }
+
+typedef struct {
+    mnv_matmul_args a;
+    const char *w0;    /* pool of weight copies */
+    size_t wbytes;     /* one copy */
+    int ncopies;
+} job;
+
+/* Seconds per product: median over reps of a timed batch of products, each
+ * on the next weight copy of the pool. */
+static double time_product(pool *p, job *j, int reps, double min_sec) {
+    double t[32];
+    int iters = 1;
+    for (int r = -1; r < reps; r++) { /* r = -1: warm up and size the batch */
+        double t0 = mnv_time_sec();
+        for (int it = 0; it < iters; it++) {
+            j->a.w = j->w0 + (size_t)(it % j->ncopies) * j->wbytes;
+            pool_run(p, matmul_task, &j->a);
+        }
+        double dt = mnv_time_sec() - t0;
+        if (r < 0) {
+            iters = (int)(min_sec / (dt / iters)) + 1;
+            continue;
+        }
+        t[r] = dt / iters;
+    }
+    return median(t, reps);
+}
+
+/* ---- streaming read of the same memory, for the decode ratio ---------------- */
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#endif
+
+static float sum_plain(const float *p, size_t n) {
+    float a[16] = {0};
+    for (size_t i = 0; i + 16 <= n; i += 16)
+        for (int u = 0; u < 16; u++) a[u] += p[i + u];
+    float s = 0;
+    for (int u = 0; u < 16; u++) s += a[u];
+    return s;
+}
+
+typedef struct {
+    const float *buf;
+    size_t n;
+    volatile float sink;
+} stream_job;
+
+static void stream_task(void *arg, int ith, int nth) {
+    stream_job *s = arg;
+    size_t chunk = (s->n / (size_t)nth) & ~(size_t)63;
+    const float *p = s->buf + chunk * (size_t)ith;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+        s->sink = sum_avx512(p, chunk);
+        return;
+    }
+#endif
+    s->sink = sum_plain(p, chunk);
+}
+
+static double stream_gbs(pool *p, const void *buf, size_t bytes, int reps) {
+    stream_job s = {.buf = buf, .n = bytes / sizeof(float)};
+    double t[32];
+    pool_run(p, stream_task, &s);
+    for (int r = 0; r < reps; r++) {
+        double t0 = mnv_time_sec();
+        pool_run(p, stream_task, &s);
+        t[r] = mnv_time_sec() - t0;
+    }
+    return (double)bytes / median(t, reps) * 1e-9;
+}
+
+/* ---- the benchmark --------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    int64_t n, k;
+} wshape;
+
+static const wshape SHAPES[] = {
+    {"q/o  1024x1024", 1024, 1024},
+    {"k/v   512x1024", 512, 1024},
+    {"gate/up 5504x1024", 5504, 1024},
+    {"down 1024x5504", 1024, 5504},
+};
+enum { N_SHAPES = sizeof SHAPES / sizeof SHAPES[0] };
+static const mnv_dtype WTYPES[] = {MNV_DTYPE_BF16, MNV_DTYPE_F16, MNV_DTYPE_F32};
+
+static double run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
+                       size_t pool_bytes, float *x, float *y, void *scratch, int reps) {
+    size_t wbytes = (size_t)(s->n * s->k) * mnv_dtype_size(t);
+    /* Prefill reuses one weight copy (it is compute-bound); decode cycles. */
+    int ncopies = m > MNV_MATMUL_GEMV_MAX_M ? 1 : (int)(pool_bytes / wbytes);
+    job j = {.a = {.x = x, .ldx = s->k, .wtype = t, .ldw = s->k, .y = y, .ldy = s->n, .m = m,
+                   .n = s->n, .k = s->k, .scratch = scratch, .barrier = spin_wait,
+                   .barrier_ctx = &p->inner},
+             .w0 = wpool, .wbytes = wbytes, .ncopies = ncopies};
+    double sec = time_product(p, &j, reps, m > MNV_MATMUL_GEMV_MAX_M ? 0.3 : 0.2);
+    return m > MNV_MATMUL_GEMV_MAX_M ? 2.0 * (double)(m * s->n * s->k) / sec * 1e-9
+                                     : (double)wbytes / sec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 5;
+    size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
+    if (reps < 1 || reps > 32) reps = 5;
+    const int64_t M = 512, KMAX = 5504;
+    char *wpool = alloc_huge(pool_bytes);
+    float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
+    float *y = malloc(sizeof(float) * (size_t)(M * 5504));
+    void *scratch = mnv_aligned_alloc(64, mnv_cpu_matmul_scratch_size(M, KMAX, MNV_DTYPE_BF16));
+    if (!wpool || !x || !y || !scratch) return fprintf(stderr, "out of memory\n"), 1;
+    fill_random(x, (size_t)(M * KMAX), MNV_DTYPE_F32);
+    printf("matmul impl %s, median of %d, decode pool %zu MiB\n", mnv_cpu_matmul_impl(), reps,
+           pool_bytes >> 20);
+
+    for (int w = 0; w < 3; w++) {
+        mnv_dtype t = WTYPES[w];
+        fill_random(wpool, pool_bytes / mnv_dtype_size(t), t);
+        printf("\n%s weights%22s prefill m=512 GFLOP/s   decode m=1 GB/s\n", mnv_dtype_name(t), "");
+        printf("%-28s %12s %10s %12s %10s\n", "", "1 thread", "2 threads", "1 thread", "2 threads");
+        double stream[3];
+        for (int nth = 1; nth <= 2; nth++) {
+            pool p;
+            pool_init(&p, nth);
+            stream[nth] = stream_gbs(&p, wpool, pool_bytes, reps);
+            pool_free(&p);
+        }
+        for (int s = 0; s < N_SHAPES; s++) {
+            double r[2][3];
+            for (int nth = 1; nth <= 2; nth++) {
+                pool p;
+                pool_init(&p, nth);
+                r[0][nth] = run_case(&p, &SHAPES[s], t, M, wpool, pool_bytes, x, y, scratch, reps);
+                r[1][nth] = run_case(&p, &SHAPES[s], t, 1, wpool, pool_bytes, x, y, scratch, reps);
+                pool_free(&p);
+            }
+            printf("%-28s %12.1f %10.1f %6.1f (%2.0f%%) %5.1f (%2.0f%%)\n", SHAPES[s].name, r[0][1],
+                   r[0][2], r[1][1], 100 * r[1][1] / stream[1], r[1][2], 100 * r[1][2] / stream[2]);
+        }
+        printf("%-28s %12s %10s %12.1f %10.1f\n", "streaming read (same pool)", "", "", stream[1],
+               stream[2]);
+    }
+    mnv_aligned_free(scratch);
+    free(x), free(y);
+    munmap(wpool, pool_bytes);
+    return 0;
+}

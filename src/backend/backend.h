@@ -1,0 +1,65 @@
+/* The backend interface: a small versioned vtable plus a context.
+ *
+ * A backend runs a planned graph: every node's `data` has been resolved by
+ * the executor (leaves point at weights/inputs the backend can read; other
+ * nodes point into an arena the backend allocated). Kernels live behind the
+ * backend; model code never sees them. */
+#ifndef MNV_BACKEND_H
+#define MNV_BACKEND_H
+
+#include "core/graph.h"
+
+#define MNV_BACKEND_IFACE_VERSION 1
+
+typedef struct mnv_backend mnv_backend;
+
+typedef struct {
+    uint32_t version; /* MNV_BACKEND_IFACE_VERSION */
+    const char *name;
+    void (*free)(mnv_backend *b);
+    /* Memory the backend computes in (64-byte aligned). */
+    void *(*buffer_alloc)(mnv_backend *b, size_t size);
+    void (*buffer_free)(mnv_backend *b, void *p);
+    /* Make host memory (mmap'd weights) usable by the backend without a copy
+     * where possible; returns the pointer kernels should use. */
+    void *(*wrap_host)(mnv_backend *b, const void *host, size_t size);
+    /* Copy between host memory and backend buffers. */
+    mnv_status (*upload)(mnv_backend *b, void *dst, const void *src, size_t size);
+    mnv_status (*download)(mnv_backend *b, void *dst, const void *src, size_t size);
+    bool (*supports_node)(mnv_backend *b, const mnv_node *n);
+    /* Run nodes [0, n) of g in order. */
+    mnv_status (*compute)(mnv_backend *b, mnv_graph *g);
+    void (*synchronize)(mnv_backend *b);
+    /* Threads used for compute (1 for devices). */
+    int (*n_threads)(mnv_backend *b);
+} mnv_backend_iface;
+
+struct mnv_backend {
+    const mnv_backend_iface *iface;
+    void *ctx;
+};
+
+typedef struct {
+    const char *name;   /* "cpu" (default) */
+    int n_threads;      /* 0 = all online cores */
+} mnv_backend_params;
+
+/* registry.c: the one place that knows every backend. */
+mnv_status mnv_backend_create(const mnv_backend_params *p, mnv_backend **out);
+void mnv_backend_free(mnv_backend *b);
+
+/* The executor: plans memory for a graph, resolves data pointers and runs it
+ * on a backend. The arena is kept between runs and grows only when a larger
+ * graph needs more, so steady-state decoding allocates nothing. */
+typedef struct mnv_executor mnv_executor;
+mnv_status mnv_executor_create(mnv_backend *b, mnv_executor **out);
+void mnv_executor_free(mnv_executor *ex);
+mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g);
+size_t mnv_executor_arena_size(const mnv_executor *ex);
+/* Seconds spent planning in the last run (host overhead). */
+double mnv_executor_plan_seconds(const mnv_executor *ex);
+
+/* Per-backend constructors (registered in registry.c). */
+mnv_status mnv_backend_cpu_create(int n_threads, mnv_backend **out);
+
+#endif

@@ -1,0 +1,73 @@
+/* CPU matrix multiplication kernels: y = x * W^T.
+ *
+ *   x: (m, k) f32, row stride ldx elements
+ *   W: (n, k) in F32, F16 or BF16, row stride ldw elements (HF Linear layout)
+ *   y: (m, n) f32, row stride ldy elements
+ *
+ * Decode (small m) is a bandwidth-bound matrix-vector product: each weight
+ * byte is read once. Prefill (large m) is a blocked, register-tiled product.
+ * BF16 weights use the AVX-512 BF16 dot-product instructions where the CPU
+ * has them (activations rounded to bf16); F32 weights are computed in f32.
+ * The implementation for the host (AVX-512, AVX2, scalar) is chosen at run
+ * time. */
+#ifndef MNV_CPU_MATMUL_H
+#define MNV_CPU_MATMUL_H
+
+#include "core/core.h"
+
+typedef struct {
+    const float *x;
+    int64_t ldx;
+    const void *w;
+    mnv_dtype wtype;
+    int64_t ldw;
+    float *y;
+    int64_t ldy;
+    int64_t m, n, k;
+    /* Scratch of mnv_cpu_matmul_scratch_size() bytes shared by all threads
+     * (e.g. for x converted to bf16), 64-byte aligned. */
+    void *scratch;
+    /* Synchronises the nth threads working on this product. */
+    void (*barrier)(void *ctx);
+    void *barrier_ctx;
+} mnv_matmul_args;
+
+size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype);
+/* Thread ith of nth computes its share; all nth threads must call it. */
+void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth);
+/* Name of the implementation chosen for this host ("avx512-bf16", "avx2", "scalar"). */
+const char *mnv_cpu_matmul_impl(void);
+/* Force an implementation for testing: "avx512-bf16", "avx512", "avx2", "scalar"
+ * (returns false if the host lacks it) or NULL to restore the automatic choice. */
+bool mnv_cpu_matmul_force(const char *impl);
+
+/* ---- internal: the implementations and what they share ------------------- */
+
+/* Products with m at most this are run as matrix-vector products: each
+ * weight row is streamed once with f32 math, no scratch and no barrier. */
+#define MNV_MATMUL_GEMV_MAX_M 4
+
+/* Thread ith's contiguous share [*lo, *hi) of n rows, chunk sizes rounded up
+ * to a multiple of align (the last threads may get fewer or none). */
+static inline void mnv__matmul_split(int64_t n, int ith, int nth, int64_t align, int64_t *lo,
+                                     int64_t *hi) {
+    int64_t chunk = (n + nth - 1) / nth;
+    chunk = (chunk + align - 1) / align * align;
+    int64_t a = chunk * ith;
+    *lo = a < n ? a : n;
+    *hi = a + chunk < n ? a + chunk : n;
+}
+
+/* Row length, in elements, of x rounded to bf16 in the scratch: k padded with
+ * zeros to a multiple of 32 so that every 64-byte load stays in the row. */
+static inline int64_t mnv__matmul_bf16_kpad(int64_t k) { return (k + 31) / 32 * 32; }
+
+void mnv__matmul_scalar(const mnv_matmul_args *a, int ith, int nth);
+#if defined(__x86_64__) || defined(_M_X64)
+/* bf16_dot: BF16 weights with m > MNV_MATMUL_GEMV_MAX_M use vdpbf16ps on x
+ * rounded to bf16 in the scratch (needs AVX512_BF16); otherwise f32 math. */
+void mnv__matmul_avx512(const mnv_matmul_args *a, int ith, int nth, bool bf16_dot);
+void mnv__matmul_avx2(const mnv_matmul_args *a, int ith, int nth);
+#endif
+
+#endif

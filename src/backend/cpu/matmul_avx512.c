@@ -1,0 +1,253 @@
+/* y = x * W^T with AVX-512 (compiled with -mavx512f/bw/vl/dq/bf16 -mfma -mf16c).
+ *
+ * Every product is a grid of register tiles in dot-product form: a tile of
+ * R rows of x and C rows of W keeps R*C 16-lane partial sums while both
+ * operands stream along k (W rows are contiguous along k, so nothing is
+ * packed), then reduces each to a scalar. The R x-rows of a k block stay in
+ * L1 while the C-row slices of W come from a block of W sized for L2.
+ *
+ *   f32 math   F32 weights, F16 weights (F16C) and BF16 weights widened to f32
+ *   bf16 dot   BF16 weights with m > MNV_MATMUL_GEMV_MAX_M on AVX512_BF16: x is
+ *              rounded to bf16 once (threads share the rows, then a barrier)
+ *              and vdpbf16ps does 32 multiply-adds per instruction.
+ *
+ * Small m (decode) uses the same tiles with R = m and no k blocking, so each
+ * weight byte is read exactly once; threads split n into contiguous chunks. */
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+
+#include "backend/cpu/matmul.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum {
+    MAXR = 8,                 /* x rows per tile */
+    MAXC = 4,                 /* W rows per tile (one __m128 of results per x row) */
+    DOT = -1,                 /* mode: bf16 dot product instead of a dtype for f32 math */
+    L2_BLOCK = 384 * 1024,    /* bytes of W per block kept in L2 (1 MiB per Zen 4 core) */
+};
+
+/* ---- loads and reductions ---------------------------------------------------- */
+
+/* 16 weights of a row from element kk, widened to f32 (the masked form reads
+ * only lanes in mask, zeroing the others). */
+INLINE __m512 load_w16(const void *row, int64_t kk, int t, bool masked, __mmask16 mask) {
+    if (t == MNV_DTYPE_F32)
+        return masked ? _mm512_maskz_loadu_ps(mask, (const float *)row + kk)
+                      : _mm512_loadu_ps((const float *)row + kk);
+    const uint16_t *p = (const uint16_t *)row + kk;
+    __m256i h = masked ? _mm256_maskz_loadu_epi16(mask, p) : _mm256_loadu_si256((const __m256i *)p);
+    if (t == MNV_DTYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Lane j of the result is the sum of the 16 lanes of the j-th argument. */
+INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
+    __m512 s = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* ---- the register tile ---------------------------------------------------------- */
+
+typedef struct {
+    const void *x[MAXR]; /* f32 rows of x, or bf16 rows in the scratch (DOT) */
+    const void *w[MAXC];
+} tile_rows;
+
+/* One step along k: 16 elements (f32 math) or 32 (DOT) of every row pair. */
+INLINE void tile_step(int R, int C, int t, const tile_rows *p, int64_t kk, bool masked,
+                      __mmask32 mask, __m512 acc[MAXR][MAXC]) {
+    __m512 wv[MAXC];
+    __m512i wb[MAXC];
+#pragma GCC unroll 4
+    for (int j = 0; j < C; j++) {
+        const uint16_t *wj = (const uint16_t *)p->w[j] + kk;
+        if (t == DOT)
+            wb[j] = masked ? _mm512_maskz_loadu_epi16(mask, wj) : _mm512_loadu_si512(wj);
+        else
+            wv[j] = load_w16(p->w[j], kk, t, masked, (__mmask16)mask);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+        if (t == DOT) { /* x rows are zero-padded to a multiple of 32: no mask */
+            __m512i xv = _mm512_loadu_si512((const uint16_t *)p->x[i] + kk);
+#pragma GCC unroll 4
+            for (int j = 0; j < C; j++)
+                acc[i][j] = _mm512_dpbf16_ps(acc[i][j], (__m512bh)xv, (__m512bh)wb[j]);
+        } else {
+            const float *xi = (const float *)p->x[i] + kk;
+            __m512 xv = masked ? _mm512_maskz_loadu_ps((__mmask16)mask, xi) : _mm512_loadu_ps(xi);
+#pragma GCC unroll 4
+            for (int j = 0; j < C; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+}
+
+/* out[i] lane j = sum over k in [k0, k1) of x_i[k] * w_j[k], for an R x C tile. */
+INLINE void tile_dot(int R, int C, int t, const tile_rows *p, int64_t k0, int64_t k1,
+                     __m128 out[MAXR]) {
+    const int64_t step = t == DOT ? 32 : 16;
+    __m512 acc[MAXR][MAXC];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < C; j++) acc[i][j] = _mm512_setzero_ps();
+    int64_t kk = k0;
+    for (; kk + step <= k1; kk += step) tile_step(R, C, t, p, kk, false, 0, acc);
+    if (kk < k1) tile_step(R, C, t, p, kk, true, (__mmask32)((1ull << (k1 - kk)) - 1), acc);
+    const __m512 z = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+        out[i] = hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z,
+                       C > 3 ? acc[i][3] : z);
+}
+
+/* Write (or add, for later k blocks) the valid rows x cols corner of a tile. */
+INLINE void tile_store(const mnv_matmul_args *a, int R, int64_t i0, int64_t j0, int64_t rows,
+                       int64_t cols, const __m128 out[MAXR], bool accumulate) {
+    const __mmask8 cm = (__mmask8)((1u << cols) - 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) {
+        if (i >= rows) break;
+        float *y = a->y + (i0 + i) * a->ldy + j0;
+        __m128 v = out[i];
+        if (accumulate) v = _mm_add_ps(v, _mm_maskz_loadu_ps(cm, y));
+        _mm_mask_storeu_ps(y, cm, v);
+    }
+}
+
+/* ---- blocking ------------------------------------------------------------------ */
+
+typedef struct {
+    const void *x;  /* f32 x (a->x) or its bf16 copy (DOT) */
+    int64_t ldx;    /* row stride of that, elements */
+    size_t xsize, wsize;
+} operands;
+
+/* k block: the largest multiple of step <= kc_max that splits k evenly. */
+static int64_t pick_kc(int64_t k, int64_t kc_max, int64_t step) {
+    int64_t nb = (k + kc_max - 1) / kc_max;
+    int64_t kc = (k + nb - 1) / nb;
+    return (kc + step - 1) / step * step;
+}
+
+/* Rows [n0, n1) of y: blocks of k (outer), of W rows (fits L2), of x rows
+ * (R, reused from L1 across a W block), then C-row tiles of W. Tiles at the
+ * edges clamp their row pointers and store only their valid corner. */
+INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R, int C,
+                      int64_t kc_max) {
+    const operands op = {
+        .x = t == DOT ? a->scratch : (const void *)a->x,
+        .ldx = t == DOT ? mnv__matmul_bf16_kpad(a->k) : a->ldx,
+        .xsize = t == DOT ? 2 : 4,
+        .wsize = t == MNV_DTYPE_F32 ? 4 : 2,
+    };
+    const int64_t kc = pick_kc(a->k, kc_max, t == DOT ? 32 : 16);
+    const int64_t nc = MNV_MAX(C, L2_BLOCK / (kc * (int64_t)op.wsize) / C * C);
+    for (int64_t k0 = 0; k0 < a->k; k0 += kc) {
+        const int64_t k1 = MNV_MIN(a->k, k0 + kc);
+        for (int64_t nb = n0; nb < n1; nb += nc) {
+            const int64_t nb1 = MNV_MIN(n1, nb + nc);
+            for (int64_t i0 = 0; i0 < a->m; i0 += R) {
+                tile_rows p;
+#pragma GCC unroll 8
+                for (int i = 0; i < R; i++)
+                    p.x[i] = (const char *)op.x +
+                             MNV_MIN(i0 + i, a->m - 1) * op.ldx * (int64_t)op.xsize;
+                for (int64_t j0 = nb; j0 < nb1; j0 += C) {
+#pragma GCC unroll 4
+                    for (int j = 0; j < C; j++)
+                        p.w[j] = (const char *)a->w +
+                                 MNV_MIN(j0 + j, nb1 - 1) * a->ldw * (int64_t)op.wsize;
+                    __m128 out[MAXR];
+                    tile_dot(R, C, t, &p, k0, k1, out);
+                    tile_store(a, R, i0, j0, a->m - i0, MNV_MIN(C, nb1 - j0), out, k0 > 0);
+                }
+            }
+        }
+    }
+}
+
+/* ---- entry points, one instantiation per weight type and tile shape ------------- */
+
+/* Decode: R = m and one k block, so every weight byte is read once. */
+INLINE void run_gemv(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t) {
+    switch (a->m) {
+    case 1: run_tiles(a, n0, n1, t, 1, 4, INT64_MAX / 2); break;
+    case 2: run_tiles(a, n0, n1, t, 2, 4, INT64_MAX / 2); break;
+    case 3: run_tiles(a, n0, n1, t, 3, 4, INT64_MAX / 2); break;
+    default: run_tiles(a, n0, n1, t, 4, 4, INT64_MAX / 2); break;
+    }
+}
+
+static void gemv_f32(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_gemv(a, n0, n1, MNV_DTYPE_F32);
+}
+static void gemv_f16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_gemv(a, n0, n1, MNV_DTYPE_F16);
+}
+static void gemv_bf16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_gemv(a, n0, n1, MNV_DTYPE_BF16);
+}
+/* Prefill. f16/bf16 widening costs one conversion per W vector, so their
+ * tiles favour more x rows (8x3) over more W rows. */
+static void gemm_f32(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_tiles(a, n0, n1, MNV_DTYPE_F32, 6, 4, 512);
+}
+static void gemm_f16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_tiles(a, n0, n1, MNV_DTYPE_F16, 8, 3, 512);
+}
+static void gemm_bf16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_tiles(a, n0, n1, MNV_DTYPE_BF16, 8, 3, 512);
+}
+static void gemm_bf16_dot(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
+    run_tiles(a, n0, n1, DOT, 6, 4, 1024);
+}
+
+/* Thread ith's rows of x rounded to bf16 (nearest even), zero-padded to kpad. */
+static void convert_x_bf16(const mnv_matmul_args *a, int ith, int nth) {
+    const int64_t kpad = mnv__matmul_bf16_kpad(a->k);
+    int64_t r0, r1;
+    mnv__matmul_split(a->m, ith, nth, 1, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        const float *x = a->x + r * a->ldx;
+        uint16_t *dst = (uint16_t *)a->scratch + r * kpad;
+        for (int64_t kk = 0; kk < kpad; kk += 32) {
+            const int64_t left = a->k - kk;
+            const __mmask16 mlo = left >= 16 ? 0xffff : (__mmask16)((1u << MNV_MAX(left, 0)) - 1);
+            const __mmask16 mhi = left >= 32 ? 0xffff : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+            __m512 lo = _mm512_maskz_loadu_ps(mlo, x + kk);
+            __m512 hi = _mm512_maskz_loadu_ps(mhi, x + kk + 16);
+            _mm512_storeu_si512(dst + kk, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+}
+
+void mnv__matmul_avx512(const mnv_matmul_args *a, int ith, int nth, bool bf16_dot) {
+    int64_t n0, n1; /* 16-row chunks keep threads' y writes off shared cache lines */
+    mnv__matmul_split(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    const mnv_dtype t = a->wtype;
+    if (a->m <= MNV_MATMUL_GEMV_MAX_M) {
+        if (t == MNV_DTYPE_F32) gemv_f32(a, n0, n1);
+        else if (t == MNV_DTYPE_F16) gemv_f16(a, n0, n1);
+        else gemv_bf16(a, n0, n1);
+        return;
+    }
+    if (t == MNV_DTYPE_BF16 && bf16_dot && a->scratch && (nth == 1 || a->barrier)) {
+        convert_x_bf16(a, ith, nth);
+        if (nth > 1) a->barrier(a->barrier_ctx);
+        gemm_bf16_dot(a, n0, n1);
+        return;
+    }
+    if (t == MNV_DTYPE_F32) gemm_f32(a, n0, n1);
+    else if (t == MNV_DTYPE_F16) gemm_f16(a, n0, n1);
+    else gemm_bf16(a, n0, n1);
+}
+
+#endif

@@ -1,0 +1,204 @@
+#include "backend/cpu/ops.h"
+
+#include <math.h>
+
+#include "backend/cpu/vec.h"
+
+float mnv_cpu_load(const void *p, mnv_dtype t, int64_t i) {
+    switch (t) {
+    case MNV_DTYPE_F32: return ((const float *)p)[i];
+    case MNV_DTYPE_F16: return mnv_f16_to_f32(((const uint16_t *)p)[i]);
+    case MNV_DTYPE_BF16: return mnv_bf16_to_f32(((const uint16_t *)p)[i]);
+    default: return 0.0f;
+    }
+}
+
+void mnv_cpu_convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n) {
+    if (st == dt) {
+        memcpy(dst, src, (size_t)n * mnv_dtype_size(st));
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float v = mnv_cpu_load(src, st, i);
+        switch (dt) {
+        case MNV_DTYPE_F32: ((float *)dst)[i] = v; break;
+        case MNV_DTYPE_F16: ((uint16_t *)dst)[i] = mnv_f32_to_f16(v); break;
+        case MNV_DTYPE_BF16: ((uint16_t *)dst)[i] = mnv_f32_to_bf16(v); break;
+        default: break;
+        }
+    }
+}
+
+void mnv_cpu_add(const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *ar = a + r * n;
+        float *yr = y + r * n;
+        if (bt == MNV_DTYPE_F32) {
+            const float *br = (const float *)b + r * bs;
+            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] + br[i];
+        } else {
+            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] + mnv_cpu_load(b, bt, r * bs + i);
+        }
+    }
+}
+
+void mnv_cpu_mul(const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *ar = a + r * n;
+        float *yr = y + r * n;
+        if (bt == MNV_DTYPE_F32) {
+            const float *br = (const float *)b + r * bs;
+            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] * br[i];
+        } else {
+            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] * mnv_cpu_load(b, bt, r * bs + i);
+        }
+    }
+}
+
+void mnv_cpu_scale(const float *x, float s, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] * s;
+}
+
+void mnv_cpu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps) {
+    const mnv_vec_ops *v = mnv_vec();
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        float inv = (float)(1.0 / sqrt(v->sumsq_f32(xr, n) / (double)n + eps));
+        if (w)
+            for (int64_t i = 0; i < n; i++) yr[i] = (xr[i] * inv) * w[i];
+        else
+            for (int64_t i = 0; i < n; i++) yr[i] = xr[i] * inv;
+    }
+}
+
+void mnv_cpu_softmax(const float *x, float *y, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        float m = -INFINITY;
+        for (int64_t i = 0; i < n; i++) m = xr[i] > m ? xr[i] : m;
+        double s = 0;
+        for (int64_t i = 0; i < n; i++) {
+            yr[i] = expf(xr[i] - m);
+            s += yr[i];
+        }
+        float inv = (float)(1.0 / s);
+        for (int64_t i = 0; i < n; i++) yr[i] *= inv;
+    }
+}
+
+void mnv_cpu_silu(const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+void mnv_cpu_gelu(const float *x, float *y, int64_t n) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int64_t i = 0; i < n; i++) {
+        float v = x[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void mnv_cpu_silu_mul(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, float *y, int64_t rows) {
+    int32_t D = a->head_dim, half = a->n_rot / 2;
+    float cs[256], sn[256];
+    for (int64_t r = 0; r < rows; r++) {
+        float p = (float)pos[r];
+        for (int32_t i = 0; i < half; i++) {
+            float ang = p * a->inv_freq[i]; /* f32 product, as the reference computes it */
+            cs[i] = (float)cos((double)ang) * a->attn_factor;
+            sn[i] = (float)sin((double)ang) * a->attn_factor;
+        }
+        for (int32_t h = 0; h < a->n_head; h++) {
+            const float *xh = x + (r * a->n_head + h) * D;
+            float *yh = y + (r * a->n_head + h) * D;
+            for (int32_t i = 0; i < half; i++) {
+                int32_t i0 = a->traditional ? 2 * i : i, i1 = a->traditional ? 2 * i + 1 : i + half;
+                float x0 = xh[i0], x1 = xh[i1];
+                yh[i0] = x0 * cs[i] - x1 * sn[i];
+                yh[i1] = x1 * cs[i] + x0 * sn[i];
+            }
+            for (int32_t i = a->n_rot; i < D; i++) yh[i] = xh[i];
+        }
+    }
+}
+
+void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
+                      int64_t rows) {
+    size_t es = mnv_dtype_size(tt);
+    for (int64_t r = 0; r < rows; r++)
+        mnv_cpu_convert((const uint8_t *)table + (size_t)(ids[r] * row_stride) * es, tt, y + r * n, MNV_DTYPE_F32, n);
+}
+
+static size_t cache_index(const mnv_cache_shape *c, int64_t s, int64_t p, int64_t h) {
+    return (size_t)(((s * c->n_ctx + p) * c->n_head_kv + h) * c->head_dim);
+}
+
+void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *seq,
+                         const int32_t *pos, int64_t t0, int64_t t1) {
+    size_t es = mnv_dtype_size(c->dtype);
+    int64_t rowlen = c->n_head_kv * c->head_dim;
+    for (int64_t t = t0; t < t1; t++) {
+        uint8_t *dst = (uint8_t *)cache + cache_index(c, seq[t], pos[t], 0) * es;
+        mnv_cpu_convert(rows + t * rowlen, MNV_DTYPE_F32, dst, c->dtype, rowlen);
+    }
+}
+
+#define ATTN_BLOCK 64
+
+/* One query row against keys [lo, hi] of one sequence and kv head, with an
+ * online (flash-style) softmax over blocks of keys. */
+static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_t kvh, int64_t lo, int64_t hi,
+                       float sink, float *out) {
+    const mnv_vec_ops *v = mnv_vec();
+    const mnv_cache_shape *c = &a->cache;
+    int64_t D = c->head_dim;
+    float acc[512], kbuf[512], sc[ATTN_BLOCK];
+    float m = sink, l = isinf(sink) ? 0.0f : 1.0f; /* a sink adds exp(sink - m) to the denominator */
+    for (int64_t i = 0; i < D; i++) acc[i] = 0.0f;
+    bool f32 = c->dtype == MNV_DTYPE_F32;
+    size_t es = mnv_dtype_size(c->dtype);
+    for (int64_t j0 = lo; j0 <= hi; j0 += ATTN_BLOCK) {
+        int64_t nb = MNV_MIN(ATTN_BLOCK, hi - j0 + 1);
+        float bm = -INFINITY;
+        for (int64_t j = 0; j < nb; j++) {
+            const uint8_t *kp = (const uint8_t *)a->k + cache_index(c, s, j0 + j, kvh) * es;
+            const float *k = f32 ? (const float *)kp : kbuf;
+            if (!f32) mnv_cpu_convert(kp, c->dtype, kbuf, MNV_DTYPE_F32, D);
+            sc[j] = v->dot_f32(q, k, D) * a->scale;
+            bm = sc[j] > bm ? sc[j] : bm;
+        }
+        if (bm > m) {
+            float corr = expf(m - bm);
+            l *= corr;
+            v->scale_f32(acc, corr, D);
+            m = bm;
+        }
+        for (int64_t j = 0; j < nb; j++) {
+            float w = expf(sc[j] - m);
+            l += w;
+            const uint8_t *vp = (const uint8_t *)a->v + cache_index(c, s, j0 + j, kvh) * es;
+            const float *vv = f32 ? (const float *)vp : kbuf;
+            if (!f32) mnv_cpu_convert(vp, c->dtype, kbuf, MNV_DTYPE_F32, D);
+            v->axpy_f32(acc, vv, w, D);
+        }
+    }
+    float inv = l > 0 ? 1.0f / l : 0.0f;
+    for (int64_t i = 0; i < D; i++) out[i] = acc[i] * inv;
+}
+
+void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
+    int64_t H = a->n_head, D = a->cache.head_dim, group = H / a->cache.n_head_kv;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t t = i / H, h = i % H;
+        int64_t p = a->pos[t];
+        int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
+        float sink = a->sinks ? a->sinks[h] : -INFINITY;
+        attend_one(a, a->q + (t * H + h) * D, a->seq[t], h / group, lo, p, sink, a->out + (t * H + h) * D);
+    }
+}

@@ -1,0 +1,58 @@
+/* CPU kernels other than matmul: pure functions over pointers and sizes.
+ * Each works on a range of rows so that threads can split the work. */
+#ifndef MNV_CPU_OPS_H
+#define MNV_CPU_OPS_H
+
+#include "core/core.h"
+
+/* Convert n elements between float dtypes (F32, F16, BF16). */
+void mnv_cpu_convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n);
+/* Read element i of a float array as f32. */
+float mnv_cpu_load(const void *p, mnv_dtype t, int64_t i);
+
+/* y = a + b / a * b over rows x n; b has one row (b_rows == 1) or rows rows. */
+void mnv_cpu_add(const float *a, const void *b, mnv_dtype bt, int64_t b_row_stride, float *y, int64_t rows, int64_t n);
+void mnv_cpu_mul(const float *a, const void *b, mnv_dtype bt, int64_t b_row_stride, float *y, int64_t rows, int64_t n);
+void mnv_cpu_scale(const float *x, float s, float *y, int64_t n);
+/* y = x / sqrt(mean(x^2) + eps) * w (w may be NULL) */
+void mnv_cpu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps);
+void mnv_cpu_softmax(const float *x, float *y, int64_t rows, int64_t n);
+void mnv_cpu_silu(const float *x, float *y, int64_t n);
+void mnv_cpu_gelu(const float *x, float *y, int64_t n);
+void mnv_cpu_silu_mul(const float *g, const float *u, float *y, int64_t n);
+
+typedef struct {
+    int32_t n_head, head_dim, n_rot, traditional;
+    float attn_factor;
+    const float *inv_freq; /* n_rot / 2 */
+} mnv_rope_args;
+/* x, y: (rows, n_head, head_dim); pos: one position per row. */
+void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, float *y, int64_t rows);
+
+/* y[r] = table[ids[r]] as f32 */
+void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
+                      int64_t rows);
+
+typedef struct {
+    int64_t n_seq, n_ctx, n_head_kv, head_dim;  /* cache (S, C, Hkv, D) */
+    mnv_dtype dtype;
+} mnv_cache_shape;
+/* rows (T, Hkv, D) f32 into cache at (seq[t], pos[t]) for t in [t0, t1). */
+void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *seq,
+                         const int32_t *pos, int64_t t0, int64_t t1);
+
+typedef struct {
+    mnv_cache_shape cache;
+    int32_t n_head;
+    float scale;
+    int32_t window;        /* 0: full causal */
+    const float *sinks;    /* NULL or n_head logits */
+    const void *k, *v;     /* caches */
+    const float *q;        /* (T, H, D) */
+    const int32_t *seq, *pos;
+    float *out;            /* (T, H, D) */
+} mnv_attn_args;
+/* Computes the (token, head) pairs [i0, i1) of T * n_head. */
+void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
+
+#endif

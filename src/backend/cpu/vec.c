@@ -1,0 +1,52 @@
+#include "backend/cpu/vec.h"
+
+#include <stdlib.h>
+
+static float dot_c(const float *a, const float *b, int64_t n) {
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += a[i + j] * b[i + j];
+    float r = 0;
+    for (; i < n; i++) r += a[i] * b[i];
+    for (int j = 0; j < 8; j++) r += s[j];
+    return r;
+}
+
+static void axpy_c(float *y, const float *x, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void scale_c(float *y, float a, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] *= a;
+}
+
+static double sumsq_c(const float *x, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c};
+
+static const mnv_vec_ops *chosen;
+
+const mnv_vec_ops *mnv_vec(void) {
+    if (chosen) return chosen;
+    const mnv_vec_ops *v = NULL;
+#if defined(__x86_64__)
+    const char *force = getenv("MNV_FORCE_SCALAR");
+    if (!(force && *force == '1')) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f")) v = mnv_vec_avx512();
+        if (!v && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v = mnv_vec_avx2();
+    }
+#endif
+    chosen = v ? v : &vec_c;
+    return chosen;
+}
+
+#if !defined(__x86_64__)
+const mnv_vec_ops *mnv_vec_avx512(void) { return NULL; }
+const mnv_vec_ops *mnv_vec_avx2(void) { return NULL; }
+#endif

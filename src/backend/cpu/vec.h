@@ -1,0 +1,24 @@
+/* Small vector primitives used by the CPU kernels, with implementations for
+ * AVX-512, AVX2 and plain C chosen once at run time for the host. */
+#ifndef MNV_CPU_VEC_H
+#define MNV_CPU_VEC_H
+
+#include "core/core.h"
+
+typedef struct {
+    const char *name;
+    float (*dot_f32)(const float *a, const float *b, int64_t n);
+    /* y[i] += a * x[i] */
+    void (*axpy_f32)(float *y, const float *x, float a, int64_t n);
+    /* y[i] *= a */
+    void (*scale_f32)(float *y, float a, int64_t n);
+    /* sum of squares, accumulated in f64 for norms */
+    double (*sumsq_f32)(const float *x, int64_t n);
+} mnv_vec_ops;
+
+const mnv_vec_ops *mnv_vec(void);
+/* Implementations (NULL when not compiled for this architecture). */
+const mnv_vec_ops *mnv_vec_avx512(void);
+const mnv_vec_ops *mnv_vec_avx2(void);
+
+#endif

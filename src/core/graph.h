@@ -1,0 +1,168 @@
+/* Lazy arrays and the compute graph.
+ *
+ * An array is a node of a graph. Op constructors only record a node (its op,
+ * dtype, shape, strides, sources and small parameters), computing the shape
+ * and dtype eagerly so that mistakes surface where the op is written. The
+ * node array is flat and already in topological order (a node's sources are
+ * always earlier nodes). Evaluation = plan memory (plan.c) + run on a backend.
+ *
+ * Shapes are row-major: shape[ndim-1] is the innermost (contiguous)
+ * dimension; strides are in elements. */
+#ifndef MNV_GRAPH_H
+#define MNV_GRAPH_H
+
+#include "core/core.h"
+
+#define MNV_MAX_DIMS 4
+#define MNV_MAX_SRC 6
+
+#define MNV_OP_LIST(X)                                                                   \
+    X(MNV_OP_LEAF, "leaf")             /* weights or inputs: data supplied from outside */ \
+    X(MNV_OP_VIEW, "view")             /* reshape/slice/transpose of src0, no copy */       \
+    X(MNV_OP_COPY, "copy")             /* src0 (any strides/dtype) -> contiguous dtype */   \
+    X(MNV_OP_ADD, "add")               /* src0 + src1 (src1 broadcast over rows) */          \
+    X(MNV_OP_MUL, "mul")               /* src0 * src1 (src1 broadcast over rows) */          \
+    X(MNV_OP_SCALE, "scale")           /* src0 * p.f[0] */                                  \
+    X(MNV_OP_RMS_NORM, "rms_norm")     /* over the last dim; src1 = weight (optional) */   \
+    X(MNV_OP_MATMUL, "matmul")         /* src0 (.., k) x src1 (n, k)^T -> (.., n) */         \
+    X(MNV_OP_ROPE, "rope")             /* src0 (T,H,D), src1 pos (T) i32, src2 inv_freq */  \
+    X(MNV_OP_SOFTMAX, "softmax")       /* over the last dim */                              \
+    X(MNV_OP_SILU, "silu")                                                                 \
+    X(MNV_OP_GELU, "gelu")             /* tanh approximation */                            \
+    X(MNV_OP_SILU_MUL, "silu_mul")     /* silu(src0) * src1 */                             \
+    X(MNV_OP_GET_ROWS, "get_rows")     /* src0 table (V, D), src1 ids (T) i32 -> (T, D) */  \
+    X(MNV_OP_CACHE_WRITE, "cache_write") /* src0 cache, src1 rows, src2 seq, src3 pos */     \
+    X(MNV_OP_ATTENTION, "attention")   /* src0 q, src1 k cache, src2 v cache, src3 seq,  \
+                                          src4 pos, src5 sinks (optional) */
+
+typedef enum {
+#define MNV_X_ENUM(name, str) name,
+    MNV_OP_LIST(MNV_X_ENUM)
+#undef MNV_X_ENUM
+        MNV_OP_COUNT
+} mnv_op;
+
+const char *mnv_op_name(mnv_op op);
+
+enum {
+    MNV_NODE_OUTPUT = 1 << 0, /* value is read after evaluation: never reused */
+    MNV_NODE_INPUT = 1 << 1,  /* leaf whose host data the caller fills per step */
+    MNV_NODE_PARAM = 1 << 2,  /* leaf pointing at weights (or other persistent data) */
+};
+
+typedef struct mnv_node mnv_node;
+typedef mnv_node mnv_array;
+
+typedef union {
+    float f[8];
+    int32_t i[8];
+    struct {
+        float eps;
+    } norm;
+    struct {
+        int32_t n_rot;       /* rotated dims (<= D); the rest pass through */
+        int32_t traditional; /* 1: pairs (2i, 2i+1); 0: halves (i, i + n_rot/2) */
+        float attn_factor;   /* multiplies cos and sin (YaRN mscale); 1 otherwise */
+    } rope;
+    struct {
+        float scale;
+        int32_t window;      /* > 0: attend to the last `window` positions only */
+    } attn;
+} mnv_op_params;
+
+struct mnv_node {
+    mnv_op op;
+    mnv_dtype dtype;
+    int32_t ndim;
+    int32_t flags;
+    int64_t shape[MNV_MAX_DIMS];
+    int64_t stride[MNV_MAX_DIMS];      /* elements */
+    mnv_node *src[MNV_MAX_SRC];
+    mnv_op_params p;
+    /* memory */
+    void *data;                        /* resolved before running: where the values live */
+    mnv_node *view_src;                /* VIEW / CACHE_WRITE: the node whose memory this is */
+    size_t view_offset;                /* bytes into view_src's memory */
+    size_t offset;                     /* planned offset in the activation arena */
+    size_t nbytes;                     /* bytes this node's own buffer needs (0 for views) */
+    int32_t id;                        /* index in the graph */
+    int32_t last_use;                  /* index of the last node reading it (planner) */
+    char name[48];
+};
+
+typedef struct mnv_graph mnv_graph;
+
+/* A graph holds at most `capacity` nodes; its memory is reused by
+ * mnv_graph_reset so building the graph for each step allocates nothing. */
+mnv_status mnv_graph_create(int32_t capacity, mnv_graph **out);
+void mnv_graph_free(mnv_graph *g);
+void mnv_graph_reset(mnv_graph *g);
+int32_t mnv_graph_n_nodes(const mnv_graph *g);
+mnv_node *mnv_graph_node(mnv_graph *g, int32_t i);
+/* First error recorded while building (ops return NULL after an error and
+ * every later op given a NULL source returns NULL). */
+mnv_status mnv_graph_status(const mnv_graph *g);
+
+/* ---- leaves ---- */
+/* Weights or other data that outlives the graph (not copied). */
+mnv_array *mnv_param(mnv_graph *g, const void *data, mnv_dtype dt, int32_t ndim, const int64_t *shape,
+                     const char *name);
+/* Per-step input whose host memory belongs to the graph (valid until reset);
+ * fill it through mnv_input_data. */
+mnv_array *mnv_input(mnv_graph *g, mnv_dtype dt, int32_t ndim, const int64_t *shape, const char *name);
+void *mnv_input_data(mnv_array *a);
+/* Make room for `bytes` of input data (call right after mnv_graph_reset,
+ * before creating inputs; input memory cannot grow while inputs exist). */
+mnv_status mnv_graph_reserve_inputs(mnv_graph *g, size_t bytes);
+
+/* ---- shape ops (views) ---- */
+mnv_array *mnv_reshape(mnv_graph *g, mnv_array *a, int32_t ndim, const int64_t *shape);
+mnv_array *mnv_reshape_2d(mnv_graph *g, mnv_array *a, int64_t d0, int64_t d1);
+mnv_array *mnv_reshape_3d(mnv_graph *g, mnv_array *a, int64_t d0, int64_t d1, int64_t d2);
+/* Swap two dims (a strided view). */
+mnv_array *mnv_transpose(mnv_graph *g, mnv_array *a, int32_t d0, int32_t d1);
+/* Rows [start, start + n) of dim 0. */
+mnv_array *mnv_slice_rows(mnv_graph *g, mnv_array *a, int64_t start, int64_t n);
+/* Contiguous copy, optionally changing dtype. */
+mnv_array *mnv_contiguous(mnv_graph *g, mnv_array *a);
+mnv_array *mnv_cast(mnv_graph *g, mnv_array *a, mnv_dtype dt);
+
+/* ---- compute ops (results are f32 unless stated) ---- */
+mnv_array *mnv_add(mnv_graph *g, mnv_array *a, mnv_array *b);
+mnv_array *mnv_mul(mnv_graph *g, mnv_array *a, mnv_array *b);
+mnv_array *mnv_scale(mnv_graph *g, mnv_array *a, float s);
+mnv_array *mnv_rms_norm(mnv_graph *g, mnv_array *x, mnv_array *weight, float eps);
+mnv_array *mnv_matmul(mnv_graph *g, mnv_array *x, mnv_array *w);
+mnv_array *mnv_rope(mnv_graph *g, mnv_array *x, mnv_array *pos, mnv_array *inv_freq, int32_t n_rot,
+                    int traditional, float attn_factor);
+mnv_array *mnv_softmax(mnv_graph *g, mnv_array *x);
+mnv_array *mnv_silu(mnv_graph *g, mnv_array *x);
+mnv_array *mnv_gelu(mnv_graph *g, mnv_array *x);
+mnv_array *mnv_silu_mul(mnv_graph *g, mnv_array *gate, mnv_array *up);
+mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids);
+/* Write rows (T, Hkv, D) into cache (S, C, Hkv, D) at [seq[t], pos[t]]; the
+ * result is the cache itself, so ops that read the cache after the write
+ * take the result as their source. */
+mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *seq,
+                           mnv_array *pos);
+/* Causal grouped-query attention over the cache for a ragged batch: query
+ * token t (sequence seq[t], position pos[t]) attends to its sequence's
+ * cached positions [max(0, pos - window + 1), pos]. q: (T, H, D); k/v
+ * caches: (S, C, Hkv, D); sinks (optional, H f32): a learned logit per head
+ * that joins the softmax denominator. Result (T, H, D). */
+mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *seq,
+                         mnv_array *pos, mnv_array *sinks, float scale, int32_t window);
+
+/* Mark a node as an output (kept after evaluation). */
+void mnv_set_output(mnv_array *a);
+void mnv_set_name(mnv_array *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* helpers */
+int64_t mnv_array_nelem(const mnv_array *a);
+bool mnv_array_is_contiguous(const mnv_array *a);
+int64_t mnv_array_rows(const mnv_array *a); /* product of all dims but the last */
+
+/* Graphviz DOT of the graph. */
+mnv_status mnv_graph_dump_dot(const mnv_graph *g, const char *path);
+
+#endif

@@ -1,0 +1,162 @@
+/* The memory planner and executor: lifetimes from the node order, a
+ * best-fit free list over one arena, then a run on the backend. */
+#include <limits.h>
+#include <stdlib.h>
+
+#include "backend/backend.h"
+
+#define ALIGN 64
+
+typedef struct {
+    size_t off, size;
+} block;
+
+struct mnv_executor {
+    mnv_backend *be;
+    void *arena;
+    size_t arena_size;
+    block *free_blocks; /* sorted by offset */
+    int32_t n_free, cap_free;
+    double plan_sec;
+};
+
+mnv_status mnv_executor_create(mnv_backend *b, mnv_executor **out) {
+    *out = NULL;
+    mnv_executor *ex = calloc(1, sizeof *ex);
+    if (!ex) return mnv_set_error(MNV_ERR_NOMEM, "executor: out of memory");
+    ex->be = b;
+    *out = ex;
+    return MNV_OK;
+}
+
+void mnv_executor_free(mnv_executor *ex) {
+    if (!ex) return;
+    if (ex->arena) ex->be->iface->buffer_free(ex->be, ex->arena);
+    free(ex->free_blocks);
+    free(ex);
+}
+
+size_t mnv_executor_arena_size(const mnv_executor *ex) { return ex->arena_size; }
+double mnv_executor_plan_seconds(const mnv_executor *ex) { return ex->plan_sec; }
+
+static mnv_node *root_of(mnv_node *n) { return n->view_src ? n->view_src : n; }
+static bool owns_memory(const mnv_node *n) {
+    return n->op != MNV_OP_LEAF && n->op != MNV_OP_VIEW && n->op != MNV_OP_CACHE_WRITE;
+}
+
+/* Best fit; the arena end grows when nothing fits. */
+static size_t fl_alloc(mnv_executor *ex, size_t size, size_t *high) {
+    int32_t best = -1;
+    for (int32_t i = 0; i < ex->n_free; i++)
+        if (ex->free_blocks[i].size >= size && (best < 0 || ex->free_blocks[i].size < ex->free_blocks[best].size))
+            best = i;
+    if (best >= 0) {
+        size_t off = ex->free_blocks[best].off;
+        ex->free_blocks[best].off += size;
+        ex->free_blocks[best].size -= size;
+        if (ex->free_blocks[best].size == 0) {
+            memmove(&ex->free_blocks[best], &ex->free_blocks[best + 1],
+                    (size_t)(ex->n_free - best - 1) * sizeof(block));
+            ex->n_free--;
+        }
+        return off;
+    }
+    /* extend: if the last free block touches the end, use it */
+    if (ex->n_free && ex->free_blocks[ex->n_free - 1].off + ex->free_blocks[ex->n_free - 1].size == *high) {
+        size_t off = ex->free_blocks[--ex->n_free].off;
+        *high = off + size;
+        return off;
+    }
+    size_t off = *high;
+    *high += size;
+    return off;
+}
+
+static void fl_free(mnv_executor *ex, size_t off, size_t size) {
+    int32_t i = 0;
+    while (i < ex->n_free && ex->free_blocks[i].off < off) i++;
+    memmove(&ex->free_blocks[i + 1], &ex->free_blocks[i], (size_t)(ex->n_free - i) * sizeof(block));
+    ex->free_blocks[i] = (block){off, size};
+    ex->n_free++;
+    if (i + 1 < ex->n_free && off + size == ex->free_blocks[i + 1].off) { /* merge right */
+        ex->free_blocks[i].size += ex->free_blocks[i + 1].size;
+        memmove(&ex->free_blocks[i + 1], &ex->free_blocks[i + 2], (size_t)(ex->n_free - i - 2) * sizeof(block));
+        ex->n_free--;
+    }
+    if (i > 0 && ex->free_blocks[i - 1].off + ex->free_blocks[i - 1].size == off) { /* merge left */
+        ex->free_blocks[i - 1].size += ex->free_blocks[i].size;
+        memmove(&ex->free_blocks[i], &ex->free_blocks[i + 1], (size_t)(ex->n_free - i - 1) * sizeof(block));
+        ex->n_free--;
+    }
+}
+
+static void compute_lifetimes(mnv_graph *g) {
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) mnv_graph_node(g, i)->last_use = -1;
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        for (int s = 0; s < MNV_MAX_SRC; s++)
+            if (nd->src[s]) root_of(nd->src[s])->last_use = i;
+        if (nd->flags & MNV_NODE_OUTPUT) root_of(nd)->last_use = INT32_MAX;
+    }
+}
+
+/* Assign arena offsets; returns the arena size needed. */
+static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
+    int32_t n = mnv_graph_n_nodes(g);
+    if (ex->cap_free < n + 1) {
+        block *b = realloc(ex->free_blocks, (size_t)(n + 1) * sizeof *b);
+        if (!b) return mnv_set_error(MNV_ERR_NOMEM, "planner: out of memory");
+        ex->free_blocks = b;
+        ex->cap_free = n + 1;
+    }
+    ex->n_free = 0;
+    compute_lifetimes(g);
+    size_t high = 0;
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (owns_memory(nd)) {
+            size_t sz = (nd->nbytes + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+            nd->offset = fl_alloc(ex, sz ? sz : ALIGN, &high);
+            if (nd->last_use < 0) fl_free(ex, nd->offset, sz ? sz : ALIGN); /* dead value */
+        }
+        for (int s = 0; s < MNV_MAX_SRC; s++) {
+            mnv_node *r = nd->src[s] ? root_of(nd->src[s]) : NULL;
+            if (!r || r->last_use != i || !owns_memory(r)) continue;
+            bool dup = false; /* the same root may feed several slots */
+            for (int t = 0; t < s; t++) dup |= nd->src[t] && root_of(nd->src[t]) == r;
+            if (!dup) fl_free(ex, r->offset, (r->nbytes + ALIGN - 1) & ~(size_t)(ALIGN - 1) ?: ALIGN);
+        }
+    }
+    *size_out = high;
+    return MNV_OK;
+}
+
+static void resolve(mnv_executor *ex, mnv_graph *g) {
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (owns_memory(nd))
+            nd->data = (uint8_t *)ex->arena + nd->offset;
+        else if (nd->view_src)
+            nd->data = (uint8_t *)nd->view_src->data + nd->view_offset;
+    }
+}
+
+mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g) {
+    mnv_status st = mnv_graph_status(g);
+    if (st != MNV_OK) return st;
+    double t0 = mnv_time_sec();
+    size_t need = 0;
+    if ((st = plan(ex, g, &need)) != MNV_OK) return st;
+    if (need > ex->arena_size) {
+        if (ex->arena) ex->be->iface->buffer_free(ex->be, ex->arena);
+        ex->arena_size = 0;
+        ex->arena = ex->be->iface->buffer_alloc(ex->be, need);
+        if (!ex->arena) return mnv_set_error(MNV_ERR_NOMEM, "executor: cannot allocate %zu bytes of activations", need);
+        ex->arena_size = need;
+    }
+    resolve(ex, g);
+    ex->plan_sec = mnv_time_sec() - t0;
+    return ex->be->iface->compute(ex->be, g);
+}

@@ -1,0 +1,96 @@
+/* Models: weights bound to names, hyper-parameters, and a graph builder per
+ * architecture. Model files build graphs only through the array ops. */
+#ifndef MNV_MODEL_H
+#define MNV_MODEL_H
+
+#include "core/graph.h"
+#include "io/config.h"
+#include "io/safetensors.h"
+
+typedef struct {
+    const void *data;   /* NULL when the tensor is absent (optional weights) */
+    mnv_dtype dtype;
+    int32_t ndim;
+    int64_t shape[2];
+    const char *name;
+} mnv_weight;
+
+typedef struct {
+    mnv_weight attn_norm, wq, wk, wv, wo, bq, bk, bv, bo, q_norm, k_norm;
+    mnv_weight ffn_norm, w_gate, w_up, w_down, b_gate, b_up, b_down;
+} mnv_layer_weights;
+
+/* What the model needs to know about the KV cache: per layer, K and V of
+ * shape (n_seq, n_ctx, n_head_kv, head_dim). */
+typedef struct {
+    int32_t n_layer;
+    int64_t n_seq, n_ctx;
+    mnv_dtype dtype;
+    void **k, **v; /* n_layer buffers each */
+} mnv_kv_cache;
+
+/* A ragged batch: tokens of several sequences at different positions. */
+typedef struct {
+    int32_t n_tokens;
+    const int32_t *ids;      /* (n_tokens) */
+    const int32_t *pos;      /* position of each token in its sequence */
+    const int32_t *seq;      /* sequence (cache slot) of each token */
+    int32_t n_out;
+    const int32_t *out_rows; /* tokens whose logits are wanted, in output order */
+} mnv_batch;
+
+typedef struct mnv_model_arch mnv_model_arch;
+
+/* Called for each tensor an architecture expects (for loading and synth). */
+typedef struct {
+    const char *name;
+    int32_t ndim;
+    int64_t shape[2];
+    bool optional;   /* e.g. lm_head when embeddings are tied */
+    bool is_norm;    /* synthesised as ones */
+} mnv_tensor_spec;
+
+struct mnv_model_arch {
+    const char *name;
+    /* List expected tensors into specs (at most cap); returns the count. */
+    int32_t (*tensor_specs)(const mnv_model_config *cfg, mnv_tensor_spec *specs, int32_t cap);
+    /* Bind weights after the safetensors set is open. */
+    mnv_status (*bind)(mnv_model *m);
+    /* Build the forward graph for a batch; returns logits (n_out, n_vocab). */
+    mnv_array *(*build)(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+};
+
+struct mnv_model {
+    char *dir;
+    mnv_model_config cfg;
+    mnv_model_params params;
+    const mnv_model_arch *arch;
+    mnv_st_set *st;
+    mnv_tokenizer *tok;
+    mnv_weight tok_embd, out_norm, output;
+    mnv_layer_weights *layers;
+    /* RoPE */
+    float *inv_freq; /* n_rot / 2 */
+    int32_t n_rot;
+    float rope_attn_factor;
+    /* small tensors (norms, biases) converted to f32 at load */
+    float *f32_pool;
+    size_t f32_used, f32_cap;
+    uint64_t n_params, weight_bytes;
+};
+
+const mnv_model_arch *mnv_arch_llama(void);
+
+/* Look up a weight by name and check its shape (2-d or 1-d). 1-d weights are
+ * converted to f32 (they are tiny and used in f32 arithmetic). Missing
+ * required weights give MNV_ERR_FORMAT naming the tensor. */
+mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_t d0, int64_t d1, bool optional,
+                            mnv_weight *out);
+/* Fill m->inv_freq for the configured RoPE (default, linear, llama3, yarn). */
+mnv_status mnv_model_init_rope(mnv_model *m);
+/* Build the model graph; the arch's builder behind a common entry. */
+mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+/* A leaf for a weight. */
+mnv_array *mnv_weight_param(mnv_graph *g, const mnv_weight *w);
+
+#endif

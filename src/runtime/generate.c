@@ -1,0 +1,158 @@
+/* The generate loop: prompt, then sample / evaluate one token at a time,
+ * streaming complete UTF-8 text and holding back text that may begin a stop
+ * string. */
+#include <stdlib.h>
+
+#include "runtime/sampler.h"
+#include "runtime/session.h"
+
+mnv_generate_params mnv_generate_params_default(void) {
+    mnv_generate_params p;
+    memset(&p, 0, sizeof p);
+    p.size = sizeof p;
+    p.max_tokens = 256;
+    p.sampler = mnv_sampler_params_default();
+    return p;
+}
+
+typedef struct {
+    char *text; /* decoded but not yet delivered */
+    size_t len, cap;
+} pending_text;
+
+static bool pending_put(pending_text *p, const char *s, size_t n) {
+    if (p->len + n + 1 > p->cap) {
+        size_t cap = MNV_MAX(p->cap * 2, p->len + n + 64);
+        char *t = realloc(p->text, cap);
+        if (!t) return false;
+        p->text = t;
+        p->cap = cap;
+    }
+    memcpy(p->text + p->len, s, n);
+    p->len += n;
+    p->text[p->len] = 0;
+    return true;
+}
+
+/* Where a stop string starts in the pending text (or -1), and how many
+ * trailing bytes could still be the start of one. */
+static long find_stop(const mnv_generate_params *gp, const pending_text *p, size_t *hold) {
+    long first = -1;
+    *hold = 0;
+    for (size_t i = 0; i < gp->n_stop; i++) {
+        const char *st = gp->stop_strings[i];
+        size_t sl = st ? strlen(st) : 0;
+        if (!sl) continue;
+        char *hit = p->len >= sl ? memmem(p->text, p->len, st, sl) : NULL;
+        if (hit && (first < 0 || hit - p->text < first)) first = hit - p->text;
+        for (size_t k = MNV_MIN(sl - 1, p->len); k > *hold; k--)
+            if (memcmp(p->text + p->len - k, st, k) == 0) {
+                *hold = k;
+                break;
+            }
+    }
+    return first;
+}
+
+static bool is_eos(const mnv_session *s, const mnv_generate_params *gp, int32_t tok) {
+    if (!gp->ignore_eos)
+        for (int32_t i = 0; i < s->model->cfg.n_eos; i++)
+            if (tok == s->model->cfg.eos_token_ids[i]) return true;
+    for (size_t i = 0; i < gp->n_eos; i++)
+        if (tok == gp->eos_ids[i]) return true;
+    return false;
+}
+
+typedef struct {
+    mnv_session *s;
+    const mnv_generate_params *gp;
+    mnv_sampler *smp;
+    mnv_detok_stream *ds;
+    pending_text pend;
+    mnv_generate_result *res;
+} gen_state;
+
+/* Decode tok, deliver what can be delivered; sets *stop when done. */
+static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool *stop) {
+    char piece[256];
+    size_t n = 0;
+    if (g->ds && !eos) {
+        mnv_status st = mnv_detok_stream_push(g->ds, tok, piece, sizeof piece, &n);
+        if (st != MNV_OK) return st;
+    }
+    if (!pending_put(&g->pend, piece, n)) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    size_t hold = 0;
+    long at = find_stop(g->gp, &g->pend, &hold);
+    size_t give = at >= 0 ? (size_t)at : g->pend.len - hold;
+    if (eos) give = g->pend.len; /* nothing more will come */
+    int cb = 0;
+    if (g->gp->on_token) cb = g->gp->on_token(g->gp->user_data, tok, g->pend.text, give);
+    memmove(g->pend.text, g->pend.text + give, g->pend.len - give);
+    g->pend.len -= give;
+    if (at >= 0) {
+        g->res->stop_reason = MNV_STOP_STRING;
+        *stop = true;
+    } else if (cb) {
+        g->res->stop_reason = MNV_STOP_CALLBACK;
+        *stop = true;
+    }
+    return MNV_OK;
+}
+
+static mnv_status gen_loop(gen_state *g) {
+    mnv_session *s = g->s;
+    int32_t V = s->model->cfg.vocab_size;
+    double t0 = mnv_time_sec();
+    for (int32_t i = 0; i < g->gp->max_tokens; i++) {
+        int32_t tok = mnv_sampler_sample(g->smp, s->last_logits, V);
+        mnv_sampler_accept(g->smp, tok);
+        g->res->n_generated++;
+        bool eos = is_eos(s, g->gp, tok), stop = false;
+        mnv_status st = deliver(g, tok, eos, &stop);
+        if (st != MNV_OK) return st;
+        if (eos) {
+            g->res->stop_reason = MNV_STOP_EOS;
+            break;
+        }
+        if (stop) break;
+        if (i + 1 == g->gp->max_tokens) break; /* the last token needs no evaluation */
+        if (s->n_past >= s->kv.n_ctx) {
+            g->res->stop_reason = MNV_STOP_CONTEXT_FULL;
+            break;
+        }
+        if ((st = mnv_session_eval(s, &tok, 1, NULL)) != MNV_OK) return st;
+    }
+    g->res->gen_seconds = mnv_time_sec() - t0;
+    if (g->res->stop_reason == MNV_STOP_NONE) g->res->stop_reason = MNV_STOP_MAX_TOKENS;
+    return MNV_OK;
+}
+
+mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt, const mnv_generate_params *params,
+                        mnv_generate_result *result) {
+    mnv_generate_result local;
+    gen_state g = {.s = s, .res = result ? result : &local};
+    memset(g.res, 0, sizeof *g.res);
+    if (!s || (!prompt && n_prompt)) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: NULL argument");
+    mnv_generate_params defaults = mnv_generate_params_default();
+    g.gp = params ? params : &defaults;
+    if (n_prompt == 0 && s->n_past == 0)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: empty prompt and empty context");
+    double t0 = mnv_time_sec();
+    mnv_status st = mnv_session_eval(s, prompt, n_prompt, NULL);
+    g.res->prompt_seconds = mnv_time_sec() - t0;
+    g.res->n_prompt = (int32_t)n_prompt;
+    if (st != MNV_OK) return st;
+    if (g.gp->max_tokens <= 0) {
+        g.res->stop_reason = MNV_STOP_MAX_TOKENS;
+        return MNV_OK;
+    }
+    st = mnv_sampler_chain_create(&g.gp->sampler, s->model->cfg.vocab_size, &g.smp);
+    if (st == MNV_OK && s->model->tok) st = mnv_detok_stream_create(s->model->tok, &g.ds);
+    /* penalties see the prompt too */
+    for (size_t i = 0; st == MNV_OK && i < n_prompt; i++) mnv_sampler_accept(g.smp, prompt[i]);
+    if (st == MNV_OK) st = gen_loop(&g);
+    mnv_sampler_free(g.smp);
+    mnv_detok_stream_free(g.ds);
+    free(g.pend.text);
+    return st;
+}

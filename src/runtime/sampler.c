@@ -1,0 +1,195 @@
+/* The sampler chain (itself a sampler), the default chain built from the
+ * public params, and sampling from a row of logits. The stages live in
+ * sampler_stages.c. */
+#include "runtime/sampler.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdalign.h>
+#include <stdlib.h>
+
+mnv_sampler_params mnv_sampler_params_default(void) {
+    return (mnv_sampler_params){
+        .size = sizeof(mnv_sampler_params),
+        .temperature = 0.8f,
+        .top_k = 40,
+        .top_p = 0.95f,
+        .min_p = 0.05f,
+        .repeat_penalty = 1.0f,
+        .repeat_last_n = 64,
+        .frequency_penalty = 0.0f,
+        .presence_penalty = 0.0f,
+        .seed = 0,
+    };
+}
+
+mnv_sampler *mnv__sampler_new(const mnv_sampler_iface *iface, size_t ctx_size) {
+    const size_t a = alignof(max_align_t), off = (sizeof(mnv_sampler) + a - 1) / a * a;
+    mnv_sampler *s = calloc(1, off + ctx_size);
+    if (!s) return NULL;
+    s->iface = iface;
+    s->ctx = ctx_size ? (char *)s + off : NULL;
+    return s;
+}
+
+void mnv_sampler_apply(mnv_sampler *s, mnv_cand_array *c) {
+    if (s && c) s->iface->apply(s, c);
+}
+
+void mnv_sampler_accept(mnv_sampler *s, int32_t token) {
+    if (s && s->iface->accept) s->iface->accept(s, token);
+}
+
+void mnv_sampler_reset(mnv_sampler *s) {
+    if (s && s->iface->reset) s->iface->reset(s);
+}
+
+void mnv_sampler_free(mnv_sampler *s) {
+    if (!s) return;
+    if (s->iface->free) s->iface->free(s);
+    free(s);
+}
+
+/* ---- the chain --------------------------------------------------------------- */
+
+enum { CHAIN_MAX = 16 };
+
+typedef struct {
+    mnv_sampler *stages[CHAIN_MAX];
+    int n;
+    int broken;          /* a stage failed to allocate or overflowed CHAIN_MAX */
+    mnv_token_cand *buf; /* (cap) candidates reused by mnv_sampler_sample */
+    size_t cap;
+} chain_ctx;
+
+static void chain_apply(mnv_sampler *s, mnv_cand_array *c) {
+    chain_ctx *ch = s->ctx;
+    for (int i = 0; i < ch->n; i++) ch->stages[i]->iface->apply(ch->stages[i], c);
+}
+
+static void chain_accept(mnv_sampler *s, int32_t token) {
+    chain_ctx *ch = s->ctx;
+    for (int i = 0; i < ch->n; i++) mnv_sampler_accept(ch->stages[i], token);
+}
+
+static void chain_reset(mnv_sampler *s) {
+    chain_ctx *ch = s->ctx;
+    for (int i = 0; i < ch->n; i++) mnv_sampler_reset(ch->stages[i]);
+}
+
+static void chain_free(mnv_sampler *s) {
+    chain_ctx *ch = s->ctx;
+    for (int i = 0; i < ch->n; i++) mnv_sampler_free(ch->stages[i]);
+    free(ch->buf);
+}
+
+static const mnv_sampler_iface chain_iface = {"chain", chain_apply, chain_accept, chain_reset, chain_free};
+
+mnv_sampler *mnv_sampler_chain(void) { return mnv__sampler_new(&chain_iface, sizeof(chain_ctx)); }
+
+void mnv_sampler_chain_add(mnv_sampler *chain, mnv_sampler *stage) {
+    if (!chain || chain->iface != &chain_iface) {
+        mnv_sampler_free(stage);
+        return;
+    }
+    chain_ctx *ch = chain->ctx;
+    if (!stage || ch->n == CHAIN_MAX) {
+        ch->broken = 1;
+        mnv_sampler_free(stage);
+        return;
+    }
+    ch->stages[ch->n++] = stage;
+}
+
+static int chain_reserve(chain_ctx *ch, size_t n) {
+    if (n <= ch->cap) return 1;
+    mnv_token_cand *b = realloc(ch->buf, n * sizeof *b);
+    if (!b) return 0;
+    ch->buf = b;
+    ch->cap = n;
+    return 1;
+}
+
+static mnv_status check_params(const mnv_sampler_params *p, int32_t n_vocab) {
+    if (!p) return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: params is NULL");
+    if (p->size != sizeof *p)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: params.size %u, expected %zu (use mnv_sampler_params_default)",
+                             p->size, sizeof *p);
+    if (n_vocab <= 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: n_vocab %d must be positive", n_vocab);
+    if (isnan(p->temperature) || isnan(p->top_p) || isnan(p->min_p))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: temperature, top_p and min_p must not be NaN");
+    if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: repeat_penalty %g must be finite and > 0",
+                             (double)p->repeat_penalty);
+    if (p->repeat_last_n < -1)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: repeat_last_n %d must be >= -1", p->repeat_last_n);
+    if (!isfinite(p->frequency_penalty) || !isfinite(p->presence_penalty))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: frequency_penalty and presence_penalty must be finite");
+    return MNV_OK;
+}
+
+mnv_status mnv_sampler_chain_create(const mnv_sampler_params *p, int32_t n_vocab, mnv_sampler **out) {
+    if (!out) return mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: out is NULL");
+    *out = NULL;
+    mnv_status st = check_params(p, n_vocab);
+    if (st != MNV_OK) return st;
+    mnv_sampler *s = mnv_sampler_chain();
+    if (!s || !chain_reserve(s->ctx, (size_t)n_vocab)) {
+        mnv_sampler_free(s);
+        return mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n_vocab);
+    }
+    int penalties = p->repeat_last_n != 0 &&
+                    (p->repeat_penalty != 1.0f || p->frequency_penalty != 0.0f || p->presence_penalty != 0.0f);
+    if (penalties)
+        mnv_sampler_chain_add(s, mnv_sampler_penalties(p->repeat_last_n, p->repeat_penalty, p->frequency_penalty,
+                                                       p->presence_penalty));
+    if (p->temperature <= 0.0f) {
+        mnv_sampler_chain_add(s, mnv_sampler_greedy());
+    } else {
+        if (p->top_k > 0) mnv_sampler_chain_add(s, mnv_sampler_top_k(p->top_k));
+        if (p->top_p < 1.0f) mnv_sampler_chain_add(s, mnv_sampler_top_p(p->top_p, 1));
+        if (p->min_p > 0.0f) mnv_sampler_chain_add(s, mnv_sampler_min_p(p->min_p, 1));
+        mnv_sampler_chain_add(s, mnv_sampler_temperature(p->temperature));
+        mnv_sampler_chain_add(s, mnv_sampler_dist(p->seed));
+    }
+    if (((chain_ctx *)s->ctx)->broken) {
+        mnv_sampler_free(s);
+        return mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory building the chain");
+    }
+    *out = s;
+    return MNV_OK;
+}
+
+int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab) {
+    if (!s || !logits || n_vocab <= 0) {
+        mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: sample needs a sampler, logits and n_vocab > 0 (got %d)", n_vocab);
+        return -1;
+    }
+    mnv_token_cand *buf, *tmp = NULL;
+    if (s->iface == &chain_iface) {
+        chain_ctx *ch = s->ctx;
+        if (ch->broken) {
+            mnv_set_error(MNV_ERR_NOMEM, "sampler: the chain lost a stage to an allocation failure");
+            return -1;
+        }
+        if (!chain_reserve(ch, (size_t)n_vocab)) {
+            mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n_vocab);
+            return -1;
+        }
+        buf = ch->buf;
+    } else if (!(buf = tmp = malloc((size_t)n_vocab * sizeof *buf))) {
+        mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n_vocab);
+        return -1;
+    }
+    for (int32_t i = 0; i < n_vocab; i++) {
+        float l = logits[i];
+        l = isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
+        buf[i] = (mnv_token_cand){i, l, 0.0f};
+    }
+    mnv_cand_array c = {buf, (size_t)n_vocab, 0, -1};
+    s->iface->apply(s, &c);
+    int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
+    free(tmp);
+    if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
+    return id;
+}

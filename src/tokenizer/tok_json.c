@@ -1,0 +1,380 @@
+/* Fast reading of a tokenizer.json.
+ *
+ * model.vocab (hundreds of thousands of entries) and model.merges (up to half
+ * a million pairs) make up nearly all of a large tokenizer.json. Parsing them
+ * into a cJSON tree costs millions of small allocations (~0.5 s for gpt-oss's
+ * 28 MB file), so they are located by a light scan, parsed by the strict
+ * readers below straight into the string arena and hash tables, and the rest
+ * of the document - with those two values replaced by {} and [] - goes to
+ * cJSON. */
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    const char *doc, *p, *end;
+    const char *path;
+} scan;
+
+static void ws(scan *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t'))
+        s->p++;
+}
+
+static size_t at(const scan *s) { return (size_t)(s->p - s->doc); }
+
+static mnv_status fail(const scan *s, const char *what) {
+    return mnv_set_error(MNV_ERR_FORMAT, "%s: invalid JSON at byte %zu: %s", s->path, at(s), what);
+}
+
+/* p at an opening quote: move past the closing one. */
+static bool skip_string(scan *s) {
+    s->p++;
+    while (s->p < s->end) {
+        const char *q = memchr(s->p, '"', (size_t)(s->end - s->p));
+        if (!q) break;
+        size_t bs = 0; /* count the backslashes before the quote */
+        while (q - bs > s->p && q[-1 - (long)bs] == '\\') bs++;
+        s->p = q + 1;
+        if (bs % 2 == 0) return true;
+    }
+    s->p = s->end;
+    return false;
+}
+
+/* Skip one value of any kind (structure only: cJSON or the strict readers
+ * validate everything that is actually used). */
+static bool skip_value(scan *s) {
+    int depth = 0;
+    ws(s);
+    do {
+        if (s->p >= s->end) return false;
+        char c = *s->p;
+        if (c == '"') {
+            if (!skip_string(s)) return false;
+        } else if (c == '{' || c == '[') {
+            depth++;
+            s->p++;
+        } else if (c == '}' || c == ']') {
+            if (--depth < 0) return false;
+            s->p++;
+        } else if (depth == 0 && (c == ',' || c == ':')) {
+            return false;
+        } else {
+            s->p++;
+        }
+        if (depth == 0 && c != '"' && c != '}' && c != ']') {
+            /* scalar at top level: runs until a delimiter */
+            while (s->p < s->end && !strchr(",}] \t\r\n", *s->p)) s->p++;
+        }
+    } while (depth > 0);
+    return true;
+}
+
+/* Read a string key (no escapes expected in the keys we look for) and compare. */
+static bool key_is(scan *s, const char *key, bool *match) {
+    if (s->p >= s->end || *s->p != '"') return false;
+    const char *beg = s->p + 1;
+    if (!skip_string(s)) return false;
+    size_t n = (size_t)(s->p - 1 - beg);
+    *match = n == strlen(key) && memcmp(beg, key, n) == 0;
+    ws(s);
+    if (s->p >= s->end || *s->p != ':') return false;
+    s->p++;
+    ws(s);
+    return true;
+}
+
+/* Walk the top-level object and the first "model" object inside it, noting
+ * where the values of model.vocab and model.merges begin and end. */
+static mnv_status find_model_ranges(scan *s, mnv__json_ranges *r) {
+    ws(s);
+    if (s->p >= s->end || *s->p != '{') return fail(s, "expected '{' at the top level");
+    s->p++;
+    int in_model = 0;
+    for (;;) {
+        ws(s);
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            if (in_model) { /* back to the top-level object */
+                in_model = 0;
+                ws(s);
+                if (s->p < s->end && *s->p == ',') s->p++;
+                continue;
+            }
+            return MNV_OK;
+        }
+        bool is_model = false, is_vocab = false, is_merges = false;
+        const char *kpos = s->p;
+        if (!key_is(s, "model", &is_model)) return fail(s, "expected a \"key\":");
+        if (in_model) {
+            scan k = *s;
+            k.p = kpos;
+            key_is(&k, "vocab", &is_vocab);
+            k.p = kpos;
+            key_is(&k, "merges", &is_merges);
+        }
+        if (!in_model && is_model && s->p < s->end && *s->p == '{' && !r->model_seen) {
+            r->model_seen = true;
+            s->p++;
+            in_model = 1;
+            continue;
+        }
+        size_t beg = at(s);
+        if (!skip_value(s)) return fail(s, "unterminated or malformed value");
+        if (is_vocab && !r->vocab_end) r->vocab_beg = beg, r->vocab_end = at(s);
+        if (is_merges && !r->merges_end) r->merges_beg = beg, r->merges_end = at(s);
+        ws(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+        } else if (s->p >= s->end || *s->p != '}') {
+            return fail(s, "expected ',' or '}'");
+        }
+    }
+}
+
+typedef struct {
+    size_t beg, end;
+    const char *with;
+} cut_range;
+
+mnv_status mnv__json_open(const char *path, const char *doc, size_t len, mnv__json_ranges *r,
+                          void **root_out) {
+    *root_out = NULL;
+    memset(r, 0, sizeof *r);
+    scan s = {doc, doc, doc + len, path};
+    mnv_status st = find_model_ranges(&s, r);
+    if (st != MNV_OK) return st;
+    /* The document minus vocab and merges (replaced by {} and []). */
+    char *rest = malloc(len + 8);
+    if (!rest) return mnv_set_error(MNV_ERR_NOMEM, "%s: %zu bytes", path, len);
+    size_t n = 0, pos = 0;
+    cut_range cut[2] = {{r->vocab_beg, r->vocab_end, "{}"}, {r->merges_beg, r->merges_end, "[]"}};
+    if (cut[1].beg < cut[0].beg) {
+        cut_range tmp = cut[0];
+        cut[0] = cut[1];
+        cut[1] = tmp;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (!cut[i].end) continue;
+        memcpy(rest + n, doc + pos, cut[i].beg - pos);
+        n += cut[i].beg - pos;
+        memcpy(rest + n, cut[i].with, 2);
+        n += 2;
+        pos = cut[i].end;
+    }
+    memcpy(rest + n, doc + pos, len - pos);
+    n += len - pos;
+    cJSON *root = cJSON_ParseWithLength(rest, n);
+    if (!root) {
+        const char *e = cJSON_GetErrorPtr();
+        size_t off = e && e >= rest && e <= rest + n ? (size_t)(e - rest) : 0;
+        free(rest);
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: not valid JSON (near byte %zu of the document "
+                             "without model.vocab/merges)", path, off);
+    }
+    free(rest);
+    *root_out = root;
+    return MNV_OK;
+}
+
+/* ---- strict readers for strings, vocab and merges ------------------------------ */
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static bool read_u4(scan *s, uint32_t *v) {
+    if (s->end - s->p < 4) return false;
+    *v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hexval(s->p[i]);
+        if (h < 0) return false;
+        *v = *v << 4 | (uint32_t)h;
+    }
+    s->p += 4;
+    return true;
+}
+
+static bool read_escape(scan *s, mnv__buf *out) {
+    char c = *s->p++;
+    const char *from = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t";
+    const char *k = strchr(from, c);
+    if (c && k) {
+        mnv__buf_putc(out, to[k - from]);
+        return true;
+    }
+    uint32_t cp, lo;
+    if (c != 'u' || !read_u4(s, &cp)) return false;
+    if (cp >= 0xD800 && cp < 0xDC00) { /* surrogate pair */
+        if (s->end - s->p >= 6 && s->p[0] == '\\' && s->p[1] == 'u') {
+            s->p += 2;
+            if (!read_u4(s, &lo) || lo < 0xDC00 || lo > 0xDFFF) return false;
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        } else {
+            cp = 0xFFFD;
+        }
+    } else if (cp >= 0xDC00 && cp < 0xE000) {
+        cp = 0xFFFD;
+    }
+    mnv__buf_put_cp(out, cp);
+    return true;
+}
+
+/* p at an opening quote: decode the string into out (cleared first). */
+static bool read_string(scan *s, mnv__buf *out) {
+    out->len = 0;
+    if (s->p >= s->end || *s->p != '"') return false;
+    s->p++;
+    for (;;) {
+        const char *q = s->p;
+        while (q < s->end && *q != '"' && *q != '\\' && (uint8_t)*q >= 0x20) q++;
+        mnv__buf_put(out, s->p, (size_t)(q - s->p));
+        s->p = q;
+        if (q >= s->end || (uint8_t)*q < 0x20) return false;
+        s->p++;
+        if (*q == '"') return !out->oom;
+        if (s->p >= s->end || !read_escape(s, out)) return false;
+    }
+}
+
+static bool read_id(scan *s, int64_t *v) {
+    const char *q = s->p;
+    int64_t x = 0;
+    if (q < s->end && *q == '-') return false;
+    while (q < s->end && *q >= '0' && *q <= '9' && x <= MNV__TOK_MAX_ID) x = x * 10 + (*q++ - '0');
+    if (q == s->p) return false;
+    if (q < s->end && (*q == '.' || *q == 'e' || *q == 'E' || (*q >= '0' && *q <= '9')))
+        return false;
+    s->p = q;
+    *v = x;
+    return true;
+}
+
+mnv_status mnv__json_parse_vocab(mnv_tokenizer *t, const char *path, const char *doc,
+                                 const mnv__json_ranges *r) {
+    scan s = {doc, doc + r->vocab_beg, doc + r->vocab_end, path};
+    mnv__buf key = {0};
+    mnv_status st = MNV_OK;
+    if (*s.p != '{') return mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab is not an object", path);
+    /* Keys unescape to at most their JSON length: size the arena once. */
+    if (!t->arena_cap) {
+        t->arena = malloc(r->vocab_end - r->vocab_beg + 4096);
+        if (!t->arena) return mnv_set_error(MNV_ERR_NOMEM, "%s: vocab arena", path);
+        t->arena_cap = r->vocab_end - r->vocab_beg + 4096;
+    }
+    s.p++;
+    ws(&s);
+    if (s.p < s.end && *s.p == '}') return MNV_OK;
+    for (size_t i = 0;; i++) {
+        int64_t id;
+        ws(&s);
+        if (!read_string(&s, &key)) {
+            st = fail(&s, "model.vocab: bad key string");
+            break;
+        }
+        ws(&s);
+        if (s.p >= s.end || *s.p++ != ':') {
+            st = fail(&s, "model.vocab: expected ':'");
+            break;
+        }
+        ws(&s);
+        if (!read_id(&s, &id) || id >= MNV__TOK_MAX_ID) {
+            st = mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab entry %zu: id of token '%.*s' is "
+                               "not an integer in [0, %d) (byte %zu)", path, i, (int)MNV_MIN(key.len, 64),
+                               key.p ? key.p : "", MNV__TOK_MAX_ID, at(&s));
+            break;
+        }
+        if ((st = mnv__vocab_insert(t, key.p ? key.p : "", key.len, (int32_t)id)) != MNV_OK) break;
+        ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (s.p < s.end && *s.p == '}') break;
+        st = fail(&s, "model.vocab: expected ',' or '}'");
+        break;
+    }
+    mnv__buf_free(&key);
+    return st;
+}
+
+static mnv_status add_merge(mnv_tokenizer *t, const char *path, size_t rank, const char *a,
+                            size_t alen, const char *b, size_t blen, mnv__buf *tmp) {
+    int32_t ia = mnv__vocab_find(t, a, alen), ib = mnv__vocab_find(t, b, blen);
+    if (ia < 0 || ib < 0) {
+        const char *bad = ia < 0 ? a : b;
+        size_t bl = ia < 0 ? alen : blen;
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: model.merges[%zu]: token '%.*s' is not in "
+                             "model.vocab", path, rank, (int)MNV_MIN(bl, 200), bad);
+    }
+    tmp->len = 0;
+    mnv__buf_put(tmp, a, alen);
+    mnv__buf_put(tmp, b, blen);
+    if (tmp->oom) return mnv_set_error(MNV_ERR_NOMEM, "%s: merges", path);
+    int32_t id = mnv__vocab_find(t, tmp->p, tmp->len);
+    if (id < 0)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: model.merges[%zu]: merged token '%.*s' is not "
+                             "in model.vocab", path, rank, (int)MNV_MIN(tmp->len, 200), tmp->p);
+    if (rank >= INT32_MAX) return mnv_set_error(MNV_ERR_FORMAT, "%s: too many merges", path);
+    return mnv__merge_insert(t, ia, ib, (int32_t)rank, id);
+}
+
+/* One merge: "a b" or ["a", "b"]. */
+static mnv_status read_merge(mnv_tokenizer *t, scan *s, size_t rank, mnv__buf *ka, mnv__buf *kb,
+                             mnv__buf *tmp) {
+    if (s->p < s->end && *s->p == '"') {
+        if (!read_string(s, ka)) return fail(s, "model.merges: bad string");
+        const char *sp = ka->len ? memchr(ka->p, ' ', ka->len) : NULL;
+        if (!sp)
+            return mnv_set_error(MNV_ERR_FORMAT, "%s: model.merges[%zu]: '%.*s' is not two tokens "
+                                 "separated by a space", s->path, rank, (int)MNV_MIN(ka->len, 200),
+                                 ka->len ? ka->p : "");
+        size_t alen = (size_t)(sp - ka->p);
+        return add_merge(t, s->path, rank, ka->p, alen, sp + 1, ka->len - alen - 1, tmp);
+    }
+    if (s->p >= s->end || *s->p != '[') return fail(s, "model.merges: expected a string or a pair");
+    s->p++;
+    ws(s);
+    if (!read_string(s, ka)) return fail(s, "model.merges: bad pair");
+    ws(s);
+    if (s->p >= s->end || *s->p++ != ',') return fail(s, "model.merges: expected ',' in a pair");
+    ws(s);
+    if (!read_string(s, kb)) return fail(s, "model.merges: bad pair");
+    ws(s);
+    if (s->p >= s->end || *s->p++ != ']') return fail(s, "model.merges: a pair has two strings");
+    return add_merge(t, s->path, rank, ka->p ? ka->p : "", ka->len, kb->p ? kb->p : "", kb->len,
+                     tmp);
+}
+
+mnv_status mnv__json_parse_merges(mnv_tokenizer *t, const char *path, const char *doc,
+                                  const mnv__json_ranges *r) {
+    if (!r->merges_end) return MNV_OK;
+    scan s = {doc, doc + r->merges_beg, doc + r->merges_end, path};
+    if (*s.p != '[') return mnv_set_error(MNV_ERR_FORMAT, "%s: model.merges is not an array", path);
+    s.p++;
+    ws(&s);
+    if (s.p < s.end && *s.p == ']') return MNV_OK;
+    mnv__buf ka = {0}, kb = {0}, tmp = {0};
+    mnv_status st = MNV_OK;
+    for (size_t rank = 0;; rank++) {
+        ws(&s);
+        if ((st = read_merge(t, &s, rank, &ka, &kb, &tmp)) != MNV_OK) break;
+        ws(&s);
+        if (s.p < s.end && *s.p == ',') {
+            s.p++;
+            continue;
+        }
+        if (s.p < s.end && *s.p == ']') break;
+        st = fail(&s, "model.merges: expected ',' or ']'");
+        break;
+    }
+    mnv__buf_free(&ka);
+    mnv__buf_free(&kb);
+    mnv__buf_free(&tmp);
+    return st;
+}

@@ -1,0 +1,178 @@
+/* CPU matmul kernels against a double-precision reference: every
+ * implementation the host has, every weight type, fresh random shapes (odd
+ * sizes, strides wider than rows) and 1, 2 and 3 threads. */
+#include <pthread.h>
+
+#include "backend/cpu/matmul.h"
+#include "test.h"
+
+static const char *const IMPLS[] = {"avx512-bf16", "avx512", "avx2", "scalar"};
+static const mnv_dtype WTYPES[] = {MNV_DTYPE_F32, MNV_DTYPE_F16, MNV_DTYPE_BF16};
+static const float SENTINEL = 1234.5f;
+
+typedef struct {
+    const mnv_matmul_args *a;
+    int ith, nth;
+} worker;
+
+static void barrier_wait(void *ctx) { pthread_barrier_wait(ctx); }
+
+static void *worker_main(void *p) {
+    worker *w = p;
+    mnv_cpu_matmul(w->a, w->ith, w->nth);
+    return NULL;
+}
+
+/* Run the product on nth threads, the way the thread pool does. */
+static void run_threads(mnv_matmul_args *a, int nth) {
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, (unsigned)nth);
+    a->barrier = barrier_wait;
+    a->barrier_ctx = &bar;
+    pthread_t tid[8];
+    worker w[8];
+    for (int i = 0; i < nth; i++) w[i] = (worker){a, i, nth};
+    for (int i = 1; i < nth; i++) pthread_create(&tid[i], NULL, worker_main, &w[i]);
+    worker_main(&w[0]);
+    for (int i = 1; i < nth; i++) pthread_join(tid[i], NULL);
+    pthread_barrier_destroy(&bar);
+}
+
+typedef struct {
+    int64_t m, n, k, ldx, ldw, ldy;
+} shape;
+
+/* Weights stored in wtype; wref holds their exact values. */
+static void *make_weights(const shape *s, mnv_dtype t, double *wref) {
+    size_t esz = mnv_dtype_size(t), count = (size_t)(s->n * s->ldw);
+    void *w = malloc(count * esz);
+    for (size_t i = 0; i < count; i++) {
+        float v = t_randf();
+        if (t == MNV_DTYPE_F32) {
+            ((float *)w)[i] = v;
+        } else if (t == MNV_DTYPE_F16) {
+            ((uint16_t *)w)[i] = mnv_f32_to_f16(v);
+            v = mnv_f16_to_f32(((uint16_t *)w)[i]);
+        } else {
+            ((uint16_t *)w)[i] = mnv_f32_to_bf16(v);
+            v = mnv_bf16_to_f32(((uint16_t *)w)[i]);
+        }
+        wref[i] = v;
+    }
+    return w;
+}
+
+static void reference(const shape *s, const float *x, const double *w, double *y) {
+    for (int64_t i = 0; i < s->m; i++)
+        for (int64_t j = 0; j < s->n; j++) {
+            double acc = 0;
+            for (int64_t p = 0; p < s->k; p++) acc += (double)x[i * s->ldx + p] * w[j * s->ldw + p];
+            y[i * s->n + j] = acc;
+        }
+}
+
+/* Tolerances: weights are exact in f32 and the math is f32, so only f32
+ * accumulation error remains (~1e-7 here). The AVX512_BF16 prefill path
+ * rounds x to bf16 (8 significant bits): ~2^-9 relative error per product,
+ * which comes to ~1.5e-3 relative L2 over sums of random-signed terms. */
+static double tolerance(const char *impl, mnv_dtype t, const shape *s, bool scratch) {
+    bool x_rounded = t == MNV_DTYPE_BF16 && strcmp(impl, "avx512-bf16") == 0 &&
+                     s->m > MNV_MATMUL_GEMV_MAX_M && scratch;
+    return x_rounded ? 1e-2 : 1e-5;
+}
+
+static void check_shape(const char *impl, mnv_dtype t, const shape *s, int nth, bool scratch) {
+    float *x = malloc(sizeof(float) * (size_t)(s->m * s->ldx));
+    for (int64_t i = 0; i < s->m * s->ldx; i++) x[i] = t_randf();
+    double *wref = malloc(sizeof(double) * (size_t)(s->n * s->ldw));
+    void *w = make_weights(s, t, wref);
+    double *yref = malloc(sizeof(double) * (size_t)(s->m * s->n));
+    reference(s, x, wref, yref);
+
+    /* One extra row below m; columns n..ldy-1 are padding that must stay. */
+    size_t ycount = (size_t)((s->m + 1) * s->ldy);
+    float *y = malloc(sizeof(float) * ycount);
+    for (size_t i = 0; i < ycount; i++) y[i] = SENTINEL;
+    for (int64_t i = 0; i < s->m; i++)
+        for (int64_t j = 0; j < s->n; j++) y[i * s->ldy + j] = NAN;
+    size_t ss = mnv_cpu_matmul_scratch_size(s->m, s->k, t);
+    void *sc = scratch && ss ? mnv_aligned_alloc(64, ss) : NULL;
+
+    mnv_matmul_args a = {.x = x, .ldx = s->ldx, .w = w, .wtype = t, .ldw = s->ldw, .y = y,
+                         .ldy = s->ldy, .m = s->m, .n = s->n, .k = s->k, .scratch = sc};
+    run_threads(&a, nth);
+
+    float *yc = malloc(sizeof(float) * (size_t)(s->m * s->n));
+    float *yr = malloc(sizeof(float) * (size_t)(s->m * s->n));
+    int nonfinite = 0, touched = 0;
+    for (int64_t i = 0; i <= s->m; i++)
+        for (int64_t j = 0; j < s->ldy; j++) {
+            float v = y[i * s->ldy + j];
+            if (i < s->m && j < s->n) {
+                nonfinite += !isfinite(v);
+                yc[i * s->n + j] = v;
+                yr[i * s->n + j] = (float)yref[i * s->n + j];
+            } else {
+                touched += v != SENTINEL;
+            }
+        }
+    double err = t_rel_l2(yc, yr, (size_t)(s->m * s->n));
+    CHECKF(nonfinite == 0 && touched == 0 && err < tolerance(impl, t, s, scratch),
+           "%s %s m=%lld n=%lld k=%lld ld=%lld,%lld,%lld nth=%d scratch=%d: "
+           "rel_l2 %.3g, %d unwritten, %d written outside",
+           impl, mnv_dtype_name(t), (long long)s->m, (long long)s->n, (long long)s->k,
+           (long long)s->ldx, (long long)s->ldw, (long long)s->ldy, nth, (int)scratch, err,
+           nonfinite, touched);
+    free(x), free(wref), free(w), free(yref), free(y), free(yc), free(yr);
+    mnv_aligned_free(sc);
+}
+
+static int64_t pick(const int64_t *v, int count) { return v[t_randint(0, count - 1)]; }
+
+static shape random_shape(int64_t m, bool big) {
+    static const int64_t odd[] = {1, 2, 3, 5, 16, 17, 31, 32, 33, 48, 100, 127, 257};
+    shape s;
+    s.m = m;
+    s.n = t_randint(0, 2) ? pick(odd, 13) : t_randint(1, big ? 700 : 300);
+    s.k = t_randint(0, 2) ? pick(odd, 13) : t_randint(1, big ? 1600 : 400);
+    if (big) s.k = t_randint(1030, 1600), s.n = t_randint(260, 700); /* several k and n blocks */
+    s.ldx = s.k + t_randint(0, 1) * t_randint(1, 9);
+    s.ldw = s.k + t_randint(0, 1) * t_randint(1, 9);
+    s.ldy = s.n + t_randint(0, 1) * t_randint(1, 9);
+    return s;
+}
+
+static void test_impl(const char *impl) {
+    if (!mnv_cpu_matmul_force(impl)) {
+        printf("%-12s not available on this host, skipped\n", impl);
+        return;
+    }
+    CHECK(strcmp(mnv_cpu_matmul_impl(), impl) == 0);
+    int before = t_fail;
+    for (int w = 0; w < 3; w++) {
+        for (int m = 1; m <= 9; m++) { /* around the decode / prefill switch */
+            shape s = random_shape(m, false);
+            check_shape(impl, WTYPES[w], &s, t_randint(1, 3), true);
+        }
+        for (int r = 0; r < 12; r++) {
+            shape s = random_shape(t_randint(1, 70), false);
+            check_shape(impl, WTYPES[w], &s, 1 + r % 3, true);
+        }
+        shape s = random_shape(t_randint(128, 160), false);
+        check_shape(impl, WTYPES[w], &s, t_randint(1, 3), true);
+        s = random_shape(t_randint(5, 140), true);
+        check_shape(impl, WTYPES[w], &s, t_randint(1, 3), true);
+        s = random_shape(t_randint(5, 40), false); /* no scratch: the f32 path must cover */
+        check_shape(impl, WTYPES[w], &s, t_randint(1, 3), false);
+    }
+    printf("%-12s %s\n", impl, t_fail == before ? "ok" : "FAILED");
+}
+
+int main(void) {
+    t_seed();
+    printf("automatic choice: %s\n", mnv_cpu_matmul_impl());
+    for (int i = 0; i < 4; i++) test_impl(IMPLS[i]);
+    CHECK(!mnv_cpu_matmul_force("no-such-impl"));
+    CHECK(mnv_cpu_matmul_force(NULL));
+    return t_done();
+}

@@ -1,0 +1,419 @@
+/* cli_common.c - option parsing, messages, files and measurement for the CLI. */
+#include "cli_common.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- messages ----------------------------------------------------------------- */
+
+static void vmsg(const char *cmd, const char *fmt, va_list ap) {
+    fprintf(stderr, "minerva %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+}
+
+int cli_usage(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(cmd, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'minerva %s --help' for more information.\n", cmd);
+    return CLI_EXIT_USAGE;
+}
+
+int cli_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(cmd, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return CLI_EXIT_FAIL;
+}
+
+int cli_lib_error(const char *cmd, mnv_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(cmd, fmt, ap);
+    va_end(ap);
+    const char *detail = mnv_last_error();
+    fprintf(stderr, ": %s", mnv_status_str(st));
+    if (detail && *detail) fprintf(stderr, ": %s", detail);
+    fputc('\n', stderr);
+    return CLI_EXIT_FAIL;
+}
+
+/* ---- value parsers ------------------------------------------------------------ */
+
+int cli_parse_int(const char *cmd, const char *opt, const char *s, long long min, long long max,
+                  int *out) {
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end != '\0' || isspace((unsigned char)*s))
+        return cli_usage(cmd, "%s: expected an integer, got '%s'", opt, s);
+    if (errno == ERANGE || v < min || v > max)
+        return cli_usage(cmd, "%s: %s is out of range [%lld, %lld]", opt, s, min, max);
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out) {
+    char *end = NULL;
+    errno = 0;
+    if (*s < '0' || *s > '9') /* strtoull would accept blanks, '+' and '-' */
+        return cli_usage(cmd, "%s: expected a non-negative integer, got '%s'", opt, s);
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0') return cli_usage(cmd, "%s: expected a non-negative integer, got '%s'", opt, s);
+    if (errno == ERANGE) return cli_usage(cmd, "%s: %s is out of range [0, %llu]", opt, s, ULLONG_MAX);
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double min, double max,
+                    float *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || *end != '\0' || isspace((unsigned char)*s))
+        return cli_usage(cmd, "%s: expected a number, got '%s'", opt, s);
+    if (errno == ERANGE || !isfinite(v) || v < min || v > max)
+        return cli_usage(cmd, "%s: %s is out of range [%g, %g]", opt, s, min, max);
+    *out = (float)v;
+    return 0;
+}
+
+static int is_id_sep(char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == ',';
+}
+
+int cli_parse_ids(const char *cmd, const char *opt, const char *s, int32_t **ids, size_t *n) {
+    size_t cap = 0, cnt = 0;
+    int32_t *v = NULL;
+    const char *p = s;
+    for (;;) {
+        while (is_id_sep(*p)) p++;
+        if (!*p) break;
+        const char *start = p;
+        while (*p && !is_id_sep(*p)) p++;
+        char tok[32];
+        size_t len = (size_t)(p - start);
+        int bad = len >= sizeof tok;
+        if (!bad) {
+            memcpy(tok, start, len);
+            tok[len] = '\0';
+            char *end = NULL;
+            errno = 0;
+            long long x = (tok[0] >= '0' && tok[0] <= '9') ? strtoll(tok, &end, 10) : -1;
+            bad = x < 0 || x > INT32_MAX || errno == ERANGE || *end != '\0';
+            if (!bad && cnt == cap) {
+                cap = cap ? cap * 2 : 64;
+                int32_t *nv = realloc(v, cap * sizeof *v);
+                if (!nv) {
+                    free(v);
+                    return cli_error(cmd, "out of memory");
+                }
+                v = nv;
+            }
+            if (!bad) v[cnt++] = (int32_t)x;
+        }
+        if (bad) {
+            free(v);
+            return cli_usage(cmd, "%s: expected token ids (non-negative integers), got '%.*s'", opt,
+                             (int)len, start);
+        }
+    }
+    *ids = v;
+    *n = cnt;
+    return 0;
+}
+
+/* ---- option parsing ------------------------------------------------------------ */
+
+void cli_strv_free(cli_strv *v) {
+    free(v->items);
+    v->items = NULL;
+    v->n = v->cap = 0;
+}
+
+static int strv_push(cli_strv *v, const char *s) {
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 8;
+        const char **items = realloc(v->items, cap * sizeof *items);
+        if (!items) return -1;
+        v->items = items;
+        v->cap = cap;
+    }
+    v->items[v->n++] = s;
+    return 0;
+}
+
+/* Find the option named by arg ("--top-k" or "--top-k=5"); *inline_val gets
+ * the text after '=' when present. */
+static const cli_opt *find_opt(const cli_spec *spec, const char *arg, const char **inline_val) {
+    *inline_val = NULL;
+    for (size_t i = 0; i < spec->n_opts; i++) {
+        const cli_opt *o = &spec->opts[i];
+        if (o->short_name && strcmp(arg, o->short_name) == 0) return o;
+        size_t len = strlen(o->long_name);
+        if (strncmp(arg, o->long_name, len) != 0) continue;
+        if (arg[len] == '\0') return o;
+        if (arg[len] == '=') {
+            *inline_val = arg + len + 1;
+            return o;
+        }
+    }
+    return NULL;
+}
+
+static int store_value(const cli_spec *spec, const cli_opt *o, const char *name, const char *val) {
+    const char *cmd = spec->cmd;
+    switch (o->kind) {
+    case CLI_INT:
+        return cli_parse_int(cmd, name, val, (long long)o->min, (long long)o->max, o->dst);
+    case CLI_U64: return cli_parse_u64(cmd, name, val, o->dst);
+    case CLI_FLOAT: return cli_parse_float(cmd, name, val, o->min, o->max, o->dst);
+    case CLI_STR: *(const char **)o->dst = val; return 0;
+    case CLI_MULTI:
+        if (strv_push(o->dst, val) != 0) return cli_error(cmd, "out of memory");
+        return 0;
+    case CLI_FLAG: break;
+    }
+    return cli_usage(cmd, "internal error: bad option kind for %s", name);
+}
+
+/* Handle one option at argv[*i]; advances *i past a separate value. */
+static int parse_option(const cli_spec *spec, int argc, char **argv, int *i) {
+    const char *arg = argv[*i], *val = NULL;
+    const cli_opt *o = find_opt(spec, arg, &val);
+    if (!o) return cli_usage(spec->cmd, "unknown option '%s'", arg);
+    const char *name = o->long_name;
+    if (o->kind == CLI_FLAG) {
+        if (val) return cli_usage(spec->cmd, "option '%s' takes no value", name);
+        *(int *)o->dst = 1;
+    } else {
+        if (!val) {
+            if (*i + 1 >= argc) return cli_usage(spec->cmd, "option '%s' needs a value", name);
+            val = argv[++*i];
+        }
+        int rc = store_value(spec, o, name, val);
+        if (rc) return rc;
+    }
+    if (o->seen) *o->seen = 1;
+    return 0;
+}
+
+int cli_parse(const cli_spec *spec, int argc, char **argv, int *rc) {
+    int only_positional = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        int is_opt = !only_positional && arg[0] == '-' && arg[1] != '\0';
+        if (is_opt && strcmp(arg, "--") == 0) {
+            only_positional = 1;
+            continue;
+        }
+        if (is_opt && (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0)) {
+            fputs(spec->usage, stdout);
+            *rc = CLI_EXIT_OK;
+            return 1;
+        }
+        if (is_opt) {
+            *rc = parse_option(spec, argc, argv, &i);
+            if (*rc) return 1;
+            continue;
+        }
+        if (!spec->positional) {
+            *rc = cli_usage(spec->cmd, "unexpected argument '%s'", arg);
+            return 1;
+        }
+        if (strv_push(spec->positional, arg) != 0) {
+            *rc = cli_error(spec->cmd, "out of memory");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- files ----------------------------------------------------------------------- */
+
+static int read_stream(FILE *f, char **data, size_t *len) {
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    if (!buf) return ENOMEM;
+    for (;;) {
+        if (cap - n < 2) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return ENOMEM;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        free(buf);
+        return EIO;
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+int cli_read_file(const char *cmd, const char *path, char **data, size_t *len) {
+    int is_stdin = strcmp(path, "-") == 0;
+    FILE *f = is_stdin ? stdin : fopen(path, "rb");
+    if (!f) return cli_error(cmd, "cannot read '%s': %s", path, strerror(errno));
+    int err = read_stream(f, data, len);
+    if (!is_stdin) fclose(f);
+    if (err) return cli_error(cmd, "cannot read '%s': %s", path, strerror(err));
+    return 0;
+}
+
+/* ---- the bundled default model ------------------------------------------------------ */
+
+#define CLI_MODEL_SUBDIR "models/stories260K"
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Directory of the running executable, from /proc/self/exe; "" if unknown. */
+static void exe_dir(char *buf, size_t cap) {
+    ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
+    if (n <= 0) n = 0;
+    buf[n] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (slash) *slash = '\0';
+    else buf[0] = '\0';
+}
+
+/* Resolve order: $MINERVA_DEFAULT_MODEL, <exe dir>/../models/stories260K,
+ * <exe dir>/../../models/stories260K, then MNV_DEFAULT_MODEL_DIR if compiled in. */
+int cli_default_model_dir(const char *cmd, char *buf, size_t cap) {
+    char exe[PATH_MAX], cand[4][PATH_MAX + 64];
+    int n = 0;
+    const char *env = getenv("MINERVA_DEFAULT_MODEL");
+    if (env && *env) snprintf(cand[n++], sizeof cand[0], "%s", env);
+    exe_dir(exe, sizeof exe);
+    if (exe[0]) {
+        snprintf(cand[n++], sizeof cand[0], "%s/../%s", exe, CLI_MODEL_SUBDIR);
+        snprintf(cand[n++], sizeof cand[0], "%s/../../%s", exe, CLI_MODEL_SUBDIR);
+    }
+#ifdef MNV_DEFAULT_MODEL_DIR
+    snprintf(cand[n++], sizeof cand[0], "%s", MNV_DEFAULT_MODEL_DIR);
+#endif
+    for (int i = 0; i < n; i++) {
+        if (is_dir(cand[i]) && strlen(cand[i]) < cap) {
+            snprintf(buf, cap, "%s", cand[i]);
+            return 0;
+        }
+    }
+    cli_error(cmd, "no model given (-m DIR) and the bundled model '%s' was not found; tried:",
+              CLI_MODEL_SUBDIR);
+    for (int i = 0; i < n; i++) fprintf(stderr, "  %s\n", cand[i]);
+    fprintf(stderr, "Set MINERVA_DEFAULT_MODEL or pass -m DIR.\n");
+    return CLI_EXIT_FAIL;
+}
+
+int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out) {
+    char def[PATH_MAX + 64];
+    *out = NULL;
+    if (!dir) {
+        if (cli_default_model_dir(cmd, def, sizeof def) != 0) return CLI_EXIT_FAIL;
+        dir = def;
+    }
+    mnv_model_params mp = mnv_model_params_default();
+    mp.n_threads = n_threads;
+    mnv_status st = mnv_model_load(dir, &mp, out);
+    if (st != MNV_OK) return cli_lib_error(cmd, st, "cannot load model '%s'", dir);
+    return 0;
+}
+
+/* ---- text -------------------------------------------------------------------------- */
+
+mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
+                        int32_t **ids, size_t *n) {
+    size_t cap = len + 16, need = 0;
+    *ids = NULL;
+    *n = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int32_t *buf = malloc(cap * sizeof *buf);
+        if (!buf) return MNV_ERR_NOMEM;
+        mnv_status st = mnv_tokenize(tok, text, len, add_bos, buf, cap, &need);
+        if (st == MNV_OK) {
+            *ids = buf;
+            *n = need;
+            return MNV_OK;
+        }
+        free(buf);
+        if (st != MNV_ERR_RANGE || need <= cap) return st;
+        cap = need;
+    }
+    return MNV_ERR_INTERNAL;
+}
+
+mnv_status cli_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n,
+                          int skip_special, char **text, size_t *len) {
+    size_t cap = 16 * n + 64, need = 0;
+    *text = NULL;
+    *len = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        char *buf = malloc(cap);
+        if (!buf) return MNV_ERR_NOMEM;
+        mnv_status st = mnv_detokenize(tok, ids, n, skip_special, buf, cap, &need);
+        if (st == MNV_OK && need < cap) {
+            buf[need] = '\0';
+            *text = buf;
+            *len = need;
+            return MNV_OK;
+        }
+        free(buf);
+        if ((st != MNV_ERR_RANGE && st != MNV_OK) || need < cap) return st;
+        cap = need + 1;
+    }
+    return MNV_ERR_INTERNAL;
+}
+
+mnv_status cli_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits, size_t n_vocab,
+                    size_t batch) {
+    if (batch == 0) batch = n ? n : 1;
+    for (size_t off = 0; off < n; off += batch) {
+        size_t m = n - off < batch ? n - off : batch;
+        mnv_status st = mnv_session_eval(s, ids + off, m, logits ? logits + off * n_vocab : NULL);
+        if (st != MNV_OK) return st;
+    }
+    return MNV_OK;
+}
+
+void cli_print_text_end(int last_char) {
+    if (last_char >= 0 && last_char != '\n' && isatty(STDOUT_FILENO)) fputc('\n', stdout);
+    fflush(stdout);
+}
+
+/* ---- measurement --------------------------------------------------------------------- */
+
+double cli_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double cli_peak_rss_mb(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
+    return (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
+}

@@ -1,0 +1,126 @@
+/* cli_common.h - shared helpers of the `minerva` command-line tool.
+ *
+ * The tool links only the public library (minerva.h) and libc. Exit codes:
+ *   0  success
+ *   1  a runtime failure (library error, unreadable file)
+ *   2  a usage error (unknown option, missing value, bad number)
+ * Functions below that print an error return the exit code to use, so a
+ * command reads `if (bad) return cli_usage(cmd, "...");`.
+ */
+#ifndef MNV_CLI_COMMON_H
+#define MNV_CLI_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "minerva.h"
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* ---- commands (one file each) --------------------------------------------- */
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+
+/* ---- option parsing --------------------------------------------------------- */
+
+/* A growable list of borrowed strings (they point into argv). */
+typedef struct {
+    const char **items;
+    size_t n, cap;
+} cli_strv;
+void cli_strv_free(cli_strv *v);
+
+typedef enum {
+    CLI_FLAG,  /* dst: int*, set to 1 when present */
+    CLI_INT,   /* dst: int*, range [min, max] */
+    CLI_U64,   /* dst: uint64_t*, any non-negative decimal */
+    CLI_FLOAT, /* dst: float*, finite, range [min, max] */
+    CLI_STR,   /* dst: const char**, the last occurrence wins */
+    CLI_MULTI  /* dst: cli_strv*, every occurrence is appended */
+} cli_kind;
+
+typedef struct {
+    const char *short_name; /* "-m" or NULL */
+    const char *long_name;  /* "--model" */
+    cli_kind kind;
+    void *dst;
+    double min, max;        /* inclusive range for CLI_INT / CLI_FLOAT */
+    int *seen;              /* optional: set to 1 when the option is given */
+} cli_opt;
+
+typedef struct {
+    const char *cmd;        /* "generate": used in messages */
+    const char *usage;      /* the full --help text */
+    const cli_opt *opts;
+    size_t n_opts;
+    cli_strv *positional;   /* NULL: positional arguments are a usage error */
+} cli_spec;
+
+/* Parse argv[1..argc-1] (argv[0] is the command name). "-h"/"--help" prints
+ * the usage to stdout. Accepts "--name value", "--name=value" and "--" to end
+ * options. Returns 1 when the command must stop now with exit code *rc
+ * (help: 0; usage error: 2, message already printed), else 0. */
+int cli_parse(const cli_spec *spec, int argc, char **argv, int *rc);
+
+/* Print "minerva CMD: MESSAGE" and a hint to --help to stderr; returns 2. */
+int cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print "minerva CMD: MESSAGE" to stderr; returns 1. */
+int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Print "minerva CMD: MESSAGE: <mnv_status_str(st)>: <mnv_last_error()>"; returns 1. */
+int cli_lib_error(const char *cmd, mnv_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Value parsers with full validation; each prints a usage error naming the
+ * option and returns 2 on failure, 0 on success. */
+int cli_parse_int(const char *cmd, const char *opt, const char *s, long long min, long long max,
+                  int *out);
+int cli_parse_u64(const char *cmd, const char *opt, const char *s, uint64_t *out);
+int cli_parse_float(const char *cmd, const char *opt, const char *s, double min, double max,
+                    float *out);
+/* "ID ID ..." (blanks, newlines or commas between ids; each in [0, INT32_MAX]).
+ * On success *ids is a heap array (NULL when empty) of *n ids. Returns 0, 2
+ * (usage error printed) or 1 (out of memory, printed). */
+int cli_parse_ids(const char *cmd, const char *opt, const char *s, int32_t **ids, size_t *n);
+
+/* ---- files, models, text ----------------------------------------------------- */
+
+/* Read a whole file ("-" = stdin) into a NUL-terminated heap buffer.
+ * Returns 0 or 1 after printing "minerva CMD: cannot read 'PATH': reason". */
+int cli_read_file(const char *cmd, const char *path, char **data, size_t *len);
+
+/* Find the bundled default model directory (see resolve order in
+ * cli_common.c). Writes it to buf; returns 0, or 1 after printing the
+ * candidates that were tried. */
+int cli_default_model_dir(const char *cmd, char *buf, size_t cap);
+
+/* Load the model in dir (NULL: the bundled default). Returns 0 or 1 (printed). */
+int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out);
+
+/* Tokenize into a heap array. Returns the library status (message not printed). */
+mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
+                        int32_t **ids, size_t *n);
+/* Decode into a NUL-terminated heap string. Returns the library status. */
+mnv_status cli_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n,
+                          int skip_special, char **text, size_t *len);
+
+/* Evaluate n ids in slices of at most batch tokens; logits (may be NULL)
+ * receives n rows of n_vocab floats. */
+mnv_status cli_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits, size_t n_vocab,
+                    size_t batch);
+
+/* Print text to stdout exactly, adding a final newline only when stdout is a
+ * terminal and text does not already end in one (keeps pipes byte-exact). */
+void cli_print_text_end(int last_char);
+
+/* ---- measurement ------------------------------------------------------------ */
+double cli_now(void);         /* monotonic seconds */
+double cli_peak_rss_mb(void); /* peak resident set size in MiB (getrusage) */
+
+#endif

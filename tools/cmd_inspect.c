@@ -1,0 +1,136 @@
+/* cmd_inspect.c - `minerva inspect`: what a model directory holds. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli_common.h"
+
+#define CMD "inspect"
+
+static const char USAGE[] =
+    "Usage: minerva inspect DIR\n\n"
+    "Print the architecture and hyper-parameters of the model in DIR, every weight\n"
+    "tensor (name, dtype, shape, bytes, shard file), the total weight bytes and the\n"
+    "estimated memory: weights, KV cache bytes per token, and both at the default\n"
+    "context (min(n_ctx_train, 4096)).\n\n"
+    "Options:\n"
+    "  -m, --model DIR   same as the DIR argument\n"
+    "  -h, --help        show this help\n";
+
+static const char *human(double bytes, char *buf, size_t cap) {
+    const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (bytes >= 1024.0 && u < 4) {
+        bytes /= 1024.0;
+        u++;
+    }
+    snprintf(buf, cap, u ? "%.2f %s" : "%.0f %s", bytes, unit[u]);
+    return buf;
+}
+
+static void print_hparams(const mnv_model *model, const mnv_model_info *in) {
+    printf("architecture:    %s\n", in->arch ? in->arch : "?");
+    printf("vocab:           %d\n", in->n_vocab);
+    printf("n_ctx_train:     %d\n", in->n_ctx_train);
+    printf("layers:          %d\n", in->n_layer);
+    printf("hidden size:     %d\n", in->n_embd);
+    printf("ffn size:        %d\n", in->n_ff);
+    printf("heads:           %d (kv heads %d, head_dim %d)\n", in->n_head, in->n_head_kv,
+           in->head_dim);
+    printf("tied embeddings: %s\n", in->tied_embeddings ? "yes" : "no");
+    printf("bos id:          %d\n", in->bos_id);
+    printf("eos ids:        ");
+    for (int i = 0; i < in->n_eos && i < 8; i++) printf(" %d", in->eos_ids[i]);
+    printf(in->n_eos ? "\n" : " (none)\n");
+    printf("parameters:      %llu (%.3f M)\n", (unsigned long long)in->n_params,
+           (double)in->n_params / 1e6);
+    const mnv_tokenizer *tok = mnv_model_tokenizer(model);
+    if (tok)
+        printf("tokenizer:       vocab %d, bos %d, eos %d, add_bos %d\n", mnv_tokenizer_n_vocab(tok),
+               mnv_tokenizer_bos(tok), mnv_tokenizer_eos(tok), mnv_tokenizer_add_bos(tok));
+    else
+        printf("tokenizer:       none\n");
+}
+
+static void format_shape(const mnv_tensor_info *t, char *buf, size_t cap) {
+    size_t off = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < t->ndim && d < 8 && off < cap; d++)
+        off += (size_t)snprintf(buf + off, cap - off, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+}
+
+/* Prints the tensor table; returns the summed bytes, or sets *rc on failure. */
+static unsigned long long print_tensors(const mnv_model *model, int *rc) {
+    size_t n = mnv_model_n_tensors(model), width = 4;
+    mnv_tensor_info t;
+    for (size_t i = 0; i < n; i++)
+        if (mnv_model_tensor_info(model, i, &t) == MNV_OK && t.name && strlen(t.name) > width)
+            width = strlen(t.name);
+    printf("\ntensors: %zu\n  %-*s  %-5s  %-20s  %12s  %s\n", n, (int)width, "name", "dtype",
+           "shape", "bytes", "file");
+    unsigned long long total = 0;
+    for (size_t i = 0; i < n; i++) {
+        mnv_status st = mnv_model_tensor_info(model, i, &t);
+        if (st != MNV_OK) {
+            *rc = cli_lib_error(CMD, st, "cannot read tensor %zu", i);
+            return total;
+        }
+        char shape[160];
+        format_shape(&t, shape, sizeof shape);
+        printf("  %-*s  %-5s  %-20s  %12llu  %s\n", (int)width, t.name ? t.name : "?",
+               mnv_dtype_name(t.dtype), shape, (unsigned long long)t.nbytes, t.file ? t.file : "?");
+        total += t.nbytes;
+    }
+    return total;
+}
+
+static void print_memory(const mnv_model_info *in, unsigned long long tensor_bytes) {
+    char a[32], b[32], c[32];
+    long long ctx = in->n_ctx_train > 0 && in->n_ctx_train < 4096 ? in->n_ctx_train : 4096;
+    double kv = (double)in->kv_bytes_per_token * (double)ctx;
+    printf("\ntotal weight bytes: %llu (%s)\n", tensor_bytes, human((double)tensor_bytes, a, sizeof a));
+    if (tensor_bytes != in->weight_bytes)
+        printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
+    printf("memory estimate:\n");
+    printf("  weights:                 %s\n", human((double)in->weight_bytes, a, sizeof a));
+    printf("  KV cache per token:      %llu bytes\n", (unsigned long long)in->kv_bytes_per_token);
+    printf("  KV cache at ctx %-6lld   %s\n", ctx, human(kv, b, sizeof b));
+    printf("  weights + KV at ctx %-6lld %s\n", ctx,
+           human((double)in->weight_bytes + kv, c, sizeof c));
+}
+
+static int inspect_main(const char *model_dir) {
+    mnv_model *model = NULL;
+    int rc = cli_load_model(CMD, model_dir, 0, &model);
+    if (rc != 0) return rc;
+    mnv_model_info info;
+    mnv_status st = mnv_model_get_info(model, &info);
+    if (st != MNV_OK) {
+        rc = cli_lib_error(CMD, st, "cannot read model info");
+    } else {
+        printf("model:           %s\n", model_dir);
+        print_hparams(model, &info);
+        unsigned long long total = print_tensors(model, &rc);
+        if (rc == 0) print_memory(&info, total);
+    }
+    mnv_model_free(model);
+    return rc;
+}
+
+int cmd_inspect(int argc, char **argv) {
+    const char *model_dir = NULL;
+    cli_strv pos = {0};
+    const cli_opt opts[] = {{"-m", "--model", CLI_STR, &model_dir, 0, 0, NULL}};
+    cli_spec spec = {CMD, USAGE, opts, 1, &pos};
+    int rc = 0;
+    if (!cli_parse(&spec, argc, argv, &rc)) {
+        if (pos.n == 1 && !model_dir) model_dir = pos.items[0];
+        if (pos.n > 1 || (pos.n == 1 && model_dir != pos.items[0]))
+            rc = cli_usage(CMD, "give one model directory");
+        else if (!model_dir)
+            rc = cli_usage(CMD, "missing the model directory DIR");
+        else
+            rc = inspect_main(model_dir);
+    }
+    cli_strv_free(&pos);
+    return rc;
+}
