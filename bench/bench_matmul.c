@@ -10,11 +10,15 @@
  * with 1 and 2 threads (a spinning pool, like the engine's), for BF16, F16
  * and F32 weights. Each figure is the median of several timed runs.
  *
- * usage: bench_matmul [reps (default 5)] [pool MiB (default 512)] */
+ * usage: bench_matmul [reps (default 5)] [pool MiB (default 512)] [impl] [dtypes]
+ *   impl    forces an implementation ("avx512", "avx2", "scalar", ...)
+ *   dtypes  which weight types to run, e.g. "bf16,f16" (default all) */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 
 #include "backend/cpu/matmul.h"
@@ -209,6 +213,18 @@ static double stream_gbs(pool *p, const void *buf, size_t bytes, int reps) {
     return (double)bytes / median(t, reps) * 1e-9;
 }
 
+/* Is name one of the comma-separated words of list (any case)? */
+static bool listed(const char *list, const char *name) {
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == len && strncasecmp(p, name, len) == 0) return true;
+        p += n + (end != NULL);
+    }
+    return false;
+}
+
 /* ---- the benchmark --------------------------------------------------------- */
 
 typedef struct {
@@ -243,6 +259,9 @@ int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
     size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
     if (reps < 1 || reps > 32) reps = 5;
+    if (argc > 3 && !mnv_cpu_matmul_force(argv[3]))
+        return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
+    const char *only = argc > 4 ? argv[4] : "bf16,f16,f32";
     const int64_t M = 512, KMAX = 5504;
     char *wpool = alloc_huge(pool_bytes);
     float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
@@ -255,6 +274,7 @@ int main(int argc, char **argv) {
 
     for (int w = 0; w < 3; w++) {
         mnv_dtype t = WTYPES[w];
+        if (!listed(only, mnv_dtype_name(t))) continue;
         fill_random(wpool, pool_bytes / mnv_dtype_size(t), t);
         printf("\n%s weights%22s prefill m=512 GFLOP/s   decode m=1 GB/s\n", mnv_dtype_name(t), "");
         printf("%-28s %12s %10s %12s %10s\n", "", "1 thread", "2 threads", "1 thread", "2 threads");

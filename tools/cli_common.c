@@ -195,7 +195,8 @@ static int parse_option(const cli_spec *spec, int argc, char **argv, int *i) {
     const char *arg = argv[*i], *val = NULL;
     const cli_opt *o = find_opt(spec, arg, &val);
     if (!o) return cli_usage(spec->cmd, "unknown option '%s'", arg);
-    const char *name = o->long_name;
+    /* name the option as it was typed: "-n" or "--n-predict" */
+    const char *name = o->short_name && strcmp(arg, o->short_name) == 0 ? o->short_name : o->long_name;
     if (o->kind == CLI_FLAG) {
         if (val) return cli_usage(spec->cmd, "option '%s' takes no value", name);
         *(int *)o->dst = 1;
@@ -317,8 +318,9 @@ int cli_default_model_dir(const char *cmd, char *buf, size_t cap) {
     snprintf(cand[n++], sizeof cand[0], "%s", MNV_DEFAULT_MODEL_DIR);
 #endif
     for (int i = 0; i < n; i++) {
-        if (is_dir(cand[i]) && strlen(cand[i]) < cap) {
-            snprintf(buf, cap, "%s", cand[i]);
+        char real[PATH_MAX];
+        if (is_dir(cand[i]) && realpath(cand[i], real) && strlen(real) < cap) {
+            snprintf(buf, cap, "%s", real);
             return 0;
         }
     }

@@ -90,12 +90,11 @@ static void print_memory(const mnv_model_info *in, unsigned long long tensor_byt
     printf("\ntotal weight bytes: %llu (%s)\n", tensor_bytes, human((double)tensor_bytes, a, sizeof a));
     if (tensor_bytes != in->weight_bytes)
         printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
-    printf("memory estimate:\n");
-    printf("  weights:                 %s\n", human((double)in->weight_bytes, a, sizeof a));
-    printf("  KV cache per token:      %llu bytes\n", (unsigned long long)in->kv_bytes_per_token);
-    printf("  KV cache at ctx %-6lld   %s\n", ctx, human(kv, b, sizeof b));
-    printf("  weights + KV at ctx %-6lld %s\n", ctx,
-           human((double)in->weight_bytes + kv, c, sizeof c));
+    printf("memory estimate (default context %lld tokens):\n", ctx);
+    printf("  weights:             %s\n", human((double)in->weight_bytes, a, sizeof a));
+    printf("  KV cache per token:  %llu bytes\n", (unsigned long long)in->kv_bytes_per_token);
+    printf("  KV cache:            %s\n", human(kv, b, sizeof b));
+    printf("  weights + KV cache:  %s\n", human((double)in->weight_bytes + kv, c, sizeof c));
 }
 
 static int inspect_main(const char *model_dir) {

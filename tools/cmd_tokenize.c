@@ -29,7 +29,7 @@ typedef struct {
 } tok_opts;
 
 static int load_tokenizer(const tok_opts *o, mnv_tokenizer **tok) {
-    char path[PATH_MAX + 64], dir[PATH_MAX + 64];
+    char path[PATH_MAX + 128], dir[PATH_MAX + 64];
     if (o->tokenizer) {
         snprintf(path, sizeof path, "%s", o->tokenizer);
     } else {

@@ -28,8 +28,8 @@ static void print_help(FILE *f) {
                "A local LLM inference engine.\n\nCommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-11s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
-    fprintf(f, "\nWithout -m DIR, generate and tokenize use the bundled model models/stories260K\n"
-               "(or $MINERVA_DEFAULT_MODEL).\n"
+    fprintf(f, "\nWithout -m DIR, commands use the bundled model models/stories260K (found beside\n"
+               "the executable, or named by $MINERVA_DEFAULT_MODEL).\n"
                "Exit status: 0 success, 1 runtime failure, 2 usage error.\n");
 }
 

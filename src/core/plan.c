@@ -97,6 +97,9 @@ static void compute_lifetimes(mnv_graph *g) {
         mnv_node *nd = mnv_graph_node(g, i);
         for (int s = 0; s < MNV_MAX_SRC; s++)
             if (nd->src[s]) root_of(nd->src[s])->last_use = i;
+    }
+    for (int32_t i = 0; i < n; i++) { /* outputs live past the end, whoever reads them */
+        mnv_node *nd = mnv_graph_node(g, i);
         if (nd->flags & MNV_NODE_OUTPUT) root_of(nd)->last_use = INT32_MAX;
     }
 }

@@ -34,7 +34,8 @@ static mnv_status get_int(const cJSON *obj, const char *pfx, const char *key, co
     }
     const char *what = lo > 0 ? "a positive integer" : lo == 0 ? "a non-negative integer" : "an integer";
     char limit[48] = "", got[48] = "";
-    if (hi != INT32_MAX && hi != INT64_MAX) snprintf(limit, sizeof limit, " no larger than %lld", (long long)hi);
+    if ((hi != INT32_MAX && hi != INT64_MAX) || (isfinite(d) && d > (double)hi))
+        snprintf(limit, sizeof limit, " no larger than %lld", (long long)hi);
     if (isfinite(d)) snprintf(got, sizeof got, ", got %.17g", d);
     return mnv_set_error(MNV_ERR_FORMAT, "%s: key '%s%s': expected %s%s%s", fname, pfx, key, what,
                          limit, got);

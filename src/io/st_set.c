@@ -76,17 +76,19 @@ static int cmp_name(const void *a, const void *b) {
     return strcmp(((const mnv_st_tensor *)a)->name, ((const mnv_st_tensor *)b)->name);
 }
 
-/* Sort, reject names found twice, then make every data pointer aligned. */
-static mnv_status set_finish(mnv_st_set *set) {
+/* Sort, reject names found twice, then make every data pointer aligned.
+ * `where` (the file or directory) prefixes messages. */
+static mnv_status set_finish(mnv_st_set *set, const char *where) {
     qsort(set->t, set->n, sizeof *set->t, cmp_name);
     for (size_t i = 1; i < set->n; i++) {
         const mnv_st_tensor *a = &set->t[i - 1], *b = &set->t[i];
         if (strcmp(a->name, b->name) == 0)
-            return mnv_set_error(MNV_ERR_FORMAT, "tensor '%s' appears in both %s and %s", a->name,
+            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", where,
+                                 a->name,
                                  set->files[a->file_index].name, set->files[b->file_index].name);
     }
     set->copy = calloc(set->n ? set->n : 1, sizeof *set->copy);
-    if (!set->copy) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (!set->copy) return mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", where);
     for (size_t i = 0; i < set->n; i++) {
         mnv_st_tensor *t = &set->t[i];
         size_t esz = mnv_dtype_size(t->dtype);
@@ -94,8 +96,8 @@ static mnv_status set_finish(mnv_st_set *set) {
         /* MLX writes tensors at arbitrary offsets; keep an aligned copy. */
         void *c = mnv_aligned_alloc(ST_COPY_ALIGN, (size_t)t->nbytes);
         if (!c)
-            return mnv_set_error(MNV_ERR_NOMEM, "%s: tensor '%s': cannot allocate %llu bytes",
-                                 set->files[t->file_index].name, t->name,
+            return mnv_set_error(MNV_ERR_NOMEM, "%s: %s: tensor '%s': cannot allocate %llu bytes",
+                                 where, set->files[t->file_index].name, t->name,
                                  (unsigned long long)t->nbytes);
         memcpy(c, t->data, (size_t)t->nbytes);
         set->copy[i] = c;
@@ -116,7 +118,7 @@ mnv_status mnv_st_open_file(const char *path, mnv_st_set **out) {
     mnv_st_set *set = set_new();
     if (!set) return mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", path);
     mnv_status st = set_add_file(set, path, base_name(path));
-    if (st == MNV_OK) st = set_finish(set);
+    if (st == MNV_OK) st = set_finish(set, path);
     if (st != MNV_OK) {
         mnv_st_close(set);
         return st;
@@ -268,7 +270,7 @@ static mnv_status open_index(mnv_st_set *set, const char *dir, const char *ipath
     size_t n = 0;
     st = read_weight_map(root, ipath, &e, &n);
     if (st == MNV_OK) st = open_shards(set, dir, e, n, ipath);
-    if (st == MNV_OK) st = set_finish(set);
+    if (st == MNV_OK) st = set_finish(set, dir);
     if (st == MNV_OK) st = check_listed(set, e, n, ipath);
     free(e);
     cJSON_Delete(root);
@@ -334,7 +336,7 @@ static mnv_status open_glob(mnv_st_set *set, const char *dir) {
         free(names[i]);
     }
     free(names);
-    return st == MNV_OK ? set_finish(set) : st;
+    return st == MNV_OK ? set_finish(set, dir) : st;
 }
 
 mnv_status mnv_st_open_dir(const char *dir, mnv_st_set **out) {
@@ -349,7 +351,7 @@ mnv_status mnv_st_open_dir(const char *dir, mnv_st_set **out) {
     else if (file_exists(ipath)) st = open_index(set, dir, ipath);
     else if (file_exists(single)) {
         st = set_add_file(set, single, "model.safetensors");
-        if (st == MNV_OK) st = set_finish(set);
+        if (st == MNV_OK) st = set_finish(set, single);
     } else st = open_glob(set, dir);
     free(ipath);
     free(single);

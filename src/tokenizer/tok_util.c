@@ -71,7 +71,10 @@ void mnv__plist_clear(mnv__plist *l) {
 }
 
 void mnv__plist_add(mnv__plist *l, const char *s, size_t n, bool first) {
-    if (!n) return;
+    if (n) mnv__plist_push(l, s, n, first);
+}
+
+void mnv__plist_push(mnv__plist *l, const char *s, size_t n, bool first) {
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 32;
         mnv__piece *v = realloc(l->v, cap * sizeof *v);

@@ -55,6 +55,8 @@ typedef struct {
 void mnv__plist_clear(mnv__plist *l);
 /* Append bytes as a new piece (an empty piece is dropped). */
 void mnv__plist_add(mnv__plist *l, const char *s, size_t n, bool first);
+/* Append bytes as a new piece, even an empty one. */
+void mnv__plist_push(mnv__plist *l, const char *s, size_t n, bool first);
 void mnv__plist_free(mnv__plist *l);
 
 /* ---- unicode.c ------------------------------------------------------------- */

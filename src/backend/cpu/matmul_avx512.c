@@ -83,6 +83,9 @@ INLINE void tile_step(int R, int C, int t, const tile_rows *p, int64_t kk, bool 
         } else {
             const float *xi = (const float *)p->x[i] + kk;
             __m512 xv = masked ? _mm512_maskz_loadu_ps((__mmask16)mask, xi) : _mm512_loadu_ps(xi);
+            /* Keep xv in a register: GCC would otherwise fold the load into
+             * each of the C FMAs, and loads, not FMAs, would bound the loop. */
+            __asm__("" : "+v"(xv));
 #pragma GCC unroll 4
             for (int j = 0; j < C; j++) acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
         }

@@ -1,0 +1,178 @@
+#!/bin/sh
+# End-to-end tests of the other `minerva` commands (tokenize, logits,
+# perplexity, inspect, synth, bench, help) and of the embed example.
+# Run from tests/ with MNV_CLI, MNV_EMBED and MNV_ROOT set. Needs only
+# POSIX sh, grep, sed and awk.
+
+: "${MNV_CLI:?set MNV_CLI to the minerva binary}"
+: "${MNV_ROOT:=..}"
+MODEL="$MNV_ROOT/models/stories260K"
+FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
+unset MINERVA_DEFAULT_MODEL
+TMP=$(mktemp -d) || exit 1
+trap 'rm -rf "$TMP"' EXIT
+
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() {
+    fail=$((fail + 1))
+    echo "FAIL: $*" >&2
+}
+check() {
+    desc=$1
+    shift
+    if "$@"; then ok; else bad "$desc"; fi
+}
+contains() { grep -qF -- "$2" "$1"; }
+same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+# expect_rc DESCRIPTION RC COMMAND...: stdout to $TMP/out, stderr to $TMP/err.
+expect_rc() {
+    desc=$1 want=$2
+    shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    got=$?
+    if [ "$got" -eq "$want" ]; then ok; else bad "$desc: exit code $got, expected $want"; cat "$TMP/err" >&2; fi
+}
+
+# ---- help and version ----------------------------------------------------------------------
+expect_rc "minerva --help" 0 "$MNV_CLI" --help
+for cmd in generate tokenize logits perplexity inspect bench synth; do
+    check "minerva --help lists $cmd" contains "$TMP/out" "$cmd"
+done
+for cmd in generate tokenize logits perplexity inspect bench synth; do
+    expect_rc "$cmd --help" 0 "$MNV_CLI" "$cmd" --help
+    check "$cmd --help prints its usage" contains "$TMP/out" "Usage: minerva $cmd"
+done
+expect_rc "minerva help bench" 0 "$MNV_CLI" help bench
+expect_rc "minerva --version" 0 "$MNV_CLI" --version
+check "version printed" contains "$TMP/out" "minerva 0."
+
+# ---- tokenize ----------------------------------------------------------------------------------
+got=$("$MNV_CLI" tokenize -m "$MODEL" --bos "Once upon a time" 2>"$TMP/err")
+check "tokenize --bos 'Once upon a time'" [ "$got" = "1 403 407 261 378" ]
+got=$("$MNV_CLI" tokenize "Once upon a time" 2>"$TMP/err")
+check "tokenize without -m or --bos" [ "$got" = "403 407 261 378" ]
+got=$("$MNV_CLI" tokenize --tokenizer "$MODEL/tokenizer.json" Once upon a time 2>"$TMP/err")
+check "tokenize --tokenizer, words joined" [ "$got" = "403 407 261 378" ]
+printf 'Hello, World!  Two  spaces\n"quotes" caf\303\251 \360\237\231\202 \344\270\255\346\226\207 end' >"$TMP/text.txt"
+ids=$("$MNV_CLI" tokenize -m "$MODEL" --text-file "$TMP/text.txt" 2>"$TMP/err")
+check "tokenize --text-file gives ids" [ -n "$ids" ]
+back=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$ids" 2>"$TMP/err")
+check "decode(encode(text)) == text" same "$back" "$(cat "$TMP/text.txt")"
+echo "$ids" >"$TMP/ids.txt"
+back=$("$MNV_CLI" tokenize -m "$MODEL" --decode --text-file "$TMP/ids.txt" 2>"$TMP/err")
+check "decode --text-file" same "$back" "$(cat "$TMP/text.txt")"
+# special tokens written in the text are recognised (HF add_special_tokens=False)
+got=$("$MNV_CLI" tokenize -m "$MODEL" "<s> end" 2>"$TMP/err")
+check "'<s>' in text is the BOS token (got '$got')" [ "${got%% *}" = "1" ]
+expect_rc "decode an out-of-vocabulary id" 1 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 99999"
+expect_rc "decode a non-id" 2 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 x"
+expect_rc "tokenize without input" 2 "$MNV_CLI" tokenize -m "$MODEL"
+expect_rc "tokenize with a missing tokenizer" 1 "$MNV_CLI" tokenize --tokenizer "$TMP/none.json" hi
+check "  message names the file" contains "$TMP/err" "$TMP/none.json"
+
+# ---- logits ---------------------------------------------------------------------------------------
+# Validates the JSON shape (an array of rows of numbers) and prints
+# "ROWS ARGMAX_ROW1 ARGMAX_ROW2 ... LOGPROB(403 at row 1)".
+LOGITS_AWK='
+{ s = s $0 }
+END {
+    gsub(/[ \t\r\n]/, "", s)
+    if (substr(s, 1, 2) != "[[" || substr(s, length(s) - 1) != "]]") { print "not an array of arrays"; exit 1 }
+    nrows = split(substr(s, 3, length(s) - 4), rows, /\],\[/)
+    out = nrows
+    for (r = 1; r <= nrows; r++) {
+        n = split(rows[r], v, ",")
+        if (n != want) { print "row " r " has " n " values"; exit 1 }
+        best = 1
+        for (i = 1; i <= n; i++) {
+            if (v[i] !~ /^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$/) { print "bad value " v[i]; exit 1 }
+            if (v[i] + 0 > v[best] + 0) best = i
+        }
+        out = out " " (best - 1)
+        if (r == 1) {
+            z = 0
+            for (i = 1; i <= n; i++) z += exp(v[i] - v[best])
+            lp = v[404] - v[best] - log(z)
+        }
+    }
+    printf "%s %.4f\n", out, lp
+}'
+"$MNV_CLI" logits -m "$MODEL" --ids "1 403 407" >"$TMP/logits.json" 2>"$TMP/err"
+check "logits exits 0" [ $? -eq 0 ]
+summary=$(awk -v want=512 "$LOGITS_AWK" "$TMP/logits.json")
+check "logits JSON: 3 rows of 512 numbers, greedy argmax 403 407 261 (got '$summary')" \
+    [ "${summary% *}" = "3 403 407 261" ]
+lp=${summary##* }
+check "logprob of 403 after BOS is -0.2437 (got $lp)" \
+    awk -v x="$lp" 'BEGIN { exit !(x > -0.2447 && x < -0.2427) }'
+expect_rc "logits without --ids" 2 "$MNV_CLI" logits -m "$MODEL"
+expect_rc "logits with bad ids" 2 "$MNV_CLI" logits -m "$MODEL" --ids "1 -2"
+
+# ---- perplexity --------------------------------------------------------------------------------------
+awk 'f { print } /^text:$/ { f = 1 }' "$FIXTURE" >"$TMP/story.txt"
+"$MNV_CLI" perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 64 >"$TMP/out" 2>"$TMP/err"
+check "perplexity exits 0" [ $? -eq 0 ]
+ppl=$(sed -n 's/^perplexity: \([0-9.][0-9.]*\) over [0-9][0-9]* tokens$/\1/p' "$TMP/out")
+check "perplexity line printed (got '$(cat "$TMP/out")')" [ -n "$ppl" ]
+check "perplexity of the model's own greedy story is in [1, 20) (got $ppl)" \
+    awk -v x="$ppl" 'BEGIN { exit !(x + 0 >= 1 && x + 0 < 20) }'
+check "perplexity progress on stderr" contains "$TMP/err" "[1/"
+expect_rc "perplexity without --text-file" 2 "$MNV_CLI" perplexity -m "$MODEL"
+expect_rc "perplexity --ctx 1" 2 "$MNV_CLI" perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 1
+
+# ---- inspect ---------------------------------------------------------------------------------------------
+expect_rc "inspect" 0 "$MNV_CLI" inspect "$MODEL"
+check "inspect lists model.embed_tokens.weight" contains "$TMP/out" "model.embed_tokens.weight"
+check "inspect names the architecture" contains "$TMP/out" "llama"
+check "inspect prints the KV cache size" contains "$TMP/out" "KV cache per token"
+expect_rc "inspect without DIR" 2 "$MNV_CLI" inspect
+expect_rc "inspect a missing dir" 1 "$MNV_CLI" inspect "$TMP/nothing"
+
+# ---- synth, then generate on the result -------------------------------------------------------------------
+cat >"$TMP/config.json" <<'EOF'
+{
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+  "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+  "vocab_size": 64, "max_position_embeddings": 128, "rms_norm_eps": 1e-05,
+  "rope_theta": 10000.0, "tie_word_embeddings": false, "hidden_act": "silu",
+  "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+}
+EOF
+expect_rc "synth f32" 0 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/synth" --dtype f32 --seed 7
+check "synth wrote model.safetensors" [ -s "$TMP/synth/model.safetensors" ]
+got=$("$MNV_CLI" generate -m "$TMP/synth" --prompt-ids "1 5 9" -n 8 --temp 0 --ignore-eos --print-ids 2>"$TMP/err")
+check "generate on the synthesized model prints 8 ids (got '$got')" [ "$(echo "$got" | wc -w)" -eq 8 ]
+check "  all ids in the vocabulary" awk -v s="$got" 'BEGIN { n = split(s, a, " "); for (i = 1; i <= n; i++) if (a[i] !~ /^[0-9]+$/ || a[i] >= 64) exit 1 }'
+expect_rc "synth bf16" 0 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/synth16" --seed 7
+expect_rc "inspect the bf16 model" 0 "$MNV_CLI" inspect "$TMP/synth16"
+check "  its tensors are BF16" contains "$TMP/out" "BF16"
+expect_rc "synth --dtype q4" 2 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/x" --dtype q4
+expect_rc "synth without --out" 2 "$MNV_CLI" synth --config "$TMP/config.json"
+expect_rc "synth of a missing config" 1 "$MNV_CLI" synth --config "$TMP/none.json" --out "$TMP/y"
+
+# ---- bench ---------------------------------------------------------------------------------------------------
+expect_rc "bench --json" 0 "$MNV_CLI" bench -m "$MODEL" --json -p 16 -n 8 --reps 1
+check "bench JSON has prefill_tok_s" contains "$TMP/out" '"prefill_tok_s": '
+check "bench JSON has decode_tok_s" contains "$TMP/out" '"decode_tok_s": '
+check "bench JSON is one object" grep -qE '^\{.*\}$' "$TMP/out"
+expect_rc "bench (text)" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1
+check "bench prints the decode bandwidth" contains "$TMP/out" "GB/s"
+expect_rc "bench --reps 0" 2 "$MNV_CLI" bench -m "$MODEL" --reps 0
+
+# ---- the embed example ------------------------------------------------------------------------------------------
+if [ -n "$MNV_EMBED" ]; then
+    expect_rc "embed MODEL" 0 "$MNV_EMBED" "$MODEL"
+    check "embed streams the story" contains "$TMP/out" "Once upon a time"
+    (cd "$MNV_ROOT" && "$MNV_EMBED" >/dev/null 2>&1)
+    check "embed with the default model dir (cwd = repo root)" [ $? -eq 0 ]
+    expect_rc "embed with a missing model" 1 "$MNV_EMBED" "$TMP/nothing"
+    check "  embed prints the library's error" contains "$TMP/err" "mnv_model_load failed"
+else
+    bad "MNV_EMBED is not set"
+fi
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,125 @@
+#!/bin/sh
+# End-to-end tests of `minerva generate` on the bundled stories260K model.
+# Run from tests/ with MNV_CLI (the minerva binary) and MNV_ROOT (repo root).
+# The expectation, fixtures/stories260K_expected_greedy.txt, is the reference
+# greedy story: a line "ids: 1 403 407 ..." (BOS + 255 ids) and its text.
+
+: "${MNV_CLI:?set MNV_CLI to the minerva binary}"
+: "${MNV_ROOT:=..}"
+MODEL="$MNV_ROOT/models/stories260K"
+FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
+unset MINERVA_DEFAULT_MODEL
+TMP=$(mktemp -d) || exit 1
+trap 'rm -rf "$TMP"' EXIT
+
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() {
+    fail=$((fail + 1))
+    echo "FAIL: $*" >&2
+}
+# check DESCRIPTION COMMAND...: passes when COMMAND succeeds.
+check() {
+    desc=$1
+    shift
+    if "$@"; then ok; else bad "$desc"; fi
+}
+contains() { grep -qF -- "$2" "$1"; }
+same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+# expect_rc DESCRIPTION RC COMMAND...: runs COMMAND (stderr to $TMP/err) and checks its exit code.
+expect_rc() {
+    desc=$1 want=$2
+    shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    got=$?
+    if [ "$got" -eq "$want" ]; then ok; else bad "$desc: exit code $got, expected $want"; cat "$TMP/err" >&2; fi
+}
+# ids FROM TO: ids FROM..TO (1-based, BOS is id 1) of the fixture, space-separated.
+ids() {
+    sed -n 's/^ids: //p' "$FIXTURE" | tr -s ' ' '\n' | sed -n "$1,$2p" | tr '\n' ' ' | sed 's/ *$//'
+}
+
+# ---- greedy ids from BOS alone match the reference ----------------------------------
+expected_ids=$(ids 2 200)
+got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 199 --temp 0 --print-ids 2>"$TMP/err")
+rc=$?
+check "generate --print-ids exits 0" [ "$rc" -eq 0 ]
+if [ "$got" = "$expected_ids" ]; then ok; else
+    bad "greedy ids differ from the reference"
+    echo "  expected: $(echo "$expected_ids" | cut -c1-200)..." >&2
+    echo "  got:      $(echo "$got" | cut -c1-200)..." >&2
+fi
+check "199 ids printed" [ "$(echo "$got" | wc -w)" -eq 199 ]
+check "stats: tokens/s on stderr" contains "$TMP/err" "tok/s"
+check "stats: peak memory on stderr" contains "$TMP/err" "peak memory"
+
+# --prompt-ids "1" is the same prompt as -p ""
+got=$("$MNV_CLI" generate -m "$MODEL" --prompt-ids "1" -n 20 --temp 0 --print-ids 2>/dev/null)
+check "--prompt-ids 1 gives the reference ids" [ "$got" = "$(ids 2 21)" ]
+
+# a text prompt: "Once upon a time" = BOS 403 407 261 378, so greedy continues with ids 6..
+got=$("$MNV_CLI" generate -m "$MODEL" -p "Once upon a time" -n 20 --temp 0 --print-ids 2>/dev/null)
+check "-p 'Once upon a time' continues the reference" [ "$got" = "$(ids 6 25)" ]
+
+# ---- text output (no -m: the bundled model) ------------------------------------------
+text=$("$MNV_CLI" generate -p "" -n 199 --temp 0 2>"$TMP/err")
+rc=$?
+check "generate without -m exits 0" [ "$rc" -eq 0 ]
+expected_text=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$expected_ids")
+if [ -n "$expected_text" ] && [ "$text" = "$expected_text" ]; then ok; else
+    bad "generated text differs from the decoded reference ids"
+    printf '  expected: %.200s\n  got:      %.200s\n' "$expected_text" "$text" >&2
+fi
+case "$text" in
+"Once upon a time, there was a little girl named Lily"*) ok ;;
+*) bad "text does not start with the reference story: $(printf '%.80s' "$text")" ;;
+esac
+fixture_text=$(awk 'f { print } /^text:$/ { f = 1 }' "$FIXTURE")
+case "$fixture_text" in
+"$text"*) ok ;;
+*) bad "generated text is not a prefix of the fixture's text" ;;
+esac
+
+# ---- stop strings, -n 0, seeds ----------------------------------------------------------
+got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 199 --temp 0 --stop "Lily" 2>"$TMP/err")
+check "--stop stops before the string" [ "$got" = "Once upon a time, there was a little girl named " ]
+check "--stop reports the stop reason" contains "$TMP/err" "stop string"
+got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 0 --print-ids 2>/dev/null)
+check "-n 0 generates nothing" [ -z "$got" ]
+a=$("$MNV_CLI" generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids 2>/dev/null)
+b=$("$MNV_CLI" generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids 2>/dev/null)
+check "same seed, same sampled ids" same "$a" "$b"
+check "sampling gives 40 ids" [ "$(echo "$a" | wc -w)" -eq 40 ]
+
+# ---- the default model lookup ---------------------------------------------------------
+mkdir "$TMP/empty"
+expect_rc "MINERVA_DEFAULT_MODEL takes precedence" 1 env MINERVA_DEFAULT_MODEL="$TMP/empty" "$MNV_CLI" generate -n 1
+check "  ... and the error names it" contains "$TMP/err" "$TMP/empty"
+
+# ---- errors ---------------------------------------------------------------------------------
+expect_rc "bad integer" 2 "$MNV_CLI" generate --top-k abc
+check "  message names option and value" contains "$TMP/err" "minerva generate: --top-k: expected an integer, got 'abc'"
+check "  message points to --help" contains "$TMP/err" "--help"
+expect_rc "bad float" 2 "$MNV_CLI" generate --temp 0.5x
+expect_rc "nan temperature" 2 "$MNV_CLI" generate --temp nan
+expect_rc "top-p out of range" 2 "$MNV_CLI" generate --top-p 1.5
+expect_rc "negative -n" 2 "$MNV_CLI" generate -n -3
+expect_rc "negative seed" 2 "$MNV_CLI" generate --seed -1
+expect_rc "missing value" 2 "$MNV_CLI" generate -n
+check "  message says a value is needed" contains "$TMP/err" "needs a value"
+expect_rc "unknown option" 2 "$MNV_CLI" generate --bogus
+check "  message names the option" contains "$TMP/err" "--bogus"
+expect_rc "stray argument" 2 "$MNV_CLI" generate stray
+expect_rc "-p with --prompt-ids" 2 "$MNV_CLI" generate -p x --prompt-ids 1
+expect_rc "bad id list" 2 "$MNV_CLI" generate --prompt-ids "1 x"
+expect_rc "unknown command" 2 "$MNV_CLI" frobnicate
+expect_rc "no command" 2 "$MNV_CLI"
+expect_rc "missing model dir" 1 "$MNV_CLI" generate -m "$TMP/no/such/model" -n 1
+check "  message names the directory" contains "$TMP/err" "$TMP/no/such/model"
+expect_rc "out-of-vocabulary prompt id" 1 "$MNV_CLI" generate -m "$MODEL" --prompt-ids "1 99999" -n 1
+expect_rc "generate --help" 0 "$MNV_CLI" generate --help
+check "  help lists --top-k" contains "$TMP/out" "--top-k"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]

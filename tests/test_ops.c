@@ -1,0 +1,324 @@
+/* Every graph op on the CPU backend against a naive reference, at fresh
+ * random inputs and shapes. Tolerances: f32 ops 1e-5 relative L2 (float
+ * rounding of sums up to a few thousand terms); bf16-weight matmul 1e-2
+ * (activations rounded to bf16). */
+#include <math.h>
+
+#include "backend/backend.h"
+#include "core/graph.h"
+#include "test.h"
+
+static mnv_backend *be;
+static mnv_executor *ex;
+static mnv_graph *g;
+
+static mnv_array *rand_input(int32_t ndim, const int64_t *shape, float **host) {
+    mnv_array *a = mnv_input(g, MNV_DTYPE_F32, ndim, shape, "in");
+    float *d = mnv_input_data(a);
+    for (int64_t i = 0; i < mnv_array_nelem(a); i++) d[i] = t_randf();
+    if (host) *host = d;
+    return a;
+}
+
+static void begin(void) {
+    mnv_graph_reset(g);
+    mnv_graph_reserve_inputs(g, 1 << 24);
+}
+
+static void run(void) {
+    mnv_status st = mnv_executor_run(ex, g);
+    CHECKF(st == MNV_OK, "run: %s", mnv_last_error());
+}
+
+static void check(const char *what, const float *got, const float *want, size_t n, double tol) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(got[i])) {
+            CHECKF(0, "%s: non-finite output at %zu", what, i);
+            return;
+        }
+    double e = t_rel_l2(got, want, n);
+    CHECKF(e < tol, "%s: rel L2 %.3g >= %.1g", what, e, tol);
+}
+
+static void test_elementwise(void) {
+    int64_t R = t_randint(1, 9), N = t_randint(1, 300);
+    int64_t sh[2] = {R, N}, row[1] = {N};
+    for (int op = 0; op < 8; op++) {
+        begin();
+        float *a, *b;
+        mnv_array *x = rand_input(2, sh, &a);
+        mnv_array *y = rand_input(op < 2 ? 1 : 2, op < 2 ? row : sh, &b);
+        mnv_array *r = op == 0 || op == 2 ? mnv_add(g, x, y)
+                     : op == 1 || op == 3 ? mnv_mul(g, x, y)
+                     : op == 4 ? mnv_silu_mul(g, x, y)
+                     : op == 5 ? mnv_silu(g, x)
+                     : op == 6 ? mnv_gelu(g, x)
+                               : mnv_scale(g, x, 0.37f);
+        mnv_set_output(r);
+        run();
+        float *want = malloc(sizeof(float) * (size_t)(R * N));
+        for (int64_t i = 0; i < R * N; i++) {
+            double va = a[i], vb = op < 2 ? b[i % N] : b[i];
+            double s = va / (1 + exp(-va));
+            want[i] = (float)(op == 0 || op == 2 ? va + vb
+                             : op == 1 || op == 3 ? va * vb
+                             : op == 4 ? s * vb
+                             : op == 5 ? s
+                             : op == 6 ? 0.5 * va * (1 + tanh(0.7978845608 * (va + 0.044715 * va * va * va)))
+                                       : va * 0.37);
+        }
+        char what[32];
+        snprintf(what, sizeof what, "elementwise op %d", op);
+        check(what, r->data, want, (size_t)(R * N), 1e-6);
+        free(want);
+    }
+}
+
+static void test_rms_norm_softmax(void) {
+    int64_t R = t_randint(1, 7), N = t_randint(1, 700);
+    int64_t sh[2] = {R, N}, row[1] = {N};
+    begin();
+    float *x, *w;
+    mnv_array *ax = rand_input(2, sh, &x), *aw = rand_input(1, row, &w);
+    mnv_array *rn = mnv_rms_norm(g, ax, aw, 1e-5f), *sm = mnv_softmax(g, ax);
+    mnv_set_output(rn);
+    mnv_set_output(sm);
+    run();
+    float *w1 = malloc(sizeof(float) * (size_t)(R * N)), *w2 = malloc(sizeof(float) * (size_t)(R * N));
+    for (int64_t r = 0; r < R; r++) {
+        double ss = 0, mx = -1e30, se = 0;
+        for (int64_t i = 0; i < N; i++) {
+            ss += (double)x[r * N + i] * x[r * N + i];
+            mx = fmax(mx, x[r * N + i]);
+        }
+        for (int64_t i = 0; i < N; i++) se += exp(x[r * N + i] - mx);
+        for (int64_t i = 0; i < N; i++) {
+            w1[r * N + i] = (float)(x[r * N + i] / sqrt(ss / N + 1e-5) * w[i]);
+            w2[r * N + i] = (float)(exp(x[r * N + i] - mx) / se);
+        }
+    }
+    check("rms_norm", rn->data, w1, (size_t)(R * N), 1e-6);
+    check("softmax", sm->data, w2, (size_t)(R * N), 1e-6);
+    free(w1);
+    free(w2);
+}
+
+static void test_matmul(mnv_dtype wt, double tol) {
+    int64_t M = t_randint(1, 40), K = t_randint(1, 200), N = t_randint(1, 150);
+    if (t_randint(0, 3) == 0) M = t_randint(60, 130);
+    int64_t xs[2] = {M, K}, ws[2] = {N, K};
+    begin();
+    float *x;
+    mnv_array *ax = rand_input(2, xs, &x);
+    float *wf = malloc(sizeof(float) * (size_t)(N * K));
+    uint16_t *wh = malloc(2 * (size_t)(N * K));
+    for (int64_t i = 0; i < N * K; i++) {
+        wf[i] = t_randf();
+        if (wt == MNV_DTYPE_BF16) wh[i] = mnv_f32_to_bf16(wf[i]), wf[i] = mnv_bf16_to_f32(wh[i]);
+        if (wt == MNV_DTYPE_F16) wh[i] = mnv_f32_to_f16(wf[i]), wf[i] = mnv_f16_to_f32(wh[i]);
+    }
+    mnv_array *aw = mnv_param(g, wt == MNV_DTYPE_F32 ? (void *)wf : (void *)wh, wt, 2, ws, "w");
+    mnv_array *y = mnv_matmul(g, ax, aw);
+    mnv_set_output(y);
+    run();
+    float *want = malloc(sizeof(float) * (size_t)(M * N));
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s = 0;
+            for (int64_t k = 0; k < K; k++) s += (double)x[i * K + k] * wf[j * K + k];
+            want[i * N + j] = (float)s;
+        }
+    char what[64];
+    snprintf(what, sizeof what, "matmul %s %lldx%lldx%lld", mnv_dtype_name(wt), (long long)M, (long long)K,
+             (long long)N);
+    check(what, y->data, want, (size_t)(M * N), tol);
+    free(want);
+    free(wf);
+    free(wh);
+}
+
+static void test_rope(int traditional) {
+    int64_t T = t_randint(1, 9), H = t_randint(1, 4), D = 2 * t_randint(1, 40);
+    int32_t n_rot = 2 * t_randint(1, (int)D / 2);
+    int64_t sh[3] = {T, H, D}, tt[1] = {T}, nf[1] = {n_rot / 2};
+    begin();
+    float *x, *f;
+    mnv_array *ax = rand_input(3, sh, &x), *af = rand_input(1, nf, &f);
+    for (int i = 0; i < n_rot / 2; i++) f[i] = powf(10000.0f, -2.0f * i / n_rot);
+    mnv_array *pos = mnv_input(g, MNV_DTYPE_I32, 1, tt, "pos");
+    int32_t *p = mnv_input_data(pos);
+    for (int64_t t = 0; t < T; t++) p[t] = t_randint(0, 5000);
+    float af_ = 1.0f + 0.3f * (float)traditional;
+    mnv_array *y = mnv_rope(g, ax, pos, af, n_rot, traditional, af_);
+    mnv_set_output(y);
+    run();
+    float *want = malloc(sizeof(float) * (size_t)(T * H * D));
+    memcpy(want, x, sizeof(float) * (size_t)(T * H * D));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++)
+            for (int i = 0; i < n_rot / 2; i++) {
+                float *v = want + (t * H + h) * D;
+                const float *u = x + (t * H + h) * D;
+                int i0 = traditional ? 2 * i : i, i1 = traditional ? 2 * i + 1 : i + n_rot / 2;
+                double a = (double)(float)((float)p[t] * f[i]), c = cos(a) * af_, s = sin(a) * af_;
+                v[i0] = (float)(u[i0] * c - u[i1] * s);
+                v[i1] = (float)(u[i1] * c + u[i0] * s);
+            }
+    check(traditional ? "rope traditional" : "rope neox", y->data, want, (size_t)(T * H * D), 1e-6);
+    free(want);
+}
+
+static void test_get_rows_copy(void) {
+    int64_t V = t_randint(2, 50), D = t_randint(1, 70), T = t_randint(1, 12);
+    int64_t ts[2] = {V, D}, is[1] = {T};
+    uint16_t *tb = malloc(2 * (size_t)(V * D));
+    for (int64_t i = 0; i < V * D; i++) tb[i] = mnv_f32_to_bf16(t_randf());
+    begin();
+    mnv_array *tab = mnv_param(g, tb, MNV_DTYPE_BF16, 2, ts, "table");
+    mnv_array *ids = mnv_input(g, MNV_DTYPE_I32, 1, is, "ids");
+    int32_t *id = mnv_input_data(ids);
+    for (int64_t t = 0; t < T; t++) id[t] = t_randint(0, (int)V - 1);
+    mnv_array *y = mnv_get_rows(g, tab, ids);
+    mnv_array *tr = mnv_contiguous(g, mnv_transpose(g, y, 0, 1)); /* (D, T) */
+    mnv_array *sl = mnv_contiguous(g, mnv_slice_rows(g, tr, D / 2, D - D / 2));
+    mnv_set_output(y);
+    mnv_set_output(tr);
+    mnv_set_output(sl);
+    run();
+    float *want = malloc(sizeof(float) * (size_t)(T * D)), *wt = malloc(sizeof(float) * (size_t)(T * D));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t d = 0; d < D; d++) {
+            want[t * D + d] = mnv_bf16_to_f32(tb[id[t] * D + d]);
+            wt[d * T + t] = want[t * D + d];
+        }
+    check("get_rows bf16", y->data, want, (size_t)(T * D), 1e-7);
+    check("transpose copy", tr->data, wt, (size_t)(T * D), 1e-7);
+    check("slice rows", sl->data, wt + (D / 2) * T, (size_t)((D - D / 2) * T), 1e-7);
+    free(want);
+    free(wt);
+    free(tb);
+}
+
+/* Reference attention for token t/head h over keys [lo, p] of its sequence. */
+static void ref_attention(const float *q, const float *kc, const float *vc, int64_t C, int64_t Hkv, int64_t D,
+                          int32_t s, int32_t p, int32_t lo, int64_t h, int64_t kvh, float scale, const float *sink,
+                          float *out) {
+    double mx = sink ? sink[h] : -1e300, den = 0;
+    double *sc = malloc(sizeof(double) * (size_t)(p + 1));
+    for (int32_t j = lo; j <= p; j++) {
+        const float *k = kc + ((s * C + j) * Hkv + kvh) * D;
+        double d = 0;
+        for (int64_t i = 0; i < D; i++) d += (double)q[i] * k[i];
+        sc[j] = d * scale;
+        mx = fmax(mx, sc[j]);
+    }
+    if (sink) den = exp(sink[h] - mx);
+    for (int32_t j = lo; j <= p; j++) den += exp(sc[j] - mx);
+    for (int64_t i = 0; i < D; i++) {
+        double a = 0;
+        for (int32_t j = lo; j <= p; j++) a += exp(sc[j] - mx) * vc[((s * C + j) * Hkv + kvh) * D + i];
+        out[i] = (float)(a / den);
+    }
+    free(sc);
+}
+
+static void test_attention(bool sinks, int32_t window) {
+    int64_t S = t_randint(1, 3), C = t_randint(48, 150), Hkv = t_randint(1, 3), grp = t_randint(1, 4);
+    int64_t H = Hkv * grp, D = t_randint(1, 24) * 4, T = t_randint(1, 10);
+    int64_t cs[4] = {S, C, Hkv, D}, qs[3] = {T, H, D}, ks[3] = {T, Hkv, D}, ts[1] = {T}, hs[1] = {H};
+    size_t cn = (size_t)(S * C * Hkv * D);
+    float *kc = malloc(4 * cn), *vc = malloc(4 * cn);
+    for (size_t i = 0; i < cn; i++) kc[i] = t_randf(), vc[i] = t_randf();
+    begin();
+    float *q, *kn, *vn, *sk = NULL;
+    mnv_array *aq = rand_input(3, qs, &q), *ak = rand_input(3, ks, &kn), *av = rand_input(3, ks, &vn);
+    mnv_array *asn = sinks ? rand_input(1, hs, &sk) : NULL;
+    mnv_array *seq = mnv_input(g, MNV_DTYPE_I32, 1, ts, "seq"), *pos = mnv_input(g, MNV_DTYPE_I32, 1, ts, "pos");
+    int32_t *sq = mnv_input_data(seq), *ps = mnv_input_data(pos);
+    for (int64_t t = 0; t < T; t++) { /* distinct (seq, pos) slots */
+        sq[t] = (int32_t)(t % S);
+        ps[t] = (int32_t)(C - 1 - t / S - t_randint(0, 2) * (int)(T / S + 1));
+        if (ps[t] < 0) ps[t] = (int32_t)(t / S);
+    }
+    mnv_array *kw = mnv_cache_write(g, mnv_param(g, kc, MNV_DTYPE_F32, 4, cs, "kc"), ak, seq, pos);
+    mnv_array *vw = mnv_cache_write(g, mnv_param(g, vc, MNV_DTYPE_F32, 4, cs, "vc"), av, seq, pos);
+    float scale = 1.0f / sqrtf((float)D);
+    mnv_array *y = mnv_attention(g, aq, kw, vw, seq, pos, asn, scale, window);
+    mnv_set_output(y);
+    run();
+    /* the cache now holds the new rows: the reference reads it after the write */
+    float *want = malloc(sizeof(float) * (size_t)(T * H * D));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int32_t lo = window > 0 ? (ps[t] - window + 1 > 0 ? ps[t] - window + 1 : 0) : 0;
+            ref_attention(q + (t * H + h) * D, kc, vc, C, Hkv, D, sq[t], ps[t], lo, h, h / grp, scale, sk,
+                          want + (t * H + h) * D);
+        }
+    bool written = true;
+    for (int64_t t = 0; t < T; t++)
+        written &= memcmp(kc + ((sq[t] * C + ps[t]) * Hkv) * D, kn + t * Hkv * D, 4 * (size_t)(Hkv * D)) == 0;
+    CHECKF(written, "cache_write: rows not in the cache");
+    char what[64];
+    snprintf(what, sizeof what, "attention S%lld C%lld H%lld/%lld D%lld sinks %d window %d", (long long)S,
+             (long long)C, (long long)H, (long long)Hkv, (long long)D, sinks, window);
+    check(what, y->data, want, (size_t)(T * H * D), 1e-5);
+    free(want);
+    free(kc);
+    free(vc);
+}
+
+/* The planner reuses memory: a long chain needs far less than its total. */
+static void test_planner_reuse(void) {
+    int64_t sh[2] = {16, 256};
+    mnv_executor_free(ex); /* a fresh arena: it only ever grows */
+    mnv_executor_create(be, &ex);
+    begin();
+    float *x;
+    mnv_array *a = rand_input(2, sh, &x);
+    for (int i = 0; i < 50; i++) a = mnv_scale(g, a, 1.01f);
+    mnv_set_output(a);
+    run();
+    size_t one = 16 * 256 * 4;
+    CHECKF(mnv_executor_arena_size(ex) <= 3 * one, "arena %zu bytes for a chain of 50 x %zu", mnv_executor_arena_size(ex),
+           one);
+    float *want = malloc(one);
+    for (int i = 0; i < 16 * 256; i++) want[i] = (float)(x[i] * pow(1.01, 50));
+    check("scale chain", a->data, want, 16 * 256, 1e-6);
+    free(want);
+}
+
+int main(void) {
+    t_seed();
+    mnv_graph_create(4096, &g);
+    for (int threads = 1; threads <= 3; threads++) {
+        mnv_backend_params bp = {"cpu", threads};
+        CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
+        mnv_executor_create(be, &ex);
+        for (int rep = 0; rep < 6; rep++) {
+            test_elementwise();
+            test_rms_norm_softmax();
+            test_matmul(MNV_DTYPE_F32, 1e-5);
+            test_matmul(MNV_DTYPE_F16, 1e-5);
+            test_matmul(MNV_DTYPE_BF16, 1e-2);
+            test_rope(0);
+            test_rope(1);
+            test_get_rows_copy();
+            test_attention(false, 0);
+            test_attention(true, 0);
+            test_attention(t_randint(0, 1), t_randint(1, 6));
+        }
+        test_planner_reuse();
+        mnv_executor_free(ex);
+        mnv_backend_free(be);
+    }
+    /* graph errors surface at the call site and propagate */
+    mnv_graph_reset(g);
+    int64_t a2[2] = {3, 4}, b2[2] = {5, 6};
+    mnv_array *x = mnv_input(g, MNV_DTYPE_F32, 2, a2, "x"), *w = mnv_input(g, MNV_DTYPE_F32, 2, b2, "w");
+    CHECK(mnv_matmul(g, x, w) == NULL);
+    CHECK(mnv_graph_status(g) == MNV_ERR_INVALID_ARG);
+    CHECK(strstr(mnv_last_error(), "matmul") != NULL);
+    CHECK(mnv_add(g, NULL, x) == NULL);
+    mnv_graph_free(g);
+    return t_done();
+}
