@@ -2,7 +2,7 @@
 # Installs the Debian packages the build needs, when they are missing.
 # As root it runs apt-get; otherwise it prints the command to run.
 set -e
-PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev"
+PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

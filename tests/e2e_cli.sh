@@ -9,6 +9,9 @@
 MODEL="$MNV_ROOT/models/stories260K"
 FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
 unset MINERVA_DEFAULT_MODEL
+# absolute paths, so that a test may change directory
+case $MNV_CLI in /*) ;; *) MNV_CLI="$PWD/$MNV_CLI" ;; esac
+case ${MNV_EMBED:-/} in /*) ;; *) MNV_EMBED="$PWD/$MNV_EMBED" ;; esac
 TMP=$(mktemp -d) || exit 1
 trap 'rm -rf "$TMP"' EXIT
 

@@ -9,6 +9,9 @@
 MODEL="$MNV_ROOT/models/stories260K"
 FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
 unset MINERVA_DEFAULT_MODEL
+# absolute paths, so that a test may change directory
+case $MNV_CLI in /*) ;; *) MNV_CLI="$PWD/$MNV_CLI" ;; esac
+case ${MNV_EMBED:-/} in /*) ;; *) MNV_EMBED="$PWD/$MNV_EMBED" ;; esac
 TMP=$(mktemp -d) || exit 1
 trap 'rm -rf "$TMP"' EXIT
 
@@ -85,6 +88,15 @@ esac
 got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 199 --temp 0 --stop "Lily" 2>"$TMP/err")
 check "--stop stops before the string" [ "$got" = "Once upon a time, there was a little girl named " ]
 check "--stop reports the stop reason" contains "$TMP/err" "stop string"
+# text held back as a possible stop-string prefix is delivered when generation ends
+want=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 14 --temp 0 2>/dev/null)
+got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 14 --temp 0 --stop "named Lily and" 2>/dev/null)
+check "held stop-prefix text is delivered at max tokens ('$got' vs '$want')" same "$got" "$want"
+# a continuation keeps its leading space: prompt text + output == decode(prompt ids + output ids)
+got=$("$MNV_CLI" generate -m "$MODEL" -p "Lily" -n 3 --temp 0 2>/dev/null)
+gen_ids=$("$MNV_CLI" generate -m "$MODEL" -p "Lily" -n 3 --temp 0 --print-ids 2>/dev/null)
+full=$("$MNV_CLI" tokenize -m "$MODEL" --decode --skip-special "$("$MNV_CLI" tokenize -m "$MODEL" --bos Lily) $gen_ids")
+check "continuation text: 'Lily' + '$got' == '$full'" same "Lily$got" "$full"
 got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 0 --print-ids 2>/dev/null)
 check "-n 0 generates nothing" [ -z "$got" ]
 a=$("$MNV_CLI" generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids 2>/dev/null)

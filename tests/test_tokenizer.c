@@ -400,7 +400,7 @@ int main(void) {
     test_tokenizer("stories260k", "../models/stories260K/tokenizer.json", corpus, false);
     static const char *shared[] = {"gptoss", "qwen3", "llama3"};
     for (int i = 0; i < 3; i++) {
-        char path[128], dir[128];
+        char path[192], dir[128];
         snprintf(dir, sizeof dir, "../../shared/tokenizers/%s", shared[i]);
         snprintf(path, sizeof path, "%s/tokenizer.json", dir);
         if (!exists(dir)) {
