@@ -168,7 +168,7 @@ expect_rc "bench --reps 0" 2 "$MNV_CLI" bench -m "$MODEL" --reps 0
 # ---- the embed example ------------------------------------------------------------------------------------------
 if [ -n "$MNV_EMBED" ]; then
     expect_rc "embed MODEL" 0 "$MNV_EMBED" "$MODEL"
-    check "embed streams the story" contains "$TMP/out" "Once upon a time"
+    check "embed streams the story" contains "$TMP/out" "little girl named Lily"
     (cd "$MNV_ROOT" && "$MNV_EMBED" >/dev/null 2>&1)
     check "embed with the default model dir (cwd = repo root)" [ $? -eq 0 ]
     expect_rc "embed with a missing model" 1 "$MNV_EMBED" "$TMP/nothing"

@@ -174,6 +174,44 @@ static void random_stream(const char *name, const mnv_tokenizer *t) {
     CHECKF(bad == 0, "%s: %d of 200 random id streams differ from decode", name, bad);
 }
 
+/* Random text from a pool of awkward characters encodes and decodes back to
+ * itself (NFC-normalized when the tokenizer normalizes; without U+2581 for
+ * SentencePiece-style tokenizers, where it decodes as a space). */
+static void random_roundtrip(const char *name, const mnv_tokenizer *t, bool nfc, bool meta) {
+    static const char *pool[] = {"a", "Z", "7", " ", "  ", "\n", "\t", "\r\n", "'s", "'LL", ".", "!!",
+                                 "\xC3\xA9", "e\xCC\x81", "\xE4\xB8\xAD", "\xE3\x81\x82",
+                                 "\xF0\x9F\x98\x80", "\xE2\x80\x8D", "\xC2\xA0", "\xD0\x96",
+                                 "\xE0\xA4\xB9\xE0\xA5\x8D", "\xF0\x9D\x94\x98", "123", "_",
+                                 "\xEF\xBF\xBD", "\xE2\x96\x81", "<", "|", "\\", "\""};
+    int bad = 0;
+    for (int r = 0; r < 300; r++) {
+        char text[512];
+        size_t len = 0;
+        int k = t_randint(0, 40);
+        for (int i = 0; i < k; i++) {
+            const char *p = pool[t_randint(0, (int)(sizeof pool / sizeof *pool) - 1)];
+            if (meta && !strcmp(p, "\xE2\x96\x81")) p = "x"; /* U+2581 decodes as a space */
+            memcpy(text + len, p, strlen(p));
+            len += strlen(p);
+        }
+        text[len] = 0;
+        size_t n;
+        int32_t *ids = encode(t, text, len, 0, &n);
+        char *d = ids ? decode(t, ids, n, 0) : NULL;
+        mnv__buf want = {0};
+        if (nfc) mnv__normalize_nf(text, len, true, &want);
+        else mnv__buf_put(&want, text, len);
+        if (!d || strlen(d) != want.len || (want.len && memcmp(d, want.p, want.len))) {
+            if (bad++ < 3) fprintf(stderr, "%s: round trip of \"%s\" gave \"%s\"\n", name, text,
+                                   d ? d : "(null)");
+        }
+        mnv__buf_free(&want);
+        free(ids);
+        free(d);
+    }
+    CHECKF(bad == 0, "%s: %d of 300 random texts do not round-trip", name, bad);
+}
+
 static void test_tokenizer(const char *name, const char *path, const cJSON *corpus, bool byte_level) {
     if (!exists(path)) {
         printf("SKIP: %s not present\n", path);
@@ -205,6 +243,7 @@ static void test_tokenizer(const char *name, const char *path, const cJSON *corp
     else
         printf("%s: stream %d/%d match decode\n", name, ty.stream, ty.total);
     if (byte_level) random_stream(name, t);
+    random_roundtrip(name, t, !strcmp(name, "qwen3"), !byte_level);
     cJSON_Delete(fx);
     mnv_tokenizer_free(t);
 }
@@ -322,7 +361,93 @@ static void expect_error(const char *label, const char *json, mnv_status want, c
     if (st == MNV_OK) mnv_tokenizer_free(t);
 }
 
-#define TINY_VOCAB "\"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2, \"ab\": 3, \"bc\": 4, \"abc\": 5, \"<x>\": 6}"
+/* ---- Metaspace and added-token flags, on variants of the stories260K file ------------- */
+
+static mnv_tokenizer *load_variant(const char *name, cJSON *j) {
+    char *txt = cJSON_PrintUnformatted(j);
+    const char *path = write_file(name, txt);
+    free(txt);
+    mnv_tokenizer *t = NULL;
+    mnv_status st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "%s: %s", name, mnv_last_error());
+    unlink(path);
+    return t;
+}
+
+static cJSON *metaspace(const char *scheme, bool split) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "type", "Metaspace");
+    cJSON_AddStringToObject(m, "replacement", "\xe2\x96\x81");
+    cJSON_AddStringToObject(m, "prepend_scheme", scheme);
+    cJSON_AddBoolToObject(m, "split", split);
+    return m;
+}
+
+/* Prepend+Replace normalizers and a Metaspace(always) pre-tokenizer give the
+ * same ids unless a piece starts with a space (Prepend adds a second U+2581). */
+static void test_metaspace(const cJSON *corpus) {
+    cJSON *base = read_json("../models/stories260K/tokenizer.json");
+    cJSON *fx = read_json("fixtures/tokenizer/stories260k.json");
+    if (!base || !fx) {
+        printf("SKIP: metaspace variants (stories260K tokenizer or fixture missing)\n");
+        cJSON_Delete(base);
+        cJSON_Delete(fx);
+        return;
+    }
+    cJSON_ReplaceItemInObject(base, "normalizer", cJSON_CreateNull());
+    static const char *schemes[] = {"always", "first", "never"};
+    mnv_tokenizer *t[3][2];
+    for (int k = 0; k < 6; k++) {
+        cJSON_ReplaceItemInObject(base, "pre_tokenizer", metaspace(schemes[k / 2], k % 2));
+        cJSON_ReplaceItemInObject(base, "decoder", metaspace(schemes[k / 2], k % 2));
+        t[k / 2][k % 2] = load_variant("meta.json", base);
+    }
+    int same = 0, total = 0, i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, corpus) {
+        const char *s = e->valuestring;
+        const cJSON *want = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(fx, "ids"), i++);
+        if (!*s || s[0] == ' ' || strchr(s, '<')) continue;
+        for (int k = 0; k < 4; k++) { /* always and first agree without added tokens */
+            size_t n;
+            int32_t *ids = t[k / 2][k % 2] ? encode(t[k / 2][k % 2], s, strlen(s), 0, &n) : NULL;
+            same += ids && ids_equal(ids, n, want);
+            total++;
+            free(ids);
+        }
+    }
+    CHECKF(same == total, "metaspace: %d/%d ids equal the Prepend+Replace fixture", same, total);
+    printf("metaspace variants: %d/%d ids equal the fixture\n", same, total);
+    if (t[0][0] && t[1][0] && t[2][0]) {
+        size_t n1, n2, n3;
+        int32_t *a = encode(t[1][0], "<s>Hello", 8, 0, &n1); /* first: not after <s> */
+        int32_t *b = encode(t[2][0], "Hello", 5, 0, &n2);
+        int32_t *c = encode(t[0][0], "<s>Hello", 8, 0, &n3);
+        CHECK(a && b && n1 == n2 + 1 && a[0] == 1 && !memcmp(a + 1, b, n2 * sizeof *b));
+        CHECK(c && n3 >= 2 && c[0] == 1 && c[1] != a[1]);
+        free(a);
+        free(b);
+        free(c);
+        /* Metaspace decoder: U+2581 -> ' ', dropped in the first token */
+        const cJSON *ids1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(fx, "ids"), 1);
+        int32_t v[256];
+        size_t n = 0;
+        cJSON_ArrayForEach(e, ids1) if (n < 256) v[n++] = (int32_t)e->valuedouble;
+        char *d = decode(t[0][0], v, n, 0);
+        const char *want = cJSON_GetArrayItem(corpus, 1)->valuestring;
+        CHECKF(d && !strcmp(d, want), "metaspace decode: '%s'", d ? d : "(null)");
+        bool whole;
+        char *sd = stream_decode(t[0][0], v, n, &whole);
+        CHECK(sd && d && !strcmp(sd, d));
+        free(d);
+        free(sd);
+    }
+    for (int k = 0; k < 6; k++) mnv_tokenizer_free(t[k / 2][k % 2]);
+    cJSON_Delete(base);
+    cJSON_Delete(fx);
+}
+
+#define TINY_VOCAB "\"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2, \"ab\": 3, \"bc\": 4, \"abc\": 5, \"<x>\": 6, \" \": 7}"
 
 static void test_tiny_bpe(void) {
     /* merges: "b c" (rank 0) beats "a b" (rank 1), then "a bc" */
@@ -340,7 +465,64 @@ static void test_tiny_bpe(void) {
     CHECK(mnv_tokenize(t, "abab<x>c", 8, 0, ids, 16, &n) == MNV_OK && n == 4 && ids[0] == 3 &&
           ids[1] == 3 && ids[2] == 6 && ids[3] == 2);
     CHECK(mnv_tokenizer_bos(t) == -1 && mnv_tokenizer_add_bos(t) == 0);
+    CHECK(mnv_tokenize(t, "a <x> b", 7, 0, ids, 16, &n) == MNV_OK && n == 5 && ids[1] == 7 &&
+          ids[2] == 6 && ids[3] == 7);
     mnv_tokenizer_free(t);
+    /* lstrip/rstrip swallow the spaces around the token; single_word needs word boundaries */
+    path = write_file("tokenizer.json",
+        "{\"added_tokens\": [{\"id\": 6, \"content\": \"<x>\", \"special\": true, \"lstrip\": true,"
+        " \"rstrip\": true}, {\"id\": 8, \"content\": \"cc\", \"single_word\": true,"
+        " \"normalized\": false}], \"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": "
+        "[\"b c\"]}}");
+    st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "tiny flags: %s", mnv_last_error());
+    if (st != MNV_OK) return;
+    CHECK(mnv_tokenize(t, "a  <x> b", 8, 0, ids, 16, &n) == MNV_OK && n == 3 && ids[0] == 0 &&
+          ids[1] == 6 && ids[2] == 1);
+    CHECK(mnv_tokenize(t, "a cc", 4, 0, ids, 16, &n) == MNV_OK && n == 3 && ids[2] == 8);
+    CHECK(mnv_tokenize(t, "acc", 3, 0, ids, 16, &n) == MNV_OK && n == 3 && ids[0] == 0 &&
+          ids[1] == 2 && ids[2] == 2);
+    CHECK(mnv_tokenize(t, "a\xCC\xB0" "cc", 5, 0, ids, 16, &n) == MNV_OK && n == 3 && ids[2] == 2);
+    CHECK(mnv_tokenize(t, "-cc", 3, 0, ids, 16, &n) == MNV_OK && n == 1 && ids[0] == 8);
+    CHECK(mnv_tokenizer_n_vocab(t) == 9);
+    char buf[32];
+    size_t len;
+    int32_t dec[] = {0, 6, 8, 7};
+    /* no decoder: HF joins the tokens with spaces */
+    CHECK(mnv_detokenize(t, dec, 4, 0, buf, sizeof buf, &len) == MNV_OK &&
+          !strcmp(buf, "a <x> cc  "));
+    CHECK(mnv_detokenize(t, dec, 4, 1, buf, sizeof buf, &len) == MNV_OK && !strcmp(buf, "a cc  "));
+    mnv_tokenizer_free(t);
+}
+
+static void test_unicode(void) {
+    static const struct {
+        const char *in, *nfc, *nfd;
+    } v[] = {
+        {"e\xCC\x81", "\xC3\xA9", "e\xCC\x81"},                         /* e + acute */
+        {"\xC3\xA9", "\xC3\xA9", "e\xCC\x81"},
+        {"a\xCC\x80 n\xCC\x83", "\xC3\xA0 \xC3\xB1", "a\xCC\x80 n\xCC\x83"},
+        {"q\xCC\x87\xCC\xA3", "q\xCC\xA3\xCC\x87", "q\xCC\xA3\xCC\x87"}, /* reordered by class */
+        {"\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB", "\xED\x95\x9C",
+         "\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB"},                          /* Hangul L V T */
+        {"\xE2\x84\xAB", "\xC3\x85", "A\xCC\x8A"},                          /* Angstrom sign */
+        {"\xCE\xB1\xCC\x81", "\xCE\xAC", "\xCE\xB1\xCC\x81"},               /* Greek alpha tonos */
+        {"\xD0\xB5\xCC\x88", "\xD1\x91", "\xD0\xB5\xCC\x88"},               /* Cyrillic io */
+        {"plain ascii", "plain ascii", "plain ascii"},
+    };
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        mnv__buf a = {0}, b = {0};
+        mnv__normalize_nf(v[i].in, strlen(v[i].in), true, &a);
+        mnv__normalize_nf(v[i].in, strlen(v[i].in), false, &b);
+        CHECKF(a.len == strlen(v[i].nfc) && !memcmp(a.p, v[i].nfc, a.len), "NFC case %zu", i);
+        CHECKF(b.len == strlen(v[i].nfd) && !memcmp(b.p, v[i].nfd, b.len), "NFD case %zu", i);
+        mnv__buf_free(&a);
+        mnv__buf_free(&b);
+    }
+    mnv__buf l = {0};
+    mnv__utf8_lossy("a\xE2\x82z\xF0\x9F\x98\x80\xFF", 9, &l); /* truncated, emoji, bad byte */
+    CHECK(l.len == 12 && !memcmp(l.p, "a\xEF\xBF\xBDz\xF0\x9F\x98\x80\xEF\xBF\xBD", 12));
+    mnv__buf_free(&l);
 }
 
 static void test_errors(void) {
@@ -380,6 +562,56 @@ static void test_errors(void) {
     unlink(p);
 }
 
+/* Randomly damaged copies of a real tokenizer.json: a clean error or a
+ * working tokenizer, never a crash (run under ASan to make this bite). */
+static void test_mutations(void) {
+    char *doc;
+    size_t len;
+    if (mnv_read_file("../models/stories260K/tokenizer.json", &doc, &len) != MNV_OK) return;
+    static const char junk[] = "{}[]\":,\\0123456789-.eE atu<>";
+    int ok = 0, err = 0, bad = 0;
+    char *m = malloc(len + 1);
+    char path[160];
+    snprintf(path, sizeof path, "%s/mut.json", tmpdir);
+    const char *env = getenv("MNV_TOK_FUZZ"); /* more iterations on request */
+    int iters = env ? atoi(env) : 300;
+    for (int r = 0; r < iters; r++) {
+        memcpy(m, doc, len);
+        size_t n = len;
+        for (int k = t_randint(1, 4); k > 0; k--) {
+            size_t at = (size_t)t_randint(0, (int)n - 1);
+            int op = t_randint(0, 9);
+            if (op == 0) n = at;                                     /* truncate */
+            else if (op < 7) m[at] = junk[t_randint(0, (int)sizeof junk - 2)];
+            else memmove(m + at, m + at + 1, n - at - 1), n--;       /* delete */
+            if (n < 2) break;
+        }
+        FILE *f = fopen(path, "wb");
+        if (!f) break;
+        fwrite(m, 1, n, f);
+        fclose(f);
+        mnv_tokenizer *t = NULL;
+        mnv_status st = mnv_tokenizer_load(path, &t);
+        if (st == MNV_OK) {
+            size_t nid;
+            int32_t *ids = encode(t, "Hello world <s> x", 17, 1, &nid);
+            char *d = ids ? decode(t, ids, nid, 0) : NULL;
+            ok++;
+            free(ids);
+            free(d);
+            mnv_tokenizer_free(t);
+        } else {
+            err++;
+            bad += t != NULL || !mnv_last_error()[0];
+        }
+    }
+    unlink(path);
+    free(m);
+    free(doc);
+    CHECKF(bad == 0, "mutations: %d errors without a message", bad);
+    printf("mutated tokenizer.json: %d loaded, %d rejected with a message\n", ok, err);
+}
+
 static void remove_tmpdir(void) {
     static const char *names[] = {"notjson", "truncated", "nomodel", "novocab", "unigram",
                                   "wordpiece", "badmerge", "badmerged", "badid", "badregex",
@@ -409,13 +641,16 @@ int main(void) {
         }
         test_tokenizer(shared[i], path, corpus, true);
     }
-    cJSON_Delete(corpus);
     test_gptoss_harmony();
     test_stories_api();
     strcpy(tmpdir, "/tmp/mnv_tok_XXXXXX");
     CHECK(mkdtemp(tmpdir) != NULL);
     test_tiny_bpe();
+    test_unicode();
+    test_metaspace(corpus);
     test_errors();
+    test_mutations();
     remove_tmpdir();
+    cJSON_Delete(corpus);
     return t_done();
 }

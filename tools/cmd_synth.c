@@ -7,7 +7,7 @@
 
 #define CMD "synth"
 
-static const char USAGE[] =
+static const char USAGE_FMT[] =
     "Usage: minerva synth --config CONFIG.json --out DIR [OPTIONS]\n\n"
     "Write DIR/config.json and DIR/model.safetensors with random weights (normal,\n"
     "std 0.02, norms at 1) for the configuration, to benchmark at real sizes. No\n"
@@ -15,8 +15,8 @@ static const char USAGE[] =
     "Options:\n"
     "      --config FILE   a config.json of a supported architecture (required)\n"
     "  -o, --out DIR       output directory, created if missing (required)\n"
-    "      --dtype T       bf16, f16 or f32 (default bf16)\n"
-    "      --seed S        random seed (default 0)\n"
+    "      --dtype T       bf16, f16 or f32 (default %s)\n"
+    "      --seed S        random seed (default %llu)\n"
     "  -h, --help          show this help\n";
 
 static int parse_dtype(const char *s, mnv_dtype *out) {
@@ -36,7 +36,10 @@ int cmd_synth(int argc, char **argv) {
         {NULL, "--dtype", CLI_STR, &dtype, 0, 0, NULL},
         {NULL, "--seed", CLI_U64, &p.seed, 0, 0, NULL},
     };
-    cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
+    char usage[sizeof USAGE_FMT + 64];
+    const char *def_dtype = p.dtype == MNV_DTYPE_F32 ? "f32" : p.dtype == MNV_DTYPE_F16 ? "f16" : "bf16";
+    snprintf(usage, sizeof usage, USAGE_FMT, def_dtype, (unsigned long long)p.seed);
+    cli_spec spec = {CMD, usage, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;
     if (cli_parse(&spec, argc, argv, &rc)) return rc;
     if (!p.config_path) return cli_usage(CMD, "--config is required");

@@ -38,7 +38,7 @@ void mnv_error_prefix(const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, tl_error, sizeof old);
-    snprintf(tl_error, sizeof tl_error, "%s: %s", prefix, old);
+    snprintf(tl_error, sizeof tl_error, "%.500s: %.500s", prefix, old);
 }
 
 void mnv_clear_error(void) { tl_error[0] = 0; }

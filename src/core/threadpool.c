@@ -159,6 +159,6 @@ void mnv_threadpool_barrier(mnv_threadpool *tp) {
     unsigned spins = 0;
     while (atomic_load_explicit(&tp->bar_phase, memory_order_acquire) == phase) {
         cpu_relax();
-        if (++spins > (1u << 22)) sched_yield(); /* someone was descheduled */
+        if (++spins > (1u << 12)) sched_yield(); /* more threads than free cores: let the others run */
     }
 }

@@ -72,8 +72,10 @@ typedef struct {
     mnv_generate_result *res;
 } gen_state;
 
-/* Decode tok, deliver what can be delivered; sets *stop when done. */
-static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool *stop) {
+/* Decode tok, deliver what can be delivered; sets *stop when done. With
+ * final (EOS, or the last token generation will make) everything held back
+ * is delivered: a possible stop-string prefix, an incomplete UTF-8 tail. */
+static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool *stop) {
     char piece[256];
     size_t n = 0;
     if (g->ds && !eos) {
@@ -81,10 +83,13 @@ static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool *stop) {
         if (st != MNV_OK) return st;
     }
     if (!pending_put(&g->pend, piece, n)) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (final && g->ds && mnv_detok_stream_flush(g->ds, piece, sizeof piece, &n) == MNV_OK &&
+        !pending_put(&g->pend, piece, n))
+        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     size_t hold = 0;
     long at = find_stop(g->gp, &g->pend, &hold);
     size_t give = at >= 0 ? (size_t)at : g->pend.len - hold;
-    if (eos) give = g->pend.len; /* nothing more will come */
+    if (at < 0 && final) give = g->pend.len; /* nothing more will come */
     int cb = 0;
     if (g->gp->on_token) cb = g->gp->on_token(g->gp->user_data, tok, g->pend.text, give);
     memmove(g->pend.text, g->pend.text + give, g->pend.len - give);
@@ -101,14 +106,16 @@ static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool *stop) {
 
 static mnv_status gen_loop(gen_state *g) {
     mnv_session *s = g->s;
-    int32_t V = s->model->cfg.vocab_size;
+    int32_t V = s->model->cfg.vocab_size, tok;
     double t0 = mnv_time_sec();
     for (int32_t i = 0; i < g->gp->max_tokens; i++) {
-        int32_t tok = mnv_sampler_sample(g->smp, s->last_logits, V);
+        tok = mnv_sampler_sample(g->smp, s->last_logits, V);
+        if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
         mnv_sampler_accept(g->smp, tok);
         g->res->n_generated++;
         bool eos = is_eos(s, g->gp, tok), stop = false;
-        mnv_status st = deliver(g, tok, eos, &stop);
+        bool final = eos || i + 1 == g->gp->max_tokens || s->n_past >= s->kv.n_ctx;
+        mnv_status st = deliver(g, tok, eos, final, &stop);
         if (st != MNV_OK) return st;
         if (eos) {
             g->res->stop_reason = MNV_STOP_EOS;
@@ -148,6 +155,13 @@ mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt, 
     }
     st = mnv_sampler_chain_create(&g.gp->sampler, s->model->cfg.vocab_size, &g.smp);
     if (st == MNV_OK && s->model->tok) st = mnv_detok_stream_create(s->model->tok, &g.ds);
+    /* the decoder continues the prompt's text (e.g. no stripped leading space
+     * after a prompt); the prompt's own text is not delivered */
+    for (size_t i = 0; st == MNV_OK && g.ds && i < n_prompt; i++) {
+        char junk[256];
+        size_t jn;
+        if (prompt[i] != s->model->cfg.bos_token_id) st = mnv_detok_stream_push(g.ds, prompt[i], junk, sizeof junk, &jn);
+    }
     /* penalties see the prompt too */
     for (size_t i = 0; st == MNV_OK && i < n_prompt; i++) mnv_sampler_accept(g.smp, prompt[i]);
     if (st == MNV_OK) st = gen_loop(&g);

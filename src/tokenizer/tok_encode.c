@@ -418,32 +418,27 @@ void mnv__normalize(const mnv_tokenizer *t, const char *s, size_t n, pcre2_match
 
 /* ---- added tokens -------------------------------------------------------------------- */
 
-/* Word characters for single_word: ASCII alphanumerics and '_', and (an
- * approximation of Unicode alphanumerics) any non-ASCII character that is
- * neither whitespace nor in the general/CJK punctuation blocks. */
-static bool is_word_cp(uint32_t c) {
-    if (c < 0x80) return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-                         || c == '_';
-    return !mnv__is_space(c) && !(c >= 0x2000 && c <= 0x206F) && !(c >= 0x3000 && c <= 0x303F);
+/* Is the character at s[k..n) a word character (Rust regex \w)? */
+static bool is_word_at(const mnv_tokenizer *t, const char *s, size_t k, size_t n,
+                       pcre2_match_data *md) {
+    uint32_t cp;
+    size_t l = mnv__utf8_next(s + k, n - k, &cp);
+    if (!l) return false;
+    return pcre2_match(t->word_re, (PCRE2_SPTR)(s + k), l, 0, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK,
+                       md, NULL) >= 0;
 }
 
-static bool word_before(const char *s, size_t at) {
+static bool word_before(const mnv_tokenizer *t, const char *s, size_t at, pcre2_match_data *md) {
     if (!at) return false;
     size_t k = at - 1;
     while (k > 0 && ((uint8_t)s[k] & 0xC0) == 0x80) k--;
-    uint32_t cp;
-    return mnv__utf8_next(s + k, at - k, &cp) && is_word_cp(cp);
-}
-
-static bool word_after(const char *s, size_t n, size_t at) {
-    uint32_t cp;
-    return at < n && mnv__utf8_next(s + at, n - at, &cp) && is_word_cp(cp);
+    return is_word_at(t, s, k, at, md);
 }
 
 /* Next added token (set k) in s[from..n), as the span it replaces (with
  * lstrip/rstrip whitespace). lo bounds how far lstrip may reach back. */
 static bool next_added(const mnv_tokenizer *t, int k, const char *s, size_t n, size_t from,
-                       size_t lo, size_t *ms, size_t *me, int32_t *id) {
+                       size_t lo, pcre2_match_data *md, size_t *ms, size_t *me, int32_t *id) {
     for (size_t pos = from; pos < n; pos++) {
         uint8_t c = (uint8_t)s[pos];
         const mnv__added *hit = NULL;
@@ -456,7 +451,8 @@ static bool next_added(const mnv_tokenizer *t, int k, const char *s, size_t n, s
         }
         if (!hit) continue;
         size_t b = pos, en = pos + hit->nlen;
-        if (hit->single_word && (word_before(s, b) || word_after(s, n, en))) {
+        if (hit->single_word && t->word_re &&
+            (word_before(t, s, b, md) || (en < n && is_word_at(t, s, en, n, md)))) {
             pos = en - 1; /* the match is consumed but not used */
             continue;
         }
@@ -494,7 +490,7 @@ static void encode_segment(enc *e, const char *s, size_t n, bool first) {
     s = normalize_chain(t, s, &n, e->md, e->nb, &e->oom);
     size_t seg = 0, ms, me;
     int32_t id;
-    while (t->abyte[1][256] && next_added(t, 1, s, n, seg, seg, &ms, &me, &id)) {
+    while (t->abyte[1][256] && next_added(t, 1, s, n, seg, seg, e->md, &ms, &me, &id)) {
         pretok_bpe(e, s + seg, ms - seg, first && seg == 0);
         push_id(e, id);
         seg = me;
@@ -505,7 +501,7 @@ static void encode_segment(enc *e, const char *s, size_t n, bool first) {
 static void encode_text(enc *e, const char *s, size_t n) {
     size_t seg = 0, ms, me;
     int32_t id;
-    while (next_added(e->t, 0, s, n, seg, seg, &ms, &me, &id)) {
+    while (next_added(e->t, 0, s, n, seg, seg, e->md, &ms, &me, &id)) {
         encode_segment(e, s + seg, ms - seg, seg == 0);
         push_id(e, id);
         seg = me;

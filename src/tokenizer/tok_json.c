@@ -181,6 +181,15 @@ mnv_status mnv__json_open(const char *path, const char *doc, size_t len, mnv__js
 
 /* ---- strict readers for strings, vocab and merges ------------------------------ */
 
+static size_t count_byte(const char *p, const char *end, char c) {
+    size_t n = 0;
+    while ((p = memchr(p, c, (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -267,6 +276,7 @@ mnv_status mnv__json_parse_vocab(mnv_tokenizer *t, const char *path, const char 
         if (!t->arena) return mnv_set_error(MNV_ERR_NOMEM, "%s: vocab arena", path);
         t->arena_cap = r->vocab_end - r->vocab_beg + 4096;
     }
+    if ((st = mnv__vocab_reserve(t, count_byte(s.p, s.end, '"') / 2)) != MNV_OK) return st;
     s.p++;
     ws(&s);
     if (s.p < s.end && *s.p == '}') return MNV_OK;
@@ -359,8 +369,11 @@ mnv_status mnv__json_parse_merges(mnv_tokenizer *t, const char *path, const char
     s.p++;
     ws(&s);
     if (s.p < s.end && *s.p == ']') return MNV_OK;
+    /* upper bound on the count: '[' per pair, or two quotes per "a b" string */
+    size_t est = *s.p == '[' ? count_byte(s.p, s.end, '[') : count_byte(s.p, s.end, '"') / 2;
+    mnv_status st = mnv__merge_reserve(t, est);
+    if (st != MNV_OK) return st;
     mnv__buf ka = {0}, kb = {0}, tmp = {0};
-    mnv_status st = MNV_OK;
     for (size_t rank = 0;; rank++) {
         ws(&s);
         if ((st = read_merge(t, &s, rank, &ka, &kb, &tmp)) != MNV_OK) break;

@@ -348,6 +348,15 @@ static mnv_status load_added(mnv_tokenizer *t, const char *path, const cJSON *li
         if (t->arena_oom) return mnv_set_error(MNV_ERR_NOMEM, "%s: added_tokens", path);
         i++;
         if (a->len) t->n_added++; /* an empty content can never match */
+        if (a->single_word && !t->word_re) {
+            /* Rust's \w; \p{Alphabetic} needs PCRE2 >= 10.40, else letters only */
+            static const char w1[] = "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]";
+            static const char w2[] = "[\\p{L}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]";
+            mnv_status st = mnv__regex_compile(path, "single_word", w1, sizeof w1 - 1, &t->word_re);
+            if (st != MNV_OK)
+                st = mnv__regex_compile(path, "single_word", w2, sizeof w2 - 1, &t->word_re);
+            if (st != MNV_OK) return st;
+        }
     }
     return MNV_OK;
 }
@@ -564,6 +573,7 @@ void mnv_tokenizer_free(mnv_tokenizer *t) {
     }
     for (int i = 0; i < t->n_dec; i++) mnv__replace_free(&t->dec[i].rep);
     if (t->gpt2_re) pcre2_code_free(t->gpt2_re);
+    if (t->word_re) pcre2_code_free(t->word_re);
     free(t->norm);
     free(t->pre);
     free(t->dec);
@@ -573,8 +583,8 @@ void mnv_tokenizer_free(mnv_tokenizer *t) {
     free(t->id_off);
     free(t->id_len);
     free(t->id_flags);
-    free(t->vocab);
-    free(t->merges);
+    mnv_aligned_free(t->vocab);
+    mnv_aligned_free(t->merges);
     free(t->arena);
     free(t);
 }

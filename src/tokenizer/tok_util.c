@@ -126,6 +126,14 @@ uint32_t mnv__arena_add(mnv_tokenizer *t, const char *s, size_t n) {
     return off;
 }
 
+_Static_assert(sizeof(mnv__vslot) == 32, "vocab slot is half a cache line");
+
+static inline bool slot_is(const mnv_tokenizer *t, const mnv__vslot *e, uint32_t h, const char *s,
+                           size_t n) {
+    return e->hash == h && e->len == n &&
+           memcmp(n <= sizeof e->inl ? e->inl : t->arena + e->off, s, n) == 0;
+}
+
 int32_t mnv__vocab_find(const mnv_tokenizer *t, const char *s, size_t n) {
     if (!t->vocab_cap) return -1;
     uint32_t h = mnv__hash(s, n);
@@ -133,30 +141,42 @@ int32_t mnv__vocab_find(const mnv_tokenizer *t, const char *s, size_t n) {
     for (size_t i = h & mask;; i = (i + 1) & mask) {
         const mnv__vslot *e = &t->vocab[i];
         if (e->id < 0) return -1;
-        if (e->hash == h && e->len == n && memcmp(t->arena + e->off, s, n) == 0) return e->id;
+        if (slot_is(t, e, h, s, n)) return e->id;
     }
 }
 
-static bool vocab_grow(mnv_tokenizer *t) {
-    size_t cap = t->vocab_cap ? t->vocab_cap * 2 : 1024;
-    mnv__vslot *v = malloc(cap * sizeof *v);
+/* Rehash into cap slots (a power of two, 64-byte aligned). */
+static bool vocab_resize(mnv_tokenizer *t, size_t cap) {
+    mnv__vslot *v = mnv_aligned_alloc(64, cap * sizeof *v);
     if (!v) return false;
     for (size_t i = 0; i < cap; i++) v[i].id = -1;
     for (size_t j = 0; j < t->vocab_cap; j++) {
-        mnv__vslot e = t->vocab[j];
-        if (e.id < 0) continue;
-        size_t i = e.hash & (cap - 1);
+        const mnv__vslot *e = &t->vocab[j];
+        if (e->id < 0) continue;
+        size_t i = e->hash & (cap - 1);
         while (v[i].id >= 0) i = (i + 1) & (cap - 1);
-        v[i] = e;
+        v[i] = *e;
     }
-    free(t->vocab);
+    mnv_aligned_free(t->vocab);
     t->vocab = v;
     t->vocab_cap = cap;
     return true;
 }
 
+static size_t pow2_for(size_t n) {
+    size_t cap = 1024;
+    while (cap < 2 * n) cap *= 2;
+    return cap;
+}
+
+mnv_status mnv__vocab_reserve(mnv_tokenizer *t, size_t n) {
+    if (pow2_for(n) > t->vocab_cap && !vocab_resize(t, pow2_for(n)))
+        return mnv_set_error(MNV_ERR_NOMEM, "tokenizer vocab table (%zu entries)", n);
+    return MNV_OK;
+}
+
 mnv_status mnv__vocab_insert(mnv_tokenizer *t, const char *s, size_t n, int32_t id) {
-    if ((t->vocab_count + 1) * 2 > t->vocab_cap && !vocab_grow(t))
+    if ((t->vocab_count + 1) * 2 > t->vocab_cap && !vocab_resize(t, pow2_for(t->vocab_count + 1)))
         return mnv_set_error(MNV_ERR_NOMEM, "tokenizer vocab table");
     uint32_t h = mnv__hash(s, n);
     size_t mask = t->vocab_cap - 1;
@@ -164,14 +184,16 @@ mnv_status mnv__vocab_insert(mnv_tokenizer *t, const char *s, size_t n, int32_t 
     for (;; i = (i + 1) & mask) {
         mnv__vslot *e = &t->vocab[i];
         if (e->id < 0) break;
-        if (e->hash == h && e->len == n && memcmp(t->arena + e->off, s, n) == 0) {
+        if (slot_is(t, e, h, s, n)) {
             e->id = id;
             return MNV_OK;
         }
     }
     uint32_t off = mnv__arena_add(t, s, n);
     if (t->arena_oom) return mnv_set_error(MNV_ERR_NOMEM, "tokenizer string arena");
-    t->vocab[i] = (mnv__vslot){h, off, (uint32_t)n, id};
+    mnv__vslot *e = &t->vocab[i];
+    *e = (mnv__vslot){h, id, off, (uint32_t)n, {0}};
+    if (n <= sizeof e->inl) memcpy(e->inl, s, n);
     t->vocab_count++;
     return MNV_OK;
 }
@@ -198,9 +220,8 @@ bool mnv__merge_find(const mnv_tokenizer *t, int32_t a, int32_t b, int32_t *rank
     }
 }
 
-static bool merges_grow(mnv_tokenizer *t) {
-    size_t cap = t->merges_cap ? t->merges_cap * 2 : 1024;
-    mnv__mslot *v = malloc(cap * sizeof *v);
+static bool merges_resize(mnv_tokenizer *t, size_t cap) {
+    mnv__mslot *v = mnv_aligned_alloc(64, cap * sizeof *v);
     if (!v) return false;
     for (size_t i = 0; i < cap; i++) v[i].key = UINT64_MAX;
     for (size_t j = 0; j < t->merges_cap; j++) {
@@ -210,14 +231,21 @@ static bool merges_grow(mnv_tokenizer *t) {
         while (v[i].key != UINT64_MAX) i = (i + 1) & (cap - 1);
         v[i] = e;
     }
-    free(t->merges);
+    mnv_aligned_free(t->merges);
     t->merges = v;
     t->merges_cap = cap;
     return true;
 }
 
+mnv_status mnv__merge_reserve(mnv_tokenizer *t, size_t n) {
+    if (pow2_for(n) > t->merges_cap && !merges_resize(t, pow2_for(n)))
+        return mnv_set_error(MNV_ERR_NOMEM, "tokenizer merge table (%zu entries)", n);
+    return MNV_OK;
+}
+
 mnv_status mnv__merge_insert(mnv_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id) {
-    if ((t->merges_count + 1) * 2 > t->merges_cap && !merges_grow(t))
+    if ((t->merges_count + 1) * 2 > t->merges_cap &&
+        !merges_resize(t, pow2_for(t->merges_count + 1)))
         return mnv_set_error(MNV_ERR_NOMEM, "tokenizer merge table");
     uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
     size_t mask = t->merges_cap - 1;

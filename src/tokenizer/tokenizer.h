@@ -170,9 +170,13 @@ typedef struct {
 } mnv__dec;
 
 /* ---- tables ------------------------------------------------------------------ */
+/* 32 bytes: keys up to 16 bytes (nearly all tokens) are compared inline,
+ * so a lookup touches one cache line of the table and not the arena. */
 typedef struct {
-    uint32_t hash, off, len; /* key text in tok->arena */
+    uint32_t hash;
     int32_t id;              /* -1: empty slot */
+    uint32_t off, len;       /* key text in tok->arena */
+    char inl[16];            /* copy of the key when len <= 16 */
 } mnv__vslot;
 
 typedef struct {
@@ -220,6 +224,7 @@ struct mnv_tokenizer {
     int n_dec;
     bool has_decoder;
     pcre2_code *gpt2_re;      /* ByteLevel(use_regex) split pattern */
+    pcre2_code *word_re;      /* one word character (Rust regex \w), for single_word */
 
     int32_t unk_id;
     bool byte_fallback, fuse_unk, ignore_merges;
@@ -234,6 +239,9 @@ int32_t mnv__vocab_find(const mnv_tokenizer *t, const char *s, size_t n);
 /* Copies s into the arena and maps it to id (a later insert of the same text
  * wins, as in a JSON object read into a hash map). */
 mnv_status mnv__vocab_insert(mnv_tokenizer *t, const char *s, size_t n, int32_t id);
+/* Size the tables for n entries up front (avoids rehashing while loading). */
+mnv_status mnv__vocab_reserve(mnv_tokenizer *t, size_t n);
+mnv_status mnv__merge_reserve(mnv_tokenizer *t, size_t n);
 bool mnv__merge_find(const mnv_tokenizer *t, int32_t a, int32_t b, int32_t *rank, int32_t *id);
 mnv_status mnv__merge_insert(mnv_tokenizer *t, int32_t a, int32_t b, int32_t rank, int32_t id);
 /* Append bytes to the arena; returns the offset (sets arena_oom on failure). */
