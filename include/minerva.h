@@ -245,6 +245,21 @@ int32_t mnv_session_n_past(const mnv_session *s);
  * with MNV_ERR_RANGE naming the id when an id is outside the vocabulary. */
 mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits);
 
+/* Figures of the session's most recent forward pass (host-side cost and
+ * memory), for benchmarks. */
+typedef struct {
+    int32_t n_nodes;         /* nodes in the last graph */
+    double build_seconds;    /* recording the graph */
+    double plan_seconds;     /* memory planning */
+    double compute_seconds;  /* running it on the backend (includes dispatch) */
+    uint64_t arena_bytes;    /* activation memory held */
+    uint64_t kv_bytes;       /* KV cache memory held */
+    int32_t n_ctx;           /* context length in tokens */
+    int32_t n_threads;       /* compute threads */
+} mnv_session_stats;
+
+mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);
+
 /* Write the last evaluation's compute graph in Graphviz DOT to path. */
 mnv_status mnv_session_dump_graph(mnv_session *s, const char *path);
 

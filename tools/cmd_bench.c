@@ -35,6 +35,7 @@ typedef struct {
 
 typedef struct {
     double pp_tok_s, tg_tok_s; /* 0 when the test was skipped */
+    mnv_session_stats last;    /* figures of the last decode step */
     uint64_t weight_bytes;
     int threads;
 } bench_result;
@@ -99,6 +100,7 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
         printf(", \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu", rss,
                (unsigned long long)r->weight_bytes);
         json_rate("decode_gb_s", gbs, o->n_decode > 0);
+        printf(", \"host_ms_per_token\": %.4f", (r->last.build_seconds + r->last.plan_seconds) * 1e3);
         printf("}\n");
         return;
     }
@@ -108,6 +110,10 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     if (o->n_decode > 0) {
         printf("tg%-5d %10.1f tok/s\n", o->n_decode, r->tg_tok_s);
         printf("decode bandwidth (weight bytes x tok/s): %.2f GB/s\n", gbs);
+        const mnv_session_stats *l = &r->last;
+        double host = (l->build_seconds + l->plan_seconds) * 1e3, step = host + l->compute_seconds * 1e3;
+        printf("host cost per decoded token: graph build %.3f ms + plan %.3f ms of a %.2f ms step (%.2f%%), %d nodes\n",
+               l->build_seconds * 1e3, l->plan_seconds * 1e3, step, step > 0 ? 100.0 * host / step : 0.0, l->n_nodes);
     }
     printf("peak memory: %.1f MiB\n", rss);
 }
@@ -126,6 +132,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     if (rc == 0 && o->n_decode > 0) {
         st = time_test(s, ids, o->n_decode, 1, o->reps, &r->tg_tok_s);
         if (st != MNV_OK) rc = cli_lib_error(CMD, st, "decode test failed");
+        else mnv_session_get_stats(s, &r->last);
     }
     mnv_session_free(s);
     return rc;
@@ -143,7 +150,7 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % (uint64_t)info.n_vocab);
     }
-    bench_result r = {0.0, 0.0, info.weight_bytes, o->n_threads};
+    bench_result r = {.weight_bytes = info.weight_bytes, .threads = o->n_threads};
     if (r.threads == 0) r.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int rc = run_tests(o, model, ids, &r);
     if (rc == 0) print_result(o, model_name, &r);

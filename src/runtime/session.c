@@ -157,3 +157,19 @@ mnv_status mnv_session_dump_graph(mnv_session *s, const char *path) {
     if (mnv_graph_n_nodes(s->g) == 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "no graph evaluated yet");
     return mnv_graph_dump_dot(s->g, path);
 }
+
+mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out) {
+    if (!s || !out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_get_stats: NULL argument");
+    memset(out, 0, sizeof *out);
+    const mnv_model_config *c = &s->model->cfg;
+    out->n_nodes = mnv_graph_n_nodes(s->g);
+    out->build_seconds = s->last_build_sec;
+    out->plan_seconds = s->last_plan_sec;
+    out->compute_seconds = s->last_run_sec;
+    out->arena_bytes = mnv_executor_arena_size(s->ex);
+    out->kv_bytes = 2ull * (uint64_t)s->kv.n_layer * (uint64_t)s->kv.n_seq * (uint64_t)s->kv.n_ctx *
+                    (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * mnv_dtype_size(s->kv.dtype);
+    out->n_ctx = (int32_t)s->kv.n_ctx;
+    out->n_threads = s->be->iface->n_threads(s->be);
+    return MNV_OK;
+}

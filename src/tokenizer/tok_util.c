@@ -135,8 +135,17 @@ static inline bool slot_is(const mnv_tokenizer *t, const mnv__vslot *e, uint32_t
 }
 
 int32_t mnv__vocab_find(const mnv_tokenizer *t, const char *s, size_t n) {
-    if (!t->vocab_cap) return -1;
+    return mnv__vocab_find_h(t, s, n, mnv__hash(s, n));
+}
+
+uint32_t mnv__vocab_prefetch(const mnv_tokenizer *t, const char *s, size_t n) {
     uint32_t h = mnv__hash(s, n);
+    if (t->vocab_cap) __builtin_prefetch(&t->vocab[h & (t->vocab_cap - 1)]);
+    return h;
+}
+
+int32_t mnv__vocab_find_h(const mnv_tokenizer *t, const char *s, size_t n, uint32_t h) {
+    if (!t->vocab_cap) return -1;
     size_t mask = t->vocab_cap - 1;
     for (size_t i = h & mask;; i = (i + 1) & mask) {
         const mnv__vslot *e = &t->vocab[i];
@@ -203,6 +212,11 @@ static inline size_t merge_slot(uint64_t key, size_t mask) {
     key *= 0xff51afd7ed558ccdull;
     key ^= key >> 33;
     return (size_t)key & mask;
+}
+
+void mnv__merge_prefetch(const mnv_tokenizer *t, int32_t a, int32_t b) {
+    uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    if (t->merges_cap) __builtin_prefetch(&t->merges[merge_slot(key, t->merges_cap - 1)], 1);
 }
 
 bool mnv__merge_find(const mnv_tokenizer *t, int32_t a, int32_t b, int32_t *rank, int32_t *id) {

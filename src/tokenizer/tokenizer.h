@@ -236,6 +236,11 @@ struct mnv_tokenizer {
 /* vocab / merges tables (tok_util.c) */
 uint32_t mnv__hash(const char *s, size_t n);
 int32_t mnv__vocab_find(const mnv_tokenizer *t, const char *s, size_t n);
+/* The same with the key's hash already computed; and a prefetch of the slot
+ * a key hashes to, returning its hash (batched lookups while loading). */
+int32_t mnv__vocab_find_h(const mnv_tokenizer *t, const char *s, size_t n, uint32_t h);
+uint32_t mnv__vocab_prefetch(const mnv_tokenizer *t, const char *s, size_t n);
+void mnv__merge_prefetch(const mnv_tokenizer *t, int32_t a, int32_t b);
 /* Copies s into the arena and maps it to id (a later insert of the same text
  * wins, as in a JSON object read into a hash map). */
 mnv_status mnv__vocab_insert(mnv_tokenizer *t, const char *s, size_t n, int32_t id);
