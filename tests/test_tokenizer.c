@@ -495,6 +495,46 @@ static void test_tiny_bpe(void) {
     mnv_tokenizer_free(t);
 }
 
+/* Split behaviors, observed through ignore_merges: every piece is a vocab
+ * entry, so each piece comes out as one id (cases from HF's own tests). */
+static void test_split_behaviors(void) {
+    static const char *vocab = "\"vocab\": {\"The\": 0, \"-\": 1, \"final\": 2, \"countdown\": 3, "
+                               "\"The-\": 4, \"final-\": 5, \"-final\": 6, \"-countdown\": 7, "
+                               "\"--\": 8}";
+    static const struct {
+        const char *behavior;
+        bool invert;
+        int n, ids[8];
+    } c[] = {
+        {"Removed", false, 3, {0, 2, 3}},
+        {"Isolated", false, 6, {0, 1, 2, 1, 1, 3}},
+        {"MergedWithPrevious", false, 4, {4, 5, 1, 3}},
+        {"MergedWithNext", false, 4, {0, 6, 1, 7}},
+        {"Contiguous", false, 5, {0, 1, 2, 8, 3}},
+        {"Removed", true, 3, {1, 1, 1}},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", \"ignore_merges\": true, %s, "
+                 "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": "
+                 "{\"String\": \"-\"}, \"behavior\": \"%s\", \"invert\": %s}}", vocab,
+                 c[i].behavior, c[i].invert ? "true" : "false");
+        const char *path = write_file("split.json", json);
+        mnv_tokenizer *t;
+        mnv_status st = mnv_tokenizer_load(path, &t);
+        unlink(path);
+        CHECKF(st == MNV_OK, "split %s: %s", c[i].behavior, mnv_last_error());
+        if (st != MNV_OK) continue;
+        int32_t ids[16];
+        size_t n;
+        st = mnv_tokenize(t, "The-final--countdown", 20, 0, ids, 16, &n);
+        bool ok = st == MNV_OK && n == (size_t)c[i].n;
+        for (size_t k = 0; ok && k < n; k++) ok = ids[k] == c[i].ids[k];
+        CHECKF(ok, "split behavior %s (invert %d)", c[i].behavior, c[i].invert);
+        mnv_tokenizer_free(t);
+    }
+}
+
 static void test_unicode(void) {
     static const struct {
         const char *in, *nfc, *nfd;
@@ -647,6 +687,7 @@ int main(void) {
     CHECK(mkdtemp(tmpdir) != NULL);
     test_tiny_bpe();
     test_unicode();
+    test_split_behaviors();
     test_metaspace(corpus);
     test_errors();
     test_mutations();

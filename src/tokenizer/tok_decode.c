@@ -10,7 +10,11 @@
  * valid UTF-8 decodes (as in HF) to one U+FFFD per byte, while the stream,
  * which has already emitted the run's complete characters, replaces each
  * maximal invalid subpart by one U+FFFD. A Strip's `stop` (trailing) count
- * after Fuse is not applied by the stream. */
+ * after Fuse is not applied by the stream.
+ *
+ * The stream decodes every id it is given, special tokens included (as
+ * decode with skip_special = 0); a caller that hides special tokens leaves
+ * them out of the stream. */
 #include <stdlib.h>
 
 #include "tokenizer/tokenizer.h"

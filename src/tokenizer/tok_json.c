@@ -43,33 +43,31 @@ static bool skip_string(scan *s) {
     return false;
 }
 
+static const uint8_t k_structural[256] = {['"'] = 1, ['{'] = 1, ['}'] = 1, ['['] = 1, [']'] = 1};
+
 /* Skip one value of any kind (structure only: cJSON or the strict readers
  * validate everything that is actually used). */
 static bool skip_value(scan *s) {
-    int depth = 0;
     ws(s);
-    do {
+    if (s->p >= s->end) return false;
+    if (*s->p == '"') return skip_string(s);
+    if (*s->p != '{' && *s->p != '[') { /* scalar: runs until a delimiter */
+        const char *b = s->p;
+        while (s->p < s->end && !strchr(",}] \t\r\n", *s->p)) s->p++;
+        return s->p > b;
+    }
+    for (int depth = 0;;) {
+        while (s->p < s->end && !k_structural[(uint8_t)*s->p]) s->p++;
         if (s->p >= s->end) return false;
         char c = *s->p;
         if (c == '"') {
             if (!skip_string(s)) return false;
-        } else if (c == '{' || c == '[') {
-            depth++;
-            s->p++;
-        } else if (c == '}' || c == ']') {
-            if (--depth < 0) return false;
-            s->p++;
-        } else if (depth == 0 && (c == ',' || c == ':')) {
-            return false;
-        } else {
-            s->p++;
+            continue;
         }
-        if (depth == 0 && c != '"' && c != '}' && c != ']') {
-            /* scalar at top level: runs until a delimiter */
-            while (s->p < s->end && !strchr(",}] \t\r\n", *s->p)) s->p++;
-        }
-    } while (depth > 0);
-    return true;
+        s->p++;
+        if (c == '{' || c == '[') depth++;
+        else if (--depth == 0) return true;
+    }
 }
 
 /* Read a string key (no escapes expected in the keys we look for) and compare. */
@@ -234,9 +232,8 @@ static bool read_escape(scan *s, mnv__buf *out) {
     return true;
 }
 
-/* p at an opening quote: decode the string into out (cleared first). */
-static bool read_string(scan *s, mnv__buf *out) {
-    out->len = 0;
+/* p at an opening quote: decode the string, appending it to out. */
+static bool append_string(scan *s, mnv__buf *out) {
     if (s->p >= s->end || *s->p != '"') return false;
     s->p++;
     for (;;) {
@@ -249,6 +246,12 @@ static bool read_string(scan *s, mnv__buf *out) {
         if (*q == '"') return !out->oom;
         if (s->p >= s->end || !read_escape(s, out)) return false;
     }
+}
+
+/* The same into a cleared out. */
+static bool read_string(scan *s, mnv__buf *out) {
+    out->len = 0;
+    return append_string(s, out);
 }
 
 static bool read_id(scan *s, int64_t *v) {
@@ -264,10 +267,54 @@ static bool read_id(scan *s, int64_t *v) {
     return true;
 }
 
+/* Vocab entries are inserted in batches, their slots prefetched first (see
+ * the merges below). */
+#define VOCAB_BATCH 64
+
+typedef struct {
+    mnv__buf text;
+    size_t off[VOCAB_BATCH], len[VOCAB_BATCH];
+    uint32_t hash[VOCAB_BATCH];
+    int32_t id[VOCAB_BATCH];
+    int n;
+} vocab_batch;
+
+static mnv_status vocab_flush(mnv_tokenizer *t, const char *path, vocab_batch *vb) {
+    if (vb->text.oom) return mnv_set_error(MNV_ERR_NOMEM, "%s: vocab", path);
+    for (int i = 0; i < vb->n; i++)
+        vb->hash[i] = mnv__vocab_prefetch(t, vb->text.p + vb->off[i], vb->len[i]);
+    for (int i = 0; i < vb->n; i++) {
+        mnv_status st = mnv__vocab_insert_h(t, vb->text.p + vb->off[i], vb->len[i], vb->id[i],
+                                            vb->hash[i]);
+        if (st != MNV_OK) return st;
+    }
+    vb->n = 0;
+    vb->text.len = 0;
+    return MNV_OK;
+}
+
+/* One "key": id entry into the batch. */
+static mnv_status read_vocab_entry(scan *s, size_t i, vocab_batch *vb) {
+    int64_t id;
+    size_t off = vb->text.len;
+    if (!append_string(s, &vb->text)) return fail(s, "model.vocab: bad key string");
+    ws(s);
+    if (s->p >= s->end || *s->p++ != ':') return fail(s, "model.vocab: expected ':'");
+    ws(s);
+    if (!read_id(s, &id) || id >= MNV__TOK_MAX_ID)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab entry %zu: id of token '%.*s' is not "
+                             "an integer in [0, %d) (byte %zu)", s->path, i,
+                             (int)MNV_MIN(vb->text.len - off, 64), vb->text.p + off,
+                             MNV__TOK_MAX_ID, at(s));
+    vb->off[vb->n] = off;
+    vb->len[vb->n] = vb->text.len - off;
+    vb->id[vb->n++] = (int32_t)id;
+    return MNV_OK;
+}
+
 mnv_status mnv__json_parse_vocab(mnv_tokenizer *t, const char *path, const char *doc,
                                  const mnv__json_ranges *r) {
     scan s = {doc, doc + r->vocab_beg, doc + r->vocab_end, path};
-    mnv__buf key = {0};
     mnv_status st = MNV_OK;
     if (*s.p != '{') return mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab is not an object", path);
     /* Keys unescape to at most their JSON length: size the arena once. */
@@ -280,36 +327,26 @@ mnv_status mnv__json_parse_vocab(mnv_tokenizer *t, const char *path, const char 
     s.p++;
     ws(&s);
     if (s.p < s.end && *s.p == '}') return MNV_OK;
+    vocab_batch *vb = calloc(1, sizeof *vb);
+    if (!vb) return mnv_set_error(MNV_ERR_NOMEM, "%s: vocab", path);
     for (size_t i = 0;; i++) {
-        int64_t id;
         ws(&s);
-        if (!read_string(&s, &key)) {
-            st = fail(&s, "model.vocab: bad key string");
-            break;
-        }
-        ws(&s);
-        if (s.p >= s.end || *s.p++ != ':') {
-            st = fail(&s, "model.vocab: expected ':'");
-            break;
-        }
-        ws(&s);
-        if (!read_id(&s, &id) || id >= MNV__TOK_MAX_ID) {
-            st = mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab entry %zu: id of token '%.*s' is "
-                               "not an integer in [0, %d) (byte %zu)", path, i, (int)MNV_MIN(key.len, 64),
-                               key.p ? key.p : "", MNV__TOK_MAX_ID, at(&s));
-            break;
-        }
-        if ((st = mnv__vocab_insert(t, key.p ? key.p : "", key.len, (int32_t)id)) != MNV_OK) break;
+        if ((st = read_vocab_entry(&s, i, vb)) != MNV_OK) break;
+        if (vb->n == VOCAB_BATCH && (st = vocab_flush(t, path, vb)) != MNV_OK) break;
         ws(&s);
         if (s.p < s.end && *s.p == ',') {
             s.p++;
             continue;
         }
-        if (s.p < s.end && *s.p == '}') break;
+        if (s.p < s.end && *s.p == '}') {
+            st = vocab_flush(t, path, vb);
+            break;
+        }
         st = fail(&s, "model.vocab: expected ',' or '}'");
         break;
     }
-    mnv__buf_free(&key);
+    mnv__buf_free(&vb->text);
+    free(vb);
     return st;
 }
 

@@ -185,9 +185,12 @@ mnv_status mnv__vocab_reserve(mnv_tokenizer *t, size_t n) {
 }
 
 mnv_status mnv__vocab_insert(mnv_tokenizer *t, const char *s, size_t n, int32_t id) {
+    return mnv__vocab_insert_h(t, s, n, id, mnv__hash(s, n));
+}
+
+mnv_status mnv__vocab_insert_h(mnv_tokenizer *t, const char *s, size_t n, int32_t id, uint32_t h) {
     if ((t->vocab_count + 1) * 2 > t->vocab_cap && !vocab_resize(t, pow2_for(t->vocab_count + 1)))
         return mnv_set_error(MNV_ERR_NOMEM, "tokenizer vocab table");
-    uint32_t h = mnv__hash(s, n);
     size_t mask = t->vocab_cap - 1;
     size_t i = h & mask;
     for (;; i = (i + 1) & mask) {

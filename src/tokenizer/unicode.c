@@ -1,5 +1,5 @@
 /* UTF-8 helpers, lossy decoding and Unicode normalization (NFC/NFD) for the
- * tokenizer. The normalization tables come from gen_unicode_tables.py
+ * tokenizer. The normalization tables come from scripts/gen_unicode_tables.py
  * (Python's unicodedata); Hangul syllables are composed algorithmically. */
 #include <stdlib.h>
 

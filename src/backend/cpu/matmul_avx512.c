@@ -26,7 +26,6 @@ enum {
     MAXC = 4,                 /* W rows per tile (one __m128 of results per x row) */
     DOT = -1,                 /* mode: bf16 dot product instead of a dtype for f32 math */
     L2_BLOCK = 384 * 1024,    /* bytes of W per block kept in L2 (1 MiB per Zen 4 core) */
-    PF_DIST = 1024,           /* decode: software prefetch distance per W row, bytes */
 };
 
 /* ---- loads and reductions ---------------------------------------------------- */
@@ -59,21 +58,7 @@ INLINE __m128 hsum4(__m512 a, __m512 b, __m512 c, __m512 d) {
 typedef struct {
     const void *x[MAXR]; /* f32 rows of x, or bf16 rows in the scratch (DOT) */
     const void *w[MAXC];
-    const void *w_next[MAXC]; /* the next tile's W rows, for prefetching */
 } tile_rows;
-
-/* Prefetch every W row dist bytes ahead of element kk, running on into the
- * next tile's rows past the end of the k range [k0, k1). */
-INLINE void tile_prefetch(int C, const tile_rows *p, int64_t kk, int64_t k0, int64_t k1,
-                          int64_t wsize, int64_t dist) {
-    const int64_t q = kk * wsize + dist, end = k1 * wsize;
-#pragma GCC unroll 4
-    for (int j = 0; j < C; j++) {
-        const char *a = q < end ? (const char *)p->w[j] + q
-                                : (const char *)p->w_next[j] + (q - end + k0 * wsize);
-        _mm_prefetch(a, _MM_HINT_T0);
-    }
-}
 
 /* One step along k: 16 elements (f32 math) or 32 (DOT) of every row pair. */
 INLINE void tile_step(int R, int C, int t, const tile_rows *p, int64_t kk, bool masked,
@@ -109,8 +94,7 @@ INLINE void tile_step(int R, int C, int t, const tile_rows *p, int64_t kk, bool 
 
 /* out[i] lane j = sum over k in [k0, k1) of x_i[k] * w_j[k], for an R x C tile. */
 INLINE void tile_dot(int R, int C, int t, const tile_rows *p, int64_t k0, int64_t k1,
-                     int64_t pf_dist, __m128 out[MAXR]) {
-    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
+                     __m128 out[MAXR]) {
     const int64_t step = t == DOT ? 32 : 16;
     __m512 acc[MAXR][MAXC];
 #pragma GCC unroll 8
@@ -118,10 +102,7 @@ INLINE void tile_dot(int R, int C, int t, const tile_rows *p, int64_t k0, int64_
 #pragma GCC unroll 4
         for (int j = 0; j < C; j++) acc[i][j] = _mm512_setzero_ps();
     int64_t kk = k0;
-    for (; kk + step <= k1; kk += step) {
-        if (pf_dist) tile_prefetch(C, p, kk, k0, k1, wsize, pf_dist);
-        tile_step(R, C, t, p, kk, false, 0, acc);
-    }
+    for (; kk + step <= k1; kk += step) tile_step(R, C, t, p, kk, false, 0, acc);
     if (kk < k1) tile_step(R, C, t, p, kk, true, (__mmask32)((1ull << (k1 - kk)) - 1), acc);
     const __m512 z = _mm512_setzero_ps();
 #pragma GCC unroll 8
@@ -163,7 +144,7 @@ static int64_t pick_kc(int64_t k, int64_t kc_max, int64_t step) {
  * (R, reused from L1 across a W block), then C-row tiles of W. Tiles at the
  * edges clamp their row pointers and store only their valid corner. */
 INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R, int C,
-                      int64_t kc_max, int64_t pf_dist) {
+                      int64_t kc_max) {
     const operands op = {
         .x = t == DOT ? a->scratch : (const void *)a->x,
         .ldx = t == DOT ? mnv__matmul_bf16_kpad(a->k) : a->ldx,
@@ -184,14 +165,11 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, i
                              MNV_MIN(i0 + i, a->m - 1) * op.ldx * (int64_t)op.xsize;
                 for (int64_t j0 = nb; j0 < nb1; j0 += C) {
 #pragma GCC unroll 4
-                    for (int j = 0; j < C; j++) {
+                    for (int j = 0; j < C; j++)
                         p.w[j] = (const char *)a->w +
                                  MNV_MIN(j0 + j, nb1 - 1) * a->ldw * (int64_t)op.wsize;
-                        p.w_next[j] = (const char *)a->w +
-                                      MNV_MIN(j0 + C + j, nb1 - 1) * a->ldw * (int64_t)op.wsize;
-                    }
                     __m128 out[MAXR];
-                    tile_dot(R, C, t, &p, k0, k1, pf_dist, out);
+                    tile_dot(R, C, t, &p, k0, k1, out);
                     tile_store(a, R, i0, j0, a->m - i0, MNV_MIN(C, nb1 - j0), out, k0 > 0);
                 }
             }
@@ -199,15 +177,65 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, i
     }
 }
 
+/* ---- decode ---------------------------------------------------------------------- */
+
+/* out[i] = x_i . w for the R (= m) rows of x and one W row, with U sums per
+ * x row along k. W rows go one at a time, front to back: Zen 4's prefetchers
+ * keep a single sequential stream at full bandwidth, but 2 to 4 interleaved
+ * rows (as in the prefill tiles) got less than half of it (measured). */
+INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k, float *out) {
+    enum { U = 4 };
+    __m512 acc[MAXR][U];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int u = 0; u < U; u++) acc[i][u] = _mm512_setzero_ps();
+    int64_t kk = 0;
+    for (; kk + 16 * U <= k; kk += 16 * U) {
+#pragma GCC unroll 4
+        for (int u = 0; u < U; u++) {
+            __m512 wv = load_w16(w, kk + 16 * u, t, false, 0);
+#pragma GCC unroll 8
+            for (int i = 0; i < R; i++)
+                acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + kk + 16 * u), wv, acc[i][u]);
+        }
+    }
+    for (; kk < k; kk += 16) {
+        const __mmask16 m = k - kk >= 16 ? 0xffff : (__mmask16)((1u << (k - kk)) - 1);
+        __m512 wv = load_w16(w, kk, t, true, m);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++)
+            acc[i][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[i] + kk), wv, acc[i][0]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
+                                                    _mm512_add_ps(acc[i][2], acc[i][3])));
+}
+
+/* Rows [n0, n1) of y for m = R rows of x: every weight byte is read once. */
+INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R) {
+    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
+    const float *x[MAXR];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
+    for (int64_t j = n0; j < n1; j++) {
+        float out[MAXR];
+        row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, a->k, out);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i];
+    }
+}
+
 /* ---- entry points, one instantiation per weight type and tile shape ------------- */
 
-/* Decode: R = m and one k block, so every weight byte is read once. */
 INLINE void run_gemv(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t) {
+    _Static_assert(MNV_MATMUL_GEMV_MAX_M == 4, "one case per m");
     switch (a->m) {
-    case 1: run_tiles(a, n0, n1, t, 1, 4, INT64_MAX / 2, PF_DIST); break;
-    case 2: run_tiles(a, n0, n1, t, 2, 4, INT64_MAX / 2, PF_DIST); break;
-    case 3: run_tiles(a, n0, n1, t, 3, 4, INT64_MAX / 2, PF_DIST); break;
-    default: run_tiles(a, n0, n1, t, 4, 4, INT64_MAX / 2, PF_DIST); break;
+    case 1: run_rows(a, n0, n1, t, 1); break;
+    case 2: run_rows(a, n0, n1, t, 2); break;
+    case 3: run_rows(a, n0, n1, t, 3); break;
+    default: run_rows(a, n0, n1, t, 4); break;
     }
 }
 
@@ -223,16 +251,16 @@ static void gemv_bf16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
 /* Prefill. f16/bf16 widening costs one conversion per W vector, so their
  * tiles favour more x rows (8x3) over more W rows. */
 static void gemm_f32(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
-    run_tiles(a, n0, n1, MNV_DTYPE_F32, 6, 4, 512, 0);
+    run_tiles(a, n0, n1, MNV_DTYPE_F32, 6, 4, 512);
 }
 static void gemm_f16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
-    run_tiles(a, n0, n1, MNV_DTYPE_F16, 8, 3, 512, 0);
+    run_tiles(a, n0, n1, MNV_DTYPE_F16, 8, 3, 512);
 }
 static void gemm_bf16(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
-    run_tiles(a, n0, n1, MNV_DTYPE_BF16, 8, 3, 512, 0);
+    run_tiles(a, n0, n1, MNV_DTYPE_BF16, 8, 3, 512);
 }
 static void gemm_bf16_dot(const mnv_matmul_args *a, int64_t n0, int64_t n1) {
-    run_tiles(a, n0, n1, DOT, 6, 4, 1024, 0);
+    run_tiles(a, n0, n1, DOT, 6, 4, 1024);
 }
 
 /* Thread ith's rows of x rounded to bf16 (nearest even), zero-padded to kpad. */
