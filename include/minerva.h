@@ -346,6 +346,38 @@ mnv_synth_params mnv_synth_params_default(void);
  * std 0.02, norms at 1) for the configuration. */
 mnv_status mnv_synthesize(const mnv_synth_params *params);
 
+/* ------------------------------------------------------------------------ */
+/* Conversion to the MLX format                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Progress of a long operation: done and total in bytes of tensor data. */
+typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t total);
+
+typedef struct {
+    uint32_t size;              /* sizeof(mnv_convert_params) */
+    const char *src_dir;        /* Hugging Face (or MLX) model directory */
+    const char *dst_dir;        /* created if missing */
+    const char *q_mode;         /* NULL: no quantization; "affine", "mxfp4", "mxfp8", "nvfp4" */
+    int32_t q_bits;             /* 0: the mode's default */
+    int32_t q_group_size;       /* 0: the mode's default */
+    mnv_dtype dtype;            /* float dtype of unquantized tensors and affine scales;
+                                   MNV_DTYPE_COUNT (default): the source's torch_dtype */
+    int dequantize;             /* 1: turn a quantized model back into plain weights */
+    uint64_t max_shard_bytes;   /* 0: 5 GiB, as mlx-lm */
+    mnv_progress_callback progress; /* may be NULL */
+    void *user_data;
+    uint32_t reserved[8];
+} mnv_convert_params;
+
+mnv_convert_params mnv_convert_params_default(void);
+
+/* Convert a model directory to an MLX-format directory that mlx-lm loads
+ * unchanged: the same tensor names, packing and dtypes, a `quantization`
+ * block in config.json, shards of at most max_shard_bytes with
+ * model.safetensors.index.json, and the tokenizer and generation files
+ * copied. */
+mnv_status mnv_convert(const mnv_convert_params *params);
+
 #ifdef __cplusplus
 }
 #endif

@@ -183,14 +183,15 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, i
  * x row along k. W rows go one at a time, front to back: Zen 4's prefetchers
  * keep a single sequential stream at full bandwidth, but 2 to 4 interleaved
  * rows (as in the prefill tiles) got less than half of it (measured). */
-INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k, float *out) {
+INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k0, int64_t k,
+                    float *out) {
     enum { U = 4 };
     __m512 acc[MAXR][U];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int u = 0; u < U; u++) acc[i][u] = _mm512_setzero_ps();
-    int64_t kk = 0;
+    int64_t kk = k0;
     for (; kk + 16 * U <= k; kk += 16 * U) {
 #pragma GCC unroll 4
         for (int u = 0; u < U; u++) {
@@ -208,22 +209,32 @@ INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t 
             acc[i][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[i] + kk), wv, acc[i][0]);
     }
 #pragma GCC unroll 8
-    for (int i = 0; i < R; i++)
-        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]),
-                                                    _mm512_add_ps(acc[i][2], acc[i][3])));
+    for (int i = 0; i < R; i++) {
+#pragma GCC unroll 4
+        for (int u = 1; u < U; u++) acc[i][0] = _mm512_add_ps(acc[i][0], acc[i][u]);
+        out[i] = _mm512_reduce_add_ps(acc[i][0]);
+    }
 }
 
+static int64_t gemv_kc = 1 << 30;
 /* Rows [n0, n1) of y for m = R rows of x: every weight byte is read once. */
 INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
+    const int64_t kc = pick_kc(a->k, gemv_kc / R, 64);
     const float *x[MAXR];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
-    for (int64_t j = n0; j < n1; j++) {
-        float out[MAXR];
-        row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, a->k, out);
+    for (int64_t k0 = 0; k0 < a->k; k0 += kc) {
+        const int64_t k1 = MNV_MIN(a->k, k0 + kc);
+        for (int64_t j = n0; j < n1; j++) {
+            float out[MAXR];
+            row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, k0, k1, out);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i];
+            for (int i = 0; i < R; i++) {
+                float *y = a->y + i * a->ldy + j;
+                *y = k0 ? *y + out[i] : out[i];
+            }
+        }
     }
 }
 
