@@ -416,6 +416,73 @@ mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *v
     return n;
 }
 
+/* Shared checks of the quantized ops: packed words, scale and bias shapes. */
+static bool check_quant(mnv_graph *g, const char *op, mnv_array *w, mnv_array *sc, mnv_array *bi,
+                        const mnv_qformat *fmt, int64_t k) {
+    char what[96];
+    snprintf(what, sizeof what, "%s: weight '%s'", op, w->name);
+    if (mnv_qformat_check(fmt, what) != MNV_OK) {
+        fail(g, MNV_ERR_INVALID_ARG, "%s", mnv_last_error());
+        return false;
+    }
+    int64_t n = w->shape[0];
+    bool ok = w->ndim == 2 && w->dtype == MNV_DTYPE_U32 && w->stride[1] == 1 &&
+              w->shape[1] == mnv_qformat_row_words(fmt, k) && sc && sc->ndim == 2 && sc->shape[0] == n &&
+              sc->shape[1] == mnv_qformat_row_groups(fmt, k) && sc->stride[1] == 1 && sc->dtype == fmt->scale_dtype;
+    if (ok && fmt->mode == MNV_QMODE_AFFINE)
+        ok = bi && bi->ndim == 2 && bi->shape[0] == n && bi->shape[1] == sc->shape[1] && bi->dtype == sc->dtype &&
+             bi->stride[0] == sc->stride[0] && bi->stride[1] == 1;
+    if (!ok) fail(g, MNV_ERR_INVALID_ARG, "%s: packed weight, scales and biases disagree with k = %lld", what, (long long)k);
+    return ok;
+}
+
+mnv_array *mnv_qmatmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
+                       const mnv_qformat *fmt, int64_t k) {
+    NEED(x);
+    NEED(w);
+    NEED(scales);
+    if (!check_quant(g, "qmatmul", w, scales, biases, fmt, k)) return NULL;
+    if (x->shape[x->ndim - 1] != k)
+        return fail(g, MNV_ERR_INVALID_ARG, "qmatmul: x has %lld columns, weight '%s' has %lld",
+                    (long long)x->shape[x->ndim - 1], w->name, (long long)k);
+    if (!mnv_array_is_contiguous(x) || x->dtype != MNV_DTYPE_F32) x = mnv_cast(g, x, MNV_DTYPE_F32);
+    if (!x) return NULL;
+    int64_t shape[MNV_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = w->shape[0];
+    mnv_node *n = new_node(g, MNV_OP_QMATMUL, MNV_DTYPE_F32, x->ndim, shape);
+    if (!n) return NULL;
+    n->src[0] = x;
+    n->src[1] = w;
+    n->src[2] = scales;
+    n->src[3] = fmt->mode == MNV_QMODE_AFFINE ? biases : NULL;
+    n->p.q.fmt = *fmt;
+    n->p.q.k = (int32_t)k;
+    n->p.q.global_scale = 1.0f;
+    return n;
+}
+
+mnv_array *mnv_qget_rows(mnv_graph *g, mnv_array *w, mnv_array *scales, mnv_array *biases, const mnv_qformat *fmt,
+                         int64_t k, mnv_array *ids) {
+    NEED(w);
+    NEED(scales);
+    NEED(ids);
+    if (!check_quant(g, "qget_rows", w, scales, biases, fmt, k)) return NULL;
+    if (ids->dtype != MNV_DTYPE_I32 || ids->ndim != 1)
+        return fail(g, MNV_ERR_INVALID_ARG, "qget_rows: ids must be 1-d i32");
+    int64_t shape[2] = {ids->shape[0], k};
+    mnv_node *n = new_node(g, MNV_OP_QGET_ROWS, MNV_DTYPE_F32, 2, shape);
+    if (!n) return NULL;
+    n->src[0] = w;
+    n->src[1] = ids;
+    n->src[2] = scales;
+    n->src[3] = fmt->mode == MNV_QMODE_AFFINE ? biases : NULL;
+    n->p.q.fmt = *fmt;
+    n->p.q.k = (int32_t)k;
+    n->p.q.global_scale = 1.0f;
+    return n;
+}
+
 void mnv_set_output(mnv_array *a) {
     if (a) a->flags |= MNV_NODE_OUTPUT;
 }

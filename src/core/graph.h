@@ -12,6 +12,7 @@
 #define MNV_GRAPH_H
 
 #include "core/core.h"
+#include "quant/quant.h"
 
 #define MNV_MAX_DIMS 4
 #define MNV_MAX_SRC 6
@@ -33,7 +34,9 @@
     X(MNV_OP_GET_ROWS, "get_rows")     /* src0 table (V, D), src1 ids (T) i32 -> (T, D) */  \
     X(MNV_OP_CACHE_WRITE, "cache_write") /* src0 cache, src1 rows, src2 seq, src3 pos */     \
     X(MNV_OP_ATTENTION, "attention")   /* src0 q, src1 k cache, src2 v cache, src3 seq,  \
-                                          src4 pos, src5 sinks (optional) */
+                                          src4 pos, src5 sinks (optional) */             \
+    X(MNV_OP_QMATMUL, "qmatmul")       /* src0 x, src1 packed W, src2 scales, src3 biases */ \
+    X(MNV_OP_QGET_ROWS, "qget_rows")   /* src0 packed table, src1 ids, src2 scales, src3 biases */
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -68,6 +71,11 @@ typedef union {
         float scale;
         int32_t window;      /* > 0: attend to the last `window` positions only */
     } attn;
+    struct {
+        mnv_qformat fmt;
+        int32_t k;           /* logical row length of the quantized matrix */
+        float global_scale;  /* nvfp4 (1 otherwise) */
+    } q;
 } mnv_op_params;
 
 struct mnv_node {
@@ -152,6 +160,14 @@ mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_
  * that joins the softmax denominator. Result (T, H, D). */
 mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *seq,
                          mnv_array *pos, mnv_array *sinks, float scale, int32_t window);
+
+/* Quantized weights (MLX layout, see quant/quant.h): w is the packed U32
+ * matrix (n, k*bits/32), scales/biases (n, k/group); biases only for
+ * affine. qmatmul: x (.., k) -> (.., n). qget_rows: ids (T) -> (T, k). */
+mnv_array *mnv_qmatmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
+                       const mnv_qformat *fmt, int64_t k);
+mnv_array *mnv_qget_rows(mnv_graph *g, mnv_array *w, mnv_array *scales, mnv_array *biases, const mnv_qformat *fmt,
+                         int64_t k, mnv_array *ids);
 
 /* Mark a node as an output (kept after evaluation). */
 void mnv_set_output(mnv_array *a);

@@ -399,6 +399,98 @@ static mnv_status parse_tokens(const cJSON *root, const char *fname, mnv_model_c
     return st;
 }
 
+/* {"group_size": G, "bits": B, "mode": M}: missing mode = affine, missing
+ * sizes = the mode's defaults. */
+static mnv_status parse_qparams(const cJSON *q, const char *pfx, const char *fname, mnv_qmode *mode, int32_t *bits,
+                                int32_t *gs) {
+    const char *m = NULL;
+    mnv_status st = get_str(q, pfx, "mode", fname, false, &m);
+    if (st) return st;
+    *mode = MNV_QMODE_AFFINE;
+    if (m && !mnv_qmode_from_name(m, mode))
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: key '%smode': unknown quantization mode '%s'", fname, pfx, m);
+    mnv_qmode_defaults(*mode, bits, gs);
+    st = get_i32(q, pfx, "bits", fname, 1, 16, false, bits);
+    if (!st) st = get_i32(q, pfx, "group_size", fname, 1, 1 << 20, false, gs);
+    return st;
+}
+
+static mnv_status parse_quant_entry(const cJSON *e, const char *fname, mnv_model_config *c) {
+    if (c->n_q_overrides >= MNV_MAX_QUANT_OVERRIDES)
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: key 'quantization': more than %d per-module entries", fname,
+                             MNV_MAX_QUANT_OVERRIDES);
+    if (strlen(e->string) >= sizeof c->q_overrides[0].path)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: key 'quantization.%.64s...': module path too long", fname, e->string);
+    mnv_quant_override *o = &c->q_overrides[c->n_q_overrides];
+    memset(o, 0, sizeof *o);
+    snprintf(o->path, sizeof o->path, "%s", e->string);
+    if (cJSON_IsBool(e)) {
+        o->enabled = cJSON_IsTrue(e);
+        o->mode = c->q_mode;
+        o->bits = c->q_bits;
+        o->group_size = c->q_group_size;
+    } else {
+        char pfx[128];
+        snprintf(pfx, sizeof pfx, "quantization.%s.", e->string);
+        mnv_status st = parse_qparams(e, pfx, fname, &o->mode, &o->bits, &o->group_size);
+        if (st) return st;
+        o->enabled = 1;
+    }
+    c->n_q_overrides++;
+    return MNV_OK;
+}
+
+static mnv_status parse_quant(const cJSON *root, const char *fname, mnv_model_config *c) {
+    const cJSON *q = get(root, "quantization");
+    if (!q) { /* foreign checkpoints: only OpenAI's MXFP4 is read */
+        const cJSON *qc = get(root, "quantization_config");
+        if (!qc) return MNV_OK;
+        const char *method = NULL;
+        mnv_status st = get_str(qc, "quantization_config.", "quant_method", fname, false, &method);
+        if (st) return st;
+        if (!method) q = qc; /* an mlx copy */
+        else if (strcmp(method, "mxfp4") == 0) {
+            c->q_mode = MNV_QMODE_MXFP4;
+            mnv_qmode_defaults(c->q_mode, &c->q_bits, &c->q_group_size);
+            return MNV_OK;
+        } else
+            return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: key 'quantization_config.quant_method': '%s' is not supported",
+                                 fname, method);
+    }
+    if (!cJSON_IsObject(q)) return mnv_set_error(MNV_ERR_FORMAT, "%s: key 'quantization': expected an object", fname);
+    mnv_status st = parse_qparams(q, "quantization.", fname, &c->q_mode, &c->q_bits, &c->q_group_size);
+    for (const cJSON *e = q->child; e && !st; e = e->next) {
+        if (!strcmp(e->string, "mode") || !strcmp(e->string, "bits") || !strcmp(e->string, "group_size")) continue;
+        if (cJSON_IsObject(e) || cJSON_IsBool(e)) st = parse_quant_entry(e, fname, c);
+        /* other scalar keys (e.g. quant_method copies) carry no module */
+    }
+    return st;
+}
+
+void mnv_config_module_quant(const mnv_model_config *c, const char *path, bool has_scales, mnv_qmode *mode,
+                             int32_t *bits, int32_t *group_size) {
+    *mode = MNV_QMODE_NONE;
+    *bits = *group_size = 0;
+    for (int32_t i = 0; i < c->n_q_overrides; i++) {
+        const mnv_quant_override *o = &c->q_overrides[i];
+        if (strcmp(o->path, path) != 0) continue;
+        if (o->enabled) {
+            *mode = o->mode;
+            *bits = o->bits;
+            *group_size = o->group_size;
+        }
+        return;
+    }
+    if (has_scales && c->q_mode != MNV_QMODE_NONE) {
+        *mode = c->q_mode;
+        *bits = c->q_bits;
+        *group_size = c->q_group_size;
+    } else if (has_scales) { /* scales without any config: MLX's defaults */
+        *mode = MNV_QMODE_AFFINE;
+        mnv_qmode_defaults(*mode, bits, group_size);
+    }
+}
+
 static mnv_status parse_config_root(const cJSON *root, const char *fname, mnv_model_config *c) {
     const arch_defaults *ad = NULL;
     mnv_status st = parse_arch(root, fname, c, &ad);
@@ -409,6 +501,7 @@ static mnv_status parse_config_root(const cJSON *root, const char *fname, mnv_mo
     if (!st) st = parse_layer_types(root, fname, c);
     if (!st) st = parse_moe(root, fname, c);
     if (!st) st = parse_tokens(root, fname, c);
+    if (!st) st = parse_quant(root, fname, c);
     return st;
 }
 

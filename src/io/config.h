@@ -4,6 +4,7 @@
 #define MNV_CONFIG_H
 
 #include "core/core.h"
+#include "quant/quant.h"
 
 typedef enum {
     MNV_ARCH_LLAMA = 0, /* llama, mistral */
@@ -37,6 +38,16 @@ typedef struct {
 
 #define MNV_MAX_EOS 8
 #define MNV_MAX_LAYERS 512
+#define MNV_MAX_QUANT_OVERRIDES 512
+
+/* A per-module entry of config.json "quantization" (mlx-lm): either the
+ * module's own parameters or `false` (left unquantized). */
+typedef struct {
+    char path[96];          /* module path without ".weight" */
+    int32_t enabled;        /* 0: the entry was false */
+    mnv_qmode mode;         /* an entry without "mode" means affine */
+    int32_t bits, group_size;
+} mnv_quant_override;
 
 typedef struct {
     char model_type[32];          /* as written: "llama", "mistral", "qwen2", ... */
@@ -64,6 +75,12 @@ typedef struct {
     int32_t num_local_experts;
     int32_t num_experts_per_tok;
     double swiglu_limit;
+    /* quantization (mlx-lm "quantization", or a foreign "quantization_config"
+     * with quant_method mxfp4): q_mode NONE when the model is not quantized */
+    mnv_qmode q_mode;
+    int32_t q_bits, q_group_size;
+    int32_t n_q_overrides;
+    mnv_quant_override q_overrides[MNV_MAX_QUANT_OVERRIDES];
     /* token ids: config.json, overridden by generation_config.json */
     int32_t bos_token_id;         /* -1 if none */
     int32_t n_eos;
@@ -77,6 +94,12 @@ mnv_status mnv_config_parse(const char *json, size_t len, const char *fname, mnv
 /* Merge generation_config.json text (eos_token_id int or list, bos_token_id). */
 mnv_status mnv_config_parse_generation(const char *json, size_t len, const char *fname,
                                        mnv_model_config *cfg);
+/* Quantization of the module at `path` (no ".weight"): the override entry
+ * if there is one, else the top level when `has_scales` (the checkpoint
+ * stores path.scales), else none. Mirrors mlx-lm's load-time rule. */
+void mnv_config_module_quant(const mnv_model_config *cfg, const char *path, bool has_scales, mnv_qmode *mode,
+                             int32_t *bits, int32_t *group_size);
+
 /* Read dir/config.json and, if present, dir/generation_config.json. */
 mnv_status mnv_config_load_dir(const char *dir, mnv_model_config *cfg);
 

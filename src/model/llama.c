@@ -125,7 +125,7 @@ static mnv_status llama_bind(mnv_model *m) {
 
 /* y = x W^T (+ b) */
 static mnv_array *linear(mnv_graph *g, mnv_array *x, const mnv_weight *w, const mnv_weight *b) {
-    mnv_array *y = mnv_matmul(g, x, mnv_weight_param(g, w));
+    mnv_array *y = mnv_model_linear(g, x, w);
     if (b && b->data) y = mnv_add(g, y, mnv_weight_param(g, b));
     return y;
 }
@@ -188,7 +188,7 @@ static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_batch 
     memcpy(mnv_input_data(out_rows), b->out_rows, (size_t)nout * 4);
     in.inv_freq = mnv_param(g, m->inv_freq, MNV_DTYPE_F32, 1, &nrot, "inv_freq");
 
-    mnv_array *x = mnv_get_rows(g, mnv_weight_param(g, &m->tok_embd), ids);
+    mnv_array *x = mnv_model_embed(g, &m->tok_embd, ids);
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         const mnv_layer_weights *w = &m->layers[l];
         mnv_array *h = mnv_rms_norm(g, x, mnv_weight_param(g, &w->attn_norm), eps);
@@ -199,7 +199,7 @@ static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_batch 
     }
     if (nout != T) x = mnv_get_rows(g, x, out_rows); /* only the rows whose logits are wanted */
     x = mnv_rms_norm(g, x, mnv_weight_param(g, &m->out_norm), eps);
-    mnv_array *logits = mnv_matmul(g, x, mnv_weight_param(g, &m->output));
+    mnv_array *logits = mnv_model_linear(g, x, &m->output);
     mnv_set_name(logits, "logits");
     mnv_set_output(logits);
     return logits;

@@ -33,6 +33,67 @@ static float *pool_alloc(mnv_model *m, size_t n) {
     return p;
 }
 
+static const char *shape_str(const mnv_st_tensor *t, char *buf, size_t len) {
+    buf[0] = 0;
+    for (int i = 0; i < t->ndim; i++)
+        snprintf(buf + strlen(buf), len - strlen(buf), i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    return buf;
+}
+
+/* A companion tensor of a quantized module (scales / biases): present, 2-d
+ * (rows, cols), of dtype dt. */
+static mnv_status quant_part(mnv_model *m, const char *path, const char *suffix, int64_t rows, int64_t cols,
+                             mnv_dtype dt, const mnv_st_tensor **out) {
+    char name[160], got[96];
+    snprintf(name, sizeof name, "%s.%s", path, suffix);
+    const mnv_st_tensor *t = mnv_st_find(m->st, name);
+    if (!t) return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' is missing (the module is quantized)", m->dir, name);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected [%lld, %lld]",
+                             mnv_st_file_name(m->st, t->file_index), name, shape_str(t, got, sizeof got),
+                             (long long)rows, (long long)cols);
+    if (t->dtype != dt)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' has dtype %s, expected %s",
+                             mnv_st_file_name(m->st, t->file_index), name, mnv_dtype_name(t->dtype), mnv_dtype_name(dt));
+    *out = t;
+    return MNV_OK;
+}
+
+/* Bind the packed weight, scales and biases of quantized module `path`. */
+static mnv_status bind_quantized(mnv_model *m, const char *path, const mnv_st_tensor *t, int64_t d0, int64_t d1,
+                                 mnv_qformat *f, mnv_weight *out) {
+    char what[512], got[96];
+    snprintf(what, sizeof what, "%s: tensor '%s.weight'", m->dir, path);
+    const mnv_st_tensor *sc = NULL, *bi = NULL;
+    char sname[200];
+    snprintf(sname, sizeof sname, "%s.scales", path);
+    const mnv_st_tensor *st_sc = mnv_st_find(m->st, sname);
+    f->scale_dtype = f->mode == MNV_QMODE_AFFINE ? (st_sc ? st_sc->dtype : MNV_DTYPE_BF16) : MNV_DTYPE_U8;
+    mnv_status st = mnv_qformat_check(f, what);
+    if (st != MNV_OK) return st;
+    if (d1 % f->group_size)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: %lld columns do not divide into groups of %d", what, (long long)d1,
+                             f->group_size);
+    int64_t words = mnv_qformat_row_words(f, d1), groups = mnv_qformat_row_groups(f, d1);
+    if (t->dtype != MNV_DTYPE_U32 || t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != words)
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: %s [%s], expected U32 [%lld, %lld] for %d-bit %s of %lld columns",
+                             what, mnv_dtype_name(t->dtype), shape_str(t, got, sizeof got), (long long)d0,
+                             (long long)words, f->bits, mnv_qmode_name(f->mode), (long long)d1);
+    st = quant_part(m, path, "scales", d0, groups, f->scale_dtype, &sc);
+    if (st == MNV_OK && f->mode == MNV_QMODE_AFFINE) st = quant_part(m, path, "biases", d0, groups, f->scale_dtype, &bi);
+    if (st != MNV_OK) return st;
+    out->data = t->data;
+    out->dtype = MNV_DTYPE_U32;
+    out->ndim = 2;
+    out->shape[0] = d0;
+    out->shape[1] = d1;
+    out->name = t->name;
+    out->q = *f;
+    out->scales = sc->data;
+    out->biases = bi ? bi->data : NULL;
+    return MNV_OK;
+}
+
 mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_t d0, int64_t d1, bool optional,
                             mnv_weight *out) {
     memset(out, 0, sizeof *out);
@@ -41,14 +102,21 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
         if (optional) return MNV_OK;
         return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' is missing", m->dir, name);
     }
+    size_t nl = strlen(name);
+    if (ndim == 2 && nl > 7 && strcmp(name + nl - 7, ".weight") == 0) {
+        char path[160], sname[176];
+        snprintf(path, sizeof path, "%.*s", (int)(nl - 7), name);
+        snprintf(sname, sizeof sname, "%s.scales", path);
+        mnv_qformat f = {0};
+        mnv_config_module_quant(&m->cfg, path, mnv_st_find(m->st, sname) != NULL, &f.mode, &f.bits, &f.group_size);
+        if (f.mode != MNV_QMODE_NONE) return bind_quantized(m, path, t, d0, d1, &f, out);
+    }
     bool shape_ok = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
     if (!shape_ok) {
-        char want[64], got[96] = "";
+        char want[64], got[96];
         snprintf(want, sizeof want, ndim == 1 ? "[%lld]" : "[%lld, %lld]", (long long)d0, (long long)d1);
-        for (int i = 0; i < t->ndim; i++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), i ? ", %lld" : "%lld", (long long)t->shape[i]);
-        return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected %s", mnv_st_file_name(m->st, t->file_index),
-                             name, got, want);
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' has shape [%s], expected %s",
+                             mnv_st_file_name(m->st, t->file_index), name, shape_str(t, got, sizeof got), want);
     }
     if (t->dtype != MNV_DTYPE_F32 && t->dtype != MNV_DTYPE_F16 && t->dtype != MNV_DTYPE_BF16)
         return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: tensor '%s' has dtype %s (expected F32, F16 or BF16)",
@@ -69,6 +137,29 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
         out->dtype = MNV_DTYPE_F32;
     }
     return MNV_OK;
+}
+
+/* Leaves of a quantized weight: packed matrix, scales, biases. */
+static void quant_leaves(mnv_graph *g, const mnv_weight *w, mnv_array **pw, mnv_array **ps, mnv_array **pb) {
+    int64_t words = mnv_qformat_row_words(&w->q, w->shape[1]), groups = mnv_qformat_row_groups(&w->q, w->shape[1]);
+    int64_t ws[2] = {w->shape[0], words}, ss[2] = {w->shape[0], groups};
+    *pw = mnv_param(g, w->data, MNV_DTYPE_U32, 2, ws, w->name);
+    *ps = mnv_param(g, w->scales, w->q.scale_dtype, 2, ss, "scales");
+    *pb = w->biases ? mnv_param(g, w->biases, w->q.scale_dtype, 2, ss, "biases") : NULL;
+}
+
+mnv_array *mnv_model_linear(mnv_graph *g, mnv_array *x, const mnv_weight *w) {
+    if (w->q.mode == MNV_QMODE_NONE) return mnv_matmul(g, x, mnv_weight_param(g, w));
+    mnv_array *pw, *ps, *pb;
+    quant_leaves(g, w, &pw, &ps, &pb);
+    return mnv_qmatmul(g, x, pw, ps, pb, &w->q, w->shape[1]);
+}
+
+mnv_array *mnv_model_embed(mnv_graph *g, const mnv_weight *w, mnv_array *ids) {
+    if (w->q.mode == MNV_QMODE_NONE) return mnv_get_rows(g, mnv_weight_param(g, w), ids);
+    mnv_array *pw, *ps, *pb;
+    quant_leaves(g, w, &pw, &ps, &pb);
+    return mnv_qget_rows(g, pw, ps, pb, &w->q, w->shape[1], ids);
 }
 
 mnv_array *mnv_weight_param(mnv_graph *g, const mnv_weight *w) {

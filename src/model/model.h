@@ -9,10 +9,13 @@
 
 typedef struct {
     const void *data;   /* NULL when the tensor is absent (optional weights) */
-    mnv_dtype dtype;
+    mnv_dtype dtype;    /* U32 when quantized */
     int32_t ndim;
-    int64_t shape[2];
+    int64_t shape[2];   /* logical shape (rows, columns) */
     const char *name;
+    /* MLX-quantized weights: data is the packed (rows, row_words) U32 matrix */
+    mnv_qformat q;      /* q.mode == MNV_QMODE_NONE for plain weights */
+    const void *scales, *biases;
 } mnv_weight;
 
 typedef struct {
@@ -90,7 +93,11 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
 mnv_status mnv_model_init_rope(mnv_model *m);
 /* Build the model graph; the arch's builder behind a common entry. */
 mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
-/* A leaf for a weight. */
+/* A leaf for a weight (plain weights only; 1-d weights are always plain). */
 mnv_array *mnv_weight_param(mnv_graph *g, const mnv_weight *w);
+/* x W^T for a plain or quantized weight. */
+mnv_array *mnv_model_linear(mnv_graph *g, mnv_array *x, const mnv_weight *w);
+/* Rows ids of an embedding table, plain or quantized, as f32. */
+mnv_array *mnv_model_embed(mnv_graph *g, const mnv_weight *w, mnv_array *ids);
 
 #endif

@@ -6,6 +6,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/ops.h"
+#include "backend/cpu/qmatmul.h"
 #include "core/threadpool.h"
 
 typedef struct {
@@ -139,7 +140,28 @@ static void k_attention(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     mnv_cpu_attention(&a, lo, hi);
 }
 
+static void k_qmatmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    const mnv_node *x = n->src[0], *w = n->src[1], *sc = n->src[2], *bi = n->src[3];
+    mnv_qmatmul_args a = {
+        .x = x->data, .ldx = x->shape[x->ndim - 1], .w = w->data, .ldw = w->stride[0], .scales = sc->data,
+        .biases = bi ? bi->data : NULL, .lds = sc->stride[0], .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale,
+        .y = n->data, .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0], .k = n->p.q.k,
+        .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c,
+    };
+    mnv_cpu_qmatmul(&a, ith, nth);
+}
+
+static void k_qget_rows(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    const mnv_node *w = n->src[0], *sc = n->src[2], *bi = n->src[3];
+    int64_t lo, hi, k = n->p.q.k;
+    split(n->shape[0], ith, nth, &lo, &hi);
+    if (hi <= lo) return;
+    mnv_cpu_qget_rows(w->data, w->stride[0], sc->data, bi ? bi->data : NULL, sc->stride[0], &n->p.q.fmt,
+                      n->p.q.global_scale, k, (const int32_t *)n->src[1]->data + lo, (float *)n->data + lo * k, hi - lo);
+}
+
 static const cpu_kernel kernels[MNV_OP_COUNT] = {
+    [MNV_OP_QMATMUL] = k_qmatmul,   [MNV_OP_QGET_ROWS] = k_qget_rows,
     [MNV_OP_COPY] = k_copy,         [MNV_OP_ADD] = k_binary,      [MNV_OP_MUL] = k_binary,
     [MNV_OP_SILU_MUL] = k_binary,   [MNV_OP_SCALE] = k_unary,     [MNV_OP_SOFTMAX] = k_unary,
     [MNV_OP_SILU] = k_unary,        [MNV_OP_GELU] = k_unary,      [MNV_OP_RMS_NORM] = k_unary,
@@ -167,6 +189,10 @@ static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
         mnv_node *nd = mnv_graph_node(g, i);
         if (nd->op == MNV_OP_MATMUL) {
             size_t s = mnv_cpu_matmul_scratch_size(mnv_array_rows(nd->src[0]), nd->src[1]->shape[1], nd->src[1]->dtype);
+            need = MNV_MAX(need, s);
+        } else if (nd->op == MNV_OP_QMATMUL) {
+            size_t s = mnv_cpu_qmatmul_scratch_size(mnv_array_rows(nd->src[0]), nd->p.q.k, &nd->p.q.fmt,
+                                                    mnv_threadpool_size(c->tp));
             need = MNV_MAX(need, s);
         }
     }

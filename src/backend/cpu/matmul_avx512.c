@@ -179,62 +179,62 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, i
 
 /* ---- decode ---------------------------------------------------------------------- */
 
-/* out[i] = x_i . w for the R (= m) rows of x and one W row, with U sums per
- * x row along k. W rows go one at a time, front to back: Zen 4's prefetchers
- * keep a single sequential stream at full bandwidth, but 2 to 4 interleaved
- * rows (as in the prefill tiles) got less than half of it (measured). */
-INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k0, int64_t k,
-                    float *out) {
-    enum { U = 4 };
-    __m512 acc[MAXR][U];
+int gemv_pf = 0;
+/* acc[i][u] += x_i . w over the 64 bytes of W from element kk (16 f32 or 32
+ * f16/bf16 weights, one or two vectors). */
+INLINE void line_step(int R, int t, const float *const *x, const void *w, int64_t kk,
+                      __m512 acc[MAXR][2]) {
+    const int U = t == MNV_DTYPE_F32 ? 1 : 2;
+#pragma GCC unroll 2
+    for (int u = 0; u < U; u++) {
+        __m512 wv = load_w16(w, kk + 16 * u, t, false, 0);
 #pragma GCC unroll 8
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int u = 0; u < U; u++) acc[i][u] = _mm512_setzero_ps();
-    int64_t kk = k0;
-    for (; kk + 16 * U <= k; kk += 16 * U) {
-#pragma GCC unroll 4
-        for (int u = 0; u < U; u++) {
-            __m512 wv = load_w16(w, kk + 16 * u, t, false, 0);
-#pragma GCC unroll 8
-            for (int i = 0; i < R; i++)
-                acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + kk + 16 * u), wv, acc[i][u]);
-        }
+        for (int i = 0; i < R; i++)
+            acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + kk + 16 * u), wv, acc[i][u]);
     }
-    for (; kk < k; kk += 16) {
+}
+
+/* out[i] = x_i . w for the R (= m) rows of x and one W row, one 64-byte line
+ * of W per step, front to back or (down) back to front. */
+INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k, bool down,
+                    float *out) {
+    const int64_t line = t == MNV_DTYPE_F32 ? 16 : 32, kfull = k / line * line;
+    __m512 acc[MAXR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t kk = kfull; kk < k; kk += 16) { /* the partial last line */
         const __mmask16 m = k - kk >= 16 ? 0xffff : (__mmask16)((1u << (k - kk)) - 1);
         __m512 wv = load_w16(w, kk, t, true, m);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++)
             acc[i][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[i] + kk), wv, acc[i][0]);
     }
+    if (down)
+        for (int64_t kk = kfull - line; kk >= 0; kk -= line) line_step(R, t, x, w, kk, acc);
+    else if (gemv_pf)
+        for (int64_t kk = 0; kk < kfull; kk += line) {
+            if (gemv_pf > 0) _mm_prefetch((const char *)w + kk * (64 / line) + gemv_pf, _MM_HINT_NTA);
+            else _mm_prefetch((const char *)w + kk * (64 / line) - gemv_pf, _MM_HINT_T0);
+            line_step(R, t, x, w, kk, acc);
+        }
+    else
+        for (int64_t kk = 0; kk < kfull; kk += line) line_step(R, t, x, w, kk, acc);
 #pragma GCC unroll 8
-    for (int i = 0; i < R; i++) {
-#pragma GCC unroll 4
-        for (int u = 1; u < U; u++) acc[i][0] = _mm512_add_ps(acc[i][0], acc[i][u]);
-        out[i] = _mm512_reduce_add_ps(acc[i][0]);
-    }
+    for (int i = 0; i < R; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
 }
 
-static int64_t gemv_kc = 1 << 30;
+int gemv_zigzag = 1;
 /* Rows [n0, n1) of y for m = R rows of x: every weight byte is read once. */
 INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
-    const int64_t kc = pick_kc(a->k, gemv_kc / R, 64);
     const float *x[MAXR];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
-    for (int64_t k0 = 0; k0 < a->k; k0 += kc) {
-        const int64_t k1 = MNV_MIN(a->k, k0 + kc);
-        for (int64_t j = n0; j < n1; j++) {
-            float out[MAXR];
-            row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, k0, k1, out);
+    for (int64_t j = n0; j < n1; j++) {
+        float out[MAXR];
+        row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, a->k, gemv_zigzag && ((j - n0) & 1), out);
 #pragma GCC unroll 8
-            for (int i = 0; i < R; i++) {
-                float *y = a->y + i * a->ldy + j;
-                *y = k0 ? *y + out[i] : out[i];
-            }
-        }
+        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i];
     }
 }
 
