@@ -23,7 +23,7 @@
 
 enum {
     MAXR = 8,                 /* x rows per tile */
-    MAXC = 4,                 /* W rows per tile (one __m128 of results per x row) */
+    MAXC = 8,                 /* W rows per tile (prefill: 4, one __m128 of results per x row) */
     DOT = -1,                 /* mode: bf16 dot product instead of a dtype for f32 math */
     L2_BLOCK = 384 * 1024,    /* bytes of W per block kept in L2 (1 MiB per Zen 4 core) */
 };
@@ -179,62 +179,80 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, i
 
 /* ---- decode ---------------------------------------------------------------------- */
 
-int gemv_pf = 0;
-/* acc[i][u] += x_i . w over the 64 bytes of W from element kk (16 f32 or 32
- * f16/bf16 weights, one or two vectors). */
-INLINE void line_step(int R, int t, const float *const *x, const void *w, int64_t kk,
-                      __m512 acc[MAXR][2]) {
+/* acc[i][c][u] += x_i . w_c over the 64 bytes of each W row from element kk
+ * (16 f32 or 32 f16/bf16 weights: one or two vectors). */
+INLINE void line_step(int R, int C, int t, const float *const *x, const void *const *w,
+                      int64_t kk, __m512 acc[MAXR][MAXC][2]) {
     const int U = t == MNV_DTYPE_F32 ? 1 : 2;
 #pragma GCC unroll 2
     for (int u = 0; u < U; u++) {
-        __m512 wv = load_w16(w, kk + 16 * u, t, false, 0);
+        __m512 wv[MAXC];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) wv[c] = load_w16(w[c], kk + 16 * u, t, false, 0);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; i++)
-            acc[i][u] = _mm512_fmadd_ps(_mm512_loadu_ps(x[i] + kk + 16 * u), wv, acc[i][u]);
+        for (int i = 0; i < R; i++) {
+            __m512 xv = _mm512_loadu_ps(x[i] + kk + 16 * u);
+            if (C > 1) __asm__("" : "+v"(xv));
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) acc[i][c][u] = _mm512_fmadd_ps(xv, wv[c], acc[i][c][u]);
+        }
     }
 }
 
-/* out[i] = x_i . w for the R (= m) rows of x and one W row, one 64-byte line
- * of W per step, front to back or (down) back to front. */
-INLINE void row_dot(int R, int t, const float *const *x, const void *w, int64_t k, bool down,
-                    float *out) {
+/* out[i][c] = x_i . w_c for the R (= m) rows of x and C rows of W, one
+ * 64-byte line of each W row per step, front to back. */
+INLINE void rows_dot(int R, int C, int t, const float *const *x, const void *const *w, int64_t k,
+                     float out[MAXR][MAXC]) {
     const int64_t line = t == MNV_DTYPE_F32 ? 16 : 32, kfull = k / line * line;
-    __m512 acc[MAXR][2];
+    __m512 acc[MAXR][MAXC][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) acc[i][c][0] = acc[i][c][1] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < kfull; kk += line) line_step(R, C, t, x, w, kk, acc);
     for (int64_t kk = kfull; kk < k; kk += 16) { /* the partial last line */
         const __mmask16 m = k - kk >= 16 ? 0xffff : (__mmask16)((1u << (k - kk)) - 1);
-        __m512 wv = load_w16(w, kk, t, true, m);
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) {
+            __m512 wv = load_w16(w[c], kk, t, true, m);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; i++)
-            acc[i][0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[i] + kk), wv, acc[i][0]);
-    }
-    if (down)
-        for (int64_t kk = kfull - line; kk >= 0; kk -= line) line_step(R, t, x, w, kk, acc);
-    else if (gemv_pf)
-        for (int64_t kk = 0; kk < kfull; kk += line) {
-            if (gemv_pf > 0) _mm_prefetch((const char *)w + kk * (64 / line) + gemv_pf, _MM_HINT_NTA);
-            else _mm_prefetch((const char *)w + kk * (64 / line) - gemv_pf, _MM_HINT_T0);
-            line_step(R, t, x, w, kk, acc);
+            for (int i = 0; i < R; i++)
+                acc[i][c][0] =
+                    _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x[i] + kk), wv, acc[i][c][0]);
         }
-    else
-        for (int64_t kk = 0; kk < kfull; kk += line) line_step(R, t, x, w, kk, acc);
+    }
 #pragma GCC unroll 8
-    for (int i = 0; i < R; i++) out[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++)
+            out[i][c] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][c][0], acc[i][c][1]));
 }
 
-int gemv_zigzag = 1;
-/* Rows [n0, n1) of y for m = R rows of x: every weight byte is read once. */
-INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R) {
-    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
+int gemv_c = 1;
+/* Rows [n0, n1) of y for m = R rows of x: every weight byte is read once.
+ * The range is cut into C parts read side by side, each one sequential. */
+INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R, int C) {
+    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, part = (n1 - n0) / C;
     const float *x[MAXR];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
-    for (int64_t j = n0; j < n1; j++) {
-        float out[MAXR];
-        row_dot(R, t, x, (const char *)a->w + j * a->ldw * wsize, a->k, gemv_zigzag && ((j - n0) & 1), out);
+    for (int64_t r = 0; r < part; r++) {
+        const void *w[MAXC];
+        float out[MAXR][MAXC];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) w[c] = (const char *)a->w + (n0 + c * part + r) * a->ldw * wsize;
+        rows_dot(R, C, t, x, w, a->k, out);
 #pragma GCC unroll 8
-        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i];
+        for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) a->y[i * a->ldy + n0 + c * part + r] = out[i][c];
+    }
+    for (int64_t j = n0 + C * part; j < n1; j++) { /* the n % C rows left */
+        const void *w[MAXC] = {(const char *)a->w + j * a->ldw * wsize};
+        float out[MAXR][MAXC];
+        rows_dot(R, 1, t, x, w, a->k, out);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i][0];
     }
 }
 
@@ -243,10 +261,10 @@ INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, in
 INLINE void run_gemv(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t) {
     _Static_assert(MNV_MATMUL_GEMV_MAX_M == 4, "one case per m");
     switch (a->m) {
-    case 1: run_rows(a, n0, n1, t, 1); break;
-    case 2: run_rows(a, n0, n1, t, 2); break;
-    case 3: run_rows(a, n0, n1, t, 3); break;
-    default: run_rows(a, n0, n1, t, 4); break;
+    case 1: if (gemv_c == 1) run_rows(a, n0, n1, t, 1, 1); else if (gemv_c == 2) run_rows(a, n0, n1, t, 1, 2); else if (gemv_c == 4) run_rows(a, n0, n1, t, 1, 4); else if (gemv_c == 6) run_rows(a, n0, n1, t, 1, 6); else run_rows(a, n0, n1, t, 1, 8); break;
+    case 2: if (gemv_c <= 2) run_rows(a, n0, n1, t, 2, 2); else run_rows(a, n0, n1, t, 2, 4); break;
+    case 3: if (gemv_c <= 2) run_rows(a, n0, n1, t, 3, 2); else run_rows(a, n0, n1, t, 3, 4); break;
+    default: if (gemv_c <= 2) run_rows(a, n0, n1, t, 4, 2); else run_rows(a, n0, n1, t, 4, 3); break;
     }
 }
 
