@@ -483,6 +483,126 @@ mnv_array *mnv_qget_rows(mnv_graph *g, mnv_array *w, mnv_array *scales, mnv_arra
     return n;
 }
 
+mnv_array *mnv_view(mnv_graph *g, mnv_array *a, int32_t ndim, const int64_t *shape, const int64_t *strides,
+                    int64_t offset) {
+    NEED(a);
+    if (a->op != MNV_OP_LEAF && !mnv_array_is_contiguous(a))
+        return fail(g, MNV_ERR_INVALID_ARG, "view: source must be contiguous or a leaf");
+    int64_t last = offset, total = a->op == MNV_OP_LEAF ? mnv_array_nelem(a) : mnv_array_nelem(a);
+    for (int i = 0; i < ndim; i++) last += (shape[i] - 1) * strides[i];
+    if (offset < 0 || (mnv_array_nelem(a) > 0 && last >= total))
+        return fail(g, MNV_ERR_RANGE, "view of '%s' reaches element %lld of %lld", a->name, (long long)last,
+                    (long long)total);
+    mnv_node *n = make_view(g, a, ndim, shape);
+    if (!n) return NULL;
+    for (int i = 0; i < ndim; i++) n->stride[i] = strides[i];
+    n->view_offset += (size_t)offset * mnv_dtype_size(a->dtype);
+    snprintf(n->name, sizeof n->name, "%s", a->name);
+    return n;
+}
+
+mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k) {
+    NEED(logits);
+    if (logits->ndim != 2 || k < 1 || k > logits->shape[1])
+        return fail(g, MNV_ERR_INVALID_ARG, "topk: k = %d of a (T, %lld) array", k, (long long)logits->shape[1]);
+    if (!mnv_array_is_contiguous(logits) || logits->dtype != MNV_DTYPE_F32) logits = mnv_cast(g, logits, MNV_DTYPE_F32);
+    if (!logits) return NULL;
+    int64_t shape[2] = {logits->shape[0], k};
+    mnv_node *n = new_node(g, MNV_OP_TOPK, MNV_DTYPE_I32, 2, shape);
+    if (n) n->src[0] = logits;
+    return n;
+}
+
+mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids) {
+    NEED(logits);
+    NEED(ids);
+    if (ids->ndim != 2 || ids->dtype != MNV_DTYPE_I32 || logits->ndim != 2 || ids->shape[0] != logits->shape[0])
+        return fail(g, MNV_ERR_INVALID_ARG, "gather_softmax: logits (T, E) and ids (T, k) disagree");
+    if (!mnv_array_is_contiguous(logits) || logits->dtype != MNV_DTYPE_F32) logits = mnv_cast(g, logits, MNV_DTYPE_F32);
+    if (!logits) return NULL;
+    mnv_node *n = new_node(g, MNV_OP_GATHER_SOFTMAX, MNV_DTYPE_F32, 2, ids->shape);
+    if (!n) return NULL;
+    n->src[0] = logits;
+    n->src[1] = ids;
+    return n;
+}
+
+static bool moe_weight_ok(mnv_graph *g, mnv_array *w, mnv_array *sc, mnv_array *bi, const mnv_qformat *fmt, int64_t k) {
+    bool quant = fmt && fmt->mode != MNV_QMODE_NONE;
+    if (w->ndim != 3 || w->stride[2] != 1) return false;
+    if (!quant) return is_float(w->dtype) && w->shape[2] == k;
+    if (mnv_qformat_check(fmt, w->name) != MNV_OK) {
+        fail(g, MNV_ERR_INVALID_ARG, "%s", mnv_last_error());
+        return false;
+    }
+    int64_t groups = mnv_qformat_row_groups(fmt, k);
+    bool ok = w->dtype == MNV_DTYPE_U32 && w->shape[2] == mnv_qformat_row_words(fmt, k) && sc && sc->ndim == 3 &&
+              sc->shape[0] == w->shape[0] && sc->shape[1] == w->shape[1] && sc->shape[2] == groups &&
+              sc->stride[2] == 1 && sc->dtype == fmt->scale_dtype;
+    if (ok && fmt->mode == MNV_QMODE_AFFINE)
+        ok = bi && bi->ndim == 3 && bi->shape[1] == w->shape[1] && bi->shape[2] == groups && bi->stride[2] == 1 &&
+             bi->stride[1] == sc->stride[1] && bi->stride[0] == sc->stride[0] && bi->dtype == sc->dtype;
+    return ok;
+}
+
+mnv_array *mnv_moe_matmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
+                          const mnv_qformat *fmt, int64_t k, mnv_array *ids, mnv_array *bias) {
+    NEED(x);
+    NEED(w);
+    NEED(ids);
+    int64_t T = ids->shape[0], kk = ids->shape[1], E = w->shape[0], N = w->shape[1];
+    if (!moe_weight_ok(g, w, scales, biases, fmt, k))
+        return g->status ? NULL : fail(g, MNV_ERR_INVALID_ARG, "moe_matmul: experts '%s' do not hold (E, N, %lld)", w->name, (long long)k);
+    bool per_slot = x->ndim == 3;
+    if (x->shape[0] != T || x->shape[x->ndim - 1] != k || (per_slot && x->shape[1] != kk) || ids->dtype != MNV_DTYPE_I32)
+        return fail(g, MNV_ERR_INVALID_ARG, "moe_matmul: x must be (T, K) or (T, k, K) with ids (T, k)");
+    if (bias && (bias->ndim != 2 || bias->shape[0] != E || bias->shape[1] != N || bias->dtype != MNV_DTYPE_F32))
+        return fail(g, MNV_ERR_INVALID_ARG, "moe_matmul: bias must be f32 (E, N)");
+    if (!mnv_array_is_contiguous(x) || x->dtype != MNV_DTYPE_F32) x = mnv_cast(g, x, MNV_DTYPE_F32);
+    if (!x) return NULL;
+    int64_t shape[3] = {T, kk, N};
+    mnv_node *n = new_node(g, MNV_OP_MOE_MATMUL, MNV_DTYPE_F32, 3, shape);
+    if (!n) return NULL;
+    n->src[0] = x;
+    n->src[1] = w;
+    n->src[2] = ids;
+    n->src[3] = bias;
+    bool quant = fmt && fmt->mode != MNV_QMODE_NONE;
+    n->src[4] = quant ? scales : NULL;
+    n->src[5] = quant && fmt->mode == MNV_QMODE_AFFINE ? biases : NULL;
+    if (quant) n->p.q.fmt = *fmt;
+    n->p.q.k = (int32_t)k;
+    n->p.q.global_scale = 1.0f;
+    return n;
+}
+
+mnv_array *mnv_swiglu_oai(mnv_graph *g, mnv_array *gate, mnv_array *up, float alpha, float limit) {
+    NEED(gate);
+    NEED(up);
+    if (mnv_array_nelem(gate) != mnv_array_nelem(up)) return fail(g, MNV_ERR_INVALID_ARG, "swiglu_oai: shapes differ");
+    mnv_node *n = binary(g, MNV_OP_SWIGLU_OAI, gate, up);
+    if (!n) return NULL;
+    n->p.swiglu.alpha = alpha;
+    n->p.swiglu.limit = limit;
+    return n;
+}
+
+mnv_array *mnv_moe_sum(mnv_graph *g, mnv_array *y, mnv_array *w) {
+    NEED(y);
+    NEED(w);
+    if (y->ndim != 3 || w->ndim != 2 || w->shape[0] != y->shape[0] || w->shape[1] != y->shape[1] ||
+        w->dtype != MNV_DTYPE_F32)
+        return fail(g, MNV_ERR_INVALID_ARG, "moe_sum: y (T, k, N) and weights (T, k) disagree");
+    if (!mnv_array_is_contiguous(y)) y = mnv_contiguous(g, y);
+    if (!y) return NULL;
+    int64_t shape[2] = {y->shape[0], y->shape[2]};
+    mnv_node *n = new_node(g, MNV_OP_MOE_SUM, MNV_DTYPE_F32, 2, shape);
+    if (!n) return NULL;
+    n->src[0] = y;
+    n->src[1] = w;
+    return n;
+}
+
 void mnv_set_output(mnv_array *a) {
     if (a) a->flags |= MNV_NODE_OUTPUT;
 }

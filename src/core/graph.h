@@ -36,7 +36,13 @@
     X(MNV_OP_ATTENTION, "attention")   /* src0 q, src1 k cache, src2 v cache, src3 seq,  \
                                           src4 pos, src5 sinks (optional) */             \
     X(MNV_OP_QMATMUL, "qmatmul")       /* src0 x, src1 packed W, src2 scales, src3 biases */ \
-    X(MNV_OP_QGET_ROWS, "qget_rows")   /* src0 packed table, src1 ids, src2 scales, src3 biases */
+    X(MNV_OP_QGET_ROWS, "qget_rows")   /* src0 packed table, src1 ids, src2 scales, src3 biases */ \
+    X(MNV_OP_TOPK, "topk")             /* src0 (T, E) -> (T, k) i32 ids of the k largest */  \
+    X(MNV_OP_GATHER_SOFTMAX, "gather_softmax") /* src0 (T, E), src1 ids (T, k) -> softmax of the picks */ \
+    X(MNV_OP_MOE_MATMUL, "moe_matmul") /* src0 x, src1 experts W, src2 ids, src3 bias,       \
+                                          src4 scales, src5 biases (quantized W) */         \
+    X(MNV_OP_SWIGLU_OAI, "swiglu_oai") /* gpt-oss clamped SwiGLU of src0 gate, src1 up */   \
+    X(MNV_OP_MOE_SUM, "moe_sum")       /* src0 (T, k, N) weighted by src1 (T, k) -> (T, N) */
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -72,10 +78,13 @@ typedef union {
         int32_t window;      /* > 0: attend to the last `window` positions only */
     } attn;
     struct {
-        mnv_qformat fmt;
+        mnv_qformat fmt;     /* mode NONE: a plain float matrix (moe_matmul) */
         int32_t k;           /* logical row length of the quantized matrix */
         float global_scale;  /* nvfp4 (1 otherwise) */
     } q;
+    struct {
+        float alpha, limit;
+    } swiglu;
 } mnv_op_params;
 
 struct mnv_node {
@@ -168,6 +177,31 @@ mnv_array *mnv_qmatmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scal
                        const mnv_qformat *fmt, int64_t k);
 mnv_array *mnv_qget_rows(mnv_graph *g, mnv_array *w, mnv_array *scales, mnv_array *biases, const mnv_qformat *fmt,
                          int64_t k, mnv_array *ids);
+
+/* A strided view: shape and element strides given explicitly, starting
+ * `offset` elements into a's memory (a must be contiguous or a leaf). For
+ * layouts such as interleaved gate/up rows. */
+mnv_array *mnv_view(mnv_graph *g, mnv_array *a, int32_t ndim, const int64_t *shape, const int64_t *strides,
+                    int64_t offset);
+
+/* Mixture of experts.
+ * topk: ids (T, k) of the k largest of each row of logits (T, E).
+ * gather_softmax: softmax over logits[t, ids[t, j]] for j < k -> (T, k).
+ * moe_matmul: for each token t and slot j, y[t, j] = x_t W[ids[t, j]]^T +
+ *   bias[ids[t, j]], where x_t is x[t] (x of shape (T, K)) or x[t, j]
+ *   (x of shape (T, k, K)); W (E, N, K) float, or quantized: W the packed
+ *   (E, N, words) U32 with scales/biases (E, N, groups) and fmt; rows of W,
+ *   scales and bias may be strided views. Tokens are grouped by expert, so
+ *   each selected expert's weights are read once per batch. -> (T, k, N).
+ * swiglu_oai: g = min(gate, limit), u = clamp(up, -limit, limit),
+ *   g * sigmoid(alpha g) * (u + 1).
+ * moe_sum: sum_j w[t, j] y[t, j] -> (T, N). */
+mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k);
+mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids);
+mnv_array *mnv_moe_matmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
+                          const mnv_qformat *fmt, int64_t k, mnv_array *ids, mnv_array *bias);
+mnv_array *mnv_swiglu_oai(mnv_graph *g, mnv_array *gate, mnv_array *up, float alpha, float limit);
+mnv_array *mnv_moe_sum(mnv_graph *g, mnv_array *y, mnv_array *w);
 
 /* Mark a node as an output (kept after evaluation). */
 void mnv_set_output(mnv_array *a);

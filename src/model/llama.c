@@ -205,5 +205,5 @@ static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_batch 
     return logits;
 }
 
-static const mnv_model_arch llama_arch = {"llama", llama_specs, llama_bind, llama_build};
+static const mnv_model_arch llama_arch = {"llama", llama_specs, llama_bind, llama_build, NULL};
 const mnv_model_arch *mnv_arch_llama(void) { return &llama_arch; }

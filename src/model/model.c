@@ -22,6 +22,7 @@ static const mnv_model_arch *arch_for(mnv_arch a) {
     case MNV_ARCH_LLAMA:
     case MNV_ARCH_QWEN2:
     case MNV_ARCH_QWEN3: return mnv_arch_llama();
+    case MNV_ARCH_GPT_OSS: return mnv_arch_gpt_oss();
     default: return NULL;
     }
 }
@@ -286,6 +287,7 @@ mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_m
 
 void mnv_model_free(mnv_model *m) {
     if (!m) return;
+    if (m->arch && m->arch->free) m->arch->free(m);
     mnv_tokenizer_free(m->tok);
     mnv_st_close(m->st);
     free(m->layers);

@@ -61,6 +61,8 @@ struct mnv_model_arch {
     mnv_status (*bind)(mnv_model *m);
     /* Build the forward graph for a batch; returns logits (n_out, n_vocab). */
     mnv_array *(*build)(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+    /* Free arch_data (may be NULL). */
+    void (*free)(mnv_model *m);
 };
 
 struct mnv_model {
@@ -72,6 +74,7 @@ struct mnv_model {
     mnv_tokenizer *tok;
     mnv_weight tok_embd, out_norm, output;
     mnv_layer_weights *layers;
+    void *arch_data;     /* what only the architecture knows (e.g. experts) */
     /* RoPE */
     float *inv_freq; /* n_rot / 2 */
     int32_t n_rot;
@@ -83,6 +86,7 @@ struct mnv_model {
 };
 
 const mnv_model_arch *mnv_arch_llama(void);
+const mnv_model_arch *mnv_arch_gpt_oss(void);
 
 /* Look up a weight by name and check its shape (2-d or 1-d). 1-d weights are
  * converted to f32 (they are tiny and used in f32 arithmetic). Missing

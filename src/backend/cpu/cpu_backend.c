@@ -63,6 +63,8 @@ static void k_binary(cpu_ctx *c, mnv_node *n, int ith, int nth) {
         mnv_cpu_add(ap, bp, b->dtype, bs, y, hi - lo, D);
     else if (n->op == MNV_OP_MUL)
         mnv_cpu_mul(ap, bp, b->dtype, bs, y, hi - lo, D);
+    else if (n->op == MNV_OP_SWIGLU_OAI)
+        mnv_cpu_swiglu_oai(ap, (const float *)bp, y, (hi - lo) * D, n->p.swiglu.alpha, n->p.swiglu.limit);
     else
         mnv_cpu_silu_mul(ap, (const float *)bp, y, (hi - lo) * D);
 }
@@ -160,7 +162,137 @@ static void k_qget_rows(cpu_ctx *c, mnv_node *n, int ith, int nth) {
                       n->p.q.global_scale, k, (const int32_t *)n->src[1]->data + lo, (float *)n->data + lo * k, hi - lo);
 }
 
+static void k_topk(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    int64_t lo, hi, E = n->src[0]->shape[1];
+    int32_t k = (int32_t)n->shape[1];
+    split(n->shape[0], ith, nth, &lo, &hi);
+    if (hi > lo) mnv_cpu_topk((const float *)n->src[0]->data + lo * E, E, k, (int32_t *)n->data + lo * k, hi - lo);
+}
+
+static void k_gather_softmax(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    int64_t lo, hi, E = n->src[0]->shape[1];
+    int32_t k = (int32_t)n->shape[1];
+    split(n->shape[0], ith, nth, &lo, &hi);
+    if (hi > lo)
+        mnv_cpu_gather_softmax((const float *)n->src[0]->data + lo * E, E, (const int32_t *)n->src[1]->data + lo * k, k,
+                               (float *)n->data + lo * k, hi - lo);
+}
+
+static void k_moe_sum(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    int64_t lo, hi, N = n->shape[1];
+    int32_t k = (int32_t)n->src[0]->shape[1];
+    split(n->shape[0], ith, nth, &lo, &hi);
+    if (hi > lo)
+        mnv_cpu_moe_sum((const float *)n->src[0]->data + lo * k * N, (const float *)n->src[1]->data + lo * k, k, N,
+                        (float *)n->data + lo * N, hi - lo);
+}
+
+/* ---- mixture-of-experts matmul: tokens grouped by expert ----
+ * Scratch layout after the matmul kernel's own scratch: counts (E+1 ints,
+ * prefix sums), the (token, slot) rows sorted by expert, gathered inputs
+ * (rows, K) and outputs (rows, N). */
+typedef struct {
+    int32_t *start, *rows;
+    float *xg, *yg;
+    void *mm_scratch;
+} moe_scratch;
+
+static size_t moe_mm_scratch(const mnv_node *n, int nth) {
+    int64_t m = n->src[2]->shape[0] * n->src[2]->shape[1], k = n->p.q.k;
+    if (n->p.q.fmt.mode == MNV_QMODE_NONE) return mnv_cpu_matmul_scratch_size(m, k, n->src[1]->dtype);
+    return mnv_cpu_qmatmul_scratch_size(m, k, &n->p.q.fmt, nth);
+}
+
+static size_t moe_scratch_size(const mnv_node *n, int nth) {
+    int64_t E = n->src[1]->shape[0], m = n->src[2]->shape[0] * n->src[2]->shape[1];
+    size_t s = (moe_mm_scratch(n, nth) + 63) & ~(size_t)63;
+    s += (size_t)(E + 1 + m) * 4 + 64;
+    s += (size_t)m * (size_t)(n->p.q.k + n->shape[2]) * 4 + 128;
+    return s;
+}
+
+static moe_scratch moe_layout(cpu_ctx *c, const mnv_node *n, int nth) {
+    int64_t E = n->src[1]->shape[0], m = n->src[2]->shape[0] * n->src[2]->shape[1];
+    uint8_t *p = c->scratch;
+    moe_scratch ms;
+    ms.mm_scratch = p;
+    p += (moe_mm_scratch(n, nth) + 63) & ~(size_t)63;
+    ms.start = (int32_t *)p;
+    ms.rows = ms.start + E + 1;
+    p += ((size_t)(E + 1 + m) * 4 + 63) & ~(size_t)63;
+    ms.xg = (float *)p;
+    ms.yg = ms.xg + ((m * n->p.q.k + 15) & ~15LL);
+    return ms;
+}
+
+/* Counting sort of the (t, j) pairs by expert. */
+static void moe_group(const int32_t *ids, int64_t m, int64_t E, int32_t *start, int32_t *rows) {
+    memset(start, 0, (size_t)(E + 1) * 4);
+    for (int64_t i = 0; i < m; i++) start[ids[i] + 1]++;
+    for (int64_t e = 0; e < E; e++) start[e + 1] += start[e];
+    int32_t fill[1024];
+    for (int64_t e = 0; e < E && e < 1024; e++) fill[e] = start[e];
+    for (int64_t i = 0; i < m; i++) rows[fill[ids[i]]++] = (int32_t)i;
+}
+
+static void moe_expert(cpu_ctx *c, mnv_node *n, const moe_scratch *ms, int64_t e, int64_t cnt, int ith, int nth) {
+    const mnv_node *w = n->src[1], *sc = n->src[4], *bi = n->src[5];
+    int64_t K = n->p.q.k, N = n->shape[2];
+    size_t wes = n->p.q.fmt.mode == MNV_QMODE_NONE ? mnv_dtype_size(w->dtype) : 4;
+    const void *we = (const uint8_t *)w->data + (size_t)(e * w->stride[0]) * wes;
+    if (n->p.q.fmt.mode == MNV_QMODE_NONE) {
+        mnv_matmul_args a = {.x = ms->xg, .ldx = K, .w = we, .wtype = w->dtype, .ldw = w->stride[1], .y = ms->yg,
+                             .ldy = N, .m = cnt, .n = N, .k = K, .scratch = ms->mm_scratch, .barrier = cpu_barrier,
+                             .barrier_ctx = c};
+        mnv_cpu_matmul(&a, ith, nth);
+        return;
+    }
+    size_t ses = mnv_dtype_size(sc->dtype);
+    mnv_qmatmul_args a = {
+        .x = ms->xg, .ldx = K, .w = we, .ldw = w->stride[1],
+        .scales = (const uint8_t *)sc->data + (size_t)(e * sc->stride[0]) * ses,
+        .biases = bi ? (const uint8_t *)bi->data + (size_t)(e * bi->stride[0]) * ses : NULL, .lds = sc->stride[1],
+        .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale, .y = ms->yg, .ldy = N, .m = cnt, .n = N, .k = K,
+        .scratch = ms->mm_scratch, .barrier = cpu_barrier, .barrier_ctx = c,
+    };
+    mnv_cpu_qmatmul(&a, ith, nth);
+}
+
+static void k_moe_matmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    const mnv_node *x = n->src[0], *bias = n->src[3];
+    const int32_t *ids = n->src[2]->data;
+    int64_t kk = n->src[2]->shape[1], m = n->src[2]->shape[0] * kk, E = n->src[1]->shape[0];
+    int64_t K = n->p.q.k, N = n->shape[2];
+    bool per_slot = x->ndim == 3;
+    moe_scratch ms = moe_layout(c, n, nth);
+    if (ith == 0) moe_group(ids, m, E, ms.start, ms.rows);
+    mnv_threadpool_barrier(c->tp);
+    for (int64_t e = 0; e < E; e++) {
+        int64_t cnt = ms.start[e + 1] - ms.start[e], lo, hi;
+        if (cnt == 0) continue;
+        const int32_t *rows = ms.rows + ms.start[e];
+        split(cnt, ith, nth, &lo, &hi);
+        for (int64_t r = lo; r < hi; r++) /* gather inputs */
+            memcpy(ms.xg + r * K, (const float *)x->data + (per_slot ? rows[r] : rows[r] / kk) * K, (size_t)K * 4);
+        mnv_threadpool_barrier(c->tp);
+        moe_expert(c, n, &ms, e, cnt, ith, nth);
+        mnv_threadpool_barrier(c->tp);
+        for (int64_t r = lo; r < hi; r++) { /* scatter outputs (+ expert bias) */
+            float *dst = (float *)n->data + rows[r] * N;
+            const float *src = ms.yg + r * N;
+            if (bias) {
+                const float *b = (const float *)bias->data + e * bias->stride[0];
+                for (int64_t i = 0; i < N; i++) dst[i] = src[i] + b[i * bias->stride[1]];
+            } else
+                memcpy(dst, src, (size_t)N * 4);
+        }
+        mnv_threadpool_barrier(c->tp); /* xg/yg are reused by the next expert */
+    }
+}
+
 static const cpu_kernel kernels[MNV_OP_COUNT] = {
+    [MNV_OP_TOPK] = k_topk,         [MNV_OP_GATHER_SOFTMAX] = k_gather_softmax, [MNV_OP_MOE_SUM] = k_moe_sum,
+    [MNV_OP_MOE_MATMUL] = k_moe_matmul, [MNV_OP_SWIGLU_OAI] = k_binary,
     [MNV_OP_QMATMUL] = k_qmatmul,   [MNV_OP_QGET_ROWS] = k_qget_rows,
     [MNV_OP_COPY] = k_copy,         [MNV_OP_ADD] = k_binary,      [MNV_OP_MUL] = k_binary,
     [MNV_OP_SILU_MUL] = k_binary,   [MNV_OP_SCALE] = k_unary,     [MNV_OP_SOFTMAX] = k_unary,
@@ -190,6 +322,8 @@ static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
         if (nd->op == MNV_OP_MATMUL) {
             size_t s = mnv_cpu_matmul_scratch_size(mnv_array_rows(nd->src[0]), nd->src[1]->shape[1], nd->src[1]->dtype);
             need = MNV_MAX(need, s);
+        } else if (nd->op == MNV_OP_MOE_MATMUL) {
+            need = MNV_MAX(need, moe_scratch_size(nd, mnv_threadpool_size(c->tp)));
         } else if (nd->op == MNV_OP_QMATMUL) {
             size_t s = mnv_cpu_qmatmul_scratch_size(mnv_array_rows(nd->src[0]), nd->p.q.k, &nd->p.q.fmt,
                                                     mnv_threadpool_size(c->tp));

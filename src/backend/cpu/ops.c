@@ -202,3 +202,49 @@ void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
         attend_one(a, a->q + (t * H + h) * D, a->seq[t], h / group, lo, p, sink, a->out + (t * H + h) * D);
     }
 }
+
+void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        int32_t *out = ids + r * k;
+        int32_t cnt = 0;
+        for (int32_t i = 0; i < n; i++) { /* insertion into a sorted list of k */
+            int32_t p = cnt < k ? cnt : k;
+            while (p > 0 && xr[i] > xr[out[p - 1]]) p--;
+            if (p >= k) continue;
+            int32_t last = cnt < k ? cnt : k - 1;
+            for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
+            out[p] = i;
+            if (cnt < k) cnt++;
+        }
+    }
+}
+
+void mnv_cpu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float m = -INFINITY, s = 0;
+        for (int32_t j = 0; j < k; j++) m = fmaxf(m, xr[ids[r * k + j]]);
+        for (int32_t j = 0; j < k; j++) s += w[r * k + j] = expf(xr[ids[r * k + j]] - m);
+        for (int32_t j = 0; j < k; j++) w[r * k + j] /= s;
+    }
+}
+
+void mnv_cpu_swiglu_oai(const float *gate, const float *up, float *y, int64_t n, float alpha, float limit) {
+    for (int64_t i = 0; i < n; i++) {
+        float g = fminf(gate[i], limit), u = fminf(fmaxf(up[i], -limit), limit);
+        y[i] = g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+    }
+}
+
+void mnv_cpu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *yr = y + r * n;
+        for (int64_t i = 0; i < n; i++) yr[i] = 0.0f;
+        for (int32_t j = 0; j < k; j++) {
+            const float *xr = x + (r * k + j) * n;
+            float wj = w[r * k + j];
+            for (int64_t i = 0; i < n; i++) yr[i] += wj * xr[i];
+        }
+    }
+}

@@ -56,3 +56,13 @@ typedef struct {
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
 
 #endif
+
+/* ---- mixture of experts ---- */
+/* ids[r, 0..k) = indices of the k largest of x[r, 0..n) (ties: lower index). */
+void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows);
+/* w[r, j] = softmax_j(x[r, ids[r, j]]) */
+void mnv_cpu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows);
+/* gpt-oss SwiGLU: g = min(gate, limit), u = clamp(up, -limit, limit), g*sigmoid(alpha g)*(u+1) */
+void mnv_cpu_swiglu_oai(const float *gate, const float *up, float *y, int64_t n, float alpha, float limit);
+/* y[r] = sum_j w[r, j] x[r, j] over rows r: x (rows, k, n), w (rows, k) */
+void mnv_cpu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows);
