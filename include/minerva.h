@@ -194,6 +194,13 @@ typedef struct {
 /* Fills *info. Strings are borrowed: valid until the model is freed. */
 mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *info);
 
+/* Estimate a model from its config.json alone, without weights: parameter
+ * count, bytes of weights in the layout the config's "quantization" block
+ * describes (float tensors counted at the config's torch_dtype), KV bytes
+ * per token. Fills the same fields mnv_model_get_info does (arch points to
+ * static storage until the next call on this thread). */
+mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
+
 /* The model's tokenizer, or NULL if the directory had none. Borrowed: valid
  * until the model is freed. */
 const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *model);

@@ -6,60 +6,65 @@
 
 #include "model/model.h"
 
-#define NAME_MAX_LEN 96
+#define NAME_MAX_LEN 112
 
-static void spec(mnv_tensor_spec *s, int32_t *n, int32_t cap, char (*names)[NAME_MAX_LEN], const char *name,
-                 int32_t ndim, int64_t d0, int64_t d1, bool optional, bool norm) {
-    if (*n >= cap) return;
-    snprintf(names[*n], NAME_MAX_LEN, "%s", name);
-    s[*n] = (mnv_tensor_spec){names[*n], ndim, {d0, d1}, optional, norm};
+static void spec(mnv_tensor_spec *s, int32_t *n, int32_t cap, const char *name, int32_t ndim, int64_t d0, int64_t d1,
+                 mnv_ts_kind kind, bool optional) {
+    if (*n < cap) {
+        mnv_tensor_spec *t = &s[*n];
+        memset(t, 0, sizeof *t);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->ndim = ndim;
+        t->shape[0] = d0;
+        t->shape[1] = d1;
+        t->kind = kind;
+        t->optional = optional;
+        t->quantizable = kind == MNV_TS_WEIGHT && ndim == 2;
+    }
     (*n)++;
 }
-
-/* Names live in a static table sized for the largest config we accept. */
-static char spec_names[MNV_MAX_LAYERS * 20 + 8][NAME_MAX_LEN];
 
 static int32_t llama_specs(const mnv_model_config *c, mnv_tensor_spec *s, int32_t cap) {
     int32_t n = 0;
     int64_t E = c->hidden_size, F = c->intermediate_size, D = c->head_dim;
     int64_t qd = c->num_attention_heads * D, kvd = c->num_key_value_heads * D;
     char nm[NAME_MAX_LEN];
-    cap = MNV_MIN(cap, (int32_t)(sizeof spec_names / sizeof spec_names[0]));
-    spec(s, &n, cap, spec_names, "model.embed_tokens.weight", 2, c->vocab_size, E, false, false);
+    spec(s, &n, cap, "model.embed_tokens.weight", 2, c->vocab_size, E, MNV_TS_WEIGHT, false);
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         struct {
             const char *suffix;
             int32_t ndim;
             int64_t d0, d1;
-            bool present, norm;
+            bool present;
+            mnv_ts_kind kind;
         } t[] = {
-            {"input_layernorm.weight", 1, E, 0, true, true},
-            {"self_attn.q_proj.weight", 2, qd, E, true, false},
-            {"self_attn.k_proj.weight", 2, kvd, E, true, false},
-            {"self_attn.v_proj.weight", 2, kvd, E, true, false},
-            {"self_attn.o_proj.weight", 2, E, qd, true, false},
-            {"self_attn.q_proj.bias", 1, qd, 0, c->attention_bias, false},
-            {"self_attn.k_proj.bias", 1, kvd, 0, c->attention_bias, false},
-            {"self_attn.v_proj.bias", 1, kvd, 0, c->attention_bias, false},
-            {"self_attn.o_proj.bias", 1, E, 0, c->o_bias, false},
-            {"self_attn.q_norm.weight", 1, D, 0, c->qk_norm, true},
-            {"self_attn.k_norm.weight", 1, D, 0, c->qk_norm, true},
-            {"post_attention_layernorm.weight", 1, E, 0, true, true},
-            {"mlp.gate_proj.weight", 2, F, E, true, false},
-            {"mlp.up_proj.weight", 2, F, E, true, false},
-            {"mlp.down_proj.weight", 2, E, F, true, false},
-            {"mlp.gate_proj.bias", 1, F, 0, c->mlp_bias, false},
-            {"mlp.up_proj.bias", 1, F, 0, c->mlp_bias, false},
-            {"mlp.down_proj.bias", 1, E, 0, c->mlp_bias, false},
+            {"input_layernorm.weight", 1, E, 0, true, MNV_TS_NORM},
+            {"self_attn.q_proj.weight", 2, qd, E, true, MNV_TS_WEIGHT},
+            {"self_attn.k_proj.weight", 2, kvd, E, true, MNV_TS_WEIGHT},
+            {"self_attn.v_proj.weight", 2, kvd, E, true, MNV_TS_WEIGHT},
+            {"self_attn.o_proj.weight", 2, E, qd, true, MNV_TS_WEIGHT},
+            {"self_attn.q_proj.bias", 1, qd, 0, c->attention_bias, MNV_TS_BIAS},
+            {"self_attn.k_proj.bias", 1, kvd, 0, c->attention_bias, MNV_TS_BIAS},
+            {"self_attn.v_proj.bias", 1, kvd, 0, c->attention_bias, MNV_TS_BIAS},
+            {"self_attn.o_proj.bias", 1, E, 0, c->o_bias, MNV_TS_BIAS},
+            {"self_attn.q_norm.weight", 1, D, 0, c->qk_norm, MNV_TS_NORM},
+            {"self_attn.k_norm.weight", 1, D, 0, c->qk_norm, MNV_TS_NORM},
+            {"post_attention_layernorm.weight", 1, E, 0, true, MNV_TS_NORM},
+            {"mlp.gate_proj.weight", 2, F, E, true, MNV_TS_WEIGHT},
+            {"mlp.up_proj.weight", 2, F, E, true, MNV_TS_WEIGHT},
+            {"mlp.down_proj.weight", 2, E, F, true, MNV_TS_WEIGHT},
+            {"mlp.gate_proj.bias", 1, F, 0, c->mlp_bias, MNV_TS_BIAS},
+            {"mlp.up_proj.bias", 1, F, 0, c->mlp_bias, MNV_TS_BIAS},
+            {"mlp.down_proj.bias", 1, E, 0, c->mlp_bias, MNV_TS_BIAS},
         };
         for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
             if (!t[i].present) continue;
             snprintf(nm, sizeof nm, "model.layers.%d.%s", l, t[i].suffix);
-            spec(s, &n, cap, spec_names, nm, t[i].ndim, t[i].d0, t[i].d1, false, t[i].norm);
+            spec(s, &n, cap, nm, t[i].ndim, t[i].d0, t[i].d1, t[i].kind, false);
         }
     }
-    spec(s, &n, cap, spec_names, "model.norm.weight", 1, E, 0, false, true);
-    spec(s, &n, cap, spec_names, "lm_head.weight", 2, c->vocab_size, E, c->tie_word_embeddings != 0, false);
+    spec(s, &n, cap, "model.norm.weight", 1, E, 0, MNV_TS_NORM, false);
+    spec(s, &n, cap, "lm_head.weight", 2, c->vocab_size, E, MNV_TS_WEIGHT, c->tie_word_embeddings != 0);
     return n;
 }
 

@@ -17,7 +17,7 @@ mnv_model_params mnv_model_params_default(void) {
     return p;
 }
 
-static const mnv_model_arch *arch_for(mnv_arch a) {
+const mnv_model_arch *mnv_model_arch_for(mnv_arch a) {
     switch (a) {
     case MNV_ARCH_LLAMA:
     case MNV_ARCH_QWEN2:
@@ -231,10 +231,38 @@ mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b,
     return m->arch->build(m, g, b, kv);
 }
 
+/* Parameters as MLX counts them: a packed quantized weight holds
+ * words * 32 / bits parameters; scales and biases are not parameters. */
+static uint64_t mnv_model_count_params(const mnv_model *m) {
+    uint64_t n = 0;
+    for (size_t i = 0; i < mnv_st_count(m->st); i++) {
+        const mnv_st_tensor *t = mnv_st_get(m->st, i);
+        uint64_t ne = 1;
+        for (int d = 0; d < t->ndim; d++) ne *= (uint64_t)t->shape[d];
+        size_t nl = strlen(t->name);
+        char path[200], sname[216];
+        if (nl > 7 && (!strcmp(t->name + nl - 7, ".scales") || !strcmp(t->name + nl - 7, ".biases"))) {
+            snprintf(path, sizeof path, "%.*s.weight", (int)(nl - 7), t->name);
+            const mnv_st_tensor *w = mnv_st_find(m->st, path);
+            if (w && w->dtype == MNV_DTYPE_U32) continue;
+        }
+        if (t->dtype == MNV_DTYPE_U32 && nl > 7 && !strcmp(t->name + nl - 7, ".weight")) {
+            snprintf(path, sizeof path, "%.*s", (int)(nl - 7), t->name);
+            snprintf(sname, sizeof sname, "%s.scales", path);
+            mnv_qmode mode;
+            int32_t bits, gs;
+            mnv_config_module_quant(&m->cfg, path, mnv_st_find(m->st, sname) != NULL, &mode, &bits, &gs);
+            if (mode != MNV_QMODE_NONE && bits > 0) ne = ne * 32 / (uint64_t)bits;
+        }
+        n += ne;
+    }
+    return n;
+}
+
 static mnv_status load_parts(mnv_model *m, const char *dir) {
     mnv_status st = mnv_config_load_dir(dir, &m->cfg);
     if (st != MNV_OK) return st;
-    m->arch = arch_for(m->cfg.arch);
+    m->arch = mnv_model_arch_for(m->cfg.arch);
     if (!m->arch)
         return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: model_type '%s' is not supported yet", dir, m->cfg.model_type);
     if (m->cfg.head_dim > 512)
@@ -247,9 +275,10 @@ static mnv_status load_parts(mnv_model *m, const char *dir) {
         if (t->ndim == 1) cap += (size_t)((t->shape[0] + 15) & ~15LL);
         uint64_t ne = 1;
         for (int d = 0; d < t->ndim; d++) ne *= (uint64_t)t->shape[d];
-        m->n_params += ne;
+        (void)ne;
         m->weight_bytes += t->nbytes;
     }
+    m->n_params = mnv_model_count_params(m);
     m->f32_cap = cap;
     m->f32_pool = calloc(cap ? cap : 1, sizeof(float));
     if (!m->f32_pool) return mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", dir);
@@ -338,4 +367,117 @@ mnv_status mnv_model_tensor_info(const mnv_model *m, size_t i, mnv_tensor_info *
     info->nbytes = t->nbytes;
     info->file = mnv_st_file_name(m->st, t->file_index);
     return MNV_OK;
+}
+
+uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t) {
+    uint64_t n = mnv_dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++) n *= (uint64_t)t->shape[i];
+    return n;
+}
+
+/* Append the stored form of one spec: plain, or packed weight + scales (+ biases). */
+static void store_spec(const mnv_model_config *cfg, const mnv_tensor_spec *sp, mnv_dtype fdt, mnv_stored_tensor *out,
+                       int32_t *n) {
+    mnv_stored_tensor t = {.ndim = sp->ndim, .dtype = fdt};
+    memcpy(t.shape, sp->shape, sizeof t.shape);
+    snprintf(t.name, sizeof t.name, "%s", sp->name);
+    t.fill = sp->kind == MNV_TS_NORM ? MNV_FILL_ONES : sp->kind == MNV_TS_BIAS ? MNV_FILL_SMALL : MNV_FILL_NORMAL;
+    mnv_qformat f = {0};
+    size_t nl = strlen(sp->name);
+    if (sp->quantizable && nl > 7 && !strcmp(sp->name + nl - 7, ".weight")) {
+        char path[112];
+        snprintf(path, sizeof path, "%.*s", (int)(nl - 7), sp->name);
+        mnv_config_module_quant(cfg, path, cfg->q_mode != MNV_QMODE_NONE, &f.mode, &f.bits, &f.group_size);
+        f.scale_dtype = f.mode == MNV_QMODE_AFFINE ? fdt : MNV_DTYPE_U8;
+        int64_t k = sp->shape[sp->ndim - 1];
+        if (f.mode != MNV_QMODE_NONE && mnv_qformat_check(&f, path) == MNV_OK && k % f.group_size == 0) {
+            t.dtype = MNV_DTYPE_U32;
+            t.shape[t.ndim - 1] = mnv_qformat_row_words(&f, k);
+            t.fill = MNV_FILL_BITS;
+            t.bits = f.bits;
+            out[(*n)++] = t;
+            t.dtype = f.scale_dtype;
+            t.shape[t.ndim - 1] = mnv_qformat_row_groups(&f, k);
+            t.fill = f.mode == MNV_QMODE_AFFINE ? MNV_FILL_QSCALE : MNV_FILL_E8M0;
+            snprintf(t.name, sizeof t.name, "%s.scales", path);
+            out[(*n)++] = t;
+            if (f.mode == MNV_QMODE_AFFINE) {
+                t.fill = MNV_FILL_QBIAS;
+                snprintf(t.name, sizeof t.name, "%s.biases", path);
+                out[(*n)++] = t;
+            }
+            return;
+        }
+    }
+    out[(*n)++] = t;
+}
+
+mnv_status mnv_model_stored_tensors(const mnv_model_config *cfg, mnv_dtype fdt, mnv_stored_tensor **out,
+                                    int32_t *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    const mnv_model_arch *arch = mnv_model_arch_for(cfg->arch);
+    if (!arch || !arch->tensor_specs)
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "model_type '%s': no tensor list", cfg->model_type);
+    int32_t cnt = arch->tensor_specs(cfg, NULL, 0);
+    mnv_tensor_spec *specs = calloc((size_t)cnt + 1, sizeof *specs);
+    mnv_stored_tensor *st = calloc((size_t)cnt * 3 + 1, sizeof *st);
+    if (!specs || !st) {
+        free(specs);
+        free(st);
+        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    }
+    arch->tensor_specs(cfg, specs, cnt);
+    int32_t n = 0;
+    for (int32_t i = 0; i < cnt; i++)
+        if (!specs[i].optional) store_spec(cfg, &specs[i], fdt, st, &n);
+    free(specs);
+    *out = st;
+    *n_out = n;
+    return MNV_OK;
+}
+
+mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
+    static _Thread_local char arch[32];
+    if (!config_path || !info) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_config_estimate: NULL argument");
+    memset(info, 0, sizeof *info);
+    char *json = NULL;
+    size_t len = 0;
+    mnv_status st = mnv_read_file(config_path, &json, &len);
+    if (st != MNV_OK) return st;
+    mnv_model_config *c = malloc(sizeof *c);
+    st = c ? mnv_config_parse(json, len, config_path, c) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    free(json);
+    mnv_stored_tensor *t = NULL;
+    int32_t n = 0;
+    mnv_dtype fdt = c && c->torch_dtype != MNV_DTYPE_F32 ? c->torch_dtype : MNV_DTYPE_F32;
+    if (st == MNV_OK) st = mnv_model_stored_tensors(c, fdt, &t, &n);
+    if (st == MNV_OK) {
+        snprintf(arch, sizeof arch, "%s", c->model_type);
+        info->arch = arch;
+        info->n_vocab = c->vocab_size;
+        info->n_ctx_train = c->max_position_embeddings;
+        info->n_layer = c->num_hidden_layers;
+        info->n_embd = c->hidden_size;
+        info->n_ff = c->intermediate_size;
+        info->n_head = c->num_attention_heads;
+        info->n_head_kv = c->num_key_value_heads;
+        info->head_dim = c->head_dim;
+        info->tied_embeddings = c->tie_word_embeddings == 1;
+        info->bos_id = c->bos_token_id;
+        info->n_eos = MNV_MIN(c->n_eos, 8);
+        for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
+        info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
+                                   (uint64_t)c->head_dim * sizeof(float);
+        for (int32_t i = 0; i < n; i++) {
+            uint64_t b = mnv_stored_tensor_bytes(&t[i]);
+            info->weight_bytes += b;
+            if (t[i].fill == MNV_FILL_BITS) info->n_params += b / 4 * 32 / (uint64_t)t[i].bits;
+            else if (t[i].fill != MNV_FILL_E8M0 && t[i].fill != MNV_FILL_QSCALE && t[i].fill != MNV_FILL_QBIAS)
+                info->n_params += b / mnv_dtype_size(t[i].dtype);
+        }
+    }
+    free(t);
+    free(c);
+    return st;
 }

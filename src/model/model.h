@@ -44,18 +44,43 @@ typedef struct {
 
 typedef struct mnv_model_arch mnv_model_arch;
 
-/* Called for each tensor an architecture expects (for loading and synth). */
+/* A tensor an architecture expects, in its logical (unquantized) form. */
+typedef enum { MNV_TS_WEIGHT, MNV_TS_NORM, MNV_TS_BIAS } mnv_ts_kind;
+
 typedef struct {
-    const char *name;
-    int32_t ndim;
-    int64_t shape[2];
-    bool optional;   /* e.g. lm_head when embeddings are tied */
-    bool is_norm;    /* synthesised as ones */
+    char name[112];
+    int32_t ndim;        /* 1 to 3 */
+    int64_t shape[3];
+    mnv_ts_kind kind;
+    bool optional;       /* e.g. lm_head when embeddings are tied */
+    bool quantizable;    /* a Linear / Embedding / experts weight (MLX quantizes these) */
 } mnv_tensor_spec;
+
+/* How a tensor is stored once the config's quantization is applied (what
+ * synth writes and what inspect estimates from a config alone). */
+typedef enum { MNV_FILL_NORMAL, MNV_FILL_ONES, MNV_FILL_SMALL, MNV_FILL_BITS, MNV_FILL_E8M0, MNV_FILL_QSCALE,
+               MNV_FILL_QBIAS } mnv_fill;
+
+typedef struct {
+    char name[120];
+    mnv_dtype dtype;
+    int32_t ndim;
+    int64_t shape[3];
+    mnv_fill fill;
+    int32_t bits;        /* quantized companions: the bit width */
+} mnv_stored_tensor;
+
+/* The stored tensors of a configuration (heap array, free()). Float tensors
+ * use float_dtype; quantizable weights follow cfg's quantization block. */
+mnv_status mnv_model_stored_tensors(const mnv_model_config *cfg, mnv_dtype float_dtype, mnv_stored_tensor **out,
+                                    int32_t *n_out);
+uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t);
+const mnv_model_arch *mnv_model_arch_for(mnv_arch a);
 
 struct mnv_model_arch {
     const char *name;
-    /* List expected tensors into specs (at most cap); returns the count. */
+    /* List expected tensors into specs (at most cap); returns the count
+     * (which may exceed cap: call again with more room). */
     int32_t (*tensor_specs)(const mnv_model_config *cfg, mnv_tensor_spec *specs, int32_t cap);
     /* Bind weights after the safetensors set is open. */
     mnv_status (*bind)(mnv_model *m);

@@ -1,12 +1,19 @@
 /* Random-weight checkpoints of any supported configuration, for benchmarks
- * at real sizes: weights ~ N(0, 0.02) (an Irwin-Hall sum of four uniforms,
- * cheap and close enough to normal for timing), norms at one. */
+ * at real sizes. Float weights ~ N(0, 0.02) (an Irwin-Hall sum of four
+ * uniforms: cheap and close enough to normal for timing), norms at one;
+ * quantized modules (as the config's "quantization" block says) get random
+ * codes with scales that give weights of the same magnitude. Tensors are
+ * generated and written one at a time, in shards of at most 5 GiB, so a
+ * checkpoint larger than memory can be made. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
 #include "model/model.h"
+
+#define SHARD_BYTES (5ull << 30)
+#define CHUNK (1 << 20) /* elements generated per write */
 
 mnv_synth_params mnv_synth_params_default(void) {
     mnv_synth_params p;
@@ -24,20 +31,137 @@ static uint64_t next_u64(uint64_t *s) { /* splitmix64 */
     return z ^ (z >> 31);
 }
 
-static void fill(void *dst, mnv_dtype dt, int64_t n, bool ones, uint64_t *rng) {
-    const float k = 0.02f * 1.7320508f / 65536.0f; /* 4 uniforms of 16 bits: var 4/12 -> scale to std 0.02 */
+static float normal(uint64_t *rng, float std) {
+    uint64_t r = next_u64(rng);
+    float s = (float)(r & 0xffff) + (float)((r >> 16) & 0xffff) + (float)((r >> 32) & 0xffff) + (float)(r >> 48) -
+              2.0f * 65535.0f;
+    return s * (std * 1.7320508f / 65536.0f); /* 4 uniforms of variance 1/12 each */
+}
+
+static void put_float(void *dst, mnv_dtype dt, int64_t i, float v) {
+    if (dt == MNV_DTYPE_F32) ((float *)dst)[i] = v;
+    else if (dt == MNV_DTYPE_BF16) ((uint16_t *)dst)[i] = mnv_f32_to_bf16(v);
+    else ((uint16_t *)dst)[i] = mnv_f32_to_f16(v);
+}
+
+/* n elements of tensor t into buf. */
+static void fill(const mnv_stored_tensor *t, void *buf, int64_t n, uint64_t *rng) {
+    float qrange = 0.12f / (float)((1 << (t->bits > 0 ? t->bits : 8)) - 1);
     for (int64_t i = 0; i < n; i++) {
-        float v = 1.0f;
-        if (!ones) {
-            uint64_t r = next_u64(rng);
-            float s = (float)(r & 0xffff) + (float)((r >> 16) & 0xffff) + (float)((r >> 32) & 0xffff) +
-                      (float)(r >> 48) - 2.0f * 65535.0f;
-            v = s * k;
+        switch (t->fill) {
+        case MNV_FILL_NORMAL:
+        case MNV_FILL_SMALL: put_float(buf, t->dtype, i, normal(rng, 0.02f)); break;
+        case MNV_FILL_ONES: put_float(buf, t->dtype, i, 1.0f); break;
+        case MNV_FILL_BITS: ((uint32_t *)buf)[i] = (uint32_t)next_u64(rng); break;
+        case MNV_FILL_E8M0: ((uint8_t *)buf)[i] = (uint8_t)(119 + next_u64(rng) % 3); break;
+        case MNV_FILL_QSCALE: put_float(buf, t->dtype, i, qrange); break;
+        case MNV_FILL_QBIAS: put_float(buf, t->dtype, i, -0.06f); break;
         }
-        if (dt == MNV_DTYPE_F32) ((float *)dst)[i] = v;
-        else if (dt == MNV_DTYPE_BF16) ((uint16_t *)dst)[i] = mnv_f32_to_bf16(v);
-        else ((uint16_t *)dst)[i] = mnv_f32_to_f16(v);
     }
+}
+
+/* Order within a shard: larger elements first, so every tensor stays aligned
+ * to its element size with no gaps (what Hugging Face's reader expects). */
+static int by_align(const void *a, const void *b) {
+    const mnv_stored_tensor *x = a, *y = b;
+    size_t sx = mnv_dtype_size(x->dtype), sy = mnv_dtype_size(y->dtype);
+    return sx != sy ? (sx < sy) - (sx > sy) : strcmp(x->name, y->name);
+}
+
+static mnv_status write_shard(const char *path, mnv_stored_tensor *t, int32_t n, uint64_t *rng) {
+    qsort(t, (size_t)n, sizeof *t, by_align);
+    size_t cap = 256 + (size_t)n * 256, len = 0;
+    char *hdr = malloc(cap);
+    void *buf = malloc((size_t)CHUNK * 4);
+    FILE *f = fopen(path, "wb");
+    mnv_status st = MNV_OK;
+    if (!hdr || !buf || !f) {
+        st = f ? mnv_set_error(MNV_ERR_NOMEM, "synth: out of memory")
+               : mnv_set_error(MNV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        goto done;
+    }
+    len += (size_t)snprintf(hdr + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\"}");
+    uint64_t off = 0;
+    for (int32_t i = 0; i < n; i++) {
+        uint64_t b = mnv_stored_tensor_bytes(&t[i]);
+        len += (size_t)snprintf(hdr + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t[i].name,
+                                mnv_dtype_name(t[i].dtype));
+        for (int d = 0; d < t[i].ndim; d++)
+            len += (size_t)snprintf(hdr + len, cap - len, d ? ",%lld" : "%lld", (long long)t[i].shape[d]);
+        len += (size_t)snprintf(hdr + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + b));
+        off += b;
+    }
+    hdr[len++] = '}';
+    while (len % 8) hdr[len++] = ' ';
+    uint64_t hl = len;
+    bool ok = fwrite(&hl, 8, 1, f) == 1 && fwrite(hdr, 1, len, f) == len;
+    for (int32_t i = 0; i < n && ok; i++) {
+        int64_t ne = (int64_t)(mnv_stored_tensor_bytes(&t[i]) / mnv_dtype_size(t[i].dtype));
+        for (int64_t done = 0; done < ne && ok; done += CHUNK) {
+            int64_t c = MNV_MIN((int64_t)CHUNK, ne - done);
+            fill(&t[i], buf, c, rng);
+            ok = fwrite(buf, mnv_dtype_size(t[i].dtype), (size_t)c, f) == (size_t)c;
+        }
+    }
+    ok &= fclose(f) == 0;
+    f = NULL;
+    if (!ok) st = mnv_set_error(MNV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+done:
+    if (f) fclose(f);
+    free(hdr);
+    free(buf);
+    return st;
+}
+
+static mnv_status write_index(const char *dir, const mnv_stored_tensor *t, const int32_t *shard, int32_t n,
+                              int32_t n_shards, uint64_t total) {
+    char *path = mnv_path_join(dir, "model.safetensors.index.json");
+    FILE *f = path ? fopen(path, "w") : NULL;
+    if (!f) {
+        mnv_status st = mnv_set_error(MNV_ERR_IO, "%s: cannot create the index", dir);
+        free(path);
+        return st;
+    }
+    fprintf(f, "{\n  \"metadata\": {\"total_size\": %llu},\n  \"weight_map\": {\n", (unsigned long long)total);
+    for (int32_t i = 0; i < n; i++)
+        fprintf(f, "    \"%s\": \"model-%05d-of-%05d.safetensors\"%s\n", t[i].name, shard[i] + 1, n_shards,
+                i + 1 < n ? "," : "");
+    fprintf(f, "  }\n}\n");
+    bool ok = fclose(f) == 0;
+    free(path);
+    return ok ? MNV_OK : mnv_set_error(MNV_ERR_IO, "%s: cannot write the index", dir);
+}
+
+/* Cut the tensor list greedily into shards and write them. */
+static mnv_status write_weights(const char *dir, mnv_stored_tensor *t, int32_t n, uint64_t seed) {
+    int32_t *shard = calloc((size_t)n + 1, sizeof *shard);
+    if (!shard) return mnv_set_error(MNV_ERR_NOMEM, "synth: out of memory");
+    int32_t ns = 0;
+    uint64_t size = 0, total = 0;
+    for (int32_t i = 0; i < n; i++) {
+        uint64_t b = mnv_stored_tensor_bytes(&t[i]);
+        if (size && size + b > SHARD_BYTES) ns++, size = 0;
+        shard[i] = ns;
+        size += b;
+        total += b;
+    }
+    ns++;
+    mnv_status st = ns > 1 ? write_index(dir, t, shard, n, ns, total) : MNV_OK;
+    uint64_t rng = seed;
+    for (int32_t s = 0, first = 0; s < ns && st == MNV_OK; s++) {
+        int32_t last = first;
+        while (last < n && shard[last] == s) last++;
+        char name[64];
+        if (ns == 1) snprintf(name, sizeof name, "model.safetensors");
+        else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, ns);
+        char *path = mnv_path_join(dir, name);
+        st = path ? write_shard(path, t + first, last - first, &rng) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        free(path);
+        first = last;
+    }
+    free(shard);
+    return st;
 }
 
 static mnv_status copy_file(const char *src, const char *dst) {
@@ -56,40 +180,6 @@ static mnv_status copy_file(const char *src, const char *dst) {
     return ok ? MNV_OK : mnv_set_error(MNV_ERR_IO, "%s: write failed", dst);
 }
 
-static mnv_status write_weights(const mnv_model_config *cfg, const mnv_synth_params *p, const char *path) {
-    const mnv_model_arch *arch = mnv_arch_llama();
-    int32_t cap = 32 + 24 * cfg->num_hidden_layers;
-    mnv_tensor_spec *specs = calloc((size_t)cap, sizeof *specs);
-    mnv_st_write_tensor *wt = calloc((size_t)cap, sizeof *wt);
-    if (!specs || !wt) {
-        free(specs);
-        free(wt);
-        return mnv_set_error(MNV_ERR_NOMEM, "synth: out of memory");
-    }
-    int32_t n = arch->tensor_specs(cfg, specs, cap), nw = 0;
-    uint64_t rng = p->seed;
-    mnv_status st = MNV_OK;
-    for (int32_t i = 0; i < n && st == MNV_OK; i++) {
-        if (specs[i].optional) continue; /* e.g. lm_head of tied models */
-        int64_t ne = specs[i].shape[0] * (specs[i].ndim == 2 ? specs[i].shape[1] : 1);
-        mnv_dtype dt = specs[i].ndim == 1 ? MNV_DTYPE_F32 : p->dtype;
-        void *buf = malloc((size_t)ne * mnv_dtype_size(dt));
-        if (!buf) {
-            st = mnv_set_error(MNV_ERR_NOMEM, "synth: cannot allocate '%s'", specs[i].name);
-            break;
-        }
-        fill(buf, dt, ne, specs[i].is_norm, &rng);
-        wt[nw] = (mnv_st_write_tensor){specs[i].name, dt, specs[i].ndim, {specs[i].shape[0], specs[i].shape[1]}, buf};
-        nw++;
-    }
-    const char *meta[] = {"format", "pt"};
-    if (st == MNV_OK) st = mnv_st_write(path, wt, (size_t)nw, meta, 1);
-    for (int32_t i = 0; i < nw; i++) free((void *)wt[i].data);
-    free(wt);
-    free(specs);
-    return st;
-}
-
 mnv_status mnv_synthesize(const mnv_synth_params *p) {
     if (!p || !p->config_path || !p->out_dir) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_synthesize: NULL argument");
     if (p->dtype != MNV_DTYPE_F32 && p->dtype != MNV_DTYPE_F16 && p->dtype != MNV_DTYPE_BF16)
@@ -98,21 +188,19 @@ mnv_status mnv_synthesize(const mnv_synth_params *p) {
     size_t len = 0;
     mnv_status st = mnv_read_file(p->config_path, &json, &len);
     if (st != MNV_OK) return st;
-    mnv_model_config cfg;
-    st = mnv_config_parse(json, len, p->config_path, &cfg);
+    mnv_model_config *cfg = malloc(sizeof *cfg);
+    st = cfg ? mnv_config_parse(json, len, p->config_path, cfg) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     free(json);
-    if (st != MNV_OK) return st;
-    if (cfg.arch != MNV_ARCH_LLAMA && cfg.arch != MNV_ARCH_QWEN2 && cfg.arch != MNV_ARCH_QWEN3)
-        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: synth does not support model_type '%s' yet", p->config_path,
-                             cfg.model_type);
-    if (mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
-        return mnv_set_error(MNV_ERR_IO, "%s: cannot create directory: %s", p->out_dir, strerror(errno));
+    mnv_stored_tensor *t = NULL;
+    int32_t n = 0;
+    if (st == MNV_OK) st = mnv_model_stored_tensors(cfg, p->dtype, &t, &n);
+    if (st == MNV_OK && mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
+        st = mnv_set_error(MNV_ERR_IO, "%s: cannot create directory: %s", p->out_dir, strerror(errno));
     char *cfg_out = mnv_path_join(p->out_dir, "config.json");
-    char *st_out = mnv_path_join(p->out_dir, "model.safetensors");
-    if (!cfg_out || !st_out) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    if (st == MNV_OK) st = copy_file(p->config_path, cfg_out);
-    if (st == MNV_OK) st = write_weights(&cfg, p, st_out);
+    if (st == MNV_OK) st = cfg_out ? copy_file(p->config_path, cfg_out) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (st == MNV_OK) st = write_weights(p->out_dir, t, n, p->seed);
     free(cfg_out);
-    free(st_out);
+    free(t);
+    free(cfg);
     return st;
 }

@@ -48,4 +48,61 @@ void mnv_cpu_qget_rows(const uint32_t *w, int64_t ldw, const void *scales, const
                        const mnv_qformat *fmt, float global_scale, int64_t k, const int32_t *ids, float *y,
                        int64_t rows);
 
+/* ---- internal: the implementations and what they share ------------------- */
+
+/* Products with m at most this stream each weight row once (decode); larger
+ * m packs panels of W and runs a register-tiled product (prefill). */
+#define MNV_QMATMUL_GEMV_MAX_M 4
+
+/* Blocking of the SIMD prefill paths; the scratch size is derived from these.
+ *   int8 (VNNI): panels of QI8_NP rows x at most QI8_KC_MAX codes (one byte each)
+ *   f32:         panels of QF32_NP rows x at most QF32_KC_MAX floats */
+enum {
+    MNV__QI8_NP = 48,
+    MNV__QI8_KC_MAX = 2048,
+    MNV__QF32_NP = 64,
+    MNV__QF32_KC_MAX = 256,
+};
+
+/* Bytes of prepared activations per row of x (int8 codes padded to 128, one
+ * scale and one sum per group of at least 16), 64-byte multiple. */
+static inline size_t mnv__qx_row_bytes(int64_t k) {
+    size_t kpad = (size_t)(k + 127) / 128 * 128;
+    return kpad + 2 * ((kpad / 16 * 4 + 63) / 64 * 64);
+}
+/* Bytes of one thread's private panel for products with m > MNV_QMATMUL_GEMV_MAX_M. */
+static inline size_t mnv__qpanel_bytes(void) {
+    size_t i8 = (size_t)MNV__QI8_NP * MNV__QI8_KC_MAX + 2 * (size_t)(MNV__QI8_KC_MAX / 16) * MNV__QI8_NP * 4;
+    size_t f32 = (size_t)MNV__QF32_NP * MNV__QF32_KC_MAX * 4 + (size_t)MNV__QF32_KC_MAX * 4;
+    return (MNV_MAX(i8, f32) + 63) / 64 * 64;
+}
+
+/* Thread ith's contiguous share [*lo, *hi) of n rows, chunks rounded up to align. */
+static inline void mnv__qsplit(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
+    int64_t chunk = (n + nth - 1) / nth;
+    chunk = (chunk + align - 1) / align * align;
+    int64_t a = chunk * ith;
+    *lo = a < n ? a : n;
+    *hi = a + chunk < n ? a + chunk : n;
+}
+
+/* Portable helpers (qmatmul.c), usable by every implementation:
+ * dequantize groups [g0, g0 + ng) of one packed row to f32 (out[0 .. ng*group)),
+ * and extract the raw codes of elements [e0, e0 + cnt) (e0, cnt multiples of 8)
+ * as one byte each. Formulas: see quant/quant.h; affine computes s*q + b in
+ * f32 (two roundings), nvfp4 e2m1 * (e4m3(s) * global). */
+void mnv__qdequant_groups(const mnv_qformat *f, const uint32_t *row, const void *scales, const void *biases,
+                          float global_scale, int64_t g0, int64_t ng, float *out);
+void mnv__qcodes(const uint32_t *row, int32_t bits, int64_t e0, int64_t cnt, uint8_t *out);
+/* Scale (or bias) g of a row in the format's scale dtype, as f32 (E8M0 for
+ * mxfp4/mxfp8, E4M3 times global for nvfp4). */
+float mnv__qscale(const mnv_qformat *f, const void *scales, int64_t g, float global_scale);
+
+void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
+#if defined(__x86_64__) || defined(_M_X64)
+/* vnni: int8 activations and vpdpbusd for affine 2-8 bits (prefill) / 4 and
+ * 8 bits (decode) and mxfp4; otherwise (and for other formats) f32 math. */
+void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
+#endif
+
 #endif
