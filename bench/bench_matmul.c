@@ -5,15 +5,17 @@
  *   decode   m = 1, GB/s of weights read; products cycle through a pool of
  *            distinct weight matrices larger than the L3 cache, so the
  *            weights come from DRAM as they do in a real decode step
- *   stream   a plain streaming read of the same pool, for the ratio
+ *            (in parentheses: % of a streaming read of the same pool, each
+ *            rep paired with one, median of the per-rep ratios)
  *
  * with 1 and 2 threads (a spinning pool, like the engine's), for BF16, F16
  * and F32 weights. Each figure is the median of several timed runs.
  *
- * usage: bench_matmul [reps (default 5)] [pool MiB (default 512)] [impl] [dtypes]
+ * usage: bench_matmul [reps (default 9)] [pool MiB (default 512)] [impl] [dtypes]
  *   impl    forces an implementation ("avx512", "avx2", "scalar", ...)
  *   dtypes  which weight types to run, e.g. "bf16,f16" (default all) */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +46,13 @@ static void spin_wait(void *ctx) {
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, !s);
     } else {
-        while (atomic_load(&b->sense) == s) CPU_RELAX();
+        /* Spin, but yield now and then: with more runnable threads than
+         * vCPUs (other work on this 2-vCPU machine) a waiter that never
+         * yields can hold the CPU its partner needs for a whole time slice. */
+        for (int spins = 1; atomic_load(&b->sense) == s; spins++) {
+            CPU_RELAX();
+            if (spins % 4096 == 0) sched_yield();
+        }
     }
 }
 
@@ -137,25 +145,15 @@ typedef struct {
     int ncopies;
 } job;
 
-/* Seconds per product: median over reps of a timed batch of products, each
- * on the next weight copy of the pool. */
-static double time_product(pool *p, job *j, int reps, double min_sec) {
-    double t[32];
-    int iters = 1;
-    for (int r = -1; r < reps; r++) { /* r = -1: warm up and size the batch */
-        double t0 = mnv_time_sec();
-        for (int it = 0; it < iters; it++) {
-            j->a.w = j->w0 + (size_t)(it % j->ncopies) * j->wbytes;
-            pool_run(p, matmul_task, &j->a);
-        }
-        double dt = mnv_time_sec() - t0;
-        if (r < 0) {
-            iters = (int)(min_sec / (dt / iters)) + 1;
-            continue;
-        }
-        t[r] = dt / iters;
+/* Seconds per product over a batch of iters products, each on the next
+ * weight copy of the pool. */
+static double time_batch(pool *p, job *j, int iters) {
+    double t0 = mnv_time_sec();
+    for (int it = 0; it < iters; it++) {
+        j->a.w = j->w0 + (size_t)(it % j->ncopies) * j->wbytes;
+        pool_run(p, matmul_task, &j->a);
     }
-    return median(t, reps);
+    return (mnv_time_sec() - t0) / iters;
 }
 
 /* ---- streaming read of the same memory, for the decode ratio ---------------- */
@@ -201,16 +199,12 @@ static void stream_task(void *arg, int ith, int nth) {
     s->sink = sum_plain(p, chunk);
 }
 
-static double stream_gbs(pool *p, const void *buf, size_t bytes, int reps) {
+/* GB/s of one streaming pass over the pool. */
+static double stream_pass(pool *p, const void *buf, size_t bytes) {
     stream_job s = {.buf = buf, .n = bytes / sizeof(float)};
-    double t[32];
+    double t0 = mnv_time_sec();
     pool_run(p, stream_task, &s);
-    for (int r = 0; r < reps; r++) {
-        double t0 = mnv_time_sec();
-        pool_run(p, stream_task, &s);
-        t[r] = mnv_time_sec() - t0;
-    }
-    return (double)bytes / median(t, reps) * 1e-9;
+    return (double)bytes / (mnv_time_sec() - t0) * 1e-9;
 }
 
 /* Is name one of the comma-separated words of list (any case)? */
@@ -241,24 +235,38 @@ static const wshape SHAPES[] = {
 enum { N_SHAPES = sizeof SHAPES / sizeof SHAPES[0] };
 static const mnv_dtype WTYPES[] = {MNV_DTYPE_BF16, MNV_DTYPE_F16, MNV_DTYPE_F32};
 
-static double run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
+typedef struct {
+    double rate;   /* median GFLOP/s (prefill) or GB/s of weights (decode) */
+    double ratio;  /* decode: median of rate / streaming read, each rep paired */
+} result;
+
+/* Each rep times a batch of ~0.1 s; a decode rep is followed by a streaming
+ * read of the same pool, so that the ratio compares figures taken a moment
+ * apart (this host's bandwidth drifts by 2x within minutes). */
+static result run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
                        size_t pool_bytes, float *x, float *y, void *scratch, int reps) {
+    const bool decode = m <= MNV_MATMUL_GEMV_MAX_M;
     size_t wbytes = (size_t)(s->n * s->k) * mnv_dtype_size(t);
-    /* Prefill reuses one weight copy (it is compute-bound); decode cycles. */
-    int ncopies = m > MNV_MATMUL_GEMV_MAX_M ? 1 : (int)(pool_bytes / wbytes);
     job j = {.a = {.x = x, .ldx = s->k, .wtype = t, .ldw = s->k, .y = y, .ldy = s->n, .m = m,
                    .n = s->n, .k = s->k, .scratch = scratch, .barrier = spin_wait,
                    .barrier_ctx = &p->inner},
-             .w0 = wpool, .wbytes = wbytes, .ncopies = ncopies};
-    double sec = time_product(p, &j, reps, m > MNV_MATMUL_GEMV_MAX_M ? 0.3 : 0.2);
-    return m > MNV_MATMUL_GEMV_MAX_M ? 2.0 * (double)(m * s->n * s->k) / sec * 1e-9
-                                     : (double)wbytes / sec * 1e-9;
+             .w0 = wpool, .wbytes = wbytes,
+             /* prefill reuses one weight copy (it is compute-bound); decode cycles */
+             .ncopies = decode ? (int)(pool_bytes / wbytes) : 1};
+    const double work = decode ? (double)wbytes : 2.0 * (double)(m * s->n * s->k);
+    int iters = (int)(0.1 / time_batch(p, &j, 3)) + 1;
+    double rate[32], ratio[32];
+    for (int r = 0; r < reps; r++) {
+        rate[r] = work / time_batch(p, &j, iters) * 1e-9;
+        ratio[r] = decode ? rate[r] / stream_pass(p, wpool, pool_bytes) : 0;
+    }
+    return (result){median(rate, reps), median(ratio, reps)};
 }
 
 int main(int argc, char **argv) {
-    int reps = argc > 1 ? atoi(argv[1]) : 5;
+    int reps = argc > 1 ? atoi(argv[1]) : 9;
     size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
-    if (reps < 1 || reps > 32) reps = 5;
+    if (reps < 1 || reps > 32) reps = 9;
     if (argc > 3 && !mnv_cpu_matmul_force(argv[3]))
         return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
     const char *only = argc > 4 ? argv[4] : "bf16,f16,f32";
@@ -278,15 +286,8 @@ int main(int argc, char **argv) {
         fill_random(wpool, pool_bytes / mnv_dtype_size(t), t);
         printf("\n%s weights%22s prefill m=512 GFLOP/s   decode m=1 GB/s\n", mnv_dtype_name(t), "");
         printf("%-28s %12s %10s %12s %10s\n", "", "1 thread", "2 threads", "1 thread", "2 threads");
-        double stream[3];
-        for (int nth = 1; nth <= 2; nth++) {
-            pool p;
-            pool_init(&p, nth);
-            stream[nth] = stream_gbs(&p, wpool, pool_bytes, reps);
-            pool_free(&p);
-        }
         for (int s = 0; s < N_SHAPES; s++) {
-            double r[2][3];
+            result r[2][3];
             for (int nth = 1; nth <= 2; nth++) {
                 pool p;
                 pool_init(&p, nth);
@@ -294,11 +295,10 @@ int main(int argc, char **argv) {
                 r[1][nth] = run_case(&p, &SHAPES[s], t, 1, wpool, pool_bytes, x, y, scratch, reps);
                 pool_free(&p);
             }
-            printf("%-28s %12.1f %10.1f %6.1f (%2.0f%%) %5.1f (%2.0f%%)\n", SHAPES[s].name, r[0][1],
-                   r[0][2], r[1][1], 100 * r[1][1] / stream[1], r[1][2], 100 * r[1][2] / stream[2]);
+            printf("%-28s %12.1f %10.1f %6.1f (%3.0f%%) %5.1f (%3.0f%%)\n", SHAPES[s].name,
+                   r[0][1].rate, r[0][2].rate, r[1][1].rate, 100 * r[1][1].ratio, r[1][2].rate,
+                   100 * r[1][2].ratio);
         }
-        printf("%-28s %12s %10s %12.1f %10.1f\n", "streaming read (same pool)", "", "", stream[1],
-               stream[2]);
     }
     mnv_aligned_free(scratch);
     free(x), free(y);

@@ -9,6 +9,7 @@
  *
  * usage: bench_bw [GiB] [reps] */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -92,10 +93,11 @@ static void spin_barrier_wait(spin_barrier *b) {
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, !s);
     } else {
-        while (atomic_load(&b->sense) == s) {
+        for (int spins = 1; atomic_load(&b->sense) == s; spins++) {
 #if defined(__x86_64__)
             _mm_pause();
 #endif
+            if (spins % 4096 == 0) sched_yield(); /* in case vCPUs are oversubscribed */
         }
     }
 }

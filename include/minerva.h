@@ -385,6 +385,294 @@ mnv_convert_params mnv_convert_params_default(void);
  * copied. */
 mnv_status mnv_convert(const mnv_convert_params *params);
 
+/* ------------------------------------------------------------------------ */
+/* Chat (Harmony)                                                           */
+/* ------------------------------------------------------------------------ */
+/*
+ * The Harmony chat format of gpt-oss. An mnv_chat holds one conversation: the
+ * options of its system message, the developer instructions, tool
+ * definitions and the list of messages. Rendering it gives, byte for byte,
+ * what the reference renderer (openai/harmony) gives for a generation prompt:
+ *
+ *   <|start|>system<|message|>...<|end|><|start|>developer<|message|>...<|end|>
+ *   <|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant
+ *
+ * Every message is <|start|>HEADER<|message|>CONTENT END. HEADER is the role
+ * (a tool message writes the tool's name instead), then " to=RECIPIENT",
+ * "<|channel|>CHANNEL" and " CONTENT_TYPE", each when set. END is <|call|>
+ * for an assistant message that has a recipient (a tool call) and <|end|>
+ * otherwise; a final answer fed back therefore ends in <|end|>, never in the
+ * decode-time stop token <|return|>.
+ *
+ * What the model generates is read back with an mnv_chat_parser, which splits
+ * the tokens into messages by channel: "analysis" (chain of thought, not for
+ * end users), "commentary" (tool calls and preambles) and "final" (the
+ * answer). Generation stops at <|return|> (answer done) or <|call|> (a tool
+ * call waits for its result): see mnv_chat_tokens.stop_ids.
+ *
+ * A typical turn: mnv_chat_add_message(user) -> mnv_chat_render_ids ->
+ * mnv_generate with eos_ids = stop_ids, feeding each token to
+ * mnv_chat_parser_push -> mnv_chat_parser_finish -> add the parsed messages
+ * back with mnv_chat_add_message.
+ *
+ * Thread safety: an mnv_chat or mnv_chat_parser is used by one thread at a
+ * time; the render functions only read the chat.
+ */
+
+typedef enum {
+    MNV_ROLE_SYSTEM = 0,
+    MNV_ROLE_DEVELOPER,
+    MNV_ROLE_USER,
+    MNV_ROLE_ASSISTANT,
+    MNV_ROLE_TOOL,      /* a tool's output; the message's name is the tool */
+    MNV_ROLE_COUNT
+} mnv_chat_role;
+
+/* "system", "developer", "user", "assistant", "tool"; "?" when out of range. */
+const char *mnv_chat_role_name(mnv_chat_role role);
+
+/* One message. Strings are UTF-8 and NUL-terminated; NULL means "not set".
+ * Zero-initialise, then set what you need. */
+typedef struct {
+    mnv_chat_role role;
+    const char *name;         /* MNV_ROLE_TOOL: the tool, e.g. "functions.get_weather"
+                                 (required; written in place of the role). Other roles:
+                                 an optional author name, written "role:name". */
+    const char *recipient;    /* " to=RECIPIENT": "functions.NAME" on a tool call,
+                                 "assistant" on a tool's result; "all" is not written */
+    const char *channel;      /* "analysis", "commentary" or "final" */
+    const char *content_type; /* e.g. "<|constrain|>json" (written " <|constrain|>json",
+                                 the marker as its special token) or "code" */
+    const char *content;      /* the text; NULL is "" */
+    size_t content_len;       /* output only (messages read from a chat or a parser):
+                                 the bytes of content, which may hold NUL bytes.
+                                 Ignored on input, where content ends at its NUL. */
+} mnv_chat_message;
+
+typedef enum {
+    MNV_REASONING_LOW = 0,
+    MNV_REASONING_MEDIUM,
+    MNV_REASONING_HIGH,
+    MNV_REASONING_OMIT  /* write no "Reasoning:" line */
+} mnv_reasoning_effort;
+
+typedef struct {
+    uint32_t size;                 /* sizeof(mnv_chat_params) */
+    int system_message;            /* 1 (default): render the system message first */
+    const char *model_identity;    /* default "You are ChatGPT, a large language model
+                                      trained by OpenAI."; NULL: no identity line */
+    const char *knowledge_cutoff;  /* default "2024-06"; NULL: no such line */
+    const char *current_date;      /* default NULL (no line); e.g. "2025-06-28" */
+    mnv_reasoning_effort reasoning; /* default MNV_REASONING_MEDIUM */
+    const char *const *channels;   /* the valid channels; default analysis, commentary, final */
+    size_t n_channels;             /* default 3; 0: no "# Valid channels" line */
+    int channel_required;          /* 1 (default): "Channel must be included for every message." */
+    int function_tools_note;       /* 1: always add "Calls to these tools must go to the
+                                      commentary channel: 'functions'."; 0 (default): only
+                                      when function tools are defined (as the reference) */
+    const char *instructions;      /* developer instructions (the usual "system prompt");
+                                      NULL (default): none */
+    uint32_t reserved[8];
+} mnv_chat_params;
+
+mnv_chat_params mnv_chat_params_default(void);
+
+typedef struct mnv_chat mnv_chat;
+
+/* Create an empty conversation. The strings and the channel list of params
+ * are copied. params may be NULL (the defaults). Fails with
+ * MNV_ERR_INVALID_ARG on an unknown reasoning effort or a NULL channel. */
+mnv_status mnv_chat_create(const mnv_chat_params *params, mnv_chat **out);
+void mnv_chat_free(mnv_chat *chat);
+
+/* A tool namespace. Function tools live in "functions", rendered in the
+ * developer message; built-in tools (the reference's "browser", "python")
+ * are rendered in the system message. Namespaces are written in byte order
+ * of their names, tools in the order they were added. */
+typedef struct {
+    const char *name;          /* e.g. "functions", "browser" */
+    const char *description;   /* NULL or text; with tools its lines become "// " comments */
+    mnv_chat_role placement;   /* MNV_ROLE_DEVELOPER or MNV_ROLE_SYSTEM */
+} mnv_chat_namespace;
+
+/* Declare a namespace, or change the description and placement of one that
+ * exists. MNV_ERR_INVALID_ARG on an empty name or another placement. */
+mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
+
+typedef struct {
+    const char *name;            /* e.g. "get_current_weather" */
+    const char *description;     /* NULL or text (each line becomes a "// " comment) */
+    const char *parameters_json; /* JSON schema of the argument object, rendered as the
+                                    reference's TypeScript-like type; NULL: no arguments,
+                                    "type NAME = () => any;" */
+} mnv_chat_tool;
+
+/* Add a tool to namespace ns (NULL: "functions"); a namespace not declared
+ * before is created in the developer message. The schema is converted now:
+ * MNV_ERR_FORMAT (naming the byte offset) when it is not valid JSON.
+ * Known difference: a default written as an integral float (10.0) is shown
+ * as 10; the reference shows 10.0. */
+mnv_status mnv_chat_add_tool(mnv_chat *chat, const char *ns, const mnv_chat_tool *tool);
+
+/* Append a copy of msg. MNV_ERR_INVALID_ARG for a role out of range or a
+ * tool message without a name. */
+mnv_status mnv_chat_add_message(mnv_chat *chat, const mnv_chat_message *msg);
+/* Messages added so far (the system and developer messages of the params
+ * are not counted), and message i (0-based); the strings are borrowed,
+ * valid until that message is removed or the chat is freed. */
+size_t mnv_chat_n_messages(const mnv_chat *chat);
+mnv_status mnv_chat_get_message(const mnv_chat *chat, size_t i, mnv_chat_message *out);
+/* Keep the first n messages, drop the rest (0 clears the conversation; the
+ * system options, instructions and tools stay). n beyond the count is a no-op. */
+void mnv_chat_truncate(mnv_chat *chat, size_t n);
+
+/* What to do with chain-of-thought (analysis) messages of earlier turns. */
+typedef enum {
+    /* Default: drop every analysis message that a later assistant "final"
+     * message follows: answered turns lose their reasoning, while the
+     * reasoning of a turn still calling tools is kept (docs/format.md,
+     * "Handling reasoning output in subsequent sampling"; the HF chat
+     * template does the same). Equal to MNV_COT_REFERENCE for one answered
+     * turn. */
+    MNV_COT_DROP_ANSWERED = 0,
+    /* openai/harmony 0.0.8's auto_drop_analysis exactly: only when the last
+     * assistant message is on "final", drop the analysis messages before
+     * the first "final" message. */
+    MNV_COT_REFERENCE,
+    MNV_COT_KEEP         /* keep every message */
+} mnv_chat_cot;
+
+typedef struct {
+    uint32_t size;             /* sizeof(mnv_chat_render_params) */
+    int add_generation_prompt; /* 1 (default): end with "<|start|>assistant" */
+    mnv_chat_cot cot;          /* default MNV_COT_DROP_ANSWERED */
+    uint32_t reserved[8];
+} mnv_chat_render_params;
+
+mnv_chat_render_params mnv_chat_render_params_default(void);
+
+/* Render the conversation as text (params NULL: the defaults). Writes at most
+ * cap bytes plus a NUL when room allows; *len_out receives the full length
+ * (without the NUL); MNV_ERR_RANGE when cap <= that length (ask with cap 0
+ * first; text may be NULL then). MNV_ERR_INVALID_ARG for a tool message
+ * without a name. Note: text inside messages is taken as plain text, so
+ * render_ids, not mnv_tokenize of this text, is what a model must see when
+ * a message contains a special token's spelling such as "<|end|>". */
+mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_params *params,
+                                char *text, size_t cap, size_t *len_out);
+
+/* Render the conversation as token ids for tok, as the reference does:
+ * the harmony markers as their special ids, each text piece encoded on its
+ * own and without special-token matching. Writes at most cap ids; *n_out
+ * receives the full count; MNV_ERR_RANGE when it exceeds cap (ids may be
+ * NULL when cap is 0). MNV_ERR_UNSUPPORTED when tok lacks the harmony tokens. */
+mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
+                               const mnv_chat_render_params *params, int32_t *ids, size_t cap,
+                               size_t *n_out);
+
+/* The harmony special tokens of a tokenizer, looked up by their spelling. */
+typedef struct {
+    int32_t start_id;      /* <|start|>     200006 in o200k_harmony */
+    int32_t end_id;        /* <|end|>       200007 */
+    int32_t message_id;    /* <|message|>   200008 */
+    int32_t channel_id;    /* <|channel|>   200005 */
+    int32_t constrain_id;  /* <|constrain|> 200003 */
+    int32_t return_id;     /* <|return|>    200002: the final answer is done */
+    int32_t call_id;       /* <|call|>      200012: a tool call waits for its result */
+    int32_t stop_ids[2];   /* {return_id, call_id}: pass as mnv_generate_params.eos_ids
+                              (n_eos = 2) to stop where the reference stops sampling */
+} mnv_chat_tokens;
+
+/* Fill *out from tok. MNV_ERR_UNSUPPORTED (naming the token) when a marker
+ * does not encode to exactly one id, i.e. the tokenizer is not a harmony one. */
+mnv_status mnv_chat_tokens_lookup(const mnv_tokenizer *tok, mnv_chat_tokens *out);
+
+/* ---- reading the model's output ----------------------------------------- */
+
+typedef struct mnv_chat_parser mnv_chat_parser;
+
+/* How a parsed message ended. */
+typedef enum {
+    MNV_CHAT_END_END = 0,    /* <|end|>: more messages may follow */
+    MNV_CHAT_END_RETURN,     /* <|return|>: the answer is complete (stop) */
+    MNV_CHAT_END_CALL,       /* <|call|>: a tool call (stop, run the tool) */
+    MNV_CHAT_END_INTERRUPTED, /* a new <|start|> or <|channel|> began before its end */
+    MNV_CHAT_END_TRUNCATED   /* the stream finished (mnv_chat_parser_finish) inside it */
+} mnv_chat_end;
+
+typedef enum {
+    MNV_CHAT_EVENT_HEADER = 0, /* a message began: msg holds its header, no content yet */
+    MNV_CHAT_EVENT_CONTENT,    /* text of the current message: delta, delta_len */
+    MNV_CHAT_EVENT_MESSAGE     /* a message is complete: msg holds all of it; see end */
+} mnv_chat_event_kind;
+
+typedef struct {
+    mnv_chat_event_kind kind;
+    const mnv_chat_message *msg; /* borrowed, valid during the callback only */
+    const char *delta;           /* CONTENT: new text (complete UTF-8 characters when
+                                    fed token ids), not NUL-terminated */
+    size_t delta_len;
+    mnv_chat_end end;            /* MESSAGE: how it ended */
+    int is_tool_call;            /* 1 when msg is an assistant message to a tool: its
+                                    recipient is set and is not "all", "user" or
+                                    "assistant" -- on any channel (function calls come on
+                                    "commentary", built-in tools on "analysis") */
+} mnv_chat_event;
+
+typedef void (*mnv_chat_event_callback)(void *user_data, const mnv_chat_event *ev);
+
+typedef struct {
+    uint32_t size;               /* sizeof(mnv_chat_parser_params) */
+    int after_start;             /* 1 (default): the stream continues a prompt that ends
+                                    in "<|start|>assistant", so the first message's header
+                                    comes without <|start|> and its role is assistant.
+                                    0: the stream begins with <|start|>ROLE. */
+    mnv_chat_event_callback on_event; /* may be NULL */
+    void *user_data;
+    uint32_t reserved[8];
+} mnv_chat_parser_params;
+
+mnv_chat_parser_params mnv_chat_parser_params_default(void);
+
+/* Create a parser. tok decodes pushed ids and names the harmony tokens
+ * (MNV_ERR_UNSUPPORTED when it has none); it may be NULL for a parser fed
+ * only text. tok must outlive the parser. params may be NULL.
+ *
+ * The parser never fails on what a model writes. Beyond the reference's
+ * grammar it accepts: a recipient in the header's role or channel part, with
+ * or without a space before <|constrain|>; a tool call on any channel; a
+ * message without <|message|> (its header text becomes content, as the
+ * reference's non-strict mode does) -- also once the "header" grows past 256
+ * bytes or holds a newline, so that a model that forgot its header still
+ * streams; text or <|channel|> where <|start|> was expected (an assistant
+ * message); a new <|start|> or <|channel|> inside a message (the message
+ * ends, INTERRUPTED); ids outside the vocabulary (U+FFFD); tokens after
+ * <|return|> or <|call|> (parsed as more messages). */
+mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
+                                  mnv_chat_parser **out);
+void mnv_chat_parser_free(mnv_chat_parser *p);
+
+/* Feed one generated token id. Events are delivered before it returns.
+ * Fails only with MNV_ERR_NOMEM, or MNV_ERR_INVALID_ARG without a tokenizer. */
+mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id);
+/* Feed generated text, the markers written out ("<|channel|>final<|message|>").
+ * A marker may be split across calls. Content deltas are the bytes given. */
+mnv_status mnv_chat_parser_push_text(mnv_chat_parser *p, const char *text, size_t len);
+/* End of the stream: an unfinished message is completed as TRUNCATED (bytes
+ * of an incomplete UTF-8 character become U+FFFD). Pushing more afterwards
+ * starts a new stream that expects <|start|>. */
+mnv_status mnv_chat_parser_finish(mnv_chat_parser *p);
+/* Forget all messages and state, as freshly created. */
+void mnv_chat_parser_reset(mnv_chat_parser *p);
+
+/* 1 once <|return|> or <|call|> was seen: sampling should stop. */
+int mnv_chat_parser_stopped(const mnv_chat_parser *p);
+/* Completed messages, in order, and message i with how it ended (end may be
+ * NULL). Strings are borrowed until the parser is reset or freed. */
+size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
+mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
+                                   mnv_chat_end *end);
+
 #ifdef __cplusplus
 }
 #endif

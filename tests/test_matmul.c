@@ -1,7 +1,10 @@
 /* CPU matmul kernels against a double-precision reference: every
  * implementation the host has, every weight type, fresh random shapes (odd
- * sizes, strides wider than rows) and 1, 2 and 3 threads. */
+ * sizes, strides wider than rows, NaN in the row padding, inputs that end at
+ * an unmapped page) and 1, 2 and 3 threads; results must cover y exactly. */
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "backend/cpu/matmul.h"
 #include "test.h"
@@ -42,16 +45,37 @@ typedef struct {
     int64_t m, n, k, ldx, ldw, ldy;
 } shape;
 
-/* Weights stored in wtype; wref holds their exact values. */
-static void *make_weights(const shape *s, mnv_dtype t, double *wref) {
-    size_t esz = mnv_dtype_size(t), count = (size_t)(s->n * s->ldw);
-    void *w = malloc(count * esz);
+/* Buffers that end exactly where a PROT_NONE page begins, so that a read
+ * past the last element (a missing tail mask) faults. */
+typedef struct {
+    void *map;
+    size_t len;
+} guarded;
+
+static void *guarded_alloc(size_t bytes, guarded *g) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), body = (bytes + page - 1) / page * page;
+    g->len = body + page;
+    g->map = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g->map == MAP_FAILED) abort();
+    mprotect((char *)g->map + body, page, PROT_NONE);
+    return (char *)g->map + body - bytes;
+}
+
+/* Elements in a matrix of rows x cols with row stride ld: the last row ends at k. */
+static size_t span(int64_t rows, int64_t cols, int64_t ld) { return (size_t)((rows - 1) * ld + cols); }
+
+/* Weights stored in wtype; wref holds their exact values. The padding
+ * between rows holds NaN, which must never reach a result. */
+static void *make_weights(const shape *s, mnv_dtype t, double *wref, guarded *g) {
+    size_t esz = mnv_dtype_size(t), count = span(s->n, s->k, s->ldw);
+    void *w = guarded_alloc(count * esz, g);
     for (size_t i = 0; i < count; i++) {
-        float v = t_randf();
+        bool pad = (int64_t)(i % (size_t)s->ldw) >= s->k;
+        float v = pad ? NAN : t_randf();
         if (t == MNV_DTYPE_F32) {
             ((float *)w)[i] = v;
         } else if (t == MNV_DTYPE_F16) {
-            ((uint16_t *)w)[i] = mnv_f32_to_f16(v);
+            ((uint16_t *)w)[i] = pad ? 0x7e00 : mnv_f32_to_f16(v);
             v = mnv_f16_to_f32(((uint16_t *)w)[i]);
         } else {
             ((uint16_t *)w)[i] = mnv_f32_to_bf16(v);
@@ -82,10 +106,12 @@ static double tolerance(const char *impl, mnv_dtype t, const shape *s, bool scra
 }
 
 static void check_shape(const char *impl, mnv_dtype t, const shape *s, int nth, bool scratch) {
-    float *x = malloc(sizeof(float) * (size_t)(s->m * s->ldx));
-    for (int64_t i = 0; i < s->m * s->ldx; i++) x[i] = t_randf();
-    double *wref = malloc(sizeof(double) * (size_t)(s->n * s->ldw));
-    void *w = make_weights(s, t, wref);
+    guarded gx, gw;
+    size_t xcount = span(s->m, s->k, s->ldx);
+    float *x = guarded_alloc(sizeof(float) * xcount, &gx);
+    for (size_t i = 0; i < xcount; i++) x[i] = (int64_t)(i % (size_t)s->ldx) < s->k ? t_randf() : NAN;
+    double *wref = malloc(sizeof(double) * span(s->n, s->k, s->ldw));
+    void *w = make_weights(s, t, wref, &gw);
     double *yref = malloc(sizeof(double) * (size_t)(s->m * s->n));
     reference(s, x, wref, yref);
 
@@ -123,7 +149,8 @@ static void check_shape(const char *impl, mnv_dtype t, const shape *s, int nth, 
            impl, mnv_dtype_name(t), (long long)s->m, (long long)s->n, (long long)s->k,
            (long long)s->ldx, (long long)s->ldw, (long long)s->ldy, nth, (int)scratch, err,
            nonfinite, touched);
-    free(x), free(wref), free(w), free(yref), free(y), free(yc), free(yr);
+    munmap(gx.map, gx.len), munmap(gw.map, gw.len);
+    free(wref), free(yref), free(y), free(yc), free(yr);
     mnv_aligned_free(sc);
 }
 

@@ -167,6 +167,7 @@ static void check_ragged(const char *name) {
 int main(void) {
     t_seed();
     check_model("tiny-gptoss-dense", 1e-4, 2);
+    check_model("tiny-gptoss-mxfp4", 1e-4, 2);
     const char *f32_models[] = {"tiny-llama", "tiny-qwen3", "tiny-qwen2", "tiny-mistral"};
     for (int i = 0; i < 4; i++) {
         check_model(f32_models[i], 1e-4, 1);

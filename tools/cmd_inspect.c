@@ -43,8 +43,10 @@ static void print_hparams(const mnv_model *model, const mnv_model_info *in) {
     printf(in->n_eos ? "\n" : " (none)\n");
     printf("parameters:      %llu (%.3f M)\n", (unsigned long long)in->n_params,
            (double)in->n_params / 1e6);
-    const mnv_tokenizer *tok = mnv_model_tokenizer(model);
-    if (tok)
+    const mnv_tokenizer *tok = model ? mnv_model_tokenizer(model) : NULL;
+    if (!model)
+        ;
+    else if (tok)
         printf("tokenizer:       vocab %d, bos %d, eos %d, add_bos %d\n", mnv_tokenizer_n_vocab(tok),
                mnv_tokenizer_bos(tok), mnv_tokenizer_eos(tok), mnv_tokenizer_add_bos(tok));
     else
@@ -87,7 +89,8 @@ static void print_memory(const mnv_model_info *in, unsigned long long tensor_byt
     char a[32], b[32], c[32];
     long long ctx = in->n_ctx_train > 0 && in->n_ctx_train < 4096 ? in->n_ctx_train : 4096;
     double kv = (double)in->kv_bytes_per_token * (double)ctx;
-    printf("\ntotal weight bytes: %llu (%s)\n", tensor_bytes, human((double)tensor_bytes, a, sizeof a));
+    printf("\ntotal weight bytes: %llu (%s, %.2f GB)\n", tensor_bytes, human((double)tensor_bytes, a, sizeof a),
+           (double)tensor_bytes / 1e9);
     if (tensor_bytes != in->weight_bytes)
         printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
     printf("memory estimate (default context %lld tokens):\n", ctx);
@@ -97,7 +100,35 @@ static void print_memory(const mnv_model_info *in, unsigned long long tensor_byt
     printf("  weights + KV cache:  %s\n", human((double)in->weight_bytes + kv, c, sizeof c));
 }
 
+/* A directory with a config.json but no weights: estimate from the config. */
+static int has_weights(const char *dir) {
+    const char *names[] = {"model.safetensors", "model.safetensors.index.json"};
+    char path[4096];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "rb");
+        if (f) {
+            fclose(f);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int estimate_main(const char *model_dir) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    mnv_model_info info;
+    mnv_status st = mnv_config_estimate(path, &info);
+    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot read %s", path);
+    printf("model:           %s (config only: estimated for the layout its quantization block describes)\n", model_dir);
+    print_hparams(NULL, &info);
+    print_memory(&info, info.weight_bytes);
+    return 0;
+}
+
 static int inspect_main(const char *model_dir) {
+    if (!has_weights(model_dir)) return estimate_main(model_dir);
     mnv_model *model = NULL;
     int rc = cli_load_model(CMD, model_dir, 0, &model);
     if (rc != 0) return rc;

@@ -4,6 +4,10 @@
 
 #include "cli_common.h"
 
+int cmd_convert(int argc, char **argv); /* cmd_convert.c */
+
+int cmd_chat(int argc, char **argv); /* tools/cmd_chat.c */
+
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -12,12 +16,14 @@ typedef struct {
 
 static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt (streams to stdout)"},
+    {"chat", cmd_chat, "chat with a gpt-oss model (Harmony format)"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
     {"logits", cmd_logits, "print the logits of a sequence of ids as JSON"},
     {"perplexity", cmd_perplexity, "perplexity of a text file"},
     {"inspect", cmd_inspect, "architecture, tensors and memory of a model directory"},
     {"bench", cmd_bench, "prefill and decode speed (tokens/s)"},
     {"synth", cmd_synth, "write a random-weight checkpoint for a config.json"},
+    {"convert", cmd_convert, "convert a model to the MLX format, optionally quantized"},
 };
 #define N_COMMANDS (sizeof COMMANDS / sizeof COMMANDS[0])
 

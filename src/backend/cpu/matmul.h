@@ -25,7 +25,9 @@ typedef struct {
     int64_t ldy;
     int64_t m, n, k;
     /* Scratch of mnv_cpu_matmul_scratch_size() bytes shared by all threads
-     * (e.g. for x converted to bf16), 64-byte aligned. */
+     * (e.g. for x converted to bf16), 64-byte aligned. Threads read it until
+     * they return, so a next product that reuses it must start after a
+     * barrier. May be NULL (BF16 then uses f32 math, without the barrier). */
     void *scratch;
     /* Synchronises the nth threads working on this product. */
     void (*barrier)(void *ctx);

@@ -5,8 +5,8 @@
  * sums while both operands stream along k, then a horizontal reduction),
  * f32 math for every weight type (F16 through F16C, BF16 widened by a
  * shift), blocks of k and of W rows sized for L1 and L2, and for small m
- * (decode) one pass over k with R = m so every weight byte is read once.
- * k tails shorter than a vector are summed in scalar code. */
+ * (decode) each W row streamed once, front to back, as one of 4 sequential
+ * streams. k tails shorter than a vector are summed in scalar code. */
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
@@ -19,7 +19,6 @@ enum {
     MAXR = 4,              /* x rows per tile */
     MAXC = 3,              /* W rows per tile: 4x3 sums + 3 W + 1 x = 16 registers */
     L2_BLOCK = 256 * 1024, /* bytes of W per block kept in L2 */
-    PF_DIST = 1024,        /* decode: software prefetch distance per W row, bytes */
 };
 
 /* 8 weights of a row from element kk, widened to f32. */
@@ -45,23 +44,11 @@ INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
 typedef struct {
     const float *x[MAXR];
     const void *w[MAXC];
-    const void *w_next[MAXC]; /* the next tile's W rows, for prefetching */
 } tile_rows;
-
-INLINE void tile_prefetch(int C, const tile_rows *p, int64_t kk, int64_t k0, int64_t k1,
-                          int64_t wsize, int64_t dist) {
-    const int64_t q = kk * wsize + dist, end = k1 * wsize;
-#pragma GCC unroll 4
-    for (int j = 0; j < C; j++) {
-        const char *a = q < end ? (const char *)p->w[j] + q
-                                : (const char *)p->w_next[j] + (q - end + k0 * wsize);
-        _mm_prefetch(a, _MM_HINT_T0);
-    }
-}
 
 /* out[i] lane j = sum over k in [k0, k1) of x_i[k] * w_j[k], for an R x C tile. */
 INLINE void tile_dot(int R, int C, mnv_dtype t, const tile_rows *p, int64_t k0, int64_t k1,
-                     int64_t pf_dist, __m128 out[MAXR]) {
+                     __m128 out[MAXR]) {
     __m256 acc[MAXR][MAXC];
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++)
@@ -69,7 +56,6 @@ INLINE void tile_dot(int R, int C, mnv_dtype t, const tile_rows *p, int64_t k0, 
         for (int j = 0; j < C; j++) acc[i][j] = _mm256_setzero_ps();
     int64_t kk = k0;
     for (; kk + 8 <= k1; kk += 8) {
-        if (pf_dist) tile_prefetch(C, p, kk, k0, k1, t == MNV_DTYPE_F32 ? 4 : 2, pf_dist);
         __m256 wv[MAXC];
 #pragma GCC unroll 4
         for (int j = 0; j < C; j++) wv[j] = load_w8(p->w[j], kk, t);
@@ -113,7 +99,7 @@ static int64_t pick_kc(int64_t k, int64_t kc_max, int64_t step) {
 
 /* Rows [n0, n1) of y, blocked as in matmul_avx512.c. */
 INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t, int R,
-                      int C, int64_t kc_max, int64_t pf_dist) {
+                      int C, int64_t kc_max) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
     const int64_t kc = pick_kc(a->k, kc_max, 8);
     const int64_t nc = MNV_MAX(C, L2_BLOCK / (kc * wsize) / C * C);
@@ -127,13 +113,10 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtyp
                 for (int i = 0; i < R; i++) p.x[i] = a->x + MNV_MIN(i0 + i, a->m - 1) * a->ldx;
                 for (int64_t j0 = nb; j0 < nb1; j0 += C) {
 #pragma GCC unroll 4
-                    for (int j = 0; j < C; j++) {
+                    for (int j = 0; j < C; j++)
                         p.w[j] = (const char *)a->w + MNV_MIN(j0 + j, nb1 - 1) * a->ldw * wsize;
-                        p.w_next[j] =
-                            (const char *)a->w + MNV_MIN(j0 + C + j, nb1 - 1) * a->ldw * wsize;
-                    }
                     __m128 out[MAXR];
-                    tile_dot(R, C, t, &p, k0, k1, pf_dist, out);
+                    tile_dot(R, C, t, &p, k0, k1, out);
                     tile_store(a, R, i0, j0, a->m - i0, MNV_MIN(C, nb1 - j0), out, k0 > 0);
                 }
             }
@@ -141,14 +124,75 @@ INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtyp
     }
 }
 
-/* One instantiation per weight type: decode (R = m, one k block) or prefill. */
+/* ---- decode ---------------------------------------------------------------- */
+
+/* out[i][c] = x_i . w_c for the R (= m) rows of x and C rows of W. */
+INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const void *const *w,
+                     int64_t k, float out[MAXR][4]) {
+    __m256 acc[MAXR][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
+    int64_t kk = 0;
+    for (; kk + 8 <= k; kk += 8) {
+        __m256 wv[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++) wv[c] = load_w8(w[c], kk, t);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) {
+            __m256 xv = _mm256_loadu_ps(x[i] + kk);
+            __asm__("" : "+x"(xv));
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) acc[i][c] = _mm256_fmadd_ps(xv, wv[c], acc[i][c]);
+        }
+    }
+    const __m256 z = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) {
+        _mm_storeu_ps(out[i], hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z,
+                                    C > 3 ? acc[i][3] : z));
+        for (int64_t q = kk; q < k; q++)
+            for (int c = 0; c < C; c++) out[i][c] += x[i][q] * load_w1(w[c], q, t);
+    }
+}
+
+/* Rows [n0, n1) of y for m = R rows of x, each weight byte read once, as C
+ * sequential streams side by side (see run_rows in matmul_avx512.c). */
+INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t, int R, int C) {
+    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, part = (n1 - n0) / C;
+    const float *x[MAXR];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
+    for (int64_t r = 0; r < part; r++) {
+        const void *w[4];
+        float out[MAXR][4];
+#pragma GCC unroll 4
+        for (int c = 0; c < C; c++)
+            w[c] = (const char *)a->w + (n0 + c * part + r) * a->ldw * wsize;
+        rows_dot(R, C, t, x, w, a->k, out);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+#pragma GCC unroll 4
+            for (int c = 0; c < C; c++) a->y[i * a->ldy + n0 + c * part + r] = out[i][c];
+    }
+    for (int64_t j = n0 + C * part; j < n1; j++) { /* the n % C rows left */
+        const void *w[4] = {(const char *)a->w + j * a->ldw * wsize};
+        float out[MAXR][4];
+        rows_dot(R, 1, t, x, w, a->k, out);
+#pragma GCC unroll 4
+        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i][0];
+    }
+}
+
+/* One instantiation per weight type: decode (R = m) or prefill tiles. */
 INLINE void run_type(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t) {
-    switch (a->m) {
-    case 1: run_tiles(a, n0, n1, t, 1, 3, INT64_MAX / 2, PF_DIST); break;
-    case 2: run_tiles(a, n0, n1, t, 2, 3, INT64_MAX / 2, PF_DIST); break;
-    case 3: run_tiles(a, n0, n1, t, 3, 3, INT64_MAX / 2, PF_DIST); break;
-    case 4: run_tiles(a, n0, n1, t, 4, 3, INT64_MAX / 2, PF_DIST); break;
-    default: run_tiles(a, n0, n1, t, 4, 3, 512, 0); break;
+    switch (a->m) { /* decode: up to 4 streams, R*C + C + 1 <= 16 registers */
+    case 1: run_rows(a, n0, n1, t, 1, 4); break;
+    case 2: run_rows(a, n0, n1, t, 2, 4); break;
+    case 3: run_rows(a, n0, n1, t, 3, 3); break;
+    case 4: run_rows(a, n0, n1, t, 4, 2); break;
+    default: run_tiles(a, n0, n1, t, 4, 3, 512); break;
     }
 }
 

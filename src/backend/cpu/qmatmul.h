@@ -39,7 +39,9 @@ size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt
 /* Thread ith of nth computes its share; all nth threads must call it. */
 void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth);
 /* Name of the implementation chosen for this host, and a test override
- * ("avx512", "avx2", "scalar"; NULL restores the automatic choice). */
+ * ("avx512-vnni", "avx512", "scalar"; false if the host lacks it; NULL
+ * restores the automatic choice). avx512-vnni rounds activations to int8
+ * (one scale per group) for the formats it covers; avx512 and scalar are f32. */
 const char *mnv_cpu_qmatmul_impl(void);
 bool mnv_cpu_qmatmul_force(const char *impl);
 
@@ -72,8 +74,10 @@ static inline size_t mnv__qx_row_bytes(int64_t k) {
 }
 /* Bytes of one thread's private panel for products with m > MNV_QMATMUL_GEMV_MAX_M. */
 static inline size_t mnv__qpanel_bytes(void) {
-    size_t i8 = (size_t)MNV__QI8_NP * MNV__QI8_KC_MAX + 2 * (size_t)(MNV__QI8_KC_MAX / 16) * MNV__QI8_NP * 4;
-    size_t f32 = (size_t)MNV__QF32_NP * MNV__QF32_KC_MAX * 4 + (size_t)MNV__QF32_KC_MAX * 4;
+    /* codes + per-group scales and biases + 16 unpacked rows to transpose from */
+    size_t i8 = (size_t)MNV__QI8_NP * MNV__QI8_KC_MAX + 2 * (size_t)(MNV__QI8_KC_MAX / 16) * MNV__QI8_NP * 4 +
+                16 * (size_t)MNV__QI8_KC_MAX;
+    size_t f32 = ((size_t)MNV__QF32_NP + 16) * MNV__QF32_KC_MAX * 4;
     return (MNV_MAX(i8, f32) + 63) / 64 * 64;
 }
 

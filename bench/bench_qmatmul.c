@@ -1,0 +1,369 @@
+/* bench_qmatmul: CPU quantized matmul throughput on the shapes of a 0.48B
+ * Llama (hidden 1024, ffn 5504, 16/8 heads of 64), for MLX affine 8-bit and
+ * 4-bit at group 64 (BF16 scales and biases: 8.5 and 4.5 bits per weight, the
+ * bytes of llama.cpp's Q8_0 and Q4_0) and mxfp4 (4.25 bits per weight).
+ *
+ *   prefill  m = 512, GFLOP/s (2*m*n*k per product)
+ *   decode   m = 1, GB/s of packed codes + scales + biases read; products cycle
+ *            through a pool of distinct weight matrices larger than the L3
+ *            cache, so the weights come from DRAM as in a real decode step
+ *   stream   a plain streaming read of the same pool, for the ratio
+ *
+ * with 1 and 2 threads (a spinning pool, like the engine's). Each figure is
+ * the median of several timed runs.
+ *
+ * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats]
+ *   impl     forces an implementation ("avx512-vnni", "avx512", "scalar"; "" = auto)
+ *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4") */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/mman.h>
+
+#include "backend/cpu/qmatmul.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+/* ---- a spinning thread pool ------------------------------------------------ */
+
+typedef struct {
+    atomic_int count, sense;
+    int n;
+} spin_barrier;
+
+static void spin_wait(void *ctx) {
+    spin_barrier *b = ctx;
+    int s = atomic_load(&b->sense);
+    if (atomic_fetch_add(&b->count, 1) == b->n - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, !s);
+    } else {
+        /* Spin, but yield now and then: with more runnable threads than
+         * vCPUs (other work on this 2-vCPU machine) a waiter that never
+         * yields can hold the CPU its partner needs for a whole time slice. */
+        for (int spins = 1; atomic_load(&b->sense) == s; spins++) {
+            CPU_RELAX();
+            if (spins % 4096 == 0) sched_yield();
+        }
+    }
+}
+
+typedef void (*task_fn)(void *arg, int ith, int nth);
+
+typedef struct {
+    int nth;
+    spin_barrier start, done, inner;
+    task_fn fn;
+    void *arg;
+    atomic_int quit;
+    pthread_t tid[16];
+} pool;
+
+typedef struct {
+    pool *p;
+    int ith;
+} pool_worker;
+static pool_worker workers[16];
+
+static void *worker_main(void *v) {
+    pool_worker *w = v;
+    for (;;) {
+        spin_wait(&w->p->start);
+        if (atomic_load(&w->p->quit)) return NULL;
+        w->p->fn(w->p->arg, w->ith, w->p->nth);
+        spin_wait(&w->p->done);
+    }
+}
+
+static void pool_init(pool *p, int nth) {
+    *p = (pool){.nth = nth, .start.n = nth, .done.n = nth, .inner.n = nth};
+    for (int i = 1; i < nth; i++) {
+        workers[i] = (pool_worker){p, i};
+        pthread_create(&p->tid[i], NULL, worker_main, &workers[i]);
+    }
+}
+
+static void pool_run(pool *p, task_fn fn, void *arg) {
+    p->fn = fn;
+    p->arg = arg;
+    spin_wait(&p->start);
+    fn(arg, 0, p->nth);
+    spin_wait(&p->done);
+}
+
+static void pool_free(pool *p) {
+    atomic_store(&p->quit, 1);
+    spin_wait(&p->start);
+    for (int i = 1; i < p->nth; i++) pthread_join(p->tid[i], NULL);
+}
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return v[n / 2];
+}
+
+static void *alloc_huge(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+/* ---- streaming read of the same memory, for the decode ratio ---------------- */
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+#endif
+
+static float sum_plain(const float *p, size_t n) {
+    float a[16] = {0};
+    for (size_t i = 0; i + 16 <= n; i += 16)
+        for (int u = 0; u < 16; u++) a[u] += p[i + u];
+    float s = 0;
+    for (int u = 0; u < 16; u++) s += a[u];
+    return s;
+}
+
+typedef struct {
+    const float *buf;
+    size_t n;
+    volatile float sink;
+} stream_job;
+
+static void stream_task(void *arg, int ith, int nth) {
+    stream_job *s = arg;
+    size_t chunk = (s->n / (size_t)nth) & ~(size_t)63;
+    const float *p = s->buf + chunk * (size_t)ith;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+        s->sink = sum_avx512(p, chunk);
+        return;
+    }
+#endif
+    s->sink = sum_plain(p, chunk);
+}
+
+static double stream_gbs(pool *p, const void *buf, size_t bytes, int reps) {
+    stream_job s = {.buf = buf, .n = bytes / sizeof(float)};
+    double t[32];
+    pool_run(p, stream_task, &s);
+    for (int r = 0; r < reps; r++) {
+        double t0 = mnv_time_sec();
+        pool_run(p, stream_task, &s);
+        t[r] = mnv_time_sec() - t0;
+    }
+    return (double)bytes / median(t, reps) * 1e-9;
+}
+
+/* Is name one of the comma-separated words of list (any case)? */
+static bool listed(const char *list, const char *name) {
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n == len && strncasecmp(p, name, len) == 0) return true;
+        p += n + (end != NULL);
+    }
+    return false;
+}
+
+/* ---- quantized weights in a pool of copies ------------------------------------ */
+
+typedef struct {
+    const char *name, *desc;
+    mnv_qformat fmt;
+} qcase;
+
+static const qcase FORMATS[] = {
+    {"q8", "q8: affine 8-bit g64", {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16}},
+    {"q4", "q4: affine 4-bit g64", {MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}},
+    {"mxfp4", "mxfp4 (g32, E8M0)", {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}},
+};
+enum { N_FORMATS = sizeof FORMATS / sizeof FORMATS[0] };
+
+typedef struct {
+    size_t wbytes, sbytes, total; /* packed codes, scales (= biases), one copy (64-byte multiple) */
+} qsizes;
+
+static qsizes sizes_of(const mnv_qformat *f, int64_t n, int64_t k) {
+    qsizes s;
+    s.wbytes = (size_t)(n * k * f->bits / 8);
+    s.sbytes = (size_t)(n * (k / f->group_size)) * (f->mode == MNV_QMODE_AFFINE ? mnv_dtype_size(f->scale_dtype) : 1);
+    s.total = (s.wbytes + 63) / 64 * 64 + 2 * ((s.sbytes + 63) / 64 * 64);
+    return s;
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint64_t next_rand(void) {
+    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+    return rng >> 11;
+}
+
+/* Random codes everywhere, then valid scales (affine bf16 in +-0.02 for
+ * scales and biases, E8M0 120..130) in the scale regions of every shape's
+ * layout of the pool (the layouts overlap; each shape sees random codes and
+ * valid scales in its own). */
+static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f);
+
+static void qmatmul_task(void *arg, int ith, int nth) { mnv_cpu_qmatmul(arg, ith, nth); }
+
+typedef struct {
+    mnv_qmatmul_args a;
+    const char *pool;
+    qsizes sz;
+    int ncopies;
+} job;
+
+static void point_at(job *j, int copy) {
+    const char *p = j->pool + (size_t)copy * j->sz.total;
+    j->a.w = (const uint32_t *)p;
+    j->a.scales = p + (j->sz.wbytes + 63) / 64 * 64;
+    j->a.biases = j->a.fmt.mode == MNV_QMODE_AFFINE ? (const char *)j->a.scales + (j->sz.sbytes + 63) / 64 * 64
+                                                    : NULL;
+}
+
+/* Seconds per product: median over reps of a timed batch of products, each
+ * on the next weight copy of the pool. */
+static double time_product(pool *p, job *j, int reps, double min_sec) {
+    double t[32];
+    int iters = 1;
+    for (int r = -1; r < reps; r++) { /* r = -1: warm up and size the batch */
+        double t0 = mnv_time_sec();
+        for (int it = 0; it < iters; it++) {
+            point_at(j, it % j->ncopies);
+            pool_run(p, qmatmul_task, &j->a);
+        }
+        double dt = mnv_time_sec() - t0;
+        if (r < 0) {
+            iters = (int)(min_sec / (dt / iters)) + 1;
+            continue;
+        }
+        t[r] = dt / iters;
+    }
+    return median(t, reps);
+}
+
+/* ---- the benchmark --------------------------------------------------------- */
+
+typedef struct {
+    const char *name;
+    int64_t n, k;
+} wshape;
+
+static const wshape SHAPES[] = {
+    {"q/o  1024x1024", 1024, 1024},
+    {"k/v   512x1024", 512, 1024},
+    {"gate/up 5504x1024", 5504, 1024},
+    {"down 1024x5504", 1024, 5504},
+};
+enum { N_SHAPES = sizeof SHAPES / sizeof SHAPES[0] };
+
+static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+        uint64_t v = next_rand() ^ (next_rand() << 21);
+        memcpy(pool + i, &v, 8);
+    }
+    for (int s = 0; s < N_SHAPES; s++) {
+        const qsizes z = sizes_of(f, SHAPES[s].n, SHAPES[s].k);
+        const size_t sreg = (z.sbytes + 63) / 64 * 64;
+        for (size_t c = 0; c < bytes / z.total; c++) {
+            char *sc = pool + c * z.total + (z.wbytes + 63) / 64 * 64;
+            if (f->mode == MNV_QMODE_AFFINE) {
+                for (size_t i = 0; i < sreg; i++) { /* scales then biases: 2 * sreg bytes of bf16 */
+                    float a = (float)((double)(next_rand() % 20001) / 10000.0 - 1.0);
+                    ((uint16_t *)sc)[i] = mnv_f32_to_bf16(0.02f * a);
+                }
+            } else {
+                for (size_t i = 0; i < z.sbytes; i++) ((uint8_t *)sc)[i] = (uint8_t)(120 + next_rand() % 11);
+            }
+        }
+    }
+}
+
+static double run_case(pool *p, const wshape *s, const mnv_qformat *f, int64_t m, char *wpool, size_t pool_bytes,
+                       float *x, float *y, void *scratch, int reps) {
+    job j = {.a = {.x = x, .ldx = s->k, .ldw = s->k * f->bits / 32, .lds = s->k / f->group_size, .fmt = *f,
+                   .global_scale = 1.0f, .y = y, .ldy = s->n, .m = m, .n = s->n, .k = s->k, .scratch = scratch,
+                   .barrier = spin_wait, .barrier_ctx = &p->inner},
+             .pool = wpool, .sz = sizes_of(f, s->n, s->k)};
+    /* Prefill reuses one weight copy (it is compute-bound); decode cycles. */
+    j.ncopies = m > MNV_QMATMUL_GEMV_MAX_M ? 1 : (int)(pool_bytes / j.sz.total);
+    const double sec = time_product(p, &j, reps, m > MNV_QMATMUL_GEMV_MAX_M ? 0.3 : 0.2);
+    const size_t bytes = j.sz.wbytes + (f->mode == MNV_QMODE_AFFINE ? 2 : 1) * j.sz.sbytes;
+    return m > MNV_QMATMUL_GEMV_MAX_M ? 2.0 * (double)(m * s->n * s->k) / sec * 1e-9 : (double)bytes / sec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    int reps = argc > 1 ? atoi(argv[1]) : 5;
+    size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
+    if (reps < 1 || reps > 32) reps = 5;
+    if (argc > 3 && argv[3][0] && !mnv_cpu_qmatmul_force(argv[3]))
+        return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
+    const char *only = argc > 4 ? argv[4] : "q8,q4,mxfp4";
+    const int64_t M = 512, KMAX = 5504, NMAX = 5504;
+    char *wpool = alloc_huge(pool_bytes);
+    float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
+    float *y = malloc(sizeof(float) * (size_t)(M * NMAX));
+    size_t ss = 0;
+    for (int f = 0; f < N_FORMATS; f++) ss = MNV_MAX(ss, mnv_cpu_qmatmul_scratch_size(M, KMAX, &FORMATS[f].fmt, 2));
+    void *scratch = mnv_aligned_alloc(64, ss);
+    if (!wpool || !x || !y || !scratch) return fprintf(stderr, "out of memory\n"), 1;
+    for (int64_t i = 0; i < M * KMAX; i++) x[i] = (float)((double)(next_rand() % 20001) / 10000.0 - 1.0);
+    printf("qmatmul impl %s, median of %d, decode pool %zu MiB\n", mnv_cpu_qmatmul_impl(), reps, pool_bytes >> 20);
+
+    for (int fi = 0; fi < N_FORMATS; fi++) {
+        const qcase *qc = &FORMATS[fi];
+        if (!listed(only, qc->name)) continue;
+        fill_pool(wpool, pool_bytes, &qc->fmt);
+        printf("\n%-24s     prefill m=512 GFLOP/s   decode m=1 GB/s (%% of stream)\n", qc->desc);
+        printf("%-28s %12s %10s %14s %14s\n", "", "1 thread", "2 threads", "1 thread", "2 threads");
+        double stream[3];
+        for (int nth = 1; nth <= 2; nth++) {
+            pool p;
+            pool_init(&p, nth);
+            stream[nth] = stream_gbs(&p, wpool, pool_bytes, reps);
+            pool_free(&p);
+        }
+        for (int s = 0; s < N_SHAPES; s++) {
+            double r[2][3];
+            for (int nth = 1; nth <= 2; nth++) {
+                pool p;
+                pool_init(&p, nth);
+                r[0][nth] = run_case(&p, &SHAPES[s], &qc->fmt, M, wpool, pool_bytes, x, y, scratch, reps);
+                r[1][nth] = run_case(&p, &SHAPES[s], &qc->fmt, 1, wpool, pool_bytes, x, y, scratch, reps);
+                pool_free(&p);
+            }
+            printf("%-28s %12.1f %10.1f %7.1f (%3.0f%%) %6.1f (%3.0f%%)\n", SHAPES[s].name, r[0][1], r[0][2], r[1][1],
+                   100 * r[1][1] / stream[1], r[1][2], 100 * r[1][2] / stream[2]);
+        }
+        printf("%-28s %12s %10s %14.1f %14.1f\n", "streaming read (same pool)", "", "", stream[1], stream[2]);
+    }
+    mnv_aligned_free(scratch);
+    free(x), free(y);
+    munmap(wpool, pool_bytes);
+    return 0;
+}
