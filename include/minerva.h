@@ -242,6 +242,11 @@ void mnv_session_free(mnv_session *s);
 
 /* Forget all context (positions restart at 0). */
 void mnv_session_reset(mnv_session *s);
+/* Keep only the first n tokens of the context (n <= mnv_session_n_past):
+ * later evaluation continues from position n, so a conversation whose new
+ * rendering shares a prefix with the old one re-evaluates only the rest. */
+mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
+
 /* Tokens currently held in the session's context. */
 int32_t mnv_session_n_past(const mnv_session *s);
 
@@ -392,7 +397,9 @@ mnv_status mnv_convert(const mnv_convert_params *params);
  * The Harmony chat format of gpt-oss. An mnv_chat holds one conversation: the
  * options of its system message, the developer instructions, tool
  * definitions and the list of messages. Rendering it gives, byte for byte,
- * what the reference renderer (openai/harmony) gives for a generation prompt:
+ * what the reference renderer (openai/harmony) gives for a generation prompt
+ * (mnv_chat_cot tells the one deliberate choice, which earlier reasoning to
+ * drop, and how to get the reference's):
  *
  *   <|start|>system<|message|>...<|end|><|start|>developer<|message|>...<|end|>
  *   <|start|>user<|message|>What is 2 + 2?<|end|><|start|>assistant
@@ -496,7 +503,8 @@ typedef struct {
 } mnv_chat_namespace;
 
 /* Declare a namespace, or change the description and placement of one that
- * exists. MNV_ERR_INVALID_ARG on an empty name or another placement. */
+ * exists. MNV_ERR_INVALID_ARG on an empty name, or a placement other than
+ * the system or the developer message. */
 mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
 
 typedef struct {
@@ -642,12 +650,14 @@ mnv_chat_parser_params mnv_chat_parser_params_default(void);
  * grammar it accepts: a recipient in the header's role or channel part, with
  * or without a space before <|constrain|>; a tool call on any channel; a
  * message without <|message|> (its header text becomes content, as the
- * reference's non-strict mode does) -- also once the "header" grows past 256
- * bytes or holds a newline, so that a model that forgot its header still
- * streams; text or <|channel|> where <|start|> was expected (an assistant
- * message); a new <|start|> or <|channel|> inside a message (the message
- * ends, INTERRUPTED); ids outside the vocabulary (U+FFFD); tokens after
- * <|return|> or <|call|> (parsed as more messages). */
+ * reference's non-strict mode does) -- already while streaming once the
+ * "header" holds a newline and a word of content, or grows past 256 bytes,
+ * so that a model that forgot its header still streams; text or <|channel|>
+ * where <|start|> was expected (an assistant message); a new <|start|> or
+ * <|channel|> inside a message (the message ends, INTERRUPTED); a stray
+ * <|message|> or <|constrain|> inside content (dropped); ids outside the
+ * vocabulary (U+FFFD); tokens after <|return|> or <|call|> (parsed as more
+ * messages). The result does not depend on how text is split into pushes. */
 mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
                                   mnv_chat_parser **out);
 void mnv_chat_parser_free(mnv_chat_parser *p);

@@ -554,8 +554,13 @@ static void test_parser_text(void) {
     check_msg("commentary json", p, 1, A, NULL, "functions.g", "commentary", "json", "{}", MNV_CHAT_END_CALL);
     mnv_chat_parser_free(p);
 
+}
+
+/* The reference's malformed-header and tool-message cases. */
+static void test_parser_reference_cases(void) {
+    collector col;
     /* test_streamable_parser_missing_message_token* (the non-strict expectations) */
-    p = parse_text("I must refuse<|end|><|start|>assistant<|channel|>analysis<|message|>We must refuse<|end|>"
+    mnv_chat_parser *p = parse_text("I must refuse<|end|><|start|>assistant<|channel|>analysis<|message|>We must refuse<|end|>"
                    "<|start|>assistant<|channel|>final<|message|>I'm sorry, but I can't help with that.<|return|>",
                    1, &col);
     CHECK(mnv_chat_parser_n_messages(p) == 3);
@@ -574,7 +579,7 @@ static void test_parser_text(void) {
     mnv_chat_parser_free(p);
 
     /* a tool's result read from <|start|> (test_tool_response_parsing) */
-    text = fixture("tool_response_parsing.txt");
+    char *text = fixture("tool_response_parsing.txt");
     p = parse_text(text ? text : "", 0, &col);
     free(text);
     CHECK(mnv_chat_parser_n_messages(p) == 1 && col.n_tool_calls == 0);
@@ -960,6 +965,31 @@ static void test_round_trip(const mnv_tokenizer *tok) {
     mnv_chat_parser_free(p);
 }
 
+/* What lets `minerva chat` keep its KV cache across turns: an answer without
+ * reasoning, fed back, renders as the previous prompt and the generated
+ * tokens (less the stop token, which the session never evaluates), then
+ * <|end|>. */
+static void test_extends(const mnv_tokenizer *tok) {
+    mnv_chat *c = new_chat(NULL);
+    add(c, MNV_ROLE_USER, NULL, "Hi");
+    size_t np = 0, ng = 0, n2 = 0;
+    int32_t *prompt = render_ids(c, tok, NULL, &np);
+    int32_t *gen = encode(tok, "<|channel|>final<|message|>Hello there.<|return|>", &ng);
+    collector col;
+    mnv_chat_parser *p = parse_ids(tok, gen, ng, 1, &col);
+    mnv_chat_message m;
+    CHECK(mnv_chat_parser_message(p, 0, &m, NULL) == MNV_OK && mnv_chat_add_message(c, &m) == MNV_OK);
+    add(c, MNV_ROLE_USER, NULL, "Bye");
+    int32_t *r2 = render_ids(c, tok, NULL, &n2);
+    CHECK(prompt && gen && r2 && n2 > np + ng && !memcmp(r2, prompt, np * sizeof *r2) &&
+          !memcmp(r2 + np, gen, (ng - 1) * sizeof *r2) && r2[np + ng - 1] == 200007);
+    free(prompt);
+    free(gen);
+    free(r2);
+    mnv_chat_parser_free(p);
+    mnv_chat_free(c);
+}
+
 /* Random and mutated token streams: no crash, consistent events, valid UTF-8. */
 static bool valid_utf8(const unsigned char *s, size_t n) {
     for (size_t i = 0; i < n;) {
@@ -1033,6 +1063,9 @@ static bool copy_file(const char *src, const char *dst) {
     return ok;
 }
 
+/* A one-layer random llama with the gpt-oss tokenizer. Its vocabulary is the
+ * tokenizer's 200019 ids, not gpt-oss's 201088: mnv_generate fails when it
+ * samples an id the tokenizer cannot decode (the reserved ids above 200018). */
 static bool make_model(const char *dir) {
     char cfg[600], path[600];
     snprintf(cfg, sizeof cfg, "%s.config.json", dir);
@@ -1154,6 +1187,7 @@ static void test_with_tokenizer(void) {
     test_ids(tok);
     test_parser_ids(tok);
     test_round_trip(tok);
+    test_extends(tok);
     test_fuzz_ids(tok);
     mnv_tokenizer_free(tok);
 
@@ -1181,6 +1215,7 @@ int main(void) {
     test_schemas();
     test_api_errors();
     test_parser_text();
+    test_parser_reference_cases();
     test_parser_malformed();
     test_fuzz_text();
     test_with_tokenizer();

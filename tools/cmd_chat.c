@@ -220,11 +220,13 @@ static mnv_status render(chat_state *c, int32_t **ids, size_t *n) {
     return st;
 }
 
-/* How many leading tokens of ids the session holds already (0: start over). */
+/* How many leading tokens of ids the session holds already: the common
+ * prefix of what it holds and the new rendering (0: start over). */
 static size_t reusable(chat_state *c, const int32_t *ids, size_t n) {
-    size_t h = c->n_held;
-    if (h == 0 || h >= n || (int32_t)h != mnv_session_n_past(c->sess)) return 0;
-    return memcmp(c->held, ids, h * sizeof *ids) == 0 ? h : 0;
+    size_t h = c->n_held, p = 0;
+    if (h == 0 || (int32_t)h != mnv_session_n_past(c->sess)) return 0;
+    while (p < h && p + 1 < n && c->held[p] == ids[p]) p++;
+    return p;
 }
 
 /* Append the assistant messages the parser read to the conversation. */
@@ -261,6 +263,10 @@ static mnv_status reply(chat_state *c, int *reported) {
     }
     size_t reuse = reusable(c, ids, n);
     if (!reuse) mnv_session_reset(c->sess);
+    else if ((st = mnv_session_truncate(c->sess, (int32_t)reuse)) != MNV_OK) {
+        free(ids);
+        return st;
+    }
     c->n_held = reuse;
     for (size_t i = reuse; i < n; i++) held_push(c, ids[i]);
     mnv_chat_parser_reset(c->parser);

@@ -195,7 +195,8 @@ uint8_t mnv_f32_to_e4m3(float v) {
 
 /* Nearest E2M1 code as MLX's CPU quantizer picks it: argmin over E2M1[]
  * with the first index winning ties (smaller magnitude, +0 for |x| <= 0.25;
- * NaN and inf give code 0 because every distance compares false). */
+ * inf gives code 0 as every distance is inf, NaN as no distance compares
+ * less). The thresholds are exact: each |x - v| near them is exact in f32. */
 static uint8_t f32_to_e2m1(float x) {
     float a = fabsf(x);
     if (!(a < INFINITY) || a <= 0.25f) return 0;

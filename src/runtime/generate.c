@@ -78,7 +78,8 @@ typedef struct {
 static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool *stop) {
     char piece[256];
     size_t n = 0;
-    if (g->ds && !eos) {
+    /* ids beyond the tokenizer's vocabulary (models pad their output head) decode to nothing */
+    if (g->ds && !eos && tok < mnv_tokenizer_n_vocab(g->s->model->tok)) {
         mnv_status st = mnv_detok_stream_push(g->ds, tok, piece, sizeof piece, &n);
         if (st != MNV_OK) return st;
     }
@@ -160,7 +161,8 @@ mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt, 
     for (size_t i = 0; st == MNV_OK && g.ds && i < n_prompt; i++) {
         char junk[256];
         size_t jn;
-        if (prompt[i] != s->model->cfg.bos_token_id) st = mnv_detok_stream_push(g.ds, prompt[i], junk, sizeof junk, &jn);
+        if (prompt[i] != s->model->cfg.bos_token_id && prompt[i] < mnv_tokenizer_n_vocab(s->model->tok))
+            st = mnv_detok_stream_push(g.ds, prompt[i], junk, sizeof junk, &jn);
     }
     /* penalties see the prompt too */
     for (size_t i = 0; st == MNV_OK && i < n_prompt; i++) mnv_sampler_accept(g.smp, prompt[i]);

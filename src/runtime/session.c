@@ -92,6 +92,14 @@ void mnv_session_reset(mnv_session *s) {
     if (s) s->n_past = 0;
 }
 
+mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
+    if (!s) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_truncate: NULL session");
+    if (n < 0 || n > s->n_past)
+        return mnv_set_error(MNV_ERR_RANGE, "mnv_session_truncate: %d tokens asked, %d held", n, s->n_past);
+    s->n_past = n; /* positions >= n are overwritten by the next evaluation */
+    return MNV_OK;
+}
+
 int32_t mnv_session_n_past(const mnv_session *s) { return s ? s->n_past : 0; }
 
 mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out) {

@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 
 /* ---- element codecs ---------------------------------------------------------- */
 
@@ -209,7 +210,14 @@ enum { N_IMPLS = sizeof impls / sizeof impls[0] };
 /* The only process-wide state here: a test override of the host's choice. */
 static _Atomic(const qmatmul_impl *) forced_impl;
 
+/* The automatic choice: the fastest implementation the host has. The
+ * "avx512-vnni" path rounds activations to int8 per row (as llama.cpp does);
+ * MNV_QMATMUL=avx512 (or scalar) selects an exact f32-activation path, as
+ * MLX computes, for comparisons. */
 static const qmatmul_impl *auto_impl(void) {
+    const char *env = getenv("MNV_QMATMUL");
+    for (int i = 0; env && i < N_IMPLS; i++)
+        if (strcmp(impls[i].name, env) == 0 && impls[i].supported()) return &impls[i];
     for (int i = 0; i < N_IMPLS; i++)
         if (impls[i].supported()) return &impls[i];
     return &impls[N_IMPLS - 1];

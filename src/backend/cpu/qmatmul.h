@@ -104,8 +104,8 @@ float mnv__qscale(const mnv_qformat *f, const void *scales, int64_t g, float glo
 
 void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
 #if defined(__x86_64__) || defined(_M_X64)
-/* vnni: int8 activations and vpdpbusd for affine 2-8 bits (prefill) / 4 and
- * 8 bits (decode) and mxfp4; otherwise (and for other formats) f32 math. */
+/* vnni: int8 activations and vpdpbusd for affine (every bit width) and
+ * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math. */
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
 #endif
 

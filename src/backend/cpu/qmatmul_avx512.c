@@ -1,8 +1,8 @@
 /* y = x * dequant(W)^T with AVX-512 (compiled with -mavx512f/bw/vl/dq/bf16/vnni
  * -mfma -mf16c). Two families, chosen per call:
  *
- * int8 (VNNI, impl "avx512-vnni"): affine 4/8-bit and mxfp4 decode, affine
- *   2-8-bit and mxfp4 prefill. Each row of x is rounded to int8 with one scale
+ * int8 (VNNI, impl "avx512-vnni"): affine 2-8-bit and mxfp4, decode and
+ *   prefill. Each row of x is rounded to int8 with one scale
  *   per weight group (dx = max|x|/127 over the group), and
  *     affine  y = sum_g dx_g * (s_g * sum_j xq_j q_j  +  b_g * sum_j xq_j)
  *     mxfp4   y = sum_g 2^(e_g-127) * 0.5 * dx_g * (sum_j xq_j u_j - 12 sum_j xq_j)
@@ -15,8 +15,9 @@
  *   exact sum would leave the error sum e_j s q_j, 2-3x larger when the bias
  *   is a group edge as MLX makes it).
  *
- * f32 (impl "avx512", and the other formats under "avx512-vnni"): weights are
- *   dequantized to f32 (s*q + b as one FMA) and multiplied in f32.
+ * f32 (impl "avx512", and mxfp8 / nvfp4 under "avx512-vnni"): weights are
+ *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
+ *   times the scale, exact) and multiplied in f32.
  *
  * Decode (m <= 4) streams each W row once, front to back (threads split n into
  * contiguous chunks): int8 codes are expanded in registers and dotted with the
@@ -27,12 +28,13 @@
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+#include <math.h>
 
 #include "backend/cpu/qmatmul.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MAXR = 4, I8_R = 4, F32_R = 6, F32_GEMV_KC = 512 };
+enum { MAXR = 4, I8_R = 4, F32_R = 6 };
 
 typedef struct {
     int bits, G, lg;  /* bits per code, group size, log2(group size) */
@@ -184,19 +186,71 @@ INLINE __m512i fp4_lut(void) {
     return _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
 }
 
+/* 2, 3, 5 and 6-bit codes: 64 codes (8*bits bytes of the stream) to one byte
+ * each, in element order. Dword lane l receives codes 4l..4l+3: vpermd brings
+ * each 128-bit lane the dwords holding its 16 codes, vpshufb the 3 bytes of
+ * each group of 4 codes, vpsrlvd drops a 4-bit misalignment (3 and 5 bits),
+ * and three shift + bit-select steps move code t to byte t. */
+typedef struct {
+    __m512i perm, shuf, shift, m0, m01, m012, mall;
+    int bits;
+} unpacker;
+
+static unpacker unpacker_for(int bits) {
+    int32_t perm[16], shift[16], m[4];
+    uint8_t shuf[64];
+    for (int L = 0; L < 4; L++) {
+        const int sb = 2 * L * bits, d0 = sb / 4, o = sb - 4 * d0;
+        for (int i = 0; i < 4; i++) {
+            perm[4 * L + i] = d0 + i;
+            const int bit = 4 * i * bits, p = o + bit / 8;
+            shift[4 * L + i] = bit % 8;
+            for (int t = 0; t < 4; t++) shuf[16 * L + 4 * i + t] = (uint8_t)(t < 3 ? p + t : 0x80);
+        }
+    }
+    for (int t = 0; t < 4; t++) m[t] = ((1 << bits) - 1) << (8 * t);
+    unpacker u = {.bits = bits};
+    u.perm = _mm512_loadu_si512(perm);
+    u.shuf = _mm512_loadu_si512(shuf);
+    u.shift = _mm512_loadu_si512(shift);
+    u.m0 = _mm512_set1_epi32(m[0]);
+    u.m01 = _mm512_set1_epi32(m[0] | m[1]);
+    u.m012 = _mm512_set1_epi32(m[0] | m[1] | m[2]);
+    u.mall = _mm512_set1_epi32(m[0] | m[1] | m[2] | m[3]);
+    return u;
+}
+
+/* A ? B : C, bitwise */
+#define BITSELECT(a, b, c) _mm512_ternarylogic_epi32((a), (b), (c), 0xCA)
+
+INLINE __m512i unpack64(const unpacker *u, const uint8_t *p, __mmask64 bytes) {
+    const int b = u->bits;
+    __m512i v = _mm512_maskz_loadu_epi8(bytes, p);
+    v = _mm512_shuffle_epi8(_mm512_permutexvar_epi32(u->perm, v), u->shuf);
+    if (b == 3 || b == 5) v = _mm512_srlv_epi32(v, u->shift);
+    __m512i r = BITSELECT(u->m0, v, _mm512_slli_epi32(v, 8 - b));
+    r = BITSELECT(u->m01, r, _mm512_slli_epi32(v, 16 - 2 * b));
+    r = BITSELECT(u->m012, r, _mm512_slli_epi32(v, 24 - 3 * b));
+    return _mm512_and_si512(r, u->mall);
+}
+
 /* Rows [j0, j1) of y for the R (= m) prepared rows of x. W rows are read front
  * to back in 64-byte chunks (64 codes at 8 bits, 128 at 4 bits); lane l of a
  * chunk's vpdpbusd sums covers 4 (8 codes), all of one group. Scales come 16
  * groups at a time; SD = scale * dx per group, permuted to the lanes. */
-INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, int64_t j0, int64_t j1,
-                      const int R, const int BITS, const bool FP4) {
+INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t j0,
+                      int64_t j1, const int R, const int BITS, const bool FP4) {
     const int64_t k = a->k, G = d->G, ng = k / G;
-    const int64_t CH = BITS == 8 ? 64 : 128;
-    const int64_t rowbytes = k * BITS / 8, nch = (rowbytes + 63) / 64, wch = 16 * G / CH;
-    const __m128i lgv = _mm_cvtsi32_si128(d->lg);
-    const __m512i lanepos = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32((int)(CH / 16)));
-    const __m512i chv = _mm512_set1_epi32((int)CH);
+    const int64_t CH = BITS == 4 ? 128 : 64;                   /* codes per chunk */
+    const int64_t CB = BITS == 0 ? 8 * (int64_t)up->bits : 64; /* bytes per chunk (BITS 0: 2, 3, 5, 6 bits) */
+    const int64_t nch = (k + CH - 1) / CH, wch = 16 * G / CH;
+    const int64_t tailbytes = (k - (nch - 1) * CH) * CB / CH;  /* of the last chunk */
+    const __mmask64 fullmask = CB == 64 ? ~(__mmask64)0 : ((__mmask64)1 << CB) - 1;
+    const __mmask64 tailmask = tailbytes == 64 ? ~(__mmask64)0 : ((__mmask64)1 << tailbytes) - 1;
+    /* lane -> group within the window, for each chunk of a window (<= 32 chunks) */
+    int32_t idxtab[32 * 16];
+    for (int64_t c = 0; c < wch; c++)
+        for (int l = 0; l < 16; l++) idxtab[c * 16 + l] = (int32_t)((c * CH + l * (CH / 16)) >> d->lg);
     const __m512i lut = fp4_lut(), m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
@@ -215,14 +269,14 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase,
                 bacc[i] = _mm512_fmadd_ps(B, _mm512_loadu_ps(xr[i].xs2 + g0), bacc[i]);
             }
             const int64_t c0 = g0 * G / CH, c1 = MNV_MIN(c0 + wch, nch);
-            __m512i pos = lanepos;
             for (int64_t c = c0; c < c1; c++) {
-                const uint8_t *wp = w + c * 64;
-                const __m512i wv = (c + 1) * 64 <= rowbytes
-                                       ? _mm512_loadu_si512(wp)
-                                       : _mm512_maskz_loadu_epi8(((__mmask64)1 << (rowbytes - c * 64)) - 1, wp);
-                const __m512i idx = _mm512_srl_epi32(pos, lgv);
-                pos = _mm512_add_epi32(pos, chv);
+                const uint8_t *wp = w + c * CB;
+                const __mmask64 bm = c + 1 < nch ? fullmask : tailmask;
+                __m512i wv;
+                if (BITS == 0) wv = unpack64(up, wp, bm);
+                else if (c + 1 < nch) wv = _mm512_loadu_si512(wp);
+                else wv = _mm512_maskz_loadu_epi8(bm, wp);
+                const __m512i idx = _mm512_loadu_si512(idxtab + (c - c0) * 16);
                 __m512i lo = wv, hi = wv;
                 if (BITS == 4) {
                     lo = _mm512_and_si512(wv, m4);
@@ -234,7 +288,7 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase,
                 }
                 for (int i = 0; i < R; i++) {
                     __m512i acc;
-                    if (BITS == 8) {
+                    if (BITS != 4) {
                         acc = _mm512_dpbusd_epi32(zero, wv, _mm512_loadu_si512(xr[i].q + c * 64));
                     } else {
                         acc = _mm512_dpbusd_epi32(zero, lo, _mm512_loadu_si512(xr[i].q + c * 128));
@@ -250,19 +304,29 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase,
 
 #define GEMV_CASES(BITS, FP4)                                                                                     \
     switch (a->m) {                                                                                               \
-    case 1: vnni_gemv(a, d, xbase, n0, n1, 1, BITS, FP4); break;                                                  \
-    case 2: vnni_gemv(a, d, xbase, n0, n1, 2, BITS, FP4); break;                                                  \
-    case 3: vnni_gemv(a, d, xbase, n0, n1, 3, BITS, FP4); break;                                                  \
-    default: vnni_gemv(a, d, xbase, n0, n1, 4, BITS, FP4); break;                                                 \
+    case 1: vnni_gemv(a, d, up, xbase, n0, n1, 1, BITS, FP4); break;                                              \
+    case 2: vnni_gemv(a, d, up, xbase, n0, n1, 2, BITS, FP4); break;                                              \
+    case 3: vnni_gemv(a, d, up, xbase, n0, n1, 3, BITS, FP4); break;                                              \
+    default: vnni_gemv(a, d, up, xbase, n0, n1, 4, BITS, FP4); break;                                             \
     }
-static void gemv_i8_8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, int64_t n0, int64_t n1) {
+typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
+                     int64_t n1);
+static gemv_fn gemv_i8_8, gemv_i8_4, gemv_i8_fp4, gemv_i8_bits;
+static void gemv_i8_8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
+                      int64_t n1) {
     GEMV_CASES(8, false)
 }
-static void gemv_i8_4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, int64_t n0, int64_t n1) {
+static void gemv_i8_4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
+                      int64_t n1) {
     GEMV_CASES(4, false)
 }
-static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, int64_t n0, int64_t n1) {
+static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
+                        int64_t n1) {
     GEMV_CASES(4, true)
+}
+static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
+                         int64_t n1) {
+    GEMV_CASES(0, false)
 }
 #undef GEMV_CASES
 
@@ -272,9 +336,10 @@ static void vnni_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
     for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, a->k, d, d->bits == 4, xrow_at(xbase, a->k, i));
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
-    if (d->fp4) gemv_i8_fp4(a, d, xbase, n0, n1);
-    else if (d->bits == 8) gemv_i8_8(a, d, xbase, n0, n1);
-    else gemv_i8_4(a, d, xbase, n0, n1);
+    const bool odd = d->bits != 4 && d->bits != 8;
+    const unpacker up = unpacker_for(odd ? d->bits : 2);
+    gemv_fn *fn = d->fp4 ? gemv_i8_fp4 : d->bits == 8 ? gemv_i8_8 : d->bits == 4 ? gemv_i8_4 : gemv_i8_bits;
+    fn(a, d, &up, xbase, n0, n1);
 }
 
 /* ---- prefill: int8 panels ---------------------------------------------------------------- */
@@ -297,7 +362,8 @@ static i8panel i8panel_at(uint8_t *p) {
 }
 
 /* Codes [k0, k0+kc) of row j, one byte each (mxfp4: u = 2*e2m1 + 12). */
-static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t k0, int64_t kc, uint8_t *dst) {
+static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t j, int64_t k0, int64_t kc,
+                      uint8_t *dst) {
     const uint8_t *w = wrow(a, j);
     if (d->bits == 8) {
         memcpy(dst, w + k0, (size_t)kc);
@@ -312,14 +378,19 @@ static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int6
             if (d->fp4) c = _mm512_shuffle_epi8(lut, c);
             _mm512_mask_storeu_epi8(dst + 2 * t, left >= 32 ? ~(__mmask64)0 : ((__mmask64)1 << (2 * left)) - 1, c);
         }
-    } else {
-        mnv__qcodes(a->w + j * a->ldw, d->bits, k0, kc, dst);
+    } else { /* 2, 3, 5, 6 bits: 64 codes = 8*bits bytes at a time (kc is a multiple of 32) */
+        const uint8_t *s = w + k0 / 8 * d->bits;
+        for (int64_t t = 0; t < kc; t += 64) {
+            const int64_t n = MNV_MIN(64, kc - t), nb = n / 8 * d->bits;
+            const __m512i c = unpack64(up, s + t / 8 * d->bits, ((__mmask64)1 << nb) - 1);
+            _mm512_mask_storeu_epi8(dst + t, n == 64 ? ~(__mmask64)0 : ((__mmask64)1 << n) - 1, c);
+        }
     }
 }
 
 /* Rows [j0, j0+rows) (rows <= NP), codes [k0, k0+kc), into the panel. */
-static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64_t rows, int64_t k0, int64_t kc,
-                    const i8panel *p) {
+static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t j0, int64_t rows,
+                    int64_t k0, int64_t kc, const i8panel *p) {
     const int64_t G = d->G, g0 = k0 / G, ngb = kc / G, nw = kc / 4;
     for (int64_t cb = 0; cb * 16 < rows; cb++) {
         const int64_t rb = MNV_MIN(16, rows - cb * 16), jb = j0 + cb * 16;
@@ -330,7 +401,7 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64
             sst = a->ldw * 4;
         } else {
             for (int64_t r = 0; r < 16; r++) {
-                if (r < rb) codes_row(a, d, jb + r, k0, kc, p->rowbuf + r * kc);
+                if (r < rb) codes_row(a, d, up, jb + r, k0, kc, p->rowbuf + r * kc);
                 else memset(p->rowbuf + r * kc, 0, (size_t)kc);
             }
             src = p->rowbuf;
@@ -436,12 +507,13 @@ static void vnni_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
     const int64_t kc_max = pick_kc_i8(m, k, G);
+    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
         const int64_t kc = MNV_MIN(kc_max, k - k0), ngb = kc / G;
         for (int64_t jp = n0; jp < n1; jp += NP) {
             const int64_t rows = MNV_MIN(NP, n1 - jp);
             const int C = (int)((rows + 15) / 16);
-            pack_i8(a, d, jp, rows, k0, kc, &p);
+            pack_i8(a, d, &up, jp, rows, k0, kc, &p);
             __mmask16 cm[3];
             for (int c = 0; c < 3; c++) {
                 const int64_t left = rows - 16 * c;
@@ -473,76 +545,127 @@ INLINE __m512i codes16_4bit(const uint8_t *p) {
     return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(lo, hi));
 }
 
-/* Groups [g0, g0+ngr) of row j as f32. Affine 4/8-bit and mxfp4 in SIMD
- * (affine as fma(q, s, b)); other formats through the portable helper. */
-static void deq_f32(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t g0, int64_t ngr, float *out) {
-    const mnv_qformat *f = &a->fmt;
-    const uint8_t *w = wrow(a, j);
-    const void *sc = srow(a, d, j), *bi = brow(a, d, j);
-    const int64_t G = d->G;
-    if (f->mode == MNV_QMODE_AFFINE && (d->bits == 8 || d->bits == 4)) {
-        for (int64_t g = g0; g < g0 + ngr; g++, out += G) {
-            const __m512 s = _mm512_set1_ps(scale_at(d->sdt, sc, g)), b = _mm512_set1_ps(scale_at(d->sdt, bi, g));
-            const uint8_t *p = w + g * G * d->bits / 8;
-            for (int64_t t = 0; t < G; t += 16) {
-                const __m512i q = d->bits == 8 ? _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + t)))
-                                               : codes16_4bit(p + t / 2);
-                _mm512_storeu_ps(out + t, _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s, b));
-            }
-        }
-    } else if (f->mode == MNV_QMODE_MXFP4) {
-        const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f,
-                                          -2.0f, -3.0f, -4.0f, -6.0f);
-        for (int64_t g = g0; g < g0 + ngr; g++, out += G) {
-            const __m512 s = _mm512_set1_ps(scale_at(MNV_DTYPE_U8, sc, g));
-            const uint8_t *p = w + g * G / 2;
-            for (int64_t t = 0; t < G; t += 16)
-                _mm512_storeu_ps(out + t, _mm512_mul_ps(_mm512_permutexvar_ps(codes16_4bit(p + t / 2), lut), s));
-        }
-    } else {
-        mnv__qdequant_groups(f, a->w + j * a->ldw, sc, bi, a->global_scale, g0, ngr, out);
+/* Codes of elements [e, e+16) of a row (e a multiple of 16), as int32. */
+INLINE __m512i codes16(const qdesc *d, const unpacker *up, const uint8_t *w, int64_t e) {
+    switch (d->bits) {
+    case 8: return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + e)));
+    case 4: return codes16_4bit(w + e / 2);
+    default: /* 16 codes = 2*bits bytes */
+        return _mm512_cvtepu8_epi32(
+            _mm512_castsi512_si128(unpack64(up, w + e / 8 * d->bits, ((__mmask64)1 << (2 * d->bits)) - 1)));
     }
 }
 
-/* Decode: each row dequantized in blocks of F32_GEMV_KC, dotted with the R rows of x. */
-INLINE void f32_gemv(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64_t j1, const int R) {
-    _Alignas(64) float wbuf[F32_GEMV_KC];
+/* FP8 E4M3 codes to f32: the 7 magnitude bits placed under an f32 exponent
+ * bias of 127 - 7 = 120 (subnormals come out right as f32 denormals scaled
+ * by 2^120; the host runs without flush-to-zero), 0x7f NaN, then the sign. */
+INLINE __m512 e4m3_16(__m512i c) {
+    const __m512i em = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
+    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(em, 20)), _mm512_set1_ps(0x1p120f));
+    f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(em, _mm512_set1_epi32(0x7f)), _mm512_set1_ps(NAN));
+    return _mm512_castsi512_ps(
+        _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24)));
+}
+
+INLINE float e4m3_1(uint8_t c) {
+    return _mm_cvtss_f32(_mm512_castps512_ps128(e4m3_16(_mm512_set1_epi32(c))));
+}
+
+/* Scale and bias of group g of a row, as f32 (nvfp4: e4m3 * global). */
+INLINE void group_sb(const mnv_qmatmul_args *a, const qdesc *d, const void *sc, const void *bi, int64_t g, float *s,
+                     float *b) {
+    if (a->fmt.mode == MNV_QMODE_NVFP4) *s = e4m3_1(((const uint8_t *)sc)[g]) * a->global_scale;
+    else *s = scale_at(d->sdt, sc, g);
+    *b = a->fmt.mode == MNV_QMODE_AFFINE ? scale_at(d->sdt, bi, g) : 0.0f;
+}
+
+/* 16 weights from their codes: affine fma(q, s, b); e2m1 and e4m3 times s. */
+INLINE __m512 weights16(mnv_qmode mode, __m512i q, __m512 s, __m512 b) {
+    switch (mode) {
+    case MNV_QMODE_AFFINE: return _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), s, b);
+    case MNV_QMODE_MXFP8: return _mm512_mul_ps(e4m3_16(q), s);
+    default: {
+        const __m512 lut = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f,
+                                          -2.0f, -3.0f, -4.0f, -6.0f);
+        return _mm512_mul_ps(_mm512_permutexvar_ps(q, lut), s);
+    }
+    }
+}
+
+/* Groups [g0, g0+ngr) of row j as f32. */
+static void deq_f32(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t j, int64_t g0, int64_t ngr,
+                    float *out) {
+    const uint8_t *w = wrow(a, j);
+    const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+    const int64_t G = d->G;
+    for (int64_t g = g0; g < g0 + ngr; g++, out += G) {
+        float s, b;
+        group_sb(a, d, sc, bi, g, &s, &b);
+        const __m512 sv = _mm512_set1_ps(s), bv = _mm512_set1_ps(b);
+        for (int64_t t = 0; t < G; t += 16)
+            _mm512_storeu_ps(out + t, weights16(a->fmt.mode, codes16(d, up, w, g * G + t), sv, bv));
+    }
+}
+
+/* Decode: each row's weights formed 16 at a time in registers and dotted
+ * with the R rows of x (two sums per row of x). */
+INLINE void f32_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t j0, int64_t j1,
+                     const int R, const mnv_qmode MODE) {
     const int64_t k = a->k, G = d->G;
-    const int64_t kcm = F32_GEMV_KC / G * G;
     for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *w = wrow(a, j);
+        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
         __m512 acc[MAXR][2];
         for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-        for (int64_t k0 = 0; k0 < k; k0 += kcm) {
-            const int64_t kc = MNV_MIN(kcm, k - k0);
-            deq_f32(a, d, j, k0 / G, kc / G, wbuf);
-            int64_t t = 0;
-            for (; t + 32 <= kc; t += 32) {
-                const __m512 w0 = _mm512_load_ps(wbuf + t), w1 = _mm512_load_ps(wbuf + t + 16);
+        for (int64_t g = 0; g < k / G; g++) {
+            float s, b;
+            group_sb(a, d, sc, bi, g, &s, &b);
+            const __m512 sv = _mm512_set1_ps(s), bv = _mm512_set1_ps(b);
+            int64_t e = g * G;
+            for (; e + 32 <= (g + 1) * G; e += 32) {
+                const __m512 w0 = weights16(MODE, codes16(d, up, w, e), sv, bv);
+                const __m512 w1 = weights16(MODE, codes16(d, up, w, e + 16), sv, bv);
                 for (int i = 0; i < R; i++) {
-                    const float *x = a->x + i * a->ldx + k0 + t;
+                    const float *x = a->x + i * a->ldx + e;
                     acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(x), w0, acc[i][0]);
                     acc[i][1] = _mm512_fmadd_ps(_mm512_loadu_ps(x + 16), w1, acc[i][1]);
                 }
             }
-            if (t < kc) { /* kc is a multiple of 16 */
-                const __m512 w0 = _mm512_load_ps(wbuf + t);
+            if (e < (g + 1) * G) { /* nvfp4: groups of 16 */
+                const __m512 w0 = weights16(MODE, codes16(d, up, w, e), sv, bv);
                 for (int i = 0; i < R; i++)
-                    acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a->x + i * a->ldx + k0 + t), w0, acc[i][0]);
+                    acc[i][0] = _mm512_fmadd_ps(_mm512_loadu_ps(a->x + i * a->ldx + e), w0, acc[i][0]);
             }
         }
         for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
     }
 }
 
+#define F32_GEMV_CASES(MODE)                                                                                      \
+    switch (a->m) {                                                                                               \
+    case 1: f32_gemv(a, d, up, n0, n1, 1, MODE); break;                                                           \
+    case 2: f32_gemv(a, d, up, n0, n1, 2, MODE); break;                                                           \
+    case 3: f32_gemv(a, d, up, n0, n1, 3, MODE); break;                                                           \
+    default: f32_gemv(a, d, up, n0, n1, 4, MODE); break;                                                          \
+    }
+static void f32_gemv_affine(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t n0, int64_t n1) {
+    F32_GEMV_CASES(MNV_QMODE_AFFINE)
+}
+static void f32_gemv_fp4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t n0, int64_t n1) {
+    F32_GEMV_CASES(MNV_QMODE_MXFP4)
+}
+static void f32_gemv_fp8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t n0, int64_t n1) {
+    F32_GEMV_CASES(MNV_QMODE_MXFP8)
+}
+#undef F32_GEMV_CASES
+
 static void f32_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
-    switch (a->m) {
-    case 1: f32_gemv(a, d, n0, n1, 1); break;
-    case 2: f32_gemv(a, d, n0, n1, 2); break;
-    case 3: f32_gemv(a, d, n0, n1, 3); break;
-    default: f32_gemv(a, d, n0, n1, 4); break;
-    }
+    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
+    if (a->fmt.mode == MNV_QMODE_AFFINE) f32_gemv_affine(a, d, &up, n0, n1);
+    else if (a->fmt.mode == MNV_QMODE_MXFP8) f32_gemv_fp8(a, d, &up, n0, n1);
+    else f32_gemv_fp4(a, d, &up, n0, n1);
 }
 
 enum { FNP = MNV__QF32_NP, FKC = MNV__QF32_KC_MAX };
@@ -586,6 +709,7 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
     float *panel = (float *)(align64(a->scratch) + (size_t)m * mnv__qx_row_bytes(k) +
                              (size_t)ith * mnv__qpanel_bytes());
     float *rowbuf = panel + (size_t)FNP * FKC;
+    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
     const int64_t kcm = FKC / G * G;
@@ -596,7 +720,7 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
             const int C = (int)((rows + 15) / 16);
             for (int cb = 0; cb < C; cb++) {
                 for (int64_t r = 0; r < 16; r++) {
-                    if (cb * 16 + r < rows) deq_f32(a, d, jp + cb * 16 + r, k0 / G, kc / G, rowbuf + r * FKC);
+                    if (cb * 16 + r < rows) deq_f32(a, d, &up, jp + cb * 16 + r, k0 / G, kc / G, rowbuf + r * FKC);
                     else memset(rowbuf + r * FKC, 0, sizeof(float) * (size_t)kc);
                 }
                 for (int64_t t = 0; t < kc; t += 16)
@@ -628,7 +752,7 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
     const mnv_qmode mode = a->fmt.mode;
     const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
     if (a->m <= MNV_QMATMUL_GEMV_MAX_M) {
-        if (vnni && a->scratch && i8_fmt && (d.bits == 4 || d.bits == 8)) vnni_decode(a, &d, ith, nth);
+        if (vnni && a->scratch && i8_fmt) vnni_decode(a, &d, ith, nth);
         else f32_decode(a, &d, ith, nth);
         return;
     }
