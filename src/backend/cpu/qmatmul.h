@@ -10,8 +10,9 @@
  * Decode (small m) reads each packed byte once (bandwidth-bound); prefill
  * (large m) dequantizes tiles into cache-resident buffers (or works on the
  * packed codes directly) and runs a blocked product. The implementation for
- * the host is chosen at run time; SIMD paths cover affine 4- and 8-bit at
- * groups 32/64/128 and mxfp4, a portable path covers every format. */
+ * the host is chosen at run time; every implementation covers every format
+ * (AVX-512: int8 activations with VNNI for affine and mxfp4, f32 for the
+ * rest; a portable f32 path for any host). */
 #ifndef MNV_CPU_QMATMUL_H
 #define MNV_CPU_QMATMUL_H
 
