@@ -189,6 +189,9 @@ typedef struct {
     uint64_t n_params;       /* parameters (elements of all weight tensors) */
     uint64_t weight_bytes;   /* bytes of all weight tensors */
     uint64_t kv_bytes_per_token; /* KV cache bytes per token at the default cache dtype */
+    uint64_t active_bytes_per_token; /* weight bytes one decoded token reads: every tensor,
+                                        but one embedding row and only the experts a token
+                                        selects (k of E); the floor of decode traffic */
 } mnv_model_info;
 
 /* Fills *info. Strings are borrowed: valid until the model is freed. */

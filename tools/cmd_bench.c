@@ -36,7 +36,7 @@ typedef struct {
 typedef struct {
     double pp_tok_s, tg_tok_s; /* 0 when the test was skipped */
     mnv_session_stats last;    /* figures of the last decode step */
-    uint64_t weight_bytes;
+    uint64_t weight_bytes, active_bytes;
     int threads;
 } bench_result;
 
@@ -89,7 +89,7 @@ static void json_rate(const char *key, double v, int ran) {
 }
 
 static void print_result(const bench_opts *o, const char *model, const bench_result *r) {
-    double gbs = (double)r->weight_bytes * r->tg_tok_s / 1e9, rss = cli_peak_rss_mb();
+    double gbs = (double)r->active_bytes * r->tg_tok_s / 1e9, rss = cli_peak_rss_mb();
     if (o->json) {
         printf("{\"model\": ");
         json_string(model);
@@ -97,8 +97,8 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
         json_rate("prefill_tok_s", r->pp_tok_s, o->n_prefill > 0);
         printf(", \"decode_tokens\": %d", o->n_decode);
         json_rate("decode_tok_s", r->tg_tok_s, o->n_decode > 0);
-        printf(", \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu", rss,
-               (unsigned long long)r->weight_bytes);
+        printf(", \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"bytes_per_token\": %llu", rss,
+               (unsigned long long)r->weight_bytes, (unsigned long long)r->active_bytes);
         json_rate("decode_gb_s", gbs, o->n_decode > 0);
         printf(", \"host_ms_per_token\": %.4f", (r->last.build_seconds + r->last.plan_seconds) * 1e3);
         printf("}\n");
@@ -109,7 +109,8 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
         printf("tg%-5d %10.1f tok/s\n", o->n_decode, r->tg_tok_s);
-        printf("decode bandwidth (weight bytes x tok/s): %.2f GB/s\n", gbs);
+        printf("weight bytes read per decoded token: %.1f MB; decode bandwidth (bytes x tok/s): %.2f GB/s\n",
+               (double)r->active_bytes / 1e6, gbs);
         const mnv_session_stats *l = &r->last;
         double host = (l->build_seconds + l->plan_seconds) * 1e3, step = host + l->compute_seconds * 1e3;
         printf("host cost per decoded token: graph build %.3f ms + plan %.3f ms of a %.2f ms step (%.2f%%), %d nodes\n",
@@ -150,7 +151,8 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % (uint64_t)info.n_vocab);
     }
-    bench_result r = {.weight_bytes = info.weight_bytes, .threads = o->n_threads};
+    bench_result r = {.weight_bytes = info.weight_bytes, .active_bytes = info.active_bytes_per_token,
+                      .threads = o->n_threads};
     if (r.threads == 0) r.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int rc = run_tests(o, model, ids, &r);
     if (rc == 0) print_result(o, model_name, &r);

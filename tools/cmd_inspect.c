@@ -95,6 +95,7 @@ static void print_memory(const mnv_model_info *in, unsigned long long tensor_byt
         printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
     printf("memory estimate (default context %lld tokens):\n", ctx);
     printf("  weights:             %s\n", human((double)in->weight_bytes, a, sizeof a));
+    printf("  read per decoded token: %.3f GB of weights\n", (double)in->active_bytes_per_token / 1e9);
     printf("  KV cache per token:  %llu bytes\n", (unsigned long long)in->kv_bytes_per_token);
     printf("  KV cache:            %s\n", human(kv, b, sizeof b));
     printf("  weights + KV cache:  %s\n", human((double)in->weight_bytes + kv, c, sizeof c));

@@ -328,6 +328,14 @@ void mnv_model_free(mnv_model *m) {
 
 const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *m) { return m ? m->tok : NULL; }
 
+/* Bytes of a tensor that decoding one token reads. */
+static uint64_t mnv_active_bytes(const mnv_model_config *c, const char *name, uint64_t bytes, int tied) {
+    if (strstr(name, "embed_tokens") && !tied) return bytes / (uint64_t)(c->vocab_size > 0 ? c->vocab_size : 1);
+    if (strstr(name, ".experts.") && c->num_local_experts > 0)
+        return bytes * (uint64_t)c->num_experts_per_tok / (uint64_t)c->num_local_experts;
+    return bytes;
+}
+
 mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
     if (!m || !info) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_get_info: NULL argument");
     memset(info, 0, sizeof *info);
@@ -347,6 +355,10 @@ mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
     for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
     info->n_params = m->n_params;
     info->weight_bytes = m->weight_bytes;
+    for (size_t i = 0; i < mnv_st_count(m->st); i++) {
+        const mnv_st_tensor *t = mnv_st_get(m->st, i);
+        info->active_bytes_per_token += mnv_active_bytes(c, t->name, t->nbytes, info->tied_embeddings);
+    }
     info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
                                (uint64_t)c->head_dim * sizeof(float);
     return MNV_OK;
@@ -472,6 +484,7 @@ mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
         for (int32_t i = 0; i < n; i++) {
             uint64_t b = mnv_stored_tensor_bytes(&t[i]);
             info->weight_bytes += b;
+            info->active_bytes_per_token += mnv_active_bytes(c, t[i].name, b, info->tied_embeddings);
             if (t[i].fill == MNV_FILL_BITS) info->n_params += b / 4 * 32 / (uint64_t)t[i].bits;
             else if (t[i].fill != MNV_FILL_E8M0 && t[i].fill != MNV_FILL_QSCALE && t[i].fill != MNV_FILL_QBIAS)
                 info->n_params += b / mnv_dtype_size(t[i].dtype);
