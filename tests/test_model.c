@@ -56,11 +56,17 @@ static int argmax(const float *x, int n) {
 
 /* Prefill logits vs the reference, greedy continuation, then token-by-token
  * decoding vs prefill. tol: relative L2 bound for the logits. */
+static void check_model_at(const char *name, const char *dir, const char *refdir, double tol, int threads);
 static void check_model(const char *name, double tol, int threads) {
     char dir[256];
     snprintf(dir, sizeof dir, "fixtures/models/%s", name);
+    check_model_at(name, dir, dir, tol, threads);
+}
+
+/* dir holds the model, refdir the reference outputs */
+static void check_model_at(const char *name, const char *dir, const char *refdir, double tol, int threads) {
     reference r = {0};
-    if (!load_reference(dir, &r)) {
+    if (!load_reference(refdir, &r)) {
         CHECKF(0, "%s: cannot read reference", name);
         return;
     }
@@ -165,6 +171,64 @@ static void check_ragged(const char *name) {
     mnv_model_free(m);
 }
 
+static int convert(const char *src, const char *dst, const char *mode, int bits, int dequantize) {
+    mnv_convert_params p = mnv_convert_params_default();
+    p.src_dir = src;
+    p.dst_dir = dst;
+    p.q_mode = mode;
+    p.q_bits = bits;
+    p.dequantize = dequantize;
+    mnv_status st = mnv_convert(&p);
+    CHECKF(st == MNV_OK, "convert %s: %s", src, mnv_last_error());
+    return st == MNV_OK;
+}
+
+static double logits_rel(const char *a, const char *b, const int32_t *ids, int n) {
+    mnv_model *ma = NULL, *mb = NULL;
+    mnv_session *sa = NULL, *sb = NULL;
+    double e = 1e30;
+    if (mnv_model_load(a, NULL, &ma) == MNV_OK && mnv_model_load(b, NULL, &mb) == MNV_OK &&
+        mnv_session_create(ma, NULL, &sa) == MNV_OK && mnv_session_create(mb, NULL, &sb) == MNV_OK) {
+        mnv_model_info info;
+        mnv_model_get_info(ma, &info);
+        float *la = malloc(sizeof(float) * (size_t)n * info.n_vocab), *lb = malloc(sizeof(float) * (size_t)n * info.n_vocab);
+        if (mnv_session_eval(sa, ids, (size_t)n, la) == MNV_OK && mnv_session_eval(sb, ids, (size_t)n, lb) == MNV_OK)
+            e = t_rel_l2(la, lb, (size_t)n * info.n_vocab);
+        free(la);
+        free(lb);
+    } else {
+        fprintf(stderr, "%s\n", mnv_last_error());
+    }
+    mnv_session_free(sa);
+    mnv_session_free(sb);
+    mnv_model_free(ma);
+    mnv_model_free(mb);
+    return e;
+}
+
+/* gpt-oss in the MLX layout (a), made by convert from OpenAI's layout (b):
+ * without further quantization it holds the reference's weights exactly;
+ * with the non-expert layers at 8-bit affine (the MXFP4-Q8 layout) it
+ * matches its own dequantized twin to float rounding. */
+static void check_gptoss_mlx_layout(void) {
+    char root[] = "/tmp/mnv-goss-XXXXXX", a[96], q8[96], dq[96], cmd[128];
+    if (!mkdtemp(root)) return;
+    snprintf(a, sizeof a, "%s/mlx", root);
+    snprintf(q8, sizeof q8, "%s/mxfp4-q8", root);
+    snprintf(dq, sizeof dq, "%s/mxfp4-q8-dq", root);
+    if (convert("fixtures/models/tiny-gptoss-mxfp4", a, NULL, 0, 0))
+        check_model_at("gptoss (a)", a, "fixtures/models/tiny-gptoss-mxfp4", 1e-4, 2);
+    if (convert("fixtures/models/tiny-gptoss-mxfp4", q8, "affine", 8, 0) && convert(q8, dq, NULL, 0, 1)) {
+        int32_t ids[40];
+        for (int i = 0; i < 40; i++) ids[i] = t_randint(3, 319);
+        double e = logits_rel(q8, dq, ids, 40);
+        printf("gptoss (a) MXFP4-Q8 vs its dequantized twin: rel L2 %.3g\n", e);
+        CHECKF(e < 1e-5, "gpt-oss MXFP4-Q8 vs dequantized: %.3g", e);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", root);
+}
+
 int main(void) {
     t_seed();
     check_model("tiny-gptoss-dense", 1e-4, 2);
@@ -175,6 +239,7 @@ int main(void) {
      * perturbation, so logits are no fair measure of it). */
     CHECK(mnv_cpu_qmatmul_force("avx512") || mnv_cpu_qmatmul_force("scalar"));
     check_model("tiny-gptoss-mxfp4", 1e-4, 2);
+    check_gptoss_mlx_layout();
     mnv_cpu_qmatmul_force(NULL);
     const char *f32_models[] = {"tiny-llama", "tiny-qwen3", "tiny-qwen2", "tiny-mistral"};
     for (int i = 0; i < 4; i++) {
