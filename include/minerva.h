@@ -381,6 +381,9 @@ typedef struct {
     uint64_t max_shard_bytes;   /* 0: 5 GiB, as mlx-lm */
     mnv_progress_callback progress; /* may be NULL */
     void *user_data;
+    const char *q_experts_mode; /* NULL: as q_mode; else the mode (with its default bits and
+                                   group size) of mixture-of-experts stacks, e.g. "mxfp4"
+                                   with q_mode "affine", 8 bits: the MXFP4-Q8 layout */
     uint32_t reserved[8];
 } mnv_convert_params;
 

@@ -195,8 +195,25 @@ static void test_impl(const char *impl) {
     printf("%-12s %s\n", impl, t_fail == before ? "ok" : "FAILED");
 }
 
+/* k = 0 is an empty sum: y = 0, for every implementation path. */
+static void test_empty_k(void) {
+    float x[1] = {1}, y[3 * 6];
+    uint16_t w[1] = {0};
+    for (int i = 0; i < 18; i++) y[i] = SENTINEL;
+    mnv_matmul_args a = {.x = x, .ldx = 1, .w = w, .wtype = MNV_DTYPE_BF16, .ldw = 1, .y = y,
+                         .ldy = 6, .m = 3, .n = 5, .k = 0};
+    run_threads(&a, 2);
+    int zeros = 0, kept = 0;
+    for (int i = 0; i < 18; i++) {
+        if (i % 6 < 5) zeros += y[i] == 0.0f;
+        else kept += y[i] == SENTINEL;
+    }
+    CHECK(zeros == 15 && kept == 3);
+}
+
 int main(void) {
     t_seed();
+    test_empty_k();
     printf("automatic choice: %s\n", mnv_cpu_matmul_impl());
     for (int i = 0; i < 4; i++) test_impl(IMPLS[i]);
     CHECK(!mnv_cpu_matmul_force("no-such-impl"));

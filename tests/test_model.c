@@ -171,8 +171,9 @@ static void check_ragged(const char *name) {
     mnv_model_free(m);
 }
 
-static int convert(const char *src, const char *dst, const char *mode, int bits, int dequantize) {
+static int convert_x(const char *src, const char *dst, const char *mode, int bits, int dequantize, const char *xmode) {
     mnv_convert_params p = mnv_convert_params_default();
+    p.q_experts_mode = xmode;
     p.src_dir = src;
     p.dst_dir = dst;
     p.q_mode = mode;
@@ -181,6 +182,10 @@ static int convert(const char *src, const char *dst, const char *mode, int bits,
     mnv_status st = mnv_convert(&p);
     CHECKF(st == MNV_OK, "convert %s: %s", src, mnv_last_error());
     return st == MNV_OK;
+}
+
+static int convert(const char *src, const char *dst, const char *mode, int bits, int dequantize) {
+    return convert_x(src, dst, mode, bits, dequantize, NULL);
 }
 
 static double logits_rel(const char *a, const char *b, const int32_t *ids, int n) {
@@ -224,6 +229,20 @@ static void check_gptoss_mlx_layout(void) {
         double e = logits_rel(q8, dq, ids, 40);
         printf("gptoss (a) MXFP4-Q8 vs its dequantized twin: rel L2 %.3g\n", e);
         CHECKF(e < 1e-5, "gpt-oss MXFP4-Q8 vs dequantized: %.3g", e);
+    }
+    /* from transformers' dense layout (c): unquantized, and MXFP4 experts with 8-bit affine elsewhere */
+    char c_a[96], c_q8[96], c_dq[96];
+    snprintf(c_a, sizeof c_a, "%s/dense-mlx", root);
+    snprintf(c_q8, sizeof c_q8, "%s/dense-q8", root);
+    snprintf(c_dq, sizeof c_dq, "%s/dense-q8-dq", root);
+    if (convert("fixtures/models/tiny-gptoss-dense", c_a, NULL, 0, 0))
+        check_model_at("gptoss (c)->(a)", c_a, "fixtures/models/tiny-gptoss-dense", 1e-4, 2);
+    if (convert_x("fixtures/models/tiny-gptoss-dense", c_q8, "affine", 8, 0, "mxfp4") && convert(c_q8, c_dq, NULL, 0, 1)) {
+        int32_t ids[40];
+        for (int i = 0; i < 40; i++) ids[i] = t_randint(3, 319);
+        double e = logits_rel(c_q8, c_dq, ids, 40);
+        printf("gptoss (c)->(a) MXFP4-Q8 vs its dequantized twin: rel L2 %.3g\n", e);
+        CHECKF(e < 1e-5, "gpt-oss (c) MXFP4-Q8 vs dequantized: %.3g", e);
     }
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
     if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", root);

@@ -25,6 +25,9 @@ static const char USAGE[] =
     "                          mode's, affine 4) (implies -q)\n"
     "      --q-group-size G    group size (affine: 32, 64, 128; default: the mode's,\n"
     "                          affine 64) (implies -q)\n"
+    "      --q-experts MODE    quantize mixture-of-experts stacks with MODE (at its\n"
+    "                          default bits and group size) and the rest as above:\n"
+    "                          --q-bits 8 --q-experts mxfp4 gives gpt-oss MXFP4-Q8\n"
     "      --dtype T           bf16, f16 or f32: unquantized tensors and affine scales\n"
     "                          (default: the source config's torch_dtype)\n"
     "      --dequantize        turn a quantized model back into float weights\n"
@@ -63,7 +66,7 @@ static int check_mode(const char *m) {
 
 int cmd_convert(int argc, char **argv) {
     mnv_convert_params p = mnv_convert_params_default();
-    const char *dtype = NULL, *mode = NULL;
+    const char *dtype = NULL, *mode = NULL, *xmode = NULL;
     int quantize = 0, bits = 0, group = 0, seen_bits = 0, seen_group = 0;
     cli_strv pos = {0};
     const cli_opt opts[] = {
@@ -71,6 +74,7 @@ int cmd_convert(int argc, char **argv) {
         {NULL, "--q-mode", CLI_STR, &mode, 0, 0, NULL},
         {NULL, "--q-bits", CLI_INT, &bits, 1, 16, &seen_bits},
         {NULL, "--q-group-size", CLI_INT, &group, 1, 1 << 20, &seen_group},
+        {NULL, "--q-experts", CLI_STR, &xmode, 0, 0, NULL},
         {NULL, "--dtype", CLI_STR, &dtype, 0, 0, NULL},
         {NULL, "--dequantize", CLI_FLAG, &p.dequantize, 0, 0, NULL},
         {NULL, "--max-shard-bytes", CLI_U64, &p.max_shard_bytes, 0, 0, NULL},
@@ -84,6 +88,8 @@ int cmd_convert(int argc, char **argv) {
     if (pos.n != 2) rc = cli_usage(CMD, "expected SRC and DST, got %zu argument%s", pos.n, pos.n == 1 ? "" : "s");
     if (!rc && dtype) rc = parse_dtype(dtype, &p.dtype);
     if (!rc && mode) rc = check_mode(mode);
+    if (!rc && xmode) rc = check_mode(xmode);
+    if (xmode) quantize = 1;
     if (!rc && (quantize || mode || seen_bits || seen_group) && p.dequantize)
         rc = cli_usage(CMD, "choose either quantization or --dequantize, not both");
     if (rc) {
@@ -91,6 +97,7 @@ int cmd_convert(int argc, char **argv) {
         return rc;
     }
     if (quantize || mode || seen_bits || seen_group) p.q_mode = mode ? mode : "affine";
+    p.q_experts_mode = xmode;
     p.q_bits = bits;
     p.q_group_size = group;
     p.src_dir = pos.items[0];

@@ -48,6 +48,11 @@ typedef struct {
     int64_t shape[MNV_ST_MAX_DIMS];
     int64_t rows, row_elems;
     int32_t row_mul, row_off;
+    /* column views (transformers' dense gpt-oss experts, used as x @ W):
+     * logical (E, N, K) element (e, n, k) is source element
+     * ((e * src_k + k) * src_cols + n * col_mul + col_off); col_mul 0: none */
+    int32_t col_mul, col_off;
+    int64_t src_k, src_cols;
 } src_view;
 
 typedef enum { JOB_COPY, JOB_QUANT, JOB_DEQUANT } job_kind;
@@ -74,6 +79,7 @@ typedef struct {
     const mnv_convert_params *p;
     mnv_qmode qmode;
     int32_t qbits, qgs;
+    mnv_qmode xmode;        /* experts' own mode (q_experts_mode), NONE: as qmode */
     mnv_dtype dtype;        /* target float dtype; MNV_DTYPE_COUNT: keep each tensor's */
     mnv_model_config *cfg;
     cJSON *config;          /* the source config.json, edited into the output */
@@ -198,6 +204,12 @@ static mnv_status check_params(conv *c, const mnv_convert_params *p) {
     if (p->q_mode && p->dequantize)
         return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_convert: choose either quantization ('%s') or dequantize",
                              p->q_mode);
+    c->xmode = MNV_QMODE_NONE;
+    if (p->q_experts_mode && !p->q_mode)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_convert: q_experts_mode '%s' needs q_mode", p->q_experts_mode);
+    if (p->q_experts_mode && !mnv_qmode_from_name(p->q_experts_mode, &c->xmode))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_convert: unknown experts quantization mode '%s'",
+                             p->q_experts_mode);
     if (!p->q_mode) return MNV_OK;
     if (!mnv_qmode_from_name(p->q_mode, &c->qmode))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_convert: unknown quantization mode '%s' (expected affine, "
@@ -426,9 +438,36 @@ static mnv_status add_plain(conv *c, const mnv_st_tensor *t) {
 /* gpt-oss Hugging Face MXFP4 experts: U8 blocks [E, R, G, 16] are U32
  * [E, R, G*4] (the same bytes); scales [E, R, G] are used as they are;
  * gate_up rows (and bias columns) interleave gate (even) and up (odd). */
+/* transformers' dense gpt-oss experts: W (E, in, out) used as x @ W, with
+ * gate/up interleaved in the columns of gate_up_proj: rows (E, out, in) are
+ * column views, de-interleaved into gate_proj / up_proj. */
+static mnv_status add_dense_expert(conv *c, const mnv_st_tensor *t) {
+    bool gate_up = strstr(t->name, "gate_up_proj") != NULL;
+    int64_t E = t->shape[0], K = t->shape[1], cols = t->shape[2], N = gate_up ? cols / 2 : cols;
+    char *base = str_cat(t->name, ".weight");
+    if (!base) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    mnv_status st = MNV_OK;
+    for (int32_t o = 0; o < (gate_up ? 2 : 1) && !st; o++) {
+        char *name = gate_up ? str_replace1(base, "gate_up_proj", o ? "up_proj" : "gate_proj") : mnv_strdup(base);
+        int64_t shape[3] = {E, N, K};
+        st = add_view(c, t, name, t->dtype, 3, shape, 0, 0);
+        if (!st) {
+            src_view *v = &c->views[c->n_views - 1];
+            v->col_mul = gate_up ? 2 : 1;
+            v->col_off = o;
+            v->src_k = K;
+            v->src_cols = cols;
+        }
+    }
+    free(base);
+    return st;
+}
+
 static mnv_status add_gpt_oss_expert(conv *c, const mnv_st_tensor *t, const char *fname) {
     bool blocks = ends_with(t->name, "_blocks"), scales = ends_with(t->name, "_scales");
     bool bias = ends_with(t->name, "_bias"), gate_up = strstr(t->name, "gate_up_proj") != NULL;
+    if (!blocks && !scales && !bias && t->ndim == 3 && is_float(t->dtype) && (!gate_up || t->shape[2] % 2 == 0))
+        return add_dense_expert(c, t);
     int64_t shape[MNV_ST_MAX_DIMS];
     memcpy(shape, t->shape, sizeof shape);
     int32_t ndim = t->ndim;
@@ -614,7 +653,13 @@ static mnv_status plan_quant(conv *c, const src_view *v, const char *path) {
     mnv_qformat f = {c->qmode, c->qbits, c->qgs, MNV_DTYPE_U8};
     bool router = c->cfg->arch == MNV_ARCH_GPT_OSS && ends_with(path, "router"); /* gpt_oss quant_predicate */
     if (router) f = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_U8};
-    if (!quantizable(v, c->qgs) || v->shape[v->ndim - 1] % f.group_size) return plan_copy(c, v, elems(v));
+    bool own_experts = c->xmode != MNV_QMODE_NONE && v->ndim == 3 && strstr(v->name, ".experts.");
+    if (own_experts) { /* e.g. MXFP4 experts with 8-bit affine elsewhere */
+        f.mode = c->xmode;
+        mnv_qmode_defaults(f.mode, &f.bits, &f.group_size);
+    }
+    if (!quantizable(v, own_experts ? f.group_size : c->qgs) || v->shape[v->ndim - 1] % f.group_size)
+        return plan_copy(c, v, elems(v));
     mnv_dtype wdt = cast_dtype(c, v->dtype) == MNV_DTYPE_F64 ? MNV_DTYPE_F32 : cast_dtype(c, v->dtype);
     if (f.mode == MNV_QMODE_AFFINE) f.scale_dtype = wdt;
     job *j = add_job(c, JOB_QUANT);
@@ -634,7 +679,7 @@ static mnv_status plan_quant(conv *c, const src_view *v, const char *path) {
     if (!st && f.mode == MNV_QMODE_AFFINE) j->out[2] = add_out(c, names[2], f.scale_dtype, v->ndim, shape, 0);
     if (!st && (j->out[0] < 0 || j->out[1] < 0 || (f.mode == MNV_QMODE_AFFINE && j->out[2] < 0)))
         st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    if (!st && (router || c->fine_grained)) st = add_entry(c, path, &f, !router);
+    if (!st && (router || own_experts || c->fine_grained)) st = add_entry(c, path, &f, !router);
     for (int i = 0; i < 3; i++) free(names[i]);
     c->n_new_quant++;
     return st;
@@ -857,9 +902,17 @@ static mnv_status write_out(conv *c, int32_t o, uint64_t off, const void *data, 
 
 /* ---- running the jobs ------------------------------------------------------------------ */
 
-static const uint8_t *view_row(const src_view *v, int64_t r) {
-    size_t rb = (size_t)v->row_elems * mnv_dtype_size(v->dtype);
-    return (const uint8_t *)v->src->data + (size_t)(r * v->row_mul + v->row_off) * rb;
+/* Logical row r of a view: a pointer into the mapping, or (column views)
+ * gathered into tmp (row_elems elements). */
+static const uint8_t *view_row(const src_view *v, int64_t r, uint8_t *tmp) {
+    size_t es = mnv_dtype_size(v->dtype), rb = (size_t)v->row_elems * es;
+    if (!v->col_mul) return (const uint8_t *)v->src->data + (size_t)(r * v->row_mul + v->row_off) * rb;
+    int64_t N = v->shape[v->ndim - 2], e = r / N, n = r % N;
+    const uint8_t *base = (const uint8_t *)v->src->data;
+    for (int64_t k = 0; k < v->row_elems; k++)
+        memcpy(tmp + (size_t)k * es, base + (size_t)((e * v->src_k + k) * v->src_cols + n * v->col_mul + v->col_off) * es,
+               es);
+    return tmp;
 }
 
 static int64_t rows_per_chunk(size_t row_bytes) {
@@ -878,7 +931,7 @@ static mnv_status run_copy(conv *c, const job *j) {
     const src_view *v = j->in[0];
     const out_tensor *o = &c->outs[j->out[0]];
     const size_t isz = mnv_dtype_size(v->dtype), osz = mnv_dtype_size(o->dtype);
-    if (v->row_mul == 1 && v->dtype == o->dtype) { /* straight from the mapping */
+    if (v->row_mul == 1 && !v->col_mul && v->dtype == o->dtype) { /* straight from the mapping */
         const uint8_t *p = v->src->data;
         mnv_status st = MNV_OK;
         for (uint64_t off = 0; off < o->nbytes && !st; off += CHUNK_BYTES)
@@ -886,21 +939,27 @@ static mnv_status run_copy(conv *c, const job *j) {
         return st;
     }
     /* flat element chunks when rows are contiguous, else one logical row at a time */
-    int64_t n = (int64_t)elems(v), unit = v->row_mul == 1 ? 1 : v->row_elems;
+    bool flat = v->row_mul == 1 && !v->col_mul;
+    int64_t n = (int64_t)elems(v), unit = flat ? 1 : v->row_elems;
     int64_t per = rows_per_chunk((size_t)unit * MNV_MAX(isz, osz)) * unit;
-    uint8_t *buf = malloc((size_t)MNV_MIN(per, MNV_MAX(n, 1)) * osz);
-    if (!buf) return mnv_set_error(MNV_ERR_NOMEM, "%s: tensor '%s': out of memory", file_of(c, v), v->name);
+    uint8_t *buf = malloc((size_t)MNV_MIN(per, MNV_MAX(n, 1)) * osz), *tmp = malloc((size_t)v->row_elems * isz + 1);
+    if (!buf || !tmp) {
+        free(buf);
+        free(tmp);
+        return mnv_set_error(MNV_ERR_NOMEM, "%s: tensor '%s': out of memory", file_of(c, v), v->name);
+    }
     mnv_status st = MNV_OK;
     for (int64_t e0 = 0; e0 < n && !st; e0 += per) {
         int64_t cnt = MNV_MIN(per, n - e0);
-        if (v->row_mul == 1)
+        if (flat)
             convert_elems(v->dtype, (const uint8_t *)v->src->data + (size_t)e0 * isz, o->dtype, buf, cnt);
         else
             for (int64_t e = 0; e < cnt; e += unit)
-                convert_elems(v->dtype, view_row(v, (e0 + e) / unit), o->dtype, buf + (size_t)e * osz, unit);
+                convert_elems(v->dtype, view_row(v, (e0 + e) / unit, tmp), o->dtype, buf + (size_t)e * osz, unit);
         st = write_out(c, j->out[0], (uint64_t)e0 * osz, buf, (size_t)cnt * osz);
     }
     free(buf);
+    free(tmp);
     return st;
 }
 
@@ -946,16 +1005,19 @@ static mnv_status run_quant(conv *c, const job *j) {
     const int64_t per = rows_per_chunk((size_t)k * mnv_dtype_size(v->dtype));
     row_bufs b;
     mnv_status st = alloc_bufs(c, j, per, k, words, &b);
+    uint8_t *tmp = malloc((size_t)k * mnv_dtype_size(v->dtype) + 1);
+    if (!tmp && !st) st = mnv_set_error(MNV_ERR_NOMEM, "%s: tensor '%s': out of memory", file_of(c, v), v->name);
     for (int64_t r0 = 0; r0 < v->rows && !st; r0 += per) {
         int64_t cnt = MNV_MIN(per, v->rows - r0);
         for (int64_t r = 0; r < cnt; r++) {
-            const uint8_t *src = view_row(v, r0 + r);
+            const uint8_t *src = view_row(v, r0 + r, tmp);
             for (int64_t i = 0; i < k; i++) b.f[i] = round_to(j->round_dtype, load_f(v->dtype, src, i));
             mnv_quantize_row(&j->fmt, b.f, k, (uint32_t *)(void *)(b.b[0] + (size_t)r * b.row[0]),
                              b.b[1] + (size_t)r * b.row[1], b.b[2] ? b.b[2] + (size_t)r * b.row[2] : NULL, 1.0f);
         }
         st = flush_rows(c, j, &b, r0, cnt);
     }
+    free(tmp);
     free_bufs(&b);
     return st;
 }
@@ -970,8 +1032,8 @@ static mnv_status run_dequant(conv *c, const job *j) {
     for (int64_t r0 = 0; r0 < w->rows && !st; r0 += per) {
         int64_t cnt = MNV_MIN(per, w->rows - r0);
         for (int64_t r = 0; r < cnt; r++) {
-            memcpy(b.w, view_row(w, r0 + r), (size_t)words * 4); /* the mapping may be unaligned for U32 */
-            mnv_dequant_row(&j->fmt, b.w, view_row(s, r0 + r), bi ? view_row(bi, r0 + r) : NULL, 1.0f, b.f, k);
+            memcpy(b.w, view_row(w, r0 + r, NULL), (size_t)words * 4); /* the mapping may be unaligned for U32 */
+            mnv_dequant_row(&j->fmt, b.w, view_row(s, r0 + r, NULL), bi ? view_row(bi, r0 + r, NULL) : NULL, 1.0f, b.f, k);
             for (int64_t i = 0; i < k; i++) store_f(o->dtype, b.b[0] + (size_t)r * b.row[0], i, b.f[i]);
         }
         st = flush_rows(c, j, &b, r0, cnt);
