@@ -36,6 +36,7 @@ typedef struct {
 typedef struct {
     double pp_tok_s, tg_tok_s; /* 0 when the test was skipped */
     mnv_session_stats last;    /* figures of the last decode step */
+    double first_token_s;      /* first evaluation of a fresh session */
     uint64_t weight_bytes, active_bytes;
     int threads;
 } bench_result;
@@ -106,6 +107,7 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     }
     printf("model: %s (weights %.2f MiB), threads: %d, reps: %d\n", model,
            (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps);
+    printf("first token after load: %.2f s\n", r->first_token_s);
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
         printf("tg%-5d %10.1f tok/s\n", o->n_decode, r->tg_tok_s);
@@ -119,6 +121,15 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     printf("peak memory: %.1f MiB\n", rss);
 }
 
+/* The first token of a fresh session: what a user waits for after loading
+ * (pages of the mapped weights come in from the page cache or the disk). */
+static double first_token_seconds(mnv_session *s, const int32_t *ids) {
+    double t0 = cli_now();
+    mnv_status st = mnv_session_eval(s, ids, 1, NULL);
+    mnv_session_reset(s);
+    return st == MNV_OK ? cli_now() - t0 : -1.0;
+}
+
 static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, bench_result *r) {
     int n_max = o->n_prefill > o->n_decode ? o->n_prefill : o->n_decode;
     mnv_session_params sp = mnv_session_params_default();
@@ -128,6 +139,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
+    r->first_token_s = first_token_seconds(s, ids);
     if (o->n_prefill > 0) st = time_test(s, ids, o->n_prefill, 0, o->reps, &r->pp_tok_s);
     int rc = st != MNV_OK ? cli_lib_error(CMD, st, "prefill test failed") : 0;
     if (rc == 0 && o->n_decode > 0) {
@@ -179,7 +191,9 @@ int cmd_bench(int argc, char **argv) {
         o.model_dir = def;
     }
     mnv_model *model = NULL;
+    double t0 = cli_now();
     rc = cli_load_model(CMD, o.model_dir, o.n_threads, &model);
+    if (rc == 0 && !o.json) printf("load: %.2f s (weights mapped, not read)\n", cli_now() - t0);
     if (rc == 0) rc = bench_main(&o, model, o.model_dir);
     mnv_model_free(model);
     return rc;
