@@ -111,6 +111,10 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
         mnv_qformat f = {0};
         mnv_config_module_quant(&m->cfg, path, mnv_st_find(m->st, sname) != NULL, &f.mode, &f.bits, &f.group_size);
         if (f.mode != MNV_QMODE_NONE) return bind_quantized(m, path, t, d0, d1, &f, out);
+        if (t->dtype == MNV_DTYPE_U32)
+            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' is packed (U32) but tensor '%s' is missing and "
+                                 "config.json names no quantization for '%s'", mnv_st_file_name(m->st, t->file_index),
+                                 name, sname, path);
     }
     bool shape_ok = t->ndim == ndim && t->shape[0] == d0 && (ndim == 1 || t->shape[1] == d1);
     if (!shape_ok) {

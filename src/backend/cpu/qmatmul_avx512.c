@@ -236,8 +236,10 @@ INLINE __m512i unpack64(const unpacker *u, const uint8_t *p, __mmask64 bytes) {
 }
 
 /* Rows [j0, j1) of y for the R (= m) prepared rows of x. W rows are read front
- * to back in 64-byte chunks (64 codes at 8 bits, 128 at 4 bits); lane l of a
- * chunk's vpdpbusd sums covers 4 (8 codes), all of one group. Scales come 16
+ * to back in chunks of 64 codes (64 bytes at 8 bits; 8*bits bytes at 2/3/5/6
+ * bits, BITS = 0, unpacked to bytes) or 128 codes (64 bytes at 4 bits, low and
+ * high nibbles against the even and odd halves of x); lane l of a chunk's
+ * vpdpbusd sums covers 4 codes (8 at 4 bits), all of one group. Scales come 16
  * groups at a time; SD = scale * dx per group, permuted to the lanes. */
 INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t j0,
                       int64_t j1, const int R, const int BITS, const bool FP4) {
@@ -412,11 +414,19 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *u
         for (; w4 + 16 <= nw; w4 += 16) transpose16(src + w4 * 4, sst, p->codes + (w4 * NP + cb * 16) * 4, NP * 4);
         for (; w4 < nw; w4++)
             for (int64_t r = 0; r < 16; r++) memcpy(p->codes + (w4 * NP + cb * 16 + r) * 4, src + r * sst + w4 * 4, 4);
-        for (int64_t r = 0; r < 16; r++) {
-            const void *sc = r < rb ? srow(a, d, jb + r) : NULL, *bi = r < rb ? brow(a, d, jb + r) : NULL;
-            for (int64_t g = 0; g < ngb; g++) {
-                p->sw[g * NP + cb * 16 + r] = sc ? scale_at(d->sdt, sc, g0 + g) : 0.0f;
-                if (!d->fp4) p->bw[g * NP + cb * 16 + r] = bi ? scale_at(d->sdt, bi, g0 + g) : 0.0f;
+        /* scales (and biases) of 16 rows x 16 groups at a time, transposed to (group, row) */
+        _Alignas(64) float tmp[16][16];
+        for (int pass = 0; pass < (d->fp4 ? 1 : 2); pass++) {
+            float *dst = pass ? p->bw : p->sw;
+            for (int64_t g = 0; g < ngb; g += 16) {
+                const __mmask16 mk = ngb - g >= 16 ? 0xffff : (__mmask16)((1u << (ngb - g)) - 1);
+                for (int64_t r = 0; r < 16; r++) {
+                    const __m512 v = r < rb ? load_scales16(pass ? brow(a, d, jb + r) : srow(a, d, jb + r), d->sdt,
+                                                            g0 + g, mk)
+                                            : _mm512_setzero_ps();
+                    _mm512_store_ps(tmp[r], v);
+                }
+                transpose16(tmp, 64, dst + g * NP + cb * 16, NP * 4);
             }
         }
     }
