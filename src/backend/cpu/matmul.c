@@ -3,6 +3,7 @@
  * on any host; the SIMD paths live in matmul_avx512.c and matmul_avx2.c). */
 #include "backend/cpu/matmul.h"
 
+#include <assert.h>
 #include <stdatomic.h>
 
 /* ---- the portable path ------------------------------------------------------ */
@@ -61,20 +62,23 @@ typedef struct {
 static bool host_any(void) { return true; }
 
 #if defined(__x86_64__) || defined(_M_X64)
-static bool host_avx512_bf16(void) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+#include <cpuid.h>
+
+/* CPUID.1:ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
+static bool host_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+static bool host_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && host_f16c();
 }
 static bool host_avx512(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+           host_avx2();
 }
-static bool host_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+static bool host_avx512_bf16(void) {
+    return host_avx512() && __builtin_cpu_supports("avx512bf16");
 }
 static void run_avx512_bf16(const mnv_matmul_args *a, int ith, int nth) {
     mnv__matmul_avx512(a, ith, nth, true);
@@ -133,7 +137,10 @@ size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype) {
 }
 
 void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth) {
-    if (a->m <= 0 || a->n <= 0) return;
+    const bool typed = a->wtype == MNV_DTYPE_F32 || a->wtype == MNV_DTYPE_F16 ||
+                       a->wtype == MNV_DTYPE_BF16;
+    assert(typed && "the caller checks weight types (supports_op)");
+    if (!typed || a->m <= 0 || a->n <= 0) return;
     if (a->k <= 0) { /* an empty sum */
         int64_t n0, n1;
         mnv__matmul_split(a->n, ith, nth, 4, &n0, &n1);
