@@ -4,6 +4,7 @@
  * by token equals the prefill logits, and a ragged batch of several
  * sequences equals each sequence run alone. */
 #include <cjson/cJSON.h>
+#include <unistd.h>
 
 #include "minerva.h"
 #include "runtime/session.h"
@@ -163,6 +164,22 @@ static void check_ragged(const char *name) {
             }
     }
     printf("%-16s ragged batch of 3 vs alone: worst rel L2 %.3g\n", name, worst);
+    /* the graph of the last evaluation as Graphviz DOT */
+    char dot[] = "/tmp/mnv-graph-XXXXXX";
+    int fd = mkstemp(dot);
+    if (fd >= 0) {
+        close(fd);
+        CHECKF(mnv_session_dump_graph(multi, dot) == MNV_OK, "dump graph: %s", mnv_last_error());
+        FILE *f = fopen(dot, "r");
+        char head[64] = {0}, all[1 << 16];
+        size_t got = f ? fread(all, 1, sizeof all - 1, f) : 0;
+        all[got] = 0;
+        memcpy(head, all, 16);
+        if (f) fclose(f);
+        CHECKF(strncmp(head, "digraph", 7) == 0 && strstr(all, "attention") && strstr(all, "->"),
+               "DOT dump lacks the graph");
+        unlink(dot);
+    }
     CHECKF(worst < 1e-5, "%s: ragged batch differs (%.3g)", name, worst);
     free(lb);
     free(ls);
