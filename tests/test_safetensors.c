@@ -107,7 +107,9 @@ static void check_set_matches(const mnv_st_set *set, const mnv_st_write_tensor *
     }
 }
 
-/* The file on disk: header length 8-aligned, every tensor 8-aligned. */
+/* The file on disk: header length 8-aligned, every tensor aligned to its
+ * element size, the tensors tiling the buffer with no gap (Hugging Face's
+ * reader requires it). */
 static void check_layout(const char *path, int n) {
     char *buf;
     size_t len;
@@ -120,10 +122,14 @@ static void check_layout(const char *path, int n) {
     size_t nt;
     CHECK(mnv_st_parse((const uint8_t *)buf, len, path, &t, &nt) == MNV_OK);
     CHECK(nt == (size_t)n);
+    uint64_t total = 0;
     for (size_t i = 0; i < nt; i++) {
-        CHECK(((const char *)t[i].data - buf - 8 - (ptrdiff_t)hlen) % 8 == 0);
+        CHECK(((const char *)t[i].data - buf - 8 - (ptrdiff_t)hlen) % (ptrdiff_t)mnv_dtype_size(t[i].dtype) == 0);
         CHECK((const char *)t[i].data + t[i].nbytes <= buf + len);
+        total += t[i].nbytes;
     }
+    CHECKF(8 + hlen + total == len, "tensors leave gaps: %llu bytes of data in %zu", (unsigned long long)total,
+           len - 8 - (size_t)hlen);
     mnv_st_free_tensors(t, nt);
     free(buf);
 }

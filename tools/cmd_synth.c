@@ -49,7 +49,7 @@ int cmd_synth(int argc, char **argv) {
     mnv_status st = mnv_synthesize(&p);
     if (st != MNV_OK)
         return cli_lib_error(CMD, st, "cannot synthesize '%s' into '%s'", p.config_path, p.out_dir);
-    fprintf(stderr, "wrote %s/config.json and %s/model.safetensors (%s) in %.2f s\n", p.out_dir,
-            p.out_dir, mnv_dtype_name(p.dtype), cli_now() - t0);
+    fprintf(stderr, "wrote a random-weight checkpoint (float tensors %s) into %s in %.2f s\n",
+            mnv_dtype_name(p.dtype), p.out_dir, cli_now() - t0);
     return 0;
 }

@@ -53,9 +53,11 @@ mnv_status mnv_st_parse(const uint8_t *file, size_t size, const char *fname,
                         mnv_st_tensor **out_tensors, size_t *out_n);
 void mnv_st_free_tensors(mnv_st_tensor *t, size_t n);
 
-/* Writing: tensors are written in the given order, each aligned to 8 bytes
- * within the buffer (header padded with spaces), with an optional
- * {"format": "pt"}-style metadata map (may be NULL). */
+/* Writing a whole file: tensors sorted by descending element size, then by
+ * name, back to back with no gaps (what Hugging Face's reader requires), the
+ * header padded with spaces so every tensor is aligned to its element size,
+ * an optional {"format": "pt"}-style metadata map (may be NULL); written under
+ * a temporary name and renamed when complete. */
 typedef struct {
     const char *name;
     mnv_dtype dtype;
