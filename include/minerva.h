@@ -233,6 +233,7 @@ typedef struct {
     int32_t n_ctx;      /* context length in tokens; 0 = min(model's, 4096) */
     int32_t n_batch;    /* max tokens evaluated in one forward pass; 0 = 512 */
     int32_t n_threads;  /* 0 = the model's setting */
+    mnv_dtype kv_dtype; /* KV cache element type: F32 (default, exact), BF16 or F16 (half the memory) */
     uint32_t reserved[8];
 } mnv_session_params;
 

@@ -419,3 +419,11 @@ double cli_peak_rss_mb(void) {
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
     return (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
+
+int cli_parse_kv_type(const char *cmd, const char *s, mnv_dtype *out) {
+    if (!strcmp(s, "f32")) *out = MNV_DTYPE_F32;
+    else if (!strcmp(s, "bf16")) *out = MNV_DTYPE_BF16;
+    else if (!strcmp(s, "f16")) *out = MNV_DTYPE_F16;
+    else return cli_usage(cmd, "--kv-type: expected f32, bf16 or f16, got '%s'", s);
+    return 0;
+}

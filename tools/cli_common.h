@@ -123,4 +123,7 @@ void cli_print_text_end(int last_char);
 double cli_now(void);         /* monotonic seconds */
 double cli_peak_rss_mb(void); /* peak resident set size in MiB (getrusage) */
 
+/* "f32" / "bf16" / "f16" -> dtype; on anything else prints a usage error and returns non-zero. */
+int cli_parse_kv_type(const char *cmd, const char *s, mnv_dtype *out);
+
 #endif

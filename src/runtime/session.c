@@ -6,6 +6,7 @@ mnv_session_params mnv_session_params_default(void) {
     mnv_session_params p;
     memset(&p, 0, sizeof p);
     p.size = sizeof p;
+    p.kv_dtype = MNV_DTYPE_F32;
     return p;
 }
 
@@ -24,7 +25,7 @@ static mnv_status alloc_cache(mnv_session *s, int32_t n_seq) {
     kv->n_layer = c->num_hidden_layers;
     kv->n_seq = n_seq;
     kv->n_ctx = s->params.n_ctx;
-    kv->dtype = MNV_DTYPE_F32;
+    kv->dtype = s->params.kv_dtype;
     kv->k = calloc((size_t)kv->n_layer, sizeof(void *));
     kv->v = calloc((size_t)kv->n_layer, sizeof(void *));
     if (!kv->k || !kv->v) return mnv_set_error(MNV_ERR_NOMEM, "KV cache: out of memory");
@@ -55,6 +56,12 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     if (s->params.n_ctx <= 0) s->params.n_ctx = MNV_MIN(train, 4096);
     if (s->params.n_batch <= 0) s->params.n_batch = 512;
     if (s->params.n_threads <= 0) s->params.n_threads = model->params.n_threads;
+    mnv_dtype kvt = s->params.kv_dtype;
+    if (kvt != MNV_DTYPE_F32 && kvt != MNV_DTYPE_BF16 && kvt != MNV_DTYPE_F16) {
+        free(s);
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: kv_dtype must be F32, BF16 or F16, not %s",
+                             mnv_dtype_name(kvt));
+    }
     mnv_backend_params bp = {"cpu", s->params.n_threads};
     mnv_status st = mnv_backend_create(&bp, &s->be);
     if (st == MNV_OK) st = mnv_executor_create(s->be, &s->ex);
