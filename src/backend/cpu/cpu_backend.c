@@ -138,7 +138,7 @@ static void k_attention(cpu_ctx *c, mnv_node *n, int ith, int nth) {
         .v = n->src[2]->data, .q = q->data, .seq = n->src[3]->data, .pos = n->src[4]->data, .out = n->data,
     };
     int64_t lo, hi;
-    split(q->shape[0] * q->shape[1], ith, nth, &lo, &hi);
+    split(q->shape[0] * a.cache.n_head_kv, ith, nth, &lo, &hi);
     mnv_cpu_attention(&a, lo, hi);
 }
 

@@ -193,15 +193,22 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
 }
 
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    int64_t H = a->n_head, D = a->cache.head_dim, group = H / a->cache.n_head_kv;
+    if (strcmp(mnv_vec()->name, "avx512") == 0 && mnv__attention_avx512(a, i0, i1)) return;
+    int64_t H = a->n_head, D = a->cache.head_dim, Hkv = a->cache.n_head_kv, group = H / Hkv;
     for (int64_t i = i0; i < i1; i++) {
-        int64_t t = i / H, h = i % H;
+        int64_t t = i / Hkv, kvh = i % Hkv;
         int64_t p = a->pos[t];
         int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
-        float sink = a->sinks ? a->sinks[h] : -INFINITY;
-        attend_one(a, a->q + (t * H + h) * D, a->seq[t], h / group, lo, p, sink, a->out + (t * H + h) * D);
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+            float sink = a->sinks ? a->sinks[h] : -INFINITY;
+            attend_one(a, a->q + (t * H + h) * D, a->seq[t], kvh, lo, p, sink, a->out + (t * H + h) * D);
+        }
     }
 }
+
+#if !defined(__x86_64__)
+bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1) { return false; }
+#endif
 
 void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     for (int64_t r = 0; r < rows; r++) {

@@ -52,8 +52,11 @@ typedef struct {
     const int32_t *seq, *pos;
     float *out;            /* (T, H, D) */
 } mnv_attn_args;
-/* Computes the (token, head) pairs [i0, i1) of T * n_head. */
+/* Computes the (token, KV head) pairs [i0, i1) of T * n_head_kv: every query
+ * head of the pair's group. */
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
+/* The AVX-512 kernel for f32 caches (false: not applicable, nothing written). */
+bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1);
 
 #endif
 

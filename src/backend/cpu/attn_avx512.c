@@ -1,0 +1,145 @@
+/* Attention for f32 KV caches with AVX-512: all query heads that share a KV
+ * head are processed together, so each key and value row is loaded once per
+ * group; scores for 16 keys at a time come from 16 register accumulators
+ * reduced by a transpose tree, exponentials are vectorized, and the online
+ * (flash-style) softmax runs per block of 16 keys. head_dim must be a
+ * multiple of 16 and at most 256 (callers fall back otherwise). */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <math.h>
+
+#include "backend/cpu/ops.h"
+
+/* e^x for x <= 0 (scores minus their running max), ~2 ulp: 2^(x log2 e)
+ * split into an integer and a fraction in [-0.5, 0.5], degree-6 polynomial. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Sum each of 16 vectors horizontally: lane j of the result = sum of v[j]. */
+static inline __m512 hsum16(__m512 v[16]) {
+    for (int w = 8; w >= 1; w /= 2) { /* fold pairs: v[j] and v[j + w] */
+        for (int j = 0; j < w; j++) {
+            /* lanes hold partial sums; each fold halves the partials of a and b and interleaves them */
+            __m512 a = v[j], b = v[j + w];
+            __m512i idx_lo, idx_hi;
+            switch (w) {
+            case 8:
+                idx_lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+                idx_hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+                break;
+            case 4:
+                idx_lo = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27);
+                idx_hi = _mm512_setr_epi32(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+                break;
+            case 2:
+                idx_lo = _mm512_setr_epi32(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29);
+                idx_hi = _mm512_setr_epi32(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+                break;
+            default:
+                idx_lo = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+                idx_hi = _mm512_setr_epi32(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+                break;
+            }
+            v[j] = _mm512_add_ps(_mm512_permutex2var_ps(a, idx_lo, b), _mm512_permutex2var_ps(a, idx_hi, b));
+        }
+    }
+    return v[0];
+}
+
+#define MAXG 16
+#define MAXC 16 /* head_dim / 16 */
+
+typedef struct {
+    const float *q[MAXG];
+    float *out[MAXG];
+    float m[MAXG], l[MAXG];
+    __m512 acc[MAXG][MAXC];
+} group_state;
+
+/* Scores of one query against 16 keys (rows k[0..15]); keys past `valid`
+ * are -inf. hsum16's folds leave lane j holding key j. */
+static inline __m512 scores16(const float *q, const float *const k[16], int valid, int C, float scale) {
+    __m512 acc[16];
+    for (int j = 0; j < 16; j++) {
+        acc[j] = _mm512_setzero_ps();
+        if (j >= valid) continue;
+        for (int c = 0; c < C; c++) acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), _mm512_loadu_ps(k[j] + 16 * c), acc[j]);
+    }
+    __m512 s = _mm512_mul_ps(hsum16(acc), _mm512_set1_ps(scale));
+    __mmask16 ok = (__mmask16)(valid >= 16 ? 0xffff : (1u << valid) - 1);
+    return _mm512_mask_blend_ps(ok, _mm512_set1_ps(-INFINITY), s);
+}
+
+static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t G) {
+    const mnv_cache_shape *cs = &a->cache;
+    int64_t D = cs->head_dim, H = a->n_head, C = D / 16;
+    int64_t s = a->seq[t], p = a->pos[t], lo = a->window > 0 ? (p - a->window + 1 > 0 ? p - a->window + 1 : 0) : 0;
+    size_t row = (size_t)(cs->n_head_kv * D);
+    const float *kbase = (const float *)a->k + ((size_t)(s * cs->n_ctx) * row) + (size_t)kvh * (size_t)D;
+    const float *vbase = (const float *)a->v + ((size_t)(s * cs->n_ctx) * row) + (size_t)kvh * (size_t)D;
+    group_state st;
+    for (int64_t g = 0; g < G; g++) {
+        int64_t h = kvh * G + g;
+        st.q[g] = a->q + (t * H + h) * D;
+        st.out[g] = a->out + (t * H + h) * D;
+        st.m[g] = a->sinks ? a->sinks[h] : -INFINITY;
+        st.l[g] = a->sinks ? 1.0f : 0.0f;
+        for (int64_t c = 0; c < C; c++) st.acc[g][c] = _mm512_setzero_ps();
+    }
+    for (int64_t j0 = lo; j0 <= p; j0 += 16) {
+        int valid = (int)(p - j0 + 1 < 16 ? p - j0 + 1 : 16);
+        const float *k[16], *v[16];
+        for (int j = 0; j < 16; j++) {
+            int64_t jj = j0 + (j < valid ? j : 0);
+            k[j] = kbase + (size_t)jj * row;
+            v[j] = vbase + (size_t)jj * row;
+        }
+        for (int64_t g = 0; g < G; g++) {
+            __m512 sc = scores16(st.q[g], k, valid, (int)C, a->scale);
+            float bm = _mm512_reduce_max_ps(sc);
+            if (bm > st.m[g]) {
+                __m512 corr = _mm512_set1_ps(expf(st.m[g] - bm));
+                st.l[g] *= _mm512_cvtss_f32(corr);
+                for (int64_t c = 0; c < C; c++) st.acc[g][c] = _mm512_mul_ps(st.acc[g][c], corr);
+                st.m[g] = bm;
+            }
+            __m512 w = exp512(_mm512_sub_ps(sc, _mm512_set1_ps(st.m[g])));
+            w = _mm512_mask_blend_ps((__mmask16)(valid >= 16 ? 0xffff : (1u << valid) - 1), _mm512_setzero_ps(), w);
+            st.l[g] += _mm512_reduce_add_ps(w);
+            float wj[16];
+            _mm512_storeu_ps(wj, w);
+            for (int j = 0; j < valid; j++) {
+                __m512 bw = _mm512_set1_ps(wj[j]);
+                for (int64_t c = 0; c < C; c++)
+                    st.acc[g][c] = _mm512_fmadd_ps(bw, _mm512_loadu_ps(v[j] + 16 * c), st.acc[g][c]);
+            }
+        }
+    }
+    for (int64_t g = 0; g < G; g++) {
+        __m512 inv = _mm512_set1_ps(st.l[g] > 0 ? 1.0f / st.l[g] : 0.0f);
+        for (int64_t c = 0; c < C; c++) _mm512_storeu_ps(st.out[g] + 16 * c, _mm512_mul_ps(st.acc[g][c], inv));
+    }
+}
+
+/* Items [i0, i1) of T * n_head_kv (token, KV head) pairs; false when this
+ * kernel does not apply (then nothing was written). */
+bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1) {
+    int64_t Hkv = a->cache.n_head_kv, G = a->n_head / Hkv, D = a->cache.head_dim;
+    if (a->cache.dtype != MNV_DTYPE_F32 || D % 16 || D / 16 > MAXC || G > MAXG) return false;
+    for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, G);
+    return true;
+}
+#endif
