@@ -100,9 +100,7 @@ void mnv_cpu_gelu(const float *x, float *y, int64_t n) {
     }
 }
 
-void mnv_cpu_silu_mul(const float *g, const float *u, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
+void mnv_cpu_silu_mul(const float *g, const float *u, float *y, int64_t n) { mnv_vec()->silu_mul_f32(g, u, y, n); }
 
 void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, float *y, int64_t rows) {
     int32_t D = a->head_dim, half = a->n_rot / 2;

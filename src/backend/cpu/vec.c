@@ -1,5 +1,6 @@
 #include "backend/cpu/vec.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 static float dot_c(const float *a, const float *b, int64_t n) {
@@ -27,7 +28,11 @@ static double sumsq_c(const float *x, int64_t n) {
     return s;
 }
 
-static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c};
+static void silu_mul_c(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c, silu_mul_c};
 
 static const mnv_vec_ops *chosen;
 

@@ -14,6 +14,8 @@ typedef struct {
     void (*scale_f32)(float *y, float a, int64_t n);
     /* sum of squares, accumulated in f64 for norms */
     double (*sumsq_f32)(const float *x, int64_t n);
+    /* y[i] = silu(g[i]) * u[i] */
+    void (*silu_mul_f32)(const float *g, const float *u, float *y, int64_t n);
 } mnv_vec_ops;
 
 const mnv_vec_ops *mnv_vec(void);

@@ -1,5 +1,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <math.h>
 
 #include "backend/cpu/vec.h"
 
@@ -51,6 +52,10 @@ static double sumsq(const float *x, int64_t n) {
     return t;
 }
 
-static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq};
+static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul};
 const mnv_vec_ops *mnv_vec_avx2(void) { return &ops; }
 #endif

@@ -1,6 +1,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include "backend/cpu/exp_avx512.h"
 #include "backend/cpu/vec.h"
 
 static float dot(const float *a, const float *b, int64_t n) {
@@ -52,6 +53,17 @@ static double sumsq(const float *x, int64_t n) {
     return s;
 }
 
-static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq};
+static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 gv = _mm512_maskz_loadu_ps(m, g + i), uv = _mm512_maskz_loadu_ps(m, u + i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(s, uv));
+    }
+}
+
+static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul};
 const mnv_vec_ops *mnv_vec_avx512(void) { return &ops; }
 #endif
