@@ -234,6 +234,9 @@ typedef struct {
     int32_t n_batch;    /* max tokens evaluated in one forward pass; 0 = 512 */
     int32_t n_threads;  /* 0 = the model's setting */
     mnv_dtype kv_dtype; /* KV cache element type: F32 (default, exact), BF16 or F16 (half the memory) */
+    int32_t exact_quant; /* 1: quantized matrix products keep f32 activations (MLX's numerics,
+                            slower); 0 (default): activations rounded to int8 per row where the
+                            CPU has fast int8 dot products, as llama.cpp does */
     uint32_t reserved[8];
 } mnv_session_params;
 

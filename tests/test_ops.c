@@ -291,7 +291,7 @@ int main(void) {
     t_seed();
     mnv_graph_create(4096, &g);
     for (int threads = 1; threads <= 3; threads++) {
-        mnv_backend_params bp = {"cpu", threads};
+        mnv_backend_params bp = {"cpu", threads, 0};
         CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
         mnv_executor_create(be, &ex);
         for (int rep = 0; rep < 6; rep++) {

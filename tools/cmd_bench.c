@@ -26,6 +26,7 @@ static const char USAGE[] =
     "  -r, --reps R        timed repetitions (default 3)\n"
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
     "      --kv-type T     KV cache element type: f32, bf16 or f16 (default f32)\n"
+    "      --exact-quant   quantized weights: f32 activations instead of int8\n"
     "      --json          print one JSON object instead of text\n"
     "  -h, --help          show this help\n";
 
@@ -33,6 +34,7 @@ typedef struct {
     const char *model_dir;
     int n_prefill, n_decode, reps, n_threads, json;
     const char *kv_type;
+    int exact_quant;
 } bench_opts;
 
 typedef struct {
@@ -138,6 +140,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     sp.n_ctx = n_max > 0 ? n_max : 1;
     sp.n_batch = o->n_prefill > 0 ? o->n_prefill : 1;
     if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &sp.kv_dtype)) return 2;
+    sp.exact_quant = o->exact_quant;
     sp.n_threads = o->n_threads;
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
@@ -176,7 +179,7 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
 }
 
 int cmd_bench(int argc, char **argv) {
-    bench_opts o = {NULL, 512, 128, 3, 0, 0, NULL};
+    bench_opts o = {NULL, 512, 128, 3, 0, 0, NULL, 0};
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &o.model_dir, 0, 0, NULL},
         {"-p", "--prefill", CLI_INT, &o.n_prefill, 0, 1 << 20, NULL},
@@ -185,6 +188,7 @@ int cmd_bench(int argc, char **argv) {
         {"-t", "--threads", CLI_INT, &o.n_threads, 0, 4096, NULL},
         {NULL, "--json", CLI_FLAG, &o.json, 0, 0, NULL},
         {NULL, "--kv-type", CLI_STR, &o.kv_type, 0, 0, NULL},
+        {NULL, "--exact-quant", CLI_FLAG, &o.exact_quant, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

@@ -15,6 +15,7 @@ typedef struct {
     const char *prompt_ids; /* --prompt-ids "ID ID ..." */
     int n_threads, n_ctx, print_ids, ignore_eos, seed_given;
     const char *kv_type;
+    int exact_quant;
     mnv_generate_params gp; /* max_tokens and sampler are set by the options */
     cli_strv stops;
 } gen_opts;
@@ -59,6 +60,8 @@ static void build_usage(char *buf, size_t cap, const mnv_generate_params *d) {
              "  -t, --threads N         CPU threads, 0 = all cores (default 0)\n"
              "  -c, --ctx N             context length, 0 = min(model's, 4096) (default 0)\n"
              "      --kv-type T         KV cache element type: f32, bf16 or f16 (default f32)\n"
+             "      --exact-quant       quantized weights: keep f32 activations (MLX's numerics,\n"
+             "                          slower) instead of rounding them to int8\n"
              "      --stop STR          stop before STR (repeatable)\n"
              "      --print-ids         print generated token ids instead of text\n"
              "      --ignore-eos        keep generating past end-of-sequence tokens\n"
@@ -85,6 +88,7 @@ static int parse_args(gen_opts *o, int argc, char **argv, int *rc) {
         {"-t", "--threads", CLI_INT, &o->n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &o->n_ctx, 0, 1 << 30, NULL},
         {NULL, "--kv-type", CLI_STR, &o->kv_type, 0, 0, NULL},
+        {NULL, "--exact-quant", CLI_FLAG, &o->exact_quant, 0, 0, NULL},
         {NULL, "--stop", CLI_MULTI, &o->stops, 0, 0, NULL},
         {NULL, "--print-ids", CLI_FLAG, &o->print_ids, 0, 0, NULL},
         {NULL, "--ignore-eos", CLI_FLAG, &o->ignore_eos, 0, 0, NULL},
@@ -152,6 +156,7 @@ static int run(gen_opts *o, mnv_model *model, const int32_t *prompt, size_t n_pr
     sp.n_ctx = o->n_ctx;
     sp.n_threads = o->n_threads;
     if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &sp.kv_dtype)) return 2;
+    sp.exact_quant = o->exact_quant;
     mnv_session *sess = NULL;
     mnv_status st = mnv_session_create(model, &sp, &sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");

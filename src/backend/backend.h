@@ -42,6 +42,7 @@ struct mnv_backend {
 typedef struct {
     const char *name;   /* "cpu" (default) */
     int n_threads;      /* 0 = all online cores */
+    int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
 } mnv_backend_params;
 
 /* registry.c: the one place that knows every backend. */
@@ -60,6 +61,6 @@ size_t mnv_executor_arena_size(const mnv_executor *ex);
 double mnv_executor_plan_seconds(const mnv_executor *ex);
 
 /* Per-backend constructors (registered in registry.c). */
-mnv_status mnv_backend_cpu_create(int n_threads, mnv_backend **out);
+mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out);
 
 #endif

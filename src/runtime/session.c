@@ -62,7 +62,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
         return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: kv_dtype must be F32, BF16 or F16, not %s",
                              mnv_dtype_name(kvt));
     }
-    mnv_backend_params bp = {"cpu", s->params.n_threads};
+    mnv_backend_params bp = {"cpu", s->params.n_threads, s->params.exact_quant};
     mnv_status st = mnv_backend_create(&bp, &s->be);
     if (st == MNV_OK) st = mnv_executor_create(s->be, &s->ex);
     if (st == MNV_OK) st = mnv_graph_create(128 + 96 * model->cfg.num_hidden_layers, &s->g);

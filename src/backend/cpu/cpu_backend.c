@@ -11,6 +11,7 @@
 
 typedef struct {
     mnv_threadpool *tp;
+    int exact_quant;
     void *scratch;
     size_t scratch_size;
     mnv_graph *g; /* graph being run */
@@ -148,7 +149,7 @@ static void k_qmatmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
         .x = x->data, .ldx = x->shape[x->ndim - 1], .w = w->data, .ldw = w->stride[0], .scales = sc->data,
         .biases = bi ? bi->data : NULL, .lds = sc->stride[0], .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale,
         .y = n->data, .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0], .k = n->p.q.k,
-        .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c,
+        .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c, .exact = c->exact_quant,
     };
     mnv_cpu_qmatmul(&a, ith, nth);
 }
@@ -253,7 +254,7 @@ static void moe_expert(cpu_ctx *c, mnv_node *n, const moe_scratch *ms, int64_t e
         .scales = (const uint8_t *)sc->data + (size_t)(e * sc->stride[0]) * ses,
         .biases = bi ? (const uint8_t *)bi->data + (size_t)(e * bi->stride[0]) * ses : NULL, .lds = sc->stride[1],
         .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale, .y = ms->yg, .ldy = N, .m = cnt, .n = N, .k = K,
-        .scratch = ms->mm_scratch, .barrier = cpu_barrier, .barrier_ctx = c,
+        .scratch = ms->mm_scratch, .barrier = cpu_barrier, .barrier_ctx = c, .exact = c->exact_quant,
     };
     mnv_cpu_qmatmul(&a, ith, nth);
 }
@@ -369,7 +370,7 @@ static const mnv_backend_iface cpu_iface = {
     .supports_node = cpu_supports, .compute = cpu_compute, .synchronize = cpu_sync, .n_threads = cpu_threads,
 };
 
-mnv_status mnv_backend_cpu_create(int n_threads, mnv_backend **out) {
+mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out) {
     *out = NULL;
     mnv_backend *b = calloc(1, sizeof *b);
     cpu_ctx *c = calloc(1, sizeof *c);
@@ -378,7 +379,8 @@ mnv_status mnv_backend_cpu_create(int n_threads, mnv_backend **out) {
         free(c);
         return mnv_set_error(MNV_ERR_NOMEM, "cpu backend: out of memory");
     }
-    mnv_status st = mnv_threadpool_create(n_threads, &c->tp);
+    c->exact_quant = p->exact_quant;
+    mnv_status st = mnv_threadpool_create(p->n_threads, &c->tp);
     if (st != MNV_OK) {
         free(b);
         free(c);

@@ -268,7 +268,11 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth) {
             for (int64_t j = n0; j < n1; j++) a->y[i * a->ldy + j] = 0.0f;
         return;
     }
-    current_impl()->run(a, ith, nth);
+    const qmatmul_impl *impl = current_impl();
+    if (a->exact && strcmp(impl->name, "avx512-vnni") == 0) /* the exact path of the same host */
+        for (int i = 0; i < N_IMPLS; i++)
+            if (strcmp(impls[i].name, "avx512") == 0) impl = &impls[i];
+    impl->run(a, ith, nth);
 }
 
 /* ---- quantized embedding lookup ---------------------------------------------- */

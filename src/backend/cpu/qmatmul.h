@@ -34,6 +34,7 @@ typedef struct {
     void *scratch;           /* mnv_cpu_qmatmul_scratch_size() bytes, shared by the threads */
     void (*barrier)(void *ctx);
     void *barrier_ctx;
+    int exact;               /* 1: f32 activations even where the host's choice rounds them to int8 */
 } mnv_qmatmul_args;
 
 size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt, int nth);
