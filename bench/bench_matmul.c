@@ -12,7 +12,9 @@
  * and F32 weights. Figures are "median/best" of several timed runs: this
  * host is shared, and the best run is the one least disturbed.
  *
- * usage: bench_matmul [reps (default 9)] [pool MiB (default 512)] [impl] [dtypes]
+ * usage: bench_matmul [reps (default 9)] [pool MiB (default 512)] [impl] [dtypes] [sweep]
+ *   ("" for impl or dtypes: the default; "sweep": instead, GB/s of weights from DRAM
+ *   for m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880)
  *   impl    forces an implementation ("avx512", "avx2", "scalar", ...)
  *   dtypes  which weight types to run, e.g. "bf16,f16" (default all) */
 #include <pthread.h>
@@ -245,9 +247,9 @@ typedef struct {
 /* Each rep times a batch of ~0.1 s; a decode rep is followed by a streaming
  * read of the same pool, so that the ratio compares figures taken a moment
  * apart (this host's bandwidth drifts by 2x within minutes). */
-static result run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
-                       size_t pool_bytes, float *x, float *y, void *scratch, int reps) {
-    const bool decode = m <= MNV_MATMUL_GEMV_MAX_M;
+static result run_case_mode(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
+                            size_t pool_bytes, float *x, float *y, void *scratch, int reps, bool sweep) {
+    const bool decode = m <= MNV_MATMUL_GEMV_MAX_M || sweep; /* sweep: GB/s, weights from DRAM */
     size_t wbytes = (size_t)(s->n * s->k) * mnv_dtype_size(t);
     job j = {.a = {.x = x, .ldx = s->k, .wtype = t, .ldw = s->k, .y = y, .ldy = s->n, .m = m,
                    .n = s->n, .k = s->k, .scratch = scratch, .barrier = spin_wait,
@@ -266,13 +268,52 @@ static result run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *w
     return (result){med, rate[reps - 1], median(ratio, reps)};
 }
 
+static result run_case(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
+                       size_t pool_bytes, float *x, float *y, void *scratch, int reps) {
+    return run_case_mode(p, s, t, m, wpool, pool_bytes, x, y, scratch, reps, false);
+}
+
+static const wshape SWEEP_SHAPES[] = {
+    {"5504x1024", 5504, 1024},
+    {"1024x5504", 1024, 5504},
+    {"2880x2880", 2880, 2880},
+};
+static const int64_t SWEEP_M[] = {1, 4, 5, 8, 16, 32};
+enum { N_SWEEP_M = sizeof SWEEP_M / sizeof SWEEP_M[0] };
+
+/* GB/s of weights (median) per m, 1 and 2 threads. */
+static void run_sweep(mnv_dtype t, char *wpool, size_t pool_bytes, float *x, float *y,
+                      void *scratch, int reps) {
+    printf("\n%-6s GB/s of weights (from DRAM), 1 thread | 2 threads\n%-12s", mnv_dtype_name(t),
+           "m");
+    for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6lld", (long long)SWEEP_M[mi]);
+    printf("\n");
+    for (int s = 0; s < 3; s++) {
+        double r[3][N_SWEEP_M];
+        for (int nth = 1; nth <= 2; nth++) {
+            pool p;
+            pool_init(&p, nth);
+            for (int mi = 0; mi < N_SWEEP_M; mi++)
+                r[nth][mi] = run_case_mode(&p, &SWEEP_SHAPES[s], t, SWEEP_M[mi], wpool, pool_bytes,
+                                           x, y, scratch, reps, true).rate;
+            pool_free(&p);
+        }
+        printf("%-12s", SWEEP_SHAPES[s].name);
+        for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6.1f", r[1][mi]);
+        printf("  |");
+        for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6.1f", r[2][mi]);
+        printf("\n");
+    }
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 9;
     size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
     if (reps < 1 || reps > 32) reps = 9;
-    if (argc > 3 && !mnv_cpu_matmul_force(argv[3]))
+    if (argc > 3 && argv[3][0] && !mnv_cpu_matmul_force(argv[3]))
         return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
-    const char *only = argc > 4 ? argv[4] : "bf16,f16,f32";
+    const char *only = argc > 4 && argv[4][0] ? argv[4] : "bf16,f16,f32";
+    const bool sweep = argc > 5 && strcmp(argv[5], "sweep") == 0;
     const int64_t M = 512, KMAX = 5504;
     char *wpool = alloc_huge(pool_bytes);
     float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
@@ -287,6 +328,10 @@ int main(int argc, char **argv) {
         mnv_dtype t = WTYPES[w];
         if (!listed(only, mnv_dtype_name(t))) continue;
         fill_random(wpool, pool_bytes / mnv_dtype_size(t), t);
+        if (sweep) {
+            run_sweep(t, wpool, pool_bytes, x, y, scratch, reps);
+            continue;
+        }
         printf("\n%-18s %-23s  %s\n", mnv_dtype_name(t), "prefill m=512 GFLOP/s",
                "decode m=1 GB/s (% of streaming read)");
         printf("%-18s %11s %11s  %16s  %16s\n", "weights", "1 thread", "2 threads", "1 thread",

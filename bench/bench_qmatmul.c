@@ -12,9 +12,12 @@
  * with 1 and 2 threads (a spinning pool, like the engine's). Each figure is
  * the median of several timed runs.
  *
- * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats]
+ * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats] [sweep]
  *   impl     forces an implementation ("avx512-vnni", "avx512", "scalar"; "" = auto)
- *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4") */
+ *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4")
+ *   sweep    "sweep": instead, GB/s of weights (from DRAM, the pool cycled) for
+ *            m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880
+ *            (the mid-size m of mixture-of-experts layers and batched decode) */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -282,13 +285,23 @@ static const wshape SHAPES[] = {
 };
 enum { N_SHAPES = sizeof SHAPES / sizeof SHAPES[0] };
 
+static const wshape SWEEP_SHAPES[] = {
+    {"5504x1024", 5504, 1024},
+    {"1024x5504", 1024, 5504},
+    {"2880x2880", 2880, 2880},
+};
+enum { N_SWEEP_SHAPES = sizeof SWEEP_SHAPES / sizeof SWEEP_SHAPES[0] };
+static const int64_t SWEEP_M[] = {1, 4, 5, 8, 16, 32};
+enum { N_SWEEP_M = sizeof SWEEP_M / sizeof SWEEP_M[0] };
+
 static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
     for (size_t i = 0; i + 8 <= bytes; i += 8) {
         uint64_t v = next_rand() ^ (next_rand() << 21);
         memcpy(pool + i, &v, 8);
     }
-    for (int s = 0; s < N_SHAPES; s++) {
-        const qsizes z = sizes_of(f, SHAPES[s].n, SHAPES[s].k);
+    for (int s = 0; s < N_SHAPES + N_SWEEP_SHAPES; s++) {
+        const wshape *sh = s < N_SHAPES ? &SHAPES[s] : &SWEEP_SHAPES[s - N_SHAPES];
+        const qsizes z = sizes_of(f, sh->n, sh->k);
         const size_t sreg = (z.sbytes + 63) / 64 * 64;
         for (size_t c = 0; c < bytes / z.total; c++) {
             char *sc = pool + c * z.total + (z.wbytes + 63) / 64 * 64;
@@ -304,17 +317,46 @@ static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
     }
 }
 
-static double run_case(pool *p, const wshape *s, const mnv_qformat *f, int64_t m, char *wpool, size_t pool_bytes,
-                       float *x, float *y, void *scratch, int reps) {
+static double run_case_mode(pool *p, const wshape *s, const mnv_qformat *f, int64_t m, char *wpool,
+                            size_t pool_bytes, float *x, float *y, void *scratch, int reps, bool sweep) {
     job j = {.a = {.x = x, .ldx = s->k, .ldw = s->k * f->bits / 32, .lds = s->k / f->group_size, .fmt = *f,
                    .global_scale = 1.0f, .y = y, .ldy = s->n, .m = m, .n = s->n, .k = s->k, .scratch = scratch,
                    .barrier = spin_wait, .barrier_ctx = &p->inner},
              .pool = wpool, .sz = sizes_of(f, s->n, s->k)};
     /* Prefill reuses one weight copy (it is compute-bound); decode cycles. */
-    j.ncopies = m > MNV_QMATMUL_GEMV_MAX_M ? 1 : (int)(pool_bytes / j.sz.total);
-    const double sec = time_product(p, &j, reps, m > MNV_QMATMUL_GEMV_MAX_M ? 0.3 : 0.2);
+    const bool prefill = m > MNV_QMATMUL_GEMV_MAX_M && !sweep;
+    j.ncopies = prefill ? 1 : (int)(pool_bytes / j.sz.total);
+    const double sec = time_product(p, &j, reps, prefill ? 0.3 : 0.2);
     const size_t bytes = j.sz.wbytes + (f->mode == MNV_QMODE_AFFINE ? 2 : 1) * j.sz.sbytes;
-    return m > MNV_QMATMUL_GEMV_MAX_M ? 2.0 * (double)(m * s->n * s->k) / sec * 1e-9 : (double)bytes / sec * 1e-9;
+    return prefill ? 2.0 * (double)(m * s->n * s->k) / sec * 1e-9 : (double)bytes / sec * 1e-9;
+}
+
+static double run_case(pool *p, const wshape *s, const mnv_qformat *f, int64_t m, char *wpool, size_t pool_bytes,
+                       float *x, float *y, void *scratch, int reps) {
+    return run_case_mode(p, s, f, m, wpool, pool_bytes, x, y, scratch, reps, false);
+}
+
+/* GB/s of weights per m, 1 and 2 threads. */
+static void run_sweep(const qcase *qc, char *wpool, size_t pool_bytes, float *x, float *y, void *scratch, int reps) {
+    printf("\n%-24s  GB/s of weights (from DRAM), 1 thread | 2 threads\n%-12s", qc->desc, "m");
+    for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6lld", (long long)SWEEP_M[mi]);
+    printf("\n");
+    for (int s = 0; s < N_SWEEP_SHAPES; s++) {
+        double r[3][N_SWEEP_M];
+        for (int nth = 1; nth <= 2; nth++) {
+            pool p;
+            pool_init(&p, nth);
+            for (int mi = 0; mi < N_SWEEP_M; mi++)
+                r[nth][mi] = run_case_mode(&p, &SWEEP_SHAPES[s], &qc->fmt, SWEEP_M[mi], wpool, pool_bytes, x, y,
+                                           scratch, reps, true);
+            pool_free(&p);
+        }
+        printf("%-12s", SWEEP_SHAPES[s].name);
+        for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6.1f", r[1][mi]);
+        printf("  |");
+        for (int mi = 0; mi < N_SWEEP_M; mi++) printf(" %6.1f", r[2][mi]);
+        printf("\n");
+    }
 }
 
 int main(int argc, char **argv) {
@@ -323,7 +365,8 @@ int main(int argc, char **argv) {
     if (reps < 1 || reps > 32) reps = 5;
     if (argc > 3 && argv[3][0] && !mnv_cpu_qmatmul_force(argv[3]))
         return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
-    const char *only = argc > 4 ? argv[4] : "q8,q4,mxfp4";
+    const char *only = argc > 4 && argv[4][0] ? argv[4] : "q8,q4,mxfp4";
+    const bool sweep = argc > 5 && strcmp(argv[5], "sweep") == 0;
     const int64_t M = 512, KMAX = 5504, NMAX = 5504;
     char *wpool = alloc_huge(pool_bytes);
     float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
@@ -339,6 +382,10 @@ int main(int argc, char **argv) {
         const qcase *qc = &FORMATS[fi];
         if (!listed(only, qc->name)) continue;
         fill_pool(wpool, pool_bytes, &qc->fmt);
+        if (sweep) {
+            run_sweep(qc, wpool, pool_bytes, x, y, scratch, reps);
+            continue;
+        }
         printf("\n%-24s     prefill m=512 GFLOP/s   decode m=1 GB/s (%% of stream)\n", qc->desc);
         printf("%-28s %12s %10s %14s %14s\n", "", "1 thread", "2 threads", "1 thread", "2 threads");
         double stream[3];

@@ -158,7 +158,7 @@ typedef struct mnv_model mnv_model;
 typedef struct {
     uint32_t size;     /* sizeof(mnv_model_params) */
     int n_threads;     /* CPU threads for compute; 0 = all online cores */
-    int use_mmap;      /* 1 (default): weights are mapped, not copied */
+    int use_mmap;      /* reserved: weights are always mapped, not copied (1) */
     int load_tokenizer; /* 1 (default): tokenizer.json is loaded if present */
     uint32_t reserved[8];
 } mnv_model_params;
@@ -342,7 +342,12 @@ typedef struct {
 } mnv_generate_result;
 
 /* Append the prompt to the session's context, then sample up to max_tokens
- * tokens, calling on_token for each. result may be NULL. */
+ * tokens, calling on_token for each. result may be NULL. Parameters are
+ * checked before the prompt enters the context. With n_prompt 0, generation
+ * continues from the logits of the last evaluated token (MNV_ERR_INVALID_ARG
+ * after a reset or a truncation). On return the context holds the prompt and
+ * every generated token but the last one (which was sampled, not evaluated):
+ * to continue a conversation, pass that token first in the next prompt. */
 mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt,
                         const mnv_generate_params *params, mnv_generate_result *result);
 

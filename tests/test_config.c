@@ -165,7 +165,9 @@ static void test_qwen(void) {
     CHECK(c.max_position_embeddings == 40960 && c.eos_token_ids[0] == 151645);
     CHECKF(parse(MISTRAL, &c) == MNV_OK, "%s", mnv_last_error());
     CHECK(c.arch == MNV_ARCH_LLAMA && strcmp(c.model_type, "mistral") == 0 && c.head_dim == 128);
-    CHECK(c.sliding_window == 4096 && c.layer_sliding[0] == 0 && c.attention_bias == 0);
+    /* Mistral's window applies to every layer, as transformers applies it */
+    CHECK(c.sliding_window == 4096 && c.layer_sliding[0] == 1 && c.attention_bias == 0);
+    CHECK(c.layer_sliding[c.num_hidden_layers - 1] == 1);
 }
 
 /* A copy of base with key (dotted path) set to val, or removed when val is NULL. */

@@ -400,6 +400,10 @@ int main(void) {
             check_case(f, t_randint(1, 4), t_randint(1, 150), f->G * t_randint(1, maxg), nth);
             check_case(f, t_randint(5, 37), t_randint(1, 150), f->G * t_randint(1, maxg), nth);
         }
+        /* every mid-size m (decode kernel over several x rows, then the x panel
+         * of 16 or 32 rows) and the first prefill m, threads 1..3 in turn */
+        for (int64_t m = MNV_QMATMUL_GEMV_MAX_M + 1; m <= MNV_QMATMUL_MID_MAX_M + 1; m++)
+            check_case(f, m, t_randint(1, 70), f->G * t_randint(1, MNV_MIN(maxg, 24)), 1 + (int)(m % 3));
         check_get_rows(f);
     }
     /* k longer than one int8 k block (1920 codes) and several panels per thread */
@@ -407,6 +411,8 @@ int main(void) {
                            {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};
     for (int b = 0; b < 3; b++) {
         check_case(&big[b], 9, 203, 4096 + 2 * big[b].G, 2);
+        check_case(&big[b], 14, 203, 4096 + 2 * big[b].G, 3);
+        check_case(&big[b], 27, 203, 4096 + 2 * big[b].G, 2);
         check_case(&big[b], 3, 203, 4096 + 2 * big[b].G, 2);
     }
     if (n_i8_err) {

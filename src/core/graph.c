@@ -540,7 +540,8 @@ static bool moe_weight_ok(mnv_graph *g, mnv_array *w, mnv_array *sc, mnv_array *
               sc->shape[0] == w->shape[0] && sc->shape[1] == w->shape[1] && sc->shape[2] == groups &&
               sc->stride[2] == 1 && sc->dtype == fmt->scale_dtype;
     if (ok && fmt->mode == MNV_QMODE_AFFINE)
-        ok = bi && bi->ndim == 3 && bi->shape[1] == w->shape[1] && bi->shape[2] == groups && bi->stride[2] == 1 &&
+        ok = bi && bi->ndim == 3 && bi->shape[0] == w->shape[0] && bi->shape[1] == w->shape[1] &&
+             bi->shape[2] == groups && bi->stride[2] == 1 &&
              bi->stride[1] == sc->stride[1] && bi->stride[0] == sc->stride[0] && bi->dtype == sc->dtype;
     return ok;
 }

@@ -138,7 +138,7 @@ void mnv_threadpool_run(mnv_threadpool *tp, mnv_task_fn fn, void *arg) {
     tp->arg = arg;
     atomic_store(&tp->done, 0);
     atomic_store(&tp->bar_count, 0);
-    atomic_fetch_add_explicit(&tp->generation, 1, memory_order_release);
+    atomic_fetch_add(&tp->generation, 1); /* seq_cst: ordered before the sleepers check below */
     if (atomic_load(&tp->sleepers)) {
         pthread_mutex_lock(&tp->mu);
         pthread_cond_broadcast(&tp->cv);

@@ -499,6 +499,10 @@ static mnv_status parse_config_root(const cJSON *root, const char *fname, mnv_mo
     if (!st) st = parse_flags(root, fname, ad, c);
     if (!st) st = get_i32(root, "", "sliding_window", fname, 0, INT32_MAX, false, &c->sliding_window);
     if (!st) st = parse_layer_types(root, fname, c);
+    /* Mistral's sliding_window (without layer_types) limits every layer, as
+     * transformers applies it; Qwen2's is off unless use_sliding_window. */
+    if (!st && !strcmp(c->model_type, "mistral") && c->sliding_window > 0 && !get(root, "layer_types"))
+        for (int32_t i = 0; i < c->num_hidden_layers && i < MNV_MAX_LAYERS; i++) c->layer_sliding[i] = 1;
     if (!st) st = parse_moe(root, fname, c);
     if (!st) st = parse_tokens(root, fname, c);
     if (!st) st = parse_quant(root, fname, c);

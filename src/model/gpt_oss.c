@@ -67,9 +67,11 @@ static mnv_status shape_error(const mnv_model *m, const mnv_st_tensor *t, const 
 }
 
 /* An expert bias (E, n) of any float dtype as f32 (converted copy). */
-static mnv_status expert_bias(mnv_model *m, gptoss_data *d, const mnv_st_tensor *t, int64_t E, int64_t n, float **out) {
+static mnv_status expert_bias(mnv_model *m, gptoss_data *d, const mnv_st_tensor *t, int32_t l, const char *suffix,
+                              int64_t E, int64_t n, float **out) {
     if (!t || t->ndim != 2 || t->shape[0] != E || t->shape[1] != n)
-        return t ? shape_error(m, t, "an (experts, rows) bias") : mnv_set_error(MNV_ERR_FORMAT, "%s: an expert bias is missing", m->dir);
+        return t ? shape_error(m, t, "an (experts, rows) bias")
+                 : mnv_set_error(MNV_ERR_FORMAT, "%s: tensor 'model.layers.%d.%s' is missing", m->dir, l, suffix);
     float *b = own(d, (size_t)(E * n) * 4);
     if (!b) return mnv_set_error(MNV_ERR_NOMEM, "out of memory for '%s'", t->name);
     for (int64_t i = 0; i < E * n; i++)
@@ -94,7 +96,7 @@ static mnv_status bind_mlx(mnv_model *m, gptoss_data *d, int32_t l, const char *
     snprintf(suffix, sizeof suffix, "mlp.experts.%s.biases", proj);
     const mnv_st_tensor *bi = find(m, l, suffix);
     snprintf(suffix, sizeof suffix, "mlp.experts.%s.bias", proj);
-    mnv_status st = expert_bias(m, d, find(m, l, suffix), E, N, (float **)&mw->bias);
+    mnv_status st = expert_bias(m, d, find(m, l, suffix), l, suffix, E, N, (float **)&mw->bias);
     if (st != MNV_OK) return st;
     *mw = (moe_weight){.bias = mw->bias, .b_total = E * N, .b_es = N, .b_rs = 1, .E = E, .N = N, .K = K};
     if (!w) return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s.weight' is missing", m->dir, path);
@@ -113,10 +115,12 @@ static mnv_status bind_mlx(mnv_model *m, gptoss_data *d, int32_t l, const char *
     int64_t words = mnv_qformat_row_words(&mw->q, K), groups = mnv_qformat_row_groups(&mw->q, K);
     if (w->ndim != 3 || w->dtype != MNV_DTYPE_U32 || w->shape[0] != E || w->shape[1] != N || w->shape[2] != words)
         return shape_error(m, w, "packed experts (E, N, words)");
-    if (!sc || sc->ndim != 3 || sc->shape[2] != groups || sc->shape[1] != N || sc->dtype != mw->q.scale_dtype)
+    if (!sc || sc->ndim != 3 || sc->shape[0] != E || sc->shape[1] != N || sc->shape[2] != groups ||
+        sc->dtype != mw->q.scale_dtype)
         return sc ? shape_error(m, sc, "expert scales (E, N, groups)")
                   : mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s.scales' is missing", m->dir, path);
-    if (mw->q.mode == MNV_QMODE_AFFINE && (!bi || bi->ndim != 3 || bi->shape[2] != groups || bi->dtype != sc->dtype))
+    if (mw->q.mode == MNV_QMODE_AFFINE && (!bi || bi->ndim != 3 || bi->shape[0] != E || bi->shape[1] != N ||
+                                           bi->shape[2] != groups || bi->dtype != sc->dtype))
         return bi ? shape_error(m, bi, "expert biases (E, N, groups)")
                   : mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s.biases' is missing", m->dir, path);
     mw->w = w->data;
@@ -153,7 +157,7 @@ static mnv_status bind_blocks(mnv_model *m, gptoss_data *d, int32_t l, const cha
         return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: tensor '%s' is not 4-byte aligned in its file", m->dir, b->name);
     snprintf(suffix, sizeof suffix, "mlp.experts.%s_bias", base);
     float *bias = NULL;
-    mnv_status st = expert_bias(m, d, find(m, l, suffix), E, R, &bias);
+    mnv_status st = expert_bias(m, d, find(m, l, suffix), l, suffix, E, R, &bias);
     if (st != MNV_OK) return st;
     int64_t words = K / 8;
     *mw = (moe_weight){
@@ -187,7 +191,7 @@ static mnv_status bind_dense(mnv_model *m, gptoss_data *d, int32_t l, const char
                 memcpy(rows + ((e * N + n) * K + k) * es, src + ((e * K + k) * cols + n * interleave + first) * es, es);
     snprintf(suffix, sizeof suffix, "mlp.experts.%s_bias", base);
     float *bias = NULL;
-    mnv_status st = expert_bias(m, d, find(m, l, suffix), E, cols, &bias);
+    mnv_status st = expert_bias(m, d, find(m, l, suffix), l, suffix, E, cols, &bias);
     if (st != MNV_OK) return st;
     *mw = (moe_weight){.w = rows, .wdt = w->dtype, .w_total = E * N * K, .w_es = N * K, .w_rs = K, .bias = bias,
                        .b_total = E * cols, .b_es = cols, .b_rs = interleave, .b_off = first, .E = E, .N = N, .K = K};
@@ -379,7 +383,7 @@ static mnv_array *gptoss_build(const mnv_model *m, mnv_graph *g, const mnv_batch
         x = mnv_add(g, x, moe_block(m, g, l, h));
         mnv_set_name(x, "x.%d", l);
     }
-    if (nout != T) x = mnv_get_rows(g, x, rows);
+    if (!mnv_rows_are_identity(b)) x = mnv_get_rows(g, x, rows);
     x = mnv_rms_norm(g, x, mnv_weight_param(g, &m->out_norm), eps);
     mnv_array *logits = mnv_model_linear(g, x, &m->output);
     mnv_set_name(logits, "logits");

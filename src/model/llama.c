@@ -202,7 +202,7 @@ static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_batch 
         x = mnv_add(g, x, mlp_block(m, g, l, h));
         mnv_set_name(x, "x.%d", l);
     }
-    if (nout != T) x = mnv_get_rows(g, x, out_rows); /* only the rows whose logits are wanted */
+    if (!mnv_rows_are_identity(b)) x = mnv_get_rows(g, x, out_rows); /* only the rows whose logits are wanted */
     x = mnv_rms_norm(g, x, mnv_weight_param(g, &m->out_norm), eps);
     mnv_array *logits = mnv_model_linear(g, x, &m->output);
     mnv_set_name(logits, "logits");

@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -231,6 +232,13 @@ mnv_status mnv_model_init_rope(mnv_model *m) {
     return MNV_OK;
 }
 
+bool mnv_rows_are_identity(const mnv_batch *b) {
+    if (b->n_out != b->n_tokens) return false;
+    for (int32_t i = 0; i < b->n_out; i++)
+        if (b->out_rows[i] != i) return false;
+    return true;
+}
+
 mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv) {
     return m->arch->build(m, g, b, kv);
 }
@@ -307,7 +315,15 @@ mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_m
         return mnv_set_error(MNV_ERR_IO, "%s: not a model directory", dir);
     mnv_model *m = calloc(1, sizeof *m);
     if (!m) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    m->params = params ? *params : mnv_model_params_default();
+    m->params = mnv_model_params_default();
+    if (params) { /* a caller built against an older, smaller struct: the rest keeps its defaults */
+        if (params->size < offsetof(mnv_model_params, reserved) || params->size > sizeof m->params) {
+            free(m);
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_load: params->size %u is not a known size",
+                                 params->size);
+        }
+        memcpy(&m->params, params, params->size);
+    }
     m->dir = mnv_strdup(dir);
     mnv_status st = m->dir ? load_parts(m, dir) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     if (st != MNV_OK) {

@@ -122,6 +122,8 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
 mnv_status mnv_model_init_rope(mnv_model *m);
 /* Build the model graph; the arch's builder behind a common entry. */
 mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+/* True when a batch wants the logits of every token, in token order. */
+bool mnv_rows_are_identity(const mnv_batch *b);
 /* A leaf for a weight (plain weights only; 1-d weights are always plain). */
 mnv_array *mnv_weight_param(mnv_graph *g, const mnv_weight *w);
 /* x W^T for a plain or quantized weight. */

@@ -1,6 +1,7 @@
 /* The generate loop: prompt, then sample / evaluate one token at a time,
  * streaming complete UTF-8 text and holding back text that may begin a stop
  * string. */
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "runtime/sampler.h"
@@ -75,15 +76,15 @@ typedef struct {
 /* Decode tok, deliver what can be delivered; sets *stop when done. With
  * final (EOS, or the last token generation will make) everything held back
  * is delivered: a possible stop-string prefix, an incomplete UTF-8 tail. */
+static mnv_status push_token(gen_state *g, int32_t tok, bool keep);
+
 static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool *stop) {
     char piece[256];
     size_t n = 0;
-    /* ids beyond the tokenizer's vocabulary (models pad their output head) decode to nothing */
-    if (g->ds && !eos && tok < mnv_tokenizer_n_vocab(g->s->model->tok)) {
-        mnv_status st = mnv_detok_stream_push(g->ds, tok, piece, sizeof piece, &n);
+    if (!eos) {
+        mnv_status st = push_token(g, tok, true);
         if (st != MNV_OK) return st;
     }
-    if (!pending_put(&g->pend, piece, n)) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     if (final && g->ds && mnv_detok_stream_flush(g->ds, piece, sizeof piece, &n) == MNV_OK &&
         !pending_put(&g->pend, piece, n))
         return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
@@ -135,38 +136,61 @@ static mnv_status gen_loop(gen_state *g) {
     return MNV_OK;
 }
 
+/* Text of one token into the pending buffer: ids the tokenizer cannot decode
+ * (beyond its vocabulary, or holes in it: models pad their output head) add
+ * nothing; a token longer than the stack buffer is decoded into a heap one. */
+static mnv_status push_token(gen_state *g, int32_t tok, bool keep) {
+    char piece[256], *buf = piece;
+    size_t n = 0, cap = sizeof piece;
+    if (!g->ds || tok >= mnv_tokenizer_n_vocab(g->s->model->tok)) return MNV_OK;
+    mnv_status st = mnv_detok_stream_push(g->ds, tok, buf, cap, &n);
+    if (st == MNV_ERR_RANGE && n > cap) { /* too long for the buffer: the stream kept its state */
+        cap = n + 1;
+        if (!(buf = malloc(cap))) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        st = mnv_detok_stream_push(g->ds, tok, buf, cap, &n);
+    }
+    if (st == MNV_ERR_RANGE) st = MNV_OK, n = 0; /* an id with no token */
+    if (st == MNV_OK && keep && !pending_put(&g->pend, buf, n)) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (buf != piece) free(buf);
+    return st;
+}
+
 mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt, const mnv_generate_params *params,
                         mnv_generate_result *result) {
     mnv_generate_result local;
     gen_state g = {.s = s, .res = result ? result : &local};
     memset(g.res, 0, sizeof *g.res);
     if (!s || (!prompt && n_prompt)) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: NULL argument");
-    mnv_generate_params defaults = mnv_generate_params_default();
-    g.gp = params ? params : &defaults;
-    if (n_prompt == 0 && s->n_past == 0)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: empty prompt and empty context");
-    double t0 = mnv_time_sec();
-    mnv_status st = mnv_session_eval(s, prompt, n_prompt, NULL);
-    g.res->prompt_seconds = mnv_time_sec() - t0;
-    g.res->n_prompt = (int32_t)n_prompt;
-    if (st != MNV_OK) return st;
-    if (g.gp->max_tokens <= 0) {
-        g.res->stop_reason = MNV_STOP_MAX_TOKENS;
-        return MNV_OK;
+    mnv_generate_params gp = mnv_generate_params_default();
+    if (params) { /* a caller built against an older, smaller struct: the rest keeps its defaults */
+        if (params->size < offsetof(mnv_generate_params, reserved) || params->size > sizeof gp)
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: params->size %u is not a known size",
+                                 params->size);
+        memcpy(&gp, params, params->size);
     }
-    st = mnv_sampler_chain_create(&g.gp->sampler, s->model->cfg.vocab_size, &g.smp);
-    if (st == MNV_OK && s->model->tok) st = mnv_detok_stream_create(s->model->tok, &g.ds);
+    g.gp = &gp;
+    if (n_prompt == 0 && !s->logits_valid)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: empty prompt and no logits to continue from "
+                                                  "(empty, reset or truncated context)");
+    /* everything that can fail on the parameters fails before the prompt enters the context */
+    mnv_status st = gp.max_tokens > 0 ? mnv_sampler_chain_create(&gp.sampler, s->model->cfg.vocab_size, &g.smp)
+                                      : MNV_OK;
+    if (st == MNV_OK && gp.max_tokens > 0 && s->model->tok) st = mnv_detok_stream_create(s->model->tok, &g.ds);
+    if (st == MNV_OK) {
+        double t0 = mnv_time_sec();
+        st = mnv_session_eval(s, prompt, n_prompt, NULL);
+        g.res->prompt_seconds = mnv_time_sec() - t0;
+        g.res->n_prompt = (int32_t)n_prompt;
+    }
+    if (st == MNV_OK && gp.max_tokens <= 0) g.res->stop_reason = MNV_STOP_MAX_TOKENS;
     /* the decoder continues the prompt's text (e.g. no stripped leading space
-     * after a prompt); the prompt's own text is not delivered */
-    for (size_t i = 0; st == MNV_OK && g.ds && i < n_prompt; i++) {
-        char junk[256];
-        size_t jn;
-        if (prompt[i] != s->model->cfg.bos_token_id && prompt[i] < mnv_tokenizer_n_vocab(s->model->tok))
-            st = mnv_detok_stream_push(g.ds, prompt[i], junk, sizeof junk, &jn);
+     * after a prompt); the prompt's own text is not delivered. Penalties see
+     * the prompt too. */
+    for (size_t i = 0; st == MNV_OK && g.smp && i < n_prompt; i++) {
+        if (prompt[i] != s->model->cfg.bos_token_id) st = push_token(&g, prompt[i], false);
+        mnv_sampler_accept(g.smp, prompt[i]);
     }
-    /* penalties see the prompt too */
-    for (size_t i = 0; st == MNV_OK && i < n_prompt; i++) mnv_sampler_accept(g.smp, prompt[i]);
-    if (st == MNV_OK) st = gen_loop(&g);
+    if (st == MNV_OK && gp.max_tokens > 0) st = gen_loop(&g);
     mnv_sampler_free(g.smp);
     mnv_detok_stream_free(g.ds);
     free(g.pend.text);

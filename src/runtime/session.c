@@ -1,5 +1,6 @@
 #include "runtime/session.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 
 mnv_session_params mnv_session_params_default(void) {
@@ -51,7 +52,15 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     mnv_session *s = calloc(1, sizeof *s);
     if (!s) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     s->model = model;
-    s->params = params ? *params : mnv_session_params_default();
+    s->params = mnv_session_params_default();
+    if (params) { /* a caller built against an older, smaller struct: the rest keeps its defaults */
+        if (params->size < offsetof(mnv_session_params, kv_dtype) || params->size > sizeof s->params) {
+            free(s);
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: params->size %u is not a known size",
+                                 params->size);
+        }
+        memcpy(&s->params, params, params->size);
+    }
     int32_t train = model->cfg.max_position_embeddings > 0 ? model->cfg.max_position_embeddings : 4096;
     if (s->params.n_ctx <= 0) s->params.n_ctx = MNV_MIN(train, 4096);
     if (s->params.n_batch <= 0) s->params.n_batch = 512;
@@ -96,13 +105,16 @@ void mnv_session_free(mnv_session *s) {
 }
 
 void mnv_session_reset(mnv_session *s) {
-    if (s) s->n_past = 0;
+    if (!s) return;
+    s->n_past = 0;
+    s->logits_valid = false;
 }
 
 mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
     if (!s) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_truncate: NULL session");
     if (n < 0 || n > s->n_past)
         return mnv_set_error(MNV_ERR_RANGE, "mnv_session_truncate: %d tokens asked, %d held", n, s->n_past);
+    if (n != s->n_past) s->logits_valid = false; /* they were the logits of a dropped token */
     s->n_past = n; /* positions >= n are overwritten by the next evaluation */
     return MNV_OK;
 }
@@ -147,6 +159,10 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
         return mnv_set_error(MNV_ERR_RANGE, "context full: %d tokens held, %zu more, context length %lld", s->n_past,
                              n, (long long)s->kv.n_ctx);
     int32_t V = s->model->cfg.vocab_size, nb = s->params.n_batch;
+    for (size_t i = 0; i < n; i++) /* all or nothing: no batch runs before every id is checked */
+        if (ids[i] < 0 || ids[i] >= V)
+            return mnv_set_error(MNV_ERR_RANGE, "token id %d at position %zu is outside the vocabulary (%d)", ids[i],
+                                 i, V);
     int32_t *pos = s->scratch_ids, *seq = pos + nb, *rows = seq + nb;
     for (size_t done = 0; done < n;) {
         int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done);
@@ -162,6 +178,7 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
         if (st != MNV_OK) return st;
         if (all) memcpy(s->last_logits, dst + (size_t)(cnt - 1) * V, (size_t)V * sizeof(float));
         s->n_past += cnt;
+        s->logits_valid = true;
         done += (size_t)cnt;
     }
     return MNV_OK;

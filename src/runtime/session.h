@@ -14,6 +14,7 @@ struct mnv_session {
     mnv_kv_cache kv;
     int32_t n_past;
     float *last_logits;      /* n_vocab: logits of the last evaluated token */
+    bool logits_valid;       /* last_logits belong to the token at n_past - 1 */
     int32_t *scratch_ids;    /* n_batch * 4 ints for batch building */
     double last_build_sec, last_plan_sec, last_run_sec; /* host overhead figures */
 };

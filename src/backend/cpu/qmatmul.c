@@ -255,7 +255,7 @@ size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt
     if (nth < 1) nth = 1;
     const size_t xr = mnv__qx_row_bytes(k);
     size_t dec = (size_t)nth * (size_t)MNV_MIN(m, MNV_QMATMUL_GEMV_MAX_M) * xr;
-    size_t pre = m > MNV_QMATMUL_GEMV_MAX_M ? (size_t)m * xr + (size_t)nth * mnv__qpanel_bytes() : 0;
+    size_t pre = m > MNV_QMATMUL_GEMV_MAX_M ? (size_t)MNV_MAX(m, 32) * xr + (size_t)nth * mnv__qpanel_bytes() : 0;
     return MNV_MAX(dec, pre) + 64;
 }
 

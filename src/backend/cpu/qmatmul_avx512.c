@@ -35,7 +35,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MAXR = 4, I8_R = 4, F32_R = 6 };
+enum { MAXR = 4, I8_MAXR = 8, I8_R = 4, F32_R = 6 };
 
 typedef struct {
     int bits, G, lg;  /* bits per code, group size, log2(group size) */
@@ -241,8 +241,8 @@ INLINE __m512i unpack64(const unpacker *u, const uint8_t *p, __mmask64 bytes) {
  * high nibbles against the even and odd halves of x); lane l of a chunk's
  * vpdpbusd sums covers 4 codes (8 at 4 bits), all of one group. Scales come 16
  * groups at a time; SD = scale * dx per group, permuted to the lanes. */
-INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t j0,
-                      int64_t j1, const int R, const int BITS, const bool FP4) {
+INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                      int64_t j0, int64_t j1, const int R, const int BITS, const bool FP4) {
     const int64_t k = a->k, G = d->G, ng = k / G;
     const int64_t CH = BITS == 4 ? 128 : 64;                   /* codes per chunk */
     const int64_t CB = BITS == 0 ? 8 * (int64_t)up->bits : 64; /* bytes per chunk (BITS 0: 2, 3, 5, 6 bits) */
@@ -255,21 +255,24 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker 
     for (int64_t c = 0; c < wch; c++)
         for (int l = 0; l < 16; l++) idxtab[c * 16 + l] = (int32_t)((c * CH + l * (CH / 16)) >> d->lg);
     const __m512i lut = fp4_lut(), m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    xrow xr[MAXR];
+    xrow xr[I8_MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j++) {
         const uint8_t *w = wrow(a, j);
         const void *sc = srow(a, d, j), *bi = brow(a, d, j);
-        __m512 facc[MAXR], bacc[MAXR];
+        /* R > 4 (mid-size m): the bias terms go straight into facc, which
+         * leaves registers for 8 rows. */
+        __m512 facc[I8_MAXR], bacc[I8_MAXR];
         for (int i = 0; i < R; i++) facc[i] = bacc[i] = _mm512_setzero_ps();
         for (int64_t g0 = 0; g0 < ng; g0 += 16) {
             const __mmask16 mk = ng - g0 >= 16 ? 0xffff : (__mmask16)((1u << (ng - g0)) - 1);
             const __m512 S = load_scales16(sc, d->sdt, g0, mk);
             const __m512 B = FP4 ? S : load_scales16(bi, d->sdt, g0, mk);
-            __m512 SD[MAXR];
+            __m512 SD[I8_MAXR];
             for (int i = 0; i < R; i++) {
                 SD[i] = _mm512_mul_ps(S, _mm512_loadu_ps(xr[i].dx + g0));
-                bacc[i] = _mm512_fmadd_ps(B, _mm512_loadu_ps(xr[i].xs2 + g0), bacc[i]);
+                if (R > 4) facc[i] = _mm512_fmadd_ps(B, _mm512_loadu_ps(xr[i].xs2 + g0), facc[i]);
+                else bacc[i] = _mm512_fmadd_ps(B, _mm512_loadu_ps(xr[i].xs2 + g0), bacc[i]);
             }
             const int64_t c0 = g0 * G / CH, c1 = MNV_MIN(c0 + wch, nch);
             for (int64_t c = c0; c < c1; c++) {
@@ -301,34 +304,41 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker 
                 }
             }
         }
-        for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = _mm512_reduce_add_ps(_mm512_add_ps(facc[i], bacc[i]));
+        for (int i = 0; i < R; i++)
+            y[i * a->ldy + j] = R > 4 ? _mm512_reduce_add_ps(facc[i])
+                                      : _mm512_reduce_add_ps(_mm512_add_ps(facc[i], bacc[i]));
     }
 }
 
+/* rows: rows of x (prepared from xbase) and of y, 1 .. I8_MAXR. */
 #define GEMV_CASES(BITS, FP4)                                                                                     \
-    switch (a->m) {                                                                                               \
-    case 1: vnni_gemv(a, d, up, xbase, n0, n1, 1, BITS, FP4); break;                                              \
-    case 2: vnni_gemv(a, d, up, xbase, n0, n1, 2, BITS, FP4); break;                                              \
-    case 3: vnni_gemv(a, d, up, xbase, n0, n1, 3, BITS, FP4); break;                                              \
-    default: vnni_gemv(a, d, up, xbase, n0, n1, 4, BITS, FP4); break;                                             \
+    switch (rows) {                                                                                               \
+    case 1: vnni_gemv(a, d, up, xbase, y, n0, n1, 1, BITS, FP4); break;                                           \
+    case 2: vnni_gemv(a, d, up, xbase, y, n0, n1, 2, BITS, FP4); break;                                           \
+    case 3: vnni_gemv(a, d, up, xbase, y, n0, n1, 3, BITS, FP4); break;                                           \
+    case 4: vnni_gemv(a, d, up, xbase, y, n0, n1, 4, BITS, FP4); break;                                           \
+    case 5: vnni_gemv(a, d, up, xbase, y, n0, n1, 5, BITS, FP4); break;                                           \
+    case 6: vnni_gemv(a, d, up, xbase, y, n0, n1, 6, BITS, FP4); break;                                           \
+    case 7: vnni_gemv(a, d, up, xbase, y, n0, n1, 7, BITS, FP4); break;                                           \
+    default: vnni_gemv(a, d, up, xbase, y, n0, n1, 8, BITS, FP4); break;                                          \
     }
-typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
-                     int64_t n1);
+typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                     int rows, int64_t n0, int64_t n1);
 static gemv_fn gemv_i8_8, gemv_i8_4, gemv_i8_fp4, gemv_i8_bits;
-static void gemv_i8_8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
-                      int64_t n1) {
+static void gemv_i8_8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                      int rows, int64_t n0, int64_t n1) {
     GEMV_CASES(8, false)
 }
-static void gemv_i8_4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
-                      int64_t n1) {
+static void gemv_i8_4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                      int rows, int64_t n0, int64_t n1) {
     GEMV_CASES(4, false)
 }
-static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
-                        int64_t n1) {
+static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                        int rows, int64_t n0, int64_t n1) {
     GEMV_CASES(4, true)
 }
-static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, int64_t n0,
-                         int64_t n1) {
+static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, uint8_t *xbase, float *y,
+                         int rows, int64_t n0, int64_t n1) {
     GEMV_CASES(0, false)
 }
 #undef GEMV_CASES
@@ -342,7 +352,35 @@ static void vnni_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
     const bool odd = d->bits != 4 && d->bits != 8;
     const unpacker up = unpacker_for(odd ? d->bits : 2);
     gemv_fn *fn = d->fp4 ? gemv_i8_fp4 : d->bits == 8 ? gemv_i8_8 : d->bits == 4 ? gemv_i8_4 : gemv_i8_bits;
-    fn(a, d, &up, xbase, n0, n1);
+    fn(a, d, &up, xbase, a->y, (int)a->m, n0, n1);
+}
+
+/* Mid-size m (MNV_QMATMUL_GEMV_MAX_M < m <= MNV_QMATMUL_MID_MAX_M): the decode
+ * kernel on up to I8_MAXR rows of x at a time, over blocks of MID_JB rows of W
+ * so that a block (and the x rows) are re-read from cache, not memory, by the
+ * later passes: W streams from memory once, nothing is packed. x is prepared
+ * once (threads share the rows, then a barrier), in the prefill's scratch. */
+enum { MID_JB = 16 };
+
+static void vnni_mid(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, xr = (int64_t)mnv__qx_row_bytes(k);
+    uint8_t *xbase = align64(a->scratch);
+    int64_t r0, r1;
+    mnv__qsplit(m, ith, nth, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, d->bits == 4, xrow_at(xbase, k, i));
+    if (nth > 1) a->barrier(a->barrier_ctx);
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    const bool odd = d->bits != 4 && d->bits != 8;
+    const unpacker up = unpacker_for(odd ? d->bits : 2);
+    gemv_fn *fn = d->fp4 ? gemv_i8_fp4 : d->bits == 8 ? gemv_i8_8 : d->bits == 4 ? gemv_i8_4 : gemv_i8_bits;
+    /* passes of equal size: m = 9 as 5 + 4, not 8 + 1 */
+    const int64_t npass = (m + I8_MAXR - 1) / I8_MAXR, per = (m + npass - 1) / npass;
+    for (int64_t jb = n0; jb < n1; jb += MID_JB) {
+        const int64_t jb1 = MNV_MIN(n1, jb + MID_JB);
+        for (int64_t i0 = 0; i0 < m; i0 += per)
+            fn(a, d, &up, xbase + i0 * xr, a->y + i0 * a->ldy, (int)MNV_MIN(per, m - i0), jb, jb1);
+    }
 }
 
 /* ---- prefill: int8 panels ---------------------------------------------------------------- */
@@ -430,6 +468,192 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *u
             }
         }
     }
+}
+
+/* ---- mid-size m: x in a panel, W rows broadcast ------------------------------------------- */
+
+/* For 8 < m <= MNV_QMATMUL_MID_MAX_M the roles of the prefill tile are
+ * swapped: x (small) is prepared once as a panel of (k/4, XP, 4) int8 codes
+ * (XP = 16 or 32 rows, zero-padded) with per-group (group, XP) dx and second
+ * terms, and each W row's codes, unpacked to bytes a k block at a time into
+ * an L1 buffer (8-bit: read in place), are broadcast 4 at a time against it:
+ * one vpdpbusd per 4 codes of a W row and 16 rows of x. Nothing of W is packed
+ * or transposed, so every weight byte is read from memory once; the x panel
+ * stays in L2. */
+enum { XJR = 4, XKB = 512 }; /* the kernel is written out for XJR = 4 */
+
+INLINE int64_t xp_rows(int64_t m) { return m <= 16 ? 16 : 32; }
+
+/* Bytes of the x panel for m rows (at most m rounded up to 16 rows of
+ * mnv__qx_row_bytes: codes + dx + second terms). */
+static size_t xpanel_bytes(int64_t m, int64_t k) { return (size_t)xp_rows(m) * mnv__qx_row_bytes(k); }
+
+typedef struct {
+    int8_t *q;      /* (k/4, XP, 4) */
+    float *dx, *xs; /* (ng, XP) */
+} xpanel;
+
+static xpanel xpanel_at(uint8_t *p, int64_t m, int64_t k, int64_t G) {
+    const int64_t XP = xp_rows(m), ng = k / G;
+    xpanel x;
+    x.q = (int8_t *)p;
+    x.dx = (float *)(p + (size_t)(kpad128(k) * XP + 63) / 64 * 64);
+    x.xs = x.dx + ng * XP;
+    return x;
+}
+
+/* Row i of x into the panel (same rounding as prep_x_row). */
+static void xpanel_row(const float *x, int64_t k, const qdesc *d, const xpanel *xp, int64_t XP, int64_t i) {
+    const int64_t G = d->G, ng = k / G;
+    for (int64_t g = 0; g < ng; g++) {
+        const float *xg = x + g * G;
+        __m512 amax = _mm512_setzero_ps();
+        for (int64_t t = 0; t < G; t += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xg + t)));
+        const float am = _mm512_reduce_max_ps(amax), dx = am / 127.0f;
+        const __m512 inv = _mm512_set1_ps(am > 0.0f ? 127.0f / am : 0.0f);
+        __m512i sq = _mm512_setzero_si512();
+        for (int64_t t = 0; t < G; t += 16) { /* round to nearest even */
+            const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + t), inv));
+            sq = _mm512_add_epi32(sq, qi);
+            _Alignas(16) int32_t q4[4];
+            _mm_store_si128((__m128i *)q4, _mm512_cvtepi32_epi8(qi));
+            const int64_t w4 = (g * G + t) / 4;
+            for (int u = 0; u < 4; u++) memcpy(xp->q + ((w4 + u) * XP + i) * 4, &q4[u], 4);
+        }
+        const float sumq = (float)_mm512_reduce_add_epi32(sq);
+        xp->dx[g * XP + i] = d->fp4 ? 0.5f * dx : dx;
+        xp->xs[g * XP + i] = d->fp4 ? -6.0f * dx * sumq : dx * sumq;
+    }
+}
+
+/* Rows [j0, j1) of y for all m rows of x: XJR rows of W at a time (the last
+ * tile repeats its last row), V = XP/16 vectors of x rows. */
+INLINE void xpanel_rows(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, const xpanel *xp,
+                        uint8_t *wbuf, int64_t j0, int64_t j1, const int V, const bool FP4) {
+    const int64_t k = a->k, G = d->G, m = a->m, XP = 16 * V;
+    for (int64_t j = j0; j < j1; j += XJR) {
+        int64_t jr[XJR];
+        const void *sc[XJR], *bi[XJR];
+        for (int r = 0; r < XJR; r++) {
+            jr[r] = MNV_MIN(j + r, j1 - 1);
+            sc[r] = srow(a, d, jr[r]);
+            bi[r] = brow(a, d, jr[r]);
+        }
+        __m512 f[XJR][2];
+        for (int r = 0; r < XJR; r++)
+            for (int v = 0; v < V; v++) f[r][v] = _mm512_setzero_ps();
+        for (int64_t k0 = 0; k0 < k; k0 += XKB) {
+            const int64_t kc = MNV_MIN(XKB, k - k0);
+            const uint8_t *src[XJR];
+            for (int r = 0; r < XJR; r++) {
+                if (d->bits == 8) {
+                    src[r] = wrow(a, jr[r]) + k0;
+                } else {
+                    codes_row(a, d, up, jr[r], k0, kc, wbuf + r * XKB);
+                    src[r] = wbuf + r * XKB;
+                }
+            }
+            /* scales (and biases) of the block's groups as f32, per row */
+            _Alignas(64) float sb[2][XJR][XKB / 32];
+            const int64_t ngb = kc / G;
+            for (int r = 0; r < XJR; r++)
+                for (int64_t gg = 0; gg < ngb; gg++) {
+                    sb[0][r][gg] = scale_at(d->sdt, sc[r], k0 / G + gg);
+                    if (!FP4) sb[1][r][gg] = scale_at(d->sdt, bi[r], k0 / G + gg);
+                }
+            const uint8_t *s0 = src[0], *s1 = src[1], *s2 = src[2], *s3 = src[3];
+            for (int64_t gg = 0; gg < ngb; gg++) {
+                const int64_t g = k0 / G + gg;
+                __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00;
+                __m512i a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+                const int8_t *xq = xp->q + (k0 + gg * G) / 4 * XP * 4;
+                const int64_t o = gg * G;
+#pragma GCC unroll 4
+                for (int64_t t = 0; t < G / 4; t++) {
+                    const __m512i x0 = _mm512_loadu_si512(xq + t * XP * 4);
+                    const __m512i x1 = V > 1 ? _mm512_loadu_si512(xq + t * XP * 4 + 64) : x0;
+                    int32_t w0, w1, w2, w3;
+                    memcpy(&w0, s0 + o + 4 * t, 4);
+                    memcpy(&w1, s1 + o + 4 * t, 4);
+                    memcpy(&w2, s2 + o + 4 * t, 4);
+                    memcpy(&w3, s3 + o + 4 * t, 4);
+                    const __m512i b0 = _mm512_set1_epi32(w0), b1 = _mm512_set1_epi32(w1);
+                    const __m512i b2 = _mm512_set1_epi32(w2), b3 = _mm512_set1_epi32(w3);
+                    a00 = _mm512_dpbusd_epi32(a00, b0, x0);
+                    a10 = _mm512_dpbusd_epi32(a10, b1, x0);
+                    a20 = _mm512_dpbusd_epi32(a20, b2, x0);
+                    a30 = _mm512_dpbusd_epi32(a30, b3, x0);
+                    if (V > 1) {
+                        a01 = _mm512_dpbusd_epi32(a01, b0, x1);
+                        a11 = _mm512_dpbusd_epi32(a11, b1, x1);
+                        a21 = _mm512_dpbusd_epi32(a21, b2, x1);
+                        a31 = _mm512_dpbusd_epi32(a31, b3, x1);
+                    }
+                }
+                const __m512i acc[XJR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+                __m512 dxv[2], xsv[2];
+                for (int v = 0; v < V; v++) {
+                    dxv[v] = _mm512_loadu_ps(xp->dx + g * XP + 16 * v);
+                    xsv[v] = _mm512_loadu_ps(xp->xs + g * XP + 16 * v);
+                }
+                for (int r = 0; r < XJR; r++) {
+                    const __m512 sv = _mm512_set1_ps(sb[0][r][gg]);
+                    if (FP4) {
+                        for (int v = 0; v < V; v++)
+                            f[r][v] = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), dxv[v], xsv[v]),
+                                                      sv, f[r][v]);
+                    } else {
+                        const __m512 bv = _mm512_set1_ps(sb[1][r][gg]);
+                        for (int v = 0; v < V; v++) {
+                            f[r][v] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), dxv[v]), sv,
+                                                      f[r][v]);
+                            f[r][v] = _mm512_fmadd_ps(xsv[v], bv, f[r][v]);
+                        }
+                    }
+                }
+            }
+        }
+        for (int r = 0; r < XJR; r++) {
+            if (j + r >= j1) break;
+            _Alignas(64) float out[32];
+            for (int v = 0; v < V; v++) _mm512_store_ps(out + 16 * v, f[r][v]);
+            for (int64_t i = 0; i < m; i++) a->y[i * a->ldy + j + r] = out[i];
+        }
+    }
+}
+
+static void xpanel_rows_any(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, const xpanel *xp,
+                            uint8_t *wbuf, int64_t j0, int64_t j1, int V) {
+    if (d->fp4) {
+        if (V == 1) xpanel_rows(a, d, up, xp, wbuf, j0, j1, 1, true);
+        else xpanel_rows(a, d, up, xp, wbuf, j0, j1, 2, true);
+    } else {
+        if (V == 1) xpanel_rows(a, d, up, xp, wbuf, j0, j1, 1, false);
+        else xpanel_rows(a, d, up, xp, wbuf, j0, j1, 2, false);
+    }
+}
+
+/* Scratch: the x panel, then per thread XJR * XKB bytes of unpacked W codes. */
+static void vnni_xpanel(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, XP = xp_rows(m);
+    uint8_t *base = align64(a->scratch);
+    const xpanel xp = xpanel_at(base, m, k, d->G);
+    uint8_t *wbuf = base + (xpanel_bytes(m, k) + 63) / 64 * 64 + (size_t)ith * XJR * XKB;
+    int64_t r0, r1;
+    mnv__qsplit(XP, ith, nth, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) {
+        if (i < m) {
+            xpanel_row(a->x + i * a->ldx, k, d, &xp, XP, i);
+        } else { /* padding rows: zero codes and factors */
+            for (int64_t w4 = 0; w4 < k / 4; w4++) memset(xp.q + (w4 * XP + i) * 4, 0, 4);
+            for (int64_t g = 0; g < k / d->G; g++) xp.dx[g * XP + i] = xp.xs[g * XP + i] = 0.0f;
+        }
+    }
+    if (nth > 1) a->barrier(a->barrier_ctx);
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
+    xpanel_rows_any(a, d, &up, &xp, wbuf, n0, n1, (int)(XP / 16));
 }
 
 /* y tile (I8_R rows of x) x (C*16 rows of W) over one k block: per group, the
@@ -758,6 +982,16 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
 
 /* ---- entry point -------------------------------------------------------------------------- */
 
+#include <stdlib.h>
+static int64_t mid_gemv_max(void) { /* TEMP tuning knob */
+    const char *e = getenv("MNV_QMID");
+    return e ? atoi(e) : MNV_QMATMUL_MID_GEMV_MAX_M;
+}
+static int64_t mid_max(void) { /* TEMP tuning knob */
+    const char *e = getenv("MNV_QMID");
+    return e && atoi(e) == 0 ? 0 : MNV_QMATMUL_MID_MAX_M;
+}
+
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {
     const qdesc d = describe(&a->fmt);
     const mnv_qmode mode = a->fmt.mode;
@@ -771,8 +1005,13 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
         mnv__qmatmul_scalar(a, ith, nth);
         return;
     }
-    if (vnni && i8_fmt && (nth == 1 || a->barrier)) vnni_prefill(a, &d, ith, nth);
-    else f32_prefill(a, &d, ith, nth);
+    if (vnni && i8_fmt && (nth == 1 || a->barrier)) {
+        if (a->m <= mid_gemv_max()) vnni_mid(a, &d, ith, nth);
+        else if (a->m <= mid_max()) vnni_xpanel(a, &d, ith, nth);
+        else vnni_prefill(a, &d, ith, nth);
+        return;
+    }
+    f32_prefill(a, &d, ith, nth);
 }
 
 #endif
