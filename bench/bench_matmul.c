@@ -248,8 +248,10 @@ typedef struct {
  * read of the same pool, so that the ratio compares figures taken a moment
  * apart (this host's bandwidth drifts by 2x within minutes). */
 static result run_case_mode(pool *p, const wshape *s, mnv_dtype t, int64_t m, char *wpool,
-                            size_t pool_bytes, float *x, float *y, void *scratch, int reps, bool sweep) {
-    const bool decode = m <= MNV_MATMUL_GEMV_MAX_M || sweep; /* sweep: GB/s, weights from DRAM */
+                            size_t pool_bytes, float *x, float *y, void *scratch, int reps,
+                            bool sweep) {
+    /* sweep: GB/s, weights from DRAM, for every m */
+    const bool decode = m <= MNV_MATMUL_GEMV_MAX_M || sweep;
     size_t wbytes = (size_t)(s->n * s->k) * mnv_dtype_size(t);
     job j = {.a = {.x = x, .ldx = s->k, .wtype = t, .ldw = s->k, .y = y, .ldy = s->n, .m = m,
                    .n = s->n, .k = s->k, .scratch = scratch, .barrier = spin_wait,

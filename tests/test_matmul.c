@@ -185,6 +185,18 @@ static void test_impl(const char *impl) {
             shape s = random_shape(t_randint(1, 70), false);
             check_shape(impl, WTYPES[w], &s, 1 + r % 3, true);
         }
+        /* every mid-size m (bf16: streams up to 16, then tiles of 5..8 rows) */
+        for (int m = MNV_MATMUL_GEMV_MAX_M + 1; m <= MNV_MATMUL_MID_MAX_M + 1; m++) {
+            shape s = random_shape(m, false);
+            check_shape(impl, WTYPES[w], &s, 1 + m % 3, true);
+        }
+        for (int lo = 5; lo <= 17; lo += 12) { /* k longer than one mid-size k block (8192) */
+            shape s = random_shape(t_randint(lo, lo == 5 ? 16 : MNV_MATMUL_MID_MAX_M), false);
+            s.k = t_randint(8193, 8400), s.n = t_randint(1, 40);
+            s.ldx = s.k + t_randint(0, 3), s.ldw = s.k + t_randint(0, 3);
+            s.ldy = s.n + t_randint(0, 3);
+            check_shape(impl, WTYPES[w], &s, t_randint(1, 3), true);
+        }
         shape s = random_shape(t_randint(128, 160), false);
         check_shape(impl, WTYPES[w], &s, t_randint(1, 3), true);
         s = random_shape(t_randint(5, 140), true);

@@ -48,6 +48,10 @@ bool mnv_cpu_matmul_force(const char *impl);
 /* Products with m at most this are run as matrix-vector products: each
  * weight row is streamed once with f32 math, no scratch and no barrier. */
 #define MNV_MATMUL_GEMV_MAX_M 4
+/* BF16 dot-product products with m up to this (the tokens of one expert,
+ * batched decode) pick the rows of x per register tile (5..8) from m, with no
+ * duplicate rows, and up to 16 rows read W as side-by-side streams. */
+#define MNV_MATMUL_MID_MAX_M 32
 
 /* Thread ith's contiguous share [*lo, *hi) of n rows, chunk sizes rounded up
  * to a multiple of align (the last threads may get fewer or none). */

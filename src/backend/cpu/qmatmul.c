@@ -247,7 +247,8 @@ const char *mnv_cpu_qmatmul_impl(void) { return current_impl()->name; }
 /* Enough for every implementation and for any smaller m (a mixture-of-experts
  * layer sizes it once for all its tokens and runs experts with fewer):
  *   m <= GEMV_MAX_M  each thread prepares its own copy of x (no barrier)
- *   larger m         x prepared once (shared) + one panel per thread
+ *   larger m         x prepared once (shared; at least 32 rows' worth, for the
+ *                    x panel of mid-size m) + one panel per thread
  * plus 64 bytes to align the start. */
 size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt, int nth) {
     (void)fmt;

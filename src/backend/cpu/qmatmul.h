@@ -57,12 +57,12 @@ void mnv_cpu_qget_rows(const uint32_t *w, int64_t ldw, const void *scales, const
 /* Products with m at most this stream each weight row once (decode); larger
  * m packs panels of W and runs a register-tiled product (prefill). */
 #define MNV_QMATMUL_GEMV_MAX_M 4
-/* avx512-vnni, mid-size m (mixture-of-experts layers, batched decode), where
- * packing panels of W costs more than the product: up to MID_GEMV_MAX_M the
- * decode kernel runs up to 8 rows of x at a time over cache-sized blocks of W;
- * up to MID_MAX_M x is packed instead (16 or 32 rows) and W rows, unpacked in
- * L1, are broadcast against it. Both read each weight byte from memory once. */
-#define MNV_QMATMUL_MID_GEMV_MAX_M 12
+/* avx512-vnni, mid-size m up to this (mixture-of-experts layers, batched
+ * decode), where packing panels of W costs more than the product: for the
+ * smaller m the decode kernel runs up to 8 rows of x at a time over
+ * cache-sized blocks of W, for the larger x is packed instead (16 or 32 rows)
+ * and W rows, unpacked in L1, are broadcast against it. Both read each weight
+ * byte from memory once (qmatmul_avx512.c). */
 #define MNV_QMATMUL_MID_MAX_M 32
 
 /* Blocking of the SIMD prefill paths; the scratch size is derived from these.

@@ -23,6 +23,14 @@
  * Decode (m <= 4) streams each W row once, front to back (threads split n into
  * contiguous chunks): int8 codes are expanded in registers and dotted with the
  * prepared x; the per-lane scale comes from a permute of 16 group scales.
+ * Mid-size m (int8 only) also reads W once, without packing it: up to
+ * mid_gemv_max_m (6-10) the decode kernel runs on up to 8 rows of x per
+ * pass over 16-row blocks of W (cache-resident for the later passes); up to
+ * MNV_QMATMUL_MID_MAX_M x is packed as a (k/4, 16 or 32 rows, 4) panel and W
+ * codes are broadcast 4 at a time against it (vnni_xpanel; 8-bit m = 7..12
+ * keeps the packed prefill, see mid_gemv_max_m). Measured on Zen 4
+ * (one thread, weights from DRAM, 4-bit): 7-11 GB/s at m = 5 (packed panels:
+ * 3-4), ~3.5 at m = 16 and ~2.1 at m = 32, close to the vpdpbusd peak there.
  * Prefill packs panels of W rows (int8 codes interleaved as [k/4][row][4] for
  * vpdpbusd with a broadcast x dword, or f32 as [k][row]) into a thread-private
  * scratch panel and runs an outer-product register tile over all rows of x. */
@@ -982,15 +990,15 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
 
 /* ---- entry point -------------------------------------------------------------------------- */
 
-#include <stdlib.h>
-static int64_t mid_gemv_max(void) { /* TEMP tuning knob */
-    const char *e = getenv("MNV_QMID");
-    return e ? atoi(e) : MNV_QMATMUL_MID_GEMV_MAX_M;
-}
-static int64_t mid_max(void) { /* TEMP tuning knob */
-    const char *e = getenv("MNV_QMID");
-    return e && atoi(e) == 0 ? 0 : MNV_QMATMUL_MID_MAX_M;
-}
+/* Mid-size m up to this runs the decode kernel (vnni_mid), above it the x
+ * panel (vnni_xpanel). The decode kernel's cost grows with m (a convert, a
+ * permute and an FMA per 64 codes and row of x besides the vpdpbusd), the
+ * panel's is flat up to 16 rows; measured crossovers on Zen 4 (m-sweep of
+ * bench_qmatmul, 1 and 2 threads): about 10 at 4 bits, 6 at 8 bits (whose
+ * codes need no unpacking, so packed W panels are cheap too: at 8 bits
+ * m = 7..12 keeps the prefill path, ~15% ahead of the x panel at m = 8,
+ * ~15% behind at m = 16). */
+static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
 
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {
     const qdesc d = describe(&a->fmt);
@@ -1006,8 +1014,8 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
         return;
     }
     if (vnni && i8_fmt && (nth == 1 || a->barrier)) {
-        if (a->m <= mid_gemv_max()) vnni_mid(a, &d, ith, nth);
-        else if (a->m <= mid_max()) vnni_xpanel(a, &d, ith, nth);
+        if (a->m <= mid_gemv_max_m(&d)) vnni_mid(a, &d, ith, nth);
+        else if (a->m <= MNV_QMATMUL_MID_MAX_M && (d.bits != 8 || a->m > 12)) vnni_xpanel(a, &d, ith, nth);
         else vnni_prefill(a, &d, ith, nth);
         return;
     }
