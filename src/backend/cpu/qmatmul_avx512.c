@@ -25,18 +25,16 @@
  * prepared x; the per-lane scale comes from a permute of 16 group scales.
  * Mid-size m (int8 only) also reads W once, without packing it: up to
  * mid_gemv_max_m (6-10) the decode kernel runs on up to 8 rows of x per
- * pass over 16-row blocks of W (cache-resident for the later passes); up to
- * MNV_QMATMUL_MID_MAX_M x is packed as a (k/4, 16 or 32 rows, 4) panel and W
- * codes are broadcast 4 at a time against it (vnni_xpanel; 8-bit m = 7..12
- * keeps the packed prefill, see mid_gemv_max_m). Measured on Zen 4
- * (one thread, weights from DRAM, 4-bit): 7-11 GB/s at m = 5 (packed panels:
- * 3-4), ~3.5 at m = 16 and ~2.1 at m = 32, close to the vpdpbusd peak there.
+ * pass over 16-row blocks of W (cache-resident for the later passes); above
+ * it the packed prefill runs. Measured on Zen 4 (one thread, weights from
+ * DRAM, 4-bit): 7-11 GB/s at m = 5 (packed panels: 3-4).
  * Prefill packs panels of W rows (int8 codes interleaved as [k/4][row][4] for
  * vpdpbusd with a broadcast x dword, or f32 as [k][row]) into a thread-private
  * scratch panel and runs an outer-product register tile over all rows of x. */
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
+#include <stdlib.h>
 #include <math.h>
 
 #include "backend/cpu/qmatmul.h"
@@ -478,191 +476,6 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *u
     }
 }
 
-/* ---- mid-size m: x in a panel, W rows broadcast ------------------------------------------- */
-
-/* For 8 < m <= MNV_QMATMUL_MID_MAX_M the roles of the prefill tile are
- * swapped: x (small) is prepared once as a panel of (k/4, XP, 4) int8 codes
- * (XP = 16 or 32 rows, zero-padded) with per-group (group, XP) dx and second
- * terms, and each W row's codes, unpacked to bytes a k block at a time into
- * an L1 buffer (8-bit: read in place), are broadcast 4 at a time against it:
- * one vpdpbusd per 4 codes of a W row and 16 rows of x. Nothing of W is packed
- * or transposed, so every weight byte is read from memory once; the x panel
- * stays in L2. */
-enum { XJR = 4, XKB = 512 }; /* the kernel is written out for XJR = 4 */
-
-INLINE int64_t xp_rows(int64_t m) { return m <= 16 ? 16 : 32; }
-
-/* Bytes of the x panel for m rows (at most m rounded up to 16 rows of
- * mnv__qx_row_bytes: codes + dx + second terms). */
-static size_t xpanel_bytes(int64_t m, int64_t k) { return (size_t)xp_rows(m) * mnv__qx_row_bytes(k); }
-
-typedef struct {
-    int8_t *q;      /* (k/4, XP, 4) */
-    float *dx, *xs; /* (ng, XP) */
-} xpanel;
-
-static xpanel xpanel_at(uint8_t *p, int64_t m, int64_t k, int64_t G) {
-    const int64_t XP = xp_rows(m), ng = k / G;
-    xpanel x;
-    x.q = (int8_t *)p;
-    x.dx = (float *)(p + (size_t)(kpad128(k) * XP + 63) / 64 * 64);
-    x.xs = x.dx + ng * XP;
-    return x;
-}
-
-/* Row i of x into the panel (same rounding as prep_x_row). */
-static void xpanel_row(const float *x, int64_t k, const qdesc *d, const xpanel *xp, int64_t XP, int64_t i) {
-    const int64_t G = d->G, ng = k / G;
-    for (int64_t g = 0; g < ng; g++) {
-        const float *xg = x + g * G;
-        __m512 amax = _mm512_setzero_ps();
-        for (int64_t t = 0; t < G; t += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(xg + t)));
-        const float am = _mm512_reduce_max_ps(amax), dx = am / 127.0f;
-        const __m512 inv = _mm512_set1_ps(am > 0.0f ? 127.0f / am : 0.0f);
-        __m512i sq = _mm512_setzero_si512();
-        for (int64_t t = 0; t < G; t += 16) { /* round to nearest even */
-            const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + t), inv));
-            sq = _mm512_add_epi32(sq, qi);
-            _Alignas(16) int32_t q4[4];
-            _mm_store_si128((__m128i *)q4, _mm512_cvtepi32_epi8(qi));
-            const int64_t w4 = (g * G + t) / 4;
-            for (int u = 0; u < 4; u++) memcpy(xp->q + ((w4 + u) * XP + i) * 4, &q4[u], 4);
-        }
-        const float sumq = (float)_mm512_reduce_add_epi32(sq);
-        xp->dx[g * XP + i] = d->fp4 ? 0.5f * dx : dx;
-        xp->xs[g * XP + i] = d->fp4 ? -6.0f * dx * sumq : dx * sumq;
-    }
-}
-
-/* Rows [j0, j1) of y for all m rows of x: XJR rows of W at a time (the last
- * tile repeats its last row), V = XP/16 vectors of x rows. */
-INLINE void xpanel_rows(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, const xpanel *xp,
-                        uint8_t *wbuf, int64_t j0, int64_t j1, const int V, const bool FP4) {
-    const int64_t k = a->k, G = d->G, m = a->m, XP = 16 * V;
-    for (int64_t j = j0; j < j1; j += XJR) {
-        int64_t jr[XJR];
-        const void *sc[XJR], *bi[XJR];
-        for (int r = 0; r < XJR; r++) {
-            jr[r] = MNV_MIN(j + r, j1 - 1);
-            sc[r] = srow(a, d, jr[r]);
-            bi[r] = brow(a, d, jr[r]);
-        }
-        __m512 f[XJR][2];
-        for (int r = 0; r < XJR; r++)
-            for (int v = 0; v < V; v++) f[r][v] = _mm512_setzero_ps();
-        for (int64_t k0 = 0; k0 < k; k0 += XKB) {
-            const int64_t kc = MNV_MIN(XKB, k - k0);
-            const uint8_t *src[XJR];
-            for (int r = 0; r < XJR; r++) {
-                if (d->bits == 8) {
-                    src[r] = wrow(a, jr[r]) + k0;
-                } else {
-                    codes_row(a, d, up, jr[r], k0, kc, wbuf + r * XKB);
-                    src[r] = wbuf + r * XKB;
-                }
-            }
-            /* scales (and biases) of the block's groups as f32, per row */
-            _Alignas(64) float sb[2][XJR][XKB / 32];
-            const int64_t ngb = kc / G;
-            for (int r = 0; r < XJR; r++)
-                for (int64_t gg = 0; gg < ngb; gg++) {
-                    sb[0][r][gg] = scale_at(d->sdt, sc[r], k0 / G + gg);
-                    if (!FP4) sb[1][r][gg] = scale_at(d->sdt, bi[r], k0 / G + gg);
-                }
-            const uint8_t *s0 = src[0], *s1 = src[1], *s2 = src[2], *s3 = src[3];
-            for (int64_t gg = 0; gg < ngb; gg++) {
-                const int64_t g = k0 / G + gg;
-                __m512i a00 = _mm512_setzero_si512(), a10 = a00, a20 = a00, a30 = a00;
-                __m512i a01 = a00, a11 = a00, a21 = a00, a31 = a00;
-                const int8_t *xq = xp->q + (k0 + gg * G) / 4 * XP * 4;
-                const int64_t o = gg * G;
-#pragma GCC unroll 4
-                for (int64_t t = 0; t < G / 4; t++) {
-                    const __m512i x0 = _mm512_loadu_si512(xq + t * XP * 4);
-                    const __m512i x1 = V > 1 ? _mm512_loadu_si512(xq + t * XP * 4 + 64) : x0;
-                    int32_t w0, w1, w2, w3;
-                    memcpy(&w0, s0 + o + 4 * t, 4);
-                    memcpy(&w1, s1 + o + 4 * t, 4);
-                    memcpy(&w2, s2 + o + 4 * t, 4);
-                    memcpy(&w3, s3 + o + 4 * t, 4);
-                    const __m512i b0 = _mm512_set1_epi32(w0), b1 = _mm512_set1_epi32(w1);
-                    const __m512i b2 = _mm512_set1_epi32(w2), b3 = _mm512_set1_epi32(w3);
-                    a00 = _mm512_dpbusd_epi32(a00, b0, x0);
-                    a10 = _mm512_dpbusd_epi32(a10, b1, x0);
-                    a20 = _mm512_dpbusd_epi32(a20, b2, x0);
-                    a30 = _mm512_dpbusd_epi32(a30, b3, x0);
-                    if (V > 1) {
-                        a01 = _mm512_dpbusd_epi32(a01, b0, x1);
-                        a11 = _mm512_dpbusd_epi32(a11, b1, x1);
-                        a21 = _mm512_dpbusd_epi32(a21, b2, x1);
-                        a31 = _mm512_dpbusd_epi32(a31, b3, x1);
-                    }
-                }
-                const __m512i acc[XJR][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-                __m512 dxv[2], xsv[2];
-                for (int v = 0; v < V; v++) {
-                    dxv[v] = _mm512_loadu_ps(xp->dx + g * XP + 16 * v);
-                    xsv[v] = _mm512_loadu_ps(xp->xs + g * XP + 16 * v);
-                }
-                for (int r = 0; r < XJR; r++) {
-                    const __m512 sv = _mm512_set1_ps(sb[0][r][gg]);
-                    if (FP4) {
-                        for (int v = 0; v < V; v++)
-                            f[r][v] = _mm512_fmadd_ps(_mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][v]), dxv[v], xsv[v]),
-                                                      sv, f[r][v]);
-                    } else {
-                        const __m512 bv = _mm512_set1_ps(sb[1][r][gg]);
-                        for (int v = 0; v < V; v++) {
-                            f[r][v] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), dxv[v]), sv,
-                                                      f[r][v]);
-                            f[r][v] = _mm512_fmadd_ps(xsv[v], bv, f[r][v]);
-                        }
-                    }
-                }
-            }
-        }
-        for (int r = 0; r < XJR; r++) {
-            if (j + r >= j1) break;
-            _Alignas(64) float out[32];
-            for (int v = 0; v < V; v++) _mm512_store_ps(out + 16 * v, f[r][v]);
-            for (int64_t i = 0; i < m; i++) a->y[i * a->ldy + j + r] = out[i];
-        }
-    }
-}
-
-static void xpanel_rows_any(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, const xpanel *xp,
-                            uint8_t *wbuf, int64_t j0, int64_t j1, int V) {
-    if (d->fp4) {
-        if (V == 1) xpanel_rows(a, d, up, xp, wbuf, j0, j1, 1, true);
-        else xpanel_rows(a, d, up, xp, wbuf, j0, j1, 2, true);
-    } else {
-        if (V == 1) xpanel_rows(a, d, up, xp, wbuf, j0, j1, 1, false);
-        else xpanel_rows(a, d, up, xp, wbuf, j0, j1, 2, false);
-    }
-}
-
-/* Scratch: the x panel, then per thread XJR * XKB bytes of unpacked W codes. */
-static void vnni_xpanel(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
-    const int64_t m = a->m, k = a->k, XP = xp_rows(m);
-    uint8_t *base = align64(a->scratch);
-    const xpanel xp = xpanel_at(base, m, k, d->G);
-    uint8_t *wbuf = base + (xpanel_bytes(m, k) + 63) / 64 * 64 + (size_t)ith * XJR * XKB;
-    int64_t r0, r1;
-    mnv__qsplit(XP, ith, nth, 1, &r0, &r1);
-    for (int64_t i = r0; i < r1; i++) {
-        if (i < m) {
-            xpanel_row(a->x + i * a->ldx, k, d, &xp, XP, i);
-        } else { /* padding rows: zero codes and factors */
-            for (int64_t w4 = 0; w4 < k / 4; w4++) memset(xp.q + (w4 * XP + i) * 4, 0, 4);
-            for (int64_t g = 0; g < k / d->G; g++) xp.dx[g * XP + i] = xp.xs[g * XP + i] = 0.0f;
-        }
-    }
-    if (nth > 1) a->barrier(a->barrier_ctx);
-    int64_t n0, n1;
-    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
-    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
-    xpanel_rows_any(a, d, &up, &xp, wbuf, n0, n1, (int)(XP / 16));
-}
 
 /* y tile (I8_R rows of x) x (C*16 rows of W) over one k block: per group, the
  * int32 sums of vpdpbusd (W codes as unsigned, x as signed bytes) are scaled
@@ -990,14 +803,13 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
 
 /* ---- entry point -------------------------------------------------------------------------- */
 
-/* Mid-size m up to this runs the decode kernel (vnni_mid), above it the x
- * panel (vnni_xpanel). The decode kernel's cost grows with m (a convert, a
- * permute and an FMA per 64 codes and row of x besides the vpdpbusd), the
- * panel's is flat up to 16 rows; measured crossovers on Zen 4 (m-sweep of
- * bench_qmatmul, 1 and 2 threads): about 10 at 4 bits, 6 at 8 bits (whose
- * codes need no unpacking, so packed W panels are cheap too: at 8 bits
- * m = 7..12 keeps the prefill path, ~15% ahead of the x panel at m = 8,
- * ~15% behind at m = 16). */
+/* Mid-size m up to this runs the decode kernel (vnni_mid), above it the
+ * packed prefill. The decode kernel's cost grows with m (a convert, a permute
+ * and an FMA per 64 codes and row of x besides the vpdpbusd); measured
+ * crossovers on Zen 4 (m-sweep of bench_qmatmul): about 10 at 4 bits, 6 at 8
+ * bits. (A variant that packed x instead of W for m = 11..32 matched the
+ * packed prefill in isolated sweeps but cost gpt-oss prefill 10-14% in the
+ * whole model, so it was taken out.) */
 static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
 
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {
@@ -1015,7 +827,6 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
     }
     if (vnni && i8_fmt && (nth == 1 || a->barrier)) {
         if (a->m <= mid_gemv_max_m(&d)) vnni_mid(a, &d, ith, nth);
-        else if (a->m <= MNV_QMATMUL_MID_MAX_M && (d.bits != 8 || a->m > 12)) vnni_xpanel(a, &d, ith, nth);
         else vnni_prefill(a, &d, ith, nth);
         return;
     }
