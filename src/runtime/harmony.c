@@ -566,15 +566,14 @@ typedef struct {
 } idvec;
 
 /* Encode text without matching added/special tokens (tiktoken's
- * encode_ordinary). `plain` is a copy of the tokenizer whose added-token
- * match tables are empty; see plain_tokenizer. */
-static mnv_status encode_ordinary(const mnv_tokenizer *plain, const char *s, size_t n, idvec *out) {
+ * encode_ordinary). */
+static mnv_status encode_ordinary(const mnv_tokenizer *tok, const char *s, size_t n, idvec *out) {
     size_t room = n + 8;
     for (int attempt = 0; attempt < 2; attempt++) {
         if (!grow((void **)&out->v, &out->cap, out->n + room, sizeof *out->v))
             return mnv_set_error(MNV_ERR_NOMEM, "mnv_chat_render_ids: out of memory");
         size_t got = 0;
-        mnv_status st = mnv_tokenize(plain, s, n, 0, out->v + out->n, out->cap - out->n, &got);
+        mnv_status st = mnv__tokenize_ordinary(tok, s, n, out->v + out->n, out->cap - out->n, &got);
         if (st == MNV_OK) {
             out->n += got;
             return MNV_OK;
@@ -583,15 +582,6 @@ static mnv_status encode_ordinary(const mnv_tokenizer *plain, const char *s, siz
         room = got;
     }
     return mnv_set_error(MNV_ERR_INTERNAL, "mnv_chat_render_ids: encoding size changed");
-}
-
-/* A shallow, read-only copy of tok that matches no added tokens: the
- * encoder finds added tokens only through abyte[][], so zeroing it leaves
- * plain pre-tokenization and BPE. (A tokenizer-side "encode ordinary" entry
- * point would make this copy unnecessary.) */
-static void plain_tokenizer(const mnv_tokenizer *tok, mnv_tokenizer *plain) {
-    *plain = *tok;
-    memset(plain->abyte, 0, sizeof plain->abyte);
 }
 
 mnv_status mnv_chat_render_ids(const mnv_chat *c, const mnv_tokenizer *tok,
@@ -606,23 +596,17 @@ mnv_status mnv_chat_render_ids(const mnv_chat *c, const mnv_tokenizer *tok,
     mnv_chat_render_params def = mnv_chat_render_params_default();
     seglist l = {0};
     idvec out = {0};
-    mnv_tokenizer *plain = malloc(sizeof *plain);
-    if (!plain) st = mnv_set_error(MNV_ERR_NOMEM, "mnv_chat_render_ids: out of memory");
-    if (st == MNV_OK) {
-        plain_tokenizer(tok, plain);
-        st = lay_out(c, params ? params : &def, &l);
-    }
+    st = lay_out(c, params ? params : &def, &l);
     for (size_t i = 0; st == MNV_OK && i < l.n; i++) {
         const segment *s = &l.v[i];
         if (s->kind == SEG_TEXT) {
-            if (s->len) st = encode_ordinary(plain, l.text.p + s->off, s->len, &out);
+            if (s->len) st = encode_ordinary(tok, l.text.p + s->off, s->len, &out);
         } else if (grow((void **)&out.v, &out.cap, out.n + 1, sizeof *out.v)) {
             out.v[out.n++] = mnv__hm_marker_id(&t, (mnv__hm_marker)s->kind);
         } else {
             st = mnv_set_error(MNV_ERR_NOMEM, "mnv_chat_render_ids: out of memory");
         }
     }
-    free(plain);
     seglist_free(&l);
     if (st == MNV_OK) {
         *n_out = out.n;

@@ -42,6 +42,7 @@ typedef struct {
     cand *heap;
     size_t nheap, capheap;
     pcre2_match_data *md;
+    bool ordinary;       /* match no added tokens (tiktoken's encode_ordinary) */
 } enc;
 
 static bool grow(void **p, size_t *cap, size_t need, size_t size) {
@@ -490,7 +491,7 @@ static void encode_segment(enc *e, const char *s, size_t n, bool first) {
     s = normalize_chain(t, s, &n, e->md, e->nb, &e->oom);
     size_t seg = 0, ms, me;
     int32_t id;
-    while (t->abyte[1][256] && next_added(t, 1, s, n, seg, seg, e->md, &ms, &me, &id)) {
+    while (!e->ordinary && t->abyte[1][256] && next_added(t, 1, s, n, seg, seg, e->md, &ms, &me, &id)) {
         pretok_bpe(e, s + seg, ms - seg, first && seg == 0);
         push_id(e, id);
         seg = me;
@@ -501,7 +502,7 @@ static void encode_segment(enc *e, const char *s, size_t n, bool first) {
 static void encode_text(enc *e, const char *s, size_t n) {
     size_t seg = 0, ms, me;
     int32_t id;
-    while (next_added(e->t, 0, s, n, seg, seg, e->md, &ms, &me, &id)) {
+    while (!e->ordinary && next_added(e->t, 0, s, n, seg, seg, e->md, &ms, &me, &id)) {
         encode_segment(e, s + seg, ms - seg, seg == 0);
         push_id(e, id);
         seg = me;
@@ -509,13 +510,13 @@ static void encode_text(enc *e, const char *s, size_t n) {
     encode_segment(e, s + seg, n - seg, seg == 0);
 }
 
-mnv_status mnv_tokenize(const mnv_tokenizer *t, const char *text, size_t len, int add_bos,
-                        int32_t *ids, size_t cap, size_t *n_out) {
+static mnv_status tokenize(const mnv_tokenizer *t, const char *text, size_t len, int add_bos, bool ordinary,
+                           int32_t *ids, size_t cap, size_t *n_out) {
     if (n_out) *n_out = 0;
     if (!t || (!text && len) || !n_out || (!ids && cap))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_tokenize: NULL tokenizer, text, ids or "
                              "n_out");
-    enc e = {.t = t};
+    enc e = {.t = t, .ordinary = ordinary};
     mnv__buf fixed = {0};
     if (!text) text = "";
     /* HF takes Unicode strings: invalid UTF-8 is read as U+FFFD, as Python's
@@ -553,4 +554,14 @@ mnv_status mnv_tokenize(const mnv_tokenizer *t, const char *text, size_t len, in
     free(e.heap);
     if (e.md) pcre2_match_data_free(e.md);
     return st;
+}
+
+mnv_status mnv_tokenize(const mnv_tokenizer *t, const char *text, size_t len, int add_bos, int32_t *ids, size_t cap,
+                        size_t *n_out) {
+    return tokenize(t, text, len, add_bos, false, ids, cap, n_out);
+}
+
+mnv_status mnv__tokenize_ordinary(const mnv_tokenizer *t, const char *text, size_t len, int32_t *ids, size_t cap,
+                                  size_t *n_out) {
+    return tokenize(t, text, len, 0, true, ids, cap, n_out);
 }

@@ -278,4 +278,9 @@ mnv_status mnv__regex_compile(const char *path, const char *what, const char *pa
 void mnv__normalize(const mnv_tokenizer *t, const char *s, size_t n, pcre2_match_data *md,
                     mnv__buf *out);
 
+/* mnv_tokenize without matching added or special tokens written in the text
+ * (tiktoken's encode_ordinary): what a chat renderer uses for user text. */
+mnv_status mnv__tokenize_ordinary(const mnv_tokenizer *t, const char *text, size_t len, int32_t *ids, size_t cap,
+                                  size_t *n_out);
+
 #endif
