@@ -27,6 +27,8 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 
 /* ---- option parsing --------------------------------------------------------- */
 

@@ -4,10 +4,6 @@
 
 #include "cli_common.h"
 
-int cmd_convert(int argc, char **argv); /* cmd_convert.c */
-
-int cmd_chat(int argc, char **argv); /* tools/cmd_chat.c */
-
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
