@@ -4,39 +4,9 @@
 # Run from tests/ with MNV_CLI, MNV_EMBED and MNV_ROOT set. Needs only
 # POSIX sh, grep, sed and awk.
 
-: "${MNV_CLI:?set MNV_CLI to the minerva binary}"
-: "${MNV_ROOT:=..}"
+. ./lib_e2e.sh
 MODEL="$MNV_ROOT/models/stories260K"
 FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
-unset MINERVA_DEFAULT_MODEL
-# absolute paths, so that a test may change directory
-case $MNV_CLI in /*) ;; *) MNV_CLI="$PWD/$MNV_CLI" ;; esac
-case ${MNV_EMBED:-/} in /*) ;; *) MNV_EMBED="$PWD/$MNV_EMBED" ;; esac
-TMP=$(mktemp -d) || exit 1
-trap 'rm -rf "$TMP"' EXIT
-
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL: $*" >&2
-}
-check() {
-    desc=$1
-    shift
-    if "$@"; then ok; else bad "$desc"; fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
-# expect_rc DESCRIPTION RC COMMAND...: stdout to $TMP/out, stderr to $TMP/err.
-expect_rc() {
-    desc=$1 want=$2
-    shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" -eq "$want" ]; then ok; else bad "$desc: exit code $got, expected $want"; cat "$TMP/err" >&2; fi
-}
 
 # ---- help and version ----------------------------------------------------------------------
 expect_rc "minerva --help" 0 "$MNV_CLI" --help
@@ -177,5 +147,4 @@ else
     bad "MNV_EMBED is not set"
 fi
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+e2e_done

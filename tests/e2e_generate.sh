@@ -4,40 +4,9 @@
 # The expectation, fixtures/stories260K_expected_greedy.txt, is the reference
 # greedy story: a line "ids: 1 403 407 ..." (BOS + 255 ids) and its text.
 
-: "${MNV_CLI:?set MNV_CLI to the minerva binary}"
-: "${MNV_ROOT:=..}"
+. ./lib_e2e.sh
 MODEL="$MNV_ROOT/models/stories260K"
 FIXTURE="$MNV_ROOT/tests/fixtures/stories260K_expected_greedy.txt"
-unset MINERVA_DEFAULT_MODEL
-# absolute paths, so that a test may change directory
-case $MNV_CLI in /*) ;; *) MNV_CLI="$PWD/$MNV_CLI" ;; esac
-case ${MNV_EMBED:-/} in /*) ;; *) MNV_EMBED="$PWD/$MNV_EMBED" ;; esac
-TMP=$(mktemp -d) || exit 1
-trap 'rm -rf "$TMP"' EXIT
-
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL: $*" >&2
-}
-# check DESCRIPTION COMMAND...: passes when COMMAND succeeds.
-check() {
-    desc=$1
-    shift
-    if "$@"; then ok; else bad "$desc"; fi
-}
-contains() { grep -qF -- "$2" "$1"; }
-same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
-# expect_rc DESCRIPTION RC COMMAND...: runs COMMAND (stderr to $TMP/err) and checks its exit code.
-expect_rc() {
-    desc=$1 want=$2
-    shift 2
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" -eq "$want" ]; then ok; else bad "$desc: exit code $got, expected $want"; cat "$TMP/err" >&2; fi
-}
 # ids FROM TO: ids FROM..TO (1-based, BOS is id 1) of the fixture, space-separated.
 ids() {
     sed -n 's/^ids: //p' "$FIXTURE" | tr -s ' ' '\n' | sed -n "$1,$2p" | tr '\n' ' ' | sed 's/ *$//'
@@ -133,5 +102,4 @@ expect_rc "out-of-vocabulary prompt id" 1 "$MNV_CLI" generate -m "$MODEL" --prom
 expect_rc "generate --help" 0 "$MNV_CLI" generate --help
 check "  help lists --top-k" contains "$TMP/out" "--top-k"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+e2e_done

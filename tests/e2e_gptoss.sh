@@ -5,17 +5,7 @@
 # harmony tokenizer (when ../../shared/tokenizers/gptoss is present).
 # Run from tests/ with MNV_CLI set.
 
-: "${MNV_CLI:?set MNV_CLI to the minerva binary}"
-case $MNV_CLI in /*) ;; *) MNV_CLI="$PWD/$MNV_CLI" ;; esac
-TMP=$(mktemp -d) || exit 1
-trap 'rm -rf "$TMP"' EXIT
-pass=0
-fail=0
-check() {
-    desc=$1
-    shift
-    if "$@"; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: $desc" >&2; fi
-}
+. ./lib_e2e.sh
 
 # inspect: 12.08 GB of weights in the MXFP4-Q8 layout, 2.566 GB read per token
 "$MNV_CLI" inspect fixtures/gpt-oss-20b >"$TMP/i20" 2>&1
@@ -52,5 +42,4 @@ CFG
 else
     echo "SKIP: $TOK not present (chat test)"
 fi
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+e2e_done

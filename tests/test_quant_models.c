@@ -182,9 +182,11 @@ int main(void) {
     }
     /* stories260K: hidden 64, ffn 172 (down_proj's 172 columns do not divide
      * into groups and stays float, as mlx-lm leaves it) */
+    /* measured when written (default kernel): top-1 98.1 / 99.4 / 85.6 / 84.4 /
+     * 77.5 %, perplexity ratio 1.000 / 1.002 / 1.103 / 1.153 / 1.304 */
     const qcase stories[] = {
         {"affine", 8, 32, 0.95, 1.02}, {"affine", 8, 64, 0.95, 1.02}, {"affine", 4, 32, 0.75, 1.15},
-        {"affine", 4, 64, 0.70, 1.20}, {"mxfp4", 4, 32, 0.70, 1.40},
+        {"affine", 4, 64, 0.70, 1.20}, {"mxfp4", 4, 32, 0.70, 1.35},
     };
     run_model("stories260K", "../models/stories260K", 1, stories, 5, 1);
     const qcase tiny[] = {{"affine", 8, 32, 0, 0}, {"affine", 4, 32, 0, 0}, {"mxfp4", 4, 32, 0, 0}};

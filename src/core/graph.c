@@ -248,6 +248,11 @@ mnv_array *mnv_cast(mnv_graph *g, mnv_array *a, mnv_dtype dt) {
 
 mnv_array *mnv_contiguous(mnv_graph *g, mnv_array *a) { return a ? mnv_cast(g, a, a->dtype) : NULL; }
 
+/* a itself when it is contiguous f32 (what kernels read), else a copy that is. */
+static mnv_array *as_f32(mnv_graph *g, mnv_array *a) {
+    return mnv_array_is_contiguous(a) && a->dtype == MNV_DTYPE_F32 ? a : mnv_cast(g, a, MNV_DTYPE_F32);
+}
+
 static bool is_float(mnv_dtype t) { return t == MNV_DTYPE_F32 || t == MNV_DTYPE_F16 || t == MNV_DTYPE_BF16; }
 
 /* Elementwise binary op: b has the same shape as a, or is one row broadcast
@@ -255,7 +260,7 @@ static bool is_float(mnv_dtype t) { return t == MNV_DTYPE_F32 || t == MNV_DTYPE_
 static mnv_array *binary(mnv_graph *g, mnv_op op, mnv_array *a, mnv_array *b) {
     NEED(a);
     NEED(b);
-    if (!mnv_array_is_contiguous(a) || a->dtype != MNV_DTYPE_F32) a = mnv_cast(g, a, MNV_DTYPE_F32);
+    a = as_f32(g, a);
     if (!mnv_array_is_contiguous(b)) b = mnv_contiguous(g, b);
     if (!a || !b) return NULL;
     int64_t inner = a->shape[a->ndim - 1];
@@ -276,7 +281,7 @@ mnv_array *mnv_mul(mnv_graph *g, mnv_array *a, mnv_array *b) { return binary(g, 
 
 static mnv_array *unary(mnv_graph *g, mnv_op op, mnv_array *a) {
     NEED(a);
-    if (!mnv_array_is_contiguous(a) || a->dtype != MNV_DTYPE_F32) a = mnv_cast(g, a, MNV_DTYPE_F32);
+    a = as_f32(g, a);
     if (!a) return NULL;
     mnv_node *n = new_node(g, op, MNV_DTYPE_F32, a->ndim, a->shape);
     if (n) n->src[0] = a;
@@ -311,24 +316,29 @@ mnv_array *mnv_rms_norm(mnv_graph *g, mnv_array *x, mnv_array *w, float eps) {
     return n;
 }
 
+/* x (.., k) times the rows of w (n, ..): an f32 (.., n) node of op with
+ * x and w as its first sources. */
+static mnv_node *product_node(mnv_graph *g, mnv_op op, mnv_array *x, mnv_array *w, int64_t k) {
+    if (x->shape[x->ndim - 1] != k)
+        return fail(g, MNV_ERR_INVALID_ARG, "%s: x has %lld columns, weight '%s' has %lld", mnv_op_name(op),
+                    (long long)x->shape[x->ndim - 1], w->name, (long long)k);
+    if (!(x = as_f32(g, x))) return NULL;
+    int64_t shape[MNV_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = w->shape[0];
+    mnv_node *n = new_node(g, op, MNV_DTYPE_F32, x->ndim, shape);
+    if (!n) return NULL;
+    n->src[0] = x;
+    n->src[1] = w;
+    return n;
+}
+
 mnv_array *mnv_matmul(mnv_graph *g, mnv_array *x, mnv_array *w) {
     NEED(x);
     NEED(w);
     if (w->ndim != 2 || w->stride[1] != 1 || !is_float(w->dtype))
         return fail(g, MNV_ERR_INVALID_ARG, "matmul: weight must be a 2-d float array with contiguous rows");
-    if (x->shape[x->ndim - 1] != w->shape[1])
-        return fail(g, MNV_ERR_INVALID_ARG, "matmul: x has %lld columns, weight '%s' has %lld",
-                    (long long)x->shape[x->ndim - 1], w->name, (long long)w->shape[1]);
-    if (!mnv_array_is_contiguous(x) || x->dtype != MNV_DTYPE_F32) x = mnv_cast(g, x, MNV_DTYPE_F32);
-    if (!x) return NULL;
-    int64_t shape[MNV_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof shape);
-    shape[x->ndim - 1] = w->shape[0];
-    mnv_node *n = new_node(g, MNV_OP_MATMUL, MNV_DTYPE_F32, x->ndim, shape);
-    if (!n) return NULL;
-    n->src[0] = x;
-    n->src[1] = w;
-    return n;
+    return product_node(g, MNV_OP_MATMUL, x, w, w->shape[1]);
 }
 
 mnv_array *mnv_rope(mnv_graph *g, mnv_array *x, mnv_array *pos, mnv_array *inv_freq, int32_t n_rot, int traditional,
@@ -377,7 +387,7 @@ mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_
         return fail(g, MNV_ERR_INVALID_ARG, "cache_write: rows (T, Hkv, D) do not match cache (S, C, Hkv, D)");
     if (!mnv_array_is_contiguous(cache) || !is_float(cache->dtype))
         return fail(g, MNV_ERR_INVALID_ARG, "cache_write: cache must be contiguous float");
-    if (!mnv_array_is_contiguous(rows) || rows->dtype != MNV_DTYPE_F32) rows = mnv_cast(g, rows, MNV_DTYPE_F32);
+    rows = as_f32(g, rows);
     if (!rows) return NULL;
     mnv_node *n = new_node(g, MNV_OP_CACHE_WRITE, cache->dtype, 4, cache->shape);
     if (!n) return NULL;
@@ -442,18 +452,8 @@ mnv_array *mnv_qmatmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scal
     NEED(w);
     NEED(scales);
     if (!check_quant(g, "qmatmul", w, scales, biases, fmt, k)) return NULL;
-    if (x->shape[x->ndim - 1] != k)
-        return fail(g, MNV_ERR_INVALID_ARG, "qmatmul: x has %lld columns, weight '%s' has %lld",
-                    (long long)x->shape[x->ndim - 1], w->name, (long long)k);
-    if (!mnv_array_is_contiguous(x) || x->dtype != MNV_DTYPE_F32) x = mnv_cast(g, x, MNV_DTYPE_F32);
-    if (!x) return NULL;
-    int64_t shape[MNV_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof shape);
-    shape[x->ndim - 1] = w->shape[0];
-    mnv_node *n = new_node(g, MNV_OP_QMATMUL, MNV_DTYPE_F32, x->ndim, shape);
+    mnv_node *n = product_node(g, MNV_OP_QMATMUL, x, w, k);
     if (!n) return NULL;
-    n->src[0] = x;
-    n->src[1] = w;
     n->src[2] = scales;
     n->src[3] = fmt->mode == MNV_QMODE_AFFINE ? biases : NULL;
     n->p.q.fmt = *fmt;
@@ -505,7 +505,7 @@ mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k) {
     NEED(logits);
     if (logits->ndim != 2 || k < 1 || k > logits->shape[1])
         return fail(g, MNV_ERR_INVALID_ARG, "topk: k = %d of a (T, %lld) array", k, (long long)logits->shape[1]);
-    if (!mnv_array_is_contiguous(logits) || logits->dtype != MNV_DTYPE_F32) logits = mnv_cast(g, logits, MNV_DTYPE_F32);
+    logits = as_f32(g, logits);
     if (!logits) return NULL;
     int64_t shape[2] = {logits->shape[0], k};
     mnv_node *n = new_node(g, MNV_OP_TOPK, MNV_DTYPE_I32, 2, shape);
@@ -518,7 +518,7 @@ mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids) {
     NEED(ids);
     if (ids->ndim != 2 || ids->dtype != MNV_DTYPE_I32 || logits->ndim != 2 || ids->shape[0] != logits->shape[0])
         return fail(g, MNV_ERR_INVALID_ARG, "gather_softmax: logits (T, E) and ids (T, k) disagree");
-    if (!mnv_array_is_contiguous(logits) || logits->dtype != MNV_DTYPE_F32) logits = mnv_cast(g, logits, MNV_DTYPE_F32);
+    logits = as_f32(g, logits);
     if (!logits) return NULL;
     mnv_node *n = new_node(g, MNV_OP_GATHER_SOFTMAX, MNV_DTYPE_F32, 2, ids->shape);
     if (!n) return NULL;
@@ -559,7 +559,7 @@ mnv_array *mnv_moe_matmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *s
         return fail(g, MNV_ERR_INVALID_ARG, "moe_matmul: x must be (T, K) or (T, k, K) with ids (T, k)");
     if (bias && (bias->ndim != 2 || bias->shape[0] != E || bias->shape[1] != N || bias->dtype != MNV_DTYPE_F32))
         return fail(g, MNV_ERR_INVALID_ARG, "moe_matmul: bias must be f32 (E, N)");
-    if (!mnv_array_is_contiguous(x) || x->dtype != MNV_DTYPE_F32) x = mnv_cast(g, x, MNV_DTYPE_F32);
+    x = as_f32(g, x);
     if (!x) return NULL;
     int64_t shape[3] = {T, kk, N};
     mnv_node *n = new_node(g, MNV_OP_MOE_MATMUL, MNV_DTYPE_F32, 3, shape);

@@ -392,29 +392,12 @@ static mnv_array *gptoss_build(const mnv_model *m, mnv_graph *g, const mnv_batch
 }
 
 /* Tensors of the MLX layout (a), in logical form. */
-static void spec(mnv_tensor_spec *s, int32_t *n, int32_t cap, const char *name, int32_t ndim, int64_t d0, int64_t d1,
-                 int64_t d2, mnv_ts_kind kind, bool optional) {
-    if (*n < cap) {
-        mnv_tensor_spec *t = &s[*n];
-        memset(t, 0, sizeof *t);
-        snprintf(t->name, sizeof t->name, "%s", name);
-        t->ndim = ndim;
-        t->shape[0] = d0;
-        t->shape[1] = d1;
-        t->shape[2] = d2;
-        t->kind = kind;
-        t->optional = optional;
-        t->quantizable = kind == MNV_TS_WEIGHT && ndim >= 2;
-    }
-    (*n)++;
-}
-
 static int32_t gptoss_specs(const mnv_model_config *c, mnv_tensor_spec *s, int32_t cap) {
     int32_t n = 0;
     int64_t H = c->hidden_size, F = c->intermediate_size, D = c->head_dim, E = c->num_local_experts;
     int64_t qd = c->num_attention_heads * D, kvd = c->num_key_value_heads * D;
     char nm[112];
-    spec(s, &n, cap, "model.embed_tokens.weight", 2, c->vocab_size, H, 0, MNV_TS_WEIGHT, false);
+    mnv_spec_add(s, &n, cap, "model.embed_tokens.weight", 2, c->vocab_size, H, 0, MNV_TS_WEIGHT, false);
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         struct {
             const char *suffix;
@@ -436,11 +419,11 @@ static int32_t gptoss_specs(const mnv_model_config *c, mnv_tensor_spec *s, int32
         };
         for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
             snprintf(nm, sizeof nm, "model.layers.%d.%s", l, t[i].suffix);
-            spec(s, &n, cap, nm, t[i].ndim, t[i].d0, t[i].d1, t[i].d2, t[i].kind, false);
+            mnv_spec_add(s, &n, cap, nm, t[i].ndim, t[i].d0, t[i].d1, t[i].d2, t[i].kind, false);
         }
     }
-    spec(s, &n, cap, "model.norm.weight", 1, H, 0, 0, MNV_TS_NORM, false);
-    spec(s, &n, cap, "lm_head.weight", 2, c->vocab_size, H, 0, MNV_TS_WEIGHT, c->tie_word_embeddings == 1);
+    mnv_spec_add(s, &n, cap, "model.norm.weight", 1, H, 0, 0, MNV_TS_NORM, false);
+    mnv_spec_add(s, &n, cap, "lm_head.weight", 2, c->vocab_size, H, 0, MNV_TS_WEIGHT, c->tie_word_embeddings == 1);
     return n;
 }
 

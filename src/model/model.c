@@ -356,10 +356,9 @@ static uint64_t mnv_active_bytes(const mnv_model_config *c, const char *name, ui
     return bytes;
 }
 
-mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
-    if (!m || !info) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_get_info: NULL argument");
+/* The fields of mnv_model_info that the configuration alone decides. */
+static void info_from_config(const mnv_model_config *c, mnv_model_info *info) {
     memset(info, 0, sizeof *info);
-    const mnv_model_config *c = &m->cfg;
     info->arch = c->model_type;
     info->n_vocab = c->vocab_size;
     info->n_ctx_train = c->max_position_embeddings;
@@ -369,18 +368,25 @@ mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
     info->n_head = c->num_attention_heads;
     info->n_head_kv = c->num_key_value_heads;
     info->head_dim = c->head_dim;
-    info->tied_embeddings = m->output.data == m->tok_embd.data;
+    info->tied_embeddings = c->tie_word_embeddings == 1;
     info->bos_id = c->bos_token_id;
     info->n_eos = MNV_MIN(c->n_eos, 8);
     for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
+    info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
+                               (uint64_t)c->head_dim * sizeof(float);
+}
+
+mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
+    if (!m || !info) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_get_info: NULL argument");
+    const mnv_model_config *c = &m->cfg;
+    info_from_config(c, info);
+    info->tied_embeddings = m->output.data == m->tok_embd.data; /* what was loaded, not what the config says */
     info->n_params = m->n_params;
     info->weight_bytes = m->weight_bytes;
     for (size_t i = 0; i < mnv_st_count(m->st); i++) {
         const mnv_st_tensor *t = mnv_st_get(m->st, i);
         info->active_bytes_per_token += mnv_active_bytes(c, t->name, t->nbytes, info->tied_embeddings);
     }
-    info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
-                               (uint64_t)c->head_dim * sizeof(float);
     return MNV_OK;
 }
 
@@ -399,6 +405,23 @@ mnv_status mnv_model_tensor_info(const mnv_model *m, size_t i, mnv_tensor_info *
     info->nbytes = t->nbytes;
     info->file = mnv_st_file_name(m->st, t->file_index);
     return MNV_OK;
+}
+
+void mnv_spec_add(mnv_tensor_spec *specs, int32_t *n, int32_t cap, const char *name, int32_t ndim, int64_t d0,
+                  int64_t d1, int64_t d2, mnv_ts_kind kind, bool optional) {
+    if (*n < cap) {
+        mnv_tensor_spec *t = &specs[*n];
+        memset(t, 0, sizeof *t);
+        snprintf(t->name, sizeof t->name, "%s", name);
+        t->ndim = ndim;
+        t->shape[0] = d0;
+        t->shape[1] = d1;
+        t->shape[2] = d2;
+        t->kind = kind;
+        t->optional = optional;
+        t->quantizable = kind == MNV_TS_WEIGHT && ndim >= 2;
+    }
+    (*n)++;
 }
 
 uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t) {
@@ -485,22 +508,9 @@ mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
     mnv_dtype fdt = c && c->torch_dtype != MNV_DTYPE_F32 ? c->torch_dtype : MNV_DTYPE_F32;
     if (st == MNV_OK) st = mnv_model_stored_tensors(c, fdt, &t, &n);
     if (st == MNV_OK) {
+        info_from_config(c, info);
         snprintf(arch, sizeof arch, "%s", c->model_type);
-        info->arch = arch;
-        info->n_vocab = c->vocab_size;
-        info->n_ctx_train = c->max_position_embeddings;
-        info->n_layer = c->num_hidden_layers;
-        info->n_embd = c->hidden_size;
-        info->n_ff = c->intermediate_size;
-        info->n_head = c->num_attention_heads;
-        info->n_head_kv = c->num_key_value_heads;
-        info->head_dim = c->head_dim;
-        info->tied_embeddings = c->tie_word_embeddings == 1;
-        info->bos_id = c->bos_token_id;
-        info->n_eos = MNV_MIN(c->n_eos, 8);
-        for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
-        info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
-                                   (uint64_t)c->head_dim * sizeof(float);
+        info->arch = arch; /* c is freed below */
         for (int32_t i = 0; i < n; i++) {
             uint64_t b = mnv_stored_tensor_bytes(&t[i]);
             info->weight_bytes += b;

@@ -75,6 +75,10 @@ typedef struct {
 mnv_status mnv_model_stored_tensors(const mnv_model_config *cfg, mnv_dtype float_dtype, mnv_stored_tensor **out,
                                     int32_t *n_out);
 uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t);
+/* Append a spec at specs[*n] when *n < cap; *n always advances (so a first
+ * call with cap 0 counts). Weights of 2 or 3 dims are quantizable. */
+void mnv_spec_add(mnv_tensor_spec *specs, int32_t *n, int32_t cap, const char *name, int32_t ndim, int64_t d0,
+                  int64_t d1, int64_t d2, mnv_ts_kind kind, bool optional);
 const mnv_model_arch *mnv_model_arch_for(mnv_arch a);
 
 struct mnv_model_arch {

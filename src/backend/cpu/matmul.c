@@ -102,10 +102,19 @@ enum { N_IMPLS = sizeof impls / sizeof impls[0] };
 /* The only process-wide state here: a test override of the host's choice. */
 static _Atomic(const matmul_impl *) forced_impl;
 
+/* Chosen once (cpuid included), not on every product of every token. */
 static const matmul_impl *auto_impl(void) {
+    static _Atomic(const matmul_impl *) chosen;
+    const matmul_impl *c = atomic_load_explicit(&chosen, memory_order_acquire);
+    if (c) return c;
+    c = &impls[N_IMPLS - 1];
     for (int i = 0; i < N_IMPLS; i++)
-        if (impls[i].supported()) return &impls[i];
-    return &impls[N_IMPLS - 1];
+        if (impls[i].supported()) {
+            c = &impls[i];
+            break;
+        }
+    atomic_store_explicit(&chosen, c, memory_order_release);
+    return c;
 }
 
 static const matmul_impl *current_impl(void) {

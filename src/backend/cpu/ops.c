@@ -29,30 +29,26 @@ void mnv_cpu_convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int
     }
 }
 
-void mnv_cpu_add(const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows, int64_t n) {
+/* y = a (op) b row by row; b is f32 (read in place) or converted per element. */
+static void binary_rows(bool mul, const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows,
+                        int64_t n) {
     for (int64_t r = 0; r < rows; r++) {
         const float *ar = a + r * n;
         float *yr = y + r * n;
-        if (bt == MNV_DTYPE_F32) {
-            const float *br = (const float *)b + r * bs;
-            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] + br[i];
-        } else {
-            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] + mnv_cpu_load(b, bt, r * bs + i);
+        const float *bf = bt == MNV_DTYPE_F32 ? (const float *)b + r * bs : NULL;
+        for (int64_t i = 0; i < n; i++) {
+            float bv = bf ? bf[i] : mnv_cpu_load(b, bt, r * bs + i);
+            yr[i] = mul ? ar[i] * bv : ar[i] + bv;
         }
     }
 }
 
+void mnv_cpu_add(const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows, int64_t n) {
+    binary_rows(false, a, b, bt, bs, y, rows, n);
+}
+
 void mnv_cpu_mul(const float *a, const void *b, mnv_dtype bt, int64_t bs, float *y, int64_t rows, int64_t n) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *ar = a + r * n;
-        float *yr = y + r * n;
-        if (bt == MNV_DTYPE_F32) {
-            const float *br = (const float *)b + r * bs;
-            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] * br[i];
-        } else {
-            for (int64_t i = 0; i < n; i++) yr[i] = ar[i] * mnv_cpu_load(b, bt, r * bs + i);
-        }
-    }
+    binary_rows(true, a, b, bt, bs, y, rows, n);
 }
 
 void mnv_cpu_scale(const float *x, float s, float *y, int64_t n) {
@@ -191,7 +187,8 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
 }
 
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    if (strcmp(mnv_vec()->name, "avx512") == 0 && mnv__attention_avx512(a, i0, i1)) return;
+    const mnv_vec_ops *v = mnv_vec();
+    if (v->attention && v->attention(a, i0, i1)) return;
     int64_t H = a->n_head, D = a->cache.head_dim, Hkv = a->cache.n_head_kv, group = H / Hkv;
     for (int64_t i = i0; i < i1; i++) {
         int64_t t = i / Hkv, kvh = i % Hkv;
@@ -204,9 +201,6 @@ void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
     }
 }
 
-#if !defined(__x86_64__)
-bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1) { return false; }
-#endif
 
 void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     for (int64_t r = 0; r < rows; r++) {

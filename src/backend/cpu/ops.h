@@ -41,7 +41,7 @@ typedef struct {
 void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *seq,
                          const int32_t *pos, int64_t t0, int64_t t1);
 
-typedef struct {
+typedef struct mnv_attn_args {
     mnv_cache_shape cache;
     int32_t n_head;
     float scale;

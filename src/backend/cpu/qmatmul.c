@@ -214,13 +214,29 @@ static _Atomic(const qmatmul_impl *) forced_impl;
  * "avx512-vnni" path rounds activations to int8 per row (as llama.cpp does);
  * MNV_QMATMUL=avx512 (or scalar) selects an exact f32-activation path, as
  * MLX computes, for comparisons. */
-static const qmatmul_impl *auto_impl(void) {
+static const qmatmul_impl *pick_impl(void) {
     const char *env = getenv("MNV_QMATMUL");
     for (int i = 0; env && i < N_IMPLS; i++)
         if (strcmp(impls[i].name, env) == 0 && impls[i].supported()) return &impls[i];
     for (int i = 0; i < N_IMPLS; i++)
         if (impls[i].supported()) return &impls[i];
     return &impls[N_IMPLS - 1];
+}
+
+/* Chosen once (the environment and the CPU do not change while we run), not
+ * on every product of every token. */
+static const qmatmul_impl *auto_impl(void) {
+    static _Atomic(const qmatmul_impl *) chosen;
+    const qmatmul_impl *c = atomic_load_explicit(&chosen, memory_order_acquire);
+    if (!c) atomic_store_explicit(&chosen, c = pick_impl(), memory_order_release);
+    return c;
+}
+
+/* The exact (f32-activation) implementation of the host: what a session
+ * with exact_quant runs where the automatic choice rounds x to int8. */
+static const qmatmul_impl *exact_impl(const qmatmul_impl *impl) {
+    if (strcmp(impl->name, "avx512-vnni") != 0) return impl;
+    return &impls[1]; /* "avx512", listed right after it */
 }
 
 static const qmatmul_impl *current_impl(void) {
@@ -270,10 +286,7 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth) {
         return;
     }
     const qmatmul_impl *impl = current_impl();
-    if (a->exact && strcmp(impl->name, "avx512-vnni") == 0) /* the exact path of the same host */
-        for (int i = 0; i < N_IMPLS; i++)
-            if (strcmp(impls[i].name, "avx512") == 0) impl = &impls[i];
-    impl->run(a, ith, nth);
+    (a->exact ? exact_impl(impl) : impl)->run(a, ith, nth);
 }
 
 /* ---- quantized embedding lookup ---------------------------------------------- */

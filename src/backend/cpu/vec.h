@@ -1,9 +1,12 @@
-/* Small vector primitives used by the CPU kernels, with implementations for
- * AVX-512, AVX2 and plain C chosen once at run time for the host. */
+/* Small vector primitives (and the kernels that have a host-specific
+ * version) used by the CPU kernels, with implementations for AVX-512, AVX2
+ * and plain C chosen once at run time for the host. */
 #ifndef MNV_CPU_VEC_H
 #define MNV_CPU_VEC_H
 
 #include "core/core.h"
+
+struct mnv_attn_args; /* backend/cpu/ops.h */
 
 typedef struct {
     const char *name;
@@ -16,6 +19,9 @@ typedef struct {
     double (*sumsq_f32)(const float *x, int64_t n);
     /* y[i] = silu(g[i]) * u[i] */
     void (*silu_mul_f32)(const float *g, const float *u, float *y, int64_t n);
+    /* attention over (token, KV head) items [i0, i1); NULL, or false when the
+     * shape is not covered: the portable kernel runs instead */
+    bool (*attention)(const struct mnv_attn_args *a, int64_t i0, int64_t i1);
 } mnv_vec_ops;
 
 const mnv_vec_ops *mnv_vec(void);

@@ -56,6 +56,6 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul};
+static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, NULL};
 const mnv_vec_ops *mnv_vec_avx2(void) { return &ops; }
 #endif

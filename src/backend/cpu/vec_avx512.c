@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include "backend/cpu/exp_avx512.h"
+#include "backend/cpu/ops.h"
 #include "backend/cpu/vec.h"
 
 static float dot(const float *a, const float *b, int64_t n) {
@@ -64,6 +65,6 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     }
 }
 
-static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul};
+static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx512};
 const mnv_vec_ops *mnv_vec_avx512(void) { return &ops; }
 #endif
