@@ -2,6 +2,7 @@
  * the portable path (plain C, no intrinsics, so that it builds and is correct
  * on any host; the SIMD paths live in matmul_avx512.c and matmul_avx2.c). */
 #include "backend/cpu/matmul.h"
+#include "backend/cpu/cpu_isa.h"
 
 #include <assert.h>
 #include <stdatomic.h>
@@ -55,31 +56,12 @@ void mnv__matmul_scalar(const mnv_matmul_args *a, int ith, int nth) {
 
 typedef struct {
     const char *name;
-    bool (*supported)(void);
+    mnv_isa isa;       /* the level it needs */
+    int feat;          /* and this optional feature (mnv_cpu_feat), or -1 */
     void (*run)(const mnv_matmul_args *a, int ith, int nth);
 } matmul_impl;
 
-static bool host_any(void) { return true; }
-
 #if defined(__x86_64__) || defined(_M_X64)
-#include <cpuid.h>
-
-/* CPUID.1:ECX bit 29 (clang's __builtin_cpu_supports lacks "f16c"). */
-static bool host_f16c(void) {
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
-}
-static bool host_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && host_f16c();
-}
-static bool host_avx512(void) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           host_avx2();
-}
-static bool host_avx512_bf16(void) {
-    return host_avx512() && __builtin_cpu_supports("avx512bf16");
-}
 static void run_avx512_bf16(const mnv_matmul_args *a, int ith, int nth) {
     mnv__matmul_avx512(a, ith, nth, true);
 }
@@ -88,33 +70,31 @@ static void run_avx512(const mnv_matmul_args *a, int ith, int nth) {
 }
 #endif
 
-/* Best first: the automatic choice is the first one the host supports. */
+/* Best first: the automatic choice is the first one the host (and the
+ * MINERVA_CPU cap) allows. */
 static const matmul_impl impls[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    {"avx512-bf16", host_avx512_bf16, run_avx512_bf16},
-    {"avx512", host_avx512, run_avx512},
-    {"avx2", host_avx2, mnv__matmul_avx2},
+    {"avx512-bf16", MNV_ISA_AVX512, MNV_CPU_AVX512_BF16, run_avx512_bf16},
+    {"avx512", MNV_ISA_AVX512, -1, run_avx512},
+    {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2},
 #endif
-    {"scalar", host_any, mnv__matmul_scalar},
+    {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };
+
+static bool allowed(const matmul_impl *m) {
+    return mnv__isa_ok(m->isa) && (m->feat < 0 || mnv__cpu_has((mnv_cpu_feat)m->feat));
+}
 
 /* The only process-wide state here: a test override of the host's choice. */
 static _Atomic(const matmul_impl *) forced_impl;
 
-/* Chosen once (cpuid included), not on every product of every token. */
+/* The host's choice under the cap: detection is cached in cpu_isa.c, so this
+ * is a few loads per product. */
 static const matmul_impl *auto_impl(void) {
-    static _Atomic(const matmul_impl *) chosen;
-    const matmul_impl *c = atomic_load_explicit(&chosen, memory_order_acquire);
-    if (c) return c;
-    c = &impls[N_IMPLS - 1];
     for (int i = 0; i < N_IMPLS; i++)
-        if (impls[i].supported()) {
-            c = &impls[i];
-            break;
-        }
-    atomic_store_explicit(&chosen, c, memory_order_release);
-    return c;
+        if (allowed(&impls[i])) return &impls[i];
+    return &impls[N_IMPLS - 1];
 }
 
 static const matmul_impl *current_impl(void) {
@@ -128,7 +108,7 @@ bool mnv_cpu_matmul_force(const char *name) {
         return true;
     }
     for (int i = 0; i < N_IMPLS; i++) {
-        if (strcmp(impls[i].name, name) == 0 && impls[i].supported()) {
+        if (strcmp(impls[i].name, name) == 0 && allowed(&impls[i])) {
             atomic_store(&forced_impl, &impls[i]);
             return true;
         }

@@ -9,6 +9,7 @@
  * products with a power of two are exact; nvfp4 e2m1 * (e4m3(s) * global)),
  * then dot products run in f32 with eight partial sums. */
 #include "backend/cpu/qmatmul.h"
+#include "backend/cpu/cpu_isa.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -180,63 +181,67 @@ void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth) {
 
 typedef struct {
     const char *name;
-    bool (*supported)(void);
+    mnv_isa isa;       /* the level it needs */
+    int feat;          /* and this optional feature (mnv_cpu_feat), or -1 */
+    bool int8;         /* rounds activations to int8 (not exact) */
     void (*run)(const mnv_qmatmul_args *a, int ith, int nth);
 } qmatmul_impl;
 
-static bool host_any(void) { return true; }
-
 #if defined(__x86_64__) || defined(_M_X64)
-static bool host_avx512(void) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-}
-static bool host_avx512_vnni(void) { return host_avx512() && __builtin_cpu_supports("avx512vnni"); }
 static void run_avx512_vnni(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx512(a, ith, nth, true); }
 static void run_avx512(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx512(a, ith, nth, false); }
 #endif
 
-/* Best first: the automatic choice is the first one the host supports. */
+/* Best first: the automatic choice is the first one the host (and the
+ * MINERVA_CPU cap) allows. */
 static const qmatmul_impl impls[] = {
 #if defined(__x86_64__) || defined(_M_X64)
-    {"avx512-vnni", host_avx512_vnni, run_avx512_vnni},
-    {"avx512", host_avx512, run_avx512},
+    {"avx512-vnni", MNV_ISA_AVX512, MNV_CPU_AVX512_VNNI, true, run_avx512_vnni},
+    {"avx512", MNV_ISA_AVX512, -1, false, run_avx512},
 #endif
-    {"scalar", host_any, mnv__qmatmul_scalar},
+    {"scalar", MNV_ISA_SCALAR, -1, false, mnv__qmatmul_scalar},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };
+
+static bool allowed(const qmatmul_impl *q) {
+    return mnv__isa_ok(q->isa) && (q->feat < 0 || mnv__cpu_has((mnv_cpu_feat)q->feat));
+}
 
 /* The only process-wide state here: a test override of the host's choice. */
 static _Atomic(const qmatmul_impl *) forced_impl;
 
-/* The automatic choice: the fastest implementation the host has. The
- * "avx512-vnni" path rounds activations to int8 per row (as llama.cpp does);
- * MNV_QMATMUL=avx512 (or scalar) selects an exact f32-activation path, as
- * MLX computes, for comparisons. */
-static const qmatmul_impl *pick_impl(void) {
+/* The environment's MNV_QMATMUL (an implementation's name, for comparisons),
+ * read once; NULL when unset or unknown. */
+static const qmatmul_impl *env_impl(void) {
+    static _Atomic(const qmatmul_impl *) chosen;
+    static _Atomic int read;
+    if (atomic_load_explicit(&read, memory_order_acquire)) return atomic_load(&chosen);
     const char *env = getenv("MNV_QMATMUL");
     for (int i = 0; env && i < N_IMPLS; i++)
-        if (strcmp(impls[i].name, env) == 0 && impls[i].supported()) return &impls[i];
-    for (int i = 0; i < N_IMPLS; i++)
-        if (impls[i].supported()) return &impls[i];
-    return &impls[N_IMPLS - 1];
+        if (strcmp(impls[i].name, env) == 0) atomic_store(&chosen, &impls[i]);
+    atomic_store_explicit(&read, 1, memory_order_release);
+    return atomic_load(&chosen);
 }
 
-/* Chosen once (the environment and the CPU do not change while we run), not
- * on every product of every token. */
+/* The automatic choice: the fastest implementation the host has under the
+ * cap. The int8 paths ("avx512-vnni") round activations to int8 per group (as
+ * llama.cpp does); MNV_QMATMUL=avx512 (or scalar) selects an exact
+ * f32-activation path, as MLX computes, for comparisons. */
 static const qmatmul_impl *auto_impl(void) {
-    static _Atomic(const qmatmul_impl *) chosen;
-    const qmatmul_impl *c = atomic_load_explicit(&chosen, memory_order_acquire);
-    if (!c) atomic_store_explicit(&chosen, c = pick_impl(), memory_order_release);
-    return c;
+    const qmatmul_impl *e = env_impl();
+    if (e && allowed(e)) return e;
+    for (int i = 0; i < N_IMPLS; i++)
+        if (allowed(&impls[i])) return &impls[i];
+    return &impls[N_IMPLS - 1];
 }
 
 /* The exact (f32-activation) implementation of the host: what a session
  * with exact_quant runs where the automatic choice rounds x to int8. */
 static const qmatmul_impl *exact_impl(const qmatmul_impl *impl) {
-    if (strcmp(impl->name, "avx512-vnni") != 0) return impl;
-    return &impls[1]; /* "avx512", listed right after it */
+    if (!impl->int8) return impl;
+    for (const qmatmul_impl *q = impl + 1; q < impls + N_IMPLS; q++) /* its exact twin follows it */
+        if (!q->int8 && allowed(q)) return q;
+    return &impls[N_IMPLS - 1];
 }
 
 static const qmatmul_impl *current_impl(void) {
@@ -250,7 +255,7 @@ bool mnv_cpu_qmatmul_force(const char *name) {
         return true;
     }
     for (int i = 0; i < N_IMPLS; i++) {
-        if (strcmp(impls[i].name, name) == 0 && impls[i].supported()) {
+        if (strcmp(impls[i].name, name) == 0 && allowed(&impls[i])) {
             atomic_store(&forced_impl, &impls[i]);
             return true;
         }

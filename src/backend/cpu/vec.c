@@ -1,4 +1,5 @@
 #include "backend/cpu/vec.h"
+#include "backend/cpu/cpu_isa.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -34,21 +35,13 @@ static void silu_mul_c(const float *g, const float *u, float *y, int64_t n) {
 
 static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c, silu_mul_c, NULL};
 
-static const mnv_vec_ops *chosen;
-
+/* The best table the host (and the MINERVA_CPU cap) allows; detection is
+ * done once, thread-safely, in cpu_isa.c. */
 const mnv_vec_ops *mnv_vec(void) {
-    if (chosen) return chosen;
     const mnv_vec_ops *v = NULL;
-#if defined(__x86_64__)
-    const char *force = getenv("MNV_FORCE_SCALAR");
-    if (!(force && *force == '1')) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f")) v = mnv_vec_avx512();
-        if (!v && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) v = mnv_vec_avx2();
-    }
-#endif
-    chosen = v ? v : &vec_c;
-    return chosen;
+    if (mnv__isa_ok(MNV_ISA_AVX512)) v = mnv_vec_avx512();
+    if (!v && mnv__isa_ok(MNV_ISA_AVX2)) v = mnv_vec_avx2();
+    return v ? v : &vec_c;
 }
 
 #if !defined(__x86_64__)
