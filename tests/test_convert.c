@@ -9,6 +9,7 @@
 #endif
 #include <cjson/cJSON.h>
 #include <ftw.h>
+#include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -583,7 +584,7 @@ static bool same_file(const char *a, const char *b) {
  * generation_config's eos list replaces config's eos_token_id (mlx-lm's
  * load_config); a plain conversion casts every float to --dtype. */
 static void test_side_files_and_cast(void) {
-    char src[256], abs_fix[512];
+    char src[256], abs_fix[PATH_MAX];
     snprintf(src, sizeof src, "%s/src_side", tmpdir);
     CHECK(mkdir(src, 0755) == 0);
     CHECK(realpath(FIX "tiny-llama/model.safetensors", abs_fix) != NULL);
@@ -693,7 +694,7 @@ static void test_errors(void) {
         expect_error(convert(FIX "tiny-llama", g_affine4, NULL, 0, 0, MNV_DTYPE_COUNT, 0, 0, NULL),
                      MNV_ERR_INVALID_ARG, "not empty", NULL);
         /* a config whose bits disagree with the tensors: the module is named */
-        char bad[256], abs_path[512];
+        char bad[256], abs_path[PATH_MAX];
         snprintf(bad, sizeof bad, "%s/bad_bits", tmpdir);
         CHECK(mkdir(bad, 0755) == 0);
         CHECK(realpath(join(g_affine4, "model.safetensors"), abs_path) != NULL);
