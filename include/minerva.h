@@ -35,9 +35,23 @@
 extern "C" {
 #endif
 
+/* The library's version; the build reads it from here (one source). The
+ * shared library's SONAME follows it: libminerva.so.0.MINOR while MAJOR is 0
+ * (any minor release may change the ABI), libminerva.so.MAJOR afterwards. */
 #define MNV_VERSION_MAJOR 0
 #define MNV_VERSION_MINOR 1
 #define MNV_VERSION_PATCH 0
+
+/* MNV_API marks the public functions: the only symbols libminerva.so
+ * exports (the library is built with hidden visibility by default). A user
+ * may define it before including this header. */
+#ifndef MNV_API
+#if defined(__GNUC__) || defined(__clang__)
+#define MNV_API __attribute__((visibility("default")))
+#else
+#define MNV_API
+#endif
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Status                                                                   */
@@ -63,15 +77,15 @@ typedef enum {
 } mnv_status;
 
 /* A static, human-readable name for a status. Never NULL. */
-const char *mnv_status_str(mnv_status s);
+MNV_API const char *mnv_status_str(mnv_status s);
 
 /* The detailed message of the calling thread's most recent failure
  * (e.g. "model.safetensors: tensor 'model.norm.weight': data_offsets end
  * 4096 beyond buffer size 4000"). Never NULL; "" if there was none. */
-const char *mnv_last_error(void);
+MNV_API const char *mnv_last_error(void);
 
 /* Library version as "MAJOR.MINOR.PATCH". */
-const char *mnv_version(void);
+MNV_API const char *mnv_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Data types                                                               */
@@ -95,7 +109,7 @@ typedef enum {
 } mnv_dtype;
 
 /* Name as written in safetensors headers ("F32", "BF16", ...). */
-const char *mnv_dtype_name(mnv_dtype t);
+MNV_API const char *mnv_dtype_name(mnv_dtype t);
 
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
@@ -107,16 +121,16 @@ typedef struct mnv_tokenizer mnv_tokenizer;
  * If a tokenizer_config.json sits beside it, it is read for the BOS/EOS
  * tokens and add_bos_token. On success *out owns the tokenizer; free it with
  * mnv_tokenizer_free. */
-mnv_status mnv_tokenizer_load(const char *tokenizer_json_path, mnv_tokenizer **out);
-void mnv_tokenizer_free(mnv_tokenizer *tok);
+MNV_API mnv_status mnv_tokenizer_load(const char *tokenizer_json_path, mnv_tokenizer **out);
+MNV_API void mnv_tokenizer_free(mnv_tokenizer *tok);
 
 /* Vocabulary size including added tokens (max id + 1). */
-int32_t mnv_tokenizer_n_vocab(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_n_vocab(const mnv_tokenizer *tok);
 /* BOS / EOS ids, or -1 when the tokenizer defines none. */
-int32_t mnv_tokenizer_bos(const mnv_tokenizer *tok);
-int32_t mnv_tokenizer_eos(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_bos(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_eos(const mnv_tokenizer *tok);
 /* 1 when tokenizer_config.json asks for a BOS token before a prompt. */
-int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
+MNV_API int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
 
 /* Encode UTF-8 text (len bytes; text need not be NUL-terminated).
  * Equals Hugging Face `Tokenizer.encode(text, add_special_tokens=False)`:
@@ -125,7 +139,7 @@ int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
  * Writes at most cap ids; *n_out receives the number of ids the full encoding
  * has. If that exceeds cap, returns MNV_ERR_RANGE (call again with a larger
  * buffer). ids may be NULL when cap is 0. */
-mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
+MNV_API mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
                         int32_t *ids, size_t cap, size_t *n_out);
 
 /* Decode ids to UTF-8 text, as Hugging Face `decode(ids,
@@ -133,21 +147,21 @@ mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, 
  * terminating NUL when room allows; *len_out receives the full length
  * (excluding NUL). Returns MNV_ERR_RANGE if cap <= full length. Invalid ids
  * give MNV_ERR_RANGE naming the id. */
-mnv_status mnv_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+MNV_API mnv_status mnv_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                           char *text, size_t cap, size_t *len_out);
 
 /* Streaming decoder: feed one id at a time, receive only complete UTF-8
  * characters (never half a character). Owned by the caller. */
 typedef struct mnv_detok_stream mnv_detok_stream;
-mnv_status mnv_detok_stream_create(const mnv_tokenizer *tok, mnv_detok_stream **out);
+MNV_API mnv_status mnv_detok_stream_create(const mnv_tokenizer *tok, mnv_detok_stream **out);
 /* Appends the text that id completes to out (at most cap bytes) and sets
  * *len_out. 64 bytes are always enough for one token's text unless the
  * vocabulary holds longer pieces; MNV_ERR_RANGE then asks for more. */
-mnv_status mnv_detok_stream_push(mnv_detok_stream *s, int32_t id, char *out, size_t cap,
+MNV_API mnv_status mnv_detok_stream_push(mnv_detok_stream *s, int32_t id, char *out, size_t cap,
                                  size_t *len_out);
 /* Flushes any held incomplete bytes (as U+FFFD replacement characters). */
-mnv_status mnv_detok_stream_flush(mnv_detok_stream *s, char *out, size_t cap, size_t *len_out);
-void mnv_detok_stream_free(mnv_detok_stream *s);
+MNV_API mnv_status mnv_detok_stream_flush(mnv_detok_stream *s, char *out, size_t cap, size_t *len_out);
+MNV_API void mnv_detok_stream_free(mnv_detok_stream *s);
 
 /* ------------------------------------------------------------------------ */
 /* Model                                                                    */
@@ -163,14 +177,14 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_model_params;
 
-mnv_model_params mnv_model_params_default(void);
+MNV_API mnv_model_params mnv_model_params_default(void);
 
 /* Load a model directory in Hugging Face / mlx-community layout:
  * config.json, model.safetensors or model.safetensors.index.json with shards,
  * optional generation_config.json, tokenizer.json, tokenizer_config.json.
  * On success *out owns the model; free with mnv_model_free. */
-mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_model **out);
-void mnv_model_free(mnv_model *model);
+MNV_API mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_model **out);
+MNV_API void mnv_model_free(mnv_model *model);
 
 typedef struct {
     const char *arch;        /* "llama", "mistral", "qwen2", "qwen3" */
@@ -195,18 +209,18 @@ typedef struct {
 } mnv_model_info;
 
 /* Fills *info. Strings are borrowed: valid until the model is freed. */
-mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *info);
+MNV_API mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *info);
 
 /* Estimate a model from its config.json alone, without weights: parameter
  * count, bytes of weights in the layout the config's "quantization" block
  * describes (float tensors counted at the config's torch_dtype), KV bytes
  * per token. Fills the same fields mnv_model_get_info does (arch points to
  * static storage until the next call on this thread). */
-mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
+MNV_API mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
 
 /* The model's tokenizer, or NULL if the directory had none. Borrowed: valid
  * until the model is freed. */
-const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *model);
+MNV_API const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *model);
 
 typedef struct {
     const char *name;        /* borrowed, valid until the model is freed */
@@ -219,8 +233,8 @@ typedef struct {
 
 /* Number of weight tensors and the description of tensor i (0-based,
  * sorted by name). */
-size_t mnv_model_n_tensors(const mnv_model *model);
-mnv_status mnv_model_tensor_info(const mnv_model *model, size_t i, mnv_tensor_info *info);
+MNV_API size_t mnv_model_n_tensors(const mnv_model *model);
+MNV_API mnv_status mnv_model_tensor_info(const mnv_model *model, size_t i, mnv_tensor_info *info);
 
 /* ------------------------------------------------------------------------ */
 /* Session: a KV cache and compute state for generation                     */
@@ -240,29 +254,29 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_session_params;
 
-mnv_session_params mnv_session_params_default(void);
+MNV_API mnv_session_params mnv_session_params_default(void);
 
 /* Create a session on a model. The model must outlive the session. */
-mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params,
+MNV_API mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params,
                               mnv_session **out);
-void mnv_session_free(mnv_session *s);
+MNV_API void mnv_session_free(mnv_session *s);
 
 /* Forget all context (positions restart at 0). */
-void mnv_session_reset(mnv_session *s);
+MNV_API void mnv_session_reset(mnv_session *s);
 /* Keep only the first n tokens of the context (n <= mnv_session_n_past):
  * later evaluation continues from position n, so a conversation whose new
  * rendering shares a prefix with the old one re-evaluates only the rest. */
-mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
+MNV_API mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
 
 /* Tokens currently held in the session's context. */
-int32_t mnv_session_n_past(const mnv_session *s);
+MNV_API int32_t mnv_session_n_past(const mnv_session *s);
 
 /* Evaluate n tokens appended to the session's context (prompt processing).
  * If logits is not NULL it receives n * n_vocab floats, one row per token
  * (row-major); else only the last token's logits are kept internally for
  * sampling. Fails with MNV_ERR_RANGE when the context would overflow, and
  * with MNV_ERR_RANGE naming the id when an id is outside the vocabulary. */
-mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits);
+MNV_API mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits);
 
 /* Figures of the session's most recent forward pass (host-side cost and
  * memory), for benchmarks. */
@@ -277,10 +291,10 @@ typedef struct {
     int32_t n_threads;       /* compute threads */
 } mnv_session_stats;
 
-mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);
+MNV_API mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);
 
 /* Write the last evaluation's compute graph in Graphviz DOT to path. */
-mnv_status mnv_session_dump_graph(mnv_session *s, const char *path);
+MNV_API mnv_status mnv_session_dump_graph(mnv_session *s, const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* Generation                                                               */
@@ -300,7 +314,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_sampler_params;
 
-mnv_sampler_params mnv_sampler_params_default(void);
+MNV_API mnv_sampler_params mnv_sampler_params_default(void);
 
 typedef enum {
     MNV_STOP_NONE = 0,
@@ -331,7 +345,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_generate_params;
 
-mnv_generate_params mnv_generate_params_default(void);
+MNV_API mnv_generate_params mnv_generate_params_default(void);
 
 typedef struct {
     mnv_stop_reason stop_reason;
@@ -348,7 +362,7 @@ typedef struct {
  * after a reset or a truncation). On return the context holds the prompt and
  * every generated token but the last one (which was sampled, not evaluated):
  * to continue a conversation, pass that token first in the next prompt. */
-mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt,
+MNV_API mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt,
                         const mnv_generate_params *params, mnv_generate_result *result);
 
 /* ------------------------------------------------------------------------ */
@@ -364,11 +378,11 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_synth_params;
 
-mnv_synth_params mnv_synth_params_default(void);
+MNV_API mnv_synth_params mnv_synth_params_default(void);
 
 /* Write config.json and model.safetensors with random weights (normal,
  * std 0.02, norms at 1) for the configuration. */
-mnv_status mnv_synthesize(const mnv_synth_params *params);
+MNV_API mnv_status mnv_synthesize(const mnv_synth_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Conversion to the MLX format                                             */
@@ -396,14 +410,14 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_convert_params;
 
-mnv_convert_params mnv_convert_params_default(void);
+MNV_API mnv_convert_params mnv_convert_params_default(void);
 
 /* Convert a model directory to an MLX-format directory that mlx-lm loads
  * unchanged: the same tensor names, packing and dtypes, a `quantization`
  * block in config.json, shards of at most max_shard_bytes with
  * model.safetensors.index.json, and the tokenizer and generation files
  * copied. */
-mnv_status mnv_convert(const mnv_convert_params *params);
+MNV_API mnv_status mnv_convert(const mnv_convert_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Chat (Harmony)                                                           */
@@ -451,7 +465,7 @@ typedef enum {
 } mnv_chat_role;
 
 /* "system", "developer", "user", "assistant", "tool"; "?" when out of range. */
-const char *mnv_chat_role_name(mnv_chat_role role);
+MNV_API const char *mnv_chat_role_name(mnv_chat_role role);
 
 /* One message. Strings are UTF-8 and NUL-terminated; NULL means "not set".
  * Zero-initialise, then set what you need. */
@@ -497,15 +511,15 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_params;
 
-mnv_chat_params mnv_chat_params_default(void);
+MNV_API mnv_chat_params mnv_chat_params_default(void);
 
 typedef struct mnv_chat mnv_chat;
 
 /* Create an empty conversation. The strings and the channel list of params
  * are copied. params may be NULL (the defaults). Fails with
  * MNV_ERR_INVALID_ARG on an unknown reasoning effort or a NULL channel. */
-mnv_status mnv_chat_create(const mnv_chat_params *params, mnv_chat **out);
-void mnv_chat_free(mnv_chat *chat);
+MNV_API mnv_status mnv_chat_create(const mnv_chat_params *params, mnv_chat **out);
+MNV_API void mnv_chat_free(mnv_chat *chat);
 
 /* A tool namespace. Function tools live in "functions", rendered in the
  * developer message; built-in tools (the reference's "browser", "python")
@@ -520,7 +534,7 @@ typedef struct {
 /* Declare a namespace, or change the description and placement of one that
  * exists. MNV_ERR_INVALID_ARG on an empty name, or a placement other than
  * the system or the developer message. */
-mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
+MNV_API mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
 
 typedef struct {
     const char *name;            /* e.g. "get_current_weather" */
@@ -535,19 +549,19 @@ typedef struct {
  * MNV_ERR_FORMAT (naming the byte offset) when it is not valid JSON.
  * Known difference: a default written as an integral float (10.0) is shown
  * as 10; the reference shows 10.0. */
-mnv_status mnv_chat_add_tool(mnv_chat *chat, const char *ns, const mnv_chat_tool *tool);
+MNV_API mnv_status mnv_chat_add_tool(mnv_chat *chat, const char *ns, const mnv_chat_tool *tool);
 
 /* Append a copy of msg. MNV_ERR_INVALID_ARG for a role out of range or a
  * tool message without a name. */
-mnv_status mnv_chat_add_message(mnv_chat *chat, const mnv_chat_message *msg);
+MNV_API mnv_status mnv_chat_add_message(mnv_chat *chat, const mnv_chat_message *msg);
 /* Messages added so far (the system and developer messages of the params
  * are not counted), and message i (0-based); the strings are borrowed,
  * valid until that message is removed or the chat is freed. */
-size_t mnv_chat_n_messages(const mnv_chat *chat);
-mnv_status mnv_chat_get_message(const mnv_chat *chat, size_t i, mnv_chat_message *out);
+MNV_API size_t mnv_chat_n_messages(const mnv_chat *chat);
+MNV_API mnv_status mnv_chat_get_message(const mnv_chat *chat, size_t i, mnv_chat_message *out);
 /* Keep the first n messages, drop the rest (0 clears the conversation; the
  * system options, instructions and tools stay). n beyond the count is a no-op. */
-void mnv_chat_truncate(mnv_chat *chat, size_t n);
+MNV_API void mnv_chat_truncate(mnv_chat *chat, size_t n);
 
 /* What to do with chain-of-thought (analysis) messages of earlier turns. */
 typedef enum {
@@ -572,7 +586,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_render_params;
 
-mnv_chat_render_params mnv_chat_render_params_default(void);
+MNV_API mnv_chat_render_params mnv_chat_render_params_default(void);
 
 /* Render the conversation as text (params NULL: the defaults). Writes at most
  * cap bytes plus a NUL when room allows; *len_out receives the full length
@@ -581,7 +595,7 @@ mnv_chat_render_params mnv_chat_render_params_default(void);
  * without a name. Note: text inside messages is taken as plain text, so
  * render_ids, not mnv_tokenize of this text, is what a model must see when
  * a message contains a special token's spelling such as "<|end|>". */
-mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_params *params,
+MNV_API mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_params *params,
                                 char *text, size_t cap, size_t *len_out);
 
 /* Render the conversation as token ids for tok, as the reference does:
@@ -589,7 +603,7 @@ mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_para
  * own and without special-token matching. Writes at most cap ids; *n_out
  * receives the full count; MNV_ERR_RANGE when it exceeds cap (ids may be
  * NULL when cap is 0). MNV_ERR_UNSUPPORTED when tok lacks the harmony tokens. */
-mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
+MNV_API mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
                                const mnv_chat_render_params *params, int32_t *ids, size_t cap,
                                size_t *n_out);
 
@@ -608,7 +622,7 @@ typedef struct {
 
 /* Fill *out from tok. MNV_ERR_UNSUPPORTED (naming the token) when a marker
  * does not encode to exactly one id, i.e. the tokenizer is not a harmony one. */
-mnv_status mnv_chat_tokens_lookup(const mnv_tokenizer *tok, mnv_chat_tokens *out);
+MNV_API mnv_status mnv_chat_tokens_lookup(const mnv_tokenizer *tok, mnv_chat_tokens *out);
 
 /* ---- reading the model's output ----------------------------------------- */
 
@@ -655,7 +669,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_parser_params;
 
-mnv_chat_parser_params mnv_chat_parser_params_default(void);
+MNV_API mnv_chat_parser_params mnv_chat_parser_params_default(void);
 
 /* Create a parser. tok decodes pushed ids and names the harmony tokens
  * (MNV_ERR_UNSUPPORTED when it has none); it may be NULL for a parser fed
@@ -673,29 +687,29 @@ mnv_chat_parser_params mnv_chat_parser_params_default(void);
  * <|message|> or <|constrain|> inside content (dropped); ids outside the
  * vocabulary (U+FFFD); tokens after <|return|> or <|call|> (parsed as more
  * messages). The result does not depend on how text is split into pushes. */
-mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
+MNV_API mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
                                   mnv_chat_parser **out);
-void mnv_chat_parser_free(mnv_chat_parser *p);
+MNV_API void mnv_chat_parser_free(mnv_chat_parser *p);
 
 /* Feed one generated token id. Events are delivered before it returns.
  * Fails only with MNV_ERR_NOMEM, or MNV_ERR_INVALID_ARG without a tokenizer. */
-mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id);
+MNV_API mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id);
 /* Feed generated text, the markers written out ("<|channel|>final<|message|>").
  * A marker may be split across calls. Content deltas are the bytes given. */
-mnv_status mnv_chat_parser_push_text(mnv_chat_parser *p, const char *text, size_t len);
+MNV_API mnv_status mnv_chat_parser_push_text(mnv_chat_parser *p, const char *text, size_t len);
 /* End of the stream: an unfinished message is completed as TRUNCATED (bytes
  * of an incomplete UTF-8 character become U+FFFD). Pushing more afterwards
  * starts a new stream that expects <|start|>. */
-mnv_status mnv_chat_parser_finish(mnv_chat_parser *p);
+MNV_API mnv_status mnv_chat_parser_finish(mnv_chat_parser *p);
 /* Forget all messages and state, as freshly created. */
-void mnv_chat_parser_reset(mnv_chat_parser *p);
+MNV_API void mnv_chat_parser_reset(mnv_chat_parser *p);
 
 /* 1 once <|return|> or <|call|> was seen: sampling should stop. */
-int mnv_chat_parser_stopped(const mnv_chat_parser *p);
+MNV_API int mnv_chat_parser_stopped(const mnv_chat_parser *p);
 /* Completed messages, in order, and message i with how it ended (end may be
  * NULL). Strings are borrowed until the parser is reset or freed. */
-size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
-mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
+MNV_API size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
+MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
                                    mnv_chat_end *end);
 
 #ifdef __cplusplus

@@ -21,7 +21,11 @@ const char *mnv_status_str(mnv_status s) {
 
 const char *mnv_last_error(void) { return tl_error; }
 
-const char *mnv_version(void) { return "0.1.0"; }
+#define MNV_STR_(x) #x
+#define MNV_STR(x) MNV_STR_(x)
+const char *mnv_version(void) {
+    return MNV_STR(MNV_VERSION_MAJOR) "." MNV_STR(MNV_VERSION_MINOR) "." MNV_STR(MNV_VERSION_PATCH);
+}
 
 mnv_status mnv_set_error(mnv_status s, const char *fmt, ...) {
     va_list ap;
