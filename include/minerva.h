@@ -20,9 +20,13 @@
  *
  * Thread safety
  *  - An mnv_model is immutable after loading: several sessions on several
- *    threads may share one model.
+ *    threads may share one model, each giving what it gives alone. (Each
+ *    session has its own compute threads and KV cache today; an engine
+ *    sharing one thread pool and batching sessions together comes later.)
  *  - An mnv_session, and an mnv_tokenizer's streaming decoder, must be used
- *    by one thread at a time.
+ *    by one thread at a time, with one exception: mnv_session_cancel may be
+ *    called from any thread.
+ *  - The log callback (mnv_set_log_callback) is process-wide.
  *  - An mnv_tokenizer is immutable after loading and may be shared.
  */
 #ifndef MINERVA_H
@@ -83,6 +87,34 @@ MNV_API const char *mnv_status_str(mnv_status s);
  * (e.g. "model.safetensors: tensor 'model.norm.weight': data_offsets end
  * 4096 beyond buffer size 4000"). Never NULL; "" if there was none. */
 MNV_API const char *mnv_last_error(void);
+
+/* Copy the calling thread's last error message into buf (cap bytes, always
+ * NUL-terminated when cap > 0, truncated to fit) and return its full length,
+ * as snprintf does: a result >= cap means it was cut. The copy belongs to
+ * the caller, so it may be handed to another thread (mnv_last_error's
+ * pointer is only meaningful on the thread that failed). buf may be NULL
+ * when cap is 0. */
+MNV_API size_t mnv_last_error_copy(char *buf, size_t cap);
+
+/* Diagnostics the library writes (a setting it ignores, say). Errors of
+ * calls are never logged: they are returned (status + mnv_last_error). */
+typedef enum {
+    MNV_LOG_ERROR = 0,
+    MNV_LOG_WARN,
+    MNV_LOG_INFO,
+    MNV_LOG_DEBUG
+} mnv_log_level;
+
+/* Receives one message (a line without its newline, NUL-terminated, valid
+ * during the call only). It may be called from any thread of the library,
+ * one call at a time; it must not call mnv_set_log_callback. */
+typedef void (*mnv_log_callback)(void *user_data, mnv_log_level level, const char *msg);
+
+/* Route the library's diagnostics to cb (process-wide). By default, and
+ * after mnv_set_log_callback(NULL, NULL), they go to stderr prefixed
+ * "minerva: ". To silence them, pass a callback that does nothing.
+ * Thread-safe; a message in flight finishes with the callback it began with. */
+MNV_API void mnv_set_log_callback(mnv_log_callback cb, void *user_data);
 
 /* Library version as "MAJOR.MINOR.PATCH". */
 MNV_API const char *mnv_version(void);
@@ -169,11 +201,22 @@ MNV_API void mnv_detok_stream_free(mnv_detok_stream *s);
 
 typedef struct mnv_model mnv_model;
 
+/* Progress of a long operation: done and total in bytes of tensor data.
+ * Called on the thread doing the work; done grows to total. */
+typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t total);
+
 typedef struct {
     uint32_t size;     /* sizeof(mnv_model_params) */
     int n_threads;     /* CPU threads for compute; 0 = all online cores */
     int use_mmap;      /* reserved: weights are always mapped, not copied (1) */
     int load_tokenizer; /* 1 (default): tokenizer.json is loaded if present */
+    mnv_progress_callback progress; /* NULL (default): the weights are mapped and read
+                                       from disk when first used. Set: the load also
+                                       reads every page of the weights (so the first
+                                       generation does not wait on the disk) and reports
+                                       (bytes read, total weight bytes): at 0, about every
+                                       32 MiB and at the total, on the loading thread */
+    void *progress_user_data;
     uint32_t reserved[8];
 } mnv_model_params;
 
@@ -206,6 +249,9 @@ typedef struct {
     uint64_t active_bytes_per_token; /* weight bytes one decoded token reads: every tensor,
                                         but one embedding row and only the experts a token
                                         selects (k of E); the floor of decode traffic */
+    const char *chat_format; /* "harmony" (gpt-oss: see the Chat section and
+                                mnv_chat_tokens for its special tokens) or "none"
+                                (a base model: plain text prompts). Static storage. */
 } mnv_model_info;
 
 /* Fills *info. Strings are borrowed: valid until the model is freed. */
@@ -256,13 +302,50 @@ typedef struct {
 
 MNV_API mnv_session_params mnv_session_params_default(void);
 
+/* What a model directory will need in memory, from its config.json alone
+ * (nothing is mapped), for one session of the given parameters. */
+typedef struct {
+    uint64_t weight_bytes;  /* weights, as mnv_config_estimate counts them (mapped from
+                               the files: page cache, shared by every session) */
+    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens at kv_dtype */
+    uint64_t compute_bytes; /* an upper bound of one session's activation memory for a
+                               full n_batch pass at the full context, and its logits */
+    uint64_t total_bytes;   /* the sum */
+    int32_t n_ctx;          /* the context length the figures assume */
+    int32_t n_batch;        /* the batch length the figures assume */
+} mnv_memory_estimate;
+
+/* Estimate the memory that loading the model in dir and running one session
+ * with session_params (NULL: the defaults; n_ctx 0 is resolved as
+ * mnv_session_create does) will need, before loading it. Fails as
+ * mnv_config_estimate does on a missing or malformed config.json. Every
+ * further session adds kv_bytes + compute_bytes. */
+MNV_API mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *session_params,
+                                             mnv_memory_estimate *out);
+
 /* Create a session on a model. The model must outlive the session. */
 MNV_API mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params,
                               mnv_session **out);
 MNV_API void mnv_session_free(mnv_session *s);
 
-/* Forget all context (positions restart at 0). */
+/* Forget all context (positions restart at 0) and drop a pending
+ * cancellation request. */
 MNV_API void mnv_session_reset(mnv_session *s);
+
+/* Ask the session's running evaluation or generation to stop. Callable from
+ * any thread, at any time while the session exists (not after
+ * mnv_session_free: a host that cancels from another thread must order the
+ * two itself). mnv_session_eval and mnv_generate return MNV_ERR_CANCELLED at
+ * their next check: before each batch of at most n_batch prompt tokens, and
+ * before each generated token. A long prompt is therefore cancelled after
+ * at most one batch's forward pass (lower n_batch to bound that time). A
+ * request made while nothing runs is kept: the next eval or generate
+ * returns MNV_ERR_CANCELLED at once. Each request cancels one call; it is
+ * consumed when that call returns MNV_ERR_CANCELLED.
+ * After a cancelled call the context holds the tokens evaluated before the
+ * check (whole batches; mnv_session_n_past tells how many), and the
+ * session stays usable: continue, truncate or reset it. */
+MNV_API void mnv_session_cancel(mnv_session *s);
 /* Keep only the first n tokens of the context (n <= mnv_session_n_past):
  * later evaluation continues from position n, so a conversation whose new
  * rendering shares a prefix with the old one re-evaluates only the rest. */
@@ -356,7 +439,8 @@ typedef struct {
 } mnv_generate_result;
 
 /* Append the prompt to the session's context, then sample up to max_tokens
- * tokens, calling on_token for each. result may be NULL. Parameters are
+ * tokens, calling on_token for each. MNV_ERR_CANCELLED after
+ * mnv_session_cancel (result still tells the tokens generated so far). result may be NULL. Parameters are
  * checked before the prompt enters the context. With n_prompt 0, generation
  * continues from the logits of the last evaluated token (MNV_ERR_INVALID_ARG
  * after a reset or a truncation). On return the context holds the prompt and
@@ -387,9 +471,6 @@ MNV_API mnv_status mnv_synthesize(const mnv_synth_params *params);
 /* ------------------------------------------------------------------------ */
 /* Conversion to the MLX format                                             */
 /* ------------------------------------------------------------------------ */
-
-/* Progress of a long operation: done and total in bytes of tensor data. */
-typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t total);
 
 typedef struct {
     uint32_t size;              /* sizeof(mnv_convert_params) */
