@@ -117,6 +117,8 @@ if command -v cargo >/dev/null 2>&1; then
         cat "$TMP/err" >&2
     fi
     check "  Rust story reports the model" contains "$TMP/err" "llama (5 layers, context 512, chat format none)"
+    expect_rc "Rust: a missing model directory is an error, not a panic" 1 "$EX/story" "$TMP/no/such/model"
+    check "  the error carries the status and the library's message" contains "$TMP/err" "input/output error: $TMP/no/such/model"
     expect_rc "Rust: a generation cancelled through a CancelHandle on another thread" 0 "$EX/cancel" "$MODEL" 9
     check "  ... after exactly the 9 tokens streamed before the request" contains "$TMP/out" "cancelled after 9 tokens"
 else

@@ -10,7 +10,14 @@
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{mpsc, Arc};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("cancel: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let dir = match args.get(1) {
         Some(d) => d.into(),
@@ -29,8 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
     let seen_w = seen.clone();
     let worker = std::thread::spawn(move || {
-        let mut opts = minerva::GenerateOptions::greedy(400);
-        opts.stop.clear();
+        let opts = minerva::GenerateOptions::greedy(400);
         let r = session.generate(&prompt, &opts, |_text| {
             if seen_w.fetch_add(1, Ordering::SeqCst) + 1 == after {
                 let _ = tx.send(());

@@ -6,7 +6,14 @@
 //! or $MINERVA_MODEL. Greedy: the same model and prompt give the same story.
 use std::io::Write;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("story: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let dir = match args.get(1) {
         Some(d) => d.into(),
