@@ -109,7 +109,7 @@ if command -v cargo >/dev/null 2>&1; then
         tail -30 "$TMP/cargo.log" >&2
     fi
     EX="$CARGO_TARGET_DIR/release/examples"
-    story=$(cd "$TMP/elsewhere" && "$EX/story" 2>"$TMP/err")
+    story=$(cd "$TMP/elsewhere" && MINERVA_CPU=bogus "$EX/story" 2>"$TMP/err")
     check "Rust story (installed bundled model, no argument) exits 0" [ $? -eq 0 ]
     if [ -n "$expected_text" ] && [ "$story" = "$expected_text" ]; then ok; else
         bad "the Rust example's greedy story differs from the reference"
@@ -117,6 +117,7 @@ if command -v cargo >/dev/null 2>&1; then
         cat "$TMP/err" >&2
     fi
     check "  Rust story reports the model" contains "$TMP/err" "llama (5 layers, context 512, chat format none)"
+    check "  the library's warning reached the Rust log callback" contains "$TMP/err" "[minerva Warn] MINERVA_CPU=bogus"
     expect_rc "Rust: a missing model directory is an error, not a panic" 1 "$EX/story" "$TMP/no/such/model"
     check "  the error carries the status and the library's message" contains "$TMP/err" "input/output error: $TMP/no/such/model"
     expect_rc "Rust: a generation cancelled through a CancelHandle on another thread" 0 "$EX/cancel" "$MODEL" 9

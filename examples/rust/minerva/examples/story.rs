@@ -25,6 +25,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let max_tokens: i32 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(199);
     let prompt_text = args.get(3).map(String::as_str).unwrap_or("");
 
+    // the library's diagnostics (say, an unknown MINERVA_CPU) come here, not to stderr
+    minerva::set_log_callback(Some(Box::new(|level, msg| eprintln!("[minerva {level:?}] {msg}"))));
     let est = minerva::Model::estimate_memory(&dir, 0)?;
     let mut last = 0;
     let mut on_progress = |done: u64, total: u64| last = if total > 0 { done * 100 / total } else { 100 };
