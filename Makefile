@@ -26,3 +26,10 @@ test: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Install the libraries, header, pkg-config file, CMake package, the CLI and
+# the bundled model under PREFIX (DESTDIR is honoured too).
+PREFIX ?= /usr/local
+.PHONY: install
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)

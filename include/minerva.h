@@ -20,9 +20,13 @@
  *
  * Thread safety
  *  - An mnv_model is immutable after loading: several sessions on several
- *    threads may share one model.
+ *    threads may share one model, each giving what it gives alone. (Each
+ *    session has its own compute threads and KV cache today; an engine
+ *    sharing one thread pool and batching sessions together comes later.)
  *  - An mnv_session, and an mnv_tokenizer's streaming decoder, must be used
- *    by one thread at a time.
+ *    by one thread at a time, with one exception: mnv_session_cancel may be
+ *    called from any thread.
+ *  - The log callback (mnv_set_log_callback) is process-wide.
  *  - An mnv_tokenizer is immutable after loading and may be shared.
  */
 #ifndef MINERVA_H
@@ -35,9 +39,23 @@
 extern "C" {
 #endif
 
+/* The library's version; the build reads it from here (one source). The
+ * shared library's SONAME follows it: libminerva.so.0.MINOR while MAJOR is 0
+ * (any minor release may change the ABI), libminerva.so.MAJOR afterwards. */
 #define MNV_VERSION_MAJOR 0
 #define MNV_VERSION_MINOR 1
 #define MNV_VERSION_PATCH 0
+
+/* MNV_API marks the public functions: the only symbols libminerva.so
+ * exports (the library is built with hidden visibility by default). A user
+ * may define it before including this header. */
+#ifndef MNV_API
+#if defined(__GNUC__) || defined(__clang__)
+#define MNV_API __attribute__((visibility("default")))
+#else
+#define MNV_API
+#endif
+#endif
 
 /* ------------------------------------------------------------------------ */
 /* Status                                                                   */
@@ -63,15 +81,43 @@ typedef enum {
 } mnv_status;
 
 /* A static, human-readable name for a status. Never NULL. */
-const char *mnv_status_str(mnv_status s);
+MNV_API const char *mnv_status_str(mnv_status s);
 
 /* The detailed message of the calling thread's most recent failure
  * (e.g. "model.safetensors: tensor 'model.norm.weight': data_offsets end
  * 4096 beyond buffer size 4000"). Never NULL; "" if there was none. */
-const char *mnv_last_error(void);
+MNV_API const char *mnv_last_error(void);
+
+/* Copy the calling thread's last error message into buf (cap bytes, always
+ * NUL-terminated when cap > 0, truncated to fit) and return its full length,
+ * as snprintf does: a result >= cap means it was cut. The copy belongs to
+ * the caller, so it may be handed to another thread (mnv_last_error's
+ * pointer is only meaningful on the thread that failed). buf may be NULL
+ * when cap is 0. */
+MNV_API size_t mnv_last_error_copy(char *buf, size_t cap);
+
+/* Diagnostics the library writes (a setting it ignores, say). Errors of
+ * calls are never logged: they are returned (status + mnv_last_error). */
+typedef enum {
+    MNV_LOG_ERROR = 0,
+    MNV_LOG_WARN,
+    MNV_LOG_INFO,
+    MNV_LOG_DEBUG
+} mnv_log_level;
+
+/* Receives one message (a line without its newline, NUL-terminated, valid
+ * during the call only). It may be called from any thread of the library,
+ * one call at a time; it must not call mnv_set_log_callback. */
+typedef void (*mnv_log_callback)(void *user_data, mnv_log_level level, const char *msg);
+
+/* Route the library's diagnostics to cb (process-wide). By default, and
+ * after mnv_set_log_callback(NULL, NULL), they go to stderr prefixed
+ * "minerva: ". To silence them, pass a callback that does nothing.
+ * Thread-safe; a message in flight finishes with the callback it began with. */
+MNV_API void mnv_set_log_callback(mnv_log_callback cb, void *user_data);
 
 /* Library version as "MAJOR.MINOR.PATCH". */
-const char *mnv_version(void);
+MNV_API const char *mnv_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Data types                                                               */
@@ -95,7 +141,7 @@ typedef enum {
 } mnv_dtype;
 
 /* Name as written in safetensors headers ("F32", "BF16", ...). */
-const char *mnv_dtype_name(mnv_dtype t);
+MNV_API const char *mnv_dtype_name(mnv_dtype t);
 
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
@@ -107,16 +153,16 @@ typedef struct mnv_tokenizer mnv_tokenizer;
  * If a tokenizer_config.json sits beside it, it is read for the BOS/EOS
  * tokens and add_bos_token. On success *out owns the tokenizer; free it with
  * mnv_tokenizer_free. */
-mnv_status mnv_tokenizer_load(const char *tokenizer_json_path, mnv_tokenizer **out);
-void mnv_tokenizer_free(mnv_tokenizer *tok);
+MNV_API mnv_status mnv_tokenizer_load(const char *tokenizer_json_path, mnv_tokenizer **out);
+MNV_API void mnv_tokenizer_free(mnv_tokenizer *tok);
 
 /* Vocabulary size including added tokens (max id + 1). */
-int32_t mnv_tokenizer_n_vocab(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_n_vocab(const mnv_tokenizer *tok);
 /* BOS / EOS ids, or -1 when the tokenizer defines none. */
-int32_t mnv_tokenizer_bos(const mnv_tokenizer *tok);
-int32_t mnv_tokenizer_eos(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_bos(const mnv_tokenizer *tok);
+MNV_API int32_t mnv_tokenizer_eos(const mnv_tokenizer *tok);
 /* 1 when tokenizer_config.json asks for a BOS token before a prompt. */
-int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
+MNV_API int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
 
 /* Encode UTF-8 text (len bytes; text need not be NUL-terminated).
  * Equals Hugging Face `Tokenizer.encode(text, add_special_tokens=False)`:
@@ -125,7 +171,7 @@ int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
  * Writes at most cap ids; *n_out receives the number of ids the full encoding
  * has. If that exceeds cap, returns MNV_ERR_RANGE (call again with a larger
  * buffer). ids may be NULL when cap is 0. */
-mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
+MNV_API mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
                         int32_t *ids, size_t cap, size_t *n_out);
 
 /* Decode ids to UTF-8 text, as Hugging Face `decode(ids,
@@ -133,21 +179,21 @@ mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, 
  * terminating NUL when room allows; *len_out receives the full length
  * (excluding NUL). Returns MNV_ERR_RANGE if cap <= full length. Invalid ids
  * give MNV_ERR_RANGE naming the id. */
-mnv_status mnv_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
+MNV_API mnv_status mnv_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                           char *text, size_t cap, size_t *len_out);
 
 /* Streaming decoder: feed one id at a time, receive only complete UTF-8
  * characters (never half a character). Owned by the caller. */
 typedef struct mnv_detok_stream mnv_detok_stream;
-mnv_status mnv_detok_stream_create(const mnv_tokenizer *tok, mnv_detok_stream **out);
+MNV_API mnv_status mnv_detok_stream_create(const mnv_tokenizer *tok, mnv_detok_stream **out);
 /* Appends the text that id completes to out (at most cap bytes) and sets
  * *len_out. 64 bytes are always enough for one token's text unless the
  * vocabulary holds longer pieces; MNV_ERR_RANGE then asks for more. */
-mnv_status mnv_detok_stream_push(mnv_detok_stream *s, int32_t id, char *out, size_t cap,
+MNV_API mnv_status mnv_detok_stream_push(mnv_detok_stream *s, int32_t id, char *out, size_t cap,
                                  size_t *len_out);
 /* Flushes any held incomplete bytes (as U+FFFD replacement characters). */
-mnv_status mnv_detok_stream_flush(mnv_detok_stream *s, char *out, size_t cap, size_t *len_out);
-void mnv_detok_stream_free(mnv_detok_stream *s);
+MNV_API mnv_status mnv_detok_stream_flush(mnv_detok_stream *s, char *out, size_t cap, size_t *len_out);
+MNV_API void mnv_detok_stream_free(mnv_detok_stream *s);
 
 /* ------------------------------------------------------------------------ */
 /* Model                                                                    */
@@ -155,22 +201,33 @@ void mnv_detok_stream_free(mnv_detok_stream *s);
 
 typedef struct mnv_model mnv_model;
 
+/* Progress of a long operation: done and total in bytes of tensor data.
+ * Called on the thread doing the work; done grows to total. */
+typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t total);
+
 typedef struct {
     uint32_t size;     /* sizeof(mnv_model_params) */
     int n_threads;     /* CPU threads for compute; 0 = all online cores */
     int use_mmap;      /* reserved: weights are always mapped, not copied (1) */
     int load_tokenizer; /* 1 (default): tokenizer.json is loaded if present */
+    mnv_progress_callback progress; /* NULL (default): the weights are mapped and read
+                                       from disk when first used. Set: the load also
+                                       reads every page of the weights (so the first
+                                       generation does not wait on the disk) and reports
+                                       (bytes read, total weight bytes): at 0, about every
+                                       32 MiB and at the total, on the loading thread */
+    void *progress_user_data;
     uint32_t reserved[8];
 } mnv_model_params;
 
-mnv_model_params mnv_model_params_default(void);
+MNV_API mnv_model_params mnv_model_params_default(void);
 
 /* Load a model directory in Hugging Face / mlx-community layout:
  * config.json, model.safetensors or model.safetensors.index.json with shards,
  * optional generation_config.json, tokenizer.json, tokenizer_config.json.
  * On success *out owns the model; free with mnv_model_free. */
-mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_model **out);
-void mnv_model_free(mnv_model *model);
+MNV_API mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_model **out);
+MNV_API void mnv_model_free(mnv_model *model);
 
 typedef struct {
     const char *arch;        /* "llama", "mistral", "qwen2", "qwen3" */
@@ -192,21 +249,24 @@ typedef struct {
     uint64_t active_bytes_per_token; /* weight bytes one decoded token reads: every tensor,
                                         but one embedding row and only the experts a token
                                         selects (k of E); the floor of decode traffic */
+    const char *chat_format; /* "harmony" (gpt-oss: see the Chat section and
+                                mnv_chat_tokens for its special tokens) or "none"
+                                (a base model: plain text prompts). Static storage. */
 } mnv_model_info;
 
 /* Fills *info. Strings are borrowed: valid until the model is freed. */
-mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *info);
+MNV_API mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *info);
 
 /* Estimate a model from its config.json alone, without weights: parameter
  * count, bytes of weights in the layout the config's "quantization" block
  * describes (float tensors counted at the config's torch_dtype), KV bytes
  * per token. Fills the same fields mnv_model_get_info does (arch points to
  * static storage until the next call on this thread). */
-mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
+MNV_API mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
 
 /* The model's tokenizer, or NULL if the directory had none. Borrowed: valid
  * until the model is freed. */
-const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *model);
+MNV_API const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *model);
 
 typedef struct {
     const char *name;        /* borrowed, valid until the model is freed */
@@ -219,8 +279,8 @@ typedef struct {
 
 /* Number of weight tensors and the description of tensor i (0-based,
  * sorted by name). */
-size_t mnv_model_n_tensors(const mnv_model *model);
-mnv_status mnv_model_tensor_info(const mnv_model *model, size_t i, mnv_tensor_info *info);
+MNV_API size_t mnv_model_n_tensors(const mnv_model *model);
+MNV_API mnv_status mnv_model_tensor_info(const mnv_model *model, size_t i, mnv_tensor_info *info);
 
 /* ------------------------------------------------------------------------ */
 /* Session: a KV cache and compute state for generation                     */
@@ -240,29 +300,66 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_session_params;
 
-mnv_session_params mnv_session_params_default(void);
+MNV_API mnv_session_params mnv_session_params_default(void);
+
+/* What a model directory will need in memory, from its config.json alone
+ * (nothing is mapped), for one session of the given parameters. */
+typedef struct {
+    uint64_t weight_bytes;  /* weights, as mnv_config_estimate counts them (mapped from
+                               the files: page cache, shared by every session) */
+    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens at kv_dtype */
+    uint64_t compute_bytes; /* an upper bound of one session's activation memory for a
+                               full n_batch pass at the full context, and its logits */
+    uint64_t total_bytes;   /* the sum */
+    int32_t n_ctx;          /* the context length the figures assume */
+    int32_t n_batch;        /* the batch length the figures assume */
+} mnv_memory_estimate;
+
+/* Estimate the memory that loading the model in dir and running one session
+ * with session_params (NULL: the defaults; n_ctx 0 is resolved as
+ * mnv_session_create does) will need, before loading it. Fails as
+ * mnv_config_estimate does on a missing or malformed config.json. Every
+ * further session adds kv_bytes + compute_bytes. */
+MNV_API mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *session_params,
+                                             mnv_memory_estimate *out);
 
 /* Create a session on a model. The model must outlive the session. */
-mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params,
+MNV_API mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params,
                               mnv_session **out);
-void mnv_session_free(mnv_session *s);
+MNV_API void mnv_session_free(mnv_session *s);
 
-/* Forget all context (positions restart at 0). */
-void mnv_session_reset(mnv_session *s);
+/* Forget all context (positions restart at 0) and drop a pending
+ * cancellation request. */
+MNV_API void mnv_session_reset(mnv_session *s);
+
+/* Ask the session's running evaluation or generation to stop. Callable from
+ * any thread, at any time while the session exists (not after
+ * mnv_session_free: a host that cancels from another thread must order the
+ * two itself). mnv_session_eval and mnv_generate return MNV_ERR_CANCELLED at
+ * their next check: before each batch of at most n_batch prompt tokens, and
+ * before each generated token. A long prompt is therefore cancelled after
+ * at most one batch's forward pass (lower n_batch to bound that time). A
+ * request made while nothing runs is kept: the next eval or generate
+ * returns MNV_ERR_CANCELLED at once. Each request cancels one call; it is
+ * consumed when that call returns MNV_ERR_CANCELLED.
+ * After a cancelled call the context holds the tokens evaluated before the
+ * check (whole batches; mnv_session_n_past tells how many), and the
+ * session stays usable: continue, truncate or reset it. */
+MNV_API void mnv_session_cancel(mnv_session *s);
 /* Keep only the first n tokens of the context (n <= mnv_session_n_past):
  * later evaluation continues from position n, so a conversation whose new
  * rendering shares a prefix with the old one re-evaluates only the rest. */
-mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
+MNV_API mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
 
 /* Tokens currently held in the session's context. */
-int32_t mnv_session_n_past(const mnv_session *s);
+MNV_API int32_t mnv_session_n_past(const mnv_session *s);
 
 /* Evaluate n tokens appended to the session's context (prompt processing).
  * If logits is not NULL it receives n * n_vocab floats, one row per token
  * (row-major); else only the last token's logits are kept internally for
  * sampling. Fails with MNV_ERR_RANGE when the context would overflow, and
  * with MNV_ERR_RANGE naming the id when an id is outside the vocabulary. */
-mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits);
+MNV_API mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits);
 
 /* Figures of the session's most recent forward pass (host-side cost and
  * memory), for benchmarks. */
@@ -277,10 +374,10 @@ typedef struct {
     int32_t n_threads;       /* compute threads */
 } mnv_session_stats;
 
-mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);
+MNV_API mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);
 
 /* Write the last evaluation's compute graph in Graphviz DOT to path. */
-mnv_status mnv_session_dump_graph(mnv_session *s, const char *path);
+MNV_API mnv_status mnv_session_dump_graph(mnv_session *s, const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* Generation                                                               */
@@ -300,7 +397,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_sampler_params;
 
-mnv_sampler_params mnv_sampler_params_default(void);
+MNV_API mnv_sampler_params mnv_sampler_params_default(void);
 
 typedef enum {
     MNV_STOP_NONE = 0,
@@ -331,7 +428,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_generate_params;
 
-mnv_generate_params mnv_generate_params_default(void);
+MNV_API mnv_generate_params mnv_generate_params_default(void);
 
 typedef struct {
     mnv_stop_reason stop_reason;
@@ -342,13 +439,14 @@ typedef struct {
 } mnv_generate_result;
 
 /* Append the prompt to the session's context, then sample up to max_tokens
- * tokens, calling on_token for each. result may be NULL. Parameters are
+ * tokens, calling on_token for each. MNV_ERR_CANCELLED after
+ * mnv_session_cancel (result still tells the tokens generated so far). result may be NULL. Parameters are
  * checked before the prompt enters the context. With n_prompt 0, generation
  * continues from the logits of the last evaluated token (MNV_ERR_INVALID_ARG
  * after a reset or a truncation). On return the context holds the prompt and
  * every generated token but the last one (which was sampled, not evaluated):
  * to continue a conversation, pass that token first in the next prompt. */
-mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt,
+MNV_API mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt,
                         const mnv_generate_params *params, mnv_generate_result *result);
 
 /* ------------------------------------------------------------------------ */
@@ -364,18 +462,15 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_synth_params;
 
-mnv_synth_params mnv_synth_params_default(void);
+MNV_API mnv_synth_params mnv_synth_params_default(void);
 
 /* Write config.json and model.safetensors with random weights (normal,
  * std 0.02, norms at 1) for the configuration. */
-mnv_status mnv_synthesize(const mnv_synth_params *params);
+MNV_API mnv_status mnv_synthesize(const mnv_synth_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Conversion to the MLX format                                             */
 /* ------------------------------------------------------------------------ */
-
-/* Progress of a long operation: done and total in bytes of tensor data. */
-typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t total);
 
 typedef struct {
     uint32_t size;              /* sizeof(mnv_convert_params) */
@@ -396,14 +491,14 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_convert_params;
 
-mnv_convert_params mnv_convert_params_default(void);
+MNV_API mnv_convert_params mnv_convert_params_default(void);
 
 /* Convert a model directory to an MLX-format directory that mlx-lm loads
  * unchanged: the same tensor names, packing and dtypes, a `quantization`
  * block in config.json, shards of at most max_shard_bytes with
  * model.safetensors.index.json, and the tokenizer and generation files
  * copied. */
-mnv_status mnv_convert(const mnv_convert_params *params);
+MNV_API mnv_status mnv_convert(const mnv_convert_params *params);
 
 /* ------------------------------------------------------------------------ */
 /* Chat (Harmony)                                                           */
@@ -451,7 +546,7 @@ typedef enum {
 } mnv_chat_role;
 
 /* "system", "developer", "user", "assistant", "tool"; "?" when out of range. */
-const char *mnv_chat_role_name(mnv_chat_role role);
+MNV_API const char *mnv_chat_role_name(mnv_chat_role role);
 
 /* One message. Strings are UTF-8 and NUL-terminated; NULL means "not set".
  * Zero-initialise, then set what you need. */
@@ -497,15 +592,15 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_params;
 
-mnv_chat_params mnv_chat_params_default(void);
+MNV_API mnv_chat_params mnv_chat_params_default(void);
 
 typedef struct mnv_chat mnv_chat;
 
 /* Create an empty conversation. The strings and the channel list of params
  * are copied. params may be NULL (the defaults). Fails with
  * MNV_ERR_INVALID_ARG on an unknown reasoning effort or a NULL channel. */
-mnv_status mnv_chat_create(const mnv_chat_params *params, mnv_chat **out);
-void mnv_chat_free(mnv_chat *chat);
+MNV_API mnv_status mnv_chat_create(const mnv_chat_params *params, mnv_chat **out);
+MNV_API void mnv_chat_free(mnv_chat *chat);
 
 /* A tool namespace. Function tools live in "functions", rendered in the
  * developer message; built-in tools (the reference's "browser", "python")
@@ -520,7 +615,7 @@ typedef struct {
 /* Declare a namespace, or change the description and placement of one that
  * exists. MNV_ERR_INVALID_ARG on an empty name, or a placement other than
  * the system or the developer message. */
-mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
+MNV_API mnv_status mnv_chat_add_namespace(mnv_chat *chat, const mnv_chat_namespace *ns);
 
 typedef struct {
     const char *name;            /* e.g. "get_current_weather" */
@@ -535,19 +630,19 @@ typedef struct {
  * MNV_ERR_FORMAT (naming the byte offset) when it is not valid JSON.
  * Known difference: a default written as an integral float (10.0) is shown
  * as 10; the reference shows 10.0. */
-mnv_status mnv_chat_add_tool(mnv_chat *chat, const char *ns, const mnv_chat_tool *tool);
+MNV_API mnv_status mnv_chat_add_tool(mnv_chat *chat, const char *ns, const mnv_chat_tool *tool);
 
 /* Append a copy of msg. MNV_ERR_INVALID_ARG for a role out of range or a
  * tool message without a name. */
-mnv_status mnv_chat_add_message(mnv_chat *chat, const mnv_chat_message *msg);
+MNV_API mnv_status mnv_chat_add_message(mnv_chat *chat, const mnv_chat_message *msg);
 /* Messages added so far (the system and developer messages of the params
  * are not counted), and message i (0-based); the strings are borrowed,
  * valid until that message is removed or the chat is freed. */
-size_t mnv_chat_n_messages(const mnv_chat *chat);
-mnv_status mnv_chat_get_message(const mnv_chat *chat, size_t i, mnv_chat_message *out);
+MNV_API size_t mnv_chat_n_messages(const mnv_chat *chat);
+MNV_API mnv_status mnv_chat_get_message(const mnv_chat *chat, size_t i, mnv_chat_message *out);
 /* Keep the first n messages, drop the rest (0 clears the conversation; the
  * system options, instructions and tools stay). n beyond the count is a no-op. */
-void mnv_chat_truncate(mnv_chat *chat, size_t n);
+MNV_API void mnv_chat_truncate(mnv_chat *chat, size_t n);
 
 /* What to do with chain-of-thought (analysis) messages of earlier turns. */
 typedef enum {
@@ -572,7 +667,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_render_params;
 
-mnv_chat_render_params mnv_chat_render_params_default(void);
+MNV_API mnv_chat_render_params mnv_chat_render_params_default(void);
 
 /* Render the conversation as text (params NULL: the defaults). Writes at most
  * cap bytes plus a NUL when room allows; *len_out receives the full length
@@ -581,7 +676,7 @@ mnv_chat_render_params mnv_chat_render_params_default(void);
  * without a name. Note: text inside messages is taken as plain text, so
  * render_ids, not mnv_tokenize of this text, is what a model must see when
  * a message contains a special token's spelling such as "<|end|>". */
-mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_params *params,
+MNV_API mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_params *params,
                                 char *text, size_t cap, size_t *len_out);
 
 /* Render the conversation as token ids for tok, as the reference does:
@@ -589,7 +684,7 @@ mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_render_para
  * own and without special-token matching. Writes at most cap ids; *n_out
  * receives the full count; MNV_ERR_RANGE when it exceeds cap (ids may be
  * NULL when cap is 0). MNV_ERR_UNSUPPORTED when tok lacks the harmony tokens. */
-mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
+MNV_API mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
                                const mnv_chat_render_params *params, int32_t *ids, size_t cap,
                                size_t *n_out);
 
@@ -608,7 +703,7 @@ typedef struct {
 
 /* Fill *out from tok. MNV_ERR_UNSUPPORTED (naming the token) when a marker
  * does not encode to exactly one id, i.e. the tokenizer is not a harmony one. */
-mnv_status mnv_chat_tokens_lookup(const mnv_tokenizer *tok, mnv_chat_tokens *out);
+MNV_API mnv_status mnv_chat_tokens_lookup(const mnv_tokenizer *tok, mnv_chat_tokens *out);
 
 /* ---- reading the model's output ----------------------------------------- */
 
@@ -655,7 +750,7 @@ typedef struct {
     uint32_t reserved[8];
 } mnv_chat_parser_params;
 
-mnv_chat_parser_params mnv_chat_parser_params_default(void);
+MNV_API mnv_chat_parser_params mnv_chat_parser_params_default(void);
 
 /* Create a parser. tok decodes pushed ids and names the harmony tokens
  * (MNV_ERR_UNSUPPORTED when it has none); it may be NULL for a parser fed
@@ -673,29 +768,29 @@ mnv_chat_parser_params mnv_chat_parser_params_default(void);
  * <|message|> or <|constrain|> inside content (dropped); ids outside the
  * vocabulary (U+FFFD); tokens after <|return|> or <|call|> (parsed as more
  * messages). The result does not depend on how text is split into pushes. */
-mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
+MNV_API mnv_status mnv_chat_parser_create(const mnv_tokenizer *tok, const mnv_chat_parser_params *params,
                                   mnv_chat_parser **out);
-void mnv_chat_parser_free(mnv_chat_parser *p);
+MNV_API void mnv_chat_parser_free(mnv_chat_parser *p);
 
 /* Feed one generated token id. Events are delivered before it returns.
  * Fails only with MNV_ERR_NOMEM, or MNV_ERR_INVALID_ARG without a tokenizer. */
-mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id);
+MNV_API mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id);
 /* Feed generated text, the markers written out ("<|channel|>final<|message|>").
  * A marker may be split across calls. Content deltas are the bytes given. */
-mnv_status mnv_chat_parser_push_text(mnv_chat_parser *p, const char *text, size_t len);
+MNV_API mnv_status mnv_chat_parser_push_text(mnv_chat_parser *p, const char *text, size_t len);
 /* End of the stream: an unfinished message is completed as TRUNCATED (bytes
  * of an incomplete UTF-8 character become U+FFFD). Pushing more afterwards
  * starts a new stream that expects <|start|>. */
-mnv_status mnv_chat_parser_finish(mnv_chat_parser *p);
+MNV_API mnv_status mnv_chat_parser_finish(mnv_chat_parser *p);
 /* Forget all messages and state, as freshly created. */
-void mnv_chat_parser_reset(mnv_chat_parser *p);
+MNV_API void mnv_chat_parser_reset(mnv_chat_parser *p);
 
 /* 1 once <|return|> or <|call|> was seen: sampling should stop. */
-int mnv_chat_parser_stopped(const mnv_chat_parser *p);
+MNV_API int mnv_chat_parser_stopped(const mnv_chat_parser *p);
 /* Completed messages, in order, and message i with how it ended (end may be
  * NULL). Strings are borrowed until the parser is reset or freed. */
-size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
-mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
+MNV_API size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
+MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
                                    mnv_chat_end *end);
 
 #ifdef __cplusplus

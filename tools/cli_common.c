@@ -302,15 +302,19 @@ static void exe_dir(char *buf, size_t cap) {
     else buf[0] = '\0';
 }
 
-/* Resolve order: $MINERVA_DEFAULT_MODEL, <exe dir>/../models/stories260K,
- * <exe dir>/../../models/stories260K, then MNV_DEFAULT_MODEL_DIR if compiled in. */
+/* Resolve order: $MINERVA_DEFAULT_MODEL; installed, <exe dir>/../share/minerva/
+ * models/stories260K; a build inside the source tree, <exe dir>/../models/... and
+ * <exe dir>/../../models/...; then MNV_DEFAULT_MODEL_DIR, which the build
+ * defines at configure time so that a build tree anywhere finds the source's
+ * model. When none is a directory, every place tried is named. */
 int cli_default_model_dir(const char *cmd, char *buf, size_t cap) {
-    char exe[PATH_MAX], cand[4][PATH_MAX + 64];
+    char exe[PATH_MAX], cand[5][PATH_MAX + 64];
     int n = 0;
     const char *env = getenv("MINERVA_DEFAULT_MODEL");
     if (env && *env) snprintf(cand[n++], sizeof cand[0], "%s", env);
     exe_dir(exe, sizeof exe);
     if (exe[0]) {
+        snprintf(cand[n++], sizeof cand[0], "%s/../share/minerva/%s", exe, CLI_MODEL_SUBDIR);
         snprintf(cand[n++], sizeof cand[0], "%s/../%s", exe, CLI_MODEL_SUBDIR);
         snprintf(cand[n++], sizeof cand[0], "%s/../../%s", exe, CLI_MODEL_SUBDIR);
     }

@@ -1,6 +1,7 @@
 #include "core/core.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,11 @@ const char *mnv_status_str(mnv_status s) {
 
 const char *mnv_last_error(void) { return tl_error; }
 
-const char *mnv_version(void) { return "0.1.0"; }
+#define MNV_STR_(x) #x
+#define MNV_STR(x) MNV_STR_(x)
+const char *mnv_version(void) {
+    return MNV_STR(MNV_VERSION_MAJOR) "." MNV_STR(MNV_VERSION_MINOR) "." MNV_STR(MNV_VERSION_PATCH);
+}
 
 mnv_status mnv_set_error(mnv_status s, const char *fmt, ...) {
     va_list ap;
@@ -42,6 +47,41 @@ void mnv_error_prefix(const char *fmt, ...) {
 }
 
 void mnv_clear_error(void) { tl_error[0] = 0; }
+
+size_t mnv_last_error_copy(char *buf, size_t cap) {
+    size_t n = strlen(tl_error);
+    if (buf && cap) {
+        size_t k = n < cap ? n : cap - 1;
+        memcpy(buf, tl_error, k);
+        buf[k] = 0;
+    }
+    return n;
+}
+
+/* The log sink: one process-wide pair, changed and used under a lock so that
+ * a message never meets a callback with another callback's user data. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static mnv_log_callback log_cb;
+static void *log_user;
+
+void mnv_set_log_callback(mnv_log_callback cb, void *user_data) {
+    pthread_mutex_lock(&log_lock);
+    log_cb = cb;
+    log_user = cb ? user_data : NULL;
+    pthread_mutex_unlock(&log_lock);
+}
+
+void mnv__log(mnv_log_level level, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&log_lock);
+    if (log_cb) log_cb(log_user, level, msg);
+    else fprintf(stderr, "minerva: %s\n", msg);
+    pthread_mutex_unlock(&log_lock);
+}
 
 static const struct {
     const char *name;

@@ -19,6 +19,9 @@ mnv_status mnv_set_error(mnv_status s, const char *fmt, ...) __attribute__((form
 /* Prefix the current thread's message with "prefix: " (adds context on the way up). */
 void mnv_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void mnv_clear_error(void);
+/* A diagnostic for the host: to the callback of mnv_set_log_callback, else
+ * to stderr as "minerva: MESSAGE". Never for errors a call returns. */
+void mnv__log(mnv_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- dtypes ---------------------------------------------------------------- */
 size_t mnv_dtype_size(mnv_dtype t);          /* bytes per element */

@@ -271,6 +271,28 @@ static uint64_t mnv_model_count_params(const mnv_model *m) {
     return n;
 }
 
+/* Read every page of the weights (the disk's work happens now, not in the
+ * first generation), reporting bytes read to the progress callback. */
+static void read_weights(const mnv_model *m) {
+    const uint64_t step = 32ull << 20, page = 4096;
+    uint64_t done = 0, total = m->weight_bytes, next = step;
+    volatile uint8_t sink = 0;
+    m->params.progress(m->params.progress_user_data, 0, total);
+    for (size_t i = 0; i < mnv_st_count(m->st); i++) {
+        const mnv_st_tensor *t = mnv_st_get(m->st, i);
+        const volatile uint8_t *p = t->data;
+        for (uint64_t off = 0; off < t->nbytes; off += page) sink ^= p[off];
+        if (t->nbytes) sink ^= p[t->nbytes - 1];
+        done += t->nbytes;
+        if (done >= next && done < total) {
+            m->params.progress(m->params.progress_user_data, done, total);
+            next = done + step;
+        }
+    }
+    (void)sink;
+    m->params.progress(m->params.progress_user_data, total, total);
+}
+
 static mnv_status load_parts(mnv_model *m, const char *dir) {
     mnv_status st = mnv_config_load_dir(dir, &m->cfg);
     if (st != MNV_OK) return st;
@@ -296,6 +318,7 @@ static mnv_status load_parts(mnv_model *m, const char *dir) {
     if (!m->f32_pool) return mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", dir);
     if ((st = m->arch->bind(m)) != MNV_OK) return st;
     if ((st = mnv_model_init_rope(m)) != MNV_OK) return st;
+    if (m->params.progress) read_weights(m);
     if (m->params.load_tokenizer) {
         char *tp = mnv_path_join(dir, "tokenizer.json");
         struct stat sb;
@@ -317,7 +340,7 @@ mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_m
     if (!m) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     m->params = mnv_model_params_default();
     if (params) { /* a caller built against an older, smaller struct: the rest keeps its defaults */
-        if (params->size < offsetof(mnv_model_params, reserved) || params->size > sizeof m->params) {
+        if (params->size < offsetof(mnv_model_params, progress) || params->size > sizeof m->params) {
             free(m);
             return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_load: params->size %u is not a known size",
                                  params->size);
@@ -374,6 +397,7 @@ static void info_from_config(const mnv_model_config *c, mnv_model_info *info) {
     for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
     info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
                                (uint64_t)c->head_dim * sizeof(float);
+    info->chat_format = c->arch == MNV_ARCH_GPT_OSS ? "harmony" : "none";
 }
 
 mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
@@ -521,6 +545,59 @@ mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
         }
     }
     free(t);
+    free(c);
+    return st;
+}
+
+/* An upper bound of the activation memory of one forward pass of T tokens:
+ * every node one layer makes, in f32, none reused (the planner reuses most),
+ * the residual stream and embeddings, and T rows of logits. */
+static uint64_t compute_bound(const mnv_model_config *c, uint64_t T) {
+    uint64_t E = (uint64_t)c->hidden_size, HD = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
+    uint64_t KD = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
+    uint64_t k = c->num_experts_per_tok > 0 ? (uint64_t)c->num_experts_per_tok : 1;
+    uint64_t ne = c->num_local_experts > 0 ? (uint64_t)c->num_local_experts : 0;
+    uint64_t layer = 8 * E + 4 * HD + 4 * KD + 4 * k * (uint64_t)c->intermediate_size + k * E + 2 * ne;
+    uint64_t per_token = layer + 4 * E + (uint64_t)c->vocab_size + 8;
+    return 4 * T * per_token;
+}
+
+mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *session_params,
+                                     mnv_memory_estimate *out) {
+    if (!dir || !out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: NULL argument");
+    memset(out, 0, sizeof *out);
+    mnv_session_params sp = mnv_session_params_default();
+    if (session_params) {
+        if (session_params->size < offsetof(mnv_session_params, kv_dtype) || session_params->size > sizeof sp)
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: params->size %u is not a known size",
+                                 session_params->size);
+        memcpy(&sp, session_params, session_params->size);
+    }
+    size_t kvs = mnv_dtype_size(sp.kv_dtype);
+    if (sp.kv_dtype != MNV_DTYPE_F32 && sp.kv_dtype != MNV_DTYPE_BF16 && sp.kv_dtype != MNV_DTYPE_F16)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: kv_dtype must be F32, BF16 or F16");
+    char *path = mnv_path_join(dir, "config.json");
+    if (!path) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    char *json = NULL;
+    size_t len = 0;
+    mnv_status st = mnv_read_file(path, &json, &len);
+    mnv_model_config *c = st == MNV_OK ? malloc(sizeof *c) : NULL;
+    if (st == MNV_OK) st = c ? mnv_config_parse(json, len, path, c) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    free(json);
+    mnv_model_info info;
+    if (st == MNV_OK) st = mnv_config_estimate(path, &info);
+    free(path);
+    if (st == MNV_OK) {
+        /* the same defaults mnv_session_create resolves */
+        int32_t train = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
+        out->n_ctx = sp.n_ctx > 0 ? sp.n_ctx : MNV_MIN(train, 4096);
+        out->n_batch = sp.n_batch > 0 ? sp.n_batch : 512;
+        out->weight_bytes = info.weight_bytes;
+        out->kv_bytes = info.kv_bytes_per_token / sizeof(float) * kvs * (uint64_t)out->n_ctx;
+        out->compute_bytes = compute_bound(c, (uint64_t)MNV_MIN(out->n_batch, out->n_ctx)) +
+                             (uint64_t)c->vocab_size * sizeof(float);
+        out->total_bytes = out->weight_bytes + out->kv_bytes + out->compute_bytes;
+    }
     free(c);
     return st;
 }

@@ -111,6 +111,8 @@ static mnv_status gen_loop(gen_state *g) {
     int32_t V = s->model->cfg.vocab_size, tok;
     double t0 = mnv_time_sec();
     for (int32_t i = 0; i < g->gp->max_tokens; i++) {
+        mnv_status cst = mnv__session_check_cancel(s, "mnv_generate");
+        if (cst != MNV_OK) return cst;
         tok = mnv_sampler_sample(g->smp, s->last_logits, V);
         if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
         mnv_sampler_accept(g->smp, tok);

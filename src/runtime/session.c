@@ -108,6 +108,16 @@ void mnv_session_reset(mnv_session *s) {
     if (!s) return;
     s->n_past = 0;
     s->logits_valid = false;
+    atomic_store(&s->cancel, 0);
+}
+
+void mnv_session_cancel(mnv_session *s) {
+    if (s) atomic_store(&s->cancel, 1);
+}
+
+mnv_status mnv__session_check_cancel(mnv_session *s, const char *where) {
+    if (!atomic_load_explicit(&s->cancel, memory_order_relaxed) || !atomic_exchange(&s->cancel, 0)) return MNV_OK;
+    return mnv_set_error(MNV_ERR_CANCELLED, "%s: cancelled with %d tokens in the context", where, s->n_past);
 }
 
 mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
@@ -165,6 +175,8 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
                                  i, V);
     int32_t *pos = s->scratch_ids, *seq = pos + nb, *rows = seq + nb;
     for (size_t done = 0; done < n;) {
+        mnv_status cst = mnv__session_check_cancel(s, "mnv_session_eval");
+        if (cst != MNV_OK) return cst;
         int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done);
         for (int32_t i = 0; i < cnt; i++) {
             pos[i] = s->n_past + i;

@@ -2,6 +2,8 @@
 #ifndef MNV_SESSION_H
 #define MNV_SESSION_H
 
+#include <stdatomic.h>
+
 #include "backend/backend.h"
 #include "model/model.h"
 
@@ -17,7 +19,12 @@ struct mnv_session {
     bool logits_valid;       /* last_logits belong to the token at n_past - 1 */
     int32_t *scratch_ids;    /* n_batch * 4 ints for batch building */
     double last_build_sec, last_plan_sec, last_run_sec; /* host overhead figures */
+    atomic_int cancel;       /* mnv_session_cancel's request, set from any thread */
 };
+
+/* MNV_ERR_CANCELLED (consuming the request) when mnv_session_cancel asked
+ * for it, else MNV_OK. `where` names the point for the message. */
+mnv_status mnv__session_check_cancel(mnv_session *s, const char *where);
 
 /* Run one forward pass of a ragged batch on a session's cache (used by
  * eval and by tests that batch several sequences). logits_out: n_out rows. */

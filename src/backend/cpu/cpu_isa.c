@@ -1,5 +1,6 @@
 /* Host CPU detection (once, thread-safe) and the level cap. */
 #include "backend/cpu/cpu_isa.h"
+#include "core/core.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -80,8 +81,8 @@ static void init(void) {
         if (mnv__isa_parse(env, &cap))
             env_cap = cap;
         else
-            fprintf(stderr, "minerva: MINERVA_CPU=%s is not a known level (scalar, avx2, avx512, neon, "
-                            "neon-dot); ignored\n", env);
+            mnv__log(MNV_LOG_WARN, "MINERVA_CPU=%s is not a known level (scalar, avx2, avx512, neon, "
+                                   "neon-dot); ignored", env);
     }
 }
 
