@@ -52,6 +52,11 @@ bool mnv__utf8_valid(const char *s, size_t n, size_t *bad_off) {
     size_t i = 0;
     uint32_t cp;
     while (i < n) {
+        uint64_t w;
+        if (n - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) {
+            i += 8; /* eight ASCII bytes (most of a tokenizer.json) */
+            continue;
+        }
         if ((uint8_t)s[i] < 0x80) {
             i++;
             continue;
