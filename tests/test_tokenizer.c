@@ -664,6 +664,10 @@ static void test_invalid_utf8(void) {
     expect_error("u8surr", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}, "
                  "\"normalizer\": {\"type\": \"Prepend\", \"prepend\": \"\xED\xA0\x80\"}}",
                  MNV_ERR_FORMAT, "normalizer.prepend");
+    expect_error("u8outside", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}\xFF",
+                 MNV_ERR_FORMAT, "the text outside any string is not valid UTF-8");
+    expect_error("u8nested", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": "
+                 "[[\"a\", \"b\"], [\"b\", \"\xC3\"]]}}", MNV_ERR_FORMAT, "model.merges[1][1]");
     /* input text of invalid UTF-8 through a Replace regex normalizer: read as U+FFFD */
     const char *path = write_file("u8ok.json",
         "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"_\": 2, "
@@ -774,7 +778,8 @@ static void remove_tmpdir(void) {
     static const char *names[] = {"notjson", "truncated", "nomodel", "novocab", "unigram",
                                   "wordpiece", "badmerge", "badmerged", "badid", "badregex",
                                   "nfkc", "badadded", "tokenizer", "u8key", "u8seq", "u8added",
-                                  "u8merge", "u8surr", "deep", "bosrange"};
+                                  "u8merge", "u8surr", "u8outside", "u8nested", "deep",
+                                  "bosrange"};
     char p[160];
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         snprintf(p, sizeof p, "%s/%s.json", tmpdir, names[i]);

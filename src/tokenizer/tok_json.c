@@ -164,9 +164,9 @@ static void path_print(const path_frame *f, int n, int depth, mnv__buf *out) {
     if (depth > n) mnv__buf_put(out, "...", 3);
 }
 
-/* Describe where byte off of doc lies: "the string P", "a key of P" or "no
- * string". Only the document before off is read (so every key printed is
- * valid UTF-8). */
+/* Describe where byte off of doc lies: "the string P", "a key of P" or "the
+ * text outside any string". Only the document before off is read (so every
+ * key printed is valid UTF-8). */
 static void describe_offset(const char *doc, size_t off, mnv__buf *out) {
     path_frame f[PATH_DEPTH];
     int depth = 0;
@@ -206,7 +206,7 @@ static void describe_offset(const char *doc, size_t off, mnv__buf *out) {
             s.p++;
         }
     }
-    mnv__buf_put(out, "no string", 9);
+    mnv__buf_put(out, "the text outside any string", 27);
 }
 
 mnv_status mnv__json_check_utf8(const char *path, const char *doc, size_t len) {
