@@ -645,6 +645,24 @@ static void test_repro(void) {
         CHECK(mnv_detokenize(t, &none, 0, 1, buf, sizeof buf, &len) == MNV_OK && len == 0);
         mnv_tokenizer_free(t);
     }
+    /* an empty token streamed into a Strip step (found by fuzz_tokenizer_load: NULL + 0) */
+    const char *path = write_file("empty.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": "
+        "{\"\": 0, \" a\": 1}, \"merges\": []}, \"decoder\": {\"type\": \"Sequence\", "
+        "\"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", "
+        "\"start\": 1, \"stop\": 0}]}}");
+    st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "empty token: %s", mnv_last_error());
+    if (st == MNV_OK) {
+        int32_t ids[] = {0, 1, 0};
+        bool whole;
+        char *sd = stream_decode(t, ids, 3, &whole), *d = decode(t, ids, 3, 0);
+        CHECKF(sd && d && !strcmp(sd, "a") && !strcmp(d, "a"), "empty token: '%s' '%s'",
+               sd ? sd : "(null)", d ? d : "(null)");
+        free(sd);
+        free(d);
+        mnv_tokenizer_free(t);
+    }
+    unlink(path);
 }
 
 /* Invalid UTF-8 written as JSON text elsewhere than the repro files: keys, nested

@@ -242,29 +242,30 @@ static void stream_token(mnv_detok_stream *s, const char *txt, size_t n) {
     for (int k = 0; k < t->n_dec; k++) {
         const mnv__dec *d = &t->dec[k];
         int byte;
+        const char *pp = p->p ? p->p : ""; /* NULL while the piece is empty */
         q->len = 0;
         switch (d->kind) {
-        case MNV__DEC_BYTELEVEL: bytelevel_bytes(p->p, p->len, q); break;
-        case MNV__DEC_REPLACE: mnv__replace_apply(&d->rep, p->p, p->len, s->md, q); break;
+        case MNV__DEC_BYTELEVEL: bytelevel_bytes(pp, p->len, q); break;
+        case MNV__DEC_REPLACE: mnv__replace_apply(&d->rep, pp, p->len, s->md, q); break;
         case MNV__DEC_BYTEFALLBACK:
-            if ((byte = byte_token(p->p, p->len)) >= 0) mnv__buf_putc(q, (char)byte);
-            else mnv__buf_put(q, p->p, p->len);
+            if ((byte = byte_token(pp, p->len)) >= 0) mnv__buf_putc(q, (char)byte);
+            else mnv__buf_put(q, pp, p->len);
             break;
-        case MNV__DEC_FUSE: mnv__buf_put(q, p->p, p->len); break;
+        case MNV__DEC_FUSE: mnv__buf_put(q, pp, p->len); break;
         case MNV__DEC_STRIP:
             if (k == s->strip_step) {
                 size_t b = 0, c = d->content_len;
-                while (s->strip_left && p->len - b >= c && !memcmp(p->p + b, d->content, c)) {
+                while (s->strip_left && p->len - b >= c && !memcmp(pp + b, d->content, c)) {
                     b += c;
                     s->strip_left--;
                 }
                 if (b < p->len) s->strip_left = 0;
-                mnv__buf_put(q, p->p + b, p->len - b);
+                mnv__buf_put(q, pp + b, p->len - b);
             } else {
-                strip_piece(d, p->p, p->len, q);
+                strip_piece(d, pp, p->len, q);
             }
             break;
-        case MNV__DEC_METASPACE: metaspace_piece(d, p->p, p->len, s->index == 0, q); break;
+        case MNV__DEC_METASPACE: metaspace_piece(d, pp, p->len, s->index == 0, q); break;
         }
         mnv__buf tmp = *p; /* swap */
         *p = *q;

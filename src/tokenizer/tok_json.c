@@ -137,8 +137,8 @@ static mnv_status find_model_ranges(scan *s, mnv__json_ranges *r) {
  * JSON text is UTF-8 (RFC 8259) and Hugging Face reads tokenizer.json into a
  * Rust String, so a file with a raw invalid byte anywhere is refused there;
  * here it is refused too, naming the key whose string holds the byte. Every
- * string of the tokenizer is then valid UTF-8, which the PCRE2 calls rely on
- * (they match with PCRE2_NO_UTF_CHECK). */
+ * string of the tokenizer is then valid UTF-8, as the encoding pipeline and
+ * its PCRE2 searches expect. */
 
 #define PATH_DEPTH 24
 
@@ -154,7 +154,9 @@ static void path_print(const path_frame *f, int n, int depth, mnv__buf *out) {
     for (int i = 0; i < n; i++) {
         if (f[i].in_obj && f[i].key) {
             if (out->len > mark) mnv__buf_putc(out, '.');
-            mnv__buf_put(out, f[i].key, MNV_MIN(f[i].key_len, 64));
+            size_t kl = MNV_MIN(f[i].key_len, 64);
+            while (kl < f[i].key_len && kl > 0 && ((uint8_t)f[i].key[kl] & 0xC0) == 0x80) kl--;
+            mnv__buf_put(out, f[i].key, kl); /* cut at a character boundary */
         } else if (!f[i].in_obj) {
             char idx[32];
             snprintf(idx, sizeof idx, "[%zu]", f[i].index);
