@@ -42,6 +42,8 @@ check "'<s>' in text is the BOS token (got '$got')" [ "${got%% *}" = "1" ]
 expect_rc "decode an out-of-vocabulary id" 1 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 99999"
 expect_rc "decode a non-id" 2 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 x"
 expect_rc "tokenize without input" 2 "$MNV_CLI" tokenize -m "$MODEL"
+expect_rc "tokenize -m a missing directory" 1 "$MNV_CLI" tokenize -m "$TMP/nothing" hi
+check "  message says it does not exist" contains "$TMP/err" "does not exist"
 expect_rc "tokenize with a missing tokenizer" 1 "$MNV_CLI" tokenize --tokenizer "$TMP/none.json" hi
 check "  message names the file" contains "$TMP/err" "$TMP/none.json"
 
