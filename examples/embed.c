@@ -41,11 +41,11 @@ static void print_info(const mnv_model *model) {
 }
 
 /* Tokenize with BOS when the tokenizer asks for it. The first call sizes the
- * buffer: MNV_ERR_RANGE with *n set means "call again with n slots". */
+ * buffer: MNV_ERR_BUFFER_TOO_SMALL with *n set means "call again with n slots". */
 static mnv_status tokenize(const mnv_tokenizer *tok, const char *text, int32_t **ids, size_t *n) {
     int add_bos = mnv_tokenizer_add_bos(tok);
     mnv_status st = mnv_tokenize(tok, text, strlen(text), add_bos, NULL, 0, n);
-    if (st != MNV_OK && st != MNV_ERR_RANGE) return st;
+    if (st != MNV_OK && st != MNV_ERR_BUFFER_TOO_SMALL) return st;
     *ids = malloc((*n ? *n : 1) * sizeof **ids);
     if (!*ids) return MNV_ERR_NOMEM;
     return mnv_tokenize(tok, text, strlen(text), add_bos, *ids, *n, n);

@@ -71,7 +71,8 @@ extern "C" {
     X(MNV_ERR_RANGE, "value out of range")                                   \
     X(MNV_ERR_BACKEND, "backend failure")                                    \
     X(MNV_ERR_CANCELLED, "cancelled")                                        \
-    X(MNV_ERR_INTERNAL, "internal error")
+    X(MNV_ERR_INTERNAL, "internal error")                                    \
+    X(MNV_ERR_BUFFER_TOO_SMALL, "buffer too small")
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -79,6 +80,12 @@ typedef enum {
 #undef MNV_X_ENUM
     MNV_STATUS_COUNT
 } mnv_status;
+
+/* MNV_ERR_RANGE is a value outside its valid range (a token id outside the
+ * vocabulary, a position beyond the context). MNV_ERR_BUFFER_TOO_SMALL is a
+ * caller's buffer too small for a result: the call reports the size needed
+ * (e.g. in *n_out or *len_out), so a caller grows its buffer to that size and
+ * calls again. Statuses are only ever appended to the list (stable values). */
 
 /* A static, human-readable name for a status. Never NULL. */
 MNV_API const char *mnv_status_str(mnv_status s);
@@ -152,7 +159,12 @@ typedef struct mnv_tokenizer mnv_tokenizer;
 /* Load a Hugging Face tokenizer.json (BPE: byte-level or SentencePiece-style).
  * If a tokenizer_config.json sits beside it, it is read for the BOS/EOS
  * tokens and add_bos_token. On success *out owns the tokenizer; free it with
- * mnv_tokenizer_free. */
+ * mnv_tokenizer_free.
+ * Fails with MNV_ERR_FORMAT when either file is not valid UTF-8 (as Hugging
+ * Face refuses it; the message names the JSON path of the string and the
+ * byte offset), when a post-processor's BOS id is no token of the
+ * vocabulary, or on malformed content; MNV_ERR_UNSUPPORTED names a component
+ * it does not implement (or a Sequence nested more than 8 deep). */
 MNV_API mnv_status mnv_tokenizer_load(const char *tokenizer_json_path, mnv_tokenizer **out);
 MNV_API void mnv_tokenizer_free(mnv_tokenizer *tok);
 
@@ -168,17 +180,22 @@ MNV_API int mnv_tokenizer_add_bos(const mnv_tokenizer *tok);
  * Equals Hugging Face `Tokenizer.encode(text, add_special_tokens=False)`:
  * added/special tokens written in the text are recognised. With add_bos != 0
  * and a BOS token defined, BOS is prepended.
+ * Text that is not valid UTF-8 is not an error: each maximal invalid
+ * sequence is read as U+FFFD (Python's bytes.decode(errors="replace"), the
+ * string a Hugging Face caller would pass), so such text encodes like the
+ * text with those replacement characters.
  * Writes at most cap ids; *n_out receives the number of ids the full encoding
- * has. If that exceeds cap, returns MNV_ERR_RANGE (call again with a larger
- * buffer). ids may be NULL when cap is 0. */
+ * has. If that exceeds cap, returns MNV_ERR_BUFFER_TOO_SMALL (call again with
+ * cap = *n_out). ids may be NULL when cap is 0. */
 MNV_API mnv_status mnv_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
                         int32_t *ids, size_t cap, size_t *n_out);
 
 /* Decode ids to UTF-8 text, as Hugging Face `decode(ids,
  * skip_special_tokens=skip_special)` does. Writes at most cap bytes plus a
  * terminating NUL when room allows; *len_out receives the full length
- * (excluding NUL). Returns MNV_ERR_RANGE if cap <= full length. Invalid ids
- * give MNV_ERR_RANGE naming the id. */
+ * (excluding NUL). Returns MNV_ERR_BUFFER_TOO_SMALL if cap <= full length
+ * (call again with cap = *len_out + 1). An id outside the vocabulary, or with
+ * no token in it, gives MNV_ERR_RANGE naming the id (and *len_out = 0). */
 MNV_API mnv_status mnv_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                           char *text, size_t cap, size_t *len_out);
 
@@ -188,10 +205,14 @@ typedef struct mnv_detok_stream mnv_detok_stream;
 MNV_API mnv_status mnv_detok_stream_create(const mnv_tokenizer *tok, mnv_detok_stream **out);
 /* Appends the text that id completes to out (at most cap bytes) and sets
  * *len_out. 64 bytes are always enough for one token's text unless the
- * vocabulary holds longer pieces; MNV_ERR_RANGE then asks for more. */
+ * vocabulary holds longer pieces; MNV_ERR_BUFFER_TOO_SMALL then sets *len_out
+ * to the size needed and leaves the stream as it was, so the same id can be
+ * pushed again with a larger buffer. An id with no token gives MNV_ERR_RANGE
+ * (the stream is unchanged). */
 MNV_API mnv_status mnv_detok_stream_push(mnv_detok_stream *s, int32_t id, char *out, size_t cap,
                                  size_t *len_out);
-/* Flushes any held incomplete bytes (as U+FFFD replacement characters). */
+/* Flushes any held incomplete bytes (as U+FFFD replacement characters);
+ * MNV_ERR_BUFFER_TOO_SMALL as for push. */
 MNV_API mnv_status mnv_detok_stream_flush(mnv_detok_stream *s, char *out, size_t cap, size_t *len_out);
 MNV_API void mnv_detok_stream_free(mnv_detok_stream *s);
 
@@ -411,7 +432,8 @@ typedef enum {
 /* Called once per generated token with its id and the complete UTF-8 text it
  * adds (possibly empty while a multi-byte character is incomplete; text held
  * back because it may begin a stop string is delivered once it cannot).
- * Return non-zero to stop generation. */
+ * text is never NULL (len bytes, not NUL-terminated; a model without a
+ * tokenizer gives len 0). Return non-zero to stop generation. */
 typedef int (*mnv_token_callback)(void *user_data, int32_t token, const char *text, size_t len);
 
 typedef struct {
@@ -671,8 +693,8 @@ MNV_API mnv_chat_render_params mnv_chat_render_params_default(void);
 
 /* Render the conversation as text (params NULL: the defaults). Writes at most
  * cap bytes plus a NUL when room allows; *len_out receives the full length
- * (without the NUL); MNV_ERR_RANGE when cap <= that length (ask with cap 0
- * first; text may be NULL then). MNV_ERR_INVALID_ARG for a tool message
+ * (without the NUL); MNV_ERR_BUFFER_TOO_SMALL when cap <= that length (ask
+ * with cap 0 first; text may be NULL then). MNV_ERR_INVALID_ARG for a tool message
  * without a name. Note: text inside messages is taken as plain text, so
  * render_ids, not mnv_tokenize of this text, is what a model must see when
  * a message contains a special token's spelling such as "<|end|>". */
@@ -682,8 +704,8 @@ MNV_API mnv_status mnv_chat_render_text(const mnv_chat *chat, const mnv_chat_ren
 /* Render the conversation as token ids for tok, as the reference does:
  * the harmony markers as their special ids, each text piece encoded on its
  * own and without special-token matching. Writes at most cap ids; *n_out
- * receives the full count; MNV_ERR_RANGE when it exceeds cap (ids may be
- * NULL when cap is 0). MNV_ERR_UNSUPPORTED when tok lacks the harmony tokens. */
+ * receives the full count; MNV_ERR_BUFFER_TOO_SMALL when it exceeds cap (ids
+ * may be NULL when cap is 0). MNV_ERR_UNSUPPORTED when tok lacks the harmony tokens. */
 MNV_API mnv_status mnv_chat_render_ids(const mnv_chat *chat, const mnv_tokenizer *tok,
                                const mnv_chat_render_params *params, int32_t *ids, size_t cap,
                                size_t *n_out);

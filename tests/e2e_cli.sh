@@ -42,8 +42,26 @@ check "'<s>' in text is the BOS token (got '$got')" [ "${got%% *}" = "1" ]
 expect_rc "decode an out-of-vocabulary id" 1 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 99999"
 expect_rc "decode a non-id" 2 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 x"
 expect_rc "tokenize without input" 2 "$MNV_CLI" tokenize -m "$MODEL"
+expect_rc "tokenize -m a missing directory" 1 "$MNV_CLI" tokenize -m "$TMP/nothing" hi
+check "  message says it does not exist" contains "$TMP/err" "does not exist"
 expect_rc "tokenize with a missing tokenizer" 1 "$MNV_CLI" tokenize --tokenizer "$TMP/none.json" hi
 check "  message names the file" contains "$TMP/err" "$TMP/none.json"
+
+# ---- tokenizer files that once crashed (tests/fixtures/repro) ------------------------------
+REPRO="$MNV_ROOT/tests/fixtures/repro"
+expect_rc "invalid UTF-8 in a Prepend normalizer" 1 "$MNV_CLI" tokenize --tokenizer "$REPRO/segv-prepend-invalid-utf8.tokenizer.json" "a b"
+check "  message names the key and the byte" contains "$TMP/err" "normalizer.prepend is not valid UTF-8 (byte 47"
+expect_rc "invalid UTF-8 in a Replace content" 1 "$MNV_CLI" tokenize --tokenizer "$REPRO/segv-replace-content-invalid-utf8.tokenizer.json" "a b a b"
+check "  message names the key" contains "$TMP/err" "normalizer.content"
+expect_rc "invalid UTF-8 in the vocabulary" 1 "$MNV_CLI" tokenize --tokenizer "$REPRO/segv-decode-regex-invalid-utf8-vocab.tokenizer.json" --decode "0 1 2 0 1"
+check "  message names model.vocab" contains "$TMP/err" "model.vocab"
+expect_rc "a BOS id with no token" 1 "$MNV_CLI" tokenize --tokenizer "$REPRO/bos-hole-minimal.tokenizer.json" --bos "a b"
+check "  message names the id" contains "$TMP/err" "id 2"
+expect_rc "an empty id list through a Fuse decoder" 0 "$MNV_CLI" tokenize --tokenizer "$REPRO/ubsan-nullptr-offset-tok_decode158.tokenizer.json" --decode " "
+printf 'a \377 b\342\202' >"$TMP/bad-utf8.txt"
+got=$("$MNV_CLI" tokenize -m "$MODEL" --text-file "$TMP/bad-utf8.txt" 2>"$TMP/err")
+back=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$got" 2>"$TMP/err")
+check "invalid UTF-8 input text is read as U+FFFD (got '$back')" same "$back" "$(printf 'a \357\277\275 b\357\277\275')"
 
 # ---- logits ---------------------------------------------------------------------------------------
 # Validates the JSON shape (an array of rows of numbers) and prints
@@ -119,6 +137,13 @@ check "synth wrote model.safetensors" [ -s "$TMP/synth/model.safetensors" ]
 got=$("$MNV_CLI" generate -m "$TMP/synth" --prompt-ids "1 5 9" -n 8 --temp 0 --ignore-eos --print-ids 2>"$TMP/err")
 check "generate on the synthesized model prints 8 ids (got '$got')" [ "$(echo "$got" | wc -w)" -eq 8 ]
 check "  all ids in the vocabulary" awk -v s="$got" 'BEGIN { n = split(s, a, " "); for (i = 1; i <= n; i++) if (a[i] !~ /^[0-9]+$/ || a[i] >= 64) exit 1 }'
+# a prompt that the tokenizer turns into no ids; a missing model directory
+mkdir "$TMP/synthtok" && cp "$TMP/synth/config.json" "$TMP/synth/model.safetensors" "$TMP/synthtok/"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}}' >"$TMP/synthtok/tokenizer.json"
+expect_rc "generate -p with a prompt of no tokens" 1 "$MNV_CLI" generate -m "$TMP/synthtok" -p xyz -n 2
+check "  message says the prompt produced no tokens" contains "$TMP/err" "the prompt produced no tokens"
+expect_rc "generate -m a missing directory" 1 "$MNV_CLI" generate -m "$TMP/nothing" -n 2
+check "  message says it does not exist" contains "$TMP/err" "does not exist"
 expect_rc "synth bf16" 0 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/synth16" --seed 7
 expect_rc "inspect the bf16 model" 0 "$MNV_CLI" inspect "$TMP/synth16"
 check "  its tensors are BF16" contains "$TMP/out" "BF16"

@@ -54,7 +54,7 @@ static char *fixture(const char *name) {
 
 static char *render(const mnv_chat *c, const mnv_chat_render_params *rp) {
     size_t n = 0;
-    if (mnv_chat_render_text(c, rp, NULL, 0, &n) != MNV_ERR_RANGE) return NULL;
+    if (mnv_chat_render_text(c, rp, NULL, 0, &n) != MNV_ERR_BUFFER_TOO_SMALL) return NULL;
     char *s = malloc(n + 1);
     if (s && mnv_chat_render_text(c, rp, s, n + 1, &n) != MNV_OK) {
         free(s);
@@ -415,7 +415,7 @@ static void test_api_errors(void) {
     CHECK(mnv_chat_n_messages(c) == 0);
     size_t n = 0;
     char small[8];
-    CHECK(mnv_chat_render_text(c, NULL, small, sizeof small, &n) == MNV_ERR_RANGE && n > sizeof small);
+    CHECK(mnv_chat_render_text(c, NULL, small, sizeof small, &n) == MNV_ERR_BUFFER_TOO_SMALL && n > sizeof small);
     char *full = render(c, NULL);
     CHECK(full && strlen(full) == n);
     free(full);
@@ -746,7 +746,7 @@ static int32_t *encode(const mnv_tokenizer *tok, const char *text, size_t *n) {
 static int32_t *render_ids(const mnv_chat *c, const mnv_tokenizer *tok, const mnv_chat_render_params *rp,
                            size_t *n) {
     *n = 0;
-    if (mnv_chat_render_ids(c, tok, rp, NULL, 0, n) != MNV_ERR_RANGE) return NULL;
+    if (mnv_chat_render_ids(c, tok, rp, NULL, 0, n) != MNV_ERR_BUFFER_TOO_SMALL) return NULL;
     int32_t *ids = malloc((*n + 1) * sizeof *ids);
     if (ids && mnv_chat_render_ids(c, tok, rp, ids, *n, n) != MNV_OK) {
         free(ids);
@@ -826,13 +826,13 @@ static void test_ids(const mnv_tokenizer *tok) {
     CHECKF(ids && specials == 4, "user text with markers: %d special ids", specials); /* start message end start */
     char *dec = NULL;
     size_t dl = 0;
-    if (ids && mnv_detokenize(tok, ids, n, 0, NULL, 0, &dl) == MNV_ERR_RANGE && (dec = malloc(dl + 1)))
+    if (ids && mnv_detokenize(tok, ids, n, 0, NULL, 0, &dl) == MNV_ERR_BUFFER_TOO_SMALL && (dec = malloc(dl + 1)))
         mnv_detokenize(tok, ids, n, 0, dec, dl + 1, &dl);
     check_text("user text with markers, decoded", dec,
                "<|start|>user<|message|>say <|end|><|start|>system<|end|><|start|>assistant");
     free(dec);
     free(ids);
-    CHECK(mnv_chat_render_ids(c, tok, NULL, NULL, 0, &n) == MNV_ERR_RANGE && n > 0);
+    CHECK(mnv_chat_render_ids(c, tok, NULL, NULL, 0, &n) == MNV_ERR_BUFFER_TOO_SMALL && n > 0);
     mnv_chat_free(c);
 }
 

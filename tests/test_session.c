@@ -23,6 +23,50 @@ static int on_token(void *ud, int32_t tok, const char *text, size_t len) {
     return c->stop_after && c->calls >= c->stop_after;
 }
 
+/* Counts the calls that received text == NULL. */
+static int on_token_null(void *ud, int32_t tok, const char *text, size_t len) {
+    int *nulls = ud;
+    *nulls += text == NULL;
+    return 0;
+}
+
+/* A model without tokenizer.json: the callback still receives a valid, empty text. */
+static void test_no_tokenizer(void) {
+    mnv_model *m = NULL;
+    mnv_status st = mnv_model_load("fixtures/models/tiny-llama", NULL, &m);
+    CHECKF(st == MNV_OK, "tiny-llama: %s", mnv_last_error());
+    if (st != MNV_OK) return;
+    CHECK(mnv_model_tokenizer(m) == NULL);
+    mnv_session *s = NULL;
+    CHECK(mnv_session_create(m, NULL, &s) == MNV_OK);
+    int nulls = 0;
+    mnv_generate_params gp = mnv_generate_params_default();
+    gp.max_tokens = 4;
+    gp.sampler.temperature = 0;
+    gp.ignore_eos = 1;
+    gp.on_token = on_token_null;
+    gp.user_data = &nulls;
+    static const char *const stops[] = {"x"};
+    gp.stop_strings = stops;
+    gp.n_stop = 1;
+    int32_t prompt[2] = {1, 5};
+    mnv_generate_result r;
+    CHECK(s && mnv_generate(s, prompt, 2, &gp, &r) == MNV_OK && r.n_generated == 4);
+    CHECKF(nulls == 0, "%d callbacks received text == NULL", nulls);
+    mnv_session_free(s);
+    mnv_model_free(m);
+}
+
+/* A missing model directory is named as missing; a file as not a directory. */
+static void test_model_dir_errors(void) {
+    mnv_model *m = (mnv_model *)1;
+    CHECK(mnv_model_load("fixtures/models/no-such-model", NULL, &m) == MNV_ERR_IO && m == NULL);
+    CHECKF(strstr(mnv_last_error(), "no-such-model") && strstr(mnv_last_error(), "does not exist"),
+           "%s", mnv_last_error());
+    CHECK(mnv_model_load("fixtures/models/tiny-llama/config.json", NULL, &m) == MNV_ERR_IO);
+    CHECKF(strstr(mnv_last_error(), "is not a directory"), "%s", mnv_last_error());
+}
+
 static mnv_generate_params greedy(int n, collect *c) {
     mnv_generate_params gp = mnv_generate_params_default();
     gp.max_tokens = n;
@@ -116,5 +160,7 @@ int main(void) {
     CHECK(mnv_session_create(m, &bad, &s2) == MNV_ERR_INVALID_ARG && s2 == NULL);
     mnv_session_free(s);
     mnv_model_free(m);
+    test_no_tokenizer();
+    test_model_dir_errors();
     return t_done();
 }

@@ -291,9 +291,9 @@ static void test_stories_api(void) {
     size_t n;
     int32_t ids[64];
     CHECK(mnv_tokenize(t, "Hello", 5, 1, ids, 64, &n) == MNV_OK && n >= 2 && ids[0] == 1);
-    /* too small a buffer: RANGE with the needed count */
+    /* too small a buffer: BUFFER_TOO_SMALL with the needed count; bad ids are RANGE */
     size_t need = n;
-    CHECK(mnv_tokenize(t, "Hello", 5, 1, ids, 1, &n) == MNV_ERR_RANGE && n == need);
+    CHECK(mnv_tokenize(t, "Hello", 5, 1, ids, 1, &n) == MNV_ERR_BUFFER_TOO_SMALL && n == need);
     CHECK(mnv_tokenize(t, "", 0, 0, NULL, 0, &n) == MNV_OK && n == 0);
     /* decode: bad ids name the id */
     char buf[64];
@@ -303,10 +303,13 @@ static void test_stories_api(void) {
     CHECKF(strstr(mnv_last_error(), "512") != NULL, "error names the id: %s", mnv_last_error());
     int32_t neg = -3;
     CHECK(mnv_detokenize(t, &neg, 1, 0, buf, sizeof buf, &len) == MNV_ERR_RANGE);
+    /* a sizing call with a bad id is RANGE, not a request for a larger buffer */
+    CHECK(mnv_detokenize(t, bad, 2, 0, NULL, 0, &len) == MNV_ERR_RANGE && len == 0);
+    CHECK(!strcmp(mnv_status_str(MNV_ERR_BUFFER_TOO_SMALL), "buffer too small"));
     /* leading space of the first token only; byte-fallback bytes fused */
     int32_t hi[] = {1, 260};
     CHECK(mnv_detokenize(t, hi, 2, 1, buf, sizeof buf, &len) == MNV_OK && !strcmp(buf, "he"));
-    CHECK(mnv_detokenize(t, hi, 2, 1, buf, 2, &len) == MNV_ERR_RANGE && len == 2);
+    CHECK(mnv_detokenize(t, hi, 2, 1, buf, 2, &len) == MNV_ERR_BUFFER_TOO_SMALL && len == 2);
     int32_t euro[] = {265, 229, 133, 175}; /* "▁the" E2 82 AC */
     CHECK(mnv_detokenize(t, euro, 4, 0, buf, sizeof buf, &len) == MNV_OK &&
           !strcmp(buf, "the\xE2\x82\xAC"));
@@ -320,7 +323,7 @@ static void test_stories_api(void) {
           !memcmp(buf, "the", 3));
     CHECK(mnv_detok_stream_push(s, 229, buf, sizeof buf, &len) == MNV_OK && len == 0);
     CHECK(mnv_detok_stream_push(s, 133, buf, sizeof buf, &len) == MNV_OK && len == 0);
-    CHECK(mnv_detok_stream_push(s, 175, buf, 2, &len) == MNV_ERR_RANGE && len == 3);
+    CHECK(mnv_detok_stream_push(s, 175, buf, 2, &len) == MNV_ERR_BUFFER_TOO_SMALL && len == 3);
     CHECK(mnv_detok_stream_push(s, 175, buf, sizeof buf, &len) == MNV_OK && len == 3 &&
           !memcmp(buf, "\xE2\x82\xAC", 3));
     CHECK(mnv_detok_stream_push(s, 229, buf, sizeof buf, &len) == MNV_OK && len == 0);
@@ -602,6 +605,143 @@ static void test_errors(void) {
     unlink(p);
 }
 
+/* ---- files that once crashed or misled (tests/fixtures/repro) ---------------------------- */
+
+#define REPRO "fixtures/repro/"
+
+static void expect_load_error(const char *file, mnv_status want, const char *needle1,
+                              const char *needle2) {
+    char path[160];
+    snprintf(path, sizeof path, REPRO "%s", file);
+    mnv_tokenizer *t = (mnv_tokenizer *)1;
+    mnv_status st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == want && t == NULL, "%s: status %s (want %s): %s", file, mnv_status_str(st),
+           mnv_status_str(want), mnv_last_error());
+    CHECKF(strstr(mnv_last_error(), needle1) && strstr(mnv_last_error(), needle2),
+           "%s: message '%s' lacks '%s' or '%s'", file, mnv_last_error(), needle1, needle2);
+    if (st == MNV_OK) mnv_tokenizer_free(t); /* never encoded: that is what crashed */
+}
+
+static void test_repro(void) {
+    /* strings of raw invalid UTF-8 are rejected at load, naming the key and the byte */
+    expect_load_error("segv-prepend-invalid-utf8.tokenizer.json", MNV_ERR_FORMAT,
+                      "normalizer.prepend", "byte 47");
+    expect_load_error("segv-replace-content-invalid-utf8.tokenizer.json", MNV_ERR_FORMAT,
+                      "normalizer.content", "not valid UTF-8");
+    expect_load_error("segv-decode-regex-invalid-utf8-vocab.tokenizer.json", MNV_ERR_FORMAT,
+                      "model.vocab", "not valid UTF-8");
+    /* a BOS id that is no token */
+    expect_load_error("bos-hole-minimal.tokenizer.json", MNV_ERR_FORMAT, "post_processor",
+                      "id 2");
+    /* an empty id list through a Fuse decoder (UBSan: NULL + 0) */
+    mnv_tokenizer *t = NULL;
+    mnv_status st = mnv_tokenizer_load(REPRO "ubsan-nullptr-offset-tok_decode158.tokenizer.json", &t);
+    CHECKF(st == MNV_OK, "fuse: %s", mnv_last_error());
+    if (st == MNV_OK) {
+        char buf[8] = "x";
+        size_t len = 1;
+        CHECK(mnv_detokenize(t, NULL, 0, 0, buf, sizeof buf, &len) == MNV_OK && len == 0 && !buf[0]);
+        int32_t none = 0;
+        CHECK(mnv_detokenize(t, &none, 0, 1, buf, sizeof buf, &len) == MNV_OK && len == 0);
+        mnv_tokenizer_free(t);
+    }
+    /* an empty token streamed into a Strip step (found by fuzz_tokenizer_load: NULL + 0) */
+    const char *path = write_file("empty.json", "{\"model\": {\"type\": \"BPE\", \"vocab\": "
+        "{\"\": 0, \" a\": 1}, \"merges\": []}, \"decoder\": {\"type\": \"Sequence\", "
+        "\"decoders\": [{\"type\": \"Fuse\"}, {\"type\": \"Strip\", \"content\": \" \", "
+        "\"start\": 1, \"stop\": 0}]}}");
+    st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "empty token: %s", mnv_last_error());
+    if (st == MNV_OK) {
+        int32_t ids[] = {0, 1, 0};
+        bool whole;
+        char *sd = stream_decode(t, ids, 3, &whole), *d = decode(t, ids, 3, 0);
+        CHECKF(sd && d && !strcmp(sd, "a") && !strcmp(d, "a"), "empty token: '%s' '%s'",
+               sd ? sd : "(null)", d ? d : "(null)");
+        free(sd);
+        free(d);
+        mnv_tokenizer_free(t);
+    }
+    unlink(path);
+}
+
+/* Invalid UTF-8 written as JSON text elsewhere than the repro files: keys, nested
+ * steps, merges, added tokens, escapes that JSON forbids. */
+static void test_invalid_utf8(void) {
+    expect_error("u8key", "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\xC3\": 1}, "
+                 "\"merges\": []}}", MNV_ERR_FORMAT, "model.vocab");
+    expect_error("u8seq", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}, "
+                 "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"NFC\"}, "
+                 "{\"type\": \"Replace\", \"pattern\": {\"Regex\": \"\xE2\x82\"}, \"content\": \"\"}]}}",
+                 MNV_ERR_FORMAT, "normalizer.normalizers[1].pattern.Regex");
+    expect_error("u8added", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}, "
+                 "\"added_tokens\": [{\"id\": 9, \"content\": \"<\xF5>\"}]}", MNV_ERR_FORMAT,
+                 "added_tokens[0].content");
+    expect_error("u8merge", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": "
+                 "[\"a b\", \"b \xC0\xAF\"]}}", MNV_ERR_FORMAT, "model.merges[1]");
+    expect_error("u8surr", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}, "
+                 "\"normalizer\": {\"type\": \"Prepend\", \"prepend\": \"\xED\xA0\x80\"}}",
+                 MNV_ERR_FORMAT, "normalizer.prepend");
+    expect_error("u8outside", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": []}}\xFF",
+                 MNV_ERR_FORMAT, "the text outside any string is not valid UTF-8");
+    expect_error("u8nested", "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB ", \"merges\": "
+                 "[[\"a\", \"b\"], [\"b\", \"\xC3\"]]}}", MNV_ERR_FORMAT, "model.merges[1][1]");
+    /* input text of invalid UTF-8 through a Replace regex normalizer: read as U+FFFD */
+    const char *path = write_file("u8ok.json",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"_\": 2, "
+        "\"\xEF\xBF\xBD\": 3}, \"merges\": []}, \"normalizer\": {\"type\": \"Replace\", "
+        "\"pattern\": {\"Regex\": \"\\\\s+\"}, \"content\": \"_\"}}");
+    mnv_tokenizer *t = NULL;
+    mnv_status st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "u8ok: %s", mnv_last_error());
+    if (st == MNV_OK) {
+        int32_t ids[16];
+        size_t n;
+        CHECK(mnv_tokenize(t, "a \xFF b\xE2\x82", 7, 0, ids, 16, &n) == MNV_OK && n == 6 &&
+              ids[0] == 0 && ids[1] == 2 && ids[2] == 3 && ids[3] == 2 && ids[4] == 1 &&
+              ids[5] == 3);
+        mnv_tokenizer_free(t);
+    }
+    unlink(path);
+    /* a decoder regex after ByteFallback sees raw bytes while streaming: no crash, the
+     * regex is applied to the valid runs only */
+    path = write_file("u8stream.json",
+        "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<0xFF>\": 0, \"<0xC3>\": 1, \"<0xA9>\": 2, "
+        "\"a  b\": 3}, \"merges\": []}, \"decoder\": {\"type\": \"Sequence\", \"decoders\": ["
+        "{\"type\": \"ByteFallback\"}, {\"type\": \"Replace\", \"pattern\": {\"Regex\": "
+        "\"\\\\s+\"}, \"content\": \" \"}]}}");
+    st = mnv_tokenizer_load(path, &t);
+    CHECKF(st == MNV_OK, "u8stream: %s", mnv_last_error());
+    if (st == MNV_OK) {
+        int32_t ids[] = {0, 3, 1, 2, 0};
+        bool whole;
+        char *sd = stream_decode(t, ids, 5, &whole);
+        CHECKF(sd && !strcmp(sd, "\xEF\xBF\xBD" "a b\xC3\xA9\xEF\xBF\xBD"), "stream: '%s'",
+               sd ? sd : "(null)");
+        free(sd);
+        mnv_tokenizer_free(t);
+    }
+    unlink(path);
+}
+
+/* The limits and messages of crafted files. */
+static void test_limits(void) {
+    char json[2048];
+    int k = snprintf(json, sizeof json, "{\"model\": {\"type\": \"BPE\", " TINY_VOCAB
+                     ", \"merges\": []}, \"normalizer\": ");
+    for (int d = 0; d < 10; d++)
+        k += snprintf(json + k, sizeof json - (size_t)k, "{\"type\": \"Sequence\", \"normalizers\": [");
+    k += snprintf(json + k, sizeof json - (size_t)k, "{\"type\": \"NFC\"}");
+    for (int d = 0; d < 10; d++) k += snprintf(json + k, sizeof json - (size_t)k, "]}");
+    snprintf(json + k, sizeof json - (size_t)k, "}");
+    expect_error("deep", json, MNV_ERR_UNSUPPORTED, "nested more than 8 deep");
+    /* a post-processor BOS id beyond the vocabulary */
+    expect_error("bosrange", "{\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+                 "[{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}], \"special_tokens\": "
+                 "{\"<s>\": {\"id\": \"<s>\", \"ids\": [99]}}}, \"model\": {\"type\": \"BPE\", "
+                 TINY_VOCAB ", \"merges\": []}}", MNV_ERR_FORMAT, "id 99");
+}
+
 /* Randomly damaged copies of a real tokenizer.json: a clean error or a
  * working tokenizer, never a crash (run under ASan to make this bite). */
 static void test_mutations(void) {
@@ -655,7 +795,9 @@ static void test_mutations(void) {
 static void remove_tmpdir(void) {
     static const char *names[] = {"notjson", "truncated", "nomodel", "novocab", "unigram",
                                   "wordpiece", "badmerge", "badmerged", "badid", "badregex",
-                                  "nfkc", "badadded", "tokenizer"};
+                                  "nfkc", "badadded", "tokenizer", "u8key", "u8seq", "u8added",
+                                  "u8merge", "u8surr", "u8outside", "u8nested", "deep",
+                                  "bosrange"};
     char p[160];
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         snprintf(p, sizeof p, "%s/%s.json", tmpdir, names[i]);
@@ -690,6 +832,9 @@ int main(void) {
     test_split_behaviors();
     test_metaspace(corpus);
     test_errors();
+    test_repro();
+    test_invalid_utf8();
+    test_limits();
     test_mutations();
     remove_tmpdir();
     cJSON_Delete(corpus);

@@ -366,7 +366,7 @@ mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, 
             return MNV_OK;
         }
         free(buf);
-        if (st != MNV_ERR_RANGE || need <= cap) return st;
+        if (st != MNV_ERR_BUFFER_TOO_SMALL || need <= cap) return st;
         cap = need;
     }
     return MNV_ERR_INTERNAL;
@@ -388,7 +388,7 @@ mnv_status cli_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n
             return MNV_OK;
         }
         free(buf);
-        if ((st != MNV_ERR_RANGE && st != MNV_OK) || need < cap) return st;
+        if (st != MNV_ERR_BUFFER_TOO_SMALL || need < cap) return st;
         cap = need + 1;
     }
     return MNV_ERR_INTERNAL;

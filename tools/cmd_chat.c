@@ -210,7 +210,7 @@ static mnv_status render(chat_state *c, int32_t **ids, size_t *n) {
     size_t need = 0;
     *ids = NULL;
     mnv_status st = mnv_chat_render_ids(c->chat, c->tok, NULL, NULL, 0, &need);
-    if (st != MNV_OK && st != MNV_ERR_RANGE) return st;
+    if (st != MNV_OK && st != MNV_ERR_BUFFER_TOO_SMALL) return st;
     if (!(*ids = malloc((need ? need : 1) * sizeof **ids))) return MNV_ERR_NOMEM;
     st = mnv_chat_render_ids(c->chat, c->tok, NULL, *ids, need, n);
     if (st != MNV_OK) {

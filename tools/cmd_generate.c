@@ -196,7 +196,11 @@ static int load_and_run(gen_opts *o) {
     int32_t *prompt = NULL;
     size_t n_prompt = 0;
     rc = build_prompt(o, model, &prompt, &n_prompt);
-    if (rc == 0 && n_prompt == 0) rc = cli_usage(CMD, "--prompt-ids: the list is empty");
+    if (rc == 0 && n_prompt == 0)
+        rc = o->prompt_ids ? cli_usage(CMD, "--prompt-ids: the list is empty")
+                           : cli_error(CMD, "the prompt produced no tokens (the tokenizer has no token "
+                                            "for its text and no BOS to add); give another prompt or "
+                                            "--prompt-ids");
     if (rc == 0) rc = run(o, model, prompt, n_prompt);
     free(prompt);
     mnv_model_free(model);

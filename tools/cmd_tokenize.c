@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli_common.h"
 
@@ -33,6 +34,9 @@ static int load_tokenizer(const tok_opts *o, mnv_tokenizer **tok) {
     if (o->tokenizer) {
         snprintf(path, sizeof path, "%s", o->tokenizer);
     } else {
+        struct stat sb;
+        if (o->model_dir && stat(o->model_dir, &sb) != 0)
+            return cli_error(CMD, "model directory '%s' does not exist", o->model_dir);
         if (o->model_dir) snprintf(dir, sizeof dir, "%s", o->model_dir);
         else if (cli_default_model_dir(CMD, dir, sizeof dir) != 0) return CLI_EXIT_FAIL;
         snprintf(path, sizeof path, "%s/tokenizer.json", dir);

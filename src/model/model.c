@@ -2,6 +2,7 @@
  * the public model API. */
 #include "model/model.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stddef.h>
@@ -334,8 +335,11 @@ mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_m
     *out = NULL;
     if (!dir) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_load: dir is NULL");
     struct stat sb;
-    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-        return mnv_set_error(MNV_ERR_IO, "%s: not a model directory", dir);
+    if (stat(dir, &sb) != 0)
+        return mnv_set_error(MNV_ERR_IO, "%s: %s", dir, errno == ENOENT ? "the model directory does not exist"
+                                                                         : strerror(errno));
+    if (!S_ISDIR(sb.st_mode))
+        return mnv_set_error(MNV_ERR_IO, "%s: is not a directory (a model is a directory holding config.json)", dir);
     mnv_model *m = calloc(1, sizeof *m);
     if (!m) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     m->params = mnv_model_params_default();

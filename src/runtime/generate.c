@@ -93,8 +93,9 @@ static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool 
     size_t give = at >= 0 ? (size_t)at : g->pend.len - hold;
     if (at < 0 && final) give = g->pend.len; /* nothing more will come */
     int cb = 0;
-    if (g->gp->on_token) cb = g->gp->on_token(g->gp->user_data, tok, g->pend.text, give);
-    memmove(g->pend.text, g->pend.text + give, g->pend.len - give);
+    /* without a tokenizer nothing was ever decoded: pend.text is still NULL */
+    if (g->gp->on_token) cb = g->gp->on_token(g->gp->user_data, tok, g->pend.text ? g->pend.text : "", give);
+    if (give) memmove(g->pend.text, g->pend.text + give, g->pend.len - give);
     g->pend.len -= give;
     if (at >= 0) {
         g->res->stop_reason = MNV_STOP_STRING;
@@ -146,7 +147,7 @@ static mnv_status push_token(gen_state *g, int32_t tok, bool keep) {
     size_t n = 0, cap = sizeof piece;
     if (!g->ds || tok >= mnv_tokenizer_n_vocab(g->s->model->tok)) return MNV_OK;
     mnv_status st = mnv_detok_stream_push(g->ds, tok, buf, cap, &n);
-    if (st == MNV_ERR_RANGE && n > cap) { /* too long for the buffer: the stream kept its state */
+    if (st == MNV_ERR_BUFFER_TOO_SMALL) { /* too long for the buffer: the stream kept its state */
         cap = n + 1;
         if (!(buf = malloc(cap))) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
         st = mnv_detok_stream_push(g->ds, tok, buf, cap, &n);

@@ -532,8 +532,8 @@ mnv_status mnv_chat_render_text(const mnv_chat *c, const mnv_chat_render_params 
     if (st != MNV_OK) return st;
     *len_out = len;
     if (len < cap) text[len] = 0;
-    else return mnv_set_error(MNV_ERR_RANGE, "mnv_chat_render_text: %zu bytes do not fit in cap %zu",
-                              len, cap);
+    else return mnv_set_error(MNV_ERR_BUFFER_TOO_SMALL, "mnv_chat_render_text: %zu bytes do not fit "
+                              "in cap %zu", len, cap);
     return MNV_OK;
 }
 
@@ -578,7 +578,7 @@ static mnv_status encode_ordinary(const mnv_tokenizer *tok, const char *s, size_
             out->n += got;
             return MNV_OK;
         }
-        if (st != MNV_ERR_RANGE) return st;
+        if (st != MNV_ERR_BUFFER_TOO_SMALL) return st;
         room = got;
     }
     return mnv_set_error(MNV_ERR_INTERNAL, "mnv_chat_render_ids: encoding size changed");
@@ -611,8 +611,8 @@ mnv_status mnv_chat_render_ids(const mnv_chat *c, const mnv_tokenizer *tok,
     if (st == MNV_OK) {
         *n_out = out.n;
         if (out.n > cap)
-            st = mnv_set_error(MNV_ERR_RANGE, "mnv_chat_render_ids: %zu ids do not fit in cap %zu",
-                               out.n, cap);
+            st = mnv_set_error(MNV_ERR_BUFFER_TOO_SMALL, "mnv_chat_render_ids: %zu ids do not fit in "
+                               "cap %zu", out.n, cap);
         else if (out.n)
             memcpy(ids, out.v, out.n * sizeof *ids);
     }

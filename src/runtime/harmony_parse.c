@@ -496,7 +496,7 @@ mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id) {
     char tmp[256], *buf = tmp;
     size_t n = 0;
     mnv_status st = mnv_detok_stream_push(p->ds, id, buf, sizeof tmp, &n);
-    if (st == MNV_ERR_RANGE && n > sizeof tmp) { /* a very long piece */
+    if (st == MNV_ERR_BUFFER_TOO_SMALL) { /* a very long piece */
         if (!(buf = malloc(n))) return mnv_set_error(MNV_ERR_NOMEM, "mnv_chat_parser: out of memory");
         st = mnv_detok_stream_push(p->ds, id, buf, n, &n);
     }
@@ -506,7 +506,7 @@ mnv_status mnv_chat_parser_push(mnv_chat_parser *p, int32_t id) {
         on_text(p, buf, n);
     }
     if (buf != tmp) free(buf);
-    if (st != MNV_OK && st != MNV_ERR_RANGE) return st;
+    if (st != MNV_OK && st != MNV_ERR_RANGE) return st; /* a bad id became U+FFFD */
     return check_oom(p);
 }
 

@@ -100,7 +100,7 @@ static void run_step(dctx *c, const mnv__dec *d, const mnv__plist *in, mnv__plis
     size_t run = 0;
     c->tmp.len = 0;
     for (size_t i = 0; i < in->n; i++) {
-        const char *s = in->text.p + in->v[i].off;
+        const char *s = mnv__plist_at(in, i);
         size_t n = in->v[i].len;
         int byte;
         switch (d->kind) {
@@ -155,7 +155,7 @@ static mnv_status decode_all(const mnv_tokenizer *t, const int32_t *ids, size_t 
     }
     for (size_t i = 0; i < cur->n && st == MNV_OK; i++) {
         if (!t->has_decoder && i > 0) mnv__buf_putc(out, ' '); /* HF: tokens.join(" ") */
-        mnv__buf_put(out, cur->text.p + cur->v[i].off, cur->v[i].len);
+        mnv__buf_put(out, mnv__plist_at(cur, i), cur->v[i].len);
     }
     if (st == MNV_OK && (out->oom || c.l[0].oom || c.l[1].oom))
         st = mnv_set_error(MNV_ERR_NOMEM, "mnv_detokenize: out of memory");
@@ -175,8 +175,8 @@ static mnv_status copy_out(const mnv__buf *b, char *text, size_t cap, size_t *le
         if (text && cap) {
             memcpy(text, b->p, cap);
         }
-        return mnv_set_error(MNV_ERR_RANGE, "%s: %zu bytes of text need a buffer of %zu, have %zu",
-                             who, b->len, b->len + 1, cap);
+        return mnv_set_error(MNV_ERR_BUFFER_TOO_SMALL, "%s: %zu bytes of text need a buffer of "
+                             "%zu, have %zu", who, b->len, b->len + 1, cap);
     }
     if (b->len) memcpy(text, b->p, b->len);
     text[b->len] = 0;
@@ -242,29 +242,30 @@ static void stream_token(mnv_detok_stream *s, const char *txt, size_t n) {
     for (int k = 0; k < t->n_dec; k++) {
         const mnv__dec *d = &t->dec[k];
         int byte;
+        const char *pp = p->p ? p->p : ""; /* NULL while the piece is empty */
         q->len = 0;
         switch (d->kind) {
-        case MNV__DEC_BYTELEVEL: bytelevel_bytes(p->p, p->len, q); break;
-        case MNV__DEC_REPLACE: mnv__replace_apply(&d->rep, p->p, p->len, s->md, q); break;
+        case MNV__DEC_BYTELEVEL: bytelevel_bytes(pp, p->len, q); break;
+        case MNV__DEC_REPLACE: mnv__replace_apply(&d->rep, pp, p->len, s->md, q); break;
         case MNV__DEC_BYTEFALLBACK:
-            if ((byte = byte_token(p->p, p->len)) >= 0) mnv__buf_putc(q, (char)byte);
-            else mnv__buf_put(q, p->p, p->len);
+            if ((byte = byte_token(pp, p->len)) >= 0) mnv__buf_putc(q, (char)byte);
+            else mnv__buf_put(q, pp, p->len);
             break;
-        case MNV__DEC_FUSE: mnv__buf_put(q, p->p, p->len); break;
+        case MNV__DEC_FUSE: mnv__buf_put(q, pp, p->len); break;
         case MNV__DEC_STRIP:
             if (k == s->strip_step) {
                 size_t b = 0, c = d->content_len;
-                while (s->strip_left && p->len - b >= c && !memcmp(p->p + b, d->content, c)) {
+                while (s->strip_left && p->len - b >= c && !memcmp(pp + b, d->content, c)) {
                     b += c;
                     s->strip_left--;
                 }
                 if (b < p->len) s->strip_left = 0;
-                mnv__buf_put(q, p->p + b, p->len - b);
+                mnv__buf_put(q, pp + b, p->len - b);
             } else {
-                strip_piece(d, p->p, p->len, q);
+                strip_piece(d, pp, p->len, q);
             }
             break;
-        case MNV__DEC_METASPACE: metaspace_piece(d, p->p, p->len, s->index == 0, q); break;
+        case MNV__DEC_METASPACE: metaspace_piece(d, pp, p->len, s->index == 0, q); break;
         }
         mnv__buf tmp = *p; /* swap */
         *p = *q;
@@ -277,8 +278,8 @@ static mnv_status stream_emit(mnv_detok_stream *s, char *out, size_t cap, size_t
         return mnv_set_error(MNV_ERR_NOMEM, "mnv_detok_stream: out of memory");
     *len_out = s->out.len;
     if (s->out.len > cap)
-        return mnv_set_error(MNV_ERR_RANGE, "mnv_detok_stream: %zu bytes of text do not fit in "
-                             "cap %zu", s->out.len, cap);
+        return mnv_set_error(MNV_ERR_BUFFER_TOO_SMALL, "mnv_detok_stream: %zu bytes of text do not "
+                             "fit in cap %zu", s->out.len, cap);
     if (s->out.len) memcpy(out, s->out.p, s->out.len);
     return MNV_OK;
 }

@@ -66,18 +66,6 @@ static void push_id(enc *e, int32_t id) {
 
 /* ---- regex / literal matching ------------------------------------------------------ */
 
-static int re_match(const pcre2_code *re, const char *s, size_t n, size_t from,
-                    pcre2_match_data *md, size_t *b, size_t *en) {
-    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL);
-    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
-        rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
-    if (rc < 0) return 0;
-    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-    *b = ov[0];
-    *en = ov[1];
-    return 1;
-}
-
 static void add_span(enc *e, size_t b, size_t en, bool match) {
     if (!grow((void **)&e->sp, &e->capsp, e->nsp + 1, sizeof *e->sp)) {
         e->oom = true;
@@ -96,10 +84,11 @@ static size_t char_len(const char *s, size_t n) {
 static void find_spans(enc *e, const pcre2_code *re, const char *lit, size_t lit_len,
                        const char *s, size_t n) {
     size_t prev = 0, from = 0, b, en;
+    bool valid = !re || mnv__utf8_valid(s, n, NULL); /* always, unless a step broke UTF-8 */
     e->nsp = 0;
     while (from < n) {
         if (re) {
-            if (!re_match(re, s, n, from, e->md, &b, &en)) break;
+            if (!mnv__re_find(re, s, n, from, valid, e->md, &b, &en)) break;
         } else {
             const char *hit = lit_len ? memmem(s + from, n - from, lit, lit_len) : NULL;
             if (!hit) break;
@@ -235,7 +224,7 @@ static const mnv__plist *pretokenize(enc *e, const char *s, size_t n, bool first
         mnv__plist *out = &e->pl[(k + 1) & 1];
         mnv__plist_clear(out);
         for (size_t i = 0; i < cur->n; i++) {
-            const char *ps = cur->text.p + cur->v[i].off;
+            const char *ps = mnv__plist_at(cur, i);
             size_t pn = cur->v[i].len;
             bool pf = cur->v[i].first;
             if (p->kind == MNV__PRE_SPLIT) split_piece(e, p, p->re, ps, pn, pf, out);
@@ -424,7 +413,7 @@ static bool is_word_at(const mnv_tokenizer *t, const char *s, size_t k, size_t n
                        pcre2_match_data *md) {
     uint32_t cp;
     size_t l = mnv__utf8_next(s + k, n - k, &cp);
-    if (!l) return false;
+    if (!l) return false; /* s[k..k+l) is one valid character: safe without PCRE2's check */
     return pcre2_match(t->word_re, (PCRE2_SPTR)(s + k), l, 0, PCRE2_ANCHORED | PCRE2_NO_UTF_CHECK,
                        md, NULL) >= 0;
 }
@@ -480,7 +469,7 @@ static bool next_added(const mnv_tokenizer *t, int k, const char *s, size_t n, s
 static void pretok_bpe(enc *e, const char *s, size_t n, bool first) {
     if (!n) return;
     const mnv__plist *l = pretokenize(e, s, n, first);
-    for (size_t i = 0; i < l->n && !e->oom; i++) bpe_word(e, l->text.p + l->v[i].off, l->v[i].len);
+    for (size_t i = 0; i < l->n && !e->oom; i++) bpe_word(e, mnv__plist_at(l, i), l->v[i].len);
 }
 
 /* Text between raw-matched added tokens: normalize, then split off the
@@ -537,8 +526,8 @@ static mnv_status tokenize(const mnv_tokenizer *t, const char *text, size_t len,
     } else {
         *n_out = e.n;
         if (e.n > cap)
-            st = mnv_set_error(MNV_ERR_RANGE, "mnv_tokenize: %zu ids do not fit in cap %zu", e.n,
-                               cap);
+            st = mnv_set_error(MNV_ERR_BUFFER_TOO_SMALL, "mnv_tokenize: %zu ids do not fit in cap "
+                               "%zu", e.n, cap);
         else if (e.n)
             memcpy(ids, e.ids, e.n * sizeof *ids);
     }

@@ -8,6 +8,7 @@
  * of the document - with those two values replaced by {} and [] - goes to
  * cJSON. */
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "tokenizer/tokenizer.h"
@@ -132,6 +133,96 @@ static mnv_status find_model_ranges(scan *s, mnv__json_ranges *r) {
     }
 }
 
+/* ---- UTF-8 check of the whole document ------------------------------------------------
+ * JSON text is UTF-8 (RFC 8259) and Hugging Face reads tokenizer.json into a
+ * Rust String, so a file with a raw invalid byte anywhere is refused there;
+ * here it is refused too, naming the key whose string holds the byte. Every
+ * string of the tokenizer is then valid UTF-8, as the encoding pipeline and
+ * its PCRE2 searches expect. */
+
+#define PATH_DEPTH 24
+
+typedef struct {
+    const char *key; /* object member: key text (NULL: array element) */
+    size_t key_len, index;
+    bool in_obj, want_key;
+} path_frame;
+
+/* Append the path of frames[0..n) to out ("normalizer.normalizers[1].content"). */
+static void path_print(const path_frame *f, int n, int depth, mnv__buf *out) {
+    size_t mark = out->len;
+    for (int i = 0; i < n; i++) {
+        if (f[i].in_obj && f[i].key) {
+            if (out->len > mark) mnv__buf_putc(out, '.');
+            size_t kl = MNV_MIN(f[i].key_len, 64);
+            while (kl < f[i].key_len && kl > 0 && ((uint8_t)f[i].key[kl] & 0xC0) == 0x80) kl--;
+            mnv__buf_put(out, f[i].key, kl); /* cut at a character boundary */
+        } else if (!f[i].in_obj) {
+            char idx[32];
+            snprintf(idx, sizeof idx, "[%zu]", f[i].index);
+            mnv__buf_put(out, idx, strlen(idx));
+        }
+    }
+    if (depth > n) mnv__buf_put(out, "...", 3);
+}
+
+/* Describe where byte off of doc lies: "the string P", "a key of P" or "the
+ * text outside any string". Only the document before off is read (so every
+ * key printed is valid UTF-8). */
+static void describe_offset(const char *doc, size_t off, mnv__buf *out) {
+    path_frame f[PATH_DEPTH];
+    int depth = 0;
+    scan s = {doc, doc, doc + off, ""};
+    while (s.p < s.end) {
+        char c = *s.p;
+        path_frame *top = depth > 0 && depth <= PATH_DEPTH ? &f[depth - 1] : NULL;
+        if (c == '{' || c == '[') {
+            if (depth < PATH_DEPTH) f[depth] = (path_frame){NULL, 0, 0, c == '{', c == '{'};
+            depth++;
+            s.p++;
+        } else if (c == '}' || c == ']') {
+            if (depth > 0) depth--;
+            s.p++;
+        } else if (c == ',') {
+            if (top) {
+                top->index++;
+                top->want_key = top->in_obj;
+            }
+            s.p++;
+        } else if (c == '"') {
+            const char *beg = s.p + 1;
+            if (!skip_string(&s)) { /* the string holding off */
+                int k = top && top->in_obj && top->want_key; /* a key: the path of its object */
+                mnv__buf_put(out, k ? "a key of " : "the string ", k ? 9 : 11);
+                size_t mark = out->len;
+                path_print(f, MNV_MIN(depth, PATH_DEPTH) - k, depth - k, out);
+                if (out->len == mark) mnv__buf_put(out, "(top level)", 11);
+                return;
+            }
+            if (top && top->in_obj && top->want_key) {
+                top->key = beg;
+                top->key_len = (size_t)(s.p - 1 - beg);
+                top->want_key = false;
+            }
+        } else {
+            s.p++;
+        }
+    }
+    mnv__buf_put(out, "the text outside any string", 27);
+}
+
+mnv_status mnv__json_check_utf8(const char *path, const char *doc, size_t len) {
+    size_t bad;
+    if (mnv__utf8_valid(doc, len, &bad)) return MNV_OK;
+    mnv__buf where = {0};
+    describe_offset(doc, bad, &where);
+    mnv_status st = mnv_set_error(MNV_ERR_FORMAT, "%s: %.*s is not valid UTF-8 (byte %zu of the "
+                                  "file, 0x%02X); JSON text must be UTF-8", path,
+                                  (int)where.len, where.p ? where.p : "", bad, (uint8_t)doc[bad]);
+    mnv__buf_free(&where);
+    return st;
+}
+
 typedef struct {
     size_t beg, end;
     const char *with;
@@ -141,8 +232,10 @@ mnv_status mnv__json_open(const char *path, const char *doc, size_t len, mnv__js
                           void **root_out) {
     *root_out = NULL;
     memset(r, 0, sizeof *r);
+    mnv_status st = mnv__json_check_utf8(path, doc, len);
+    if (st != MNV_OK) return st;
     scan s = {doc, doc, doc + len, path};
-    mnv_status st = find_model_ranges(&s, r);
+    st = find_model_ranges(&s, r);
     if (st != MNV_OK) return st;
     /* The document minus vocab and merges (replaced by {} and []). */
     char *rest = malloc(len + 8);
@@ -281,10 +374,11 @@ typedef struct {
 
 static mnv_status vocab_flush(mnv_tokenizer *t, const char *path, vocab_batch *vb) {
     if (vb->text.oom) return mnv_set_error(MNV_ERR_NOMEM, "%s: vocab", path);
+    const char *x = vb->text.p ? vb->text.p : ""; /* NULL while every key so far is "" */
     for (int i = 0; i < vb->n; i++)
-        vb->hash[i] = mnv__vocab_prefetch(t, vb->text.p + vb->off[i], vb->len[i]);
+        vb->hash[i] = mnv__vocab_prefetch(t, x + vb->off[i], vb->len[i]);
     for (int i = 0; i < vb->n; i++) {
-        mnv_status st = mnv__vocab_insert_h(t, vb->text.p + vb->off[i], vb->len[i], vb->id[i],
+        mnv_status st = mnv__vocab_insert_h(t, x + vb->off[i], vb->len[i], vb->id[i],
                                             vb->hash[i]);
         if (st != MNV_OK) return st;
     }
@@ -304,7 +398,7 @@ static mnv_status read_vocab_entry(scan *s, size_t i, vocab_batch *vb) {
     if (!read_id(s, &id) || id >= MNV__TOK_MAX_ID)
         return mnv_set_error(MNV_ERR_FORMAT, "%s: model.vocab entry %zu: id of token '%.*s' is not "
                              "an integer in [0, %d) (byte %zu)", s->path, i,
-                             (int)MNV_MIN(vb->text.len - off, 64), vb->text.p + off,
+                             (int)MNV_MIN(vb->text.len - off, 64), vb->text.p ? vb->text.p + off : "",
                              MNV__TOK_MAX_ID, at(s));
     vb->off[vb->n] = off;
     vb->len[vb->n] = vb->text.len - off;
@@ -385,7 +479,7 @@ static void batch_add(merge_batch *mb, size_t rank, const char *a, size_t alen, 
 }
 
 static mnv_status batch_flush(mnv_tokenizer *t, const char *path, merge_batch *mb) {
-    const char *x = mb->text.p;
+    const char *x = mb->text.p ? mb->text.p : "";
     if (mb->text.oom) return mnv_set_error(MNV_ERR_NOMEM, "%s: merges", path);
     for (int i = 0; i < mb->n; i++) {
         merge_ent *m = &mb->e[i];

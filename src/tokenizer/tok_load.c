@@ -90,12 +90,24 @@ static mnv_status unsupported(const char *path, const char *what, const char *ty
                          type ? type : "(missing)");
 }
 
+/* Sequences nest at most this deep (bounds the recursion a crafted file asks for). */
+#define MAX_NESTING 8
+
+/* A pipeline step: unsupported when untyped or nested too deep. */
+static mnv_status check_step(const char *path, const char *what, const char *type, int depth) {
+    if (depth > MAX_NESTING)
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: %s Sequence nested more than %d deep is not "
+                             "supported", path, what, MAX_NESTING);
+    return type ? MNV_OK : unsupported(path, what, type);
+}
+
 /* ---- normalizer ---------------------------------------------------------------- */
 
 static mnv_status load_normalizer(mnv_tokenizer *t, const char *path, const cJSON *j, int depth) {
     if (!j || cJSON_IsNull(j)) return MNV_OK;
     const char *type = get_str(j, "type");
-    if (!type || depth > 8) return unsupported(path, "normalizer", type);
+    mnv_status cs = check_step(path, "normalizer", type, depth);
+    if (cs != MNV_OK) return cs;
     if (!strcmp(type, "Sequence")) {
         const cJSON *e, *list = get(j, "normalizers");
         if (!cJSON_IsArray(list))
@@ -190,7 +202,8 @@ static mnv_status regex_split(mnv__pretok *p, const char *path, const char *type
 static mnv_status load_pretok(mnv_tokenizer *t, const char *path, const cJSON *j, int depth) {
     if (!j || cJSON_IsNull(j)) return MNV_OK;
     const char *type = get_str(j, "type");
-    if (!type || depth > 8) return unsupported(path, "pre_tokenizer", type);
+    mnv_status cs = check_step(path, "pre_tokenizer", type, depth);
+    if (cs != MNV_OK) return cs;
     if (!strcmp(type, "Sequence")) {
         const cJSON *e, *list = get(j, "pretokenizers");
         if (!cJSON_IsArray(list))
@@ -245,7 +258,8 @@ static mnv_status load_pretok(mnv_tokenizer *t, const char *path, const cJSON *j
 static mnv_status load_decoder(mnv_tokenizer *t, const char *path, const cJSON *j, int depth) {
     if (!j || cJSON_IsNull(j)) return MNV_OK;
     const char *type = get_str(j, "type");
-    if (!type || depth > 8) return unsupported(path, "decoder", type);
+    mnv_status cs = check_step(path, "decoder", type, depth);
+    if (cs != MNV_OK) return cs;
     t->has_decoder = true;
     if (!strcmp(type, "Sequence")) {
         const cJSON *e, *list = get(j, "decoders");
@@ -458,31 +472,47 @@ static int32_t config_token(const mnv_tokenizer *t, const cJSON *v) {
     return token_id(t, get_str(v, "content"));
 }
 
-/* The special token a TemplateProcessing post-processor puts first, or -1. */
-static int32_t template_bos(const mnv_tokenizer *t, const cJSON *pp) {
+/* *bos = the special token a TemplateProcessing post-processor puts first,
+ * or -1. An id given there must be a token of the vocabulary: encode would
+ * emit it, and decode could not read it back. */
+static mnv_status template_bos(const mnv_tokenizer *t, const char *path, const cJSON *pp,
+                               int32_t *bos) {
     const char *type = get_str(pp, "type");
+    *bos = -1;
     if (type && !strcmp(type, "Sequence")) {
         const cJSON *e;
         cJSON_ArrayForEach(e, get(pp, "processors")) {
-            int32_t id = template_bos(t, e);
-            if (id >= 0) return id;
+            mnv_status st = template_bos(t, path, e, bos);
+            if (st != MNV_OK || *bos >= 0) return st;
         }
-        return -1;
+        return MNV_OK;
     }
-    if (!type || strcmp(type, "TemplateProcessing") != 0) return -1;
+    if (!type || strcmp(type, "TemplateProcessing") != 0) return MNV_OK;
     const cJSON *single = get(pp, "single");
     const cJSON *first = cJSON_IsArray(single) ? cJSON_GetArrayItem(single, 0) : NULL;
     const char *name = get_str(get(first, "SpecialToken"), "id");
-    if (!name) return -1;
+    if (!name) return MNV_OK;
     const cJSON *ids = get(get(get(pp, "special_tokens"), name), "ids");
     const cJSON *id0 = cJSON_IsArray(ids) ? cJSON_GetArrayItem(ids, 0) : NULL;
-    if (cJSON_IsNumber(id0) && id0->valuedouble >= 0 && id0->valuedouble < t->n_vocab)
-        return (int32_t)id0->valuedouble;
-    return token_id(t, name);
+    if (!id0) {
+        *bos = token_id(t, name);
+        return MNV_OK;
+    }
+    double v = cJSON_IsNumber(id0) ? id0->valuedouble : -1;
+    if (!(v >= 0 && v < t->n_vocab && v == (double)(int32_t)v) ||
+        !(t->id_flags[(int32_t)v] & MNV__ID_VALID))
+        return mnv_set_error(MNV_ERR_FORMAT, "%s: post_processor.special_tokens['%.64s'].ids[0]: "
+                             "the first token of 'single' has id %.17g, which is no token of the "
+                             "vocabulary (ids 0..%d)", path, name, cJSON_IsNumber(id0) ? v : -1.0,
+                             t->n_vocab - 1);
+    *bos = (int32_t)v;
+    return MNV_OK;
 }
 
 static mnv_status load_config(mnv_tokenizer *t, const char *path, const cJSON *root) {
-    int32_t tmpl_bos = template_bos(t, get(root, "post_processor"));
+    int32_t tmpl_bos;
+    mnv_status tst = template_bos(t, path, get(root, "post_processor"), &tmpl_bos);
+    if (tst != MNV_OK) return tst;
     t->bos = tmpl_bos;
     t->eos = -1;
     t->add_bos = tmpl_bos >= 0;
@@ -500,8 +530,10 @@ static mnv_status load_config(mnv_tokenizer *t, const char *path, const cJSON *r
     char *doc;
     size_t len;
     mnv_status st = mnv_read_file(cfg_path, &doc, &len);
-    cJSON *cfg = st == MNV_OK ? cJSON_ParseWithLength(doc, len) : NULL;
+    mnv_status ust = st == MNV_OK ? mnv__json_check_utf8(cfg_path, doc, len) : st;
+    cJSON *cfg = ust == MNV_OK ? cJSON_ParseWithLength(doc, len) : NULL;
     if (st == MNV_OK) free(doc);
+    st = ust;
     if (st == MNV_OK && !cJSON_IsObject(cfg))
         st = mnv_set_error(MNV_ERR_FORMAT, "%s: not a JSON object", cfg_path);
     if (st == MNV_OK) {
@@ -540,6 +572,21 @@ static mnv_status load_all(mnv_tokenizer *t, const char *path, const char *doc, 
     return st;
 }
 
+mnv_status mnv__tokenizer_load_doc(const char *path, const char *doc, size_t len,
+                                   mnv_tokenizer **out) {
+    *out = NULL;
+    mnv_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return mnv_set_error(MNV_ERR_NOMEM, "%s: tokenizer", path);
+    t->unk_id = t->bos = t->eos = -1;
+    mnv_status st = load_all(t, path, doc, len);
+    if (st != MNV_OK) {
+        mnv_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return MNV_OK;
+}
+
 mnv_status mnv_tokenizer_load(const char *path, mnv_tokenizer **out) {
     if (!out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_tokenizer_load: out is NULL");
     *out = NULL;
@@ -548,20 +595,9 @@ mnv_status mnv_tokenizer_load(const char *path, mnv_tokenizer **out) {
     size_t len;
     mnv_status st = mnv_read_file(path, &doc, &len);
     if (st != MNV_OK) return st;
-    mnv_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) {
-        free(doc);
-        return mnv_set_error(MNV_ERR_NOMEM, "%s: tokenizer", path);
-    }
-    t->unk_id = t->bos = t->eos = -1;
-    st = load_all(t, path, doc, len);
+    st = mnv__tokenizer_load_doc(path, doc, len, out);
     free(doc);
-    if (st != MNV_OK) {
-        mnv_tokenizer_free(t);
-        return st;
-    }
-    *out = t;
-    return MNV_OK;
+    return st;
 }
 
 void mnv_tokenizer_free(mnv_tokenizer *t) {

@@ -316,31 +316,61 @@ static void replace_literal(const mnv__replace *r, const char *s, size_t n, mnv_
     mnv__buf_put(out, s + i, n - i);
 }
 
+static bool re_match(const pcre2_code *re, const char *s, size_t n, size_t from,
+                     pcre2_match_data *md, size_t *b, size_t *e) {
+    int rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
+        rc = pcre2_match(re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT, md, NULL);
+    if (rc < 0) return false;
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    *b = ov[0];
+    *e = ov[1];
+    return true;
+}
+
+bool mnv__re_find(const pcre2_code *re, const char *s, size_t n, size_t from, bool valid,
+                  pcre2_match_data *md, size_t *b, size_t *e) {
+    if (valid) return re_match(re, s, n, from, md, b, e);
+    /* PCRE2 with NO_UTF_CHECK on invalid UTF-8 is undefined behaviour (the JIT
+     * crashes): search each maximal valid run on its own. */
+    for (size_t i = from; i < n;) {
+        size_t end = i;
+        uint32_t cp;
+        while (end < n) {
+            size_t l = (uint8_t)s[end] < 0x80 ? 1 : mnv__utf8_next(s + end, n - end, &cp);
+            if (!l) break;
+            end += l;
+        }
+        if (end > i && re_match(re, s + i, end - i, 0, md, b, e)) {
+            *b += i;
+            *e += i;
+            return true;
+        }
+        i = end + 1; /* past the invalid byte */
+    }
+    return false;
+}
+
 void mnv__replace_apply(const mnv__replace *r, const char *s, size_t n, pcre2_match_data *md,
                         mnv__buf *out) {
     if (!r->re || !md) {
         replace_literal(r, s, n, out);
         return;
     }
-    size_t i = 0, from = 0;
-    while (from <= n) {
-        int rc = pcre2_match(r->re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK, md, NULL);
-        if (rc == PCRE2_ERROR_JIT_STACKLIMIT)
-            rc = pcre2_match(r->re, (PCRE2_SPTR)s, n, from, PCRE2_NO_UTF_CHECK | PCRE2_NO_JIT,
-                             md, NULL);
-        if (rc < 0) break;
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
-        mnv__buf_put(out, s + i, ov[0] - i);
+    bool valid = mnv__utf8_valid(s, n, NULL);
+    size_t i = 0, from = 0, mb, me;
+    while (from <= n && mnv__re_find(r->re, s, n, from, valid, md, &mb, &me)) {
+        mnv__buf_put(out, s + i, mb - i);
         mnv__buf_put(out, r->content, r->content_len);
-        i = ov[1];
-        if (ov[1] > ov[0]) {
-            from = ov[1];
+        i = me;
+        if (me > mb) {
+            from = me;
         } else { /* empty match: step over one character */
-            if (ov[0] >= n) break;
+            if (mb >= n) break;
             uint32_t cp;
-            size_t l = mnv__utf8_next(s + ov[0], n - ov[0], &cp);
-            mnv__buf_put(out, s + ov[0], l ? l : 1);
-            from = i = ov[0] + (l ? l : 1);
+            size_t l = mnv__utf8_next(s + mb, n - mb, &cp);
+            mnv__buf_put(out, s + mb, l ? l : 1);
+            from = i = mb + (l ? l : 1);
         }
     }
     if (i < n) mnv__buf_put(out, s + i, n - i);

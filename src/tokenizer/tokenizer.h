@@ -59,6 +59,10 @@ void mnv__plist_add(mnv__plist *l, const char *s, size_t n, bool first);
 /* Append bytes as a new piece, even an empty one. */
 void mnv__plist_push(mnv__plist *l, const char *s, size_t n, bool first);
 void mnv__plist_free(mnv__plist *l);
+/* Bytes of piece i (never NULL, also when every piece is empty). */
+static inline const char *mnv__plist_at(const mnv__plist *l, size_t i) {
+    return l->text.p ? l->text.p + l->v[i].off : "";
+}
 
 /* ---- unicode.c ------------------------------------------------------------- */
 /* Length (1-4) of the valid UTF-8 sequence at s, or 0 if invalid/truncated. */
@@ -96,8 +100,15 @@ typedef struct {
     size_t content_len;
 } mnv__replace;
 
-/* out += s with every match replaced. md is scratch match data (may be NULL
- * when r->re is NULL). */
+/* Next match of re in s[0..n) at or after byte from (a character boundary),
+ * as [*b, *e); false when there is none. valid says s is valid UTF-8 (checked
+ * once by the caller): then PCRE2 matches without its own UTF check, else
+ * only the valid runs of s are searched, so raw bytes never reach PCRE2. */
+bool mnv__re_find(const pcre2_code *re, const char *s, size_t n, size_t from, bool valid,
+                  pcre2_match_data *md, size_t *b, size_t *e);
+
+/* out += s with every match replaced (s may hold invalid UTF-8: its bytes
+ * never match). md is scratch match data (may be NULL when r->re is NULL). */
 void mnv__replace_apply(const mnv__replace *r, const char *s, size_t n, pcre2_match_data *md,
                         mnv__buf *out);
 void mnv__replace_free(mnv__replace *r);
@@ -261,8 +272,13 @@ typedef struct {
     bool model_seen;
 } mnv__json_ranges;
 
-/* Scans the document for model.vocab and model.merges and parses everything
- * else with cJSON (those two values replaced by empty ones). */
+/* MNV_OK when doc is valid UTF-8; else MNV_ERR_FORMAT naming the byte offset
+ * and the JSON path of the string (or key) that holds it. */
+mnv_status mnv__json_check_utf8(const char *path, const char *doc, size_t len);
+
+/* Checks that the document is UTF-8, scans it for model.vocab and
+ * model.merges and parses everything else with cJSON (those two values
+ * replaced by empty ones). */
 mnv_status mnv__json_open(const char *path, const char *doc, size_t len, mnv__json_ranges *r,
                           void **root_out /* cJSON* */);
 mnv_status mnv__json_parse_vocab(mnv_tokenizer *t, const char *path, const char *doc,
@@ -273,6 +289,11 @@ mnv_status mnv__json_parse_merges(mnv_tokenizer *t, const char *path, const char
 /* tok_load.c: compile a regex with PCRE2 (UTF, UCP, JIT), error names what. */
 mnv_status mnv__regex_compile(const char *path, const char *what, const char *pat, size_t len,
                               pcre2_code **out);
+
+/* mnv_tokenizer_load on a document in memory (len bytes, not NUL-terminated);
+ * path names it in messages and locates tokenizer_config.json. */
+mnv_status mnv__tokenizer_load_doc(const char *path, const char *doc, size_t len,
+                                   mnv_tokenizer **out);
 
 /* tok_encode.c: normalize one string with the tokenizer's normalizer chain. */
 void mnv__normalize(const mnv_tokenizer *t, const char *s, size_t n, pcre2_match_data *md,

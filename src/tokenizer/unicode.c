@@ -52,8 +52,18 @@ bool mnv__utf8_valid(const char *s, size_t n, size_t *bad_off) {
     size_t i = 0;
     uint32_t cp;
     while (i < n) {
-        if ((uint8_t)s[i] < 0x80) {
+        uint64_t w;
+        if (n - i >= 8 && (memcpy(&w, s + i, 8), !(w & 0x8080808080808080ull))) {
+            i += 8; /* eight ASCII bytes (most of a tokenizer.json) */
+            continue;
+        }
+        uint8_t c = (uint8_t)s[i];
+        if (c < 0x80) {
             i++;
+            continue;
+        }
+        if (c >= 0xC2 && c <= 0xDF && i + 1 < n && ((uint8_t)s[i + 1] & 0xC0) == 0x80) {
+            i += 2; /* two-byte character (byte-level vocabularies are full of them) */
             continue;
         }
         size_t l = mnv__utf8_next(s + i, n - i, &cp);

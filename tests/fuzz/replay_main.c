@@ -11,6 +11,8 @@
 #include "core/core.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+/* Optional, as in libFuzzer: one-time set-up of a target (e.g. loading a tokenizer). */
+__attribute__((weak)) int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 typedef struct {
     uint8_t *data;
@@ -91,6 +93,7 @@ int main(int argc, char **argv) {
     long mutations = 5000;
     input *in = NULL;
     size_t n = 0;
+    if (LLVMFuzzerInitialize) LLVMFuzzerInitialize(&argc, &argv);
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "-mutations=", 11) == 0) mutations = atol(argv[i] + 11);
         else if (strncmp(argv[i], "-seed=", 6) == 0) rng = strtoull(argv[i] + 6, NULL, 10) | 1;

@@ -21,6 +21,7 @@ pub const MNV_ERR_RANGE: mnv_status = 6;
 pub const MNV_ERR_BACKEND: mnv_status = 7;
 pub const MNV_ERR_CANCELLED: mnv_status = 8;
 pub const MNV_ERR_INTERNAL: mnv_status = 9;
+pub const MNV_ERR_BUFFER_TOO_SMALL: mnv_status = 10;
 
 /// `mnv_dtype` (the values used here).
 pub type mnv_dtype = c_int;

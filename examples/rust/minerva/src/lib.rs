@@ -264,7 +264,7 @@ impl Model {
         let st = unsafe {
             sys::mnv_tokenize(tok, text.as_ptr() as *const c_char, text.len(), add_bos, ptr::null_mut(), 0, &mut n)
         };
-        if st != sys::MNV_OK && st != sys::MNV_ERR_RANGE {
+        if st != sys::MNV_OK && st != sys::MNV_ERR_BUFFER_TOO_SMALL {
             return Err(Error::last(st));
         }
         let mut ids = vec![0i32; n];
