@@ -236,7 +236,8 @@ static void test_cow(void) {
     memcpy(mnv_kv_pool_kv(pool, tc[1], 0, 0, 4), &v, 8); /* the child's position 12 */
     CHECK(mnv_kv_pool_commit(pool, child, tok + 12, 1) == MNV_OK);
     /* The parent's own append does not copy now (its block is no longer shared). */
-    CHECK(mnv_kv_pool_prepare_append(pool, seq, 1) == MNV_OK && mnv_kv_pool_table(pool, seq, 0, &n)[1] == shared);
+    CHECK(mnv_kv_pool_prepare_append(pool, seq, 1) == MNV_OK &&
+          mnv_kv_pool_table(pool, seq, 0, &n)[1] == shared);
     memcpy(mnv_kv_pool_kv(pool, shared, 0, 0, 4), &w, 8); /* the parent's position 12 */
     memcpy(&r, mnv_kv_pool_kv(pool, tc[1], 0, 0, 4), 8);
     CHECK(r == 77);
@@ -530,9 +531,12 @@ static uint64_t st_tag(uint64_t prev, int32_t t) {
     return z * 0xbf58476d1ce4e5b9ull + 1;
 }
 
-static uint64_t st_row(uint64_t pv, int g, int l, int kv) { return pv ^ ((uint64_t)(g * 16 + l * 2 + kv) << 56); }
+static uint64_t st_row(uint64_t pv, int g, int l, int kv) {
+    return pv ^ ((uint64_t)(g * 16 + l * 2 + kv) << 56);
+}
 
-static void st_write(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_seq *s, int64_t from, int64_t to) {
+static void st_write(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_seq *s, int64_t from,
+                     int64_t to) {
     for (int g = 0; g < p->n_groups; g++) {
         int64_t n;
         const int32_t *t = mnv_kv_pool_table(pool, s->id, g, &n);
@@ -540,7 +544,9 @@ static void st_write(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_se
             for (int l = 0; l < p->groups[g].n_layers; l++)
                 for (int kv = 0; kv < 2; kv++) {
                     uint64_t v = st_row(s->pv[q], g, l, kv);
-                    memcpy(mnv_kv_pool_kv(pool, t[q / p->block_tokens], l, kv, (int32_t)(q % p->block_tokens)), &v, 8);
+                    memcpy(
+                        mnv_kv_pool_kv(pool, t[q / p->block_tokens], l, kv, (int32_t)(q % p->block_tokens)),
+                        &v, 8);
                 }
     }
 }
@@ -555,7 +561,9 @@ static long st_verify(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_s
         for (int64_t q = w ? MNV_MAX(0, s->n - w + 1) : 0; q < s->n; q++) {
             int32_t b = t[q / p->block_tokens];
             if (b < 0) {
-                if (!bad) fprintf(stderr, "stress: seq %d position %lld group %d: released block read\n", s->id, (long long)q, g);
+                if (!bad)
+                    fprintf(stderr, "stress: seq %d position %lld group %d: released block read\n", s->id,
+                            (long long)q, g);
                 bad++;
                 continue;
             }
@@ -564,7 +572,12 @@ static long st_verify(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_s
                     uint64_t v;
                     memcpy(&v, mnv_kv_pool_kv(pool, b, l, kv, (int32_t)(q % p->block_tokens)), 8);
                     if (v != st_row(s->pv[q], g, l, kv)) {
-                        if (!bad) fprintf(stderr, "stress: seq %d position %lld group %d: wrong row (n %lld, prompt %lld, block %d ref %d)\n", s->id, (long long)q, g, (long long)s->n, (long long)s->n_prompt, b, mnv_kv_pool_block_ref(pool, b));
+                        if (!bad)
+                            fprintf(stderr,
+                                    "stress: seq %d position %lld group %d: wrong row (n %lld, prompt %lld, "
+                                    "block %d ref %d)\n",
+                                    s->id, (long long)q, g, (long long)s->n, (long long)s->n_prompt, b,
+                                    mnv_kv_pool_block_ref(pool, b));
                         bad++;
                     }
                 }
@@ -631,7 +644,8 @@ static void st_step(st_ctx *c, int i) {
     }
     int64_t chunk = t_randint(1, 3 * c->p->block_tokens); /* not inside MNV_MIN: it evaluates twice */
     int64_t k = s->n < s->n_prompt ? MNV_MIN(s->n_prompt - s->n, chunk) : 1;
-    int64_t need = mnv_kv_pool_blocks_needed(c->pool, s->id, k), avail = mnv_kv_pool_blocks_available(c->pool);
+    int64_t need = mnv_kv_pool_blocks_needed(c->pool, s->id, k),
+            avail = mnv_kv_pool_blocks_available(c->pool);
     mnv_status st = mnv_kv_pool_prepare_append(c->pool, s->id, k);
     if (st == MNV_ERR_NOMEM) {
         c->nomem++;
@@ -652,7 +666,8 @@ static void st_step(st_ctx *c, int i) {
         return;
     }
     if (need > avail) {
-        fprintf(stderr, "stress: an append of %lld blocks fitted in %lld\n", (long long)need, (long long)avail);
+        fprintf(stderr, "stress: an append of %lld blocks fitted in %lld\n", (long long)need,
+                (long long)avail);
         c->bad++;
     }
     st_write(c->pool, c->p, s, s->n, s->n + k);
@@ -678,8 +693,10 @@ static void st_run(mnv_kv_pool_params *p, int steps) {
         int i = t_randint(0, ST_SEQS - 1), r = t_randint(0, 99);
         if (!seqs[i].live) {
             int src = t_randint(0, ST_SEQS - 1);
-            if (r < 10 && seqs[src].live) st_fork(&c, src, i);
-            else if (r < 60) st_start(&c, i);
+            if (r < 10 && seqs[src].live)
+                st_fork(&c, src, i);
+            else if (r < 60)
+                st_start(&c, i);
         } else if (r < 3) {
             c.cancelled++;
             st_cancel(&c, i);

@@ -13,7 +13,7 @@ enum { KV_FREE = 0, KV_USED, KV_CACHED };
 typedef struct {
     int32_t ref;
     int8_t state;
-    int8_t hashed;   /* in the hash index under (group, hash) */
+    int8_t hashed; /* in the hash index under (group, hash) */
     int8_t group;
     int32_t prev, next; /* LRU links while cached */
     int32_t hnext;      /* hash bucket chain */
@@ -21,9 +21,9 @@ typedef struct {
 } kv_block;
 
 typedef struct {
-    int32_t *ids;     /* (cap) logical block -> physical id, -1 when released by a ring */
+    int32_t *ids; /* (cap) logical block -> physical id, -1 when released by a ring */
     int64_t len, cap;
-    int64_t lo;       /* first live logical block (sliding groups) */
+    int64_t lo; /* first live logical block (sliding groups) */
 } kv_table;
 
 typedef struct {
@@ -37,24 +37,24 @@ typedef struct {
 struct mnv_kv_pool {
     mnv_kv_pool_params p;
     int32_t B, n_layers_max;
-    size_t tok_bytes;      /* K or V of one token of one layer */
+    size_t tok_bytes; /* K or V of one token of one layer */
     size_t block_bytes;
     int32_t n_blocks;
-    uint8_t *data;         /* (n_blocks, n_layers_max, 2, B, tok_bytes) */
+    uint8_t *data; /* (n_blocks, n_layers_max, 2, B, tok_bytes) */
     kv_block *blk;
-    int32_t *btok;         /* (n_blocks, B) tokens of indexed blocks */
-    int32_t *free_stack;   /* LIFO: the last block freed is the next one handed out */
+    int32_t *btok;       /* (n_blocks, B) tokens of indexed blocks */
+    int32_t *free_stack; /* LIFO: the last block freed is the next one handed out */
     int32_t n_free;
     int32_t lru_head, lru_tail; /* head: least recently released */
     int32_t n_cached, n_used, peak_used;
-    int32_t *buckets;      /* (n_buckets) head of each hash chain, -1 empty */
+    int32_t *buckets; /* (n_buckets) head of each hash chain, -1 empty */
     uint32_t n_buckets;
     kv_seq *seqs;
-    int32_t *partials;     /* (max_seqs, B) */
+    int32_t *partials; /* (max_seqs, B) */
     int32_t n_seqs;
     int64_t hit_tokens, evictions, cow_copies;
     uint64_t meta_fixed;
-    pthread_mutex_t mu;    /* guards snap */
+    pthread_mutex_t mu; /* guards snap */
     mnv_kv_pool_stats snap;
 };
 
@@ -65,16 +65,21 @@ size_t mnv_kv_bytes_per_token_layer(mnv_kv_type type, int32_t n_kv_heads, int32_
     if (n_kv_heads <= 0 || head_dim <= 0) return 0;
     size_t row; /* bytes of one head's K (or V) row */
     switch (type) {
-    case MNV_KV_F32: row = (size_t)head_dim * 4; break;
+    case MNV_KV_F32:
+        row = (size_t)head_dim * 4;
+        break;
     case MNV_KV_F16:
-    case MNV_KV_BF16: row = (size_t)head_dim * 2; break;
+    case MNV_KV_BF16:
+        row = (size_t)head_dim * 2;
+        break;
     case MNV_KV_Q8:
     case MNV_KV_Q4:
         if (quant_group <= 0 || head_dim % quant_group) return 0;
         if (type == MNV_KV_Q4 && head_dim % 2) return 0;
         row = (size_t)head_dim * (type == MNV_KV_Q8 ? 8 : 4) / 8 + (size_t)(head_dim / quant_group) * 4;
         break;
-    default: return 0;
+    default:
+        return 0;
     }
     return 2 * (size_t)n_kv_heads * row;
 }
@@ -142,8 +147,9 @@ static mnv_status plan(const mnv_kv_pool_params *p, int64_t *out) {
         return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: neither budget_bytes nor max_tokens is set");
     }
     if (n < 1 || n > INT32_MAX / 2)
-        return mnv_set_error(MNV_ERR_RANGE, "kv pool: %" PRId64 " blocks of %" PRIu64 " bytes: not in [1, %d]",
-                             n, bb, INT32_MAX / 2);
+        return mnv_set_error(MNV_ERR_RANGE,
+                             "kv pool: %" PRId64 " blocks of %" PRIu64 " bytes: not in [1, %d]", n, bb,
+                             INT32_MAX / 2);
     *out = n;
     return MNV_OK;
 }
@@ -219,8 +225,14 @@ static void index_remove(mnv_kv_pool *pool, int32_t b) {
 
 static void lru_unlink(mnv_kv_pool *pool, int32_t b) {
     kv_block *k = &pool->blk[b];
-    if (k->prev >= 0) pool->blk[k->prev].next = k->next; else pool->lru_head = k->next;
-    if (k->next >= 0) pool->blk[k->next].prev = k->prev; else pool->lru_tail = k->prev;
+    if (k->prev >= 0)
+        pool->blk[k->prev].next = k->next;
+    else
+        pool->lru_head = k->next;
+    if (k->next >= 0)
+        pool->blk[k->next].prev = k->prev;
+    else
+        pool->lru_tail = k->prev;
     k->prev = k->next = -1;
     pool->n_cached--;
 }
@@ -229,7 +241,10 @@ static void lru_push(mnv_kv_pool *pool, int32_t b) {
     kv_block *k = &pool->blk[b];
     k->prev = pool->lru_tail;
     k->next = -1;
-    if (pool->lru_tail >= 0) pool->blk[pool->lru_tail].next = b; else pool->lru_head = b;
+    if (pool->lru_tail >= 0)
+        pool->blk[pool->lru_tail].next = b;
+    else
+        pool->lru_head = b;
     pool->lru_tail = b;
     pool->n_cached++;
 }
@@ -330,7 +345,8 @@ mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     uint32_t nbk = 1;
     while (nbk < (uint64_t)nb * 2) nbk <<= 1;
     uint64_t meta = (uint64_t)nb * (sizeof(kv_block) + 4 + (uint64_t)p->block_tokens * 4) +
-                    (uint64_t)nbk * 4 + (uint64_t)p->max_seqs * (sizeof(kv_seq) + (uint64_t)p->block_tokens * 4);
+                    (uint64_t)nbk * 4 +
+                    (uint64_t)p->max_seqs * (sizeof(kv_seq) + (uint64_t)p->block_tokens * 4);
     uint64_t need = (uint64_t)nb * bb + meta;
     uint64_t avail = p->mem_available ? p->mem_available : mem_available();
     if (need > avail)
@@ -344,7 +360,8 @@ mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     if (!pool) return mnv_set_error(MNV_ERR_NOMEM, "kv pool: out of memory");
     pool->p = *p;
     pool->B = p->block_tokens;
-    for (int g = 0; g < p->n_groups; g++) pool->n_layers_max = MNV_MAX(pool->n_layers_max, p->groups[g].n_layers);
+    for (int g = 0; g < p->n_groups; g++)
+        pool->n_layers_max = MNV_MAX(pool->n_layers_max, p->groups[g].n_layers);
     pool->tok_bytes = mnv_kv_bytes_per_token_layer(p->type, p->n_kv_heads, p->head_dim, p->quant_group) / 2;
     pool->block_bytes = bb;
     pool->n_blocks = (int32_t)nb;
@@ -362,8 +379,8 @@ mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     if (!pool->data || !pool->blk || !pool->btok || !pool->free_stack || !pool->buckets || !pool->seqs ||
         !pool->partials) {
         mnv_kv_pool_free(pool);
-        return mnv_set_error(MNV_ERR_NOMEM, "kv pool: allocating %" PRId64 " blocks of %" PRIu64 " bytes failed",
-                             nb, bb);
+        return mnv_set_error(MNV_ERR_NOMEM,
+                             "kv pool: allocating %" PRId64 " blocks of %" PRIu64 " bytes failed", nb, bb);
     }
     for (uint32_t i = 0; i < nbk; i++) pool->buckets[i] = -1;
     /* Stacked so that block 0 is handed out first. */
@@ -406,7 +423,8 @@ static mnv_status table_reserve(kv_table *t, int64_t n) {
     if (n <= t->cap) return MNV_OK;
     int64_t cap = MNV_MAX(t->cap * 2, MNV_MAX(n, 16));
     int32_t *ids = realloc(t->ids, (size_t)cap * sizeof(int32_t));
-    if (!ids) return mnv_set_error(MNV_ERR_NOMEM, "kv pool: growing a block table to %" PRId64 " entries", cap);
+    if (!ids)
+        return mnv_set_error(MNV_ERR_NOMEM, "kv pool: growing a block table to %" PRId64 " entries", cap);
     t->ids = ids;
     t->cap = cap;
     return MNV_OK;
@@ -457,14 +475,15 @@ static int64_t prefix_usable(const mnv_kv_pool *pool, const int32_t *found, int6
     return k;
 }
 
-mnv_status mnv_kv_pool_seq_start(mnv_kv_pool *pool, const int32_t *prompt, int64_t n_prompt,
-                                 int32_t *seq_out, int64_t *n_cached_out) {
+mnv_status mnv_kv_pool_seq_start(mnv_kv_pool *pool, const int32_t *prompt, int64_t n_prompt, int32_t *seq_out,
+                                 int64_t *n_cached_out) {
     *seq_out = -1;
     *n_cached_out = 0;
     if (!prompt || n_prompt < 1)
         return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: a sequence needs a prompt of at least one token");
     if (n_prompt > pool->p.max_seq_tokens)
-        return mnv_set_error(MNV_ERR_RANGE, "kv pool: prompt of %" PRId64 " tokens exceeds the context of %" PRId64,
+        return mnv_set_error(MNV_ERR_RANGE,
+                             "kv pool: prompt of %" PRId64 " tokens exceeds the context of %" PRId64,
                              n_prompt, pool->p.max_seq_tokens);
     const int32_t B = pool->B, G = pool->p.n_groups;
     int64_t k_max = (n_prompt - 1) / B; /* at least one token is left to compute */
@@ -595,13 +614,19 @@ int64_t mnv_kv_pool_blocks_needed(const mnv_kv_pool *pool, int32_t seq, int64_t 
     return need;
 }
 
-int64_t mnv_kv_pool_blocks_available(const mnv_kv_pool *pool) { return (int64_t)pool->n_free + pool->n_cached; }
+int64_t mnv_kv_pool_blocks_available(const mnv_kv_pool *pool) {
+    return (int64_t)pool->n_free + pool->n_cached;
+}
 
 mnv_status mnv_kv_pool_prepare_append(mnv_kv_pool *pool, int32_t seq, int64_t n) {
     kv_seq *s = seq_get(pool, seq);
-    if (!s || n < 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: append of %" PRId64 " tokens to unknown sequence %d", n, seq);
+    if (!s || n < 0)
+        return mnv_set_error(MNV_ERR_INVALID_ARG,
+                             "kv pool: append of %" PRId64 " tokens to unknown sequence %d", n, seq);
     if (s->n_tokens + n > pool->p.max_seq_tokens)
-        return mnv_set_error(MNV_ERR_RANGE, "kv pool: sequence %d: %" PRId64 " + %" PRId64 " tokens exceed the context of %" PRId64,
+        return mnv_set_error(MNV_ERR_RANGE,
+                             "kv pool: sequence %d: %" PRId64 " + %" PRId64
+                             " tokens exceed the context of %" PRId64,
                              seq, s->n_tokens, n, pool->p.max_seq_tokens);
     const int G = pool->p.n_groups;
     /* The ring first: blocks behind every window are never read again. */
@@ -620,7 +645,8 @@ mnv_status mnv_kv_pool_prepare_append(mnv_kv_pool *pool, int32_t seq, int64_t n)
     if (need > mnv_kv_pool_blocks_available(pool)) {
         publish(pool);
         return mnv_set_error(MNV_ERR_NOMEM,
-                             "kv pool full: sequence %d needs %" PRId64 " blocks, %d free and %d cached of %d "
+                             "kv pool full: sequence %d needs %" PRId64
+                             " blocks, %d free and %d cached of %d "
                              "(%d tokens each, %d sequences alive)",
                              seq, need, pool->n_free, pool->n_cached, pool->n_blocks, pool->B, pool->n_seqs);
     }
@@ -661,7 +687,8 @@ static void index_insert(mnv_kv_pool *pool, int32_t b, int32_t g, uint64_t h, ui
 mnv_status mnv_kv_pool_commit(mnv_kv_pool *pool, int32_t seq, const int32_t *tokens, int64_t n) {
     kv_seq *s = seq_get(pool, seq);
     if (!s || n < 0 || (n > 0 && !tokens))
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: commit of %" PRId64 " tokens to unknown sequence %d", n, seq);
+        return mnv_set_error(MNV_ERR_INVALID_ARG,
+                             "kv pool: commit of %" PRId64 " tokens to unknown sequence %d", n, seq);
     if (n == 0) return MNV_OK;
     const int32_t B = pool->B;
     for (int g = 0; g < pool->p.n_groups; g++) {
@@ -672,7 +699,8 @@ mnv_status mnv_kv_pool_commit(mnv_kv_pool *pool, int32_t seq, const int32_t *tok
                                  seq, n, s->n_tokens, s->t[g].len * B);
         if (needs_cow(pool, s, g))
             return mnv_set_error(MNV_ERR_INVALID_ARG,
-                                 "kv pool: sequence %d: commit into a shared block (prepare_append first)", seq);
+                                 "kv pool: sequence %d: commit into a shared block (prepare_append first)",
+                                 seq);
     }
     for (int64_t i = 0; i < n; i++) {
         s->partial[s->n_tokens % B] = tokens[i];
@@ -703,7 +731,8 @@ const int32_t *mnv_kv_pool_table(const mnv_kv_pool *pool, int32_t seq, int32_t g
 }
 
 void *mnv_kv_pool_kv(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t) {
-    size_t off = (size_t)b * pool->block_bytes + (((size_t)l * 2 + (size_t)kv) * (size_t)pool->B + (size_t)t) * pool->tok_bytes;
+    size_t off = (size_t)b * pool->block_bytes +
+                 (((size_t)l * 2 + (size_t)kv) * (size_t)pool->B + (size_t)t) * pool->tok_bytes;
     return pool->data + off;
 }
 
@@ -720,23 +749,37 @@ static mnv_status check_tables(const mnv_kv_pool *pool, int32_t *refs) {
         const kv_seq *s = &pool->seqs[i];
         if (!s->active) {
             for (int g = 0; g < pool->p.n_groups; g++)
-                if (s->t[g].len) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: free sequence slot %d holds %" PRId64 " blocks", i, s->t[g].len);
+                if (s->t[g].len)
+                    return mnv_set_error(MNV_ERR_INTERNAL,
+                                         "kv pool check: free sequence slot %d holds %" PRId64 " blocks", i,
+                                         s->t[g].len);
             continue;
         }
         n_seqs++;
         for (int g = 0; g < pool->p.n_groups; g++) {
             const kv_table *t = &s->t[g];
             if (t->len < cdiv(s->n_tokens, pool->B))
-                return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: sequence %d group %d: %" PRId64 " blocks for %" PRId64 " tokens", i, g, t->len, s->n_tokens);
+                return mnv_set_error(MNV_ERR_INTERNAL,
+                                     "kv pool check: sequence %d group %d: %" PRId64 " blocks for %" PRId64
+                                     " tokens",
+                                     i, g, t->len, s->n_tokens);
             for (int64_t j = 0; j < t->len; j++) {
                 int32_t b = t->ids[j];
-                if (j < t->lo && b != -1) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: sequence %d group %d: released entry %" PRId64 " is %d", i, g, j, b);
-                if (j >= t->lo && (b < 0 || b >= N)) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: sequence %d group %d: entry %" PRId64 " is %d", i, g, j, b);
+                if (j < t->lo && b != -1)
+                    return mnv_set_error(
+                        MNV_ERR_INTERNAL,
+                        "kv pool check: sequence %d group %d: released entry %" PRId64 " is %d", i, g, j, b);
+                if (j >= t->lo && (b < 0 || b >= N))
+                    return mnv_set_error(MNV_ERR_INTERNAL,
+                                         "kv pool check: sequence %d group %d: entry %" PRId64 " is %d", i, g,
+                                         j, b);
                 if (b >= 0) refs[b]++;
             }
         }
     }
-    if (n_seqs != pool->n_seqs) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d sequences alive, counter says %d", n_seqs, pool->n_seqs);
+    if (n_seqs != pool->n_seqs)
+        return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d sequences alive, counter says %d", n_seqs,
+                             pool->n_seqs);
     return MNV_OK;
 }
 
@@ -745,44 +788,77 @@ static mnv_status check_blocks(const mnv_kv_pool *pool, const int32_t *refs, uin
     int32_t n_used = 0, n_hashed = 0;
     for (int32_t b = 0; b < N; b++) {
         const kv_block *k = &pool->blk[b];
-        if (k->ref != refs[b]) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: refcount %d, tables hold %d", b, k->ref, refs[b]);
+        if (k->ref != refs[b])
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: refcount %d, tables hold %d", b,
+                                 k->ref, refs[b]);
         int want = k->ref > 0 ? KV_USED : k->hashed ? KV_CACHED : KV_FREE;
-        if (k->state != want) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: state %d, expected %d", b, k->state, want);
+        if (k->state != want)
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: state %d, expected %d", b,
+                                 k->state, want);
         n_used += k->state == KV_USED;
         if (k->hashed) {
             n_hashed++;
             const int32_t *tok = pool->btok + (size_t)b * pool->B;
-            if (mnv_kv_block_hash(k->parent, tok, pool->B) != k->hash) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: hash does not match its tokens", b);
-            if (index_find(pool, k->group, k->hash, k->parent, tok) != b) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: block %d: not the index's entry for its key", b);
+            if (mnv_kv_block_hash(k->parent, tok, pool->B) != k->hash)
+                return mnv_set_error(MNV_ERR_INTERNAL,
+                                     "kv pool check: block %d: hash does not match its tokens", b);
+            if (index_find(pool, k->group, k->hash, k->parent, tok) != b)
+                return mnv_set_error(MNV_ERR_INTERNAL,
+                                     "kv pool check: block %d: not the index's entry for its key", b);
         }
     }
-    if (n_used != pool->n_used) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d blocks used, counter says %d", n_used, pool->n_used);
+    if (n_used != pool->n_used)
+        return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d blocks used, counter says %d", n_used,
+                             pool->n_used);
     for (int32_t i = 0; i < pool->n_free; i++) {
         int32_t b = pool->free_stack[i];
-        if (b < 0 || b >= N || seen[b]) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: free list entry %d: block %d out of range or listed twice", i, b);
-        if (pool->blk[b].state != KV_FREE) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: free list holds block %d of state %d", b, pool->blk[b].state);
+        if (b < 0 || b >= N || seen[b])
+            return mnv_set_error(MNV_ERR_INTERNAL,
+                                 "kv pool check: free list entry %d: block %d out of range or listed twice",
+                                 i, b);
+        if (pool->blk[b].state != KV_FREE)
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: free list holds block %d of state %d", b,
+                                 pool->blk[b].state);
         seen[b] = 1;
     }
     int32_t n_lru = 0;
     for (int32_t b = pool->lru_head, prev = -1; b >= 0; prev = b, b = pool->blk[b].next) {
-        if (seen[b] || n_lru > N) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list: block %d listed twice or in the free list", b);
-        if (pool->blk[b].prev != prev) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list: block %d has a broken back link", b);
-        if (pool->blk[b].state != KV_CACHED) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list holds block %d of state %d", b, pool->blk[b].state);
+        if (seen[b] || n_lru > N)
+            return mnv_set_error(MNV_ERR_INTERNAL,
+                                 "kv pool check: LRU list: block %d listed twice or in the free list", b);
+        if (pool->blk[b].prev != prev)
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list: block %d has a broken back link",
+                                 b);
+        if (pool->blk[b].state != KV_CACHED)
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list holds block %d of state %d", b,
+                                 pool->blk[b].state);
         seen[b] = 1;
-        if (pool->blk[b].next < 0 && pool->lru_tail != b) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list: tail is %d, walk ends at %d", pool->lru_tail, b);
+        if (pool->blk[b].next < 0 && pool->lru_tail != b)
+            return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: LRU list: tail is %d, walk ends at %d",
+                                 pool->lru_tail, b);
         n_lru++;
     }
-    if (n_lru != pool->n_cached) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d cached blocks in the LRU list, counter says %d", n_lru, pool->n_cached);
+    if (n_lru != pool->n_cached)
+        return mnv_set_error(MNV_ERR_INTERNAL,
+                             "kv pool check: %d cached blocks in the LRU list, counter says %d", n_lru,
+                             pool->n_cached);
     if (pool->n_free + n_lru + n_used != N)
-        return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d free + %d cached + %d used != %d blocks", pool->n_free, n_lru, n_used, N);
+        return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: %d free + %d cached + %d used != %d blocks",
+                             pool->n_free, n_lru, n_used, N);
     int32_t n_indexed = 0;
     for (uint32_t i = 0; i < pool->n_buckets; i++)
         for (int32_t b = pool->buckets[i]; b >= 0; b = pool->blk[b].hnext) {
             if (!pool->blk[b].hashed || bucket_of(pool, pool->blk[b].group, pool->blk[b].hash) != i)
-                return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: hash index: block %d in bucket %u is not indexed there", b, i);
-            if (++n_indexed > N) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: hash index: a chain loops");
+                return mnv_set_error(MNV_ERR_INTERNAL,
+                                     "kv pool check: hash index: block %d in bucket %u is not indexed there",
+                                     b, i);
+            if (++n_indexed > N)
+                return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: hash index: a chain loops");
         }
-    if (n_indexed != n_hashed) return mnv_set_error(MNV_ERR_INTERNAL, "kv pool check: hash index holds %d blocks, %d are marked indexed", n_indexed, n_hashed);
+    if (n_indexed != n_hashed)
+        return mnv_set_error(MNV_ERR_INTERNAL,
+                             "kv pool check: hash index holds %d blocks, %d are marked indexed", n_indexed,
+                             n_hashed);
     return MNV_OK;
 }
 
