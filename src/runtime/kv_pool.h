@@ -58,9 +58,15 @@
  * block whose K/V has not been computed yet.
  *
  * Thread safety: the pool belongs to one thread (the engine's step thread);
- * every call except mnv_kv_pool_stats must come from it, and none takes a
- * lock. mnv_kv_pool_stats may be called from any thread: it copies a
- * snapshot that each mutating call publishes under a mutex. */
+ * every call except mnv_kv_pool_stats_get must come from it, and none takes
+ * a lock. mnv_kv_pool_stats_get may be called from any thread: it copies a
+ * snapshot that each mutating call publishes under a mutex.
+ *
+ * Allocation: the blocks, block records, stored tokens, hash index and
+ * partial-block buffers are allocated at create. A block table grows by
+ * doubling (a few reallocations over a sequence's life), and seq_start
+ * allocates its lookup scratch once per sequence; steps allocate nothing
+ * else. */
 #ifndef MNV_KV_POOL_H
 #define MNV_KV_POOL_H
 
