@@ -539,7 +539,7 @@ mnv_status mnv_kv_pool_seq_fork(mnv_kv_pool *pool, int32_t src, int32_t *seq_out
     kv_seq *a = seq_get(pool, src);
     if (!a) return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: fork of unknown sequence %d", src);
     int64_t len = cdiv(a->n_tokens, pool->B);
-    int32_t id;
+    int32_t id = -1;
     mnv_status st = seq_slot(pool, &id);
     if (st != MNV_OK) return st;
     kv_seq *s = &pool->seqs[id];
