@@ -2,6 +2,7 @@
  * eviction order, sliding-window rings, errors, and a randomized stress test
  * that checks K/V contents through the tables and every invariant. */
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "runtime/kv_pool.h"
 #include "test.h"
@@ -472,7 +473,7 @@ static void test_hash(void) {
 }
 
 /* Stats read from another thread while the owner thread mutates. */
-static volatile int stop_reader;
+static atomic_int stop_reader;
 static void *reader(void *arg) {
     mnv_kv_pool *pool = arg;
     long bad = 0;
