@@ -26,7 +26,7 @@ typedef struct {
 static int on_token(void *ud, int32_t token, const char *text, size_t len) {
     job *j = ud;
     if (j->n_ids < N_TOKENS) j->ids[j->n_ids++] = token;
-    if (j->text_len + len < sizeof j->text) {
+    if (len && j->text_len + len < sizeof j->text) {
         memcpy(j->text + j->text_len, text, len);
         j->text_len += len;
     }
