@@ -126,7 +126,9 @@ expect_fail "synth --dtype q4" 2 "got 'q4'" "$MNV_CLI" synth --config "$TMP/conf
 expect_fail "synth without --out" 2 "--out is required" "$MNV_CLI" synth --config "$TMP/config.json"
 expect_fail "synth of a missing config" 1 "$TMP/none.json" "$MNV_CLI" synth --config "$TMP/none.json" --out "$TMP/y"
 
-# sizes beyond 64 bits: refused with the true magnitude, nothing written
+# sizes beyond 64 bits: refused with the true magnitude, nothing written (run with
+# a 1 MiB file-size limit, so that a regression fails here instead of filling the disk)
+small_files() { (trap '' XFSZ && ulimit -f 2048 && exec "$@"); }
 mkdir "$TMP/absurd"
 cat >"$TMP/absurd/config.json" <<'EOF'
 {"model_type": "llama", "hidden_size": 1073741824, "intermediate_size": 1073741824,
@@ -135,13 +137,12 @@ cat >"$TMP/absurd/config.json" <<'EOF'
 EOF
 expect_fail "inspect a config whose counts overflow 64 bits" 1 "3.46e+19 parameters" "$MNV_CLI" inspect "$TMP/absurd"
 expect_fail "synth of a config beyond the size bound" 1 "more than the 16 TiB" \
-    "$MNV_CLI" synth --config "$TMP/absurd/config.json" --out "$TMP/absurd-out"
+    small_files "$MNV_CLI" synth --config "$TMP/absurd/config.json" --out "$TMP/absurd-out"
 check "  nothing written" [ ! -e "$TMP/absurd-out" ]
 # a write that fails part way (a file-size limit, as a full disk) leaves no partial model
 sed 's/"hidden_size": 32, "intermediate_size": 64/"hidden_size": 256, "intermediate_size": 512/' \
     "$TMP/config.json" >"$TMP/config-7mb.json"
-(trap '' XFSZ && ulimit -f 2048 && exec "$MNV_CLI" synth --config "$TMP/config-7mb.json" --out "$TMP/full" --dtype f32) \
-    >"$TMP/out" 2>"$TMP/err"
+small_files "$MNV_CLI" synth --config "$TMP/config-7mb.json" --out "$TMP/full" --dtype f32 >"$TMP/out" 2>"$TMP/err"
 check "synth that cannot finish writing exits 1" [ $? -eq 1 ]
 cat "$TMP/err" >>"$ERRLOG"
 check "  and says the write failed" contains "$TMP/err" "write failed"
