@@ -20,7 +20,7 @@ endif
 # `minerva` command uses (0 success, 1 runtime failure, 2 usage error), so
 # the end-to-end checks of expected failures cannot mistake one for the other.
 SAN_EXIT = 86
-SAN_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g"
+SAN_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g"
 SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=$(SAN_EXIT) \
           TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode=$(SAN_EXIT)
