@@ -750,7 +750,8 @@ static mnv_chat_parser *parse_pieces(const char *text, size_t n, int after_start
  * the text arrives: fixtures/harmony/header_over_limit.txt is 250 bytes, a
  * <|channel|> marker, 100 more bytes and <|end|>; the limit is crossed by the
  * first byte after the marker, so the channel is that byte and the rest is
- * content. Whole, it once gave the 100 bytes as the channel. */
+ * content (a limit checked once per push would take all 100 bytes as the
+ * channel when the text comes whole). */
 static void test_parser_header_limit(void) {
     size_t n = 0;
     char *text = read_all("fixtures/harmony/header_over_limit.txt", &n);
