@@ -1,10 +1,33 @@
 # Thin wrapper over CMake. `make run` builds and generates a story with the
 # bundled model; `make test` builds and runs the whole test suite.
+#
+#   make test                        the suite, project compiler (Release, build/)
+#   make test-clang                  the suite built by clang (build-clang/)
+#   make test-sanitize               the suite under ASan + UBSan (build-sanitize/)
+#   make test-tsan                   the threaded tests under TSan (build-tsan/)
+#
+# Any build dir and compiler: make test BUILD=build-x CC=clang
 BUILD ?= build
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+# ctest arguments, e.g. CTEST_ARGS="-LE fuzz" to leave out the fuzz tests
+CTEST_ARGS ?=
+ifeq ($(origin CC),command line)
+CMAKE_FLAGS += -DCMAKE_C_COMPILER=$(CC)
+endif
 
-.PHONY: all build run test clean bootstrap fuzz bench
+# Sanitizer runs: a report ends the run with exit status 86, which no
+# `minerva` command uses (0 success, 1 runtime failure, 2 usage error), so
+# the end-to-end checks of expected failures cannot mistake one for the other.
+SAN_EXIT = 86
+SAN_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O2 -g"
+SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
+          UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=$(SAN_EXIT) \
+          TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode=$(SAN_EXIT)
+# the tests that run threads from the test itself (a ctest -R pattern)
+TSAN_TESTS = ^test_threads$$
+
+.PHONY: all build run test test-clang test-sanitize test-tsan clean bootstrap fuzz bench
 
 all: build
 
@@ -22,10 +45,23 @@ run: build
 	./$(BUILD)/minerva generate -p "Once upon a time" -n 200
 
 test: build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD) && $(SAN_ENV) ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+# The fuzz tests already ran in the project compiler's build.
+test-clang:
+	$(MAKE) test BUILD=build-clang CC=clang CTEST_ARGS="-LE fuzz"
+
+test-sanitize:
+	$(MAKE) test BUILD=build-sanitize CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=address,undefined'
+
+test-tsan:
+	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread'
+	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads
+	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
+
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-clang build-sanitize build-tsan
 
 # Install the libraries, header, pkg-config file, CMake package, the CLI and
 # the bundled model under PREFIX (DESTDIR is honoured too).

@@ -282,7 +282,8 @@ MNV_API mnv_status mnv_model_get_info(const mnv_model *model, mnv_model_info *in
  * count, bytes of weights in the layout the config's "quantization" block
  * describes (float tensors counted at the config's torch_dtype), KV bytes
  * per token. Fills the same fields mnv_model_get_info does (arch points to
- * static storage until the next call on this thread). */
+ * static storage until the next call on this thread). MNV_ERR_RANGE, the
+ * magnitudes in the message, when a count does not fit in 64 bits. */
 MNV_API mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info);
 
 /* The model's tokenizer, or NULL if the directory had none. Borrowed: valid
@@ -487,7 +488,10 @@ typedef struct {
 MNV_API mnv_synth_params mnv_synth_params_default(void);
 
 /* Write config.json and model.safetensors with random weights (normal,
- * std 0.02, norms at 1) for the configuration. */
+ * std 0.02, norms at 1) for the configuration. Nothing is written, and
+ * MNV_ERR_RANGE or MNV_ERR_IO says why, when the weights would exceed 16 TiB
+ * or the free space of the output's file system; a failure while writing
+ * removes what was written (and out_dir, if this call created it). */
 MNV_API mnv_status mnv_synthesize(const mnv_synth_params *params);
 
 /* ------------------------------------------------------------------------ */

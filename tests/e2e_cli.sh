@@ -22,30 +22,29 @@ expect_rc "minerva --version" 0 "$MNV_CLI" --version
 check "version printed" contains "$TMP/out" "minerva 0."
 
 # ---- tokenize ----------------------------------------------------------------------------------
-got=$("$MNV_CLI" tokenize -m "$MODEL" --bos "Once upon a time" 2>"$TMP/err")
+got=$(mnv tokenize -m "$MODEL" --bos "Once upon a time")
 check "tokenize --bos 'Once upon a time'" [ "$got" = "1 403 407 261 378" ]
-got=$("$MNV_CLI" tokenize "Once upon a time" 2>"$TMP/err")
+got=$(mnv tokenize "Once upon a time")
 check "tokenize without -m or --bos" [ "$got" = "403 407 261 378" ]
-got=$("$MNV_CLI" tokenize --tokenizer "$MODEL/tokenizer.json" Once upon a time 2>"$TMP/err")
+got=$(mnv tokenize --tokenizer "$MODEL/tokenizer.json" Once upon a time)
 check "tokenize --tokenizer, words joined" [ "$got" = "403 407 261 378" ]
 printf 'Hello, World!  Two  spaces\n"quotes" caf\303\251 \360\237\231\202 \344\270\255\346\226\207 end' >"$TMP/text.txt"
-ids=$("$MNV_CLI" tokenize -m "$MODEL" --text-file "$TMP/text.txt" 2>"$TMP/err")
+ids=$(mnv tokenize -m "$MODEL" --text-file "$TMP/text.txt")
 check "tokenize --text-file gives ids" [ -n "$ids" ]
-back=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$ids" 2>"$TMP/err")
+back=$(mnv tokenize -m "$MODEL" --decode "$ids")
 check "decode(encode(text)) == text" same "$back" "$(cat "$TMP/text.txt")"
 echo "$ids" >"$TMP/ids.txt"
-back=$("$MNV_CLI" tokenize -m "$MODEL" --decode --text-file "$TMP/ids.txt" 2>"$TMP/err")
+back=$(mnv tokenize -m "$MODEL" --decode --text-file "$TMP/ids.txt")
 check "decode --text-file" same "$back" "$(cat "$TMP/text.txt")"
 # special tokens written in the text are recognised (HF add_special_tokens=False)
-got=$("$MNV_CLI" tokenize -m "$MODEL" "<s> end" 2>"$TMP/err")
+got=$(mnv tokenize -m "$MODEL" "<s> end")
 check "'<s>' in text is the BOS token (got '$got')" [ "${got%% *}" = "1" ]
-expect_rc "decode an out-of-vocabulary id" 1 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 99999"
-expect_rc "decode a non-id" 2 "$MNV_CLI" tokenize -m "$MODEL" --decode "5 x"
-expect_rc "tokenize without input" 2 "$MNV_CLI" tokenize -m "$MODEL"
-expect_rc "tokenize -m a missing directory" 1 "$MNV_CLI" tokenize -m "$TMP/nothing" hi
-check "  message says it does not exist" contains "$TMP/err" "does not exist"
-expect_rc "tokenize with a missing tokenizer" 1 "$MNV_CLI" tokenize --tokenizer "$TMP/none.json" hi
-check "  message names the file" contains "$TMP/err" "$TMP/none.json"
+expect_fail "decode an out-of-vocabulary id" 1 "99999" "$MNV_CLI" tokenize -m "$MODEL" --decode "5 99999"
+expect_fail "decode a non-id" 2 "got 'x'" "$MNV_CLI" tokenize -m "$MODEL" --decode "5 x"
+expect_fail "tokenize without input" 2 "minerva tokenize: no input" "$MNV_CLI" tokenize -m "$MODEL"
+expect_fail "tokenize with a missing tokenizer (the message names the file)" 1 "$TMP/none.json" \
+    mnv tokenize --tokenizer "$TMP/none.json" hi
+expect_fail "tokenize -m a missing directory" 1 "does not exist" "$MNV_CLI" tokenize -m "$TMP/nothing" hi
 
 # ---- tokenizer files that once crashed (tests/fixtures/repro) ------------------------------
 REPRO="$MNV_ROOT/tests/fixtures/repro"
@@ -59,8 +58,8 @@ expect_rc "a BOS id with no token" 1 "$MNV_CLI" tokenize --tokenizer "$REPRO/bos
 check "  message names the id" contains "$TMP/err" "id 2"
 expect_rc "an empty id list through a Fuse decoder" 0 "$MNV_CLI" tokenize --tokenizer "$REPRO/ubsan-nullptr-offset-tok_decode158.tokenizer.json" --decode " "
 printf 'a \377 b\342\202' >"$TMP/bad-utf8.txt"
-got=$("$MNV_CLI" tokenize -m "$MODEL" --text-file "$TMP/bad-utf8.txt" 2>"$TMP/err")
-back=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$got" 2>"$TMP/err")
+got=$(mnv tokenize -m "$MODEL" --text-file "$TMP/bad-utf8.txt")
+back=$(mnv tokenize -m "$MODEL" --decode "$got")
 check "invalid UTF-8 input text is read as U+FFFD (got '$back')" same "$back" "$(printf 'a \357\277\275 b\357\277\275')"
 
 # ---- logits ---------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ END {
     }
     printf "%s %.4f\n", out, lp
 }'
-"$MNV_CLI" logits -m "$MODEL" --ids "1 403 407" >"$TMP/logits.json" 2>"$TMP/err"
+mnv logits -m "$MODEL" --ids "1 403 407" >"$TMP/logits.json"
 check "logits exits 0" [ $? -eq 0 ]
 summary=$(awk -v want=512 "$LOGITS_AWK" "$TMP/logits.json")
 check "logits JSON: 3 rows of 512 numbers, greedy argmax 403 407 261 (got '$summary')" \
@@ -98,28 +97,28 @@ check "logits JSON: 3 rows of 512 numbers, greedy argmax 403 407 261 (got '$summ
 lp=${summary##* }
 check "logprob of 403 after BOS is -0.2437 (got $lp)" \
     awk -v x="$lp" 'BEGIN { exit !(x > -0.2447 && x < -0.2427) }'
-expect_rc "logits without --ids" 2 "$MNV_CLI" logits -m "$MODEL"
-expect_rc "logits with bad ids" 2 "$MNV_CLI" logits -m "$MODEL" --ids "1 -2"
+expect_fail "logits without --ids" 2 "--ids is required" "$MNV_CLI" logits -m "$MODEL"
+expect_fail "logits with bad ids" 2 "got '-2'" "$MNV_CLI" logits -m "$MODEL" --ids "1 -2"
 
 # ---- perplexity --------------------------------------------------------------------------------------
 awk 'f { print } /^text:$/ { f = 1 }' "$FIXTURE" >"$TMP/story.txt"
-"$MNV_CLI" perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 64 >"$TMP/out" 2>"$TMP/err"
+mnv perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 64 >"$TMP/out"
 check "perplexity exits 0" [ $? -eq 0 ]
 ppl=$(sed -n 's/^perplexity: \([0-9.][0-9.]*\) over [0-9][0-9]* tokens$/\1/p' "$TMP/out")
 check "perplexity line printed (got '$(cat "$TMP/out")')" [ -n "$ppl" ]
 check "perplexity of the model's own greedy story is in [1, 20) (got $ppl)" \
     awk -v x="$ppl" 'BEGIN { exit !(x + 0 >= 1 && x + 0 < 20) }'
 check "perplexity progress on stderr" contains "$TMP/err" "[1/"
-expect_rc "perplexity without --text-file" 2 "$MNV_CLI" perplexity -m "$MODEL"
-expect_rc "perplexity --ctx 1" 2 "$MNV_CLI" perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 1
+expect_fail "perplexity without --text-file" 2 "--text-file is required" "$MNV_CLI" perplexity -m "$MODEL"
+expect_fail "perplexity --ctx 1" 2 "--ctx: 1 is out of range" "$MNV_CLI" perplexity -m "$MODEL" --text-file "$TMP/story.txt" --ctx 1
 
 # ---- inspect ---------------------------------------------------------------------------------------------
 expect_rc "inspect" 0 "$MNV_CLI" inspect "$MODEL"
 check "inspect lists model.embed_tokens.weight" contains "$TMP/out" "model.embed_tokens.weight"
 check "inspect names the architecture" contains "$TMP/out" "llama"
 check "inspect prints the KV cache size" contains "$TMP/out" "KV cache per token"
-expect_rc "inspect without DIR" 2 "$MNV_CLI" inspect
-expect_rc "inspect a missing dir" 1 "$MNV_CLI" inspect "$TMP/nothing"
+expect_fail "inspect without DIR" 2 "missing the model directory" "$MNV_CLI" inspect
+expect_fail "inspect a missing dir" 1 "$TMP/nothing" "$MNV_CLI" inspect "$TMP/nothing"
 
 # ---- synth, then generate on the result -------------------------------------------------------------------
 cat >"$TMP/config.json" <<'EOF'
@@ -134,7 +133,7 @@ cat >"$TMP/config.json" <<'EOF'
 EOF
 expect_rc "synth f32" 0 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/synth" --dtype f32 --seed 7
 check "synth wrote model.safetensors" [ -s "$TMP/synth/model.safetensors" ]
-got=$("$MNV_CLI" generate -m "$TMP/synth" --prompt-ids "1 5 9" -n 8 --temp 0 --ignore-eos --print-ids 2>"$TMP/err")
+got=$(mnv generate -m "$TMP/synth" --prompt-ids "1 5 9" -n 8 --temp 0 --ignore-eos --print-ids)
 check "generate on the synthesized model prints 8 ids (got '$got')" [ "$(echo "$got" | wc -w)" -eq 8 ]
 check "  all ids in the vocabulary" awk -v s="$got" 'BEGIN { n = split(s, a, " "); for (i = 1; i <= n; i++) if (a[i] !~ /^[0-9]+$/ || a[i] >= 64) exit 1 }'
 # a prompt that the tokenizer turns into no ids; a missing model directory
@@ -147,9 +146,31 @@ check "  message says it does not exist" contains "$TMP/err" "does not exist"
 expect_rc "synth bf16" 0 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/synth16" --seed 7
 expect_rc "inspect the bf16 model" 0 "$MNV_CLI" inspect "$TMP/synth16"
 check "  its tensors are BF16" contains "$TMP/out" "BF16"
-expect_rc "synth --dtype q4" 2 "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/x" --dtype q4
-expect_rc "synth without --out" 2 "$MNV_CLI" synth --config "$TMP/config.json"
-expect_rc "synth of a missing config" 1 "$MNV_CLI" synth --config "$TMP/none.json" --out "$TMP/y"
+expect_fail "synth --dtype q4" 2 "got 'q4'" "$MNV_CLI" synth --config "$TMP/config.json" --out "$TMP/x" --dtype q4
+expect_fail "synth without --out" 2 "--out is required" "$MNV_CLI" synth --config "$TMP/config.json"
+expect_fail "synth of a missing config" 1 "$TMP/none.json" "$MNV_CLI" synth --config "$TMP/none.json" --out "$TMP/y"
+
+# sizes beyond 64 bits: refused with the true magnitude, nothing written (run with
+# a 1 MiB file-size limit, so that a regression fails here instead of filling the disk)
+small_files() { (trap '' XFSZ && ulimit -f 2048 && exec "$@"); }
+mkdir "$TMP/absurd"
+cat >"$TMP/absurd/config.json" <<'EOF'
+{"model_type": "llama", "hidden_size": 1073741824, "intermediate_size": 1073741824,
+ "num_hidden_layers": 4, "num_attention_heads": 1048576, "num_key_value_heads": 1048576,
+ "vocab_size": 1073741824, "tie_word_embeddings": false}
+EOF
+expect_fail "inspect a config whose counts overflow 64 bits" 1 "3.46e+19 parameters" "$MNV_CLI" inspect "$TMP/absurd"
+expect_fail "synth of a config beyond the size bound" 1 "more than the 16 TiB" \
+    small_files "$MNV_CLI" synth --config "$TMP/absurd/config.json" --out "$TMP/absurd-out"
+check "  nothing written" [ ! -e "$TMP/absurd-out" ]
+# a write that fails part way (a file-size limit, as a full disk) leaves no partial model
+sed 's/"hidden_size": 32, "intermediate_size": 64/"hidden_size": 256, "intermediate_size": 512/' \
+    "$TMP/config.json" >"$TMP/config-7mb.json"
+small_files "$MNV_CLI" synth --config "$TMP/config-7mb.json" --out "$TMP/full" --dtype f32 >"$TMP/out" 2>"$TMP/err"
+check "synth that cannot finish writing exits 1" [ $? -eq 1 ]
+cat "$TMP/err" >>"$ERRLOG"
+check "  and says the write failed" contains "$TMP/err" "write failed"
+check "  and removes its partial output" [ ! -e "$TMP/full" ]
 
 # ---- bench ---------------------------------------------------------------------------------------------------
 expect_rc "bench --json" 0 "$MNV_CLI" bench -m "$MODEL" --json -p 16 -n 8 --reps 1
@@ -158,16 +179,15 @@ check "bench JSON has decode_tok_s" contains "$TMP/out" '"decode_tok_s": '
 check "bench JSON is one object" grep -qE '^\{.*\}$' "$TMP/out"
 expect_rc "bench (text)" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1
 check "bench prints the decode bandwidth" contains "$TMP/out" "GB/s"
-expect_rc "bench --reps 0" 2 "$MNV_CLI" bench -m "$MODEL" --reps 0
+expect_fail "bench --reps 0" 2 "--reps: 0 is out of range" "$MNV_CLI" bench -m "$MODEL" --reps 0
 
 # ---- the embed example ------------------------------------------------------------------------------------------
 if [ -n "$MNV_EMBED" ]; then
     expect_rc "embed MODEL" 0 "$MNV_EMBED" "$MODEL"
     check "embed streams the story" contains "$TMP/out" "little girl named Lily"
-    (cd "$MNV_ROOT" && "$MNV_EMBED" >/dev/null 2>&1)
+    (cd "$MNV_ROOT" && "$MNV_EMBED" >/dev/null 2>>"$ERRLOG")
     check "embed with the default model dir (cwd = repo root)" [ $? -eq 0 ]
-    expect_rc "embed with a missing model" 1 "$MNV_EMBED" "$TMP/nothing"
-    check "  embed prints the library's error" contains "$TMP/err" "mnv_model_load failed"
+    expect_fail "embed with a missing model prints the library's error" 1 "mnv_model_load failed" "$MNV_EMBED" "$TMP/nothing"
 else
     bad "MNV_EMBED is not set"
 fi

@@ -14,7 +14,7 @@ ids() {
 
 # ---- greedy ids from BOS alone match the reference ----------------------------------
 expected_ids=$(ids 2 200)
-got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 199 --temp 0 --print-ids 2>"$TMP/err")
+got=$(mnv generate -m "$MODEL" -p "" -n 199 --temp 0 --print-ids)
 rc=$?
 check "generate --print-ids exits 0" [ "$rc" -eq 0 ]
 if [ "$got" = "$expected_ids" ]; then ok; else
@@ -27,18 +27,18 @@ check "stats: tokens/s on stderr" contains "$TMP/err" "tok/s"
 check "stats: peak memory on stderr" contains "$TMP/err" "peak memory"
 
 # --prompt-ids "1" is the same prompt as -p ""
-got=$("$MNV_CLI" generate -m "$MODEL" --prompt-ids "1" -n 20 --temp 0 --print-ids 2>/dev/null)
+got=$(mnv generate -m "$MODEL" --prompt-ids "1" -n 20 --temp 0 --print-ids)
 check "--prompt-ids 1 gives the reference ids" [ "$got" = "$(ids 2 21)" ]
 
 # a text prompt: "Once upon a time" = BOS 403 407 261 378, so greedy continues with ids 6..
-got=$("$MNV_CLI" generate -m "$MODEL" -p "Once upon a time" -n 20 --temp 0 --print-ids 2>/dev/null)
+got=$(mnv generate -m "$MODEL" -p "Once upon a time" -n 20 --temp 0 --print-ids)
 check "-p 'Once upon a time' continues the reference" [ "$got" = "$(ids 6 25)" ]
 
 # ---- text output (no -m: the bundled model) ------------------------------------------
-text=$("$MNV_CLI" generate -p "" -n 199 --temp 0 2>"$TMP/err")
+text=$(mnv generate -p "" -n 199 --temp 0)
 rc=$?
 check "generate without -m exits 0" [ "$rc" -eq 0 ]
-expected_text=$("$MNV_CLI" tokenize -m "$MODEL" --decode "$expected_ids")
+expected_text=$(mnv tokenize -m "$MODEL" --decode "$expected_ids")
 if [ -n "$expected_text" ] && [ "$text" = "$expected_text" ]; then ok; else
     bad "generated text differs from the decoded reference ids"
     printf '  expected: %.200s\n  got:      %.200s\n' "$expected_text" "$text" >&2
@@ -54,51 +54,49 @@ case "$fixture_text" in
 esac
 
 # ---- stop strings, -n 0, seeds ----------------------------------------------------------
-got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 199 --temp 0 --stop "Lily" 2>"$TMP/err")
+got=$(mnv generate -m "$MODEL" -p "" -n 199 --temp 0 --stop "Lily")
 check "--stop stops before the string" [ "$got" = "Once upon a time, there was a little girl named " ]
 check "--stop reports the stop reason" contains "$TMP/err" "stop string"
 # text held back as a possible stop-string prefix is delivered when generation ends
-want=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 14 --temp 0 2>/dev/null)
-got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 14 --temp 0 --stop "named Lily and" 2>/dev/null)
+want=$(mnv generate -m "$MODEL" -p "" -n 14 --temp 0)
+got=$(mnv generate -m "$MODEL" -p "" -n 14 --temp 0 --stop "named Lily and")
 check "held stop-prefix text is delivered at max tokens ('$got' vs '$want')" same "$got" "$want"
 # a continuation keeps its leading space: prompt text + output == decode(prompt ids + output ids)
-got=$("$MNV_CLI" generate -m "$MODEL" -p "Lily" -n 3 --temp 0 2>/dev/null)
-gen_ids=$("$MNV_CLI" generate -m "$MODEL" -p "Lily" -n 3 --temp 0 --print-ids 2>/dev/null)
-full=$("$MNV_CLI" tokenize -m "$MODEL" --decode --skip-special "$("$MNV_CLI" tokenize -m "$MODEL" --bos Lily) $gen_ids")
+got=$(mnv generate -m "$MODEL" -p "Lily" -n 3 --temp 0)
+gen_ids=$(mnv generate -m "$MODEL" -p "Lily" -n 3 --temp 0 --print-ids)
+full=$(mnv tokenize -m "$MODEL" --decode --skip-special "$(mnv tokenize -m "$MODEL" --bos Lily) $gen_ids")
 check "continuation text: 'Lily' + '$got' == '$full'" same "Lily$got" "$full"
-got=$("$MNV_CLI" generate -m "$MODEL" -p "" -n 0 --print-ids 2>/dev/null)
+got=$(mnv generate -m "$MODEL" -p "" -n 0 --print-ids)
 check "-n 0 generates nothing" [ -z "$got" ]
-a=$("$MNV_CLI" generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids 2>/dev/null)
-b=$("$MNV_CLI" generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids 2>/dev/null)
+a=$(mnv generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids)
+b=$(mnv generate -m "$MODEL" -p "Once" -n 40 --seed 42 --print-ids)
 check "same seed, same sampled ids" same "$a" "$b"
 check "sampling gives 40 ids" [ "$(echo "$a" | wc -w)" -eq 40 ]
 
 # ---- the default model lookup ---------------------------------------------------------
 mkdir "$TMP/empty"
-expect_rc "MINERVA_DEFAULT_MODEL takes precedence" 1 env MINERVA_DEFAULT_MODEL="$TMP/empty" "$MNV_CLI" generate -n 1
-check "  ... and the error names it" contains "$TMP/err" "$TMP/empty"
+expect_fail "MINERVA_DEFAULT_MODEL takes precedence (the error names it)" 1 "$TMP/empty" \
+    env MINERVA_DEFAULT_MODEL="$TMP/empty" "$MNV_CLI" generate -n 1
 
 # ---- errors ---------------------------------------------------------------------------------
-expect_rc "bad integer" 2 "$MNV_CLI" generate --top-k abc
+expect_fail "bad integer" 2 "--top-k" "$MNV_CLI" generate --top-k abc
 check "  message names option and value" contains "$TMP/err" "minerva generate: --top-k: expected an integer, got 'abc'"
 check "  message points to --help" contains "$TMP/err" "--help"
-expect_rc "bad float" 2 "$MNV_CLI" generate --temp 0.5x
-expect_rc "nan temperature" 2 "$MNV_CLI" generate --temp nan
-expect_rc "top-p out of range" 2 "$MNV_CLI" generate --top-p 1.5
-expect_rc "negative -n" 2 "$MNV_CLI" generate -n -3
-expect_rc "negative seed" 2 "$MNV_CLI" generate --seed -1
-expect_rc "missing value" 2 "$MNV_CLI" generate -n
+expect_fail "bad float" 2 "--temp: expected a number" "$MNV_CLI" generate --temp 0.5x
+expect_fail "nan temperature" 2 "--temp: nan is out of range" "$MNV_CLI" generate --temp nan
+expect_fail "top-p out of range" 2 "--top-p: 1.5 is out of range" "$MNV_CLI" generate --top-p 1.5
+expect_fail "negative -n" 2 "-n: -3 is out of range" "$MNV_CLI" generate -n -3
+expect_fail "negative seed" 2 "--seed: expected a non-negative integer" "$MNV_CLI" generate --seed -1
+expect_fail "missing value" 2 "-n" "$MNV_CLI" generate -n
 check "  message says a value is needed" contains "$TMP/err" "needs a value"
-expect_rc "unknown option" 2 "$MNV_CLI" generate --bogus
-check "  message names the option" contains "$TMP/err" "--bogus"
-expect_rc "stray argument" 2 "$MNV_CLI" generate stray
-expect_rc "-p with --prompt-ids" 2 "$MNV_CLI" generate -p x --prompt-ids 1
-expect_rc "bad id list" 2 "$MNV_CLI" generate --prompt-ids "1 x"
-expect_rc "unknown command" 2 "$MNV_CLI" frobnicate
-expect_rc "no command" 2 "$MNV_CLI"
-expect_rc "missing model dir" 1 "$MNV_CLI" generate -m "$TMP/no/such/model" -n 1
-check "  message names the directory" contains "$TMP/err" "$TMP/no/such/model"
-expect_rc "out-of-vocabulary prompt id" 1 "$MNV_CLI" generate -m "$MODEL" --prompt-ids "1 99999" -n 1
+expect_fail "unknown option (the message names it)" 2 "--bogus" "$MNV_CLI" generate --bogus
+expect_fail "stray argument" 2 "unexpected argument 'stray'" "$MNV_CLI" generate stray
+expect_fail "-p with --prompt-ids" 2 "not both" "$MNV_CLI" generate -p x --prompt-ids 1
+expect_fail "bad id list" 2 "--prompt-ids: expected token ids" "$MNV_CLI" generate --prompt-ids "1 x"
+expect_fail "unknown command" 2 "unknown command 'frobnicate'" "$MNV_CLI" frobnicate
+expect_fail "no command" 2 "Usage: minerva COMMAND" "$MNV_CLI"
+expect_fail "missing model dir (the message names it)" 1 "$TMP/no/such/model" "$MNV_CLI" generate -m "$TMP/no/such/model" -n 1
+expect_fail "out-of-vocabulary prompt id" 1 "token id 99999" "$MNV_CLI" generate -m "$MODEL" --prompt-ids "1 99999" -n 1
 expect_rc "generate --help" 0 "$MNV_CLI" generate --help
 check "  help lists --top-k" contains "$TMP/out" "--top-k"
 

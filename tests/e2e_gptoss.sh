@@ -8,14 +8,14 @@
 . ./lib_e2e.sh
 
 # inspect: 12.08 GB of weights in the MXFP4-Q8 layout, 2.566 GB read per token
-"$MNV_CLI" inspect fixtures/gpt-oss-20b >"$TMP/i20" 2>&1
+mnv inspect fixtures/gpt-oss-20b >"$TMP/i20"
 check "inspect 20b exits 0" [ $? -eq 0 ]
 check "inspect 20b: architecture" grep -q "architecture:    gpt_oss" "$TMP/i20"
 check "inspect 20b: 20.9 B parameters" grep -q "parameters:      209147" "$TMP/i20"
 check "inspect 20b: 12.08 GB of weights" grep -q "12.08 GB" "$TMP/i20"
 check "inspect 20b: 2.566 GB per token" grep -q "2.566 GB of weights" "$TMP/i20"
 check "inspect 20b: KV bytes per token" grep -q "KV cache per token:  98304 bytes" "$TMP/i20"
-"$MNV_CLI" inspect fixtures/gpt-oss-120b >"$TMP/i120" 2>&1
+mnv inspect fixtures/gpt-oss-120b >"$TMP/i120"
 check "inspect 120b exits 0" [ $? -eq 0 ]
 check "inspect 120b: 36 layers" grep -q "layers:          36" "$TMP/i120"
 
@@ -32,12 +32,12 @@ if [ -f "$TOK/tokenizer.json" ]; then
  "rope_theta": 150000, "max_position_embeddings": 131072, "swiglu_limit": 7.0,
  "attention_bias": true, "tie_word_embeddings": false, "eos_token_id": 200002}
 CFG
-    "$MNV_CLI" synth --config "$TMP/cfg.json" --out "$TMP/m" --dtype bf16 >/dev/null 2>&1
+    mnv synth --config "$TMP/cfg.json" --out "$TMP/m" --dtype bf16 >/dev/null
     check "synth a small gpt-oss" [ $? -eq 0 ]
     cp "$TOK"/tokenizer*.json "$TMP/m/"
-    printf 'What is 2 + 2?\nAnd 3 + 3?\n' | "$MNV_CLI" chat -m "$TMP/m" -n 12 --temp 0 --hide-reasoning --stats \
-        >"$TMP/chat" 2>"$TMP/chat.err"
+    printf 'What is 2 + 2?\nAnd 3 + 3?\n' | mnv chat -m "$TMP/m" -n 12 --temp 0 --hide-reasoning --stats >"$TMP/chat"
     check "chat exits 0 over two turns" [ $? -eq 0 ]
+    cp "$TMP/err" "$TMP/chat.err"
     check "chat reports each turn" [ "$(grep -c 'prompt' "$TMP/chat.err")" -eq 2 ]
 else
     echo "SKIP: $TOK not present (chat test)"

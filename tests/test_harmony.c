@@ -730,6 +730,94 @@ static void test_fuzz_text(void) {
     CHECKF(bad_events == 0, "%d of 3000 texts had inconsistent events", bad_events);
 }
 
+/* Parse text[0..n) pushed in pieces of 1..max_piece bytes (0: in one
+ * piece). col receives the events. */
+static mnv_chat_parser *parse_pieces(const char *text, size_t n, int after_start, size_t max_piece,
+                                     collector *col) {
+    mnv_chat_parser *p = new_parser(NULL, after_start, col);
+    size_t i = 0;
+    do {
+        size_t k = max_piece ? (size_t)t_randint(1, (int)max_piece) : n;
+        if (k > n - i) k = n - i;
+        CHECK(mnv_chat_parser_push_text(p, text + i, k) == MNV_OK);
+        i += k;
+    } while (i < n);
+    CHECK(mnv_chat_parser_finish(p) == MNV_OK);
+    return p;
+}
+
+/* A header past the 256-byte limit becomes content at the same byte however
+ * the text arrives: fixtures/harmony/header_over_limit.txt is 250 bytes, a
+ * <|channel|> marker, 100 more bytes and <|end|>; the limit is crossed by the
+ * first byte after the marker, so the channel is that byte and the rest is
+ * content (a limit checked once per push would take all 100 bytes as the
+ * channel when the text comes whole). */
+static void test_parser_header_limit(void) {
+    size_t n = 0;
+    char *text = read_all("fixtures/harmony/header_over_limit.txt", &n);
+    CHECK(text != NULL && n == 368);
+    if (!text) return;
+    char content[400];
+    memset(content, 'x', 250);
+    content[250] = ' ';
+    memset(content + 251, 'y', 99);
+    content[350] = 0;
+    static const size_t PIECE[] = {0, 1, 2, 7, 100, 300};
+    for (size_t k = 0; k < sizeof PIECE / sizeof *PIECE; k++) {
+        collector col;
+        mnv_chat_parser *p = parse_pieces(text, n, 1, PIECE[k], &col);
+        char what[64];
+        snprintf(what, sizeof what, "header limit, pieces of up to %zu bytes", PIECE[k]);
+        CHECKF(mnv_chat_parser_n_messages(p) == 1, "%s", what);
+        check_msg(what, p, 0, A, NULL, NULL, "y", NULL, content, MNV_CHAT_END_END);
+        CHECK(col.deltas_match && !col.nested);
+        mnv_chat_parser_free(p);
+    }
+    free(text);
+}
+
+/* Every text fixture parses to the same messages whole and in random pieces. */
+static void test_parser_fixtures_chunked(void) {
+    static const char *const NAMES[] = {
+        "docs_function_definitions.txt", "docs_tool_call_completion.txt", "docs_tool_result.txt",
+        "does_not_drop_if_ongoing_analysis.txt", "dropping_cot_by_default.txt", "keep_analysis_between_finals.txt",
+        "no_tools.txt", "preserve_cot.txt", "reasoning_system_message.txt",
+        "reasoning_system_message_no_instruction.txt", "reasoning_system_message_with_dates.txt",
+        "render_functions_with_parameters.txt", "simple_convo.txt", "simple_convo_high_effort.txt",
+        "simple_convo_high_effort_no_instruction.txt", "simple_convo_low_effort.txt",
+        "simple_convo_low_effort_no_instruction.txt", "simple_convo_medium_effort.txt",
+        "simple_convo_medium_effort_no_instruction.txt", "streamable_parser.txt", "tool_response_parsing.txt",
+        "header_over_limit.txt",
+    };
+    int bad = 0, runs = 0;
+    for (size_t f = 0; f < sizeof NAMES / sizeof *NAMES; f++) {
+        char path[256];
+        snprintf(path, sizeof path, "fixtures/harmony/%s", NAMES[f]);
+        size_t n = 0;
+        char *text = read_all(path, &n);
+        CHECKF(text != NULL, "missing fixture %s", path);
+        if (!text) continue;
+        for (int after = 0; after <= 1; after++) {
+            collector c0;
+            mnv_chat_parser *whole = parse_pieces(text, n, after, 0, &c0);
+            for (int r = 0; r < 12; r++) {
+                collector c1;
+                size_t max_piece = r < 2 ? (size_t)(r + 1) : (size_t)t_randint(2, 64);
+                mnv_chat_parser *chunked = parse_pieces(text, n, after, max_piece, &c1);
+                runs++;
+                if (!same_messages(whole, chunked) || !c1.deltas_match || c1.nested) {
+                    if (!bad++) fprintf(stderr, "%s (after_start %d) parsed differently in pieces of up to %zu\n",
+                                        NAMES[f], after, max_piece);
+                }
+                mnv_chat_parser_free(chunked);
+            }
+            mnv_chat_parser_free(whole);
+        }
+        free(text);
+    }
+    CHECKF(bad == 0, "%d of %d chunked fixture parses differ from the whole parse", bad, runs);
+}
+
 /* ---- with the real gpt-oss tokenizer ------------------------------------------------------ */
 
 static int32_t *encode(const mnv_tokenizer *tok, const char *text, size_t *n) {
@@ -1218,6 +1306,8 @@ int main(void) {
     test_parser_reference_cases();
     test_parser_malformed();
     test_fuzz_text();
+    test_parser_header_limit();
+    test_parser_fixtures_chunked();
     test_with_tokenizer();
     return t_done();
 }

@@ -121,7 +121,7 @@ static int estimate_main(const char *model_dir) {
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     mnv_model_info info;
     mnv_status st = mnv_config_estimate(path, &info);
-    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot read %s", path);
+    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot estimate the model of %s", path);
     printf("model:           %s (config only: estimated for the layout its quantization block describes)\n", model_dir);
     print_hparams(NULL, &info);
     print_memory(&info, info.weight_bytes);

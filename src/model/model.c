@@ -375,11 +375,21 @@ void mnv_model_free(mnv_model *m) {
 
 const mnv_tokenizer *mnv_model_tokenizer(const mnv_model *m) { return m ? m->tok : NULL; }
 
+/* Sizes derived from a configuration saturate at UINT64_MAX instead of
+ * wrapping around (each dimension may be up to 2^31 - 1). */
+static uint64_t sat_mul(uint64_t a, uint64_t b) {
+    uint64_t r;
+    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
+}
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
 /* Bytes of a tensor that decoding one token reads. */
 static uint64_t mnv_active_bytes(const mnv_model_config *c, const char *name, uint64_t bytes, int tied) {
     if (strstr(name, "embed_tokens") && !tied) return bytes / (uint64_t)(c->vocab_size > 0 ? c->vocab_size : 1);
-    if (strstr(name, ".experts.") && c->num_local_experts > 0)
-        return bytes * (uint64_t)c->num_experts_per_tok / (uint64_t)c->num_local_experts;
+    if (strstr(name, ".experts.") && c->num_local_experts > 0) {
+        uint64_t e = (uint64_t)c->num_local_experts, k = (uint64_t)c->num_experts_per_tok;
+        return sat_add(sat_mul(bytes / e, k), bytes % e * k / e);
+    }
     return bytes;
 }
 
@@ -399,8 +409,9 @@ static void info_from_config(const mnv_model_config *c, mnv_model_info *info) {
     info->bos_id = c->bos_token_id;
     info->n_eos = MNV_MIN(c->n_eos, 8);
     for (int i = 0; i < info->n_eos; i++) info->eos_ids[i] = c->eos_token_ids[i];
-    info->kv_bytes_per_token = 2ull * (uint64_t)c->num_hidden_layers * (uint64_t)c->num_key_value_heads *
-                               (uint64_t)c->head_dim * sizeof(float);
+    info->kv_bytes_per_token =
+        sat_mul(sat_mul(2ull * sizeof(float) * (uint64_t)c->num_hidden_layers, (uint64_t)c->num_key_value_heads),
+                (uint64_t)c->head_dim);
     info->chat_format = c->arch == MNV_ARCH_GPT_OSS ? "harmony" : "none";
 }
 
@@ -413,7 +424,8 @@ mnv_status mnv_model_get_info(const mnv_model *m, mnv_model_info *info) {
     info->weight_bytes = m->weight_bytes;
     for (size_t i = 0; i < mnv_st_count(m->st); i++) {
         const mnv_st_tensor *t = mnv_st_get(m->st, i);
-        info->active_bytes_per_token += mnv_active_bytes(c, t->name, t->nbytes, info->tied_embeddings);
+        info->active_bytes_per_token =
+            sat_add(info->active_bytes_per_token, mnv_active_bytes(c, t->name, t->nbytes, info->tied_embeddings));
     }
     return MNV_OK;
 }
@@ -454,8 +466,33 @@ void mnv_spec_add(mnv_tensor_spec *specs, int32_t *n, int32_t cap, const char *n
 
 uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t) {
     uint64_t n = mnv_dtype_size(t->dtype);
-    for (int i = 0; i < t->ndim; i++) n *= (uint64_t)t->shape[i];
+    for (int i = 0; i < t->ndim; i++) n = sat_mul(n, (uint64_t)t->shape[i]);
     return n;
+}
+
+void mnv_stored_tensors_total(const mnv_model_config *c, const mnv_stored_tensor *t, int32_t n,
+                              mnv_stored_totals *out) {
+    memset(out, 0, sizeof *out);
+    bool tied = c->tie_word_embeddings == 1;
+    for (int32_t i = 0; i < n; i++) {
+        double ne = 1;
+        for (int d = 0; d < t[i].ndim; d++) ne *= (double)t[i].shape[d];
+        double bf = ne * (double)mnv_dtype_size(t[i].dtype), pf = 0;
+        uint64_t b = mnv_stored_tensor_bytes(&t[i]), p = 0;
+        if (t[i].fill == MNV_FILL_BITS) { /* packed codes: 32 / bits per word */
+            p = sat_mul(b / 4, 32) / (uint64_t)t[i].bits;
+            pf = ne * 32.0 / t[i].bits;
+        } else if (t[i].fill != MNV_FILL_E8M0 && t[i].fill != MNV_FILL_QSCALE && t[i].fill != MNV_FILL_QBIAS) {
+            p = b / mnv_dtype_size(t[i].dtype);
+            pf = ne;
+        }
+        out->bytes = sat_add(out->bytes, b);
+        out->params = sat_add(out->params, p);
+        out->active_bytes = sat_add(out->active_bytes, mnv_active_bytes(c, t[i].name, b, tied));
+        out->bytes_f += bf;
+        out->params_f += pf;
+    }
+    out->overflow = out->bytes == UINT64_MAX || out->params == UINT64_MAX || out->active_bytes == UINT64_MAX;
 }
 
 /* Append the stored form of one spec: plain, or packed weight + scales (+ biases). */
@@ -536,16 +573,20 @@ mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
     mnv_dtype fdt = c && c->torch_dtype != MNV_DTYPE_F32 ? c->torch_dtype : MNV_DTYPE_F32;
     if (st == MNV_OK) st = mnv_model_stored_tensors(c, fdt, &t, &n);
     if (st == MNV_OK) {
+        mnv_stored_totals tot;
+        mnv_stored_tensors_total(c, t, n, &tot);
         info_from_config(c, info);
         snprintf(arch, sizeof arch, "%s", c->model_type);
         info->arch = arch; /* c is freed below */
-        for (int32_t i = 0; i < n; i++) {
-            uint64_t b = mnv_stored_tensor_bytes(&t[i]);
-            info->weight_bytes += b;
-            info->active_bytes_per_token += mnv_active_bytes(c, t[i].name, b, info->tied_embeddings);
-            if (t[i].fill == MNV_FILL_BITS) info->n_params += b / 4 * 32 / (uint64_t)t[i].bits;
-            else if (t[i].fill != MNV_FILL_E8M0 && t[i].fill != MNV_FILL_QSCALE && t[i].fill != MNV_FILL_QBIAS)
-                info->n_params += b / mnv_dtype_size(t[i].dtype);
+        info->weight_bytes = tot.bytes;
+        info->n_params = tot.params;
+        info->active_bytes_per_token = tot.active_bytes;
+        if (tot.overflow || info->kv_bytes_per_token == UINT64_MAX) {
+            memset(info, 0, sizeof *info);
+            st = mnv_set_error(MNV_ERR_RANGE,
+                               "%s: the model would have %.3g parameters in %.3g bytes of weights: too large to "
+                               "count in 64 bits",
+                               config_path, tot.params_f, tot.bytes_f);
         }
     }
     free(t);

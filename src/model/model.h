@@ -74,7 +74,20 @@ typedef struct {
  * use float_dtype; quantizable weights follow cfg's quantization block. */
 mnv_status mnv_model_stored_tensors(const mnv_model_config *cfg, mnv_dtype float_dtype, mnv_stored_tensor **out,
                                     int32_t *n_out);
+/* Bytes of a stored tensor; UINT64_MAX when the count does not fit in 64
+ * bits (a configuration's sizes are not bounded by any file). */
 uint64_t mnv_stored_tensor_bytes(const mnv_stored_tensor *t);
+
+/* What a list of stored tensors adds up to: exact counts that saturate at
+ * UINT64_MAX (overflow then set), and the true magnitudes as doubles. */
+typedef struct {
+    uint64_t bytes, params, active_bytes; /* active: read per decoded token */
+    double bytes_f, params_f;
+    bool overflow;
+} mnv_stored_totals;
+
+void mnv_stored_tensors_total(const mnv_model_config *cfg, const mnv_stored_tensor *t, int32_t n,
+                              mnv_stored_totals *out);
 /* Append a spec at specs[*n] when *n < cap; *n always advances (so a first
  * call with cap 0 counts). Weights of 2 or 3 dims are quantizable. */
 void mnv_spec_add(mnv_tensor_spec *specs, int32_t *n, int32_t cap, const char *name, int32_t ndim, int64_t d0,

@@ -34,6 +34,7 @@
 #include "io/safetensors.h"
 #include "io/st_stream.h"
 #include "quant/quant.h"
+#include "runtime/outdir.h"
 
 #define CHUNK_BYTES ((size_t)8 << 20) /* source bytes per processing chunk */
 #define DEFAULT_SHARD_BYTES ((uint64_t)5 << 30)
@@ -100,9 +101,7 @@ typedef struct {
     int32_t n_new_quant, n_src_quant;
     mnv_st_stream **streams;
     int32_t n_shards;
-    char **created;         /* files made in dst_dir, removed on failure */
-    size_t n_created;
-    bool made_dir;
+    mnv__outdir out;        /* dst_dir: the files made there, removed on failure */
     uint64_t done, total, total_params;
 } conv;
 
@@ -1056,15 +1055,7 @@ static mnv_status run_jobs(conv *c) {
 
 /* ---- config.json, the index, the tokenizer files ------------------------------------- */
 
-static mnv_status track(conv *c, const char *path) {
-    char **p = realloc(c->created, (c->n_created + 1) * sizeof *p);
-    if (!p) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    c->created = p;
-    c->created[c->n_created] = mnv_strdup(path);
-    if (!c->created[c->n_created]) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    c->n_created++;
-    return MNV_OK;
-}
+static mnv_status track(conv *c, const char *path) { return mnv__outdir_track(&c->out, path); }
 
 static mnv_status write_text(conv *c, const char *name, const char *text) {
     char *path = mnv_path_join(c->p->dst_dir, name);
@@ -1213,21 +1204,7 @@ static mnv_status copy_side_files(conv *c) {
 
 /* dst_dir: created if missing; an existing one must be empty, so no stale
  * model*.safetensors (which mlx-lm would glob and load) can survive. */
-static mnv_status prepare_dst(conv *c) {
-    const char *dst = c->p->dst_dir;
-    if (mkdir(dst, 0755) == 0) {
-        c->made_dir = true;
-        return MNV_OK;
-    }
-    if (errno != EEXIST) return mnv_set_error(MNV_ERR_IO, "%s: cannot create directory: %s", dst, strerror(errno));
-    DIR *d = opendir(dst);
-    if (!d) return mnv_set_error(MNV_ERR_IO, "%s: not a readable directory: %s", dst, strerror(errno));
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL) empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty ? MNV_OK : mnv_set_error(MNV_ERR_INVALID_ARG, "%s: the output directory exists and is not empty", dst);
-}
+static mnv_status prepare_dst(conv *c) { return mnv__outdir_open(&c->out, c->p->dst_dir, true); }
 
 static mnv_status commit_shards(conv *c) {
     mnv_status st = MNV_OK;
@@ -1244,12 +1221,7 @@ static mnv_status commit_shards(conv *c) {
 static void conv_free(conv *c, bool failed) {
     for (int32_t s = 0; c->streams && s < c->n_shards; s++) mnv_st_stream_free(c->streams[s]);
     free(c->streams);
-    for (size_t i = 0; i < c->n_created; i++) {
-        if (failed) unlink(c->created[i]);
-        free(c->created[i]);
-    }
-    free(c->created);
-    if (failed && c->made_dir) rmdir(c->p->dst_dir);
+    mnv__outdir_close(&c->out, failed);
     for (size_t i = 0; i < c->n_views; i++) free(c->views[i].name);
     free(c->views);
     for (size_t i = 0; i < c->n_outs; i++) free(c->outs[i].name);

@@ -326,9 +326,10 @@ static void header_as_message(mnv_chat_parser *p, mnv_chat_end end) {
 
 /* While streaming: a header that holds a newline, or grew past MAX_HEADER,
  * is content whose header the model forgot. The cut is made at the last
- * blank and only once a content word follows the header words, so that the
- * result does not depend on how the text was split into pieces (and no
- * character that may still complete is decoded early). */
+ * blank and only once a content word follows the header words (and no
+ * character that may still complete is decoded early). Called after every
+ * byte that can change the outcome (see on_text), so the point where the
+ * limit applies does not depend on how the text was split into pieces. */
 static void maybe_headerless(mnv_chat_parser *p) {
     const char *h = p->header.p;
     size_t n = p->header.len, cut = n;
@@ -370,9 +371,18 @@ static void on_text(mnv_chat_parser *p, const char *s, size_t n) {
         add_content(p, s, n);
         return;
     }
-    mnv__hm_put(&p->header, s, n);
-    if (memchr(s, '\n', n)) p->header_nl = true;
-    maybe_headerless(p);
+    /* Header text is taken one byte at a time, the outcome checked where it
+     * can change: after a blank (the newline rule's cut moves only there) and
+     * past MAX_HEADER. A piece's bytes after the switch to CONTENT are content. */
+    size_t i = 0;
+    while (i < n && p->state == ST_HEADER) {
+        char c = s[i++];
+        mnv__hm_putc(&p->header, c);
+        if (c == '\n') p->header_nl = true;
+        if (is_ws(c) || p->header.len > MAX_HEADER) maybe_headerless(p);
+        if (p->header.oom) return;
+    }
+    if (i < n) add_content(p, s + i, n - i);
 }
 
 static void on_end_marker(mnv_chat_parser *p, mnv__hm_marker m) {

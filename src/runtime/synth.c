@@ -4,16 +4,23 @@
  * quantized modules (as the config's "quantization" block says) get random
  * codes with scales that give weights of the same magnitude. Tensors are
  * generated and written one at a time, in shards of at most 5 GiB, so a
- * checkpoint larger than memory can be made. */
+ * checkpoint larger than memory can be made. The size is checked before
+ * anything is written (against MAX_BYTES and the free disk), and a failure
+ * removes the partial output. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "model/model.h"
+#include "runtime/outdir.h"
 
 #define SHARD_BYTES (5ull << 30)
 #define CHUNK (1 << 20) /* elements generated per write */
+/* Larger than any published model in 16-bit floats; a config beyond it is
+ * almost surely a mistake (and would take hours to write). */
+#define MAX_BYTES (16ull << 40)
 
 mnv_synth_params mnv_synth_params_default(void) {
     mnv_synth_params p;
@@ -114,10 +121,11 @@ done:
     return st;
 }
 
-static mnv_status write_index(const char *dir, const mnv_stored_tensor *t, const int32_t *shard, int32_t n,
+static mnv_status write_index(mnv__outdir *out, const mnv_stored_tensor *t, const int32_t *shard, int32_t n,
                               int32_t n_shards, uint64_t total) {
+    const char *dir = out->dir;
     char *path = mnv_path_join(dir, "model.safetensors.index.json");
-    FILE *f = path ? fopen(path, "w") : NULL;
+    FILE *f = path && mnv__outdir_track(out, path) == MNV_OK ? fopen(path, "w") : NULL;
     if (!f) {
         mnv_status st = mnv_set_error(MNV_ERR_IO, "%s: cannot create the index", dir);
         free(path);
@@ -134,7 +142,7 @@ static mnv_status write_index(const char *dir, const mnv_stored_tensor *t, const
 }
 
 /* Cut the tensor list greedily into shards and write them. */
-static mnv_status write_weights(const char *dir, mnv_stored_tensor *t, int32_t n, uint64_t seed) {
+static mnv_status write_weights(mnv__outdir *out, mnv_stored_tensor *t, int32_t n, uint64_t seed) {
     int32_t *shard = calloc((size_t)n + 1, sizeof *shard);
     if (!shard) return mnv_set_error(MNV_ERR_NOMEM, "synth: out of memory");
     int32_t ns = 0;
@@ -147,7 +155,7 @@ static mnv_status write_weights(const char *dir, mnv_stored_tensor *t, int32_t n
         total += b;
     }
     ns++;
-    mnv_status st = ns > 1 ? write_index(dir, t, shard, n, ns, total) : MNV_OK;
+    mnv_status st = ns > 1 ? write_index(out, t, shard, n, ns, total) : MNV_OK;
     uint64_t rng = seed;
     for (int32_t s = 0, first = 0; s < ns && st == MNV_OK; s++) {
         int32_t last = first;
@@ -155,8 +163,9 @@ static mnv_status write_weights(const char *dir, mnv_stored_tensor *t, int32_t n
         char name[64];
         if (ns == 1) snprintf(name, sizeof name, "model.safetensors");
         else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, ns);
-        char *path = mnv_path_join(dir, name);
-        st = path ? write_shard(path, t + first, last - first, &rng) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        char *path = mnv_path_join(out->dir, name);
+        st = path ? mnv__outdir_track(out, path) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        if (st == MNV_OK) st = write_shard(path, t + first, last - first, &rng);
         free(path);
         first = last;
     }
@@ -180,6 +189,22 @@ static mnv_status copy_file(const char *src, const char *dst) {
     return ok ? MNV_OK : mnv_set_error(MNV_ERR_IO, "%s: write failed", dst);
 }
 
+/* Refuse, before anything is written, weights beyond MAX_BYTES or the free
+ * space where they go. */
+static mnv_status check_size(const mnv_synth_params *p, const mnv_model_config *cfg, const mnv_stored_tensor *t,
+                             int32_t n) {
+    mnv_stored_totals tot;
+    mnv_stored_tensors_total(cfg, t, n, &tot);
+    if (tot.overflow || tot.bytes > MAX_BYTES)
+        return mnv_set_error(MNV_ERR_RANGE,
+                             "%s: the weights would be %.3g parameters in %.3g bytes (%.3g TiB), more than the "
+                             "%llu TiB a synthesized checkpoint may take",
+                             p->config_path, tot.params_f, tot.bytes_f, tot.bytes_f / 1099511627776.0,
+                             MAX_BYTES >> 40);
+    uint64_t need = tot.bytes + (uint64_t)n * 512 + (1u << 20); /* headers, index, config */
+    return mnv__check_free_space(p->out_dir, need, "the checkpoint");
+}
+
 mnv_status mnv_synthesize(const mnv_synth_params *p) {
     if (!p || !p->config_path || !p->out_dir) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_synthesize: NULL argument");
     if (p->dtype != MNV_DTYPE_F32 && p->dtype != MNV_DTYPE_F16 && p->dtype != MNV_DTYPE_BF16)
@@ -194,11 +219,16 @@ mnv_status mnv_synthesize(const mnv_synth_params *p) {
     mnv_stored_tensor *t = NULL;
     int32_t n = 0;
     if (st == MNV_OK) st = mnv_model_stored_tensors(cfg, p->dtype, &t, &n);
-    if (st == MNV_OK && mkdir(p->out_dir, 0755) != 0 && errno != EEXIST)
-        st = mnv_set_error(MNV_ERR_IO, "%s: cannot create directory: %s", p->out_dir, strerror(errno));
+    if (st == MNV_OK) st = check_size(p, cfg, t, n);
+    mnv__outdir out = {0};
+    bool opened = false;
+    if (st == MNV_OK) opened = (st = mnv__outdir_open(&out, p->out_dir, false)) == MNV_OK;
     char *cfg_out = mnv_path_join(p->out_dir, "config.json");
-    if (st == MNV_OK) st = cfg_out ? copy_file(p->config_path, cfg_out) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    if (st == MNV_OK) st = write_weights(p->out_dir, t, n, p->seed);
+    if (st == MNV_OK && !cfg_out) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (st == MNV_OK && access(cfg_out, F_OK) != 0) st = mnv__outdir_track(&out, cfg_out); /* keep a config already there */
+    if (st == MNV_OK) st = copy_file(p->config_path, cfg_out);
+    if (st == MNV_OK) st = write_weights(&out, t, n, p->seed);
+    if (opened) mnv__outdir_close(&out, st != MNV_OK);
     free(cfg_out);
     free(t);
     free(cfg);
