@@ -16,7 +16,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static char *render(const mnv_chat *c, size_t *len) {
-    if (mnv_chat_render_text(c, NULL, NULL, 0, len) != MNV_ERR_RANGE) __builtin_trap();
+    if (mnv_chat_render_text(c, NULL, NULL, 0, len) != MNV_ERR_BUFFER_TOO_SMALL) __builtin_trap();
     char *s = malloc(*len + 1);
     size_t again = 0;
     if (!s) return NULL;
