@@ -1,6 +1,8 @@
 /* A persistent thread pool whose workers spin (with pause) before sleeping,
  * so that waking them for each graph node or token costs nanoseconds, not the
- * milliseconds a futex wake-up can take on a virtual machine. */
+ * milliseconds a futex wake-up can take on a virtual machine; and that stops
+ * spinning as soon as the machine has more runnable threads than cores, so
+ * that a waiting thread never holds a core the thread it waits for needs. */
 #ifndef MNV_THREADPOOL_H
 #define MNV_THREADPOOL_H
 
@@ -11,6 +13,8 @@ typedef struct mnv_threadpool mnv_threadpool;
 /* fn(arg, ith, nth) is run by nth threads (the caller is thread 0). */
 typedef void (*mnv_task_fn)(void *arg, int ith, int nth);
 
+/* n_threads <= 0: mnv__cpu_count(). Larger counts than the CPUs are honoured
+ * here (callers clamp: see mnv__threads_clamp). */
 mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out);
 void mnv_threadpool_free(mnv_threadpool *tp);
 int mnv_threadpool_size(const mnv_threadpool *tp);
@@ -18,5 +22,13 @@ int mnv_threadpool_size(const mnv_threadpool *tp);
 void mnv_threadpool_run(mnv_threadpool *tp, mnv_task_fn fn, void *arg);
 /* Barrier among the threads of the current run (call from inside fn). */
 void mnv_threadpool_barrier(mnv_threadpool *tp);
+
+/* The CPUs this process may run on: its affinity mask, bounded by a cgroup
+ * CPU quota (v2 cpu.max, v1 cfs_quota_us / cfs_period_us, rounded up) of its
+ * cgroup or any parent; at least 1. Read afresh on each call. */
+int mnv__cpu_count(void);
+/* The thread count to use for a request: 0 (or less) gives mnv__cpu_count(),
+ * more than that is clamped to it. */
+int mnv__threads_clamp(int requested);
 
 #endif
