@@ -3,10 +3,10 @@
  *
  * Every wait (a worker for the next run, a thread at a barrier, the caller
  * for the end of a run) watches one 32-bit word and goes through three
- * stages: spin with pause; once the machine has more runnable threads than
- * CPUs (a neighbour's, or more of ours than cores), give the core away with
- * one sched_yield and then sleep on the word (a futex on Linux, a condition
- * variable elsewhere). While CPUs are free the spin lasts up to SPIN_HOT_NS,
+ * stages: spin with pause; once someone waits for a core (the machine has
+ * more runnable threads than CPUs, or a worker of ours sits in a run queue),
+ * give the core away with one sched_yield and then sleep on the word (a
+ * futex on Linux, a condition variable elsewhere). While CPUs are free the spin lasts up to SPIN_HOT_NS,
  * which covers a decode step and the gap between steps: on virtual machines
  * whose halted vCPUs take milliseconds to wake, a sleeping worker would cost
  * that much per node. Where the run queue cannot be read, the spin is short.
@@ -67,6 +67,10 @@ struct mnv_threadpool {
     _Atomic int stop;
     int n_online;   /* CPUs of the machine, against the run queue's length */
     int loadavg_fd; /* /proc/loadavg, or -1 */
+    _Atomic int *stat_fd; /* per worker: its /proc/thread-self/schedstat, or -1 */
+    /* the last look at the run queues (contended()) */
+    _Atomic int64_t probe_t, probe_wait;
+    _Atomic int probing, busy;
 #if !defined(__linux__)
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -81,7 +85,7 @@ static int64_t now_ns(void) {
 
 /* More runnable threads on the machine than CPUs: someone waits for a core.
  * The fourth field of /proc/loadavg is "running/total", read at this instant. */
-static bool contended(mnv_threadpool *tp) {
+static bool machine_busy(mnv_threadpool *tp) {
     char buf[128];
     ssize_t len = pread(tp->loadavg_fd, buf, sizeof buf - 1, 0);
     if (len <= 0) return true;
@@ -92,6 +96,43 @@ static bool contended(mnv_threadpool *tp) {
         if (p) p++;
     }
     return !p || atol(p) > tp->n_online;
+}
+
+/* Nanoseconds the workers have spent runnable but not running (the second
+ * field of each one's /proc/thread-self/schedstat). It grows when a thread
+ * of ours waits for a core, which the machine-wide count misses when the
+ * process may use only some of the CPUs (affinity, cpusets). */
+static int64_t workers_waited(mnv_threadpool *tp) {
+    int64_t sum = 0;
+    for (int i = 1; i < tp->n; i++) {
+        const int fd = atomic_load_explicit(&tp->stat_fd[i], memory_order_acquire);
+        char buf[96];
+        ssize_t len = fd >= 0 ? pread(fd, buf, sizeof buf - 1, 0) : -1;
+        if (len <= 0) continue;
+        buf[len] = 0;
+        const char *p = strchr(buf, ' ');
+        if (p) sum += atoll(p + 1);
+    }
+    return sum;
+}
+
+/* Someone waits for a core we hold: the machine has more runnable threads
+ * than CPUs, or our workers queued for a CPU during more than an eighth of
+ * the time since the last look. One spinner looks at a time, at most every
+ * CHECK_NS; the others read its verdict. */
+static bool contended(mnv_threadpool *tp, int64_t now) {
+    const int64_t last = atomic_load_explicit(&tp->probe_t, memory_order_relaxed);
+    if (now - last < CHECK_NS || atomic_exchange_explicit(&tp->probing, 1, memory_order_acquire))
+        return atomic_load_explicit(&tp->busy, memory_order_relaxed);
+    bool busy = machine_busy(tp);
+    const int64_t waited = workers_waited(tp), dt = now - last;
+    const int64_t prev = atomic_load_explicit(&tp->probe_wait, memory_order_relaxed);
+    if (!busy && dt < 10 * CHECK_NS) busy = (waited - prev) * 8 > dt; /* older looks are only a baseline */
+    atomic_store_explicit(&tp->probe_wait, waited, memory_order_relaxed);
+    atomic_store_explicit(&tp->probe_t, now, memory_order_relaxed);
+    atomic_store_explicit(&tp->busy, busy, memory_order_relaxed);
+    atomic_store_explicit(&tp->probing, 0, memory_order_release);
+    return busy;
 }
 
 static void word_wake(mnv_threadpool *tp, tp_word *w) {
@@ -138,7 +179,7 @@ static void wait_change(mnv_threadpool *tp, tp_word *w, uint32_t old) {
         const int64_t t = now_ns();
         if (t - t0 > limit) break;
         if (tp->loadavg_fd >= 0 && t >= next_check) {
-            if (contended(tp)) break;
+            if (contended(tp, t)) break;
             next_check = t + CHECK_NS;
         }
     }
@@ -158,6 +199,8 @@ static void *worker(void *p) {
     mnv_threadpool *tp = wa->tp;
     const int ith = wa->ith;
     free(wa);
+    atomic_store_explicit(&tp->stat_fd[ith], open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC),
+                          memory_order_release);
     uint32_t seen = 0;
     for (;;) {
         wait_change(tp, &tp->generation, seen);
@@ -186,7 +229,9 @@ mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out) {
     pthread_cond_init(&tp->cv, NULL);
 #endif
     tp->threads = calloc((size_t)n_threads, sizeof(pthread_t));
-    if (!tp->threads) {
+    tp->stat_fd = malloc((size_t)n_threads * sizeof *tp->stat_fd);
+    for (int i = 0; tp->stat_fd && i < n_threads; i++) atomic_init(&tp->stat_fd[i], -1);
+    if (!tp->threads || !tp->stat_fd) {
         tp->n = 1;
         mnv_threadpool_free(tp);
         return mnv_set_error(MNV_ERR_NOMEM, "threadpool: out of memory");
@@ -218,6 +263,9 @@ void mnv_threadpool_free(mnv_threadpool *tp) {
     word_wake(tp, &tp->generation);
     for (int i = 1; i < tp->n; i++) pthread_join(tp->threads[i], NULL);
     if (tp->loadavg_fd >= 0) close(tp->loadavg_fd);
+    for (int i = 0; tp->stat_fd && i < tp->n; i++)
+        if (tp->stat_fd[i] >= 0) close(tp->stat_fd[i]);
+    free(tp->stat_fd);
 #if !defined(__linux__)
     pthread_mutex_destroy(&tp->mu);
     pthread_cond_destroy(&tp->cv);
