@@ -4,12 +4,13 @@
  * Every wait (a worker for the next run, a thread at a barrier, the caller
  * for the end of a run) watches one 32-bit word and goes through three
  * stages: spin with pause; once someone waits for a core (the machine has
- * more runnable threads than CPUs, or a worker of ours sits in a run queue),
- * give the core away with one sched_yield and then sleep on the word (a
+ * more runnable threads than CPUs), give the core away with one sched_yield and then sleep on the word (a
  * futex on Linux, a condition variable elsewhere). While CPUs are free the spin lasts up to SPIN_HOT_NS,
  * which covers a decode step and the gap between steps: on virtual machines
  * whose halted vCPUs take milliseconds to wake, a sleeping worker would cost
- * that much per node. Where the run queue cannot be read, the spin is short.
+ * that much per node. Where the run queue cannot be read, or says nothing of
+ * the CPUs this process may use (it may use only some), the spin is short
+ * (SPIN_BLIND_NS).
  *
  * Wakers store the new word value, then look at the word's sleeper count;
  * sleepers count themselves in before the kernel re-checks the word. Both
@@ -46,7 +47,7 @@ enum {
     CHECK_NS = 50 * 1000,      /* how often a spinner re-reads the run queue */
 };
 static const int64_t SPIN_HOT_NS = 10 * 1000 * 1000; /* CPUs free: spin up to 10 ms, then sleep */
-static const int64_t SPIN_BLIND_NS = 200 * 1000;     /* run queue unreadable: 0.2 ms */
+static const int64_t SPIN_BLIND_NS = 200 * 1000;     /* run queue unknown: 0.2 ms */
 
 /* A word threads wait on, with its sleepers, on a cache line of its own. */
 typedef struct {
@@ -67,9 +68,9 @@ struct mnv_threadpool {
     _Atomic int stop;
     int n_online;   /* CPUs of the machine, against the run queue's length */
     int loadavg_fd; /* /proc/loadavg, or -1 */
-    _Atomic int *stat_fd; /* per worker: its /proc/thread-self/schedstat, or -1 */
-    /* the last look at the run queues (contended()) */
-    _Atomic int64_t probe_t, probe_wait;
+    int64_t spin_ns; /* how long a wait spins while no one waits for a core */
+    /* the last look at the run queue (contended()) */
+    _Atomic int64_t probe_t;
     _Atomic int probing, busy;
 #if !defined(__linux__)
     pthread_mutex_t mu;
@@ -98,37 +99,14 @@ static bool machine_busy(mnv_threadpool *tp) {
     return !p || atol(p) > tp->n_online;
 }
 
-/* Nanoseconds the workers have spent runnable but not running (the second
- * field of each one's /proc/thread-self/schedstat). It grows when a thread
- * of ours waits for a core, which the machine-wide count misses when the
- * process may use only some of the CPUs (affinity, cpusets). */
-static int64_t workers_waited(mnv_threadpool *tp) {
-    int64_t sum = 0;
-    for (int i = 1; i < tp->n; i++) {
-        const int fd = atomic_load_explicit(&tp->stat_fd[i], memory_order_acquire);
-        char buf[96];
-        ssize_t len = fd >= 0 ? pread(fd, buf, sizeof buf - 1, 0) : -1;
-        if (len <= 0) continue;
-        buf[len] = 0;
-        const char *p = strchr(buf, ' ');
-        if (p) sum += atoll(p + 1);
-    }
-    return sum;
-}
-
 /* Someone waits for a core we hold: the machine has more runnable threads
- * than CPUs, or our workers queued for a CPU during more than an eighth of
- * the time since the last look. One spinner looks at a time, at most every
- * CHECK_NS; the others read its verdict. */
+ * than CPUs. One spinner looks at a time, at most every CHECK_NS; the
+ * others read its verdict. */
 static bool contended(mnv_threadpool *tp, int64_t now) {
     const int64_t last = atomic_load_explicit(&tp->probe_t, memory_order_relaxed);
     if (now - last < CHECK_NS || atomic_exchange_explicit(&tp->probing, 1, memory_order_acquire))
         return atomic_load_explicit(&tp->busy, memory_order_relaxed);
-    bool busy = machine_busy(tp);
-    const int64_t waited = workers_waited(tp), dt = now - last;
-    const int64_t prev = atomic_load_explicit(&tp->probe_wait, memory_order_relaxed);
-    if (!busy && dt < 10 * CHECK_NS) busy = (waited - prev) * 8 > dt; /* older looks are only a baseline */
-    atomic_store_explicit(&tp->probe_wait, waited, memory_order_relaxed);
+    const bool busy = machine_busy(tp);
     atomic_store_explicit(&tp->probe_t, now, memory_order_relaxed);
     atomic_store_explicit(&tp->busy, busy, memory_order_relaxed);
     atomic_store_explicit(&tp->probing, 0, memory_order_release);
@@ -169,7 +147,7 @@ static void wait_change(mnv_threadpool *tp, tp_word *w, uint32_t old) {
         if (changed(w, old)) return;
         cpu_relax();
     }
-    const int64_t t0 = now_ns(), limit = tp->loadavg_fd >= 0 ? SPIN_HOT_NS : SPIN_BLIND_NS;
+    const int64_t t0 = now_ns(), limit = tp->spin_ns;
     int64_t next_check = t0;
     for (;;) {
         for (int i = 0; i < SPIN_BATCH; i++) {
@@ -199,8 +177,6 @@ static void *worker(void *p) {
     mnv_threadpool *tp = wa->tp;
     const int ith = wa->ith;
     free(wa);
-    atomic_store_explicit(&tp->stat_fd[ith], open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC),
-                          memory_order_release);
     uint32_t seen = 0;
     for (;;) {
         wait_change(tp, &tp->generation, seen);
@@ -224,14 +200,15 @@ mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out) {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     tp->n_online = online > 0 ? (int)online : 1;
     tp->loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    /* The machine-wide count says nothing of the CPUs a process confined to
+     * some of them (affinity, cpuset, quota) shares with others: spin briefly. */
+    tp->spin_ns = tp->loadavg_fd >= 0 && mnv__cpu_count() >= tp->n_online ? SPIN_HOT_NS : SPIN_BLIND_NS;
 #if !defined(__linux__)
     pthread_mutex_init(&tp->mu, NULL);
     pthread_cond_init(&tp->cv, NULL);
 #endif
     tp->threads = calloc((size_t)n_threads, sizeof(pthread_t));
-    tp->stat_fd = malloc((size_t)n_threads * sizeof *tp->stat_fd);
-    for (int i = 0; tp->stat_fd && i < n_threads; i++) atomic_init(&tp->stat_fd[i], -1);
-    if (!tp->threads || !tp->stat_fd) {
+    if (!tp->threads) {
         tp->n = 1;
         mnv_threadpool_free(tp);
         return mnv_set_error(MNV_ERR_NOMEM, "threadpool: out of memory");
@@ -263,9 +240,6 @@ void mnv_threadpool_free(mnv_threadpool *tp) {
     word_wake(tp, &tp->generation);
     for (int i = 1; i < tp->n; i++) pthread_join(tp->threads[i], NULL);
     if (tp->loadavg_fd >= 0) close(tp->loadavg_fd);
-    for (int i = 0; tp->stat_fd && i < tp->n; i++)
-        if (tp->stat_fd[i] >= 0) close(tp->stat_fd[i]);
-    free(tp->stat_fd);
 #if !defined(__linux__)
     pthread_mutex_destroy(&tp->mu);
     pthread_cond_destroy(&tp->cv);
