@@ -92,6 +92,7 @@ static void test_threadpool(void) {
         pool_test p = {0};
         CHECK(mnv_threadpool_create(n, &p.tp) == MNV_OK);
         CHECK(mnv_threadpool_size(p.tp) == n);
+        mnv_threadpool_set_adaptive(p.tp, false); /* every thread in every run */
         p.rounds = 200;
         for (int run = 0; run < 10; run++) mnv_threadpool_run(p.tp, pool_task, &p);
         CHECKF(!atomic_load(&p.bad), "barrier let a thread through early (%d threads)", n);
@@ -106,6 +107,7 @@ static void test_threadpool(void) {
 static void test_threadpool_sleep(void) {
     pool_test p = {0};
     CHECK(mnv_threadpool_create(2, &p.tp) == MNV_OK);
+    mnv_threadpool_set_adaptive(p.tp, false);
     p.rounds = 3;
     for (int run = 0; run < 3; run++) {
         struct timespec ts = {0, 30 * 1000 * 1000};
@@ -113,6 +115,38 @@ static void test_threadpool_sleep(void) {
         mnv_threadpool_run(p.tp, pool_task, &p);
     }
     CHECK(atomic_load(&p.counter) == 3 * 3 * 2 && p.slots[0] == 3 && p.slots[1] == 3);
+    mnv_threadpool_free(p.tp);
+}
+
+/* Adaptive width (the default): each run takes 1..n threads, always thread
+ * 0 and threads 0..nth-1, and its barriers count only those. */
+typedef struct {
+    mnv_threadpool *tp;
+    _Atomic int counter, bad, width_sum;
+    int slots[8];
+} adaptive_test;
+
+static void adaptive_task(void *arg, int ith, int nth) {
+    adaptive_test *p = arg;
+    if (nth < 1 || nth > mnv_threadpool_size(p->tp) || ith >= nth) atomic_store(&p->bad, 1);
+    for (int r = 0; r < 20; r++) {
+        atomic_fetch_add(&p->counter, 1);
+        mnv_threadpool_barrier(p->tp);
+        if (atomic_load(&p->counter) < (r + 1) * nth) atomic_store(&p->bad, 1);
+        mnv_threadpool_barrier(p->tp);
+    }
+    if (ith == 0) atomic_fetch_add(&p->width_sum, nth);
+    p->slots[ith]++;
+}
+
+static void test_threadpool_adaptive(void) {
+    adaptive_test p = {0};
+    CHECK(mnv_threadpool_create(3, &p.tp) == MNV_OK);
+    for (int run = 0; run < 50; run++) mnv_threadpool_run(p.tp, adaptive_task, &p);
+    CHECK(!atomic_load(&p.bad));
+    CHECK(p.slots[0] == 50);
+    CHECK(atomic_load(&p.counter) == 20 * atomic_load(&p.width_sum));
+    CHECK(p.slots[0] + p.slots[1] + p.slots[2] == atomic_load(&p.width_sum));
     mnv_threadpool_free(p.tp);
 }
 
@@ -139,6 +173,7 @@ int main(void) {
     t_seed();
     test_thread_counts();
     test_threadpool_sleep();
+    test_threadpool_adaptive();
     test_status();
     test_dtypes();
     test_halves();

@@ -42,6 +42,8 @@
 #endif
 
 enum {
+    WIDTH_BITS = 12,           /* the generation word: run counter << WIDTH_BITS | threads in the run */
+    WIDTH_MASK = (1 << WIDTH_BITS) - 1,
     SPIN_FIRST = 256,          /* pauses before the first look at the clock */
     SPIN_BATCH = 64,           /* pauses between looks at the clock */
     CHECK_NS = 50 * 1000,      /* how often a spinner re-reads the run queue */
@@ -57,6 +59,8 @@ typedef struct {
 
 struct mnv_threadpool {
     int n;
+    int n_run;     /* threads taking part in the current run (1..n) */
+    bool adaptive; /* run_width() may use fewer than n */
     pthread_t *threads;
     mnv_task_fn fn;
     void *arg;
@@ -182,8 +186,12 @@ static void *worker(void *p) {
         wait_change(tp, &tp->generation, seen);
         seen = atomic_load_explicit(&tp->generation.v, memory_order_acquire);
         if (atomic_load_explicit(&tp->stop, memory_order_acquire)) break;
-        tp->fn(tp->arg, ith, tp->n);
-        if (atomic_fetch_add_explicit(&tp->done, 1, memory_order_acq_rel) == tp->n - 2) {
+        /* the run's width travels in the word itself: a worker left out of a
+         * run reads nothing else of it, so it cannot race with the next one */
+        const int nth = (int)(seen & WIDTH_MASK);
+        if (ith >= nth) continue;
+        tp->fn(tp->arg, ith, nth);
+        if (atomic_fetch_add_explicit(&tp->done, 1, memory_order_acq_rel) == nth - 2) {
             atomic_store(&tp->finished.v, seen);
             word_wake(tp, &tp->finished);
         }
@@ -194,9 +202,12 @@ static void *worker(void *p) {
 mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out) {
     *out = NULL;
     if (n_threads <= 0) n_threads = mnv__cpu_count();
+    if (n_threads > MNV_THREADPOOL_MAX) n_threads = MNV_THREADPOOL_MAX;
     mnv_threadpool *tp = calloc(1, sizeof *tp);
     if (!tp) return mnv_set_error(MNV_ERR_NOMEM, "threadpool: out of memory");
     tp->n = n_threads;
+    tp->n_run = 1;
+    tp->adaptive = true;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     tp->n_online = online > 0 ? (int)online : 1;
     tp->loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
@@ -236,7 +247,7 @@ mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out) {
 void mnv_threadpool_free(mnv_threadpool *tp) {
     if (!tp) return;
     atomic_store(&tp->stop, 1);
-    atomic_fetch_add(&tp->generation.v, 1);
+    atomic_fetch_add(&tp->generation.v, 1u << WIDTH_BITS);
     word_wake(tp, &tp->generation);
     for (int i = 1; i < tp->n; i++) pthread_join(tp->threads[i], NULL);
     if (tp->loadavg_fd >= 0) close(tp->loadavg_fd);
@@ -250,26 +261,56 @@ void mnv_threadpool_free(mnv_threadpool *tp) {
 
 int mnv_threadpool_size(const mnv_threadpool *tp) { return tp->n; }
 
+/* How many threads the next run should use: all of them while the machine
+ * has a free CPU for each, else only as many as the CPUs others leave (at
+ * least the caller). Threads in lockstep beside a busy neighbour wait for
+ * each other's time slices at every node; fewer threads do not. The run
+ * queue counts our own running threads (the caller and the workers that
+ * are not asleep): they are not "others". */
+static int run_width(mnv_threadpool *tp) {
+    if (!tp->adaptive || tp->spin_ns != SPIN_HOT_NS) return tp->n;
+    char buf[128];
+    ssize_t len = pread(tp->loadavg_fd, buf, sizeof buf - 1, 0);
+    if (len <= 0) return tp->n;
+    buf[len] = 0;
+    const char *p = buf;
+    for (int field = 0; field < 3 && p; field++) {
+        p = strchr(p, ' ');
+        if (p) p++;
+    }
+    if (!p) return tp->n;
+    const int ours = tp->n - atomic_load(&tp->generation.sleepers);
+    const int others = MNV_MAX(0, atoi(p) - ours);
+    return MNV_MAX(1, MNV_MIN(tp->n, tp->n_online - others));
+}
+
 void mnv_threadpool_run(mnv_threadpool *tp, mnv_task_fn fn, void *arg) {
-    if (tp->n == 1) {
+    const int nth = tp->n == 1 ? 1 : run_width(tp);
+    if (nth == 1) { /* the workers keep waiting (and fall asleep if the machine is busy) */
+        tp->n_run = 1;
         fn(arg, 0, 1);
         return;
     }
     tp->fn = fn;
     tp->arg = arg;
+    tp->n_run = nth;
     atomic_store_explicit(&tp->done, 0, memory_order_relaxed);
     atomic_store_explicit(&tp->bar_count, 0, memory_order_relaxed);
     const uint32_t prev = atomic_load_explicit(&tp->finished.v, memory_order_relaxed);
-    atomic_fetch_add(&tp->generation.v, 1); /* seq_cst: publishes fn, arg and the counters */
+    const uint32_t gen = atomic_load_explicit(&tp->generation.v, memory_order_relaxed);
+    /* seq_cst: publishes fn, arg, n_run and the counters */
+    atomic_store(&tp->generation.v, (((gen >> WIDTH_BITS) + 1) << WIDTH_BITS) | (uint32_t)nth);
     word_wake(tp, &tp->generation);
-    fn(arg, 0, tp->n);
+    fn(arg, 0, nth);
     wait_change(tp, &tp->finished, prev);
 }
 
+void mnv_threadpool_set_adaptive(mnv_threadpool *tp, bool on) { tp->adaptive = on; }
+
 void mnv_threadpool_barrier(mnv_threadpool *tp) {
-    if (tp->n == 1) return;
+    if (tp->n_run == 1) return;
     const uint32_t phase = atomic_load_explicit(&tp->bar_phase.v, memory_order_acquire);
-    if (atomic_fetch_add_explicit(&tp->bar_count, 1, memory_order_acq_rel) == tp->n - 1) {
+    if (atomic_fetch_add_explicit(&tp->bar_count, 1, memory_order_acq_rel) == tp->n_run - 1) {
         atomic_store_explicit(&tp->bar_count, 0, memory_order_relaxed);
         atomic_fetch_add(&tp->bar_phase.v, 1); /* seq_cst: releases this phase's writes */
         word_wake(tp, &tp->bar_phase);

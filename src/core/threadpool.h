@@ -14,12 +14,19 @@ typedef struct mnv_threadpool mnv_threadpool;
 typedef void (*mnv_task_fn)(void *arg, int ith, int nth);
 
 /* n_threads <= 0: mnv__cpu_count(). Larger counts than the CPUs are honoured
- * here (callers clamp: see mnv__threads_clamp). */
+ * here (callers clamp: see mnv__threads_clamp), up to MNV_THREADPOOL_MAX. */
+#define MNV_THREADPOOL_MAX 4095
 mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out);
 void mnv_threadpool_free(mnv_threadpool *tp);
 int mnv_threadpool_size(const mnv_threadpool *tp);
-/* Run fn on every thread and return when all have finished. */
+/* Run fn on nth threads and return when all have finished: nth is the
+ * pool's size while the machine has a free CPU for each of its threads, and
+ * only as many (at least 1, the caller) as the CPUs that other processes'
+ * runnable threads leave when it does not (see mnv_threadpool_set_adaptive). */
 void mnv_threadpool_run(mnv_threadpool *tp, mnv_task_fn fn, void *arg);
+/* On (the default): runs use fewer threads beside busy neighbours. Off: every
+ * run uses every thread (tests of the pool itself). Not during a run. */
+void mnv_threadpool_set_adaptive(mnv_threadpool *tp, bool on);
 /* Barrier among the threads of the current run (call from inside fn). */
 void mnv_threadpool_barrier(mnv_threadpool *tp);
 
