@@ -4,13 +4,17 @@
  * Every wait (a worker for the next run, a thread at a barrier, the caller
  * for the end of a run) watches one 32-bit word and goes through three
  * stages: spin with pause; once someone waits for a core (the machine has
- * more runnable threads than CPUs), give the core away with one sched_yield and then sleep on the word (a
- * futex on Linux, a condition variable elsewhere). While CPUs are free the spin lasts up to SPIN_HOT_NS,
- * which covers a decode step and the gap between steps: on virtual machines
- * whose halted vCPUs take milliseconds to wake, a sleeping worker would cost
- * that much per node. Where the run queue cannot be read, or says nothing of
- * the CPUs this process may use (it may use only some), the spin is short
- * (SPIN_BLIND_NS).
+ * more runnable threads than CPUs), give the core away with one sched_yield,
+ * then sleep on the word (a futex on Linux, a condition variable elsewhere).
+ * While CPUs are free the spin lasts up to SPIN_HOT_NS, which covers a decode
+ * step and the gap between steps: on virtual machines whose halted vCPUs take
+ * milliseconds to wake, a sleeping worker would cost that much per node.
+ * Where the run queue cannot be read, or says nothing of the CPUs this
+ * process may use (it may use only some), the spin is short (SPIN_BLIND_NS).
+ *
+ * A run also takes only as many threads as the CPUs other processes leave
+ * free (run_width): threads in lockstep beside a busy neighbour would wait
+ * for each other's time slices at every node.
  *
  * Wakers store the new word value, then look at the word's sleeper count;
  * sleepers count themselves in before the kernel re-checks the word. Both
@@ -90,17 +94,22 @@ static int64_t now_ns(void) {
 
 /* More runnable threads on the machine than CPUs: someone waits for a core.
  * The fourth field of /proc/loadavg is "running/total", read at this instant. */
-static bool machine_busy(mnv_threadpool *tp) {
+static int runnable_now(mnv_threadpool *tp) {
     char buf[128];
     ssize_t len = pread(tp->loadavg_fd, buf, sizeof buf - 1, 0);
-    if (len <= 0) return true;
+    if (len <= 0) return -1;
     buf[len] = 0;
     const char *p = buf;
     for (int field = 0; field < 3 && p; field++) {
         p = strchr(p, ' ');
         if (p) p++;
     }
-    return !p || atol(p) > tp->n_online;
+    return p ? atoi(p) : -1;
+}
+
+static bool machine_busy(mnv_threadpool *tp) {
+    const int r = runnable_now(tp);
+    return r < 0 || r > tp->n_online;
 }
 
 /* Someone waits for a core we hold: the machine has more runnable threads
@@ -269,18 +278,10 @@ int mnv_threadpool_size(const mnv_threadpool *tp) { return tp->n; }
  * are not asleep): they are not "others". */
 static int run_width(mnv_threadpool *tp) {
     if (!tp->adaptive || tp->spin_ns != SPIN_HOT_NS) return tp->n;
-    char buf[128];
-    ssize_t len = pread(tp->loadavg_fd, buf, sizeof buf - 1, 0);
-    if (len <= 0) return tp->n;
-    buf[len] = 0;
-    const char *p = buf;
-    for (int field = 0; field < 3 && p; field++) {
-        p = strchr(p, ' ');
-        if (p) p++;
-    }
-    if (!p) return tp->n;
+    const int r = runnable_now(tp);
+    if (r < 0) return tp->n;
     const int ours = tp->n - atomic_load(&tp->generation.sleepers);
-    const int others = MNV_MAX(0, atoi(p) - ours);
+    const int others = MNV_MAX(0, r - ours);
     return MNV_MAX(1, MNV_MIN(tp->n, tp->n_online - others));
 }
 
