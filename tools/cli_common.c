@@ -349,7 +349,7 @@ int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **
     }
     mnv_cpu_info ci;
     if (n_threads > 0 && mnv_cpu_get_info(&ci) == MNV_OK && n_threads > ci.n_cpus)
-        fprintf(stderr, "%s: warning: --threads %d is more than the %d CPUs this process may run on; using %d\n",
+        fprintf(stderr, "%s: warning: --threads %d is more than the CPUs this process may run on (%d); using %d\n",
                 cmd, n_threads, ci.n_cpus, ci.n_cpus);
     mnv_model_params mp = mnv_model_params_default();
     mp.n_threads = n_threads;
