@@ -126,6 +126,27 @@ MNV_API void mnv_set_log_callback(mnv_log_callback cb, void *user_data);
 /* Library version as "MAJOR.MINOR.PATCH". */
 MNV_API const char *mnv_version(void);
 
+/* The CPU path this process runs. The instruction-set level is the best the
+ * CPU has unless the environment variable MINERVA_CPU (scalar, avx2, avx512,
+ * neon, neon-dot; read once) caps it; every kernel then runs the fastest
+ * implementation of that level or below. Strings are static. */
+typedef struct {
+    const char *level;         /* level in use: "scalar", "avx2", "avx512", "neon", "neon-dot" */
+    const char *host_level;    /* the best level the CPU has */
+    const char *matmul;        /* float-weight (f32, f16, bf16) matrix products */
+    const char *qmatmul;       /* quantized matrix products (default numerics) */
+    const char *qmatmul_exact; /* quantized matrix products of a session with exact_quant */
+    const char *attention;     /* attention over f32 caches */
+    const char *vec;           /* vector primitives (norms, activations) */
+    int32_t n_cpus;            /* CPUs this process may run on (affinity mask, cgroup CPU
+                                  quota): the default thread count and the most used */
+    uint32_t reserved[8];
+} mnv_cpu_info;
+
+/* Fills *info (never fails on a valid pointer; MNV_ERR_INVALID_ARG on NULL).
+ * Thread-safe. */
+MNV_API mnv_status mnv_cpu_get_info(mnv_cpu_info *info);
+
 /* ------------------------------------------------------------------------ */
 /* Data types                                                               */
 /* ------------------------------------------------------------------------ */
@@ -228,7 +249,8 @@ typedef void (*mnv_progress_callback)(void *user_data, uint64_t done, uint64_t t
 
 typedef struct {
     uint32_t size;     /* sizeof(mnv_model_params) */
-    int n_threads;     /* CPU threads for compute; 0 = all online cores */
+    int n_threads;     /* CPU threads for compute; 0 = the CPUs this process may run on
+                          (mnv_cpu_info.n_cpus); more than that is clamped to it */
     int use_mmap;      /* reserved: weights are always mapped, not copied (1) */
     int load_tokenizer; /* 1 (default): tokenizer.json is loaded if present */
     mnv_progress_callback progress; /* NULL (default): the weights are mapped and read
@@ -314,7 +336,7 @@ typedef struct {
     uint32_t size;      /* sizeof(mnv_session_params) */
     int32_t n_ctx;      /* context length in tokens; 0 = min(model's, 4096) */
     int32_t n_batch;    /* max tokens evaluated in one forward pass; 0 = 512 */
-    int32_t n_threads;  /* 0 = the model's setting */
+    int32_t n_threads;  /* 0 = the model's setting; clamped to mnv_cpu_info.n_cpus */
     mnv_dtype kv_dtype; /* KV cache element type: F32 (default, exact), BF16 or F16 (half the memory) */
     int32_t exact_quant; /* 1: quantized matrix products keep f32 activations (MLX's numerics,
                             slower); 0 (default): activations rounded to int8 per row where the
@@ -394,6 +416,8 @@ typedef struct {
     uint64_t kv_bytes;       /* KV cache memory held */
     int32_t n_ctx;           /* context length in tokens */
     int32_t n_threads;       /* compute threads */
+    int32_t n_threads_requested; /* the count asked for (0: automatic); a count above the
+                                    CPUs this process may use is clamped to them (n_threads) */
 } mnv_session_stats;
 
 MNV_API mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out);

@@ -2,6 +2,9 @@
  * conversions, the thread pool and its barrier. */
 #include <stdatomic.h>
 
+#include <unistd.h>
+
+#include "backend/backend.h"
 #include "core/core.h"
 #include "core/threadpool.h"
 #include "test.h"
@@ -65,7 +68,7 @@ typedef struct {
     mnv_threadpool *tp;
     _Atomic int counter;
     int rounds;
-    int bad;
+    _Atomic int bad;
     int slots[64];
 } pool_test;
 
@@ -76,28 +79,101 @@ static void pool_task(void *arg, int ith, int nth) {
     for (int r = 0; r < p->rounds; r++) {
         atomic_fetch_add(&p->counter, 1);
         mnv_threadpool_barrier(p->tp);
-        if (atomic_load(&p->counter) < (r + 1) * nth) p->bad = 1;
+        if (atomic_load(&p->counter) < (r + 1) * nth) atomic_store(&p->bad, 1);
         mnv_threadpool_barrier(p->tp);
     }
     p->slots[ith]++;
 }
 
+/* Pools of more threads than CPUs (the pool honours the count; the backend
+ * clamps it): every wait must fall back to sleeping and still be correct. */
 static void test_threadpool(void) {
     for (int n = 1; n <= 4; n++) {
         pool_test p = {0};
         CHECK(mnv_threadpool_create(n, &p.tp) == MNV_OK);
         CHECK(mnv_threadpool_size(p.tp) == n);
+        mnv_threadpool_set_adaptive(p.tp, false); /* every thread in every run */
         p.rounds = 200;
         for (int run = 0; run < 10; run++) mnv_threadpool_run(p.tp, pool_task, &p);
-        CHECKF(!p.bad, "barrier let a thread through early (%d threads)", n);
+        CHECKF(!atomic_load(&p.bad), "barrier let a thread through early (%d threads)", n);
         CHECK(atomic_load(&p.counter) == 10 * 200 * n);
         for (int i = 0; i < n; i++) CHECK(p.slots[i] == 10);
         mnv_threadpool_free(p.tp);
     }
 }
 
+/* Runs separated by pauses longer than the workers' spin: they sleep and
+ * must be woken for the next run. */
+static void test_threadpool_sleep(void) {
+    pool_test p = {0};
+    CHECK(mnv_threadpool_create(2, &p.tp) == MNV_OK);
+    mnv_threadpool_set_adaptive(p.tp, false);
+    p.rounds = 3;
+    for (int run = 0; run < 3; run++) {
+        struct timespec ts = {0, 30 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        mnv_threadpool_run(p.tp, pool_task, &p);
+    }
+    CHECK(atomic_load(&p.counter) == 3 * 3 * 2 && p.slots[0] == 3 && p.slots[1] == 3);
+    mnv_threadpool_free(p.tp);
+}
+
+/* Adaptive width (the default): each run takes 1..n threads, always thread
+ * 0 and threads 0..nth-1, and its barriers count only those. */
+typedef struct {
+    mnv_threadpool *tp;
+    _Atomic int counter, bad, width_sum;
+    int slots[8];
+} adaptive_test;
+
+static void adaptive_task(void *arg, int ith, int nth) {
+    adaptive_test *p = arg;
+    if (nth < 1 || nth > mnv_threadpool_size(p->tp) || ith >= nth) atomic_store(&p->bad, 1);
+    for (int r = 0; r < 20; r++) {
+        atomic_fetch_add(&p->counter, 1);
+        mnv_threadpool_barrier(p->tp);
+        if (atomic_load(&p->counter) < (r + 1) * nth) atomic_store(&p->bad, 1);
+        mnv_threadpool_barrier(p->tp);
+    }
+    if (ith == 0) atomic_fetch_add(&p->width_sum, nth);
+    p->slots[ith]++;
+}
+
+static void test_threadpool_adaptive(void) {
+    adaptive_test p = {0};
+    CHECK(mnv_threadpool_create(3, &p.tp) == MNV_OK);
+    for (int run = 0; run < 50; run++) mnv_threadpool_run(p.tp, adaptive_task, &p);
+    CHECK(!atomic_load(&p.bad));
+    CHECK(p.slots[0] == 50);
+    CHECK(atomic_load(&p.counter) == 20 * atomic_load(&p.width_sum));
+    CHECK(p.slots[0] + p.slots[1] + p.slots[2] == atomic_load(&p.width_sum));
+    mnv_threadpool_free(p.tp);
+}
+
+/* Thread counts: the default is the CPUs this process may use (at least
+ * one, at most the online CPUs); more is clamped to it. */
+static void test_thread_counts(void) {
+    const int n = mnv__cpu_count();
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    CHECKF(n >= 1 && (online <= 0 || n <= online), "cpu count %d of %ld online", n, online);
+    CHECK(mnv__threads_clamp(0) == n && mnv__threads_clamp(-3) == n);
+    CHECK(mnv__threads_clamp(1) == 1 && mnv__threads_clamp(n) == n);
+    CHECK(mnv__threads_clamp(n + 1) == n && mnv__threads_clamp(1000) == n);
+    mnv_backend_params bp = {"cpu", 1000, 0};
+    mnv_backend *be = NULL;
+    CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
+    CHECK(be && be->iface->n_threads(be) == n);
+    mnv_backend_free(be);
+    mnv_cpu_info ci;
+    CHECK(mnv_cpu_get_info(&ci) == MNV_OK && ci.n_cpus == n && ci.level && ci.matmul && ci.qmatmul);
+    CHECK(mnv_cpu_get_info(NULL) == MNV_ERR_INVALID_ARG);
+}
+
 int main(void) {
     t_seed();
+    test_thread_counts();
+    test_threadpool_sleep();
+    test_threadpool_adaptive();
     test_status();
     test_dtypes();
     test_halves();

@@ -1,10 +1,16 @@
 /* Every graph op on the CPU backend against a naive reference, at fresh
- * random inputs and shapes. Tolerances: f32 ops 1e-5 relative L2 (float
+ * random inputs and shapes, on every path (instruction-set level) the host
+ * has: the level cap moves every kernel (vector primitives, attention,
+ * matmul) to that level's implementation. Tolerances: f32 ops 1e-5 relative L2 (float
  * rounding of sums up to a few thousand terms); bf16-weight matmul 1e-2
  * (activations rounded to bf16). */
 #include <math.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_isa.h"
+#include "backend/cpu/matmul.h"
+#include "backend/cpu/qmatmul.h"
+#include "backend/cpu/vec.h"
 #include "core/graph.h"
 #include "test.h"
 
@@ -287,14 +293,12 @@ static void test_planner_reuse(void) {
     free(want);
 }
 
-int main(void) {
-    t_seed();
-    mnv_graph_create(4096, &g);
+static void test_all(int reps) {
     for (int threads = 1; threads <= 3; threads++) {
         mnv_backend_params bp = {"cpu", threads, 0};
         CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
         mnv_executor_create(be, &ex);
-        for (int rep = 0; rep < 6; rep++) {
+        for (int rep = 0; rep < reps; rep++) {
             test_elementwise();
             test_rms_norm_softmax();
             test_matmul(MNV_DTYPE_F32, 1e-5);
@@ -311,6 +315,27 @@ int main(void) {
         mnv_executor_free(ex);
         mnv_backend_free(be);
     }
+}
+
+int main(void) {
+    t_seed();
+    mnv_graph_create(4096, &g);
+    /* every level the host has, best first */
+    for (int l = MNV_ISA_COUNT - 1; l >= 0; l--) {
+        const mnv_isa level = (mnv_isa)l;
+        if (!mnv__isa_host(level)) {
+            printf("path %-8s not available on this host\n", mnv__isa_name(level));
+            continue;
+        }
+        mnv__isa_set_cap(level);
+        const mnv_vec_ops *v = mnv_vec();
+        const int before = t_fail;
+        test_all(6);
+        printf("path %-8s vec %s, attention %s, matmul %s, qmatmul %s: %s\n", mnv__isa_name(level), v->name,
+               v->attention ? v->name : "scalar", mnv_cpu_matmul_impl(), mnv_cpu_qmatmul_impl(),
+               t_fail == before ? "ok" : "FAILED");
+    }
+    mnv__isa_set_cap(MNV_ISA_COUNT);
     /* graph errors surface at the call site and propagate */
     mnv_graph_reset(g);
     int64_t a2[2] = {3, 4}, b2[2] = {5, 6};

@@ -1,7 +1,7 @@
 /* Quantized matmul and embedding lookup (backend/cpu/qmatmul.h) against a
  * naive double-precision reference that dequantizes with the formulas of the
  * MLX format spec (written here, independent of quant.c): every
- * implementation the host has x every mode / bits / group size / scale dtype
+ * implementation of every path (level) the host has, under that level's cap, x every mode / bits / group size / scale dtype
  * x 1, 2 and 3 threads, at fresh random shapes (odd m and n, k several groups,
  * row strides longer than the rows), random packed codes and random scales
  * (negative affine scales; E8M0 exponents 120..130). y is poisoned with NaN
@@ -248,8 +248,10 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
 /* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
  * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
  * prefill (m > 4) when nth > 1 threads have no barrier to share x.) */
+static bool impl_int8(const char *impl);
+
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
-    if (strcmp(impl, "avx512-vnni") != 0 || !scratch) return false;
+    if (!impl_int8(impl) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
     return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
@@ -276,8 +278,16 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static const char *IMPLS[] = {"avx512-vnni", "avx512", "scalar"};
-enum { N_IMPL = 3 };
+/* The implementations this host runs (every row of the table whose level
+ * and feature it has), filled by main. */
+static mnv_cpu_impl_desc IMPLS[32];
+static int N_IMPL;
+
+static bool impl_int8(const char *impl) {
+    for (int i = 0; i < N_IMPL; i++)
+        if (strcmp(IMPLS[i].name, impl) == 0) return IMPLS[i].int8;
+    return false;
+}
 
 static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nth) {
     problem p;
@@ -292,14 +302,17 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
     const size_t ss = mnv_cpu_qmatmul_scratch_size(m, k, &qf, nth);
     void *scratch = malloc(ss + 1); /* deliberately not 64-byte aligned */
     char name[64];
-    /* every implementation, then the automatic one without scratch and without a barrier */
+    /* every implementation, each with the level cap at its own level, then
+     * the automatic one (no cap) without scratch and without a barrier */
     for (int im = 0; im < N_IMPL + 2; im++) {
         const bool no_scratch = im == N_IMPL, no_barrier = im == N_IMPL + 1;
         const char *impl;
         if (im < N_IMPL) {
-            impl = IMPLS[im];
+            impl = IMPLS[im].name;
+            mnv__isa_set_cap(IMPLS[im].isa);
             if (!mnv_cpu_qmatmul_force(impl)) continue;
         } else {
+            mnv__isa_set_cap(MNV_ISA_COUNT);
             mnv_cpu_qmatmul_force(NULL);
             impl = mnv_cpu_qmatmul_impl();
         }
@@ -348,6 +361,7 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
         }
     }
     mnv_cpu_qmatmul_force(NULL);
+    mnv__isa_set_cap(MNV_ISA_COUNT);
     free(scratch), free(yref), free(yq), free(ycmp), free(bound), free(magq);
     problem_free(&p);
 }
@@ -394,13 +408,33 @@ static void check_get_rows(const fmtcase *f) {
     problem_free(&p);
 }
 
+/* Lists the paths (levels) the host runs, best first, with the automatic
+ * choice under each cap and the implementations of that level; fills IMPLS. */
+static void list_paths(void) {
+    for (int l = MNV_ISA_COUNT - 1; l >= 0; l--) {
+        const mnv_isa level = (mnv_isa)l;
+        if (!mnv__isa_host(level)) {
+            printf("path %-8s not available on this host\n", mnv__isa_name(level));
+            continue;
+        }
+        mnv__isa_set_cap(level);
+        printf("path %-8s automatic choice %s; implementations of this level:", mnv__isa_name(level),
+               mnv_cpu_qmatmul_impl());
+        mnv_cpu_impl_desc d;
+        for (int i = 0; mnv_cpu_qmatmul_impl_at(i, &d); i++) {
+            if (d.isa != level) continue;
+            printf(" %s%s", d.name, d.host ? "" : " (not on this host: needs a feature)");
+            if (d.host && N_IMPL < 32) IMPLS[N_IMPL++] = d;
+        }
+        printf("\n");
+    }
+    mnv__isa_set_cap(MNV_ISA_COUNT);
+    printf("automatic choice: %s\n", mnv_cpu_qmatmul_impl());
+}
+
 int main(void) {
     t_seed();
-    printf("implementations:");
-    for (int im = 0; im < N_IMPL; im++)
-        if (mnv_cpu_qmatmul_force(IMPLS[im])) printf(" %s", IMPLS[im]);
-    mnv_cpu_qmatmul_force(NULL);
-    printf(" (auto: %s)\n", mnv_cpu_qmatmul_impl());
+    list_paths();
     CHECK(!mnv_cpu_qmatmul_force("no-such-impl"));
 
     fmtcase fmts[64];

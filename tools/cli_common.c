@@ -335,6 +335,15 @@ int cli_default_model_dir(const char *cmd, char *buf, size_t cap) {
     return CLI_EXIT_FAIL;
 }
 
+void cli_print_cpu(FILE *f) {
+    mnv_cpu_info ci;
+    if (mnv_cpu_get_info(&ci) != MNV_OK) return;
+    fprintf(f, "cpu: %s (matmul %s, qmatmul %s, exact qmatmul %s, attention %s, vec %s)", ci.level, ci.matmul,
+            ci.qmatmul, ci.qmatmul_exact, ci.attention, ci.vec);
+    if (strcmp(ci.level, ci.host_level) != 0) fprintf(f, ", capped by MINERVA_CPU (host: %s)", ci.host_level);
+    fprintf(f, "; threads: %d by default (the CPUs this process may run on)\n", ci.n_cpus);
+}
+
 int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out) {
     char def[PATH_MAX + 64];
     *out = NULL;
@@ -342,6 +351,10 @@ int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **
         if (cli_default_model_dir(cmd, def, sizeof def) != 0) return CLI_EXIT_FAIL;
         dir = def;
     }
+    mnv_cpu_info ci;
+    if (n_threads > 0 && mnv_cpu_get_info(&ci) == MNV_OK && n_threads > ci.n_cpus)
+        fprintf(stderr, "%s: warning: --threads %d is more than the CPUs this process may run on (%d); using %d\n",
+                cmd, n_threads, ci.n_cpus, ci.n_cpus);
     mnv_model_params mp = mnv_model_params_default();
     mp.n_threads = n_threads;
     mnv_status st = mnv_model_load(dir, &mp, out);

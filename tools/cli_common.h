@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "minerva.h"
 
@@ -101,6 +102,10 @@ int cli_read_file(const char *cmd, const char *path, char **data, size_t *len);
  * cli_common.c). Writes it to buf; returns 0, or 1 after printing the
  * candidates that were tried. */
 int cli_default_model_dir(const char *cmd, char *buf, size_t cap);
+
+/* One line naming the CPU path in use (level and kernels) and the default
+ * thread count. */
+void cli_print_cpu(FILE *f);
 
 /* Load the model in dir (NULL: the bundled default). Returns 0 or 1 (printed). */
 int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out);

@@ -98,6 +98,10 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     if (o->json) {
         printf("{\"model\": ");
         json_string(model);
+        mnv_cpu_info ci;
+        mnv_cpu_get_info(&ci);
+        printf(", \"cpu\": \"%s\", \"matmul\": \"%s\", \"qmatmul\": \"%s\", \"attention\": \"%s\"", ci.level,
+               ci.matmul, o->exact_quant ? ci.qmatmul_exact : ci.qmatmul, ci.attention);
         printf(", \"threads\": %d, \"prefill_tokens\": %d", r->threads, o->n_prefill);
         json_rate("prefill_tok_s", r->pp_tok_s, o->n_prefill > 0);
         printf(", \"decode_tokens\": %d", o->n_decode);
@@ -109,6 +113,7 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
         printf("}\n");
         return;
     }
+    cli_print_cpu(stdout);
     printf("model: %s (weights %.2f MiB), threads: %d, reps: %d\n", model,
            (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps);
     printf("first token after load: %.2f s\n", r->first_token_s);
@@ -171,8 +176,10 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
     }
     bench_result r = {.weight_bytes = info.weight_bytes, .active_bytes = info.active_bytes_per_token,
                       .threads = o->n_threads};
-    if (r.threads == 0) r.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int rc = run_tests(o, model, ids, &r);
+    mnv_cpu_info ci;
+    mnv_cpu_get_info(&ci);
+    if (r.threads <= 0 || r.threads > ci.n_cpus) r.threads = ci.n_cpus; /* the library's clamp */
     if (rc == 0) print_result(o, model_name, &r);
     free(ids);
     return rc;

@@ -54,6 +54,7 @@ int main(int argc, char **argv) {
     if (strcmp(name, "--version") == 0 || strcmp(name, "-V") == 0) {
         printf("minerva %d.%d.%d (libminerva %s)\n", MNV_VERSION_MAJOR, MNV_VERSION_MINOR,
                MNV_VERSION_PATCH, mnv_version());
+        cli_print_cpu(stdout);
         return CLI_EXIT_OK;
     }
     if (strcmp(name, "help") == 0) { /* "minerva help CMD" == "minerva CMD --help" */

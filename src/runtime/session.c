@@ -65,6 +65,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     if (s->params.n_ctx <= 0) s->params.n_ctx = MNV_MIN(train, 4096);
     if (s->params.n_batch <= 0) s->params.n_batch = 512;
     if (s->params.n_threads <= 0) s->params.n_threads = model->params.n_threads;
+    /* params.n_threads keeps the request; the backend clamps it to the CPUs */
     mnv_dtype kvt = s->params.kv_dtype;
     if (kvt != MNV_DTYPE_F32 && kvt != MNV_DTYPE_BF16 && kvt != MNV_DTYPE_F16) {
         free(s);
@@ -215,5 +216,6 @@ mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out) {
                     (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * mnv_dtype_size(s->kv.dtype);
     out->n_ctx = (int32_t)s->kv.n_ctx;
     out->n_threads = s->be->iface->n_threads(s->be);
+    out->n_threads_requested = s->params.n_threads;
     return MNV_OK;
 }

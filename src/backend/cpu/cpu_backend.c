@@ -7,6 +7,7 @@
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/ops.h"
 #include "backend/cpu/qmatmul.h"
+#include "backend/cpu/vec.h"
 #include "core/threadpool.h"
 
 typedef struct {
@@ -380,7 +381,9 @@ mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out
         return mnv_set_error(MNV_ERR_NOMEM, "cpu backend: out of memory");
     }
     c->exact_quant = p->exact_quant;
-    mnv_status st = mnv_threadpool_create(p->n_threads, &c->tp);
+    /* never more threads than CPUs to run them: each extra one costs a time
+     * slice at every node (mnv_session_stats reports the request) */
+    mnv_status st = mnv_threadpool_create(mnv__threads_clamp(p->n_threads), &c->tp);
     if (st != MNV_OK) {
         free(b);
         free(c);
@@ -389,5 +392,23 @@ mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out
     b->iface = &cpu_iface;
     b->ctx = c;
     *out = b;
+    return MNV_OK;
+}
+
+mnv_status mnv_cpu_get_info(mnv_cpu_info *info) {
+    if (!info) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_cpu_get_info: info is NULL");
+    memset(info, 0, sizeof *info);
+    mnv_isa host = MNV_ISA_SCALAR;
+    for (int l = 0; l < MNV_ISA_COUNT; l++)
+        if (mnv__isa_host((mnv_isa)l)) host = (mnv_isa)l;
+    const mnv_vec_ops *v = mnv_vec();
+    info->level = mnv__isa_name(mnv__isa_best());
+    info->host_level = mnv__isa_name(host);
+    info->matmul = mnv_cpu_matmul_impl();
+    info->qmatmul = mnv_cpu_qmatmul_impl();
+    info->qmatmul_exact = mnv_cpu_qmatmul_impl_exact();
+    info->attention = v->attention ? v->name : "scalar";
+    info->vec = v->name;
+    info->n_cpus = mnv__cpu_count();
     return MNV_OK;
 }

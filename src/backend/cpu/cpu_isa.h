@@ -44,4 +44,12 @@ bool mnv__isa_parse(const char *name, mnv_isa *out);
  * graph runs on other threads. */
 void mnv__isa_set_cap(mnv_isa cap);
 
+/* One row of a kernel table as tests and the info query see it. */
+typedef struct {
+    const char *name; /* "avx2", "avx512-vnni", ... */
+    mnv_isa isa;      /* the level it needs */
+    bool host;        /* the host has that level and any optional feature it needs (cap ignored) */
+    bool int8;        /* rounds activations to int8 (quantized products): not exact */
+} mnv_cpu_impl_desc;
+
 #endif

@@ -118,6 +118,14 @@ bool mnv_cpu_matmul_force(const char *name) {
 
 const char *mnv_cpu_matmul_impl(void) { return current_impl()->name; }
 
+bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out) {
+    if (i < 0 || i >= N_IMPLS) return false;
+    const matmul_impl *m = &impls[i];
+    *out = (mnv_cpu_impl_desc){m->name, m->isa,
+                               mnv__isa_host(m->isa) && (m->feat < 0 || mnv__cpu_has((mnv_cpu_feat)m->feat)), false};
+    return true;
+}
+
 /* Enough for every implementation, so forcing one never outgrows a buffer
  * sized earlier: BF16 products round x to bf16 rows of kpad elements. */
 size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype) {

@@ -13,6 +13,7 @@
 #ifndef MNV_CPU_MATMUL_H
 #define MNV_CPU_MATMUL_H
 
+#include "backend/cpu/cpu_isa.h"
 #include "core/core.h"
 
 typedef struct {
@@ -42,6 +43,9 @@ const char *mnv_cpu_matmul_impl(void);
 /* Force an implementation for testing: "avx512-bf16", "avx512", "avx2", "scalar"
  * (returns false if the host lacks it) or NULL to restore the automatic choice. */
 bool mnv_cpu_matmul_force(const char *impl);
+/* The i-th implementation compiled in (best first); false past the end.
+ * Tests walk the table with it, so a new row is tested without naming it. */
+bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out);
 
 /* ---- internal: the implementations and what they share ------------------- */
 

@@ -264,6 +264,15 @@ bool mnv_cpu_qmatmul_force(const char *name) {
 }
 
 const char *mnv_cpu_qmatmul_impl(void) { return current_impl()->name; }
+const char *mnv_cpu_qmatmul_impl_exact(void) { return exact_impl(current_impl())->name; }
+
+bool mnv_cpu_qmatmul_impl_at(int i, mnv_cpu_impl_desc *out) {
+    if (i < 0 || i >= N_IMPLS) return false;
+    const qmatmul_impl *q = &impls[i];
+    *out = (mnv_cpu_impl_desc){q->name, q->isa,
+                               mnv__isa_host(q->isa) && (q->feat < 0 || mnv__cpu_has((mnv_cpu_feat)q->feat)), q->int8};
+    return true;
+}
 
 /* Enough for every implementation and for any smaller m (a mixture-of-experts
  * layer sizes it once for all its tokens and runs experts with fewer):

@@ -16,6 +16,7 @@
 #ifndef MNV_CPU_QMATMUL_H
 #define MNV_CPU_QMATMUL_H
 
+#include "backend/cpu/cpu_isa.h"
 #include "quant/quant.h"
 
 typedef struct {
@@ -46,6 +47,11 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth);
  * (one scale per group) for the formats it covers; avx512 and scalar are f32. */
 const char *mnv_cpu_qmatmul_impl(void);
 bool mnv_cpu_qmatmul_force(const char *impl);
+/* What a session with exact_quant runs: the current choice, or its f32 twin. */
+const char *mnv_cpu_qmatmul_impl_exact(void);
+/* The i-th implementation compiled in (best first); false past the end.
+ * Tests walk the table with it, so a new row is tested without naming it. */
+bool mnv_cpu_qmatmul_impl_at(int i, mnv_cpu_impl_desc *out);
 
 /* y[r] = dequant(W[ids[r]]) as f32 (quantized embedding lookup). */
 void mnv_cpu_qget_rows(const uint32_t *w, int64_t ldw, const void *scales, const void *biases, int64_t lds,

@@ -34,14 +34,36 @@ static void silu_mul_c(const float *g, const float *u, float *y, int64_t n) {
 }
 
 static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c, silu_mul_c, NULL};
+static const mnv_vec_ops *vec_scalar(void) { return &vec_c; }
 
-/* The best table the host (and the MINERVA_CPU cap) allows; detection is
- * done once, thread-safely, in cpu_isa.c. */
+typedef struct {
+    const char *name;
+    mnv_isa isa; /* the level it needs */
+    int feat;    /* and this optional feature (mnv_cpu_feat), or -1 */
+    const mnv_vec_ops *(*get)(void);
+} vec_impl;
+
+/* Best first: mnv_vec() returns the first one the host (and the MINERVA_CPU
+ * cap) allows. */
+static const vec_impl impls[] = {
+#if defined(__x86_64__)
+    {"avx512", MNV_ISA_AVX512, -1, mnv_vec_avx512},
+    {"avx2", MNV_ISA_AVX2, -1, mnv_vec_avx2},
+#endif
+    {"scalar", MNV_ISA_SCALAR, -1, vec_scalar},
+};
+enum { N_IMPLS = sizeof impls / sizeof impls[0] };
+
+/* Detection is done once, thread-safely, in cpu_isa.c: a few loads per call. */
 const mnv_vec_ops *mnv_vec(void) {
-    const mnv_vec_ops *v = NULL;
-    if (mnv__isa_ok(MNV_ISA_AVX512)) v = mnv_vec_avx512();
-    if (!v && mnv__isa_ok(MNV_ISA_AVX2)) v = mnv_vec_avx2();
-    return v ? v : &vec_c;
+    for (int i = 0; i < N_IMPLS; i++) {
+        const vec_impl *v = &impls[i];
+        if (mnv__isa_ok(v->isa) && (v->feat < 0 || mnv__cpu_has((mnv_cpu_feat)v->feat))) {
+            const mnv_vec_ops *ops = v->get();
+            if (ops) return ops;
+        }
+    }
+    return &vec_c;
 }
 
 #if !defined(__x86_64__)
