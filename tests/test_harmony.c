@@ -776,6 +776,45 @@ static void test_parser_header_limit(void) {
     free(text);
 }
 
+/* A character whose bytes straddle the header limit stays whole: it moves to
+ * the content with the bytes that follow it, however the text arrives. */
+static void test_parser_header_limit_utf8(void) {
+    for (size_t width = 2; width <= 4; width++) {
+        static const char *const CH[] = {"", "", "\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80"};
+        char text[400];
+        size_t n = 0;
+        /* words, then a constrain marker and a blank, so that the lead byte
+         * (byte 257, one past the limit) would begin a header word of its own */
+        static const char TAIL[] = " <|constrain|> ";
+        memset(text, 'x', 256 - (sizeof TAIL - 1));
+        memcpy(text + 256 - (sizeof TAIL - 1), TAIL, sizeof TAIL - 1);
+        n = 256;
+        memcpy(text + n, CH[width], width);
+        n += width;
+        memcpy(text + n, " tail<|end|>", 12);
+        n += 12;
+        static const size_t PIECE[] = {0, 1, 2, 3, 100};
+        for (size_t k = 0; k < sizeof PIECE / sizeof *PIECE; k++) {
+            collector col;
+            mnv_chat_parser *p = parse_pieces(text, n, 1, PIECE[k], &col);
+            mnv_chat_message m;
+            const bool one = mnv_chat_parser_n_messages(p) == 1 && mnv_chat_parser_message(p, 0, &m, NULL) == MNV_OK;
+            CHECKF(one, "a %zu-byte character at the header limit, pieces of up to %zu: one message", width,
+                   PIECE[k]);
+            if (one) {
+                char want[16];
+                snprintf(want, sizeof want, "%s tail", CH[width]);
+                CHECKF(m.content_len >= strlen(want) &&
+                           memcmp(m.content + m.content_len - strlen(want), want, strlen(want)) == 0,
+                       "a %zu-byte character at the header limit, pieces of up to %zu: content ends with it whole",
+                       width, PIECE[k]);
+            }
+            CHECK(col.deltas_match && !col.nested);
+            mnv_chat_parser_free(p);
+        }
+    }
+}
+
 /* Every text fixture parses to the same messages whole and in random pieces. */
 static void test_parser_fixtures_chunked(void) {
     static const char *const NAMES[] = {
@@ -1307,6 +1346,7 @@ int main(void) {
     test_parser_malformed();
     test_fuzz_text();
     test_parser_header_limit();
+    test_parser_header_limit_utf8();
     test_parser_fixtures_chunked();
     test_with_tokenizer();
     return t_done();

@@ -330,12 +330,25 @@ static void header_as_message(mnv_chat_parser *p, mnv_chat_end end) {
  * character that may still complete is decoded early). Called after every
  * byte that can change the outcome (see on_text), so the point where the
  * limit applies does not depend on how the text was split into pieces. */
+/* The length of h[0, n) without a trailing UTF-8 sequence that is still
+ * incomplete (its lead byte and the continuation bytes seen so far). */
+static size_t complete_utf8_prefix(const char *h, size_t n) {
+    size_t i = n, k = 0;
+    while (i > 0 && k < 3 && ((unsigned char)h[i - 1] & 0xC0) == 0x80) i--, k++;
+    if (i == 0) return n;
+    const unsigned char lead = (unsigned char)h[i - 1];
+    const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+    return need > 1 && k + 1 < need ? i - 1 : n;
+}
+
 static void maybe_headerless(mnv_chat_parser *p) {
     const char *h = p->header.p;
     size_t n = p->header.len, cut = n;
     bool force = n > MAX_HEADER;
     if (p->header.oom || (!force && !p->header_nl)) return;
-    if (!force) {
+    if (force) {
+        cut = complete_utf8_prefix(h, n); /* a character cut in two stays whole in the content */
+    } else {
         while (cut > 0 && !is_ws(h[cut - 1])) cut--;
         if (cut == 0) return;
     }
