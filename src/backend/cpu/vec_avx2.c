@@ -2,14 +2,9 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "backend/cpu/exp_avx2.h"
+#include "backend/cpu/ops.h"
 #include "backend/cpu/vec.h"
-
-static float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static float dot(const float *a, const float *b, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -18,7 +13,7 @@ static float dot(const float *a, const float *b, int64_t n) {
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
     }
-    float r = hsum(_mm256_add_ps(s0, s1));
+    float r = hsum256(_mm256_add_ps(s0, s1));
     for (; i < n; i++) r += a[i] * b[i];
     return r;
 }
@@ -53,9 +48,16 @@ static double sumsq(const float *x, int64_t n) {
 }
 
 static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        __m256 sv = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(sv, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, NULL};
+static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx2};
 const mnv_vec_ops *mnv_vec_avx2(void) { return &ops; }
 #endif
