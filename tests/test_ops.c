@@ -319,6 +319,40 @@ static void test_attention_kernel(mnv_dtype dt) {
     free(kf), free(vf), free(q), free(sinks), free(want), free(got), free(kc), free(vc);
 }
 
+/* Row conversion between f32 and f16/bf16 (KV cache writes, embedding rows)
+ * on every level the host has, bit for bit against the portable conversion
+ * (round to nearest even) at random lengths and values of every magnitude:
+ * f16 subnormals and overflow, infinities, and NaN for bf16 (an f16 NaN's
+ * payload may differ, so f16 inputs are non-NaN). */
+static void test_convert(void) {
+    int64_t n = t_randint(0, 300);
+    float *x = malloc(4 * (size_t)n + 4), *y = malloc(4 * (size_t)n + 4), *yr = malloc(4 * (size_t)n + 4);
+    uint16_t *h = malloc(2 * (size_t)n + 2), *hr = malloc(2 * (size_t)n + 2);
+    static const mnv_dtype half[2] = {MNV_DTYPE_F16, MNV_DTYPE_BF16};
+    for (int d = 0; d < 2; d++) {
+        for (int64_t i = 0; i < n; i++) {
+            x[i] = t_randf() * powf(2.0f, (float)t_randint(-30, 20));
+            if (t_randint(0, 40) == 0) x[i] = t_randint(0, 1) ? INFINITY : -INFINITY;
+            if (d == 1 && t_randint(0, 40) == 0) x[i] = NAN;
+        }
+        mnv__isa_set_cap(MNV_ISA_SCALAR);
+        mnv_cpu_convert(x, MNV_DTYPE_F32, hr, half[d], n);
+        mnv_cpu_convert(hr, half[d], yr, MNV_DTYPE_F32, n);
+        for (int lv = MNV_ISA_AVX2; lv <= MNV_ISA_AVX512; lv++) {
+            if (!mnv__isa_host((mnv_isa)lv)) continue;
+            mnv__isa_set_cap((mnv_isa)lv);
+            memset(h, 0xaa, 2 * (size_t)n), memset(y, 0xaa, 4 * (size_t)n);
+            mnv_cpu_convert(x, MNV_DTYPE_F32, h, half[d], n);
+            mnv_cpu_convert(hr, half[d], y, MNV_DTYPE_F32, n);
+            CHECKF(memcmp(h, hr, 2 * (size_t)n) == 0 && memcmp(y, yr, 4 * (size_t)n) == 0,
+                   "convert f32 <-> %s n=%lld on %s: not bit-exact", mnv_dtype_name(half[d]), (long long)n,
+                   mnv__isa_name((mnv_isa)lv));
+        }
+    }
+    mnv__isa_set_cap(MNV_ISA_COUNT);
+    free(x), free(y), free(yr), free(h), free(hr);
+}
+
 /* The planner reuses memory: a long chain needs far less than its total. */
 static void test_planner_reuse(void) {
     int64_t sh[2] = {16, 256};
@@ -364,6 +398,7 @@ int main(void) {
         mnv_backend_free(be);
     }
     for (int rep = 0; rep < 30; rep++) {
+        test_convert();
         test_attention_kernel(MNV_DTYPE_F32);
         test_attention_kernel(MNV_DTYPE_F16);
         test_attention_kernel(MNV_DTYPE_BF16);

@@ -65,6 +65,6 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     }
 }
 
-static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx512};
+static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx512, NULL};
 const mnv_vec_ops *mnv_vec_avx512(void) { return &ops; }
 #endif
