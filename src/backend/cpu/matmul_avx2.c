@@ -150,13 +150,16 @@ INLINE void run_packed(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dty
             const int64_t jb1 = MNV_MIN(n1, jb + NC);
             for (int64_t j0 = jb; j0 < jb1; j0 += NR)
                 pack_panel(a, t, j0, k0, kc, panels + (j0 - jb) * kc);
-            for (int64_t i0 = 0; i0 < a->m; i0 += MR) {
+            for (int64_t i0 = 0, R; i0 < a->m; i0 += R) {
+                /* 6 rows, but 7 or 8 as 4 + 3..4 and 1..2 as 2: at least 8
+                 * independent sums wherever m allows, to hide FMA latency */
                 const int64_t rows = a->m - i0;
+                R = rows > 8 || rows == 5 || rows == 6 ? MR : rows > 2 ? 4 : 2;
                 for (int64_t j0 = jb; j0 < jb1; j0 += NR) {
                     const float *p = panels + (j0 - jb) * kc;
                     const int64_t cols = MNV_MIN(NR, jb1 - j0);
-                    if (rows > 4) micro_tile(a, MR, i0, rows, j0, cols, k0, kc, p, k0 > 0);
-                    else if (rows > 2) micro_tile(a, 4, i0, rows, j0, cols, k0, kc, p, k0 > 0);
+                    if (R == MR) micro_tile(a, MR, i0, rows, j0, cols, k0, kc, p, k0 > 0);
+                    else if (R == 4) micro_tile(a, 4, i0, rows, j0, cols, k0, kc, p, k0 > 0);
                     else micro_tile(a, 2, i0, rows, j0, cols, k0, kc, p, k0 > 0);
                 }
             }
