@@ -1,12 +1,13 @@
 /* y = x * W^T with AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c).
  *
- * The same plan as matmul_avx512.c with 8-lane vectors and 16 registers:
- * register tiles of R x-rows by C W-rows in dot-product form (R*C partial
- * sums while both operands stream along k, then a horizontal reduction),
- * f32 math for every weight type (F16 through F16C, BF16 widened by a
- * shift), blocks of k and of W rows sized for L1 and L2, and for small m
- * (decode) each W row streamed once, front to back, as one of 4 sequential
- * streams. k tails shorter than a vector are summed in scalar code. */
+ * Prefill (m > 4): for each block of k (up to KC) and of NC W rows, the W
+ * rows are converted once into f32 panels of 16 rows, k-major (F16 through
+ * F16C, BF16 widened by a shift, an 8 x 8 transpose per step); then every
+ * 6 rows of x run over each panel as an outer product: 6 x 16 sums in 12
+ * registers, 2 panel loads and 6 broadcasts of x per k, so FMAs, not loads,
+ * bound the loop. The x rows (6 x KC) stay in L1, the panels (NC x KC) in
+ * L2. Decode (m <= 4): each W row streamed once, front to back, as one of 4
+ * sequential streams, in dot-product form with f32 math. */
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
@@ -16,10 +17,19 @@
 #define INLINE static inline __attribute__((always_inline))
 
 enum {
-    MAXR = 4,              /* x rows per tile */
-    MAXC = 3,              /* W rows per tile: 4x3 sums + 3 W + 1 x = 16 registers */
-    L2_BLOCK = 256 * 1024, /* bytes of W per block kept in L2 */
+    MAXR = 4,  /* decode: x rows (m <= 4) */
+    MR = 6,    /* prefill tile: x rows ... */
+    NR = 16,   /* ... by W rows: 6 x 2 accumulators + 2 W + 1 x = 15 registers */
+    KC = 512,  /* k per packed block: an MR x KC slice of x stays in L1 */
+    NC = 64,   /* W rows per packed block: NC x KC f32 (128 KiB) stays in L2 */
 };
+
+/* k block: the largest multiple of step <= kc_max that splits k evenly. */
+static int64_t pick_kc(int64_t k, int64_t kc_max, int64_t step) {
+    int64_t nb = (k + kc_max - 1) / kc_max;
+    int64_t kc = (k + nb - 1) / nb;
+    return (kc + step - 1) / step * step;
+}
 
 /* 8 weights of a row from element kk, widened to f32. */
 INLINE __m256 load_w8(const void *row, int64_t kk, mnv_dtype t) {
@@ -41,83 +51,116 @@ INLINE __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
     return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
-typedef struct {
-    const float *x[MAXR];
-    const void *w[MAXC];
-} tile_rows;
+/* ---- prefill: packed f32 panels, outer-product register tiles -------------- */
 
-/* out[i] lane j = sum over k in [k0, k1) of x_i[k] * w_j[k], for an R x C tile. */
-INLINE void tile_dot(int R, int C, mnv_dtype t, const tile_rows *p, int64_t k0, int64_t k1,
-                     __m128 out[MAXR]) {
-    __m256 acc[MAXR][MAXC];
+/* In place: rows r[0..7] become the columns of the 8 x 8 block. */
+INLINE void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+/* Panel of NR W rows from j0 (rows past n are zeros) over k in [k0, k0+kc),
+ * as f32, k-major: p[kk * NR + r] = W[j0 + r][k0 + kk]. */
+INLINE void pack_panel(const mnv_matmul_args *a, mnv_dtype t, int64_t j0, int64_t k0, int64_t kc,
+                       float *p) {
+    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, rows = MNV_MIN(NR, a->n - j0);
+    const void *w[NR];
+    for (int r = 0; r < NR; r++)
+        w[r] = (const char *)a->w + ((j0 + MNV_MIN(r, rows - 1)) * a->ldw + k0) * wsize;
+    int64_t kk = 0;
+    if (rows == NR)
+        for (; kk + 8 <= kc; kk += 8)
+            for (int h = 0; h < NR; h += 8) {
+                __m256 v[8];
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) v[r] = load_w8(w[h + r], kk, t);
+                transpose8(v);
+#pragma GCC unroll 8
+                for (int q = 0; q < 8; q++) _mm256_store_ps(p + (kk + q) * NR + h, v[q]);
+            }
+    for (; kk < kc; kk++)
+        for (int r = 0; r < NR; r++) p[kk * NR + r] = r < rows ? load_w1(w[r], kk, t) : 0.0f;
+}
+
+/* y[i0.., j0..] (+)= x[i0..i0+R) . panel over kc, an R x NR tile (R <= MR)
+ * in 2 R accumulators; rows past `rows`, columns past `cols` are not stored. */
+INLINE void micro_tile(const mnv_matmul_args *a, int R, int64_t i0, int64_t rows, int64_t j0,
+                       int64_t cols, int64_t k0, int64_t kc, const float *p, bool accumulate) {
+    const float *x[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) x[i] = a->x + MNV_MIN(i0 + i, a->m - 1) * a->ldx + k0;
+    __m256 acc[MR][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
 #pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int j = 0; j < C; j++) acc[i][j] = _mm256_setzero_ps();
-    int64_t kk = k0;
-    for (; kk + 8 <= k1; kk += 8) {
-        __m256 wv[MAXC];
-#pragma GCC unroll 4
-        for (int j = 0; j < C; j++) wv[j] = load_w8(p->w[j], kk, t);
-#pragma GCC unroll 4
+    for (int64_t kk = 0; kk < kc; kk++) {
+        __m256 b0 = _mm256_load_ps(p + kk * NR), b1 = _mm256_load_ps(p + kk * NR + 8);
+#pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
-            __m256 xv = _mm256_loadu_ps(p->x[i] + kk);
-            __asm__("" : "+x"(xv)); /* one load per x row, not one per FMA */
-#pragma GCC unroll 4
-            for (int j = 0; j < C; j++) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+            __m256 xv = _mm256_broadcast_ss(x[i] + kk);
+            acc[i][0] = _mm256_fmadd_ps(xv, b0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(xv, b1, acc[i][1]);
         }
     }
-    float tail[MAXR][4] = {{0}};
-    for (; kk < k1; kk++)
-        for (int i = 0; i < R; i++)
-            for (int j = 0; j < C; j++) tail[i][j] += p->x[i][kk] * load_w1(p->w[j], kk, t);
-    const __m256 z = _mm256_setzero_ps();
-#pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-        out[i] = _mm_add_ps(hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z, z),
-                            _mm_loadu_ps(tail[i]));
-}
-
-/* Write (or add, for later k blocks) the valid rows x cols corner of a tile. */
-INLINE void tile_store(const mnv_matmul_args *a, int R, int64_t i0, int64_t j0, int64_t rows,
-                       int64_t cols, const __m128 out[MAXR], bool accumulate) {
-#pragma GCC unroll 4
+    if (rows >= R && cols == NR) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; i++) {
+            float *y = a->y + (i0 + i) * a->ldy + j0;
+            if (accumulate) {
+                acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(y));
+                acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(y + 8));
+            }
+            _mm256_storeu_ps(y, acc[i][0]);
+            _mm256_storeu_ps(y + 8, acc[i][1]);
+        }
+        return;
+    }
+    float v[MR][NR]; /* a corner tile: through memory (constant indices keep acc in registers) */
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
-        if (i >= rows) break;
-        float *y = a->y + (i0 + i) * a->ldy + j0, v[4];
-        _mm_storeu_ps(v, out[i]);
-        for (int j = 0; j < cols; j++) y[j] = accumulate ? y[j] + v[j] : v[j];
+        _mm256_storeu_ps(v[i], acc[i][0]);
+        _mm256_storeu_ps(v[i] + 8, acc[i][1]);
+    }
+    for (int i = 0; i < R && i < rows; i++) {
+        float *y = a->y + (i0 + i) * a->ldy + j0;
+        for (int64_t j = 0; j < cols; j++) y[j] = accumulate ? y[j] + v[i][j] : v[i][j];
     }
 }
 
-/* k block: the largest multiple of step <= kc_max that splits k evenly. */
-static int64_t pick_kc(int64_t k, int64_t kc_max, int64_t step) {
-    int64_t nb = (k + kc_max - 1) / kc_max;
-    int64_t kc = (k + nb - 1) / nb;
-    return (kc + step - 1) / step * step;
-}
-
-/* Rows [n0, n1) of y, blocked as in matmul_avx512.c. */
-INLINE void run_tiles(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t, int R,
-                      int C, int64_t kc_max) {
-    const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2;
-    const int64_t kc = pick_kc(a->k, kc_max, 8);
-    const int64_t nc = MNV_MAX(C, L2_BLOCK / (kc * wsize) / C * C);
-    for (int64_t k0 = 0; k0 < a->k; k0 += kc) {
-        const int64_t k1 = MNV_MIN(a->k, k0 + kc);
-        for (int64_t nb = n0; nb < n1; nb += nc) {
-            const int64_t nb1 = MNV_MIN(n1, nb + nc);
-            for (int64_t i0 = 0; i0 < a->m; i0 += R) {
-                tile_rows p;
-#pragma GCC unroll 4
-                for (int i = 0; i < R; i++) p.x[i] = a->x + MNV_MIN(i0 + i, a->m - 1) * a->ldx;
-                for (int64_t j0 = nb; j0 < nb1; j0 += C) {
-#pragma GCC unroll 4
-                    for (int j = 0; j < C; j++)
-                        p.w[j] = (const char *)a->w + MNV_MIN(j0 + j, nb1 - 1) * a->ldw * wsize;
-                    __m128 out[MAXR];
-                    tile_dot(R, C, t, &p, k0, k1, out);
-                    tile_store(a, R, i0, j0, a->m - i0, MNV_MIN(C, nb1 - j0), out, k0 > 0);
+/* Rows [n0, n1) of y: for each k block and block of NC W rows, the rows are
+ * packed once into f32 panels (on the stack, in L1/L2), then every MR rows
+ * of x run over every panel: the x rows stay in L1, each panel streams from
+ * L2, and a bf16 or f16 weight is converted once per product. */
+INLINE void run_packed(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t) {
+    _Alignas(32) float panels[NC * KC];
+    const int64_t kc_max = pick_kc(a->k, KC, 8);
+    for (int64_t k0 = 0; k0 < a->k; k0 += kc_max) {
+        const int64_t kc = MNV_MIN(kc_max, a->k - k0);
+        for (int64_t jb = n0; jb < n1; jb += NC) {
+            const int64_t jb1 = MNV_MIN(n1, jb + NC);
+            for (int64_t j0 = jb; j0 < jb1; j0 += NR)
+                pack_panel(a, t, j0, k0, kc, panels + (j0 - jb) * kc);
+            for (int64_t i0 = 0, R; i0 < a->m; i0 += R) {
+                /* 6 rows, but 7 or 8 as 4 + 3..4 and 1..2 as 2: at least 8
+                 * independent sums wherever m allows, to hide FMA latency */
+                const int64_t rows = a->m - i0;
+                R = rows > 8 || rows == 5 || rows == 6 ? MR : rows > 2 ? 4 : 2;
+                for (int64_t j0 = jb; j0 < jb1; j0 += NR) {
+                    const float *p = panels + (j0 - jb) * kc;
+                    const int64_t cols = MNV_MIN(NR, jb1 - j0);
+                    if (R == MR) micro_tile(a, MR, i0, rows, j0, cols, k0, kc, p, k0 > 0);
+                    else if (R == 4) micro_tile(a, 4, i0, rows, j0, cols, k0, kc, p, k0 > 0);
+                    else micro_tile(a, 2, i0, rows, j0, cols, k0, kc, p, k0 > 0);
                 }
             }
         }
@@ -192,7 +235,7 @@ INLINE void run_type(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype
     case 2: run_rows(a, n0, n1, t, 2, 4); break;
     case 3: run_rows(a, n0, n1, t, 3, 3); break;
     case 4: run_rows(a, n0, n1, t, 4, 2); break;
-    default: run_tiles(a, n0, n1, t, 4, 3, 512); break;
+    default: run_packed(a, n0, n1, t); break;
     }
 }
 

@@ -18,6 +18,8 @@ void mnv_cpu_convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int
         memcpy(dst, src, (size_t)n * mnv_dtype_size(st));
         return;
     }
+    const mnv_vec_ops *v = mnv_vec();
+    if (v->convert && v->convert(src, st, dst, dt, n)) return;
     for (int64_t i = 0; i < n; i++) {
         float v = mnv_cpu_load(src, st, i);
         switch (dt) {

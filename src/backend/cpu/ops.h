@@ -57,6 +57,9 @@ typedef struct mnv_attn_args {
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
 /* The AVX-512 kernel for f32 caches (false: not applicable, nothing written). */
 bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1);
+/* The AVX2 kernel for f32, f16 and bf16 caches, head_dim <= 256, at most 16
+ * query heads per KV head (false: not applicable, nothing written). */
+bool mnv__attention_avx2(const mnv_attn_args *a, int64_t i0, int64_t i1);
 
 #endif
 

@@ -33,7 +33,7 @@ static void silu_mul_c(const float *g, const float *u, float *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c, silu_mul_c, NULL};
+static const mnv_vec_ops vec_c = {"scalar", dot_c, axpy_c, scale_c, sumsq_c, silu_mul_c, NULL, NULL};
 static const mnv_vec_ops *vec_scalar(void) { return &vec_c; }
 
 typedef struct {

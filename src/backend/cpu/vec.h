@@ -22,6 +22,9 @@ typedef struct {
     /* attention over (token, KV head) items [i0, i1); NULL, or false when the
      * shape is not covered: the portable kernel runs instead */
     bool (*attention)(const struct mnv_attn_args *a, int64_t i0, int64_t i1);
+    /* n elements between float dtypes (KV cache rows, embedding rows); NULL,
+     * or false for a pair not covered: the portable loop runs instead */
+    bool (*convert)(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n);
 } mnv_vec_ops;
 
 const mnv_vec_ops *mnv_vec(void);

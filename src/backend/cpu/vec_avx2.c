@@ -2,14 +2,9 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "backend/cpu/exp_avx2.h"
+#include "backend/cpu/ops.h"
 #include "backend/cpu/vec.h"
-
-static float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static float dot(const float *a, const float *b, int64_t n) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
@@ -18,7 +13,7 @@ static float dot(const float *a, const float *b, int64_t n) {
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
     }
-    float r = hsum(_mm256_add_ps(s0, s1));
+    float r = hsum256(_mm256_add_ps(s0, s1));
     for (; i < n; i++) r += a[i] * b[i];
     return r;
 }
@@ -53,9 +48,67 @@ static double sumsq(const float *x, int64_t n) {
 }
 
 static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
-    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+        __m256 sv = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(sv, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, NULL};
+/* 8 f32 to bf16, rounded to nearest even, NaN kept NaN (quiet), as
+ * mnv_f32_to_bf16 does; the results are in the low 16 bits of each lane. */
+static inline __m256i bf16_round(__m256 v) {
+    __m256i u = _mm256_castps_si256(v);
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                     _mm256_set1_epi32(0x7f800000));
+    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(r, q, nan);
+}
+
+/* f32 <-> f16 (F16C, round to nearest even) and bf16; false for the other
+ * pairs (the portable loop runs). NaN stays NaN, though an f16 NaN's payload
+ * may differ from the portable conversion's. */
+static bool convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n) {
+    int64_t i = 0;
+    if (st == MNV_DTYPE_F32 && dt == MNV_DTYPE_F16) {
+        const float *x = src;
+        uint16_t *y = dst;
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128((__m128i *)(y + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (; i < n; i++) y[i] = mnv_f32_to_f16(x[i]);
+    } else if (st == MNV_DTYPE_F32 && dt == MNV_DTYPE_BF16) {
+        const float *x = src;
+        uint16_t *y = dst;
+        for (; i + 16 <= n; i += 16) {
+            __m256i p = _mm256_packus_epi32(bf16_round(_mm256_loadu_ps(x + i)), bf16_round(_mm256_loadu_ps(x + i + 8)));
+            _mm256_storeu_si256((__m256i *)(y + i), _mm256_permute4x64_epi64(p, 0xD8));
+        }
+        for (; i < n; i++) y[i] = mnv_f32_to_bf16(x[i]);
+    } else if (st == MNV_DTYPE_F16 && dt == MNV_DTYPE_F32) {
+        const uint16_t *x = src;
+        float *y = dst;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+        for (; i < n; i++) y[i] = mnv_f16_to_f32(x[i]);
+    } else if (st == MNV_DTYPE_BF16 && dt == MNV_DTYPE_F32) {
+        const uint16_t *x = src;
+        float *y = dst;
+        for (; i + 8 <= n; i += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i)));
+            _mm256_storeu_ps(y + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+        for (; i < n; i++) y[i] = mnv_bf16_to_f32(x[i]);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx2, convert};
 const mnv_vec_ops *mnv_vec_avx2(void) { return &ops; }
 #endif

@@ -65,6 +65,17 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     }
 }
 
-static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx512};
+/* f16 and bf16 caches (and shapes the AVX-512 kernel declines) go to the AVX2
+ * kernel, which this host also runs, rather than to the portable one. */
+static bool attention(const struct mnv_attn_args *a, int64_t i0, int64_t i1) {
+    return mnv__attention_avx512(a, i0, i1) || mnv__attention_avx2(a, i0, i1);
+}
+
+/* Row conversions: the AVX2 ones. */
+static bool convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n) {
+    return mnv_vec_avx2()->convert(src, st, dst, dt, n);
+}
+
+static const mnv_vec_ops ops = {"avx512", dot, axpy, scale, sumsq, silu_mul, attention, convert};
 const mnv_vec_ops *mnv_vec_avx512(void) { return &ops; }
 #endif
