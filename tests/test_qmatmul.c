@@ -245,13 +245,21 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
     pthread_barrier_destroy(&bar);
 }
 
-/* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
- * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
- * prefill (m > 4) when nth > 1 threads have no barrier to share x.) */
+/* Does impl round x to int8 for this call? Without scratch every path is
+ * f32, and so is prefill (m > 4) when nth > 1 threads have no barrier to
+ * share x.
+ *   avx512-vnni (qmatmul_avx512.c): affine (every bit width) and mxfp4.
+ *   avx2-int8 (qmatmul_avx2.c): affine 4 and 8-bit and mxfp4, decode and
+ *     mid-size m up to 10 (4-bit) or 6 (8-bit). */
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
-    if (strcmp(impl, "avx512-vnni") != 0 || !scratch) return false;
+    if (!scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
-    return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
+    if (strcmp(impl, "avx512-vnni") == 0) return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
+    if (strcmp(impl, "avx2-int8") == 0) {
+        const bool fmt = f->mode == MNV_QMODE_MXFP4 || (f->mode == MNV_QMODE_AFFINE && (f->bits == 4 || f->bits == 8));
+        return fmt && m <= (f->bits == 8 ? 6 : 10);
+    }
+    return false;
 }
 
 /* Tolerances:
@@ -276,8 +284,8 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static const char *IMPLS[] = {"avx512-vnni", "avx512", "scalar"};
-enum { N_IMPL = 3 };
+static const char *IMPLS[] = {"avx512-vnni", "avx512", "avx2-int8", "avx2", "scalar"};
+enum { N_IMPL = 5 };
 
 static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nth) {
     problem p;

@@ -1,0 +1,639 @@
+/* y = x * dequant(W)^T with AVX2 + FMA + F16C (compiled with -mavx2 -mfma
+ * -mf16c), for hosts without AVX-512. The numerics are those of
+ * qmatmul_avx512.c; two families, chosen per call:
+ *
+ * int8 (impl "avx2-int8"): affine 4 and 8-bit and mxfp4. Each row of x is
+ *   rounded to int8 with one scale per weight group (dx = max|x|/127 over the
+ *   group, codes rint(x/dx)), and
+ *     affine  y = sum_g dx_g * (s_g * sum_j xq_j q_j  +  b_g * sum_j xq_j)
+ *     mxfp4   y = sum_g 2^(e_g-127) * 0.5 * dx_g * (sum_j xq_j u_j - 12 sum_j xq_j)
+ *   with u = 2*e2m1 + 12 in [0, 24] (a vpshufb table). vpmaddubsw multiplies
+ *   unsigned codes by signed x into int16 pairs and vpmaddwd against ones
+ *   widens them to int32. 4-bit codes (at most 24) times |x| <= 127 leave room
+ *   to add up to 4 vpmaddubsw results in int16 before widening. 8-bit codes
+ *   would overflow an int16 pair (2 * 255 * 127), so they are offset to
+ *   signed, q - 128 (the offset folded into the bias term: b + 128 s), and
+ *   multiplied as |q - 128| times x carrying q - 128's sign (vpsignb): a pair
+ *   is then at most 2 * 128 * 127 = 32512. The result is exactly xhat . w for
+ *   xhat_j = dx_g * xq_j, up to f32 rounding of the sums (error analysis in
+ *   qmatmul_avx512.c).
+ *
+ * f32 (impl "avx2", and the other formats under "avx2-int8"): weights are
+ *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
+ *   times the scale, exact) and multiplied in f32.
+ *
+ * Decode (m <= 4) streams each W row once, front to back (threads split n
+ * into contiguous chunks). Mid-size m (int8) runs the decode kernel on up to 4
+ * rows of x per pass over 16-row blocks of W, so W comes from memory once.
+ * Prefill packs panels of W (int8: codes as [k/2][rows][2] bytes for
+ * vpmaddubsw against a broadcast pair of x codes; f32: [k][16] floats) into a
+ * thread-private scratch panel and runs a register tile over all rows of x. */
+#if defined(__x86_64__) || defined(_M_X64)
+
+#include <immintrin.h>
+#include <math.h>
+
+#include "backend/cpu/qmatmul.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum { MAXR = 4 };
+
+typedef struct {
+    int bits, G;     /* bits per code, group size */
+    bool fp4;        /* mxfp4 */
+    mnv_dtype sdt;   /* scale dtype; U8 = E8M0 (E4M3 for nvfp4) */
+    int64_t ss;      /* bytes per scale */
+} qdesc;
+
+static qdesc describe(const mnv_qformat *f) {
+    qdesc d = {.bits = f->bits, .G = f->group_size, .fp4 = f->mode == MNV_QMODE_MXFP4};
+    d.sdt = f->mode == MNV_QMODE_AFFINE ? f->scale_dtype : MNV_DTYPE_U8;
+    d.ss = (int64_t)mnv_dtype_size(d.sdt);
+    return d;
+}
+
+static uint8_t *align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
+INLINE const uint8_t *wrow(const mnv_qmatmul_args *a, int64_t j) { return (const uint8_t *)(a->w + j * a->ldw); }
+INLINE const void *srow(const mnv_qmatmul_args *a, const qdesc *d, int64_t j) {
+    return (const char *)a->scales + j * a->lds * d->ss;
+}
+INLINE const void *brow(const mnv_qmatmul_args *a, const qdesc *d, int64_t j) {
+    return a->biases ? (const char *)a->biases + j * a->lds * d->ss : NULL;
+}
+
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+INLINE float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+INLINE int32_t hsum8i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+/* 16 bytes into the low half of a vector, the high half zero. */
+INLINE __m256i load_lo128(const void *p) {
+    return _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)p), 0);
+}
+
+/* ---- scales -------------------------------------------------------------------- */
+
+INLINE float scale_at(mnv_dtype t, const void *s, int64_t g) {
+    switch (t) {
+    case MNV_DTYPE_F32: return ((const float *)s)[g];
+    case MNV_DTYPE_F16: return _cvtsh_ss(((const uint16_t *)s)[g]);
+    case MNV_DTYPE_BF16: return mnv_bf16_to_f32(((const uint16_t *)s)[g]);
+    default: { /* E8M0 */
+        const uint32_t e = ((const uint8_t *)s)[g];
+        return _mm_cvtss_f32(_mm_castsi128_ps(_mm_cvtsi32_si128((int)(e ? e << 23 : 0x00400000u))));
+    }
+    }
+}
+
+/* Scales g .. g+n-1 (n <= 8) of a row as f32, lanes from n on 0. */
+INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
+    if (n < 8) {
+        _Alignas(32) float tmp[8] = {0};
+        for (int64_t i = 0; i < n; i++) tmp[i] = scale_at(t, s, g + i);
+        return _mm256_load_ps(tmp);
+    }
+    switch (t) {
+    case MNV_DTYPE_F32: return _mm256_loadu_ps((const float *)s + g);
+    case MNV_DTYPE_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)s + g)));
+    case MNV_DTYPE_BF16:
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)s + g))), 16));
+    default: { /* E8M0: e << 23, e = 0 -> 2^-127 */
+        const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)s + g)));
+        const __m256i z = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
+        return _mm256_castsi256_ps(_mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), z));
+    }
+    }
+}
+
+/* ---- 8 x 8 transpose of 32-bit elements ------------------------------------------ */
+
+/* dst row c (c < 8) = element c of src rows 0..7; strides in bytes. */
+INLINE void transpose8(const void *src, int64_t ss, void *dst, int64_t ds) {
+    __m256 r[8], t[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps((const float *)((const char *)src + i * ss));
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int q = 0; q < 2; q++) { /* r[4q+e], lane h: rows 4q..4q+3 of column 4h+e */
+        r[4 * q + 0] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
+        r[4 * q + 1] = _mm256_shuffle_ps(t[4 * q], t[4 * q + 2], 0xEE);
+        r[4 * q + 2] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
+        r[4 * q + 3] = _mm256_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
+    }
+    char *o = dst;
+    for (int e = 0; e < 4; e++) {
+        _mm256_storeu_ps((float *)(o + e * ds), _mm256_permute2f128_ps(r[e], r[4 + e], 0x20));
+        _mm256_storeu_ps((float *)(o + (4 + e) * ds), _mm256_permute2f128_ps(r[e], r[4 + e], 0x31));
+    }
+}
+
+/* ---- activations rounded to int8 ----------------------------------------------------- */
+
+/* One row of prepared x: int8 codes (kpad bytes), then per group dx and the
+ * second term's factor (affine: dx * sum of codes, the bias's weight;
+ * mxfp4: -6 * dx * sum of codes), each zero-padded to a multiple of 8 groups
+ * (the layout of mnv__qx_row_bytes). */
+typedef struct {
+    int8_t *q;
+    float *dx, *xs2;
+} xrow;
+
+INLINE int64_t kpad128(int64_t k) { return (k + 127) / 128 * 128; }
+
+static xrow xrow_at(uint8_t *base, int64_t k, int64_t i) {
+    const int64_t kp = kpad128(k);
+    uint8_t *p = base + (size_t)i * mnv__qx_row_bytes(k);
+    const size_t gb = ((size_t)kp / 16 * 4 + 63) / 64 * 64;
+    return (xrow){(int8_t *)p, (float *)(p + kp), (float *)(p + kp + gb)};
+}
+
+/* 4-bit decode order: within each 64-element chunk the 32 even elements, then
+ * the 32 odd ones (byte b of 32 W bytes holds element 2b low, 2b+1 high). */
+INLINE void deinterleave64(int8_t *p) {
+    const __m256i sh = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+    /* per 16 bytes: 8 evens then 8 odds; then qwords to [evens | odds] */
+    const __m256i a = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)p), sh), 0xD8);
+    const __m256i b =
+        _mm256_permute4x64_epi64(_mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(p + 32)), sh), 0xD8);
+    _mm256_storeu_si256((__m256i *)p, _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* Groups must be multiples of 32 elements. */
+static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xrow r) {
+    const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = kpad128(k);
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t g = 0; g < ng; g++) {
+        const float *xg = x + g * G;
+        __m256 amax = _mm256_setzero_ps();
+        for (int64_t t = 0; t < G; t += 8) amax = _mm256_max_ps(amax, _mm256_and_ps(absm, _mm256_loadu_ps(xg + t)));
+        const float am = hmax8(amax), dx = am / 127.0f;
+        const __m256 inv = _mm256_set1_ps(am > 0.0f ? 127.0f / am : 0.0f);
+        __m256i sq = _mm256_setzero_si256();
+        for (int64_t t = 0; t < G; t += 32) { /* round to nearest even */
+            __m256i q[4];
+            for (int u = 0; u < 4; u++) {
+                q[u] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + t + 8 * u), inv));
+                sq = _mm256_add_epi32(sq, q[u]);
+            }
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            _mm256_storeu_si256((__m256i *)(r.q + g * G + t), _mm256_permutevar8x32_epi32(b, order));
+        }
+        const float sumq = (float)hsum8i(sq);
+        r.dx[g] = d->fp4 ? 0.5f * dx : dx;
+        r.xs2[g] = d->fp4 ? -6.0f * dx * sumq : dx * sumq;
+    }
+    for (int64_t g = ng; g < ngp; g++) r.dx[g] = r.xs2[g] = 0.0f;
+    memset(r.q + k, 0, (size_t)(kp - k));
+    if (deint)
+        for (int64_t c = 0; c < kp; c += 64) deinterleave64(r.q + c);
+}
+
+/* ---- decode: int8 ------------------------------------------------------------------ */
+
+/* u = 2*e2m1(c) + 12 for the 16 codes (in both 128-bit lanes, for vpshufb). */
+INLINE __m256i fp4_lut(void) {
+    return _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+}
+
+/* Per window of 8 groups: the per-group factor s * dx of each x row (to sd)
+ * and the bias terms (into facc). 8-bit: bias b + 128 s for codes offset to q - 128. */
+INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
+                          const int R, const bool OFF128, float sd[][8], __m256 *facc) {
+    const __m256 S = load_scales8(sc, d->sdt, g0, n8);
+    __m256 B = d->fp4 ? S : load_scales8(bi, d->sdt, g0, n8);
+    if (OFF128) B = _mm256_fmadd_ps(S, _mm256_set1_ps(128.0f), B);
+    for (int i = 0; i < R; i++) {
+        _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
+        facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
+    }
+}
+
+/* Rows [j0, j1) of y for R prepared rows of x (deinterleaved), 4-bit codes
+ * (affine, or mxfp4 through the table). A 32-byte load holds 64 codes: low
+ * nibbles against the even x, high against the odd; int32 lane l then covers
+ * elements 8l..8l+7 of the 64. */
+INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
+                  const int R, const bool FP4) {
+    const int64_t k = a->k, G = d->G, ng = k / G;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), lut = fp4_lut();
+    xrow xr[MAXR];
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *w = wrow(a, j);
+        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+        __m256 facc[MAXR];
+        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
+        for (int64_t g0 = 0; g0 < ng; g0 += 8) {
+            const int64_t n8 = MNV_MIN(8, ng - g0);
+            _Alignas(32) float sd[MAXR][8];
+            window_scales(d, sc, bi, g0, n8, xr, R, false, sd, facc);
+            if (G == 32) { /* two groups per load: lanes 0-3 and 4-7 */
+                for (int64_t g = 0; g < n8; g += 2) {
+                    const int64_t e = (g0 + g) * 32;
+                    const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w + e / 2))
+                                                  : load_lo128(w + e / 2);
+                    __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+                    if (FP4) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
+                    for (int i = 0; i < R; i++) {
+                        const int8_t *xq = xr[i].q + e;
+                        const __m256i p =
+                            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
+                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
+                        const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(&sd[i][g + 1]), _mm_broadcast_ss(&sd[i][g]));
+                        facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sv, facc[i]);
+                    }
+                }
+                continue;
+            }
+            for (int64_t g = 0; g < n8; g++) { /* G = 64 or 128: int16 sums over the group (<= 4 * 2 * 24 * 127) */
+                const int64_t e = (g0 + g) * G;
+                __m256i p[MAXR];
+                for (int i = 0; i < R; i++) p[i] = _mm256_setzero_si256();
+                for (int64_t c = 0; c < G; c += 64) {
+                    const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (e + c) / 2));
+                    __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+                    if (FP4) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
+                    for (int i = 0; i < R; i++) {
+                        const int8_t *xq = xr[i].q + e + c;
+                        const __m256i pp =
+                            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
+                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
+                        p[i] = _mm256_add_epi16(p[i], pp);
+                    }
+                }
+                for (int i = 0; i < R; i++)
+                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[i], ones)),
+                                              _mm256_broadcast_ss(&sd[i][g]), facc[i]);
+            }
+        }
+        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
+    }
+}
+
+/* The same for 8-bit codes (element order): 32 codes per load, offset to
+ * q - 128 and multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
+INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
+                  const int R) {
+    const int64_t k = a->k, G = d->G, ng = k / G;
+    const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    xrow xr[MAXR];
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *w = wrow(a, j);
+        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+        __m256 facc[MAXR];
+        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
+        for (int64_t g0 = 0; g0 < ng; g0 += 8) {
+            const int64_t n8 = MNV_MIN(8, ng - g0);
+            _Alignas(32) float sd[MAXR][8];
+            window_scales(d, sc, bi, g0, n8, xr, R, true, sd, facc);
+            for (int64_t g = 0; g < n8; g++) {
+                const int64_t e = (g0 + g) * G;
+                __m256i s[MAXR];
+                for (int i = 0; i < R; i++) s[i] = _mm256_setzero_si256();
+                for (int64_t c = 0; c < G; c += 32) {
+                    const __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + e + c)), flip);
+                    const __m256i wa = _mm256_abs_epi8(ws);
+                    for (int i = 0; i < R; i++) {
+                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
+                        const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, ws)), ones);
+                        s[i] = _mm256_add_epi32(s[i], t);
+                    }
+                }
+                for (int i = 0; i < R; i++)
+                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_broadcast_ss(&sd[i][g]), facc[i]);
+            }
+        }
+        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
+    }
+}
+
+typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
+                     int64_t n1);
+static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
+                       int64_t n1) {
+    switch (rows) {
+    case 1: gemv4(a, d, xbase, y, n0, n1, 1, false); break;
+    case 2: gemv4(a, d, xbase, y, n0, n1, 2, false); break;
+    case 3: gemv4(a, d, xbase, y, n0, n1, 3, false); break;
+    default: gemv4(a, d, xbase, y, n0, n1, 4, false); break;
+    }
+}
+static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
+                        int64_t n1) {
+    switch (rows) {
+    case 1: gemv4(a, d, xbase, y, n0, n1, 1, true); break;
+    case 2: gemv4(a, d, xbase, y, n0, n1, 2, true); break;
+    case 3: gemv4(a, d, xbase, y, n0, n1, 3, true); break;
+    default: gemv4(a, d, xbase, y, n0, n1, 4, true); break;
+    }
+}
+static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
+                       int64_t n1) {
+    switch (rows) {
+    case 1: gemv8(a, d, xbase, y, n0, n1, 1); break;
+    case 2: gemv8(a, d, xbase, y, n0, n1, 2); break;
+    case 3: gemv8(a, d, xbase, y, n0, n1, 3); break;
+    default: gemv8(a, d, xbase, y, n0, n1, 4); break;
+    }
+}
+
+static gemv_fn *gemv_for(const qdesc *d) { return d->fp4 ? gemv_i8_fp4 : d->bits == 8 ? gemv_i8_q8 : gemv_i8_q4; }
+
+/* Each thread prepares its own copy of x (m <= 4 rows: cheaper than a barrier). */
+static void i8_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    uint8_t *xbase = align64(a->scratch) + (size_t)ith * (size_t)a->m * mnv__qx_row_bytes(a->k);
+    for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, a->k, d, d->bits == 4, xrow_at(xbase, a->k, i));
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    gemv_for(d)(a, d, xbase, a->y, (int)a->m, n0, n1);
+}
+
+/* Mid-size m: the decode kernel on up to MAXR rows of x at a time, over
+ * blocks of MID_JB rows of W re-read from cache by the later passes (W
+ * streams from memory once, nothing is packed). x is prepared once (threads
+ * share the rows, then a barrier), in the prefill's scratch. */
+enum { MID_JB = 16 };
+
+static void i8_mid(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, xr = (int64_t)mnv__qx_row_bytes(k);
+    uint8_t *xbase = align64(a->scratch);
+    int64_t r0, r1;
+    mnv__qsplit(m, ith, nth, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, d->bits == 4, xrow_at(xbase, k, i));
+    if (nth > 1) a->barrier(a->barrier_ctx);
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    gemv_fn *fn = gemv_for(d);
+    /* passes of equal size: m = 9 as 3 + 3 + 3, not 4 + 4 + 1 */
+    const int64_t npass = (m + MAXR - 1) / MAXR, per = (m + npass - 1) / npass;
+    for (int64_t jb = n0; jb < n1; jb += MID_JB) {
+        const int64_t jb1 = MNV_MIN(n1, jb + MID_JB);
+        for (int64_t i0 = 0; i0 < m; i0 += per)
+            fn(a, d, xbase + i0 * xr, a->y + i0 * a->ldy, (int)MNV_MIN(per, m - i0), jb, jb1);
+    }
+}
+
+/* ---- f32: dequantize, then multiply ------------------------------------------------------- */
+
+/* 8 codes of elements [e, e+8) of a row (e a multiple of 8) as int32;
+ * rowbytes bounds the reads (2, 3, 5, 6 bits read 8 bytes where they can). */
+INLINE __m256i codes8(int bits, const uint8_t *w, int64_t e, int64_t rowbytes) {
+    if (bits == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(w + e)));
+    if (bits == 4) {
+        uint32_t v;
+        memcpy(&v, w + e / 2, 4);
+        const __m128i b = _mm_cvtsi32_si128((int)v), m4 = _mm_set1_epi8(0x0F);
+        return _mm256_cvtepu8_epi32(
+            _mm_unpacklo_epi8(_mm_and_si128(b, m4), _mm_and_si128(_mm_srli_epi16(b, 4), m4)));
+    }
+    const int64_t off = e / 8 * bits;
+    uint64_t v = 0;
+    if (off + 8 <= rowbytes) memcpy(&v, w + off, 8);
+    else
+        for (int i = 0; i < bits; i++) v |= (uint64_t)w[off + i] << (8 * i);
+    const __m256i V = _mm256_set1_epi64x((long long)v);
+    const __m256i a = _mm256_srlv_epi64(V, _mm256_setr_epi64x(0, bits, 2 * bits, 3 * bits));
+    const __m256i b = _mm256_srlv_epi64(V, _mm256_setr_epi64x(4 * bits, 5 * bits, 6 * bits, 7 * bits));
+    /* dwords c0 c4 c1 c5 c2 c6 c3 c7, then in order */
+    const __m256i c = _mm256_blend_epi32(a, _mm256_slli_epi64(b, 32), 0xAA);
+    return _mm256_and_si256(_mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)),
+                            _mm256_set1_epi32((1 << bits) - 1));
+}
+
+/* FP8 E4M3 codes to f32: the 7 magnitude bits placed under an f32 exponent
+ * bias of 127 - 7 = 120 (subnormals come out right as f32 denormals scaled
+ * by 2^120; the host runs without flush-to-zero), 0x7f NaN, then the sign. */
+INLINE __m256 e4m3_8(__m256i c) {
+    const __m256i em = _mm256_and_si256(c, _mm256_set1_epi32(0x7f));
+    __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(em, 20)), _mm256_set1_ps(0x1p120f));
+    f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f))));
+    return _mm256_castsi256_ps(_mm256_or_si256(
+        _mm256_castps_si256(f), _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24)));
+}
+
+/* Scale and bias of group g of a row, as f32 (nvfp4: e4m3 * global). */
+INLINE void group_sb(const mnv_qmatmul_args *a, const qdesc *d, const void *sc, const void *bi, int64_t g, float *s,
+                     float *b) {
+    if (a->fmt.mode == MNV_QMODE_NVFP4) *s = mnv_e4m3_to_f32(((const uint8_t *)sc)[g]) * a->global_scale;
+    else *s = scale_at(d->sdt, sc, g);
+    *b = a->fmt.mode == MNV_QMODE_AFFINE ? scale_at(d->sdt, bi, g) : 0.0f;
+}
+
+/* 8 weights from their codes: affine fma(q, s, b); e2m1 and e4m3 times s. */
+INLINE __m256 weights8(mnv_qmode mode, __m256i q, __m256 s, __m256 b) {
+    switch (mode) {
+    case MNV_QMODE_AFFINE: return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s, b);
+    case MNV_QMODE_MXFP8: return _mm256_mul_ps(e4m3_8(q), s);
+    default: { /* e2m1: magnitude from the low 3 bits, sign from bit 3 */
+        const __m256 lut = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+        const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(q, _mm256_set1_epi32(8)), 28);
+        const __m256 v = _mm256_or_ps(_mm256_permutevar8x32_ps(lut, q), _mm256_castsi256_ps(sign));
+        return _mm256_mul_ps(v, s);
+    }
+    }
+}
+
+/* Groups [g0, g0+ngr) of row j as f32. */
+static void deq_f32(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t g0, int64_t ngr, float *out) {
+    const uint8_t *w = wrow(a, j);
+    const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+    const int64_t G = d->G, rb = a->k * d->bits / 8;
+    const mnv_qmode mode = a->fmt.mode;
+    for (int64_t g = g0; g < g0 + ngr; g++, out += G) {
+        float s, b;
+        group_sb(a, d, sc, bi, g, &s, &b);
+        const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
+        for (int64_t t = 0; t < G; t += 8)
+            _mm256_storeu_ps(out + t, weights8(mode, codes8(d->bits, w, g * G + t, rb), sv, bv));
+    }
+}
+
+/* Rows [j0, j1) for R (<= 4) rows of x from xs (row stride ldx) into y (ldy):
+ * each row's weights formed 16 at a time in registers (groups are multiples
+ * of 16) and dotted with the R rows of x (two sums per row of x). */
+INLINE void f32_gemv(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int64_t j0, int64_t j1,
+                     const int R, const mnv_qmode MODE, const int BITS) {
+    const int64_t k = a->k, G = d->G, rb = k * BITS / 8;
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *w = wrow(a, j);
+        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+        __m256 acc[MAXR][2];
+        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t g = 0; g < k / G; g++) {
+            float s, b;
+            group_sb(a, d, sc, bi, g, &s, &b);
+            const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
+            for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
+                const __m256 w0 = weights8(MODE, codes8(BITS, w, e, rb), sv, bv);
+                const __m256 w1 = weights8(MODE, codes8(BITS, w, e + 8, rb), sv, bv);
+                for (int i = 0; i < R; i++) {
+                    const float *x = xs + i * a->ldx + e;
+                    acc[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), w0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), w1, acc[i][1]);
+                }
+            }
+        }
+        for (int i = 0; i < R; i++) ys[i * a->ldy + j] = hsum8(_mm256_add_ps(acc[i][0], acc[i][1]));
+    }
+}
+
+#define F32_GEMV_ROWS(MODE, BITS)                                                                                 \
+    switch (rows) {                                                                                               \
+    case 1: f32_gemv(a, d, xs, ys, n0, n1, 1, MODE, BITS); break;                                                 \
+    case 2: f32_gemv(a, d, xs, ys, n0, n1, 2, MODE, BITS); break;                                                 \
+    case 3: f32_gemv(a, d, xs, ys, n0, n1, 3, MODE, BITS); break;                                                 \
+    default: f32_gemv(a, d, xs, ys, n0, n1, 4, MODE, BITS); break;                                                \
+    }
+typedef void f32_gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows, int64_t n0,
+                         int64_t n1);
+static void f32_gemv_q8(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows, int64_t n0,
+                        int64_t n1) {
+    F32_GEMV_ROWS(MNV_QMODE_AFFINE, 8)
+}
+static void f32_gemv_q4(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows, int64_t n0,
+                        int64_t n1) {
+    F32_GEMV_ROWS(MNV_QMODE_AFFINE, 4)
+}
+static void f32_gemv_qbits(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows,
+                           int64_t n0, int64_t n1) {
+    switch (d->bits) {
+    case 2: F32_GEMV_ROWS(MNV_QMODE_AFFINE, 2) break;
+    case 3: F32_GEMV_ROWS(MNV_QMODE_AFFINE, 3) break;
+    case 5: F32_GEMV_ROWS(MNV_QMODE_AFFINE, 5) break;
+    default: F32_GEMV_ROWS(MNV_QMODE_AFFINE, 6) break;
+    }
+}
+static void f32_gemv_fp4(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows, int64_t n0,
+                         int64_t n1) {
+    F32_GEMV_ROWS(MNV_QMODE_MXFP4, 4)
+}
+static void f32_gemv_fp8(const mnv_qmatmul_args *a, const qdesc *d, const float *xs, float *ys, int rows, int64_t n0,
+                         int64_t n1) {
+    F32_GEMV_ROWS(MNV_QMODE_MXFP8, 8)
+}
+#undef F32_GEMV_ROWS
+
+static f32_gemv_fn *f32_gemv_for(const mnv_qmatmul_args *a) {
+    switch (a->fmt.mode) {
+    case MNV_QMODE_AFFINE: return a->fmt.bits == 8 ? f32_gemv_q8 : a->fmt.bits == 4 ? f32_gemv_q4 : f32_gemv_qbits;
+    case MNV_QMODE_MXFP8: return f32_gemv_fp8;
+    default: return f32_gemv_fp4; /* mxfp4, nvfp4 */
+    }
+}
+
+/* Any m without scratch, and decode: rows of x 4 at a time over the thread's W rows. */
+static void f32_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
+    f32_gemv_fn *fn = f32_gemv_for(a);
+    for (int64_t i0 = 0; i0 < a->m; i0 += MAXR)
+        fn(a, d, a->x + i0 * a->ldx, a->y + i0 * a->ldy, (int)MNV_MIN(MAXR, a->m - i0), n0, n1);
+}
+
+/* ---- f32 prefill: dequantized panels ------------------------------------------------------ */
+
+enum { FNP = MNV__QF32_NP, FKC = MNV__QF32_KC_MAX, F32_R = 6 };
+
+/* y tile (F32_R rows of x) x (16 rows of W): pan is (kc, 16) f32. */
+INLINE void f32_tile(const float *pan, int64_t kc, const float *const *x, float *const *y, int rows, int cols,
+                     bool accumulate) {
+    __m256 acc[F32_R][2];
+    for (int r = 0; r < F32_R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < kc; t++) {
+        const __m256 w0 = _mm256_load_ps(pan + 16 * t), w1 = _mm256_load_ps(pan + 16 * t + 8);
+        for (int r = 0; r < F32_R; r++) {
+            const __m256 xb = _mm256_broadcast_ss(x[r] + t);
+            acc[r][0] = _mm256_fmadd_ps(xb, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < F32_R && r < rows; r++) {
+        _Alignas(32) float v[16];
+        _mm256_store_ps(v, acc[r][0]);
+        _mm256_store_ps(v + 8, acc[r][1]);
+        for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + v[c] : v[c];
+    }
+}
+
+static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, G = d->G;
+    float *panel = (float *)(align64(a->scratch) + (size_t)m * mnv__qx_row_bytes(k) +
+                             (size_t)ith * mnv__qpanel_bytes());
+    float *rowbuf = panel + (size_t)FNP * FKC; /* 16 rows of FKC */
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
+    const int64_t kcm = FKC / G * G;
+    for (int64_t k0 = 0; k0 < k; k0 += kcm) {
+        const int64_t kc = MNV_MIN(kcm, k - k0);
+        for (int64_t jp = n0; jp < n1; jp += FNP) {
+            const int64_t rows = MNV_MIN(FNP, n1 - jp), C = (rows + 15) / 16;
+            for (int64_t cb = 0; cb < C; cb++) { /* panel cb: (kc, 16) at panel + cb * FKC * 16 */
+                for (int64_t r = 0; r < 16; r++) {
+                    if (cb * 16 + r < rows) deq_f32(a, d, jp + cb * 16 + r, k0 / G, kc / G, rowbuf + r * FKC);
+                    else memset(rowbuf + r * FKC, 0, sizeof(float) * (size_t)kc);
+                }
+                float *pc = panel + cb * FKC * 16;
+                for (int64_t t = 0; t < kc; t += 8) {
+                    transpose8(rowbuf + t, FKC * 4, pc + t * 16, 64);
+                    transpose8(rowbuf + 8 * FKC + t, FKC * 4, pc + t * 16 + 8, 64);
+                }
+            }
+            for (int64_t cb = 0; cb < C; cb++) {
+                const int cols = (int)MNV_MIN(16, rows - 16 * cb);
+                for (int64_t i0 = 0; i0 < m; i0 += F32_R) {
+                    const float *x[F32_R];
+                    float *y[F32_R];
+                    for (int r = 0; r < F32_R; r++) {
+                        const int64_t i = MNV_MIN(i0 + r, m - 1);
+                        x[r] = a->x + i * a->ldx + k0;
+                        y[r] = a->y + i * a->ldy + jp + 16 * cb;
+                    }
+                    f32_tile(panel + cb * FKC * 16, kc, x, y, (int)MNV_MIN(F32_R, m - i0), cols, k0 > 0);
+                }
+            }
+        }
+    }
+}
+
+/* ---- entry point -------------------------------------------------------------------------- */
+
+/* Mid-size m up to this runs the decode kernel (i8_mid), above it the packed prefill. */
+static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
+
+void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8) {
+    const qdesc d = describe(&a->fmt);
+    const mnv_qmode mode = a->fmt.mode;
+    const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32 && (d.bits == 4 || d.bits == 8));
+    if (a->m <= MNV_QMATMUL_GEMV_MAX_M || !a->scratch) {
+        if (int8 && a->scratch && i8_fmt) i8_decode(a, &d, ith, nth);
+        else f32_decode(a, &d, ith, nth);
+        return;
+    }
+    if (int8 && i8_fmt && (nth == 1 || a->barrier) && a->m <= mid_gemv_max_m(&d)) {
+        i8_mid(a, &d, ith, nth);
+        return;
+    }
+    f32_prefill(a, &d, ith, nth);
+}
+
+#endif
