@@ -13,7 +13,8 @@
  * the median of several timed runs.
  *
  * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats] [sweep]
- *   impl     forces an implementation ("avx512-vnni", "avx512", "scalar"; "" = auto)
+ *   impl     forces an implementation ("avx512-vnni", "avx512", "avx2-int8", "avx2",
+ *            "scalar"; "" = auto)
  *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4")
  *   sweep    "sweep": instead, GB/s of weights (from DRAM, the pool cycled) for
  *            m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880
@@ -43,6 +44,18 @@ __attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
+__attribute__((target("avx2"))) static float sum_avx2(const float *p, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+}
 #endif
 
 static float sum_plain(const float *p, size_t n) {
@@ -67,6 +80,10 @@ static void stream_task(void *arg, int ith, int nth) {
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx512f")) {
         s->sink = sum_avx512(p, chunk);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2")) {
+        s->sink = sum_avx2(p, chunk);
         return;
     }
 #endif

@@ -249,15 +249,13 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
  * f32, and so is prefill (m > 4) when nth > 1 threads have no barrier to
  * share x.
  *   avx512-vnni (qmatmul_avx512.c): affine (every bit width) and mxfp4.
- *   avx2-int8 (qmatmul_avx2.c): affine 4 and 8-bit and mxfp4, decode and
- *     mid-size m up to 10 (4-bit) or 6 (8-bit). */
+ *   avx2-int8 (qmatmul_avx2.c): affine 4 and 8-bit and mxfp4. */
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
     if (!scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
     if (strcmp(impl, "avx512-vnni") == 0) return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
     if (strcmp(impl, "avx2-int8") == 0) {
-        const bool fmt = f->mode == MNV_QMODE_MXFP4 || (f->mode == MNV_QMODE_AFFINE && (f->bits == 4 || f->bits == 8));
-        return fmt && m <= (f->bits == 8 ? 6 : 10);
+        return f->mode == MNV_QMODE_MXFP4 || (f->mode == MNV_QMODE_AFFINE && (f->bits == 4 || f->bits == 8));
     }
     return false;
 }

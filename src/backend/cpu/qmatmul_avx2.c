@@ -615,6 +615,230 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
     }
 }
 
+/* ---- int8 prefill: packed panels -------------------------------------------------------- */
+
+/* Panel of NP W rows (three blocks of 16) x kc codes, one byte each, as
+ * [block][kc/4][16][4]: four consecutive codes of each of 16 rows, so one
+ * vector is 8 rows x 4 codes and vpmaddubsw with a broadcast dword of x sums
+ * pairs of codes per row. Codes: 4-bit as they are, mxfp4 u = 2*e2m1 + 12,
+ * 8-bit q - 128 (signed). Per group and row: the scale sw (mxfp4 2^(e-127))
+ * and the second term's factor bw (affine b, 8-bit b + 128 s, mxfp4 s). */
+typedef struct {
+    uint8_t *codes;
+    float *sw, *bw;  /* [block][kc/G][16] */
+    uint8_t *rowbuf; /* 16 rows of unpacked codes */
+} i8panel;
+
+enum { NP = MNV__QI8_NP, I8_R = 4 };
+
+static i8panel i8panel_at(uint8_t *p) {
+    i8panel q;
+    q.codes = p;
+    q.sw = (float *)(p + (size_t)NP * MNV__QI8_KC_MAX);
+    q.bw = q.sw + (size_t)(MNV__QI8_KC_MAX / 16) * NP;
+    q.rowbuf = (uint8_t *)(q.bw + (size_t)(MNV__QI8_KC_MAX / 16) * NP);
+    return q;
+}
+
+/* Codes [k0, k0+kc) of row j as panel bytes (kc a multiple of 32). */
+static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t k0, int64_t kc, uint8_t *dst) {
+    const uint8_t *w = wrow(a, j);
+    if (d->bits == 8) {
+        const __m256i flip = _mm256_set1_epi8((char)0x80);
+        for (int64_t t = 0; t < kc; t += 32)
+            _mm256_storeu_si256((__m256i *)(dst + t),
+                                _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + k0 + t)), flip));
+        return;
+    }
+    const uint8_t *s = w + k0 / 2;
+    const __m128i m4 = _mm_set1_epi8(0x0F), lut = _mm256_castsi256_si128(fp4_lut());
+    for (int64_t t = 0; t < kc / 2; t += 16) { /* 16 bytes -> 32 codes */
+        const __m128i v = _mm_loadu_si128((const __m128i *)(s + t));
+        __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+        if (d->fp4) lo = _mm_shuffle_epi8(lut, lo), hi = _mm_shuffle_epi8(lut, hi);
+        _mm_storeu_si128((__m128i *)(dst + 2 * t), _mm_unpacklo_epi8(lo, hi));
+        _mm_storeu_si128((__m128i *)(dst + 2 * t + 16), _mm_unpackhi_epi8(lo, hi));
+    }
+}
+
+/* Rows [j0, j0+rows) (rows <= NP), codes [k0, k0+kc), into the panel; rows past
+ * `rows` are zero. */
+static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64_t rows, int64_t k0, int64_t kc,
+                    const i8panel *p) {
+    const int64_t G = d->G, g0 = k0 / G, ngb = kc / G, nq = kc / 4;
+    for (int64_t cb = 0; cb * 16 < rows; cb++) {
+        const int64_t rb = MNV_MIN(16, rows - cb * 16), jb = j0 + cb * 16;
+        for (int64_t r = 0; r < 16; r++) {
+            if (r < rb) codes_row(a, d, jb + r, k0, kc, p->rowbuf + r * kc);
+            else memset(p->rowbuf + r * kc, 0, (size_t)kc);
+        }
+        uint8_t *dst = p->codes + cb * nq * 64;
+        for (int64_t q = 0; q < nq; q += 8) { /* kc/4 is a multiple of 8 */
+            transpose8(p->rowbuf + 4 * q, kc, dst + q * 64, 64);
+            transpose8(p->rowbuf + 8 * kc + 4 * q, kc, dst + q * 64 + 32, 64);
+        }
+        float *sw = p->sw + cb * ngb * 16, *bw = p->bw + cb * ngb * 16;
+        for (int64_t r = 0; r < 16; r++) {
+            for (int64_t g = 0; g < ngb; g++) {
+                float s = 0.0f, b = 0.0f;
+                if (r < rb) {
+                    s = scale_at(d->sdt, srow(a, d, jb + r), g0 + g);
+                    b = d->fp4 ? s : scale_at(d->sdt, brow(a, d, jb + r), g0 + g);
+                    if (d->bits == 8) b = fmaf(128.0f, s, b);
+                }
+                sw[g * 16 + r] = s;
+                bw[g * 16 + r] = b;
+            }
+        }
+    }
+}
+
+/* y tile: I8_R rows of x x one 16-row block of the panel, over one k block.
+ * Per group, int sums of vpmaddubsw (4-bit: in int16 over segments of SEG
+ * quads, then widened; 8-bit: each widened at once) are scaled into f32. */
+INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const float *sw, const float *bw, int64_t ngb,
+                    int64_t G, const int8_t *const *xq, const float *const *dx, const float *const *xs2,
+                    float *const *y, int rows, int cols, bool accumulate) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    _Alignas(32) float f[I8_R][16];
+    for (int r = 0; r < I8_R; r++) {
+        _mm256_store_ps(f[r], _mm256_setzero_ps());
+        _mm256_store_ps(f[r] + 8, _mm256_setzero_ps());
+    }
+    const int64_t qg = G / 4; /* quads per group */
+    for (int64_t g = 0; g < ngb; g++) {
+        const __m256 sw0 = _mm256_load_ps(sw + g * 16), sw1 = _mm256_load_ps(sw + g * 16 + 8);
+        __m256i s32[I8_R][2];
+        if (BITS == 8)
+            for (int r = 0; r < I8_R; r++) s32[r][0] = s32[r][1] = _mm256_setzero_si256();
+        for (int64_t q0 = 0; q0 < qg; q0 += SEG) {
+            __m256i s[I8_R][2];
+            for (int r = 0; r < I8_R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+            for (int64_t q = q0; q < q0 + SEG; q++) {
+                const uint8_t *pq = pc + (g * qg + q) * 64;
+                const __m256i w0 = _mm256_load_si256((const __m256i *)pq);
+                const __m256i w1 = _mm256_load_si256((const __m256i *)(pq + 32));
+                if (BITS == 8) {
+                    const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+                    for (int r = 0; r < I8_R; r++) {
+                        int32_t xv;
+                        memcpy(&xv, xq[r] + 4 * (g * qg + q), 4);
+                        const __m256i xb = _mm256_set1_epi32(xv);
+                        s[r][0] = _mm256_add_epi32(
+                            s[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones));
+                        s[r][1] = _mm256_add_epi32(
+                            s[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones));
+                    }
+                } else {
+                    for (int r = 0; r < I8_R; r++) {
+                        int32_t xv;
+                        memcpy(&xv, xq[r] + 4 * (g * qg + q), 4);
+                        const __m256i xb = _mm256_set1_epi32(xv);
+                        s[r][0] = _mm256_add_epi16(s[r][0], _mm256_maddubs_epi16(w0, xb));
+                        s[r][1] = _mm256_add_epi16(s[r][1], _mm256_maddubs_epi16(w1, xb));
+                    }
+                }
+            }
+            for (int r = 0; r < I8_R; r++) {
+                if (BITS == 8) {
+                    s32[r][0] = _mm256_add_epi32(s32[r][0], s[r][0]);
+                    s32[r][1] = _mm256_add_epi32(s32[r][1], s[r][1]);
+                    continue;
+                }
+                const __m256 dxb = _mm256_broadcast_ss(dx[r] + g);
+                _mm256_store_ps(f[r], _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s[r][0], ones)),
+                                                      _mm256_mul_ps(sw0, dxb), _mm256_load_ps(f[r])));
+                _mm256_store_ps(f[r] + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(s[r][1], ones)),
+                                                          _mm256_mul_ps(sw1, dxb), _mm256_load_ps(f[r] + 8)));
+            }
+        }
+        const __m256 bw0 = _mm256_load_ps(bw + g * 16), bw1 = _mm256_load_ps(bw + g * 16 + 8);
+        for (int r = 0; r < I8_R; r++) {
+            __m256 f0 = _mm256_load_ps(f[r]), f1 = _mm256_load_ps(f[r] + 8);
+            if (BITS == 8) {
+                const __m256 dxb = _mm256_broadcast_ss(dx[r] + g);
+                f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r][0]), _mm256_mul_ps(sw0, dxb), f0);
+                f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r][1]), _mm256_mul_ps(sw1, dxb), f1);
+            }
+            const __m256 xsb = _mm256_broadcast_ss(xs2[r] + g);
+            _mm256_store_ps(f[r], _mm256_fmadd_ps(xsb, bw0, f0));
+            _mm256_store_ps(f[r] + 8, _mm256_fmadd_ps(xsb, bw1, f1));
+        }
+    }
+    for (int r = 0; r < I8_R && r < rows; r++)
+        for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + f[r][c] : f[r][c];
+}
+
+/* The three kinds; segments: 4-bit codes (<= 15) x |x| <= 127 in pairs, 8 of
+ * them sum within int16; mxfp4 u <= 24: 4 of them. */
+#define I8_TILE_ARGS pc, sw, bw, ngb, G, xq, dx, xs2, y, rows, cols, accumulate
+typedef void i8_tile_fn(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
+                        const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
+                        int rows, int cols, bool accumulate);
+static void i8_tile_q8(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
+                       const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
+                       int rows, int cols, bool accumulate) {
+    i8_tile(8, 8, I8_TILE_ARGS);
+}
+static void i8_tile_q4(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
+                       const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
+                       int rows, int cols, bool accumulate) {
+    i8_tile(4, 8, I8_TILE_ARGS);
+}
+static void i8_tile_fp4(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
+                        const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
+                        int rows, int cols, bool accumulate) {
+    i8_tile(4, 4, I8_TILE_ARGS);
+}
+#undef I8_TILE_ARGS
+
+/* k block: a multiple of the group size that splits k evenly, about 256 KiB
+ * of int8 x (kept in L2 across the thread's panels), at most QI8_KC_MAX. */
+static int64_t pick_kc_i8(int64_t m, int64_t k, int64_t G) {
+    int64_t t = MNV_MAX(256, MNV_MIN(MNV__QI8_KC_MAX, (256 * 1024) / MNV_MAX(m, 1)));
+    t = MNV_MAX(G, t / G * G);
+    const int64_t nb = (k + t - 1) / t;
+    return ((k + nb - 1) / nb + G - 1) / G * G;
+}
+
+static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, G = d->G;
+    uint8_t *base = align64(a->scratch);
+    const i8panel p = i8panel_at(base + (size_t)m * mnv__qx_row_bytes(k) + (size_t)ith * mnv__qpanel_bytes());
+    int64_t r0, r1;
+    mnv__qsplit(m, ith, nth, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, false, xrow_at(base, k, i));
+    if (nth > 1) a->barrier(a->barrier_ctx);
+
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
+    const int64_t kc_max = pick_kc_i8(m, k, G);
+    i8_tile_fn *tile = d->bits == 8 ? i8_tile_q8 : d->fp4 ? i8_tile_fp4 : i8_tile_q4;
+    for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
+        const int64_t kc = MNV_MIN(kc_max, k - k0), ngb = kc / G;
+        for (int64_t jp = n0; jp < n1; jp += NP) {
+            const int64_t rows = MNV_MIN(NP, n1 - jp), nb = (rows + 15) / 16;
+            pack_i8(a, d, jp, rows, k0, kc, &p);
+            for (int64_t i0 = 0; i0 < m; i0 += I8_R) {
+                const int8_t *xq[I8_R];
+                const float *dx[I8_R], *xs2[I8_R];
+                for (int r = 0; r < I8_R; r++) {
+                    const xrow xr = xrow_at(base, k, MNV_MIN(i0 + r, m - 1));
+                    xq[r] = xr.q + k0;
+                    dx[r] = xr.dx + k0 / G;
+                    xs2[r] = xr.xs2 + k0 / G;
+                }
+                for (int64_t cb = 0; cb < nb; cb++) {
+                    float *y[I8_R];
+                    for (int r = 0; r < I8_R; r++) y[r] = a->y + MNV_MIN(i0 + r, m - 1) * a->ldy + jp + 16 * cb;
+                    tile(p.codes + cb * (kc / 4) * 64, p.sw + cb * ngb * 16, p.bw + cb * ngb * 16, ngb, G, xq, dx,
+                         xs2, y, (int)MNV_MIN(I8_R, m - i0), (int)MNV_MIN(16, rows - 16 * cb), k0 > 0);
+                }
+            }
+        }
+    }
+}
+
 /* ---- entry point -------------------------------------------------------------------------- */
 
 /* Mid-size m up to this runs the decode kernel (i8_mid), above it the packed prefill. */
@@ -629,8 +853,9 @@ void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8) {
         else f32_decode(a, &d, ith, nth);
         return;
     }
-    if (int8 && i8_fmt && (nth == 1 || a->barrier) && a->m <= mid_gemv_max_m(&d)) {
-        i8_mid(a, &d, ith, nth);
+    if (int8 && i8_fmt && (nth == 1 || a->barrier)) {
+        if (a->m <= mid_gemv_max_m(&d)) i8_mid(a, &d, ith, nth);
+        else i8_prefill(a, &d, ith, nth);
         return;
     }
     f32_prefill(a, &d, ith, nth);
