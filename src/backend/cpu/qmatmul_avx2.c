@@ -228,132 +228,177 @@ INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_
 }
 
 /* Rows [j0, j1) of y for R prepared rows of x (deinterleaved), 4-bit codes
- * (affine, or mxfp4 through the table). A 32-byte load holds 64 codes: low
- * nibbles against the even x, high against the odd; int32 lane l then covers
- * elements 8l..8l+7 of the 64. */
+ * (affine, or mxfp4 through the table), J rows of W at a time ((j1 - j0) a
+ * multiple of J; J = 2 shares the x loads and gives two independent sums
+ * for m = 1). A 32-byte load holds 64 codes: low nibbles against the even x,
+ * high against the odd; int32 lane l then covers elements 8l..8l+7 of the 64. */
 INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R, const bool FP4) {
+                  const int R, const int J, const bool FP4) {
     const int64_t k = a->k, G = d->G, ng = k / G;
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), lut = fp4_lut();
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    for (int64_t j = j0; j < j1; j++) {
-        const uint8_t *w = wrow(a, j);
-        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
-        __m256 facc[MAXR];
-        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
+    for (int64_t j = j0; j < j1; j += J) {
+        const uint8_t *w[2];
+        const void *sc[2], *bi[2];
+        __m256 facc[2][MAXR];
+        for (int u = 0; u < J; u++) {
+            w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
+            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
+        }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[MAXR][8];
-            window_scales(d, sc, bi, g0, n8, xr, R, false, sd, facc);
+            _Alignas(32) float sd[2][MAXR][8];
+            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, sd[u], facc[u]);
             if (G == 32) { /* two groups per load: lanes 0-3 and 4-7 */
-                for (int64_t g = 0; g < n8; g += 2) {
+                __m256 sdv[2][MAXR];
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++) sdv[u][i] = _mm256_load_ps(sd[u][i]);
+                __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                for (int64_t g = 0; g < n8; g += 2, idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2))) {
                     const int64_t e = (g0 + g) * 32;
-                    const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w + e / 2))
-                                                  : load_lo128(w + e / 2);
-                    __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                    if (FP4) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
+                    __m256i lo[2], hi[2];
+                    for (int u = 0; u < J; u++) {
+                        const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w[u] + e / 2))
+                                                      : load_lo128(w[u] + e / 2);
+                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
+                    }
                     for (int i = 0; i < R; i++) {
-                        const int8_t *xq = xr[i].q + e;
-                        const __m256i p =
-                            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
-                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
-                        const __m256 sv = _mm256_set_m128(_mm_broadcast_ss(&sd[i][g + 1]), _mm_broadcast_ss(&sd[i][g]));
-                        facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sv, facc[i]);
+                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
+                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
+                        for (int u = 0; u < J; u++) {
+                            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
+                                                               _mm256_maddubs_epi16(hi[u], xo));
+                            const __m256 sv = _mm256_permutevar8x32_ps(sdv[u][i], idx);
+                            facc[u][i] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sv, facc[u][i]);
+                        }
                     }
                 }
                 continue;
             }
             for (int64_t g = 0; g < n8; g++) { /* G = 64 or 128: int16 sums over the group (<= 4 * 2 * 24 * 127) */
                 const int64_t e = (g0 + g) * G;
-                __m256i p[MAXR];
-                for (int i = 0; i < R; i++) p[i] = _mm256_setzero_si256();
+                __m256i p[2][MAXR];
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
                 for (int64_t c = 0; c < G; c += 64) {
-                    const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + (e + c) / 2));
-                    __m256i lo = _mm256_and_si256(wv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                    if (FP4) lo = _mm256_shuffle_epi8(lut, lo), hi = _mm256_shuffle_epi8(lut, hi);
+                    __m256i lo[2], hi[2];
+                    for (int u = 0; u < J; u++) {
+                        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[u] + (e + c) / 2));
+                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
+                    }
                     for (int i = 0; i < R; i++) {
-                        const int8_t *xq = xr[i].q + e + c;
-                        const __m256i pp =
-                            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
-                                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 32))));
-                        p[i] = _mm256_add_epi16(p[i], pp);
+                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
+                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c + 32));
+                        for (int u = 0; u < J; u++)
+                            p[u][i] = _mm256_add_epi16(p[u][i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
+                                                                                 _mm256_maddubs_epi16(hi[u], xo)));
                     }
                 }
-                for (int i = 0; i < R; i++)
-                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[i], ones)),
-                                              _mm256_broadcast_ss(&sd[i][g]), facc[i]);
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++)
+                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[u][i], ones)),
+                                                     _mm256_broadcast_ss(&sd[u][i][g]), facc[u][i]);
             }
         }
-        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
+        for (int u = 0; u < J; u++)
+            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
     }
 }
 
 /* The same for 8-bit codes (element order): 32 codes per load, offset to
  * q - 128 and multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
 INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R) {
+                  const int R, const int J) {
     const int64_t k = a->k, G = d->G, ng = k / G;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    for (int64_t j = j0; j < j1; j++) {
-        const uint8_t *w = wrow(a, j);
-        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
-        __m256 facc[MAXR];
-        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
+    for (int64_t j = j0; j < j1; j += J) {
+        const uint8_t *w[2];
+        const void *sc[2], *bi[2];
+        __m256 facc[2][MAXR];
+        for (int u = 0; u < J; u++) {
+            w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
+            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
+        }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[MAXR][8];
-            window_scales(d, sc, bi, g0, n8, xr, R, true, sd, facc);
+            _Alignas(32) float sd[2][MAXR][8];
+            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, sd[u], facc[u]);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i s[MAXR];
-                for (int i = 0; i < R; i++) s[i] = _mm256_setzero_si256();
+                __m256i s[2][MAXR];
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++) s[u][i] = _mm256_setzero_si256();
                 for (int64_t c = 0; c < G; c += 32) {
-                    const __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + e + c)), flip);
-                    const __m256i wa = _mm256_abs_epi8(ws);
+                    __m256i ws[2], wa[2];
+                    for (int u = 0; u < J; u++) {
+                        ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
+                        wa[u] = _mm256_abs_epi8(ws[u]);
+                    }
                     for (int i = 0; i < R; i++) {
                         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
-                        const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(xv, ws)), ones);
-                        s[i] = _mm256_add_epi32(s[i], t);
+                        for (int u = 0; u < J; u++)
+                            s[u][i] = _mm256_add_epi32(
+                                s[u][i],
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(wa[u], _mm256_sign_epi8(xv, ws[u])), ones));
                     }
                 }
-                for (int i = 0; i < R; i++)
-                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_broadcast_ss(&sd[i][g]), facc[i]);
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++)
+                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[u][i]), _mm256_broadcast_ss(&sd[u][i][g]),
+                                                     facc[u][i]);
             }
         }
-        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
+        for (int u = 0; u < J; u++)
+            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
     }
 }
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
+/* One row of x: pairs of W rows, then the odd one. */
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
+    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
-    case 1: gemv4(a, d, xbase, y, n0, n1, 1, false); break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, false); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, false); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, false); break;
+    case 1:
+        gemv4(a, d, xbase, y, n0, ne, 1, 2, false);
+        gemv4(a, d, xbase, y, ne, n1, 1, 1, false);
+        break;
+    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, false); break;
+    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, false); break;
+    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, false); break;
     }
 }
 static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                         int64_t n1) {
+    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
-    case 1: gemv4(a, d, xbase, y, n0, n1, 1, true); break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, true); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, true); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, true); break;
+    case 1:
+        gemv4(a, d, xbase, y, n0, ne, 1, 2, true);
+        gemv4(a, d, xbase, y, ne, n1, 1, 1, true);
+        break;
+    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, true); break;
+    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, true); break;
+    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, true); break;
     }
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
+    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
-    case 1: gemv8(a, d, xbase, y, n0, n1, 1); break;
-    case 2: gemv8(a, d, xbase, y, n0, n1, 2); break;
-    case 3: gemv8(a, d, xbase, y, n0, n1, 3); break;
-    default: gemv8(a, d, xbase, y, n0, n1, 4); break;
+    case 1:
+        gemv8(a, d, xbase, y, n0, ne, 1, 2);
+        gemv8(a, d, xbase, y, ne, n1, 1, 1);
+        break;
+    case 2: gemv8(a, d, xbase, y, n0, n1, 2, 1); break;
+    case 3: gemv8(a, d, xbase, y, n0, n1, 3, 1); break;
+    default: gemv8(a, d, xbase, y, n0, n1, 4, 1); break;
     }
 }
 
@@ -714,6 +759,7 @@ INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const floa
         for (int64_t q0 = 0; q0 < qg; q0 += SEG) {
             __m256i s[I8_R][2];
             for (int r = 0; r < I8_R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+#pragma GCC unroll 1
             for (int64_t q = q0; q < q0 + SEG; q++) {
                 const uint8_t *pq = pc + (g * qg + q) * 64;
                 const __m256i w0 = _mm256_load_si256((const __m256i *)pq);
