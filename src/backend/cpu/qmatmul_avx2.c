@@ -674,7 +674,7 @@ typedef struct {
     uint8_t *rowbuf; /* 16 rows of unpacked codes */
 } i8panel;
 
-enum { NP = MNV__QI8_NP, I8_R = 4 };
+enum { NP = MNV__QI8_NP, I8_R = 3 };
 
 static i8panel i8panel_at(uint8_t *p) {
     i8panel q;
@@ -811,8 +811,16 @@ INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const floa
             _mm256_store_ps(f[r] + 8, _mm256_fmadd_ps(xsb, bw1, f1));
         }
     }
-    for (int r = 0; r < I8_R && r < rows; r++)
-        for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + f[r][c] : f[r][c];
+    for (int r = 0; r < I8_R && r < rows; r++) {
+        if (cols == 16) {
+            __m256 v0 = _mm256_load_ps(f[r]), v1 = _mm256_load_ps(f[r] + 8);
+            if (accumulate) v0 = _mm256_add_ps(v0, _mm256_loadu_ps(y[r])), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(y[r] + 8));
+            _mm256_storeu_ps(y[r], v0);
+            _mm256_storeu_ps(y[r] + 8, v1);
+        } else {
+            for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + f[r][c] : f[r][c];
+        }
+    }
 }
 
 /* The three kinds; segments: 4-bit codes (<= 15) x |x| <= 127 in pairs, 8 of
@@ -838,10 +846,10 @@ static void i8_tile_fp4(const uint8_t *pc, const float *sw, const float *bw, int
 }
 #undef I8_TILE_ARGS
 
-/* k block: a multiple of the group size that splits k evenly, about 256 KiB
+/* k block: a multiple of the group size that splits k evenly, about 512 KiB
  * of int8 x (kept in L2 across the thread's panels), at most QI8_KC_MAX. */
 static int64_t pick_kc_i8(int64_t m, int64_t k, int64_t G) {
-    int64_t t = MNV_MAX(256, MNV_MIN(MNV__QI8_KC_MAX, (256 * 1024) / MNV_MAX(m, 1)));
+    int64_t t = MNV_MAX(256, MNV_MIN(MNV__QI8_KC_MAX, (512 * 1024) / MNV_MAX(m, 1)));
     t = MNV_MAX(G, t / G * G);
     const int64_t nb = (k + t - 1) / t;
     return ((k + nb - 1) / nb + G - 1) / G * G;
