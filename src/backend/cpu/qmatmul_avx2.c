@@ -498,6 +498,29 @@ INLINE __m256 weights8(mnv_qmode mode, __m256i q, __m256 s, __m256 b) {
     }
 }
 
+/* Weights of elements [e, e+16) of a row (e a multiple of 16). 4-bit codes
+ * are split with byte operations, 16 at a time; e2m1 goes through a table of
+ * 2*e2m1 as int8 and is multiplied by hs = s/2 (the same product, exactly).
+ * Other widths: codes8. */
+INLINE void weights16(const mnv_qmode MODE, const int BITS, const uint8_t *w, int64_t e, int64_t rb, __m256 sv,
+                      __m256 bv, __m256 hs, __m256 *w0, __m256 *w1) {
+    if (BITS == 4) {
+        const __m128i b = _mm_loadl_epi64((const __m128i *)(w + e / 2)), m4 = _mm_set1_epi8(0x0F);
+        __m128i c = _mm_unpacklo_epi8(_mm_and_si128(b, m4), _mm_and_si128(_mm_srli_epi16(b, 4), m4));
+        if (MODE == MNV_QMODE_AFFINE) {
+            *w0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c)), sv, bv);
+            *w1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8))), sv, bv);
+        } else {
+            c = _mm_shuffle_epi8(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12), c);
+            *w0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), hs);
+            *w1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))), hs);
+        }
+        return;
+    }
+    *w0 = weights8(MODE, codes8(BITS, w, e, rb), sv, bv);
+    *w1 = weights8(MODE, codes8(BITS, w, e + 8, rb), sv, bv);
+}
+
 /* Groups [g0, g0+ngr) of row j as f32. */
 static void deq_f32(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t g0, int64_t ngr, float *out) {
     const uint8_t *w = wrow(a, j);
@@ -507,9 +530,19 @@ static void deq_f32(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_
     for (int64_t g = g0; g < g0 + ngr; g++, out += G) {
         float s, b;
         group_sb(a, d, sc, bi, g, &s, &b);
-        const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
-        for (int64_t t = 0; t < G; t += 8)
-            _mm256_storeu_ps(out + t, weights8(mode, codes8(d->bits, w, g * G + t, rb), sv, bv));
+        const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b), hs = _mm256_set1_ps(0.5f * s);
+        for (int64_t t = 0; t < G; t += 16) {
+            __m256 w0, w1;
+            if (d->bits == 4 && mode == MNV_QMODE_AFFINE)
+                weights16(MNV_QMODE_AFFINE, 4, w, g * G + t, rb, sv, bv, hs, &w0, &w1);
+            else if (d->bits == 4) weights16(MNV_QMODE_MXFP4, 4, w, g * G + t, rb, sv, bv, hs, &w0, &w1);
+            else {
+                w0 = weights8(mode, codes8(d->bits, w, g * G + t, rb), sv, bv);
+                w1 = weights8(mode, codes8(d->bits, w, g * G + t + 8, rb), sv, bv);
+            }
+            _mm256_storeu_ps(out + t, w0);
+            _mm256_storeu_ps(out + t + 8, w1);
+        }
     }
 }
 
@@ -527,10 +560,10 @@ INLINE void f32_gemv(const mnv_qmatmul_args *a, const qdesc *d, const float *xs,
         for (int64_t g = 0; g < k / G; g++) {
             float s, b;
             group_sb(a, d, sc, bi, g, &s, &b);
-            const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b);
+            const __m256 sv = _mm256_set1_ps(s), bv = _mm256_set1_ps(b), hs = _mm256_set1_ps(0.5f * s);
             for (int64_t e = g * G; e < (g + 1) * G; e += 16) {
-                const __m256 w0 = weights8(MODE, codes8(BITS, w, e, rb), sv, bv);
-                const __m256 w1 = weights8(MODE, codes8(BITS, w, e + 8, rb), sv, bv);
+                __m256 w0, w1;
+                weights16(MODE, BITS, w, e, rb, sv, bv, hs, &w0, &w1);
                 for (int i = 0; i < R; i++) {
                     const float *x = xs + i * a->ldx + e;
                     acc[i][0] = _mm256_fmadd_ps(_mm256_loadu_ps(x), w0, acc[i][0]);
@@ -612,11 +645,20 @@ INLINE void f32_tile(const float *pan, int64_t kc, const float *const *x, float 
             acc[r][1] = _mm256_fmadd_ps(xb, w1, acc[r][1]);
         }
     }
+    _Alignas(32) float v[F32_R][16]; /* (constant indices keep acc in registers) */
+    for (int r = 0; r < F32_R; r++) {
+        _mm256_store_ps(v[r], acc[r][0]);
+        _mm256_store_ps(v[r] + 8, acc[r][1]);
+    }
     for (int r = 0; r < F32_R && r < rows; r++) {
-        _Alignas(32) float v[16];
-        _mm256_store_ps(v, acc[r][0]);
-        _mm256_store_ps(v + 8, acc[r][1]);
-        for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + v[c] : v[c];
+        if (cols == 16) {
+            __m256 v0 = _mm256_load_ps(v[r]), v1 = _mm256_load_ps(v[r] + 8);
+            if (accumulate) v0 = _mm256_add_ps(v0, _mm256_loadu_ps(y[r])), v1 = _mm256_add_ps(v1, _mm256_loadu_ps(y[r] + 8));
+            _mm256_storeu_ps(y[r], v0);
+            _mm256_storeu_ps(y[r] + 8, v1);
+            continue;
+        }
+        for (int c = 0; c < cols; c++) y[r][c] = accumulate ? y[r][c] + v[r][c] : v[r][c];
     }
 }
 
