@@ -245,19 +245,14 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
     pthread_barrier_destroy(&bar);
 }
 
-/* Does impl round x to int8 for this call? Without scratch every path is
- * f32, and so is prefill (m > 4) when nth > 1 threads have no barrier to
- * share x.
- *   avx512-vnni (qmatmul_avx512.c): affine (every bit width) and mxfp4.
- *   avx2-int8 (qmatmul_avx2.c): affine 4 and 8-bit and mxfp4. */
+/* Does impl round x to int8 for this call? avx512-vnni (qmatmul_avx512.c)
+ * and avx2-int8 (qmatmul_avx2.c) do for affine (every bit width) and mxfp4;
+ * without scratch they fall back to f32, and so does prefill (m > 4) when
+ * nth > 1 threads have no barrier to share x. */
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
-    if (!scratch) return false;
+    if ((strcmp(impl, "avx512-vnni") != 0 && strcmp(impl, "avx2-int8") != 0) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
-    if (strcmp(impl, "avx512-vnni") == 0) return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
-    if (strcmp(impl, "avx2-int8") == 0) {
-        return f->mode == MNV_QMODE_MXFP4 || (f->mode == MNV_QMODE_AFFINE && (f->bits == 4 || f->bits == 8));
-    }
-    return false;
+    return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
 
 /* Tolerances:

@@ -12,8 +12,8 @@
  * packed codes directly) and runs a blocked product. The implementation for
  * the host is chosen at run time; every implementation covers every format
  * (AVX-512: int8 activations with VNNI for affine and mxfp4, f32 for the
- * rest; AVX2: int8 activations with vpmaddubsw for affine 4/8-bit and mxfp4,
- * f32 for the rest; a portable f32 path for any host). */
+ * rest; AVX2: int8 activations with vpmaddubsw for affine and mxfp4, f32
+ * for the rest; a portable f32 path for any host). */
 #ifndef MNV_CPU_QMATMUL_H
 #define MNV_CPU_QMATMUL_H
 
@@ -118,8 +118,8 @@ void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
 /* vnni: int8 activations and vpdpbusd for affine (every bit width) and
  * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math. */
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
-/* int8: int8 activations and vpmaddubsw for affine 4 and 8-bit and mxfp4;
- * otherwise (and for the other formats) f32 math (qmatmul_avx2.c). */
+/* int8: int8 activations and vpmaddubsw for affine (every bit width) and
+ * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math (qmatmul_avx2.c). */
 void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8);
 #endif
 

@@ -2,15 +2,16 @@
  * -mf16c), for hosts without AVX-512. The numerics are those of
  * qmatmul_avx512.c; two families, chosen per call:
  *
- * int8 (impl "avx2-int8"): affine 4 and 8-bit and mxfp4. Each row of x is
+ * int8 (impl "avx2-int8"): affine (every bit width) and mxfp4. Each row of x is
  *   rounded to int8 with one scale per weight group (dx = max|x|/127 over the
  *   group, codes rint(x/dx)), and
  *     affine  y = sum_g dx_g * (s_g * sum_j xq_j q_j  +  b_g * sum_j xq_j)
  *     mxfp4   y = sum_g 2^(e_g-127) * 0.5 * dx_g * (sum_j xq_j u_j - 12 sum_j xq_j)
  *   with u = 2*e2m1 + 12 in [0, 24] (a vpshufb table). vpmaddubsw multiplies
  *   unsigned codes by signed x into int16 pairs and vpmaddwd against ones
- *   widens them to int32. 4-bit codes (at most 24) times |x| <= 127 leave room
- *   to add up to 4 vpmaddubsw results in int16 before widening. 8-bit codes
+ *   widens them to int32. Codes up to 24 (4-bit, mxfp4's u) times |x| <= 127
+ *   leave room to add 4 vpmaddubsw results in int16 before widening (2 at
+ *   6 bits, whose codes are unpacked to bytes in registers). 8-bit codes
  *   would overflow an int16 pair (2 * 255 * 127), so they are offset to
  *   signed, q - 128 (the offset folded into the bias term: b + 128 s), and
  *   multiplied as |q - 128| times x carrying q - 128's sign (vpsignb): a pair
@@ -402,7 +403,104 @@ static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase
     }
 }
 
-static gemv_fn *gemv_for(const qdesc *d) { return d->fp4 ? gemv_i8_fp4 : d->bits == 8 ? gemv_i8_q8 : gemv_i8_q4; }
+/* 2, 3, 5 and 6-bit codes: 32 codes (4*bits bytes) to one byte each, in
+ * element order. Dword l receives codes 4l..4l+3: the two 128-bit lanes are
+ * loaded from bytes 0 and 2*bits, vpshufb brings each dword the 3 bytes
+ * holding its codes, vpsrlvd drops a 4-bit misalignment (3 and 5 bits), and
+ * three shift + mask steps move code t to byte t. */
+typedef struct {
+    __m256i shuf, shift, m0, m1, m2, m3;
+    __m128i c1, c2, c3;
+    int bits;
+} unpacker;
+
+static unpacker unpacker_for(int bits) {
+    uint8_t shuf[32];
+    int32_t shift[8];
+    for (int l = 0; l < 8; l++) {
+        const int bit = 4 * l * bits, p = bit / 8 - (l < 4 ? 0 : 2 * bits);
+        shift[l] = bit % 8;
+        for (int t = 0; t < 4; t++) shuf[4 * l + t] = (uint8_t)(t < 3 ? p + t : 0x80);
+    }
+    unpacker u = {.bits = bits};
+    u.shuf = _mm256_loadu_si256((const __m256i *)shuf);
+    u.shift = _mm256_loadu_si256((const __m256i *)shift);
+    const int m = (1 << bits) - 1;
+    u.m0 = _mm256_set1_epi32(m), u.m1 = _mm256_set1_epi32(m << 8);
+    u.m2 = _mm256_set1_epi32(m << 16), u.m3 = _mm256_set1_epi32(m << 24);
+    u.c1 = _mm_cvtsi32_si128(8 - bits), u.c2 = _mm_cvtsi32_si128(16 - 2 * bits);
+    u.c3 = _mm_cvtsi32_si128(24 - 3 * bits);
+    return u;
+}
+
+/* Codes [e, e+32) of a packed row of rb bytes (e a multiple of 32). */
+INLINE __m256i unpack32(const unpacker *u, const uint8_t *w, int64_t e, int64_t rb) {
+    const int b = u->bits;
+    const uint8_t *p = w + e / 8 * b;
+    _Alignas(32) uint8_t tmp[32 + 16];
+    if (e / 8 * b + 2 * b + 16 > rb) { /* near the row's end: no reads past it */
+        memset(tmp, 0, sizeof tmp);
+        memcpy(tmp, p, (size_t)(4 * b));
+        p = tmp;
+    }
+    __m256i v = _mm256_loadu2_m128i((const __m128i *)(p + 2 * b), (const __m128i *)p);
+    v = _mm256_srlv_epi32(_mm256_shuffle_epi8(v, u->shuf), u->shift);
+    __m256i r = _mm256_and_si256(v, u->m0);
+    r = _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c1), u->m1));
+    r = _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c2), u->m2));
+    return _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c3), u->m3));
+}
+
+/* The same as gemv8 for 2, 3, 5 and 6-bit codes (at most 63: no offset). */
+INLINE void gemvb(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
+                  const int R) {
+    const int64_t k = a->k, G = d->G, ng = k / G, rb = k * d->bits / 8;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const unpacker up = unpacker_for(d->bits);
+    xrow xr[MAXR];
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    for (int64_t j = j0; j < j1; j++) {
+        const uint8_t *w = wrow(a, j);
+        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
+        __m256 facc[MAXR];
+        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
+        for (int64_t g0 = 0; g0 < ng; g0 += 8) {
+            const int64_t n8 = MNV_MIN(8, ng - g0);
+            _Alignas(32) float sd[MAXR][8];
+            window_scales(d, sc, bi, g0, n8, xr, R, false, sd, facc);
+            for (int64_t g = 0; g < n8; g++) {
+                const int64_t e = (g0 + g) * G;
+                __m256i s[MAXR];
+                for (int i = 0; i < R; i++) s[i] = _mm256_setzero_si256();
+                for (int64_t c = 0; c < G; c += 32) {
+                    const __m256i wv = unpack32(&up, w, e + c, rb);
+                    for (int i = 0; i < R; i++) {
+                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
+                        s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
+                    }
+                }
+                for (int i = 0; i < R; i++)
+                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_broadcast_ss(&sd[i][g]), facc[i]);
+            }
+        }
+        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
+    }
+}
+
+static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
+                         int64_t n1) {
+    switch (rows) {
+    case 1: gemvb(a, d, xbase, y, n0, n1, 1); break;
+    case 2: gemvb(a, d, xbase, y, n0, n1, 2); break;
+    case 3: gemvb(a, d, xbase, y, n0, n1, 3); break;
+    default: gemvb(a, d, xbase, y, n0, n1, 4); break;
+    }
+}
+
+static gemv_fn *gemv_for(const qdesc *d) {
+    if (d->fp4) return gemv_i8_fp4;
+    return d->bits == 8 ? gemv_i8_q8 : d->bits == 4 ? gemv_i8_q4 : gemv_i8_bits;
+}
 
 /* Each thread prepares its own copy of x (m <= 4 rows: cheaper than a barrier). */
 static void i8_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
@@ -727,7 +825,8 @@ static i8panel i8panel_at(uint8_t *p) {
     return q;
 }
 
-/* Codes [k0, k0+kc) of row j as panel bytes (kc a multiple of 32). */
+/* Codes [k0, k0+kc) of row j as panel bytes (kc a multiple of 32; 2, 3, 5
+ * and 6 bits through the portable unpacker, amortized over the rows of x). */
 static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int64_t k0, int64_t kc, uint8_t *dst) {
     const uint8_t *w = wrow(a, j);
     if (d->bits == 8) {
@@ -735,6 +834,10 @@ static void codes_row(const mnv_qmatmul_args *a, const qdesc *d, int64_t j, int6
         for (int64_t t = 0; t < kc; t += 32)
             _mm256_storeu_si256((__m256i *)(dst + t),
                                 _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + k0 + t)), flip));
+        return;
+    }
+    if (d->bits != 4) { /* 2, 3, 5, 6 bits */
+        mnv__qcodes((const uint32_t *)w, d->bits, k0, kc, dst);
         return;
     }
     const uint8_t *s = w + k0 / 2;
@@ -865,8 +968,9 @@ INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const floa
     }
 }
 
-/* The three kinds; segments: 4-bit codes (<= 15) x |x| <= 127 in pairs, 8 of
- * them sum within int16; mxfp4 u <= 24: 4 of them. */
+/* The kinds; segments: codes c in pairs with |x| <= 127 give at most
+ * 254 c: 8 of them sum within int16 for c <= 15 (2, 3, 4 bits), 4 for c <= 31
+ * (5 bits; mxfp4 u <= 24), 2 for c <= 63 (6 bits). */
 #define I8_TILE_ARGS pc, sw, bw, ngb, G, xq, dx, xs2, y, rows, cols, accumulate
 typedef void i8_tile_fn(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
                         const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
@@ -880,6 +984,11 @@ static void i8_tile_q4(const uint8_t *pc, const float *sw, const float *bw, int6
                        const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
                        int rows, int cols, bool accumulate) {
     i8_tile(4, 8, I8_TILE_ARGS);
+}
+static void i8_tile_q6(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
+                       const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
+                       int rows, int cols, bool accumulate) {
+    i8_tile(4, 2, I8_TILE_ARGS);
 }
 static void i8_tile_fp4(const uint8_t *pc, const float *sw, const float *bw, int64_t ngb, int64_t G,
                         const int8_t *const *xq, const float *const *dx, const float *const *xs2, float *const *y,
@@ -909,7 +1018,10 @@ static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
     const int64_t kc_max = pick_kc_i8(m, k, G);
-    i8_tile_fn *tile = d->bits == 8 ? i8_tile_q8 : d->fp4 ? i8_tile_fp4 : i8_tile_q4;
+    i8_tile_fn *tile = d->bits == 8                  ? i8_tile_q8
+                       : d->fp4 || d->bits == 5       ? i8_tile_fp4
+                       : d->bits == 6                 ? i8_tile_q6
+                                                      : i8_tile_q4;
     for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
         const int64_t kc = MNV_MIN(kc_max, k - k0), ngb = kc / G;
         for (int64_t jp = n0; jp < n1; jp += NP) {
@@ -947,7 +1059,7 @@ enum { I8_MID_MAX_M = 16 };
 void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8) {
     const qdesc d = describe(&a->fmt);
     const mnv_qmode mode = a->fmt.mode;
-    const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32 && (d.bits == 4 || d.bits == 8));
+    const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
     if (a->m <= MNV_QMATMUL_GEMV_MAX_M || !a->scratch) {
         if (int8 && a->scratch && i8_fmt) i8_decode(a, &d, ith, nth);
         else f32_decode(a, &d, ith, nth);
