@@ -12,12 +12,18 @@
  * with 1 and 2 threads (a spinning pool, like the engine's). Each figure is
  * the median of several timed runs.
  *
- * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats] [sweep]
- *   impl     forces an implementation ("avx512-vnni", "avx512", "scalar"; "" = auto)
- *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4")
+ * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats] [sweep|cpu]
+ *   impl     forces an implementation ("avx512-vnni", "avx512", "avx2-int8", "avx2",
+ *            "scalar"; "" = auto)
+ *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4"; also q6, q3, mxfp8)
  *   sweep    "sweep": instead, GB/s of weights (from DRAM, the pool cycled) for
  *            m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880
- *            (the mid-size m of mixture-of-experts layers and batched decode) */
+ *            (the mid-size m of mixture-of-experts layers and batched decode)
+ *            "cpu": instead, one thread's compute rates timed in thread CPU time
+ *            (minimum over reps x 8 runs), which other processes sharing the
+ *            cores disturb far less than wall time: decode m = 1 on one
+ *            1024x1024 weight copy (cache-resident: the kernel's own speed,
+ *            GB/s) and prefill m = 512 on 5504x1024 (GFLOP/s) */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +31,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "backend/cpu/qmatmul.h"
 
@@ -42,6 +49,18 @@ __attribute__((target("avx512f"))) static float sum_avx512(const float *p, size_
         a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+__attribute__((target("avx2"))) static float sum_avx2(const float *p, size_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    return ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
 }
 #endif
 
@@ -67,6 +86,10 @@ static void stream_task(void *arg, int ith, int nth) {
 #if defined(__x86_64__)
     if (__builtin_cpu_supports("avx512f")) {
         s->sink = sum_avx512(p, chunk);
+        return;
+    }
+    if (__builtin_cpu_supports("avx2")) {
+        s->sink = sum_avx2(p, chunk);
         return;
     }
 #endif
@@ -108,6 +131,9 @@ static const qcase FORMATS[] = {
     {"q8", "q8: affine 8-bit g64", {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16}},
     {"q4", "q4: affine 4-bit g64", {MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}},
     {"mxfp4", "mxfp4 (g32, E8M0)", {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}},
+    {"q6", "q6: affine 6-bit g64", {MNV_QMODE_AFFINE, 6, 64, MNV_DTYPE_BF16}},
+    {"q3", "q3: affine 3-bit g64", {MNV_QMODE_AFFINE, 3, 64, MNV_DTYPE_BF16}},
+    {"mxfp8", "mxfp8 (g32, E8M0)", {MNV_QMODE_MXFP8, 8, 32, MNV_DTYPE_U8}},
 };
 enum { N_FORMATS = sizeof FORMATS / sizeof FORMATS[0] };
 
@@ -262,6 +288,43 @@ static void run_sweep(const qcase *qc, char *wpool, size_t pool_bytes, float *x,
     }
 }
 
+static double thread_cpu_sec(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Minimum thread CPU seconds of one product (one thread, the first weight copy). */
+static double cpu_time_of(mnv_qmatmul_args *a, int runs, int iters) {
+    double best = 1e30;
+    mnv_cpu_qmatmul(a, 0, 1);
+    for (int r = 0; r < runs; r++) {
+        const double t0 = thread_cpu_sec();
+        for (int it = 0; it < iters; it++) mnv_cpu_qmatmul(a, 0, 1);
+        best = MNV_MIN(best, (thread_cpu_sec() - t0) / iters);
+    }
+    return best;
+}
+
+static void run_cpu(const qcase *qc, char *wpool, float *x, float *y, void *scratch, int reps) {
+    const wshape dec = {"1024x1024", 1024, 1024}, pre = SHAPES[2];
+    job j = {.a = {.x = x, .ldx = dec.k, .ldw = dec.k * qc->fmt.bits / 32, .lds = dec.k / qc->fmt.group_size,
+                   .fmt = qc->fmt, .global_scale = 1.0f, .y = y, .ldy = dec.n, .m = 1, .n = dec.n, .k = dec.k,
+                   .scratch = scratch},
+             .pool = wpool, .sz = sizes_of(&qc->fmt, dec.n, dec.k)};
+    point_at(&j, 0);
+    const size_t bytes = j.sz.wbytes + (qc->fmt.mode == MNV_QMODE_AFFINE ? 2 : 1) * j.sz.sbytes;
+    const double td = cpu_time_of(&j.a, 8 * reps, 20);
+    j.a = (mnv_qmatmul_args){.x = x, .ldx = pre.k, .ldw = pre.k * qc->fmt.bits / 32, .lds = pre.k / qc->fmt.group_size,
+                             .fmt = qc->fmt, .global_scale = 1.0f, .y = y, .ldy = pre.n, .m = 512, .n = pre.n,
+                             .k = pre.k, .scratch = scratch};
+    j.sz = sizes_of(&qc->fmt, pre.n, pre.k);
+    point_at(&j, 0);
+    const double tp = cpu_time_of(&j.a, 2 * reps, 1);
+    printf("%-24s  decode %s %6.1f GB/s   prefill m=512 %s %6.1f GFLOP/s   (1 thread, CPU time)\n", qc->desc,
+           dec.name, (double)bytes / td * 1e-9, pre.name, 2.0 * 512 * (double)(pre.n * pre.k) / tp * 1e-9);
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 5;
     size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
@@ -270,6 +333,7 @@ int main(int argc, char **argv) {
         return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
     const char *only = argc > 4 && argv[4][0] ? argv[4] : "q8,q4,mxfp4";
     const bool sweep = argc > 5 && strcmp(argv[5], "sweep") == 0;
+    const bool cpu = argc > 5 && strcmp(argv[5], "cpu") == 0;
     const int64_t M = 512, KMAX = 5504, NMAX = 5504;
     char *wpool = alloc_huge(pool_bytes);
     float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
@@ -285,6 +349,10 @@ int main(int argc, char **argv) {
         const qcase *qc = &FORMATS[fi];
         if (!listed(only, qc->name)) continue;
         fill_pool(wpool, pool_bytes, &qc->fmt);
+        if (cpu) {
+            run_cpu(qc, wpool, x, y, scratch, reps);
+            continue;
+        }
         if (sweep) {
             run_sweep(qc, wpool, pool_bytes, x, y, scratch, reps);
             continue;

@@ -754,7 +754,7 @@ static void test_load_back(void) {
     eval_logits(dq, deq, &st);
     CHECKF(st == MNV_OK, "dequantized: %s", mnv_last_error());
     /* the portable kernel computes in f32 like the dequantized model; the
-     * host's default may round activations to int8 (avx512-vnni): looser */
+     * host's default may round activations to int8 (avx512-vnni, avx2-int8): looser */
     const char *impl[2] = {"scalar", NULL};
     for (int i = 0; i < 2; i++) {
         bool forced = impl[i] ? mnv_cpu_qmatmul_force(impl[i]) : (mnv_cpu_qmatmul_force(NULL), true);

@@ -2,7 +2,7 @@
  * choice, scratch size, the portable path (plain C, no intrinsics: it builds
  * and is correct on any host, and is the reference the SIMD paths are tested
  * against) and the quantized embedding lookup. The SIMD paths live in
- * qmatmul_avx512.c.
+ * qmatmul_avx512.c and qmatmul_avx2.c.
  *
  * Portable numerics: every weight is dequantized to f32 exactly as
  * quant/quant.h defines it (affine s*q + b with two roundings; mxfp4/mxfp8
@@ -190,6 +190,8 @@ typedef struct {
 #if defined(__x86_64__) || defined(_M_X64)
 static void run_avx512_vnni(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx512(a, ith, nth, true); }
 static void run_avx512(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx512(a, ith, nth, false); }
+static void run_avx2_int8(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx2(a, ith, nth, true); }
+static void run_avx2(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatmul_avx2(a, ith, nth, false); }
 #endif
 
 /* Best first: the automatic choice is the first one the host (and the
@@ -197,7 +199,11 @@ static void run_avx512(const mnv_qmatmul_args *a, int ith, int nth) { mnv__qmatm
 static const qmatmul_impl impls[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     {"avx512-vnni", MNV_ISA_AVX512, MNV_CPU_AVX512_VNNI, true, run_avx512_vnni},
+    /* an AVX-512 host without VNNI runs the AVX2 int8 kernels, faster than
+     * its f32 ones; exact products still take the f32 row that follows */
+    {"avx2-int8", MNV_ISA_AVX2, -1, true, run_avx2_int8},
     {"avx512", MNV_ISA_AVX512, -1, false, run_avx512},
+    {"avx2", MNV_ISA_AVX2, -1, false, run_avx2},
 #endif
     {"scalar", MNV_ISA_SCALAR, -1, false, mnv__qmatmul_scalar},
 };

@@ -12,7 +12,8 @@
  * packed codes directly) and runs a blocked product. The implementation for
  * the host is chosen at run time; every implementation covers every format
  * (AVX-512: int8 activations with VNNI for affine and mxfp4, f32 for the
- * rest; a portable f32 path for any host). */
+ * rest; AVX2: int8 activations with vpmaddubsw for affine and mxfp4, f32
+ * for the rest; a portable f32 path for any host). */
 #ifndef MNV_CPU_QMATMUL_H
 #define MNV_CPU_QMATMUL_H
 
@@ -42,9 +43,10 @@ size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt
 /* Thread ith of nth computes its share; all nth threads must call it. */
 void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth);
 /* Name of the implementation chosen for this host, and a test override
- * ("avx512-vnni", "avx512", "scalar"; false if the host lacks it; NULL
- * restores the automatic choice). avx512-vnni rounds activations to int8
- * (one scale per group) for the formats it covers; avx512 and scalar are f32. */
+ * ("avx512-vnni", "avx512", "avx2-int8", "avx2", "scalar"; false if the host
+ * lacks it; NULL restores the automatic choice). avx512-vnni and avx2-int8
+ * round activations to int8 (one scale per group) for the formats they
+ * cover; avx512, avx2 and scalar are f32. */
 const char *mnv_cpu_qmatmul_impl(void);
 bool mnv_cpu_qmatmul_force(const char *impl);
 /* What a session with exact_quant runs: the current choice, or its f32 twin. */
@@ -122,6 +124,9 @@ void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
 /* vnni: int8 activations and vpdpbusd for affine (every bit width) and
  * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math. */
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
+/* int8: int8 activations and vpmaddubsw for affine (every bit width) and
+ * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math (qmatmul_avx2.c). */
+void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8);
 #endif
 
 #endif
