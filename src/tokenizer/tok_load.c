@@ -288,9 +288,10 @@ static mnv_status load_decoder(mnv_tokenizer *t, const char *path, const cJSON *
         const cJSON *a = get(j, "start"), *b = get(j, "stop");
         uint32_t cp;
         if (!c || !*c || strlen(c) > 4 || mnv__utf8_next(c, strlen(c), &cp) != strlen(c) ||
-            !cJSON_IsNumber(a) || !cJSON_IsNumber(b) || a->valuedouble < 0 || b->valuedouble < 0)
+            !cJSON_IsNumber(a) || !cJSON_IsNumber(b) || !(a->valuedouble >= 0 && a->valuedouble <= 1e6) ||
+            !(b->valuedouble >= 0 && b->valuedouble <= 1e6))
             return mnv_set_error(MNV_ERR_FORMAT, "%s: decoder Strip needs a one-character "
-                                 "'content' and non-negative 'start'/'stop'", path);
+                                 "'content' and 'start'/'stop' counts from 0 to 1000000", path);
         d->kind = MNV__DEC_STRIP;
         d->content_len = strlen(c);
         memcpy(d->content, c, d->content_len);
