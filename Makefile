@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 
-.PHONY: all build run test clean bootstrap fuzz bench
+.PHONY: all build run test clean bootstrap fuzz bench test-aarch64
 
 all: build
 
@@ -23,6 +23,24 @@ run: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@if command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && \
+	    { command -v qemu-aarch64 || command -v qemu-aarch64-static; } >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory test-aarch64; \
+	else echo "test-aarch64: skipped (no aarch64-linux-gnu-gcc or qemu-aarch64; scripts/bootstrap.sh installs them)"; fi
+
+# 64-bit ARM: cross-build with Debian's gcc-aarch64-linux-gnu into
+# $(AARCH64_BUILD) and run the tests under qemu-aarch64 (the NEON kernels;
+# qemu's default CPU has the dot-product extension, so the suite runs the
+# neon-dot level, then the kernel and model tests again capped at plain neon).
+AARCH64_BUILD ?= build-aarch64
+AARCH64_NEON_TESTS ?= test_matmul|test_ops|test_qmatmul|test_model|test_quant_models|e2e_generate
+test-aarch64:
+	@sh scripts/bootstrap.sh
+	cmake -S . -B $(AARCH64_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake $(CMAKE_FLAGS)
+	cmake --build $(AARCH64_BUILD) -j $(JOBS)
+	$(AARCH64_BUILD)/tests/run_minerva_cli --version
+	cd $(AARCH64_BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(AARCH64_BUILD) && MINERVA_CPU=neon ctest --output-on-failure -j $(JOBS) -R '$(AARCH64_NEON_TESTS)'
 
 clean:
 	rm -rf $(BUILD)
