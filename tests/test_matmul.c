@@ -9,7 +9,7 @@
 #include "backend/cpu/matmul.h"
 #include "test.h"
 
-static const char *const IMPLS[] = {"avx512-bf16", "avx512", "avx2", "scalar"};
+static const char *const IMPLS[] = {"avx512-bf16", "avx512", "avx2", "neon", "scalar"};
 static const mnv_dtype WTYPES[] = {MNV_DTYPE_F32, MNV_DTYPE_F16, MNV_DTYPE_BF16};
 static const float SENTINEL = 1234.5f;
 

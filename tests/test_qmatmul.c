@@ -245,11 +245,12 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
     pthread_barrier_destroy(&bar);
 }
 
-/* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
- * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
- * prefill (m > 4) when nth > 1 threads have no barrier to share x.) */
+/* Does impl round x to int8 for this call? (qmatmul_avx512.c and
+ * qmatmul_neon_dot.c: affine and mxfp4 under avx512-vnni and neon-dot;
+ * without scratch they fall back to f32, and so does prefill (m > 4) when
+ * nth > 1 threads have no barrier to share x.) */
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
-    if (strcmp(impl, "avx512-vnni") != 0 || !scratch) return false;
+    if ((strcmp(impl, "avx512-vnni") != 0 && strcmp(impl, "neon-dot") != 0) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
     return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
@@ -276,8 +277,8 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static const char *IMPLS[] = {"avx512-vnni", "avx512", "scalar"};
-enum { N_IMPL = 3 };
+static const char *IMPLS[] = {"avx512-vnni", "avx512", "neon-dot", "neon", "scalar"};
+enum { N_IMPL = 5 };
 
 static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nth) {
     problem p;

@@ -41,10 +41,14 @@ const mnv_vec_ops *mnv_vec(void) {
     const mnv_vec_ops *v = NULL;
     if (mnv__isa_ok(MNV_ISA_AVX512)) v = mnv_vec_avx512();
     if (!v && mnv__isa_ok(MNV_ISA_AVX2)) v = mnv_vec_avx2();
+    if (!v && mnv__isa_ok(MNV_ISA_NEON)) v = mnv_vec_neon();
     return v ? v : &vec_c;
 }
 
 #if !defined(__x86_64__)
 const mnv_vec_ops *mnv_vec_avx512(void) { return NULL; }
 const mnv_vec_ops *mnv_vec_avx2(void) { return NULL; }
+#endif
+#if !defined(__aarch64__) && !defined(_M_ARM64)
+const mnv_vec_ops *mnv_vec_neon(void) { return NULL; }
 #endif
