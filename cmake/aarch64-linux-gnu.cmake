@@ -19,8 +19,16 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE BOTH)
 set(ENV{PKG_CONFIG_LIBDIR} "/usr/lib/${MNV_CROSS_TRIPLE}/pkgconfig:/usr/share/pkgconfig")
 set(ENV{PKG_CONFIG_PATH} "")
 
-# Test executables run through qemu; -L gives it the arm64 loader and libc.
+# Test executables run through qemu. With the arm64 libc installed as a
+# multiarch package (libc6:arm64, which the -dev packages above pull in) the
+# loader and every library are at their usual paths; otherwise -L points
+# qemu at the cross toolchain's copy (with qemu 7.2, -L makes thread
+# creation hang, so it is the fallback only).
 find_program(MNV_QEMU_AARCH64 NAMES qemu-aarch64 qemu-aarch64-static)
 if(MNV_QEMU_AARCH64)
-  set(CMAKE_CROSSCOMPILING_EMULATOR ${MNV_QEMU_AARCH64} -L /usr/${MNV_CROSS_TRIPLE})
+  if(EXISTS /lib/ld-linux-aarch64.so.1)
+    set(CMAKE_CROSSCOMPILING_EMULATOR ${MNV_QEMU_AARCH64})
+  else()
+    set(CMAKE_CROSSCOMPILING_EMULATOR ${MNV_QEMU_AARCH64} -L /usr/${MNV_CROSS_TRIPLE})
+  endif()
 endif()

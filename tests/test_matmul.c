@@ -227,7 +227,7 @@ int main(void) {
     t_seed();
     test_empty_k();
     printf("automatic choice: %s\n", mnv_cpu_matmul_impl());
-    for (int i = 0; i < 4; i++) test_impl(IMPLS[i]);
+    for (size_t i = 0; i < sizeof IMPLS / sizeof IMPLS[0]; i++) test_impl(IMPLS[i]);
     CHECK(!mnv_cpu_matmul_force("no-such-impl"));
     CHECK(mnv_cpu_matmul_force(NULL));
     return t_done();
