@@ -8,6 +8,8 @@
 #
 # Any build dir and compiler: make test BUILD=build-x CC=clang
 BUILD ?= build
+# test also runs test-aarch64 when the cross toolchain is present; skip: never
+AARCH64 ?= auto
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
 # ctest arguments, e.g. CTEST_ARGS="-LE fuzz" to leave out the fuzz tests
@@ -27,7 +29,7 @@ SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
 # the tests that run threads from the test itself (a ctest -R pattern)
 TSAN_TESTS = ^test_threads$$
 
-.PHONY: all build run test test-clang test-sanitize test-tsan clean bootstrap fuzz bench
+.PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 clean bootstrap fuzz bench
 
 all: build
 
@@ -46,18 +48,38 @@ run: build
 
 test: build
 	cd $(BUILD) && $(SAN_ENV) ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+	@if [ "$(AARCH64)" != skip ] && command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 && \
+	    { command -v qemu-aarch64 || command -v qemu-aarch64-static; } >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory test-aarch64; \
+	elif [ "$(AARCH64)" != skip ]; then \
+	    echo "test-aarch64: skipped (no aarch64-linux-gnu-gcc or qemu-aarch64; scripts/bootstrap.sh installs them)"; fi
 
 # The fuzz tests already ran in the project compiler's build.
 test-clang:
-	$(MAKE) test BUILD=build-clang CC=clang CTEST_ARGS="-LE fuzz"
+	$(MAKE) test BUILD=build-clang CC=clang CTEST_ARGS="-LE fuzz" AARCH64=skip
 
 test-sanitize:
-	$(MAKE) test BUILD=build-sanitize CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=address,undefined'
+	$(MAKE) test BUILD=build-sanitize CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=address,undefined' AARCH64=skip
 
 test-tsan:
 	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread'
 	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads
 	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
+
+# 64-bit ARM: cross-build with Debian's gcc-aarch64-linux-gnu into
+# $(AARCH64_BUILD) and run the whole suite under qemu-aarch64. qemu's default
+# CPU has the dot-product extension, so the suite runs the neon-dot level
+# (the op tests force each implementation in turn); then the model tests run
+# again capped at plain neon, where the exact quantized path is the default.
+AARCH64_BUILD ?= build-aarch64
+AARCH64_NEON_TESTS ?= test_convert|test_model|test_quant_models|e2e_generate|e2e_gptoss
+test-aarch64:
+	@sh scripts/bootstrap.sh
+	cmake -S . -B $(AARCH64_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake $(CMAKE_FLAGS)
+	cmake --build $(AARCH64_BUILD) -j $(JOBS)
+	$(AARCH64_BUILD)/tests/run_minerva_cli --version
+	cd $(AARCH64_BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(AARCH64_BUILD) && MINERVA_CPU=neon ctest --output-on-failure -j $(JOBS) -R '$(AARCH64_NEON_TESTS)'
 
 
 clean:

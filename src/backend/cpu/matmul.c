@@ -78,6 +78,9 @@ static const matmul_impl impls[] = {
     {"avx512", MNV_ISA_AVX512, -1, run_avx512},
     {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2},
 #endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+    {"neon", MNV_ISA_NEON, -1, mnv__matmul_neon},
+#endif
     {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };

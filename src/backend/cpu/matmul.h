@@ -79,5 +79,9 @@ void mnv__matmul_scalar(const mnv_matmul_args *a, int ith, int nth);
 void mnv__matmul_avx512(const mnv_matmul_args *a, int ith, int nth, bool bf16_dot);
 void mnv__matmul_avx2(const mnv_matmul_args *a, int ith, int nth);
 #endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+/* f32 math for every weight type (matmul_neon.c). */
+void mnv__matmul_neon(const mnv_matmul_args *a, int ith, int nth);
+#endif
 
 #endif

@@ -205,6 +205,10 @@ static const qmatmul_impl impls[] = {
     {"avx512", MNV_ISA_AVX512, -1, false, run_avx512},
     {"avx2", MNV_ISA_AVX2, -1, false, run_avx2},
 #endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+    {"neon-dot", MNV_ISA_NEON_DOT, -1, true, mnv__qmatmul_neon_dot},
+    {"neon", MNV_ISA_NEON, -1, false, mnv__qmatmul_neon},
+#endif
     {"scalar", MNV_ISA_SCALAR, -1, false, mnv__qmatmul_scalar},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };

@@ -13,7 +13,9 @@
  * the host is chosen at run time; every implementation covers every format
  * (AVX-512: int8 activations with VNNI for affine and mxfp4, f32 for the
  * rest; AVX2: int8 activations with vpmaddubsw for affine and mxfp4, f32
- * for the rest; a portable f32 path for any host). */
+ * for the rest; AArch64 NEON: int8 activations with SDOT where the CPU has
+ * the dot-product extension, likewise, and an f32 path; a portable f32 path
+ * for any host). */
 #ifndef MNV_CPU_QMATMUL_H
 #define MNV_CPU_QMATMUL_H
 
@@ -43,10 +45,11 @@ size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt
 /* Thread ith of nth computes its share; all nth threads must call it. */
 void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth);
 /* Name of the implementation chosen for this host, and a test override
- * ("avx512-vnni", "avx512", "avx2-int8", "avx2", "scalar"; false if the host
- * lacks it; NULL restores the automatic choice). avx512-vnni and avx2-int8
- * round activations to int8 (one scale per group) for the formats they
- * cover; avx512, avx2 and scalar are f32. */
+ * ("avx512-vnni", "avx2-int8", "avx512", "avx2", "neon-dot", "neon",
+ * "scalar"; false if the host lacks it; NULL restores the automatic choice).
+ * avx512-vnni, avx2-int8 and neon-dot round activations to int8 (one scale
+ * per group) for the formats they cover; avx512, avx2, neon and scalar are
+ * f32. */
 const char *mnv_cpu_qmatmul_impl(void);
 bool mnv_cpu_qmatmul_force(const char *impl);
 /* What a session with exact_quant runs: the current choice, or its f32 twin. */
@@ -127,6 +130,17 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
 /* int8: int8 activations and vpmaddubsw for affine (every bit width) and
  * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math (qmatmul_avx2.c). */
 void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8);
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64)
+/* f32 math for every format (qmatmul_neon.c). */
+void mnv__qmatmul_neon(const mnv_qmatmul_args *a, int ith, int nth);
+/* int8 activations and SDOT for affine (groups >= 32) and mxfp4, the f32
+ * path otherwise (qmatmul_neon_dot.c; needs the dot-product extension). */
+void mnv__qmatmul_neon_dot(const mnv_qmatmul_args *a, int ith, int nth);
+/* Shared by both: codes of elements [e0, e0 + cnt) (multiples of 16) as one
+ * byte each, and 2*e2m1 of the 16 E2M1 codes (integers). */
+void mnv__qcodes_neon(const uint32_t *row, int32_t bits, int64_t e0, int64_t cnt, uint8_t *out);
+extern const int8_t mnv__e2m1x2_neon[16];
 #endif
 
 #endif

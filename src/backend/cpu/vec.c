@@ -50,6 +50,9 @@ static const vec_impl impls[] = {
     {"avx512", MNV_ISA_AVX512, -1, mnv_vec_avx512},
     {"avx2", MNV_ISA_AVX2, -1, mnv_vec_avx2},
 #endif
+#if defined(__aarch64__)
+    {"neon", MNV_ISA_NEON, -1, mnv_vec_neon},
+#endif
     {"scalar", MNV_ISA_SCALAR, -1, vec_scalar},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };
@@ -69,4 +72,7 @@ const mnv_vec_ops *mnv_vec(void) {
 #if !defined(__x86_64__)
 const mnv_vec_ops *mnv_vec_avx512(void) { return NULL; }
 const mnv_vec_ops *mnv_vec_avx2(void) { return NULL; }
+#endif
+#if !defined(__aarch64__) && !defined(_M_ARM64)
+const mnv_vec_ops *mnv_vec_neon(void) { return NULL; }
 #endif

@@ -1,6 +1,6 @@
 /* Small vector primitives (and the kernels that have a host-specific
- * version) used by the CPU kernels, with implementations for AVX-512, AVX2
- * and plain C chosen once at run time for the host. */
+ * version) used by the CPU kernels, with implementations for AVX-512, AVX2,
+ * NEON and plain C chosen once at run time for the host. */
 #ifndef MNV_CPU_VEC_H
 #define MNV_CPU_VEC_H
 
@@ -31,5 +31,6 @@ const mnv_vec_ops *mnv_vec(void);
 /* Implementations (NULL when not compiled for this architecture). */
 const mnv_vec_ops *mnv_vec_avx512(void);
 const mnv_vec_ops *mnv_vec_avx2(void);
+const mnv_vec_ops *mnv_vec_neon(void);
 
 #endif
