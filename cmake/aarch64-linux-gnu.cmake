@@ -9,6 +9,14 @@ set(CMAKE_SYSTEM_PROCESSOR aarch64)
 set(MNV_CROSS_TRIPLE aarch64-linux-gnu)
 
 set(CMAKE_C_COMPILER ${MNV_CROSS_TRIPLE}-gcc)
+# The C++ header check needs the cross g++ (g++-aarch64-linux-gnu); without
+# it the check is left out rather than built by the host's compiler.
+find_program(MNV_CROSS_CXX ${MNV_CROSS_TRIPLE}-g++)
+if(MNV_CROSS_CXX)
+  set(CMAKE_CXX_COMPILER ${MNV_CROSS_CXX})
+else()
+  set(CMAKE_CXX_COMPILER "")
+endif()
 set(CMAKE_FIND_ROOT_PATH /usr/${MNV_CROSS_TRIPLE})
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY BOTH)
