@@ -36,6 +36,12 @@
 
 #include "backend/cpu/qmatmul.h"
 
+/* Decode streams each weight row once; a software prefetch this many bytes
+ * ahead of the reads keeps enough lines in flight for one core to approach
+ * its share of DRAM bandwidth (Zen 2, 0.48B 8-bit decode: 33.5 -> 51 tok/s;
+ * 512 and 4096 bytes ahead measured slower). */
+#define PF_AHEAD 2048
+#define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
 
 enum { MAXR = 4 };
@@ -260,6 +266,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     const int64_t e = (g0 + g) * 32;
                     __m256i lo[2], hi[2];
                     for (int u = 0; u < J; u++) {
+                        PREFETCH(w[u] + e / 2);
                         const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w[u] + e / 2))
                                                       : load_lo128(w[u] + e / 2);
                         lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
@@ -287,6 +294,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int64_t c = 0; c < G; c += 64) {
                     __m256i lo[2], hi[2];
                     for (int u = 0; u < J; u++) {
+                        PREFETCH(w[u] + (e + c) / 2);
                         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[u] + (e + c) / 2));
                         lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
                         if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
@@ -338,6 +346,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int64_t c = 0; c < G; c += 32) {
                     __m256i ws[2], wa[2];
                     for (int u = 0; u < J; u++) {
+                        PREFETCH(w[u] + e + c);
                         ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
                         wa[u] = _mm256_abs_epi8(ws[u]);
                     }
@@ -473,6 +482,7 @@ INLINE void gemvb(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 __m256i s[MAXR];
                 for (int i = 0; i < R; i++) s[i] = _mm256_setzero_si256();
                 for (int64_t c = 0; c < G; c += 32) {
+                    PREFETCH(w + (e + c) / 8 * d->bits);
                     const __m256i wv = unpack32(&up, w, e + c, rb);
                     for (int i = 0; i < R; i++) {
                         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
