@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
 #include "cli_common.h"
 
 #define CMD "inspect"
@@ -129,6 +131,9 @@ static int estimate_main(const char *model_dir) {
 }
 
 static int inspect_main(const char *model_dir) {
+    struct stat sb;
+    if (stat(model_dir, &sb) != 0) return cli_error(CMD, "%s does not exist", model_dir);
+    if (!S_ISDIR(sb.st_mode)) return cli_error(CMD, "%s is not a directory", model_dir);
     if (!has_weights(model_dir)) return estimate_main(model_dir);
     mnv_model *model = NULL;
     int rc = cli_load_model(CMD, model_dir, 0, &model);
