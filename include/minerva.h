@@ -383,7 +383,7 @@ MNV_API void mnv_session_reset(mnv_session *s);
  * their next check: before each batch of at most n_batch prompt tokens,
  * before each generated token, and inside a forward pass between two
  * operations of its graph, so a long prompt's batch stops within one
- * operation's time (one layer's matrix product at most), not the batch's.
+ * operation's time (such as one matrix product), not the whole batch's.
  * The message says where it stopped. A request made while nothing runs is
  * kept: the next eval or generate returns MNV_ERR_CANCELLED at once. Each
  * request cancels one call; it is consumed when that call returns

@@ -310,9 +310,10 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };
 
-/* A thread that passed barrier i may read stop_before only after thread 0
- * has run node i + 1 and set it to i + 2; so a thread stops when the value
- * names the node right after its barrier, and not merely when it is set. */
+/* A thread slow to read stop_before after node i's barrier may see the
+ * value thread 0 set after the next node (j + 1, before j's barrier); so a
+ * thread stops only when the value names the node right after the barrier
+ * it just passed, never merely because it is set. */
 static void run_graph(void *arg, int ith, int nth) {
     cpu_ctx *c = arg;
     int32_t n = mnv_graph_n_nodes(c->g);
