@@ -380,15 +380,20 @@ MNV_API void mnv_session_reset(mnv_session *s);
  * any thread, at any time while the session exists (not after
  * mnv_session_free: a host that cancels from another thread must order the
  * two itself). mnv_session_eval and mnv_generate return MNV_ERR_CANCELLED at
- * their next check: before each batch of at most n_batch prompt tokens, and
- * before each generated token. A long prompt is therefore cancelled after
- * at most one batch's forward pass (lower n_batch to bound that time). A
- * request made while nothing runs is kept: the next eval or generate
- * returns MNV_ERR_CANCELLED at once. Each request cancels one call; it is
- * consumed when that call returns MNV_ERR_CANCELLED.
- * After a cancelled call the context holds the tokens evaluated before the
- * check (whole batches; mnv_session_n_past tells how many), and the
- * session stays usable: continue, truncate or reset it. */
+ * their next check: before each batch of at most n_batch prompt tokens,
+ * before each generated token, and inside a forward pass between two
+ * operations of its graph, so a long prompt's batch stops within one
+ * operation's time (such as one matrix product), not the whole batch's.
+ * The message says where it stopped. A request made while nothing runs is
+ * kept: the next eval or generate returns MNV_ERR_CANCELLED at once. Each
+ * request cancels one call; it is consumed when that call returns
+ * MNV_ERR_CANCELLED (a request that arrives after the last operation of the
+ * last forward pass is kept for the next call).
+ * After a cancelled call the context holds the tokens of the batches
+ * completed before the stop (mnv_session_n_past tells how many; a batch
+ * stopped midway counts for nothing), the last logits are those of the last
+ * completed batch, and the session stays usable: continue, truncate or
+ * reset it. */
 MNV_API void mnv_session_cancel(mnv_session *s);
 /* Keep only the first n tokens of the context (n <= mnv_session_n_past):
  * later evaluation continues from position n, so a conversation whose new

@@ -9,6 +9,7 @@
 
 #include "core/core.h"
 #include "minerva.h"
+#include "runtime/session.h"
 #include "test.h"
 
 #define MODEL "../models/stories260K"
@@ -151,6 +152,144 @@ static void test_cancel_during_prompt(mnv_model *m) {
         mnv_session_free(s);
     }
     CHECKF(inside, "the cancel never landed inside the prompt in 5 tries");
+}
+
+/* ---- cancellation inside one forward pass ---------------------------------------------- */
+
+enum { PRE = 8, LONG = 480 }; /* a short context, then a prompt that is one batch */
+
+typedef struct {
+    mnv_session *s;
+    double delay; /* seconds after go */
+    atomic_int go;
+} timed_canceller;
+
+static void *cancel_after_delay(void *arg) {
+    timed_canceller *k = arg;
+    while (!atomic_load(&k->go)) sched_yield();
+    double t0 = mnv_time_sec();
+    while (mnv_time_sec() - t0 < k->delay) sched_yield();
+    mnv_session_cancel(k->s);
+    return NULL;
+}
+
+static mnv_session *long_batch_session(mnv_model *m, const int32_t *pre) {
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = 512;
+    sp.n_batch = 512; /* the long prompt is one graph */
+    mnv_session *s = NULL;
+    CHECK(mnv_session_create(m, &sp, &s) == MNV_OK);
+    if (s) CHECK(mnv_session_eval(s, pre, PRE, NULL) == MNV_OK);
+    return s;
+}
+
+/* After a cancelled forward pass the session holds what it held before: its
+ * context, its last logits and the caller's logits buffer untouched. */
+static void check_unchanged(mnv_session *s, const float *saved, const float *out, int V) {
+    CHECKF(mnv_session_n_past(s) == PRE, "n_past %d", mnv_session_n_past(s));
+    CHECK(s->logits_valid && memcmp(s->last_logits, saved, sizeof(float) * (size_t)V) == 0);
+    int touched = 0;
+    for (size_t i = 0; i < (size_t)LONG * (size_t)V; i++) touched += out[i] != -7.0f;
+    CHECKF(touched == 0, "%d logits written by a cancelled eval", touched);
+}
+
+/* The session still works: the long prompt evaluated again gives the logits
+ * of a session that was never cancelled. */
+static void check_works_after(mnv_session *s, const int32_t *prompt, const float *ref, float *out, int V) {
+    CHECK(mnv_session_eval(s, prompt, LONG, out) == MNV_OK);
+    CHECK(mnv_session_n_past(s) == PRE + LONG);
+    double worst = 0;
+    for (int t = 0; t < LONG; t++) {
+        double e = t_rel_l2(out + (size_t)t * V, ref + (size_t)t * V, V);
+        worst = e > worst ? e : worst;
+    }
+    CHECKF(worst < 1e-6, "logits after a cancel: rel L2 %.3g", worst);
+}
+
+/* The backend reads the flag before the first node: a request pending when
+ * a forward pass starts stops it before any node runs (mnv_session_eval's own
+ * check, before the batch, would catch it first: call the forward pass). */
+static void test_cancel_before_first_node(mnv_model *m, const int32_t *pre, const int32_t *prompt, const float *ref) {
+    mnv_session *s = long_batch_session(m, pre);
+    if (!s) return;
+    int V = s->model->cfg.vocab_size;
+    float *saved = malloc(sizeof(float) * (size_t)V), *out = malloc(sizeof(float) * (size_t)LONG * V);
+    memcpy(saved, s->last_logits, sizeof(float) * (size_t)V);
+    for (size_t i = 0; i < (size_t)LONG * V; i++) out[i] = -7.0f;
+    int32_t pos[LONG], seq[LONG] = {0}, row = LONG - 1;
+    for (int i = 0; i < LONG; i++) pos[i] = PRE + i;
+    mnv_batch b = {LONG, prompt, pos, seq, 1, &row};
+    mnv_session_cancel(s);
+    mnv_status st = mnv_session_forward(s, &b, out);
+    CHECKF(st == MNV_ERR_CANCELLED, "status %s", mnv_status_str(st));
+    CHECKF(strstr(mnv_last_error(), "before node 0 of") != NULL, "'%s'", mnv_last_error());
+    CHECKF(strstr(mnv_last_error(), "480 tokens") != NULL, "'%s'", mnv_last_error());
+    CHECK(atomic_load(&s->cancel) == 0); /* consumed */
+    check_unchanged(s, saved, out, V);
+    check_works_after(s, prompt, ref, out, V);
+    free(saved);
+    free(out);
+    mnv_session_free(s);
+}
+
+/* Another thread cancels while the one long batch runs: mnv_session_eval
+ * stops between two nodes of the graph. When the other thread is scheduled
+ * is up to the machine, so its delay (a fraction of an uncancelled run's
+ * time) is tried a few times; the cancel must land inside the graph at least
+ * once, and every cancelled eval must leave the session as it was. */
+static void test_cancel_inside_prefill(mnv_model *m, const int32_t *pre, const int32_t *prompt, const float *ref,
+                                       double t_full) {
+    int inside = 0, tries = 0;
+    static const double frac[] = {0.5, 0.3, 0.7, 0.2, 0.4, 0.6, 0.1, 0.5};
+    for (; tries < 8 && !inside; tries++) {
+        mnv_session *s = long_batch_session(m, pre);
+        if (!s) return;
+        int V = s->model->cfg.vocab_size;
+        float *saved = malloc(sizeof(float) * (size_t)V), *out = malloc(sizeof(float) * (size_t)LONG * V);
+        memcpy(saved, s->last_logits, sizeof(float) * (size_t)V);
+        for (size_t i = 0; i < (size_t)LONG * V; i++) out[i] = -7.0f;
+        timed_canceller k = {.s = s, .delay = t_full * frac[tries]};
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, cancel_after_delay, &k) == 0);
+        atomic_store(&k.go, 1);
+        mnv_status st = mnv_session_eval(s, prompt, LONG, out);
+        pthread_join(th, NULL);
+        if (st == MNV_OK) { /* it landed after the last node: the request waits for the next call */
+            CHECK(mnv_session_eval(s, prompt, 1, NULL) == MNV_ERR_CANCELLED);
+        } else {
+            CHECKF(st == MNV_ERR_CANCELLED, "status %s", mnv_status_str(st));
+            const char *msg = mnv_last_error();
+            inside = strstr(msg, "inside the forward pass") != NULL;
+            if (inside) printf("cancelled after %.0f%% of a full run (%.4f s): %s\n", 100 * frac[tries], t_full, msg);
+            CHECKF(strstr(msg, "mnv_session_eval") != NULL, "'%s'", msg);
+            if (inside) CHECKF(strstr(msg, "cpu: stopped before node ") != NULL && !strstr(msg, "node 0 of"), "'%s'", msg);
+            CHECK(atomic_load(&s->cancel) == 0);
+            check_unchanged(s, saved, out, V);
+            check_works_after(s, prompt, ref, out, V);
+        }
+        free(saved);
+        free(out);
+        mnv_session_free(s);
+    }
+    CHECKF(inside, "the cancel never landed inside the graph in %d tries (full run %.3f s)", tries, t_full);
+}
+
+static void test_cancel_in_forward_pass(mnv_model *m) {
+    static int32_t pre[PRE], prompt[LONG];
+    for (int i = 0; i < PRE; i++) pre[i] = i == 0 ? 1 : 3 + (int32_t)(t_rand64() % 500);
+    for (int i = 0; i < LONG; i++) prompt[i] = 3 + (int32_t)(t_rand64() % 500);
+    /* the reference: a session never cancelled, timed for the canceller's delays */
+    mnv_session *s = long_batch_session(m, pre);
+    if (!s) return;
+    int V = s->model->cfg.vocab_size;
+    float *ref = malloc(sizeof(float) * (size_t)LONG * V);
+    double t0 = mnv_time_sec();
+    CHECK(mnv_session_eval(s, prompt, LONG, ref) == MNV_OK);
+    double t_full = mnv_time_sec() - t0;
+    mnv_session_free(s);
+    test_cancel_before_first_node(m, pre, prompt, ref);
+    test_cancel_inside_prefill(m, pre, prompt, ref, t_full);
+    free(ref);
 }
 
 /* ---- several sessions on one model, in several threads ------------------------------- */
@@ -358,6 +497,7 @@ int main(void) {
     test_cancel_pending_and_reset(m);
     test_cancel_during_generation(m);
     test_cancel_during_prompt(m);
+    test_cancel_in_forward_pass(m);
     test_concurrent_sessions(m);
     mnv_model_free(m);
     test_progress();

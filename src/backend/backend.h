@@ -7,9 +7,12 @@
 #ifndef MNV_BACKEND_H
 #define MNV_BACKEND_H
 
+#include <stdatomic.h>
+
 #include "core/graph.h"
 
-#define MNV_BACKEND_IFACE_VERSION 1
+/* 2: compute honours mnv_backend.abort and may return MNV_ERR_CANCELLED. */
+#define MNV_BACKEND_IFACE_VERSION 2
 
 typedef struct mnv_backend mnv_backend;
 
@@ -27,7 +30,11 @@ typedef struct {
     mnv_status (*upload)(mnv_backend *b, void *dst, const void *src, size_t size);
     mnv_status (*download)(mnv_backend *b, void *dst, const void *src, size_t size);
     bool (*supports_node)(mnv_backend *b, const mnv_node *n);
-    /* Run nodes [0, n) of g in order. */
+    /* Run nodes [0, n) of g in order. Stops early with MNV_ERR_CANCELLED
+     * (message naming the node it stopped before) when b->abort is set and
+     * reads nonzero: before the first node or between two nodes, never
+     * inside one. Nodes already run have written their outputs (and cache
+     * rows); the graph's result is not valid. */
     mnv_status (*compute)(mnv_backend *b, mnv_graph *g);
     void (*synchronize)(mnv_backend *b);
     /* Threads used for compute (1 for devices). */
@@ -37,6 +44,12 @@ typedef struct {
 struct mnv_backend {
     const mnv_backend_iface *iface;
     void *ctx;
+    /* NULL, or a flag another thread may set while compute runs, to stop it
+     * early. Set by the backend's owner (the session points it at its cancel
+     * request); the backend only reads it, never clears it: the owner
+     * consumes the request. A device backend reads it between the pieces of
+     * work it submits. */
+    atomic_int *abort;
 };
 
 typedef struct {

@@ -74,6 +74,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     }
     mnv_backend_params bp = {"cpu", s->params.n_threads, s->params.exact_quant};
     mnv_status st = mnv_backend_create(&bp, &s->be);
+    if (st == MNV_OK) s->be->abort = &s->cancel; /* a cancel also stops a forward pass between nodes */
     if (st == MNV_OK) st = mnv_executor_create(s->be, &s->ex);
     if (st == MNV_OK) st = mnv_graph_create(128 + 96 * model->cfg.num_hidden_layers, &s->g);
     if (st == MNV_OK) st = alloc_cache(s, n_seq);
@@ -132,6 +133,18 @@ mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
 
 int32_t mnv_session_n_past(const mnv_session *s) { return s ? s->n_past : 0; }
 
+/* The backend stopped a forward pass at the session's cancel request:
+ * consume the request; nothing of the session changed but cache rows past
+ * n_past, which the next evaluation overwrites. */
+static mnv_status cancelled_in_forward(mnv_session *s, const mnv_batch *b) {
+    char where[256];
+    mnv_last_error_copy(where, sizeof where);
+    atomic_store(&s->cancel, 0);
+    return mnv_set_error(MNV_ERR_CANCELLED,
+                         "cancelled inside the forward pass of a batch of %d tokens (%s) with %d tokens in the context",
+                         b->n_tokens, where, s->n_past);
+}
+
 mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out) {
     const mnv_model_config *c = &s->model->cfg;
     for (int32_t t = 0; t < b->n_tokens; t++) {
@@ -158,6 +171,7 @@ mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits
     s->last_build_sec = t1 - t0;
     s->last_plan_sec = mnv_executor_plan_seconds(s->ex);
     s->last_run_sec = t2 - t1 - s->last_plan_sec;
+    if (st == MNV_ERR_CANCELLED) return cancelled_in_forward(s, b);
     if (st != MNV_OK) return st;
     if (logits_out) memcpy(logits_out, logits->data, (size_t)b->n_out * (size_t)c->vocab_size * sizeof(float));
     return MNV_OK;
@@ -188,6 +202,11 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
         mnv_batch b = {cnt, ids + done, pos, seq, all ? cnt : 1, all ? rows : &rows[cnt - 1]};
         float *dst = all ? logits + done * (size_t)V : s->last_logits;
         mnv_status st = mnv_session_forward(s, &b, dst);
+        if (st == MNV_ERR_CANCELLED) {
+            char msg[512];
+            mnv_last_error_copy(msg, sizeof msg);
+            return mnv_set_error(st, "mnv_session_eval: %s", msg);
+        }
         if (st != MNV_OK) return st;
         if (all) memcpy(s->last_logits, dst + (size_t)(cnt - 1) * V, (size_t)V * sizeof(float));
         s->n_past += cnt;

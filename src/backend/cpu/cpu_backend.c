@@ -1,6 +1,8 @@
 /* The CPU backend: runs a planned graph on a persistent thread pool. One
  * pool wake-up per graph; every thread walks the node list, computes its
- * share of each node (split by rows), and meets the others at a barrier. */
+ * share of each node (split by rows), and meets the others at a barrier.
+ * Thread 0 looks at the abort flag before each barrier and publishes the
+ * node to stop before, so every thread leaves at the same barrier. */
 #include <stdlib.h>
 
 #include "backend/backend.h"
@@ -16,6 +18,11 @@ typedef struct {
     void *scratch;
     size_t scratch_size;
     mnv_graph *g; /* graph being run */
+    atomic_int *abort;  /* the backend's abort flag for this run, or NULL */
+    int32_t last_node;  /* the last node with a kernel: no stop is asked after it */
+    /* the first node not run when thread 0 saw the abort flag, else -1;
+     * written once per run, by thread 0, before a barrier */
+    _Atomic int32_t stop_before;
 } cpu_ctx;
 
 typedef void (*cpu_kernel)(cpu_ctx *c, mnv_node *n, int ith, int nth);
@@ -303,6 +310,10 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };
 
+/* A thread slow to read stop_before after node i's barrier may see the
+ * value thread 0 set after the next node (j + 1, before j's barrier); so a
+ * thread stops only when the value names the node right after the barrier
+ * it just passed, never merely because it is set. */
 static void run_graph(void *arg, int ith, int nth) {
     cpu_ctx *c = arg;
     int32_t n = mnv_graph_n_nodes(c->g);
@@ -311,16 +322,20 @@ static void run_graph(void *arg, int ith, int nth) {
         cpu_kernel k = kernels[nd->op];
         if (!k) continue;
         k(c, nd, ith, nth);
+        if (ith == 0 && c->abort && i < c->last_node && atomic_load_explicit(c->abort, memory_order_relaxed))
+            atomic_store_explicit(&c->stop_before, i + 1, memory_order_relaxed);
         mnv_threadpool_barrier(c->tp);
+        if (atomic_load_explicit(&c->stop_before, memory_order_relaxed) == i + 1) break;
     }
 }
 
 static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
     cpu_ctx *c = b->ctx;
     size_t need = 0;
-    int32_t n = mnv_graph_n_nodes(g);
+    int32_t n = mnv_graph_n_nodes(g), last = -1;
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
+        if (kernels[nd->op]) last = i;
         if (nd->op == MNV_OP_MATMUL) {
             size_t s = mnv_cpu_matmul_scratch_size(mnv_array_rows(nd->src[0]), nd->src[1]->shape[1], nd->src[1]->dtype);
             need = MNV_MAX(need, s);
@@ -338,9 +353,18 @@ static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
         c->scratch_size = c->scratch ? need : 0;
         if (!c->scratch) return mnv_set_error(MNV_ERR_NOMEM, "cpu: cannot allocate %zu bytes of scratch", need);
     }
+    if (b->abort && atomic_load(b->abort))
+        return mnv_set_error(MNV_ERR_CANCELLED, "cpu: stopped before node 0 of %d", n);
     c->g = g;
+    c->abort = b->abort;
+    c->last_node = last;
+    atomic_store_explicit(&c->stop_before, -1, memory_order_relaxed);
     mnv_threadpool_run(c->tp, run_graph, c);
-    return MNV_OK;
+    int32_t stop = atomic_load_explicit(&c->stop_before, memory_order_relaxed);
+    if (stop < 0) return MNV_OK;
+    while (!kernels[mnv_graph_node(g, stop)->op]) stop++; /* name an operation, not a view */
+    return mnv_set_error(MNV_ERR_CANCELLED, "cpu: stopped before node %d of %d (%s)", stop, n,
+                         mnv_op_name(mnv_graph_node(g, stop)->op));
 }
 
 static bool cpu_supports(mnv_backend *b, const mnv_node *n) {
