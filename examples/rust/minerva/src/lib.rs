@@ -328,8 +328,9 @@ pub struct CancelHandle {
 
 impl CancelHandle {
     /// Ask the generation to stop: it returns an error with
-    /// `is_cancelled()` at its next check (before the next token, or the
-    /// next batch of a prompt). Returns false when the session is gone.
+    /// `is_cancelled()` at its next check (before the next token, or
+    /// between two operations of a forward pass, inside a long prompt too).
+    /// Returns false when the session is gone.
     pub fn cancel(&self) -> bool {
         let g = self.shared.ptr.lock().unwrap_or_else(|e| e.into_inner());
         if g.0.is_null() {
