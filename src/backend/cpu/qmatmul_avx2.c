@@ -371,18 +371,48 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
+/* Each instance is its own function: inlined into one switch, the eight of a
+ * format shared one register allocation, and GCC kept the accumulators and
+ * the constants on the stack (Zen 2, 0.48B decode: see bench/NOTES.md). */
+#define NOINLINE static __attribute__((noinline))
+#define GEMV4_INST(R, J, F)                                                                                         \
+    NOINLINE void gemv4_##R##_##J##_##F(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y,      \
+                                        int64_t j0, int64_t j1) {                                                  \
+        gemv4(a, d, xbase, y, j0, j1, R, J, F);                                                                    \
+    }
+GEMV4_INST(1, 2, 0)
+GEMV4_INST(1, 1, 0)
+GEMV4_INST(2, 1, 0)
+GEMV4_INST(3, 1, 0)
+GEMV4_INST(4, 1, 0)
+GEMV4_INST(1, 2, 1)
+GEMV4_INST(1, 1, 1)
+GEMV4_INST(2, 1, 1)
+GEMV4_INST(3, 1, 1)
+GEMV4_INST(4, 1, 1)
+#define GEMV8_INST(R, J)                                                                                            \
+    NOINLINE void gemv8_##R##_##J(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,  \
+                                  int64_t j1) {                                                                    \
+        gemv8(a, d, xbase, y, j0, j1, R, J);                                                                       \
+    }
+GEMV8_INST(1, 2)
+GEMV8_INST(1, 1)
+GEMV8_INST(2, 1)
+GEMV8_INST(3, 1)
+GEMV8_INST(4, 1)
+
 /* One row of x: pairs of W rows, then the odd one. */
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv4(a, d, xbase, y, n0, ne, 1, 2, false);
-        gemv4(a, d, xbase, y, ne, n1, 1, 1, false);
+        gemv4_1_2_0(a, d, xbase, y, n0, ne);
+        gemv4_1_1_0(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, false); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, false); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, false); break;
+    case 2: gemv4_2_1_0(a, d, xbase, y, n0, n1); break;
+    case 3: gemv4_3_1_0(a, d, xbase, y, n0, n1); break;
+    default: gemv4_4_1_0(a, d, xbase, y, n0, n1); break;
     }
 }
 static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
@@ -390,12 +420,12 @@ static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbas
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv4(a, d, xbase, y, n0, ne, 1, 2, true);
-        gemv4(a, d, xbase, y, ne, n1, 1, 1, true);
+        gemv4_1_2_1(a, d, xbase, y, n0, ne);
+        gemv4_1_1_1(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, true); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, true); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, true); break;
+    case 2: gemv4_2_1_1(a, d, xbase, y, n0, n1); break;
+    case 3: gemv4_3_1_1(a, d, xbase, y, n0, n1); break;
+    default: gemv4_4_1_1(a, d, xbase, y, n0, n1); break;
     }
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
@@ -403,12 +433,12 @@ static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv8(a, d, xbase, y, n0, ne, 1, 2);
-        gemv8(a, d, xbase, y, ne, n1, 1, 1);
+        gemv8_1_2(a, d, xbase, y, n0, ne);
+        gemv8_1_1(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv8(a, d, xbase, y, n0, n1, 2, 1); break;
-    case 3: gemv8(a, d, xbase, y, n0, n1, 3, 1); break;
-    default: gemv8(a, d, xbase, y, n0, n1, 4, 1); break;
+    case 2: gemv8_2_1(a, d, xbase, y, n0, n1); break;
+    case 3: gemv8_3_1(a, d, xbase, y, n0, n1); break;
+    default: gemv8_4_1(a, d, xbase, y, n0, n1); break;
     }
 }
 
