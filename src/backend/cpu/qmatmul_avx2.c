@@ -43,6 +43,15 @@
 #define PF_AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
+/* Byte off of a row of rb bytes, in a kernel that streams J rows side by
+ * side (skip = (J - 1) row strides): past the row's end the prefetch goes to
+ * the same place in the row this stream reads next, not into a row that a
+ * neighbouring stream is reading now. Rows shorter than the distance keep
+ * skip = 0: the J streams' prefetches then tile the rows ahead without gaps. */
+INLINE void prefetch_rows(const uint8_t *w, int64_t off, int64_t rb, int64_t skip) {
+    const int64_t t = off + PF_AHEAD;
+    _mm_prefetch((const char *)w + t + (t >= rb ? skip : 0), _MM_HINT_T0);
+}
 
 enum { MAXR = 4 };
 
@@ -243,6 +252,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                   const int R, const int J, const bool FP4) {
     const int64_t k = a->k, G = d->G, ng = k / G;
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), lut = fp4_lut();
+    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
@@ -266,7 +276,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     const int64_t e = (g0 + g) * 32;
                     __m256i lo[2], hi[2];
                     for (int u = 0; u < J; u++) {
-                        PREFETCH(w[u] + e / 2);
+                        prefetch_rows(w[u], e / 2, k / 2, skip);
                         const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w[u] + e / 2))
                                                       : load_lo128(w[u] + e / 2);
                         lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
@@ -294,7 +304,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int64_t c = 0; c < G; c += 64) {
                     __m256i lo[2], hi[2];
                     for (int u = 0; u < J; u++) {
-                        PREFETCH(w[u] + (e + c) / 2);
+                        prefetch_rows(w[u], (e + c) / 2, k / 2, skip);
                         const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[u] + (e + c) / 2));
                         lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
                         if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
@@ -324,6 +334,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                   const int R, const int J) {
     const int64_t k = a->k, G = d->G, ng = k / G;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
+    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
@@ -346,7 +357,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int64_t c = 0; c < G; c += 32) {
                     __m256i ws[2], wa[2];
                     for (int u = 0; u < J; u++) {
-                        PREFETCH(w[u] + e + c);
+                        prefetch_rows(w[u], e + c, k, skip);
                         ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
                         wa[u] = _mm256_abs_epi8(ws[u]);
                     }
@@ -371,18 +382,48 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
+/* Each instance is its own function: inlined into one switch, the eight of a
+ * format shared one register allocation, and GCC kept the accumulators and
+ * the constants on the stack (Zen 2, 0.48B decode: see bench/NOTES.md). */
+#define NOINLINE static __attribute__((noinline))
+#define GEMV4_INST(R, J, F)                                                                                         \
+    NOINLINE void gemv4_##R##_##J##_##F(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y,      \
+                                        int64_t j0, int64_t j1) {                                                  \
+        gemv4(a, d, xbase, y, j0, j1, R, J, F);                                                                    \
+    }
+GEMV4_INST(1, 2, 0)
+GEMV4_INST(1, 1, 0)
+GEMV4_INST(2, 1, 0)
+GEMV4_INST(3, 1, 0)
+GEMV4_INST(4, 1, 0)
+GEMV4_INST(1, 2, 1)
+GEMV4_INST(1, 1, 1)
+GEMV4_INST(2, 1, 1)
+GEMV4_INST(3, 1, 1)
+GEMV4_INST(4, 1, 1)
+#define GEMV8_INST(R, J)                                                                                            \
+    NOINLINE void gemv8_##R##_##J(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,  \
+                                  int64_t j1) {                                                                    \
+        gemv8(a, d, xbase, y, j0, j1, R, J);                                                                       \
+    }
+GEMV8_INST(1, 2)
+GEMV8_INST(1, 1)
+GEMV8_INST(2, 1)
+GEMV8_INST(3, 1)
+GEMV8_INST(4, 1)
+
 /* One row of x: pairs of W rows, then the odd one. */
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv4(a, d, xbase, y, n0, ne, 1, 2, false);
-        gemv4(a, d, xbase, y, ne, n1, 1, 1, false);
+        gemv4_1_2_0(a, d, xbase, y, n0, ne);
+        gemv4_1_1_0(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, false); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, false); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, false); break;
+    case 2: gemv4_2_1_0(a, d, xbase, y, n0, n1); break;
+    case 3: gemv4_3_1_0(a, d, xbase, y, n0, n1); break;
+    default: gemv4_4_1_0(a, d, xbase, y, n0, n1); break;
     }
 }
 static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
@@ -390,12 +431,12 @@ static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbas
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv4(a, d, xbase, y, n0, ne, 1, 2, true);
-        gemv4(a, d, xbase, y, ne, n1, 1, 1, true);
+        gemv4_1_2_1(a, d, xbase, y, n0, ne);
+        gemv4_1_1_1(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv4(a, d, xbase, y, n0, n1, 2, 1, true); break;
-    case 3: gemv4(a, d, xbase, y, n0, n1, 3, 1, true); break;
-    default: gemv4(a, d, xbase, y, n0, n1, 4, 1, true); break;
+    case 2: gemv4_2_1_1(a, d, xbase, y, n0, n1); break;
+    case 3: gemv4_3_1_1(a, d, xbase, y, n0, n1); break;
+    default: gemv4_4_1_1(a, d, xbase, y, n0, n1); break;
     }
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
@@ -403,12 +444,12 @@ static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase
     const int64_t ne = n0 + (n1 - n0) / 2 * 2;
     switch (rows) {
     case 1:
-        gemv8(a, d, xbase, y, n0, ne, 1, 2);
-        gemv8(a, d, xbase, y, ne, n1, 1, 1);
+        gemv8_1_2(a, d, xbase, y, n0, ne);
+        gemv8_1_1(a, d, xbase, y, ne, n1);
         break;
-    case 2: gemv8(a, d, xbase, y, n0, n1, 2, 1); break;
-    case 3: gemv8(a, d, xbase, y, n0, n1, 3, 1); break;
-    default: gemv8(a, d, xbase, y, n0, n1, 4, 1); break;
+    case 2: gemv8_2_1(a, d, xbase, y, n0, n1); break;
+    case 3: gemv8_3_1(a, d, xbase, y, n0, n1); break;
+    default: gemv8_4_1(a, d, xbase, y, n0, n1); break;
     }
 }
 
