@@ -86,12 +86,25 @@ enum {
     MNV__QF32_KC_MAX = 256,
 };
 
-/* Bytes of prepared activations per row of x (int8 codes padded to 128, one
- * scale and one sum per group of at least 16), 64-byte multiple. */
-static inline size_t mnv__qx_row_bytes(int64_t k) {
-    size_t kpad = (size_t)(k + 127) / 128 * 128;
-    return kpad + 2 * ((kpad / 16 * 4 + 63) / 64 * 64);
+/* Prepared activations (the int8 paths), one row of x after another in the
+ * scratch: int8 codes padded to 128 elements, then two per-group arrays of 4
+ * bytes each (a scale and a sum, each implementation says which), sized for
+ * groups of at least 16 and 64-byte aligned. The one description of this
+ * layout: every implementation reaches its rows through mnv__qx_row_at. */
+static inline int64_t mnv__qx_kpad(int64_t k) { return (k + 127) / 128 * 128; }
+static inline size_t mnv__qx_group_bytes(int64_t k) { return ((size_t)mnv__qx_kpad(k) / 16 * 4 + 63) / 64 * 64; }
+static inline size_t mnv__qx_row_bytes(int64_t k) { return (size_t)mnv__qx_kpad(k) + 2 * mnv__qx_group_bytes(k); }
+typedef struct {
+    int8_t *q;      /* mnv__qx_kpad(k) codes */
+    void *g0, *g1;  /* the two per-group arrays */
+} mnv__qx_row;
+static inline mnv__qx_row mnv__qx_row_at(uint8_t *base, int64_t k, int64_t i) {
+    uint8_t *p = base + (size_t)i * mnv__qx_row_bytes(k);
+    const size_t kp = (size_t)mnv__qx_kpad(k);
+    return (mnv__qx_row){(int8_t *)p, p + kp, p + kp + mnv__qx_group_bytes(k)};
 }
+/* p rounded up to a 64-byte boundary (the scratch's start). */
+static inline uint8_t *mnv__align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 /* Bytes of one thread's private panel for products with m > MNV_QMATMUL_GEMV_MAX_M. */
 static inline size_t mnv__qpanel_bytes(void) {
     /* codes + per-group scales and biases + 16 unpacked rows to transpose from */

@@ -69,7 +69,6 @@ static qdesc describe(const mnv_qformat *f) {
     return d;
 }
 
-static uint8_t *align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
 INLINE const uint8_t *wrow(const mnv_qmatmul_args *a, int64_t j) { return (const uint8_t *)(a->w + j * a->ldw); }
 INLINE const void *srow(const mnv_qmatmul_args *a, const qdesc *d, int64_t j) {
@@ -171,13 +170,10 @@ typedef struct {
     float *dx, *xs2;
 } xrow;
 
-INLINE int64_t kpad128(int64_t k) { return (k + 127) / 128 * 128; }
 
 static xrow xrow_at(uint8_t *base, int64_t k, int64_t i) {
-    const int64_t kp = kpad128(k);
-    uint8_t *p = base + (size_t)i * mnv__qx_row_bytes(k);
-    const size_t gb = ((size_t)kp / 16 * 4 + 63) / 64 * 64;
-    return (xrow){(int8_t *)p, (float *)(p + kp), (float *)(p + kp + gb)};
+    const mnv__qx_row r = mnv__qx_row_at(base, k, i);
+    return (xrow){r.q, (float *)r.g0, (float *)r.g1};
 }
 
 /* 4-bit decode order: within each 64-element chunk the 32 even elements, then
@@ -194,7 +190,7 @@ INLINE void deinterleave64(int8_t *p) {
 
 /* Groups must be multiples of 32 elements. */
 static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xrow r) {
-    const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = kpad128(k);
+    const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = mnv__qx_kpad(k);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t g = 0; g < ng; g++) {
@@ -555,7 +551,7 @@ static gemv_fn *gemv_for(const qdesc *d) {
 
 /* Each thread prepares its own copy of x (m <= 4 rows: cheaper than a barrier). */
 static void i8_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
-    uint8_t *xbase = align64(a->scratch) + (size_t)ith * (size_t)a->m * mnv__qx_row_bytes(a->k);
+    uint8_t *xbase = mnv__align64(a->scratch) + (size_t)ith * (size_t)a->m * mnv__qx_row_bytes(a->k);
     for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, a->k, d, d->bits == 4, xrow_at(xbase, a->k, i));
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
@@ -570,7 +566,7 @@ enum { MID_JB = 16 };
 
 static void i8_mid(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     const int64_t m = a->m, k = a->k, xr = (int64_t)mnv__qx_row_bytes(k);
-    uint8_t *xbase = align64(a->scratch);
+    uint8_t *xbase = mnv__align64(a->scratch);
     int64_t r0, r1;
     mnv__qsplit(m, ith, nth, 1, &r0, &r1);
     for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, d->bits == 4, xrow_at(xbase, k, i));
@@ -813,7 +809,7 @@ INLINE void f32_tile(const float *pan, int64_t kc, const float *const *x, float 
 
 static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     const int64_t m = a->m, k = a->k, G = d->G;
-    float *panel = (float *)(align64(a->scratch) + (size_t)m * mnv__qx_row_bytes(k) +
+    float *panel = (float *)(mnv__align64(a->scratch) + (size_t)m * mnv__qx_row_bytes(k) +
                              (size_t)ith * mnv__qpanel_bytes());
     float *rowbuf = panel + (size_t)FNP * FKC; /* 16 rows of FKC */
     int64_t n0, n1;
@@ -1059,7 +1055,7 @@ static int64_t pick_kc_i8(int64_t m, int64_t k, int64_t G) {
 
 static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     const int64_t m = a->m, k = a->k, G = d->G;
-    uint8_t *base = align64(a->scratch);
+    uint8_t *base = mnv__align64(a->scratch);
     const i8panel p = i8panel_at(base + (size_t)m * mnv__qx_row_bytes(k) + (size_t)ith * mnv__qpanel_bytes());
     int64_t r0, r1;
     mnv__qsplit(m, ith, nth, 1, &r0, &r1);

@@ -32,13 +32,9 @@ typedef struct {
 } xrow;
 
 static xrow xrow_at(uint8_t *base, int64_t k, int64_t i) {
-    const int64_t kp = (k + 127) / 128 * 128;
-    uint8_t *p = base + (size_t)i * mnv__qx_row_bytes(k);
-    const size_t gb = ((size_t)kp / 16 * 4 + 63) / 64 * 64;
-    return (xrow){(int8_t *)p, (float *)(p + kp), (int32_t *)(p + kp + gb)};
+    const mnv__qx_row r = mnv__qx_row_at(base, k, i);
+    return (xrow){r.q, (float *)r.g0, (int32_t *)r.g1};
 }
-
-static uint8_t *align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 
 static void prep_x_row(const float *x, int64_t k, int64_t G, xrow r) {
     for (int64_t g = 0; g < k / G; g++) {
@@ -146,7 +142,7 @@ void mnv__qmatmul_neon_dot(const mnv_qmatmul_args *a, int ith, int nth) {
         return;
     }
     const int64_t k = a->k, G = f->group_size;
-    uint8_t *xbase = align64(a->scratch);
+    uint8_t *xbase = mnv__align64(a->scratch);
     if (decode) { /* each thread its own copy of x: cheaper than a barrier */
         xbase += (size_t)ith * (size_t)a->m * mnv__qx_row_bytes(k);
         for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, k, G, xrow_at(xbase, k, i));
