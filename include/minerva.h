@@ -502,6 +502,123 @@ MNV_API mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_
                         const mnv_generate_params *params, mnv_generate_result *result);
 
 /* ------------------------------------------------------------------------ */
+/* Engine: many sequences on one model                                      */
+/* ------------------------------------------------------------------------ */
+
+/* An engine serves many generation requests on one model at once: one
+ * backend with its one thread pool, a paged KV block pool shared by every
+ * sequence (with prefix sharing: a prompt that starts with the tokens of a
+ * cached one reuses their K/V), a cache of planned step graphs, and a
+ * scheduler that runs one ragged batch per step: one token for every
+ * decoding request plus chunks of waiting prompts up to the step's token
+ * budget (continuous batching with chunked prefill). Requests are named by
+ * 64-bit ids (never 0), so a cancel from another thread never touches freed
+ * memory. */
+typedef struct mnv_engine mnv_engine;
+
+typedef struct {
+    uint32_t size;            /* sizeof(mnv_engine_params) */
+    int32_t n_threads;        /* 0 = the model's setting; clamped to the CPUs */
+    mnv_dtype kv_dtype;       /* KV element type: F32 (default, exact), F16 or BF16 */
+    uint64_t kv_budget_bytes; /* memory of the KV block pool; 0: sized from kv_max_tokens */
+    int32_t kv_max_tokens;    /* with kv_budget_bytes 0: tokens of context all sequences hold
+                                 together; 0 = max_seqs * max_seq_tokens, at most 65536 */
+    int32_t kv_block_tokens;  /* tokens per KV block; 0 = 16 */
+    int32_t max_seqs;         /* requests running at once; 0 = 8 (more wait in a queue) */
+    int32_t max_seq_tokens;   /* context of one request; 0 = min(model's, 4096) */
+    int32_t step_tokens;      /* tokens of one step (decodes + prefill chunks); 0 = 512 */
+    int32_t prefix_cache;     /* 1 (default): reuse the K/V of cached prompt prefixes */
+    int32_t exact_quant;      /* as in mnv_session_params */
+    int32_t run_thread;       /* 1 (default): the engine runs steps on a thread of its own;
+                                 0: the caller drives it with mnv_engine_step */
+    uint32_t reserved[8];
+} mnv_engine_params;
+
+MNV_API mnv_engine_params mnv_engine_params_default(void);
+
+/* Create an engine on a model (which must outlive it). The KV pool is sized
+ * up front; MNV_ERR_NOMEM names the figures when it does not fit in the
+ * memory available. */
+MNV_API mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, mnv_engine **out);
+/* Cancel every request (their on_done sees MNV_ERR_CANCELLED), stop the
+ * step thread, free everything. Not from a callback. */
+MNV_API void mnv_engine_free(mnv_engine *e);
+
+typedef struct {
+    mnv_generate_result gen;  /* stop reason, token counts; prompt_seconds: admission to the
+                                 first token, gen_seconds: the first token to the end */
+    int32_t n_cached;         /* prompt tokens whose K/V came from the prefix cache */
+    double queue_seconds;     /* submission to admission (waiting for room) */
+    double first_token_seconds; /* submission to the first generated token */
+    uint32_t reserved[8];
+} mnv_request_result;
+
+/* Called on the step thread when a request ends: finished (status MNV_OK),
+ * cancelled (MNV_ERR_CANCELLED) or failed (its error). */
+typedef void (*mnv_request_done_callback)(void *user_data, uint64_t id, mnv_status status,
+                                          const mnv_request_result *result);
+
+typedef struct {
+    uint32_t size;            /* sizeof(mnv_request_params) */
+    const int32_t *prompt;    /* n_prompt >= 1 token ids, copied at submission */
+    size_t n_prompt;
+    mnv_generate_params gen;  /* max_tokens, sampler, stop strings, EOS ids, on_token and
+                                 user_data, as for mnv_generate (strings and ids are copied) */
+    mnv_request_done_callback on_done; /* may be NULL; gets gen.user_data */
+    int32_t detached;         /* 1: nothing is kept once the request ends (mnv_engine_wait
+                                 does not know it); 0 (default): its result is kept until
+                                 mnv_engine_wait collects it */
+    uint32_t reserved[8];
+} mnv_request_params;
+
+MNV_API mnv_request_params mnv_request_params_default(void);
+
+/* Callbacks (gen.on_token, on_done) run on the thread that runs steps: the
+ * engine's own, or the caller of mnv_engine_step. They may call submit,
+ * cancel and get_stats, not step, wait or free; a slow callback delays
+ * every stream of the step. An error of one request (its sampler, its
+ * callback) ends that request alone.
+ *
+ * Any thread (callbacks included). Queue a request; it joins the running
+ * batch at the next step with room for it. Fails at once with MNV_ERR_RANGE
+ * when the prompt alone does not fit in max_seq_tokens (or in the whole
+ * pool), and with MNV_ERR_INVALID_ARG or MNV_ERR_RANGE on bad parameters
+ * (an id outside the vocabulary); a busy or full pool makes it wait, never
+ * fail. *id_out: the request's id. */
+MNV_API mnv_status mnv_engine_submit(mnv_engine *e, const mnv_request_params *params, uint64_t *id_out);
+/* Any thread. The request ends at the next step (its KV blocks go back to
+ * the pool there, mid-prefill or mid-decode) with MNV_ERR_CANCELLED.
+ * MNV_ERR_INVALID_ARG for an id that is unknown or has ended. */
+MNV_API mnv_status mnv_engine_cancel(mnv_engine *e, uint64_t id);
+/* Any thread but the step thread: block until request id has ended, then
+ * return its status and fill *result (may be NULL); the record is then
+ * freed. MNV_ERR_INVALID_ARG for an unknown, detached or already collected
+ * id. With run_thread 0 another thread must be stepping meanwhile. */
+MNV_API mnv_status mnv_engine_wait(mnv_engine *e, uint64_t id, mnv_request_result *result);
+/* With run_thread 0 only, from one thread: run one step (nothing when idle).
+ * *n_active_out (may be NULL): requests running or waiting afterwards. */
+MNV_API mnv_status mnv_engine_step(mnv_engine *e, int32_t *n_active_out);
+
+typedef struct {
+    int32_t n_running;          /* requests holding a sequence */
+    int32_t n_waiting;          /* queued for room */
+    uint64_t steps;
+    uint64_t tokens_decoded;    /* generated tokens evaluated */
+    uint64_t tokens_prefilled;  /* prompt tokens evaluated */
+    uint64_t prefix_hit_tokens; /* prompt tokens served by the prefix cache */
+    uint64_t kv_bytes_total, kv_bytes_used, kv_bytes_cached, kv_bytes_free, kv_bytes_peak;
+    int64_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
+    int32_t kv_block_tokens;
+    uint64_t graph_cache_hits, graph_cache_misses;
+    double host_seconds;        /* building, planning and filling step inputs, summed */
+    double compute_seconds;     /* running the steps' graphs, summed */
+    uint32_t reserved[8];
+} mnv_engine_stats;
+
+/* Any thread: a consistent snapshot. */
+MNV_API void mnv_engine_get_stats(mnv_engine *e, mnv_engine_stats *out);
+
+/* ------------------------------------------------------------------------ */
 /* Random-weight checkpoints (benchmarks at real sizes)                     */
 /* ------------------------------------------------------------------------ */
 
