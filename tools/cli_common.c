@@ -243,6 +243,102 @@ int cli_parse(const cli_spec *spec, int argc, char **argv, int *rc) {
     return 0;
 }
 
+/* ---- options shared by the commands that generate ------------------------------------ */
+
+void cli_gen_flags_init(cli_gen_flags *f) {
+    memset(f, 0, sizeof *f);
+    f->gp = mnv_generate_params_default();
+    f->gp.sampler = mnv_sampler_params_default();
+}
+
+void cli_gen_flags_free(cli_gen_flags *f) { cli_strv_free(&f->stops); }
+
+void cli_gen_opts(cli_gen_flags *f, cli_opt *out) {
+    mnv_sampler_params *s = &f->gp.sampler;
+    const cli_opt opts[CLI_GEN_N_OPTS] = {
+        {"-n", "--n-predict", CLI_INT, &f->gp.max_tokens, 0, 1 << 30, NULL},
+        {NULL, "--temp", CLI_FLOAT, &s->temperature, 0, 1e6, NULL},
+        {NULL, "--top-k", CLI_INT, &s->top_k, 0, 1 << 30, NULL},
+        {NULL, "--top-p", CLI_FLOAT, &s->top_p, 0, 1, NULL},
+        {NULL, "--min-p", CLI_FLOAT, &s->min_p, 0, 1, NULL},
+        {NULL, "--repeat-penalty", CLI_FLOAT, &s->repeat_penalty, 1e-6, 1e6, NULL},
+        {NULL, "--repeat-last-n", CLI_INT, &s->repeat_last_n, -1, 1 << 30, NULL},
+        {NULL, "--seed", CLI_U64, &s->seed, 0, 0, &f->seed_given},
+        {NULL, "--stop", CLI_MULTI, &f->stops, 0, 0, NULL},
+        {NULL, "--ignore-eos", CLI_FLAG, &f->ignore_eos, 0, 0, NULL},
+    };
+    memcpy(out, opts, sizeof opts);
+}
+
+static void append(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void append(char *buf, size_t cap, const char *fmt, ...) {
+    size_t len = strlen(buf);
+    if (len + 1 >= cap) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf + len, cap - len, fmt, ap);
+    va_end(ap);
+}
+
+void cli_gen_usage(char *buf, size_t cap, const cli_gen_flags *f) {
+    const mnv_sampler_params *s = &f->gp.sampler;
+    append(buf, cap,
+           "  -n, --n-predict N       tokens to generate (default %d)\n"
+           "      --temp T            temperature, 0 = greedy (default %g)\n"
+           "      --top-k K           top-k, 0 = off (default %d)\n"
+           "      --top-p P           top-p, 1 = off (default %g)\n"
+           "      --min-p P           min-p, 0 = off (default %g)\n"
+           "      --repeat-penalty R  repetition penalty, 1 = off (default %g)\n"
+           "      --repeat-last-n N   penalty window, -1 = whole context (default %d)\n"
+           "      --seed S            sampling seed (default: from the clock, printed)\n"
+           "      --stop STR          stop before STR (repeatable)\n"
+           "      --ignore-eos        keep generating past end-of-sequence tokens\n",
+           f->gp.max_tokens, (double)s->temperature, s->top_k, (double)s->top_p, (double)s->min_p,
+           (double)s->repeat_penalty, s->repeat_last_n);
+}
+
+void cli_gen_flags_finish(cli_gen_flags *f) {
+    if (!f->seed_given) {
+        f->gp.sampler.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        fprintf(stderr, "seed: %llu\n", (unsigned long long)f->gp.sampler.seed);
+    }
+    f->gp.stop_strings = f->stops.items;
+    f->gp.n_stop = f->stops.n;
+    f->gp.ignore_eos = f->ignore_eos;
+}
+
+void cli_run_opts(cli_run_flags *f, cli_opt *out) {
+    const cli_opt opts[CLI_RUN_N_OPTS] = {
+        {"-t", "--threads", CLI_INT, &f->n_threads, 0, 4096, NULL},
+        {"-c", "--ctx", CLI_INT, &f->n_ctx, 0, 1 << 30, NULL},
+        {NULL, "--kv-type", CLI_STR, &f->kv_type, 0, 0, NULL},
+        {NULL, "--exact-quant", CLI_FLAG, &f->exact_quant, 0, 0, NULL},
+    };
+    memcpy(out, opts, sizeof opts);
+}
+
+void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
+    append(buf, cap,
+           "  -t, --threads N         CPU threads, 0 = all cores (default 0)\n"
+           "  -c, --ctx N             %s, 0 = min(model's, 4096) (default 0)\n"
+           "      --kv-type T         KV cache element type: f32, bf16 or f16 (default f32)\n"
+           "      --exact-quant       quantized weights: keep f32 activations (MLX's numerics,\n"
+           "                          slower) instead of rounding them to int8\n",
+           ctx_what);
+}
+
+const char *cli_stop_reason_str(mnv_stop_reason r) {
+    switch (r) {
+    case MNV_STOP_NONE: return "none";
+    case MNV_STOP_MAX_TOKENS: return "max tokens";
+    case MNV_STOP_EOS: return "end of sequence";
+    case MNV_STOP_STRING: return "stop string";
+    case MNV_STOP_CALLBACK: return "callback";
+    case MNV_STOP_CONTEXT_FULL: return "context full";
+    }
+    return "unknown";
+}
+
 /* ---- files ----------------------------------------------------------------------- */
 
 static int read_stream(FILE *f, char **data, size_t *len) {
@@ -385,6 +481,36 @@ mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, 
     return MNV_ERR_INTERNAL;
 }
 
+int cli_prompt_ids(const char *cmd, const mnv_model *model, const char *text, int32_t **ids, size_t *n) {
+    const mnv_tokenizer *tok = mnv_model_tokenizer(model);
+    *ids = NULL;
+    *n = 0;
+    if (!text || text[0] == '\0') {
+        mnv_model_info info;
+        mnv_status st = mnv_model_get_info(model, &info);
+        if (st != MNV_OK) return cli_lib_error(cmd, st, "cannot read model info");
+        int32_t bos = tok ? mnv_tokenizer_bos(tok) : info.bos_id;
+        if (bos < 0)
+            return cli_error(cmd, "empty prompt and the model defines no BOS token; "
+                                  "give a text or token ids");
+        *ids = malloc(sizeof **ids);
+        if (!*ids) return cli_error(cmd, "out of memory");
+        (*ids)[0] = bos;
+        *n = 1;
+        return 0;
+    }
+    if (!tok) return cli_error(cmd, "the model has no tokenizer.json; give token ids");
+    mnv_status st = cli_tokenize(tok, text, strlen(text), mnv_tokenizer_add_bos(tok), ids, n);
+    if (st != MNV_OK) return cli_lib_error(cmd, st, "cannot tokenize the prompt");
+    if (*n == 0) {
+        free(*ids);
+        *ids = NULL;
+        return cli_error(cmd, "the prompt produced no tokens (the tokenizer has no token for its "
+                              "text and no BOS to add); give another prompt or token ids");
+    }
+    return 0;
+}
+
 mnv_status cli_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n,
                           int skip_special, char **text, size_t *len) {
     size_t cap = 16 * n + 64, need = 0;
@@ -421,6 +547,40 @@ mnv_status cli_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits,
 void cli_print_text_end(int last_char) {
     if (last_char >= 0 && last_char != '\n' && isatty(STDOUT_FILENO)) fputc('\n', stdout);
     fflush(stdout);
+}
+
+/* Length of the valid UTF-8 sequence at s (at most len bytes), 0 if invalid. */
+static size_t utf8_len(const unsigned char *s, size_t len) {
+    size_t n = s[0] < 0x80 ? 1 : s[0] >= 0xC2 && s[0] <= 0xDF ? 2 : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
+             : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4 : 0;
+    if (n == 0 || n > len) return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((s[i] & 0xC0) != 0x80) return 0;
+    if (n == 3 && ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] >= 0xA0))) return 0;
+    if (n == 4 && ((s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] >= 0x90))) return 0;
+    return n;
+}
+
+void cli_json_string(FILE *f, const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s;
+    fputc('"', f);
+    for (size_t i = 0; i < len;) {
+        unsigned char c = p[i];
+        size_t n = utf8_len(p + i, len - i);
+        if (n == 0) {
+            fputs("\\ufffd", f);
+            i++;
+            continue;
+        }
+        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+        else if (c == '\n') fputs("\\n", f);
+        else if (c == '\t') fputs("\\t", f);
+        else if (c == '\r') fputs("\\r", f);
+        else if (c < 0x20 || c == 0x7F) fprintf(f, "\\u%04x", c);
+        else fwrite(p + i, 1, n, f);
+        i += n;
+    }
+    fputc('"', f);
 }
 
 /* ---- measurement --------------------------------------------------------------------- */

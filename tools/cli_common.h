@@ -30,6 +30,7 @@ int cmd_bench(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_batch(int argc, char **argv);
 
 /* ---- option parsing --------------------------------------------------------- */
 
@@ -92,6 +93,40 @@ int cli_parse_float(const char *cmd, const char *opt, const char *s, double min,
  * (usage error printed) or 1 (out of memory, printed). */
 int cli_parse_ids(const char *cmd, const char *opt, const char *s, int32_t **ids, size_t *n);
 
+/* ---- options shared by the commands that generate (generate, batch) --------- */
+
+/* Generation: -n, the sampler, --seed, --stop and --ignore-eos. */
+typedef struct {
+    mnv_generate_params gp; /* max_tokens and the sampler are set by the options */
+    int seed_given, ignore_eos;
+    cli_strv stops;
+} cli_gen_flags;
+
+#define CLI_GEN_N_OPTS 10
+void cli_gen_flags_init(cli_gen_flags *f); /* the library's defaults */
+void cli_gen_flags_free(cli_gen_flags *f);
+/* Write the CLI_GEN_N_OPTS option entries of f into out (an option table). */
+void cli_gen_opts(cli_gen_flags *f, cli_opt *out);
+/* Append the help lines of those options, with their defaults, to buf. */
+void cli_gen_usage(char *buf, size_t cap, const cli_gen_flags *f);
+/* After parsing: a seed from the clock (printed on stderr) unless --seed was
+ * given; the stop strings and --ignore-eos into f->gp. */
+void cli_gen_flags_finish(cli_gen_flags *f);
+
+/* The runtime: --threads, --ctx, --kv-type and --exact-quant. */
+typedef struct {
+    int n_threads, n_ctx, exact_quant;
+    const char *kv_type; /* NULL: f32 */
+} cli_run_flags;
+
+#define CLI_RUN_N_OPTS 4
+void cli_run_opts(cli_run_flags *f, cli_opt *out);
+/* Append their help lines to buf; ctx_what says what --ctx sizes. */
+void cli_run_usage(char *buf, size_t cap, const char *ctx_what);
+
+/* "max tokens", "end of sequence", ... */
+const char *cli_stop_reason_str(mnv_stop_reason r);
+
 /* ---- files, models, text ----------------------------------------------------- */
 
 /* Read a whole file ("-" = stdin) into a NUL-terminated heap buffer.
@@ -113,6 +148,10 @@ int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **
 /* Tokenize into a heap array. Returns the library status (message not printed). */
 mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,
                         int32_t **ids, size_t *n);
+/* The ids of a text prompt as `generate -p` makes them: BOS alone for an
+ * empty text, else the tokenized text, with BOS when the tokenizer asks for
+ * it. *ids is a heap array of *n >= 1 ids. Returns 0 or 1 (printed). */
+int cli_prompt_ids(const char *cmd, const mnv_model *model, const char *text, int32_t **ids, size_t *n);
 /* Decode into a NUL-terminated heap string. Returns the library status. */
 mnv_status cli_detokenize(const mnv_tokenizer *tok, const int32_t *ids, size_t n,
                           int skip_special, char **text, size_t *len);
@@ -125,6 +164,10 @@ mnv_status cli_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits,
 /* Print text to stdout exactly, adding a final newline only when stdout is a
  * terminal and text does not already end in one (keeps pipes byte-exact). */
 void cli_print_text_end(int last_char);
+
+/* Write s (len bytes) as a JSON string, quotes included; bytes that are not
+ * valid UTF-8 are written as U+FFFD. */
+void cli_json_string(FILE *f, const char *s, size_t len);
 
 /* ---- measurement ------------------------------------------------------------ */
 double cli_now(void);         /* monotonic seconds */

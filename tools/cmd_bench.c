@@ -76,17 +76,6 @@ static mnv_status time_test(mnv_session *s, const int32_t *ids, int n, int one_b
     return st;
 }
 
-static void json_string(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
-    }
-    putchar('"');
-}
-
 static void json_rate(const char *key, double v, int ran) {
     printf(", \"%s\": ", key);
     if (ran) printf("%.3f", v);
@@ -97,7 +86,7 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     double gbs = (double)r->active_bytes * r->tg_tok_s / 1e9, rss = cli_peak_rss_mb();
     if (o->json) {
         printf("{\"model\": ");
-        json_string(model);
+        cli_json_string(stdout, model, strlen(model));
         mnv_cpu_info ci;
         mnv_cpu_get_info(&ci);
         printf(", \"cpu\": \"%s\", \"matmul\": \"%s\", \"qmatmul\": \"%s\", \"attention\": \"%s\"", ci.level,
