@@ -12,6 +12,7 @@ typedef struct {
 
 static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt (streams to stdout)"},
+    {"batch", cmd_batch, "many prompts through one engine (continuous batching)"},
     {"chat", cmd_chat, "chat with a gpt-oss model (Harmony format)"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
     {"logits", cmd_logits, "print the logits of a sequence of ids as JSON"},
