@@ -201,6 +201,19 @@ check "a prompt longer than --ctx: exit code 1" [ $? -eq 1 ]
 check "  the error names the prompt" contains "$TMP/err" "minerva batch: prompt 1: "
 check "  the other prompts are printed" [ "$(grep -c '^[02]	[0-9]' "$TMP/out")" -eq 2 ]
 
+# ---- bench --parallel ----------------------------------------------------------------------
+mnv bench -m "$STORIES" --parallel 1,3 -p 5 -n 6 --reps 1 --json >"$TMP/bench"
+check "bench --parallel 1,3 --json exits 0" [ $? -eq 0 ]
+check "  one JSON line per count" [ "$(grep -c '^{.*"aggregate_tok_s": [0-9].*}$' "$TMP/bench")" -eq 2 ]
+check "  the second is for 3 sequences" sh -c "sed -n 2p '$TMP/bench' | grep -q '\"parallel\": 3,'"
+check "  with a rate per sequence" contains "$TMP/bench" '"per_seq_tok_s": '
+mnv bench -m "$STORIES" --parallel 2 -n 4 --reps 1 >"$TMP/bench"
+check "bench --parallel 2 (text) exits 0" [ $? -eq 0 ]
+check "  prints a row for 2 sequences" grep -qE '^ +2 +[0-9.]+ +[0-9.]+' "$TMP/bench"
+expect_fail "bench --parallel 0" 2 "--parallel: 0 is out of range" "$MNV_CLI" bench --parallel 0
+expect_fail "bench --parallel x" 2 "--parallel: expected" "$MNV_CLI" bench --parallel 2,x
+expect_fail "bench --parallel with -n 1" 2 "-n 2 or more" "$MNV_CLI" bench --parallel 2 -n 1
+
 # ---- errors ----------------------------------------------------------------------------------
 expect_fail "no --prompts-file" 2 "--prompts-file is required" "$MNV_CLI" batch -m "$STORIES"
 expect_fail "missing prompts file" 1 "$TMP/none.txt" "$MNV_CLI" batch -m "$STORIES" --prompts-file "$TMP/none.txt"
