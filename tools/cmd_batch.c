@@ -115,7 +115,11 @@ static void reqs_free(batch_req *r, size_t n) {
 /* The prompt of one line (NUL-terminated, without its newline). */
 static int line_prompt(const batch_opts *o, const mnv_model *model, const char *line, size_t line_no,
                        batch_req *r) {
-    if (!o->prompt_ids) return cli_prompt_ids(CMD, model, line, &r->prompt, &r->n_prompt);
+    if (!o->prompt_ids) {
+        int rc = cli_prompt_ids(CMD, model, line, &r->prompt, &r->n_prompt);
+        if (rc != 0) fprintf(stderr, "minerva %s: (the prompt of line %zu of --prompts-file)\n", CMD, line_no);
+        return rc;
+    }
     char what[64];
     snprintf(what, sizeof what, "--prompts-file line %zu", line_no);
     int rc = cli_parse_ids(CMD, what, line, &r->prompt, &r->n_prompt);
@@ -166,21 +170,29 @@ static int read_prompts(const batch_opts *o, const mnv_model *model, batch_req *
 
 /* ---- the engine's callbacks (on the thread that steps) ------------------------------- */
 
-static int grow(void **buf, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *b = realloc(*buf, c * elem);
-    if (!b) return -1;
-    *buf = b;
-    *cap = c;
+/* Room for one more id and len more bytes of text (and a NUL). */
+static int reserve(batch_req *r, size_t len) {
+    if (r->n_tokens == r->cap_tokens) {
+        size_t cap = r->cap_tokens ? 2 * r->cap_tokens : 64;
+        int32_t *t = realloc(r->tokens, cap * sizeof *t);
+        if (!t) return -1;
+        r->tokens = t;
+        r->cap_tokens = cap;
+    }
+    if (r->text_len + len + 1 > r->text_cap) {
+        size_t cap = r->text_cap ? 2 * r->text_cap : 256;
+        while (cap < r->text_len + len + 1) cap *= 2;
+        char *t = realloc(r->text, cap);
+        if (!t) return -1;
+        r->text = t;
+        r->text_cap = cap;
+    }
     return 0;
 }
 
 static int on_token(void *user_data, int32_t token, const char *text, size_t len) {
     batch_req *r = user_data;
-    if (grow((void **)&r->tokens, &r->cap_tokens, r->n_tokens + 1, sizeof *r->tokens) != 0 ||
-        grow((void **)&r->text, &r->text_cap, r->text_len + len + 1, 1) != 0) {
+    if (reserve(r, len) != 0) {
         r->no_memory = 1;
         return 1; /* stop this request */
     }
