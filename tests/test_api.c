@@ -218,7 +218,7 @@ static void test_cancel_before_first_node(mnv_model *m, const int32_t *pre, cons
     for (size_t i = 0; i < (size_t)LONG * V; i++) out[i] = -7.0f;
     int32_t pos[LONG], seq[LONG] = {0}, row = LONG - 1;
     for (int i = 0; i < LONG; i++) pos[i] = PRE + i;
-    mnv_batch b = {LONG, prompt, pos, seq, 1, &row};
+    mnv_batch b = {.n_tokens = LONG, .ids = prompt, .pos = pos, .seq = seq, .n_out = 1, .out_rows = &row};
     mnv_session_cancel(s);
     mnv_status st = mnv_session_forward(s, &b, out);
     CHECKF(st == MNV_ERR_CANCELLED, "status %s", mnv_status_str(st));

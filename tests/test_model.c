@@ -185,7 +185,7 @@ static void check_ragged(const char *name) {
     mnv_session_create_multi(m, NULL, 3, &multi);
     mnv_session_create(m, NULL, &one);
     float *lb = malloc(sizeof(float) * (size_t)T * V), *ls = malloc(sizeof(float) * 16 * (size_t)V);
-    mnv_batch b = {T, ids, pos, seq, T, rows};
+    mnv_batch b = {.n_tokens = T, .ids = ids, .pos = pos, .seq = seq, .n_out = T, .out_rows = rows};
     mnv_status st = mnv_session_forward(multi, &b, lb);
     CHECKF(st == MNV_OK, "ragged forward: %s", mnv_last_error());
     double worst = 0;

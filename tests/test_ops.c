@@ -229,31 +229,97 @@ static void ref_attention(const float *q, const float *kc, const float *vc, int6
     free(sc);
 }
 
+/* A paged layout of a logical (S, C, Hkv, D) cache: blocks of B rows, `gap`
+ * spare elements between blocks (a pool holding other layers too), each
+ * sequence's blocks at random physical places (tables (S, W), W >= C / B,
+ * padded with -1); B = C with no tables: the dense case. */
+typedef struct {
+    int64_t S, C, row, B, NB, W, stride;
+    int32_t *tables; /* NULL: dense */
+} paged;
+
+static paged paged_make(int64_t S, int64_t C, int64_t row, bool dense) {
+    paged pg = {S, C, row, C, S, 0, C * row, NULL};
+    if (dense) return pg;
+    pg.B = t_randint(0, 1) ? 16 : t_randint(1, 40);
+    int64_t per = (C + pg.B - 1) / pg.B;
+    pg.W = per + t_randint(0, 3);
+    pg.NB = S * per + t_randint(0, 5);
+    pg.stride = pg.B * row + t_randint(0, 3) * row + t_randint(0, 7);
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)pg.NB);
+    for (int64_t i = 0; i < pg.NB; i++) perm[i] = (int32_t)i;
+    for (int64_t i = pg.NB - 1; i > 0; i--) {
+        int64_t j = t_randint(0, (int)i);
+        int32_t tmp = perm[i];
+        perm[i] = perm[j], perm[j] = tmp;
+    }
+    pg.tables = malloc(sizeof(int32_t) * (size_t)(S * pg.W));
+    for (int64_t s = 0; s < S; s++)
+        for (int64_t w = 0; w < pg.W; w++) pg.tables[s * pg.W + w] = w < per ? perm[s * per + w] : -1;
+    free(perm);
+    return pg;
+}
+
+/* Element offset of logical row (s, p) in the paged layout. */
+static size_t paged_at(const paged *pg, int64_t s, int64_t p) {
+    int64_t blk = pg->tables ? pg->tables[s * pg->W + p / pg->B] : s;
+    return (size_t)(blk * pg->stride + (p % pg->B) * pg->row);
+}
+
+static size_t paged_elems(const paged *pg) { return (size_t)(pg->NB * pg->stride); }
+
+/* Logical rows of a dense f32 array into the paged store of elem size es. */
+static void paged_scatter(const paged *pg, const float *dense, void *store, mnv_dtype dt) {
+    size_t es = mnv_dtype_size(dt);
+    for (int64_t s = 0; s < pg->S; s++)
+        for (int64_t p = 0; p < pg->C; p++)
+            mnv_cpu_convert(dense + (s * pg->C + p) * pg->row, MNV_DTYPE_F32, (uint8_t *)store + paged_at(pg, s, p) * es,
+                            dt, pg->row);
+}
+
+/* cache_write and attention through the graph, paged (random block tables)
+ * or dense, against the reference on the logical cache. */
 static void test_attention(bool sinks, int32_t window) {
     int64_t S = t_randint(1, 3), C = t_randint(48, 150), Hkv = t_randint(1, 3), grp = t_randint(1, 4);
     int64_t H = Hkv * grp, D = t_randint(1, 24) * 4, T = t_randint(1, 10);
-    int64_t cs[4] = {S, C, Hkv, D}, qs[3] = {T, H, D}, ks[3] = {T, Hkv, D}, ts[1] = {T}, hs[1] = {H};
-    size_t cn = (size_t)(S * C * Hkv * D);
-    float *kc = malloc(4 * cn), *vc = malloc(4 * cn);
+    paged pg = paged_make(S, C, Hkv * D, t_randint(0, 2) == 0);
+    int64_t cs[4] = {pg.NB, pg.B, Hkv, D}, cst[4] = {pg.stride, Hkv * D, D, 1};
+    int64_t qs[3] = {T, H, D}, ks[3] = {T, Hkv, D}, ts[1] = {T}, hs[1] = {H};
+    size_t cn = (size_t)(S * C * Hkv * D), pn = paged_elems(&pg);
+    float *kc = malloc(4 * cn), *vc = malloc(4 * cn), *kp = malloc(4 * pn), *vp = malloc(4 * pn);
     for (size_t i = 0; i < cn; i++) kc[i] = t_randf(), vc[i] = t_randf();
+    paged_scatter(&pg, kc, kp, MNV_DTYPE_F32);
+    paged_scatter(&pg, vc, vp, MNV_DTYPE_F32);
     begin();
     float *q, *kn, *vn, *sk = NULL;
     mnv_array *aq = rand_input(3, qs, &q), *ak = rand_input(3, ks, &kn), *av = rand_input(3, ks, &vn);
     mnv_array *asn = sinks ? rand_input(1, hs, &sk) : NULL;
     mnv_array *seq = mnv_input(g, MNV_DTYPE_I32, 1, ts, "seq"), *pos = mnv_input(g, MNV_DTYPE_I32, 1, ts, "pos");
-    int32_t *sq = mnv_input_data(seq), *ps = mnv_input_data(pos);
+    mnv_array *slot = mnv_input(g, MNV_DTYPE_I32, 1, ts, "slot"), *tab = NULL;
+    if (pg.tables) {
+        int64_t tsh[2] = {S, pg.W};
+        tab = mnv_input(g, MNV_DTYPE_I32, 2, tsh, "tables");
+        memcpy(mnv_input_data(tab), pg.tables, sizeof(int32_t) * (size_t)(S * pg.W));
+    }
+    int32_t *sq = mnv_input_data(seq), *ps = mnv_input_data(pos), *sl = mnv_input_data(slot);
     for (int64_t t = 0; t < T; t++) { /* distinct (seq, pos) slots */
         sq[t] = (int32_t)(t % S);
         ps[t] = (int32_t)(C - 1 - t / S - t_randint(0, 2) * (int)(T / S + 1));
         if (ps[t] < 0) ps[t] = (int32_t)(t / S);
+        int64_t blk = pg.tables ? pg.tables[sq[t] * pg.W + ps[t] / pg.B] : sq[t];
+        sl[t] = (int32_t)(blk * pg.B + ps[t] % pg.B);
     }
-    mnv_array *kw = mnv_cache_write(g, mnv_param(g, kc, MNV_DTYPE_F32, 4, cs, "kc"), ak, seq, pos);
-    mnv_array *vw = mnv_cache_write(g, mnv_param(g, vc, MNV_DTYPE_F32, 4, cs, "vc"), av, seq, pos);
+    mnv_array *kw = mnv_cache_write(g, mnv_param_strided(g, kp, MNV_DTYPE_F32, 4, cs, cst, "kc"), ak, slot);
+    mnv_array *vw = mnv_cache_write(g, mnv_param_strided(g, vp, MNV_DTYPE_F32, 4, cs, cst, "vc"), av, slot);
     float scale = 1.0f / sqrtf((float)D);
-    mnv_array *y = mnv_attention(g, aq, kw, vw, seq, pos, asn, scale, window);
+    mnv_array *y = mnv_attention(g, aq, kw, vw, tab, seq, pos, asn, scale, window);
     mnv_set_output(y);
     run();
-    /* the cache now holds the new rows: the reference reads it after the write */
+    /* the reference reads the logical cache with the new rows written */
+    for (int64_t t = 0; t < T; t++) {
+        memcpy(kc + (sq[t] * C + ps[t]) * Hkv * D, kn + t * Hkv * D, 4 * (size_t)(Hkv * D));
+        memcpy(vc + (sq[t] * C + ps[t]) * Hkv * D, vn + t * Hkv * D, 4 * (size_t)(Hkv * D));
+    }
     float *want = malloc(sizeof(float) * (size_t)(T * H * D));
     for (int64_t t = 0; t < T; t++)
         for (int64_t h = 0; h < H; h++) {
@@ -263,38 +329,43 @@ static void test_attention(bool sinks, int32_t window) {
         }
     bool written = true;
     for (int64_t t = 0; t < T; t++)
-        written &= memcmp(kc + ((sq[t] * C + ps[t]) * Hkv) * D, kn + t * Hkv * D, 4 * (size_t)(Hkv * D)) == 0;
+        written &= memcmp(kp + paged_at(&pg, sq[t], ps[t]), kn + t * Hkv * D, 4 * (size_t)(Hkv * D)) == 0 &&
+                   memcmp(vp + paged_at(&pg, sq[t], ps[t]), vn + t * Hkv * D, 4 * (size_t)(Hkv * D)) == 0;
     CHECKF(written, "cache_write: rows not in the cache");
-    char what[64];
-    snprintf(what, sizeof what, "attention S%lld C%lld H%lld/%lld D%lld sinks %d window %d", (long long)S,
-             (long long)C, (long long)H, (long long)Hkv, (long long)D, sinks, window);
+    char what[96];
+    snprintf(what, sizeof what, "attention %s S%lld C%lld B%lld H%lld/%lld D%lld sinks %d window %d",
+             pg.tables ? "paged" : "dense", (long long)S, (long long)C, (long long)pg.B, (long long)H, (long long)Hkv,
+             (long long)D, sinks, window);
     check(what, y->data, want, (size_t)(T * H * D), 1e-5);
-    free(want);
-    free(kc);
-    free(vc);
+    free(want), free(kc), free(vc), free(kp), free(vp), free(pg.tables);
 }
 
 /* The attention kernel itself on every instruction-set level the host has,
- * for an f32, f16 or bf16 cache: grouped-query ratios 1-16, head dims 1-160
- * (odd ones included) and 256, several sequences, causal with or without a
- * sliding window, with or without sinks, the (token, KV head) items split in
- * two calls. The reference works in double on the cache values as stored;
- * tolerance 1e-5 relative L2 (f32 sums and a ~2 ulp vectorized exp). */
+ * for an f32, f16 or bf16 cache, paged (random block tables, blocks apart)
+ * or dense: grouped-query ratios 1-16, head dims 1-160 (odd ones included)
+ * and 256, several sequences, causal with or without a sliding window, with
+ * or without sinks, the (token, KV head) items split in two calls. The
+ * reference works in double on the cache values as stored; tolerance 1e-5
+ * relative L2 (f32 sums and a ~2 ulp vectorized exp). */
 static void test_attention_kernel(mnv_dtype dt) {
     int64_t S = t_randint(1, 3), C = t_randint(1, 300), Hkv = t_randint(1, 3), G = t_randint(1, 16);
     int64_t D = t_randint(0, 4) == 0 ? 64 * t_randint(1, 4) : t_randint(1, 160), T = t_randint(1, 8), H = Hkv * G;
     int32_t window = t_randint(0, 1) ? t_randint(1, (int)C) : 0;
-    size_t cn = (size_t)(S * C * Hkv * D), es = mnv_dtype_size(dt);
+    paged pg = paged_make(S, C, Hkv * D, t_randint(0, 2) == 0);
+    size_t cn = (size_t)(S * C * Hkv * D), es = mnv_dtype_size(dt), pn = paged_elems(&pg);
     float *kf = malloc(4 * cn), *vf = malloc(4 * cn), *q = malloc(4 * (size_t)(T * H * D));
     float *sinks = t_randint(0, 1) ? malloc(4 * (size_t)H) : NULL;
     float *want = malloc(4 * (size_t)(T * H * D)), *got = malloc(4 * (size_t)(T * H * D));
-    void *kc = malloc(es * cn), *vc = malloc(es * cn);
+    void *kc = malloc(es * cn), *vc = malloc(es * cn), *kp = malloc(es * pn), *vp = malloc(es * pn);
     int32_t seq[8], pos[8];
     for (size_t i = 0; i < cn; i++) kf[i] = t_randf(), vf[i] = 2 * t_randf();
     mnv_cpu_convert(kf, MNV_DTYPE_F32, kc, dt, (int64_t)cn); /* the reference reads the stored values */
     mnv_cpu_convert(kc, dt, kf, MNV_DTYPE_F32, (int64_t)cn);
     mnv_cpu_convert(vf, MNV_DTYPE_F32, vc, dt, (int64_t)cn);
     mnv_cpu_convert(vc, dt, vf, MNV_DTYPE_F32, (int64_t)cn);
+    memset(kp, 0xff, es * pn), memset(vp, 0xff, es * pn); /* NaN where nothing should be read */
+    paged_scatter(&pg, kf, kp, dt);
+    paged_scatter(&pg, vf, vp, dt);
     for (int64_t i = 0; i < T * H * D; i++) q[i] = 2 * t_randf();
     for (int64_t h = 0; sinks && h < H; h++) sinks[h] = 3 * t_randf();
     for (int64_t t = 0; t < T; t++) seq[t] = t_randint(0, (int)S - 1), pos[t] = t_randint(0, (int)C - 1);
@@ -305,8 +376,9 @@ static void test_attention_kernel(mnv_dtype dt) {
             ref_attention(q + (t * H + h) * D, kf, vf, C, Hkv, D, seq[t], pos[t], lo, h, h / G, scale, sinks,
                           want + (t * H + h) * D);
         }
-    mnv_attn_args a = {.cache = {S, C, Hkv, D, dt}, .n_head = (int32_t)H, .scale = scale, .window = window,
-                       .sinks = sinks, .k = kc, .v = vc, .q = q, .seq = seq, .pos = pos, .out = got};
+    mnv_attn_args a = {.cache = {Hkv, D, pg.B, pg.stride, dt}, .n_head = (int32_t)H, .scale = scale,
+                       .window = window, .sinks = sinks, .k = kp, .v = vp, .tables = pg.tables,
+                       .table_stride = pg.W, .q = q, .seq = seq, .pos = pos, .out = got};
     for (int lv = MNV_ISA_SCALAR; lv <= MNV_ISA_AVX512; lv++) {
         if (lv != MNV_ISA_SCALAR && !mnv__isa_host((mnv_isa)lv)) continue;
         mnv__isa_set_cap((mnv_isa)lv);
@@ -314,14 +386,17 @@ static void test_attention_kernel(mnv_dtype dt) {
         int64_t mid = t_randint(0, (int)(T * Hkv));
         mnv_cpu_attention(&a, 0, mid);
         mnv_cpu_attention(&a, mid, T * Hkv);
-        char what[128];
-        snprintf(what, sizeof what, "attention kernel %s %s S%lld C%lld H%lld/%lld D%lld T%lld sinks %d window %d",
-                 mnv__isa_name((mnv_isa)lv), mnv_dtype_name(dt), (long long)S, (long long)C, (long long)H,
-                 (long long)Hkv, (long long)D, (long long)T, sinks != NULL, window);
+        char what[160];
+        snprintf(what, sizeof what,
+                 "attention kernel %s %s %s S%lld C%lld B%lld H%lld/%lld D%lld T%lld sinks %d window %d",
+                 mnv__isa_name((mnv_isa)lv), mnv_dtype_name(dt), pg.tables ? "paged" : "dense", (long long)S,
+                 (long long)C, (long long)pg.B, (long long)H, (long long)Hkv, (long long)D, (long long)T,
+                 sinks != NULL, window);
         check(what, got, want, (size_t)(T * H * D), 1e-5);
     }
     mnv__isa_set_cap(MNV_ISA_COUNT);
-    free(kf), free(vf), free(q), free(sinks), free(want), free(got), free(kc), free(vc);
+    free(kf), free(vf), free(q), free(sinks), free(want), free(got), free(kc), free(vc), free(kp), free(vp);
+    free(pg.tables);
 }
 
 /* Row conversion between f32 and f16/bf16 (KV cache writes, embedding rows)

@@ -141,7 +141,8 @@ int main(void) {
     int32_t toks[5] = {1, 403, 407, 261, 378}, pos[5] = {0, 1, 2, 3, 4}, seq[5] = {0}, rows[5] = {4, 2, 0, 2, 1};
     float *all = malloc(sizeof(float) * 5 * V), *perm = malloc(sizeof(float) * 5 * V);
     int32_t ident[5] = {0, 1, 2, 3, 4};
-    mnv_batch b1 = {5, toks, pos, seq, 5, ident}, b2 = {5, toks, pos, seq, 5, rows};
+    mnv_batch b1 = {.n_tokens = 5, .ids = toks, .pos = pos, .seq = seq, .n_out = 5, .out_rows = ident};
+    mnv_batch b2 = {.n_tokens = 5, .ids = toks, .pos = pos, .seq = seq, .n_out = 5, .out_rows = rows};
     CHECK(mnv_session_forward(s, &b1, all) == MNV_OK);
     CHECK(mnv_session_forward(s, &b2, perm) == MNV_OK);
     double worst = 0;

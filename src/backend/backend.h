@@ -68,7 +68,15 @@ void mnv_backend_free(mnv_backend *b);
 typedef struct mnv_executor mnv_executor;
 mnv_status mnv_executor_create(mnv_backend *b, mnv_executor **out);
 void mnv_executor_free(mnv_executor *ex);
+/* Plan and run (plan_seconds tells the planning's cost). */
 mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g);
+/* Plan once: checks every node against the backend's supports_node (an
+ * error names the op and dtype), assigns arena offsets; *arena_bytes: the
+ * arena the graph needs. */
+mnv_status mnv_executor_plan(mnv_executor *ex, mnv_graph *g, size_t *arena_bytes);
+/* Run a graph planned by mnv_executor_plan (again and again: a cached
+ * graph whose inputs were refilled). */
+mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena_bytes);
 size_t mnv_executor_arena_size(const mnv_executor *ex);
 /* Seconds spent planning in the last run (host overhead). */
 double mnv_executor_plan_seconds(const mnv_executor *ex);

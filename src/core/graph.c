@@ -134,6 +134,14 @@ mnv_array *mnv_param(mnv_graph *g, const void *data, mnv_dtype dt, int32_t ndim,
     return n;
 }
 
+mnv_array *mnv_param_strided(mnv_graph *g, const void *data, mnv_dtype dt, int32_t ndim, const int64_t *shape,
+                             const int64_t *strides, const char *name) {
+    mnv_node *n = mnv_param(g, data, dt, ndim, shape, name);
+    if (n)
+        for (int32_t i = 0; i < ndim; i++) n->stride[i] = strides[i];
+    return n;
+}
+
 mnv_array *mnv_input(mnv_graph *g, mnv_dtype dt, int32_t ndim, const int64_t *shape, const char *name) {
     mnv_node *n = new_node(g, MNV_OP_LEAF, dt, ndim, shape);
     if (!n) return NULL;
@@ -378,49 +386,62 @@ mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids) {
     return n;
 }
 
-mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *seq, mnv_array *pos) {
+mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *slot) {
     NEED(cache);
     NEED(rows);
-    NEED(seq);
-    NEED(pos);
+    NEED(slot);
     if (cache->ndim != 4 || rows->ndim != 3 || cache->shape[2] != rows->shape[1] || cache->shape[3] != rows->shape[2])
-        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: rows (T, Hkv, D) do not match cache (S, C, Hkv, D)");
-    if (!mnv_array_is_contiguous(cache) || !is_float(cache->dtype))
-        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: cache must be contiguous float");
+        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: rows (T, Hkv, D) do not match cache (NB, B, Hkv, D)");
+    if (slot->dtype != MNV_DTYPE_I32 || mnv_array_nelem(slot) != rows->shape[0])
+        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: slot must be I32 of T");
+    if (!is_float(cache->dtype) || cache->stride[3] != 1 || cache->stride[2] != cache->shape[3] ||
+        cache->stride[1] != cache->shape[2] * cache->shape[3] || cache->stride[0] < cache->shape[1] * cache->stride[1])
+        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: cache must be float blocks of contiguous rows");
     rows = as_f32(g, rows);
     if (!rows) return NULL;
     mnv_node *n = new_node(g, MNV_OP_CACHE_WRITE, cache->dtype, 4, cache->shape);
     if (!n) return NULL;
+    for (int i = 0; i < 4; i++) n->stride[i] = cache->stride[i];
     n->src[0] = cache;
     n->src[1] = rows;
-    n->src[2] = seq;
-    n->src[3] = pos;
+    n->src[2] = slot;
     n->view_src = cache->view_src ? cache->view_src : cache;
     n->view_offset = cache->view_offset;
     n->nbytes = 0;
     return n;
 }
 
-mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *seq, mnv_array *pos,
-                         mnv_array *sinks, float scale, int32_t window) {
+static bool paged_cache_ok(const mnv_array *c) {
+    return c->ndim == 4 && c->stride[3] == 1 && c->stride[2] == c->shape[3] &&
+           c->stride[1] == c->shape[2] * c->shape[3] && c->stride[0] >= c->shape[1] * c->stride[1];
+}
+
+mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *tables,
+                         mnv_array *seq, mnv_array *pos, mnv_array *sinks, float scale, int32_t window) {
     NEED(q);
     NEED(kc);
     NEED(vc);
     NEED(seq);
     NEED(pos);
     if (q->ndim != 3 || kc->ndim != 4 || vc->ndim != 4 || kc->shape[3] != q->shape[2] ||
-        vc->shape[3] != q->shape[2] || kc->shape[2] != vc->shape[2] || q->shape[1] % kc->shape[2] != 0)
-        return fail(g, MNV_ERR_INVALID_ARG, "attention: q (T, H, D) and caches (S, C, Hkv, D) disagree");
+        vc->shape[3] != q->shape[2] || kc->shape[2] != vc->shape[2] || q->shape[1] % kc->shape[2] != 0 ||
+        kc->shape[1] != vc->shape[1] || kc->stride[0] != vc->stride[0])
+        return fail(g, MNV_ERR_INVALID_ARG, "attention: q (T, H, D) and caches (NB, B, Hkv, D) disagree");
+    if (!paged_cache_ok(kc) || !paged_cache_ok(vc))
+        return fail(g, MNV_ERR_INVALID_ARG, "attention: caches must be blocks of contiguous rows");
     if (kc->dtype != vc->dtype) return fail(g, MNV_ERR_INVALID_ARG, "attention: k and v caches differ in dtype");
+    if (tables && (tables->dtype != MNV_DTYPE_I32 || tables->ndim != 2))
+        return fail(g, MNV_ERR_INVALID_ARG, "attention: block tables must be (S, W) I32");
     if (sinks && (sinks->dtype != MNV_DTYPE_F32 || mnv_array_nelem(sinks) != q->shape[1]))
         return fail(g, MNV_ERR_INVALID_ARG, "attention: sinks must be f32 of H");
     mnv_node *n = unary(g, MNV_OP_ATTENTION, q);
     if (!n) return NULL;
     n->src[1] = kc;
     n->src[2] = vc;
-    n->src[3] = seq;
-    n->src[4] = pos;
-    n->src[5] = sinks;
+    n->src[3] = tables;
+    n->src[4] = seq;
+    n->src[5] = pos;
+    n->src[6] = sinks;
     n->p.attn.scale = scale;
     n->p.attn.window = window;
     return n;

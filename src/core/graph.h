@@ -15,7 +15,7 @@
 #include "quant/quant.h"
 
 #define MNV_MAX_DIMS 4
-#define MNV_MAX_SRC 6
+#define MNV_MAX_SRC 8
 
 #define MNV_OP_LIST(X)                                                                   \
     X(MNV_OP_LEAF, "leaf")             /* weights or inputs: data supplied from outside */ \
@@ -32,9 +32,9 @@
     X(MNV_OP_GELU, "gelu")             /* tanh approximation */                            \
     X(MNV_OP_SILU_MUL, "silu_mul")     /* silu(src0) * src1 */                             \
     X(MNV_OP_GET_ROWS, "get_rows")     /* src0 table (V, D), src1 ids (T) i32 -> (T, D) */  \
-    X(MNV_OP_CACHE_WRITE, "cache_write") /* src0 cache, src1 rows, src2 seq, src3 pos */     \
-    X(MNV_OP_ATTENTION, "attention")   /* src0 q, src1 k cache, src2 v cache, src3 seq,  \
-                                          src4 pos, src5 sinks (optional) */             \
+    X(MNV_OP_CACHE_WRITE, "cache_write") /* src0 cache, src1 rows, src2 slot */             \
+    X(MNV_OP_ATTENTION, "attention")   /* src0 q, src1 k cache, src2 v cache, src3 tables  \
+                                          (optional), src4 seq, src5 pos, src6 sinks (optional) */ \
     X(MNV_OP_QMATMUL, "qmatmul")       /* src0 x, src1 packed W, src2 scales, src3 biases */ \
     X(MNV_OP_QGET_ROWS, "qget_rows")   /* src0 packed table, src1 ids, src2 scales, src3 biases */ \
     X(MNV_OP_TOPK, "topk")             /* src0 (T, E) -> (T, k) i32 ids of the k largest */  \
@@ -124,6 +124,10 @@ mnv_status mnv_graph_status(const mnv_graph *g);
 /* Weights or other data that outlives the graph (not copied). */
 mnv_array *mnv_param(mnv_graph *g, const void *data, mnv_dtype dt, int32_t ndim, const int64_t *shape,
                      const char *name);
+/* The same with explicit element strides (e.g. one layer's rows in a pool of
+ * blocks). */
+mnv_array *mnv_param_strided(mnv_graph *g, const void *data, mnv_dtype dt, int32_t ndim, const int64_t *shape,
+                             const int64_t *strides, const char *name);
 /* Per-step input whose host memory belongs to the graph (valid until reset);
  * fill it through mnv_input_data. */
 mnv_array *mnv_input(mnv_graph *g, mnv_dtype dt, int32_t ndim, const int64_t *shape, const char *name);
@@ -157,18 +161,24 @@ mnv_array *mnv_silu(mnv_graph *g, mnv_array *x);
 mnv_array *mnv_gelu(mnv_graph *g, mnv_array *x);
 mnv_array *mnv_silu_mul(mnv_graph *g, mnv_array *gate, mnv_array *up);
 mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids);
-/* Write rows (T, Hkv, D) into cache (S, C, Hkv, D) at [seq[t], pos[t]]; the
- * result is the cache itself, so ops that read the cache after the write
+/* KV caches are paged: a cache is (NB, B, Hkv, D), NB blocks of B token
+ * rows, whose dim 0 may be strided (the blocks of a pool that also holds
+ * other layers). A dense cache of S sequences of C tokens is the case
+ * NB = S, B = C.
+ *
+ * cache_write: rows (T, Hkv, D) into the cache at slot[t] = block * B + row;
+ * the result is the cache itself, so ops that read the cache after the write
  * take the result as their source. */
-mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *seq,
-                           mnv_array *pos);
-/* Causal grouped-query attention over the cache for a ragged batch: query
- * token t (sequence seq[t], position pos[t]) attends to its sequence's
- * cached positions [max(0, pos - window + 1), pos]. q: (T, H, D); k/v
- * caches: (S, C, Hkv, D); sinks (optional, H f32): a learned logit per head
- * that joins the softmax denominator. Result (T, H, D). */
-mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *seq,
-                         mnv_array *pos, mnv_array *sinks, float scale, int32_t window);
+mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *slot);
+/* Causal grouped-query attention over paged caches for a ragged batch:
+ * query token t (sequence seq[t], position pos[t]) attends to its sequence's
+ * positions [max(0, pos - window + 1), pos], position p living in block
+ * tables[seq[t], p / B] at row p % B. tables: (S, W) I32, or NULL for a
+ * dense cache (block = seq[t]). q: (T, H, D); sinks (optional, H f32): a
+ * learned logit per head that joins the softmax denominator. Result
+ * (T, H, D). */
+mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *tables,
+                         mnv_array *seq, mnv_array *pos, mnv_array *sinks, float scale, int32_t window);
 
 /* Quantized weights (MLX layout, see quant/quant.h): w is the packed U32
  * matrix (n, k*bits/32), scales/biases (n, k/group); biases only for

@@ -146,20 +146,46 @@ static void resolve(mnv_executor *ex, mnv_graph *g) {
     }
 }
 
-mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g) {
+/* Every computing node has a kernel on the backend: checked at plan time,
+ * with an error naming the op and dtype, instead of skipping a node. */
+static mnv_status check_support(mnv_executor *ex, mnv_graph *g) {
+    if (!ex->be->iface->supports_node) return MNV_OK;
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW || ex->be->iface->supports_node(ex->be, nd)) continue;
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "backend %s has no kernel for node %d '%s' (%s, %s%s%s)",
+                             ex->be->iface->name, i, nd->name, mnv_op_name(nd->op), mnv_dtype_name(nd->dtype),
+                             nd->src[1] ? " with a source of " : "", nd->src[1] ? mnv_dtype_name(nd->src[1]->dtype) : "");
+    }
+    return MNV_OK;
+}
+
+mnv_status mnv_executor_plan(mnv_executor *ex, mnv_graph *g, size_t *arena_bytes) {
     mnv_status st = mnv_graph_status(g);
-    if (st != MNV_OK) return st;
-    double t0 = mnv_time_sec();
-    size_t need = 0;
-    if ((st = plan(ex, g, &need)) != MNV_OK) return st;
-    if (need > ex->arena_size) {
+    if (st == MNV_OK) st = check_support(ex, g);
+    if (st == MNV_OK) st = plan(ex, g, arena_bytes);
+    return st;
+}
+
+mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena_bytes) {
+    if (arena_bytes > ex->arena_size) {
         if (ex->arena) ex->be->iface->buffer_free(ex->be, ex->arena);
         ex->arena_size = 0;
-        ex->arena = ex->be->iface->buffer_alloc(ex->be, need);
-        if (!ex->arena) return mnv_set_error(MNV_ERR_NOMEM, "executor: cannot allocate %zu bytes of activations", need);
-        ex->arena_size = need;
+        ex->arena = ex->be->iface->buffer_alloc(ex->be, arena_bytes);
+        if (!ex->arena)
+            return mnv_set_error(MNV_ERR_NOMEM, "executor: cannot allocate %zu bytes of activations", arena_bytes);
+        ex->arena_size = arena_bytes;
     }
-    resolve(ex, g);
-    ex->plan_sec = mnv_time_sec() - t0;
+    resolve(ex, g); /* cheap, and the arena may have moved since this graph last ran */
     return ex->be->iface->compute(ex->be, g);
+}
+
+mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g) {
+    double t0 = mnv_time_sec();
+    size_t need = 0;
+    mnv_status st = mnv_executor_plan(ex, g, &need);
+    ex->plan_sec = mnv_time_sec() - t0;
+    if (st != MNV_OK) return st;
+    return mnv_executor_run_planned(ex, g, need);
 }

@@ -340,8 +340,9 @@ static mnv_array *moe_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_arr
     return mnv_moe_sum(g, y, w);
 }
 
-static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_array *h, mnv_array *pos,
-                                  mnv_array *seq, mnv_array *inv_freq, const mnv_kv_cache *kv) {
+static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_array *h,
+                                  const mnv_step_inputs *in, mnv_array *inv_freq, const mnv_kv_cache *kv) {
+    mnv_array *pos = in->pos;
     const mnv_model_config *c = &m->cfg;
     const mnv_layer_weights *w = &m->layers[l];
     const gptoss_layer *L = &((const gptoss_data *)m->arch_data)->layers[l];
@@ -352,38 +353,34 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
     q = mnv_rope(g, mnv_reshape_3d(g, q, T, NH, D), pos, inv_freq, m->n_rot, 0, m->rope_attn_factor);
     k = mnv_rope(g, mnv_reshape_3d(g, k, T, Hkv, D), pos, inv_freq, m->n_rot, 0, m->rope_attn_factor);
     v = mnv_reshape_3d(g, v, T, Hkv, D);
-    int64_t cshape[4] = {kv->n_seq, kv->n_ctx, Hkv, D}, nh = NH;
-    mnv_array *kc = mnv_cache_write(g, mnv_param(g, kv->k[l], kv->dtype, 4, cshape, "k_cache"), k, seq, pos);
-    mnv_array *vc = mnv_cache_write(g, mnv_param(g, kv->v[l], kv->dtype, 4, cshape, "v_cache"), v, seq, pos);
+    int64_t nh = NH;
+    int32_t grp = kv->layer_group ? kv->layer_group[l] : 0;
+    mnv_array *kc, *vc;
+    mnv_model_kv_leaves(g, m, kv, l, &kc, &vc);
+    kc = mnv_cache_write(g, kc, k, in->slots[grp]);
+    vc = mnv_cache_write(g, vc, v, in->slots[grp]);
     mnv_array *sinks = mnv_param(g, L->sinks, MNV_DTYPE_F32, 1, &nh, "sinks");
     int32_t window = c->layer_sliding[l] ? c->sliding_window : 0;
-    mnv_array *a = mnv_attention(g, q, kc, vc, seq, pos, sinks, 1.0f / sqrtf((float)D), window);
+    mnv_array *a = mnv_attention(g, q, kc, vc, in->tables[grp], in->seq, pos, sinks, 1.0f / sqrtf((float)D), window);
     a = mnv_model_linear(g, mnv_reshape_2d(g, a, T, NH * D), &w->wo);
     return mnv_add(g, a, mnv_weight_param(g, &w->bo));
 }
 
-static mnv_array *gptoss_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv) {
+static mnv_array *gptoss_build(const mnv_model *m, mnv_graph *g, const mnv_step_inputs *in, const mnv_kv_cache *kv) {
     const mnv_model_config *c = &m->cfg;
-    int64_t T = b->n_tokens, nout = b->n_out, nrot = m->n_rot / 2;
+    int64_t nrot = m->n_rot / 2;
     float eps = (float)c->rms_norm_eps;
-    mnv_array *ids = mnv_input(g, MNV_DTYPE_I32, 1, &T, "ids"), *pos = mnv_input(g, MNV_DTYPE_I32, 1, &T, "pos");
-    mnv_array *seq = mnv_input(g, MNV_DTYPE_I32, 1, &T, "seq"), *rows = mnv_input(g, MNV_DTYPE_I32, 1, &nout, "out_rows");
-    if (!ids || !pos || !seq || !rows) return NULL;
-    memcpy(mnv_input_data(ids), b->ids, (size_t)T * 4);
-    memcpy(mnv_input_data(pos), b->pos, (size_t)T * 4);
-    memcpy(mnv_input_data(seq), b->seq, (size_t)T * 4);
-    memcpy(mnv_input_data(rows), b->out_rows, (size_t)nout * 4);
     mnv_array *inv_freq = mnv_param(g, m->inv_freq, MNV_DTYPE_F32, 1, &nrot, "inv_freq");
-    mnv_array *x = mnv_model_embed(g, &m->tok_embd, ids);
+    mnv_array *x = mnv_model_embed(g, &m->tok_embd, in->ids);
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         const mnv_layer_weights *w = &m->layers[l];
         mnv_array *h = mnv_rms_norm(g, x, mnv_weight_param(g, &w->attn_norm), eps);
-        x = mnv_add(g, x, attention_block(m, g, l, h, pos, seq, inv_freq, kv));
+        x = mnv_add(g, x, attention_block(m, g, l, h, in, inv_freq, kv));
         h = mnv_rms_norm(g, x, mnv_weight_param(g, &w->ffn_norm), eps);
         x = mnv_add(g, x, moe_block(m, g, l, h));
         mnv_set_name(x, "x.%d", l);
     }
-    if (!mnv_rows_are_identity(b)) x = mnv_get_rows(g, x, rows);
+    if (!in->all_rows) x = mnv_get_rows(g, x, in->out_rows);
     x = mnv_rms_norm(g, x, mnv_weight_param(g, &m->out_norm), eps);
     mnv_array *logits = mnv_model_linear(g, x, &m->output);
     mnv_set_name(logits, "logits");

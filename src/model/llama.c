@@ -119,12 +119,8 @@ static mnv_array *linear(mnv_graph *g, mnv_array *x, const mnv_weight *w, const 
     return y;
 }
 
-typedef struct {
-    mnv_array *pos, *seq, *inv_freq;
-} step_inputs;
-
-static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_array *h, const step_inputs *in,
-                                  const mnv_kv_cache *kv) {
+static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_array *h,
+                                  const mnv_step_inputs *in, mnv_array *inv_freq, const mnv_kv_cache *kv) {
     const mnv_model_config *c = &m->cfg;
     const mnv_layer_weights *w = &m->layers[l];
     int64_t T = h->shape[0], H = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim;
@@ -137,15 +133,16 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
         k = mnv_rms_norm(g, k, mnv_weight_param(g, &w->k_norm), eps);
     }
     int trad = c->rope.traditional;
-    q = mnv_rope(g, q, in->pos, in->inv_freq, m->n_rot, trad, m->rope_attn_factor);
-    k = mnv_rope(g, k, in->pos, in->inv_freq, m->n_rot, trad, m->rope_attn_factor);
-    int64_t cshape[4] = {kv->n_seq, kv->n_ctx, Hkv, D};
-    mnv_array *kc = mnv_param(g, kv->k[l], kv->dtype, 4, cshape, "k_cache");
-    mnv_array *vc = mnv_param(g, kv->v[l], kv->dtype, 4, cshape, "v_cache");
-    kc = mnv_cache_write(g, kc, k, in->seq, in->pos);
-    vc = mnv_cache_write(g, vc, v, in->seq, in->pos);
+    q = mnv_rope(g, q, in->pos, inv_freq, m->n_rot, trad, m->rope_attn_factor);
+    k = mnv_rope(g, k, in->pos, inv_freq, m->n_rot, trad, m->rope_attn_factor);
+    mnv_array *kc, *vc;
+    mnv_model_kv_leaves(g, m, kv, l, &kc, &vc);
+    int32_t grp = kv->layer_group ? kv->layer_group[l] : 0;
+    kc = mnv_cache_write(g, kc, k, in->slots[grp]);
+    vc = mnv_cache_write(g, vc, v, in->slots[grp]);
     int32_t window = c->layer_sliding[l] ? c->sliding_window : 0;
-    mnv_array *a = mnv_attention(g, q, kc, vc, in->seq, in->pos, NULL, 1.0f / sqrtf((float)D), window);
+    mnv_array *a = mnv_attention(g, q, kc, vc, in->tables[grp], in->seq, in->pos, NULL, 1.0f / sqrtf((float)D),
+                                 window);
     mnv_set_name(a, "attn.%d", l);
     return linear(g, mnv_reshape_2d(g, a, T, H * D), &w->wo, &w->bo);
 }
@@ -162,31 +159,22 @@ static mnv_array *mlp_block(const mnv_model *m, mnv_graph *g, int32_t l, mnv_arr
     return linear(g, act, &w->w_down, &w->b_down);
 }
 
-static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv) {
+static mnv_array *llama_build(const mnv_model *m, mnv_graph *g, const mnv_step_inputs *in, const mnv_kv_cache *kv) {
     const mnv_model_config *c = &m->cfg;
-    int64_t T = b->n_tokens;
     float eps = (float)c->rms_norm_eps;
-    mnv_array *ids = mnv_input(g, MNV_DTYPE_I32, 1, &T, "ids");
-    step_inputs in = {mnv_input(g, MNV_DTYPE_I32, 1, &T, "pos"), mnv_input(g, MNV_DTYPE_I32, 1, &T, "seq"), NULL};
-    int64_t nout = b->n_out, nrot = m->n_rot / 2;
-    mnv_array *out_rows = mnv_input(g, MNV_DTYPE_I32, 1, &nout, "out_rows");
-    if (!ids || !in.pos || !in.seq || !out_rows) return NULL;
-    memcpy(mnv_input_data(ids), b->ids, (size_t)T * 4);
-    memcpy(mnv_input_data(in.pos), b->pos, (size_t)T * 4);
-    memcpy(mnv_input_data(in.seq), b->seq, (size_t)T * 4);
-    memcpy(mnv_input_data(out_rows), b->out_rows, (size_t)nout * 4);
-    in.inv_freq = mnv_param(g, m->inv_freq, MNV_DTYPE_F32, 1, &nrot, "inv_freq");
+    int64_t nrot = m->n_rot / 2;
+    mnv_array *inv_freq = mnv_param(g, m->inv_freq, MNV_DTYPE_F32, 1, &nrot, "inv_freq");
 
-    mnv_array *x = mnv_model_embed(g, &m->tok_embd, ids);
+    mnv_array *x = mnv_model_embed(g, &m->tok_embd, in->ids);
     for (int32_t l = 0; l < c->num_hidden_layers; l++) {
         const mnv_layer_weights *w = &m->layers[l];
         mnv_array *h = mnv_rms_norm(g, x, mnv_weight_param(g, &w->attn_norm), eps);
-        x = mnv_add(g, x, attention_block(m, g, l, h, &in, kv));
+        x = mnv_add(g, x, attention_block(m, g, l, h, in, inv_freq, kv));
         h = mnv_rms_norm(g, x, mnv_weight_param(g, &w->ffn_norm), eps);
         x = mnv_add(g, x, mlp_block(m, g, l, h));
         mnv_set_name(x, "x.%d", l);
     }
-    if (!mnv_rows_are_identity(b)) x = mnv_get_rows(g, x, out_rows); /* only the rows whose logits are wanted */
+    if (!in->all_rows) x = mnv_get_rows(g, x, in->out_rows); /* only the rows whose logits are wanted */
     x = mnv_rms_norm(g, x, mnv_weight_param(g, &m->out_norm), eps);
     mnv_array *logits = mnv_model_linear(g, x, &m->output);
     mnv_set_name(logits, "logits");

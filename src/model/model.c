@@ -240,8 +240,78 @@ bool mnv_rows_are_identity(const mnv_batch *b) {
     return true;
 }
 
-mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv) {
-    return m->arch->build(m, g, b, kv);
+mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_step_inputs *in, const mnv_kv_cache *kv) {
+    return m->arch->build(m, g, in, kv);
+}
+
+static int32_t batch_groups(const mnv_batch *b, int32_t n_groups) { return b->tables[0] ? n_groups : 1; }
+
+size_t mnv_step_inputs_bytes(const mnv_batch *b, int32_t n_groups) {
+    size_t n = (size_t)(3 * b->n_tokens + b->n_out) * 4 + 4 * 64;
+    for (int32_t gi = 0; gi < batch_groups(b, n_groups); gi++)
+        n += (size_t)b->n_tokens * 4 + 64 + (b->tables[gi] ? (size_t)b->n_seqs * (size_t)b->table_width[gi] * 4 + 64 : 0);
+    return n;
+}
+
+mnv_status mnv_step_inputs_create(mnv_graph *g, const mnv_batch *b, int32_t n_groups, mnv_step_inputs *in) {
+    memset(in, 0, sizeof *in);
+    int64_t T = b->n_tokens, nout = b->n_out;
+    in->ids = mnv_input(g, MNV_DTYPE_I32, 1, &T, "ids");
+    in->pos = mnv_input(g, MNV_DTYPE_I32, 1, &T, "pos");
+    in->seq = mnv_input(g, MNV_DTYPE_I32, 1, &T, "seq");
+    in->out_rows = mnv_input(g, MNV_DTYPE_I32, 1, &nout, "out_rows");
+    for (int32_t gi = 0; gi < batch_groups(b, n_groups); gi++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "slots.%d", gi);
+        in->slots[gi] = mnv_input(g, MNV_DTYPE_I32, 1, &T, nm);
+        if (b->tables[gi]) {
+            int64_t ts[2] = {b->n_seqs, b->table_width[gi]};
+            snprintf(nm, sizeof nm, "tables.%d", gi);
+            in->tables[gi] = mnv_input(g, MNV_DTYPE_I32, 2, ts, nm);
+        }
+    }
+    if (mnv_graph_status(g) != MNV_OK) return mnv_graph_status(g);
+    in->all_rows = mnv_rows_are_identity(b);
+    mnv_step_inputs_fill(in, b);
+    return MNV_OK;
+}
+
+void mnv_step_inputs_fill(const mnv_step_inputs *in, const mnv_batch *b) {
+    size_t T = (size_t)b->n_tokens;
+    memcpy(mnv_input_data(in->ids), b->ids, T * 4);
+    memcpy(mnv_input_data(in->pos), b->pos, T * 4);
+    memcpy(mnv_input_data(in->seq), b->seq, T * 4);
+    memcpy(mnv_input_data(in->out_rows), b->out_rows, (size_t)b->n_out * 4);
+    for (int32_t gi = 0; gi < MNV_MAX_KV_GROUPS && in->slots[gi]; gi++) {
+        memcpy(mnv_input_data(in->slots[gi]), b->slots[gi], T * 4);
+        if (in->tables[gi])
+            memcpy(mnv_input_data(in->tables[gi]), b->tables[gi],
+                   (size_t)b->n_seqs * (size_t)b->table_width[gi] * 4);
+    }
+}
+
+void mnv_model_kv_groups(const mnv_model_config *c, int32_t *n_groups, int32_t window[MNV_MAX_KV_GROUPS],
+                         int32_t *layer_group, int32_t *layer_index) {
+    int32_t ng = 0, count[MNV_MAX_KV_GROUPS] = {0};
+    for (int32_t l = 0; l < c->num_hidden_layers; l++) {
+        int32_t w = c->layer_sliding[l] ? c->sliding_window : 0, gi = 0;
+        while (gi < ng && window[gi] != w) gi++;
+        if (gi == ng) {
+            if (ng == MNV_MAX_KV_GROUPS) gi = 0; /* never with the configurations we load: two windows at most */
+            else window[ng++] = w;
+        }
+        layer_group[l] = gi;
+        layer_index[l] = count[gi]++;
+    }
+    *n_groups = ng;
+}
+
+void mnv_model_kv_leaves(mnv_graph *g, const mnv_model *m, const mnv_kv_cache *kv, int32_t l, mnv_array **kc,
+                         mnv_array **vc) {
+    int64_t Hkv = m->cfg.num_key_value_heads, D = m->cfg.head_dim;
+    int64_t shape[4] = {kv->n_blocks, kv->block_tokens, Hkv, D}, strides[4] = {kv->block_stride, Hkv * D, D, 1};
+    *kc = mnv_param_strided(g, kv->k[l], kv->dtype, 4, shape, strides, "k_cache");
+    *vc = mnv_param_strided(g, kv->v[l], kv->dtype, 4, shape, strides, "v_cache");
 }
 
 /* Parameters as MLX counts them: a packed quantized weight holds
@@ -597,7 +667,7 @@ mnv_status mnv_config_estimate(const char *config_path, mnv_model_info *info) {
 /* An upper bound of the activation memory of one forward pass of T tokens:
  * every node one layer makes, in f32, none reused (the planner reuses most),
  * the residual stream and embeddings, and T rows of logits. */
-static uint64_t compute_bound(const mnv_model_config *c, uint64_t T) {
+uint64_t mnv__model_compute_bound(const mnv_model_config *c, uint64_t T) {
     uint64_t E = (uint64_t)c->hidden_size, HD = (uint64_t)c->num_attention_heads * (uint64_t)c->head_dim;
     uint64_t KD = (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim;
     uint64_t k = c->num_experts_per_tok > 0 ? (uint64_t)c->num_experts_per_tok : 1;
@@ -607,42 +677,3 @@ static uint64_t compute_bound(const mnv_model_config *c, uint64_t T) {
     return 4 * T * per_token;
 }
 
-mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *session_params,
-                                     mnv_memory_estimate *out) {
-    if (!dir || !out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: NULL argument");
-    memset(out, 0, sizeof *out);
-    mnv_session_params sp = mnv_session_params_default();
-    if (session_params) {
-        if (session_params->size < offsetof(mnv_session_params, kv_dtype) || session_params->size > sizeof sp)
-            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: params->size %u is not a known size",
-                                 session_params->size);
-        memcpy(&sp, session_params, session_params->size);
-    }
-    size_t kvs = mnv_dtype_size(sp.kv_dtype);
-    if (sp.kv_dtype != MNV_DTYPE_F32 && sp.kv_dtype != MNV_DTYPE_BF16 && sp.kv_dtype != MNV_DTYPE_F16)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: kv_dtype must be F32, BF16 or F16");
-    char *path = mnv_path_join(dir, "config.json");
-    if (!path) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    char *json = NULL;
-    size_t len = 0;
-    mnv_status st = mnv_read_file(path, &json, &len);
-    mnv_model_config *c = st == MNV_OK ? malloc(sizeof *c) : NULL;
-    if (st == MNV_OK) st = c ? mnv_config_parse(json, len, path, c) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    free(json);
-    mnv_model_info info;
-    if (st == MNV_OK) st = mnv_config_estimate(path, &info);
-    free(path);
-    if (st == MNV_OK) {
-        /* the same defaults mnv_session_create resolves */
-        int32_t train = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
-        out->n_ctx = sp.n_ctx > 0 ? sp.n_ctx : MNV_MIN(train, 4096);
-        out->n_batch = sp.n_batch > 0 ? sp.n_batch : 512;
-        out->weight_bytes = info.weight_bytes;
-        out->kv_bytes = info.kv_bytes_per_token / sizeof(float) * kvs * (uint64_t)out->n_ctx;
-        out->compute_bytes = compute_bound(c, (uint64_t)MNV_MIN(out->n_batch, out->n_ctx)) +
-                             (uint64_t)c->vocab_size * sizeof(float);
-        out->total_bytes = out->weight_bytes + out->kv_bytes + out->compute_bytes;
-    }
-    free(c);
-    return st;
-}

@@ -23,13 +23,20 @@ typedef struct {
     mnv_weight ffn_norm, w_gate, w_up, w_down, b_gate, b_up, b_down;
 } mnv_layer_weights;
 
-/* What the model needs to know about the KV cache: per layer, K and V of
- * shape (n_seq, n_ctx, n_head_kv, head_dim). */
+#define MNV_MAX_KV_GROUPS 4
+
+/* What the model needs to know about the KV cache. It is paged: per layer,
+ * K and V are (n_blocks, block_tokens, n_head_kv, head_dim) with blocks
+ * block_stride elements apart (a block pool holds every layer of a group in
+ * each block). Layers are grouped by attention window (gpt-oss: full and
+ * sliding); each group has its own block tables and write slots. A dense
+ * cache of S sequences of C tokens is n_blocks = S, block_tokens = C. */
 typedef struct {
     int32_t n_layer;
-    int64_t n_seq, n_ctx;
     mnv_dtype dtype;
-    void **k, **v; /* n_layer buffers each */
+    int64_t n_blocks, block_tokens, block_stride;
+    void **k, **v;              /* per layer: its K / V rows in block 0 */
+    const int32_t *layer_group; /* per layer: its group; NULL: every layer in group 0 */
 } mnv_kv_cache;
 
 /* A ragged batch: tokens of several sequences at different positions. */
@@ -37,10 +44,42 @@ typedef struct {
     int32_t n_tokens;
     const int32_t *ids;      /* (n_tokens) */
     const int32_t *pos;      /* position of each token in its sequence */
-    const int32_t *seq;      /* sequence (cache slot) of each token */
+    const int32_t *seq;      /* sequence of each token: a row of the block tables (or the dense
+                                cache's slot) */
     int32_t n_out;
     const int32_t *out_rows; /* tokens whose logits are wanted, in output order */
+    /* the paged cache, per layer group: */
+    int32_t n_groups;        /* 0 or 1 with tables NULL: a dense cache (block = seq) */
+    int32_t n_seqs;          /* rows of each table */
+    const int32_t *tables[MNV_MAX_KV_GROUPS]; /* (n_seqs, table_width[g]) physical blocks, -1 unused */
+    int32_t table_width[MNV_MAX_KV_GROUPS];
+    const int32_t *slots[MNV_MAX_KV_GROUPS];  /* (n_tokens) where each token's K/V goes:
+                                                 block * block_tokens + row */
 } mnv_batch;
+
+/* A step's input leaves (I32), made once per graph shape and refilled per
+ * step, so a cached graph replays with new values. */
+typedef struct {
+    mnv_array *ids, *pos, *seq, *out_rows;
+    mnv_array *tables[MNV_MAX_KV_GROUPS]; /* NULL: dense cache */
+    mnv_array *slots[MNV_MAX_KV_GROUPS];
+    bool all_rows;                        /* out_rows is the identity: no gather */
+} mnv_step_inputs;
+
+/* Create the input leaves for batch b's shape (n_groups >= 1) and fill them. */
+mnv_status mnv_step_inputs_create(mnv_graph *g, const mnv_batch *b, int32_t n_groups, mnv_step_inputs *in);
+/* Refill inputs made for a batch of the same shape. */
+void mnv_step_inputs_fill(const mnv_step_inputs *in, const mnv_batch *b);
+/* The input bytes mnv_step_inputs_create needs (for mnv_graph_reserve_inputs). */
+size_t mnv_step_inputs_bytes(const mnv_batch *b, int32_t n_groups);
+
+/* The KV layer groups of a configuration: *n_groups windows (0: full
+ * attention), and per layer its group and its index within the group. */
+void mnv_model_kv_groups(const mnv_model_config *c, int32_t *n_groups, int32_t window[MNV_MAX_KV_GROUPS],
+                         int32_t *layer_group, int32_t *layer_index);
+/* Cache leaves of layer l: K and V as (n_blocks, B, Hkv, D) strided views. */
+void mnv_model_kv_leaves(mnv_graph *g, const mnv_model *m, const mnv_kv_cache *kv, int32_t l, mnv_array **kc,
+                         mnv_array **vc);
 
 typedef struct mnv_model_arch mnv_model_arch;
 
@@ -101,8 +140,8 @@ struct mnv_model_arch {
     int32_t (*tensor_specs)(const mnv_model_config *cfg, mnv_tensor_spec *specs, int32_t cap);
     /* Bind weights after the safetensors set is open. */
     mnv_status (*bind)(mnv_model *m);
-    /* Build the forward graph for a batch; returns logits (n_out, n_vocab). */
-    mnv_array *(*build)(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+    /* Build the forward graph of a step; returns logits (n_out, n_vocab). */
+    mnv_array *(*build)(const mnv_model *m, mnv_graph *g, const mnv_step_inputs *in, const mnv_kv_cache *kv);
     /* Free arch_data (may be NULL). */
     void (*free)(mnv_model *m);
 };
@@ -130,6 +169,9 @@ struct mnv_model {
 const mnv_model_arch *mnv_arch_llama(void);
 const mnv_model_arch *mnv_arch_gpt_oss(void);
 
+/* An upper bound of the activation memory of one forward pass of T tokens. */
+uint64_t mnv__model_compute_bound(const mnv_model_config *c, uint64_t T);
+
 /* Look up a weight by name and check its shape (2-d or 1-d). 1-d weights are
  * converted to f32 (they are tiny and used in f32 arithmetic). Missing
  * required weights give MNV_ERR_FORMAT naming the tensor. */
@@ -138,7 +180,7 @@ mnv_status mnv_model_weight(mnv_model *m, const char *name, int32_t ndim, int64_
 /* Fill m->inv_freq for the configured RoPE (default, linear, llama3, yarn). */
 mnv_status mnv_model_init_rope(mnv_model *m);
 /* Build the model graph; the arch's builder behind a common entry. */
-mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_batch *b, const mnv_kv_cache *kv);
+mnv_array *mnv_model_build(const mnv_model *m, mnv_graph *g, const mnv_step_inputs *in, const mnv_kv_cache *kv);
 /* True when a batch wants the logits of every token, in token order. */
 bool mnv_rows_are_identity(const mnv_batch *b);
 /* A leaf for a weight (plain weights only; 1-d weights are always plain). */

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 
+#include "runtime/gen.h"
 #include "runtime/sampler.h"
 #include "runtime/session.h"
 
@@ -16,12 +17,7 @@ mnv_generate_params mnv_generate_params_default(void) {
     return p;
 }
 
-typedef struct {
-    char *text; /* decoded but not yet delivered */
-    size_t len, cap;
-} pending_text;
-
-static bool pending_put(pending_text *p, const char *s, size_t n) {
+static bool pending_put(mnv__pending_text *p, const char *s, size_t n) {
     if (p->len + n + 1 > p->cap) {
         size_t cap = MNV_MAX(p->cap * 2, p->len + n + 64);
         char *t = realloc(p->text, cap);
@@ -37,7 +33,7 @@ static bool pending_put(pending_text *p, const char *s, size_t n) {
 
 /* Where a stop string starts in the pending text (or -1), and how many
  * trailing bytes could still be the start of one. */
-static long find_stop(const mnv_generate_params *gp, const pending_text *p, size_t *hold) {
+static long find_stop(const mnv_generate_params *gp, const mnv__pending_text *p, size_t *hold) {
     long first = -1;
     *hold = 0;
     for (size_t i = 0; i < gp->n_stop; i++) {
@@ -55,30 +51,21 @@ static long find_stop(const mnv_generate_params *gp, const pending_text *p, size
     return first;
 }
 
-static bool is_eos(const mnv_session *s, const mnv_generate_params *gp, int32_t tok) {
+static bool is_eos(const mnv_model *m, const mnv_generate_params *gp, int32_t tok) {
     if (!gp->ignore_eos)
-        for (int32_t i = 0; i < s->model->cfg.n_eos; i++)
-            if (tok == s->model->cfg.eos_token_ids[i]) return true;
+        for (int32_t i = 0; i < m->cfg.n_eos; i++)
+            if (tok == m->cfg.eos_token_ids[i]) return true;
     for (size_t i = 0; i < gp->n_eos; i++)
         if (tok == gp->eos_ids[i]) return true;
     return false;
 }
 
-typedef struct {
-    mnv_session *s;
-    const mnv_generate_params *gp;
-    mnv_sampler *smp;
-    mnv_detok_stream *ds;
-    pending_text pend;
-    mnv_generate_result *res;
-} gen_state;
-
 /* Decode tok, deliver what can be delivered; sets *stop when done. With
  * final (EOS, or the last token generation will make) everything held back
  * is delivered: a possible stop-string prefix, an incomplete UTF-8 tail. */
-static mnv_status push_token(gen_state *g, int32_t tok, bool keep);
+static mnv_status push_token(mnv__gen *g, int32_t tok, bool keep);
 
-static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool *stop) {
+static mnv_status deliver(mnv__gen *g, int32_t tok, bool eos, bool final, bool *stop) {
     char piece[256];
     size_t n = 0;
     if (!eos) {
@@ -107,31 +94,38 @@ static mnv_status deliver(gen_state *g, int32_t tok, bool eos, bool final, bool 
     return MNV_OK;
 }
 
-static mnv_status gen_loop(gen_state *g) {
-    mnv_session *s = g->s;
-    int32_t V = s->model->cfg.vocab_size, tok;
+mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_t *tok_out, bool *done) {
+    *done = false;
+    int32_t tok = mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
+    if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
+    *tok_out = tok;
+    mnv_sampler_accept(g->smp, tok);
+    g->res->n_generated++;
+    bool eos = is_eos(g->model, g->gp, tok), stop = false, last = g->res->n_generated >= g->gp->max_tokens;
+    mnv_status st = deliver(g, tok, eos, eos || last || ctx_full, &stop);
+    if (st != MNV_OK) return st;
+    if (eos)
+        g->res->stop_reason = MNV_STOP_EOS;
+    else if (stop)
+        ; /* deliver set the reason */
+    else if (last)
+        g->res->stop_reason = MNV_STOP_MAX_TOKENS; /* the last token needs no evaluation */
+    else if (ctx_full)
+        g->res->stop_reason = MNV_STOP_CONTEXT_FULL;
+    *done = g->res->stop_reason != MNV_STOP_NONE;
+    return MNV_OK;
+}
+
+static mnv_status gen_loop(mnv__gen *g, mnv_session *s) {
     double t0 = mnv_time_sec();
     for (int32_t i = 0; i < g->gp->max_tokens; i++) {
         mnv_status cst = mnv__session_check_cancel(s, "mnv_generate");
         if (cst != MNV_OK) return cst;
-        tok = mnv_sampler_sample(g->smp, s->last_logits, V);
-        if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
-        mnv_sampler_accept(g->smp, tok);
-        g->res->n_generated++;
-        bool eos = is_eos(s, g->gp, tok), stop = false;
-        bool final = eos || i + 1 == g->gp->max_tokens || s->n_past >= s->kv.n_ctx;
-        mnv_status st = deliver(g, tok, eos, final, &stop);
+        int32_t tok;
+        bool done;
+        mnv_status st = mnv__gen_step(g, s->last_logits, s->n_past >= s->params.n_ctx, &tok, &done);
         if (st != MNV_OK) return st;
-        if (eos) {
-            g->res->stop_reason = MNV_STOP_EOS;
-            break;
-        }
-        if (stop) break;
-        if (i + 1 == g->gp->max_tokens) break; /* the last token needs no evaluation */
-        if (s->n_past >= s->kv.n_ctx) {
-            g->res->stop_reason = MNV_STOP_CONTEXT_FULL;
-            break;
-        }
+        if (done) break;
         if ((st = mnv_session_eval(s, &tok, 1, NULL)) != MNV_OK) return st;
     }
     g->res->gen_seconds = mnv_time_sec() - t0;
@@ -142,10 +136,10 @@ static mnv_status gen_loop(gen_state *g) {
 /* Text of one token into the pending buffer: ids the tokenizer cannot decode
  * (beyond its vocabulary, or holes in it: models pad their output head) add
  * nothing; a token longer than the stack buffer is decoded into a heap one. */
-static mnv_status push_token(gen_state *g, int32_t tok, bool keep) {
+static mnv_status push_token(mnv__gen *g, int32_t tok, bool keep) {
     char piece[256], *buf = piece;
     size_t n = 0, cap = sizeof piece;
-    if (!g->ds || tok >= mnv_tokenizer_n_vocab(g->s->model->tok)) return MNV_OK;
+    if (!g->ds || tok >= mnv_tokenizer_n_vocab(g->model->tok)) return MNV_OK;
     mnv_status st = mnv_detok_stream_push(g->ds, tok, buf, cap, &n);
     if (st == MNV_ERR_BUFFER_TOO_SMALL) { /* too long for the buffer: the stream kept its state */
         cap = n + 1;
@@ -158,44 +152,63 @@ static mnv_status push_token(gen_state *g, int32_t tok, bool keep) {
     return st;
 }
 
+mnv_status mnv__gen_begin(mnv__gen *g, const mnv_model *m, const mnv_generate_params *gp, const int32_t *prompt,
+                          size_t n_prompt, mnv_generate_result *res) {
+    memset(g, 0, sizeof *g);
+    g->model = m;
+    g->gp = gp;
+    g->res = res;
+    mnv_status st = gp->max_tokens > 0 ? mnv_sampler_chain_create(&gp->sampler, m->cfg.vocab_size, &g->smp) : MNV_OK;
+    if (st == MNV_OK && gp->max_tokens > 0 && m->tok) st = mnv_detok_stream_create(m->tok, &g->ds);
+    /* the decoder continues the prompt's text (e.g. no stripped leading space
+     * after a prompt); the prompt's own text is not delivered. Penalties see
+     * the prompt too. */
+    for (size_t i = 0; st == MNV_OK && g->smp && i < n_prompt; i++) {
+        if (prompt[i] != m->cfg.bos_token_id) st = push_token(g, prompt[i], false);
+        mnv_sampler_accept(g->smp, prompt[i]);
+    }
+    if (st != MNV_OK) mnv__gen_end(g);
+    return st;
+}
+
+void mnv__gen_end(mnv__gen *g) {
+    mnv_sampler_free(g->smp);
+    mnv_detok_stream_free(g->ds);
+    free(g->pend.text);
+    g->smp = NULL, g->ds = NULL, g->pend.text = NULL;
+}
+
+mnv_status mnv__gen_params(const mnv_generate_params *params, mnv_generate_params *out, const char *who) {
+    *out = mnv_generate_params_default();
+    if (!params) return MNV_OK;
+    /* a caller built against an older, smaller struct: the rest keeps its defaults */
+    if (params->size < offsetof(mnv_generate_params, reserved) || params->size > sizeof *out)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "%s: params->size %u is not a known size", who, params->size);
+    memcpy(out, params, params->size);
+    return MNV_OK;
+}
+
 mnv_status mnv_generate(mnv_session *s, const int32_t *prompt, size_t n_prompt, const mnv_generate_params *params,
                         mnv_generate_result *result) {
     mnv_generate_result local;
-    gen_state g = {.s = s, .res = result ? result : &local};
-    memset(g.res, 0, sizeof *g.res);
+    mnv_generate_result *res = result ? result : &local;
+    memset(res, 0, sizeof *res);
     if (!s || (!prompt && n_prompt)) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: NULL argument");
-    mnv_generate_params gp = mnv_generate_params_default();
-    if (params) { /* a caller built against an older, smaller struct: the rest keeps its defaults */
-        if (params->size < offsetof(mnv_generate_params, reserved) || params->size > sizeof gp)
-            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: params->size %u is not a known size",
-                                 params->size);
-        memcpy(&gp, params, params->size);
-    }
-    g.gp = &gp;
+    mnv_generate_params gp;
+    mnv_status st = mnv__gen_params(params, &gp, "mnv_generate");
+    if (st != MNV_OK) return st;
     if (n_prompt == 0 && !s->logits_valid)
         return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_generate: empty prompt and no logits to continue from "
                                                   "(empty, reset or truncated context)");
     /* everything that can fail on the parameters fails before the prompt enters the context */
-    mnv_status st = gp.max_tokens > 0 ? mnv_sampler_chain_create(&gp.sampler, s->model->cfg.vocab_size, &g.smp)
-                                      : MNV_OK;
-    if (st == MNV_OK && gp.max_tokens > 0 && s->model->tok) st = mnv_detok_stream_create(s->model->tok, &g.ds);
-    if (st == MNV_OK) {
-        double t0 = mnv_time_sec();
-        st = mnv_session_eval(s, prompt, n_prompt, NULL);
-        g.res->prompt_seconds = mnv_time_sec() - t0;
-        g.res->n_prompt = (int32_t)n_prompt;
-    }
-    if (st == MNV_OK && gp.max_tokens <= 0) g.res->stop_reason = MNV_STOP_MAX_TOKENS;
-    /* the decoder continues the prompt's text (e.g. no stripped leading space
-     * after a prompt); the prompt's own text is not delivered. Penalties see
-     * the prompt too. */
-    for (size_t i = 0; st == MNV_OK && g.smp && i < n_prompt; i++) {
-        if (prompt[i] != s->model->cfg.bos_token_id) st = push_token(&g, prompt[i], false);
-        mnv_sampler_accept(g.smp, prompt[i]);
-    }
-    if (st == MNV_OK && gp.max_tokens > 0) st = gen_loop(&g);
-    mnv_sampler_free(g.smp);
-    mnv_detok_stream_free(g.ds);
-    free(g.pend.text);
+    mnv__gen g;
+    if ((st = mnv__gen_begin(&g, s->model, &gp, prompt, n_prompt, res)) != MNV_OK) return st;
+    double t0 = mnv_time_sec();
+    st = mnv_session_eval(s, prompt, n_prompt, NULL);
+    res->prompt_seconds = mnv_time_sec() - t0;
+    res->n_prompt = (int32_t)n_prompt;
+    if (st == MNV_OK && gp.max_tokens <= 0) res->stop_reason = MNV_STOP_MAX_TOKENS;
+    if (st == MNV_OK && gp.max_tokens > 0) st = gen_loop(&g, s);
+    mnv__gen_end(&g);
     return st;
 }

@@ -94,6 +94,7 @@ mnv_kv_pool_params mnv_kv_pool_params_default(void) {
     p.groups[0].n_layers = 1;
     p.max_seqs = 16;
     p.max_seq_tokens = 4096;
+    p.prefix_cache = 1;
     return p;
 }
 
@@ -486,7 +487,7 @@ mnv_status mnv_kv_pool_seq_start(mnv_kv_pool *pool, const int32_t *prompt, int64
                              "kv pool: prompt of %" PRId64 " tokens exceeds the context of %" PRId64,
                              n_prompt, pool->p.max_seq_tokens);
     const int32_t B = pool->B, G = pool->p.n_groups;
-    int64_t k_max = (n_prompt - 1) / B; /* at least one token is left to compute */
+    int64_t k_max = pool->p.prefix_cache ? (n_prompt - 1) / B : 0; /* at least one token is left to compute */
     uint64_t *h = malloc((size_t)(k_max + 1) * sizeof(uint64_t));
     int32_t *found = malloc((size_t)(k_max * G + 1) * sizeof(int32_t));
     if (!h || !found) {

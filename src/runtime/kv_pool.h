@@ -104,6 +104,7 @@ typedef struct {
     int32_t max_seqs;        /* sequences alive at once (default 16) */
     int64_t max_seq_tokens;  /* context limit of one sequence (default 4096) */
     uint64_t mem_available;  /* 0: the machine's MemAvailable; else this figure (tests) */
+    int32_t prefix_cache;    /* 1 (default): seq_start reuses cached prefixes; 0: never */
 } mnv_kv_pool_params;
 
 typedef struct {

@@ -11,39 +11,6 @@ mnv_session_params mnv_session_params_default(void) {
     return p;
 }
 
-static void free_cache(mnv_session *s) {
-    for (int32_t l = 0; s->kv.k && l < s->kv.n_layer; l++) {
-        s->be->iface->buffer_free(s->be, s->kv.k[l]);
-        s->be->iface->buffer_free(s->be, s->kv.v[l]);
-    }
-    free(s->kv.k);
-    free(s->kv.v);
-}
-
-static mnv_status alloc_cache(mnv_session *s, int32_t n_seq) {
-    const mnv_model_config *c = &s->model->cfg;
-    mnv_kv_cache *kv = &s->kv;
-    kv->n_layer = c->num_hidden_layers;
-    kv->n_seq = n_seq;
-    kv->n_ctx = s->params.n_ctx;
-    kv->dtype = s->params.kv_dtype;
-    kv->k = calloc((size_t)kv->n_layer, sizeof(void *));
-    kv->v = calloc((size_t)kv->n_layer, sizeof(void *));
-    if (!kv->k || !kv->v) return mnv_set_error(MNV_ERR_NOMEM, "KV cache: out of memory");
-    size_t bytes = (size_t)n_seq * (size_t)kv->n_ctx * (size_t)c->num_key_value_heads * (size_t)c->head_dim *
-                   mnv_dtype_size(kv->dtype);
-    for (int32_t l = 0; l < kv->n_layer; l++) {
-        kv->k[l] = s->be->iface->buffer_alloc(s->be, bytes);
-        kv->v[l] = s->be->iface->buffer_alloc(s->be, bytes);
-        if (!kv->k[l] || !kv->v[l])
-            return mnv_set_error(MNV_ERR_NOMEM, "KV cache: cannot allocate %zu bytes for layer %d", 2 * bytes, l);
-        /* keep unwritten cache rows finite: a bug that reads them stays visible in tests, not UB */
-        memset(kv->k[l], 0, bytes);
-        memset(kv->v[l], 0, bytes);
-    }
-    return MNV_OK;
-}
-
 mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *params, int32_t n_seq,
                                     mnv_session **out) {
     if (!out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: out is NULL");
@@ -66,22 +33,28 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     if (s->params.n_batch <= 0) s->params.n_batch = 512;
     if (s->params.n_threads <= 0) s->params.n_threads = model->params.n_threads;
     /* params.n_threads keeps the request; the backend clamps it to the CPUs */
-    mnv_dtype kvt = s->params.kv_dtype;
-    if (kvt != MNV_DTYPE_F32 && kvt != MNV_DTYPE_BF16 && kvt != MNV_DTYPE_F16) {
-        free(s);
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: kv_dtype must be F32, BF16 or F16, not %s",
-                             mnv_dtype_name(kvt));
-    }
-    mnv_backend_params bp = {"cpu", s->params.n_threads, s->params.exact_quant};
-    mnv_status st = mnv_backend_create(&bp, &s->be);
-    if (st == MNV_OK) s->be->abort = &s->cancel; /* a cancel also stops a forward pass between nodes */
-    if (st == MNV_OK) st = mnv_executor_create(s->be, &s->ex);
-    if (st == MNV_OK) st = mnv_graph_create(128 + 96 * model->cfg.num_hidden_layers, &s->g);
-    if (st == MNV_OK) st = alloc_cache(s, n_seq);
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.n_threads = s->params.n_threads;
+    ep.kv_dtype = s->params.kv_dtype;
+    ep.max_seqs = n_seq;
+    ep.max_seq_tokens = s->params.n_ctx;
+    ep.kv_max_tokens = (int32_t)MNV_MIN((int64_t)n_seq * s->params.n_ctx, (int64_t)INT32_MAX);
+    ep.step_tokens = s->params.n_batch;
+    ep.exact_quant = s->params.exact_quant;
+    ep.run_thread = 0;
+    s->n_seq = n_seq;
+    mnv_status st = mnv__engine_create(model, &ep, &s->e);
     if (st == MNV_OK) {
+        mnv__engine_backend(s->e)->abort = &s->cancel; /* a cancel also stops a forward pass between nodes */
+        s->seqs = calloc((size_t)n_seq, sizeof *s->seqs);
+        s->parts = calloc((size_t)n_seq, sizeof *s->parts);
         s->last_logits = calloc((size_t)model->cfg.vocab_size, sizeof(float));
-        s->scratch_ids = calloc((size_t)s->params.n_batch * 4, sizeof(int32_t));
-        if (!s->last_logits || !s->scratch_ids) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        if (!s->seqs || !s->parts || !s->last_logits) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        for (int32_t i = 0; st == MNV_OK && i < n_seq; i++) {
+            s->seqs[i].seq = -1;
+            if (!(s->seqs[i].hist = malloc((size_t)s->params.n_ctx * sizeof(int32_t))))
+                st = mnv_set_error(MNV_ERR_NOMEM, "out of memory for a context of %d tokens", s->params.n_ctx);
+        }
     }
     if (st != MNV_OK) {
         mnv_session_free(s);
@@ -97,17 +70,23 @@ mnv_status mnv_session_create(mnv_model *model, const mnv_session_params *params
 
 void mnv_session_free(mnv_session *s) {
     if (!s) return;
-    if (s->be) free_cache(s);
-    mnv_executor_free(s->ex);
-    mnv_graph_free(s->g);
-    mnv_backend_free(s->be);
+    for (int32_t i = 0; s->seqs && i < s->n_seq; i++) free(s->seqs[i].hist);
+    free(s->seqs);
+    mnv__engine_destroy(s->e);
+    free(s->parts);
     free(s->last_logits);
-    free(s->scratch_ids);
+    free(s->scratch);
     free(s);
 }
 
 void mnv_session_reset(mnv_session *s) {
     if (!s) return;
+    for (int32_t i = 0; i < s->n_seq; i++) {
+        /* the blocks stay in the prefix cache: a new context that starts the same way reuses them */
+        if (s->seqs[i].seq >= 0) mnv_kv_pool_seq_free(mnv__engine_pool(s->e), s->seqs[i].seq);
+        s->seqs[i].seq = -1;
+        s->seqs[i].n = 0;
+    }
     s->n_past = 0;
     s->logits_valid = false;
     atomic_store(&s->cancel, 0);
@@ -127,81 +106,136 @@ mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
     if (n < 0 || n > s->n_past)
         return mnv_set_error(MNV_ERR_RANGE, "mnv_session_truncate: %d tokens asked, %d held", n, s->n_past);
     if (n != s->n_past) s->logits_valid = false; /* they were the logits of a dropped token */
-    s->n_past = n; /* positions >= n are overwritten by the next evaluation */
+    s->n_past = s->seqs[0].n = n; /* the next evaluation restarts the pool sequence from the history */
     return MNV_OK;
 }
 
 int32_t mnv_session_n_past(const mnv_session *s) { return s ? s->n_past : 0; }
 
 /* The backend stopped a forward pass at the session's cancel request:
- * consume the request; nothing of the session changed but cache rows past
- * n_past, which the next evaluation overwrites. */
-static mnv_status cancelled_in_forward(mnv_session *s, const mnv_batch *b) {
+ * consume the request; nothing of the session changed. */
+static mnv_status cancelled_in_forward(mnv_session *s, int32_t n_tokens) {
     char where[256];
     mnv_last_error_copy(where, sizeof where);
     atomic_store(&s->cancel, 0);
     return mnv_set_error(MNV_ERR_CANCELLED,
                          "cancelled inside the forward pass of a batch of %d tokens (%s) with %d tokens in the context",
-                         b->n_tokens, where, s->n_past);
+                         n_tokens, where, s->n_past);
 }
 
-mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out) {
+/* Local sequence i gets k tokens (ids) at position p0 <= its length: they
+ * are written into its history, and its pool sequence is made to hold
+ * exactly history[0, p0) (restarted from the history, through the prefix
+ * cache, when it holds something else). *part: the tokens to evaluate:
+ * the history the pool lacks, then the new ones (*n_pre: how many of the
+ * former). */
+static mnv_status seq_ready(mnv_session *s, int32_t i, int32_t p0, const int32_t *ids, int32_t k,
+                            mnv__step_part *part, int32_t *n_pre) {
+    mnv__local_seq *ls = &s->seqs[i];
+    mnv_kv_pool *pool = mnv__engine_pool(s->e);
+    if (p0 < 0 || p0 > ls->n)
+        return mnv_set_error(MNV_ERR_RANGE, "sequence %d: position %d is past its %d tokens", i, p0, ls->n);
+    if (p0 + k > s->params.n_ctx)
+        return mnv_set_error(MNV_ERR_RANGE, "context full: %d tokens held, %d more, context length %d", p0, k,
+                             s->params.n_ctx);
+    ls->n = p0; /* a rewrite drops the tail */
+    memcpy(ls->hist + p0, ids, (size_t)k * sizeof(int32_t));
+    int64_t cached = p0;
+    if (ls->seq < 0 || mnv_kv_pool_seq_len(pool, ls->seq) != p0) {
+        if (ls->seq >= 0) mnv_kv_pool_seq_free(pool, ls->seq);
+        ls->seq = -1;
+        mnv_status st = mnv_kv_pool_seq_start(pool, ls->hist, p0 + 1, &ls->seq, &cached);
+        if (st != MNV_OK) return st;
+    }
+    *n_pre = p0 - (int32_t)cached;
+    *part = (mnv__step_part){ls->seq, ls->hist + cached, *n_pre + k, *n_pre};
+    return MNV_OK;
+}
+
+static mnv_status run_parts(mnv_session *s, mnv__step_part *parts, int32_t n, int32_t n_tokens, float *logits) {
+    mnv_status st = mnv__engine_run(s->e, parts, n, logits);
+    if (st == MNV_ERR_CANCELLED) return cancelled_in_forward(s, n_tokens);
+    return st;
+}
+
+/* Group the batch's tokens by local sequence: first index, count, p0. */
+static mnv_status check_batch(mnv_session *s, const mnv_batch *b, int32_t *first, int32_t *count) {
     const mnv_model_config *c = &s->model->cfg;
+    for (int32_t i = 0; i < s->n_seq; i++) first[i] = -1, count[i] = 0;
     for (int32_t t = 0; t < b->n_tokens; t++) {
         if (b->ids[t] < 0 || b->ids[t] >= c->vocab_size)
             return mnv_set_error(MNV_ERR_RANGE, "token id %d at batch position %d is outside the vocabulary (%d)",
                                  b->ids[t], t, c->vocab_size);
-        if (b->pos[t] < 0 || b->pos[t] >= s->kv.n_ctx || b->seq[t] < 0 || b->seq[t] >= s->kv.n_seq)
-            return mnv_set_error(MNV_ERR_RANGE, "position %d of sequence %d is outside the context (%lld x %lld)",
-                                 b->pos[t], b->seq[t], (long long)s->kv.n_seq, (long long)s->kv.n_ctx);
+        int32_t q = b->seq[t];
+        if (q < 0 || q >= s->n_seq || b->pos[t] < 0 || b->pos[t] >= s->params.n_ctx)
+            return mnv_set_error(MNV_ERR_RANGE, "position %d of sequence %d is outside the context (%d x %d)",
+                                 b->pos[t], q, s->n_seq, s->params.n_ctx);
+        if (first[q] < 0) first[q] = t;
+        if (b->pos[t] != b->pos[first[q]] + count[q]++)
+            return mnv_set_error(MNV_ERR_RANGE, "batch position %d: sequence %d's positions are not consecutive", t,
+                                 q);
     }
     for (int32_t i = 0; i < b->n_out; i++)
         if (b->out_rows[i] < 0 || b->out_rows[i] >= b->n_tokens)
             return mnv_set_error(MNV_ERR_RANGE, "output row %d outside the batch", b->out_rows[i]);
-    double t0 = mnv_time_sec();
-    mnv_graph_reset(s->g);
-    mnv_status st = mnv_graph_reserve_inputs(s->g, (size_t)(3 * b->n_tokens + b->n_out) * 4 + 4 * 64);
-    if (st != MNV_OK) return st;
-    mnv_array *logits = mnv_model_build(s->model, s->g, b, &s->kv);
-    if (!logits) return mnv_graph_status(s->g) != MNV_OK ? mnv_graph_status(s->g)
-                                                         : mnv_set_error(MNV_ERR_INTERNAL, "graph build failed");
-    double t1 = mnv_time_sec();
-    st = mnv_executor_run(s->ex, s->g);
-    double t2 = mnv_time_sec();
-    s->last_build_sec = t1 - t0;
-    s->last_plan_sec = mnv_executor_plan_seconds(s->ex);
-    s->last_run_sec = t2 - t1 - s->last_plan_sec;
-    if (st == MNV_ERR_CANCELLED) return cancelled_in_forward(s, b);
-    if (st != MNV_OK) return st;
-    if (logits_out) memcpy(logits_out, logits->data, (size_t)b->n_out * (size_t)c->vocab_size * sizeof(float));
     return MNV_OK;
+}
+
+mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out) {
+    int32_t V = s->model->cfg.vocab_size, *first = calloc((size_t)s->n_seq * 4 + (size_t)b->n_tokens, 4);
+    if (!first) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    int32_t *count = first + s->n_seq, *row0 = count + s->n_seq, *part_of = row0 + s->n_seq, *ids = part_of + s->n_seq;
+    mnv_status st = check_batch(s, b, first, count);
+    int32_t n = 0, rows = 0, n_pre = 0;
+    for (int32_t q = 0; st == MNV_OK && q < s->n_seq; q++) {
+        if (first[q] < 0) continue;
+        for (int32_t t = first[q], j = 0; t < b->n_tokens; t++)
+            if (b->seq[t] == q) ids[j++] = b->ids[t];
+        st = seq_ready(s, q, b->pos[first[q]], ids, count[q], &s->parts[n], &n_pre);
+        row0[q] = rows;
+        part_of[q] = n++;
+        rows += count[q];
+    }
+    float *all = st == MNV_OK ? malloc((size_t)rows * (size_t)V * sizeof(float)) : NULL;
+    if (st == MNV_OK && !all) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    if (st == MNV_OK) st = run_parts(s, s->parts, n, b->n_tokens, all);
+    if (st == MNV_OK) {
+        for (int32_t q = 0; q < s->n_seq; q++)
+            if (first[q] >= 0) s->seqs[q].n = b->pos[first[q]] + count[q];
+        s->n_past = s->seqs[0].n;
+        s->logits_valid = false;
+        for (int32_t i = 0; logits_out && i < b->n_out; i++) {
+            int32_t t = b->out_rows[i], q = b->seq[t];
+            memcpy(logits_out + (size_t)i * V, all + (size_t)(row0[q] + b->pos[t] - b->pos[first[q]]) * V,
+                   (size_t)V * sizeof(float));
+        }
+    }
+    free(all);
+    free(first);
+    return st;
 }
 
 mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float *logits) {
     if (!s || (!ids && n)) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_eval: NULL argument");
     if (n == 0) return MNV_OK;
-    if ((size_t)s->n_past + n > (size_t)s->kv.n_ctx)
-        return mnv_set_error(MNV_ERR_RANGE, "context full: %d tokens held, %zu more, context length %lld", s->n_past,
-                             n, (long long)s->kv.n_ctx);
+    if ((size_t)s->n_past + n > (size_t)s->params.n_ctx)
+        return mnv_set_error(MNV_ERR_RANGE, "context full: %d tokens held, %zu more, context length %d", s->n_past,
+                             n, s->params.n_ctx);
     int32_t V = s->model->cfg.vocab_size, nb = s->params.n_batch;
     for (size_t i = 0; i < n; i++) /* all or nothing: no batch runs before every id is checked */
         if (ids[i] < 0 || ids[i] >= V)
             return mnv_set_error(MNV_ERR_RANGE, "token id %d at position %zu is outside the vocabulary (%d)", ids[i],
                                  i, V);
-    int32_t *pos = s->scratch_ids, *seq = pos + nb, *rows = seq + nb;
     for (size_t done = 0; done < n;) {
         mnv_status cst = mnv__session_check_cancel(s, "mnv_session_eval");
         if (cst != MNV_OK) return cst;
-        int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done);
-        for (int32_t i = 0; i < cnt; i++) {
-            pos[i] = s->n_past + i;
-            seq[i] = 0;
-            rows[i] = i;
-        }
+        int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done), n_pre;
+        mnv__step_part part;
+        mnv_status st = seq_ready(s, 0, s->n_past, ids + done, cnt, &part, &n_pre);
         bool all = logits != NULL;
-        mnv_batch b = {cnt, ids + done, pos, seq, all ? cnt : 1, all ? rows : &rows[cnt - 1]};
+        if (!all) part.out_from = part.n - 1;
         float *dst = all ? logits + done * (size_t)V : s->last_logits;
-        mnv_status st = mnv_session_forward(s, &b, dst);
+        if (st == MNV_OK) st = run_parts(s, &part, 1, cnt, dst);
         if (st == MNV_ERR_CANCELLED) {
             char msg[512];
             mnv_last_error_copy(msg, sizeof msg);
@@ -209,7 +243,7 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
         }
         if (st != MNV_OK) return st;
         if (all) memcpy(s->last_logits, dst + (size_t)(cnt - 1) * V, (size_t)V * sizeof(float));
-        s->n_past += cnt;
+        s->n_past = s->seqs[0].n = s->n_past + cnt;
         s->logits_valid = true;
         done += (size_t)cnt;
     }
@@ -218,23 +252,76 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
 
 mnv_status mnv_session_dump_graph(mnv_session *s, const char *path) {
     if (!s || !path) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_dump_graph: NULL argument");
-    if (mnv_graph_n_nodes(s->g) == 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "no graph evaluated yet");
-    return mnv_graph_dump_dot(s->g, path);
+    mnv__step_figures f;
+    mnv__engine_last_step(s->e, &f);
+    if (!f.graph || mnv_graph_n_nodes(f.graph) == 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "no graph evaluated yet");
+    return mnv_graph_dump_dot(f.graph, path);
 }
 
 mnv_status mnv_session_get_stats(const mnv_session *s, mnv_session_stats *out) {
     if (!s || !out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_get_stats: NULL argument");
     memset(out, 0, sizeof *out);
-    const mnv_model_config *c = &s->model->cfg;
-    out->n_nodes = mnv_graph_n_nodes(s->g);
-    out->build_seconds = s->last_build_sec;
-    out->plan_seconds = s->last_plan_sec;
-    out->compute_seconds = s->last_run_sec;
-    out->arena_bytes = mnv_executor_arena_size(s->ex);
-    out->kv_bytes = 2ull * (uint64_t)s->kv.n_layer * (uint64_t)s->kv.n_seq * (uint64_t)s->kv.n_ctx *
-                    (uint64_t)c->num_key_value_heads * (uint64_t)c->head_dim * mnv_dtype_size(s->kv.dtype);
-    out->n_ctx = (int32_t)s->kv.n_ctx;
-    out->n_threads = s->be->iface->n_threads(s->be);
+    mnv__step_figures f;
+    mnv__engine_last_step(s->e, &f);
+    mnv_kv_pool_stats ps;
+    mnv_kv_pool_stats_get(mnv__engine_pool(s->e), &ps);
+    mnv_backend *be = mnv__engine_backend(s->e);
+    out->n_nodes = f.n_nodes;
+    out->build_seconds = f.build_sec;
+    out->plan_seconds = f.plan_sec + f.fill_sec;
+    out->compute_seconds = f.run_sec;
+    out->arena_bytes = f.arena_bytes;
+    out->kv_bytes = ps.bytes_total;
+    out->n_ctx = s->params.n_ctx;
+    out->n_threads = be->iface->n_threads(be);
     out->n_threads_requested = s->params.n_threads;
     return MNV_OK;
+}
+
+/* What a session will need, from config.json alone: the KV pool as the
+ * session's engine sizes it (sliding-window layers keep only their ring). */
+mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *session_params,
+                                     mnv_memory_estimate *out) {
+    if (!dir || !out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: NULL argument");
+    memset(out, 0, sizeof *out);
+    mnv_session_params sp = mnv_session_params_default();
+    if (session_params) {
+        if (session_params->size < offsetof(mnv_session_params, kv_dtype) || session_params->size > sizeof sp)
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: params->size %u is not a known size",
+                                 session_params->size);
+        memcpy(&sp, session_params, session_params->size);
+    }
+    if (sp.kv_dtype != MNV_DTYPE_F32 && sp.kv_dtype != MNV_DTYPE_BF16 && sp.kv_dtype != MNV_DTYPE_F16)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: kv_dtype must be F32, BF16 or F16");
+    char *path = mnv_path_join(dir, "config.json");
+    if (!path) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    char *json = NULL;
+    size_t len = 0;
+    mnv_status st = mnv_read_file(path, &json, &len);
+    mnv_model_config *c = st == MNV_OK ? malloc(sizeof *c) : NULL;
+    if (st == MNV_OK) st = c ? mnv_config_parse(json, len, path, c) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    free(json);
+    mnv_model_info info;
+    if (st == MNV_OK) st = mnv_config_estimate(path, &info);
+    free(path);
+    if (st == MNV_OK) {
+        /* the same defaults mnv_session_create resolves */
+        int32_t train = c->max_position_embeddings > 0 ? c->max_position_embeddings : 4096;
+        out->n_ctx = sp.n_ctx > 0 ? sp.n_ctx : MNV_MIN(train, 4096);
+        out->n_batch = sp.n_batch > 0 ? sp.n_batch : 512;
+        out->weight_bytes = info.weight_bytes;
+        mnv_kv_pool_params pp;
+        mnv__kv_pool_params(c, sp.kv_dtype, 16, 1, out->n_ctx, out->n_ctx, 0, &pp);
+        int64_t nb = mnv_kv_pool_plan_blocks(&pp);
+        int32_t lmax = 0;
+        for (int32_t g = 0; g < pp.n_groups; g++) lmax = MNV_MAX(lmax, pp.groups[g].n_layers);
+        out->kv_bytes = nb > 0 ? (uint64_t)nb * (uint64_t)lmax * (uint64_t)pp.block_tokens *
+                                     mnv_kv_bytes_per_token_layer(pp.type, pp.n_kv_heads, pp.head_dim, pp.quant_group)
+                               : 0;
+        out->compute_bytes = mnv__model_compute_bound(c, (uint64_t)MNV_MIN(out->n_batch, out->n_ctx)) +
+                             (uint64_t)c->vocab_size * sizeof(float);
+        out->total_bytes = out->weight_bytes + out->kv_bytes + out->compute_bytes;
+    }
+    free(c);
+    return st;
 }

@@ -177,9 +177,10 @@ INLINE void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
     const int64_t D = cs->head_dim, H = a->n_head, G = s->G, Dp = 8 * (s->C + (s->tail > 0));
     const int64_t sq = a->seq[t], p = a->pos[t];
     const int64_t lo = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
-    const size_t es = dt == MNV_DTYPE_F32 ? 4 : 2, row = (size_t)(cs->n_head_kv * D) * es;
-    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(sq * cs->n_ctx) * row + (size_t)(kvh * D) * es;
-    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(sq * cs->n_ctx) * row + (size_t)(kvh * D) * es;
+    const size_t es = dt == MNV_DTYPE_F32 ? 4 : 2;
+    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(kvh * D) * es;
+    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(kvh * D) * es;
+    size_t off[BK];
     for (int64_t g = 0; g < G; g++) {
         int64_t h = kvh * G + g;
         const float *qh = a->q + (t * H + h) * D;
@@ -190,9 +191,10 @@ INLINE void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
     for (int64_t j0 = lo; j0 <= p; j0 += BK) {
         int nb = (int)(p - j0 + 1 < BK ? p - j0 + 1 : BK);
         const void *k[BK], *v[BK];
+        mnv_attn_rows(a, sq, j0, nb, off);
         for (int j = 0; j < BK; j++) {
-            size_t off = (size_t)(j0 + (j < nb ? j : 0)) * row;
-            k[j] = kb + off, v[j] = vb + off;
+            size_t o = off[j < nb ? j : 0] * es;
+            k[j] = kb + o, v[j] = vb + o;
         }
         block_all(s, k, v, nb, dt);
     }

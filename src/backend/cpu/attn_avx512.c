@@ -70,9 +70,9 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     const mnv_cache_shape *cs = &a->cache;
     int64_t D = cs->head_dim, H = a->n_head, C = D / 16;
     int64_t s = a->seq[t], p = a->pos[t], lo = a->window > 0 ? (p - a->window + 1 > 0 ? p - a->window + 1 : 0) : 0;
-    size_t row = (size_t)(cs->n_head_kv * D);
-    const float *kbase = (const float *)a->k + ((size_t)(s * cs->n_ctx) * row) + (size_t)kvh * (size_t)D;
-    const float *vbase = (const float *)a->v + ((size_t)(s * cs->n_ctx) * row) + (size_t)kvh * (size_t)D;
+    const float *kbase = (const float *)a->k + (size_t)kvh * (size_t)D;
+    const float *vbase = (const float *)a->v + (size_t)kvh * (size_t)D;
+    size_t off[16];
     group_state st;
     for (int64_t g = 0; g < G; g++) {
         int64_t h = kvh * G + g;
@@ -85,10 +85,11 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     for (int64_t j0 = lo; j0 <= p; j0 += 16) {
         int valid = (int)(p - j0 + 1 < 16 ? p - j0 + 1 : 16);
         const float *k[16], *v[16];
+        mnv_attn_rows(a, s, j0, valid, off);
         for (int j = 0; j < 16; j++) {
-            int64_t jj = j0 + (j < valid ? j : 0);
-            k[j] = kbase + (size_t)jj * row;
-            v[j] = vbase + (size_t)jj * row;
+            size_t o = off[j < valid ? j : 0];
+            k[j] = kbase + o;
+            v[j] = vbase + o;
         }
         for (int64_t g = 0; g < G; g++) {
             __m512 sc = scores16(st.q[g], k, valid, (int)C, a->scale);

@@ -129,22 +129,24 @@ static void k_get_rows(cpu_ctx *c, mnv_node *n, int ith, int nth) {
 }
 
 static mnv_cache_shape cache_shape(const mnv_node *cache) {
-    return (mnv_cache_shape){cache->shape[0], cache->shape[1], cache->shape[2], cache->shape[3], cache->dtype};
+    return (mnv_cache_shape){cache->shape[2], cache->shape[3], cache->shape[1], cache->stride[0], cache->dtype};
 }
 
 static void k_cache_write(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     int64_t lo, hi;
     split(n->src[1]->shape[0], ith, nth, &lo, &hi);
     mnv_cache_shape cs = cache_shape(n);
-    mnv_cpu_cache_write(&cs, n->data, n->src[1]->data, n->src[2]->data, n->src[3]->data, lo, hi);
+    mnv_cpu_cache_write(&cs, n->data, n->src[1]->data, n->src[2]->data, lo, hi);
 }
 
 static void k_attention(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     const mnv_node *q = n->src[0];
     mnv_attn_args a = {
         .cache = cache_shape(n->src[1]), .n_head = (int32_t)q->shape[1], .scale = n->p.attn.scale,
-        .window = n->p.attn.window, .sinks = n->src[5] ? n->src[5]->data : NULL, .k = n->src[1]->data,
-        .v = n->src[2]->data, .q = q->data, .seq = n->src[3]->data, .pos = n->src[4]->data, .out = n->data,
+        .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL, .k = n->src[1]->data,
+        .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
+        .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = q->data, .seq = n->src[4]->data,
+        .pos = n->src[5]->data, .out = n->data,
     };
     int64_t lo, hi;
     split(q->shape[0] * a.cache.n_head_kv, ith, nth, &lo, &hi);

@@ -131,16 +131,13 @@ void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64
         mnv_cpu_convert((const uint8_t *)table + (size_t)(ids[r] * row_stride) * es, tt, y + r * n, MNV_DTYPE_F32, n);
 }
 
-static size_t cache_index(const mnv_cache_shape *c, int64_t s, int64_t p, int64_t h) {
-    return (size_t)(((s * c->n_ctx + p) * c->n_head_kv + h) * c->head_dim);
-}
-
-void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *seq,
-                         const int32_t *pos, int64_t t0, int64_t t1) {
+void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *slot, int64_t t0,
+                         int64_t t1) {
     size_t es = mnv_dtype_size(c->dtype);
     int64_t rowlen = c->n_head_kv * c->head_dim;
     for (int64_t t = t0; t < t1; t++) {
-        uint8_t *dst = (uint8_t *)cache + cache_index(c, seq[t], pos[t], 0) * es;
+        int64_t blk = slot[t] / c->block_tokens, r = slot[t] % c->block_tokens;
+        uint8_t *dst = (uint8_t *)cache + ((size_t)blk * (size_t)c->block_stride + (size_t)(r * rowlen)) * es;
         mnv_cpu_convert(rows + t * rowlen, MNV_DTYPE_F32, dst, c->dtype, rowlen);
     }
 }
@@ -159,11 +156,13 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
     for (int64_t i = 0; i < D; i++) acc[i] = 0.0f;
     bool f32 = c->dtype == MNV_DTYPE_F32;
     size_t es = mnv_dtype_size(c->dtype);
+    size_t off[ATTN_BLOCK], hoff = (size_t)(kvh * D);
     for (int64_t j0 = lo; j0 <= hi; j0 += ATTN_BLOCK) {
         int64_t nb = MNV_MIN(ATTN_BLOCK, hi - j0 + 1);
         float bm = -INFINITY;
+        mnv_attn_rows(a, s, j0, (int)nb, off);
         for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *kp = (const uint8_t *)a->k + cache_index(c, s, j0 + j, kvh) * es;
+            const uint8_t *kp = (const uint8_t *)a->k + (off[j] + hoff) * es;
             const float *k = f32 ? (const float *)kp : kbuf;
             if (!f32) mnv_cpu_convert(kp, c->dtype, kbuf, MNV_DTYPE_F32, D);
             sc[j] = v->dot_f32(q, k, D) * a->scale;
@@ -178,7 +177,7 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
         for (int64_t j = 0; j < nb; j++) {
             float w = expf(sc[j] - m);
             l += w;
-            const uint8_t *vp = (const uint8_t *)a->v + cache_index(c, s, j0 + j, kvh) * es;
+            const uint8_t *vp = (const uint8_t *)a->v + (off[j] + hoff) * es;
             const float *vv = f32 ? (const float *)vp : kbuf;
             if (!f32) mnv_cpu_convert(vp, c->dtype, kbuf, MNV_DTYPE_F32, D);
             v->axpy_f32(acc, vv, w, D);

@@ -33,13 +33,17 @@ void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, fl
 void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
                       int64_t rows);
 
+/* A paged cache: blocks of block_tokens rows of (n_head_kv, head_dim)
+ * elements, block_stride elements apart. */
 typedef struct {
-    int64_t n_seq, n_ctx, n_head_kv, head_dim;  /* cache (S, C, Hkv, D) */
+    int64_t n_head_kv, head_dim;
+    int64_t block_tokens;   /* B */
+    int64_t block_stride;   /* elements from one block to the next */
     mnv_dtype dtype;
 } mnv_cache_shape;
-/* rows (T, Hkv, D) f32 into cache at (seq[t], pos[t]) for t in [t0, t1). */
-void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *seq,
-                         const int32_t *pos, int64_t t0, int64_t t1);
+/* rows (T, Hkv, D) f32 into cache at slot[t] = block * B + row, t in [t0, t1). */
+void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *slot, int64_t t0,
+                         int64_t t1);
 
 typedef struct mnv_attn_args {
     mnv_cache_shape cache;
@@ -48,10 +52,29 @@ typedef struct mnv_attn_args {
     int32_t window;        /* 0: full causal */
     const float *sinks;    /* NULL or n_head logits */
     const void *k, *v;     /* caches */
+    const int32_t *tables; /* (S, table_stride) block ids; NULL: the block is the sequence */
+    int64_t table_stride;
     const float *q;        /* (T, H, D) */
     const int32_t *seq, *pos;
     float *out;            /* (T, H, D) */
 } mnv_attn_args;
+
+/* Element offsets of the rows of positions [p0, p0 + n) of sequence s (KV
+ * head 0) in a's caches: one division, then steps. */
+static inline void mnv_attn_rows(const mnv_attn_args *a, int64_t s, int64_t p0, int n, size_t *off) {
+    const int64_t B = a->cache.block_tokens, row = a->cache.n_head_kv * a->cache.head_dim;
+    const int32_t *tab = a->tables ? a->tables + s * a->table_stride : NULL;
+    int64_t lb = p0 / B, r = p0 % B;
+    size_t base = (size_t)(tab ? tab[lb] : s) * (size_t)a->cache.block_stride;
+    for (int j = 0; j < n; j++) {
+        off[j] = base + (size_t)(r * row);
+        if (++r == B && j + 1 < n) {
+            r = 0;
+            lb++;
+            base = (size_t)(tab ? tab[lb] : s) * (size_t)a->cache.block_stride;
+        }
+    }
+}
 /* Computes the (token, KV head) pairs [i0, i1) of T * n_head_kv: every query
  * head of the pair's group. */
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);

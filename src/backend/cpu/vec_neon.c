@@ -126,7 +126,8 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     const mnv_cache_shape *cs = &a->cache;
     const int64_t D = cs->head_dim, H = a->n_head, s = a->seq[t], p = a->pos[t];
     const int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
-    const size_t row = (size_t)(cs->n_head_kv * D), base = (size_t)(s * cs->n_ctx) * row + (size_t)(kvh * D);
+    const size_t hoff = (size_t)(kvh * D);
+    size_t off[KB];
     float kbuf[MAXD], sc[MAXG][KB];
     for (int64_t g = 0; g < G; g++) {
         const int64_t h = kvh * G + g;
@@ -138,8 +139,9 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     }
     for (int64_t j0 = lo; j0 <= p; j0 += KB) {
         const int nb = (int)MNV_MIN(KB, p - j0 + 1);
+        mnv_attn_rows(a, s, j0, nb, off);
         for (int j = 0; j < nb; j++) {
-            const float *k = cache_row(a->k, cs->dtype, base + (size_t)(j0 + j) * row, D, kbuf);
+            const float *k = cache_row(a->k, cs->dtype, off[j] + hoff, D, kbuf);
             for (int64_t g = 0; g < G; g++) sc[g][j] = dot(st->q[g], k, D) * a->scale;
         }
         for (int64_t g = 0; g < G; g++) {
@@ -157,7 +159,7 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
             }
         }
         for (int j = 0; j < nb; j++) {
-            const float *v = cache_row(a->v, cs->dtype, base + (size_t)(j0 + j) * row, D, kbuf);
+            const float *v = cache_row(a->v, cs->dtype, off[j] + hoff, D, kbuf);
             for (int64_t g = 0; g < G; g++) axpy(st->acc[g], v, sc[g][j], D);
         }
     }

@@ -1,0 +1,54 @@
+/* The engine's internal interface: what the session layer builds on.
+ *
+ * The engine owns one backend (one thread pool), the KV block pool, the
+ * cache of planned step graphs and the scheduler of requests. Every call
+ * here comes from the thread that runs steps (the session's caller, or the
+ * engine's step thread). */
+#ifndef MNV_ENGINE_H
+#define MNV_ENGINE_H
+
+#include "backend/backend.h"
+#include "model/model.h"
+#include "runtime/kv_pool.h"
+
+/* One sequence's share of a step: n tokens appended at its length. */
+typedef struct {
+    int32_t seq;        /* pool sequence */
+    const int32_t *ids; /* the tokens */
+    int32_t n;
+    int32_t out_from;   /* logits of rows [out_from, n) are wanted; n: none */
+} mnv__step_part;
+
+/* One forward pass over parts of distinct sequences: make room in the pool
+ * (MNV_ERR_NOMEM when it is full, nothing evaluated), fill the step's
+ * inputs, run the graph of this shape (cached: built and planned once),
+ * commit the tokens. logits (may be NULL when no row is wanted): the wanted
+ * rows, part after part. MNV_ERR_CANCELLED when the backend's abort flag
+ * stopped the pass: nothing committed. */
+mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits);
+
+/* An engine without its request scheduler (no step thread, no locks): the
+ * session drives it with mnv__engine_run alone. */
+mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params, mnv_engine **out);
+void mnv__engine_destroy(mnv_engine *e);
+
+/* The KV pool parameters of a configuration: layer groups by window, the
+ * element type, block size, sequences and token counts (max_tokens 0 and
+ * budget 0: max_seqs * max_seq_tokens). */
+void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t block_tokens, int32_t max_seqs,
+                         int32_t max_seq_tokens, int64_t max_tokens, uint64_t budget_bytes, mnv_kv_pool_params *pp);
+
+mnv_kv_pool *mnv__engine_pool(mnv_engine *e);
+mnv_backend *mnv__engine_backend(mnv_engine *e);
+
+/* Figures of the last forward pass. */
+typedef struct {
+    int32_t n_nodes;
+    bool cache_hit;
+    double build_sec, plan_sec, fill_sec, run_sec;
+    size_t arena_bytes;
+    mnv_graph *graph;
+} mnv__step_figures;
+void mnv__engine_last_step(const mnv_engine *e, mnv__step_figures *out);
+
+#endif

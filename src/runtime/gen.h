@@ -1,0 +1,36 @@
+/* One generation's token handling, shared by mnv_generate (a session) and
+ * the engine's requests: sample from logits, stream text (complete UTF-8,
+ * held back while it may begin a stop string), stop conditions. */
+#ifndef MNV_GEN_H
+#define MNV_GEN_H
+
+#include "model/model.h"
+#include "runtime/sampler.h"
+
+typedef struct {
+    char *text; /* decoded but not yet delivered */
+    size_t len, cap;
+} mnv__pending_text;
+
+typedef struct {
+    const mnv_model *model;
+    const mnv_generate_params *gp; /* must outlive the generation */
+    mnv_sampler *smp;
+    mnv_detok_stream *ds;
+    mnv__pending_text pend;
+    mnv_generate_result *res;
+} mnv__gen;
+
+/* Copy params (NULL: defaults) checking its size. */
+mnv_status mnv__gen_params(const mnv_generate_params *params, mnv_generate_params *out, const char *who);
+/* Sampler chain and streaming decoder; the prompt primes both (its text is
+ * context for the decoder, its ids for penalties). On failure nothing is held. */
+mnv_status mnv__gen_begin(mnv__gen *g, const mnv_model *m, const mnv_generate_params *gp, const int32_t *prompt,
+                          size_t n_prompt, mnv_generate_result *res);
+/* Sample the next token from logits, deliver its text through on_token and
+ * decide whether generation ends (*done, res->stop_reason set). ctx_full:
+ * the context cannot take the sampled token. */
+mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_t *tok_out, bool *done);
+void mnv__gen_end(mnv__gen *g);
+
+#endif
