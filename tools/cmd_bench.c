@@ -194,8 +194,6 @@ typedef struct {
     int n_seqs, n_started;
     uint64_t tokens, tokens0;     /* generated so far; at the start of the decode phase */
     double t0, t_last;            /* start of the decode phase; the last token */
-    mnv_engine *e;
-    mnv_engine_stats s0;          /* statistics at the start of the decode phase */
 } par_run;
 
 typedef struct {
@@ -218,7 +216,6 @@ static int par_on_token(void *user_data, int32_t token, const char *text, size_t
     if (++q->n == 1 && ++r->n_started == r->n_seqs) { /* every sequence decodes from now on */
         r->t0 = r->t_last;
         r->tokens0 = r->tokens;
-        mnv_engine_get_stats(r->e, &r->s0);
     }
     return 0;
 }
@@ -233,7 +230,7 @@ static mnv_status par_once(const bench_opts *o, mnv_engine *e, int n_seqs, int p
         free(seqs);
         return MNV_ERR_NOMEM;
     }
-    par_run run = {.n_seqs = n_seqs, .e = e};
+    par_run run = {.n_seqs = n_seqs};
     mnv_status st = MNV_OK;
     for (int i = 0; i < n_seqs && st == MNV_OK; i++) {
         int32_t *pr = ids + (size_t)i * (size_t)p;
@@ -254,17 +251,25 @@ static mnv_status par_once(const bench_opts *o, mnv_engine *e, int n_seqs, int p
         uint64_t id;
         st = mnv_engine_submit(e, &rp, &id);
     }
+    /* the decode phase: the steps after the one that gave the last sequence its first token */
     int32_t active = st == MNV_OK;
-    while (st == MNV_OK && active > 0) st = mnv_engine_step(e, &active);
-    mnv_engine_stats s1;
+    uint64_t steps = 0;
+    mnv_engine_stats s0, s1;
+    memset(&s0, 0, sizeof s0);
+    while (st == MNV_OK && active > 0) {
+        int decoding = run.n_started == n_seqs;
+        if (decoding && steps == 0) mnv_engine_get_stats(e, &s0);
+        st = mnv_engine_step(e, &active);
+        steps += (uint64_t)decoding;
+    }
     mnv_engine_get_stats(e, &s1);
-    if (st == MNV_OK && (run.n_started < n_seqs || run.t_last <= run.t0)) st = MNV_ERR_INTERNAL;
+    if (st == MNV_OK && (run.n_started < n_seqs || steps == 0 || run.t_last <= run.t0)) st = MNV_ERR_INTERNAL;
     if (st == MNV_OK) {
         double dt = run.t_last - run.t0;
-        res->steps = s1.steps - run.s0.steps;
+        res->steps = steps;
         res->agg_tok_s = (double)(run.tokens - run.tokens0) / dt;
-        res->step_ms = res->steps ? dt * 1e3 / (double)res->steps : 0.0;
-        res->host_ms = res->steps ? (s1.host_seconds - run.s0.host_seconds) * 1e3 / (double)res->steps : 0.0;
+        res->step_ms = dt * 1e3 / (double)steps;
+        res->host_ms = (s1.host_seconds - s0.host_seconds) * 1e3 / (double)steps;
     }
     free(ids);
     free(seqs);
@@ -284,6 +289,11 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
     ep.exact_quant = o->exact_quant;
     ep.max_seqs = n_seqs;
     ep.max_seq_tokens = p + o->n_decode + 1;
+    /* room for every sequence at full length, in whole blocks: no preemption */
+    ep.kv_block_tokens = 16;
+    int64_t blocks = (ep.max_seq_tokens + 15) / 16;
+    if ((int64_t)n_seqs * blocks * 16 > (1 << 30)) return cli_usage(CMD, "--parallel %d: too many tokens", n_seqs);
+    ep.kv_max_tokens = (int32_t)(n_seqs * blocks * 16);
     ep.prefix_cache = 0; /* fresh prompts every run anyway */
     ep.run_thread = 0;
     mnv_engine *e = NULL;
