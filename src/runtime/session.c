@@ -41,6 +41,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     ep.kv_max_tokens = (int32_t)MNV_MIN((int64_t)n_seq * s->params.n_ctx, (int64_t)INT32_MAX);
     ep.step_tokens = s->params.n_batch;
     ep.exact_quant = s->params.exact_quant;
+    ep.deterministic = s->params.deterministic;
     ep.run_thread = 0;
     s->n_seq = n_seq;
     mnv_status st = mnv__engine_create(model, &ep, &s->e);
