@@ -29,12 +29,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "convert/outdir.h"
 #include "io/config.h"
 #include "io/mmap.h"
 #include "io/safetensors.h"
 #include "io/st_stream.h"
 #include "quant/quant.h"
-#include "runtime/outdir.h"
 
 #define CHUNK_BYTES ((size_t)8 << 20) /* source bytes per processing chunk */
 #define DEFAULT_SHARD_BYTES ((uint64_t)5 << 30)
