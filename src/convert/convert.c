@@ -3,8 +3,10 @@
  *
  *  - Source tensors pass through mlx-lm's sanitize: rotary inv_freq buffers
  *    are dropped, lm_head.weight is dropped when tie_word_embeddings is
- *    true, and gpt-oss's Hugging Face MXFP4 experts (`*_blocks`/`*_scales`,
- *    gate/up interleaved) become MLX mxfp4 SwitchLinear tensors.
+ *    true, and tensors stored in another layout than MLX's are read as views
+ *    in the MLX layout that their architecture describes (model/layout.h:
+ *    gpt-oss's Hugging Face MXFP4 and dense experts become MLX SwitchLinear
+ *    tensors).
  *  - Floats are cast to the chosen dtype (default: the config's
  *    torch_dtype/dtype; each tensor's own dtype when the config names none).
  *  - With a quantization mode, every Linear/Embedding weight (2-D `.weight`,
@@ -34,27 +36,15 @@
 #include "io/mmap.h"
 #include "io/safetensors.h"
 #include "io/st_stream.h"
+#include "model/layout.h"
 #include "quant/quant.h"
 
 #define CHUNK_BYTES ((size_t)8 << 20) /* source bytes per processing chunk */
 #define DEFAULT_SHARD_BYTES ((uint64_t)5 << 30)
 
-/* A source tensor as the converter sees it after sanitize: logical row r is
- * stored row r * row_mul + row_off of the source tensor, row_bytes long. */
-typedef struct {
-    char *name;
-    const mnv_st_tensor *src;
-    mnv_dtype dtype; /* logical (U32 for viewed MXFP4 blocks) */
-    int32_t ndim;
-    int64_t shape[MNV_ST_MAX_DIMS];
-    int64_t rows, row_elems;
-    int32_t row_mul, row_off;
-    /* column views (transformers' dense gpt-oss experts, used as x @ W):
-     * logical (E, N, K) element (e, n, k) is source element
-     * ((e * src_k + k) * src_cols + n * col_mul + col_off); col_mul 0: none */
-    int32_t col_mul, col_off;
-    int64_t src_k, src_cols;
-} src_view;
+/* A source tensor as the converter sees it after sanitize (the
+ * architecture's layout rewrite, model/layout.h). */
+typedef mnv_tensor_view src_view;
 
 typedef enum { JOB_COPY, JOB_QUANT, JOB_DEQUANT } job_kind;
 
@@ -83,6 +73,7 @@ typedef struct {
     mnv_qmode xmode;        /* experts' own mode (q_experts_mode), NONE: as qmode */
     mnv_dtype dtype;        /* target float dtype; MNV_DTYPE_COUNT: keep each tensor's */
     mnv_model_config *cfg;
+    const mnv_arch_layout *layout; /* the architecture's (NULL: none) */
     cJSON *config;          /* the source config.json, edited into the output */
     bool fine_grained;      /* the source config already had "quantization" */
     bool foreign_mxfp4;     /* HF gpt-oss quantization_config (quant_method mxfp4) */
@@ -114,19 +105,6 @@ static bool ends_with(const char *s, const char *suffix) {
 
 static bool is_float(mnv_dtype t) {
     return t == MNV_DTYPE_F32 || t == MNV_DTYPE_F16 || t == MNV_DTYPE_BF16 || t == MNV_DTYPE_F64;
-}
-
-/* "prefix" + s with `from` (found at its first occurrence) replaced by `to`. */
-static char *str_replace1(const char *s, const char *from, const char *to) {
-    const char *at = strstr(s, from);
-    if (!at) return mnv_strdup(s);
-    size_t a = (size_t)(at - s), nf = strlen(from), nt = strlen(to), rest = strlen(at + nf);
-    char *r = malloc(a + nt + rest + 1);
-    if (!r) return NULL;
-    memcpy(r, s, a);
-    memcpy(r + a, to, nt);
-    memcpy(r + a + nt, at + nf, rest + 1);
-    return r;
 }
 
 static char *str_cat(const char *a, const char *b) {
@@ -281,6 +259,7 @@ static mnv_status load_config(conv *c) {
         const cJSON *qc = cJSON_GetObjectItemCaseSensitive(c->config, "quantization_config");
         c->foreign_mxfp4 = !q && cJSON_IsObject(qc) && cJSON_HasObjectItem(qc, "quant_method");
         c->fine_grained = q != NULL || c->foreign_mxfp4; /* mlx-lm turns the latter into "quantization" on load */
+        c->layout = mnv_arch_layout_for(c->cfg->arch);
         st = merge_generation_eos(c);
     }
     free(text);
@@ -410,140 +389,32 @@ static void release_source(const src_view *v) {
 
 /* ---- views: mlx-lm's sanitize ---------------------------------------------------- */
 
-static mnv_status add_view(conv *c, const mnv_st_tensor *t, char *name, mnv_dtype dtype, int32_t ndim,
-                           const int64_t *shape, int32_t row_mul, int32_t row_off) {
-    if (!name) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    src_view *v = &c->views[c->n_views++];
-    memset(v, 0, sizeof *v);
-    v->name = name;
-    v->src = t;
-    v->dtype = dtype;
-    v->ndim = ndim;
-    v->rows = 1;
-    for (int32_t d = 0; d < ndim; d++) {
-        v->shape[d] = shape[d];
-        if (d < ndim - 1) v->rows *= shape[d];
-    }
-    v->row_elems = ndim ? shape[ndim - 1] : 1;
-    v->row_mul = row_mul;
-    v->row_off = row_off;
-    return MNV_OK;
-}
-
-static mnv_status add_plain(conv *c, const mnv_st_tensor *t) {
-    return add_view(c, t, mnv_strdup(t->name), t->dtype, t->ndim, t->shape, 1, 0);
-}
-
-/* gpt-oss Hugging Face MXFP4 experts: U8 blocks [E, R, G, 16] are U32
- * [E, R, G*4] (the same bytes); scales [E, R, G] are used as they are;
- * gate_up rows (and bias columns) interleave gate (even) and up (odd). */
-/* transformers' dense gpt-oss experts: W (E, in, out) used as x @ W, with
- * gate/up interleaved in the columns of gate_up_proj: rows (E, out, in) are
- * column views, de-interleaved into gate_proj / up_proj. */
-static mnv_status add_dense_expert(conv *c, const mnv_st_tensor *t) {
-    bool gate_up = strstr(t->name, "gate_up_proj") != NULL;
-    int64_t E = t->shape[0], K = t->shape[1], cols = t->shape[2], N = gate_up ? cols / 2 : cols;
-    char *base = str_cat(t->name, ".weight");
-    if (!base) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    mnv_status st = MNV_OK;
-    for (int32_t o = 0; o < (gate_up ? 2 : 1) && !st; o++) {
-        char *name = gate_up ? str_replace1(base, "gate_up_proj", o ? "up_proj" : "gate_proj") : mnv_strdup(base);
-        int64_t shape[3] = {E, N, K};
-        st = add_view(c, t, name, t->dtype, 3, shape, 0, 0);
-        if (!st) {
-            src_view *v = &c->views[c->n_views - 1];
-            v->col_mul = gate_up ? 2 : 1;
-            v->col_off = o;
-            v->src_k = K;
-            v->src_cols = cols;
-        }
-    }
-    free(base);
-    return st;
-}
-
-static mnv_status add_gpt_oss_expert(conv *c, const mnv_st_tensor *t, const char *fname) {
-    bool blocks = ends_with(t->name, "_blocks"), scales = ends_with(t->name, "_scales");
-    bool bias = ends_with(t->name, "_bias"), gate_up = strstr(t->name, "gate_up_proj") != NULL;
-    if (!blocks && !scales && !bias && t->ndim == 3 && is_float(t->dtype) && (!gate_up || t->shape[2] % 2 == 0))
-        return add_dense_expert(c, t);
-    int64_t shape[MNV_ST_MAX_DIMS];
-    memcpy(shape, t->shape, sizeof shape);
-    int32_t ndim = t->ndim;
-    bool ok = (blocks && t->dtype == MNV_DTYPE_U8 && ndim == 4 && shape[3] == 16) ||
-              (scales && t->dtype == MNV_DTYPE_U8 && ndim == 3) || (bias && ndim == 2);
-    if (!ok || (gate_up && shape[ndim == 4 ? 1 : ndim - (bias ? 1 : 2)] % 2))
-        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: tensor '%s': %s %s [%d dims]: not the Hugging Face MXFP4 "
-                             "expert layout that mlx-lm's gpt-oss sanitize reads", fname, t->name,
-                             blocks || scales || bias ? "unexpected" : "dense expert tensor",
-                             mnv_dtype_name(t->dtype), (int)ndim);
-    mnv_dtype dt = t->dtype;
-    if (blocks) { /* [E, R, G, 16] U8 -> [E, R, G*4] U32 */
-        shape[2] *= 4;
-        ndim = 3;
-        dt = MNV_DTYPE_U32;
-    }
-    const char *from = blocks ? "_blocks" : scales ? "_scales" : "_bias";
-    const char *to = blocks ? ".weight" : scales ? ".scales" : ".bias";
-    char *base = str_replace1(t->name, from, to);
-    if (!base) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    mnv_status st = MNV_OK;
-    if (!gate_up) {
-        st = add_view(c, t, base, dt, ndim, shape, 1, 0);
-        return st;
-    }
-    int32_t split_axis = bias ? ndim - 1 : ndim - 2; /* bias: columns; blocks/scales: rows */
-    shape[split_axis] /= 2;
-    const char *part[2] = {"gate_proj", "up_proj"};
-    for (int32_t o = 0; o < 2 && !st; o++) {
-        char *name = str_replace1(base, "gate_up_proj", part[o]);
-        if (bias) { /* one element per logical row: source element 2 * i + o */
-            int64_t one[2] = {shape[0] * shape[1], 1};
-            st = add_view(c, t, name, dt, 2, one, 2, o);
-            if (!st) {
-                src_view *v = &c->views[c->n_views - 1];
-                v->ndim = ndim;
-                memcpy(v->shape, shape, sizeof shape);
-            }
-        } else {
-            st = add_view(c, t, name, dt, ndim, shape, 2, o);
-        }
-    }
-    free(base);
-    return st;
-}
-
-static bool gpt_oss_needs_sanitize(const conv *c) {
-    if (c->cfg->arch != MNV_ARCH_GPT_OSS) return false;
-    for (size_t i = 0; i < c->n_tensors; i++)
-        if (strstr(c->tensors[i].name, "gate_proj.weight")) return false; /* already MLX layout */
-    return true;
-}
-
 static int cmp_view(const void *a, const void *b) {
     return strcmp(((const src_view *)a)->name, ((const src_view *)b)->name);
 }
 
 static mnv_status build_views(conv *c) {
     size_t n = c->n_tensors;
-    c->views = calloc(2 * n + 1, sizeof *c->views);
+    c->views = calloc(MNV_LAYOUT_MAX_VIEWS * n + 1, sizeof *c->views);
     if (!c->views) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    bool gpt_oss = gpt_oss_needs_sanitize(c);
+    const mnv_arch_layout *lay = c->layout;
+    bool foreign = lay && lay->foreign(c->tensors, n);
     mnv_status st = MNV_OK;
     for (size_t i = 0; i < n && !st; i++) {
         const mnv_st_tensor *t = &c->tensors[i];
         if (strstr(t->name, "rotary_emb.inv_freq")) continue;
         if (c->cfg->tie_word_embeddings == 1 && strcmp(t->name, "lm_head.weight") == 0) continue;
-        bool expert = gpt_oss && strstr(t->name, ".experts.") &&
-                      (strstr(t->name, "gate_up_proj") || strstr(t->name, "down_proj"));
-        st = expert ? add_gpt_oss_expert(c, t, c->file_names[t->file_index]) : add_plain(c, t);
+        int32_t k = 0; /* views written, owned by c even on failure */
+        if (foreign) st = lay->views(t, c->file_names[t->file_index], &c->views[c->n_views], &k);
+        else if ((st = mnv_tensor_view_plain(&c->views[c->n_views], t)) == MNV_OK) k = 1;
+        c->n_views += (size_t)k;
     }
     if (st) return st;
     qsort(c->views, c->n_views, sizeof *c->views, cmp_view);
     for (size_t i = 1; i < c->n_views; i++)
         if (strcmp(c->views[i - 1].name, c->views[i].name) == 0)
-            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears twice after gpt-oss sanitize", c->p->src_dir,
-                                 c->views[i].name);
+            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears twice after %s sanitize", c->p->src_dir,
+                                 c->views[i].name, foreign ? lay->name : "mlx-lm's");
     return MNV_OK;
 }
 
@@ -650,8 +521,8 @@ static mnv_status add_entry(conv *c, const char *path, const mnv_qformat *f, boo
 /* Quantize weight v of module `path` (when it qualifies), else copy it. */
 static mnv_status plan_quant(conv *c, const src_view *v, const char *path) {
     mnv_qformat f = {c->qmode, c->qbits, c->qgs, MNV_DTYPE_U8};
-    bool router = c->cfg->arch == MNV_ARCH_GPT_OSS && ends_with(path, "router"); /* gpt_oss quant_predicate */
-    if (router) f = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_U8};
+    /* the architecture's quant_predicate (gpt-oss: its routers) */
+    bool router = c->layout && c->layout->quant_override && c->layout->quant_override(path, &f);
     bool own_experts = c->xmode != MNV_QMODE_NONE && v->ndim == 3 && strstr(v->name, ".experts.");
     if (own_experts) { /* e.g. MXFP4 experts with 8-bit affine elsewhere */
         f.mode = c->xmode;
