@@ -27,13 +27,11 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "convert/outdir.h"
+#include "convert/source.h"
 #include "io/config.h"
-#include "io/mmap.h"
 #include "io/safetensors.h"
 #include "io/st_stream.h"
 #include "model/layout.h"
@@ -78,11 +76,7 @@ typedef struct {
     bool fine_grained;      /* the source config already had "quantization" */
     bool foreign_mxfp4;     /* HF gpt-oss quantization_config (quant_method mxfp4) */
     cJSON *entries;         /* per-layer "quantization" entries to add */
-    mnv_mmap *maps;         /* (n_files) source shards, mapped */
-    char **file_names;      /* (n_files) */
-    int32_t n_files;
-    mnv_st_tensor *tensors; /* (n_tensors) sorted by name; data may be unaligned (read with memcpy) */
-    size_t n_tensors;
+    mnv__source src;        /* the source shards, mapped */
     src_view *views;
     size_t n_views;
     job *jobs;
@@ -153,7 +147,7 @@ static mnv_dtype cast_dtype(const conv *c, mnv_dtype t) {
     return c->dtype;
 }
 
-static const char *file_of(const conv *c, const src_view *v) { return c->file_names[v->src->file_index]; }
+static const char *file_of(const conv *c, const src_view *v) { return c->src.file_names[v->src->file_index]; }
 
 /* ---- parameters and the source ------------------------------------------------ */
 
@@ -267,126 +261,6 @@ static mnv_status load_config(conv *c) {
     return st;
 }
 
-/* ---- the source tensors ------------------------------------------------------------
- * The shards are mapped and parsed in place (mnv_st_parse): no aligned heap
- * copies as mnv_st_open_dir makes for MLX-written files, so an MLX source is
- * never held in memory; every read below goes through memcpy. Shards: the
- * index's weight_map, else model.safetensors, else model*.safetensors (the
- * order mnv_st_open_dir uses). */
-
-static mnv_status add_source_file(conv *c, const char *name) {
-    for (int32_t i = 0; i < c->n_files; i++)
-        if (!strcmp(c->file_names[i], name)) return MNV_OK;
-    if (!name[0] || name[0] == '/' || strstr(name, ".."))
-        return mnv_set_error(MNV_ERR_FORMAT, "%s: bad shard name '%s'", c->p->src_dir, name);
-    mnv_mmap *m = realloc(c->maps, ((size_t)c->n_files + 1) * sizeof *m);
-    char **nm = m ? realloc(c->file_names, ((size_t)c->n_files + 1) * sizeof *nm) : NULL;
-    if (m) c->maps = m;
-    if (nm) c->file_names = nm;
-    char *path = mnv_path_join(c->p->src_dir, name);
-    if (!m || !nm || !path || !(c->file_names[c->n_files] = mnv_strdup(name))) {
-        free(path);
-        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    }
-    memset(&c->maps[c->n_files], 0, sizeof *c->maps);
-    int32_t fi = c->n_files++;
-    mnv_st_tensor *t = NULL;
-    size_t n = 0;
-    mnv_status st = mnv_mmap_open(path, &c->maps[fi]);
-    if (!st) st = mnv_st_parse(c->maps[fi].data, c->maps[fi].size, path, &t, &n);
-    mnv_st_tensor *all = st ? NULL : realloc(c->tensors, (c->n_tensors + n + 1) * sizeof *all);
-    if (!st && !all) st = mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", path);
-    if (!st) {
-        for (size_t i = 0; i < n; i++) t[i].file_index = fi;
-        memcpy(all + c->n_tensors, t, n * sizeof *t); /* the names change owner */
-        c->tensors = all;
-        c->n_tensors += n;
-        free(t);
-    } else {
-        mnv_st_free_tensors(t, n);
-    }
-    free(path);
-    return st;
-}
-
-static mnv_status add_index_files(conv *c, const char *ipath) {
-    char *text = NULL;
-    size_t len = 0;
-    mnv_status st = mnv_read_file(ipath, &text, &len);
-    cJSON *root = st ? NULL : cJSON_ParseWithLength(text, len);
-    free(text);
-    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!st && !cJSON_IsObject(wm)) st = mnv_set_error(MNV_ERR_FORMAT, "%s: no 'weight_map' object", ipath);
-    for (const cJSON *e = wm ? wm->child : NULL; e && !st; e = e->next)
-        st = cJSON_IsString(e) ? add_source_file(c, e->valuestring)
-                               : mnv_set_error(MNV_ERR_FORMAT, "%s: weight_map entry '%s' is not a string", ipath,
-                                               e->string);
-    cJSON_Delete(root);
-    return st;
-}
-
-static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-static mnv_status add_glob_files(conv *c) {
-    DIR *d = opendir(c->p->src_dir);
-    if (!d) return mnv_set_error(MNV_ERR_IO, "%s: cannot open directory: %s", c->p->src_dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0;
-    mnv_status st = MNV_OK;
-    for (struct dirent *e; !st && (e = readdir(d)) != NULL;) {
-        if (strncmp(e->d_name, "model", 5) || !ends_with(e->d_name, ".safetensors")) continue;
-        char **nn = realloc(names, (n + 1) * sizeof *nn);
-        if (!nn || !(nn[n] = mnv_strdup(e->d_name))) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-        if (nn) names = nn;
-        if (!st) n++;
-    }
-    closedir(d);
-    if (!st && !n)
-        st = mnv_set_error(MNV_ERR_IO, "%s: no model.safetensors.index.json, model.safetensors or model*.safetensors",
-                           c->p->src_dir);
-    if (n) qsort(names, n, sizeof *names, cmp_cstr);
-    for (size_t i = 0; i < n; i++) {
-        if (!st) st = add_source_file(c, names[i]);
-        free(names[i]);
-    }
-    free(names);
-    return st;
-}
-
-static int cmp_tensor(const void *a, const void *b) {
-    return strcmp(((const mnv_st_tensor *)a)->name, ((const mnv_st_tensor *)b)->name);
-}
-
-static mnv_status open_source(conv *c) {
-    char *ipath = mnv_path_join(c->p->src_dir, "model.safetensors.index.json");
-    char *single = mnv_path_join(c->p->src_dir, "model.safetensors");
-    struct stat sb;
-    mnv_status st = !ipath || !single ? mnv_set_error(MNV_ERR_NOMEM, "out of memory")
-                    : stat(ipath, &sb) == 0  ? add_index_files(c, ipath)
-                    : stat(single, &sb) == 0 ? add_source_file(c, "model.safetensors")
-                                             : add_glob_files(c);
-    free(ipath);
-    free(single);
-    if (st) return st;
-    qsort(c->tensors, c->n_tensors, sizeof *c->tensors, cmp_tensor);
-    for (size_t i = 1; i < c->n_tensors; i++)
-        if (!strcmp(c->tensors[i - 1].name, c->tensors[i].name))
-            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", c->p->src_dir,
-                                 c->tensors[i].name, c->file_names[c->tensors[i - 1].file_index],
-                                 c->file_names[c->tensors[i].file_index]);
-    return MNV_OK;
-}
-
-/* Drop the source pages of a finished tensor from the process (they are
- * re-read from the file if needed again), keeping RSS flat on big models. */
-static void release_source(const src_view *v) {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)v->src->data, e = a + (uintptr_t)v->src->nbytes;
-    a = (a + page - 1) / page * page;
-    e = e / page * page;
-    if (e > a) madvise((void *)a, (size_t)(e - a), MADV_DONTNEED);
-}
-
 /* ---- views: mlx-lm's sanitize ---------------------------------------------------- */
 
 static int cmp_view(const void *a, const void *b) {
@@ -394,18 +268,18 @@ static int cmp_view(const void *a, const void *b) {
 }
 
 static mnv_status build_views(conv *c) {
-    size_t n = c->n_tensors;
+    size_t n = c->src.n_tensors;
     c->views = calloc(MNV_LAYOUT_MAX_VIEWS * n + 1, sizeof *c->views);
     if (!c->views) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     const mnv_arch_layout *lay = c->layout;
-    bool foreign = lay && lay->foreign(c->tensors, n);
+    bool foreign = lay && lay->foreign(c->src.tensors, n);
     mnv_status st = MNV_OK;
     for (size_t i = 0; i < n && !st; i++) {
-        const mnv_st_tensor *t = &c->tensors[i];
+        const mnv_st_tensor *t = &c->src.tensors[i];
         if (strstr(t->name, "rotary_emb.inv_freq")) continue;
         if (c->cfg->tie_word_embeddings == 1 && strcmp(t->name, "lm_head.weight") == 0) continue;
         int32_t k = 0; /* views written, owned by c even on failure */
-        if (foreign) st = lay->views(t, c->file_names[t->file_index], &c->views[c->n_views], &k);
+        if (foreign) st = lay->views(t, c->src.file_names[t->file_index], &c->views[c->n_views], &k);
         else if ((st = mnv_tensor_view_plain(&c->views[c->n_views], t)) == MNV_OK) k = 1;
         c->n_views += (size_t)k;
     }
@@ -918,7 +792,7 @@ static mnv_status run_jobs(conv *c) {
         const job *j = &c->jobs[i];
         st = j->kind == JOB_COPY ? run_copy(c, j) : j->kind == JOB_QUANT ? run_quant(c, j) : run_dequant(c, j);
         for (int k = 0; k < 3 && !st; k++)
-            if (j->in[k]) release_source(j->in[k]);
+            if (j->in[k]) mnv__source_release(j->in[k]->src);
     }
     for (int32_t s = 0; s < c->n_shards && !st; s++) st = mnv_st_stream_finish(c->streams[s]);
     return st;
@@ -1100,14 +974,7 @@ static void conv_free(conv *c, bool failed) {
     free(c->jobs);
     cJSON_Delete(c->entries);
     cJSON_Delete(c->config);
-    for (size_t i = 0; i < c->n_tensors; i++) free(c->tensors[i].name);
-    free(c->tensors);
-    for (int32_t i = 0; i < c->n_files; i++) {
-        mnv_mmap_close(&c->maps[i]);
-        free(c->file_names[i]);
-    }
-    free(c->maps);
-    free(c->file_names);
+    mnv__source_close(&c->src);
     free(c->cfg);
 }
 
@@ -1117,7 +984,7 @@ mnv_status mnv_convert(const mnv_convert_params *params) {
     mnv_status st = check_params(&c, params);
     if (st) return st;
     st = load_config(&c);
-    if (!st) st = open_source(&c);
+    if (!st) st = mnv__source_open(&c.src, params->src_dir);
     if (!st) st = build_views(&c);
     if (!st) st = build_plan(&c);
     if (!st) st = sort_outputs(&c);
