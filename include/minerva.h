@@ -19,13 +19,15 @@
  *  - Nothing in the library calls exit() or abort() on bad input.
  *
  * Thread safety
- *  - An mnv_model is immutable after loading: several sessions on several
- *    threads may share one model, each giving what it gives alone. (Each
- *    session has its own compute threads and KV cache today; an engine
- *    sharing one thread pool and batching sessions together comes later.)
+ *  - An mnv_model is immutable after loading: several sessions and engines
+ *    on several threads may share one model, each giving what it gives
+ *    alone. Each session has its own compute threads and KV cache; an
+ *    mnv_engine serves many requests with one thread pool and one KV pool.
  *  - An mnv_session, and an mnv_tokenizer's streaming decoder, must be used
  *    by one thread at a time, with one exception: mnv_session_cancel may be
  *    called from any thread.
+ *  - mnv_engine_submit, _cancel, _wait and _get_stats may be called from any
+ *    thread; see the engine section for its callbacks.
  *  - The log callback (mnv_set_log_callback) is process-wide.
  *  - An mnv_tokenizer is immutable after loading and may be shared.
  */
