@@ -27,7 +27,7 @@ SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=$(SAN_EXIT) \
           TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode=$(SAN_EXIT)
 # the tests that run threads from the test itself (a ctest -R pattern)
-TSAN_TESTS = ^test_threads$$
+TSAN_TESTS = ^(test_threads|test_engine)$$
 
 .PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 clean bootstrap fuzz bench
 
@@ -63,7 +63,7 @@ test-sanitize:
 
 test-tsan:
 	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread'
-	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads
+	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads test_engine
 	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
 
 # 64-bit ARM: cross-build with Debian's gcc-aarch64-linux-gnu into

@@ -19,13 +19,15 @@
  *  - Nothing in the library calls exit() or abort() on bad input.
  *
  * Thread safety
- *  - An mnv_model is immutable after loading: several sessions on several
- *    threads may share one model, each giving what it gives alone. (Each
- *    session has its own compute threads and KV cache today; an engine
- *    sharing one thread pool and batching sessions together comes later.)
+ *  - An mnv_model is immutable after loading: several sessions and engines
+ *    on several threads may share one model, each giving what it gives
+ *    alone. Each session has its own compute threads and KV cache; an
+ *    mnv_engine serves many requests with one thread pool and one KV pool.
  *  - An mnv_session, and an mnv_tokenizer's streaming decoder, must be used
  *    by one thread at a time, with one exception: mnv_session_cancel may be
  *    called from any thread.
+ *  - mnv_engine_submit, _cancel, _wait and _get_stats may be called from any
+ *    thread; see the engine section for its callbacks.
  *  - The log callback (mnv_set_log_callback) is process-wide.
  *  - An mnv_tokenizer is immutable after loading and may be shared.
  */
@@ -341,6 +343,13 @@ typedef struct {
     int32_t exact_quant; /* 1: quantized matrix products keep f32 activations (MLX's numerics,
                             slower); 0 (default): activations rounded to int8 per row where the
                             CPU has fast int8 dot products, as llama.cpp does */
+    int32_t deterministic; /* 1: every token's results are computed as if it were alone in its
+                              batch (matrix products row by row through the decode kernels), so
+                              a prompt gives the same tokens whether it is evaluated in one batch,
+                              in chunks, or batched with other requests on an engine with the
+                              same setting; prefill is slower. 0 (default): products pick the
+                              fastest kernel for the batch, and results may differ in the last
+                              bits with the batch's composition */
     uint32_t reserved[8];
 } mnv_session_params;
 
@@ -531,6 +540,8 @@ typedef struct {
     int32_t exact_quant;      /* as in mnv_session_params */
     int32_t run_thread;       /* 1 (default): the engine runs steps on a thread of its own;
                                  0: the caller drives it with mnv_engine_step */
+    int32_t deterministic;    /* as in mnv_session_params: a request's tokens do not depend on
+                                 what it is batched with */
     uint32_t reserved[8];
 } mnv_engine_params;
 

@@ -159,7 +159,7 @@ static void test_thread_counts(void) {
     CHECK(mnv__threads_clamp(0) == n && mnv__threads_clamp(-3) == n);
     CHECK(mnv__threads_clamp(1) == 1 && mnv__threads_clamp(n) == n);
     CHECK(mnv__threads_clamp(n + 1) == n && mnv__threads_clamp(1000) == n);
-    mnv_backend_params bp = {"cpu", 1000, 0};
+    mnv_backend_params bp = {.name = "cpu", .n_threads = 1000};
     mnv_backend *be = NULL;
     CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
     CHECK(be && be->iface->n_threads(be) == n);

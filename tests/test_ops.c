@@ -455,7 +455,7 @@ static void test_planner_reuse(void) {
 
 static void test_all(int reps) {
     for (int threads = 1; threads <= 3; threads++) {
-        mnv_backend_params bp = {"cpu", threads, 0};
+        mnv_backend_params bp = {.name = "cpu", .n_threads = threads};
         CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
         mnv_executor_create(be, &ex);
         for (int rep = 0; rep < reps; rep++) {

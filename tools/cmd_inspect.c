@@ -12,10 +12,12 @@ static const char USAGE[] =
     "Usage: minerva inspect DIR\n\n"
     "Print the architecture and hyper-parameters of the model in DIR, every weight\n"
     "tensor (name, dtype, shape, bytes, shard file), the total weight bytes and the\n"
-    "estimated memory: weights, KV cache bytes per token, and both at the default\n"
-    "context (min(n_ctx_train, 4096)).\n\n"
+    "estimated memory: weights, KV cache bytes per token, and the KV block pool of\n"
+    "one sequence at a context of --ctx tokens (default min(n_ctx_train, 4096)).\n\n"
     "Options:\n"
     "  -m, --model DIR   same as the DIR argument\n"
+    "  -c, --ctx N       the context the estimate assumes\n"
+    "      --kv-type T   KV cache element type: f32, bf16 or f16 (default f32)\n"
     "  -h, --help        show this help\n";
 
 static const char *human(double bytes, char *buf, size_t cap) {
@@ -87,20 +89,38 @@ static unsigned long long print_tensors(const mnv_model *model, int *rc) {
     return total;
 }
 
-static void print_memory(const mnv_model_info *in, unsigned long long tensor_bytes) {
+typedef struct {
+    int ctx;             /* 0: the default */
+    const char *kv_type;
+} mem_opts;
+
+static int print_memory(const char *dir, const mnv_model_info *in, unsigned long long tensor_bytes,
+                        const mem_opts *mo) {
     char a[32], b[32], c[32];
-    long long ctx = in->n_ctx_train > 0 && in->n_ctx_train < 4096 ? in->n_ctx_train : 4096;
-    double kv = (double)in->kv_bytes_per_token * (double)ctx;
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = mo->ctx;
+    if (mo->kv_type && cli_parse_kv_type(CMD, mo->kv_type, &sp.kv_dtype)) return 2;
+    mnv_memory_estimate est;
+    mnv_status st = mnv_model_estimate_memory(dir, &sp, &est);
+    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot estimate the memory of %s", dir);
+    long long ctx = est.n_ctx;
+    double kv = (double)est.kv_bytes;
     printf("\ntotal weight bytes: %llu (%s, %.2f GB)\n", tensor_bytes, human((double)tensor_bytes, a, sizeof a),
            (double)tensor_bytes / 1e9);
     if (tensor_bytes != in->weight_bytes)
         printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
-    printf("memory estimate (default context %lld tokens):\n", ctx);
+    printf("memory estimate (%s context %lld tokens, KV %s):\n", mo->ctx ? "a" : "default", ctx,
+           mnv_dtype_name(sp.kv_dtype));
     printf("  weights:             %s\n", human((double)in->weight_bytes, a, sizeof a));
     printf("  read per decoded token: %.3f GB of weights\n", (double)in->active_bytes_per_token / 1e9);
-    printf("  KV cache per token:  %llu bytes\n", (unsigned long long)in->kv_bytes_per_token);
-    printf("  KV cache:            %s\n", human(kv, b, sizeof b));
+    printf("  KV cache per token:  %llu bytes (f32, every layer)\n", (unsigned long long)in->kv_bytes_per_token);
+    printf("  KV cache:            %llu bytes (%s: the block pool of one sequence; sliding-window layers\n"
+           "                       keep only their window's blocks)\n",
+           (unsigned long long)est.kv_bytes, human(kv, b, sizeof b));
+    printf("  activations:         %s at most (a batch of %d tokens)\n", human((double)est.compute_bytes, c, sizeof c),
+           est.n_batch);
     printf("  weights + KV cache:  %s\n", human((double)in->weight_bytes + kv, c, sizeof c));
+    return 0;
 }
 
 /* A directory with a config.json but no weights: estimate from the config. */
@@ -118,7 +138,7 @@ static int has_weights(const char *dir) {
     return 0;
 }
 
-static int estimate_main(const char *model_dir) {
+static int estimate_main(const char *model_dir, const mem_opts *mo) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     mnv_model_info info;
@@ -126,15 +146,14 @@ static int estimate_main(const char *model_dir) {
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot estimate the model of %s", path);
     printf("model:           %s (config only: estimated for the layout its quantization block describes)\n", model_dir);
     print_hparams(NULL, &info);
-    print_memory(&info, info.weight_bytes);
-    return 0;
+    return print_memory(model_dir, &info, info.weight_bytes, mo);
 }
 
-static int inspect_main(const char *model_dir) {
+static int inspect_main(const char *model_dir, const mem_opts *mo) {
     struct stat sb;
     if (stat(model_dir, &sb) != 0) return cli_error(CMD, "%s does not exist", model_dir);
     if (!S_ISDIR(sb.st_mode)) return cli_error(CMD, "%s is not a directory", model_dir);
-    if (!has_weights(model_dir)) return estimate_main(model_dir);
+    if (!has_weights(model_dir)) return estimate_main(model_dir, mo);
     mnv_model *model = NULL;
     int rc = cli_load_model(CMD, model_dir, 0, &model);
     if (rc != 0) return rc;
@@ -146,7 +165,7 @@ static int inspect_main(const char *model_dir) {
         printf("model:           %s\n", model_dir);
         print_hparams(model, &info);
         unsigned long long total = print_tensors(model, &rc);
-        if (rc == 0) print_memory(&info, total);
+        if (rc == 0) rc = print_memory(model_dir, &info, total, mo);
     }
     mnv_model_free(model);
     return rc;
@@ -155,8 +174,11 @@ static int inspect_main(const char *model_dir) {
 int cmd_inspect(int argc, char **argv) {
     const char *model_dir = NULL;
     cli_strv pos = {0};
-    const cli_opt opts[] = {{"-m", "--model", CLI_STR, &model_dir, 0, 0, NULL}};
-    cli_spec spec = {CMD, USAGE, opts, 1, &pos};
+    mem_opts mo = {0, NULL};
+    const cli_opt opts[] = {{"-m", "--model", CLI_STR, &model_dir, 0, 0, NULL},
+                            {"-c", "--ctx", CLI_INT, &mo.ctx, 1, 1 << 30, NULL},
+                            {NULL, "--kv-type", CLI_STR, &mo.kv_type, 0, 0, NULL}};
+    cli_spec spec = {CMD, USAGE, opts, 3, &pos};
     int rc = 0;
     if (!cli_parse(&spec, argc, argv, &rc)) {
         if (pos.n == 1 && !model_dir) model_dir = pos.items[0];
@@ -165,7 +187,7 @@ int cmd_inspect(int argc, char **argv) {
         else if (!model_dir)
             rc = cli_usage(CMD, "missing the model directory DIR");
         else
-            rc = inspect_main(model_dir);
+            rc = inspect_main(model_dir, &mo);
     }
     cli_strv_free(&pos);
     return rc;

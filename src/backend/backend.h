@@ -56,6 +56,7 @@ typedef struct {
     const char *name;   /* "cpu" (default) */
     int n_threads;      /* 0 = all online cores */
     int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
+    int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
 } mnv_backend_params;
 
 /* registry.c: the one place that knows every backend. */

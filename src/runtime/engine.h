@@ -39,6 +39,9 @@ void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t 
                          int32_t max_seq_tokens, int64_t max_tokens, uint64_t budget_bytes, mnv_kv_pool_params *pp);
 
 mnv_kv_pool *mnv__engine_pool(mnv_engine *e);
+/* Tests: 0 builds and plans every step's graph afresh (the reference for
+ * replayed graphs). */
+void mnv__engine_set_graph_cache(mnv_engine *e, bool on);
 mnv_backend *mnv__engine_backend(mnv_engine *e);
 
 /* Figures of the last forward pass. */

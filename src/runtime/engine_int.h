@@ -36,6 +36,7 @@ struct mnv_engine {
     void **kv_k, **kv_v;
     mnv__gentry gc[MNV_GCACHE];
     uint64_t tick;
+    bool no_graph_cache;
     /* step arrays */
     int32_t *b_ids;                   /* ids, pos, seq, rows: b_cap tokens each, + max_seqs */
     int32_t b_cap;

@@ -141,15 +141,16 @@ static void finish(mnv_engine *e, mnv__request *r, mnv_status status) {
     if (r->admitted) r->res.queue_seconds = r->t_admit - r->t_submit;
     mnv__gen_end(&r->gen);
     if (r->on_done) r->on_done(r->gp.user_data, r->id, status, &r->res);
+    const bool detached = r->detached; /* once done is set, a waiter may free r */
     pthread_mutex_lock(&e->mu);
     r->done = true;
-    if (r->detached) {
+    if (detached) {
         int32_t i = reg_find(e, r->id);
         if (i >= 0) reg_remove(e, i);
     }
     pthread_cond_broadcast(&e->cv_done);
     pthread_mutex_unlock(&e->mu);
-    if (r->detached) request_free(r);
+    if (detached) request_free(r);
 }
 
 static void fail(mnv_engine *e, mnv__request *r, mnv_status st, const char *fmt, int64_t a, int64_t b) {

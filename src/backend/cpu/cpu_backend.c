@@ -15,6 +15,7 @@
 typedef struct {
     mnv_threadpool *tp;
     int exact_quant;
+    int row_invariant;
     void *scratch;
     size_t scratch_size;
     mnv_graph *g; /* graph being run */
@@ -103,7 +104,7 @@ static void k_matmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     mnv_matmul_args a = {
         .x = x->data, .ldx = x->shape[x->ndim - 1], .w = w->data, .wtype = w->dtype, .ldw = w->stride[0],
         .y = n->data, .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0], .k = w->shape[1],
-        .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c,
+        .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c, .row_invariant = c->row_invariant,
     };
     mnv_cpu_matmul(&a, ith, nth);
 }
@@ -160,6 +161,7 @@ static void k_qmatmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
         .biases = bi ? bi->data : NULL, .lds = sc->stride[0], .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale,
         .y = n->data, .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0], .k = n->p.q.k,
         .scratch = c->scratch, .barrier = cpu_barrier, .barrier_ctx = c, .exact = c->exact_quant,
+        .row_invariant = c->row_invariant,
     };
     mnv_cpu_qmatmul(&a, ith, nth);
 }
@@ -254,7 +256,7 @@ static void moe_expert(cpu_ctx *c, mnv_node *n, const moe_scratch *ms, int64_t e
     if (n->p.q.fmt.mode == MNV_QMODE_NONE) {
         mnv_matmul_args a = {.x = ms->xg, .ldx = K, .w = we, .wtype = w->dtype, .ldw = w->stride[1], .y = ms->yg,
                              .ldy = N, .m = cnt, .n = N, .k = K, .scratch = ms->mm_scratch, .barrier = cpu_barrier,
-                             .barrier_ctx = c};
+                             .barrier_ctx = c, .row_invariant = c->row_invariant};
         mnv_cpu_matmul(&a, ith, nth);
         return;
     }
@@ -265,6 +267,7 @@ static void moe_expert(cpu_ctx *c, mnv_node *n, const moe_scratch *ms, int64_t e
         .biases = bi ? (const uint8_t *)bi->data + (size_t)(e * bi->stride[0]) * ses : NULL, .lds = sc->stride[1],
         .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale, .y = ms->yg, .ldy = N, .m = cnt, .n = N, .k = K,
         .scratch = ms->mm_scratch, .barrier = cpu_barrier, .barrier_ctx = c, .exact = c->exact_quant,
+        .row_invariant = c->row_invariant,
     };
     mnv_cpu_qmatmul(&a, ith, nth);
 }
@@ -407,6 +410,7 @@ mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out
         return mnv_set_error(MNV_ERR_NOMEM, "cpu backend: out of memory");
     }
     c->exact_quant = p->exact_quant;
+    c->row_invariant = p->row_invariant;
     /* never more threads than CPUs to run them: each extra one costs a time
      * slice at every node (mnv_session_stats reports the request) */
     mnv_status st = mnv_threadpool_create(mnv__threads_clamp(p->n_threads), &c->tp);

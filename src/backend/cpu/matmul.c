@@ -148,5 +148,15 @@ void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth) {
             for (int64_t j = n0; j < n1; j++) a->y[i * a->ldy + j] = 0.0f;
         return;
     }
-    current_impl()->run(a, ith, nth);
+    if (!a->row_invariant || a->m <= MNV_MATMUL_GEMV_MAX_M) {
+        current_impl()->run(a, ith, nth);
+        return;
+    }
+    for (int64_t i0 = 0; i0 < a->m; i0 += MNV_MATMUL_GEMV_MAX_M) { /* each row as the decode kernel computes a row alone */
+        mnv_matmul_args sub = *a;
+        sub.x = a->x + i0 * a->ldx;
+        sub.y = a->y + i0 * a->ldy;
+        sub.m = MNV_MIN(a->m - i0, (int64_t)MNV_MATMUL_GEMV_MAX_M);
+        current_impl()->run(&sub, ith, nth);
+    }
 }

@@ -310,7 +310,21 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth) {
         return;
     }
     const qmatmul_impl *impl = current_impl();
-    (a->exact ? exact_impl(impl) : impl)->run(a, ith, nth);
+    impl = a->exact ? exact_impl(impl) : impl;
+    if (!a->row_invariant || a->m <= MNV_QMATMUL_GEMV_MAX_M) {
+        impl->run(a, ith, nth);
+        return;
+    }
+    /* each row as the decode kernel computes a row alone (its arithmetic
+     * depends on how many rows share a pass); no barrier between rows: each
+     * thread prepares its own copy of the row */
+    for (int64_t i0 = 0; i0 < a->m; i0 += MNV_QMATMUL_GEMV_MAX_M) {
+        mnv_qmatmul_args sub = *a;
+        sub.x = a->x + i0 * a->ldx;
+        sub.y = a->y + i0 * a->ldy;
+        sub.m = MNV_MIN(a->m - i0, (int64_t)MNV_QMATMUL_GEMV_MAX_M);
+        impl->run(&sub, ith, nth);
+    }
 }
 
 /* ---- quantized embedding lookup ---------------------------------------------- */

@@ -106,6 +106,7 @@ pub struct mnv_session_params {
     pub n_threads: i32,
     pub kv_dtype: mnv_dtype,
     pub exact_quant: i32,
+    pub deterministic: i32,
     pub reserved: [u32; 8],
 }
 

@@ -12,7 +12,7 @@
  * "<|end|>" does not end the message. */
 #include <stdlib.h>
 
-#include "runtime/harmony.h"
+#include "chat/harmony.h"
 #include "tokenizer/tokenizer.h"
 
 const char *const mnv__hm_marker_str[MNV__HM_N_MARKERS] = {

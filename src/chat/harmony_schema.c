@@ -19,7 +19,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "runtime/harmony.h"
+#include "chat/harmony.h"
 
 /* ---- buffer ------------------------------------------------------------------ */
 

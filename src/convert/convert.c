@@ -3,8 +3,10 @@
  *
  *  - Source tensors pass through mlx-lm's sanitize: rotary inv_freq buffers
  *    are dropped, lm_head.weight is dropped when tie_word_embeddings is
- *    true, and gpt-oss's Hugging Face MXFP4 experts (`*_blocks`/`*_scales`,
- *    gate/up interleaved) become MLX mxfp4 SwitchLinear tensors.
+ *    true, and tensors stored in another layout than MLX's are read as views
+ *    in the MLX layout that their architecture describes (model/layout.h:
+ *    gpt-oss's Hugging Face MXFP4 and dense experts become MLX SwitchLinear
+ *    tensors).
  *  - Floats are cast to the chosen dtype (default: the config's
  *    torch_dtype/dtype; each tensor's own dtype when the config names none).
  *  - With a quantization mode, every Linear/Embedding weight (2-D `.weight`,
@@ -25,36 +27,22 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
+#include "convert/outdir.h"
+#include "convert/source.h"
 #include "io/config.h"
-#include "io/mmap.h"
 #include "io/safetensors.h"
 #include "io/st_stream.h"
+#include "model/layout.h"
 #include "quant/quant.h"
-#include "runtime/outdir.h"
 
 #define CHUNK_BYTES ((size_t)8 << 20) /* source bytes per processing chunk */
 #define DEFAULT_SHARD_BYTES ((uint64_t)5 << 30)
 
-/* A source tensor as the converter sees it after sanitize: logical row r is
- * stored row r * row_mul + row_off of the source tensor, row_bytes long. */
-typedef struct {
-    char *name;
-    const mnv_st_tensor *src;
-    mnv_dtype dtype; /* logical (U32 for viewed MXFP4 blocks) */
-    int32_t ndim;
-    int64_t shape[MNV_ST_MAX_DIMS];
-    int64_t rows, row_elems;
-    int32_t row_mul, row_off;
-    /* column views (transformers' dense gpt-oss experts, used as x @ W):
-     * logical (E, N, K) element (e, n, k) is source element
-     * ((e * src_k + k) * src_cols + n * col_mul + col_off); col_mul 0: none */
-    int32_t col_mul, col_off;
-    int64_t src_k, src_cols;
-} src_view;
+/* A source tensor as the converter sees it after sanitize (the
+ * architecture's layout rewrite, model/layout.h). */
+typedef mnv_tensor_view src_view;
 
 typedef enum { JOB_COPY, JOB_QUANT, JOB_DEQUANT } job_kind;
 
@@ -83,15 +71,12 @@ typedef struct {
     mnv_qmode xmode;        /* experts' own mode (q_experts_mode), NONE: as qmode */
     mnv_dtype dtype;        /* target float dtype; MNV_DTYPE_COUNT: keep each tensor's */
     mnv_model_config *cfg;
+    const mnv_arch_layout *layout; /* the architecture's (NULL: none) */
     cJSON *config;          /* the source config.json, edited into the output */
     bool fine_grained;      /* the source config already had "quantization" */
     bool foreign_mxfp4;     /* HF gpt-oss quantization_config (quant_method mxfp4) */
     cJSON *entries;         /* per-layer "quantization" entries to add */
-    mnv_mmap *maps;         /* (n_files) source shards, mapped */
-    char **file_names;      /* (n_files) */
-    int32_t n_files;
-    mnv_st_tensor *tensors; /* (n_tensors) sorted by name; data may be unaligned (read with memcpy) */
-    size_t n_tensors;
+    mnv__source src;        /* the source shards, mapped */
     src_view *views;
     size_t n_views;
     job *jobs;
@@ -114,19 +99,6 @@ static bool ends_with(const char *s, const char *suffix) {
 
 static bool is_float(mnv_dtype t) {
     return t == MNV_DTYPE_F32 || t == MNV_DTYPE_F16 || t == MNV_DTYPE_BF16 || t == MNV_DTYPE_F64;
-}
-
-/* "prefix" + s with `from` (found at its first occurrence) replaced by `to`. */
-static char *str_replace1(const char *s, const char *from, const char *to) {
-    const char *at = strstr(s, from);
-    if (!at) return mnv_strdup(s);
-    size_t a = (size_t)(at - s), nf = strlen(from), nt = strlen(to), rest = strlen(at + nf);
-    char *r = malloc(a + nt + rest + 1);
-    if (!r) return NULL;
-    memcpy(r, s, a);
-    memcpy(r + a, to, nt);
-    memcpy(r + a + nt, at + nf, rest + 1);
-    return r;
 }
 
 static char *str_cat(const char *a, const char *b) {
@@ -175,7 +147,7 @@ static mnv_dtype cast_dtype(const conv *c, mnv_dtype t) {
     return c->dtype;
 }
 
-static const char *file_of(const conv *c, const src_view *v) { return c->file_names[v->src->file_index]; }
+static const char *file_of(const conv *c, const src_view *v) { return c->src.file_names[v->src->file_index]; }
 
 /* ---- parameters and the source ------------------------------------------------ */
 
@@ -281,6 +253,7 @@ static mnv_status load_config(conv *c) {
         const cJSON *qc = cJSON_GetObjectItemCaseSensitive(c->config, "quantization_config");
         c->foreign_mxfp4 = !q && cJSON_IsObject(qc) && cJSON_HasObjectItem(qc, "quant_method");
         c->fine_grained = q != NULL || c->foreign_mxfp4; /* mlx-lm turns the latter into "quantization" on load */
+        c->layout = mnv_arch_layout_for(c->cfg->arch);
         st = merge_generation_eos(c);
     }
     free(text);
@@ -288,262 +261,34 @@ static mnv_status load_config(conv *c) {
     return st;
 }
 
-/* ---- the source tensors ------------------------------------------------------------
- * The shards are mapped and parsed in place (mnv_st_parse): no aligned heap
- * copies as mnv_st_open_dir makes for MLX-written files, so an MLX source is
- * never held in memory; every read below goes through memcpy. Shards: the
- * index's weight_map, else model.safetensors, else model*.safetensors (the
- * order mnv_st_open_dir uses). */
-
-static mnv_status add_source_file(conv *c, const char *name) {
-    for (int32_t i = 0; i < c->n_files; i++)
-        if (!strcmp(c->file_names[i], name)) return MNV_OK;
-    if (!name[0] || name[0] == '/' || strstr(name, ".."))
-        return mnv_set_error(MNV_ERR_FORMAT, "%s: bad shard name '%s'", c->p->src_dir, name);
-    mnv_mmap *m = realloc(c->maps, ((size_t)c->n_files + 1) * sizeof *m);
-    char **nm = m ? realloc(c->file_names, ((size_t)c->n_files + 1) * sizeof *nm) : NULL;
-    if (m) c->maps = m;
-    if (nm) c->file_names = nm;
-    char *path = mnv_path_join(c->p->src_dir, name);
-    if (!m || !nm || !path || !(c->file_names[c->n_files] = mnv_strdup(name))) {
-        free(path);
-        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    }
-    memset(&c->maps[c->n_files], 0, sizeof *c->maps);
-    int32_t fi = c->n_files++;
-    mnv_st_tensor *t = NULL;
-    size_t n = 0;
-    mnv_status st = mnv_mmap_open(path, &c->maps[fi]);
-    if (!st) st = mnv_st_parse(c->maps[fi].data, c->maps[fi].size, path, &t, &n);
-    mnv_st_tensor *all = st ? NULL : realloc(c->tensors, (c->n_tensors + n + 1) * sizeof *all);
-    if (!st && !all) st = mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", path);
-    if (!st) {
-        for (size_t i = 0; i < n; i++) t[i].file_index = fi;
-        memcpy(all + c->n_tensors, t, n * sizeof *t); /* the names change owner */
-        c->tensors = all;
-        c->n_tensors += n;
-        free(t);
-    } else {
-        mnv_st_free_tensors(t, n);
-    }
-    free(path);
-    return st;
-}
-
-static mnv_status add_index_files(conv *c, const char *ipath) {
-    char *text = NULL;
-    size_t len = 0;
-    mnv_status st = mnv_read_file(ipath, &text, &len);
-    cJSON *root = st ? NULL : cJSON_ParseWithLength(text, len);
-    free(text);
-    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
-    if (!st && !cJSON_IsObject(wm)) st = mnv_set_error(MNV_ERR_FORMAT, "%s: no 'weight_map' object", ipath);
-    for (const cJSON *e = wm ? wm->child : NULL; e && !st; e = e->next)
-        st = cJSON_IsString(e) ? add_source_file(c, e->valuestring)
-                               : mnv_set_error(MNV_ERR_FORMAT, "%s: weight_map entry '%s' is not a string", ipath,
-                                               e->string);
-    cJSON_Delete(root);
-    return st;
-}
-
-static int cmp_cstr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-static mnv_status add_glob_files(conv *c) {
-    DIR *d = opendir(c->p->src_dir);
-    if (!d) return mnv_set_error(MNV_ERR_IO, "%s: cannot open directory: %s", c->p->src_dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0;
-    mnv_status st = MNV_OK;
-    for (struct dirent *e; !st && (e = readdir(d)) != NULL;) {
-        if (strncmp(e->d_name, "model", 5) || !ends_with(e->d_name, ".safetensors")) continue;
-        char **nn = realloc(names, (n + 1) * sizeof *nn);
-        if (!nn || !(nn[n] = mnv_strdup(e->d_name))) st = mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-        if (nn) names = nn;
-        if (!st) n++;
-    }
-    closedir(d);
-    if (!st && !n)
-        st = mnv_set_error(MNV_ERR_IO, "%s: no model.safetensors.index.json, model.safetensors or model*.safetensors",
-                           c->p->src_dir);
-    if (n) qsort(names, n, sizeof *names, cmp_cstr);
-    for (size_t i = 0; i < n; i++) {
-        if (!st) st = add_source_file(c, names[i]);
-        free(names[i]);
-    }
-    free(names);
-    return st;
-}
-
-static int cmp_tensor(const void *a, const void *b) {
-    return strcmp(((const mnv_st_tensor *)a)->name, ((const mnv_st_tensor *)b)->name);
-}
-
-static mnv_status open_source(conv *c) {
-    char *ipath = mnv_path_join(c->p->src_dir, "model.safetensors.index.json");
-    char *single = mnv_path_join(c->p->src_dir, "model.safetensors");
-    struct stat sb;
-    mnv_status st = !ipath || !single ? mnv_set_error(MNV_ERR_NOMEM, "out of memory")
-                    : stat(ipath, &sb) == 0  ? add_index_files(c, ipath)
-                    : stat(single, &sb) == 0 ? add_source_file(c, "model.safetensors")
-                                             : add_glob_files(c);
-    free(ipath);
-    free(single);
-    if (st) return st;
-    qsort(c->tensors, c->n_tensors, sizeof *c->tensors, cmp_tensor);
-    for (size_t i = 1; i < c->n_tensors; i++)
-        if (!strcmp(c->tensors[i - 1].name, c->tensors[i].name))
-            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s", c->p->src_dir,
-                                 c->tensors[i].name, c->file_names[c->tensors[i - 1].file_index],
-                                 c->file_names[c->tensors[i].file_index]);
-    return MNV_OK;
-}
-
-/* Drop the source pages of a finished tensor from the process (they are
- * re-read from the file if needed again), keeping RSS flat on big models. */
-static void release_source(const src_view *v) {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)v->src->data, e = a + (uintptr_t)v->src->nbytes;
-    a = (a + page - 1) / page * page;
-    e = e / page * page;
-    if (e > a) madvise((void *)a, (size_t)(e - a), MADV_DONTNEED);
-}
-
 /* ---- views: mlx-lm's sanitize ---------------------------------------------------- */
-
-static mnv_status add_view(conv *c, const mnv_st_tensor *t, char *name, mnv_dtype dtype, int32_t ndim,
-                           const int64_t *shape, int32_t row_mul, int32_t row_off) {
-    if (!name) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    src_view *v = &c->views[c->n_views++];
-    memset(v, 0, sizeof *v);
-    v->name = name;
-    v->src = t;
-    v->dtype = dtype;
-    v->ndim = ndim;
-    v->rows = 1;
-    for (int32_t d = 0; d < ndim; d++) {
-        v->shape[d] = shape[d];
-        if (d < ndim - 1) v->rows *= shape[d];
-    }
-    v->row_elems = ndim ? shape[ndim - 1] : 1;
-    v->row_mul = row_mul;
-    v->row_off = row_off;
-    return MNV_OK;
-}
-
-static mnv_status add_plain(conv *c, const mnv_st_tensor *t) {
-    return add_view(c, t, mnv_strdup(t->name), t->dtype, t->ndim, t->shape, 1, 0);
-}
-
-/* gpt-oss Hugging Face MXFP4 experts: U8 blocks [E, R, G, 16] are U32
- * [E, R, G*4] (the same bytes); scales [E, R, G] are used as they are;
- * gate_up rows (and bias columns) interleave gate (even) and up (odd). */
-/* transformers' dense gpt-oss experts: W (E, in, out) used as x @ W, with
- * gate/up interleaved in the columns of gate_up_proj: rows (E, out, in) are
- * column views, de-interleaved into gate_proj / up_proj. */
-static mnv_status add_dense_expert(conv *c, const mnv_st_tensor *t) {
-    bool gate_up = strstr(t->name, "gate_up_proj") != NULL;
-    int64_t E = t->shape[0], K = t->shape[1], cols = t->shape[2], N = gate_up ? cols / 2 : cols;
-    char *base = str_cat(t->name, ".weight");
-    if (!base) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    mnv_status st = MNV_OK;
-    for (int32_t o = 0; o < (gate_up ? 2 : 1) && !st; o++) {
-        char *name = gate_up ? str_replace1(base, "gate_up_proj", o ? "up_proj" : "gate_proj") : mnv_strdup(base);
-        int64_t shape[3] = {E, N, K};
-        st = add_view(c, t, name, t->dtype, 3, shape, 0, 0);
-        if (!st) {
-            src_view *v = &c->views[c->n_views - 1];
-            v->col_mul = gate_up ? 2 : 1;
-            v->col_off = o;
-            v->src_k = K;
-            v->src_cols = cols;
-        }
-    }
-    free(base);
-    return st;
-}
-
-static mnv_status add_gpt_oss_expert(conv *c, const mnv_st_tensor *t, const char *fname) {
-    bool blocks = ends_with(t->name, "_blocks"), scales = ends_with(t->name, "_scales");
-    bool bias = ends_with(t->name, "_bias"), gate_up = strstr(t->name, "gate_up_proj") != NULL;
-    if (!blocks && !scales && !bias && t->ndim == 3 && is_float(t->dtype) && (!gate_up || t->shape[2] % 2 == 0))
-        return add_dense_expert(c, t);
-    int64_t shape[MNV_ST_MAX_DIMS];
-    memcpy(shape, t->shape, sizeof shape);
-    int32_t ndim = t->ndim;
-    bool ok = (blocks && t->dtype == MNV_DTYPE_U8 && ndim == 4 && shape[3] == 16) ||
-              (scales && t->dtype == MNV_DTYPE_U8 && ndim == 3) || (bias && ndim == 2);
-    if (!ok || (gate_up && shape[ndim == 4 ? 1 : ndim - (bias ? 1 : 2)] % 2))
-        return mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: tensor '%s': %s %s [%d dims]: not the Hugging Face MXFP4 "
-                             "expert layout that mlx-lm's gpt-oss sanitize reads", fname, t->name,
-                             blocks || scales || bias ? "unexpected" : "dense expert tensor",
-                             mnv_dtype_name(t->dtype), (int)ndim);
-    mnv_dtype dt = t->dtype;
-    if (blocks) { /* [E, R, G, 16] U8 -> [E, R, G*4] U32 */
-        shape[2] *= 4;
-        ndim = 3;
-        dt = MNV_DTYPE_U32;
-    }
-    const char *from = blocks ? "_blocks" : scales ? "_scales" : "_bias";
-    const char *to = blocks ? ".weight" : scales ? ".scales" : ".bias";
-    char *base = str_replace1(t->name, from, to);
-    if (!base) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    mnv_status st = MNV_OK;
-    if (!gate_up) {
-        st = add_view(c, t, base, dt, ndim, shape, 1, 0);
-        return st;
-    }
-    int32_t split_axis = bias ? ndim - 1 : ndim - 2; /* bias: columns; blocks/scales: rows */
-    shape[split_axis] /= 2;
-    const char *part[2] = {"gate_proj", "up_proj"};
-    for (int32_t o = 0; o < 2 && !st; o++) {
-        char *name = str_replace1(base, "gate_up_proj", part[o]);
-        if (bias) { /* one element per logical row: source element 2 * i + o */
-            int64_t one[2] = {shape[0] * shape[1], 1};
-            st = add_view(c, t, name, dt, 2, one, 2, o);
-            if (!st) {
-                src_view *v = &c->views[c->n_views - 1];
-                v->ndim = ndim;
-                memcpy(v->shape, shape, sizeof shape);
-            }
-        } else {
-            st = add_view(c, t, name, dt, ndim, shape, 2, o);
-        }
-    }
-    free(base);
-    return st;
-}
-
-static bool gpt_oss_needs_sanitize(const conv *c) {
-    if (c->cfg->arch != MNV_ARCH_GPT_OSS) return false;
-    for (size_t i = 0; i < c->n_tensors; i++)
-        if (strstr(c->tensors[i].name, "gate_proj.weight")) return false; /* already MLX layout */
-    return true;
-}
 
 static int cmp_view(const void *a, const void *b) {
     return strcmp(((const src_view *)a)->name, ((const src_view *)b)->name);
 }
 
 static mnv_status build_views(conv *c) {
-    size_t n = c->n_tensors;
-    c->views = calloc(2 * n + 1, sizeof *c->views);
+    size_t n = c->src.n_tensors;
+    c->views = calloc(MNV_LAYOUT_MAX_VIEWS * n + 1, sizeof *c->views);
     if (!c->views) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    bool gpt_oss = gpt_oss_needs_sanitize(c);
+    const mnv_arch_layout *lay = c->layout;
+    bool foreign = lay && lay->foreign(c->src.tensors, n);
     mnv_status st = MNV_OK;
     for (size_t i = 0; i < n && !st; i++) {
-        const mnv_st_tensor *t = &c->tensors[i];
+        const mnv_st_tensor *t = &c->src.tensors[i];
         if (strstr(t->name, "rotary_emb.inv_freq")) continue;
         if (c->cfg->tie_word_embeddings == 1 && strcmp(t->name, "lm_head.weight") == 0) continue;
-        bool expert = gpt_oss && strstr(t->name, ".experts.") &&
-                      (strstr(t->name, "gate_up_proj") || strstr(t->name, "down_proj"));
-        st = expert ? add_gpt_oss_expert(c, t, c->file_names[t->file_index]) : add_plain(c, t);
+        int32_t k = 0; /* views written, owned by c even on failure */
+        if (foreign) st = lay->views(t, c->src.file_names[t->file_index], &c->views[c->n_views], &k);
+        else if ((st = mnv_tensor_view_plain(&c->views[c->n_views], t)) == MNV_OK) k = 1;
+        c->n_views += (size_t)k;
     }
     if (st) return st;
     qsort(c->views, c->n_views, sizeof *c->views, cmp_view);
     for (size_t i = 1; i < c->n_views; i++)
         if (strcmp(c->views[i - 1].name, c->views[i].name) == 0)
-            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears twice after gpt-oss sanitize", c->p->src_dir,
-                                 c->views[i].name);
+            return mnv_set_error(MNV_ERR_FORMAT, "%s: tensor '%s' appears twice after %s sanitize", c->p->src_dir,
+                                 c->views[i].name, foreign ? lay->name : "mlx-lm's");
     return MNV_OK;
 }
 
@@ -650,8 +395,8 @@ static mnv_status add_entry(conv *c, const char *path, const mnv_qformat *f, boo
 /* Quantize weight v of module `path` (when it qualifies), else copy it. */
 static mnv_status plan_quant(conv *c, const src_view *v, const char *path) {
     mnv_qformat f = {c->qmode, c->qbits, c->qgs, MNV_DTYPE_U8};
-    bool router = c->cfg->arch == MNV_ARCH_GPT_OSS && ends_with(path, "router"); /* gpt_oss quant_predicate */
-    if (router) f = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_U8};
+    /* the architecture's quant_predicate (gpt-oss: its routers) */
+    bool router = c->layout && c->layout->quant_override && c->layout->quant_override(path, &f);
     bool own_experts = c->xmode != MNV_QMODE_NONE && v->ndim == 3 && strstr(v->name, ".experts.");
     if (own_experts) { /* e.g. MXFP4 experts with 8-bit affine elsewhere */
         f.mode = c->xmode;
@@ -1047,7 +792,7 @@ static mnv_status run_jobs(conv *c) {
         const job *j = &c->jobs[i];
         st = j->kind == JOB_COPY ? run_copy(c, j) : j->kind == JOB_QUANT ? run_quant(c, j) : run_dequant(c, j);
         for (int k = 0; k < 3 && !st; k++)
-            if (j->in[k]) release_source(j->in[k]);
+            if (j->in[k]) mnv__source_release(j->in[k]->src);
     }
     for (int32_t s = 0; s < c->n_shards && !st; s++) st = mnv_st_stream_finish(c->streams[s]);
     return st;
@@ -1229,14 +974,7 @@ static void conv_free(conv *c, bool failed) {
     free(c->jobs);
     cJSON_Delete(c->entries);
     cJSON_Delete(c->config);
-    for (size_t i = 0; i < c->n_tensors; i++) free(c->tensors[i].name);
-    free(c->tensors);
-    for (int32_t i = 0; i < c->n_files; i++) {
-        mnv_mmap_close(&c->maps[i]);
-        free(c->file_names[i]);
-    }
-    free(c->maps);
-    free(c->file_names);
+    mnv__source_close(&c->src);
     free(c->cfg);
 }
 
@@ -1246,7 +984,7 @@ mnv_status mnv_convert(const mnv_convert_params *params) {
     mnv_status st = check_params(&c, params);
     if (st) return st;
     st = load_config(&c);
-    if (!st) st = open_source(&c);
+    if (!st) st = mnv__source_open(&c.src, params->src_dir);
     if (!st) st = build_views(&c);
     if (!st) st = build_plan(&c);
     if (!st) st = sort_outputs(&c);

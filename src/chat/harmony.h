@@ -6,8 +6,8 @@
  *                     declarations of the reference renderer
  *   harmony_parse.c   mnv_chat_parser: the streaming reader of model output
  */
-#ifndef MNV_RUNTIME_HARMONY_H
-#define MNV_RUNTIME_HARMONY_H
+#ifndef MNV_CHAT_HARMONY_H
+#define MNV_CHAT_HARMONY_H
 
 #include "core/core.h"
 

@@ -2,8 +2,8 @@
  * created if missing, every file made in it recorded, and on failure those
  * files and a directory it created removed, so a failed or interrupted run
  * leaves no truncated model behind. */
-#ifndef MNV_RUNTIME_OUTDIR_H
-#define MNV_RUNTIME_OUTDIR_H
+#ifndef MNV_CONVERT_OUTDIR_H
+#define MNV_CONVERT_OUTDIR_H
 
 #include "core/core.h"
 

@@ -16,7 +16,7 @@
  * mnv_chat_parser_create in minerva.h for the list. */
 #include <stdlib.h>
 
-#include "runtime/harmony.h"
+#include "chat/harmony.h"
 
 /* A header longer than this, or one with a newline, is content whose header
  * the model forgot. Real headers ("assistant to=functions.x<|channel|>

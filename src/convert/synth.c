@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "convert/outdir.h"
 #include "model/model.h"
-#include "runtime/outdir.h"
 
 #define SHARD_BYTES (5ull << 30)
 #define CHUNK (1 << 20) /* elements generated per write */

@@ -6,7 +6,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#include "runtime/outdir.h"
+#include "convert/outdir.h"
 
 mnv_status mnv__outdir_open(mnv__outdir *o, const char *dir, bool require_empty) {
     memset(o, 0, sizeof *o);
