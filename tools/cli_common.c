@@ -313,6 +313,7 @@ void cli_run_opts(cli_run_flags *f, cli_opt *out) {
         {"-c", "--ctx", CLI_INT, &f->n_ctx, 0, 1 << 30, NULL},
         {NULL, "--kv-type", CLI_STR, &f->kv_type, 0, 0, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &f->exact_quant, 0, 0, NULL},
+        {NULL, "--deterministic", CLI_FLAG, &f->deterministic, 0, 0, NULL},
     };
     memcpy(out, opts, sizeof opts);
 }
@@ -323,7 +324,10 @@ void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
            "  -c, --ctx N             %s, 0 = min(model's, 4096) (default 0)\n"
            "      --kv-type T         KV cache element type: f32, bf16 or f16 (default f32)\n"
            "      --exact-quant       quantized weights: keep f32 activations (MLX's numerics,\n"
-           "                          slower) instead of rounding them to int8\n",
+           "                          slower) instead of rounding them to int8\n"
+           "      --deterministic     compute every token as if it were alone in its batch: the\n"
+           "                          same tokens whatever the chunking or batching (slower\n"
+           "                          prompt processing)\n",
            ctx_what);
 }
 

@@ -113,13 +113,13 @@ void cli_gen_usage(char *buf, size_t cap, const cli_gen_flags *f);
  * given; the stop strings and --ignore-eos into f->gp. */
 void cli_gen_flags_finish(cli_gen_flags *f);
 
-/* The runtime: --threads, --ctx, --kv-type and --exact-quant. */
+/* The runtime: --threads, --ctx, --kv-type, --exact-quant and --deterministic. */
 typedef struct {
-    int n_threads, n_ctx, exact_quant;
+    int n_threads, n_ctx, exact_quant, deterministic;
     const char *kv_type; /* NULL: f32 */
 } cli_run_flags;
 
-#define CLI_RUN_N_OPTS 4
+#define CLI_RUN_N_OPTS 5
 void cli_run_opts(cli_run_flags *f, cli_opt *out);
 /* Append their help lines to buf; ctx_what says what --ctx sizes. */
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what);
