@@ -246,11 +246,47 @@ static void test_paths(void) {
     mnv__isa_set_cap(MNV_ISA_COUNT);
 }
 
+/* Row-invariant products: every row of a product of m rows, on 1-3
+ * threads, is bit for bit the row computed alone (m = 1, one thread), on
+ * every implementation the host has and every weight type. */
+static void test_row_invariant(const char *impl) {
+    if (!mnv_cpu_matmul_force(impl)) return;
+    int bad = 0;
+    for (int r = 0; r < 8; r++) {
+        mnv_dtype t = WTYPES[r % 3];
+        shape s = random_shape(t_randint(2, 40), false);
+        s.ldx = s.k, s.ldw = s.k, s.ldy = s.n;
+        float *x = malloc(sizeof(float) * (size_t)(s.m * s.k)), *y = malloc(sizeof(float) * (size_t)(s.m * s.n));
+        float *y1 = malloc(sizeof(float) * (size_t)s.n);
+        for (int64_t i = 0; i < s.m * s.k; i++) x[i] = t_randf();
+        double *wref = malloc(sizeof(double) * (size_t)(s.n * s.k));
+        guarded gw;
+        void *w = make_weights(&s, t, wref, &gw);
+        mnv_matmul_args a = {.x = x, .ldx = s.k, .w = w, .wtype = t, .ldw = s.k, .y = y, .ldy = s.n, .m = s.m,
+                             .n = s.n, .k = s.k, .row_invariant = 1};
+        run_threads(&a, t_randint(1, 3));
+        for (int64_t i = 0; i < s.m; i++) {
+            mnv_matmul_args one = a;
+            one.x = x + i * s.k, one.y = y1, one.m = 1;
+            run_threads(&one, 1);
+            bad += memcmp(y1, y + i * s.n, sizeof(float) * (size_t)s.n) != 0;
+        }
+        munmap(gw.map, gw.len);
+        free(x), free(y), free(y1), free(wref);
+    }
+    CHECKF(bad == 0, "%s: %d rows of row-invariant products differ from the row alone", impl, bad);
+}
+
 int main(void) {
     t_seed();
     test_empty_k();
     printf("automatic choice: %s\n", mnv_cpu_matmul_impl());
     test_paths();
+    for (int i = 0;; i++) {
+        mnv_cpu_impl_desc d;
+        if (!mnv_cpu_matmul_impl_at(i, &d)) break;
+        if (d.host) test_row_invariant(d.name);
+    }
     CHECK(!mnv_cpu_matmul_force("no-such-impl"));
     CHECK(mnv_cpu_matmul_force(NULL));
     return t_done();

@@ -58,6 +58,9 @@ bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out);
  * batched decode) pick the rows of x per register tile (5..8) from m, with no
  * duplicate rows, and up to 16 rows read W as side-by-side streams. */
 #define MNV_MATMUL_MID_MAX_M 32
+/* Elsewhere, products with m up to this run as passes of the matrix-vector
+ * kernel over blocks of W (batched decode); larger ones pack W into tiles. */
+#define MNV_MATMUL_PASSES_MAX_M 16
 
 /* Thread ith's contiguous share [*lo, *hi) of n rows, chunk sizes rounded up
  * to a multiple of align (the last threads may get fewer or none). */
