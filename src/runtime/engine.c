@@ -256,8 +256,7 @@ static mnv_status check_parts(mnv_engine *e, const mnv__step_part *parts, int32_
         T += pt->n;
         nout += pt->n - pt->out_from;
     }
-    if (T > e->p.step_tokens + e->p.max_seqs * e->p.kv_block_tokens * 2 + 4096)
-        return mnv_set_error(MNV_ERR_INTERNAL, "engine: a step of %d tokens", T);
+    if (T > (1 << 24)) return mnv_set_error(MNV_ERR_RANGE, "engine: a step of %d tokens", T);
     *T_out = T;
     *n_out = nout;
     return MNV_OK;

@@ -125,15 +125,17 @@ static mnv_status cancelled_in_forward(mnv_session *s, int32_t n_tokens) {
 }
 
 /* Local sequence i gets k tokens (ids) at position p0 <= its length: they
- * are written into its history, and its pool sequence is made to hold
- * exactly history[0, p0) (restarted from the history, through the prefix
- * cache, when it holds something else). *part: the tokens to evaluate:
- * the history the pool lacks, then the new ones (*n_pre: how many of the
- * former). */
-static mnv_status seq_ready(mnv_session *s, int32_t i, int32_t p0, const int32_t *ids, int32_t k,
-                            mnv__step_part *part, int32_t *n_pre) {
+ * are written into its history, and its pool sequence is made to hold a
+ * prefix of history[0, p0 + k): if it holds something else, it is
+ * restarted from the history through the prefix cache. *n_pre: history
+ * before p0 it lost, to evaluate again; with skip (no logits wanted for the
+ * new tokens), *skipped: new tokens whose K/V the cache already held (at
+ * least one token is always left to evaluate). */
+static mnv_status seq_ready(mnv_session *s, int32_t i, int32_t p0, const int32_t *ids, int32_t k, bool skip,
+                            int32_t *n_pre, int32_t *skipped) {
     mnv__local_seq *ls = &s->seqs[i];
     mnv_kv_pool *pool = mnv__engine_pool(s->e);
+    *n_pre = *skipped = 0;
     if (p0 < 0 || p0 > ls->n)
         return mnv_set_error(MNV_ERR_RANGE, "sequence %d: position %d is past its %d tokens", i, p0, ls->n);
     if (p0 + k > s->params.n_ctx)
@@ -141,15 +143,16 @@ static mnv_status seq_ready(mnv_session *s, int32_t i, int32_t p0, const int32_t
                              s->params.n_ctx);
     ls->n = p0; /* a rewrite drops the tail */
     memcpy(ls->hist + p0, ids, (size_t)k * sizeof(int32_t));
-    int64_t cached = p0;
-    if (ls->seq < 0 || mnv_kv_pool_seq_len(pool, ls->seq) != p0) {
-        if (ls->seq >= 0) mnv_kv_pool_seq_free(pool, ls->seq);
-        ls->seq = -1;
-        mnv_status st = mnv_kv_pool_seq_start(pool, ls->hist, p0 + 1, &ls->seq, &cached);
-        if (st != MNV_OK) return st;
-    }
-    *n_pre = p0 - (int32_t)cached;
-    *part = (mnv__step_part){ls->seq, ls->hist + cached, *n_pre + k, *n_pre};
+    if (ls->seq >= 0 && mnv_kv_pool_seq_len(pool, ls->seq) == p0) return MNV_OK;
+    if (ls->seq >= 0) mnv_kv_pool_seq_free(pool, ls->seq);
+    ls->seq = -1;
+    int64_t cached = 0;
+    mnv_status st = mnv_kv_pool_seq_start(pool, ls->hist, skip ? p0 + k : p0 + 1, &ls->seq, &cached);
+    if (st != MNV_OK) return st;
+    if (cached <= p0)
+        *n_pre = p0 - (int32_t)cached;
+    else
+        *skipped = (int32_t)cached - p0;
     return MNV_OK;
 }
 
@@ -187,12 +190,14 @@ mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits
     if (!first) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     int32_t *count = first + s->n_seq, *row0 = count + s->n_seq, *part_of = row0 + s->n_seq, *ids = part_of + s->n_seq;
     mnv_status st = check_batch(s, b, first, count);
-    int32_t n = 0, rows = 0, n_pre = 0;
+    int32_t n = 0, rows = 0, n_pre = 0, skipped = 0;
     for (int32_t q = 0; st == MNV_OK && q < s->n_seq; q++) {
         if (first[q] < 0) continue;
         for (int32_t t = first[q], j = 0; t < b->n_tokens; t++)
             if (b->seq[t] == q) ids[j++] = b->ids[t];
-        st = seq_ready(s, q, b->pos[first[q]], ids, count[q], &s->parts[n], &n_pre);
+        int32_t p0 = b->pos[first[q]];
+        st = seq_ready(s, q, p0, ids, count[q], false, &n_pre, &skipped);
+        s->parts[n] = (mnv__step_part){s->seqs[q].seq, s->seqs[q].hist + p0 - n_pre, n_pre + count[q], n_pre};
         row0[q] = rows;
         part_of[q] = n++;
         rows += count[q];
@@ -230,10 +235,23 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
     for (size_t done = 0; done < n;) {
         mnv_status cst = mnv__session_check_cancel(s, "mnv_session_eval");
         if (cst != MNV_OK) return cst;
-        int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done), n_pre;
-        mnv__step_part part;
-        mnv_status st = seq_ready(s, 0, s->n_past, ids + done, cnt, &part, &n_pre);
+        int32_t n_pre, skipped;
         bool all = logits != NULL;
+        mnv_status st = seq_ready(s, 0, s->n_past, ids + done, (int32_t)(n - done), !all, &n_pre, &skipped);
+        if (st != MNV_OK) return st;
+        if (skipped) { /* the prefix cache held them: nothing to evaluate */
+            s->n_past = s->seqs[0].n = s->n_past + skipped;
+            done += (size_t)skipped;
+        }
+        int32_t cnt = (int32_t)MNV_MIN((size_t)nb, n - done);
+        mnv__step_part part = {s->seqs[0].seq, s->seqs[0].hist + s->n_past - n_pre, n_pre + cnt, n_pre};
+        /* history the pool lost (a long truncation, evicted blocks) is recomputed in batches first */
+        while (st == MNV_OK && n_pre > 0 && part.n > nb) {
+            mnv__step_part pre = part;
+            pre.n = pre.out_from = MNV_MIN(n_pre, nb);
+            st = run_parts(s, &pre, 1, pre.n, NULL);
+            part.ids += pre.n, part.n -= pre.n, part.out_from -= pre.n, n_pre -= pre.n;
+        }
         if (!all) part.out_from = part.n - 1;
         float *dst = all ? logits + done * (size_t)V : s->last_logits;
         if (st == MNV_OK) st = run_parts(s, &part, 1, cnt, dst);

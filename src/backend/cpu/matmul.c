@@ -152,7 +152,7 @@ void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth) {
         current_impl()->run(a, ith, nth);
         return;
     }
-    for (int64_t i0 = 0; i0 < a->m; i0 += MNV_MATMUL_GEMV_MAX_M) { /* each row as the few-row kernel does it */
+    for (int64_t i0 = 0; i0 < a->m; i0 += MNV_MATMUL_GEMV_MAX_M) { /* each row as the decode kernel computes a row alone */
         mnv_matmul_args sub = *a;
         sub.x = a->x + i0 * a->ldx;
         sub.y = a->y + i0 * a->ldy;

@@ -33,8 +33,8 @@ typedef struct {
     /* Synchronises the nth threads working on this product. */
     void (*barrier)(void *ctx);
     void *barrier_ctx;
-    int row_invariant;       /* 1: every row through the few-row kernel, so a row's result never
-                                depends on the other rows of the product */
+    int row_invariant;       /* 1: every row through the one-row (decode) kernel, so a row's result
+                                never depends on the other rows of the product */
 } mnv_matmul_args;
 
 size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype);

@@ -315,8 +315,9 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth) {
         impl->run(a, ith, nth);
         return;
     }
-    /* the few-row kernel computes each row alone; row groups need no barrier
-     * between them (each thread prepares its own rows of x) */
+    /* each row as the decode kernel computes a row alone (its arithmetic
+     * depends on how many rows share a pass); no barrier between rows: each
+     * thread prepares its own copy of the row */
     for (int64_t i0 = 0; i0 < a->m; i0 += MNV_QMATMUL_GEMV_MAX_M) {
         mnv_qmatmul_args sub = *a;
         sub.x = a->x + i0 * a->ldx;

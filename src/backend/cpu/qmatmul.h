@@ -39,8 +39,8 @@ typedef struct {
     void (*barrier)(void *ctx);
     void *barrier_ctx;
     int exact;               /* 1: f32 activations even where the host's choice rounds them to int8 */
-    int row_invariant;       /* 1: every row through the few-row kernel, so a row's result never
-                                depends on the other rows of the product */
+    int row_invariant;       /* 1: every row through the one-row (decode) kernel, so a row's result
+                                never depends on the other rows of the product */
 } mnv_qmatmul_args;
 
 size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt, int nth);

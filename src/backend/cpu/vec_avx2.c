@@ -1,5 +1,6 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
+#include <string.h>
 #include <math.h>
 
 #include "backend/cpu/exp_avx2.h"
@@ -47,15 +48,23 @@ static double sumsq(const float *x, int64_t n) {
     return t;
 }
 
+static inline __m256 silu_mul8(__m256 gv, __m256 uv) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
+    return _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), uv);
+}
+
+/* The tail goes through the same vector arithmetic (padded), so an
+ * element's result never depends on where a row or a thread's share ends. */
 static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
     int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 gv = _mm256_loadu_ps(g + i);
-        __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-        __m256 sv = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(sv, _mm256_loadu_ps(u + i)));
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, silu_mul8(_mm256_loadu_ps(g + i), _mm256_loadu_ps(u + i)));
+    if (i < n) {
+        float gb[8] = {0}, ub[8] = {0}, yb[8];
+        memcpy(gb, g + i, (size_t)(n - i) * 4);
+        memcpy(ub, u + i, (size_t)(n - i) * 4);
+        _mm256_storeu_ps(yb, silu_mul8(_mm256_loadu_ps(gb), _mm256_loadu_ps(ub)));
+        memcpy(y + i, yb, (size_t)(n - i) * 4);
     }
-    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 /* 8 f32 to bf16, rounded to nearest even, NaN kept NaN (quiet), as

@@ -10,6 +10,7 @@
  * otherwise). */
 #if defined(__aarch64__) || defined(_M_ARM64)
 #include <arm_neon.h>
+#include <string.h>
 #include <math.h>
 
 #include "backend/cpu/ops.h"
@@ -95,7 +96,14 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
         const float32x4_t s = vdivq_f32(gv, vaddq_f32(one, exp4(vnegq_f32(gv))));
         vst1q_f32(y + i, vmulq_f32(s, vld1q_f32(u + i)));
     }
-    for (; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    if (i < n) { /* the tail through the same arithmetic: no result depends on where a share ends */
+        float gb[4] = {0}, ub[4] = {0}, yb[4];
+        memcpy(gb, g + i, (size_t)(n - i) * 4);
+        memcpy(ub, u + i, (size_t)(n - i) * 4);
+        const float32x4_t gv = vld1q_f32(gb);
+        vst1q_f32(yb, vmulq_f32(vdivq_f32(gv, vaddq_f32(one, exp4(vnegq_f32(gv)))), vld1q_f32(ub)));
+        memcpy(y + i, yb, (size_t)(n - i) * 4);
+    }
 }
 
 /* ---- attention ---------------------------------------------------------------- */
