@@ -26,8 +26,9 @@ mnv_status mnv_buffer_upload(mnv_buffer *dst, size_t off, const void *src, size_
     if (!dst || (!src && size))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "buffer upload: %s is NULL", dst ? "the source" : "the buffer");
     if (!in_range(dst->size, off, size))
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "buffer upload: %zu bytes at offset %zu pass the end of a %zu-byte buffer",
-                             size, off, dst->size);
+        return mnv_set_error(MNV_ERR_INVALID_ARG,
+                             "buffer upload: %zu bytes at offset %zu pass the end of a %zu-byte buffer", size, off,
+                             dst->size);
     if (size == 0) return MNV_OK;
     return dst->backend->iface->upload(dst->backend, dst, off, src, size);
 }
