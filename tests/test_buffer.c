@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "core/graph.h"
+#include "minerva.h"
 #include "test.h"
 
 /* ---- the guarded backend ---------------------------------------------------------- */
@@ -80,8 +81,10 @@ static bool g_supports(mnv_backend *b, const mnv_node *n) {
     mnv_backend *cpu = ((guard_ctx *)b->ctx)->cpu;
     return cpu->iface->supports_node(cpu, n);
 }
+static int n_computes; /* graphs run on guarded backends */
 static mnv_status g_compute(mnv_backend *b, mnv_graph *g) {
     guard_ctx *c = b->ctx;
+    n_computes++;
     guard_all(c, true);
     mnv_status st = c->cpu->iface->compute(c->cpu, g);
     guard_all(c, false);
@@ -102,17 +105,28 @@ static const mnv_backend_iface guard_iface = {
     .supports_node = g_supports, .compute = g_compute, .synchronize = g_sync, .n_threads = g_threads,
 };
 
-static mnv_backend *guard_create(void) {
+static mnv_status guard_ctor(const mnv_backend_params *p, mnv_backend **out) {
+    *out = NULL;
     mnv_backend *b = calloc(1, sizeof *b);
     guard_ctx *c = calloc(1, sizeof *c);
-    mnv_backend_params p = {.name = "cpu", .n_threads = 2};
-    if (!b || !c || mnv_backend_create(&p, &c->cpu) != MNV_OK) {
+    mnv_backend_params q = *p;
+    q.name = "cpu";
+    mnv_status st = b && c ? mnv_backend_create(&q, &c->cpu) : mnv_set_error(MNV_ERR_NOMEM, "guarded");
+    if (st != MNV_OK) {
         free(b);
         free(c);
-        return NULL;
+        return st;
     }
     b->iface = &guard_iface;
     b->ctx = c;
+    *out = b;
+    return MNV_OK;
+}
+
+static mnv_backend *guard_create(void) {
+    mnv_backend_params p = {.name = "cpu", .n_threads = 2};
+    mnv_backend *b = NULL;
+    guard_ctor(&p, &b);
     return b;
 }
 
@@ -291,6 +305,110 @@ static void test_executor(void) {
     free(got);
 }
 
+/* ---- the engine and the session on it -------------------------------------------- */
+
+#define NP 6
+#define NGEN 12
+
+typedef struct {
+    int32_t ids[NGEN + 4];
+    int n;
+} got_ids;
+
+static int collect(void *ud, int32_t tok, const char *text, size_t len) {
+    got_ids *g = ud;
+    if (g->n < NGEN + 4) g->ids[g->n++] = tok;
+    return 0;
+}
+
+static mnv_generate_params greedy(got_ids *g) {
+    mnv_generate_params gp = mnv_generate_params_default();
+    gp.max_tokens = NGEN;
+    gp.sampler.temperature = 0;
+    gp.ignore_eos = 1;
+    gp.on_token = collect;
+    gp.user_data = g;
+    return gp;
+}
+
+/* NP prompts (some sharing a prefix) through one engine, all at once, then
+ * the first again through a session. */
+static void run_all(mnv_model *m, int32_t prompts[NP][40], const int *lens, got_ids *got) {
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.max_seqs = 4;
+    ep.step_tokens = 24;
+    ep.max_seq_tokens = 128;
+    ep.deterministic = 1;
+    ep.run_thread = 0;
+    mnv_engine *e = NULL;
+    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "engine: %s", mnv_last_error());
+    if (!e) return;
+    uint64_t ids[NP];
+    for (int i = 0; i < NP; i++) {
+        got[i].n = 0;
+        mnv_request_params rp = mnv_request_params_default();
+        rp.prompt = prompts[i];
+        rp.n_prompt = (size_t)lens[i];
+        rp.gen = greedy(&got[i]);
+        CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
+    }
+    int active = 1, steps = 0;
+    while (active && steps++ < 10000) {
+        mnv_status st = mnv_engine_step(e, &active);
+        CHECKF(st == MNV_OK, "step: %s", mnv_last_error());
+        if (st != MNV_OK) break;
+    }
+    for (int i = 0; i < NP; i++) {
+        mnv_request_result r;
+        CHECKF(mnv_engine_wait(e, ids[i], &r) == MNV_OK, "request %d: %s", i, mnv_last_error());
+    }
+    mnv_engine_free(e);
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = 128;
+    sp.deterministic = 1;
+    mnv_session *s = NULL;
+    CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
+    if (!s) return;
+    got[NP].n = 0;
+    mnv_generate_params gp = greedy(&got[NP]);
+    CHECKF(mnv_generate(s, prompts[0], (size_t)lens[0], &gp, NULL) == MNV_OK, "generate: %s", mnv_last_error());
+    mnv_session_free(s);
+}
+
+/* The engine asks for the default backend: made the guarded one, every
+ * step's inputs, its KV blocks and its logits go through the buffer calls,
+ * and any other touch of backend memory faults. Same tokens as the CPU. */
+static void test_engine_on_device(const char *dir) {
+    mnv_model *m = NULL;
+    if (mnv_model_load(dir, NULL, &m) != MNV_OK) {
+        CHECKF(0, "%s: %s", dir, mnv_last_error());
+        return;
+    }
+    mnv_model_info info;
+    mnv_model_get_info(m, &info);
+    int32_t prompts[NP][40];
+    int lens[NP];
+    for (int i = 0; i < NP; i++) { /* odd ones share prompt 0's first 20 tokens (a cached block) */
+        lens[i] = i % 2 == 0 && i ? t_randint(3, 40) : t_randint(21, 40);
+        for (int j = 0; j < lens[i]; j++)
+            prompts[i][j] = i % 2 && j < 20 ? prompts[0][j] : t_randint(0, info.n_vocab - 1);
+    }
+    got_ids want[NP + 1], got[NP + 1];
+    CHECK(mnv__backend_set_default("cpu") == MNV_OK);
+    int n0 = n_computes;
+    run_all(m, prompts, lens, want);
+    CHECK(mnv__backend_set_default("guarded") == MNV_OK);
+    int n1 = n_computes;
+    run_all(m, prompts, lens, got);
+    CHECK(mnv__backend_set_default("cpu") == MNV_OK);
+    CHECKF(n1 == n0 && n_computes > n1 + NGEN, "%s: %d graphs on the guarded backend", dir, n_computes - n1);
+    for (int i = 0; i <= NP; i++)
+        CHECKF(want[i].n == NGEN && got[i].n == want[i].n && !memcmp(got[i].ids, want[i].ids, sizeof(int32_t) * NGEN),
+               "%s: %s %d: the guarded backend's tokens differ from the CPU's", dir, i < NP ? "request" : "session",
+               i);
+    mnv_model_free(m);
+}
+
 int main(void) {
     t_seed();
     mnv_backend_params p = {.name = "cpu", .n_threads = 1};
@@ -308,5 +426,11 @@ int main(void) {
         mnv_backend_free(dev);
     }
     test_executor();
+    CHECK(mnv__backend_register("guarded", guard_ctor) == MNV_OK);
+    CHECK(mnv__backend_register("cpu", guard_ctor) == MNV_ERR_INVALID_ARG);
+    mnv_backend *b = NULL;
+    CHECK(mnv_backend_create(&(mnv_backend_params){.name = "nonesuch"}, &b) == MNV_ERR_UNSUPPORTED && !b);
+    test_engine_on_device("../models/stories260K");
+    test_engine_on_device("fixtures/models/tiny-gptoss-mxfp4");
     return t_done();
 }

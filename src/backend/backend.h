@@ -88,15 +88,22 @@ struct mnv_backend {
 };
 
 typedef struct {
-    const char *name;   /* "cpu" (default) */
+    const char *name;   /* "cpu"; NULL: the default backend */
     int n_threads;      /* 0 = all online cores */
     int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
 } mnv_backend_params;
 
-/* registry.c: the one place that knows every backend. */
+/* registry.c: the one place that knows every backend. p->name NULL: the
+ * default backend ("cpu" unless mnv__backend_set_default changed it). */
 mnv_status mnv_backend_create(const mnv_backend_params *p, mnv_backend **out);
 void mnv_backend_free(mnv_backend *b);
+/* Tests: add a backend by name (a device emulated on the CPU), and make a
+ * backend the default, so that engines and sessions, which ask for the
+ * default, run on it. Not thread-safe: call before creating them. */
+typedef mnv_status (*mnv_backend_ctor)(const mnv_backend_params *p, mnv_backend **out);
+mnv_status mnv__backend_register(const char *name, mnv_backend_ctor create);
+mnv_status mnv__backend_set_default(const char *name);
 
 /* ---- buffers (buffer.c): the checked calls every host caller uses ---- */
 /* size > 0 bytes on b; *out NULL on failure (the error names the size). */
