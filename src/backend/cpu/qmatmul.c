@@ -315,14 +315,17 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth) {
         impl->run(a, ith, nth);
         return;
     }
-    /* each row as the decode kernel computes a row alone (its arithmetic
-     * depends on how many rows share a pass); no barrier between rows: each
-     * thread prepares its own copy of the row */
+    /* in passes of the decode kernel, whose arithmetic for a row does not
+     * depend on the other rows of its pass. Each thread prepares its copy of
+     * a pass's rows at an offset that depends on the pass's row count, so a
+     * thread starting a shorter last pass could overwrite the rows another
+     * still reads: a barrier between passes. */
     for (int64_t i0 = 0; i0 < a->m; i0 += MNV_QMATMUL_GEMV_MAX_M) {
         mnv_qmatmul_args sub = *a;
         sub.x = a->x + i0 * a->ldx;
         sub.y = a->y + i0 * a->ldy;
         sub.m = MNV_MIN(a->m - i0, (int64_t)MNV_QMATMUL_GEMV_MAX_M);
+        if (i0 > 0 && nth > 1 && a->barrier) a->barrier(a->barrier_ctx);
         impl->run(&sub, ith, nth);
     }
 }
