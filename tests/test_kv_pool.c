@@ -7,6 +7,37 @@
 #include "runtime/kv_pool.h"
 #include "test.h"
 
+/* The block memory: host memory here, handed to the pool as the engine
+ * hands it a backend buffer, with copy on write through host_copy. */
+typedef struct {
+    mnv_kv_pool *pool;
+    uint8_t *mem;
+    uint64_t size;
+    int fail; /* host_copy refuses */
+    int copies;
+} host_mem;
+static host_mem mems[4];
+
+static mnv_status host_copy(void *ctx, uint64_t dst, uint64_t src, uint64_t size) {
+    host_mem *h = ctx;
+    if (!h || h->fail) return mnv_set_error(MNV_ERR_INTERNAL, "test: the copy is refused");
+    CHECK(dst + size <= h->size && src + size <= h->size && (dst + size <= src || src + size <= dst));
+    memcpy(h->mem + dst, h->mem + src, size);
+    h->copies++;
+    return MNV_OK;
+}
+
+static host_mem *mem_of(const mnv_kv_pool *pool) {
+    for (int i = 0; i < 4; i++)
+        if (mems[i].pool == pool) return &mems[i];
+    return NULL;
+}
+
+/* Host address of a row: the memory's base + the pool's offset. */
+static void *kvp(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t) {
+    return mem_of(pool)->mem + mnv_kv_pool_offset(pool, b, l, kv, t);
+}
+
 static mnv_kv_pool_params small_params(int32_t B, int64_t n_blocks_tokens) {
     mnv_kv_pool_params p = mnv_kv_pool_params_default();
     p.n_kv_heads = 1;
@@ -16,14 +47,34 @@ static mnv_kv_pool_params small_params(int32_t B, int64_t n_blocks_tokens) {
     p.max_seqs = 8;
     p.max_seq_tokens = 1024;
     p.mem_available = (uint64_t)1 << 40;
+    p.copy = host_copy;
     return p;
 }
 
 static mnv_kv_pool *make(const mnv_kv_pool_params *p) {
+    host_mem *h = mem_of(NULL);
+    CHECK(h != NULL);
+    if (!h) return NULL;
+    mnv_kv_pool_params q = *p;
+    q.copy_ctx = h;
     mnv_kv_pool *pool = NULL;
-    mnv_status st = mnv_kv_pool_create(p, &pool);
+    mnv_status st = mnv_kv_pool_create(&q, &pool);
     CHECKF(st == MNV_OK, "%s", mnv_last_error());
+    if (!pool) return NULL;
+    mnv_kv_pool_stats s;
+    mnv_kv_pool_stats_get(pool, &s);
+    *h = (host_mem){.pool = pool, .mem = malloc(s.bytes_total), .size = s.bytes_total};
+    CHECK(h->mem != NULL);
     return pool;
+}
+
+static void drop(mnv_kv_pool *pool) {
+    host_mem *h = mem_of(pool);
+    if (h) {
+        free(h->mem);
+        *h = (host_mem){0};
+    }
+    mnv_kv_pool_free(pool);
 }
 
 static void check_ok(const mnv_kv_pool *pool) {
@@ -112,12 +163,13 @@ static void test_create_accounting(void) {
     const int32_t *t1 = mnv_kv_pool_table(pool, seq, 1, &n1);
     CHECK(n0 == 3 && n1 == 3);
     for (int i = 0; i < 3; i++) CHECK(t0[i] >= 0 && t1[i] >= 0 && t0[i] != t1[i]);
-    uint8_t *base = mnv_kv_pool_kv(pool, 0, 0, 0, 0);
-    uint8_t *last = mnv_kv_pool_kv(pool, 19, 2, 1, 15);
+    uint8_t *base = kvp(pool, 0, 0, 0, 0);
+    uint8_t *last = kvp(pool, 19, 2, 1, 15);
     CHECK((size_t)(last - base) == s.bytes_total - 8);
-    CHECK((uint8_t *)mnv_kv_pool_kv(pool, 1, 0, 0, 0) - base == (ptrdiff_t)s.block_bytes);
-    CHECK((uint8_t *)mnv_kv_pool_kv(pool, 0, 0, 1, 0) - base == 16 * 8);
-    CHECK((uint8_t *)mnv_kv_pool_kv(pool, 0, 1, 0, 0) - base == 2 * 16 * 8);
+    CHECK(mnv_kv_pool_offset(pool, 0, 0, 0, 0) == 0 && mnv_kv_pool_offset(pool, 19, 2, 1, 15) == s.bytes_total - 8);
+    CHECK((uint8_t *)kvp(pool, 1, 0, 0, 0) - base == (ptrdiff_t)s.block_bytes);
+    CHECK((uint8_t *)kvp(pool, 0, 0, 1, 0) - base == 16 * 8);
+    CHECK((uint8_t *)kvp(pool, 0, 1, 0, 0) - base == 2 * 16 * 8);
     CHECK(mnv_kv_pool_commit(pool, seq, tok, 40) == MNV_OK);
     CHECK(mnv_kv_pool_seq_len(pool, seq) == 40);
     CHECK(mnv_kv_pool_blocks_needed(pool, seq, 8) == 0);
@@ -131,11 +183,16 @@ static void test_create_accounting(void) {
     CHECK(s.bytes_cached == 4 * s.block_bytes && s.blocks_peak_used == 6);
     check_ok(pool);
     mnv_kv_pool_seq_free(pool, seq); /* unknown now: ignored */
-    mnv_kv_pool_free(pool);
+    drop(pool);
 
+    /* A pool needs the copy function of its block memory. */
+    mnv_kv_pool *q = (mnv_kv_pool *)1;
+    p.copy = NULL;
+    CHECK(mnv_kv_pool_create(&p, &q) == MNV_ERR_INVALID_ARG && q == NULL);
+    CHECK(strstr(mnv_last_error(), "copy function") != NULL);
+    p.copy = host_copy;
     /* The memory check names the figures. */
     p.mem_available = 4096;
-    mnv_kv_pool *q = (mnv_kv_pool *)1;
     CHECK(mnv_kv_pool_create(&p, &q) == MNV_ERR_NOMEM && q == NULL);
     CHECK(strstr(mnv_last_error(), "20 blocks of 768 bytes") && strstr(mnv_last_error(), "available"));
     /* and the machine's own figure is read when none is given */
@@ -202,7 +259,7 @@ static void test_prefix(void) {
     CHECK(s.blocks_used == 2 && s.blocks_cached == 0 && s.prefix_hit_tokens == 32 + 16 + 16 + 32 + 32);
     check_ok(pool);
     mnv_kv_pool_seq_free(pool, seqc);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 static void test_cow(void) {
@@ -217,7 +274,7 @@ static void test_cow(void) {
     const int32_t *t = mnv_kv_pool_table(pool, seq, 0, &n);
     for (int i = 0; i < 12; i++) {
         uint64_t v = 0xabc000u + (uint64_t)i;
-        memcpy(mnv_kv_pool_kv(pool, t[i / 8], 0, 0, i % 8), &v, 8);
+        memcpy(kvp(pool, t[i / 8], 0, 0, i % 8), &v, 8);
     }
     CHECK(mnv_kv_pool_commit(pool, seq, tok, 12) == MNV_OK);
     CHECK(mnv_kv_pool_seq_fork(pool, seq, &child) == MNV_OK);
@@ -228,21 +285,30 @@ static void test_cow(void) {
     /* Writing into a shared partial block without prepare_append is refused. */
     CHECK(mnv_kv_pool_commit(pool, child, tok + 12, 1) == MNV_ERR_INVALID_ARG);
     CHECK(mnv_kv_pool_blocks_needed(pool, child, 1) == 1);
+    /* A failing copy is reported; the child keeps the shared block and the pool its blocks. */
+    mem_of(pool)->fail = 1;
+    CHECK(mnv_kv_pool_prepare_append(pool, child, 1) == MNV_ERR_INTERNAL);
+    CHECK(strstr(mnv_last_error(), "copy is refused") != NULL);
+    mem_of(pool)->fail = 0;
+    CHECK(mnv_kv_pool_table(pool, child, 0, &n)[1] == shared && mnv_kv_pool_block_ref(pool, shared) == 2);
+    CHECK(mnv_kv_pool_blocks_available(pool) == 6);
+    check_ok(pool);
     CHECK(mnv_kv_pool_prepare_append(pool, child, 1) == MNV_OK);
+    CHECK(mem_of(pool)->copies == 1);
     tc = mnv_kv_pool_table(pool, child, 0, &n);
     CHECK(tc[1] != shared && tc[0] == t[0]);
     CHECK(mnv_kv_pool_block_ref(pool, shared) == 1 && mnv_kv_pool_block_ref(pool, tc[1]) == 1);
-    CHECK(!memcmp(mnv_kv_pool_kv(pool, tc[1], 0, 0, 0), mnv_kv_pool_kv(pool, shared, 0, 0, 0), 4 * 8));
+    CHECK(!memcmp(kvp(pool, tc[1], 0, 0, 0), kvp(pool, shared, 0, 0, 0), 4 * 8));
     uint64_t v = 77, w = 88, r;
-    memcpy(mnv_kv_pool_kv(pool, tc[1], 0, 0, 4), &v, 8); /* the child's position 12 */
+    memcpy(kvp(pool, tc[1], 0, 0, 4), &v, 8); /* the child's position 12 */
     CHECK(mnv_kv_pool_commit(pool, child, tok + 12, 1) == MNV_OK);
     /* The parent's own append does not copy now (its block is no longer shared). */
     CHECK(mnv_kv_pool_prepare_append(pool, seq, 1) == MNV_OK &&
           mnv_kv_pool_table(pool, seq, 0, &n)[1] == shared);
-    memcpy(mnv_kv_pool_kv(pool, shared, 0, 0, 4), &w, 8); /* the parent's position 12 */
-    memcpy(&r, mnv_kv_pool_kv(pool, tc[1], 0, 0, 4), 8);
+    memcpy(kvp(pool, shared, 0, 0, 4), &w, 8); /* the parent's position 12 */
+    memcpy(&r, kvp(pool, tc[1], 0, 0, 4), 8);
     CHECK(r == 77);
-    memcpy(&r, mnv_kv_pool_kv(pool, tc[1], 0, 0, 3), 8);
+    memcpy(&r, kvp(pool, tc[1], 0, 0, 3), 8);
     CHECK(r == 0xabc000u + 11);
     mnv_kv_pool_stats s;
     mnv_kv_pool_stats_get(pool, &s);
@@ -253,7 +319,7 @@ static void test_cow(void) {
     mnv_kv_pool_stats_get(pool, &s);
     CHECK(s.blocks_used == 0 && s.blocks_cached == 1 && s.blocks_free == 7);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 /* Eviction is least recently released first; a sequence releases its blocks
@@ -308,7 +374,7 @@ static void test_eviction(void) {
     CHECK(s.blocks_cached == 0 && s.blocks_used == 6 && s.blocks_free == 0 && s.bytes_free == 0);
     mnv_kv_pool_seq_free(pool, seq);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 /* A window-W group keeps ceil(W/B) + 1 blocks while decoding, and the
@@ -351,7 +417,7 @@ static void test_ring(void) {
     CHECK(live <= (W - 1 + 40 + B - 1) / B + 1);
     mnv_kv_pool_seq_free(pool, seq);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 /* Prefixes with a sliding group: reused when the window's blocks are cached,
@@ -408,7 +474,7 @@ static void test_ring_prefix(void) {
     mnv_kv_pool_seq_free(pool, s2);
     mnv_kv_pool_seq_free(pool, seq);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 static void test_errors(void) {
@@ -441,7 +507,7 @@ static void test_errors(void) {
     mnv_kv_pool_seq_free(pool, a);
     mnv_kv_pool_seq_free(pool, b);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
     mnv_kv_pool_free(NULL);
 }
 
@@ -505,7 +571,7 @@ static void test_stats_thread(void) {
     pthread_join(th, &bad);
     CHECK(bad == NULL);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 /* ---- the randomized stress test ------------------------------------------------
@@ -546,7 +612,7 @@ static void st_write(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_se
                 for (int kv = 0; kv < 2; kv++) {
                     uint64_t v = st_row(s->pv[q], g, l, kv);
                     memcpy(
-                        mnv_kv_pool_kv(pool, t[q / p->block_tokens], l, kv, (int32_t)(q % p->block_tokens)),
+                        kvp(pool, t[q / p->block_tokens], l, kv, (int32_t)(q % p->block_tokens)),
                         &v, 8);
                 }
     }
@@ -571,7 +637,7 @@ static long st_verify(mnv_kv_pool *pool, const mnv_kv_pool_params *p, const st_s
             for (int l = 0; l < p->groups[g].n_layers; l++)
                 for (int kv = 0; kv < 2; kv++) {
                     uint64_t v;
-                    memcpy(&v, mnv_kv_pool_kv(pool, b, l, kv, (int32_t)(q % p->block_tokens)), 8);
+                    memcpy(&v, kvp(pool, b, l, kv, (int32_t)(q % p->block_tokens)), 8);
                     if (v != st_row(s->pv[q], g, l, kv)) {
                         if (!bad)
                             fprintf(stderr,
@@ -732,7 +798,7 @@ static void st_run(mnv_kv_pool_params *p, int steps) {
     }
     mnv_kv_pool_seq_free(pool, seq);
     check_ok(pool);
-    mnv_kv_pool_free(pool);
+    drop(pool);
 }
 
 static void test_stress(void) {

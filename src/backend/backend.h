@@ -2,7 +2,10 @@
  *
  * A backend runs a planned graph: every node's `data` has been resolved by
  * the executor (leaves point at weights/inputs the backend can read; other
- * nodes point into an arena the backend allocated). Kernels live behind the
+ * nodes point into an arena buffer the backend allocated). Backend memory is
+ * mnv_buffer objects that know their backend and device; host code reaches
+ * it only through upload, download and copy, so a device whose memory the
+ * host cannot touch fits the same interface. Kernels live behind the
  * backend; model code never sees them. */
 #ifndef MNV_BACKEND_H
 #define MNV_BACKEND_H
@@ -11,24 +14,56 @@
 
 #include "core/graph.h"
 
-/* 2: compute honours mnv_backend.abort and may return MNV_ERR_CANCELLED. */
-#define MNV_BACKEND_IFACE_VERSION 2
+/* 2: compute honours mnv_backend.abort and may return MNV_ERR_CANCELLED.
+ * 3: memory is mnv_buffer objects; upload, download and copy name a buffer
+ *    and a byte offset; host_memory says whether kernels read host memory. */
+#define MNV_BACKEND_IFACE_VERSION 3
 
 typedef struct mnv_backend mnv_backend;
 
+/* A buffer of backend memory. Its bytes live where the backend computes (a
+ * device's own memory, or host memory for the CPU); the host reaches them
+ * only through mnv_buffer_upload / _download / _copy. `addr` is the address
+ * kernels use: a host pointer only when the backend's host_memory says so,
+ * otherwise a device address the host must never dereference (pointer
+ * arithmetic on it is fine: a node's data is addr + offset). Created by the
+ * backend's buffer_alloc, which fills every field. */
+typedef struct mnv_buffer {
+    mnv_backend *backend; /* the backend that allocated it */
+    int32_t device;       /* the backend's device index (0 for the CPU) */
+    size_t size;          /* bytes */
+    void *addr;           /* what kernels address; 64-byte aligned */
+    void *handle;         /* the backend's own object (NULL for the CPU) */
+} mnv_buffer;
+
+/* The backend's part of the buffer calls. The checked wrappers below
+ * (mnv_buffer_*) validate arguments (NULL, a range past the buffer's end,
+ * buffers of another backend) before calling these, and never call them for
+ * zero bytes; so an implementation only moves bytes. */
 typedef struct {
     uint32_t version; /* MNV_BACKEND_IFACE_VERSION */
     const char *name;
     void (*free)(mnv_backend *b);
-    /* Memory the backend computes in (64-byte aligned). */
-    void *(*buffer_alloc)(mnv_backend *b, size_t size);
-    void (*buffer_free)(mnv_backend *b, void *p);
+    /* A buffer of size > 0 bytes (64-byte aligned), contents undefined. On
+     * failure *out is NULL and the status says why (MNV_ERR_NOMEM). */
+    mnv_status (*buffer_alloc)(mnv_backend *b, size_t size, mnv_buffer **out);
+    void (*buffer_free)(mnv_backend *b, mnv_buffer *buf);
+    /* true: kernels read host memory in place (host pointers, such as graph
+     * inputs, may be given to them, and mnv_buffer.addr is a host pointer);
+     * the CPU. false: a device whose memory the host cannot touch; the
+     * executor uploads graph inputs before each run. */
+    bool (*host_memory)(mnv_backend *b);
     /* Make host memory (mmap'd weights) usable by the backend without a copy
      * where possible; returns the pointer kernels should use. */
     void *(*wrap_host)(mnv_backend *b, const void *host, size_t size);
-    /* Copy between host memory and backend buffers. */
-    mnv_status (*upload)(mnv_backend *b, void *dst, const void *src, size_t size);
-    mnv_status (*download)(mnv_backend *b, void *dst, const void *src, size_t size);
+    /* host -> buf[off, off + size) */
+    mnv_status (*upload)(mnv_backend *b, mnv_buffer *dst, size_t off, const void *src, size_t size);
+    /* buf[off, off + size) -> host */
+    mnv_status (*download)(mnv_backend *b, void *dst, const mnv_buffer *src, size_t off, size_t size);
+    /* buffer to buffer, on the device (the ranges may be of one buffer and
+     * must not overlap) */
+    mnv_status (*copy)(mnv_backend *b, mnv_buffer *dst, size_t dst_off, const mnv_buffer *src, size_t src_off,
+                       size_t size);
     bool (*supports_node)(mnv_backend *b, const mnv_node *n);
     /* Run nodes [0, n) of g in order. Stops early with MNV_ERR_CANCELLED
      * (message naming the node it stopped before) when b->abort is set and
@@ -53,19 +88,48 @@ struct mnv_backend {
 };
 
 typedef struct {
-    const char *name;   /* "cpu" (default) */
+    const char *name;   /* "cpu"; NULL: the default backend */
     int n_threads;      /* 0 = all online cores */
     int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
 } mnv_backend_params;
 
-/* registry.c: the one place that knows every backend. */
+/* registry.c: the one place that knows every backend. p->name NULL: the
+ * default backend ("cpu" unless mnv__backend_set_default changed it). */
 mnv_status mnv_backend_create(const mnv_backend_params *p, mnv_backend **out);
 void mnv_backend_free(mnv_backend *b);
+/* Tests: add a backend by name (a device emulated on the CPU), and make a
+ * backend the default, so that engines and sessions, which ask for the
+ * default, run on it. Not thread-safe: call before creating them. */
+typedef mnv_status (*mnv_backend_ctor)(const mnv_backend_params *p, mnv_backend **out);
+mnv_status mnv__backend_register(const char *name, mnv_backend_ctor create);
+mnv_status mnv__backend_set_default(const char *name);
+
+/* ---- buffers (buffer.c): the checked calls every host caller uses ---- */
+/* size > 0 bytes on b; *out NULL on failure (the error names the size). */
+mnv_status mnv_buffer_alloc(mnv_backend *b, size_t size, mnv_buffer **out);
+void mnv_buffer_free(mnv_buffer *buf); /* NULL is ignored */
+static inline void *mnv_buffer_addr(const mnv_buffer *buf) { return buf->addr; }
+static inline size_t mnv_buffer_size(const mnv_buffer *buf) { return buf->size; }
+/* Host memory to buf[off, off + size), buf[off, off + size) to host memory,
+ * and src[src_off ..] to dst[dst_off ..] (buffers of one backend; ranges of
+ * one buffer must not overlap). size 0 is a no-op (off may then equal the
+ * buffer's size). MNV_ERR_INVALID_ARG, naming the call and the figures, for
+ * a NULL buffer or pointer, a range past a buffer's end, overlapping ranges
+ * or buffers of two backends; the backend's status otherwise. */
+mnv_status mnv_buffer_upload(mnv_buffer *dst, size_t off, const void *src, size_t size);
+mnv_status mnv_buffer_download(void *dst, const mnv_buffer *src, size_t off, size_t size);
+mnv_status mnv_buffer_copy(mnv_buffer *dst, size_t dst_off, const mnv_buffer *src, size_t src_off, size_t size);
+/* Does b compute in host memory (see mnv_backend_iface.host_memory)? */
+bool mnv_backend_host_memory(mnv_backend *b);
 
 /* The executor: plans memory for a graph, resolves data pointers and runs it
- * on a backend. The arena is kept between runs and grows only when a larger
- * graph needs more, so steady-state decoding allocates nothing. */
+ * on a backend. The arena (an mnv_buffer) is kept between runs and grows
+ * only when a larger graph needs more, so steady-state decoding allocates
+ * nothing. On a backend without host_memory the plan also gives every
+ * MNV_NODE_INPUT leaf a place in the arena, live from the first node, and
+ * each run uploads the inputs' host data there before compute; on the CPU
+ * kernels read the inputs where the graph keeps them. */
 typedef struct mnv_executor mnv_executor;
 mnv_status mnv_executor_create(mnv_backend *b, mnv_executor **out);
 void mnv_executor_free(mnv_executor *ex);
@@ -78,6 +142,11 @@ mnv_status mnv_executor_plan(mnv_executor *ex, mnv_graph *g, size_t *arena_bytes
 /* Run a graph planned by mnv_executor_plan (again and again: a cached
  * graph whose inputs were refilled). */
 mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena_bytes);
+/* Copy the value of node n (a node computed in the arena, or a view of
+ * one, of the graph last run) to host memory: size bytes from its start.
+ * MNV_ERR_INVALID_ARG when n has no place in the arena or size passes its
+ * end. */
+mnv_status mnv_executor_read(mnv_executor *ex, const mnv_node *n, void *dst, size_t size);
 size_t mnv_executor_arena_size(const mnv_executor *ex);
 /* Seconds spent planning in the last run (host overhead). */
 double mnv_executor_plan_seconds(const mnv_executor *ex);

@@ -159,7 +159,7 @@ mnv_array *mnv_input(mnv_graph *g, mnv_dtype dt, int32_t ndim, const int64_t *sh
         g->input_mem = m;
         g->input_cap = cap;
     }
-    n->data = g->input_mem + g->input_used;
+    n->data = n->host = g->input_mem + g->input_used;
     g->input_used += need;
     n->flags |= MNV_NODE_INPUT;
     n->nbytes = 0;
@@ -180,7 +180,7 @@ mnv_status mnv_graph_reserve_inputs(mnv_graph *g, size_t bytes) {
     return MNV_OK;
 }
 
-void *mnv_input_data(mnv_array *a) { return a ? a->data : NULL; }
+void *mnv_input_data(mnv_array *a) { return a ? a->host : NULL; }
 
 static mnv_node *make_view(mnv_graph *g, mnv_array *a, int32_t ndim, const int64_t *shape) {
     mnv_node *n = new_node(g, MNV_OP_VIEW, a->dtype, ndim, shape);

@@ -98,6 +98,8 @@ struct mnv_node {
     mnv_op_params p;
     /* memory */
     void *data;                        /* resolved before running: where the values live */
+    void *host;                        /* MNV_NODE_INPUT leaves: the host memory the caller fills (the
+                                          graph's); data is the same or the backend's copy of it */
     mnv_node *view_src;                /* VIEW / CACHE_WRITE: the node whose memory this is */
     size_t view_offset;                /* bytes into view_src's memory */
     size_t offset;                     /* planned offset in the activation arena */

@@ -1,5 +1,6 @@
 /* The memory planner and executor: lifetimes from the node order, a
- * best-fit free list over one arena, then a run on the backend. */
+ * best-fit free list over one arena buffer, then a run on the backend (after
+ * uploading the step's inputs when the backend's memory is its own). */
 #include <limits.h>
 #include <stdlib.h>
 
@@ -13,7 +14,8 @@ typedef struct {
 
 struct mnv_executor {
     mnv_backend *be;
-    void *arena;
+    bool host_mem; /* kernels read host memory: inputs stay where the graph keeps them */
+    mnv_buffer *arena;
     size_t arena_size;
     block *free_blocks; /* sorted by offset */
     int32_t n_free, cap_free;
@@ -25,13 +27,14 @@ mnv_status mnv_executor_create(mnv_backend *b, mnv_executor **out) {
     mnv_executor *ex = calloc(1, sizeof *ex);
     if (!ex) return mnv_set_error(MNV_ERR_NOMEM, "executor: out of memory");
     ex->be = b;
+    ex->host_mem = mnv_backend_host_memory(b);
     *out = ex;
     return MNV_OK;
 }
 
 void mnv_executor_free(mnv_executor *ex) {
     if (!ex) return;
-    if (ex->arena) ex->be->iface->buffer_free(ex->be, ex->arena);
+    mnv_buffer_free(ex->arena);
     free(ex->free_blocks);
     free(ex);
 }
@@ -40,8 +43,20 @@ size_t mnv_executor_arena_size(const mnv_executor *ex) { return ex->arena_size; 
 double mnv_executor_plan_seconds(const mnv_executor *ex) { return ex->plan_sec; }
 
 static mnv_node *root_of(mnv_node *n) { return n->view_src ? n->view_src : n; }
-static bool owns_memory(const mnv_node *n) {
-    return n->op != MNV_OP_LEAF && n->op != MNV_OP_VIEW && n->op != MNV_OP_CACHE_WRITE;
+static bool is_input(const mnv_node *n) { return n->op == MNV_OP_LEAF && (n->flags & MNV_NODE_INPUT); }
+/* Has a place in the arena: computed nodes, and inputs when the backend
+ * cannot read the graph's host copy. */
+static bool owns_memory(const mnv_executor *ex, const mnv_node *n) {
+    if (n->op == MNV_OP_LEAF) return !ex->host_mem && (n->flags & MNV_NODE_INPUT);
+    return n->op != MNV_OP_VIEW && n->op != MNV_OP_CACHE_WRITE;
+}
+/* Bytes of a node's own value (inputs keep nbytes 0: their memory is the graph's). */
+static size_t value_bytes(const mnv_node *n) {
+    return is_input(n) ? (size_t)mnv_array_nelem(n) * mnv_dtype_size(n->dtype) : n->nbytes;
+}
+static size_t slot_bytes(const mnv_node *n) {
+    size_t sz = (value_bytes(n) + ALIGN - 1) & ~(size_t)(ALIGN - 1);
+    return sz ? sz : ALIGN;
 }
 
 /* Best fit; the arena end grows when nothing fits. */
@@ -104,7 +119,9 @@ static void compute_lifetimes(mnv_graph *g) {
     }
 }
 
-/* Assign arena offsets; returns the arena size needed. */
+/* Assign arena offsets; returns the arena size needed. Inputs (when they
+ * have a place here) are uploaded before the first node runs, so they are
+ * placed first and live from node 0 to their last reader. */
 static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
     int32_t n = mnv_graph_n_nodes(g);
     if (ex->cap_free < n + 1) {
@@ -116,34 +133,46 @@ static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
     ex->n_free = 0;
     compute_lifetimes(g);
     size_t high = 0;
+    for (int32_t i = 0; !ex->host_mem && i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (is_input(nd)) nd->offset = fl_alloc(ex, slot_bytes(nd), &high);
+    }
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
-        if (owns_memory(nd)) {
-            size_t sz = (nd->nbytes + ALIGN - 1) & ~(size_t)(ALIGN - 1);
-            nd->offset = fl_alloc(ex, sz ? sz : ALIGN, &high);
-            if (nd->last_use < 0) fl_free(ex, nd->offset, sz ? sz : ALIGN); /* dead value */
+        if (owns_memory(ex, nd) && !is_input(nd)) {
+            nd->offset = fl_alloc(ex, slot_bytes(nd), &high);
+            if (nd->last_use < 0) fl_free(ex, nd->offset, slot_bytes(nd)); /* dead value */
         }
         for (int s = 0; s < MNV_MAX_SRC; s++) {
             mnv_node *r = nd->src[s] ? root_of(nd->src[s]) : NULL;
-            if (!r || r->last_use != i || !owns_memory(r)) continue;
+            if (!r || r->last_use != i || !owns_memory(ex, r)) continue;
             bool dup = false; /* the same root may feed several slots */
             for (int t = 0; t < s; t++) dup |= nd->src[t] && root_of(nd->src[t]) == r;
-            if (!dup) fl_free(ex, r->offset, (r->nbytes + ALIGN - 1) & ~(size_t)(ALIGN - 1) ?: ALIGN);
+            if (!dup) fl_free(ex, r->offset, slot_bytes(r));
         }
     }
     *size_out = high;
     return MNV_OK;
 }
 
-static void resolve(mnv_executor *ex, mnv_graph *g) {
+/* Point every node at its memory; inputs that live in the arena get their
+ * host data uploaded. */
+static mnv_status resolve(mnv_executor *ex, mnv_graph *g) {
     int32_t n = mnv_graph_n_nodes(g);
+    uint8_t *base = ex->arena ? mnv_buffer_addr(ex->arena) : NULL;
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
-        if (owns_memory(nd))
-            nd->data = (uint8_t *)ex->arena + nd->offset;
-        else if (nd->view_src)
+        if (owns_memory(ex, nd)) {
+            nd->data = base + nd->offset;
+            if (is_input(nd)) {
+                mnv_status st = mnv_buffer_upload(ex->arena, nd->offset, nd->host, value_bytes(nd));
+                if (st != MNV_OK) return st;
+            }
+        } else if (nd->view_src) {
             nd->data = (uint8_t *)nd->view_src->data + nd->view_offset;
+        }
     }
+    return MNV_OK;
 }
 
 /* Every computing node has a kernel on the backend: checked at plan time,
@@ -170,15 +199,28 @@ mnv_status mnv_executor_plan(mnv_executor *ex, mnv_graph *g, size_t *arena_bytes
 
 mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena_bytes) {
     if (arena_bytes > ex->arena_size) {
-        if (ex->arena) ex->be->iface->buffer_free(ex->be, ex->arena);
+        mnv_buffer_free(ex->arena);
+        ex->arena = NULL;
         ex->arena_size = 0;
-        ex->arena = ex->be->iface->buffer_alloc(ex->be, arena_bytes);
-        if (!ex->arena)
+        if (mnv_buffer_alloc(ex->be, arena_bytes, &ex->arena) != MNV_OK)
             return mnv_set_error(MNV_ERR_NOMEM, "executor: cannot allocate %zu bytes of activations", arena_bytes);
         ex->arena_size = arena_bytes;
     }
-    resolve(ex, g); /* cheap, and the arena may have moved since this graph last ran */
-    return ex->be->iface->compute(ex->be, g);
+    /* cheap, and the arena may have moved since this graph last ran */
+    mnv_status st = resolve(ex, g);
+    return st == MNV_OK ? ex->be->iface->compute(ex->be, g) : st;
+}
+
+mnv_status mnv_executor_read(mnv_executor *ex, const mnv_node *n, void *dst, size_t size) {
+    const mnv_node *r = n && n->view_src ? n->view_src : n;
+    if (!r || !ex->arena || !owns_memory(ex, r))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "executor read: node '%s' has no place in the arena",
+                             n ? n->name : "(null)");
+    size_t off = n->view_src ? n->view_offset : 0, have = value_bytes(r);
+    if (off > have || size > have - off)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "executor read: %zu bytes of node '%s' (%zu from offset %zu)", size,
+                             n->name, have, off);
+    return mnv_buffer_download(dst, ex->arena, r->offset + off, size);
 }
 
 mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g) {

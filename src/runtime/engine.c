@@ -80,6 +80,13 @@ void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t 
     pp->max_seq_tokens = max_seq_tokens;
 }
 
+/* The pool's copy on write, on the backend's memory. */
+static mnv_status kv_copy(void *ctx, uint64_t dst, uint64_t src, uint64_t size) {
+    mnv_engine *e = ctx;
+    return mnv_buffer_copy(e->kv_mem, (size_t)dst, e->kv_mem, (size_t)src, (size_t)size);
+}
+
+/* The block pool, and its block memory as a backend buffer. */
 static mnv_status make_pool(mnv_engine *e) {
     const mnv_model_config *c = &e->model->cfg;
     int32_t L = c->num_hidden_layers, window[MNV_MAX_KV_GROUPS] = {0};
@@ -94,17 +101,21 @@ static mnv_status make_pool(mnv_engine *e) {
     mnv__kv_pool_params(c, e->p.kv_dtype, e->p.kv_block_tokens, e->p.max_seqs, e->p.max_seq_tokens,
                         e->p.kv_max_tokens, e->p.kv_budget_bytes, &pp);
     pp.prefix_cache = e->p.prefix_cache;
+    pp.copy = kv_copy;
+    pp.copy_ctx = e;
     mnv_status st = mnv_kv_pool_create(&pp, &e->pool);
     if (st != MNV_OK) return st;
     mnv_kv_pool_stats ps;
     mnv_kv_pool_stats_get(e->pool, &ps);
+    if ((st = mnv_buffer_alloc(e->be, (size_t)ps.bytes_total, &e->kv_mem)) != MNV_OK) return st;
     size_t es = mnv_dtype_size(e->p.kv_dtype);
     e->kv = (mnv_kv_cache){.n_layer = L, .dtype = e->p.kv_dtype, .n_blocks = ps.blocks_total,
                            .block_tokens = e->p.kv_block_tokens, .block_stride = (int64_t)(ps.block_bytes / es),
                            .k = e->kv_k, .v = e->kv_v, .layer_group = e->layer_group};
+    uint8_t *base = mnv_buffer_addr(e->kv_mem); /* an address for kernels, not for the host */
     for (int32_t l = 0; l < L; l++) {
-        e->kv_k[l] = mnv_kv_pool_kv(e->pool, 0, e->layer_index[l], 0, 0);
-        e->kv_v[l] = mnv_kv_pool_kv(e->pool, 0, e->layer_index[l], 1, 0);
+        e->kv_k[l] = base + mnv_kv_pool_offset(e->pool, 0, e->layer_index[l], 0, 0);
+        e->kv_v[l] = base + mnv_kv_pool_offset(e->pool, 0, e->layer_index[l], 1, 0);
     }
     return MNV_OK;
 }
@@ -121,7 +132,7 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
         free(e);
         return st;
     }
-    mnv_backend_params bp = {.name = "cpu", .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
+    mnv_backend_params bp = {.name = NULL, .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
                              .row_invariant = e->p.deterministic};
     st = mnv_backend_create(&bp, &e->be);
     if (st == MNV_OK) st = mnv_executor_create(e->be, &e->ex);
@@ -147,6 +158,7 @@ void mnv__engine_destroy(mnv_engine *e) {
     if (!e) return;
     for (int i = 0; i < MNV_GCACHE; i++) mnv_graph_free(e->gc[i].g);
     mnv_executor_free(e->ex);
+    mnv_buffer_free(e->kv_mem);
     mnv_backend_free(e->be);
     mnv_kv_pool_free(e->pool);
     for (int32_t g = 0; e->b_tables && g < e->n_groups; g++) free(e->b_tables[g]);
@@ -338,8 +350,8 @@ mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n
     e->stats.compute_seconds += t2 - t1;
     if (st != MNV_OK) return st;
     if (logits && nout)
-        st = e->be->iface->download(e->be, logits, ge->logits->data,
-                                    (size_t)nout * (size_t)e->model->cfg.vocab_size * sizeof(float));
+        st = mnv_executor_read(e->ex, ge->logits, logits,
+                               (size_t)nout * (size_t)e->model->cfg.vocab_size * sizeof(float));
     for (int32_t i = 0; st == MNV_OK && i < n_parts; i++)
         st = mnv_kv_pool_commit(e->pool, parts[i].seq, parts[i].ids, parts[i].n);
     return st;

@@ -31,6 +31,7 @@ struct mnv_engine {
     mnv_backend *be;
     mnv_executor *ex;
     mnv_kv_pool *pool;
+    mnv_buffer *kv_mem; /* the pool's block memory, on the backend */
     mnv_kv_cache kv;                  /* the model's view of the pool */
     int32_t n_groups, *layer_group, *layer_index;
     void **kv_k, **kv_v;

@@ -39,8 +39,7 @@ struct mnv_kv_pool {
     int32_t B, n_layers_max;
     size_t tok_bytes; /* K or V of one token of one layer */
     size_t block_bytes;
-    int32_t n_blocks;
-    uint8_t *data; /* (n_blocks, n_layers_max, 2, B, tok_bytes) */
+    int32_t n_blocks; /* block memory (the owner's): (n_blocks, n_layers_max, 2, B, tok_bytes) */
     kv_block *blk;
     int32_t *btok;       /* (n_blocks, B) tokens of indexed blocks */
     int32_t *free_stack; /* LIFO: the last block freed is the next one handed out */
@@ -339,6 +338,7 @@ void mnv_kv_pool_stats_get(mnv_kv_pool *pool, mnv_kv_pool_stats *out) {
 
 mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     *out = NULL;
+    if (!p->copy) return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: no copy function for the block memory");
     int64_t nb = 0;
     mnv_status st = plan(p, &nb);
     if (st != MNV_OK) return st;
@@ -370,18 +370,17 @@ mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     pool->meta_fixed = meta;
     pool->lru_head = pool->lru_tail = -1;
     pthread_mutex_init(&pool->mu, NULL);
-    pool->data = mnv_aligned_alloc(64, (size_t)(nb * bb));
     pool->blk = calloc((size_t)nb, sizeof(kv_block));
     pool->btok = malloc((size_t)nb * (size_t)pool->B * sizeof(int32_t));
     pool->free_stack = malloc((size_t)nb * sizeof(int32_t));
     pool->buckets = malloc((size_t)nbk * sizeof(int32_t));
     pool->seqs = calloc((size_t)p->max_seqs, sizeof(kv_seq));
     pool->partials = malloc((size_t)p->max_seqs * (size_t)pool->B * sizeof(int32_t));
-    if (!pool->data || !pool->blk || !pool->btok || !pool->free_stack || !pool->buckets || !pool->seqs ||
+    if (!pool->blk || !pool->btok || !pool->free_stack || !pool->buckets || !pool->seqs ||
         !pool->partials) {
         mnv_kv_pool_free(pool);
         return mnv_set_error(MNV_ERR_NOMEM,
-                             "kv pool: allocating %" PRId64 " blocks of %" PRIu64 " bytes failed", nb, bb);
+                             "kv pool: allocating the tables of %" PRId64 " blocks failed", nb);
     }
     for (uint32_t i = 0; i < nbk; i++) pool->buckets[i] = -1;
     /* Stacked so that block 0 is handed out first. */
@@ -402,7 +401,6 @@ void mnv_kv_pool_free(mnv_kv_pool *pool) {
     if (pool->seqs)
         for (int32_t i = 0; i < pool->p.max_seqs; i++)
             for (int g = 0; g < MNV_KV_MAX_GROUPS; g++) free(pool->seqs[i].t[g].ids);
-    mnv_aligned_free(pool->data);
     free(pool->blk);
     free(pool->btok);
     free(pool->free_stack);
@@ -660,8 +658,13 @@ mnv_status mnv_kv_pool_prepare_append(mnv_kv_pool *pool, int32_t seq, int64_t n)
         if (n > 0 && needs_cow(pool, s, g)) {
             int64_t j = s->n_tokens / pool->B;
             int32_t old = t->ids[j], b = block_alloc(pool);
-            memcpy(pool->data + (size_t)b * pool->block_bytes, pool->data + (size_t)old * pool->block_bytes,
-                   pool->block_bytes);
+            uint64_t bb = pool->block_bytes;
+            mnv_status st = pool->p.copy(pool->p.copy_ctx, (uint64_t)b * bb, (uint64_t)old * bb, bb);
+            if (st != MNV_OK) { /* the new block goes back; the sequence keeps the shared one */
+                block_release(pool, b);
+                publish(pool);
+                return st;
+            }
             block_release(pool, old);
             t->ids[j] = b;
             pool->cow_copies++;
@@ -731,10 +734,9 @@ const int32_t *mnv_kv_pool_table(const mnv_kv_pool *pool, int32_t seq, int32_t g
     return s->t[g].ids;
 }
 
-void *mnv_kv_pool_kv(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t) {
-    size_t off = (size_t)b * pool->block_bytes +
-                 (((size_t)l * 2 + (size_t)kv) * (size_t)pool->B + (size_t)t) * pool->tok_bytes;
-    return pool->data + off;
+uint64_t mnv_kv_pool_offset(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t) {
+    return (uint64_t)b * pool->block_bytes +
+           (((uint64_t)l * 2 + (uint64_t)kv) * (uint64_t)pool->B + (uint64_t)t) * pool->tok_bytes;
 }
 
 int32_t mnv_kv_pool_block_ref(const mnv_kv_pool *pool, int32_t b) {

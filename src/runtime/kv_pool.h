@@ -1,8 +1,12 @@
 /* The KV block pool: paged K/V memory shared by many sequences.
  *
- * One allocation, sized up front from a budget, is cut into blocks of B
- * tokens (block_tokens). A block holds K and V of B tokens for every layer of
- * one layer group:
+ * One region of memory, sized up front from a budget, is cut into blocks of
+ * B tokens (block_tokens). The pool does the bookkeeping only: the memory is
+ * its owner's (the engine allocates it as a backend buffer of
+ * stats.bytes_total bytes, on whatever device computes), the pool addresses
+ * it by byte offset (mnv_kv_pool_offset) and never reads or writes it; the
+ * one copy it needs, copy on write, goes through params.copy. A block holds K
+ * and V of B tokens for every layer of one layer group:
  *
  *     block (n_layers_max, 2 = K|V, B, token bytes)      token bytes = n_kv_heads * head_dim
  *                                                        elements, or their packed form
@@ -14,9 +18,9 @@
  *
  * A sequence has one block table per group, indexed by logical block
  * (position / B) and holding physical block ids. Attention reads K/V of
- * position p of layer l (of group g) at
- *     mnv_kv_pool_kv(pool, table_g[p / B], l, K or V, p % B)
- * with no copy into a dense buffer.
+ * position p of layer l (of group g) at byte offset
+ *     mnv_kv_pool_offset(pool, table_g[p / B], l, K or V, p % B)
+ * of the block memory, with no copy into a dense buffer.
  *
  * Sliding-window groups (window W) keep a ring: before a step appends tokens
  * at positions [n, n + k), the blocks wholly before the first query's window
@@ -47,7 +51,8 @@
  *
  * Copy on write: only a partly filled block can be written to, and it is
  * shared only after mnv_kv_pool_seq_fork. mnv_kv_pool_prepare_append copies
- * a shared partial block to a block of the sequence's own before the step
+ * a shared partial block to a block of the sequence's own (params.copy,
+ * block_bytes from one block's offset to the other's) before the step
  * writes into it.
  *
  * A step: prepare_append(seq, k) for each sequence of the batch (allocates
@@ -62,8 +67,9 @@
  * a lock. mnv_kv_pool_stats_get may be called from any thread: it copies a
  * snapshot that each mutating call publishes under a mutex.
  *
- * Allocation: the blocks, block records, stored tokens, hash index and
- * partial-block buffers are allocated at create. A block table grows by
+ * Allocation: the block records, stored tokens, hash index and
+ * partial-block buffers are allocated at create (the block memory by the
+ * owner, right after). A block table grows by
  * doubling (a few reallocations over a sequence's life), and seq_start
  * allocates its lookup scratch once per sequence; steps allocate nothing
  * else. */
@@ -105,6 +111,11 @@ typedef struct {
     int64_t max_seq_tokens;  /* context limit of one sequence (default 4096) */
     uint64_t mem_available;  /* 0: the machine's MemAvailable; else this figure (tests) */
     int32_t prefix_cache;    /* 1 (default): seq_start reuses cached prefixes; 0: never */
+    /* Required: copy size bytes of block memory from byte offset src to byte
+     * offset dst (two distinct blocks) and return the status; ctx is
+     * copy_ctx. The engine wires it to the backend's buffer copy. */
+    mnv_status (*copy)(void *ctx, uint64_t dst, uint64_t src, uint64_t size);
+    void *copy_ctx;
 } mnv_kv_pool_params;
 
 typedef struct {
@@ -114,7 +125,7 @@ typedef struct {
     int64_t blocks_cached;   /* refcount 0, indexed: reusable by a prefix, evictable */
     int64_t blocks_free;
     int64_t blocks_peak_used;
-    uint64_t bytes_total;    /* blocks_total * block_bytes: the one allocation */
+    uint64_t bytes_total;    /* blocks_total * block_bytes: the block memory the owner provides */
     uint64_t bytes_used;
     uint64_t bytes_cached;
     uint64_t bytes_free;
@@ -139,10 +150,12 @@ size_t mnv_kv_bytes_per_token_layer(mnv_kv_type type, int32_t n_kv_heads, int32_
  * max_tokens), or -1 with the error set when the parameters are invalid. */
 int64_t mnv_kv_pool_plan_blocks(const mnv_kv_pool_params *p);
 
-/* Create a pool: validates p, checks blocks + metadata against the memory
- * available (MNV_ERR_NOMEM naming both figures), and allocates. The block
- * memory is not cleared (pages are touched only when written). On failure
- * *out is NULL and the error message says why. */
+/* Create a pool: validates p (a copy function is required), checks blocks
+ * + metadata against the memory available (MNV_ERR_NOMEM naming both
+ * figures), and allocates the metadata. The caller then provides the block
+ * memory: stats.bytes_total bytes, offsets as mnv_kv_pool_offset gives them;
+ * it need not be cleared. On failure *out is NULL and the error message says
+ * why. */
 mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out);
 void mnv_kv_pool_free(mnv_kv_pool *pool);
 
@@ -168,7 +181,9 @@ int64_t mnv_kv_pool_blocks_available(const mnv_kv_pool *pool);
 /* Make room for n more tokens of seq: recycle ring blocks, copy a shared
  * partial block, allocate blocks (evicting cached ones if needed). On
  * MNV_ERR_NOMEM (pool full) or MNV_ERR_RANGE (past max_seq_tokens) nothing
- * was allocated. */
+ * was allocated. When params.copy fails its status is returned: the
+ * sequence keeps the blocks it had (the shared one included) and may be
+ * prepared again or freed. */
 mnv_status mnv_kv_pool_prepare_append(mnv_kv_pool *pool, int32_t seq, int64_t n);
 /* After the step wrote K/V of n tokens: record them and index the blocks
  * they filled. n must not exceed what prepare_append made room for. */
@@ -177,9 +192,9 @@ mnv_status mnv_kv_pool_commit(mnv_kv_pool *pool, int32_t seq, const int32_t *tok
 /* The block table of seq for group g: (*n_out) physical ids, -1 for blocks a
  * ring released. Valid until the next call that changes seq. */
 const int32_t *mnv_kv_pool_table(const mnv_kv_pool *pool, int32_t seq, int32_t g, int64_t *n_out);
-/* Address of one token's K (kv = 0) or V (kv = 1) row of layer l (0-based
- * within the block's group) in block b. */
-void *mnv_kv_pool_kv(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t);
+/* Byte offset in the block memory of one token's K (kv = 0) or V (kv = 1)
+ * row of layer l (0-based within the block's group) in block b. */
+uint64_t mnv_kv_pool_offset(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t);
 /* Reference count of block b (tests, debugging). */
 int32_t mnv_kv_pool_block_ref(const mnv_kv_pool *pool, int32_t b);
 

@@ -376,11 +376,36 @@ static bool cpu_supports(mnv_backend *b, const mnv_node *n) {
     return n->op == MNV_OP_LEAF || n->op == MNV_OP_VIEW || kernels[n->op] != NULL;
 }
 
-static void *cpu_alloc(mnv_backend *b, size_t size) { return mnv_aligned_alloc(64, size); }
-static void cpu_dealloc(mnv_backend *b, void *p) { mnv_aligned_free(p); }
+/* Host memory: a buffer is its aligned block, and moving bytes is memcpy. */
+static mnv_status cpu_alloc(mnv_backend *b, size_t size, mnv_buffer **out) {
+    mnv_buffer *buf = calloc(1, sizeof *buf);
+    void *p = buf ? mnv_aligned_alloc(64, size) : NULL;
+    if (!p) {
+        free(buf);
+        *out = NULL;
+        return mnv_set_error(MNV_ERR_NOMEM, "cpu: cannot allocate a buffer of %zu bytes", size);
+    }
+    *buf = (mnv_buffer){.backend = b, .device = 0, .size = size, .addr = p};
+    *out = buf;
+    return MNV_OK;
+}
+static void cpu_dealloc(mnv_backend *b, mnv_buffer *buf) {
+    mnv_aligned_free(buf->addr);
+    free(buf);
+}
+static bool cpu_host_memory(mnv_backend *b) { return true; }
 static void *cpu_wrap(mnv_backend *b, const void *host, size_t size) { return (void *)host; }
-static mnv_status cpu_copy(mnv_backend *b, void *dst, const void *src, size_t size) {
-    memcpy(dst, src, size);
+static mnv_status cpu_upload(mnv_backend *b, mnv_buffer *dst, size_t off, const void *src, size_t size) {
+    memcpy((uint8_t *)dst->addr + off, src, size);
+    return MNV_OK;
+}
+static mnv_status cpu_download(mnv_backend *b, void *dst, const mnv_buffer *src, size_t off, size_t size) {
+    memcpy(dst, (const uint8_t *)src->addr + off, size);
+    return MNV_OK;
+}
+static mnv_status cpu_copy(mnv_backend *b, mnv_buffer *dst, size_t dst_off, const mnv_buffer *src, size_t src_off,
+                           size_t size) {
+    memcpy((uint8_t *)dst->addr + dst_off, (const uint8_t *)src->addr + src_off, size);
     return MNV_OK;
 }
 static void cpu_sync(mnv_backend *b) {}
@@ -396,8 +421,8 @@ static void cpu_free(mnv_backend *b) {
 
 static const mnv_backend_iface cpu_iface = {
     .version = MNV_BACKEND_IFACE_VERSION, .name = "cpu", .free = cpu_free, .buffer_alloc = cpu_alloc,
-    .buffer_free = cpu_dealloc, .wrap_host = cpu_wrap, .upload = cpu_copy, .download = cpu_copy,
-    .supports_node = cpu_supports, .compute = cpu_compute, .synchronize = cpu_sync, .n_threads = cpu_threads,
+    .buffer_free = cpu_dealloc, .host_memory = cpu_host_memory, .wrap_host = cpu_wrap, .upload = cpu_upload,
+    .download = cpu_download, .copy = cpu_copy, .supports_node = cpu_supports, .compute = cpu_compute, .synchronize = cpu_sync, .n_threads = cpu_threads,
 };
 
 mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out) {
