@@ -531,7 +531,8 @@ typedef struct {
     mnv_dtype kv_dtype;       /* KV element type: F32 (default, exact), F16 or BF16 */
     uint64_t kv_budget_bytes; /* memory of the KV block pool; 0: sized from kv_max_tokens */
     int32_t kv_max_tokens;    /* with kv_budget_bytes 0: tokens of context all sequences hold
-                                 together; 0 = max_seqs * max_seq_tokens, at most 65536 */
+                                 together; 0: max_seqs sequences of max_seq_tokens (in whole
+                                 blocks), at most 65536 */
     int32_t kv_block_tokens;  /* tokens per KV block; 0 = 16 */
     int32_t max_seqs;         /* requests running at once; 0 = 8 (more wait in a queue) */
     int32_t max_seq_tokens;   /* context of one request; 0 = min(model's, 4096) */
@@ -621,6 +622,7 @@ typedef struct {
     int64_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
     int32_t kv_block_tokens;
     uint64_t graph_cache_hits, graph_cache_misses;
+    uint64_t preemptions;       /* requests sent back to the queue for room (recomputed later) */
     double host_seconds;        /* building, planning and filling step inputs, summed */
     double compute_seconds;     /* running the steps' graphs, summed */
     uint32_t reserved[8];

@@ -170,6 +170,7 @@ static void test_equivalence(const char *dir) {
     run_cfg tight = {4, 32, 176, 0, 1};
     batched(m, prompts, lens, n, n_gen, &tight, got, &es, cached);
     compare(dir, "small pool", want, got, n);
+    printf("%-36s small pool: same ids; %llu preemptions\n", dir, (unsigned long long)es.preemptions);
     run_cfg noprefix = {16, 512, 4096, 0, 0};
     batched(m, prompts, lens, n, n_gen, &noprefix, got, &es, cached);
     compare(dir, "16 at once, no prefix cache", want, got, n);
@@ -426,9 +427,9 @@ static void test_stress(mnv_model *m) {
     mnv_engine_stats es;
     mnv_engine_get_stats(e, &es);
     CHECK(es.kv_bytes_peak <= es.kv_bytes_total);
-    printf("stress: %d finished, %d cancelled, %llu steps, peak %llu of %llu KV bytes\n", ok, cancelled,
-           (unsigned long long)es.steps, (unsigned long long)es.kv_bytes_peak,
-           (unsigned long long)es.kv_bytes_total);
+    printf("stress: %d finished, %d cancelled, %llu steps, %llu preemptions, peak %llu of %llu KV bytes\n", ok,
+           cancelled, (unsigned long long)es.steps, (unsigned long long)es.preemptions,
+           (unsigned long long)es.kv_bytes_peak, (unsigned long long)es.kv_bytes_total);
     mnv_engine_free(e); /* the pool's own invariants were checked by every engine test above */
 }
 

@@ -37,8 +37,10 @@ static mnv_status resolve_params(const mnv_model *m, const mnv_engine_params *in
     if (p->max_seq_tokens <= 0) p->max_seq_tokens = MNV_MIN(train, 4096);
     if (p->kv_block_tokens <= 0) p->kv_block_tokens = 16;
     if (p->step_tokens <= 0) p->step_tokens = 512;
-    if (p->kv_max_tokens <= 0)
-        p->kv_max_tokens = (int32_t)MNV_MIN((int64_t)p->max_seqs * p->max_seq_tokens, (int64_t)65536);
+    if (p->kv_max_tokens <= 0) { /* every sequence at full length, in whole blocks */
+        int64_t per = ((int64_t)p->max_seq_tokens + p->kv_block_tokens - 1) / p->kv_block_tokens * p->kv_block_tokens;
+        p->kv_max_tokens = (int32_t)MNV_MIN((int64_t)p->max_seqs * per, (int64_t)65536);
+    }
     struct {
         const char *name;
         int64_t v, lo, hi;
@@ -75,7 +77,9 @@ void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t 
     for (int32_t l = 0; lg && l < L; l++) pp->groups[lg[l]].n_layers++;
     free(lg);
     pp->budget_bytes = budget_bytes;
-    pp->max_tokens = max_tokens > 0 ? max_tokens : (int64_t)max_seqs * max_seq_tokens;
+    /* default: every sequence at full length, in whole blocks */
+    pp->max_tokens = max_tokens > 0 ? max_tokens
+                                    : (int64_t)max_seqs * ((max_seq_tokens + block_tokens - 1) / block_tokens * block_tokens);
     pp->max_seqs = max_seqs;
     pp->max_seq_tokens = max_seq_tokens;
 }

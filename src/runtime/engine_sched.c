@@ -341,8 +341,13 @@ static void admit(mnv_engine *e) {
             finish(e, r, st);
             continue;
         }
-        int64_t first = MNV_MIN((int64_t)(r->n_tokens - cached), (int64_t)e->p.kv_block_tokens);
-        if (mnv_kv_pool_blocks_needed(e->pool, seq, first) > mnv_kv_pool_blocks_available(e->pool)) {
+        /* beside running requests, a request is admitted only with room for
+         * all of its prompt and its first generated token, so that requests
+         * do not take turns preempting each other in a tight pool; alone, it
+         * needs room for its first block */
+        int64_t left = r->n_tokens - cached, first = MNV_MIN(left, (int64_t)e->p.kv_block_tokens);
+        int64_t need = mnv_kv_pool_blocks_needed(e->pool, seq, e->n_running > 0 ? left + 1 : first);
+        if (need > mnv_kv_pool_blocks_available(e->pool)) {
             mnv_kv_pool_seq_free(e->pool, seq);
             if (e->n_running > 0) return; /* room comes back as running requests end */
             fail(e, r, MNV_ERR_NOMEM, "the KV pool cannot hold %lld more tokens of it (%lld blocks in all)",
@@ -367,6 +372,7 @@ static void admit(mnv_engine *e) {
 /* Back to the front of the queue: its blocks are freed (the full ones stay
  * cached for its return), its tokens so far become its prompt. */
 static void preempt(mnv_engine *e, mnv__request *r) {
+    e->stats.preemptions++;
     running_remove(e, r);
     mnv_kv_pool_seq_free(e->pool, r->seq);
     r->seq = -1;

@@ -38,7 +38,8 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     ep.kv_dtype = s->params.kv_dtype;
     ep.max_seqs = n_seq;
     ep.max_seq_tokens = s->params.n_ctx;
-    ep.kv_max_tokens = (int32_t)MNV_MIN((int64_t)n_seq * s->params.n_ctx, (int64_t)INT32_MAX);
+    ep.kv_block_tokens = 16;
+    ep.kv_max_tokens = (int32_t)MNV_MIN((int64_t)n_seq * ((s->params.n_ctx + 15) / 16 * 16), (int64_t)INT32_MAX);
     ep.step_tokens = s->params.n_batch;
     ep.exact_quant = s->params.exact_quant;
     ep.deterministic = s->params.deterministic;
