@@ -59,6 +59,7 @@ typedef struct {
     mnv_isa isa;       /* the level it needs */
     int feat;          /* and this optional feature (mnv_cpu_feat), or -1 */
     void (*run)(const mnv_matmul_args *a, int ith, int nth);
+    int64_t pass_rows;    /* rows of x its decode kernel takes at once (m <= this: run alone) */
     int64_t passes_max_m; /* m up to this runs as passes of the decode kernel (run_passes) */
 } matmul_impl;
 
@@ -76,14 +77,14 @@ static void run_avx512(const mnv_matmul_args *a, int ith, int nth) {
 static const matmul_impl impls[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     /* its own mid-size path (BF16 dot products) up to MNV_MATMUL_MID_MAX_M */
-    {"avx512-bf16", MNV_ISA_AVX512, MNV_CPU_AVX512_BF16, run_avx512_bf16, MNV_MATMUL_GEMV_MAX_M},
-    {"avx512", MNV_ISA_AVX512, -1, run_avx512, MNV_MATMUL_PASSES_MAX_M},
-    {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2, MNV_MATMUL_PASSES_MAX_M},
+    {"avx512-bf16", MNV_ISA_AVX512, MNV_CPU_AVX512_BF16, run_avx512_bf16, 4, 4},
+    {"avx512", MNV_ISA_AVX512, -1, run_avx512, 4, MNV_MATMUL_PASSES_MAX_M},
+    {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2, 6, MNV_MATMUL_PASSES_MAX_M},
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
-    {"neon", MNV_ISA_NEON, -1, mnv__matmul_neon, MNV_MATMUL_PASSES_MAX_M},
+    {"neon", MNV_ISA_NEON, -1, mnv__matmul_neon, 4, MNV_MATMUL_PASSES_MAX_M},
 #endif
-    {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar, MNV_MATMUL_GEMV_MAX_M},
+    {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar, 4, 4},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };
 
@@ -142,14 +143,14 @@ size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype) {
  * re-read from cache by the later passes (16 rows of 4864 bf16 weights: 152 KiB). */
 enum { PASS_JB = 16 };
 
-/* m rows of x in passes of at most MNV_MATMUL_GEMV_MAX_M rows of the decode
+/* m rows of x in passes of at most impl->pass_rows rows of the decode
  * kernel, block after block of W rows: the weights are read from memory once
  * and nothing is packed or converted ahead (batched decode: a few rows per
  * sequence); a row's result is the one the decode kernel gives it alone. */
 static void run_passes(const matmul_impl *impl, const mnv_matmul_args *a, int ith, int nth) {
     int64_t n0, n1;
     mnv__matmul_split(a->n, ith, nth, PASS_JB, &n0, &n1);
-    const int64_t m = a->m, npass = (m + MNV_MATMUL_GEMV_MAX_M - 1) / MNV_MATMUL_GEMV_MAX_M;
+    const int64_t m = a->m, npass = (m + impl->pass_rows - 1) / impl->pass_rows;
     const int64_t per = (m + npass - 1) / npass; /* m = 9 as 3 + 3 + 3, not 4 + 4 + 1 */
     const size_t es = mnv_dtype_size(a->wtype);
     for (int64_t jb = n0; jb < n1; jb += PASS_JB) {
@@ -180,8 +181,8 @@ void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth) {
         return;
     }
     const matmul_impl *impl = current_impl();
-    const bool passes = a->row_invariant ? a->m > MNV_MATMUL_GEMV_MAX_M
-                                         : a->m > MNV_MATMUL_GEMV_MAX_M && a->m <= impl->passes_max_m;
+    const bool passes = a->row_invariant ? a->m > impl->pass_rows
+                                         : a->m > impl->pass_rows && a->m <= impl->passes_max_m;
     if (passes)
         run_passes(impl, a, ith, nth);
     else

@@ -17,7 +17,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 enum {
-    MAXR = 4,  /* decode: x rows (m <= 4) */
+    MAXR = 6,  /* decode: x rows (m <= 6; batched decode converts each bf16 weight once for 6 rows) */
     MR = 6,    /* prefill tile: x rows ... */
     NR = 16,   /* ... by W rows: 6 x 2 accumulators + 2 W + 1 x = 15 registers */
     KC = 512,  /* k per packed block: an MR x KC slice of x stays in L1 */
@@ -173,7 +173,7 @@ INLINE void run_packed(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dty
 INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const void *const *w,
                      int64_t k, float out[MAXR][4]) {
     __m256 acc[MAXR][4];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
@@ -182,7 +182,7 @@ INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const voi
         __m256 wv[4];
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) wv[c] = load_w8(w[c], kk, t);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             __m256 xv = _mm256_loadu_ps(x[i] + kk);
             __asm__("" : "+x"(xv));
@@ -191,7 +191,7 @@ INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const voi
         }
     }
     const __m256 z = _mm256_setzero_ps();
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) {
         _mm_storeu_ps(out[i], hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z,
                                     C > 3 ? acc[i][3] : z));
@@ -205,7 +205,7 @@ INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const voi
 INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t, int R, int C) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, part = (n1 - n0) / C;
     const float *x[MAXR];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
     for (int64_t r = 0; r < part; r++) {
         const void *w[4];
@@ -214,7 +214,7 @@ INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype
         for (int c = 0; c < C; c++)
             w[c] = (const char *)a->w + (n0 + c * part + r) * a->ldw * wsize;
         rows_dot(R, C, t, x, w, a->k, out);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
             for (int c = 0; c < C; c++) a->y[i * a->ldy + n0 + c * part + r] = out[i][c];
@@ -223,18 +223,22 @@ INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype
         const void *w[4] = {(const char *)a->w + j * a->ldw * wsize};
         float out[MAXR][4];
         rows_dot(R, 1, t, x, w, a->k, out);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int i = 0; i < R; i++) a->y[i * a->ldy + j] = out[i][0];
     }
 }
 
 /* One instantiation per weight type: decode (R = m) or prefill tiles. */
 INLINE void run_type(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t) {
-    switch (a->m) { /* decode: up to 4 streams, R*C + C + 1 <= 16 registers */
+    switch (a->m) { /* decode: up to 4 streams, R*C + C + 1 <= 16 registers; a row's sum is
+                     * the same at every R and C (one accumulator chain per row and W row,
+                     * a symmetric horizontal sum) */
     case 1: run_rows(a, n0, n1, t, 1, 4); break;
     case 2: run_rows(a, n0, n1, t, 2, 4); break;
     case 3: run_rows(a, n0, n1, t, 3, 3); break;
     case 4: run_rows(a, n0, n1, t, 4, 2); break;
+    case 5: run_rows(a, n0, n1, t, 5, 2); break;
+    case 6: run_rows(a, n0, n1, t, 6, 2); break;
     default: run_packed(a, n0, n1, t); break;
     }
 }
