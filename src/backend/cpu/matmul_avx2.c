@@ -17,6 +17,7 @@
 #define INLINE static inline __attribute__((always_inline))
 
 enum {
+    PF_K = 512, /* decode with several rows of x: weights prefetched this many elements ahead */
     MAXR = 6,  /* decode: x rows (m <= 6; batched decode converts each bf16 weight once for 6 rows) */
     MR = 6,    /* prefill tile: x rows ... */
     NR = 16,   /* ... by W rows: 6 x 2 accumulators + 2 W + 1 x = 15 registers */
@@ -181,7 +182,12 @@ INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const voi
     for (; kk + 8 <= k; kk += 8) {
         __m256 wv[4];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++) wv[c] = load_w8(w[c], kk, t);
+        for (int c = 0; c < C; c++) {
+            /* several rows of x: the FMAs hide the stream only if it is fetched ahead */
+            if (R > 2 && (kk & 31) == 0)
+                _mm_prefetch((const char *)w[c] + (kk + PF_K) * (t == MNV_DTYPE_F32 ? 4 : 2), _MM_HINT_T0);
+            wv[c] = load_w8(w[c], kk, t);
+        }
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++) {
             __m256 xv = _mm256_loadu_ps(x[i] + kk);
