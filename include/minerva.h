@@ -344,7 +344,7 @@ typedef struct {
                             slower); 0 (default): activations rounded to int8 per row where the
                             CPU has fast int8 dot products, as llama.cpp does */
     int32_t deterministic; /* 1: every token's results are computed as if it were alone in its
-                              batch (matrix products row by row through the decode kernels), so
+                              batch (matrix products as passes of the decode kernels), so
                               a prompt gives the same tokens whether it is evaluated in one batch,
                               in chunks, or batched with other requests on an engine with the
                               same setting; prefill is slower. 0 (default): products pick the

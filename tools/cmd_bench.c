@@ -33,7 +33,7 @@ static const char USAGE[] =
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
     "      --kv-type T     KV cache element type: f32, bf16 or f16 (default f32)\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
-    "      --deterministic products row by row, as if every token were alone in its batch\n"
+    "      --deterministic products as if every token were alone in its batch\n"
     "      --json          print one JSON object instead of text\n"
     "      --parallel LIST N concurrent sequences on one engine instead of the pp and tg\n"
     "                      tests, for each N of LIST (e.g. 1,2,4,8,16): N random prompts\n"
