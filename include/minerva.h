@@ -553,7 +553,8 @@ MNV_API mnv_engine_params mnv_engine_params_default(void);
  * memory available. */
 MNV_API mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, mnv_engine **out);
 /* Cancel every request (their on_done sees MNV_ERR_CANCELLED), stop the
- * step thread, free everything. Not from a callback. */
+ * step thread, free everything. Not from a callback, and not while another
+ * thread is in mnv_engine_wait (collect or detach requests first). */
 MNV_API void mnv_engine_free(mnv_engine *e);
 
 typedef struct {

@@ -192,4 +192,13 @@ else
     bad "MNV_EMBED is not set"
 fi
 
+# ---- the chats example: three conversations on one engine ---------------------------------------------------------
+if [ -n "$MNV_CHATS" ]; then
+    expect_rc "chats MODEL 3" 0 "$MNV_CHATS" "$MODEL" 3
+    check "chats answers every conversation" [ "$(grep -c ' generated, first token after ' "$TMP/out")" -eq 3 ]
+    expect_fail "chats with a missing model prints the library's error" 1 "mnv_model_load failed" "$MNV_CHATS" "$TMP/nothing"
+else
+    bad "MNV_CHATS is not set"
+fi
+
 e2e_done
