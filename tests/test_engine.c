@@ -171,6 +171,15 @@ static void test_equivalence(const char *dir) {
     batched(m, prompts, lens, n, n_gen, &tight, got, &es, cached);
     compare(dir, "small pool", want, got, n);
     printf("%-36s small pool: same ids; %llu preemptions\n", dir, (unsigned long long)es.preemptions);
+    /* one sequence in a pool of 64 tokens: a prompt chunk shrinks until the
+     * window's ring fits beside the full layers' blocks */
+    int short_lens[MAXP];
+    for (int i = 0; i < n; i++) short_lens[i] = MNV_MIN(lens[i], 44);
+    alone(m, prompts, short_lens, n, n_gen, want);
+    run_cfg single = {1, 512, 64, 0, 1};
+    batched(m, prompts, short_lens, n, n_gen, &single, got, &es, cached);
+    compare(dir, "one sequence, a 64-token pool", want, got, n);
+    alone(m, prompts, lens, n, n_gen, want);
     run_cfg noprefix = {16, 512, 4096, 0, 0};
     batched(m, prompts, lens, n, n_gen, &noprefix, got, &es, cached);
     compare(dir, "16 at once, no prefix cache", want, got, n);

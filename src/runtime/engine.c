@@ -101,6 +101,7 @@ static mnv_status make_pool(mnv_engine *e) {
     if (!e->layer_group || !e->layer_index || !e->kv_k || !e->kv_v)
         return mnv_set_error(MNV_ERR_NOMEM, "engine: out of memory");
     mnv_model_kv_groups(c, &e->n_groups, window, e->layer_group, e->layer_index);
+    memcpy(e->window, window, sizeof e->window);
     mnv_kv_pool_params pp;
     mnv__kv_pool_params(c, e->p.kv_dtype, e->p.kv_block_tokens, e->p.max_seqs, e->p.max_seq_tokens,
                         e->p.kv_max_tokens, e->p.kv_budget_bytes, &pp);

@@ -34,6 +34,7 @@ struct mnv_engine {
     mnv_buffer *kv_mem; /* the pool's block memory, on the backend */
     mnv_kv_cache kv;                  /* the model's view of the pool */
     int32_t n_groups, *layer_group, *layer_index;
+    int32_t window[MNV_MAX_KV_GROUPS]; /* per layer group: 0 full attention, else its window */
     void **kv_k, **kv_v;
     mnv__gentry gc[MNV_GCACHE];
     uint64_t tick;

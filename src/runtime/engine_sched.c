@@ -32,6 +32,7 @@ struct mnv__request {
     int32_t *tokens;           /* prompt, then every sampled token */
     int32_t n_prompt, n_tokens, cap;
     int32_t seq;               /* pool sequence, -1 while waiting */
+    int32_t chunk_cap;         /* prompt tokens a step may take (lowered when the pool is tight) */
     int32_t n_eval;            /* tokens whose K/V the sequence holds */
     bool admitted;             /* at least once */
     mnv__gen gen;
@@ -188,7 +189,13 @@ static mnv_status check_prompt(const mnv_engine *e, const mnv_request_params *p)
     if (p->n_prompt > (size_t)e->p.max_seq_tokens)
         return mnv_set_error(MNV_ERR_RANGE, "mnv_engine_submit: a prompt of %zu tokens exceeds the context of %d",
                              p->n_prompt, e->p.max_seq_tokens);
-    int64_t B = e->p.kv_block_tokens, blocks = ((int64_t)p->n_prompt + B - 1) / B * e->n_groups;
+    /* the blocks its prompt needs at least: every block in full layer groups,
+     * in sliding ones the window's ring (prompt chunks shrink to fit) */
+    int64_t B = e->p.kv_block_tokens, n = (int64_t)p->n_prompt, blocks = 0;
+    for (int32_t g = 0; g < e->n_groups; g++) {
+        int64_t full = (n + B - 1) / B, w = e->window[g];
+        blocks += w > 0 ? MNV_MIN(full, (w + B - 1) / B + 1) : full; /* chunks of one token at worst */
+    }
     if (blocks > e->kv.n_blocks)
         return mnv_set_error(MNV_ERR_RANGE,
                              "mnv_engine_submit: a prompt of %zu tokens needs %lld KV blocks, the pool has %lld",
@@ -213,6 +220,7 @@ mnv_status mnv_engine_submit(mnv_engine *e, const mnv_request_params *params, ui
     mnv__request *r = calloc(1, sizeof *r);
     if (!r) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     r->seq = -1;
+    r->chunk_cap = INT32_MAX;
     r->on_done = p.on_done;
     r->detached = p.detached;
     r->n_prompt = r->n_tokens = (int32_t)p.n_prompt;
@@ -391,7 +399,7 @@ static int32_t build_parts(mnv_engine *e) {
             mnv__request *r = e->running[i];
             int32_t left = r->n_tokens - r->n_eval;
             if ((pass == 0) != (left == 1)) continue;
-            int32_t k = MNV_MIN(left, budget);
+            int32_t k = MNV_MIN(MNV_MIN(left, budget), r->chunk_cap);
             e->parts[n] = (mnv__step_part){r->seq, r->tokens + r->n_eval, k, k == left ? k - 1 : k};
             e->part_req[n++] = r;
             budget -= k;
@@ -416,6 +424,13 @@ static int32_t make_room(mnv_engine *e) {
         }
         if (bad == -1) return n;
         if (bad == -2) continue;
+        /* a prompt chunk that does not fit first gets smaller (a sliding
+         * window's ring grows with the chunk), down to one token */
+        mnv__request *br = e->part_req[bad];
+        if (e->parts[bad].n > 1) {
+            br->chunk_cap = e->parts[bad].n / 2;
+            continue;
+        }
         if (e->n_running == 1) {
             mnv__request *r = e->running[0];
             fail(e, r, MNV_ERR_NOMEM, "the KV pool is full with %lld tokens of this request alone (%lld blocks)",
