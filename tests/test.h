@@ -57,6 +57,19 @@ static inline uint64_t t_rand64(void) {
 static inline float t_randf(void) { return (float)((t_rand64() >> 40) * (1.0 / 8388608.0)) - 1.0f; }
 static inline int t_randint(int lo, int hi) { return lo + (int)(t_rand64() % (uint64_t)(hi - lo + 1)); }
 
+#ifdef MINERVA_H
+/* A model for a test (NULL, recorded as a failure, when it cannot load);
+ * *n_vocab: its vocabulary size. */
+static inline mnv_model *t_load_model(const char *dir, int *n_vocab) {
+    mnv_model *m = NULL;
+    mnv_status st = mnv_model_load(dir, NULL, &m);
+    CHECKF(st == MNV_OK, "%s: %s", dir, mnv_last_error());
+    mnv_model_info info;
+    if (m && n_vocab) *n_vocab = mnv_model_get_info(m, &info) == MNV_OK ? info.n_vocab : 0;
+    return m;
+}
+#endif
+
 /* relative L2 error ||a-b|| / ||b|| */
 static inline double t_rel_l2(const float *a, const float *b, size_t n) {
     double num = 0, den = 0;

@@ -124,17 +124,14 @@ static int compare(const char *dir, const char *what, const got_ids *want, const
 }
 
 static void test_equivalence(const char *dir) {
-    mnv_model *m = NULL;
-    mnv_status st = mnv_model_load(dir, NULL, &m);
-    CHECKF(st == MNV_OK, "%s: %s", dir, mnv_last_error());
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
     if (!m) return;
-    mnv_model_info info;
-    mnv_model_get_info(m, &info);
     static int32_t prompts[MAXP][96];
     int lens[MAXP], n = MAXP, n_gen = 20;
     for (int i = 0; i < n; i++) { /* 1 to 90 tokens, some chunked (step 32) */
         lens[i] = i == 0 ? 1 : t_randint(2, 90);
-        for (int j = 0; j < 96; j++) prompts[i][j] = t_randint(0, info.n_vocab - 1);
+        for (int j = 0; j < 96; j++) prompts[i][j] = t_randint(0, V - 1);
     }
     got_ids want[MAXP], got[MAXP];
     int32_t cached[MAXP];
@@ -190,14 +187,9 @@ static void test_equivalence(const char *dir) {
 /* Replayed graphs against graphs built afresh for every step: bit-identical
  * logits over a prefill and decode steps of two sequences. */
 static void test_graph_replay(const char *dir) {
-    mnv_model *m = NULL;
-    if (mnv_model_load(dir, NULL, &m) != MNV_OK) {
-        CHECKF(0, "%s: %s", dir, mnv_last_error());
-        return;
-    }
-    mnv_model_info info;
-    mnv_model_get_info(m, &info);
-    int V = info.n_vocab;
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
     float *a = malloc(sizeof(float) * 2 * (size_t)V), *b = malloc(sizeof(float) * 2 * (size_t)V);
     mnv_session *s1 = NULL, *s2 = NULL;
     mnv_session_params sp = mnv_session_params_default();
@@ -238,14 +230,10 @@ static void test_graph_replay(const char *dir) {
  * blocks cached for a context that starts the same way. Deterministic: the
  * logits must be bit-identical to the first evaluation's. */
 static void test_session_restart(const char *dir) {
-    mnv_model *m = NULL;
-    if (mnv_model_load(dir, NULL, &m) != MNV_OK) {
-        CHECKF(0, "%s: %s", dir, mnv_last_error());
-        return;
-    }
-    mnv_model_info info;
-    mnv_model_get_info(m, &info);
-    int V = info.n_vocab, n = 60;
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
+    int n = 60;
     mnv_session_params sp = mnv_session_params_default();
     sp.deterministic = 1;
     sp.n_batch = 8;

@@ -142,15 +142,9 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
     st = mnv_backend_create(&bp, &e->be);
     if (st == MNV_OK) st = mnv_executor_create(e->be, &e->ex);
     if (st == MNV_OK) st = make_pool(e);
-    if (st == MNV_OK) {
-        int32_t T = e->p.step_tokens, S = e->p.max_seqs;
-        e->b_ids = calloc((size_t)T * 4 + (size_t)S, sizeof(int32_t));
-        e->b_tables = calloc((size_t)e->n_groups, sizeof(int32_t *));
-        e->b_slots = calloc((size_t)e->n_groups * (size_t)T, sizeof(int32_t));
-        e->vocab_rows = calloc((size_t)e->model->cfg.vocab_size, sizeof(float));
-        if (!e->b_ids || !e->b_tables || !e->b_slots || !e->vocab_rows)
-            st = mnv_set_error(MNV_ERR_NOMEM, "engine: out of memory");
-    }
+    /* the step arrays (ids, tables, slots) are sized by the first steps and grow only */
+    if (st == MNV_OK && !(e->b_tables = calloc((size_t)e->n_groups, sizeof(int32_t *))))
+        st = mnv_set_error(MNV_ERR_NOMEM, "engine: out of memory");
     if (st != MNV_OK) {
         mnv__engine_destroy(e);
         return st;
@@ -170,7 +164,6 @@ void mnv__engine_destroy(mnv_engine *e) {
     free(e->b_tables);
     free(e->b_ids);
     free(e->b_slots);
-    free(e->vocab_rows);
     free(e->layer_group);
     free(e->layer_index);
     free(e->kv_k);

@@ -45,7 +45,6 @@ struct mnv_engine {
     int32_t **b_tables;
     size_t b_tcap[MNV_MAX_KV_GROUPS];
     int32_t *b_slots;
-    float *vocab_rows;                /* scratch logits */
     mnv__step_figures last;
     mnv_engine_stats stats;           /* step-thread counters (published under mu) */
 
@@ -71,7 +70,6 @@ struct mnv_engine {
     bool thread_started;
     atomic_int stop;
     atomic_int abort;                 /* the backend's abort flag: engine shutdown */
-    uint64_t kv_peak;
 };
 
 #endif

@@ -74,7 +74,6 @@ static void reg_remove(mnv_engine *e, int32_t i) { e->reg[i] = e->reg[--e->n_reg
 static void publish(mnv_engine *e) {
     mnv_kv_pool_stats ps;
     mnv_kv_pool_stats_get(e->pool, &ps);
-    e->kv_peak = MNV_MAX(e->kv_peak, ps.bytes_used);
     pthread_mutex_lock(&e->mu);
     e->snap = e->stats;
     e->snap.n_running = e->n_running;

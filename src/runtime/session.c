@@ -77,7 +77,6 @@ void mnv_session_free(mnv_session *s) {
     mnv__engine_destroy(s->e);
     free(s->parts);
     free(s->last_logits);
-    free(s->scratch);
     free(s);
 }
 
@@ -187,9 +186,9 @@ static mnv_status check_batch(mnv_session *s, const mnv_batch *b, int32_t *first
 }
 
 mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out) {
-    int32_t V = s->model->cfg.vocab_size, *first = calloc((size_t)s->n_seq * 4 + (size_t)b->n_tokens, 4);
+    int32_t V = s->model->cfg.vocab_size, *first = calloc((size_t)s->n_seq * 3 + (size_t)b->n_tokens, 4);
     if (!first) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    int32_t *count = first + s->n_seq, *row0 = count + s->n_seq, *part_of = row0 + s->n_seq, *ids = part_of + s->n_seq;
+    int32_t *count = first + s->n_seq, *row0 = count + s->n_seq, *ids = row0 + s->n_seq;
     mnv_status st = check_batch(s, b, first, count);
     int32_t n = 0, rows = 0, n_pre = 0, skipped = 0;
     for (int32_t q = 0; st == MNV_OK && q < s->n_seq; q++) {
@@ -200,7 +199,7 @@ mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits
         st = seq_ready(s, q, p0, ids, count[q], false, &n_pre, &skipped);
         s->parts[n] = (mnv__step_part){s->seqs[q].seq, s->seqs[q].hist + p0 - n_pre, n_pre + count[q], n_pre};
         row0[q] = rows;
-        part_of[q] = n++;
+        n++;
         rows += count[q];
     }
     float *all = st == MNV_OK ? malloc((size_t)rows * (size_t)V * sizeof(float)) : NULL;

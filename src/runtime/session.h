@@ -25,8 +25,6 @@ struct mnv_session {
     int32_t n_past;          /* tokens in sequence 0's context */
     float *last_logits;      /* n_vocab: logits of the last evaluated token */
     bool logits_valid;       /* last_logits belong to the token at n_past - 1 */
-    int32_t *scratch;        /* step building */
-    size_t scratch_cap;
     mnv__step_part *parts;   /* n_seq */
     atomic_int cancel;       /* mnv_session_cancel's request, set from any thread */
 };
