@@ -116,6 +116,18 @@ static inline size_t mnv__qpanel_bytes(void) {
     return (MNV_MAX(i8, f32) + 63) / 64 * 64;
 }
 
+/* The k block of the int8 prefill kernels: a multiple of the group size G
+ * that splits k evenly, about 512 KiB of int8 x (kept in L2 across a
+ * thread's panels), at most cap. */
+static inline int64_t mnv__qpick_kc(int64_t m, int64_t k, int64_t G, int64_t cap) {
+    int64_t t = 512 * 1024 / (m > 1 ? m : 1);
+    t = t < cap ? t : cap;
+    t = t > 256 ? t : 256;
+    t = t / G * G > G ? t / G * G : G;
+    const int64_t nb = (k + t - 1) / t;
+    return ((k + nb - 1) / nb + G - 1) / G * G;
+}
+
 /* Thread ith's contiguous share [*lo, *hi) of n rows, chunks rounded up to align. */
 static inline void mnv__qsplit(int64_t n, int ith, int nth, int64_t align, int64_t *lo, int64_t *hi) {
     int64_t chunk = (n + nth - 1) / nth;

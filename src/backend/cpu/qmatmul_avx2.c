@@ -1044,15 +1044,6 @@ static void i8_tile_fp4(const uint8_t *pc, const float *sw, const float *bw, int
 }
 #undef I8_TILE_ARGS
 
-/* k block: a multiple of the group size that splits k evenly, about 512 KiB
- * of int8 x (kept in L2 across the thread's panels), at most QI8_KC_MAX. */
-static int64_t pick_kc_i8(int64_t m, int64_t k, int64_t G) {
-    int64_t t = MNV_MAX(256, MNV_MIN(MNV__QI8_KC_MAX, (512 * 1024) / MNV_MAX(m, 1)));
-    t = MNV_MAX(G, t / G * G);
-    const int64_t nb = (k + t - 1) / t;
-    return ((k + nb - 1) / nb + G - 1) / G * G;
-}
-
 static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     const int64_t m = a->m, k = a->k, G = d->G;
     uint8_t *base = mnv__align64(a->scratch);
@@ -1064,7 +1055,7 @@ static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
 
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
-    const int64_t kc_max = pick_kc_i8(m, k, G);
+    const int64_t kc_max = mnv__qpick_kc(m, k, G, MNV__QI8_KC_MAX);
     i8_tile_fn *tile = d->bits == 8                  ? i8_tile_q8
                        : d->fp4 || d->bits == 5       ? i8_tile_fp4
                        : d->bits == 6                 ? i8_tile_q6

@@ -538,15 +538,6 @@ static void i8_tile_any(int C, bool fp4, const i8panel *p, int64_t ngb, int64_t 
 }
 #undef I8_TILE_ARGS
 
-/* k block: a multiple of the group size that splits k evenly, about 512 KiB
- * of int8 x (kept in L2 across the thread's panels), at most QI8_KC_MAX. */
-static int64_t pick_kc_i8(int64_t m, int64_t k, int64_t G) {
-    int64_t t = MNV_MAX(256, MNV_MIN(MNV__QI8_KC_MAX - 128, (512 * 1024) / MNV_MAX(m, 1)));
-    t = MNV_MAX(G, t / G * G);
-    const int64_t nb = (k + t - 1) / t;
-    return ((k + nb - 1) / nb + G - 1) / G * G;
-}
-
 static void vnni_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     const int64_t m = a->m, k = a->k, G = d->G;
     uint8_t *base = mnv__align64(a->scratch);
@@ -558,7 +549,7 @@ static void vnni_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int
 
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
-    const int64_t kc_max = pick_kc_i8(m, k, G);
+    const int64_t kc_max = mnv__qpick_kc(m, k, G, MNV__QI8_KC_MAX - 128);
     const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     for (int64_t k0 = 0; k0 < k; k0 += kc_max) {
         const int64_t kc = MNV_MIN(kc_max, k - k0), ngb = kc / G;
