@@ -182,9 +182,6 @@ static void problem_free(problem *p) {
  * rounding x to int8, sum_g dx_g/2 * sum_{j in g} |w_j|, plus 1e-5 sum |x w|
  * for f32 arithmetic. */
 static void reference_mag(const problem *p, bool int8_x, float *yref, double *bound, double *mag_out);
-static void reference(const problem *p, bool int8_x, float *yref, double *bound) {
-    reference_mag(p, int8_x, yref, bound, NULL);
-}
 
 /* As reference; mag_out (optional): per output, sum |xs w|, the scale of its
  * f32 rounding. */
@@ -293,10 +290,10 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
     problem p;
     problem_init(&p, f, m, n, k);
     float *yref = malloc(sizeof(float) * (size_t)(m * n)), *yq = malloc(sizeof(float) * (size_t)(m * n));
-    double *magq = malloc(sizeof(double) * (size_t)(m * n));
+    double *magq = malloc(sizeof(double) * (size_t)(m * n)), *mag = malloc(sizeof(double) * (size_t)(m * n));
     float *ycmp = malloc(sizeof(float) * (size_t)(m * n));
     double *bound = malloc(sizeof(double) * (size_t)(m * n));
-    reference(&p, false, yref, bound);
+    reference_mag(&p, false, yref, bound, mag);
     bool have_q = false;
     const mnv_qformat qf = to_qformat(f);
     const size_t ss = mnv_cpu_qmatmul_scratch_size(m, k, &qf, nth);
@@ -341,9 +338,12 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
                "written outside", label, name, (long long)m, (long long)n, (long long)k, nth, unwritten, overwritten);
         const bool i8 = int8_path(impl, f, m, !no_scratch, !no_barrier, nth);
         const double err = t_rel_l2(ycmp, yref, (size_t)(m * n));
-        if (!i8) {
-            CHECKF(err < TOL_F32, "%s %s m=%lld n=%lld k=%lld nth=%d: rel L2 %.3g", label, name, (long long)m,
-                   (long long)n, (long long)k, nth, err);
+        if (!i8) { /* as against int8-rounded x below: relative L2, or each output within f32
+                    * rounding of its terms (a few outputs that cancel have no useful relative error) */
+            int64_t far = 0;
+            for (int64_t t = 0; t < m * n; t++) far += !(fabs((double)ycmp[t] - yref[t]) <= TOL_F32 * mag[t]);
+            CHECKF(err < TOL_F32 || far == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: rel L2 %.3g", label, name,
+                   (long long)m, (long long)n, (long long)k, nth, err);
         } else {
             int64_t over = 0;
             for (int64_t t = 0; t < m * n; t++) over += !(fabs((double)ycmp[t] - yref[t]) <= bound[t]);
@@ -362,7 +362,7 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
     }
     mnv_cpu_qmatmul_force(NULL);
     mnv__isa_set_cap(MNV_ISA_COUNT);
-    free(scratch), free(yref), free(yq), free(ycmp), free(bound), free(magq);
+    free(scratch), free(yref), free(yq), free(ycmp), free(bound), free(magq), free(mag);
     problem_free(&p);
 }
 
