@@ -180,10 +180,7 @@ static void problem_free(problem *p) {
  * group the way the int8 paths document it (dx = max|x|/127 in f32, codes
  * rint(x * (127/max|x|))). bound (optional): per output, the worst case of
  * rounding x to int8, sum_g dx_g/2 * sum_{j in g} |w_j|, plus 1e-5 sum |x w|
- * for f32 arithmetic. */
-static void reference_mag(const problem *p, bool int8_x, float *yref, double *bound, double *mag_out);
-
-/* As reference; mag_out (optional): per output, sum |xs w|, the scale of its
+ * for f32 arithmetic. mag_out (optional): per output, sum |xs w|, the scale of its
  * f32 rounding. */
 static void reference_mag(const problem *p, bool int8_x, float *yref, double *bound, double *mag_out) {
     const int64_t G = p->f.G, k = p->k;
