@@ -50,9 +50,10 @@ static inline float load_f16(const uint8_t *p) {
 }
 
 /* Slice c (elements 8c .. 8c + 7) of a q8/q4 row: the codes widened to f32,
- * then scale * q + bias of the slice's group (scale at byte soff of the row,
- * bias at boff). */
-INLINE __m256 load8q(const uint8_t *row, int64_t c, int t, int32_t soff, int32_t boff) {
+ * then scale * q + bias of the slice's group (sb: the row's scales then
+ * biases as f32, converted once per block; g: the slice's group, ng: the
+ * row's groups). */
+INLINE __m256 load8q(const uint8_t *row, int64_t c, int t, const float *sb, int32_t g, int32_t ng) {
     __m256i q;
     if (t == MNV_KV_Q8) {
         q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * c)));
@@ -62,8 +63,7 @@ INLINE __m256 load8q(const uint8_t *row, int64_t c, int t, int32_t soff, int32_t
         q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int32_t)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
                              _mm256_set1_epi32(15));
     }
-    return _mm256_fmadd_ps(_mm256_set1_ps(load_f16(row + soff)), _mm256_cvtepi32_ps(q),
-                           _mm256_set1_ps(load_f16(row + boff)));
+    return _mm256_fmadd_ps(_mm256_broadcast_ss(sb + g), _mm256_cvtepi32_ps(q), _mm256_broadcast_ss(sb + ng + g));
 }
 
 /* Lane j of the result = sum of the lanes of v[j]. */
@@ -78,7 +78,8 @@ typedef struct {
     int64_t D, C, tail; /* head_dim = 8 C + tail */
     int G;
     float scale;
-    int32_t soff[2][MAXD / 8], boff[2][MAXD / 8]; /* K, V quantized: byte offsets of slice c's scale and bias */
+    int32_t ng[2], gi[2][MAXD / 8];          /* K, V quantized: groups of a row; slice c's group */
+    float sb[2][BK][MAXD / 4];               /* K, V quantized: each key's scales then biases as f32 */
     float m[MAXG], l[MAXG];                  /* running max and denominator per head */
     _Alignas(32) float q[MAXG][MAXD];        /* the group's queries, zero-padded */
     _Alignas(32) float acc[MAXG][MAXD];      /* unnormalised outputs */
@@ -88,8 +89,8 @@ typedef struct {
 
 /* 8 elements c of a K (kv 0) or V (kv 1) row of type t: a full slice or
  * the zero-padded tail. */
-INLINE __m256 load_slice(const group_state *s, const void *row, int64_t c, int t, int kv) {
-    if (t == MNV_KV_Q8 || t == MNV_KV_Q4) return load8q(row, c, t, s->soff[kv][c], s->boff[kv][c]);
+INLINE __m256 load_slice(const group_state *s, const void *row, int j, int64_t c, int t, int kv) {
+    if (t == MNV_KV_Q8 || t == MNV_KV_Q4) return load8q(row, c, t, s->sb[kv][j], s->gi[kv][c], s->ng[kv]);
     return c < s->C ? load8(row, 8 * c, t) : load_tail(row, 8 * c, s->tail, t);
 }
 
@@ -113,7 +114,7 @@ INLINE void block_dots(group_state *s, const void *const k[BK], int g0, int gn, 
             for (int g = 0; g < gn; g++) qv[g] = _mm256_load_ps(s->q[g0 + g] + 8 * c);
 #pragma GCC unroll 8
             for (int j = 0; j < kn; j++) {
-                __m256 kv = load_slice(s, k[j0 + j], c, t, 0);
+                __m256 kv = load_slice(s, k[j0 + j], j0 + j, c, t, 0);
 #pragma GCC unroll 8
                 for (int g = 0; g < gn; g++) acc[g][j] = _mm256_fmadd_ps(qv[g], kv, acc[g][j]);
             }
@@ -167,7 +168,7 @@ INLINE void block_values_cn(group_state *s, const void *const v[BK], int nb, int
         for (int g = 0; g < gn; g++) bw[g] = _mm256_broadcast_ss(&s->w[g0 + g][j]);
 #pragma GCC unroll 8
         for (int i = 0; i < cn; i++) {
-            __m256 vv = load_slice(s, v[j], c + i, t, 1);
+            __m256 vv = load_slice(s, v[j], j, c + i, t, 1);
 #pragma GCC unroll 8
             for (int g = 0; g < gn; g++) o[g][i] = _mm256_fmadd_ps(bw[g], vv, o[g][i]);
         }
@@ -236,6 +237,18 @@ static void block_all(group_state *s, const void *const k[BK], const void *const
         }
 }
 
+/* The scales and biases of the block's 8 K (kv 0) or V rows as f32. */
+static void scales_f32(group_state *s, int kv, int32_t at, const void *const r[BK]) {
+    const int n = 2 * s->ng[kv];
+    for (int j = 0; j < BK; j++) {
+        const uint8_t *p = (const uint8_t *)r[j] + at;
+        float *d = s->sb[kv][j];
+        int i = 0;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+        for (; i < n; i++) d[i] = load_f16(p + 2 * i);
+    }
+}
+
 static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
     const int64_t D = s->D, H = a->n_head, G = s->G, Dp = 8 * (s->C + (s->tail > 0));
     const int64_t sq = a->seq[t], p = a->pos[t];
@@ -259,6 +272,8 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
             int jj = j < nb ? j : 0;
             k[j] = kb + koff[jj], v[j] = vb + voff[jj];
         }
+        if (s->ng[0]) scales_f32(s, 0, a->kc.lay.scales_at, k);
+        if (s->ng[1]) scales_f32(s, 1, a->vc.lay.scales_at, v);
         block_all(s, k, v, nb, dots, vals);
     }
     for (int64_t g = 0; g < G; g++) {
@@ -270,12 +285,12 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
 /* A side's layout is one this kernel reads: float of any head_dim, or
  * quantized with slices of 8 inside one group; fills the slice offsets. */
 static bool side_ok(const mnv_kv_layout *l, int kv, group_state *s) {
+    s->ng[kv] = 0;
     if (l->type == MNV_KV_F32 || l->type == MNV_KV_F16 || l->type == MNV_KV_BF16) return true;
     if ((l->type != MNV_KV_Q8 && l->type != MNV_KV_Q4) || l->head_dim % 8 || l->group % 8) return false;
-    const int32_t ng = l->head_dim / l->group;
+    s->ng[kv] = l->head_dim / l->group;
     for (int32_t c = 0; c < l->head_dim / 8; c++) {
-        s->soff[kv][c] = l->scales_at + 2 * (8 * c / l->group);
-        s->boff[kv][c] = s->soff[kv][c] + 2 * ng;
+        s->gi[kv][c] = 8 * c / l->group;
     }
     return true;
 }
