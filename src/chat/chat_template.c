@@ -251,3 +251,25 @@ mnv_status mnv__chat_template_render(const mnv__chat_template *t, const cJSON *r
     cJSON_Delete(msgs);
     return st;
 }
+
+/* ---- the public entry point ---- */
+mnv_status mnv_chat_template_render(const char *model_dir, const char *request_json,
+                                    int add_generation_prompt, char **prompt_out) {
+    if (!prompt_out) return mnv_set_error(MNV_ERR_INVALID_ARG, "chat template: prompt_out is NULL");
+    *prompt_out = NULL;
+    if (!model_dir || !request_json)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "chat template: model_dir and request_json are needed");
+    cJSON *req = cJSON_Parse(request_json);
+    if (!req) return mnv_set_error(MNV_ERR_FORMAT, "the chat request is not valid JSON");
+    mnv__chat_template *t = NULL;
+    mnv_status st = mnv__chat_template_load(model_dir, &t);
+    if (st == MNV_OK && !t)
+        st = mnv_set_error(MNV_ERR_UNSUPPORTED, "%s: the model has no chat template (no chat_template.jinja, "
+                           "no \"chat_template\" in tokenizer_config.json)", model_dir);
+    if (st == MNV_OK) st = mnv__chat_template_render(t, req, add_generation_prompt, prompt_out);
+    mnv__chat_template_free(t);
+    cJSON_Delete(req);
+    return st;
+}
+
+void mnv_chat_prompt_free(char *prompt) { free(prompt); }
