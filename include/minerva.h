@@ -516,6 +516,11 @@ typedef struct {
     size_t n_logit_bias;
     mnv_logprobs_callback on_logprobs; /* may be NULL (default); gets user_data */
     int32_t n_top_logprobs;        /* 0..20: top alternatives given to on_logprobs */
+    const int32_t *scripted_ids;   /* n_scripted ids that the first generated tokens are,
+                                      instead of sampled ones (logits are still computed
+                                      and logprobs reported): a scripted reply, for testing
+                                      what reads a model's output. Default NULL */
+    size_t n_scripted;
     uint32_t reserved[8];
 } mnv_generate_params;
 

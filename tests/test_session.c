@@ -130,6 +130,17 @@ static void test_bias_logprobs(mnv_model *m, mnv_session *s, int V) {
         for (int i = 0; i < V; i++) above += logits[i] > logits[c.top_ids[0][j]];
         CHECKF(above == j, "top %d has %d tokens above", j, above);
     }
+    /* a scripted reply: the given ids come out first, then sampling resumes (greedy: best) */
+    memset(&c, 0, sizeof c);
+    int32_t script[2] = {(best + 3) % V, (best + 5) % V};
+    gp.n_logit_bias = 0;
+    gp.scripted_ids = script;
+    gp.n_scripted = 2;
+    gp.max_tokens = 3;
+    mnv_session_reset(s);
+    CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_OK);
+    CHECK(c.n == 3 && c.tok[0] == script[0] && c.tok[1] == script[1]);
+    gp.scripted_ids = NULL, gp.n_scripted = 0, gp.n_logit_bias = 2, gp.max_tokens = 1;
     /* a bias naming a token outside the vocabulary fails before anything runs */
     b[0].token = V;
     CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_ERR_RANGE);

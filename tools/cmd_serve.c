@@ -18,7 +18,7 @@
 
 typedef struct {
     const char *model_dir, *host, *api_key, *api_key_file, *alias;
-    int port, parallel, max_queue, max_body_kb, timeout_s, max_depth;
+    int port, parallel, max_queue, max_body_kb, timeout_s, max_depth, scripted;
     cli_strv cors;
     cli_run_flags run;
 } serve_opts;
@@ -43,10 +43,12 @@ static const char USAGE_HEAD[] =
     "      --cors-origin O     answer browser requests from origin O (repeatable; '*': any)\n"
     "      --max-body-kb N     largest request body in KiB (default 8192)\n"
     "      --max-json-depth N  deepest nesting of a JSON body (default 64)\n"
-    "      --timeout S         close a connection idle for S seconds (default 600)\n";
+    "      --timeout S         close a connection idle for S seconds (default 600)\n"
+    "      --test-scripted-output  for tests: a request's \"x_scripted_output\" text is\n"
+    "                          the start of its reply (the model's output made known)\n";
 
 static int parse_args(serve_opts *o, int argc, char **argv, int *rc) {
-    enum { N_OWN = 12 };
+    enum { N_OWN = 13 };
     cli_opt opts[N_OWN + CLI_RUN_N_OPTS] = {
         {"-m", "--model", CLI_STR, &o->model_dir, 0, 0, NULL},
         {NULL, "--host", CLI_STR, &o->host, 0, 0, NULL},
@@ -60,6 +62,7 @@ static int parse_args(serve_opts *o, int argc, char **argv, int *rc) {
         {NULL, "--max-body-kb", CLI_INT, &o->max_body_kb, 1, 1 << 20, NULL},
         {NULL, "--timeout", CLI_INT, &o->timeout_s, 1, 1 << 20, NULL},
         {NULL, "--max-json-depth", CLI_INT, &o->max_depth, 1, 1000, NULL},
+        {NULL, "--test-scripted-output", CLI_FLAG, &o->scripted, 0, 0, NULL},
     };
     cli_run_opts(&o->run, opts + N_OWN);
     char usage[4096];
@@ -143,6 +146,7 @@ static int serve(serve_opts *o) {
     sp.max_queue = o->max_queue;
     sp.max_body = (size_t)o->max_body_kb * 1024;
     sp.max_depth = o->max_depth;
+    sp.scripted_output = o->scripted;
     sp.timeout_s = (unsigned)o->timeout_s;
     mnv__server *srv = NULL;
     st = mnv__server_start(&sp, &srv);

@@ -136,7 +136,9 @@ mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_
         for (size_t i = 0; i < g->gp->n_logit_bias; i++) g->biased[g->gp->logit_bias[i].token] += g->gp->logit_bias[i].bias;
         logits = g->biased;
     }
-    int32_t tok = mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
+    int32_t tok = (size_t)g->res->n_generated < g->gp->n_scripted
+                      ? g->gp->scripted_ids[g->res->n_generated]
+                      : mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
     if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
     *tok_out = tok;
     if (g->gp->on_logprobs) report_logprobs(g, logits, tok);
@@ -209,6 +211,12 @@ mnv_status mnv__gen_begin(mnv__gen *g, const mnv_model *m, const mnv_generate_pa
             return mnv_set_error(MNV_ERR_INVALID_ARG, "generate: logit_bias of token %d is not finite",
                                  gp->logit_bias[i].token);
     }
+    if (gp->n_scripted && !gp->scripted_ids)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "generate: scripted_ids is NULL with n_scripted %zu", gp->n_scripted);
+    for (size_t i = 0; i < gp->n_scripted; i++)
+        if (gp->scripted_ids[i] < 0 || gp->scripted_ids[i] >= m->cfg.vocab_size)
+            return mnv_set_error(MNV_ERR_RANGE, "generate: scripted id %d at %zu is outside the vocabulary (%d)",
+                                 gp->scripted_ids[i], i, m->cfg.vocab_size);
     if (gp->n_top_logprobs < 0 || gp->n_top_logprobs > MNV_MAX_TOP_LOGPROBS)
         return mnv_set_error(MNV_ERR_RANGE, "generate: n_top_logprobs %d is outside [0, %d]", gp->n_top_logprobs,
                              MNV_MAX_TOP_LOGPROBS);

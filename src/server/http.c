@@ -372,15 +372,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             how = " (client gone: cancelled)";
         }
         pthread_mutex_lock(&c->job->mu);
-        for (int i = 0; i < c->job->n_ch; i++) {
-            const srv_choice *ch = &c->job->ch[i];
-            const mnv_request_result *r = &ch->res;
-            int32_t g = r->gen.n_generated;
-            c->completion += g;
-            srv_metrics_tokens(&s->metrics, i == 0 || ch->prompt != ch[-1].prompt ? (int64_t)ch->n_prompt : 0, g,
-                               r->first_token_seconds, g > 1 ? r->gen.gen_seconds / (g - 1) : 0.0,
-                               ch->status == MNV_ERR_CANCELLED);
-        }
+        for (int i = 0; i < c->job->n_ch; i++) c->completion += c->job->ch[i].res.gen.n_generated;
         pthread_mutex_unlock(&c->job->mu);
         srv_job_release(c->job);
     }

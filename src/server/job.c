@@ -64,6 +64,7 @@ static void job_free(srv_job *j) {
     cJSON_Delete(j->stops);
     free(j->stop_v);
     free(j->bias);
+    free(j->scripted);
     srv_buf_free(&j->out);
     if (j->state_free) j->state_free(j->state);
     pthread_mutex_destroy(&j->mu);
@@ -124,6 +125,10 @@ static void on_done(void *ud, uint64_t id, mnv_status status, const mnv_request_
     c->status = status;
     c->res = *res;
     if (status != MNV_OK) snprintf(c->err, sizeof c->err, "%s", mnv_last_error());
+    int32_t g = res->gen.n_generated;
+    srv_metrics_tokens(&j->srv->metrics, c->index == 0 || c->prompt != c[-1].prompt ? (int64_t)c->n_prompt : 0, g,
+                       res->first_token_seconds, g > 1 ? res->gen.gen_seconds / (g - 1) : 0.0,
+                       status == MNV_ERR_CANCELLED || j->cancelled);
     j->n_done++;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);

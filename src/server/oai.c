@@ -153,6 +153,20 @@ static bool get_logprobs(const cJSON *body, srv_job *j, srv_err *e) {
     return true;
 }
 
+/* Tests only: the reply's first tokens, as text (special tokens recognised). */
+static bool get_scripted(mnv__server *s, const cJSON *body, srv_job *j, srv_err *e) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "x_scripted_output");
+    if (!s->p.scripted_output || !cJSON_IsString(v)) return true;
+    size_t need = 0, n = 0, len = strlen(v->valuestring);
+    mnv_tokenize(s->tok, v->valuestring, len, 0, NULL, 0, &need);
+    if (!(j->scripted = malloc(MNV_MAX(need, 1) * sizeof(int32_t)))) return srv_err_set(e, 500, NULL, NULL, "out of memory");
+    if (need && mnv_tokenize(s->tok, v->valuestring, len, 0, j->scripted, need, &n) != MNV_OK)
+        return srv_err_set(e, 400, "x_scripted_output", "invalid_value", "%s", mnv_last_error());
+    j->gp.scripted_ids = j->scripted;
+    j->gp.n_scripted = n;
+    return true;
+}
+
 bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *e) {
     mnv_sampler_params *sp = &j->gp.sampler;
     double temp = 1.0, top_p = 1.0, min_p = 0.0, pres = 0, freq = 0, rep = 1.0;
@@ -167,7 +181,7 @@ bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *
         !get_num(body, "repetition_penalty", 1e-3, 100, &rep, e) || !get_int(body, "top_k", -1, 1 << 30, &top_k, e) ||
         !get_int(body, mt_name, 0, 1 << 30, &max_tokens, e) ||
         !get_int(body, "seed", -9.2e18, 9.2e18, &seed, e) || !get_stops(body, j, e) || !get_bias(s, body, j, e) ||
-        !get_logprobs(body, j, e))
+        !get_logprobs(body, j, e) || !get_scripted(s, body, j, e))
         return false;
     if (max_tokens == 0) max_tokens = 1;
     sp->temperature = (float)temp;

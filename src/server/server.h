@@ -31,6 +31,8 @@ typedef struct {
     size_t max_body;            /* bytes of a request body (413 beyond) */
     int max_depth;              /* nesting of a JSON body (400 beyond) */
     unsigned timeout_s;         /* an idle connection is closed after this */
+    int scripted_output;        /* 1: a request's "x_scripted_output" text is the reply's
+                                   first tokens (tests of the output path); 0: ignored */
 } mnv__server_params;
 
 /* Bind and start serving on threads of the server's own. MNV_ERR_IO when the

@@ -141,6 +141,7 @@ struct srv_job {
     cJSON *stops;                 /* owned strings of gp.stop_strings */
     const char **stop_v;
     mnv_logit_bias *bias;
+    int32_t *scripted;            /* a scripted reply (servers started for tests) */
     /* streaming output */
     srv_buf out;                  /* SSE bytes not yet sent */
     size_t out_off;
