@@ -69,6 +69,16 @@ char *srv_utf8_clean(const char *s, size_t n) {
     return out;
 }
 
+bool srv_check_model(mnv__server *s, const cJSON *body, srv_err *e) {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(body, "model");
+    if (!m || cJSON_IsNull(m)) return true;
+    if (!cJSON_IsString(m)) return srv_err_set(e, 400, "model", "invalid_type", "%s", "'model' must be a string");
+    if (strcmp(m->valuestring, s->model_id) != 0)
+        return srv_err_set(e, 404, "model", "model_not_found", "the model '%s' does not exist (this server has '%s')",
+                           m->valuestring, s->model_id);
+    return true;
+}
+
 /* ---- fields ------------------------------------------------------------------------------ */
 
 static bool get_num(const cJSON *body, const char *k, double lo, double hi, double *out, srv_err *e) {

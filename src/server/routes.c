@@ -117,16 +117,6 @@ void srv_h_detokenize(srv_conn *c, const cJSON *body) {
     srv_reply_error(c, &e);
 }
 
-bool srv_check_model(mnv__server *s, const cJSON *body, srv_err *e) {
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(body, "model");
-    if (!m || cJSON_IsNull(m)) return true;
-    if (!cJSON_IsString(m)) return srv_err_set(e, 400, "model", "invalid_type", "%s", "'model' must be a string");
-    if (strcmp(m->valuestring, s->model_id) != 0)
-        return srv_err_set(e, 404, "model", "model_not_found", "the model '%s' does not exist (this server has '%s')",
-                           m->valuestring, s->model_id);
-    return true;
-}
-
 /* ---- running a job --------------------------------------------------------------------------- */
 
 static bool stream_flags(const cJSON *body, srv_job *j, srv_err *e) {
