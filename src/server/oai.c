@@ -193,6 +193,10 @@ bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *
         !get_int(body, "seed", -9.2e18, 9.2e18, &seed, e) || !get_stops(body, j, e) || !get_bias(s, body, j, e) ||
         !get_logprobs(body, j, e) || !get_scripted(s, body, j, e))
         return false;
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(body, "ignore_eos"); /* extension, for benchmarks */
+    if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie))
+        return srv_err_set(e, 400, "ignore_eos", "invalid_type", "%s", "'ignore_eos' must be a boolean");
+    j->gp.ignore_eos = cJSON_IsTrue(ie);
     if (max_tokens == 0) max_tokens = 1;
     sp->temperature = (float)temp;
     sp->top_p = top_p <= 0 ? 1e-6f : (float)top_p;
