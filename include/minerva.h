@@ -1014,6 +1014,35 @@ MNV_API size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
 MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
                                    mnv_chat_end *end);
 
+/* ------------------------------------------------------------------------ */
+/* Chat templates (Hugging Face models)                                     */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every model but gpt-oss states its chat format as a Jinja template:
+ * chat_template.jinja in its directory, or "chat_template" in
+ * tokenizer_config.json (a string, or a list of named templates: "default",
+ * and "tool_use" for requests with tools). Rendering gives what transformers'
+ * apply_chat_template gives (bos_token and eos_token from
+ * tokenizer_config.json, tools and documents as None when absent). Before
+ * rendering, an assistant tool call's "arguments" given as a JSON string
+ * (OpenAI's form) becomes the object it encodes; for a template that does
+ * not read content parts, a list of text parts becomes their texts joined by
+ * newlines, and a null content an empty string.
+ */
+
+/* Renders request_json, an OpenAI chat request body ("messages", optional
+ * "tools", "chat_template_kwargs" whose keys become template variables, e.g.
+ * enable_thinking), with the chat template of model_dir. On success
+ * *prompt_out is the prompt text (free with mnv_chat_prompt_free).
+ * MNV_ERR_UNSUPPORTED when the model has no chat template; MNV_ERR_FORMAT
+ * naming the file, key and line when the template does not parse or the
+ * request is not JSON; MNV_ERR_INVALID_ARG naming the template line when
+ * rendering fails (the template's raise_exception, a type error, a limit on
+ * output, memory, call depth or iterations). Thread-safe. */
+MNV_API mnv_status mnv_chat_template_render(const char *model_dir, const char *request_json,
+                                            int add_generation_prompt, char **prompt_out);
+MNV_API void mnv_chat_prompt_free(char *prompt);
+
 #ifdef __cplusplus
 }
 #endif
