@@ -102,4 +102,24 @@ CFG
 else
     echo "SKIP: $TOK not present (the gpt-oss server test)"
 fi
+
+# Qwen3: its chat template, reasoning and tool calls through a scripted output
+QTOK=../../shared/tokenizers/qwen3
+if [ -f "$QTOK/tokenizer.json" ]; then
+    cat >"$TMP/qcfg.json" <<'CFG'
+{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64, "intermediate_size": 128,
+ "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+ "vocab_size": 151936, "max_position_embeddings": 4096, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+ "tie_word_embeddings": true, "bos_token_id": 151643, "eos_token_id": 151645}
+CFG
+    mnv synth --config "$TMP/qcfg.json" --out "$TMP/qwen3" --dtype bf16 >/dev/null
+    check "synth a small qwen3" [ $? -eq 0 ]
+    cp "$QTOK"/tokenizer*.json "$TMP/qwen3/"
+    start_server template -m "$TMP/qwen3" --ctx 1024 --parallel 2 --test-scripted-output
+    BASE=$BASE MODEL=qwen3 node serve/openai_test.mjs template
+    check "openai client: qwen3 (chat template)" [ $? -eq 0 ]
+    stop_server template
+else
+    echo "SKIP: $QTOK not present (the chat-template server test)"
+fi
 e2e_done

@@ -7,12 +7,17 @@
  * tool calls as commentary messages to functions.NAME, tool results as
  * messages from functions.NAME. Its output is read by the Harmony parser:
  * analysis -> reasoning_content, final (and commentary preambles) ->
- * content, messages to a tool -> tool_calls. A model without a chat format
- * gets the message texts, one per line (a base model continues them). */
+ * content, messages to a tool -> tool_calls. Other models render their chat
+ * template (chat/chat_template.h); their output is split into <think>
+ * reasoning, content and <tool_call> tool calls (chat/tool_calls.h), while
+ * streaming too. A model without either gets the message texts, one per
+ * line (a base model continues them). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat/chat_template.h"
+#include "chat/tool_calls.h"
 #include "core/core.h"
 #include "server/server_int.h"
 
@@ -22,12 +27,20 @@ mnv_status srv_formats_load(mnv__server *s) {
     if (st != MNV_OK) return st;
     s->fmt = SRV_FMT_PLAIN;
     if (info.chat_format && strcmp(info.chat_format, "harmony") == 0 &&
-        mnv_chat_tokens_lookup(s->tok, &s->ht) == MNV_OK)
+        mnv_chat_tokens_lookup(s->tok, &s->ht) == MNV_OK) {
         s->fmt = SRV_FMT_HARMONY;
+        return MNV_OK;
+    }
+    if (!s->p.model_dir) return MNV_OK;
+    if ((st = mnv__chat_template_load(s->p.model_dir, &s->tmpl)) != MNV_OK) return st;
+    if (s->tmpl) s->fmt = SRV_FMT_TEMPLATE;
     return MNV_OK;
 }
 
-void srv_formats_free(mnv__server *s) { (void)s; }
+void srv_formats_free(mnv__server *s) {
+    mnv__chat_template_free(s->tmpl);
+    s->tmpl = NULL;
+}
 
 /* ---- messages in ------------------------------------------------------------------- */
 
@@ -212,6 +225,34 @@ static bool harmony_prompt(mnv__server *s, const cJSON *body, const cJSON *messa
     return ok;
 }
 
+/* The chat template's rendering of messages (with the body's tools and
+ * chat_template_kwargs), tokenized with its special tokens recognised. */
+static bool template_prompt(mnv__server *s, const cJSON *body, const cJSON *messages, srv_job *j, int32_t **ids,
+                            size_t *n, srv_err *e) {
+    cJSON *req = cJSON_CreateObject();
+    if (!req) return srv_err_set(e, 500, NULL, NULL, "out of memory");
+    cJSON_AddItemReferenceToObject(req, "messages", (cJSON *)messages);
+    static const char *const pass[] = {"tools", "chat_template_kwargs"};
+    for (size_t i = 0; i < 2; i++) {
+        cJSON *v = cJSON_GetObjectItemCaseSensitive(body, pass[i]);
+        if (v && !cJSON_IsNull(v)) cJSON_AddItemReferenceToObject(req, pass[i], v);
+    }
+    char *text = NULL;
+    mnv_status st = mnv__chat_template_render(s->tmpl, req, 1, &text);
+    cJSON_Delete(req);
+    if (st != MNV_OK) return srv_err_set(e, 400, "messages", "chat_template_error", "the chat template failed: %s", mnv_last_error());
+    size_t len = strlen(text), end = len;
+    while (end && (text[end - 1] == '\n' || text[end - 1] == ' ')) end--;
+    j->think_open = end >= 7 && memcmp(text + end - 7, "<think>", 7) == 0;
+    size_t need = 0;
+    mnv_tokenize(s->tok, text, len, 0, NULL, 0, &need);
+    *ids = malloc(MNV_MAX(need, 1) * sizeof(int32_t));
+    st = *ids && need ? mnv_tokenize(s->tok, text, len, 0, *ids, need, n) : MNV_ERR_NOMEM;
+    free(text);
+    if (st != MNV_OK) return srv_err_set(e, 500, NULL, NULL, "tokenizing the rendered chat failed: %s", mnv_last_error());
+    return true;
+}
+
 bool srv_chat_prompt(mnv__server *s, const cJSON *body, const cJSON *messages, srv_job *j, int32_t **ids, size_t *n,
                      srv_err *e) {
     *ids = NULL;
@@ -223,8 +264,9 @@ bool srv_chat_prompt(mnv__server *s, const cJSON *body, const cJSON *messages, s
         if (!cJSON_IsObject(m) || !str_field(m, "role"))
             return srv_err_set(e, 400, "messages", "invalid_message", "%s", "each message must be an object with a role");
     }
-    bool ok = s->fmt == SRV_FMT_HARMONY ? harmony_prompt(s, body, messages, j, ids, n, e)
-                                         : plain_prompt(s, messages, ids, n, e);
+    bool ok = s->fmt == SRV_FMT_HARMONY    ? harmony_prompt(s, body, messages, j, ids, n, e)
+              : s->fmt == SRV_FMT_TEMPLATE ? template_prompt(s, body, messages, j, ids, n, e)
+                                           : plain_prompt(s, messages, ids, n, e);
     if (!ok) {
         free(*ids);
         *ids = NULL;
@@ -283,21 +325,118 @@ bool srv_chat_reader_init(srv_job *j, srv_choice *c) {
     return mnv_chat_parser_create(j->srv->tok, &pp, &c->parser) == MNV_OK;
 }
 
+/* ---- chat-template output: <think> reasoning, content, <tool_call> ------------------ */
+
+static const char *find(const char *s, size_t n, const char *pat) {
+    return memmem(s, n, pat, strlen(pat));
+}
+
+/* Bytes at the end of s[0, n) that may begin pat (held back while streaming). */
+static size_t partial(const char *s, size_t n, const char *pat) {
+    size_t pl = strlen(pat);
+    for (size_t k = MNV_MIN(pl - 1, n); k > 0; k--)
+        if (memcmp(s + n - k, pat, k) == 0) return k;
+    return 0;
+}
+
+/* What of the raw text can be shown yet: reasoning [*r0, *r1), content [*c0, *c1). */
+static void visible(const srv_job *j, const char *t, size_t n, size_t *r0, size_t *r1, size_t *c0, size_t *c1) {
+    size_t p = 0;
+    *r0 = *r1 = *c0 = *c1 = 0;
+    bool think = j->think_open;
+    if (!think) {
+        while (p < n && (t[p] == ' ' || t[p] == '\n')) p++;
+        if (n - p < 7 && memcmp(t + p, "<think>", n - p) == 0) return; /* maybe a tag: wait */
+        if (n - p >= 7 && memcmp(t + p, "<think>", 7) == 0) think = true, p += 7;
+        else p = 0;
+    }
+    if (think) {
+        while (p < n && (t[p] == ' ' || t[p] == '\n')) p++;
+        const char *close = find(t + p, n - p, "</think>");
+        *r0 = p;
+        if (!close) {
+            *r1 = n - partial(t + p, n - p, "</think>");
+            return;
+        }
+        *r1 = (size_t)(close - t);
+        p = *r1 + 8;
+        while (p < n && (t[p] == ' ' || t[p] == '\n')) p++;
+    }
+    const char *call = find(t + p, n - p, "<tool_call>");
+    *c0 = p;
+    *c1 = call ? (size_t)(call - t) : n - partial(t + p, n - p, "<tool_call>");
+}
+
+static void show(srv_buf *all, srv_buf *delta, size_t *streamed, const char *s, size_t n) {
+    all->len = 0;
+    srv_buf_put(all, s, n);
+    if (n > *streamed) srv_buf_put(delta, s + *streamed, n - *streamed), *streamed = n;
+}
+
+static void template_feed(srv_job *j, srv_choice *c) {
+    size_t r0, r1, c0, c1;
+    visible(j, c->text.p ? c->text.p : "", c->text_read, &r0, &r1, &c0, &c1);
+    show(&c->reasoning, &c->delta_reasoning, &c->r_streamed, c->text.p + r0, r1 - r0);
+    show(&c->content, &c->delta_content, &c->c_streamed, c->text.p + c0, c1 - c0);
+}
+
+/* The final split of the whole text; what streaming showed is kept when the
+ * final text continues it. */
+static void template_finish(srv_job *j, srv_choice *c) {
+    char *text = srv_utf8_clean(c->text.p ? c->text.p : "", c->text_read), *content = NULL, *reasoning = NULL;
+    cJSON *calls = NULL;
+    if (j->think_open && text && !strstr(text, "<think>")) { /* the tag was in the prompt */
+        char *t2 = malloc(strlen(text) + 8);
+        if (t2) sprintf(t2, "<think>%s", text);
+        free(text);
+        text = t2;
+    }
+    if (!text || mnv__chat_parse_output(text, &content, &reasoning, &calls) != MNV_OK) {
+        free(text);
+        return;
+    }
+    const char *fin[2] = {reasoning ? reasoning : "", content};
+    srv_buf *all[2] = {&c->reasoning, &c->content}, *delta[2] = {&c->delta_reasoning, &c->delta_content};
+    size_t *streamed[2] = {&c->r_streamed, &c->c_streamed};
+    for (int k = 0; k < 2; k++) {
+        size_t n = strlen(fin[k]);
+        if (*streamed[k] <= n && memcmp(fin[k], all[k]->p ? all[k]->p : "", *streamed[k]) == 0) {
+            show(all[k], delta[k], streamed[k], fin[k], n);
+        } else if (!j->stream) {
+            all[k]->len = 0;
+            srv_buf_put(all[k], fin[k], n);
+        }
+    }
+    int n_calls = cJSON_GetArraySize(calls);
+    for (int k = 0; k < n_calls; k++) {
+        char id[96];
+        snprintf(id, sizeof id, "call_%s_%d_%d", j->id + 9, c->index, k);
+        cJSON_ReplaceItemInObject(cJSON_GetArrayItem(calls, k), "id", cJSON_CreateString(id));
+    }
+    if (n_calls) c->tool_calls = calls;
+    else cJSON_Delete(calls);
+    free(content);
+    free(reasoning);
+    free(text);
+}
+
 void srv_chat_reader_feed(srv_job *j, srv_choice *c) {
     for (; c->n_read < c->n_toks; c->n_read++) {
         const srv_tok *t = &c->toks[c->n_read];
         if (c->parser) {
             mnv_chat_parser_push(c->parser, t->id);
-        } else {
+        } else if (j->fmt == SRV_FMT_PLAIN) {
             srv_buf_put(&c->content, c->text.p + c->text_read, t->text_end - c->text_read);
             srv_buf_put(&c->delta_content, c->text.p + c->text_read, t->text_end - c->text_read);
         }
         c->text_read = t->text_end;
     }
+    if (j->fmt == SRV_FMT_TEMPLATE) template_feed(j, c);
 }
 
 void srv_chat_reader_finish(srv_job *j, srv_choice *c) {
     if (c->parser) mnv_chat_parser_finish(c->parser);
+    if (j->fmt == SRV_FMT_TEMPLATE) template_finish(j, c);
     c->read_done = true;
 }
 

@@ -235,7 +235,7 @@ static bool fill_completion(srv_job *j) {
     for (int i = 0; i < j->n_ch; i++) {
         srv_choice *c = &j->ch[i];
         bool fin = c->read_done && !c->finished_sent;
-        if (!c->delta_content.len && !fin && c->lp_sent == c->n_read) continue;
+        if (!c->delta_content.len && !fin && (!j->logprobs || c->lp_sent == c->n_read)) continue;
         cJSON *o = head(j, "text_completion"), *chs = cJSON_CreateArray(), *ch = cJSON_CreateObject();
         add_text(ch, "text", &c->delta_content);
         cJSON_AddNumberToObject(ch, "index", i);
@@ -347,7 +347,7 @@ static bool fill_chat(srv_job *j) {
         bool fin = c->read_done && !c->finished_sent;
         int n_tc = c->tool_calls ? cJSON_GetArraySize(c->tool_calls) : 0;
         bool news = c->delta_content.len || c->delta_reasoning.len || n_tc > c->n_tool_calls_sent ||
-                    c->lp_sent < c->n_read || !c->role_sent;
+                    (j->logprobs && c->lp_sent < c->n_read) || !c->role_sent;
         if (!news && !fin) continue;
         cJSON *o = head(j, "chat.completion.chunk"), *chs = cJSON_CreateArray(), *ch = cJSON_CreateObject(),
               *d = cJSON_CreateObject();

@@ -115,6 +115,7 @@ typedef struct {
     cJSON *tool_calls;            /* array, NULL while none */
     int n_tool_calls_sent;
     size_t lp_sent;               /* tokens whose logprobs were streamed */
+    size_t r_streamed, c_streamed; /* chat templates: reasoning and content bytes handed on */
     bool role_sent;
     bool warned, finished_sent, read_done;
 } srv_choice;
@@ -133,6 +134,7 @@ struct srv_job {
     time_t created;
     int fd;                       /* the client's socket, polled for hang-ups */
     bool stream, include_usage, logprobs, cancelled, disconnected;
+    bool think_open;              /* chat templates: the prompt ends inside <think> */
     int32_t top_logprobs;
     srv_choice *ch;
     int n_ch;

@@ -4,6 +4,7 @@
 //               --deterministic, --max-body-kb 64, --cors-origin
 // MODE busy:    a server with --parallel 1 --max-queue 0 (503 + Retry-After)
 // MODE harmony: a small gpt-oss with the harmony tokenizer, --test-scripted-output
+// MODE template: a small Qwen3 with its tokenizer and chat template, --test-scripted-output
 // Environment: OPENAI_DIR (where node_modules/openai is), BASE (http://HOST:PORT),
 // KEY (the API key, main only), MODEL (the served model's name).
 import { pathToFileURL } from 'node:url';
@@ -264,9 +265,39 @@ async function harmony() {
   await expectStatus('bad reasoning_effort', 400, () => client.chat.completions.create({ model: MODEL, messages: msgs, reasoning_effort: 'huge' }));
 }
 
+// a Qwen3-style model: its chat template, <think> reasoning and <tool_call> calls
+async function template() {
+  const msgs = [{ role: 'user', content: 'Hi' }];
+  const think = '<think>Let me see.</think>\n\nHello there.<|im_end|>';
+  const a = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 30, temperature: 0, x_scripted_output: think });
+  check('template: <think> -> reasoning_content', a.choices[0].message.reasoning_content === 'Let me see.' &&
+    a.choices[0].message.content === 'Hello there.' && a.choices[0].finish_reason === 'stop', a.choices[0]);
+  const s = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 30, temperature: 0, stream: true, x_scripted_output: think });
+  let reasoning = '', content = '';
+  for await (const ch of s) for (const c of ch.choices) { reasoning += c.delta.reasoning_content || ''; content += c.delta.content || ''; }
+  check('template streamed: reasoning and content apart', reasoning === 'Let me see.' && content === 'Hello there.', [reasoning, content]);
+  const tools = [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }];
+  const call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>';
+  const q = [{ role: 'user', content: 'Weather in Paris?' }];
+  const t = await client.chat.completions.create({ model: MODEL, messages: q, tools, max_tokens: 60, temperature: 0, x_scripted_output: call });
+  const tc = t.choices[0].message.tool_calls;
+  check('template: a Qwen tool call', t.choices[0].finish_reason === 'tool_calls' && tc?.[0]?.function?.name === 'get_weather' &&
+    JSON.parse(tc[0].function.arguments).city === 'Paris', t.choices[0]);
+  const ts = await client.chat.completions.create({ model: MODEL, messages: q, tools, max_tokens: 60, temperature: 0, stream: true, x_scripted_output: call });
+  let stc = null, text = '';
+  for await (const ch of ts) for (const c of ch.choices) { if (c.delta.tool_calls) stc = c.delta.tool_calls; text += c.delta.content || ''; }
+  check('template streamed: the tool call, no tag in the text', stc?.[0]?.function?.name === 'get_weather' && !text.includes('<tool_call>'), [stc, text]);
+  const back = [...q, { role: 'assistant', content: null, tool_calls: tc }, { role: 'tool', tool_call_id: tc[0].id, content: '21' }];
+  const fin = await client.chat.completions.create({ model: MODEL, messages: back, tools, max_tokens: 8, temperature: 0,
+    chat_template_kwargs: { enable_thinking: false }, x_scripted_output: 'It is 21.<|im_end|>' });
+  check('template: the tool result turn', fin.choices[0].message.content === 'It is 21.' && fin.usage.prompt_tokens > t.usage.prompt_tokens, fin.choices[0]);
+  const free = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 16, temperature: 1, seed: 1 });
+  check('template: sampled output answers 200', typeof free.choices[0].message.content === 'string');
+}
+
 const mode = process.argv[2];
 try {
-  await ({ main, busy, harmony })[mode]();
+  await ({ main, busy, harmony, template })[mode]();
 } catch (e) {
   fail++;
   console.error(`FAIL: ${mode}: ${e.stack || e}`);
