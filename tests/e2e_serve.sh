@@ -15,6 +15,14 @@ case $MNV_CLI in
     echo "SKIP: cross build (the server tests run natively)"
     exit 0 ;;
 esac
+# the command line: help, usage errors, failures named
+expect_rc "serve --help" 0 "$MNV_CLI" serve --help
+check "serve --help prints its usage" contains "$TMP/out" "Usage: minerva serve"
+expect_fail "serve: two keys" 2 "exclude each other" "$MNV_CLI" serve --api-key a --api-key-file b
+expect_fail "serve: a missing model" 1 "no-such-model" "$MNV_CLI" serve -m fixtures/models/no-such-model
+expect_fail "serve: a bad host" 1 "not a numeric" "$MNV_CLI" serve --host localhost --port 0
+expect_fail "serve: a missing key file" 1 "no-such-key" "$MNV_CLI" serve --api-key-file "$TMP/no-such-key"
+
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "SKIP: node and npm are needed for the server tests (apt-get install nodejs npm)"
     exit 0
