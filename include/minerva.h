@@ -495,6 +495,31 @@ typedef enum {
  * tokenizer gives len 0). Return non-zero to stop generation. */
 typedef int (*mnv_token_callback)(void *user_data, int32_t token, const char *text, size_t len);
 
+/* A bias added to one token's logit before sampling (OpenAI's logit_bias:
+ * -100 all but bans a token, +100 all but forces it). */
+typedef struct {
+    int32_t token;
+    float bias;
+} mnv_logit_bias;
+
+/* The log-probabilities of one sampled token, in the model's distribution
+ * (log-softmax of its logits with the logit biases added, before penalties,
+ * top-k/p, min-p and temperature), and the n_top most likely tokens of that
+ * distribution in descending order (ties to the lower id). The arrays are
+ * borrowed, valid during the callback only. */
+typedef struct {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    const int32_t *top_ids;
+    const float *top_logprobs;
+} mnv_token_logprobs;
+
+/* The most alternatives mnv_token_logprobs carries. */
+#define MNV_MAX_TOP_LOGPROBS 20
+/* Called once per sampled token, just before on_token for the same token. */
+typedef void (*mnv_logprobs_callback)(void *user_data, const mnv_token_logprobs *lp);
+
 typedef struct {
     uint32_t size;                 /* sizeof(mnv_generate_params) */
     int32_t max_tokens;            /* default 256 */
@@ -506,6 +531,16 @@ typedef struct {
     int ignore_eos;                /* 1: don't stop at the model's EOS ids */
     mnv_token_callback on_token;   /* may be NULL */
     void *user_data;
+    const mnv_logit_bias *logit_bias; /* n_logit_bias biases (ids in the vocabulary, finite
+                                         biases; a token given twice adds both) */
+    size_t n_logit_bias;
+    mnv_logprobs_callback on_logprobs; /* may be NULL (default); gets user_data */
+    int32_t n_top_logprobs;        /* 0..20: top alternatives given to on_logprobs */
+    const int32_t *scripted_ids;   /* n_scripted ids that the first generated tokens are,
+                                      instead of sampled ones (logits are still computed
+                                      and logprobs reported): a scripted reply, for testing
+                                      what reads a model's output. Default NULL */
+    size_t n_scripted;
     uint32_t reserved[8];
 } mnv_generate_params;
 
