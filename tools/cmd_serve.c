@@ -97,8 +97,11 @@ static const char *base_name(const char *dir, char *buf, size_t cap) {
 static int serve(serve_opts *o) {
     char *key = NULL, name[1024], def[4096];
     if (o->api_key_file && read_key(o->api_key_file, &key) != 0) return CLI_EXIT_FAIL;
-    mnv_dtype kv = MNV_DTYPE_F32;
-    if (o->run.kv_type && cli_parse_kv_type(CMD, o->run.kv_type, &kv) != 0) return CLI_EXIT_USAGE;
+    int32_t kv_k = 0, kv_v = 0;
+    if (cli_kv_types(CMD, &o->run.kv, &kv_k, &kv_v)) {
+        free(key);
+        return CLI_EXIT_USAGE;
+    }
     if (!o->model_dir) {
         if (cli_default_model_dir(CMD, def, sizeof def) != 0) return CLI_EXIT_FAIL;
         o->model_dir = def;
@@ -112,7 +115,8 @@ static int serve(serve_opts *o) {
     mnv_model_get_info(model, &info);
     mnv_engine_params ep = mnv_engine_params_default();
     ep.n_threads = o->run.n_threads;
-    ep.kv_dtype = kv;
+    ep.kv_type_k = kv_k;
+    ep.kv_type_v = kv_v;
     ep.max_seqs = o->parallel;
     ep.max_seq_tokens = o->run.n_ctx > 0 ? o->run.n_ctx : (info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096);
     ep.exact_quant = o->run.exact_quant;
