@@ -495,6 +495,31 @@ typedef enum {
  * tokenizer gives len 0). Return non-zero to stop generation. */
 typedef int (*mnv_token_callback)(void *user_data, int32_t token, const char *text, size_t len);
 
+/* A bias added to one token's logit before sampling (OpenAI's logit_bias:
+ * -100 all but bans a token, +100 all but forces it). */
+typedef struct {
+    int32_t token;
+    float bias;
+} mnv_logit_bias;
+
+/* The log-probabilities of one sampled token, in the model's distribution
+ * (log-softmax of its logits with the logit biases added, before penalties,
+ * top-k/p, min-p and temperature), and the n_top most likely tokens of that
+ * distribution in descending order (ties to the lower id). The arrays are
+ * borrowed, valid during the callback only. */
+typedef struct {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    const int32_t *top_ids;
+    const float *top_logprobs;
+} mnv_token_logprobs;
+
+/* The most alternatives mnv_token_logprobs carries. */
+#define MNV_MAX_TOP_LOGPROBS 20
+/* Called once per sampled token, just before on_token for the same token. */
+typedef void (*mnv_logprobs_callback)(void *user_data, const mnv_token_logprobs *lp);
+
 typedef struct {
     uint32_t size;                 /* sizeof(mnv_generate_params) */
     int32_t max_tokens;            /* default 256 */
@@ -506,6 +531,16 @@ typedef struct {
     int ignore_eos;                /* 1: don't stop at the model's EOS ids */
     mnv_token_callback on_token;   /* may be NULL */
     void *user_data;
+    const mnv_logit_bias *logit_bias; /* n_logit_bias biases (ids in the vocabulary, finite
+                                         biases; a token given twice adds both) */
+    size_t n_logit_bias;
+    mnv_logprobs_callback on_logprobs; /* may be NULL (default); gets user_data */
+    int32_t n_top_logprobs;        /* 0..20: top alternatives given to on_logprobs */
+    const int32_t *scripted_ids;   /* n_scripted ids that the first generated tokens are,
+                                      instead of sampled ones (logits are still computed
+                                      and logprobs reported): a scripted reply, for testing
+                                      what reads a model's output. Default NULL */
+    size_t n_scripted;
     uint32_t reserved[8];
 } mnv_generate_params;
 
@@ -1000,6 +1035,35 @@ MNV_API int mnv_chat_parser_stopped(const mnv_chat_parser *p);
 MNV_API size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
 MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
                                    mnv_chat_end *end);
+
+/* ------------------------------------------------------------------------ */
+/* Chat templates (Hugging Face models)                                     */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every model but gpt-oss states its chat format as a Jinja template:
+ * chat_template.jinja in its directory, or "chat_template" in
+ * tokenizer_config.json (a string, or a list of named templates: "default",
+ * and "tool_use" for requests with tools). Rendering gives what transformers'
+ * apply_chat_template gives (bos_token and eos_token from
+ * tokenizer_config.json, tools and documents as None when absent). Before
+ * rendering, an assistant tool call's "arguments" given as a JSON string
+ * (OpenAI's form) becomes the object it encodes; for a template that does
+ * not read content parts, a list of text parts becomes their texts joined by
+ * newlines, and a null content an empty string.
+ */
+
+/* Renders request_json, an OpenAI chat request body ("messages", optional
+ * "tools", "chat_template_kwargs" whose keys become template variables, e.g.
+ * enable_thinking), with the chat template of model_dir. On success
+ * *prompt_out is the prompt text (free with mnv_chat_prompt_free).
+ * MNV_ERR_UNSUPPORTED when the model has no chat template; MNV_ERR_FORMAT
+ * naming the file, key and line when the template does not parse or the
+ * request is not JSON; MNV_ERR_INVALID_ARG naming the template line when
+ * rendering fails (the template's raise_exception, a type error, a limit on
+ * output, memory, call depth or iterations). Thread-safe. */
+MNV_API mnv_status mnv_chat_template_render(const char *model_dir, const char *request_json,
+                                            int add_generation_prompt, char **prompt_out);
+MNV_API void mnv_chat_prompt_free(char *prompt);
 
 #ifdef __cplusplus
 }

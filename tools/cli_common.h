@@ -31,6 +31,8 @@ int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_batch(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_render_chat(int argc, char **argv);
 
 /* ---- option parsing --------------------------------------------------------- */
 
