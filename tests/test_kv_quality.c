@@ -64,6 +64,7 @@ static float *run_logits(mnv_model *m, const int32_t *ids, int n, int V, mnv_kv_
     sp.n_batch = 16; /* several chunks: the cache is read back across passes */
     sp.kv_type_k = k;
     sp.kv_type_v = v;
+    sp.n_threads = 1; /* small models: one thread is as fast, and cheap under emulation */
     sp.exact_quant = 1; /* f32 activations into quantized weights: no int8 rounding to amplify the cache's error */
     mnv_session *s = NULL;
     float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
@@ -95,6 +96,7 @@ static void check_model(const char *dir, int n) {
     float *row = malloc(sizeof(float) * (size_t)V);
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = n;
+    sp.n_threads = 1;
     sp.exact_quant = 1;
     mnv_session *s = NULL;
     CHECK(mnv_session_create(m, &sp, &s) == MNV_OK);
