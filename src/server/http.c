@@ -159,8 +159,9 @@ bool srv_admit(srv_conn *c) {
     int limit = s->p.parallel + s->p.max_queue;
     if (atomic_fetch_add(&s->active, 1) >= limit) {
         atomic_fetch_sub(&s->active, 1);
-        reply_err(c, 503, "server_busy", "the server is busy (%s requests running or queued); retry later",
-                  "all");
+        char n[32];
+        snprintf(n, sizeof n, "%d", limit);
+        reply_err(c, 503, "server_busy", "the server is busy (%s requests running or waiting); retry later", n);
         return false;
     }
     c->admitted = true;
@@ -397,10 +398,7 @@ void mnv__server_stop(mnv__server *s) {
     if (!s) return;
     atomic_store(&s->stopping, 1);
     pthread_mutex_lock(&s->mu);
-    for (srv_job *j = s->jobs; j; j = j->next) {
-        for (int i = 0; i < j->n_ch; i++)
-            if (j->ch[i].req) mnv_engine_cancel(s->p.engine, j->ch[i].req);
-    }
+    for (srv_job *j = s->jobs; j; j = j->next) srv_job_cancel(j);
     pthread_mutex_unlock(&s->mu);
     /* the cancelled requests end at the engine's next step; the streams then end */
     for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) nanosleep(&(struct timespec){0, 10000000}, NULL);
