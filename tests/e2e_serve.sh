@@ -85,6 +85,7 @@ check "openai client: a full queue" [ $? -eq 0 ]
 kill -TERM "$PID"
 wait "$PID"
 check "busy: a clean exit" [ $? -eq 0 ]
+cat "$TMP/busy.log" >>"$ERRLOG"
 
 # gpt-oss: Harmony through a scripted model output
 TOK=../../shared/tokenizers/gptoss
