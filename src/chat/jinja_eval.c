@@ -224,7 +224,7 @@ static jv do_slice(jrender *r, jv obj, jv a, jv b, jv c) {
 /* ---- arithmetic ---- */
 static bool is_num(jv v) { return v.t == JV_BOOL || v.t == JV_INT || v.t == JV_FLOAT; }
 static double as_f(jv v) { return v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : (double)v.u.b; }
-static int64_t as_i(jv v) { return v.t == JV_INT ? v.u.i : (int64_t)v.u.b; }
+static int64_t as_i(jv v) { return v.t == JV_INT ? v.u.i : v.t == JV_BOOL ? (int64_t)v.u.b : 0; }
 
 static const char *op_name(int op) {
     switch (op) {
