@@ -237,6 +237,38 @@ static void test_peer_cases(void) {
     free(data);
 }
 
+/* ---- jinja_cases.json against jinja_expected.json (Python Jinja2) ---- */
+static void test_language_cases(void) {
+    char *ct = read_all("fixtures/chat/jinja_cases.json"), *et = read_all("fixtures/chat/jinja_expected.json");
+    cJSON *cases = ct ? cJSON_Parse(ct) : NULL, *exp = et ? cJSON_Parse(et) : NULL;
+    CHECKF(cJSON_IsArray(cases) && cJSON_IsArray(exp) && cJSON_GetArraySize(cases) == cJSON_GetArraySize(exp),
+           "fixtures/chat/jinja_cases.json, jinja_expected.json");
+    int i = 0;
+    for (const cJSON *c = cases ? cases->child : NULL, *e = exp ? exp->child : NULL; c && e;
+         c = c->next, e = e->next, i++) {
+        const char *src = cJSON_GetObjectItem(c, "src")->valuestring;
+        mnv__jinja *t = NULL;
+        char *got = NULL;
+        mnv_status st = mnv__jinja_parse("case", src, strlen(src), &t);
+        if (st == MNV_OK) st = mnv__jinja_render(t, cJSON_GetObjectItem(c, "vars"), NULL, &got);
+        if (cJSON_IsString(e)) {
+            CHECKF(st == MNV_OK, "case %d [%s]: %s", i, src, mnv_last_error());
+            if (got) CHECKF(strcmp(got, e->valuestring) == 0, "case %d [%s]:\n  got:  [%s]\n  want: [%s]", i, src, got,
+                            e->valuestring);
+        } else {
+            CHECKF(st != MNV_OK && mnv_last_error()[0], "case %d [%s]: an error expected (%s), got [%s]", i, src,
+                   cJSON_GetObjectItem(e, "error")->valuestring, got ? got : "");
+        }
+        free(got);
+        mnv__jinja_free(t);
+    }
+    CHECK(i >= 90);
+    cJSON_Delete(cases);
+    cJSON_Delete(exp);
+    free(ct);
+    free(et);
+}
+
 /* ---- llama3 and qwen3 on requests.json, against expected.json ---- */
 static void test_model_templates(void) {
     char *reqs_text = read_all("fixtures/chat/requests.json");
@@ -347,6 +379,7 @@ int main(void) {
     test_language();
     test_errors();
     test_peer_cases();
+    test_language_cases();
     test_model_templates();
     test_template_loading();
     test_tool_calls();

@@ -402,6 +402,7 @@ static jv call_macro(jrender *r, jfunc *fn, jv *args, int nargs, const char **kw
         }
         (void)dummy;
     }
+    varargs.tuple = 1;
     frame_set(r, f, "varargs", varargs);
     frame_set(r, f, "kwargs", kwargs);
     jbuf *saved = r->out;

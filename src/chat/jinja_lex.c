@@ -279,11 +279,23 @@ static bool lex_comment(lexer *L) {
 bool mnv__jinja_lex(jarena *a, const char *src, size_t len, jtok **toks, size_t *n, char *err,
                     size_t errcap) {
     lexer L = {.a = a, .n = len, .line = 1, .err = err, .errcap = errcap};
+    /* as Jinja reads a source: every \r\n and \r becomes \n, and one
+     * newline at the very end is dropped (keep_trailing_newline off) */
     char *copy = mnv__ja_alloc(a, len + 1);
     if (!copy) return lx_err(&L, "template too large");
-    memcpy(copy, src, len);
-    copy[len] = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] == '\r') {
+            copy[k++] = '\n';
+            if (i + 1 < len && src[i + 1] == '\n') i++;
+        } else {
+            copy[k++] = src[i];
+        }
+    }
+    if (k && copy[k - 1] == '\n') k--;
+    copy[k] = 0;
     L.s = copy;
+    L.n = k;
     while (L.pos < L.n) {
         size_t tag = next_tag(&L, L.pos);
         const char *text = L.s + L.pos;
