@@ -1003,6 +1003,26 @@ static jv f_sum(jrender *r, jv in, const jargs *A) {
     return acc;
 }
 
+static jv f_length(jrender *r, jv in) {
+    switch (in.t) {
+    case JV_UNDEF: return mnv__jv_int(0);
+    case JV_STR: return mnv__jv_int((int64_t)cp_count(in.u.s.p, in.u.s.n));
+    case JV_LIST: return mnv__jv_int((int64_t)in.u.l->n);
+    case JV_DICT: case JV_NS: return mnv__jv_int((int64_t)in.u.d->n);
+    default: mnv__jr_fail(r, "object of type '%s' has no len()", mnv__jv_typename(in));
+    }
+}
+
+static jv f_dictsort(jrender *r, jv in, const jargs *A) {
+    if (in.t != JV_DICT) mnv__jr_fail(r, "dictsort: expected a mapping, got %s", mnv__jv_typename(in));
+    size_t bl;
+    const char *by = arg_str(A, 1, "by", "key", &bl);
+    bool byv = !strcmp(by, "value");
+    if (!byv && strcmp(by, "key")) mnv__jr_fail(r, "dictsort: 'by' must be 'key' or 'value'");
+    return sorted(r, items_of(r, in.u.d).u.l, NULL, arg_bool(A, 0, "case_sensitive", false),
+                  arg_bool(A, 2, "reverse", false), byv ? 2 : 1);
+}
+
 jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int nargs, const char **kwn, jv *kwv,
                   int nkw) {
     jargs A = {r, name, args, nargs, kwn, kwv, nkw};
@@ -1013,15 +1033,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
         return in;
     }
     if (!strcmp(name, "tojson")) return f_tojson(r, in, &A);
-    if (!strcmp(name, "length") || !strcmp(name, "count")) {
-        switch (in.t) {
-        case JV_UNDEF: return mnv__jv_int(0);
-        case JV_STR: return mnv__jv_int((int64_t)cp_count(in.u.s.p, in.u.s.n));
-        case JV_LIST: return mnv__jv_int((int64_t)in.u.l->n);
-        case JV_DICT: case JV_NS: return mnv__jv_int((int64_t)in.u.d->n);
-        default: mnv__jr_fail(r, "object of type '%s' has no len()", mnv__jv_typename(in));
-        }
-    }
+    if (!strcmp(name, "length") || !strcmp(name, "count")) return f_length(r, in);
     if (!strcmp(name, "string")) return mnv__jv_tostr(r, in);
     if (!strcmp(name, "list")) return (jv){.t = JV_LIST, .u.l = mnv__jr_iter(r, in)};
     if (!strcmp(name, "safe") || !strcmp(name, "attr")) {
@@ -1038,15 +1050,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
         if (in.t != JV_DICT) mnv__jr_fail(r, "items: expected a mapping, got %s", mnv__jv_typename(in));
         return items_of(r, in.u.d);
     }
-    if (!strcmp(name, "dictsort")) {
-        if (in.t != JV_DICT) mnv__jr_fail(r, "dictsort: expected a mapping, got %s", mnv__jv_typename(in));
-        size_t bl;
-        const char *by = arg_str(&A, 1, "by", "key", &bl);
-        bool byv = !strcmp(by, "value");
-        if (!byv && strcmp(by, "key")) mnv__jr_fail(r, "dictsort: 'by' must be 'key' or 'value'");
-        return sorted(r, items_of(r, in.u.d).u.l, NULL, arg_bool(&A, 0, "case_sensitive", false),
-                      arg_bool(&A, 2, "reverse", false), byv ? 2 : 1);
-    }
+    if (!strcmp(name, "dictsort")) return f_dictsort(r, in, &A);
     if (!strcmp(name, "sort")) {
         jv attr = arg(&A, 2, "attribute", mnv__jv_none());
         return sorted(r, mnv__jr_iter(r, in), attr.t == JV_STR ? attr.u.s.p : NULL,
