@@ -327,6 +327,19 @@ static void test_template_loading(void) {
     CHECK(strstr(mnv_last_error(), "messages[0].content[0]") != NULL);
     cJSON_Delete(bad);
     mnv__chat_template_free(t);
+
+    /* chat_template.jinja; a template that concatenates "arguments" as a
+     * string gets the string OpenAI sent (the object form fails) */
+    CHECKF(mnv__chat_template_load("fixtures/chat/string_args", &t) == MNV_OK && t, "%s", mnv_last_error());
+    cJSON *req = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
+                             "\"content\": null, \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", "
+                             "\"arguments\": \"{\\\"a\\\": 1}\"}}]}]}");
+    out = NULL;
+    CHECKF(t && mnv__chat_template_render(t, req, 1, &out) == MNV_OK, "%s", mnv_last_error());
+    CHECKF(out && strcmp(out, "user;assistant f({\"a\": 1});") == 0, "[%s]", out ? out : "");
+    free(out);
+    cJSON_Delete(req);
+    mnv__chat_template_free(t);
 }
 
 /* ---- tool calls ---- */

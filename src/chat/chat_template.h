@@ -25,7 +25,10 @@ mnv_status mnv__chat_template_load(const char *model_dir, mnv__chat_template **o
  * e.g. enable_thinking) to the prompt text, malloc'd in *out. Errors
  * (template raise_exception, type errors, limits) return MNV_ERR_INVALID_ARG
  * with a message naming the template line. Never aborts. Thread-safe: a
- * loaded template is only read. */
+ * loaded template is only read. The request is prepared as
+ * mnv_chat_template_render in minerva.h says (tool-call arguments as
+ * objects, with a retry on the strings; text parts joined for templates
+ * that do not read parts). */
 mnv_status mnv__chat_template_render(const mnv__chat_template *t, const cJSON *request,
                                      int add_generation_prompt, char **out);
 
