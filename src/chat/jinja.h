@@ -240,5 +240,7 @@ bool mnv__jr_has_method(jv self, const char *name);
 jv mnv__jr_global(jrender *r, const char *name, jv *args, int nargs, const char **kwn, jv *kwv,
                   int nkw);
 bool mnv__jr_is_global(const char *name);
+/* "fmt" % args: %s %d %i %r and %% */
+jv mnv__jr_percent_format(jrender *r, jv fmt, jv *args, int nargs);
 
 #endif

@@ -321,8 +321,9 @@ static jv str_format(jrender *r, jv s, const jargs *A) {
     return mnv__jb_take(r, &b);
 }
 
-/* printf-style "%s" % args as the format filter does: %s %d %i %r %f %% */
-static jv percent_format(jrender *r, jv s, jv *args, int nargs) {
+/* printf-style formatting, "fmt" % args and the format filter: %s %d %i %r
+ * and %% (no widths or precisions) */
+jv mnv__jr_percent_format(jrender *r, jv s, jv *args, int nargs) {
     jbuf b = {0};
     int ai = 0;
     const char *p = s.u.s.p;
@@ -1097,7 +1098,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
     }
     if (!strcmp(name, "indent")) return f_indent(r, s, &A);
     if (!strcmp(name, "e") || !strcmp(name, "escape") || !strcmp(name, "forceescape")) return f_escape(r, s);
-    if (!strcmp(name, "format")) return percent_format(r, s, args, nargs);
+    if (!strcmp(name, "format")) return mnv__jr_percent_format(r, s, args, nargs);
     if (!strcmp(name, "wordcount")) return mnv__jv_int((int64_t)split(r, s, NULL, 0, -1).u.l->n);
     mnv__jr_fail(r, "no filter named '%s'", name);
 }

@@ -321,6 +321,10 @@ static jv binop(jrender *r, int op, jv a, jv b) {
         return repeat(r, a, as_i(b));
     if (op == '*' && (b.t == JV_STR || b.t == JV_LIST) && (a.t == JV_INT || a.t == JV_BOOL))
         return repeat(r, b, as_i(a));
+    if (op == '%' && a.t == JV_STR) { /* "fmt" % value or % (tuple) */
+        if (b.t == JV_LIST && b.tuple) return mnv__jr_percent_format(r, a, b.u.l->v, (int)b.u.l->n);
+        return mnv__jr_percent_format(r, a, &b, 1);
+    }
     if (a.t == JV_UNDEF || b.t == JV_UNDEF) {
         jv u = a.t == JV_UNDEF ? a : b;
         mnv__jr_fail(r, "%s", u.uname ? u.uname : "undefined value in an operation");
