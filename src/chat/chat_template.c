@@ -84,6 +84,9 @@ static mnv_status load_from_config(mnv__chat_template *t, const cJSON *ct, const
 mnv_status mnv__chat_template_load(const char *model_dir, mnv__chat_template **out) {
     *out = NULL;
     if (!model_dir) return mnv_set_error(MNV_ERR_INVALID_ARG, "chat template: no model directory");
+    struct stat dst;
+    if (stat(model_dir, &dst) != 0 || !S_ISDIR(dst.st_mode))
+        return mnv_set_error(MNV_ERR_IO, "%s: not a directory", model_dir);
     char *jinja_path = mnv_path_join(model_dir, "chat_template.jinja");
     char *cfg_path = mnv_path_join(model_dir, "tokenizer_config.json");
     mnv__chat_template *t = calloc(1, sizeof *t);
