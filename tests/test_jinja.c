@@ -4,6 +4,7 @@
  * against outputs of Python Jinja2 with transformers' settings
  * (fixtures/chat/gen_expected.py), and the tool-call parser. */
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +343,53 @@ static void test_template_loading(void) {
     mnv__chat_template_free(t);
 }
 
+/* ---- one loaded template rendered from several threads at once ---- */
+typedef struct {
+    const mnv__chat_template *t;
+    const cJSON *req;
+    const char *want;
+    int bad;
+} render_task;
+
+static void *render_many(void *arg) {
+    render_task *k = arg;
+    for (int i = 0; i < 40; i++) {
+        char *out = NULL;
+        if (mnv__chat_template_render(k->t, k->req, 1, &out) != MNV_OK || strcmp(out, k->want)) k->bad++;
+        free(out);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    mnv__chat_template *t = NULL;
+    CHECK(mnv__chat_template_load("fixtures/chat/qwen3", &t) == MNV_OK && t);
+    char *rt = read_all("fixtures/chat/requests.json");
+    cJSON *reqs = rt ? cJSON_Parse(rt) : NULL;
+    const cJSON *req = NULL;
+    for (const cJSON *c = reqs ? reqs->child : NULL; c; c = c->next)
+        if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, "tool_round_trip")) req = cJSON_GetObjectItem(c, "request");
+    char *want = NULL;
+    CHECK(t && req && mnv__chat_template_render(t, req, 1, &want) == MNV_OK);
+    if (want) {
+        enum { N = 4 };
+        pthread_t th[N];
+        render_task tasks[N];
+        for (int i = 0; i < N; i++) {
+            tasks[i] = (render_task){t, req, want, 0};
+            CHECK(pthread_create(&th[i], NULL, render_many, &tasks[i]) == 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(th[i], NULL);
+            CHECKF(tasks[i].bad == 0, "thread %d: %d renders differ", i, tasks[i].bad);
+        }
+    }
+    free(want);
+    cJSON_Delete(reqs);
+    free(rt);
+    mnv__chat_template_free(t);
+}
+
 /* ---- tool calls ---- */
 static void check_parse(const char *text, const char *want_content, const char *want_reasoning,
                         const char *want_calls, int line) {
@@ -396,5 +444,6 @@ int main(void) {
     test_model_templates();
     test_template_loading();
     test_tool_calls();
+    test_threads();
     return t_done();
 }
