@@ -14,6 +14,7 @@ static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt (streams to stdout)"},
     {"batch", cmd_batch, "many prompts through one engine (continuous batching)"},
     {"chat", cmd_chat, "chat with a gpt-oss model (Harmony format)"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server (continuous batching)"},
     {"render-chat", cmd_render_chat, "the prompt a chat request renders to (chat template)"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
     {"logits", cmd_logits, "print the logits of a sequence of ids as JSON"},
