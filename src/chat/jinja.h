@@ -86,6 +86,8 @@ typedef struct jloop jloop;
 typedef struct {
     uint8_t t;
     uint8_t tuple; /* JV_LIST printed as a tuple */
+    uint8_t gen;   /* JV_LIST standing for one of Jinja's lazy iterators (select,
+                      map, unique, reverse...): always true, no len(), no items */
     union {
         bool b;
         int64_t i;

@@ -617,11 +617,8 @@ bool mnv__jr_test(jrender *r, jframe *f, const char *name, jv v, jv *args, int n
         if (v.t == JV_INT) return v.u.i == a0.u.i && v.u.i >= -5 && v.u.i <= 256;
         return mnv__jv_eq(v, a0) && (v.t == JV_LIST ? v.u.l == a0.u.l : v.t == JV_DICT ? v.u.d == a0.u.d : false);
     }
-    if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
-        if (v.t != JV_STR) mnv__jr_fail(r, "test '%s' needs a string", name);
-        jv m = map_case(r, v, name[0] == 'u');
-        return mnv__jv_eq(m, v);
-    }
+    if (!strcmp(name, "lower") || !strcmp(name, "upper")) /* str(value).islower() */
+        return str_class(mnv__jv_tostr(r, v), name[0] == 'l' ? 4 : 5);
     if (!strcmp(name, "even") || !strcmp(name, "odd") || !strcmp(name, "divisibleby")) {
         if (v.t != JV_INT && v.t != JV_BOOL) mnv__jr_fail(r, "test '%s' needs an integer", name);
         int64_t x = v.t == JV_INT ? v.u.i : v.u.b;
@@ -882,6 +879,7 @@ static jv f_select(jrender *r, jframe *f, jv in, const jargs *A, bool attr, bool
         bool t = test ? mnv__jr_test(r, f, test, x, A->args + first + 1, A->nargs - first - 1) : mnv__jv_truthy(x);
         if (t == keep) mnv__jl_push(r, out.u.l, l->v[i]);
     }
+    out.gen = 1;
     return out;
 }
 
@@ -897,12 +895,14 @@ static jv f_map(jrender *r, jframe *f, jv in, const jargs *A) {
             if (x.t == JV_UNDEF && dflt.t != JV_UNDEF) x = dflt;
             mnv__jl_push(r, out.u.l, x);
         }
+        out.gen = 1;
         return out;
     }
     const char *filter = arg_str(A, 0, NULL, NULL, NULL);
     if (!filter) mnv__jr_fail(r, "map: a filter name or attribute= is needed");
     for (size_t i = 0; i < l->n; i++)
         mnv__jl_push(r, out.u.l, mnv__jr_filter(r, f, filter, l->v[i], A->args + 1, A->nargs - 1, A->kwn, A->kwv, A->nkw));
+    out.gen = 1;
     return out;
 }
 
@@ -937,6 +937,7 @@ static jv f_unique(jrender *r, jv in, const jargs *A) {
         mnv__jl_push(r, seen.u.l, k);
         mnv__jl_push(r, out.u.l, l->v[i]);
     }
+    out.gen = 1;
     return out;
 }
 
@@ -980,6 +981,7 @@ static jv f_reverse(jrender *r, jv in) {
     jlist *l = mnv__jr_iter(r, in);
     jv out = mnv__jv_list(r, l->n);
     for (size_t i = l->n; i-- > 0;) mnv__jl_push(r, out.u.l, l->v[i]);
+    out.gen = 1; /* reversed(): an iterator */
     return out;
 }
 
@@ -1008,7 +1010,9 @@ static jv f_length(jrender *r, jv in) {
     switch (in.t) {
     case JV_UNDEF: return mnv__jv_int(0);
     case JV_STR: return mnv__jv_int((int64_t)cp_count(in.u.s.p, in.u.s.n));
-    case JV_LIST: return mnv__jv_int((int64_t)in.u.l->n);
+    case JV_LIST:
+        if (in.gen) mnv__jr_fail(r, "object of type 'generator' has no len()");
+        return mnv__jv_int((int64_t)in.u.l->n);
     case JV_DICT: case JV_NS: return mnv__jv_int((int64_t)in.u.d->n);
     default: mnv__jr_fail(r, "object of type '%s' has no len()", mnv__jv_typename(in));
     }
@@ -1036,7 +1040,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
     if (!strcmp(name, "tojson")) return f_tojson(r, in, &A);
     if (!strcmp(name, "length") || !strcmp(name, "count")) return f_length(r, in);
     if (!strcmp(name, "string")) return mnv__jv_tostr(r, in);
-    if (!strcmp(name, "list")) return (jv){.t = JV_LIST, .u.l = mnv__jr_iter(r, in)};
+    if (!strcmp(name, "list")) return (jv){.t = JV_LIST, .u.l = mnv__jr_iter(r, in)}; /* not lazy */
     if (!strcmp(name, "safe") || !strcmp(name, "attr")) {
         if (name[0] == 'a') {
             size_t l;
@@ -1047,9 +1051,15 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
         return in;
     }
     if (!strcmp(name, "items")) {
-        if (in.t == JV_UNDEF) return mnv__jv_list(r, 0);
+        if (in.t == JV_UNDEF) {
+            jv empty = mnv__jv_list(r, 0);
+            empty.gen = 1;
+            return empty;
+        }
         if (in.t != JV_DICT) mnv__jr_fail(r, "items: expected a mapping, got %s", mnv__jv_typename(in));
-        return items_of(r, in.u.d);
+        jv it = items_of(r, in.u.d);
+        it.gen = 1;
+        return it;
     }
     if (!strcmp(name, "dictsort")) return f_dictsort(r, in, &A);
     if (!strcmp(name, "sort")) {
@@ -1099,6 +1109,16 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
     if (!strcmp(name, "indent")) return f_indent(r, s, &A);
     if (!strcmp(name, "e") || !strcmp(name, "escape") || !strcmp(name, "forceescape")) return f_escape(r, s);
     if (!strcmp(name, "format")) return mnv__jr_percent_format(r, s, args, nargs);
-    if (!strcmp(name, "wordcount")) return mnv__jv_int((int64_t)split(r, s, NULL, 0, -1).u.l->n);
+    if (!strcmp(name, "wordcount")) { /* runs of \w (letters, digits, _; any non-ASCII counted as a letter) */
+        int64_t words = 0;
+        bool in_word = false;
+        for (size_t i = 0; i < s.u.s.n; i++) {
+            unsigned char c = (unsigned char)s.u.s.p[i];
+            bool w = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c >= 0x80;
+            words += w && !in_word;
+            in_word = w;
+        }
+        return mnv__jv_int(words);
+    }
     mnv__jr_fail(r, "no filter named '%s'", name);
 }

@@ -164,6 +164,8 @@ jv mnv__jr_getitem(jrender *r, jv obj, jv key) {
     jv out;
     if (obj.t == JV_DICT || obj.t == JV_NS) {
         if (mnv__jd_get(obj.u.d, key, &out)) return out;
+    } else if (obj.t == JV_LIST && obj.gen) {
+        return mnv__jv_undef("'generator' object is not subscriptable");
     } else if ((obj.t == JV_LIST || obj.t == JV_STR) && (key.t == JV_INT || key.t == JV_BOOL)) {
         int64_t i = key.t == JV_INT ? key.u.i : key.u.b;
         size_t k;
@@ -193,7 +195,7 @@ static jv do_slice(jrender *r, jv obj, jv a, jv b, jv c) {
     size_t n;
     size_t *off = NULL;
     if (obj.t == JV_STR) off = cp_offsets(r, obj.u.s.p, obj.u.s.n, &n);
-    else if (obj.t == JV_LIST) n = obj.u.l->n;
+    else if (obj.t == JV_LIST && !obj.gen) n = obj.u.l->n;
     else mnv__jr_fail(r, "'%s' object is not subscriptable", mnv__jv_typename(obj));
     int64_t len = (int64_t)n;
     int64_t start, stop;
@@ -250,6 +252,7 @@ static jv repeat(jrender *r, jv seq, int64_t times) {
     jv l = mnv__jv_list(r, 0);
     for (int64_t i = 0; i < times; i++)
         for (size_t k = 0; k < seq.u.l->n; k++) mnv__jl_push(r, l.u.l, seq.u.l->v[k]);
+    l.tuple = seq.tuple;
     return l;
 }
 
@@ -315,6 +318,7 @@ static jv binop(jrender *r, int op, jv a, jv b) {
         jv l = mnv__jv_list(r, a.u.l->n + b.u.l->n);
         for (size_t i = 0; i < a.u.l->n; i++) mnv__jl_push(r, l.u.l, a.u.l->v[i]);
         for (size_t i = 0; i < b.u.l->n; i++) mnv__jl_push(r, l.u.l, b.u.l->v[i]);
+        l.tuple = a.tuple && b.tuple;
         return l;
     }
     if (op == '*' && (a.t == JV_STR || a.t == JV_LIST) && (b.t == JV_INT || b.t == JV_BOOL))

@@ -534,22 +534,26 @@ static jnode *parse_expr(parser *P) {
     return n;
 }
 
-/* an expression, or a tuple of them without parentheses (a, b) */
-static jnode *parse_tuple(parser *P) {
+/* an expression, or a tuple of them without parentheses (a, b); without
+ * condexpr, an unparenthesized "a if b else c" is not taken (as Jinja parses
+ * the test of an if) */
+static jnode *parse_tuple_ex(parser *P, bool condexpr) {
     int line = cur(P)->line;
-    jnode *n = parse_expr(P);
+    jnode *n = condexpr ? parse_expr(P) : parse_or(P);
     if (!is_op(P, ",")) return n;
     nlist items = {0};
     nl_push(P, &items, n);
     while (accept_op(P, ",")) {
         if (cur(P)->kind == JT_BLOCK_END || cur(P)->kind == JT_VAR_END) break;
-        nl_push(P, &items, parse_expr(P));
+        nl_push(P, &items, condexpr ? parse_expr(P) : parse_or(P));
     }
     jnode *t = mk(P, JN_TUPLE, line);
     t->v = items.v;
     t->nv = items.n;
     return t;
 }
+
+static jnode *parse_tuple(parser *P) { return parse_tuple_ex(P, true); }
 
 /* ---- statements ---- */
 
@@ -581,7 +585,7 @@ static void parse_targets(parser *P, jnode *n) {
 static jnode *parse_if(parser *P, int line) {
     static const char *const ends[] = {"elif", "else", "endif", NULL};
     jnode *n = mk(P, JN_IF, line);
-    n->a = parse_tuple(P);
+    n->a = parse_tuple_ex(P, false);
     expect_block_end(P);
     const char *which = NULL;
     n->b = parse_body(P, ends, &which);

@@ -169,7 +169,7 @@ bool mnv__jv_truthy(jv v) {
     case JV_INT: return v.u.i != 0;
     case JV_FLOAT: return v.u.f != 0.0;
     case JV_STR: return v.u.s.n != 0;
-    case JV_LIST: return v.u.l->n != 0;
+    case JV_LIST: return v.gen || v.u.l->n != 0;
     case JV_DICT: return v.u.d->n != 0;
     default: return true;
     }
@@ -211,6 +211,7 @@ const char *mnv__jv_typename(jv v) {
     static const char *const names[] = {"Undefined", "NoneType", "bool", "int", "float", "str",
                                         "list", "dict", "Namespace", "function", "LoopContext"};
     if (v.t == JV_LIST && v.tuple) return "tuple";
+    if (v.t == JV_LIST && v.gen) return "generator";
     return names[v.t];
 }
 
@@ -366,6 +367,10 @@ static void repr_depth(jrender *r, jbuf *b, jv v, int depth) {
     case JV_UNDEF: break;
     case JV_STR: repr_str(r, b, v.u.s.p, v.u.s.n); break;
     case JV_LIST:
+        if (v.gen) {
+            mnv__jb_puts(r, b, "<generator object>");
+            break;
+        }
         mnv__jb_puts(r, b, v.tuple ? "(" : "[");
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i) mnv__jb_puts(r, b, ", ");
@@ -456,6 +461,7 @@ void mnv__jv_tojson(jrender *r, jbuf *b, jv v, const char *indent, bool sort_key
         return;
     case JV_STR: json_str(r, b, v.u.s.p, v.u.s.n); return;
     case JV_LIST:
+        if (v.gen) mnv__jr_fail(r, "Object of type generator is not JSON serializable");
         if (!v.u.l->n) {
             mnv__jb_puts(r, b, "[]");
             return;
