@@ -173,6 +173,24 @@ typedef enum {
 /* Name as written in safetensors headers ("F32", "BF16", ...). */
 MNV_API const char *mnv_dtype_name(mnv_dtype t);
 
+/* KV cache element types. Q8 and Q4 are affine per group of elements along
+ * the head dimension (32, or the largest of 16 and 8 that divides head_dim,
+ * else head_dim itself): value = scale * q + bias, q an unsigned 8- or 4-bit
+ * integer, one f16 scale and one f16 bias per group. MNV_KV_DEFAULT in
+ * params means: the type kv_dtype names. */
+typedef enum {
+    MNV_KV_DEFAULT = 0,
+    MNV_KV_F32,
+    MNV_KV_F16,
+    MNV_KV_BF16,
+    MNV_KV_Q8,
+    MNV_KV_Q4,
+    MNV_KV_TYPE_COUNT
+} mnv_kv_type;
+
+/* "f32", "f16", "bf16", "q8", "q4" ("default" for MNV_KV_DEFAULT, "?" otherwise). */
+MNV_API const char *mnv_kv_type_name(mnv_kv_type t);
+
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */
@@ -350,7 +368,9 @@ typedef struct {
                               same setting; prefill is slower. 0 (default): products pick the
                               fastest kernel for the batch, and results may differ in the last
                               bits with the batch's composition */
-    uint32_t reserved[8];
+    int32_t kv_type_k;   /* mnv_kv_type of the K cache; MNV_KV_DEFAULT (0): as kv_dtype */
+    int32_t kv_type_v;   /* mnv_kv_type of the V cache; MNV_KV_DEFAULT (0): as kv_dtype */
+    uint32_t reserved[6];
 } mnv_session_params;
 
 MNV_API mnv_session_params mnv_session_params_default(void);
@@ -360,7 +380,7 @@ MNV_API mnv_session_params mnv_session_params_default(void);
 typedef struct {
     uint64_t weight_bytes;  /* weights, as mnv_config_estimate counts them (mapped from
                                the files: page cache, shared by every session) */
-    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens at kv_dtype */
+    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens of K and V at their types */
     uint64_t compute_bytes; /* an upper bound of one session's activation memory for a
                                full n_batch pass at the full context, and its logits */
     uint64_t total_bytes;   /* the sum */
@@ -578,7 +598,9 @@ typedef struct {
                                  0: the caller drives it with mnv_engine_step */
     int32_t deterministic;    /* as in mnv_session_params: a request's tokens do not depend on
                                  what it is batched with */
-    uint32_t reserved[8];
+    int32_t kv_type_k;        /* as in mnv_session_params: K and V element types (mnv_kv_type, */
+    int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
+    uint32_t reserved[6];
 } mnv_engine_params;
 
 MNV_API mnv_engine_params mnv_engine_params_default(void);

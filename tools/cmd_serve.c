@@ -96,13 +96,15 @@ static const char *base_name(const char *dir, char *buf, size_t cap) {
 }
 
 /* Load the model and create its engine; the server answers "loading" meanwhile. */
-static int load(serve_opts *o, mnv_dtype kv, mnv_model **model, mnv_engine **engine, mnv_engine_params *ep) {
+static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mnv_engine **engine,
+                mnv_engine_params *ep) {
     if (cli_load_model(CMD, o->model_dir, o->run.n_threads, model) != 0) return CLI_EXIT_FAIL;
     mnv_model_info info;
     mnv_model_get_info(*model, &info);
     *ep = mnv_engine_params_default();
     ep->n_threads = o->run.n_threads;
-    ep->kv_dtype = kv;
+    ep->kv_type_k = kv_k;
+    ep->kv_type_v = kv_v;
     ep->max_seqs = o->parallel;
     int32_t train = info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096;
     ep->max_seq_tokens = o->run.n_ctx > 0 ? o->run.n_ctx : train;
@@ -118,8 +120,8 @@ static int load(serve_opts *o, mnv_dtype kv, mnv_model **model, mnv_engine **eng
 static int serve(serve_opts *o) {
     char *key = NULL, name[1024], def[4096];
     if (o->api_key_file && read_key(o->api_key_file, &key) != 0) return CLI_EXIT_FAIL;
-    mnv_dtype kv = MNV_DTYPE_F32;
-    if (o->run.kv_type && cli_parse_kv_type(CMD, o->run.kv_type, &kv) != 0) {
+    int32_t kv_k = 0, kv_v = 0;
+    if (cli_kv_types(CMD, &o->run.kv, &kv_k, &kv_v)) {
         free(key);
         return CLI_EXIT_USAGE;
     }
@@ -160,7 +162,7 @@ static int serve(serve_opts *o) {
     mnv_model *model = NULL;
     mnv_engine *engine = NULL;
     mnv_engine_params ep;
-    int rc = load(o, kv, &model, &engine, &ep);
+    int rc = load(o, kv_k, kv_v, &model, &engine, &ep);
     if (rc == 0 && (st = mnv__server_ready(srv, model, engine, ep.max_seq_tokens)) != MNV_OK)
         rc = cli_lib_error(CMD, st, "cannot serve '%s'", o->model_dir);
     if (rc == 0) {
