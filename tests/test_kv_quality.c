@@ -46,8 +46,7 @@ static int argmax(const float *x, int n) {
 
 /* log-softmax of x into y (double) */
 static void log_softmax(const float *x, int n, double *y) {
-    double m = -INFINITY, s = 0;
-    for (int i = 0; i < n; i++) m = fmax(m, x[i]);
+    double m = x[argmax(x, n)], s = 0; /* (a plain max reduction here crashes aarch64 gcc 12's vectorizer) */
     for (int i = 0; i < n; i++) s += exp(x[i] - m);
     double ls = m + log(s);
     for (int i = 0; i < n; i++) y[i] = x[i] - ls;
@@ -65,6 +64,7 @@ static float *run_logits(mnv_model *m, const int32_t *ids, int n, int V, mnv_kv_
     sp.n_batch = 16; /* several chunks: the cache is read back across passes */
     sp.kv_type_k = k;
     sp.kv_type_v = v;
+    sp.n_threads = 1; /* small models: one thread is as fast, and cheap under emulation */
     sp.exact_quant = 1; /* f32 activations into quantized weights: no int8 rounding to amplify the cache's error */
     mnv_session *s = NULL;
     float *lg = malloc(sizeof(float) * (size_t)n * (size_t)V);
@@ -96,6 +96,7 @@ static void check_model(const char *dir, int n) {
     float *row = malloc(sizeof(float) * (size_t)V);
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = n;
+    sp.n_threads = 1;
     sp.exact_quant = 1;
     mnv_session *s = NULL;
     CHECK(mnv_session_create(m, &sp, &s) == MNV_OK);
@@ -139,7 +140,30 @@ static void check_model(const char *dir, int n) {
     mnv_model_free(m);
 }
 
+/* Bad types are refused with a message naming the field. */
+static void check_bad_types(void) {
+    mnv_model *m = NULL;
+    if (mnv_model_load("../models/stories260K", NULL, &m) != MNV_OK) return;
+    mnv_session_params sp = mnv_session_params_default();
+    sp.kv_type_v = MNV_KV_TYPE_COUNT;
+    mnv_session *s = NULL;
+    CHECK(mnv_session_create(m, &sp, &s) == MNV_ERR_INVALID_ARG && s == NULL);
+    CHECK(strstr(mnv_last_error(), "kv_type_v") != NULL);
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.kv_dtype = MNV_DTYPE_I32; /* ignored when both types are given */
+    ep.kv_type_k = MNV_KV_Q4, ep.kv_type_v = MNV_KV_Q8;
+    ep.run_thread = 0;
+    mnv_engine *e = NULL;
+    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "%s", mnv_last_error());
+    mnv_engine_free(e);
+    ep.kv_type_v = MNV_KV_DEFAULT; /* then V follows kv_dtype, which is not a KV type */
+    CHECK(mnv_engine_create(m, &ep, &e) == MNV_ERR_INVALID_ARG && e == NULL);
+    CHECK(strstr(mnv_last_error(), "kv_dtype") != NULL);
+    mnv_model_free(m);
+}
+
 int main(void) {
+    check_bad_types();
     check_model("../models/stories260K", 500);
     check_model("fixtures/models/tiny-llama", 250);
     check_model("fixtures/models/tiny-qwen3", 250);

@@ -556,6 +556,7 @@ static void *step_thread(void *arg) {
 /* ---- lifecycle ---------------------------------------------------------------------- */
 
 mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, mnv_engine **out) {
+    if (out) *out = NULL; /* also on failure */
     mnv_engine *e = NULL;
     mnv_status st = mnv__engine_create(model, params, &e);
     if (st != MNV_OK) return st;

@@ -283,15 +283,14 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
 }
 
 /* A side's layout is one this kernel reads: float of any head_dim, or
- * quantized with slices of 8 inside one group; fills the slice offsets. */
+ * quantized with slices of 8 inside one group; records its groups and each
+ * slice's group. */
 static bool side_ok(const mnv_kv_layout *l, int kv, group_state *s) {
     s->ng[kv] = 0;
     if (l->type == MNV_KV_F32 || l->type == MNV_KV_F16 || l->type == MNV_KV_BF16) return true;
     if ((l->type != MNV_KV_Q8 && l->type != MNV_KV_Q4) || l->head_dim % 8 || l->group % 8) return false;
     s->ng[kv] = l->head_dim / l->group;
-    for (int32_t c = 0; c < l->head_dim / 8; c++) {
-        s->gi[kv][c] = 8 * c / l->group;
-    }
+    for (int32_t c = 0; c < l->head_dim / 8; c++) s->gi[kv][c] = 8 * c / l->group;
     return true;
 }
 
