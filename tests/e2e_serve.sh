@@ -19,7 +19,7 @@ esac
 expect_rc "serve --help" 0 "$MNV_CLI" serve --help
 check "serve --help prints its usage" contains "$TMP/out" "Usage: minerva serve"
 expect_fail "serve: two keys" 2 "exclude each other" "$MNV_CLI" serve --api-key a --api-key-file b
-expect_fail "serve: a missing model" 1 "no-such-model" "$MNV_CLI" serve -m fixtures/models/no-such-model
+expect_fail "serve: a missing model" 1 "no-such-model" "$MNV_CLI" serve --port 0 -m fixtures/models/no-such-model
 expect_fail "serve: a bad host" 1 "not a numeric" "$MNV_CLI" serve --host localhost --port 0
 expect_fail "serve: a missing key file" 1 "no-such-key" "$MNV_CLI" serve --api-key-file "$TMP/no-such-key"
 

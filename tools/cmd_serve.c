@@ -96,7 +96,8 @@ static const char *base_name(const char *dir, char *buf, size_t cap) {
 }
 
 /* Load the model and create its engine; the server answers "loading" meanwhile. */
-static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mnv_engine **engine, mnv_engine_params *ep) {
+static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mnv_engine **engine,
+                mnv_engine_params *ep) {
     if (cli_load_model(CMD, o->model_dir, o->run.n_threads, model) != 0) return CLI_EXIT_FAIL;
     mnv_model_info info;
     mnv_model_get_info(*model, &info);
