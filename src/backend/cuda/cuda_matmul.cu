@@ -1,0 +1,115 @@
+/* Matrix products on CUDA: float and MLX-quantized weights, plain and per
+ * expert. One warp computes one weight row's dot products with up to MR
+ * rows of x, so the weights stream once per MR rows of x (decode reads
+ * them once); packed rows are read a U32 word per lane and dequantized in
+ * registers. cuda_gemm.c sends large float products to cuBLAS. */
+#include "backend/cuda/cuda_common.cuh"
+
+#define MR 4
+#define WARPS 8
+
+/* acc[r] += dot(x_r, row) for the lane's share of the row; the caller sums
+ * over the warp. xs: MR row pointers (rows >= nr are not read). */
+static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e, int64_t n, const float *const *xs,
+                                               int nr, int64_t K, float *acc) {
+    const int lane = threadIdx.x & 31;
+    if (w.mode == CU_QNONE) {
+        const int64_t base = e * w.we + n * w.ldw;
+        for (int64_t j = lane; j < K; j += 32) {
+            float v = cu_load(w.w, w.wtype, base + j);
+#pragma unroll
+            for (int r = 0; r < MR; r++)
+                if (r < nr) acc[r] += v * xs[r][j];
+        }
+        return;
+    }
+    const uint32_t *row = (const uint32_t *)w.w + e * w.we + n * w.ldw;
+    const int64_t so = e * w.se + n * w.lds;
+    const size_t ses = w.mode == CU_QAFFINE ? (w.scale_type == MNV_CU_F32 ? 4 : 2) : 1;
+    const void *sc = (const uint8_t *)w.scales + so * ses;
+    const void *bi = w.biases ? (const uint8_t *)w.biases + so * ses : NULL;
+    if (32 % w.bits == 0) { /* 2, 4, 8 bits: a word holds whole elements of one group */
+        const int epw = 32 / w.bits;
+        const uint32_t mask = (1u << w.bits) - 1u;
+        const int64_t words = K / epw;
+        for (int64_t wi = lane; wi < words; wi += 32) {
+            uint32_t word = row[wi];
+            int64_t j0 = wi * epw;
+            cu_group g = cu_group_of(&w, sc, bi, j0 / w.group_size);
+            for (int q = 0; q < epw; q++) {
+                float v = cu_code(w.mode, (word >> (q * w.bits)) & mask) * g.scale + g.bias;
+#pragma unroll
+                for (int r = 0; r < MR; r++)
+                    if (r < nr) acc[r] += v * xs[r][j0 + q];
+            }
+        }
+        return;
+    }
+    for (int64_t j = lane; j < K; j += 32) { /* 3, 5, 6 bits: elements may straddle words */
+        cu_group g = cu_group_of(&w, sc, bi, j / w.group_size);
+        float v = cu_code(w.mode, cu_unpack(row, w.bits, j)) * g.scale + g.bias;
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+            if (r < nr) acc[r] += v * xs[r][j];
+    }
+}
+
+static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args a) {
+    int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int64_t m0 = (int64_t)blockIdx.y * MR;
+    if (n >= a.n) return;
+    int nr = (int)(a.m - m0 < MR ? a.m - m0 : MR);
+    const float *xs[MR];
+    for (int r = 0; r < MR; r++) xs[r] = a.x + (m0 + (r < nr ? r : 0)) * a.ldx;
+    float acc[MR] = {0};
+    dot_row(a.w, 0, n, xs, nr, a.k, acc);
+    for (int r = 0; r < nr; r++) {
+        float v = warp_sum(acc[r]);
+        if ((threadIdx.x & 31) == 0) a.y[(m0 + r) * a.ldy + n] = v;
+    }
+}
+
+extern "C" cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s) {
+    if (a->m <= 0 || a->n <= 0) return cudaSuccess;
+    int64_t gy = (a->m + MR - 1) / MR;
+    if (gy > 65535) return cudaErrorInvalidValue;
+    dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)gy);
+    k_matmul<<<grid, WARPS * 32, 0, s>>>(*a);
+    CU_CHECK_LAUNCH();
+}
+
+static __global__ void k_qget_rows(mnv_cu_weight w, int64_t k, const int32_t *ids, float *y, int64_t rows) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * k) return;
+    y[i] = cu_weight_at(&w, 0, ids[i / k], i % k);
+}
+
+extern "C" cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, float *y, int64_t rows,
+                                        cudaStream_t s) {
+    if (rows * k > 0) k_qget_rows<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, ids, y, rows);
+    CU_CHECK_LAUNCH();
+}
+
+/* One (token, slot) per grid row y: its expert's rows, WARPS per block. */
+static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
+    int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int64_t ts = blockIdx.y; /* t * kk + j */
+    if (n >= a.n) return;
+    int64_t e = a.ids[ts];
+    const float *xs[MR];
+    xs[0] = a.x + (a.per_slot ? ts : ts / a.kk) * a.k;
+    for (int r = 1; r < MR; r++) xs[r] = xs[0];
+    float acc[MR] = {0};
+    dot_row(a.w, e, n, xs, 1, a.k, acc);
+    float v = warp_sum(acc[0]);
+    if ((threadIdx.x & 31) == 0) a.y[ts * a.n + n] = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+}
+
+extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, cudaStream_t s) {
+    int64_t rows = a->T * a->kk;
+    if (rows <= 0 || a->n <= 0) return cudaSuccess;
+    if (rows > 65535) return cudaErrorInvalidValue;
+    dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)rows);
+    k_moe<<<grid, WARPS * 32, 0, s>>>(*a);
+    CU_CHECK_LAUNCH();
+}
