@@ -350,6 +350,10 @@ typedef struct {
                               same setting; prefill is slower. 0 (default): products pick the
                               fastest kernel for the batch, and results may differ in the last
                               bits with the batch's composition */
+    const char *device;    /* where to compute: "cpu", "cuda" (device 0) or "cuda:N"; NULL = the
+                              default (the CPU). A device not built in or not present fails
+                              mnv_session_create with MNV_ERR_UNSUPPORTED naming it. The string
+                              is read during the call only */
     uint32_t reserved[8];
 } mnv_session_params;
 
@@ -543,6 +547,7 @@ typedef struct {
                                  0: the caller drives it with mnv_engine_step */
     int32_t deterministic;    /* as in mnv_session_params: a request's tokens do not depend on
                                  what it is batched with */
+    const char *device;       /* as in mnv_session_params */
     uint32_t reserved[8];
 } mnv_engine_params;
 

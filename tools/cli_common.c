@@ -314,6 +314,7 @@ void cli_run_opts(cli_run_flags *f, cli_opt *out) {
         {NULL, "--kv-type", CLI_STR, &f->kv_type, 0, 0, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &f->exact_quant, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &f->deterministic, 0, 0, NULL},
+        {NULL, "--device", CLI_STR, &f->device, 0, 0, NULL},
     };
     memcpy(out, opts, sizeof opts);
 }
@@ -327,7 +328,8 @@ void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
            "                          slower) instead of rounding them to int8\n"
            "      --deterministic     compute every token as if it were alone in its batch: the\n"
            "                          same tokens whatever the chunking or batching (slower\n"
-           "                          prompt processing)\n",
+           "                          prompt processing)\n"
+           "      --device D          where to compute: cpu, cuda or cuda:N (default cpu)\n",
            ctx_what);
 }
 

@@ -117,9 +117,10 @@ void cli_gen_flags_finish(cli_gen_flags *f);
 typedef struct {
     int n_threads, n_ctx, exact_quant, deterministic;
     const char *kv_type; /* NULL: f32 */
+    const char *device;  /* NULL: the library's default (cpu) */
 } cli_run_flags;
 
-#define CLI_RUN_N_OPTS 5
+#define CLI_RUN_N_OPTS 6
 void cli_run_opts(cli_run_flags *f, cli_opt *out);
 /* Append their help lines to buf; ctx_what says what --ctx sizes. */
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what);

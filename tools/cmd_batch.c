@@ -394,6 +394,7 @@ static int make_engine(const batch_opts *o, mnv_model *model, mnv_engine **e) {
     if (o->run.kv_type && cli_parse_kv_type(CMD, o->run.kv_type, &ep.kv_dtype)) return CLI_EXIT_USAGE;
     ep.exact_quant = o->run.exact_quant;
     ep.deterministic = o->run.deterministic;
+    ep.device = o->run.device;
     ep.kv_budget_bytes = (uint64_t)((double)o->kv_budget_mb * 1024.0 * 1024.0);
     ep.kv_max_tokens = o->kv_tokens;
     ep.max_seqs = o->parallel;

@@ -34,6 +34,7 @@ static const char USAGE[] =
     "      --kv-type T     KV cache element type: f32, bf16 or f16 (default f32)\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
     "      --deterministic products as if every token were alone in its batch\n"
+    "      --device D      where to compute: cpu, cuda or cuda:N (default cpu)\n"
     "      --json          print one JSON object instead of text\n"
     "      --parallel LIST N concurrent sequences on one engine instead of the pp and tg\n"
     "                      tests, for each N of LIST (e.g. 1,2,4,8,16): N random prompts\n"
@@ -50,6 +51,7 @@ typedef struct {
     int exact_quant, deterministic;
     const char *parallel; /* --parallel LIST, NULL when not given */
     int prefill_seen;
+    const char *device; /* NULL: the library's default */
 } bench_opts;
 
 typedef struct {
@@ -151,6 +153,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &sp.kv_dtype)) return 2;
     sp.exact_quant = o->exact_quant;
     sp.deterministic = o->deterministic;
+    sp.device = o->device;
     sp.n_threads = o->n_threads;
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
@@ -290,6 +293,7 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
     if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &ep.kv_dtype)) return CLI_EXIT_USAGE;
     ep.exact_quant = o->exact_quant;
     ep.deterministic = o->deterministic;
+    ep.device = o->device;
     ep.max_seqs = n_seqs;
     ep.max_seq_tokens = p + o->n_decode + 1;
     /* room for every sequence at full length, in whole blocks: no preemption */
@@ -383,7 +387,7 @@ static int parse_parallel(const bench_opts *o, int32_t **list, size_t *n) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    bench_opts o = {NULL, 512, 128, 3, 0, 0, NULL, 0, 0, NULL, 0};
+    bench_opts o = {NULL, 512, 128, 3, 0, 0, NULL, 0, 0, NULL, 0, NULL};
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &o.model_dir, 0, 0, NULL},
         {"-p", "--prefill", CLI_INT, &o.n_prefill, 0, 1 << 20, &o.prefill_seen},
@@ -395,6 +399,7 @@ int cmd_bench(int argc, char **argv) {
         {NULL, "--exact-quant", CLI_FLAG, &o.exact_quant, 0, 0, NULL},
         {NULL, "--parallel", CLI_STR, &o.parallel, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &o.deterministic, 0, 0, NULL},
+        {NULL, "--device", CLI_STR, &o.device, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

@@ -19,7 +19,7 @@
 #define CMD "chat"
 
 typedef struct {
-    const char *model_dir, *reasoning, *system, *developer, *date;
+    const char *model_dir, *reasoning, *system, *developer, *date, *device;
     int n_threads, n_ctx, show_reasoning, hide_reasoning, stats, seed_given;
     mnv_generate_params gp;
 } chat_opts;
@@ -67,6 +67,7 @@ static const char USAGE[] =
     "      --hide-reasoning   do not show the reasoning\n"
     "  -t, --threads N        CPU threads, 0 = all cores (default 0)\n"
     "  -c, --ctx N            context length (default: the model's, at most 8192)\n"
+    "      --device D         where to compute: cpu, cuda or cuda:N (default cpu)\n"
     "      --stats            tokens and speed of each turn on stderr\n"
     "  -h, --help             show this help\n";
 
@@ -85,6 +86,7 @@ static int parse_args(chat_opts *o, int argc, char **argv, int *rc) {
         {"-t", "--threads", CLI_INT, &o->n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &o->n_ctx, 0, 1 << 30, NULL},
         {NULL, "--stats", CLI_FLAG, &o->stats, 0, 0, NULL},
+        {NULL, "--device", CLI_STR, &o->device, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     if (cli_parse(&spec, argc, argv, rc)) return 1;
@@ -382,6 +384,7 @@ static int make_session(chat_state *c) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = n_ctx;
     sp.n_threads = c->o->n_threads;
+    sp.device = c->o->device;
     st = mnv_session_create(c->model, &sp, &c->sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
     mnv_session_stats ss;
