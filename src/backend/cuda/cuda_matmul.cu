@@ -15,6 +15,37 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
     const int lane = threadIdx.x & 31;
     if (w.mode == CU_QNONE) {
         const int64_t base = e * w.we + n * w.ldw;
+        const int es = w.wtype == MNV_CU_F32 ? 4 : 2, per = 16 / es; /* elements in 16 bytes */
+        const uint8_t *p = (const uint8_t *)w.w + base * es;
+        if (((uintptr_t)p & 15) == 0 && K % per == 0) { /* 16 bytes a lane */
+            for (int64_t qi = lane; qi < K / per; qi += 32) {
+                uint4 v4 = __ldg((const uint4 *)p + qi);
+                float v[8] = {0};
+                if (w.wtype == MNV_CU_F32) {
+                    v[0] = __uint_as_float(v4.x), v[1] = __uint_as_float(v4.y);
+                    v[2] = __uint_as_float(v4.z), v[3] = __uint_as_float(v4.w);
+                } else {
+                    const uint32_t wd[4] = {v4.x, v4.y, v4.z, v4.w};
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {
+                        uint16_t lo = (uint16_t)(wd[c] & 0xffff), hi = (uint16_t)(wd[c] >> 16);
+                        if (w.wtype == MNV_CU_BF16) {
+                            v[2 * c] = bf16_bits_to_f32(lo), v[2 * c + 1] = bf16_bits_to_f32(hi);
+                        } else {
+                            v[2 * c] = __half2float(__ushort_as_half(lo));
+                            v[2 * c + 1] = __half2float(__ushort_as_half(hi));
+                        }
+                    }
+                }
+                int64_t j0 = qi * per;
+#pragma unroll
+                for (int c = 0; c < 8; c++)
+#pragma unroll
+                    for (int r = 0; r < MR; r++)
+                        if (c < per && r < nr) acc[r] += v[c] * xs[r][j0 + c];
+            }
+            return;
+        }
         for (int64_t j = lane; j < K; j += 32) {
             float v = cu_load(w.w, w.wtype, base + j);
 #pragma unroll
@@ -28,6 +59,32 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
     const size_t ses = w.mode == CU_QAFFINE ? (w.scale_type == MNV_CU_F32 ? 4 : 2) : 1;
     const void *sc = (const uint8_t *)w.scales + so * ses;
     const void *bi = w.biases ? (const uint8_t *)w.biases + so * ses : NULL;
+    const int64_t gw = (int64_t)w.group_size * w.bits / 32; /* words per group */
+    if ((w.bits == 4 || w.bits == 8) && gw % 4 == 0 && ((uintptr_t)row & 15) == 0) {
+        /* 16 bytes a lane (4 words of one group): decode reads at bandwidth */
+        const int epw = 32 / w.bits;
+        const uint32_t mask = (1u << w.bits) - 1u;
+        const int64_t quads = K / (4 * epw);
+        const uint4 *row4 = (const uint4 *)row;
+        for (int64_t qi = lane; qi < quads; qi += 32) {
+            uint4 v4 = __ldg(row4 + qi);
+            const uint32_t wd[4] = {v4.x, v4.y, v4.z, v4.w};
+            int64_t j0 = qi * 4 * epw;
+            cu_group g = cu_group_of(&w, sc, bi, j0 / w.group_size);
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    if (q >= epw) break;
+                    float v = cu_code(w.mode, (wd[c] >> (q * w.bits)) & mask) * g.scale + g.bias;
+                    int64_t j = j0 + c * epw + q;
+#pragma unroll
+                    for (int r = 0; r < MR; r++)
+                        if (r < nr) acc[r] += v * xs[r][j];
+                }
+        }
+        return;
+    }
     if (32 % w.bits == 0) { /* 2, 4, 8 bits: a word holds whole elements of one group */
         const int epw = 32 / w.bits;
         const uint32_t mask = (1u << w.bits) - 1u;
