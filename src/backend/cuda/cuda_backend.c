@@ -8,8 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include <cublas_v2.h>
+
 #include "backend/backend.h"
 #include "backend/cuda/cuda_kernels.h"
+
+#define BLAS_WORKSPACE (32u << 20)
 
 _Static_assert((int)MNV_CU_F32 == (int)MNV_DTYPE_F32 && (int)MNV_CU_F16 == (int)MNV_DTYPE_F16 &&
                    (int)MNV_CU_BF16 == (int)MNV_DTYPE_BF16,
@@ -33,6 +37,12 @@ typedef struct {
     range *uploads;    /* sorted by host */
     int32_t n_up, cap_up;
     size_t upload_bytes;
+    int row_invariant;  /* never cuBLAS: its results depend on the row count */
+    void *cublas;       /* cublasHandle_t */
+    void *blas_ws;      /* cuBLAS's workspace (fixed, so that products may be captured) */
+    void *scratch;      /* cuda_gemm.c's scratch */
+    size_t scratch_size;
+    const char *gemm_err;
     char name[16];
 } cuda_ctx;
 
@@ -181,6 +191,46 @@ static mnv_cu_weight weight_of(const mnv_node *n, const mnv_node *w, const mnv_n
     return r;
 }
 
+static void matmul_args(const mnv_node *n, mnv_cu_matmul_args *a) {
+    const mnv_node *x = n->src[0], *w = n->src[1];
+    *a = (mnv_cu_matmul_args){.x = x->data, .ldx = x->shape[x->ndim - 1], .y = n->data,
+                              .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0]};
+    if (n->op == MNV_OP_MATMUL) {
+        a->w = (mnv_cu_weight){.w = w->data, .wtype = (int32_t)w->dtype, .ldw = w->stride[0]};
+        a->k = w->shape[1];
+    } else {
+        a->w = weight_of(n, w, n->src[2], n->src[3]);
+        a->k = n->p.q.k;
+    }
+}
+
+static bool use_blas(const cuda_ctx *c, const mnv_cu_matmul_args *a) {
+    return !c->row_invariant && a->m >= MNV_CU_GEMM_MIN_ROWS;
+}
+
+/* Scratch for the graph's cuBLAS products, allocated before anything is queued. */
+static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
+    size_t need = 0;
+    for (int32_t i = 0; i < mnv_graph_n_nodes(g); i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
+        mnv_cu_matmul_args a;
+        matmul_args(nd, &a);
+        if (use_blas(c, &a)) need = MNV_MAX(need, mnv__cu_gemm_scratch(&a));
+    }
+    if (need <= c->scratch_size) return MNV_OK;
+    if (c->scratch) {
+        cudaStreamSynchronize(c->stream);
+        remove_dev(c, (uintptr_t)c->scratch);
+        cudaFree(c->scratch);
+        c->scratch = NULL;
+        c->scratch_size = 0;
+    }
+    mnv_status st = dev_alloc(c, need, &c->scratch);
+    if (st == MNV_OK) c->scratch_size = need;
+    return st;
+}
+
 static cudaError_t run_elem(const mnv_node *n, cudaStream_t s) {
     const mnv_node *a = n->src[0], *b = n->src[1];
     int64_t D = n->shape[n->ndim - 1];
@@ -259,21 +309,17 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
     }
     case MNV_OP_MATMUL:
     case MNV_OP_QMATMUL: {
-        const mnv_node *w = n->src[1];
-        mnv_cu_matmul_args a = {.x = x->data, .ldx = x->shape[x->ndim - 1], .y = n->data,
-                                .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0]};
-        if (n->op == MNV_OP_MATMUL) {
-            a.w = (mnv_cu_weight){.w = w->data, .wtype = (int32_t)w->dtype, .ldw = w->stride[0]};
-            a.k = w->shape[1];
-        } else {
-            a.w = weight_of(n, w, n->src[2], n->src[3]);
-            a.k = n->p.q.k;
+        mnv_cu_matmul_args a;
+        matmul_args(n, &a);
+        if (use_blas(c, &a)) {
+            c->gemm_err = mnv__cu_gemm(c->cublas, &a, c->scratch, s);
+            return c->gemm_err ? cudaErrorUnknown : cudaSuccess;
         }
         return mnv_cu_matmul(&a, s);
     }
     case MNV_OP_QGET_ROWS: {
         mnv_cu_weight w = weight_of(n, x, n->src[2], n->src[3]);
-        return mnv_cu_qget_rows(&w, n->p.q.k, n->src[1]->data, n->data, n->shape[0], s);
+        return mnv_cu_qget_rows(&w, n->p.q.k, n->src[1]->data, 0, n->data, n->shape[0], s);
     }
     case MNV_OP_TOPK:
         return mnv_cu_topk(x->data, x->shape[1], (int32_t)n->shape[1], n->data, n->shape[0], s);
@@ -332,6 +378,7 @@ static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
         return mnv_set_error(MNV_ERR_CANCELLED, "%s: stopped before node 0 of %d", c->name, n);
     cudaSetDevice(c->device); /* the current device is per host thread */
     mnv_status st = map_params(c, g);
+    if (st == MNV_OK) st = reserve_scratch(c, g);
     if (st != MNV_OK) return st;
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
@@ -341,10 +388,11 @@ static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
             return mnv_set_error(MNV_ERR_CANCELLED, "%s: stopped before node %d of %d (%s)", c->name, i, n,
                                  mnv_op_name(nd->op));
         }
+        c->gemm_err = NULL;
         cudaError_t e = run_node(c, nd);
         if (e != cudaSuccess)
             return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s): %s", c->name, i, nd->name,
-                                 mnv_op_name(nd->op), cudaGetErrorString(e));
+                                 mnv_op_name(nd->op), c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
     }
     cudaError_t e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) return mnv_set_error(MNV_ERR_BACKEND, "%s: running a graph: %s", c->name, cudaGetErrorString(e));
@@ -415,6 +463,9 @@ static void cuda_free(mnv_backend *b) {
     cudaSetDevice(c->device);
     cudaStreamSynchronize(c->stream);
     for (int32_t i = 0; i < c->n_up; i++) cudaFree((void *)c->uploads[i].dev);
+    if (c->cublas) cublasDestroy(c->cublas);
+    cudaFree(c->blas_ws);
+    cudaFree(c->scratch);
     cudaStreamDestroy(c->stream);
     free(c->uploads);
     free(c->dev_ranges);
@@ -449,6 +500,7 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     }
     c->device = p->device;
     snprintf(c->name, sizeof c->name, "cuda:%d", p->device);
+    c->row_invariant = p->row_invariant;
     e = cudaSetDevice(p->device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
@@ -459,6 +511,20 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     }
     b->iface = &cuda_iface;
     b->ctx = c;
+    cublasHandle_t h = NULL;
+    mnv_status st = MNV_OK;
+    if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS)
+        st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot start cuBLAS", c->name);
+    c->cublas = h;
+    if (st == MNV_OK && (e = cudaMalloc(&c->blas_ws, BLAS_WORKSPACE)) != cudaSuccess)
+        st = mnv_set_error(MNV_ERR_NOMEM, "%s: cannot allocate %u bytes of cuBLAS workspace (%s)", c->name,
+                           BLAS_WORKSPACE, cudaGetErrorString(e));
+    if (st == MNV_OK && cublasSetWorkspace(h, c->blas_ws, BLAS_WORKSPACE) != CUBLAS_STATUS_SUCCESS)
+        st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot give cuBLAS its workspace", c->name);
+    if (st != MNV_OK) {
+        cuda_free(b);
+        return st;
+    }
     *out = b;
     return MNV_OK;
 }

@@ -110,9 +110,17 @@ typedef struct {
 } mnv_cu_matmul_args;
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
 
-/* Dequantize rows ids[0..rows) of W (k each) to y (rows, k). */
-cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, float *y, int64_t rows,
-                             cudaStream_t s);
+/* Dequantize rows ids[0..rows) of W (k each) to y (rows, k); ids NULL:
+ * rows r0, r0 + 1, ... */
+cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
+                             int64_t rows, cudaStream_t s);
+
+/* x (m, k), row stride ldx, as hi + lo in dtype t (F16 or BF16; each
+ * (m, k) contiguous): hi = x rounded, lo = the rest rounded, so that a
+ * product of half-precision weights with hi and with lo, summed in f32, is
+ * within 2^-16 (bf16) of the product with x. */
+cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
+                         cudaStream_t s);
 
 /* y[t, j] = x_t W_{ids[t, j]}^T + bias[ids[t, j]]; x (T, K) or (T, kk, K)
  * (per_slot); bias (E, N) with strides bs0, bs1 or NULL. */
@@ -134,6 +142,17 @@ cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids,
                                   cudaStream_t s);
 cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows,
                            cudaStream_t s);
+
+/* ---- large products through cuBLAS (cuda_gemm.c) ---- */
+/* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32
+ * weights by SGEMM; f16/bf16 weights on tensor cores with x split into two
+ * half-precision terms (mnv_cu_split: results within 2^-16 of f32
+ * activations); packed weights dequantized to f32 in slices of rows, then
+ * SGEMM. Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
+#define MNV_CU_GEMM_MIN_ROWS 16
+size_t mnv__cu_gemm_scratch(const mnv_cu_matmul_args *a);
+/* Returns a message naming what failed, or NULL. */
+const char *mnv__cu_gemm(void *cublas, const mnv_cu_matmul_args *a, void *scratch, cudaStream_t s);
 
 #ifdef __cplusplus
 }

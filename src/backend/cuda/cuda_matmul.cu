@@ -135,15 +135,16 @@ extern "C" cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s
     CU_CHECK_LAUNCH();
 }
 
-static __global__ void k_qget_rows(mnv_cu_weight w, int64_t k, const int32_t *ids, float *y, int64_t rows) {
+static __global__ void k_qget_rows(mnv_cu_weight w, int64_t k, const int32_t *ids, int64_t r0, float *y,
+                                   int64_t rows) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * k) return;
-    y[i] = cu_weight_at(&w, 0, ids[i / k], i % k);
+    y[i] = cu_weight_at(&w, 0, ids ? ids[i / k] : r0 + i / k, i % k);
 }
 
-extern "C" cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, float *y, int64_t rows,
-                                        cudaStream_t s) {
-    if (rows * k > 0) k_qget_rows<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, ids, y, rows);
+extern "C" cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
+                                        int64_t rows, cudaStream_t s) {
+    if (rows * k > 0) k_qget_rows<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, ids, r0, y, rows);
     CU_CHECK_LAUNCH();
 }
 

@@ -221,3 +221,18 @@ extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k,
     if (rows * n > 0) k_moe_sum<<<blocks_for(rows * n, 256), 256, 0, s>>>(x, w, k, n, y, rows);
     CU_CHECK_LAUNCH();
 }
+
+/* ---- the f32 activations of a product as two half-precision terms ---- */
+static __global__ void k_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * k) return;
+    float v = x[(i / k) * ldx + i % k];
+    cu_store(hi, t, i, v);
+    cu_store(lo, t, i, v - cu_load(hi, t, i));
+}
+
+extern "C" cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
+                                    cudaStream_t s) {
+    if (m * k > 0) k_split<<<blocks_for(m * k, 256), 256, 0, s>>>(x, ldx, m, k, t, hi, lo);
+    CU_CHECK_LAUNCH();
+}
