@@ -5,6 +5,7 @@
  * leaves pointing at host memory, such as the mapped model files) are
  * uploaded once, the first time a graph names them, and kept until the
  * backend is freed, so parameter leaves must not change while it lives. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,6 +22,19 @@ _Static_assert((int)MNV_CU_F32 == (int)MNV_DTYPE_F32 && (int)MNV_CU_F16 == (int)
 _Static_assert(MNV_QMODE_NONE == 0 && MNV_QMODE_AFFINE == 1 && MNV_QMODE_MXFP4 == 2 && MNV_QMODE_MXFP8 == 3 &&
                    MNV_QMODE_NVFP4 == 4,
                "cuda qmode codes follow mnv_qmode");
+
+/* A graph's launches captured once and replayed: the key is the graph
+ * object and a hash of every node's op, shape, parameters and addresses
+ * (the step's inputs change their values, not their places, so a decode
+ * step of a known shape replays). */
+#define N_CAPTURED 8
+typedef struct {
+    const mnv_graph *g;
+    uint64_t hash;
+    int runs;               /* times run with this key */
+    uint64_t last_use;
+    cudaGraphExec_t exec;   /* NULL until captured */
+} captured;
 
 /* A range of device memory this backend owns; uploads also remember the
  * host range they copy. */
@@ -43,6 +57,9 @@ typedef struct {
     void *scratch;      /* cuda_gemm.c's scratch */
     size_t scratch_size;
     const char *gemm_err;
+    bool graphs;        /* capture and replay (MNV_CUDA_GRAPHS=0 turns it off) */
+    captured cap[N_CAPTURED];
+    uint64_t clock;
     char name[16];
 } cuda_ctx;
 
@@ -208,6 +225,43 @@ static bool use_blas(const cuda_ctx *c, const mnv_cu_matmul_args *a) {
     return !c->row_invariant && a->m >= MNV_CU_GEMM_MIN_ROWS;
 }
 
+static void drop_captures(cuda_ctx *c) {
+    for (int i = 0; i < N_CAPTURED; i++) {
+        if (c->cap[i].exec) cudaGraphExecDestroy(c->cap[i].exec);
+        memset(&c->cap[i], 0, sizeof c->cap[i]);
+    }
+}
+
+static uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 0x100000001b3ull; }
+
+static uint64_t graph_hash(mnv_graph *g) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) {
+        const mnv_node *nd = mnv_graph_node(g, i);
+        h = mix(h, (uint64_t)nd->op << 32 | (uint32_t)nd->dtype);
+        for (int d = 0; d < nd->ndim; d++) h = mix(mix(h, (uint64_t)nd->shape[d]), (uint64_t)nd->stride[d]);
+        h = mix(h, (uintptr_t)nd->data);
+        for (int s = 0; s < MNV_MAX_SRC; s++) h = mix(h, nd->src[s] ? (uintptr_t)nd->src[s]->data : 0);
+        uint64_t pw[sizeof nd->p / 8];
+        memcpy(pw, &nd->p, sizeof pw);
+        for (size_t k = 0; k < sizeof pw / 8; k++) h = mix(h, pw[k]);
+    }
+    return mix(h, (uint64_t)n);
+}
+
+/* The entry of (g, hash), made (evicting the least recently used) if new. */
+static captured *capture_entry(cuda_ctx *c, const mnv_graph *g, uint64_t hash) {
+    captured *lru = &c->cap[0];
+    for (int i = 0; i < N_CAPTURED; i++) {
+        if (c->cap[i].g == g && c->cap[i].hash == hash) return &c->cap[i];
+        if (c->cap[i].last_use < lru->last_use) lru = &c->cap[i];
+    }
+    if (lru->exec) cudaGraphExecDestroy(lru->exec);
+    *lru = (captured){.g = g, .hash = hash};
+    return lru;
+}
+
 /* Scratch for the graph's cuBLAS products, allocated before anything is queued. */
 static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
     size_t need = 0;
@@ -219,6 +273,7 @@ static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
         if (use_blas(c, &a)) need = MNV_MAX(need, mnv__cu_gemm_scratch(&a));
     }
     if (need <= c->scratch_size) return MNV_OK;
+    drop_captures(c); /* they name the old scratch */
     if (c->scratch) {
         cudaStreamSynchronize(c->stream);
         remove_dev(c, (uintptr_t)c->scratch);
@@ -371,6 +426,9 @@ static bool cuda_supports(mnv_backend *b, const mnv_node *n) {
     }
 }
 
+static mnv_status run_nodes(mnv_backend *b, mnv_graph *g);
+static mnv_status capture(mnv_backend *b, mnv_graph *g, captured *cap);
+
 static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
     cuda_ctx *c = b->ctx;
     int32_t n = mnv_graph_n_nodes(g);
@@ -380,6 +438,31 @@ static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
     mnv_status st = map_params(c, g);
     if (st == MNV_OK) st = reserve_scratch(c, g);
     if (st != MNV_OK) return st;
+    captured *cap = NULL;
+    if (c->graphs) {
+        cap = capture_entry(c, g, graph_hash(g));
+        cap->last_use = ++c->clock;
+        if (!cap->exec && ++cap->runs >= 2) st = capture(b, g, cap); /* seen before: worth capturing */
+        if (st != MNV_OK) return st;
+    }
+    if (cap && cap->exec) {
+        cudaError_t e = cudaGraphLaunch(cap->exec, c->stream);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+        if (e != cudaSuccess)
+            return mnv_set_error(MNV_ERR_BACKEND, "%s: replaying a graph: %s", c->name, cudaGetErrorString(e));
+        return MNV_OK;
+    }
+    st = run_nodes(b, g);
+    if (st != MNV_OK) return st;
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) return mnv_set_error(MNV_ERR_BACKEND, "%s: running a graph: %s", c->name, cudaGetErrorString(e));
+    return MNV_OK;
+}
+
+/* Queue every node's work on the stream (no wait). */
+static mnv_status run_nodes(mnv_backend *b, mnv_graph *g) {
+    cuda_ctx *c = b->ctx;
+    int32_t n = mnv_graph_n_nodes(g);
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
         if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
@@ -394,9 +477,33 @@ static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
             return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s): %s", c->name, i, nd->name,
                                  mnv_op_name(nd->op), c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
     }
-    cudaError_t e = cudaStreamSynchronize(c->stream);
-    if (e != cudaSuccess) return mnv_set_error(MNV_ERR_BACKEND, "%s: running a graph: %s", c->name, cudaGetErrorString(e));
     return MNV_OK;
+}
+
+/* Record the graph's launches into cap->exec (left NULL when capture fails:
+ * the graph then runs node by node, as before). */
+static mnv_status capture(mnv_backend *b, mnv_graph *g, captured *cap) {
+    cuda_ctx *c = b->ctx;
+    atomic_int *abort = b->abort;
+    b->abort = NULL; /* a capture runs nothing: no point stopping inside it */
+    cudaError_t e = cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal);
+    mnv_status st = e == cudaSuccess ? run_nodes(b, g) : MNV_OK;
+    b->abort = abort;
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        cap->runs = INT_MIN / 2;
+        return MNV_OK;
+    }
+    cudaGraph_t graph = NULL;
+    e = cudaStreamEndCapture(c->stream, &graph);
+    if (st == MNV_OK && e == cudaSuccess && graph) e = cudaGraphInstantiate(&cap->exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess || st != MNV_OK) {
+        (void)cudaGetLastError();
+        cap->exec = NULL;
+        cap->runs = INT_MIN / 2; /* not again for this key */
+    }
+    return st;
 }
 
 /* ---- buffers ---- */
@@ -463,6 +570,7 @@ static void cuda_free(mnv_backend *b) {
     cudaSetDevice(c->device);
     cudaStreamSynchronize(c->stream);
     for (int32_t i = 0; i < c->n_up; i++) cudaFree((void *)c->uploads[i].dev);
+    drop_captures(c);
     if (c->cublas) cublasDestroy(c->cublas);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
@@ -501,6 +609,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->device = p->device;
     snprintf(c->name, sizeof c->name, "cuda:%d", p->device);
     c->row_invariant = p->row_invariant;
+    const char *env = getenv("MNV_CUDA_GRAPHS");
+    c->graphs = !env || strcmp(env, "0") != 0;
     e = cudaSetDevice(p->device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
