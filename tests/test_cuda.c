@@ -484,7 +484,8 @@ static mnv_array *build_moe(side *s, mnv_graph *g, void *ud) {
 
 static void test_moe(void) {
     for (int i = 0; i < 10; i++) {
-        moe_case c = {.T = t_randint(1, 20), .E = i < 5 ? 32 : t_randint(4, 40), .N = t_randint(1, 90),
+        /* odd cases: enough (token, slot) rows to be grouped by expert */
+        moe_case c = {.T = i % 2 ? t_randint(16, 40) : t_randint(1, 7), .E = i < 5 ? 32 : t_randint(4, 40), .N = t_randint(1, 90),
                       .K = 64 * t_randint(1, 4), .stage = i < 2 ? i : 2, .per_slot = i % 3 == 1,
                       .interleaved = i % 2 == 1, .wt = float_types[i % 3]};
         c.kk = t_randint(1, c.E < 4 ? (int)c.E : 4);

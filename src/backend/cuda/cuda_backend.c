@@ -262,11 +262,14 @@ static captured *capture_entry(cuda_ctx *c, const mnv_graph *g, uint64_t hash) {
     return lru;
 }
 
-/* Scratch for the graph's cuBLAS products, allocated before anything is queued. */
+/* Scratch for the graph's cuBLAS products and expert grouping, allocated
+ * before anything is queued (one node uses it at a time). */
 static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
     size_t need = 0;
     for (int32_t i = 0; i < mnv_graph_n_nodes(g); i++) {
         mnv_node *nd = mnv_graph_node(g, i);
+        if (nd->op == MNV_OP_MOE_MATMUL)
+            need = MNV_MAX(need, mnv_cu_moe_scratch(nd->shape[0], nd->shape[1], nd->src[1]->shape[0]));
         if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
         mnv_cu_matmul_args a;
         matmul_args(nd, &a);
@@ -389,9 +392,9 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
             .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
             .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
             .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
-            .n = n->shape[2], .k = n->p.q.k,
+            .n = n->shape[2], .k = n->p.q.k, .E = n->src[1]->shape[0],
         };
-        return mnv_cu_moe_matmul(&a, s);
+        return mnv_cu_moe_matmul(&a, c->scratch, s);
     }
     default: return cudaSuccess; /* leaves and views */
     }

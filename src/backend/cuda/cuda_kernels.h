@@ -132,9 +132,14 @@ typedef struct {
     const float *bias;
     int64_t bs0, bs1;
     float *y;
-    int64_t T, kk, n, k;
+    int64_t T, kk, n, k, E;
 } mnv_cu_moe_args;
-cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, cudaStream_t s);
+/* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
+ * expert on the device (each expert's rows read once per 8 of its rows);
+ * that needs mnv_cu_moe_scratch bytes of scratch (0 below). */
+#define MNV_CU_MOE_GROUP_MIN 32
+size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E);
+cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
 /* Mixture-of-experts helpers (as cpu/ops.h). */
 cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s);

@@ -1,15 +1,17 @@
 /* Matrix products on CUDA: float and MLX-quantized weights, plain and per
- * expert. One warp computes one weight row's dot products with up to MR
- * rows of x, so the weights stream once per MR rows of x (decode reads
+ * expert. One warp computes one weight row's dot products with up to PLAIN_MR
+ * rows of x, so the weights stream once per PLAIN_MR rows of x (decode reads
  * them once); packed rows are read a U32 word per lane and dequantized in
  * registers. cuda_gemm.c sends large float products to cuBLAS. */
 #include "backend/cuda/cuda_common.cuh"
 
-#define MR 4
+#define PLAIN_MR 4 /* rows of x per warp in plain products */
+#define MOE_MR 8  /* (token, slot) rows of one expert per warp in grouped expert products */
 #define WARPS 8
 
 /* acc[r] += dot(x_r, row) for the lane's share of the row; the caller sums
- * over the warp. xs: MR row pointers (rows >= nr are not read). */
+ * over the warp. xs: R row pointers (rows >= nr are not read). */
+template <int R>
 static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e, int64_t n, const float *const *xs,
                                                int nr, int64_t K, float *acc) {
     const int lane = threadIdx.x & 31;
@@ -41,7 +43,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
 #pragma unroll
                 for (int c = 0; c < 8; c++)
 #pragma unroll
-                    for (int r = 0; r < MR; r++)
+                    for (int r = 0; r < R; r++)
                         if (c < per && r < nr) acc[r] += v[c] * xs[r][j0 + c];
             }
             return;
@@ -49,7 +51,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
         for (int64_t j = lane; j < K; j += 32) {
             float v = cu_load(w.w, w.wtype, base + j);
 #pragma unroll
-            for (int r = 0; r < MR; r++)
+            for (int r = 0; r < R; r++)
                 if (r < nr) acc[r] += v * xs[r][j];
         }
         return;
@@ -79,7 +81,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
                     float v = cu_code(w.mode, (wd[c] >> (q * w.bits)) & mask) * g.scale + g.bias;
                     int64_t j = j0 + c * epw + q;
 #pragma unroll
-                    for (int r = 0; r < MR; r++)
+                    for (int r = 0; r < R; r++)
                         if (r < nr) acc[r] += v * xs[r][j];
                 }
         }
@@ -96,7 +98,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
             for (int q = 0; q < epw; q++) {
                 float v = cu_code(w.mode, (word >> (q * w.bits)) & mask) * g.scale + g.bias;
 #pragma unroll
-                for (int r = 0; r < MR; r++)
+                for (int r = 0; r < R; r++)
                     if (r < nr) acc[r] += v * xs[r][j0 + q];
             }
         }
@@ -106,20 +108,20 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
         cu_group g = cu_group_of(&w, sc, bi, j / w.group_size);
         float v = cu_code(w.mode, cu_unpack(row, w.bits, j)) * g.scale + g.bias;
 #pragma unroll
-        for (int r = 0; r < MR; r++)
+        for (int r = 0; r < R; r++)
             if (r < nr) acc[r] += v * xs[r][j];
     }
 }
 
 static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args a) {
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
-    int64_t m0 = (int64_t)blockIdx.y * MR;
+    int64_t m0 = (int64_t)blockIdx.y * PLAIN_MR;
     if (n >= a.n) return;
-    int nr = (int)(a.m - m0 < MR ? a.m - m0 : MR);
-    const float *xs[MR];
-    for (int r = 0; r < MR; r++) xs[r] = a.x + (m0 + (r < nr ? r : 0)) * a.ldx;
-    float acc[MR] = {0};
-    dot_row(a.w, 0, n, xs, nr, a.k, acc);
+    int nr = (int)(a.m - m0 < PLAIN_MR ? a.m - m0 : PLAIN_MR);
+    const float *xs[PLAIN_MR];
+    for (int r = 0; r < PLAIN_MR; r++) xs[r] = a.x + (m0 + (r < nr ? r : 0)) * a.ldx;
+    float acc[PLAIN_MR] = {0};
+    dot_row<PLAIN_MR>(a.w, 0, n, xs, nr, a.k, acc);
     for (int r = 0; r < nr; r++) {
         float v = warp_sum(acc[r]);
         if ((threadIdx.x & 31) == 0) a.y[(m0 + r) * a.ldy + n] = v;
@@ -128,7 +130,7 @@ static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args
 
 extern "C" cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s) {
     if (a->m <= 0 || a->n <= 0) return cudaSuccess;
-    int64_t gy = (a->m + MR - 1) / MR;
+    int64_t gy = (a->m + PLAIN_MR - 1) / PLAIN_MR;
     if (gy > 65535) return cudaErrorInvalidValue;
     dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)gy);
     k_matmul<<<grid, WARPS * 32, 0, s>>>(*a);
@@ -154,20 +156,86 @@ static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
     int64_t ts = blockIdx.y; /* t * kk + j */
     if (n >= a.n) return;
     int64_t e = a.ids[ts];
-    const float *xs[MR];
-    xs[0] = a.x + (a.per_slot ? ts : ts / a.kk) * a.k;
-    for (int r = 1; r < MR; r++) xs[r] = xs[0];
-    float acc[MR] = {0};
-    dot_row(a.w, e, n, xs, 1, a.k, acc);
+    const float *xs[1] = {a.x + (a.per_slot ? ts : ts / a.kk) * a.k};
+    float acc[1] = {0};
+    dot_row<1>(a.w, e, n, xs, 1, a.k, acc);
     float v = warp_sum(acc[0]);
     if ((threadIdx.x & 31) == 0) a.y[ts * a.n + n] = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
 }
 
-extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, cudaStream_t s) {
+/* Grouping (prefill): the (token, slot) rows sorted by expert on the device
+ * (a counting sort in one block; the order within an expert does not
+ * matter, each row's sum is its own), cut into tiles of up to MOE_MR rows
+ * of one expert, so that each expert row is read once per tile. */
+typedef struct {
+    int32_t *sorted;  /* rows, by expert */
+    int32_t *tile;    /* per tile: expert, first sorted index, count */
+    int32_t *n_tiles;
+} moe_groups;
+
+static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, moe_groups gr) {
+    extern __shared__ int32_t sh[]; /* count[E], start[E], fill[E] */
+    int32_t *count = sh, *start = sh + E, *fill = sh + 2 * E;
+    for (int32_t e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&count[ids[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t acc = 0, t = 0;
+        for (int32_t e = 0; e < E; e++) {
+            start[e] = fill[e] = acc;
+            for (int32_t c = 0; c < count[e]; c += MOE_MR, t++) {
+                gr.tile[3 * t] = e;
+                gr.tile[3 * t + 1] = acc + c;
+                gr.tile[3 * t + 2] = count[e] - c < MOE_MR ? count[e] - c : MOE_MR;
+            }
+            acc += count[e];
+        }
+        *gr.n_tiles = t;
+    }
+    __syncthreads();
+    for (int32_t i = threadIdx.x; i < rows; i += blockDim.x) gr.sorted[atomicAdd(&fill[ids[i]], 1)] = i;
+}
+
+static __global__ void __launch_bounds__(WARPS * 32) k_moe_tiles(mnv_cu_moe_args a, moe_groups gr) {
+    int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    int32_t t = blockIdx.y;
+    if (n >= a.n || t >= *gr.n_tiles) return;
+    int32_t e = gr.tile[3 * t], first = gr.tile[3 * t + 1], cnt = gr.tile[3 * t + 2];
+    const float *xs[MOE_MR];
+    int32_t ts[MOE_MR];
+    for (int r = 0; r < MOE_MR; r++) {
+        ts[r] = gr.sorted[first + (r < cnt ? r : 0)];
+        xs[r] = a.x + (a.per_slot ? ts[r] : ts[r] / a.kk) * a.k;
+    }
+    float acc[MOE_MR] = {0};
+    dot_row<MOE_MR>(a.w, e, n, xs, cnt, a.k, acc);
+    float b = a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f;
+    for (int r = 0; r < cnt; r++) {
+        float v = warp_sum(acc[r]);
+        if ((threadIdx.x & 31) == 0) a.y[(int64_t)ts[r] * a.n + n] = v + b;
+    }
+}
+
+extern "C" size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E) {
+    int64_t rows = T * kk;
+    if (rows < MNV_CU_MOE_GROUP_MIN) return 0;
+    return (size_t)(rows + 3 * (rows / MOE_MR + E + 1) + 1) * 4;
+}
+
+extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
     int64_t rows = a->T * a->kk;
     if (rows <= 0 || a->n <= 0) return cudaSuccess;
+    unsigned gx = (unsigned)((a->n + WARPS - 1) / WARPS);
+    if (rows >= MNV_CU_MOE_GROUP_MIN && scratch) {
+        int64_t max_tiles = rows / MOE_MR + a->E + 1;
+        if (max_tiles > 65535 || a->E > 4096) return cudaErrorInvalidValue;
+        moe_groups gr = {(int32_t *)scratch, (int32_t *)scratch + rows, (int32_t *)scratch + rows + 3 * max_tiles};
+        k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, gr);
+        k_moe_tiles<<<dim3(gx, (unsigned)max_tiles), WARPS * 32, 0, s>>>(*a, gr);
+        CU_CHECK_LAUNCH();
+    }
     if (rows > 65535) return cudaErrorInvalidValue;
-    dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)rows);
-    k_moe<<<grid, WARPS * 32, 0, s>>>(*a);
+    k_moe<<<dim3(gx, (unsigned)rows), WARPS * 32, 0, s>>>(*a);
     CU_CHECK_LAUNCH();
 }
