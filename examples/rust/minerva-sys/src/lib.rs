@@ -107,6 +107,7 @@ pub struct mnv_session_params {
     pub kv_dtype: mnv_dtype,
     pub exact_quant: i32,
     pub deterministic: i32,
+    pub device: *const c_char,
     pub reserved: [u32; 8],
 }
 
