@@ -21,6 +21,7 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
     const int nc = (int)((D + 31) / 32);
     const float *q = a.q + (t * H + h) * D;
     float qv[ATTN_MAXC], acc[ATTN_MAXC];
+#pragma unroll
     for (int c = 0; c < ATTN_MAXC; c++) {
         int64_t d = lane + 32 * c;
         qv[c] = c < nc && d < D ? q[d] : 0.0f;
@@ -32,17 +33,19 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
     for (int64_t j = lo + wid; j <= p; j += ATTN_WARPS) {
         int64_t off = row_offset(a, s, j) + kvh * D;
         float dot = 0.0f;
-        for (int c = 0; c < nc; c++) {
+#pragma unroll
+        for (int c = 0; c < ATTN_MAXC; c++) {
             int64_t d = lane + 32 * c;
-            if (d < D) dot += qv[c] * cu_load(a.k, a.cache.dtype, off + d);
+            if (c < nc && d < D) dot += qv[c] * cu_load(a.k, a.cache.dtype, off + d);
         }
         float sc = warp_sum(dot) * a.scale;
         float mn = fmaxf(m, sc);
         float corr = expf(m - mn), w = expf(sc - mn); /* m = -inf at first: corr 0 */
         l = l * corr + w;
-        for (int c = 0; c < nc; c++) {
+#pragma unroll
+        for (int c = 0; c < ATTN_MAXC; c++) {
             int64_t d = lane + 32 * c;
-            float v = d < D ? cu_load(a.v, a.cache.dtype, off + d) : 0.0f;
+            float v = c < nc && d < D ? cu_load(a.v, a.cache.dtype, off + d) : 0.0f;
             acc[c] = acc[c] * corr + w * v;
         }
         m = mn;
@@ -51,7 +54,8 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
         sm[wid] = m;
         sl[wid] = l;
     }
-    for (int c = 0; c < nc; c++) sacc[wid][lane + 32 * c] = acc[c];
+#pragma unroll
+    for (int c = 0; c < ATTN_MAXC; c++) sacc[wid][lane + 32 * c] = acc[c];
     __syncthreads();
     float sink = a.sinks ? a.sinks[h] : -INFINITY;
     float M = sink;

@@ -147,7 +147,10 @@ static mnv_status device_view(cuda_ctx *c, const void *p, size_t size, const cha
     void *d;
     mnv_status st = dev_alloc(c, size, &d);
     if (st != MNV_OK) return mnv_set_error(st, "%s (uploading '%s')", mnv_last_error(), what);
-    cudaError_t e = cudaMemcpy(d, p, size, cudaMemcpyHostToDevice);
+    /* on the backend's stream: a plain cudaMemcpy from pageable memory may
+     * return before the bytes land, and the stream does not wait for the
+     * legacy one; the kernels that read them come after on this stream */
+    cudaError_t e = cudaMemcpyAsync(d, p, size, cudaMemcpyHostToDevice, c->stream);
     if (e != cudaSuccess) return cuda_fail(e, "cuda: uploading weights", what);
     if (!insert_range(&c->uploads, &c->n_up, &c->cap_up, (range){(uintptr_t)d, h, size}, true))
         return mnv_set_error(MNV_ERR_NOMEM, "%s: out of host memory", c->name);
@@ -529,6 +532,7 @@ static mnv_status cuda_alloc(mnv_backend *b, size_t size, mnv_buffer **out) {
 
 static void cuda_dealloc(mnv_backend *b, mnv_buffer *buf) {
     cuda_ctx *c = b->ctx;
+    cudaSetDevice(c->device);
     cudaStreamSynchronize(c->stream);
     remove_dev(c, (uintptr_t)buf->addr);
     cudaFree(buf->addr);
@@ -539,11 +543,13 @@ static bool cuda_host_memory(mnv_backend *b) { return false; }
 
 static void *cuda_wrap(mnv_backend *b, const void *host, size_t size) {
     void *d = NULL;
+    cudaSetDevice(((cuda_ctx *)b->ctx)->device);
     return device_view(b->ctx, host, size, "wrapped host memory", &d) == MNV_OK ? d : NULL;
 }
 
 static mnv_status cuda_upload(mnv_backend *b, mnv_buffer *dst, size_t off, const void *src, size_t size) {
     cuda_ctx *c = b->ctx;
+    cudaSetDevice(c->device);
     /* from pageable memory the call returns once src has been staged, so
      * the caller may reuse it at once */
     cudaError_t e = cudaMemcpyAsync((uint8_t *)dst->addr + off, src, size, cudaMemcpyHostToDevice, c->stream);
@@ -552,6 +558,7 @@ static mnv_status cuda_upload(mnv_backend *b, mnv_buffer *dst, size_t off, const
 
 static mnv_status cuda_download(mnv_backend *b, void *dst, const mnv_buffer *src, size_t off, size_t size) {
     cuda_ctx *c = b->ctx;
+    cudaSetDevice(c->device);
     cudaError_t e = cudaMemcpyAsync(dst, (const uint8_t *)src->addr + off, size, cudaMemcpyDeviceToHost, c->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
     return e == cudaSuccess ? MNV_OK : cuda_fail(e, "cuda: download", c->name);
@@ -560,12 +567,16 @@ static mnv_status cuda_download(mnv_backend *b, void *dst, const mnv_buffer *src
 static mnv_status cuda_copy(mnv_backend *b, mnv_buffer *dst, size_t dst_off, const mnv_buffer *src, size_t src_off,
                             size_t size) {
     cuda_ctx *c = b->ctx;
+    cudaSetDevice(c->device);
     cudaError_t e = cudaMemcpyAsync((uint8_t *)dst->addr + dst_off, (const uint8_t *)src->addr + src_off, size,
                                     cudaMemcpyDeviceToDevice, c->stream);
     return e == cudaSuccess ? MNV_OK : cuda_fail(e, "cuda: copy", c->name);
 }
 
-static void cuda_sync(mnv_backend *b) { cudaStreamSynchronize(((cuda_ctx *)b->ctx)->stream); }
+static void cuda_sync(mnv_backend *b) {
+    cudaSetDevice(((cuda_ctx *)b->ctx)->device);
+    cudaStreamSynchronize(((cuda_ctx *)b->ctx)->stream);
+}
 static int cuda_threads(mnv_backend *b) { return 1; }
 
 static void cuda_free(mnv_backend *b) {

@@ -110,15 +110,15 @@ typedef struct {
 } mnv_cu_matmul_args;
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
 
-/* Dequantize rows ids[0..rows) of W (k each) to y (rows, k); ids NULL:
- * rows r0, r0 + 1, ... */
+/* Dequantize (or widen, for float W) rows ids[0..rows) of W (k each) to y
+ * (rows, k); ids NULL: rows r0, r0 + 1, ... */
 cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
                              int64_t rows, cudaStream_t s);
 
-/* x (m, k), row stride ldx, as hi + lo in dtype t (F16 or BF16; each
- * (m, k) contiguous): hi = x rounded, lo = the rest rounded, so that a
- * product of half-precision weights with hi and with lo, summed in f32, is
- * within 2^-16 (bf16) of the product with x. */
+/* x (m, k), row stride ldx, as hi + lo in dtype t (BF16; each (m, k)
+ * contiguous): hi = x rounded, lo = the rest rounded, so that a product of
+ * bf16 weights with hi and with lo, summed in f32, is within 2^-16 of the
+ * product with x. */
 cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
                          cudaStream_t s);
 
@@ -150,10 +150,10 @@ cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n,
 
 /* ---- large products through cuBLAS (cuda_gemm.c) ---- */
 /* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32
- * weights by SGEMM; f16/bf16 weights on tensor cores with x split into two
- * half-precision terms (mnv_cu_split: results within 2^-16 of f32
- * activations); packed weights dequantized to f32 in slices of rows, then
- * SGEMM. Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
+ * weights by SGEMM; bf16 weights on tensor cores with x split into two
+ * bf16 terms (mnv_cu_split: results within 2^-16 of f32 activations);
+ * packed and f16 weights widened to f32 in slices of rows
+ * (mnv_cu_qget_rows, which reads float rows too), then SGEMM. Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
 #define MNV_CU_GEMM_MIN_ROWS 16
 size_t mnv__cu_gemm_scratch(const mnv_cu_matmul_args *a);
 /* Returns a message naming what failed, or NULL. */
