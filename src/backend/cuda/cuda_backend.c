@@ -63,8 +63,8 @@ typedef struct {
     char name[16];
 } cuda_ctx;
 
-static mnv_status cuda_fail(cudaError_t e, const char *fmt, const char *what) {
-    return mnv_set_error(MNV_ERR_BACKEND, "%s: %s (%s)", fmt, what, cudaGetErrorString(e));
+static mnv_status cuda_fail(cudaError_t e, const char *op, const char *what) {
+    return mnv_set_error(MNV_ERR_BACKEND, "%s: %s (%s)", op, what, cudaGetErrorString(e));
 }
 
 /* ---- sorted ranges ---- */
@@ -146,14 +146,23 @@ static mnv_status device_view(cuda_ctx *c, const void *p, size_t size, const cha
     }
     void *d;
     mnv_status st = dev_alloc(c, size, &d);
-    if (st != MNV_OK) return mnv_set_error(st, "%s (uploading '%s')", mnv_last_error(), what);
+    if (st != MNV_OK) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", mnv_last_error());
+        return mnv_set_error(st, "%s (uploading '%s')", msg, what);
+    }
     /* on the backend's stream: a plain cudaMemcpy from pageable memory may
      * return before the bytes land, and the stream does not wait for the
      * legacy one; the kernels that read them come after on this stream */
     cudaError_t e = cudaMemcpyAsync(d, p, size, cudaMemcpyHostToDevice, c->stream);
-    if (e != cudaSuccess) return cuda_fail(e, "cuda: uploading weights", what);
-    if (!insert_range(&c->uploads, &c->n_up, &c->cap_up, (range){(uintptr_t)d, h, size}, true))
-        return mnv_set_error(MNV_ERR_NOMEM, "%s: out of host memory", c->name);
+    bool listed = e == cudaSuccess &&
+                  insert_range(&c->uploads, &c->n_up, &c->cap_up, (range){(uintptr_t)d, h, size}, true);
+    if (!listed) {
+        remove_dev(c, (uintptr_t)d);
+        cudaFree(d);
+        return e != cudaSuccess ? cuda_fail(e, "cuda: uploading weights", what)
+                                : mnv_set_error(MNV_ERR_NOMEM, "%s: out of host memory", c->name);
+    }
     c->upload_bytes += size;
     *out = d;
     return MNV_OK;

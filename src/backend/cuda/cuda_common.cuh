@@ -49,10 +49,12 @@ static __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+/* E2M1 by its bits (no table in local memory): exponent field e, mantissa
+ * bit m: e > 0 is (1 + m/2) 2^(e-1), e = 0 is m/2. */
 static __device__ __forceinline__ float e2m1(uint32_t code) {
-    const float t[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-    float v = t[code & 7];
-    return (code & 8) ? -v : v;
+    uint32_t e = (code >> 1) & 3, m = code & 1;
+    uint32_t bits = e ? ((e + 126) << 23) | (m << 22) : (m ? 0x3f000000u : 0u);
+    return __uint_as_float(bits | (code & 8) << 28);
 }
 static __device__ __forceinline__ float e4m3(uint32_t code) {
     uint32_t e = (code >> 3) & 0xf, m = code & 7;
