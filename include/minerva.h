@@ -173,6 +173,24 @@ typedef enum {
 /* Name as written in safetensors headers ("F32", "BF16", ...). */
 MNV_API const char *mnv_dtype_name(mnv_dtype t);
 
+/* KV cache element types. Q8 and Q4 are affine per group of elements along
+ * the head dimension (32, or the largest of 16 and 8 that divides head_dim,
+ * else head_dim itself): value = scale * q + bias, q an unsigned 8- or 4-bit
+ * integer, one f16 scale and one f16 bias per group. MNV_KV_DEFAULT in
+ * params means: the type kv_dtype names. */
+typedef enum {
+    MNV_KV_DEFAULT = 0,
+    MNV_KV_F32,
+    MNV_KV_F16,
+    MNV_KV_BF16,
+    MNV_KV_Q8,
+    MNV_KV_Q4,
+    MNV_KV_TYPE_COUNT
+} mnv_kv_type;
+
+/* "f32", "f16", "bf16", "q8", "q4" ("default" for MNV_KV_DEFAULT, "?" otherwise). */
+MNV_API const char *mnv_kv_type_name(mnv_kv_type t);
+
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */
@@ -350,11 +368,13 @@ typedef struct {
                               same setting; prefill is slower. 0 (default): products pick the
                               fastest kernel for the batch, and results may differ in the last
                               bits with the batch's composition */
+    int32_t kv_type_k;   /* mnv_kv_type of the K cache; MNV_KV_DEFAULT (0): as kv_dtype */
+    int32_t kv_type_v;   /* mnv_kv_type of the V cache; MNV_KV_DEFAULT (0): as kv_dtype */
     const char *device;    /* where to compute: "cpu", "cuda" (device 0) or "cuda:N"; NULL = the
                               default (the CPU). A device not built in or not present fails
                               mnv_session_create with MNV_ERR_UNSUPPORTED naming it. The string
                               is read during the call only */
-    uint32_t reserved[8];
+    uint32_t reserved[6];
 } mnv_session_params;
 
 MNV_API mnv_session_params mnv_session_params_default(void);
@@ -364,7 +384,7 @@ MNV_API mnv_session_params mnv_session_params_default(void);
 typedef struct {
     uint64_t weight_bytes;  /* weights, as mnv_config_estimate counts them (mapped from
                                the files: page cache, shared by every session) */
-    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens at kv_dtype */
+    uint64_t kv_bytes;      /* the KV cache of one session: n_ctx tokens of K and V at their types */
     uint64_t compute_bytes; /* an upper bound of one session's activation memory for a
                                full n_batch pass at the full context, and its logits */
     uint64_t total_bytes;   /* the sum */
@@ -479,6 +499,31 @@ typedef enum {
  * tokenizer gives len 0). Return non-zero to stop generation. */
 typedef int (*mnv_token_callback)(void *user_data, int32_t token, const char *text, size_t len);
 
+/* A bias added to one token's logit before sampling (OpenAI's logit_bias:
+ * -100 all but bans a token, +100 all but forces it). */
+typedef struct {
+    int32_t token;
+    float bias;
+} mnv_logit_bias;
+
+/* The log-probabilities of one sampled token, in the model's distribution
+ * (log-softmax of its logits with the logit biases added, before penalties,
+ * top-k/p, min-p and temperature), and the n_top most likely tokens of that
+ * distribution in descending order (ties to the lower id). The arrays are
+ * borrowed, valid during the callback only. */
+typedef struct {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    const int32_t *top_ids;
+    const float *top_logprobs;
+} mnv_token_logprobs;
+
+/* The most alternatives mnv_token_logprobs carries. */
+#define MNV_MAX_TOP_LOGPROBS 20
+/* Called once per sampled token, just before on_token for the same token. */
+typedef void (*mnv_logprobs_callback)(void *user_data, const mnv_token_logprobs *lp);
+
 typedef struct {
     uint32_t size;                 /* sizeof(mnv_generate_params) */
     int32_t max_tokens;            /* default 256 */
@@ -490,6 +535,16 @@ typedef struct {
     int ignore_eos;                /* 1: don't stop at the model's EOS ids */
     mnv_token_callback on_token;   /* may be NULL */
     void *user_data;
+    const mnv_logit_bias *logit_bias; /* n_logit_bias biases (ids in the vocabulary, finite
+                                         biases; a token given twice adds both) */
+    size_t n_logit_bias;
+    mnv_logprobs_callback on_logprobs; /* may be NULL (default); gets user_data */
+    int32_t n_top_logprobs;        /* 0..20: top alternatives given to on_logprobs */
+    const int32_t *scripted_ids;   /* n_scripted ids that the first generated tokens are,
+                                      instead of sampled ones (logits are still computed
+                                      and logprobs reported): a scripted reply, for testing
+                                      what reads a model's output. Default NULL */
+    size_t n_scripted;
     uint32_t reserved[8];
 } mnv_generate_params;
 
@@ -547,8 +602,10 @@ typedef struct {
                                  0: the caller drives it with mnv_engine_step */
     int32_t deterministic;    /* as in mnv_session_params: a request's tokens do not depend on
                                  what it is batched with */
+    int32_t kv_type_k;        /* as in mnv_session_params: K and V element types (mnv_kv_type, */
+    int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
     const char *device;       /* as in mnv_session_params */
-    uint32_t reserved[8];
+    uint32_t reserved[6];
 } mnv_engine_params;
 
 MNV_API mnv_engine_params mnv_engine_params_default(void);
@@ -983,6 +1040,35 @@ MNV_API int mnv_chat_parser_stopped(const mnv_chat_parser *p);
 MNV_API size_t mnv_chat_parser_n_messages(const mnv_chat_parser *p);
 MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, mnv_chat_message *msg,
                                    mnv_chat_end *end);
+
+/* ------------------------------------------------------------------------ */
+/* Chat templates (Hugging Face models)                                     */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every model but gpt-oss states its chat format as a Jinja template:
+ * chat_template.jinja in its directory, or "chat_template" in
+ * tokenizer_config.json (a string, or a list of named templates: "default",
+ * and "tool_use" for requests with tools). Rendering gives what transformers'
+ * apply_chat_template gives (bos_token and eos_token from
+ * tokenizer_config.json, tools and documents as None when absent). Before
+ * rendering, an assistant tool call's "arguments" given as a JSON string
+ * (OpenAI's form) becomes the object it encodes; for a template that does
+ * not read content parts, a list of text parts becomes their texts joined by
+ * newlines, and a null content an empty string.
+ */
+
+/* Renders request_json, an OpenAI chat request body ("messages", optional
+ * "tools", "chat_template_kwargs" whose keys become template variables, e.g.
+ * enable_thinking), with the chat template of model_dir. On success
+ * *prompt_out is the prompt text (free with mnv_chat_prompt_free).
+ * MNV_ERR_UNSUPPORTED when the model has no chat template; MNV_ERR_FORMAT
+ * naming the file, key and line when the template does not parse or the
+ * request is not JSON; MNV_ERR_INVALID_ARG naming the template line when
+ * rendering fails (the template's raise_exception, a type error, a limit on
+ * output, memory, call depth or iterations). Thread-safe. */
+MNV_API mnv_status mnv_chat_template_render(const char *model_dir, const char *request_json,
+                                            int add_generation_prompt, char **prompt_out);
+MNV_API void mnv_chat_prompt_free(char *prompt);
 
 #ifdef __cplusplus
 }

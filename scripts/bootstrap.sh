@@ -8,8 +8,8 @@
 # They are optional: without root they are only suggested, and
 # MNV_NO_CROSS=1 skips them.
 set -e
-PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev clang libclang-rt-14-dev"
-CROSS_PKGS="gcc-aarch64-linux-gnu qemu-user libcjson-dev:arm64 libpcre2-dev:arm64"
+PKGS="build-essential cmake pkg-config libcjson-dev libpcre2-dev libmicrohttpd-dev clang libclang-rt-14-dev"
+CROSS_PKGS="gcc-aarch64-linux-gnu qemu-user libcjson-dev:arm64 libpcre2-dev:arm64 libmicrohttpd-dev:arm64"
 
 missing_of() {
     out=""

@@ -227,7 +227,7 @@ printf '1 2 3\n1 x 3\n' >"$TMP/p_bad"
 expect_fail "a bad id names its line" 2 "line 2" "$MNV_CLI" batch -m "$STORIES" --prompts-file "$TMP/p_bad" --prompt-ids
 expect_fail "--parallel 0" 2 "--parallel: 0 is out of range" "$MNV_CLI" batch --prompts-file "$TMP/p_ids" --parallel 0
 expect_fail "--stagger -1" 2 "--stagger: -1 is out of range" "$MNV_CLI" batch --prompts-file "$TMP/p_ids" --stagger -1
-expect_fail "bad --kv-type" 2 "--kv-type: expected f32, bf16 or f16" "$MNV_CLI" batch --prompts-file "$TMP/p_ids" --kv-type f8
+expect_fail "bad --kv-type" 2 "--kv-type: expected f32, f16, bf16, q8 or q4" "$MNV_CLI" batch --prompts-file "$TMP/p_ids" --kv-type f8
 printf '1 99999\n1 5\n' >"$TMP/p_oov"
 expect_fail "an out-of-vocabulary id fails its prompt" 1 "prompt 0: " "$MNV_CLI" batch -m "$STORIES" \
     --prompts-file "$TMP/p_oov" --prompt-ids -n 1 --print-ids

@@ -119,6 +119,16 @@ check "inspect names the architecture" contains "$TMP/out" "llama"
 check "inspect prints the KV cache size" contains "$TMP/out" "KV cache per token"
 expect_fail "inspect without DIR" 2 "missing the model directory" "$MNV_CLI" inspect
 expect_fail "inspect a missing dir" 1 "$TMP/nothing does not exist" "$MNV_CLI" inspect "$TMP/nothing"
+# the KV cache at each element type: q8 / q4 per head row of 8: 8 / 4 bytes of codes + an f16 scale and bias
+kvb() { "$MNV_CLI" inspect "$MODEL" --ctx 512 "$@" | sed -n 's/^  KV cache: *\([0-9]*\) bytes.*/\1/p'; }
+kf32=$(kvb --kv-type f32) kq8=$(kvb --kv-type q8) kq4=$(kvb --kv-type q4) kmix=$(kvb --kv-type-k q8 --kv-type-v f16)
+check "inspect --kv-type: q8 is 12/32 of f32 ($kq8 of $kf32)" [ "$((kf32 * 12))" -eq "$((kq8 * 32))" ]
+check "inspect --kv-type: q4 is 8/32 of f32 ($kq4 of $kf32)" [ "$((kf32 * 8))" -eq "$((kq4 * 32))" ]
+check "inspect --kv-type-k q8 --kv-type-v f16: (12 + 16) / 64 of f32 ($kmix)" [ "$((kf32 * 28))" -eq "$((kmix * 64))" ]
+expect_rc "inspect --kv-type q4" 0 "$MNV_CLI" inspect "$MODEL" --kv-type q4
+check "  names the type" contains "$TMP/out" "KV q4"
+check "  prints the total" contains "$TMP/out" "total:"
+expect_fail "inspect --kv-type-v q2" 2 "--kv-type-v: expected f32, f16, bf16, q8 or q4, got 'q2'" "$MNV_CLI" inspect "$MODEL" --kv-type-v q2
 
 # ---- synth, then generate on the result -------------------------------------------------------------------
 cat >"$TMP/config.json" <<'EOF'

@@ -97,7 +97,17 @@ expect_fail "unknown command" 2 "unknown command 'frobnicate'" "$MNV_CLI" frobni
 expect_fail "no command" 2 "Usage: minerva COMMAND" "$MNV_CLI"
 expect_fail "missing model dir (the message names it)" 1 "$TMP/no/such/model" "$MNV_CLI" generate -m "$TMP/no/such/model" -n 1
 expect_fail "out-of-vocabulary prompt id" 1 "token id 99999" "$MNV_CLI" generate -m "$MODEL" --prompt-ids "1 99999" -n 1
+# ---- KV cache types: every type and a mixed pair generate; 8-bit keeps the greedy story -------------------
+for kv in f16 bf16 q8 q4 "q8 --kv-type-v q4" "f32 --kv-type-k q4"; do
+    # shellcheck disable=SC2086 # the pair is two options
+    got=$(mnv generate -m "$MODEL" -p "" -n 40 --temp 0 --print-ids --kv-type $kv)
+    check "--kv-type $kv generates 40 ids" [ "$(echo "$got" | wc -w)" -eq 40 ]
+done
+got=$(mnv generate -m "$MODEL" -p "" -n 40 --temp 0 --print-ids --kv-type q8)
+check "--kv-type q8 keeps the first 40 greedy ids of the reference" [ "$got" = "$(ids 2 41)" ]
+expect_fail "bad --kv-type-k" 2 "--kv-type-k: expected f32, f16, bf16, q8 or q4, got 'q3'" "$MNV_CLI" generate -n 1 --kv-type-k q3
 expect_rc "generate --help" 0 "$MNV_CLI" generate --help
+check "  help lists --kv-type-v" contains "$TMP/out" "--kv-type-v"
 check "  help lists --top-k" contains "$TMP/out" "--top-k"
 
 e2e_done

@@ -358,8 +358,9 @@ typedef struct {
     int64_t S, NB, B, Hkv, H, D, W, T;
     int32_t window;
     bool sinks;
-    mnv_dtype dt;
-    void *pool;           /* NB blocks of (K rows, V rows) */
+    mnv_dtype dt, vdt;
+    void *pool;           /* K: NB blocks of K rows, each followed by a block's room (a pool of two layers) */
+    void *vpool;          /* V: NB blocks, contiguous, of dtype vdt */
     int32_t *tables, *seq, *pos, *slot;
     float *q, *k, *v, *sink;
 } attn_case;
@@ -369,7 +370,7 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
     int64_t row = c->Hkv * c->D, blk = c->B * row, total = c->NB * 2 * blk;
     mnv_array *pool = P(s, g, c->pool, c->dt, 1, &total);
     int64_t sh[4] = {c->NB, c->B, c->Hkv, c->D}, st[4] = {2 * blk, row, c->D, 1};
-    mnv_array *kc = mnv_view(g, pool, 4, sh, st, 0), *vc = mnv_view(g, pool, 4, sh, st, blk);
+    mnv_array *kc = mnv_view(g, pool, 4, sh, st, c->NB % 2 ? blk : 0), *vc = P(s, g, c->vpool, c->vdt, 4, sh);
     int64_t qs[3] = {c->T, c->H, c->D}, ks[3] = {c->T, c->Hkv, c->D}, ts[2] = {c->S, c->W};
     mnv_array *slot = I(g, c->slot, MNV_DTYPE_I32, 1, &c->T);
     kc = mnv_cache_write(g, kc, P(s, g, c->k, MNV_DTYPE_F32, 3, ks), slot);
@@ -396,9 +397,11 @@ static void test_attention(void) {
             c.T += nnew[s];
         }
         c.NB = c.S * c.W + 2;
+        c.vdt = float_types[(i + i / 3) % 3]; /* K and V of one type, and of two */
         int64_t row = c.Hkv * c.D, total = c.NB * 2 * c.B * row;
         float *pool = randv((size_t)total, 1.0f);
         c.pool = as_dtype(pool, (size_t)total, c.dt);
+        c.vpool = as_dtype(pool, (size_t)total / 2, c.vdt);
         c.tables = calloc((size_t)(c.S * c.W), sizeof(int32_t));
         int32_t *perm = malloc(sizeof(int32_t) * (size_t)c.NB);
         for (int b = 0; b < c.NB; b++) perm[b] = b;
@@ -423,11 +426,13 @@ static void test_attention(void) {
         c.v = randv((size_t)(c.T * row), 1.0f);
         c.sink = randv((size_t)c.H, 2.0f);
         char what[96];
-        snprintf(what, sizeof what, "attention %s H %lld/%lld D %lld B %lld win %d sinks %d", mnv_dtype_name(c.dt),
+        snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d",
+                 mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt),
                  (long long)c.H, (long long)c.Hkv, (long long)c.D, (long long)c.B, c.window, c.sinks);
         compare(what, build_attention, &c, 1e-5, false);
         free(pool);
         free(c.pool);
+        free(c.vpool);
         free(c.tables);
         free(perm);
         free(c.seq);
@@ -571,11 +576,11 @@ static int argmax(const float *x, int n) {
 }
 
 /* On the device, prefill logits vs transformers' (the CPU test's
- * references), greedy continuation, token-by-token decoding vs prefill.
- * The device computes in f32 throughout (bf16 weights are widened, never
- * the activations narrowed), as the references do: the CPU test's f32
- * bound applies to every fixture. */
-static void check_model(const char *name) {
+ * references, with its bounds: 1e-4 relative L2 for f32 weights; 2e-2 for
+ * the bf16 fixtures, whose references are not f32 arithmetic throughout: the
+ * CPU computing them in f32 lands 1e-4 to 7e-4 away), greedy continuation,
+ * token-by-token decoding vs prefill (1e-4: the same arithmetic). */
+static void check_model(const char *name, double tol) {
     char dir[256];
     snprintf(dir, sizeof dir, "fixtures/models/%s", name);
     reference r = {0};
@@ -615,7 +620,7 @@ static void check_model(const char *name) {
     }
     printf("%-18s cuda: prefill logits rel L2 %.3g, greedy %d/%d, decode vs prefill %.3g\n", name, err, same,
            r.n_greedy, worst);
-    CHECKF(err < 1e-4, "%s: logits rel L2 %.3g", name, err);
+    CHECKF(err < tol, "%s: logits rel L2 %.3g >= %.0e", name, err, tol);
     CHECKF(same == r.n_greedy, "%s: greedy continuation differs at step %d", name, same);
     CHECKF(worst < 1e-4, "%s: decode vs prefill rel L2 %.3g", name, worst);
     free(logits);
@@ -735,7 +740,8 @@ int main(void) {
     CHECK(mnv__backend_set_default("cuda") == MNV_OK);
     static const char *models[] = {"tiny-llama", "tiny-qwen3", "tiny-qwen2", "tiny-mistral", "tiny-llama-bf16",
                                    "tiny-qwen3-bf16", "tiny-gptoss-dense", "tiny-gptoss-mxfp4"};
-    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++) check_model(models[i]);
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
+        check_model(models[i], strstr(models[i], "bf16") ? 2e-2 : 1e-4);
     check_engine("tiny-llama");
     check_engine("tiny-gptoss-mxfp4");
     return t_done();

@@ -38,11 +38,16 @@ static mnv_generate_params greedy(int n, got_ids *g) {
     return gp;
 }
 
+/* The K and V types of the runs (f32 unless a test sets them). */
+static int32_t kv_k = MNV_KV_F32, kv_v = MNV_KV_F32;
+
 /* Each prompt alone, through a session and mnv_generate: the reference. */
 static void alone(mnv_model *m, int32_t prompts[][96], const int *lens, int n, int n_gen, got_ids *want) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = 256;
     sp.deterministic = 1;
+    sp.kv_type_k = kv_k;
+    sp.kv_type_v = kv_v;
     mnv_session *s = NULL;
     CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
     for (int i = 0; s && i < n; i++) {
@@ -69,6 +74,8 @@ static void batched(mnv_model *m, int32_t prompts[][96], const int *lens, int n,
     ep.max_seq_tokens = 256;
     ep.prefix_cache = rc->prefix;
     ep.deterministic = 1;
+    ep.kv_type_k = kv_k;
+    ep.kv_type_v = kv_v;
     ep.run_thread = 0;
     mnv_engine *e = NULL;
     mnv_status st = mnv_engine_create(m, &ep, &e);
@@ -435,6 +442,12 @@ int main(void) {
     const char *dirs[] = {"../models/stories260K", "fixtures/models/tiny-llama", "fixtures/models/tiny-qwen3",
                           "fixtures/models/tiny-gptoss-mxfp4", "fixtures/models/tiny-mistral"};
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) test_equivalence(dirs[i]);
+    /* quantized caches: rows are stored the same whatever the batching, so the same holds */
+    kv_k = MNV_KV_Q8, kv_v = MNV_KV_Q4;
+    printf("K q8, V q4:\n");
+    test_equivalence("../models/stories260K");
+    test_equivalence("fixtures/models/tiny-gptoss-mxfp4");
+    kv_k = kv_v = MNV_KV_F32;
     test_session_restart("../models/stories260K");
     test_session_restart("fixtures/models/tiny-gptoss-mxfp4");
     test_graph_replay("../models/stories260K");

@@ -105,7 +105,7 @@ static void test_sizes(void) {
 
     /* Planning: budget and max_tokens; gpt-oss-like groups. */
     mnv_kv_pool_params p = mnv_kv_pool_params_default();
-    p.type = MNV_KV_BF16;
+    p.k_type = p.v_type = MNV_KV_BF16;
     p.n_kv_heads = 8;
     p.head_dim = 64;
     p.block_tokens = 16;

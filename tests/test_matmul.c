@@ -254,7 +254,9 @@ static void test_row_invariant(const char *impl) {
     int bad = 0;
     for (int r = 0; r < 8; r++) {
         mnv_dtype t = WTYPES[r % 3];
-        shape s = random_shape(t_randint(2, 40), false);
+        /* odd rounds: batched-decode sizes over several k and n blocks */
+        shape s = r % 2 ? random_shape(t_randint(MNV_MATMUL_GEMV_MAX_M + 1, MNV_MATMUL_PASSES_MAX_M), true)
+                        : random_shape(t_randint(2, 40), false);
         s.ldx = s.k, s.ldw = s.k, s.ldy = s.n;
         float *x = malloc(sizeof(float) * (size_t)(s.m * s.k)), *y = malloc(sizeof(float) * (size_t)(s.m * s.n));
         float *y1 = malloc(sizeof(float) * (size_t)s.n);

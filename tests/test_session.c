@@ -76,6 +76,80 @@ static mnv_generate_params greedy(int n, collect *c) {
     return gp;
 }
 
+/* Logit biases and log-probabilities: a +100 bias forces a token, a -100
+ * bias bans the greedy one; the reported log-probabilities are the
+ * log-softmax of the logits the session computes, with the top tokens in
+ * order, checked against a double-precision reference. */
+typedef struct {
+    int32_t tok[8], top_ids[8][5], n_top[8];
+    float lp[8], top_lp[8][5];
+    int n;
+} lp_collect;
+
+static void on_lp(void *ud, const mnv_token_logprobs *lp) {
+    lp_collect *c = ud;
+    if (c->n >= 8) return;
+    c->tok[c->n] = lp->token, c->lp[c->n] = lp->logprob, c->n_top[c->n] = lp->n_top;
+    for (int32_t i = 0; i < lp->n_top && i < 5; i++) c->top_ids[c->n][i] = lp->top_ids[i], c->top_lp[c->n][i] = lp->top_logprobs[i];
+    c->n++;
+}
+
+static void test_bias_logprobs(mnv_model *m, mnv_session *s, int V) {
+    int32_t bos = 1;
+    float *logits = malloc((size_t)V * sizeof(float));
+    mnv_session_reset(s);
+    CHECK(mnv_session_eval(s, &bos, 1, logits) == MNV_OK);
+    int32_t best = 0;
+    for (int i = 1; i < V; i++)
+        if (logits[i] > logits[best]) best = i;
+    lp_collect c = {0};
+    mnv_generate_params gp = mnv_generate_params_default();
+    gp.max_tokens = 1;
+    gp.sampler.temperature = 0;
+    gp.on_logprobs = on_lp;
+    gp.user_data = &c;
+    gp.n_top_logprobs = 5;
+    int32_t forced = (best + 7) % V;
+    mnv_logit_bias b[2] = {{forced, 100.0f}, {best, -100.0f}};
+    gp.logit_bias = b;
+    gp.n_logit_bias = 2;
+    mnv_session_reset(s);
+    CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_OK);
+    CHECKF(c.n == 1 && c.tok[0] == forced, "forced token %d, got %d", forced, c.tok[0]);
+    /* reference: log-softmax of the biased logits */
+    logits[forced] += 100.0f, logits[best] -= 100.0f;
+    double mx = -INFINITY, sum = 0;
+    for (int i = 0; i < V; i++) mx = logits[i] > mx ? logits[i] : mx;
+    for (int i = 0; i < V; i++) sum += exp(logits[i] - mx);
+    double lse = mx + log(sum);
+    CHECKF(fabs(c.lp[0] - (logits[forced] - lse)) < 1e-4, "logprob %g, reference %g", c.lp[0], logits[forced] - lse);
+    CHECK(c.n_top[0] == 5 && c.top_ids[0][0] == forced);
+    for (int j = 0; j < 5; j++) {
+        CHECKF(fabs(c.top_lp[0][j] - (logits[c.top_ids[0][j]] - lse)) < 1e-4, "top %d", j);
+        int above = 0; /* exactly j tokens rank above the j-th */
+        for (int i = 0; i < V; i++) above += logits[i] > logits[c.top_ids[0][j]];
+        CHECKF(above == j, "top %d has %d tokens above", j, above);
+    }
+    /* a scripted reply: the given ids come out first, then sampling resumes (greedy: best) */
+    memset(&c, 0, sizeof c);
+    int32_t script[2] = {(best + 3) % V, (best + 5) % V};
+    gp.n_logit_bias = 0;
+    gp.scripted_ids = script;
+    gp.n_scripted = 2;
+    gp.max_tokens = 3;
+    mnv_session_reset(s);
+    CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_OK);
+    CHECK(c.n == 3 && c.tok[0] == script[0] && c.tok[1] == script[1]);
+    gp.scripted_ids = NULL, gp.n_scripted = 0, gp.n_logit_bias = 2, gp.max_tokens = 1;
+    /* a bias naming a token outside the vocabulary fails before anything runs */
+    b[0].token = V;
+    CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_ERR_RANGE);
+    gp.n_logit_bias = 0, gp.n_top_logprobs = 21;
+    CHECK(mnv_generate(s, &bos, 1, &gp, NULL) == MNV_ERR_RANGE);
+    free(logits);
+    (void)m;
+}
+
 int main(void) {
     t_seed();
     mnv_model *m = NULL;
@@ -138,6 +212,7 @@ int main(void) {
     mnv_model_info info;
     mnv_model_get_info(m, &info);
     int V = info.n_vocab;
+    test_bias_logprobs(m, s, V);
     int32_t toks[5] = {1, 403, 407, 261, 378}, pos[5] = {0, 1, 2, 3, 4}, seq[5] = {0}, rows[5] = {4, 2, 0, 2, 1};
     float *all = malloc(sizeof(float) * 5 * V), *perm = malloc(sizeof(float) * 5 * V);
     int32_t ident[5] = {0, 1, 2, 3, 4};

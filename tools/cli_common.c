@@ -307,23 +307,65 @@ void cli_gen_flags_finish(cli_gen_flags *f) {
     f->gp.ignore_eos = f->ignore_eos;
 }
 
+void cli_kv_opts(cli_kv_flags *f, cli_opt *out) {
+    const cli_opt opts[CLI_KV_N_OPTS] = {
+        {NULL, "--kv-type", CLI_STR, &f->all, 0, 0, NULL},
+        {NULL, "--kv-type-k", CLI_STR, &f->k, 0, 0, NULL},
+        {NULL, "--kv-type-v", CLI_STR, &f->v, 0, 0, NULL},
+    };
+    memcpy(out, opts, sizeof opts);
+}
+
+void cli_kv_usage(char *buf, size_t cap) {
+    append(buf, cap,
+           "      --kv-type T         KV cache element type: f32, f16, bf16, q8 or q4 (8/4-bit\n"
+           "                          per group of 32 with a scale and a bias) (default f32)\n"
+           "      --kv-type-k T       the K cache's type alone (default: --kv-type)\n"
+           "      --kv-type-v T       the V cache's type alone (default: --kv-type)\n");
+}
+
+static int parse_kv(const char *cmd, const char *opt, const char *s, int32_t *out) {
+    for (int t = MNV_KV_F32; t < MNV_KV_TYPE_COUNT; t++)
+        if (!strcmp(s, mnv_kv_type_name((mnv_kv_type)t))) {
+            *out = t;
+            return 0;
+        }
+    return cli_usage(cmd, "%s: expected f32, f16, bf16, q8 or q4, got '%s'", opt, s);
+}
+
+int cli_kv_types(const char *cmd, const cli_kv_flags *f, int32_t *k, int32_t *v) {
+    int32_t all = MNV_KV_F32;
+    if (f->all && parse_kv(cmd, "--kv-type", f->all, &all)) return CLI_EXIT_USAGE;
+    *k = *v = all;
+    if (f->k && parse_kv(cmd, "--kv-type-k", f->k, k)) return CLI_EXIT_USAGE;
+    if (f->v && parse_kv(cmd, "--kv-type-v", f->v, v)) return CLI_EXIT_USAGE;
+    return 0;
+}
+
+void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap) {
+    const char *all = f->all ? f->all : "f32", *k = f->k ? f->k : all, *v = f->v ? f->v : all;
+    if (!strcmp(k, v))
+        snprintf(buf, cap, "%s", k);
+    else
+        snprintf(buf, cap, "%s/%s", k, v);
+}
+
 void cli_run_opts(cli_run_flags *f, cli_opt *out) {
-    const cli_opt opts[CLI_RUN_N_OPTS] = {
+    const cli_opt opts[5] = {
         {"-t", "--threads", CLI_INT, &f->n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &f->n_ctx, 0, 1 << 30, NULL},
-        {NULL, "--kv-type", CLI_STR, &f->kv_type, 0, 0, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &f->exact_quant, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &f->deterministic, 0, 0, NULL},
         {NULL, "--device", CLI_STR, &f->device, 0, 0, NULL},
     };
     memcpy(out, opts, sizeof opts);
+    cli_kv_opts(&f->kv, out + 5);
 }
 
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
     append(buf, cap,
            "  -t, --threads N         CPU threads, 0 = all cores (default 0)\n"
            "  -c, --ctx N             %s, 0 = min(model's, 4096) (default 0)\n"
-           "      --kv-type T         KV cache element type: f32, bf16 or f16 (default f32)\n"
            "      --exact-quant       quantized weights: keep f32 activations (MLX's numerics,\n"
            "                          slower) instead of rounding them to int8\n"
            "      --deterministic     compute every token as if it were alone in its batch: the\n"
@@ -331,6 +373,7 @@ void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
            "                          prompt processing)\n"
            "      --device D          where to compute: cpu, cuda or cuda:N (default cpu)\n",
            ctx_what);
+    cli_kv_usage(buf, cap);
 }
 
 const char *cli_stop_reason_str(mnv_stop_reason r) {
@@ -603,10 +646,3 @@ double cli_peak_rss_mb(void) {
     return (double)ru.ru_maxrss / 1024.0; /* Linux reports KiB */
 }
 
-int cli_parse_kv_type(const char *cmd, const char *s, mnv_dtype *out) {
-    if (!strcmp(s, "f32")) *out = MNV_DTYPE_F32;
-    else if (!strcmp(s, "bf16")) *out = MNV_DTYPE_BF16;
-    else if (!strcmp(s, "f16")) *out = MNV_DTYPE_F16;
-    else return cli_usage(cmd, "--kv-type: expected f32, bf16 or f16, got '%s'", s);
-    return 0;
-}

@@ -31,6 +31,8 @@ int cmd_synth(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_batch(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_render_chat(int argc, char **argv);
 
 /* ---- option parsing --------------------------------------------------------- */
 
@@ -113,14 +115,30 @@ void cli_gen_usage(char *buf, size_t cap, const cli_gen_flags *f);
  * given; the stop strings and --ignore-eos into f->gp. */
 void cli_gen_flags_finish(cli_gen_flags *f);
 
-/* The runtime: --threads, --ctx, --kv-type, --exact-quant and --deterministic. */
+/* The KV cache's element types: --kv-type T (K and V), --kv-type-k T and
+ * --kv-type-v T (one side, over --kv-type); T: f32, f16, bf16, q8, q4. */
+typedef struct {
+    const char *all, *k, *v; /* NULL: not given (f32) */
+} cli_kv_flags;
+
+#define CLI_KV_N_OPTS 3
+void cli_kv_opts(cli_kv_flags *f, cli_opt *out);
+/* Append their help lines to buf. */
+void cli_kv_usage(char *buf, size_t cap);
+/* The K and V types (mnv_kv_type) the options name; 0, or a usage error
+ * printed and non-zero. */
+int cli_kv_types(const char *cmd, const cli_kv_flags *f, int32_t *k, int32_t *v);
+/* "q8" or "q8/q4": the types as given, for reports. */
+void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap);
+
+/* The runtime: --threads, --ctx, the KV types, --exact-quant and --deterministic. */
 typedef struct {
     int n_threads, n_ctx, exact_quant, deterministic;
-    const char *kv_type; /* NULL: f32 */
+    cli_kv_flags kv;
     const char *device;  /* NULL: the library's default (cpu) */
 } cli_run_flags;
 
-#define CLI_RUN_N_OPTS 6
+#define CLI_RUN_N_OPTS (5 + CLI_KV_N_OPTS)
 void cli_run_opts(cli_run_flags *f, cli_opt *out);
 /* Append their help lines to buf; ctx_what says what --ctx sizes. */
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what);
@@ -174,7 +192,5 @@ void cli_json_string(FILE *f, const char *s, size_t len);
 double cli_now(void);         /* monotonic seconds */
 double cli_peak_rss_mb(void); /* peak resident set size in MiB (getrusage) */
 
-/* "f32" / "bf16" / "f16" -> dtype; on anything else prints a usage error and returns non-zero. */
-int cli_parse_kv_type(const char *cmd, const char *s, mnv_dtype *out);
 
 #endif

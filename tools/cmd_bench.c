@@ -2,8 +2,10 @@
  *
  * pp test: evaluate p random (valid) token ids in one call from an empty
  * context. tg test: from an empty context, evaluate one token at a time, n
- * times. Each test runs one warm-up repetition, then --reps timed ones; the
- * reported rate is the median.
+ * times. With --depth d both start from a context of d random tokens
+ * instead (evaluated once, untimed; each run truncates back to them), as
+ * llama-bench's -d. Each test runs one warm-up repetition, then --reps timed
+ * ones; the reported rate is the median.
  *
  * With --parallel N,...: for each N, N requests with random prompts are
  * submitted together to one engine and generate n tokens each (greedy, EOS
@@ -31,7 +33,10 @@ static const char USAGE[] =
     "  -n, --decode N      tokens for the tg test, 0 = skip (default 128)\n"
     "  -r, --reps R        timed repetitions (default 3)\n"
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
-    "      --kv-type T     KV cache element type: f32, bf16 or f16 (default f32)\n"
+    "  -d, --depth D       run both tests after D tokens already in the context (default 0);\n"
+    "                      the floor printed counts the K/V bytes of D tokens with the weights\n"
+    "      --kv-type T     KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
+    "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
     "      --deterministic products as if every token were alone in its batch\n"
     "      --device D      where to compute: cpu, cuda or cuda:N (default cpu)\n"
@@ -46,8 +51,8 @@ static const char USAGE[] =
 
 typedef struct {
     const char *model_dir;
-    int n_prefill, n_decode, reps, n_threads, json;
-    const char *kv_type;
+    int n_prefill, n_decode, reps, n_threads, json, depth;
+    cli_kv_flags kv;
     int exact_quant, deterministic;
     const char *parallel; /* --parallel LIST, NULL when not given */
     int prefill_seen;
@@ -59,6 +64,7 @@ typedef struct {
     mnv_session_stats last;    /* figures of the last decode step */
     double first_token_s;      /* first evaluation of a fresh session */
     uint64_t weight_bytes, active_bytes;
+    uint64_t kv_read_bytes;    /* --depth: K/V bytes of the depth tokens (read by each decoded token) */
     int threads;
 } bench_result;
 
@@ -72,14 +78,18 @@ static double median(double *v, int n) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Runs one test (one_by_one: the tg test) reps+1 times; *tok_s gets the median rate. */
-static mnv_status time_test(mnv_session *s, const int32_t *ids, int n, int one_by_one, int reps,
+/* Runs one test (one_by_one: the tg test) reps+1 times from a context of
+ * depth tokens; *tok_s gets the median rate. */
+static mnv_status time_test(mnv_session *s, int depth, const int32_t *ids, int n, int one_by_one, int reps,
                             double *tok_s) {
     double *rates = malloc((size_t)reps * sizeof *rates);
     if (!rates) return MNV_ERR_NOMEM;
     mnv_status st = MNV_OK;
     for (int r = 0; r <= reps && st == MNV_OK; r++) {
-        mnv_session_reset(s);
+        if (depth > 0)
+            st = mnv_session_truncate(s, depth);
+        else
+            mnv_session_reset(s);
         double t0 = cli_now();
         if (one_by_one)
             for (int i = 0; i < n && st == MNV_OK; i++) st = mnv_session_eval(s, ids + i, 1, NULL);
@@ -108,24 +118,34 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
         mnv_cpu_get_info(&ci);
         printf(", \"cpu\": \"%s\", \"matmul\": \"%s\", \"qmatmul\": \"%s\", \"attention\": \"%s\"", ci.level,
                ci.matmul, o->exact_quant ? ci.qmatmul_exact : ci.qmatmul, ci.attention);
-        printf(", \"threads\": %d, \"prefill_tokens\": %d", r->threads, o->n_prefill);
+        char kvn[32];
+        cli_kv_name(&o->kv, kvn, sizeof kvn);
+        printf(", \"threads\": %d, \"kv_type\": \"%s\", \"depth\": %d, \"prefill_tokens\": %d", r->threads, kvn,
+               o->depth, o->n_prefill);
         json_rate("prefill_tok_s", r->pp_tok_s, o->n_prefill > 0);
         printf(", \"decode_tokens\": %d", o->n_decode);
         json_rate("decode_tok_s", r->tg_tok_s, o->n_decode > 0);
-        printf(", \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"bytes_per_token\": %llu", rss,
-               (unsigned long long)r->weight_bytes, (unsigned long long)r->active_bytes);
+        printf(", \"peak_rss_mb\": %.1f, \"weight_bytes\": %llu, \"bytes_per_token\": %llu, \"kv_read_bytes\": %llu",
+               rss, (unsigned long long)r->weight_bytes, (unsigned long long)r->active_bytes,
+               (unsigned long long)r->kv_read_bytes);
         json_rate("decode_gb_s", gbs, o->n_decode > 0);
         printf(", \"host_ms_per_token\": %.4f", (r->last.build_seconds + r->last.plan_seconds) * 1e3);
         printf("}\n");
         return;
     }
     cli_print_cpu(stdout);
-    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d\n", model,
-           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps);
+    char kvn[32];
+    cli_kv_name(&o->kv, kvn, sizeof kvn);
+    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d\n", model,
+           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, o->depth);
     printf("first token after load: %.2f s\n", r->first_token_s);
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
         printf("tg%-5d %10.1f tok/s\n", o->n_decode, r->tg_tok_s);
+        if (o->depth > 0)
+            printf("floor at depth %d: weights %.1f MB + K/V %.1f MB read per decoded token; %.2f GB/s at this rate\n",
+                   o->depth, (double)r->active_bytes / 1e6, (double)r->kv_read_bytes / 1e6,
+                   (double)(r->active_bytes + r->kv_read_bytes) * r->tg_tok_s / 1e9);
         printf("weight bytes read per decoded token: %.1f MB; decode bandwidth (bytes x tok/s): %.2f GB/s\n",
                (double)r->active_bytes / 1e6, gbs);
         const mnv_session_stats *l = &r->last;
@@ -145,12 +165,27 @@ static double first_token_seconds(mnv_session *s, const int32_t *ids) {
     return st == MNV_OK ? cli_now() - t0 : -1.0;
 }
 
+/* Evaluate the depth tokens of the context (after ids[0 .. n_max)) in
+ * slices of the session's batch. */
+static mnv_status fill_depth(mnv_session *s, const int32_t *ids, int depth, int batch) {
+    mnv_status st = MNV_OK;
+    for (int i = 0; i < depth && st == MNV_OK; i += batch)
+        st = mnv_session_eval(s, ids + i, (size_t)(depth - i < batch ? depth - i : batch), NULL);
+    return st;
+}
+
 static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, bench_result *r) {
     int n_max = o->n_prefill > o->n_decode ? o->n_prefill : o->n_decode;
     mnv_session_params sp = mnv_session_params_default();
-    sp.n_ctx = n_max > 0 ? n_max : 1;
-    sp.n_batch = o->n_prefill > 0 ? o->n_prefill : 1;
-    if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &sp.kv_dtype)) return 2;
+    sp.n_ctx = (n_max > 0 ? n_max : 1) + o->depth;
+    sp.n_batch = o->n_prefill > 0 ? o->n_prefill : 512;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (o->depth > 0) { /* K/V bytes of the depth tokens: each decoded token reads them */
+        mnv_session_params dp = sp;
+        dp.n_ctx = o->depth;
+        mnv_memory_estimate me;
+        if (mnv_model_estimate_memory(o->model_dir, &dp, &me) == MNV_OK) r->kv_read_bytes = me.kv_bytes;
+    }
     sp.exact_quant = o->exact_quant;
     sp.deterministic = o->deterministic;
     sp.device = o->device;
@@ -159,10 +194,14 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     mnv_status st = mnv_session_create(model, &sp, &s);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
     r->first_token_s = first_token_seconds(s, ids);
-    if (o->n_prefill > 0) st = time_test(s, ids, o->n_prefill, 0, o->reps, &r->pp_tok_s);
+    if (o->depth > 0 && (st = fill_depth(s, ids + n_max, o->depth, sp.n_batch)) != MNV_OK) {
+        mnv_session_free(s);
+        return cli_lib_error(CMD, st, "filling a context of %d tokens failed", o->depth);
+    }
+    if (o->n_prefill > 0) st = time_test(s, o->depth, ids, o->n_prefill, 0, o->reps, &r->pp_tok_s);
     int rc = st != MNV_OK ? cli_lib_error(CMD, st, "prefill test failed") : 0;
     if (rc == 0 && o->n_decode > 0) {
-        st = time_test(s, ids, o->n_decode, 1, o->reps, &r->tg_tok_s);
+        st = time_test(s, o->depth, ids, o->n_decode, 1, o->reps, &r->tg_tok_s);
         if (st != MNV_OK) rc = cli_lib_error(CMD, st, "decode test failed");
         else mnv_session_get_stats(s, &r->last);
     }
@@ -175,10 +214,10 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
     mnv_status st = mnv_model_get_info(model, &info);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot read model info");
     int n_max = o->n_prefill > o->n_decode ? o->n_prefill : o->n_decode;
-    int32_t *ids = malloc((size_t)(n_max > 0 ? n_max : 1) * sizeof *ids);
+    int32_t *ids = malloc((size_t)(n_max + o->depth > 0 ? n_max + o->depth : 1) * sizeof *ids);
     if (!ids) return cli_error(CMD, "out of memory");
     uint64_t x = 0x9E3779B97F4A7C15ull; /* xorshift64: fixed, so runs are comparable */
-    for (int i = 0; i < n_max; i++) {
+    for (int i = 0; i < n_max + o->depth; i++) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % (uint64_t)info.n_vocab);
     }
@@ -290,7 +329,7 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
                        par_result *res) {
     mnv_engine_params ep = mnv_engine_params_default();
     ep.n_threads = o->n_threads;
-    if (o->kv_type && cli_parse_kv_type(CMD, o->kv_type, &ep.kv_dtype)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->kv, &ep.kv_type_k, &ep.kv_type_v)) return CLI_EXIT_USAGE;
     ep.exact_quant = o->exact_quant;
     ep.deterministic = o->deterministic;
     ep.device = o->device;
@@ -326,10 +365,12 @@ static void par_print(const bench_opts *o, const char *model, int n_seqs, int p,
     if (o->json) {
         printf("{\"model\": ");
         cli_json_string(stdout, model, strlen(model));
+        char kvn[32];
+        cli_kv_name(&o->kv, kvn, sizeof kvn);
         printf(", \"threads\": %d, \"kv_type\": \"%s\", \"parallel\": %d, \"prompt_tokens\": %d"
                ", \"decode_tokens\": %d, \"aggregate_tok_s\": %.3f, \"per_seq_tok_s\": %.3f"
                ", \"step_ms\": %.4f, \"host_ms_per_step\": %.4f, \"decode_steps\": %llu}\n",
-               o->n_threads, o->kv_type ? o->kv_type : "f32", n_seqs, p, o->n_decode, r->agg_tok_s,
+               o->n_threads, kvn, n_seqs, p, o->n_decode, r->agg_tok_s,
                r->agg_tok_s / n_seqs, r->step_ms, r->host_ms, (unsigned long long)r->steps);
     } else {
         printf("%6d %16.1f %14.1f %9.3f %13.4f", n_seqs, r->agg_tok_s, r->agg_tok_s / n_seqs, r->step_ms,
@@ -351,10 +392,11 @@ static int bench_parallel(const bench_opts *o, mnv_model *model, const char *mod
     mnv_cpu_get_info(&ci);
     if (oo.n_threads <= 0 || oo.n_threads > ci.n_cpus) oo.n_threads = ci.n_cpus; /* the library's clamp */
     if (!o->json) {
+        char kvn[32];
+        cli_kv_name(&o->kv, kvn, sizeof kvn);
         cli_print_cpu(stdout);
         printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s\n", model_name,
-               (double)info.weight_bytes / (1024.0 * 1024.0), oo.n_threads, o->reps,
-               o->kv_type ? o->kv_type : "f32");
+               (double)info.weight_bytes / (1024.0 * 1024.0), oo.n_threads, o->reps, kvn);
         printf("%d random prompt tokens and %d generated tokens per sequence (greedy, EOS ignored);\n"
                "rates of the decode phase (from the first token of the last sequence to the end)\n",
                p, o->n_decode);
@@ -382,12 +424,15 @@ static int parse_parallel(const bench_opts *o, int32_t **list, size_t *n) {
         if ((*list)[i] < 1 || (*list)[i] > 4096)
             return cli_usage(CMD, "--parallel: %d is out of range [1, 4096]", (int)(*list)[i]);
     if (o->n_decode < 2) return cli_usage(CMD, "--parallel needs -n 2 or more (a decode phase)");
+    if (o->depth > 0) return cli_usage(CMD, "--depth applies to the pp and tg tests, not to --parallel");
     if (o->prefill_seen && o->n_prefill < 1) return cli_usage(CMD, "--parallel needs -p 1 or more");
     return 0;
 }
 
 int cmd_bench(int argc, char **argv) {
-    bench_opts o = {NULL, 512, 128, 3, 0, 0, NULL, 0, 0, NULL, 0, NULL};
+    bench_opts o;
+    memset(&o, 0, sizeof o);
+    o.n_prefill = 512, o.n_decode = 128, o.reps = 3;
     const cli_opt opts[] = {
         {"-m", "--model", CLI_STR, &o.model_dir, 0, 0, NULL},
         {"-p", "--prefill", CLI_INT, &o.n_prefill, 0, 1 << 20, &o.prefill_seen},
@@ -395,7 +440,10 @@ int cmd_bench(int argc, char **argv) {
         {"-r", "--reps", CLI_INT, &o.reps, 1, 1000, NULL},
         {"-t", "--threads", CLI_INT, &o.n_threads, 0, 4096, NULL},
         {NULL, "--json", CLI_FLAG, &o.json, 0, 0, NULL},
-        {NULL, "--kv-type", CLI_STR, &o.kv_type, 0, 0, NULL},
+        {"-d", "--depth", CLI_INT, &o.depth, 0, 1 << 24, NULL},
+        {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
+        {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
+        {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &o.exact_quant, 0, 0, NULL},
         {NULL, "--parallel", CLI_STR, &o.parallel, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &o.deterministic, 0, 0, NULL},

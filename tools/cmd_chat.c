@@ -21,6 +21,7 @@
 typedef struct {
     const char *model_dir, *reasoning, *system, *developer, *date, *device;
     int n_threads, n_ctx, show_reasoning, hide_reasoning, stats, seed_given;
+    cli_kv_flags kv;
     mnv_generate_params gp;
 } chat_opts;
 
@@ -67,6 +68,8 @@ static const char USAGE[] =
     "      --hide-reasoning   do not show the reasoning\n"
     "  -t, --threads N        CPU threads, 0 = all cores (default 0)\n"
     "  -c, --ctx N            context length (default: the model's, at most 8192)\n"
+    "      --kv-type T        KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
+    "      --kv-type-k T      the K cache's type alone; --kv-type-v T: the V cache's\n"
     "      --device D         where to compute: cpu, cuda or cuda:N (default cpu)\n"
     "      --stats            tokens and speed of each turn on stderr\n"
     "  -h, --help             show this help\n";
@@ -85,6 +88,9 @@ static int parse_args(chat_opts *o, int argc, char **argv, int *rc) {
         {NULL, "--hide-reasoning", CLI_FLAG, &o->hide_reasoning, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &o->n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &o->n_ctx, 0, 1 << 30, NULL},
+        {NULL, "--kv-type", CLI_STR, &o->kv.all, 0, 0, NULL},
+        {NULL, "--kv-type-k", CLI_STR, &o->kv.k, 0, 0, NULL},
+        {NULL, "--kv-type-v", CLI_STR, &o->kv.v, 0, 0, NULL},
         {NULL, "--stats", CLI_FLAG, &o->stats, 0, 0, NULL},
         {NULL, "--device", CLI_STR, &o->device, 0, 0, NULL},
     };
@@ -384,6 +390,7 @@ static int make_session(chat_state *c) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = n_ctx;
     sp.n_threads = c->o->n_threads;
+    if (cli_kv_types(CMD, &c->o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
     sp.device = c->o->device;
     st = mnv_session_create(c->model, &sp, &c->sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");

@@ -17,7 +17,8 @@ static const char USAGE[] =
     "Options:\n"
     "  -m, --model DIR   same as the DIR argument\n"
     "  -c, --ctx N       the context the estimate assumes\n"
-    "      --kv-type T   KV cache element type: f32, bf16 or f16 (default f32)\n"
+    "      --kv-type T   KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
+    "      --kv-type-k T the K cache's type alone; --kv-type-v T: the V cache's\n"
     "  -h, --help        show this help\n";
 
 static const char *human(double bytes, char *buf, size_t cap) {
@@ -91,7 +92,7 @@ static unsigned long long print_tensors(const mnv_model *model, int *rc) {
 
 typedef struct {
     int ctx;             /* 0: the default */
-    const char *kv_type;
+    cli_kv_flags kv;
 } mem_opts;
 
 static int print_memory(const char *dir, const mnv_model_info *in, unsigned long long tensor_bytes,
@@ -99,7 +100,9 @@ static int print_memory(const char *dir, const mnv_model_info *in, unsigned long
     char a[32], b[32], c[32];
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = mo->ctx;
-    if (mo->kv_type && cli_parse_kv_type(CMD, mo->kv_type, &sp.kv_dtype)) return 2;
+    if (cli_kv_types(CMD, &mo->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    char kvn[32];
+    cli_kv_name(&mo->kv, kvn, sizeof kvn);
     mnv_memory_estimate est;
     mnv_status st = mnv_model_estimate_memory(dir, &sp, &est);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot estimate the memory of %s", dir);
@@ -109,8 +112,7 @@ static int print_memory(const char *dir, const mnv_model_info *in, unsigned long
            (double)tensor_bytes / 1e9);
     if (tensor_bytes != in->weight_bytes)
         printf("  (model info reports %llu)\n", (unsigned long long)in->weight_bytes);
-    printf("memory estimate (%s context %lld tokens, KV %s):\n", mo->ctx ? "a" : "default", ctx,
-           mnv_dtype_name(sp.kv_dtype));
+    printf("memory estimate (%s context %lld tokens, KV %s):\n", mo->ctx ? "a" : "default", ctx, kvn);
     printf("  weights:             %s\n", human((double)in->weight_bytes, a, sizeof a));
     printf("  read per decoded token: %.3f GB of weights\n", (double)in->active_bytes_per_token / 1e9);
     printf("  KV cache per token:  %llu bytes (f32, every layer)\n", (unsigned long long)in->kv_bytes_per_token);
@@ -120,6 +122,8 @@ static int print_memory(const char *dir, const mnv_model_info *in, unsigned long
     printf("  activations:         %s at most (a batch of %d tokens)\n", human((double)est.compute_bytes, c, sizeof c),
            est.n_batch);
     printf("  weights + KV cache:  %s\n", human((double)in->weight_bytes + kv, c, sizeof c));
+    printf("  total:               %llu bytes (%s: weights, KV cache and activations)\n",
+           (unsigned long long)est.total_bytes, human((double)est.total_bytes, c, sizeof c));
     return 0;
 }
 
@@ -174,11 +178,12 @@ static int inspect_main(const char *model_dir, const mem_opts *mo) {
 int cmd_inspect(int argc, char **argv) {
     const char *model_dir = NULL;
     cli_strv pos = {0};
-    mem_opts mo = {0, NULL};
-    const cli_opt opts[] = {{"-m", "--model", CLI_STR, &model_dir, 0, 0, NULL},
-                            {"-c", "--ctx", CLI_INT, &mo.ctx, 1, 1 << 30, NULL},
-                            {NULL, "--kv-type", CLI_STR, &mo.kv_type, 0, 0, NULL}};
-    cli_spec spec = {CMD, USAGE, opts, 3, &pos};
+    mem_opts mo;
+    memset(&mo, 0, sizeof mo);
+    cli_opt opts[2 + CLI_KV_N_OPTS] = {{"-m", "--model", CLI_STR, &model_dir, 0, 0, NULL},
+                                       {"-c", "--ctx", CLI_INT, &mo.ctx, 1, 1 << 30, NULL}};
+    cli_kv_opts(&mo.kv, opts + 2);
+    cli_spec spec = {CMD, USAGE, opts, 2 + CLI_KV_N_OPTS, &pos};
     int rc = 0;
     if (!cli_parse(&spec, argc, argv, &rc)) {
         if (pos.n == 1 && !model_dir) model_dir = pos.items[0];

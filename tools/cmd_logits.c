@@ -18,11 +18,14 @@ static const char USAGE[] =
     "      --ids IDS     the token ids, separated by spaces (required)\n"
     "  -t, --threads N   CPU threads, 0 = all cores (default 0)\n"
     "  -c, --ctx N       context length (default: the number of ids)\n"
+    "      --kv-type T   KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
+    "      --kv-type-k T the K cache's type alone; --kv-type-v T: the V cache's\n"
     "  -h, --help        show this help\n";
 
 typedef struct {
     const char *model_dir, *ids;
     int n_threads, n_ctx;
+    cli_kv_flags kv;
 } logits_opts;
 
 static void print_json(const float *logits, size_t n, size_t n_vocab) {
@@ -54,6 +57,7 @@ static int eval_and_print(const logits_opts *o, mnv_model *model, const int32_t 
     mnv_session_params sp = mnv_session_params_default();
     sp.n_threads = o->n_threads;
     sp.n_ctx = o->n_ctx ? o->n_ctx : (int32_t)n;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
     float *logits = malloc(n * n_vocab * sizeof *logits);
     if (!logits) return cli_error(CMD, "out of memory for %zu x %zu logits", n, n_vocab);
     mnv_session *s = NULL;
@@ -76,6 +80,9 @@ int cmd_logits(int argc, char **argv) {
         {NULL, "--ids", CLI_STR, &o.ids, 0, 0, NULL},
         {"-t", "--threads", CLI_INT, &o.n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &o.n_ctx, 0, 1 << 30, NULL},
+        {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
+        {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
+        {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

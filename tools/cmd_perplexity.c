@@ -26,11 +26,14 @@ static const char USAGE[] =
     "  -f, --text-file F   the text to score ('-' = stdin) (required)\n"
     "  -c, --ctx N         chunk length in tokens (default: min(model's n_ctx_train, 512))\n"
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
+    "      --kv-type T     KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
+    "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
     "  -h, --help          show this help\n";
 
 typedef struct {
     const char *model_dir, *text_file;
     int n_ctx, n_threads;
+    cli_kv_flags kv;
 } ppl_opts;
 
 typedef struct {
@@ -64,6 +67,7 @@ static int run_chunks(const ppl_opts *o, mnv_model *model, const int32_t *ids, s
                       size_t ctx, size_t n_vocab) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = (int32_t)ctx;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
     sp.n_threads = o->n_threads;
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
@@ -133,6 +137,9 @@ int cmd_perplexity(int argc, char **argv) {
         {"-f", "--text-file", CLI_STR, &o.text_file, 0, 0, NULL},
         {"-c", "--ctx", CLI_INT, &o.n_ctx, 2, 1 << 24, NULL},
         {"-t", "--threads", CLI_INT, &o.n_threads, 0, 4096, NULL},
+        {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
+        {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
+        {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

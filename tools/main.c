@@ -14,6 +14,8 @@ static const command COMMANDS[] = {
     {"generate", cmd_generate, "generate text from a prompt (streams to stdout)"},
     {"batch", cmd_batch, "many prompts through one engine (continuous batching)"},
     {"chat", cmd_chat, "chat with a gpt-oss model (Harmony format)"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server (continuous batching)"},
+    {"render-chat", cmd_render_chat, "the prompt a chat request renders to (chat template)"},
     {"tokenize", cmd_tokenize, "text to token ids, or ids to text with --decode"},
     {"logits", cmd_logits, "print the logits of a sequence of ids as JSON"},
     {"perplexity", cmd_perplexity, "perplexity of a text file"},
@@ -30,7 +32,7 @@ static void print_help(FILE *f) {
                "       minerva --version\n\n"
                "A local LLM inference engine.\n\nCommands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
-        fprintf(f, "  %-11s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+        fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
     fprintf(f, "\nWithout -m DIR, commands use the bundled model models/stories260K (found beside\n"
                "the executable, or named by $MINERVA_DEFAULT_MODEL).\n"
                "Exit status: 0 success, 1 runtime failure, 2 usage error.\n");

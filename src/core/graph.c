@@ -386,17 +386,49 @@ mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids) {
     return n;
 }
 
+mnv_array *mnv_kv_param(mnv_graph *g, void *data, const mnv_kv_layout *lay, int64_t n_blocks, int64_t block_tokens,
+                        int64_t n_head_kv, int64_t block_stride, const char *name) {
+    mnv_dtype dt = mnv_kv_storage_dtype((mnv_kv_type)lay->type);
+    int64_t es = (int64_t)mnv_dtype_size(dt), row = dt == MNV_DTYPE_U8 ? lay->row_bytes : lay->head_dim;
+    if (block_stride % es)
+        return fail(g, MNV_ERR_INVALID_ARG, "kv cache '%s': block stride %lld is not whole elements", name,
+                    (long long)block_stride);
+    int64_t shape[4] = {n_blocks, block_tokens, n_head_kv, row};
+    int64_t strides[4] = {block_stride / es, n_head_kv * row, row, 1};
+    mnv_node *n = mnv_param_strided(g, data, dt, 4, shape, strides, name);
+    if (n) n->p.kv = *lay;
+    return n;
+}
+
+static bool paged_cache_ok(const mnv_array *c) {
+    return c->ndim == 4 && c->stride[3] == 1 && c->stride[2] == c->shape[3] &&
+           c->stride[1] == c->shape[2] * c->shape[3] && c->stride[0] >= c->shape[1] * c->stride[1];
+}
+
+bool mnv_kv_layout_of(const mnv_array *c, mnv_kv_layout *out) {
+    if (!paged_cache_ok(c)) return false;
+    if (c->p.kv.row_bytes > 0) { /* recorded by mnv_kv_param */
+        *out = c->p.kv;
+        return mnv_kv_storage_dtype((mnv_kv_type)out->type) == c->dtype &&
+               c->shape[3] == (c->dtype == MNV_DTYPE_U8 ? out->row_bytes : out->head_dim);
+    }
+    mnv_kv_type t = c->dtype == MNV_DTYPE_F32 ? MNV_KV_F32 : c->dtype == MNV_DTYPE_F16 ? MNV_KV_F16
+                  : c->dtype == MNV_DTYPE_BF16 ? MNV_KV_BF16 : MNV_KV_DEFAULT;
+    return t != MNV_KV_DEFAULT && mnv_kv_layout_make(t, (int32_t)c->shape[3], 0, out) == MNV_OK;
+}
+
 mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *slot) {
     NEED(cache);
     NEED(rows);
     NEED(slot);
-    if (cache->ndim != 4 || rows->ndim != 3 || cache->shape[2] != rows->shape[1] || cache->shape[3] != rows->shape[2])
+    mnv_kv_layout lay;
+    if (!mnv_kv_layout_of(cache, &lay))
+        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: cache '%s' must be blocks of contiguous rows of a KV type",
+                    cache->name);
+    if (rows->ndim != 3 || cache->shape[2] != rows->shape[1] || lay.head_dim != rows->shape[2])
         return fail(g, MNV_ERR_INVALID_ARG, "cache_write: rows (T, Hkv, D) do not match cache (NB, B, Hkv, D)");
     if (slot->dtype != MNV_DTYPE_I32 || mnv_array_nelem(slot) != rows->shape[0])
         return fail(g, MNV_ERR_INVALID_ARG, "cache_write: slot must be I32 of T");
-    if (!is_float(cache->dtype) || cache->stride[3] != 1 || cache->stride[2] != cache->shape[3] ||
-        cache->stride[1] != cache->shape[2] * cache->shape[3] || cache->stride[0] < cache->shape[1] * cache->stride[1])
-        return fail(g, MNV_ERR_INVALID_ARG, "cache_write: cache must be float blocks of contiguous rows");
     rows = as_f32(g, rows);
     if (!rows) return NULL;
     mnv_node *n = new_node(g, MNV_OP_CACHE_WRITE, cache->dtype, 4, cache->shape);
@@ -405,15 +437,11 @@ mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_
     n->src[0] = cache;
     n->src[1] = rows;
     n->src[2] = slot;
+    n->p.kv = lay;
     n->view_src = cache->view_src ? cache->view_src : cache;
     n->view_offset = cache->view_offset;
     n->nbytes = 0;
     return n;
-}
-
-static bool paged_cache_ok(const mnv_array *c) {
-    return c->ndim == 4 && c->stride[3] == 1 && c->stride[2] == c->shape[3] &&
-           c->stride[1] == c->shape[2] * c->shape[3] && c->stride[0] >= c->shape[1] * c->stride[1];
 }
 
 mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *tables,
@@ -423,13 +451,12 @@ mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *v
     NEED(vc);
     NEED(seq);
     NEED(pos);
-    if (q->ndim != 3 || kc->ndim != 4 || vc->ndim != 4 || kc->shape[3] != q->shape[2] ||
-        vc->shape[3] != q->shape[2] || kc->shape[2] != vc->shape[2] || q->shape[1] % kc->shape[2] != 0 ||
-        kc->shape[1] != vc->shape[1] || kc->stride[0] != vc->stride[0])
+    mnv_kv_layout kl, vl;
+    if (!mnv_kv_layout_of(kc, &kl) || !mnv_kv_layout_of(vc, &vl))
+        return fail(g, MNV_ERR_INVALID_ARG, "attention: caches must be blocks of contiguous rows of a KV type");
+    if (q->ndim != 3 || kl.head_dim != q->shape[2] || vl.head_dim != q->shape[2] || kc->shape[2] != vc->shape[2] ||
+        q->shape[1] % kc->shape[2] != 0 || kc->shape[1] != vc->shape[1] || kc->shape[0] != vc->shape[0])
         return fail(g, MNV_ERR_INVALID_ARG, "attention: q (T, H, D) and caches (NB, B, Hkv, D) disagree");
-    if (!paged_cache_ok(kc) || !paged_cache_ok(vc))
-        return fail(g, MNV_ERR_INVALID_ARG, "attention: caches must be blocks of contiguous rows");
-    if (kc->dtype != vc->dtype) return fail(g, MNV_ERR_INVALID_ARG, "attention: k and v caches differ in dtype");
     if (tables && (tables->dtype != MNV_DTYPE_I32 || tables->ndim != 2))
         return fail(g, MNV_ERR_INVALID_ARG, "attention: block tables must be (S, W) I32");
     if (sinks && (sinks->dtype != MNV_DTYPE_F32 || mnv_array_nelem(sinks) != q->shape[1]))

@@ -12,6 +12,7 @@
 #define MNV_GRAPH_H
 
 #include "core/core.h"
+#include "quant/kv_quant.h"
 #include "quant/quant.h"
 
 #define MNV_MAX_DIMS 4
@@ -85,6 +86,7 @@ typedef union {
     struct {
         float alpha, limit;
     } swiglu;
+    mnv_kv_layout kv;        /* KV cache leaves (mnv_kv_param) and cache_write: one head's row */
 } mnv_op_params;
 
 struct mnv_node {
@@ -166,9 +168,19 @@ mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids);
 /* KV caches are paged: a cache is (NB, B, Hkv, D), NB blocks of B token
  * rows, whose dim 0 may be strided (the blocks of a pool that also holds
  * other layers). A dense cache of S sequences of C tokens is the case
- * NB = S, B = C.
+ * NB = S, B = C. A cache of f32/f16/bf16 elements may be any float leaf of
+ * that shape; a quantized one (Q8/Q4) is a U8 leaf (NB, B, Hkv, row_bytes)
+ * made by mnv_kv_param, which records its layout (quant/kv_quant.h).
  *
- * cache_write: rows (T, Hkv, D) into the cache at slot[t] = block * B + row;
+ * mnv_kv_param: a cache leaf of layout lay at data, blocks block_stride
+ * bytes apart. */
+mnv_array *mnv_kv_param(mnv_graph *g, void *data, const mnv_kv_layout *lay, int64_t n_blocks, int64_t block_tokens,
+                        int64_t n_head_kv, int64_t block_stride, const char *name);
+/* The layout of a cache array (a leaf or a cache_write); false when it is
+ * not a paged cache (shape, strides or element type). */
+bool mnv_kv_layout_of(const mnv_array *cache, mnv_kv_layout *out);
+/* cache_write: rows (T, Hkv, D) into the cache at slot[t] = block * B + row
+ * (converted or quantized to the cache's layout);
  * the result is the cache itself, so ops that read the cache after the write
  * take the result as their source. */
 mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_array *slot);
@@ -177,8 +189,8 @@ mnv_array *mnv_cache_write(mnv_graph *g, mnv_array *cache, mnv_array *rows, mnv_
  * positions [max(0, pos - window + 1), pos], position p living in block
  * tables[seq[t], p / B] at row p % B. tables: (S, W) I32, or NULL for a
  * dense cache (block = seq[t]). q: (T, H, D); sinks (optional, H f32): a
- * learned logit per head that joins the softmax denominator. Result
- * (T, H, D). */
+ * learned logit per head that joins the softmax denominator. K and V may
+ * have different layouts. Result (T, H, D). */
 mnv_array *mnv_attention(mnv_graph *g, mnv_array *q, mnv_array *kc, mnv_array *vc, mnv_array *tables,
                          mnv_array *seq, mnv_array *pos, mnv_array *sinks, float scale, int32_t window);
 

@@ -308,10 +308,9 @@ void mnv_model_kv_groups(const mnv_model_config *c, int32_t *n_groups, int32_t w
 
 void mnv_model_kv_leaves(mnv_graph *g, const mnv_model *m, const mnv_kv_cache *kv, int32_t l, mnv_array **kc,
                          mnv_array **vc) {
-    int64_t Hkv = m->cfg.num_key_value_heads, D = m->cfg.head_dim;
-    int64_t shape[4] = {kv->n_blocks, kv->block_tokens, Hkv, D}, strides[4] = {kv->block_stride, Hkv * D, D, 1};
-    *kc = mnv_param_strided(g, kv->k[l], kv->dtype, 4, shape, strides, "k_cache");
-    *vc = mnv_param_strided(g, kv->v[l], kv->dtype, 4, shape, strides, "v_cache");
+    int64_t Hkv = m->cfg.num_key_value_heads;
+    *kc = mnv_kv_param(g, kv->k[l], &kv->k_lay, kv->n_blocks, kv->block_tokens, Hkv, kv->block_stride, "k_cache");
+    *vc = mnv_kv_param(g, kv->v[l], &kv->v_lay, kv->n_blocks, kv->block_tokens, Hkv, kv->block_stride, "v_cache");
 }
 
 /* Parameters as MLX counts them: a packed quantized weight holds

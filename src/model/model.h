@@ -26,14 +26,14 @@ typedef struct {
 #define MNV_MAX_KV_GROUPS 4
 
 /* What the model needs to know about the KV cache. It is paged: per layer,
- * K and V are (n_blocks, block_tokens, n_head_kv, head_dim) with blocks
- * block_stride elements apart (a block pool holds every layer of a group in
- * each block). Layers are grouped by attention window (gpt-oss: full and
+ * K and V are (n_blocks, block_tokens, n_head_kv, head_dim) elements of
+ * their layouts (quant/kv_quant.h) with blocks block_stride bytes apart (a
+ * block pool holds every layer of a group in each block). Layers are grouped by attention window (gpt-oss: full and
  * sliding); each group has its own block tables and write slots. A dense
  * cache of S sequences of C tokens is n_blocks = S, block_tokens = C. */
 typedef struct {
     int32_t n_layer;
-    mnv_dtype dtype;
+    mnv_kv_layout k_lay, v_lay; /* one head's row of K, of V */
     int64_t n_blocks, block_tokens, block_stride;
     void **k, **v;              /* per layer: its K / V rows in block 0 */
     const int32_t *layer_group; /* per layer: its group; NULL: every layer in group 0 */

@@ -56,19 +56,37 @@ static mnv_status resolve_params(const mnv_model *m, const mnv_engine_params *in
                                  chk[i].name, (long long)chk[i].v, (long long)chk[i].lo, (long long)chk[i].hi);
     /* every running sequence decodes one token per step */
     if (p->step_tokens < p->max_seqs) p->step_tokens = p->max_seqs;
-    if (p->kv_dtype != MNV_DTYPE_F32 && p->kv_dtype != MNV_DTYPE_BF16 && p->kv_dtype != MNV_DTYPE_F16)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_create: kv_dtype must be F32, BF16 or F16, not %s",
-                             mnv_dtype_name(p->kv_dtype));
+    mnv_kv_type kt, vt;
+    return mnv__kv_types("mnv_engine_create", p->kv_dtype, p->kv_type_k, p->kv_type_v, &kt, &vt);
+}
+
+mnv_status mnv__kv_types(const char *who, mnv_dtype kv_dtype, int32_t kv_type_k, int32_t kv_type_v, mnv_kv_type *k,
+                         mnv_kv_type *v) {
+    mnv_kv_type d = kv_dtype == MNV_DTYPE_F32 ? MNV_KV_F32 : kv_dtype == MNV_DTYPE_F16 ? MNV_KV_F16
+                  : kv_dtype == MNV_DTYPE_BF16 ? MNV_KV_BF16 : MNV_KV_DEFAULT;
+    if (d == MNV_KV_DEFAULT && (kv_type_k == MNV_KV_DEFAULT || kv_type_v == MNV_KV_DEFAULT))
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "%s: kv_dtype must be F32, BF16 or F16, not %s", who,
+                             mnv_dtype_name(kv_dtype));
+    const int32_t t[2] = {kv_type_k, kv_type_v};
+    for (int i = 0; i < 2; i++)
+        if (t[i] < MNV_KV_DEFAULT || t[i] >= MNV_KV_TYPE_COUNT)
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "%s: %s = %d is not a KV type", who,
+                                 i ? "kv_type_v" : "kv_type_k", t[i]);
+    *k = kv_type_k == MNV_KV_DEFAULT ? d : (mnv_kv_type)kv_type_k;
+    *v = kv_type_v == MNV_KV_DEFAULT ? d : (mnv_kv_type)kv_type_v;
     return MNV_OK;
 }
 
-void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t block_tokens, int32_t max_seqs,
+void mnv__kv_pool_params(const mnv_model_config *c, mnv_kv_type k_type, mnv_kv_type v_type, int32_t block_tokens,
+                         int32_t max_seqs,
                          int32_t max_seq_tokens, int64_t max_tokens, uint64_t budget_bytes, mnv_kv_pool_params *pp) {
     int32_t window[MNV_MAX_KV_GROUPS] = {0}, n_groups = 0, L = c->num_hidden_layers;
     int32_t *lg = calloc((size_t)MNV_MAX(L, 1) * 2, sizeof(int32_t));
     *pp = mnv_kv_pool_params_default();
     if (lg) mnv_model_kv_groups(c, &n_groups, window, lg, lg + L);
-    pp->type = kv_dtype == MNV_DTYPE_F32 ? MNV_KV_F32 : kv_dtype == MNV_DTYPE_F16 ? MNV_KV_F16 : MNV_KV_BF16;
+    pp->k_type = k_type;
+    pp->v_type = v_type;
+    pp->quant_group = mnv_kv_default_group(c->head_dim);
     pp->n_kv_heads = c->num_key_value_heads;
     pp->head_dim = c->head_dim;
     pp->block_tokens = block_tokens;
@@ -103,20 +121,23 @@ static mnv_status make_pool(mnv_engine *e) {
     mnv_model_kv_groups(c, &e->n_groups, window, e->layer_group, e->layer_index);
     memcpy(e->window, window, sizeof e->window);
     mnv_kv_pool_params pp;
-    mnv__kv_pool_params(c, e->p.kv_dtype, e->p.kv_block_tokens, e->p.max_seqs, e->p.max_seq_tokens,
+    mnv_kv_type kt, vt;
+    mnv_status st = mnv__kv_types("mnv_engine_create", e->p.kv_dtype, e->p.kv_type_k, e->p.kv_type_v, &kt, &vt);
+    if (st != MNV_OK) return st;
+    mnv__kv_pool_params(c, kt, vt, e->p.kv_block_tokens, e->p.max_seqs, e->p.max_seq_tokens,
                         e->p.kv_max_tokens, e->p.kv_budget_bytes, &pp);
     pp.prefix_cache = e->p.prefix_cache;
     pp.copy = kv_copy;
     pp.copy_ctx = e;
-    mnv_status st = mnv_kv_pool_create(&pp, &e->pool);
-    if (st != MNV_OK) return st;
+    if ((st = mnv_kv_pool_create(&pp, &e->pool)) != MNV_OK) return st;
     mnv_kv_pool_stats ps;
     mnv_kv_pool_stats_get(e->pool, &ps);
     if ((st = mnv_buffer_alloc(e->be, (size_t)ps.bytes_total, &e->kv_mem)) != MNV_OK) return st;
-    size_t es = mnv_dtype_size(e->p.kv_dtype);
-    e->kv = (mnv_kv_cache){.n_layer = L, .dtype = e->p.kv_dtype, .n_blocks = ps.blocks_total,
-                           .block_tokens = e->p.kv_block_tokens, .block_stride = (int64_t)(ps.block_bytes / es),
-                           .k = e->kv_k, .v = e->kv_v, .layer_group = e->layer_group};
+    e->kv = (mnv_kv_cache){.n_layer = L, .n_blocks = ps.blocks_total, .block_tokens = e->p.kv_block_tokens,
+                           .block_stride = (int64_t)ps.block_bytes, .k = e->kv_k, .v = e->kv_v,
+                           .layer_group = e->layer_group};
+    mnv_kv_layout_make(kt, c->head_dim, pp.quant_group, &e->kv.k_lay); /* checked by the pool */
+    mnv_kv_layout_make(vt, c->head_dim, pp.quant_group, &e->kv.v_lay);
     uint8_t *base = mnv_buffer_addr(e->kv_mem); /* an address for kernels, not for the host */
     for (int32_t l = 0; l < L; l++) {
         e->kv_k[l] = base + mnv_kv_pool_offset(e->pool, 0, e->layer_index[l], 0, 0);

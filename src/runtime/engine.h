@@ -33,10 +33,16 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
 void mnv__engine_destroy(mnv_engine *e);
 
 /* The KV pool parameters of a configuration: layer groups by window, the
- * element type, block size, sequences and token counts (max_tokens 0 and
+ * element types (the Q8/Q4 group: mnv_kv_default_group), block size, sequences and token counts (max_tokens 0 and
  * budget 0: max_seqs * max_seq_tokens). */
-void mnv__kv_pool_params(const mnv_model_config *c, mnv_dtype kv_dtype, int32_t block_tokens, int32_t max_seqs,
-                         int32_t max_seq_tokens, int64_t max_tokens, uint64_t budget_bytes, mnv_kv_pool_params *pp);
+void mnv__kv_pool_params(const mnv_model_config *c, mnv_kv_type k_type, mnv_kv_type v_type, int32_t block_tokens,
+                         int32_t max_seqs, int32_t max_seq_tokens, int64_t max_tokens, uint64_t budget_bytes,
+                         mnv_kv_pool_params *pp);
+/* The K and V element types of params: a type MNV_KV_DEFAULT follows
+ * kv_dtype (F32, F16 or BF16). MNV_ERR_INVALID_ARG names the bad field,
+ * prefixed by who. */
+mnv_status mnv__kv_types(const char *who, mnv_dtype kv_dtype, int32_t kv_type_k, int32_t kv_type_v, mnv_kv_type *k,
+                         mnv_kv_type *v);
 
 mnv_kv_pool *mnv__engine_pool(mnv_engine *e);
 /* Tests: 0 builds and plans every step's graph afresh (the reference for

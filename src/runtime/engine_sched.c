@@ -27,6 +27,8 @@ struct mnv__request {
     mnv_generate_params gp;    /* stop strings and EOS ids point at owned copies */
     char **stops;
     int32_t *eos;
+    mnv_logit_bias *bias;
+    int32_t *scripted;
     mnv_request_done_callback on_done;
     int32_t detached;
     int32_t *tokens;           /* prompt, then every sampled token */
@@ -57,6 +59,8 @@ static void request_free(mnv__request *r) {
     for (size_t i = 0; r->stops && i < r->gp.n_stop; i++) free(r->stops[i]);
     free(r->stops);
     free(r->eos);
+    free(r->bias);
+    free(r->scripted);
     free(r->tokens);
     free(r);
 }
@@ -178,6 +182,20 @@ static mnv_status copy_gen(mnv__request *r, const mnv_generate_params *in) {
         if (!(r->eos = malloc(r->gp.n_eos * sizeof(int32_t)))) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
         memcpy(r->eos, r->gp.eos_ids, r->gp.n_eos * sizeof(int32_t));
         r->gp.eos_ids = r->eos;
+    }
+    if (r->gp.n_logit_bias) {
+        if (!r->gp.logit_bias) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_submit: logit_bias is NULL");
+        if (!(r->bias = malloc(r->gp.n_logit_bias * sizeof *r->bias)))
+            return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        memcpy(r->bias, r->gp.logit_bias, r->gp.n_logit_bias * sizeof *r->bias);
+        r->gp.logit_bias = r->bias;
+    }
+    if (r->gp.n_scripted) {
+        if (!r->gp.scripted_ids) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_submit: scripted_ids is NULL");
+        if (!(r->scripted = malloc(r->gp.n_scripted * sizeof(int32_t))))
+            return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+        memcpy(r->scripted, r->gp.scripted_ids, r->gp.n_scripted * sizeof(int32_t));
+        r->gp.scripted_ids = r->scripted;
     }
     return MNV_OK;
 }

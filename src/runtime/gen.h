@@ -19,7 +19,13 @@ typedef struct {
     mnv_detok_stream *ds;
     mnv__pending_text pend;
     mnv_generate_result *res;
+    float *biased;     /* (vocab) logits with the logit biases added; NULL without biases */
 } mnv__gen;
+
+/* The log-probabilities of logits (n floats) for token tok and the n_top
+ * most likely tokens (top_ids, top_lp: n_top slots each), for on_logprobs. */
+void mnv__logprobs(const float *logits, int32_t n, int32_t tok, int32_t n_top, int32_t *top_ids, float *top_lp,
+                   float *tok_lp);
 
 /* Copy params (NULL: defaults) checking its size. */
 mnv_status mnv__gen_params(const mnv_generate_params *params, mnv_generate_params *out, const char *who);

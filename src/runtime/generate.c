@@ -1,6 +1,7 @@
 /* The generate loop: prompt, then sample / evaluate one token at a time,
  * streaming complete UTF-8 text and holding back text that may begin a stop
  * string. */
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 
@@ -94,11 +95,53 @@ static mnv_status deliver(mnv__gen *g, int32_t tok, bool eos, bool final, bool *
     return MNV_OK;
 }
 
+/* A max-heap would do; n_top <= 20, so insertion into a sorted list is enough. */
+void mnv__logprobs(const float *logits, int32_t n, int32_t tok, int32_t n_top, int32_t *top_ids, float *top_lp,
+                   float *tok_lp) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+    const float lse = mx + (float)log(sum);
+    int32_t k = 0;
+    for (int32_t i = 0; i < n && n_top > 0; i++) {
+        float l = logits[i];
+        if (k == n_top && !(l > top_lp[k - 1])) continue; /* ties keep the lower id */
+        int32_t j = k < n_top ? k++ : k - 1;
+        while (j > 0 && l > top_lp[j - 1]) {
+            top_lp[j] = top_lp[j - 1], top_ids[j] = top_ids[j - 1];
+            j--;
+        }
+        top_lp[j] = l, top_ids[j] = i;
+    }
+    for (int32_t j = 0; j < k; j++) top_lp[j] -= lse;
+    *tok_lp = logits[tok] - lse;
+}
+
+static void report_logprobs(mnv__gen *g, const float *logits, int32_t tok) {
+    int32_t ids[MNV_MAX_TOP_LOGPROBS];
+    float lps[MNV_MAX_TOP_LOGPROBS], lp;
+    int32_t n_top = MNV_MIN(MNV_MAX(g->gp->n_top_logprobs, 0), MNV_MAX_TOP_LOGPROBS);
+    n_top = MNV_MIN(n_top, g->model->cfg.vocab_size);
+    mnv__logprobs(logits, g->model->cfg.vocab_size, tok, n_top, ids, lps, &lp);
+    mnv_token_logprobs r = {tok, lp, n_top, ids, lps};
+    g->gp->on_logprobs(g->gp->user_data, &r);
+}
+
 mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_t *tok_out, bool *done) {
     *done = false;
-    int32_t tok = mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
+    if (g->biased) {
+        memcpy(g->biased, logits, (size_t)g->model->cfg.vocab_size * sizeof(float));
+        for (size_t i = 0; i < g->gp->n_logit_bias; i++) g->biased[g->gp->logit_bias[i].token] += g->gp->logit_bias[i].bias;
+        logits = g->biased;
+    }
+    int32_t tok = (size_t)g->res->n_generated < g->gp->n_scripted
+                      ? g->gp->scripted_ids[g->res->n_generated]
+                      : mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
     if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
     *tok_out = tok;
+    if (g->gp->on_logprobs) report_logprobs(g, logits, tok);
     mnv_sampler_accept(g->smp, tok);
     g->res->n_generated++;
     bool eos = is_eos(g->model, g->gp, tok), stop = false, last = g->res->n_generated >= g->gp->max_tokens;
@@ -158,6 +201,27 @@ mnv_status mnv__gen_begin(mnv__gen *g, const mnv_model *m, const mnv_generate_pa
     g->model = m;
     g->gp = gp;
     g->res = res;
+    if (gp->n_logit_bias && !gp->logit_bias)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "generate: logit_bias is NULL with n_logit_bias %zu", gp->n_logit_bias);
+    for (size_t i = 0; i < gp->n_logit_bias; i++) {
+        if (gp->logit_bias[i].token < 0 || gp->logit_bias[i].token >= m->cfg.vocab_size)
+            return mnv_set_error(MNV_ERR_RANGE, "generate: logit_bias token %d is outside the vocabulary (%d)",
+                                 gp->logit_bias[i].token, m->cfg.vocab_size);
+        if (!isfinite(gp->logit_bias[i].bias))
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "generate: logit_bias of token %d is not finite",
+                                 gp->logit_bias[i].token);
+    }
+    if (gp->n_scripted && !gp->scripted_ids)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "generate: scripted_ids is NULL with n_scripted %zu", gp->n_scripted);
+    for (size_t i = 0; i < gp->n_scripted; i++)
+        if (gp->scripted_ids[i] < 0 || gp->scripted_ids[i] >= m->cfg.vocab_size)
+            return mnv_set_error(MNV_ERR_RANGE, "generate: scripted id %d at %zu is outside the vocabulary (%d)",
+                                 gp->scripted_ids[i], i, m->cfg.vocab_size);
+    if (gp->n_top_logprobs < 0 || gp->n_top_logprobs > MNV_MAX_TOP_LOGPROBS)
+        return mnv_set_error(MNV_ERR_RANGE, "generate: n_top_logprobs %d is outside [0, %d]", gp->n_top_logprobs,
+                             MNV_MAX_TOP_LOGPROBS);
+    if (gp->n_logit_bias && gp->max_tokens > 0 && !(g->biased = malloc((size_t)m->cfg.vocab_size * sizeof(float))))
+        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     mnv_status st = gp->max_tokens > 0 ? mnv_sampler_chain_create(&gp->sampler, m->cfg.vocab_size, &g->smp) : MNV_OK;
     if (st == MNV_OK && gp->max_tokens > 0 && m->tok) st = mnv_detok_stream_create(m->tok, &g->ds);
     /* the decoder continues the prompt's text (e.g. no stripped leading space
@@ -175,7 +239,8 @@ void mnv__gen_end(mnv__gen *g) {
     mnv_sampler_free(g->smp);
     mnv_detok_stream_free(g->ds);
     free(g->pend.text);
-    g->smp = NULL, g->ds = NULL, g->pend.text = NULL;
+    free(g->biased);
+    g->smp = NULL, g->ds = NULL, g->pend.text = NULL, g->biased = NULL;
 }
 
 mnv_status mnv__gen_params(const mnv_generate_params *params, mnv_generate_params *out, const char *who) {

@@ -37,9 +37,9 @@ typedef struct {
 struct mnv_kv_pool {
     mnv_kv_pool_params p;
     int32_t B, n_layers_max;
-    size_t tok_bytes; /* K or V of one token of one layer */
+    size_t tok_bytes[2]; /* K, V of one token of one layer */
     size_t block_bytes;
-    int32_t n_blocks; /* block memory (the owner's): (n_blocks, n_layers_max, 2, B, tok_bytes) */
+    int32_t n_blocks; /* block memory (the owner's): (n_blocks, n_layers_max, K rows (B) then V rows (B)) */
     kv_block *blk;
     int32_t *btok;       /* (n_blocks, B) tokens of indexed blocks */
     int32_t *free_stack; /* LIFO: the last block freed is the next one handed out */
@@ -61,33 +61,20 @@ struct mnv_kv_pool {
 
 size_t mnv_kv_bytes_per_token_layer(mnv_kv_type type, int32_t n_kv_heads, int32_t head_dim,
                                     int32_t quant_group) {
-    if (n_kv_heads <= 0 || head_dim <= 0) return 0;
-    size_t row; /* bytes of one head's K (or V) row */
-    switch (type) {
-    case MNV_KV_F32:
-        row = (size_t)head_dim * 4;
-        break;
-    case MNV_KV_F16:
-    case MNV_KV_BF16:
-        row = (size_t)head_dim * 2;
-        break;
-    case MNV_KV_Q8:
-    case MNV_KV_Q4:
-        if (quant_group <= 0 || head_dim % quant_group) return 0;
-        if (type == MNV_KV_Q4 && head_dim % 2) return 0;
-        row = (size_t)head_dim * (type == MNV_KV_Q8 ? 8 : 4) / 8 + (size_t)(head_dim / quant_group) * 4;
-        break;
-    default:
-        return 0;
-    }
-    return 2 * (size_t)n_kv_heads * row;
+    mnv_kv_layout l;
+    if (n_kv_heads <= 0 || head_dim <= 0 || mnv_kv_layout_make(type, head_dim, quant_group, &l) != MNV_OK) return 0;
+    return 2 * (size_t)n_kv_heads * (size_t)l.row_bytes;
+}
+
+/* K (kv 0) or V (kv 1) bytes of one token in one layer; 0 when invalid. */
+static size_t side_bytes(const mnv_kv_pool_params *p, int kv) {
+    return mnv_kv_bytes_per_token_layer(kv ? p->v_type : p->k_type, p->n_kv_heads, p->head_dim, p->quant_group) / 2;
 }
 
 mnv_kv_pool_params mnv_kv_pool_params_default(void) {
     mnv_kv_pool_params p;
     memset(&p, 0, sizeof p);
-    p.type = MNV_KV_F32;
-    p.quant_group = 32;
+    p.k_type = p.v_type = MNV_KV_F32;
     p.block_tokens = 16;
     p.n_groups = 1;
     p.groups[0].n_layers = 1;
@@ -102,17 +89,19 @@ static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static size_t block_bytes_of(const mnv_kv_pool_params *p) {
     int32_t lmax = 0;
     for (int g = 0; g < p->n_groups; g++) lmax = MNV_MAX(lmax, p->groups[g].n_layers);
-    return mnv_kv_bytes_per_token_layer(p->type, p->n_kv_heads, p->head_dim, p->quant_group) *
-           (size_t)p->block_tokens * (size_t)lmax;
+    return (side_bytes(p, 0) + side_bytes(p, 1)) * (size_t)p->block_tokens * (size_t)lmax;
 }
 
 static mnv_status validate(const mnv_kv_pool_params *p) {
-    if (p->type < 0 || p->type >= MNV_KV_TYPE_COUNT)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: unknown element type %d", (int)p->type);
-    if (!mnv_kv_bytes_per_token_layer(p->type, p->n_kv_heads, p->head_dim, p->quant_group))
-        return mnv_set_error(MNV_ERR_INVALID_ARG,
-                             "kv pool: invalid shape: n_kv_heads %d, head_dim %d, quant_group %d",
-                             p->n_kv_heads, p->head_dim, p->quant_group);
+    for (int kv = 0; kv < 2; kv++) {
+        mnv_kv_type t = kv ? p->v_type : p->k_type;
+        if (t <= MNV_KV_DEFAULT || t >= MNV_KV_TYPE_COUNT)
+            return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: unknown %s element type %d", kv ? "V" : "K", (int)t);
+        if (!side_bytes(p, kv))
+            return mnv_set_error(MNV_ERR_INVALID_ARG,
+                                 "kv pool: invalid shape for %s %s: n_kv_heads %d, head_dim %d, quant_group %d",
+                                 kv ? "V" : "K", mnv_kv_type_name(t), p->n_kv_heads, p->head_dim, p->quant_group);
+    }
     if (p->block_tokens < 1 || p->block_tokens > 4096)
         return mnv_set_error(MNV_ERR_INVALID_ARG, "kv pool: block_tokens %d not in [1, 4096]",
                              p->block_tokens);
@@ -363,7 +352,8 @@ mnv_status mnv_kv_pool_create(const mnv_kv_pool_params *p, mnv_kv_pool **out) {
     pool->B = p->block_tokens;
     for (int g = 0; g < p->n_groups; g++)
         pool->n_layers_max = MNV_MAX(pool->n_layers_max, p->groups[g].n_layers);
-    pool->tok_bytes = mnv_kv_bytes_per_token_layer(p->type, p->n_kv_heads, p->head_dim, p->quant_group) / 2;
+    pool->tok_bytes[0] = side_bytes(p, 0);
+    pool->tok_bytes[1] = side_bytes(p, 1);
     pool->block_bytes = bb;
     pool->n_blocks = (int32_t)nb;
     pool->n_buckets = nbk;
@@ -735,9 +725,12 @@ const int32_t *mnv_kv_pool_table(const mnv_kv_pool *pool, int32_t seq, int32_t g
 }
 
 uint64_t mnv_kv_pool_offset(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t) {
-    return (uint64_t)b * pool->block_bytes +
-           (((uint64_t)l * 2 + (uint64_t)kv) * (uint64_t)pool->B + (uint64_t)t) * pool->tok_bytes;
+    uint64_t B = (uint64_t)pool->B, layer = B * (pool->tok_bytes[0] + pool->tok_bytes[1]);
+    return (uint64_t)b * pool->block_bytes + (uint64_t)l * layer + (kv ? B * pool->tok_bytes[0] : 0) +
+           (uint64_t)t * pool->tok_bytes[kv ? 1 : 0];
 }
+
+size_t mnv_kv_pool_token_bytes(const mnv_kv_pool *pool, int32_t kv) { return pool->tok_bytes[kv ? 1 : 0]; }
 
 int32_t mnv_kv_pool_block_ref(const mnv_kv_pool *pool, int32_t b) {
     return b >= 0 && b < pool->n_blocks ? pool->blk[b].ref : -1;

@@ -8,8 +8,11 @@
  * one copy it needs, copy on write, goes through params.copy. A block holds K
  * and V of B tokens for every layer of one layer group:
  *
- *     block (n_layers_max, 2 = K|V, B, token bytes)      token bytes = n_kv_heads * head_dim
- *                                                        elements, or their packed form
+ *     block (n_layers_max, K (B, K token bytes) then V (B, V token bytes))
+ *
+ * where token bytes = n_kv_heads * the row bytes of one head in K's or V's
+ * element type (quant/kv_quant.h: elements, or packed values with their
+ * scales and biases); K and V may have different types.
  *
  * A model describes its layer groups: Llama has one full-attention group;
  * gpt-oss has a full group and a window-128 group (12 layers each). Every
@@ -77,17 +80,7 @@
 #define MNV_KV_POOL_H
 
 #include "core/core.h"
-
-/* K/V element types. Q8 and Q4 are affine per group of quant_group elements
- * along the head dimension, with an f16 scale and an f16 bias per group. */
-typedef enum {
-    MNV_KV_F32 = 0,
-    MNV_KV_F16,
-    MNV_KV_BF16,
-    MNV_KV_Q8,
-    MNV_KV_Q4,
-    MNV_KV_TYPE_COUNT
-} mnv_kv_type;
+#include "quant/kv_quant.h"
 
 #define MNV_KV_MAX_GROUPS 4
 
@@ -97,10 +90,12 @@ typedef struct {
 } mnv_kv_group;
 
 typedef struct {
-    mnv_kv_type type;
+    mnv_kv_type k_type;      /* element types of K and V (mnv_kv_type, not DEFAULT) */
+    mnv_kv_type v_type;
     int32_t n_kv_heads;
     int32_t head_dim;
-    int32_t quant_group;     /* Q8/Q4: elements per scale/bias group; must divide head_dim */
+    int32_t quant_group;     /* Q8/Q4: elements per scale/bias group (must divide head_dim);
+                                0: mnv_kv_default_group(head_dim) */
     int32_t block_tokens;    /* B: tokens per block (default 16) */
     int32_t n_groups;
     mnv_kv_group groups[MNV_KV_MAX_GROUPS];
@@ -140,9 +135,9 @@ typedef struct mnv_kv_pool mnv_kv_pool;
 
 mnv_kv_pool_params mnv_kv_pool_params_default(void);
 
-/* Bytes of K plus V of one token in one layer; 0 when the arguments are
- * invalid (non-positive sizes, quant_group not dividing head_dim for Q8/Q4,
- * odd head_dim for Q4). */
+/* Bytes of K plus V (both of this type) of one token in one layer; 0 when
+ * the arguments are invalid (non-positive sizes, quant_group not dividing
+ * head_dim for Q8/Q4, odd head_dim for Q4; quant_group 0: the default). */
 size_t mnv_kv_bytes_per_token_layer(mnv_kv_type type, int32_t n_kv_heads, int32_t head_dim,
                                     int32_t quant_group);
 
@@ -193,8 +188,11 @@ mnv_status mnv_kv_pool_commit(mnv_kv_pool *pool, int32_t seq, const int32_t *tok
  * ring released. Valid until the next call that changes seq. */
 const int32_t *mnv_kv_pool_table(const mnv_kv_pool *pool, int32_t seq, int32_t g, int64_t *n_out);
 /* Byte offset in the block memory of one token's K (kv = 0) or V (kv = 1)
- * row of layer l (0-based within the block's group) in block b. */
+ * row of layer l (0-based within the block's group) in block b. Rows of one
+ * block and layer are consecutive: K's are mnv_kv_pool_token_bytes(pool, 0)
+ * apart, V's mnv_kv_pool_token_bytes(pool, 1). */
 uint64_t mnv_kv_pool_offset(const mnv_kv_pool *pool, int32_t b, int32_t l, int32_t kv, int32_t t);
+size_t mnv_kv_pool_token_bytes(const mnv_kv_pool *pool, int32_t kv);
 /* Reference count of block b (tests, debugging). */
 int32_t mnv_kv_pool_block_ref(const mnv_kv_pool *pool, int32_t b);
 

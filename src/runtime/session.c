@@ -36,6 +36,8 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     mnv_engine_params ep = mnv_engine_params_default();
     ep.n_threads = s->params.n_threads;
     ep.kv_dtype = s->params.kv_dtype;
+    ep.kv_type_k = s->params.kv_type_k;
+    ep.kv_type_v = s->params.kv_type_v;
     ep.max_seqs = n_seq;
     ep.max_seq_tokens = s->params.n_ctx;
     ep.kv_block_tokens = 16;
@@ -311,13 +313,14 @@ mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *
                                  session_params->size);
         memcpy(&sp, session_params, session_params->size);
     }
-    if (sp.kv_dtype != MNV_DTYPE_F32 && sp.kv_dtype != MNV_DTYPE_BF16 && sp.kv_dtype != MNV_DTYPE_F16)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_model_estimate_memory: kv_dtype must be F32, BF16 or F16");
+    mnv_kv_type kt, vt;
+    mnv_status st = mnv__kv_types("mnv_model_estimate_memory", sp.kv_dtype, sp.kv_type_k, sp.kv_type_v, &kt, &vt);
+    if (st != MNV_OK) return st;
     char *path = mnv_path_join(dir, "config.json");
     if (!path) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     char *json = NULL;
     size_t len = 0;
-    mnv_status st = mnv_read_file(path, &json, &len);
+    st = mnv_read_file(path, &json, &len);
     mnv_model_config *c = st == MNV_OK ? malloc(sizeof *c) : NULL;
     if (st == MNV_OK) st = c ? mnv_config_parse(json, len, path, c) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     free(json);
@@ -331,12 +334,13 @@ mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *
         out->n_batch = sp.n_batch > 0 ? sp.n_batch : 512;
         out->weight_bytes = info.weight_bytes;
         mnv_kv_pool_params pp;
-        mnv__kv_pool_params(c, sp.kv_dtype, 16, 1, out->n_ctx, out->n_ctx, 0, &pp);
+        mnv__kv_pool_params(c, kt, vt, 16, 1, out->n_ctx, out->n_ctx, 0, &pp);
         int64_t nb = mnv_kv_pool_plan_blocks(&pp);
         int32_t lmax = 0;
         for (int32_t g = 0; g < pp.n_groups; g++) lmax = MNV_MAX(lmax, pp.groups[g].n_layers);
         out->kv_bytes = nb > 0 ? (uint64_t)nb * (uint64_t)lmax * (uint64_t)pp.block_tokens *
-                                     mnv_kv_bytes_per_token_layer(pp.type, pp.n_kv_heads, pp.head_dim, pp.quant_group)
+                                     (mnv_kv_bytes_per_token_layer(kt, pp.n_kv_heads, pp.head_dim, pp.quant_group) +
+                                      mnv_kv_bytes_per_token_layer(vt, pp.n_kv_heads, pp.head_dim, pp.quant_group)) / 2
                                : 0;
         out->compute_bytes = mnv__model_compute_bound(c, (uint64_t)MNV_MIN(out->n_batch, out->n_ctx)) +
                              (uint64_t)c->vocab_size * sizeof(float);

@@ -1,16 +1,21 @@
-/* Attention with AVX2 + FMA + F16C for f32, f16 and bf16 KV caches.
+/* Attention with AVX2 + FMA + F16C for KV caches of every element type
+ * (f32, f16, bf16, q8, q4; K and V of any two types).
  *
  * One (token, KV head) item at a time: all query heads of the group are
- * served together, so each key and value row is read (and, for f16/bf16,
- * converted in registers: F16C, or a 16-bit shift) once per group and per
- * block of 8 keys, never copied per query head. Per block, each head's 8
+ * served together, so each key and value row is read (and converted in
+ * registers: F16C, a 16-bit shift, or for q8/q4 the codes widened to f32
+ * and scale * q + bias in one FMA) once per group and per block of 8 keys,
+ * never copied per query head. Per block, each head's 8
  * scores come from 8 dot-product accumulators reduced by a transpose tree;
  * the online (flash-style) softmax rescales the head's output only when its
  * running maximum grows; exponentials are vectorized. A sliding window starts
  * the key loop at its first key, so blocks wholly outside it are never read.
  * Query heads go in chunks of at most 8 (their accumulators stay in
- * registers); head_dim up to 256, any value (a tail shorter than 8 is read
- * through a zero-padded copy). */
+ * registers); head_dim up to 256, any value for float caches (a tail
+ * shorter than 8 is read through a zero-padded copy), a multiple of 8 with
+ * groups of 8 or more for quantized ones. One copy of the per-block code per
+ * element type (the K side and the V side are separate functions), so every
+ * pair of K and V types runs the same code. */
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <math.h>
@@ -22,20 +27,43 @@
 
 enum { MAXG = 16, MAXD = 256, BK = 8 /* keys per block */, HCH = 8 /* heads per chunk */ };
 
-/* 8 elements of a cache row from element i, widened to f32. */
-INLINE __m256 load8(const void *row, int64_t i, mnv_dtype t) {
-    if (t == MNV_DTYPE_F32) return _mm256_loadu_ps((const float *)row + i);
+/* 8 elements of a float cache row from element i, widened to f32. */
+INLINE __m256 load8(const void *row, int64_t i, int t) {
+    if (t == MNV_KV_F32) return _mm256_loadu_ps((const float *)row + i);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
-    if (t == MNV_DTYPE_F16) return _mm256_cvtph_ps(h);
+    if (t == MNV_KV_F16) return _mm256_cvtph_ps(h);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 /* The n < 8 elements from i, zeros after (never reads past the row). */
-INLINE __m256 load_tail(const void *row, int64_t i, int64_t n, mnv_dtype t) {
-    size_t es = t == MNV_DTYPE_F32 ? 4 : 2;
+INLINE __m256 load_tail(const void *row, int64_t i, int64_t n, int t) {
+    size_t es = t == MNV_KV_F32 ? 4 : 2;
     _Alignas(32) uint8_t buf[32] = {0};
     memcpy(buf, (const uint8_t *)row + (size_t)i * es, (size_t)n * es);
     return load8(buf, 0, t);
+}
+
+static inline float load_f16(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* Slice c (elements 8c .. 8c + 7) of a q8/q4 row: the codes widened to f32,
+ * then scale * q + bias of the slice's group (sb: the row's scales then
+ * biases as f32, converted once per block; g: the slice's group, ng: the
+ * row's groups). */
+INLINE __m256 load8q(const uint8_t *row, int64_t c, int t, const float *sb, int32_t g, int32_t ng) {
+    __m256i q;
+    if (t == MNV_KV_Q8) {
+        q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + 8 * c)));
+    } else {
+        uint32_t w;
+        memcpy(&w, row + 4 * c, 4);
+        q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int32_t)w), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                             _mm256_set1_epi32(15));
+    }
+    return _mm256_fmadd_ps(_mm256_broadcast_ss(sb + g), _mm256_cvtepi32_ps(q), _mm256_broadcast_ss(sb + ng + g));
 }
 
 /* Lane j of the result = sum of the lanes of v[j]. */
@@ -50,6 +78,8 @@ typedef struct {
     int64_t D, C, tail; /* head_dim = 8 C + tail */
     int G;
     float scale;
+    int32_t ng[2], gi[2][MAXD / 8];          /* K, V quantized: groups of a row; slice c's group */
+    float sb[2][BK][MAXD / 4];               /* K, V quantized: each key's scales then biases as f32 */
     float m[MAXG], l[MAXG];                  /* running max and denominator per head */
     _Alignas(32) float q[MAXG][MAXD];        /* the group's queries, zero-padded */
     _Alignas(32) float acc[MAXG][MAXD];      /* unnormalised outputs */
@@ -57,8 +87,10 @@ typedef struct {
     _Alignas(32) float part[HCH][BK][8];     /* per-key partial dot products */
 } group_state;
 
-/* 8 elements c of a row: a full slice or the zero-padded tail. */
-INLINE __m256 load_slice(const group_state *s, const void *row, int64_t c, mnv_dtype t) {
+/* 8 elements c of a K (kv 0) or V (kv 1) row of type t: a full slice or
+ * the zero-padded tail. */
+INLINE __m256 load_slice(const group_state *s, const void *row, int j, int64_t c, int t, int kv) {
+    if (t == MNV_KV_Q8 || t == MNV_KV_Q4) return load8q(row, c, t, s->sb[kv][j], s->gi[kv][c], s->ng[kv]);
     return c < s->C ? load8(row, 8 * c, t) : load_tail(row, 8 * c, s->tail, t);
 }
 
@@ -67,7 +99,7 @@ INLINE __m256 load_slice(const group_state *s, const void *row, int64_t c, mnv_d
  * and the gn (compile-time) heads from g0. 8 / gn keys at a time, so that 8
  * independent sums hide the FMA latency; K is converted once per key and
  * chunk of heads. */
-INLINE void block_dots(group_state *s, const void *const k[BK], int g0, int gn, mnv_dtype t) {
+INLINE void block_dots(group_state *s, const void *const k[BK], int g0, int gn, int t) {
     const int kn = HCH / gn;
     const int64_t Cp = s->C + (s->tail > 0);
     for (int j0 = 0; j0 < BK; j0 += kn) {
@@ -82,7 +114,7 @@ INLINE void block_dots(group_state *s, const void *const k[BK], int g0, int gn, 
             for (int g = 0; g < gn; g++) qv[g] = _mm256_load_ps(s->q[g0 + g] + 8 * c);
 #pragma GCC unroll 8
             for (int j = 0; j < kn; j++) {
-                __m256 kv = load_slice(s, k[j0 + j], c, t);
+                __m256 kv = load_slice(s, k[j0 + j], j0 + j, c, t, 0);
 #pragma GCC unroll 8
                 for (int g = 0; g < gn; g++) acc[g][j] = _mm256_fmadd_ps(qv[g], kv, acc[g][j]);
             }
@@ -124,7 +156,7 @@ static void block_softmax(group_state *s, int g0, int gn, int nb) {
  * heads from g0 and cn slices of 8 at a time (8 independent sums); V is
  * converted once per key, slice and chunk of heads. */
 INLINE void block_values_cn(group_state *s, const void *const v[BK], int nb, int g0, int gn, int cn,
-                            int64_t c, mnv_dtype t) {
+                            int64_t c, int t) {
     __m256 o[HCH][HCH];
 #pragma GCC unroll 8
     for (int g = 0; g < gn; g++)
@@ -136,7 +168,7 @@ INLINE void block_values_cn(group_state *s, const void *const v[BK], int nb, int
         for (int g = 0; g < gn; g++) bw[g] = _mm256_broadcast_ss(&s->w[g0 + g][j]);
 #pragma GCC unroll 8
         for (int i = 0; i < cn; i++) {
-            __m256 vv = load_slice(s, v[j], c + i, t);
+            __m256 vv = load_slice(s, v[j], j, c + i, t, 1);
 #pragma GCC unroll 8
             for (int g = 0; g < gn; g++) o[g][i] = _mm256_fmadd_ps(bw[g], vv, o[g][i]);
         }
@@ -147,7 +179,7 @@ INLINE void block_values_cn(group_state *s, const void *const v[BK], int nb, int
         for (int i = 0; i < cn; i++) _mm256_store_ps(s->acc[g0 + g] + 8 * (c + i), o[g][i]);
 }
 
-INLINE void block_values(group_state *s, const void *const v[BK], int nb, int g0, int gn, mnv_dtype t) {
+INLINE void block_values(group_state *s, const void *const v[BK], int nb, int g0, int gn, int t) {
     const int cn = HCH / gn;
     const int64_t Cp = s->C + (s->tail > 0);
     int64_t c = 0;
@@ -155,32 +187,76 @@ INLINE void block_values(group_state *s, const void *const v[BK], int nb, int g0
     for (; c < Cp; c++) block_values_cn(s, v, nb, g0, gn, 1, c, t);
 }
 
-/* One block of nb keys for the heads [g0, g0 + gn), gn a constant. */
-INLINE void block_chunk(group_state *s, const void *const k[BK], const void *const v[BK], int nb, int g0,
-                        int gn, mnv_dtype t) {
-    block_dots(s, k, g0, gn, t);
-    block_softmax(s, g0, gn, nb);
-    block_values(s, v, nb, g0, gn, t);
-}
+/* The per-block code of one element type, for chunks of 8, 4, 2 and 1
+ * heads: dots (the K side) and values (the V side). */
+typedef void (*chunk_fn)(group_state *s, const void *const r[BK], int nb, int g0);
+#define KV_SIDE(T, tag)                                                                                        \
+    static void dots_##tag##_8(group_state *s, const void *const r[BK], int nb, int g0) { block_dots(s, r, g0, 8, T); } \
+    static void dots_##tag##_4(group_state *s, const void *const r[BK], int nb, int g0) { block_dots(s, r, g0, 4, T); } \
+    static void dots_##tag##_2(group_state *s, const void *const r[BK], int nb, int g0) { block_dots(s, r, g0, 2, T); } \
+    static void dots_##tag##_1(group_state *s, const void *const r[BK], int nb, int g0) { block_dots(s, r, g0, 1, T); } \
+    static void vals_##tag##_8(group_state *s, const void *const r[BK], int nb, int g0) { block_values(s, r, nb, g0, 8, T); } \
+    static void vals_##tag##_4(group_state *s, const void *const r[BK], int nb, int g0) { block_values(s, r, nb, g0, 4, T); } \
+    static void vals_##tag##_2(group_state *s, const void *const r[BK], int nb, int g0) { block_values(s, r, nb, g0, 2, T); } \
+    static void vals_##tag##_1(group_state *s, const void *const r[BK], int nb, int g0) { block_values(s, r, nb, g0, 1, T); }
+KV_SIDE(MNV_KV_F32, f32)
+KV_SIDE(MNV_KV_F16, f16)
+KV_SIDE(MNV_KV_BF16, bf16)
+KV_SIDE(MNV_KV_Q8, q8)
+KV_SIDE(MNV_KV_Q4, q4)
+#undef KV_SIDE
+
+/* [type][chunk: 8, 4, 2, 1 heads] */
+static const chunk_fn DOTS[MNV_KV_TYPE_COUNT][4] = {
+    [MNV_KV_F32] = {dots_f32_8, dots_f32_4, dots_f32_2, dots_f32_1},
+    [MNV_KV_F16] = {dots_f16_8, dots_f16_4, dots_f16_2, dots_f16_1},
+    [MNV_KV_BF16] = {dots_bf16_8, dots_bf16_4, dots_bf16_2, dots_bf16_1},
+    [MNV_KV_Q8] = {dots_q8_8, dots_q8_4, dots_q8_2, dots_q8_1},
+    [MNV_KV_Q4] = {dots_q4_8, dots_q4_4, dots_q4_2, dots_q4_1},
+};
+static const chunk_fn VALS[MNV_KV_TYPE_COUNT][4] = {
+    [MNV_KV_F32] = {vals_f32_8, vals_f32_4, vals_f32_2, vals_f32_1},
+    [MNV_KV_F16] = {vals_f16_8, vals_f16_4, vals_f16_2, vals_f16_1},
+    [MNV_KV_BF16] = {vals_bf16_8, vals_bf16_4, vals_bf16_2, vals_bf16_1},
+    [MNV_KV_Q8] = {vals_q8_8, vals_q8_4, vals_q8_2, vals_q8_1},
+    [MNV_KV_Q4] = {vals_q4_8, vals_q4_4, vals_q4_2, vals_q4_1},
+};
 
 /* Every head of the group over one block, in chunks of 8, 4, 2, 1 heads. */
-INLINE void block_all(group_state *s, const void *const k[BK], const void *const v[BK], int nb, mnv_dtype t) {
+static void block_all(group_state *s, const void *const k[BK], const void *const v[BK], int nb,
+                      const chunk_fn *dots, const chunk_fn *vals) {
+    static const int size[4] = {8, 4, 2, 1};
     int g0 = 0;
-    for (; g0 + 8 <= s->G; g0 += 8) block_chunk(s, k, v, nb, g0, 8, t);
-    if (s->G - g0 >= 4) block_chunk(s, k, v, nb, g0, 4, t), g0 += 4;
-    if (s->G - g0 >= 2) block_chunk(s, k, v, nb, g0, 2, t), g0 += 2;
-    if (s->G - g0 >= 1) block_chunk(s, k, v, nb, g0, 1, t);
+    for (int i = 0; i < 4; i++)
+        while (s->G - g0 >= size[i]) {
+            dots[i](s, k, nb, g0);
+            block_softmax(s, g0, size[i], nb);
+            vals[i](s, v, nb, g0);
+            g0 += size[i];
+            if (i > 0) break; /* 4, 2, 1 are each needed at most once */
+        }
 }
 
-INLINE void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s, mnv_dtype dt) {
-    const mnv_cache_shape *cs = &a->cache;
-    const int64_t D = cs->head_dim, H = a->n_head, G = s->G, Dp = 8 * (s->C + (s->tail > 0));
+/* The scales and biases of the block's 8 K (kv 0) or V rows as f32. */
+static void scales_f32(group_state *s, int kv, int32_t at, const void *const r[BK]) {
+    const int n = 2 * s->ng[kv];
+    for (int j = 0; j < BK; j++) {
+        const uint8_t *p = (const uint8_t *)r[j] + at;
+        float *d = s->sb[kv][j];
+        int i = 0;
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * i))));
+        for (; i < n; i++) d[i] = load_f16(p + 2 * i);
+    }
+}
+
+static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
+    const int64_t D = s->D, H = a->n_head, G = s->G, Dp = 8 * (s->C + (s->tail > 0));
     const int64_t sq = a->seq[t], p = a->pos[t];
     const int64_t lo = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
-    const size_t es = dt == MNV_DTYPE_F32 ? 4 : 2;
-    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(kvh * D) * es;
-    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(kvh * D) * es;
-    size_t off[BK];
+    const chunk_fn *dots = DOTS[a->kc.lay.type], *vals = VALS[a->vc.lay.type];
+    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(kvh * a->kc.lay.row_bytes);
+    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(kvh * a->vc.lay.row_bytes);
+    size_t koff[BK], voff[BK];
     for (int64_t g = 0; g < G; g++) {
         int64_t h = kvh * G + g;
         const float *qh = a->q + (t * H + h) * D;
@@ -191,12 +267,14 @@ INLINE void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
     for (int64_t j0 = lo; j0 <= p; j0 += BK) {
         int nb = (int)(p - j0 + 1 < BK ? p - j0 + 1 : BK);
         const void *k[BK], *v[BK];
-        mnv_attn_rows(a, sq, j0, nb, off);
+        mnv_attn_rows(a, sq, j0, nb, koff, voff);
         for (int j = 0; j < BK; j++) {
-            size_t o = off[j < nb ? j : 0] * es;
-            k[j] = kb + o, v[j] = vb + o;
+            int jj = j < nb ? j : 0;
+            k[j] = kb + koff[jj], v[j] = vb + voff[jj];
         }
-        block_all(s, k, v, nb, dt);
+        if (s->ng[0]) scales_f32(s, 0, a->kc.lay.scales_at, k);
+        if (s->ng[1]) scales_f32(s, 1, a->vc.lay.scales_at, v);
+        block_all(s, k, v, nb, dots, vals);
     }
     for (int64_t g = 0; g < G; g++) {
         float *out = a->out + (t * H + kvh * G + g) * D, inv = s->l[g] > 0 ? 1.0f / s->l[g] : 0.0f;
@@ -204,29 +282,28 @@ INLINE void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_s
     }
 }
 
-static void run_f32(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
-    attend_group(a, t, kvh, s, MNV_DTYPE_F32);
-}
-static void run_f16(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
-    attend_group(a, t, kvh, s, MNV_DTYPE_F16);
-}
-static void run_bf16(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
-    attend_group(a, t, kvh, s, MNV_DTYPE_BF16);
+/* A side's layout is one this kernel reads: float of any head_dim, or
+ * quantized with slices of 8 inside one group; fills the slice offsets. */
+static bool side_ok(const mnv_kv_layout *l, int kv, group_state *s) {
+    s->ng[kv] = 0;
+    if (l->type == MNV_KV_F32 || l->type == MNV_KV_F16 || l->type == MNV_KV_BF16) return true;
+    if ((l->type != MNV_KV_Q8 && l->type != MNV_KV_Q4) || l->head_dim % 8 || l->group % 8) return false;
+    s->ng[kv] = l->head_dim / l->group;
+    for (int32_t c = 0; c < l->head_dim / 8; c++) {
+        s->gi[kv][c] = 8 * c / l->group;
+    }
+    return true;
 }
 
 /* Items [i0, i1) of T * n_head_kv (token, KV head) pairs; false when this
  * kernel does not apply (then nothing was written). */
 bool mnv__attention_avx2(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    const int64_t Hkv = a->cache.n_head_kv, D = a->cache.head_dim, G = a->n_head / Hkv;
-    const mnv_dtype dt = a->cache.dtype;
-    if (D < 1 || D > MAXD || G < 1 || G > MAXG ||
-        (dt != MNV_DTYPE_F32 && dt != MNV_DTYPE_F16 && dt != MNV_DTYPE_BF16))
-        return false;
-    void (*run)(const mnv_attn_args *, int64_t, int64_t, group_state *) =
-        dt == MNV_DTYPE_F32 ? run_f32 : dt == MNV_DTYPE_F16 ? run_f16 : run_bf16;
+    const int64_t Hkv = a->kc.n_head_kv, D = a->kc.lay.head_dim, G = a->n_head / Hkv;
+    if (D < 1 || D > MAXD || G < 1 || G > MAXG || a->vc.lay.head_dim != D) return false;
     group_state s;
+    if (!side_ok(&a->kc.lay, 0, &s) || !side_ok(&a->vc.lay, 1, &s)) return false;
     s.D = D, s.C = D / 8, s.tail = D % 8, s.G = (int)G, s.scale = a->scale;
-    for (int64_t i = i0; i < i1; i++) run(a, i / Hkv, i % Hkv, &s);
+    for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, &s);
     return true;
 }
 #endif

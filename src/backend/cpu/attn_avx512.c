@@ -1,4 +1,5 @@
-/* Attention for f32 KV caches with AVX-512: all query heads that share a KV
+/* Attention for f32 K and V caches with AVX-512 (other types run the AVX2
+ * kernel on AVX-512 hosts): all query heads that share a KV
  * head are processed together, so each key and value row is loaded once per
  * group; scores for 16 keys at a time come from 16 register accumulators
  * reduced by a transpose tree, exponentials are vectorized, and the online
@@ -67,12 +68,11 @@ static inline __m512 scores16(const float *q, const float *const k[16], int vali
 }
 
 static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t G) {
-    const mnv_cache_shape *cs = &a->cache;
-    int64_t D = cs->head_dim, H = a->n_head, C = D / 16;
+    int64_t D = a->kc.lay.head_dim, H = a->n_head, C = D / 16;
     int64_t s = a->seq[t], p = a->pos[t], lo = a->window > 0 ? (p - a->window + 1 > 0 ? p - a->window + 1 : 0) : 0;
-    const float *kbase = (const float *)a->k + (size_t)kvh * (size_t)D;
-    const float *vbase = (const float *)a->v + (size_t)kvh * (size_t)D;
-    size_t off[16];
+    const uint8_t *kbase = (const uint8_t *)a->k + (size_t)kvh * (size_t)D * 4;
+    const uint8_t *vbase = (const uint8_t *)a->v + (size_t)kvh * (size_t)D * 4;
+    size_t koff[16], voff[16];
     group_state st;
     for (int64_t g = 0; g < G; g++) {
         int64_t h = kvh * G + g;
@@ -85,11 +85,11 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     for (int64_t j0 = lo; j0 <= p; j0 += 16) {
         int valid = (int)(p - j0 + 1 < 16 ? p - j0 + 1 : 16);
         const float *k[16], *v[16];
-        mnv_attn_rows(a, s, j0, valid, off);
+        mnv_attn_rows(a, s, j0, valid, koff, voff);
         for (int j = 0; j < 16; j++) {
-            size_t o = off[j < valid ? j : 0];
-            k[j] = kbase + o;
-            v[j] = vbase + o;
+            int jj = j < valid ? j : 0;
+            k[j] = (const float *)(kbase + koff[jj]);
+            v[j] = (const float *)(vbase + voff[jj]);
         }
         for (int64_t g = 0; g < G; g++) {
             __m512 sc = scores16(st.q[g], k, valid, (int)C, a->scale);
@@ -121,8 +121,9 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
 /* Items [i0, i1) of T * n_head_kv (token, KV head) pairs; false when this
  * kernel does not apply (then nothing was written). */
 bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    int64_t Hkv = a->cache.n_head_kv, G = a->n_head / Hkv, D = a->cache.head_dim;
-    if (a->cache.dtype != MNV_DTYPE_F32 || D % 16 || D / 16 > MAXC || G > MAXG) return false;
+    int64_t Hkv = a->kc.n_head_kv, G = a->n_head / Hkv, D = a->kc.lay.head_dim;
+    if (a->kc.lay.type != MNV_KV_F32 || a->vc.lay.type != MNV_KV_F32 || D % 16 || D / 16 > MAXC || G > MAXG)
+        return false;
     for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, G);
     return true;
 }

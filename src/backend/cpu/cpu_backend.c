@@ -130,7 +130,10 @@ static void k_get_rows(cpu_ctx *c, mnv_node *n, int ith, int nth) {
 }
 
 static mnv_cache_shape cache_shape(const mnv_node *cache) {
-    return (mnv_cache_shape){cache->shape[2], cache->shape[3], cache->shape[1], cache->stride[0], cache->dtype};
+    mnv_cache_shape c = {.n_head_kv = cache->shape[2], .block_tokens = cache->shape[1],
+                         .block_stride = cache->stride[0] * (int64_t)mnv_dtype_size(cache->dtype)};
+    mnv_kv_layout_of(cache, &c.lay); /* checked when the graph was built */
+    return c;
 }
 
 static void k_cache_write(cpu_ctx *c, mnv_node *n, int ith, int nth) {
@@ -143,14 +146,14 @@ static void k_cache_write(cpu_ctx *c, mnv_node *n, int ith, int nth) {
 static void k_attention(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     const mnv_node *q = n->src[0];
     mnv_attn_args a = {
-        .cache = cache_shape(n->src[1]), .n_head = (int32_t)q->shape[1], .scale = n->p.attn.scale,
-        .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL, .k = n->src[1]->data,
-        .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
+        .kc = cache_shape(n->src[1]), .vc = cache_shape(n->src[2]), .n_head = (int32_t)q->shape[1],
+        .scale = n->p.attn.scale, .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL,
+        .k = n->src[1]->data, .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
         .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = q->data, .seq = n->src[4]->data,
         .pos = n->src[5]->data, .out = n->data,
     };
     int64_t lo, hi;
-    split(q->shape[0] * a.cache.n_head_kv, ith, nth, &lo, &hi);
+    split(q->shape[0] * a.kc.n_head_kv, ith, nth, &lo, &hi);
     mnv_cpu_attention(&a, lo, hi);
 }
 

@@ -133,39 +133,48 @@ void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64
 
 void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *slot, int64_t t0,
                          int64_t t1) {
-    size_t es = mnv_dtype_size(c->dtype);
-    int64_t rowlen = c->n_head_kv * c->head_dim;
+    const mnv_kv_layout *l = &c->lay;
+    const int64_t Hkv = c->n_head_kv, D = l->head_dim, row = Hkv * l->row_bytes;
+    const bool packed = l->type == MNV_KV_Q8 || l->type == MNV_KV_Q4;
     for (int64_t t = t0; t < t1; t++) {
         int64_t blk = slot[t] / c->block_tokens, r = slot[t] % c->block_tokens;
-        uint8_t *dst = (uint8_t *)cache + ((size_t)blk * (size_t)c->block_stride + (size_t)(r * rowlen)) * es;
-        mnv_cpu_convert(rows + t * rowlen, MNV_DTYPE_F32, dst, c->dtype, rowlen);
+        uint8_t *dst = (uint8_t *)cache + (size_t)blk * (size_t)c->block_stride + (size_t)(r * row);
+        if (!packed) {
+            mnv_cpu_convert(rows + t * Hkv * D, MNV_DTYPE_F32, dst, mnv_kv_storage_dtype((mnv_kv_type)l->type),
+                            Hkv * D);
+            continue;
+        }
+        for (int64_t h = 0; h < Hkv; h++) mnv_kv_store_row(l, rows + (t * Hkv + h) * D, dst + h * l->row_bytes);
     }
 }
 
 #define ATTN_BLOCK 64
+
+/* A cache row as f32: the row itself (f32), or read into buf. */
+static const float *row_f32(const mnv_kv_layout *l, const uint8_t *row, float *buf) {
+    if (l->type == MNV_KV_F32) return (const float *)row;
+    mnv_kv_load_row(l, row, buf);
+    return buf;
+}
 
 /* One query row against keys [lo, hi] of one sequence and kv head, with an
  * online (flash-style) softmax over blocks of keys. */
 static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_t kvh, int64_t lo, int64_t hi,
                        float sink, float *out) {
     const mnv_vec_ops *v = mnv_vec();
-    const mnv_cache_shape *c = &a->cache;
-    int64_t D = c->head_dim;
+    int64_t D = a->kc.lay.head_dim;
     float acc[512], kbuf[512], sc[ATTN_BLOCK];
     float m = sink, l = isinf(sink) ? 0.0f : 1.0f; /* a sink adds exp(sink - m) to the denominator */
     for (int64_t i = 0; i < D; i++) acc[i] = 0.0f;
-    bool f32 = c->dtype == MNV_DTYPE_F32;
-    size_t es = mnv_dtype_size(c->dtype);
-    size_t off[ATTN_BLOCK], hoff = (size_t)(kvh * D);
+    size_t koff[ATTN_BLOCK], voff[ATTN_BLOCK];
+    const uint8_t *kb = (const uint8_t *)a->k + kvh * a->kc.lay.row_bytes;
+    const uint8_t *vb = (const uint8_t *)a->v + kvh * a->vc.lay.row_bytes;
     for (int64_t j0 = lo; j0 <= hi; j0 += ATTN_BLOCK) {
         int64_t nb = MNV_MIN(ATTN_BLOCK, hi - j0 + 1);
         float bm = -INFINITY;
-        mnv_attn_rows(a, s, j0, (int)nb, off);
+        mnv_attn_rows(a, s, j0, (int)nb, koff, voff);
         for (int64_t j = 0; j < nb; j++) {
-            const uint8_t *kp = (const uint8_t *)a->k + (off[j] + hoff) * es;
-            const float *k = f32 ? (const float *)kp : kbuf;
-            if (!f32) mnv_cpu_convert(kp, c->dtype, kbuf, MNV_DTYPE_F32, D);
-            sc[j] = v->dot_f32(q, k, D) * a->scale;
+            sc[j] = v->dot_f32(q, row_f32(&a->kc.lay, kb + koff[j], kbuf), D) * a->scale;
             bm = sc[j] > bm ? sc[j] : bm;
         }
         if (bm > m) {
@@ -177,10 +186,7 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
         for (int64_t j = 0; j < nb; j++) {
             float w = expf(sc[j] - m);
             l += w;
-            const uint8_t *vp = (const uint8_t *)a->v + (off[j] + hoff) * es;
-            const float *vv = f32 ? (const float *)vp : kbuf;
-            if (!f32) mnv_cpu_convert(vp, c->dtype, kbuf, MNV_DTYPE_F32, D);
-            v->axpy_f32(acc, vv, w, D);
+            v->axpy_f32(acc, row_f32(&a->vc.lay, vb + voff[j], kbuf), w, D);
         }
     }
     float inv = l > 0 ? 1.0f / l : 0.0f;
@@ -190,7 +196,7 @@ static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
     const mnv_vec_ops *v = mnv_vec();
     if (v->attention && v->attention(a, i0, i1)) return;
-    int64_t H = a->n_head, D = a->cache.head_dim, Hkv = a->cache.n_head_kv, group = H / Hkv;
+    int64_t H = a->n_head, D = a->kc.lay.head_dim, Hkv = a->kc.n_head_kv, group = H / Hkv;
     for (int64_t i = i0; i < i1; i++) {
         int64_t t = i / Hkv, kvh = i % Hkv;
         int64_t p = a->pos[t];
@@ -201,7 +207,6 @@ void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
         }
     }
 }
-
 
 void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     for (int64_t r = 0; r < rows; r++) {

@@ -4,6 +4,7 @@
 #define MNV_CPU_OPS_H
 
 #include "core/core.h"
+#include "quant/kv_quant.h"
 
 /* Convert n elements between float dtypes (F32, F16, BF16). */
 void mnv_cpu_convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n);
@@ -33,20 +34,22 @@ void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, fl
 void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
                       int64_t rows);
 
-/* A paged cache: blocks of block_tokens rows of (n_head_kv, head_dim)
- * elements, block_stride elements apart. */
+/* A paged cache (K or V): blocks of block_tokens rows of n_head_kv head
+ * rows of layout lay (quant/kv_quant.h), block_stride bytes apart; the rows
+ * of a block are n_head_kv * lay.row_bytes bytes apart. */
 typedef struct {
-    int64_t n_head_kv, head_dim;
+    mnv_kv_layout lay;
+    int64_t n_head_kv;
     int64_t block_tokens;   /* B */
-    int64_t block_stride;   /* elements from one block to the next */
-    mnv_dtype dtype;
+    int64_t block_stride;   /* bytes from one block to the next */
 } mnv_cache_shape;
-/* rows (T, Hkv, D) f32 into cache at slot[t] = block * B + row, t in [t0, t1). */
+/* rows (T, Hkv, D) f32 into cache at slot[t] = block * B + row, t in [t0,
+ * t1): converted or quantized to the cache's layout. */
 void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *rows, const int32_t *slot, int64_t t0,
                          int64_t t1);
 
 typedef struct mnv_attn_args {
-    mnv_cache_shape cache;
+    mnv_cache_shape kc, vc;   /* same n_head_kv, block_tokens and head_dim */
     int32_t n_head;
     float scale;
     int32_t window;        /* 0: full causal */
@@ -59,29 +62,32 @@ typedef struct mnv_attn_args {
     float *out;            /* (T, H, D) */
 } mnv_attn_args;
 
-/* Element offsets of the rows of positions [p0, p0 + n) of sequence s (KV
- * head 0) in a's caches: one division, then steps. */
-static inline void mnv_attn_rows(const mnv_attn_args *a, int64_t s, int64_t p0, int n, size_t *off) {
-    const int64_t B = a->cache.block_tokens, row = a->cache.n_head_kv * a->cache.head_dim;
+/* Byte offsets in a's K and V caches of the rows of positions [p0, p0 + n)
+ * of sequence s (KV head 0): one division, then steps. */
+static inline void mnv_attn_rows(const mnv_attn_args *a, int64_t s, int64_t p0, int n, size_t *koff, size_t *voff) {
+    const int64_t B = a->kc.block_tokens;
+    const size_t krow = (size_t)(a->kc.n_head_kv * a->kc.lay.row_bytes);
+    const size_t vrow = (size_t)(a->vc.n_head_kv * a->vc.lay.row_bytes);
     const int32_t *tab = a->tables ? a->tables + s * a->table_stride : NULL;
-    int64_t lb = p0 / B, r = p0 % B;
-    size_t base = (size_t)(tab ? tab[lb] : s) * (size_t)a->cache.block_stride;
+    int64_t lb = p0 / B, r = p0 % B, blk = tab ? tab[lb] : s;
     for (int j = 0; j < n; j++) {
-        off[j] = base + (size_t)(r * row);
+        koff[j] = (size_t)blk * (size_t)a->kc.block_stride + (size_t)r * krow;
+        voff[j] = (size_t)blk * (size_t)a->vc.block_stride + (size_t)r * vrow;
         if (++r == B && j + 1 < n) {
             r = 0;
             lb++;
-            base = (size_t)(tab ? tab[lb] : s) * (size_t)a->cache.block_stride;
+            blk = tab ? tab[lb] : s;
         }
     }
 }
 /* Computes the (token, KV head) pairs [i0, i1) of T * n_head_kv: every query
  * head of the pair's group. */
 void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
-/* The AVX-512 kernel for f32 caches (false: not applicable, nothing written). */
+/* The AVX-512 kernel for f32 K and V (false: not applicable, nothing written). */
 bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1);
-/* The AVX2 kernel for f32, f16 and bf16 caches, head_dim <= 256, at most 16
- * query heads per KV head (false: not applicable, nothing written). */
+/* The AVX2 kernel for every pair of K and V types, head_dim <= 256 (a
+ * multiple of 8 and of a group of 8 or more with a quantized type), at most
+ * 16 query heads per KV head (false: not applicable, nothing written). */
 bool mnv__attention_avx2(const mnv_attn_args *a, int64_t i0, int64_t i1);
 
 #endif

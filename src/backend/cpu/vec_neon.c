@@ -3,7 +3,7 @@
  * what an Apple Silicon build runs.
  *
  * Attention: all query heads that share a KV head are processed together,
- * so each key and value row (f32, or f16/bf16 widened once into a buffer) is
+ * so each key and value row (f32, or f16/bf16/q8/q4 widened once into a buffer) is
  * read once per group; scores for a block of keys, then an online
  * (flash-style) softmax per block. head_dim must be a multiple of 4 and at
  * most 256, and a group at most 16 heads (the portable kernel runs
@@ -110,15 +110,50 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
 
 enum { MAXG = 16, MAXD = 256, KB = 16 /* keys per block */ };
 
+/* A q8/q4 row (head_dim and group multiples of 8) into buf: codes widened
+ * to f32, then bias + q * scale in one fused step per 4 elements. */
+static void dequant_row(const mnv_kv_layout *l, const uint8_t *row, float *buf) {
+    const int32_t D = l->head_dim, G = l->group, ng = D / G;
+    for (int32_t i = 0; i < D; i += 8) {
+        uint16_t sh, bh;
+        memcpy(&sh, row + l->scales_at + 2 * (i / G), 2);
+        memcpy(&bh, row + l->scales_at + 2 * (ng + i / G), 2);
+        const float32x4_t sv = vdupq_n_f32(mnv_f16_to_f32(sh)), bv = vdupq_n_f32(mnv_f16_to_f32(bh));
+        uint8x8_t q8;
+        if (l->type == MNV_KV_Q8) {
+            q8 = vld1_u8(row + i);
+        } else {
+            uint32_t w;
+            memcpy(&w, row + i / 2, 4);
+            const uint8x8_t b = vcreate_u8(w);
+            q8 = vzip1_u8(vand_u8(b, vdup_n_u8(15)), vshr_n_u8(b, 4));
+        }
+        const uint16x8_t w16 = vmovl_u8(q8);
+        vst1q_f32(buf + i, vfmaq_f32(bv, vcvtq_f32_u32(vmovl_u16(vget_low_u16(w16))), sv));
+        vst1q_f32(buf + i + 4, vfmaq_f32(bv, vcvtq_f32_u32(vmovl_u16(vget_high_u16(w16))), sv));
+    }
+}
+
 /* A cache row (D elements) as f32: the row itself, or widened into buf. */
-static const float *cache_row(const void *base, mnv_dtype t, size_t idx, int64_t D, float *buf) {
-    if (t == MNV_DTYPE_F32) return (const float *)base + idx;
-    const uint16_t *src = (const uint16_t *)base + idx;
+static const float *cache_row(const mnv_kv_layout *l, const uint8_t *row, float *buf) {
+    const int64_t D = l->head_dim;
+    if (l->type == MNV_KV_F32) return (const float *)row;
+    if (l->type == MNV_KV_Q8 || l->type == MNV_KV_Q4) {
+        dequant_row(l, row, buf);
+        return buf;
+    }
     int64_t i = 0;
-    if (t == MNV_DTYPE_F16) {
-        for (; i + 4 <= D; i += 4) vst1q_f32(buf + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+    uint16_t h[4];
+    if (l->type == MNV_KV_F16) {
+        for (; i + 4 <= D; i += 4) {
+            memcpy(h, row + 2 * i, 8);
+            vst1q_f32(buf + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h))));
+        }
     } else {
-        for (; i + 4 <= D; i += 4) vst1q_f32(buf + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(src + i), 16)));
+        for (; i + 4 <= D; i += 4) {
+            memcpy(h, row + 2 * i, 8);
+            vst1q_f32(buf + i, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(h), 16)));
+        }
     }
     return buf;
 }
@@ -131,11 +166,11 @@ typedef struct {
 } group_state;
 
 static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t G, group_state *st) {
-    const mnv_cache_shape *cs = &a->cache;
-    const int64_t D = cs->head_dim, H = a->n_head, s = a->seq[t], p = a->pos[t];
+    const int64_t D = a->kc.lay.head_dim, H = a->n_head, s = a->seq[t], p = a->pos[t];
     const int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
-    const size_t hoff = (size_t)(kvh * D);
-    size_t off[KB];
+    const uint8_t *kb = (const uint8_t *)a->k + kvh * a->kc.lay.row_bytes;
+    const uint8_t *vb = (const uint8_t *)a->v + kvh * a->vc.lay.row_bytes;
+    size_t koff[KB], voff[KB];
     float kbuf[MAXD], sc[MAXG][KB];
     for (int64_t g = 0; g < G; g++) {
         const int64_t h = kvh * G + g;
@@ -147,9 +182,9 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     }
     for (int64_t j0 = lo; j0 <= p; j0 += KB) {
         const int nb = (int)MNV_MIN(KB, p - j0 + 1);
-        mnv_attn_rows(a, s, j0, nb, off);
+        mnv_attn_rows(a, s, j0, nb, koff, voff);
         for (int j = 0; j < nb; j++) {
-            const float *k = cache_row(a->k, cs->dtype, off[j] + hoff, D, kbuf);
+            const float *k = cache_row(&a->kc.lay, kb + koff[j], kbuf);
             for (int64_t g = 0; g < G; g++) sc[g][j] = dot(st->q[g], k, D) * a->scale;
         }
         for (int64_t g = 0; g < G; g++) {
@@ -167,7 +202,7 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
             }
         }
         for (int j = 0; j < nb; j++) {
-            const float *v = cache_row(a->v, cs->dtype, off[j] + hoff, D, kbuf);
+            const float *v = cache_row(&a->vc.lay, vb + voff[j], kbuf);
             for (int64_t g = 0; g < G; g++) axpy(st->acc[g], v, sc[g][j], D);
         }
     }
@@ -177,12 +212,15 @@ static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t
     }
 }
 
+/* A side this kernel reads: float, or q8/q4 in groups of a multiple of 8. */
+static bool side_ok(const mnv_kv_layout *l) {
+    if (l->type == MNV_KV_Q8 || l->type == MNV_KV_Q4) return l->group % 8 == 0;
+    return l->type == MNV_KV_F32 || l->type == MNV_KV_F16 || l->type == MNV_KV_BF16;
+}
+
 static bool attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    const int64_t Hkv = a->cache.n_head_kv, G = a->n_head / Hkv, D = a->cache.head_dim;
-    const mnv_dtype t = a->cache.dtype;
-    if (D % 4 || D > MAXD || G > MAXG ||
-        (t != MNV_DTYPE_F32 && t != MNV_DTYPE_F16 && t != MNV_DTYPE_BF16))
-        return false;
+    const int64_t Hkv = a->kc.n_head_kv, G = a->n_head / Hkv, D = a->kc.lay.head_dim;
+    if (D % 4 || D > MAXD || G > MAXG || !side_ok(&a->kc.lay) || !side_ok(&a->vc.lay)) return false;
     group_state st; /* 16 KiB of accumulators */
     for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, G, &st);
     return true;

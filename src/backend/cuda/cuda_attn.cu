@@ -7,15 +7,17 @@
 #define ATTN_WARPS 4
 #define ATTN_MAXC 8 /* head_dim <= 32 * ATTN_MAXC */
 
-static __device__ __forceinline__ int64_t row_offset(const mnv_cu_attn_args &a, int64_t s, int64_t p) {
-    int64_t B = a.cache.block_tokens;
+/* Element offset of position p of sequence s (KV head 0) in cache c. */
+static __device__ __forceinline__ int64_t row_offset(const mnv_cu_attn_args &a, const mnv_cu_cache &c, int64_t s,
+                                                     int64_t p) {
+    int64_t B = c.block_tokens;
     int64_t blk = a.tables ? a.tables[s * a.table_stride + p / B] : s;
-    return blk * a.cache.block_stride + (p % B) * a.cache.n_head_kv * a.cache.head_dim;
+    return blk * c.block_stride + (p % B) * c.n_head_kv * c.head_dim;
 }
 
 static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_attn_args a) {
     __shared__ float sm[ATTN_WARPS], sl[ATTN_WARPS], sacc[ATTN_WARPS][32 * ATTN_MAXC];
-    const int64_t H = a.n_head, D = a.cache.head_dim, group = H / a.cache.n_head_kv;
+    const int64_t H = a.n_head, D = a.kc.head_dim, group = H / a.kc.n_head_kv;
     const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     const int nc = (int)((D + 31) / 32);
@@ -31,12 +33,12 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
     const int64_t lo = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
     float m = -INFINITY, l = 0.0f;
     for (int64_t j = lo + wid; j <= p; j += ATTN_WARPS) {
-        int64_t off = row_offset(a, s, j) + kvh * D;
+        int64_t koff = row_offset(a, a.kc, s, j) + kvh * D, voff = row_offset(a, a.vc, s, j) + kvh * D;
         float dot = 0.0f;
 #pragma unroll
         for (int c = 0; c < ATTN_MAXC; c++) {
             int64_t d = lane + 32 * c;
-            if (c < nc && d < D) dot += qv[c] * cu_load(a.k, a.cache.dtype, off + d);
+            if (c < nc && d < D) dot += qv[c] * cu_load(a.k, a.kc.dtype, koff + d);
         }
         float sc = warp_sum(dot) * a.scale;
         float mn = fmaxf(m, sc);
@@ -45,7 +47,7 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
 #pragma unroll
         for (int c = 0; c < ATTN_MAXC; c++) {
             int64_t d = lane + 32 * c;
-            float v = c < nc && d < D ? cu_load(a.v, a.cache.dtype, off + d) : 0.0f;
+            float v = c < nc && d < D ? cu_load(a.v, a.vc.dtype, voff + d) : 0.0f;
             acc[c] = acc[c] * corr + w * v;
         }
         m = mn;
@@ -76,7 +78,7 @@ static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_att
 }
 
 extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, cudaStream_t s) {
-    if (a->cache.head_dim > 32 * ATTN_MAXC) return cudaErrorInvalidValue;
+    if (a->kc.head_dim > 32 * ATTN_MAXC || a->vc.head_dim != a->kc.head_dim) return cudaErrorInvalidValue;
     int64_t blocks = a->T * a->n_head;
     if (blocks > 0) k_attention<<<(unsigned)blocks, ATTN_WARPS * 32, 0, s>>>(*a);
     CU_CHECK_LAUNCH();

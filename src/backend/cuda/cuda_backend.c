@@ -369,7 +369,8 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
     }
     case MNV_OP_ATTENTION: {
         mnv_cu_attn_args a = {
-            .cache = cache_of(n->src[1]), .n_head = (int32_t)x->shape[1], .scale = n->p.attn.scale,
+            .kc = cache_of(n->src[1]), .vc = cache_of(n->src[2]), .n_head = (int32_t)x->shape[1],
+            .scale = n->p.attn.scale,
             .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL, .k = n->src[1]->data,
             .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
             .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = x->data, .seq = n->src[4]->data,
@@ -420,7 +421,8 @@ static bool cuda_supports(mnv_backend *b, const mnv_node *n) {
     case MNV_OP_ADD:
     case MNV_OP_MUL: return is_float(n->src[1]->dtype);
     case MNV_OP_CACHE_WRITE: return is_float(n->dtype);
-    case MNV_OP_ATTENTION: return is_float(n->src[1]->dtype) && n->src[1]->shape[3] <= 256;
+    case MNV_OP_ATTENTION: /* float caches (Q8/Q4 caches are U8 rows: not yet on this backend) */
+        return is_float(n->src[1]->dtype) && is_float(n->src[2]->dtype) && n->src[1]->shape[3] <= 256;
     case MNV_OP_MATMUL: return is_float(n->src[1]->dtype);
     case MNV_OP_GET_ROWS: return is_float(n->src[0]->dtype);
     case MNV_OP_MOE_MATMUL:

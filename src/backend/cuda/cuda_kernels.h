@@ -70,7 +70,7 @@ cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *
                                int64_t T, cudaStream_t s);
 
 typedef struct {
-    mnv_cu_cache cache;
+    mnv_cu_cache kc, vc; /* K and V: float caches, each of its own dtype and block stride */
     int32_t n_head;
     float scale;
     int32_t window;

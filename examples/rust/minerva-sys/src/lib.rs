@@ -63,6 +63,25 @@ pub type mnv_token_callback =
     Option<unsafe extern "C" fn(user_data: *mut c_void, token: i32, text: *const c_char, len: usize) -> c_int>;
 
 #[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct mnv_logit_bias {
+    pub token: i32,
+    pub bias: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct mnv_token_logprobs {
+    pub token: i32,
+    pub logprob: f32,
+    pub n_top: i32,
+    pub top_ids: *const i32,
+    pub top_logprobs: *const f32,
+}
+
+pub type mnv_logprobs_callback = Option<unsafe extern "C" fn(user_data: *mut c_void, lp: *const mnv_token_logprobs)>;
+
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct mnv_model_params {
     pub size: u32,
@@ -107,8 +126,10 @@ pub struct mnv_session_params {
     pub kv_dtype: mnv_dtype,
     pub exact_quant: i32,
     pub deterministic: i32,
+    pub kv_type_k: i32,
+    pub kv_type_v: i32,
     pub device: *const c_char,
-    pub reserved: [u32; 8],
+    pub reserved: [u32; 6],
 }
 
 #[repr(C)]
@@ -164,6 +185,12 @@ pub struct mnv_generate_params {
     pub ignore_eos: c_int,
     pub on_token: mnv_token_callback,
     pub user_data: *mut c_void,
+    pub logit_bias: *const mnv_logit_bias,
+    pub n_logit_bias: usize,
+    pub on_logprobs: mnv_logprobs_callback,
+    pub n_top_logprobs: i32,
+    pub scripted_ids: *const i32,
+    pub n_scripted: usize,
     pub reserved: [u32; 8],
 }
 
