@@ -5,6 +5,7 @@
 #   make test-clang                  the suite built by clang (build-clang/)
 #   make test-sanitize               the suite under ASan + UBSan (build-sanitize/)
 #   make test-tsan                   the threaded tests under TSan (build-tsan/)
+#   make test-cuda                   the CUDA backend's tests on this machine's GPU (build-cuda/)
 #
 # Any build dir and compiler: make test BUILD=build-x CC=clang
 BUILD ?= build
@@ -12,6 +13,8 @@ BUILD ?= build
 AARCH64 ?= auto
 JOBS  ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=Release
+# more cmake -D options for the build dir's first configure (e.g. -DMINERVA_CUDA=OFF)
+CMAKE_EXTRA ?=
 # ctest arguments, e.g. CTEST_ARGS="-LE fuzz" to leave out the fuzz tests
 CTEST_ARGS ?=
 ifeq ($(origin CC),command line)
@@ -29,7 +32,7 @@ SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
 # the tests that run threads from the test itself (a ctest -R pattern)
 TSAN_TESTS = ^(test_threads|test_engine|test_jinja)$$
 
-.PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 clean bootstrap fuzz bench
+.PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 test-cuda clean bootstrap fuzz bench
 
 all: build
 
@@ -38,7 +41,7 @@ bootstrap:
 
 $(BUILD)/CMakeCache.txt:
 	@sh scripts/bootstrap.sh
-	cmake -S . -B $(BUILD) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) $(CMAKE_FLAGS) $(CMAKE_EXTRA)
 
 build: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
@@ -56,15 +59,25 @@ test: build
 
 # The fuzz tests already ran in the project compiler's build.
 test-clang:
-	$(MAKE) test BUILD=build-clang CC=clang CTEST_ARGS="-LE fuzz" AARCH64=skip
+	$(MAKE) test BUILD=build-clang CC=clang CTEST_ARGS="-LE fuzz" AARCH64=skip CMAKE_EXTRA=-DMINERVA_CUDA=OFF
 
 test-sanitize:
-	$(MAKE) test BUILD=build-sanitize CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=address,undefined' AARCH64=skip
+	$(MAKE) test BUILD=build-sanitize CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=address,undefined -DMINERVA_CUDA=OFF' AARCH64=skip
 
 test-tsan:
-	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread'
+	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread -DMINERVA_CUDA=OFF'
 	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads test_engine
 	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
+
+# The CUDA backend (needs nvcc and a GPU): every op against the CPU backend,
+# the model fixtures and the engine on the device. Prints the test's summary
+# lines and, on failure, its failures.
+CUDA_BUILD ?= build-cuda
+test-cuda:
+	@sh scripts/bootstrap.sh
+	cmake -S . -B $(CUDA_BUILD) -DMINERVA_CUDA=ON $(CMAKE_FLAGS) >/dev/null
+	cmake --build $(CUDA_BUILD) -j $(JOBS) --target test_cuda minerva_cli >/dev/null
+	cd tests && ../$(CUDA_BUILD)/tests/test_cuda
 
 # 64-bit ARM: cross-build with Debian's gcc-aarch64-linux-gnu into
 # $(AARCH64_BUILD) and run the whole suite under qemu-aarch64. qemu's default
@@ -75,7 +88,7 @@ AARCH64_BUILD ?= build-aarch64
 AARCH64_NEON_TESTS ?= test_convert|test_model|test_quant_models|e2e_generate|e2e_gptoss
 test-aarch64:
 	@sh scripts/bootstrap.sh
-	cmake -S . -B $(AARCH64_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake $(CMAKE_FLAGS)
+	cmake -S . -B $(AARCH64_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DMINERVA_CUDA=OFF $(CMAKE_FLAGS)
 	cmake --build $(AARCH64_BUILD) -j $(JOBS)
 	$(AARCH64_BUILD)/tests/run_minerva_cli --version
 	cd $(AARCH64_BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -83,7 +96,7 @@ test-aarch64:
 
 
 clean:
-	rm -rf $(BUILD) build-clang build-sanitize build-tsan
+	rm -rf $(BUILD) build-clang build-sanitize build-tsan build-cuda
 
 # Install the libraries, header, pkg-config file, CMake package, the CLI and
 # the bundled model under PREFIX (DESTDIR is honoured too).

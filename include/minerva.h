@@ -370,6 +370,10 @@ typedef struct {
                               bits with the batch's composition */
     int32_t kv_type_k;   /* mnv_kv_type of the K cache; MNV_KV_DEFAULT (0): as kv_dtype */
     int32_t kv_type_v;   /* mnv_kv_type of the V cache; MNV_KV_DEFAULT (0): as kv_dtype */
+    const char *device;    /* where to compute: "cpu", "cuda" (device 0) or "cuda:N"; NULL = the
+                              default (the CPU). A device not built in or not present fails
+                              mnv_session_create with MNV_ERR_UNSUPPORTED naming it. The string
+                              is read during the call only */
     uint32_t reserved[6];
 } mnv_session_params;
 
@@ -600,6 +604,7 @@ typedef struct {
                                  what it is batched with */
     int32_t kv_type_k;        /* as in mnv_session_params: K and V element types (mnv_kv_type, */
     int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
+    const char *device;       /* as in mnv_session_params */
     uint32_t reserved[6];
 } mnv_engine_params;
 

@@ -351,14 +351,15 @@ void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap) {
 }
 
 void cli_run_opts(cli_run_flags *f, cli_opt *out) {
-    const cli_opt opts[4] = {
+    const cli_opt opts[5] = {
         {"-t", "--threads", CLI_INT, &f->n_threads, 0, 4096, NULL},
         {"-c", "--ctx", CLI_INT, &f->n_ctx, 0, 1 << 30, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &f->exact_quant, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &f->deterministic, 0, 0, NULL},
+        {NULL, "--device", CLI_STR, &f->device, 0, 0, NULL},
     };
     memcpy(out, opts, sizeof opts);
-    cli_kv_opts(&f->kv, out + 4);
+    cli_kv_opts(&f->kv, out + 5);
 }
 
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
@@ -369,7 +370,8 @@ void cli_run_usage(char *buf, size_t cap, const char *ctx_what) {
            "                          slower) instead of rounding them to int8\n"
            "      --deterministic     compute every token as if it were alone in its batch: the\n"
            "                          same tokens whatever the chunking or batching (slower\n"
-           "                          prompt processing)\n",
+           "                          prompt processing)\n"
+           "      --device D          where to compute: cpu, cuda or cuda:N (default cpu)\n",
            ctx_what);
     cli_kv_usage(buf, cap);
 }

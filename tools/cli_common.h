@@ -135,9 +135,10 @@ void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap);
 typedef struct {
     int n_threads, n_ctx, exact_quant, deterministic;
     cli_kv_flags kv;
+    const char *device;  /* NULL: the library's default (cpu) */
 } cli_run_flags;
 
-#define CLI_RUN_N_OPTS (4 + CLI_KV_N_OPTS)
+#define CLI_RUN_N_OPTS (5 + CLI_KV_N_OPTS)
 void cli_run_opts(cli_run_flags *f, cli_opt *out);
 /* Append their help lines to buf; ctx_what says what --ctx sizes. */
 void cli_run_usage(char *buf, size_t cap, const char *ctx_what);

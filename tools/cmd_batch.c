@@ -394,6 +394,7 @@ static int make_engine(const batch_opts *o, mnv_model *model, mnv_engine **e) {
     if (cli_kv_types(CMD, &o->run.kv, &ep.kv_type_k, &ep.kv_type_v)) return CLI_EXIT_USAGE;
     ep.exact_quant = o->run.exact_quant;
     ep.deterministic = o->run.deterministic;
+    ep.device = o->run.device;
     ep.kv_budget_bytes = (uint64_t)((double)o->kv_budget_mb * 1024.0 * 1024.0);
     ep.kv_max_tokens = o->kv_tokens;
     ep.max_seqs = o->parallel;

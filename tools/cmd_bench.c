@@ -39,6 +39,7 @@ static const char USAGE[] =
     "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
     "      --deterministic products as if every token were alone in its batch\n"
+    "      --device D      where to compute: cpu, cuda or cuda:N (default cpu)\n"
     "      --json          print one JSON object instead of text\n"
     "      --parallel LIST N concurrent sequences on one engine instead of the pp and tg\n"
     "                      tests, for each N of LIST (e.g. 1,2,4,8,16): N random prompts\n"
@@ -55,6 +56,7 @@ typedef struct {
     int exact_quant, deterministic;
     const char *parallel; /* --parallel LIST, NULL when not given */
     int prefill_seen;
+    const char *device; /* NULL: the library's default */
 } bench_opts;
 
 typedef struct {
@@ -186,6 +188,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     }
     sp.exact_quant = o->exact_quant;
     sp.deterministic = o->deterministic;
+    sp.device = o->device;
     sp.n_threads = o->n_threads;
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
@@ -329,6 +332,7 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
     if (cli_kv_types(CMD, &o->kv, &ep.kv_type_k, &ep.kv_type_v)) return CLI_EXIT_USAGE;
     ep.exact_quant = o->exact_quant;
     ep.deterministic = o->deterministic;
+    ep.device = o->device;
     ep.max_seqs = n_seqs;
     ep.max_seq_tokens = p + o->n_decode + 1;
     /* room for every sequence at full length, in whole blocks: no preemption */
@@ -443,6 +447,7 @@ int cmd_bench(int argc, char **argv) {
         {NULL, "--exact-quant", CLI_FLAG, &o.exact_quant, 0, 0, NULL},
         {NULL, "--parallel", CLI_STR, &o.parallel, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &o.deterministic, 0, 0, NULL},
+        {NULL, "--device", CLI_STR, &o.device, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

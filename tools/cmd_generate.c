@@ -97,6 +97,7 @@ static int run(gen_opts *o, mnv_model *model, const int32_t *prompt, size_t n_pr
     if (cli_kv_types(CMD, &o->run.kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
     sp.exact_quant = o->run.exact_quant;
     sp.deterministic = o->run.deterministic;
+    sp.device = o->run.device;
     mnv_session *sess = NULL;
     mnv_status st = mnv_session_create(model, &sp, &sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");

@@ -105,6 +105,7 @@ static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mn
     ep->n_threads = o->run.n_threads;
     ep->kv_type_k = kv_k;
     ep->kv_type_v = kv_v;
+    ep->device = o->run.device;
     ep->max_seqs = o->parallel;
     int32_t train = info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096;
     ep->max_seq_tokens = o->run.n_ctx > 0 ? o->run.n_ctx : train;

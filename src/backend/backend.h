@@ -88,7 +88,8 @@ struct mnv_backend {
 };
 
 typedef struct {
-    const char *name;   /* "cpu"; NULL: the default backend */
+    const char *name;   /* "cpu", "cuda", "cuda:N" (device N); NULL: the default backend */
+    int32_t device;     /* the device index (set by mnv_backend_create from "name:N"; 0 otherwise) */
     int n_threads;      /* 0 = all online cores */
     int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
@@ -153,5 +154,7 @@ double mnv_executor_plan_seconds(const mnv_executor *ex);
 
 /* Per-backend constructors (registered in registry.c). */
 mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out);
+/* The CUDA backend (built with MINERVA_CUDA): p->device picks the card. */
+mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **out);
 
 #endif

@@ -1,4 +1,5 @@
 /* The only file that knows every backend. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend.h"
@@ -33,15 +34,48 @@ mnv_status mnv__backend_set_default(const char *name) {
     return MNV_OK;
 }
 
+/* The built-in backends. */
+static const struct {
+    const char *name;
+    mnv_backend_ctor create;
+} builtin[] = {
+    {"cpu", mnv_backend_cpu_create},
+#ifdef MNV_HAVE_CUDA
+    {"cuda", mnv_backend_cuda_create},
+#endif
+};
+
+/* "name" or "name:N" (a device index) -> base name and index. */
+static mnv_status split_name(const char *full, char *base, size_t cap, int32_t *device) {
+    const char *colon = strchr(full, ':');
+    size_t len = colon ? (size_t)(colon - full) : strlen(full);
+    *device = 0;
+    if (len == 0 || len >= cap) return mnv_set_error(MNV_ERR_INVALID_ARG, "backend '%s': bad name", full);
+    memcpy(base, full, len);
+    base[len] = 0;
+    if (!colon) return MNV_OK;
+    char *end = NULL;
+    long v = strtol(colon + 1, &end, 10);
+    if (!colon[1] || *end || v < 0 || v > 1023)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "backend '%s': the device index after ':' must be 0-1023", full);
+    *device = (int32_t)v;
+    return MNV_OK;
+}
+
 mnv_status mnv_backend_create(const mnv_backend_params *p, mnv_backend **out) {
     *out = NULL;
-    const char *name = p && p->name ? p->name : default_name;
-    mnv_backend_params q = {.name = name};
-    if (p) {
-        q = *p;
-        q.name = name;
-    }
-    mnv_backend_ctor create = strcmp(name, "cpu") == 0 ? mnv_backend_cpu_create : NULL;
+    const char *full = p && p->name ? p->name : default_name;
+    char name[32];
+    int32_t device = 0;
+    mnv_status st0 = split_name(full, name, sizeof name, &device);
+    if (st0 != MNV_OK) return st0;
+    mnv_backend_params q = {.name = full};
+    if (p) q = *p;
+    q.name = full;
+    q.device = device;
+    mnv_backend_ctor create = NULL;
+    for (size_t i = 0; !create && i < sizeof builtin / sizeof builtin[0]; i++)
+        if (!strcmp(builtin[i].name, name)) create = builtin[i].create;
     for (int i = 0; !create && i < n_extra && i < MAX_EXTRA; i++)
         if (!strcmp(extra[i].name, name)) create = extra[i].create;
     if (!create) return mnv_set_error(MNV_ERR_UNSUPPORTED, "backend '%s' is not built in", name);

@@ -158,7 +158,7 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
         free(e);
         return st;
     }
-    mnv_backend_params bp = {.name = NULL, .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
+    mnv_backend_params bp = {.name = e->p.device, .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
                              .row_invariant = e->p.deterministic};
     st = mnv_backend_create(&bp, &e->be);
     if (st == MNV_OK) st = mnv_executor_create(e->be, &e->ex);

@@ -45,6 +45,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     ep.step_tokens = s->params.n_batch;
     ep.exact_quant = s->params.exact_quant;
     ep.deterministic = s->params.deterministic;
+    ep.device = s->params.device;
     ep.run_thread = 0;
     s->n_seq = n_seq;
     mnv_status st = mnv__engine_create(model, &ep, &s->e);

@@ -126,7 +126,10 @@ pub struct mnv_session_params {
     pub kv_dtype: mnv_dtype,
     pub exact_quant: i32,
     pub deterministic: i32,
-    pub reserved: [u32; 8],
+    pub kv_type_k: i32,
+    pub kv_type_v: i32,
+    pub device: *const c_char,
+    pub reserved: [u32; 6],
 }
 
 #[repr(C)]

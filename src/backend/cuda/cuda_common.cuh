@@ -1,0 +1,118 @@
+/* Device helpers shared by the CUDA kernel files: element loads and stores
+ * of the float dtypes, the MLX quantized codecs, warp reductions. */
+#ifndef MNV_CUDA_COMMON_CUH
+#define MNV_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "backend/cuda/cuda_kernels.h"
+
+/* qmode values of quant/quant.h */
+enum { CU_QNONE = 0, CU_QAFFINE = 1, CU_QMXFP4 = 2, CU_QMXFP8 = 3, CU_QNVFP4 = 4 };
+
+#define CU_CHECK_LAUNCH() return cudaGetLastError()
+
+static __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+static __device__ __forceinline__ float cu_load(const void *p, int32_t t, int64_t i) {
+    if (t == MNV_CU_F32) return ((const float *)p)[i];
+    if (t == MNV_CU_F16) return __half2float(((const __half *)p)[i]);
+    return bf16_bits_to_f32(((const uint16_t *)p)[i]);
+}
+
+/* f32 -> bf16 rounding to nearest even, NaN kept (as core.h). */
+static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static __device__ __forceinline__ void cu_store(void *p, int32_t t, int64_t i, float v) {
+    if (t == MNV_CU_F32)
+        ((float *)p)[i] = v;
+    else if (t == MNV_CU_F16)
+        ((__half *)p)[i] = __float2half_rn(v);
+    else
+        ((uint16_t *)p)[i] = f32_to_bf16_bits(v);
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* E2M1 by its bits (no table in local memory): exponent field e, mantissa
+ * bit m: e > 0 is (1 + m/2) 2^(e-1), e = 0 is m/2. */
+static __device__ __forceinline__ float e2m1(uint32_t code) {
+    uint32_t e = (code >> 1) & 3, m = code & 1;
+    uint32_t bits = e ? ((e + 126) << 23) | (m << 22) : (m ? 0x3f000000u : 0u);
+    return __uint_as_float(bits | (code & 8) << 28);
+}
+static __device__ __forceinline__ float e4m3(uint32_t code) {
+    uint32_t e = (code >> 3) & 0xf, m = code & 7;
+    if ((code & 0x7f) == 0x7f) return __int_as_float(0x7fc00000);
+    float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), (int)e - 10);
+    return (code & 0x80) ? -v : v;
+}
+static __device__ __forceinline__ float e8m0(uint32_t e) {
+    return __uint_as_float(e == 0 ? 0x00400000u : e << 23);
+}
+
+/* A group's scale (and affine bias): w = code_value * scale + bias. */
+typedef struct {
+    float scale, bias;
+} cu_group;
+
+static __device__ __forceinline__ cu_group cu_group_of(const mnv_cu_weight *w, const void *sc, const void *bi,
+                                                       int64_t g) {
+    cu_group r = {1.0f, 0.0f};
+    switch (w->mode) {
+    case CU_QAFFINE:
+        r.scale = cu_load(sc, w->scale_type, g);
+        r.bias = cu_load(bi, w->scale_type, g);
+        break;
+    case CU_QMXFP4:
+    case CU_QMXFP8: r.scale = e8m0(((const uint8_t *)sc)[g]); break;
+    default: r.scale = e4m3(((const uint8_t *)sc)[g]) * w->global_scale; break;
+    }
+    return r;
+}
+
+/* The value of a code before scaling (affine: the unsigned integer). */
+static __device__ __forceinline__ float cu_code(int32_t mode, uint32_t q) {
+    if (mode == CU_QAFFINE) return (float)q;
+    if (mode == CU_QMXFP8) return e4m3(q);
+    return e2m1(q);
+}
+
+/* Element j of a packed row of any bit width. */
+static __device__ __forceinline__ uint32_t cu_unpack(const uint32_t *row, int32_t bits, int64_t j) {
+    int64_t bit = j * bits;
+    int64_t wi = bit >> 5;
+    int sh = (int)(bit & 31);
+    uint64_t v = row[wi];
+    if (sh + bits > 32) v |= (uint64_t)row[wi + 1] << 32;
+    return (uint32_t)(v >> sh) & ((1u << bits) - 1u);
+}
+
+/* Dequantized element j of row r of expert e. */
+static __device__ __forceinline__ float cu_weight_at(const mnv_cu_weight *w, int64_t e, int64_t r, int64_t j) {
+    if (w->mode == CU_QNONE) return cu_load(w->w, w->wtype, e * w->we + r * w->ldw + j);
+    const uint32_t *row = (const uint32_t *)w->w + e * w->we + r * w->ldw;
+    int64_t so = e * w->se + r * w->lds;
+    size_t ses = w->mode == CU_QAFFINE ? (w->scale_type == MNV_CU_F32 ? 4 : 2) : 1;
+    const void *sc = (const uint8_t *)w->scales + so * ses;
+    const void *bi = w->biases ? (const uint8_t *)w->biases + so * ses : NULL;
+    cu_group g = cu_group_of(w, sc, bi, j / w->group_size);
+    return cu_code(w->mode, cu_unpack(row, w->bits, j)) * g.scale + g.bias;
+}
+
+#endif

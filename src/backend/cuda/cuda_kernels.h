@@ -1,0 +1,166 @@
+/* The CUDA kernels' launch arguments and launchers, shared by the C adapter
+ * (cuda_backend.c) and the CUDA files that implement them. Every launcher
+ * enqueues its work on `stream` and returns at once; pointers are device
+ * addresses; dtypes are mnv_dtype values (F32, F16, BF16 for floats). A
+ * launcher returns cudaSuccess or the launch's error. */
+#ifndef MNV_CUDA_KERNELS_H
+#define MNV_CUDA_KERNELS_H
+
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dtype codes as in core.h (kept in step by a static assert in the adapter) */
+enum { MNV_CU_F32 = 0, MNV_CU_F16 = 1, MNV_CU_BF16 = 2 };
+
+/* y (contiguous, shape) = x (strided) converted from xt to yt. */
+typedef struct {
+    const void *x;
+    void *y;
+    int32_t xt, yt, ndim;
+    int64_t shape[4];
+    int64_t xstride[4]; /* elements */
+} mnv_cu_copy_args;
+cudaError_t mnv_cu_copy(const mnv_cu_copy_args *a, cudaStream_t s);
+
+/* Elementwise ops over rows x n. ADD/MUL: b of dtype bt, row stride bs (0:
+ * one row broadcast); SILU_MUL and SWIGLU_OAI: b f32 of the same shape. */
+enum { MNV_CU_ADD, MNV_CU_MUL, MNV_CU_SILU_MUL, MNV_CU_SWIGLU, MNV_CU_SCALE, MNV_CU_SILU, MNV_CU_GELU };
+typedef struct {
+    int32_t op;
+    const float *a;
+    const void *b;
+    int32_t bt;
+    int64_t bs, rows, n;
+    float f0, f1; /* scale; swiglu alpha and limit */
+    float *y;
+} mnv_cu_elem_args;
+cudaError_t mnv_cu_elem(const mnv_cu_elem_args *a, cudaStream_t s);
+
+/* Row ops: softmax, or rms_norm (w NULL or n f32). */
+cudaError_t mnv_cu_softmax(const float *x, float *y, int64_t rows, int64_t n, cudaStream_t s);
+cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps,
+                            cudaStream_t s);
+
+typedef struct {
+    const float *x;
+    const int32_t *pos;
+    const float *inv_freq; /* n_rot / 2 */
+    float *y;
+    int64_t rows;          /* T */
+    int32_t n_head, head_dim, n_rot, traditional;
+    float attn_factor;
+} mnv_cu_rope_args;
+cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s);
+
+/* y[r] = table[ids[r]] (rows n long, row_stride elements apart) as f32. */
+cudaError_t mnv_cu_get_rows(const void *table, int32_t tt, int64_t row_stride, int64_t n, const int32_t *ids,
+                            float *y, int64_t rows, cudaStream_t s);
+
+/* A paged cache as in cpu/ops.h. */
+typedef struct {
+    int64_t n_head_kv, head_dim, block_tokens, block_stride;
+    int32_t dtype;
+} mnv_cu_cache;
+cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *rows, const int32_t *slot,
+                               int64_t T, cudaStream_t s);
+
+typedef struct {
+    mnv_cu_cache kc, vc; /* K and V: float caches, each of its own dtype and block stride */
+    int32_t n_head;
+    float scale;
+    int32_t window;
+    const float *sinks;    /* NULL or n_head */
+    const void *k, *v;
+    const int32_t *tables; /* NULL: block = sequence */
+    int64_t table_stride;
+    const float *q;        /* (T, H, D) */
+    const int32_t *seq, *pos;
+    float *out;            /* (T, H, D) */
+    int64_t T;
+} mnv_cu_attn_args;
+/* head_dim <= 256. */
+cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, cudaStream_t s);
+
+/* A weight matrix as the product kernels read it: float rows (mode 0) or
+ * MLX packed rows with scales (and affine biases). Row r of expert e starts
+ * at w + e * we + r * ldw elements (U32 words when quantized); its scales at
+ * scales + e * se + r * lds elements. */
+typedef struct {
+    const void *w;
+    int32_t wtype;      /* float weights: dtype */
+    int64_t ldw, we;
+    const void *scales, *biases;
+    int64_t lds, se;
+    int32_t mode, bits, group_size, scale_type; /* mnv_qmode; scale_type: dtype of affine scales */
+    float global_scale;
+} mnv_cu_weight;
+
+/* y (m, n) (row stride ldy) = x (m, k) (row stride ldx) times W's rows^T. */
+typedef struct {
+    const float *x;
+    int64_t ldx;
+    mnv_cu_weight w;
+    float *y;
+    int64_t ldy, m, n, k;
+} mnv_cu_matmul_args;
+cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
+
+/* Dequantize (or widen, for float W) rows ids[0..rows) of W (k each) to y
+ * (rows, k); ids NULL: rows r0, r0 + 1, ... */
+cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
+                             int64_t rows, cudaStream_t s);
+
+/* x (m, k), row stride ldx, as hi + lo in dtype t (BF16; each (m, k)
+ * contiguous): hi = x rounded, lo = the rest rounded, so that a product of
+ * bf16 weights with hi and with lo, summed in f32, is within 2^-16 of the
+ * product with x. */
+cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
+                         cudaStream_t s);
+
+/* y[t, j] = x_t W_{ids[t, j]}^T + bias[ids[t, j]]; x (T, K) or (T, kk, K)
+ * (per_slot); bias (E, N) with strides bs0, bs1 or NULL. */
+typedef struct {
+    const float *x;
+    int32_t per_slot;
+    mnv_cu_weight w;
+    const int32_t *ids;
+    const float *bias;
+    int64_t bs0, bs1;
+    float *y;
+    int64_t T, kk, n, k, E;
+} mnv_cu_moe_args;
+/* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
+ * expert on the device (each expert's rows read once per 8 of its rows);
+ * that needs mnv_cu_moe_scratch bytes of scratch (0 below). */
+#define MNV_CU_MOE_GROUP_MIN 32
+size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E);
+cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
+
+/* Mixture-of-experts helpers (as cpu/ops.h). */
+cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s);
+cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows,
+                                  cudaStream_t s);
+cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows,
+                           cudaStream_t s);
+
+/* ---- large products through cuBLAS (cuda_gemm.c) ---- */
+/* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32
+ * weights by SGEMM; bf16 weights on tensor cores with x split into two
+ * bf16 terms (mnv_cu_split: results within 2^-16 of f32 activations);
+ * packed and f16 weights widened to f32 in slices of rows
+ * (mnv_cu_qget_rows, which reads float rows too), then SGEMM. Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
+#define MNV_CU_GEMM_MIN_ROWS 16
+size_t mnv__cu_gemm_scratch(const mnv_cu_matmul_args *a);
+/* Returns a message naming what failed, or NULL. */
+const char *mnv__cu_gemm(void *cublas, const mnv_cu_matmul_args *a, void *scratch, cudaStream_t s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

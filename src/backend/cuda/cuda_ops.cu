@@ -1,0 +1,238 @@
+/* CUDA kernels other than products and attention: copies, elementwise and
+ * row ops, RoPE, row gathers, cache writes and the mixture-of-experts
+ * helpers. Simple one-thread-per-element (or one-block-per-row) kernels;
+ * the arithmetic follows cpu/ops.c. */
+#include "backend/cuda/cuda_common.cuh"
+
+static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+/* ---- copy ---- */
+static __global__ void k_copy(mnv_cu_copy_args a, int64_t total) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int64_t rem = i, off = 0;
+    for (int d = a.ndim - 1; d >= 0; d--) {
+        off += (rem % a.shape[d]) * a.xstride[d];
+        rem /= a.shape[d];
+    }
+    cu_store(a.y, a.yt, i, cu_load(a.x, a.xt, off));
+}
+
+extern "C" cudaError_t mnv_cu_copy(const mnv_cu_copy_args *a, cudaStream_t s) {
+    int64_t total = 1;
+    for (int d = 0; d < a->ndim; d++) total *= a->shape[d];
+    if (total > 0) k_copy<<<blocks_for(total, 256), 256, 0, s>>>(*a, total);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- elementwise ---- */
+static __global__ void k_elem(mnv_cu_elem_args a) {
+    int64_t total = a.rows * a.n;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        float x = a.a[i], y;
+        switch (a.op) {
+        case MNV_CU_ADD: y = x + cu_load(a.b, a.bt, (i / a.n) * a.bs + i % a.n); break;
+        case MNV_CU_MUL: y = x * cu_load(a.b, a.bt, (i / a.n) * a.bs + i % a.n); break;
+        case MNV_CU_SILU_MUL: y = x / (1.0f + expf(-x)) * ((const float *)a.b)[i]; break;
+        case MNV_CU_SWIGLU: {
+            float g = fminf(x, a.f1), u = fminf(fmaxf(((const float *)a.b)[i], -a.f1), a.f1);
+            y = g / (1.0f + expf(-a.f0 * g)) * (u + 1.0f);
+            break;
+        }
+        case MNV_CU_SCALE: y = x * a.f0; break;
+        case MNV_CU_SILU: y = x / (1.0f + expf(-x)); break;
+        default: y = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); break;
+        }
+        a.y[i] = y;
+    }
+}
+
+extern "C" cudaError_t mnv_cu_elem(const mnv_cu_elem_args *a, cudaStream_t s) {
+    int64_t total = a->rows * a->n;
+    if (total > 0) {
+        int64_t b = blocks_for(total, 256);
+        k_elem<<<(unsigned)(b < 65536 ? b : 65536), 256, 0, s>>>(*a);
+    }
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- row ops: one block of 256 threads per row ---- */
+static __device__ float block_reduce(float v, bool is_max, float *sh) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) sh[w] = v;
+    __syncthreads();
+    int nw = blockDim.x >> 5;
+    v = l < nw ? sh[l] : (is_max ? -INFINITY : 0.0f);
+    return is_max ? warp_max(v) : warp_sum(v);
+}
+
+static __global__ void k_softmax(const float *x, float *y, int64_t n) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * n;
+    float *yr = y + blockIdx.x * n;
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = block_reduce(m, true, sh);
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        float e = expf(xr[i] - m);
+        yr[i] = e;
+        sum += e;
+    }
+    float inv = 1.0f / block_reduce(sum, false, sh);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] *= inv;
+}
+
+extern "C" cudaError_t mnv_cu_softmax(const float *x, float *y, int64_t rows, int64_t n, cudaStream_t s) {
+    if (rows > 0) k_softmax<<<(unsigned)rows, 256, 0, s>>>(x, y, n);
+    CU_CHECK_LAUNCH();
+}
+
+static __global__ void k_rms_norm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * n;
+    float *yr = y + blockIdx.x * n;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_reduce(ss, false, sh);
+    float inv = (float)(1.0 / sqrt((double)ss / (double)n + eps));
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = w ? (xr[i] * inv) * w[i] : xr[i] * inv;
+}
+
+extern "C" cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps,
+                                       cudaStream_t s) {
+    if (rows > 0) k_rms_norm<<<(unsigned)rows, 256, 0, s>>>(x, w, y, n, eps);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- RoPE: one thread per (row, head, rotated pair); the rest copied ---- */
+static __global__ void k_rope(mnv_cu_rope_args a) {
+    int32_t D = a.head_dim, half = a.n_rot / 2, per_head = half + (D - a.n_rot);
+    int64_t total = a.rows * a.n_head * per_head;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int32_t k = (int32_t)(i % per_head);
+    int64_t rh = i / per_head, r = rh / a.n_head;
+    const float *xh = a.x + rh * D;
+    float *yh = a.y + rh * D;
+    if (k >= half) { /* a dimension that is not rotated */
+        int32_t d = a.n_rot + (k - half);
+        yh[d] = xh[d];
+        return;
+    }
+    float ang = (float)a.pos[r] * a.inv_freq[k]; /* f32 product, as the reference computes it */
+    float cs = (float)cos((double)ang) * a.attn_factor, sn = (float)sin((double)ang) * a.attn_factor;
+    int32_t i0 = a.traditional ? 2 * k : k, i1 = a.traditional ? 2 * k + 1 : k + half;
+    float x0 = xh[i0], x1 = xh[i1];
+    yh[i0] = x0 * cs - x1 * sn;
+    yh[i1] = x1 * cs + x0 * sn;
+}
+
+extern "C" cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s) {
+    int64_t total = a->rows * a->n_head * (a->n_rot / 2 + a->head_dim - a->n_rot);
+    if (total > 0) k_rope<<<blocks_for(total, 256), 256, 0, s>>>(*a);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- row gathers and cache writes ---- */
+static __global__ void k_get_rows(const void *table, int32_t tt, int64_t rs, int64_t n, const int32_t *ids, float *y,
+                                  int64_t rows) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * n) return;
+    int64_t r = i / n, c = i % n;
+    y[i] = cu_load(table, tt, (int64_t)ids[r] * rs + c);
+}
+
+extern "C" cudaError_t mnv_cu_get_rows(const void *table, int32_t tt, int64_t row_stride, int64_t n,
+                                       const int32_t *ids, float *y, int64_t rows, cudaStream_t s) {
+    if (rows * n > 0) k_get_rows<<<blocks_for(rows * n, 256), 256, 0, s>>>(table, tt, row_stride, n, ids, y, rows);
+    CU_CHECK_LAUNCH();
+}
+
+static __global__ void k_cache_write(mnv_cu_cache c, void *cache, const float *rows, const int32_t *slot, int64_t T) {
+    int64_t rowlen = c.n_head_kv * c.head_dim;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * rowlen) return;
+    int64_t t = i / rowlen, e = i % rowlen;
+    int64_t blk = slot[t] / c.block_tokens, r = slot[t] % c.block_tokens;
+    cu_store(cache, c.dtype, blk * c.block_stride + r * rowlen + e, rows[i]);
+}
+
+extern "C" cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *rows, const int32_t *slot,
+                                          int64_t T, cudaStream_t s) {
+    int64_t total = T * c->n_head_kv * c->head_dim;
+    if (total > 0) k_cache_write<<<blocks_for(total, 256), 256, 0, s>>>(*c, cache, rows, slot, T);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- mixture-of-experts helpers: one thread per row (k and E are small) ---- */
+static __global__ void k_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
+    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float *xr = x + r * n;
+    int32_t *out = ids + r * k;
+    int32_t cnt = 0;
+    for (int32_t i = 0; i < n; i++) { /* insertion into a sorted list of k; ties keep the lower index */
+        int32_t p = cnt < k ? cnt : k;
+        while (p > 0 && xr[i] > xr[out[p - 1]]) p--;
+        if (p >= k) continue;
+        int32_t last = cnt < k ? cnt : k - 1;
+        for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
+        out[p] = i;
+        if (cnt < k) cnt++;
+    }
+}
+
+extern "C" cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s) {
+    if (rows > 0) k_topk<<<blocks_for(rows, 64), 64, 0, s>>>(x, n, k, ids, rows);
+    CU_CHECK_LAUNCH();
+}
+
+static __global__ void k_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w,
+                                        int64_t rows) {
+    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    const float *xr = x + r * n;
+    float m = -INFINITY, s = 0.0f;
+    for (int32_t j = 0; j < k; j++) m = fmaxf(m, xr[ids[r * k + j]]);
+    for (int32_t j = 0; j < k; j++) s += w[r * k + j] = expf(xr[ids[r * k + j]] - m);
+    for (int32_t j = 0; j < k; j++) w[r * k + j] /= s;
+}
+
+extern "C" cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w,
+                                             int64_t rows, cudaStream_t s) {
+    if (rows > 0) k_gather_softmax<<<blocks_for(rows, 64), 64, 0, s>>>(x, n, ids, k, w, rows);
+    CU_CHECK_LAUNCH();
+}
+
+static __global__ void k_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * n) return;
+    int64_t r = i / n, c = i % n;
+    float acc = 0.0f;
+    for (int32_t j = 0; j < k; j++) acc += w[r * k + j] * x[(r * k + j) * n + c];
+    y[i] = acc;
+}
+
+extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows,
+                                      cudaStream_t s) {
+    if (rows * n > 0) k_moe_sum<<<blocks_for(rows * n, 256), 256, 0, s>>>(x, w, k, n, y, rows);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- the f32 activations of a product as two half-precision terms ---- */
+static __global__ void k_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= m * k) return;
+    float v = x[(i / k) * ldx + i % k];
+    cu_store(hi, t, i, v);
+    cu_store(lo, t, i, v - cu_load(hi, t, i));
+}
+
+extern "C" cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
+                                    cudaStream_t s) {
+    if (m * k > 0) k_split<<<blocks_for(m * k, 256), 256, 0, s>>>(x, ldx, m, k, t, hi, lo);
+    CU_CHECK_LAUNCH();
+}

@@ -1,0 +1,748 @@
+/* The CUDA backend against the CPU backend: every graph op at fresh random
+ * inputs and shapes (per-dtype tolerances, relative L2 over the output),
+ * then the model fixtures end to end (logits against the transformers
+ * references the CPU test matches, greedy continuations, decoding token by
+ * token against prefill) and an engine's batched requests against each
+ * request alone. Without a CUDA build or a device it prints why and exits
+ * 77 (CTest reports the test as skipped). */
+#include "minerva.h"
+#include "backend/backend.h"
+#include "test.h"
+
+/* One side of a comparison: a backend, and device copies of the case's
+ * data when the backend's memory is its own. */
+typedef struct {
+    mnv_backend *be;
+    mnv_buffer *bufs[32];
+    int nb;
+} side;
+
+/* A parameter leaf holding host data: in place on the CPU, in a buffer on a device. */
+static mnv_array *P(side *s, mnv_graph *g, const void *host, mnv_dtype dt, int nd, const int64_t *shape) {
+    if (mnv_backend_host_memory(s->be)) return mnv_param(g, host, dt, nd, shape, "p");
+    int64_t ne = 1;
+    for (int i = 0; i < nd; i++) ne *= shape[i];
+    size_t bytes = (size_t)ne * mnv_dtype_size(dt);
+    mnv_buffer *b = NULL;
+    if (s->nb == 32 || mnv_buffer_alloc(s->be, bytes ? bytes : 4, &b) != MNV_OK) return NULL;
+    s->bufs[s->nb++] = b;
+    if (bytes && mnv_buffer_upload(b, 0, host, bytes) != MNV_OK) return NULL;
+    return mnv_param(g, mnv_buffer_addr(b), dt, nd, shape, "p");
+}
+
+/* A per-step input (uploaded by the executor on a device). */
+static mnv_array *I(mnv_graph *g, const void *host, mnv_dtype dt, int nd, const int64_t *shape) {
+    mnv_array *a = mnv_input(g, dt, nd, shape, "in");
+    if (a) memcpy(mnv_input_data(a), host, (size_t)mnv_array_nelem(a) * mnv_dtype_size(dt));
+    return a;
+}
+
+typedef mnv_array *(*build_fn)(side *s, mnv_graph *g, void *ud);
+
+/* Build with `build` on one backend, run, and read the output as bytes. */
+static void *run_on(mnv_backend *be, build_fn build, void *ud, size_t *bytes) {
+    side s = {.be = be};
+    mnv_graph *g = NULL;
+    mnv_executor *ex = NULL;
+    void *out = NULL;
+    *bytes = 0;
+    if (mnv_graph_create(256, &g) != MNV_OK || mnv_executor_create(be, &ex) != MNV_OK) goto done;
+    mnv_array *y = build(&s, g, ud);
+    if (!y) {
+        CHECKF(0, "%s: build: %s", be->iface->name, mnv_last_error());
+        goto done;
+    }
+    mnv_set_output(y);
+    mnv_status st = mnv_executor_run(ex, g);
+    CHECKF(st == MNV_OK, "%s: run: %s", be->iface->name, mnv_last_error());
+    if (st != MNV_OK) goto done;
+    *bytes = (size_t)mnv_array_nelem(y) * mnv_dtype_size(y->dtype);
+    out = malloc(*bytes ? *bytes : 1);
+    st = mnv_executor_read(ex, y, out, *bytes);
+    CHECKF(st == MNV_OK, "%s: read: %s", be->iface->name, mnv_last_error());
+done:
+    mnv_executor_free(ex);
+    mnv_graph_free(g);
+    for (int i = 0; i < s.nb; i++) mnv_buffer_free(s.bufs[i]);
+    return out;
+}
+
+static mnv_backend *cpu, *gpu;
+
+/* The case on both backends: f32 outputs within tol (relative L2), other
+ * outputs (ids) equal. */
+static void compare(const char *what, build_fn build, void *ud, double tol, bool exact_ids) {
+    size_t nc = 0, ng = 0;
+    void *a = run_on(cpu, build, ud, &nc), *b = run_on(gpu, build, ud, &ng);
+    if (a && b && nc == ng) {
+        if (exact_ids) {
+            CHECKF(!memcmp(a, b, nc), "%s: ids differ", what);
+        } else {
+            double e = t_rel_l2(b, a, nc / 4);
+            bool finite = true;
+            for (size_t i = 0; i < nc / 4; i++) finite &= isfinite(((float *)b)[i]);
+            CHECKF(finite && e <= tol, "%s: rel L2 %.3g > %.1g", what, e, tol);
+            if (getenv("MNV_TEST_VERBOSE")) printf("%-40s rel L2 %.3g\n", what, e);
+        }
+    } else {
+        CHECKF(0, "%s: no result to compare", what);
+    }
+    free(a);
+    free(b);
+}
+
+static float *randv(size_t n, float scale) {
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = t_randf() * scale;
+    return v;
+}
+
+/* n floats stored as dt (returned memory is n * size(dt) bytes) */
+static void *as_dtype(const float *v, size_t n, mnv_dtype dt) {
+    void *o = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) {
+        if (dt == MNV_DTYPE_F32) ((float *)o)[i] = v[i];
+        else if (dt == MNV_DTYPE_F16) ((uint16_t *)o)[i] = mnv_f32_to_f16(v[i]);
+        else ((uint16_t *)o)[i] = mnv_f32_to_bf16(v[i]);
+    }
+    return o;
+}
+
+static const mnv_dtype float_types[3] = {MNV_DTYPE_F32, MNV_DTYPE_F16, MNV_DTYPE_BF16};
+
+/* ---- elementwise, row ops, copies ---- */
+typedef struct {
+    int op;
+    int64_t rows, n;
+    mnv_dtype bt;
+    bool row_b;
+    float *a, *b;
+    void *bd;
+} elem_case;
+
+static mnv_array *build_elem(side *s, mnv_graph *g, void *ud) {
+    elem_case *c = ud;
+    int64_t sh[2] = {c->rows, c->n}, bsh[2] = {c->row_b ? 1 : c->rows, c->n};
+    mnv_array *a = P(s, g, c->a, MNV_DTYPE_F32, 2, sh);
+    mnv_array *b = P(s, g, c->bd, c->bt, 2, bsh);
+    switch (c->op) {
+    case 0: return mnv_add(g, a, b);
+    case 1: return mnv_mul(g, a, b);
+    case 2: return mnv_silu_mul(g, a, b);
+    case 3: return mnv_swiglu_oai(g, a, b, 1.702f, 7.0f);
+    case 4: return mnv_scale(g, a, 0.37f);
+    case 5: return mnv_silu(g, a);
+    case 6: return mnv_gelu(g, a);
+    case 7: return mnv_softmax(g, a);
+    case 8: return mnv_rms_norm(g, a, NULL, 1e-5f);
+    case 9: {
+        int64_t n1 = c->n;
+        return mnv_rms_norm(g, a, P(s, g, c->b, MNV_DTYPE_F32, 1, &n1), 1e-6f);
+    }
+    case 10: /* strided copy to a dtype, and back */
+        return mnv_cast(g, mnv_cast(g, mnv_transpose(g, a, 0, 1), c->bt), MNV_DTYPE_F32);
+    default: return mnv_cast(g, b, MNV_DTYPE_F32);                 /* from a half dtype */
+    }
+}
+
+static void test_elementwise(void) {
+    static const char *names[] = {"add", "mul", "silu_mul", "swiglu_oai", "scale", "silu", "gelu",
+                                  "softmax", "rms_norm", "rms_norm(w)", "copy(transpose)", "copy(cast)"};
+    for (int op = 0; op < 12; op++)
+        for (int ti = 0; ti < 3; ti++) {
+            elem_case c = {.op = op, .rows = t_randint(1, 9), .n = t_randint(1, 700), .bt = float_types[ti]};
+            c.row_b = op < 2 && t_randint(0, 1);
+            if (op >= 2 && op != 10) c.bt = op == 11 ? float_types[ti] : MNV_DTYPE_F32;
+            size_t na = (size_t)(c.rows * c.n);
+            c.a = randv(na, op == 3 ? 10.0f : 4.0f);
+            c.b = randv(na, 4.0f);
+            c.bd = as_dtype(c.b, na, c.bt);
+            char what[64];
+            snprintf(what, sizeof what, "%s %s (%lld, %lld)", names[op], mnv_dtype_name(c.bt), (long long)c.rows,
+                     (long long)c.n);
+            compare(what, build_elem, &c, 1e-5, false);
+            free(c.a);
+            free(c.b);
+            free(c.bd);
+            if (op >= 2 && op < 10) break; /* one dtype: b is f32 */
+        }
+}
+
+/* ---- RoPE and row gathers ---- */
+typedef struct {
+    int64_t T, H, D;
+    int32_t n_rot, trad;
+    float af;
+    float *x, *inv;
+    int32_t *pos;
+} rope_case;
+
+static mnv_array *build_rope(side *s, mnv_graph *g, void *ud) {
+    rope_case *c = ud;
+    int64_t sh[3] = {c->T, c->H, c->D}, nf = c->n_rot / 2;
+    return mnv_rope(g, P(s, g, c->x, MNV_DTYPE_F32, 3, sh), I(g, c->pos, MNV_DTYPE_I32, 1, &c->T),
+                    P(s, g, c->inv, MNV_DTYPE_F32, 1, &nf), c->n_rot, c->trad, c->af);
+}
+
+static void test_rope(void) {
+    for (int i = 0; i < 4; i++) {
+        rope_case c = {.T = t_randint(1, 7), .H = t_randint(1, 5), .D = i < 2 ? 64 : 128, .trad = i & 1,
+                       .af = i == 3 ? 1.35f : 1.0f};
+        c.n_rot = i == 2 ? 32 : (int32_t)c.D;
+        c.x = randv((size_t)(c.T * c.H * c.D), 2.0f);
+        c.inv = malloc(sizeof(float) * (size_t)(c.n_rot / 2));
+        for (int j = 0; j < c.n_rot / 2; j++) c.inv[j] = powf(10000.0f, -2.0f * j / c.n_rot);
+        c.pos = malloc(sizeof(int32_t) * (size_t)c.T);
+        for (int j = 0; j < c.T; j++) c.pos[j] = t_randint(0, 8000);
+        char what[64];
+        snprintf(what, sizeof what, "rope D %lld n_rot %d trad %d", (long long)c.D, c.n_rot, c.trad);
+        compare(what, build_rope, &c, 1e-5, false);
+        free(c.x);
+        free(c.inv);
+        free(c.pos);
+    }
+}
+
+typedef struct {
+    int64_t V, D, T;
+    mnv_dtype dt;
+    void *table;
+    int32_t *ids;
+    /* quantized */
+    mnv_qformat fmt;
+    uint32_t *packed;
+    void *scales, *biases;
+} rows_case;
+
+static mnv_array *build_get_rows(side *s, mnv_graph *g, void *ud) {
+    rows_case *c = ud;
+    int64_t sh[2] = {c->V, c->D};
+    return mnv_get_rows(g, P(s, g, c->table, c->dt, 2, sh), I(g, c->ids, MNV_DTYPE_I32, 1, &c->T));
+}
+
+static void test_get_rows(void) {
+    for (int ti = 0; ti < 3; ti++) {
+        rows_case c = {.V = t_randint(2, 60), .D = t_randint(1, 300), .T = t_randint(1, 9), .dt = float_types[ti]};
+        float *v = randv((size_t)(c.V * c.D), 1.0f);
+        c.table = as_dtype(v, (size_t)(c.V * c.D), c.dt);
+        c.ids = malloc(sizeof(int32_t) * (size_t)c.T);
+        for (int i = 0; i < c.T; i++) c.ids[i] = t_randint(0, (int)c.V - 1);
+        char what[64];
+        snprintf(what, sizeof what, "get_rows %s", mnv_dtype_name(c.dt));
+        compare(what, build_get_rows, &c, 0, false);
+        free(v);
+        free(c.table);
+        free(c.ids);
+    }
+}
+
+/* ---- quantized weights ---- */
+/* The formats the models use (and the rest MLX defines). */
+static const mnv_qformat qformats[] = {
+    {MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_F16},
+    {MNV_QMODE_AFFINE, 2, 32, MNV_DTYPE_F32},  {MNV_QMODE_AFFINE, 3, 64, MNV_DTYPE_BF16},
+    {MNV_QMODE_AFFINE, 5, 32, MNV_DTYPE_F16},  {MNV_QMODE_AFFINE, 6, 128, MNV_DTYPE_BF16},
+    {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},    {MNV_QMODE_MXFP8, 8, 32, MNV_DTYPE_U8},
+    {MNV_QMODE_NVFP4, 4, 16, MNV_DTYPE_U8},
+};
+#define N_QFORMATS (int)(sizeof qformats / sizeof qformats[0])
+
+/* A random (rows, k) matrix quantized in fmt (allocations in *c). */
+static void quantize(rows_case *c, int64_t rows, int64_t k) {
+    int64_t words = mnv_qformat_row_words(&c->fmt, k), groups = mnv_qformat_row_groups(&c->fmt, k);
+    size_t ses = mnv_dtype_size(c->fmt.scale_dtype);
+    c->packed = malloc(sizeof(uint32_t) * (size_t)(rows * words));
+    c->scales = malloc(ses * (size_t)(rows * groups));
+    c->biases = malloc(ses * (size_t)(rows * groups));
+    float *w = randv((size_t)k, 1.0f);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t j = 0; j < k; j++) w[j] = t_randf() * 0.5f;
+        mnv_quantize_row(&c->fmt, w, k, c->packed + r * words, (uint8_t *)c->scales + (size_t)(r * groups) * ses,
+                         (uint8_t *)c->biases + (size_t)(r * groups) * ses, 1.0f);
+    }
+    free(w);
+}
+
+static void quant_leaves(side *s, mnv_graph *g, rows_case *c, int64_t rows, int64_t k, mnv_array **w, mnv_array **sc,
+                         mnv_array **bi) {
+    int64_t ws[2] = {rows, mnv_qformat_row_words(&c->fmt, k)}, ss[2] = {rows, mnv_qformat_row_groups(&c->fmt, k)};
+    *w = P(s, g, c->packed, MNV_DTYPE_U32, 2, ws);
+    *sc = P(s, g, c->scales, c->fmt.scale_dtype, 2, ss);
+    *bi = c->fmt.mode == MNV_QMODE_AFFINE ? P(s, g, c->biases, c->fmt.scale_dtype, 2, ss) : NULL;
+}
+
+static mnv_array *build_qget_rows(side *s, mnv_graph *g, void *ud) {
+    rows_case *c = ud;
+    mnv_array *w, *sc, *bi;
+    quant_leaves(s, g, c, c->V, c->D, &w, &sc, &bi);
+    return mnv_qget_rows(g, w, sc, bi, &c->fmt, c->D, I(g, c->ids, MNV_DTYPE_I32, 1, &c->T));
+}
+
+static void test_qget_rows(void) {
+    for (int f = 0; f < N_QFORMATS; f++) {
+        rows_case c = {.V = t_randint(2, 40), .D = 128 * t_randint(1, 3), .T = t_randint(1, 9), .fmt = qformats[f]};
+        quantize(&c, c.V, c.D);
+        c.ids = malloc(sizeof(int32_t) * (size_t)c.T);
+        for (int i = 0; i < c.T; i++) c.ids[i] = t_randint(0, (int)c.V - 1);
+        char what[64];
+        snprintf(what, sizeof what, "qget_rows %s %d/%d", mnv_qmode_name(c.fmt.mode), c.fmt.bits, c.fmt.group_size);
+        compare(what, build_qget_rows, &c, 1e-6, false);
+        free(c.packed);
+        free(c.scales);
+        free(c.biases);
+        free(c.ids);
+    }
+}
+
+/* ---- products ---- */
+typedef struct {
+    int64_t m, n, k, ldw;
+    mnv_dtype wt;
+    float *x;
+    void *w;
+    rows_case q; /* quantized when q.fmt.mode != NONE */
+} mm_case;
+
+static mnv_array *build_matmul(side *s, mnv_graph *g, void *ud) {
+    mm_case *c = ud;
+    int64_t xs[2] = {c->m, c->k};
+    mnv_array *x = P(s, g, c->x, MNV_DTYPE_F32, 2, xs);
+    if (c->q.fmt.mode != MNV_QMODE_NONE) {
+        mnv_array *w, *sc, *bi;
+        quant_leaves(s, g, &c->q, c->n, c->k, &w, &sc, &bi);
+        return mnv_qmatmul(g, x, w, sc, bi, &c->q.fmt, c->k);
+    }
+    int64_t all[2] = {c->n, c->ldw}, ws[2] = {c->n, c->k}, st[2] = {c->ldw, 1};
+    mnv_array *w = P(s, g, c->w, c->wt, 2, all);
+    return mnv_matmul(g, x, c->ldw == c->k ? w : mnv_view(g, w, 2, ws, st, c->ldw - c->k));
+}
+
+static void test_matmul(void) {
+    static const int64_t ms[] = {1, 3, 6, 33, 130};
+    /* the CPU may round activations to bf16 for bf16 weights (AVX-512 BF16): 2^-9 per product */
+    static const double tol[3] = {1e-5, 1e-5, 4e-3};
+    for (int ti = 0; ti < 3; ti++)
+        for (int mi = 0; mi < 5; mi++) {
+            mm_case c = {.m = ms[mi], .n = t_randint(1, 80), .k = t_randint(1, 300), .wt = float_types[ti]};
+            c.ldw = c.k + (mi == 2 ? t_randint(1, 9) : 0);
+            c.x = randv((size_t)(c.m * c.k), 1.0f);
+            float *w = randv((size_t)(c.n * c.ldw), 1.0f);
+            c.w = as_dtype(w, (size_t)(c.n * c.ldw), c.wt);
+            char what[80];
+            snprintf(what, sizeof what, "matmul %s m %lld n %lld k %lld", mnv_dtype_name(c.wt), (long long)c.m,
+                     (long long)c.n, (long long)c.k);
+            compare(what, build_matmul, &c, tol[ti], false);
+            free(c.x);
+            free(w);
+            free(c.w);
+        }
+    for (int f = 0; f < N_QFORMATS; f++)
+        for (int mi = 0; mi < 5; mi += 2) {
+            mm_case c = {.m = ms[mi], .n = t_randint(1, 70), .k = 128 * t_randint(1, 4)};
+            c.q.fmt = qformats[f];
+            quantize(&c.q, c.n, c.k);
+            c.x = randv((size_t)(c.m * c.k), 1.0f);
+            char what[80];
+            snprintf(what, sizeof what, "qmatmul %s %d/%d m %lld", mnv_qmode_name(c.q.fmt.mode), c.q.fmt.bits,
+                     c.q.fmt.group_size, (long long)c.m);
+            compare(what, build_matmul, &c, 1e-5, false);
+            free(c.x);
+            free(c.q.packed);
+            free(c.q.scales);
+            free(c.q.biases);
+        }
+}
+
+/* ---- paged attention after cache writes ---- */
+typedef struct {
+    int64_t S, NB, B, Hkv, H, D, W, T;
+    int32_t window;
+    bool sinks;
+    mnv_dtype dt, vdt;
+    void *pool;           /* K: NB blocks of K rows, each followed by a block's room (a pool of two layers) */
+    void *vpool;          /* V: NB blocks, contiguous, of dtype vdt */
+    int32_t *tables, *seq, *pos, *slot;
+    float *q, *k, *v, *sink;
+} attn_case;
+
+static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
+    attn_case *c = ud;
+    int64_t row = c->Hkv * c->D, blk = c->B * row, total = c->NB * 2 * blk;
+    mnv_array *pool = P(s, g, c->pool, c->dt, 1, &total);
+    int64_t sh[4] = {c->NB, c->B, c->Hkv, c->D}, st[4] = {2 * blk, row, c->D, 1};
+    mnv_array *kc = mnv_view(g, pool, 4, sh, st, c->NB % 2 ? blk : 0), *vc = P(s, g, c->vpool, c->vdt, 4, sh);
+    int64_t qs[3] = {c->T, c->H, c->D}, ks[3] = {c->T, c->Hkv, c->D}, ts[2] = {c->S, c->W};
+    mnv_array *slot = I(g, c->slot, MNV_DTYPE_I32, 1, &c->T);
+    kc = mnv_cache_write(g, kc, P(s, g, c->k, MNV_DTYPE_F32, 3, ks), slot);
+    vc = mnv_cache_write(g, vc, P(s, g, c->v, MNV_DTYPE_F32, 3, ks), slot);
+    return mnv_attention(g, P(s, g, c->q, MNV_DTYPE_F32, 3, qs), kc, vc, I(g, c->tables, MNV_DTYPE_I32, 2, ts),
+                         I(g, c->seq, MNV_DTYPE_I32, 1, &c->T), I(g, c->pos, MNV_DTYPE_I32, 1, &c->T),
+                         c->sinks ? P(s, g, c->sink, MNV_DTYPE_F32, 1, &c->H) : NULL, 1.0f / sqrtf((float)c->D),
+                         c->window);
+}
+
+static void test_attention(void) {
+    for (int i = 0; i < 12; i++) {
+        attn_case c = {.S = t_randint(1, 3), .B = i % 2 ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
+                       .D = i % 3 == 0 ? 128 : 64, .dt = float_types[i % 3], .sinks = i % 4 >= 2,
+                       .window = i % 5 == 4 ? t_randint(1, 12) : 0};
+        c.H = c.Hkv * t_randint(1, 4);
+        int32_t len[3], nnew[3];
+        c.W = 0;
+        c.T = 0;
+        for (int s = 0; s < c.S; s++) {
+            len[s] = t_randint(1, 70);
+            nnew[s] = t_randint(1, len[s] < 5 ? len[s] : 5);
+            c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
+            c.T += nnew[s];
+        }
+        c.NB = c.S * c.W + 2;
+        c.vdt = float_types[(i + i / 3) % 3]; /* K and V of one type, and of two */
+        int64_t row = c.Hkv * c.D, total = c.NB * 2 * c.B * row;
+        float *pool = randv((size_t)total, 1.0f);
+        c.pool = as_dtype(pool, (size_t)total, c.dt);
+        c.vpool = as_dtype(pool, (size_t)total / 2, c.vdt);
+        c.tables = calloc((size_t)(c.S * c.W), sizeof(int32_t));
+        int32_t *perm = malloc(sizeof(int32_t) * (size_t)c.NB);
+        for (int b = 0; b < c.NB; b++) perm[b] = b;
+        for (int b = (int)c.NB - 1; b > 0; b--) {
+            int j = t_randint(0, b), tmp = perm[b];
+            perm[b] = perm[j];
+            perm[j] = tmp;
+        }
+        for (int s = 0, next = 0; s < c.S; s++)
+            for (int b = 0; b < (len[s] + c.B - 1) / c.B; b++) c.tables[s * c.W + b] = perm[next++];
+        c.seq = malloc(sizeof(int32_t) * (size_t)c.T);
+        c.pos = malloc(sizeof(int32_t) * (size_t)c.T);
+        c.slot = malloc(sizeof(int32_t) * (size_t)c.T);
+        for (int s = 0, t = 0; s < c.S; s++)
+            for (int j = 0; j < nnew[s]; j++, t++) {
+                c.seq[t] = s;
+                c.pos[t] = len[s] - nnew[s] + j;
+                c.slot[t] = c.tables[s * c.W + c.pos[t] / c.B] * (int32_t)c.B + c.pos[t] % (int32_t)c.B;
+            }
+        c.q = randv((size_t)(c.T * c.H * c.D), 1.0f);
+        c.k = randv((size_t)(c.T * row), 1.0f);
+        c.v = randv((size_t)(c.T * row), 1.0f);
+        c.sink = randv((size_t)c.H, 2.0f);
+        char what[96];
+        snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d",
+                 mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt),
+                 (long long)c.H, (long long)c.Hkv, (long long)c.D, (long long)c.B, c.window, c.sinks);
+        compare(what, build_attention, &c, 1e-5, false);
+        free(pool);
+        free(c.pool);
+        free(c.vpool);
+        free(c.tables);
+        free(perm);
+        free(c.seq);
+        free(c.pos);
+        free(c.slot);
+        free(c.q);
+        free(c.k);
+        free(c.v);
+        free(c.sink);
+    }
+}
+
+/* ---- mixture of experts: router, expert products, weighted sum ---- */
+typedef struct {
+    int64_t T, E, kk, N, K;
+    int stage;         /* 0: topk ids, 1: gather_softmax, 2: the whole layer */
+    bool per_slot, interleaved;
+    mnv_dtype wt;
+    float *logits, *x, *bias;
+    void *w;
+    rows_case q;
+} moe_case;
+
+static mnv_array *build_moe(side *s, mnv_graph *g, void *ud) {
+    moe_case *c = ud;
+    int64_t ls[2] = {c->T, c->E};
+    mnv_array *logits = P(s, g, c->logits, MNV_DTYPE_F32, 2, ls);
+    mnv_array *ids = mnv_topk(g, logits, (int32_t)c->kk);
+    if (c->stage == 0) return ids;
+    mnv_array *wts = mnv_gather_softmax(g, logits, ids);
+    if (c->stage == 1) return wts;
+    int64_t rows = c->interleaved ? 2 * c->N : c->N, f = c->interleaved ? 2 : 1;
+    int64_t xs[3] = {c->T, c->kk, c->K}, bs[2] = {c->E, rows}, bsh[2] = {c->E, c->N}, bst[2] = {rows, f};
+    mnv_array *x = P(s, g, c->x, MNV_DTYPE_F32, c->per_slot ? 3 : 2, c->per_slot ? xs : (int64_t[]){c->T, c->K});
+    mnv_array *bias = mnv_view(g, P(s, g, c->bias, MNV_DTYPE_F32, 2, bs), 2, bsh, bst, 0);
+    mnv_array *y;
+    if (c->q.fmt.mode == MNV_QMODE_NONE) {
+        int64_t all[3] = {c->E, rows, c->K}, sh[3] = {c->E, c->N, c->K}, st[3] = {rows * c->K, f * c->K, 1};
+        mnv_array *w = mnv_view(g, P(s, g, c->w, c->wt, 3, all), 3, sh, st, 0);
+        y = mnv_moe_matmul(g, x, w, NULL, NULL, NULL, c->K, ids, bias);
+    } else {
+        int64_t words = mnv_qformat_row_words(&c->q.fmt, c->K), groups = mnv_qformat_row_groups(&c->q.fmt, c->K);
+        int64_t wa[3] = {c->E, rows, words}, ws[3] = {c->E, c->N, words}, wst[3] = {rows * words, f * words, 1};
+        int64_t sa[3] = {c->E, rows, groups}, ss[3] = {c->E, c->N, groups}, sst[3] = {rows * groups, f * groups, 1};
+        mnv_array *w = mnv_view(g, P(s, g, c->q.packed, MNV_DTYPE_U32, 3, wa), 3, ws, wst, 0);
+        mnv_array *sc = mnv_view(g, P(s, g, c->q.scales, c->q.fmt.scale_dtype, 3, sa), 3, ss, sst, 0);
+        mnv_array *bi = c->q.fmt.mode == MNV_QMODE_AFFINE
+                            ? mnv_view(g, P(s, g, c->q.biases, c->q.fmt.scale_dtype, 3, sa), 3, ss, sst, 0)
+                            : NULL;
+        y = mnv_moe_matmul(g, x, w, sc, bi, &c->q.fmt, c->K, ids, bias);
+    }
+    return mnv_moe_sum(g, y, wts);
+}
+
+static void test_moe(void) {
+    for (int i = 0; i < 10; i++) {
+        /* odd cases: enough (token, slot) rows to be grouped by expert */
+        moe_case c = {.T = i % 2 ? t_randint(16, 40) : t_randint(1, 7), .E = i < 5 ? 32 : t_randint(4, 40), .N = t_randint(1, 90),
+                      .K = 64 * t_randint(1, 4), .stage = i < 2 ? i : 2, .per_slot = i % 3 == 1,
+                      .interleaved = i % 2 == 1, .wt = float_types[i % 3]};
+        c.kk = t_randint(1, c.E < 4 ? (int)c.E : 4);
+        int64_t rows = c.interleaved ? 2 * c.N : c.N;
+        c.logits = randv((size_t)(c.T * c.E), 3.0f);
+        c.x = randv((size_t)(c.T * c.kk * c.K), 1.0f);
+        c.bias = randv((size_t)(c.E * rows), 1.0f);
+        float *w = randv((size_t)(c.E * rows * c.K), 0.5f);
+        c.w = as_dtype(w, (size_t)(c.E * rows * c.K), c.wt);
+        if (i >= 5) {
+            c.q.fmt = qformats[i == 5 ? 0 : i == 6 ? 1 : 6];
+            quantize(&c.q, c.E * rows, c.K);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "moe stage %d %s T %lld E %lld k %lld%s%s", c.stage,
+                 c.q.fmt.mode ? mnv_qmode_name(c.q.fmt.mode) : mnv_dtype_name(c.wt), (long long)c.T, (long long)c.E,
+                 (long long)c.kk, c.per_slot ? " per-slot" : "", c.interleaved ? " interleaved" : "");
+        compare(what, build_moe, &c, c.wt == MNV_DTYPE_BF16 && !c.q.fmt.mode ? 4e-3 : 1e-5, c.stage == 0);
+        free(c.logits);
+        free(c.x);
+        free(c.bias);
+        free(w);
+        free(c.w);
+        free(c.q.packed);
+        free(c.q.scales);
+        free(c.q.biases);
+    }
+}
+
+/* ---- models end to end ---- */
+#define MAXREF 64
+
+typedef struct {
+    int32_t prompt[MAXREF], greedy[MAXREF];
+    int n_prompt, n_greedy, n_vocab;
+    float *logits; /* n_prompt x n_vocab */
+} reference;
+
+static int read_ids(const char *json, const char *key, int32_t *out) {
+    const char *p = strstr(json, key);
+    if (!p || !(p = strchr(p, '['))) return 0;
+    int n = 0;
+    for (p++; *p && *p != ']' && n < MAXREF;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p) {
+            p++;
+            continue;
+        }
+        out[n++] = (int32_t)v;
+        p = end;
+    }
+    return n;
+}
+
+/* reference.json (prompt_ids, greedy_ids, n_vocab) and logits.bin of a fixture */
+static bool load_reference(const char *dir, reference *r) {
+    char path[512], buf[8192];
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    r->n_prompt = read_ids(buf, "\"prompt_ids\"", r->prompt);
+    r->n_greedy = read_ids(buf, "\"greedy_ids\"", r->greedy);
+    const char *v = strstr(buf, "\"n_vocab\"");
+    r->n_vocab = v && (v = strchr(v, ':')) ? atoi(v + 1) : 0;
+    snprintf(path, sizeof path, "%s/logits.bin", dir);
+    if (r->n_vocab <= 0 || !(f = fopen(path, "rb"))) return false;
+    size_t want = (size_t)r->n_prompt * (size_t)r->n_vocab;
+    r->logits = malloc(sizeof(float) * want);
+    n = fread(r->logits, sizeof(float), want, f);
+    fclose(f);
+    return n == want;
+}
+
+static int argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* On the device, prefill logits vs transformers' (the CPU test's
+ * references, with its bounds: 1e-4 relative L2 for f32 weights; 2e-2 for
+ * the bf16 fixtures, whose references are not f32 arithmetic throughout: the
+ * CPU computing them in f32 lands 1e-4 to 7e-4 away), greedy continuation,
+ * token-by-token decoding vs prefill (1e-4: the same arithmetic). */
+static void check_model(const char *name, double tol) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "fixtures/models/%s", name);
+    reference r = {0};
+    if (!load_reference(dir, &r)) {
+        CHECKF(0, "%s: cannot read the reference", name);
+        free(r.logits);
+        return;
+    }
+    mnv_model *m = t_load_model(dir, NULL);
+    mnv_session_params sp = mnv_session_params_default();
+    sp.exact_quant = 1;
+    mnv_session *s = NULL;
+    if (m) CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "%s: session: %s", name, mnv_last_error());
+    if (!s) {
+        mnv_model_free(m);
+        free(r.logits);
+        return;
+    }
+    int V = r.n_vocab, T = r.n_prompt;
+    float *logits = malloc(sizeof(float) * (size_t)T * V), *row = malloc(sizeof(float) * V);
+    mnv_status st = mnv_session_eval(s, r.prompt, (size_t)T, logits);
+    CHECKF(st == MNV_OK, "%s: eval: %s", name, mnv_last_error());
+    double err = t_rel_l2(logits, r.logits, (size_t)T * V);
+    int32_t tok = argmax(logits + (size_t)(T - 1) * V, V);
+    int same = 0;
+    for (int i = 0; i < r.n_greedy && tok == r.greedy[i]; i++) {
+        same++;
+        if (mnv_session_eval(s, &tok, 1, row) != MNV_OK) break;
+        tok = argmax(row, V);
+    }
+    mnv_session_reset(s);
+    double worst = 0;
+    for (int t = 0; t < T; t++) {
+        mnv_session_eval(s, &r.prompt[t], 1, row);
+        double e = t_rel_l2(row, logits + (size_t)t * V, V);
+        worst = e > worst ? e : worst;
+    }
+    printf("%-18s cuda: prefill logits rel L2 %.3g, greedy %d/%d, decode vs prefill %.3g\n", name, err, same,
+           r.n_greedy, worst);
+    CHECKF(err < tol, "%s: logits rel L2 %.3g >= %.0e", name, err, tol);
+    CHECKF(same == r.n_greedy, "%s: greedy continuation differs at step %d", name, same);
+    CHECKF(worst < 1e-4, "%s: decode vs prefill rel L2 %.3g", name, worst);
+    free(logits);
+    free(row);
+    free(r.logits);
+    mnv_session_free(s);
+    mnv_model_free(m);
+}
+
+/* ---- the engine: batched requests give each request's tokens alone ----
+ * (deterministic: every product by the decode kernel, whose rows do not
+ * depend on each other; cuBLAS's would, with the row count) */
+#define NP 5
+#define NGEN 10
+
+typedef struct {
+    int32_t ids[NGEN + 4];
+    int n;
+} got_ids;
+
+static int collect(void *ud, int32_t tok, const char *text, size_t len) {
+    got_ids *g = ud;
+    if (g->n < NGEN + 4) g->ids[g->n++] = tok;
+    return 0;
+}
+
+static mnv_generate_params greedy(got_ids *g) {
+    mnv_generate_params gp = mnv_generate_params_default();
+    gp.max_tokens = NGEN;
+    gp.sampler.temperature = 0;
+    gp.ignore_eos = 1;
+    gp.on_token = collect;
+    gp.user_data = g;
+    return gp;
+}
+
+static void check_engine(const char *name) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "fixtures/models/%s", name);
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
+    int32_t prompts[NP][40];
+    int lens[NP];
+    for (int i = 0; i < NP; i++) { /* odd ones share prompt 0's first 20 tokens */
+        lens[i] = t_randint(21, 40);
+        for (int j = 0; j < lens[i]; j++) prompts[i][j] = i % 2 && j < 20 ? prompts[0][j] : t_randint(0, V - 1);
+    }
+    got_ids alone[NP], batched[NP];
+    for (int i = 0; i < NP; i++) {
+        mnv_session_params sp = mnv_session_params_default();
+        sp.n_ctx = 128;
+        sp.deterministic = 1;
+        mnv_session *s = NULL;
+        CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
+        alone[i].n = 0;
+        mnv_generate_params gp = greedy(&alone[i]);
+        if (s) CHECKF(mnv_generate(s, prompts[i], (size_t)lens[i], &gp, NULL) == MNV_OK, "%s", mnv_last_error());
+        mnv_session_free(s);
+    }
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.max_seqs = 4;
+    ep.step_tokens = 24;
+    ep.max_seq_tokens = 128;
+    ep.deterministic = 1;
+    ep.run_thread = 0;
+    mnv_engine *e = NULL;
+    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "engine: %s", mnv_last_error());
+    uint64_t ids[NP];
+    for (int i = 0; e && i < NP; i++) {
+        batched[i].n = 0;
+        mnv_request_params rp = mnv_request_params_default();
+        rp.prompt = prompts[i];
+        rp.n_prompt = (size_t)lens[i];
+        rp.gen = greedy(&batched[i]);
+        CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
+    }
+    int active = 1, steps = 0;
+    while (e && active && steps++ < 10000)
+        if (mnv_engine_step(e, &active) != MNV_OK) {
+            CHECKF(0, "step: %s", mnv_last_error());
+            break;
+        }
+    int equal = 0;
+    for (int i = 0; e && i < NP; i++) {
+        mnv_request_result res;
+        CHECKF(mnv_engine_wait(e, ids[i], &res) == MNV_OK, "request %d: %s", i, mnv_last_error());
+        equal += alone[i].n == NGEN && batched[i].n == NGEN && !memcmp(alone[i].ids, batched[i].ids, sizeof(int32_t) * NGEN);
+    }
+    printf("%-18s cuda engine: %d/%d batched requests give their tokens alone\n", name, equal, NP);
+    CHECKF(equal == NP, "%s: %d of %d batched requests differ from the request alone", name, NP - equal, NP);
+    mnv_engine_free(e);
+    mnv_model_free(m);
+}
+
+int main(void) {
+    mnv_backend_params gp = {.name = "cuda"};
+    if (mnv_backend_create(&gp, &gpu) != MNV_OK) {
+        printf("test_cuda: SKIPPED: %s\n", mnv_last_error());
+        return 77;
+    }
+    t_seed();
+    mnv_backend_params cp = {.name = "cpu", .exact_quant = 1};
+    CHECK(mnv_backend_create(&cp, &cpu) == MNV_OK);
+    if (!cpu) return t_done();
+    test_elementwise();
+    test_rope();
+    test_get_rows();
+    test_qget_rows();
+    test_matmul();
+    test_attention();
+    test_moe();
+    printf("ops: %d passed, %d failed\n", t_pass, t_fail);
+    mnv_backend_free(cpu);
+    mnv_backend_free(gpu);
+    /* sessions and engines ask for the default backend */
+    CHECK(mnv__backend_set_default("cuda") == MNV_OK);
+    static const char *models[] = {"tiny-llama", "tiny-qwen3", "tiny-qwen2", "tiny-mistral", "tiny-llama-bf16",
+                                   "tiny-qwen3-bf16", "tiny-gptoss-dense", "tiny-gptoss-mxfp4"};
+    for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
+        check_model(models[i], strstr(models[i], "bf16") ? 2e-2 : 1e-4);
+    check_engine("tiny-llama");
+    check_engine("tiny-gptoss-mxfp4");
+    return t_done();
+}
