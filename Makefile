@@ -27,7 +27,7 @@ SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=$(SAN_EXIT) \
           TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode=$(SAN_EXIT)
 # the tests that run threads from the test itself (a ctest -R pattern)
-TSAN_TESTS = ^(test_threads|test_engine)$$
+TSAN_TESTS = ^(test_threads|test_engine|test_jinja)$$
 
 .PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 clean bootstrap fuzz bench
 

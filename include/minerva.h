@@ -1047,9 +1047,10 @@ MNV_API mnv_status mnv_chat_parser_message(const mnv_chat_parser *p, size_t i, m
  * apply_chat_template gives (bos_token and eos_token from
  * tokenizer_config.json, tools and documents as None when absent). Before
  * rendering, an assistant tool call's "arguments" given as a JSON string
- * (OpenAI's form) becomes the object it encodes; for a template that does
- * not read content parts, a list of text parts becomes their texts joined by
- * newlines, and a null content an empty string.
+ * (OpenAI's form) becomes the object it encodes, as transformers' templates
+ * expect (a template that fails on the object gets the string instead); for
+ * a template that does not read content parts, a list of text parts becomes
+ * their texts joined by newlines, and a null content an empty string.
  */
 
 /* Renders request_json, an OpenAI chat request body ("messages", optional

@@ -45,6 +45,8 @@ printf '{"chat_template": "{%% if messages[0].role != \\"user\\" %%}\\n{{ raise_
     >"$TMP/raise/tokenizer_config.json"
 expect_rc "a template that raises" 1 "$MNV_CLI" render-chat -m "$TMP/raise" --request "$TMP/req.json"
 check "the exception's message and line" contains "$TMP/err" "line 2: first message must be the user's"
+expect_rc "a missing model directory" 1 "$MNV_CLI" render-chat -m "$TMP/nonexistent" --request "$TMP/req.json"
+check "the directory named" contains "$TMP/err" "nonexistent: not a directory"
 expect_rc "a missing request file" 1 "$MNV_CLI" render-chat -m "$FIX/qwen3" --request "$TMP/nonexistent.json"
 
 e2e_done

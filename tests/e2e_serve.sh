@@ -53,11 +53,11 @@ start_server() {
     "$MNV_CLI" serve --port 0 "$@" 2>"$TMP/$name.log" &
     PID=$!
     i=0
-    while [ $i -lt 100 ] && ! grep -qs "listening on" "$TMP/$name.log"; do
+    while [ $i -lt 300 ] && ! grep -qs ": ready$" "$TMP/$name.log"; do
         sleep 0.1
         i=$((i + 1))
     done
-    PORT=$(sed -n 's/.*listening on http:\/\/[^ ]*:\([0-9]*\)$/\1/p' "$TMP/$name.log")
+    PORT=$(sed -n 's/.* on http:\/\/[^ ]*:\([0-9]*\) (loading the model)$/\1/p' "$TMP/$name.log")
     BASE="http://127.0.0.1:$PORT"
     check "$name: the server starts" [ -n "$PORT" ]
 }
@@ -85,6 +85,7 @@ check "openai client: a full queue" [ $? -eq 0 ]
 kill -TERM "$PID"
 wait "$PID"
 check "busy: a clean exit" [ $? -eq 0 ]
+cat "$TMP/busy.log" >>"$ERRLOG"
 
 # gpt-oss: Harmony through a scripted model output
 TOK=../../shared/tokenizers/gptoss

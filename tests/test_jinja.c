@@ -4,6 +4,7 @@
  * against outputs of Python Jinja2 with transformers' settings
  * (fixtures/chat/gen_expected.py), and the tool-call parser. */
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -237,6 +238,38 @@ static void test_peer_cases(void) {
     free(data);
 }
 
+/* ---- jinja_cases.json against jinja_expected.json (Python Jinja2) ---- */
+static void test_language_cases(void) {
+    char *ct = read_all("fixtures/chat/jinja_cases.json"), *et = read_all("fixtures/chat/jinja_expected.json");
+    cJSON *cases = ct ? cJSON_Parse(ct) : NULL, *exp = et ? cJSON_Parse(et) : NULL;
+    CHECKF(cJSON_IsArray(cases) && cJSON_IsArray(exp) && cJSON_GetArraySize(cases) == cJSON_GetArraySize(exp),
+           "fixtures/chat/jinja_cases.json, jinja_expected.json");
+    int i = 0;
+    for (const cJSON *c = cases ? cases->child : NULL, *e = exp ? exp->child : NULL; c && e;
+         c = c->next, e = e->next, i++) {
+        const char *src = cJSON_GetObjectItem(c, "src")->valuestring;
+        mnv__jinja *t = NULL;
+        char *got = NULL;
+        mnv_status st = mnv__jinja_parse("case", src, strlen(src), &t);
+        if (st == MNV_OK) st = mnv__jinja_render(t, cJSON_GetObjectItem(c, "vars"), NULL, &got);
+        if (cJSON_IsString(e)) {
+            CHECKF(st == MNV_OK, "case %d [%s]: %s", i, src, mnv_last_error());
+            if (got) CHECKF(strcmp(got, e->valuestring) == 0, "case %d [%s]:\n  got:  [%s]\n  want: [%s]", i, src, got,
+                            e->valuestring);
+        } else {
+            CHECKF(st != MNV_OK && mnv_last_error()[0], "case %d [%s]: an error expected (%s), got [%s]", i, src,
+                   cJSON_GetObjectItem(e, "error")->valuestring, got ? got : "");
+        }
+        free(got);
+        mnv__jinja_free(t);
+    }
+    CHECK(i >= 90);
+    cJSON_Delete(cases);
+    cJSON_Delete(exp);
+    free(ct);
+    free(et);
+}
+
 /* ---- llama3 and qwen3 on requests.json, against expected.json ---- */
 static void test_model_templates(void) {
     char *reqs_text = read_all("fixtures/chat/requests.json");
@@ -295,6 +328,66 @@ static void test_template_loading(void) {
     CHECK(strstr(mnv_last_error(), "messages[0].content[0]") != NULL);
     cJSON_Delete(bad);
     mnv__chat_template_free(t);
+
+    /* chat_template.jinja; a template that concatenates "arguments" as a
+     * string gets the string OpenAI sent (the object form fails) */
+    CHECKF(mnv__chat_template_load("fixtures/chat/string_args", &t) == MNV_OK && t, "%s", mnv_last_error());
+    cJSON *req = cJSON_Parse("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}, {\"role\": \"assistant\", "
+                             "\"content\": null, \"tool_calls\": [{\"type\": \"function\", \"function\": {\"name\": \"f\", "
+                             "\"arguments\": \"{\\\"a\\\": 1}\"}}]}]}");
+    out = NULL;
+    CHECKF(t && mnv__chat_template_render(t, req, 1, &out) == MNV_OK, "%s", mnv_last_error());
+    CHECKF(out && strcmp(out, "user;assistant f({\"a\": 1});") == 0, "[%s]", out ? out : "");
+    free(out);
+    cJSON_Delete(req);
+    mnv__chat_template_free(t);
+}
+
+/* ---- one loaded template rendered from several threads at once ---- */
+typedef struct {
+    const mnv__chat_template *t;
+    const cJSON *req;
+    const char *want;
+    int bad;
+} render_task;
+
+static void *render_many(void *arg) {
+    render_task *k = arg;
+    for (int i = 0; i < 40; i++) {
+        char *out = NULL;
+        if (mnv__chat_template_render(k->t, k->req, 1, &out) != MNV_OK || strcmp(out, k->want)) k->bad++;
+        free(out);
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    mnv__chat_template *t = NULL;
+    CHECK(mnv__chat_template_load("fixtures/chat/qwen3", &t) == MNV_OK && t);
+    char *rt = read_all("fixtures/chat/requests.json");
+    cJSON *reqs = rt ? cJSON_Parse(rt) : NULL;
+    const cJSON *req = NULL;
+    for (const cJSON *c = reqs ? reqs->child : NULL; c; c = c->next)
+        if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring, "tool_round_trip")) req = cJSON_GetObjectItem(c, "request");
+    char *want = NULL;
+    CHECK(t && req && mnv__chat_template_render(t, req, 1, &want) == MNV_OK);
+    if (want) {
+        enum { N = 4 };
+        pthread_t th[N];
+        render_task tasks[N];
+        for (int i = 0; i < N; i++) {
+            tasks[i] = (render_task){t, req, want, 0};
+            CHECK(pthread_create(&th[i], NULL, render_many, &tasks[i]) == 0);
+        }
+        for (int i = 0; i < N; i++) {
+            pthread_join(th[i], NULL);
+            CHECKF(tasks[i].bad == 0, "thread %d: %d renders differ", i, tasks[i].bad);
+        }
+    }
+    free(want);
+    cJSON_Delete(reqs);
+    free(rt);
+    mnv__chat_template_free(t);
 }
 
 /* ---- tool calls ---- */
@@ -347,8 +440,10 @@ int main(void) {
     test_language();
     test_errors();
     test_peer_cases();
+    test_language_cases();
     test_model_templates();
     test_template_loading();
     test_tool_calls();
+    test_threads();
     return t_done();
 }

@@ -30,7 +30,8 @@ static const char USAGE_HEAD[] =
     "POST /v1/chat/completions, POST /v1/responses (stateless), GET /health,\n"
     "GET /metrics (Prometheus), POST /tokenize, POST /detokenize. Requests run\n"
     "together in one batch (continuous batching, shared prompt prefixes). One line\n"
-    "per request goes to stderr. SIGINT or SIGTERM cancels what runs and stops.\n\n"
+    "per request goes to stderr. While the model loads, /health answers 503\n"
+    "{\"status\": \"loading\"}. SIGINT or SIGTERM cancels what runs and stops.\n\n"
     "Options:\n"
     "  -m, --model DIR         model directory (default: the bundled stories260K)\n"
     "      --host ADDR         address to listen on (default 127.0.0.1; 0.0.0.0: all)\n"
@@ -94,6 +95,27 @@ static const char *base_name(const char *dir, char *buf, size_t cap) {
     return slash ? slash + 1 : buf;
 }
 
+/* Load the model and create its engine; the server answers "loading" meanwhile. */
+static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mnv_engine **engine, mnv_engine_params *ep) {
+    if (cli_load_model(CMD, o->model_dir, o->run.n_threads, model) != 0) return CLI_EXIT_FAIL;
+    mnv_model_info info;
+    mnv_model_get_info(*model, &info);
+    *ep = mnv_engine_params_default();
+    ep->n_threads = o->run.n_threads;
+    ep->kv_type_k = kv_k;
+    ep->kv_type_v = kv_v;
+    ep->max_seqs = o->parallel;
+    int32_t train = info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096;
+    ep->max_seq_tokens = o->run.n_ctx > 0 ? o->run.n_ctx : train;
+    ep->exact_quant = o->run.exact_quant;
+    ep->deterministic = o->run.deterministic;
+    mnv_status st = mnv_engine_create(*model, ep, engine);
+    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create the engine");
+    fprintf(stderr, "minerva serve: model %s (%s), %d parallel, context %d: ready\n", o->model_dir, info.arch,
+            o->parallel, ep->max_seq_tokens);
+    return 0;
+}
+
 static int serve(serve_opts *o) {
     char *key = NULL, name[1024], def[4096];
     if (o->api_key_file && read_key(o->api_key_file, &key) != 0) return CLI_EXIT_FAIL;
@@ -103,30 +125,11 @@ static int serve(serve_opts *o) {
         return CLI_EXIT_USAGE;
     }
     if (!o->model_dir) {
-        if (cli_default_model_dir(CMD, def, sizeof def) != 0) return CLI_EXIT_FAIL;
+        if (cli_default_model_dir(CMD, def, sizeof def) != 0) {
+            free(key);
+            return CLI_EXIT_FAIL;
+        }
         o->model_dir = def;
-    }
-    mnv_model *model = NULL;
-    if (cli_load_model(CMD, o->model_dir, o->run.n_threads, &model) != 0) {
-        free(key);
-        return CLI_EXIT_FAIL;
-    }
-    mnv_model_info info;
-    mnv_model_get_info(model, &info);
-    mnv_engine_params ep = mnv_engine_params_default();
-    ep.n_threads = o->run.n_threads;
-    ep.kv_type_k = kv_k;
-    ep.kv_type_v = kv_v;
-    ep.max_seqs = o->parallel;
-    ep.max_seq_tokens = o->run.n_ctx > 0 ? o->run.n_ctx : (info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096);
-    ep.exact_quant = o->run.exact_quant;
-    ep.deterministic = o->run.deterministic;
-    mnv_engine *engine = NULL;
-    mnv_status st = mnv_engine_create(model, &ep, &engine);
-    if (st != MNV_OK) {
-        free(key);
-        mnv_model_free(model);
-        return cli_lib_error(CMD, st, "cannot create the engine");
     }
     /* every thread the server starts inherits this mask: the signals come to sigwait */
     sigset_t sigs;
@@ -136,8 +139,6 @@ static int serve(serve_opts *o) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     mnv__server_params sp = {0};
-    sp.model = model;
-    sp.engine = engine;
     sp.model_dir = o->model_dir;
     sp.model_id = o->alias ? o->alias : base_name(o->model_dir, name, sizeof name);
     sp.host = o->host;
@@ -145,31 +146,33 @@ static int serve(serve_opts *o) {
     sp.api_key = key ? key : o->api_key;
     sp.cors_origins = o->cors.items;
     sp.n_cors = o->cors.n;
-    sp.max_seq_tokens = ep.max_seq_tokens;
     sp.parallel = o->parallel;
     sp.max_queue = o->max_queue;
     sp.max_body = (size_t)o->max_body_kb * 1024;
     sp.max_depth = o->max_depth;
-    sp.scripted_output = o->scripted;
     sp.timeout_s = (unsigned)o->timeout_s;
+    sp.scripted_output = o->scripted;
     mnv__server *srv = NULL;
-    st = mnv__server_start(&sp, &srv);
-    int rc = 0;
-    if (st != MNV_OK) {
-        rc = cli_lib_error(CMD, st, "cannot start the server");
-    } else {
-        fprintf(stderr, "minerva serve: model '%s' (%s), %d parallel, context %d; listening on http://%s:%d\n",
-                sp.model_id, info.arch, o->parallel, ep.max_seq_tokens, o->host ? o->host : "127.0.0.1",
-                mnv__server_port(srv));
+    mnv_status st = mnv__server_start(&sp, &srv);
+    free(key); /* the server keeps its copy */
+    if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot start the server");
+    fprintf(stderr, "minerva serve: '%s' on http://%s:%d (loading the model)\n", sp.model_id,
+            o->host ? o->host : "127.0.0.1", mnv__server_port(srv));
+    mnv_model *model = NULL;
+    mnv_engine *engine = NULL;
+    mnv_engine_params ep;
+    int rc = load(o, kv_k, kv_v, &model, &engine, &ep);
+    if (rc == 0 && (st = mnv__server_ready(srv, model, engine, ep.max_seq_tokens)) != MNV_OK)
+        rc = cli_lib_error(CMD, st, "cannot serve '%s'", o->model_dir);
+    if (rc == 0) {
         int sig = 0;
         sigwait(&sigs, &sig);
         fprintf(stderr, "minerva serve: %s: cancelling running requests and stopping\n",
                 sig == SIGINT ? "SIGINT" : "SIGTERM");
-        mnv__server_stop(srv);
     }
+    mnv__server_stop(srv);
     mnv_engine_free(engine);
     mnv_model_free(model);
-    free(key);
     return rc;
 }
 

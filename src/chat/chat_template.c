@@ -84,6 +84,9 @@ static mnv_status load_from_config(mnv__chat_template *t, const cJSON *ct, const
 mnv_status mnv__chat_template_load(const char *model_dir, mnv__chat_template **out) {
     *out = NULL;
     if (!model_dir) return mnv_set_error(MNV_ERR_INVALID_ARG, "chat template: no model directory");
+    struct stat dst;
+    if (stat(model_dir, &dst) != 0 || !S_ISDIR(dst.st_mode))
+        return mnv_set_error(MNV_ERR_IO, "%s: not a directory", model_dir);
     char *jinja_path = mnv_path_join(model_dir, "chat_template.jinja");
     char *cfg_path = mnv_path_join(model_dir, "tokenizer_config.json");
     mnv__chat_template *t = calloc(1, sizeof *t);
@@ -140,10 +143,13 @@ done:
  * an assistant tool call's "arguments" given as a JSON string, OpenAI's
  * form, becomes the object it encodes; for a template that does not read
  * content parts, a list of text parts becomes their texts joined by
- * newlines and a null content an empty string. */
-static mnv_status prepare_messages(const cJSON *messages, bool parts, cJSON **out) {
+ * newlines and a null content an empty string. *converted: whether an
+ * "arguments" string was replaced (only when convert_args). */
+static mnv_status prepare_messages(const cJSON *messages, bool parts, bool convert_args, cJSON **out,
+                                   bool *converted) {
     cJSON *msgs = cJSON_Duplicate(messages, 1);
     *out = NULL;
+    *converted = false;
     if (!msgs) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     int i = 0;
     for (cJSON *m = msgs->child; m; m = m->next, i++) {
@@ -152,9 +158,9 @@ static mnv_status prepare_messages(const cJSON *messages, bool parts, cJSON **ou
         for (const cJSON *c = cJSON_IsArray(calls) ? calls->child : NULL; c; c = c->next) {
             cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
             cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
-            if (!cJSON_IsString(args)) continue;
+            if (!convert_args || !cJSON_IsString(args)) continue;
             cJSON *obj = cJSON_Parse(args->valuestring);
-            if (cJSON_IsObject(obj)) cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", obj);
+            if (cJSON_IsObject(obj) && cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", obj)) *converted = true;
             else cJSON_Delete(obj);
         }
         cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
@@ -202,54 +208,73 @@ static mnv_status prepare_messages(const cJSON *messages, bool parts, cJSON **ou
     return MNV_OK;
 }
 
+typedef struct {
+    const mnv__chat_template *t;
+    const mnv__jinja *tpl;
+    bool parts;
+    const cJSON *messages, *tools, *kwargs;
+    int add_generation_prompt;
+} render_job;
+
+/* One render of the job's request; *converted as prepare_messages says. */
+static mnv_status render_once(const render_job *job, bool convert_args, char **out, bool *converted) {
+    cJSON *msgs;
+    mnv_status st = prepare_messages(job->messages, job->parts, convert_args, &msgs, converted);
+    if (st != MNV_OK) return st;
+    cJSON *vars = cJSON_CreateObject();
+    bool ok = vars != NULL;
+    const mnv__chat_template *t = job->t;
+    if (ok && t->bos) ok &= cJSON_AddStringToObject(vars, "bos_token", t->bos) != NULL;
+    if (ok && t->eos) ok &= cJSON_AddStringToObject(vars, "eos_token", t->eos) != NULL;
+    for (const cJSON *k = ok && cJSON_IsObject(job->kwargs) ? job->kwargs->child : NULL; k; k = k->next) {
+        if (!k->string || !strcmp(k->string, "messages") || !strcmp(k->string, "tools") ||
+            !strcmp(k->string, "add_generation_prompt"))
+            continue;
+        cJSON_DeleteItemFromObjectCaseSensitive(vars, k->string);
+        ok &= cJSON_AddItemReferenceToObject(vars, k->string, (cJSON *)k) != 0;
+    }
+    if (ok) ok &= cJSON_AddItemReferenceToObject(vars, "messages", msgs) != 0;
+    /* transformers passes tools and documents always (None when absent) */
+    if (ok && job->tools) ok &= cJSON_AddItemReferenceToObject(vars, "tools", (cJSON *)job->tools) != 0;
+    else if (ok) ok &= cJSON_AddNullToObject(vars, "tools") != NULL;
+    if (ok) ok &= cJSON_AddNullToObject(vars, "documents") != NULL;
+    if (ok) ok &= cJSON_AddBoolToObject(vars, "add_generation_prompt", job->add_generation_prompt != 0) != NULL;
+    st = ok ? mnv__jinja_render(job->tpl, vars, NULL, out) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
+    cJSON_Delete(vars);
+    cJSON_Delete(msgs);
+    return st;
+}
+
 mnv_status mnv__chat_template_render(const mnv__chat_template *t, const cJSON *request,
                                      int add_generation_prompt, char **out) {
     *out = NULL;
     if (!t || !cJSON_IsObject(request))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "chat template: the request must be a JSON object");
-    const cJSON *messages = cJSON_GetObjectItemCaseSensitive(request, "messages");
-    if (!cJSON_IsArray(messages))
+    render_job job = {.t = t, .add_generation_prompt = add_generation_prompt};
+    job.messages = cJSON_GetObjectItemCaseSensitive(request, "messages");
+    if (!cJSON_IsArray(job.messages))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "request: 'messages' must be an array");
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(request, "tools");
-    if (tools && cJSON_IsNull(tools)) tools = NULL;
-    if (tools && !cJSON_IsArray(tools))
+    job.tools = cJSON_GetObjectItemCaseSensitive(request, "tools");
+    if (job.tools && cJSON_IsNull(job.tools)) job.tools = NULL;
+    if (job.tools && !cJSON_IsArray(job.tools))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "request: 'tools' must be an array");
-    const cJSON *kwargs = cJSON_GetObjectItemCaseSensitive(request, "chat_template_kwargs");
-    if (kwargs && !cJSON_IsNull(kwargs) && !cJSON_IsObject(kwargs))
+    job.kwargs = cJSON_GetObjectItemCaseSensitive(request, "chat_template_kwargs");
+    if (job.kwargs && !cJSON_IsNull(job.kwargs) && !cJSON_IsObject(job.kwargs))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "request: 'chat_template_kwargs' must be an object");
     /* transformers: the tool_use template when there are tools and one exists */
-    bool use_tool = (tools && t->tool_use) || !t->dflt;
-    const mnv__jinja *tpl = use_tool ? t->tool_use : t->dflt;
-    cJSON *msgs;
-    mnv_status st = prepare_messages(messages, use_tool ? t->parts_tool : t->parts_dflt, &msgs);
-    if (st != MNV_OK) return st;
-
-    cJSON *vars = cJSON_CreateObject();
-    if (!vars) {
-        cJSON_Delete(msgs);
-        return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    }
-    bool ok = true;
-    if (t->bos) ok &= cJSON_AddStringToObject(vars, "bos_token", t->bos) != NULL;
-    if (t->eos) ok &= cJSON_AddStringToObject(vars, "eos_token", t->eos) != NULL;
-    if (cJSON_IsObject(kwargs))
-        for (const cJSON *k = kwargs->child; k; k = k->next) {
-            if (!k->string || !strcmp(k->string, "messages") || !strcmp(k->string, "tools") ||
-                !strcmp(k->string, "add_generation_prompt"))
-                continue;
-            cJSON_DeleteItemFromObjectCaseSensitive(vars, k->string);
-            ok &= cJSON_AddItemReferenceToObject(vars, k->string, (cJSON *)k) != 0;
-        }
-    ok &= cJSON_AddItemReferenceToObject(vars, "messages", msgs) != 0;
-    /* transformers passes tools and documents always (None when absent) */
-    if (tools) ok &= cJSON_AddItemReferenceToObject(vars, "tools", (cJSON *)tools) != 0;
-    else ok &= cJSON_AddNullToObject(vars, "tools") != NULL;
-    ok &= cJSON_AddNullToObject(vars, "documents") != NULL;
-    ok &= cJSON_AddBoolToObject(vars, "add_generation_prompt", add_generation_prompt != 0) != NULL;
-    st = ok ? mnv__jinja_render(tpl, vars, NULL, out) : mnv_set_error(MNV_ERR_NOMEM, "out of memory");
-    cJSON_Delete(vars);
-    cJSON_Delete(msgs);
-    return st;
+    bool use_tool = (job.tools && t->tool_use) || !t->dflt;
+    job.tpl = use_tool ? t->tool_use : t->dflt;
+    job.parts = use_tool ? t->parts_tool : t->parts_dflt;
+    bool converted;
+    mnv_status st = render_once(&job, true, out, &converted);
+    if (st != MNV_ERR_INVALID_ARG || !converted) return st;
+    /* Some templates (DeepSeek's, say) concatenate "arguments" as the string
+     * OpenAI sends: when the object form fails, the string form is tried;
+     * if that fails too, the first error is the one reported. */
+    char first[512];
+    snprintf(first, sizeof first, "%s", mnv_last_error());
+    if (render_once(&job, false, out, &converted) == MNV_OK) return MNV_OK;
+    return mnv_set_error(st, "%s", first);
 }
 
 /* ---- the public entry point ---- */

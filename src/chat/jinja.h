@@ -212,8 +212,9 @@ const char *mnv__jv_typename(jv v);
 /* str(v) as Python prints it; repr(v) */
 jv mnv__jv_tostr(jrender *r, jv v);
 void mnv__jv_repr(jrender *r, jbuf *b, jv v);
-/* json.dumps(v, ensure_ascii=False, indent, sort_keys): indent < 0 means None */
-void mnv__jv_tojson(jrender *r, jbuf *b, jv v, int indent, bool sort_keys, int level);
+/* json.dumps(v, ensure_ascii=False, indent, sort_keys): indent is the text of
+ * one level (NULL: no newlines, ", " and ": " separators) */
+void mnv__jv_tojson(jrender *r, jbuf *b, jv v, const char *indent, bool sort_keys, int level);
 jv mnv__jv_from_cjson(jrender *r, const cJSON *j, int depth);
 /* Python repr of a float */
 void mnv__jfloat_repr(double f, char *buf, size_t cap);
@@ -239,5 +240,7 @@ bool mnv__jr_has_method(jv self, const char *name);
 jv mnv__jr_global(jrender *r, const char *name, jv *args, int nargs, const char **kwn, jv *kwv,
                   int nkw);
 bool mnv__jr_is_global(const char *name);
+/* "fmt" % args: %s %d %i %r and %% */
+jv mnv__jr_percent_format(jrender *r, jv fmt, jv *args, int nargs);
 
 #endif

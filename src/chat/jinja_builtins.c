@@ -116,27 +116,80 @@ static jv strip(jrender *r, jv s, const char *set, size_t sn, int which) {
     return (jv){.t = JV_STR, .u.s = {p + b, e - b}};
 }
 
+/* Case of a code point: ASCII, Latin-1, Latin Extended-A, Greek and
+ * Cyrillic (Python's full tables are not carried; other letters keep their
+ * case). */
+static uint32_t to_upper(uint32_t c) {
+    if (c >= 'a' && c <= 'z') return c - 32;
+    if (c < 0x80) return c;
+    if ((c >= 0xE0 && c <= 0xFE && c != 0xF7)) return c - 32;
+    if (c == 0xFF) return 0x178;
+    if ((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) return c & ~1u;
+    if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c : c - 1;
+    if (c >= 0x3B1 && c <= 0x3C9 && c != 0x3C2) return c - 32;
+    if (c == 0x3C2) return 0x3A3;
+    if (c >= 0x430 && c <= 0x44F) return c - 32;
+    if (c >= 0x450 && c <= 0x45F) return c - 80;
+    return c;
+}
+
+static uint32_t to_lower(uint32_t c) {
+    if (c >= 'A' && c <= 'Z') return c + 32;
+    if (c < 0x80) return c;
+    if ((c >= 0xC0 && c <= 0xDE && c != 0xD7)) return c + 32;
+    if (c == 0x178) return 0xFF;
+    if ((c >= 0x100 && c <= 0x137) || (c >= 0x14A && c <= 0x177)) return c | 1u;
+    if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17E)) return (c & 1) ? c + 1 : c;
+    if (c >= 0x391 && c <= 0x3A9 && c != 0x3A2) return c + 32;
+    if (c >= 0x410 && c <= 0x42F) return c + 32;
+    if (c >= 0x400 && c <= 0x40F) return c + 80;
+    return c;
+}
+
+static void put_cp(char *o, size_t *k, uint32_t cp) {
+    if (cp < 0x80) {
+        o[(*k)++] = (char)cp;
+    } else if (cp < 0x800) {
+        o[(*k)++] = (char)(0xC0 | (cp >> 6));
+        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        o[(*k)++] = (char)(0xE0 | (cp >> 12));
+        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
+    } else {
+        o[(*k)++] = (char)(0xF0 | (cp >> 18));
+        o[(*k)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
+    }
+}
+
 static jv map_case(jrender *r, jv s, int mode) { /* 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 Jinja title */
-    char *o = mnv__ja_alloc(r->a, s.u.s.n + 1);
+    /* the mappings above stay within 2-byte sequences, so the text never grows
+     * by more than a byte per code point */
+    char *o = mnv__ja_alloc(r->a, 2 * s.u.s.n + 1);
+    size_t k = 0;
     bool start = true;
-    for (size_t i = 0; i < s.u.s.n; i++) {
-        char c = s.u.s.p[i];
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    for (size_t i = 0; i < s.u.s.n;) {
+        size_t l;
+        uint32_t c = cp_at(s.u.s.p, s.u.s.n, i, &l);
         bool up;
         if (mode == 0) up = false;
         else if (mode == 1) up = true;
         else if (mode == 2) up = i == 0;
         else up = start;
-        if (up && c >= 'a' && c <= 'z') c = (char)(c - 32);
-        else if (!up && c >= 'A' && c <= 'Z') c = (char)(c + 32);
-        o[i] = c;
-        if (mode == 3) start = !alpha && !((unsigned char)c >= 0x80);
+        uint32_t m = up ? to_upper(c) : to_lower(c);
+        bool cased = to_upper(c) != c || to_lower(c) != c || (c >= 0x80 && c != 0xD7 && c != 0xF7 && !py_space(c));
+        if (m == c || l > 2) memcpy(o + k, s.u.s.p + i, l), k += l; /* unchanged bytes, even if not valid UTF-8 */
+        else put_cp(o, &k, m);
+        if (mode == 3) start = !cased; /* str.title: a word starts after any uncased character */
         else if (mode == 4)
             start = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '-' ||
                     c == '(' || c == '{' || c == '[' || c == '<';
+        i += l;
     }
-    o[s.u.s.n] = 0;
-    return (jv){.t = JV_STR, .u.s = {o, s.u.s.n}};
+    o[k] = 0;
+    return (jv){.t = JV_STR, .u.s = {o, k}};
 }
 
 static jv replace(jrender *r, jv s, jv old, jv nw, int64_t count) {
@@ -268,8 +321,9 @@ static jv str_format(jrender *r, jv s, const jargs *A) {
     return mnv__jb_take(r, &b);
 }
 
-/* printf-style "%s" % args as the format filter does: %s %d %i %r %f %% */
-static jv percent_format(jrender *r, jv s, jv *args, int nargs) {
+/* printf-style formatting, "fmt" % args and the format filter: %s %d %i %r
+ * and %% (no widths or precisions) */
+jv mnv__jr_percent_format(jrender *r, jv s, jv *args, int nargs) {
     jbuf b = {0};
     int ai = 0;
     const char *p = s.u.s.p;
@@ -655,9 +709,18 @@ static jv sorted(jrender *r, jlist *l, const char *attr, bool cs, bool rev, int 
 static jv f_tojson(jrender *r, jv in, const jargs *A) {
     bool ascii = arg_bool(A, 0, "ensure_ascii", false);
     jv ind = arg(A, 1, "indent", mnv__jv_none());
-    int indent = -1;
-    if (ind.t == JV_INT) indent = ind.u.i < 0 ? 0 : ind.u.i > 64 ? 64 : (int)ind.u.i;
-    else if (ind.t != JV_NONE) mnv__jr_fail(r, "tojson: indent must be an integer");
+    const char *indent = NULL;
+    if (ind.t == JV_INT) {
+        int64_t w = ind.u.i < 0 ? 0 : ind.u.i > 64 ? 64 : ind.u.i;
+        char *sp = mnv__ja_alloc(r->a, (size_t)w + 1);
+        memset(sp, ' ', (size_t)w);
+        sp[w] = 0;
+        indent = sp;
+    } else if (ind.t == JV_STR) {
+        indent = mnv__jv_str(r, ind.u.s.p, ind.u.s.n).u.s.p;
+    } else if (ind.t != JV_NONE) {
+        mnv__jr_fail(r, "tojson: indent must be an integer or a string");
+    }
     jv seps = arg(A, 2, "separators", mnv__jv_none());
     bool sortk = arg_bool(A, 3, "sort_keys", false);
     jbuf b = {0};
@@ -682,7 +745,7 @@ static jv f_tojson(jrender *r, jv in, const jargs *A) {
             if (p[i] == '"') instr = true;
             if (p[i] == ',' ) {
                 mnv__jb_put(r, &o, is.u.s.p, is.u.s.n);
-                if (indent < 0 && i + 1 < s.u.s.n && p[i + 1] == ' ') i++;
+                if (!indent && i + 1 < s.u.s.n && p[i + 1] == ' ') i++;
             } else if (p[i] == ':') {
                 mnv__jb_put(r, &o, ks.u.s.p, ks.u.s.n);
                 if (i + 1 < s.u.s.n && p[i + 1] == ' ') i++;
@@ -751,6 +814,7 @@ static jv f_round(jrender *r, jv v, const jargs *A) {
     const char *method = arg_str(A, 1, "method", "common", &ml);
     if (prec < 0 || prec > 15) mnv__jr_fail(r, "round: precision must be 0..15");
     double scale = pow(10.0, (double)prec);
+    if (!strcmp(method, "common") && v.t != JV_FLOAT) return mnv__jv_int(v.t == JV_INT ? v.u.i : v.u.b);
     if (!strcmp(method, "floor")) return mnv__jv_float(floor(x * scale) / scale);
     if (!strcmp(method, "ceil")) return mnv__jv_float(ceil(x * scale) / scale);
     if (strcmp(method, "common")) mnv__jr_fail(r, "round: method must be common, floor or ceil");
@@ -940,6 +1004,26 @@ static jv f_sum(jrender *r, jv in, const jargs *A) {
     return acc;
 }
 
+static jv f_length(jrender *r, jv in) {
+    switch (in.t) {
+    case JV_UNDEF: return mnv__jv_int(0);
+    case JV_STR: return mnv__jv_int((int64_t)cp_count(in.u.s.p, in.u.s.n));
+    case JV_LIST: return mnv__jv_int((int64_t)in.u.l->n);
+    case JV_DICT: case JV_NS: return mnv__jv_int((int64_t)in.u.d->n);
+    default: mnv__jr_fail(r, "object of type '%s' has no len()", mnv__jv_typename(in));
+    }
+}
+
+static jv f_dictsort(jrender *r, jv in, const jargs *A) {
+    if (in.t != JV_DICT) mnv__jr_fail(r, "dictsort: expected a mapping, got %s", mnv__jv_typename(in));
+    size_t bl;
+    const char *by = arg_str(A, 1, "by", "key", &bl);
+    bool byv = !strcmp(by, "value");
+    if (!byv && strcmp(by, "key")) mnv__jr_fail(r, "dictsort: 'by' must be 'key' or 'value'");
+    return sorted(r, items_of(r, in.u.d).u.l, NULL, arg_bool(A, 0, "case_sensitive", false),
+                  arg_bool(A, 2, "reverse", false), byv ? 2 : 1);
+}
+
 jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int nargs, const char **kwn, jv *kwv,
                   int nkw) {
     jargs A = {r, name, args, nargs, kwn, kwv, nkw};
@@ -950,15 +1034,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
         return in;
     }
     if (!strcmp(name, "tojson")) return f_tojson(r, in, &A);
-    if (!strcmp(name, "length") || !strcmp(name, "count")) {
-        switch (in.t) {
-        case JV_UNDEF: return mnv__jv_int(0);
-        case JV_STR: return mnv__jv_int((int64_t)cp_count(in.u.s.p, in.u.s.n));
-        case JV_LIST: return mnv__jv_int((int64_t)in.u.l->n);
-        case JV_DICT: case JV_NS: return mnv__jv_int((int64_t)in.u.d->n);
-        default: mnv__jr_fail(r, "object of type '%s' has no len()", mnv__jv_typename(in));
-        }
-    }
+    if (!strcmp(name, "length") || !strcmp(name, "count")) return f_length(r, in);
     if (!strcmp(name, "string")) return mnv__jv_tostr(r, in);
     if (!strcmp(name, "list")) return (jv){.t = JV_LIST, .u.l = mnv__jr_iter(r, in)};
     if (!strcmp(name, "safe") || !strcmp(name, "attr")) {
@@ -975,15 +1051,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
         if (in.t != JV_DICT) mnv__jr_fail(r, "items: expected a mapping, got %s", mnv__jv_typename(in));
         return items_of(r, in.u.d);
     }
-    if (!strcmp(name, "dictsort")) {
-        if (in.t != JV_DICT) mnv__jr_fail(r, "dictsort: expected a mapping, got %s", mnv__jv_typename(in));
-        size_t bl;
-        const char *by = arg_str(&A, 1, "by", "key", &bl);
-        bool byv = !strcmp(by, "value");
-        if (!byv && strcmp(by, "key")) mnv__jr_fail(r, "dictsort: 'by' must be 'key' or 'value'");
-        return sorted(r, items_of(r, in.u.d).u.l, NULL, arg_bool(&A, 0, "case_sensitive", false),
-                      arg_bool(&A, 2, "reverse", false), byv ? 2 : 1);
-    }
+    if (!strcmp(name, "dictsort")) return f_dictsort(r, in, &A);
     if (!strcmp(name, "sort")) {
         jv attr = arg(&A, 2, "attribute", mnv__jv_none());
         return sorted(r, mnv__jr_iter(r, in), attr.t == JV_STR ? attr.u.s.p : NULL,
@@ -1030,7 +1098,7 @@ jv mnv__jr_filter(jrender *r, jframe *f, const char *name, jv in, jv *args, int 
     }
     if (!strcmp(name, "indent")) return f_indent(r, s, &A);
     if (!strcmp(name, "e") || !strcmp(name, "escape") || !strcmp(name, "forceescape")) return f_escape(r, s);
-    if (!strcmp(name, "format")) return percent_format(r, s, args, nargs);
+    if (!strcmp(name, "format")) return mnv__jr_percent_format(r, s, args, nargs);
     if (!strcmp(name, "wordcount")) return mnv__jv_int((int64_t)split(r, s, NULL, 0, -1).u.l->n);
     mnv__jr_fail(r, "no filter named '%s'", name);
 }

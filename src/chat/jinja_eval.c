@@ -224,7 +224,7 @@ static jv do_slice(jrender *r, jv obj, jv a, jv b, jv c) {
 /* ---- arithmetic ---- */
 static bool is_num(jv v) { return v.t == JV_BOOL || v.t == JV_INT || v.t == JV_FLOAT; }
 static double as_f(jv v) { return v.t == JV_FLOAT ? v.u.f : v.t == JV_INT ? (double)v.u.i : (double)v.u.b; }
-static int64_t as_i(jv v) { return v.t == JV_INT ? v.u.i : (int64_t)v.u.b; }
+static int64_t as_i(jv v) { return v.t == JV_INT ? v.u.i : v.t == JV_BOOL ? (int64_t)v.u.b : 0; }
 
 static const char *op_name(int op) {
     switch (op) {
@@ -321,6 +321,10 @@ static jv binop(jrender *r, int op, jv a, jv b) {
         return repeat(r, a, as_i(b));
     if (op == '*' && (b.t == JV_STR || b.t == JV_LIST) && (a.t == JV_INT || a.t == JV_BOOL))
         return repeat(r, b, as_i(a));
+    if (op == '%' && a.t == JV_STR) { /* "fmt" % value or % (tuple) */
+        if (b.t == JV_LIST && b.tuple) return mnv__jr_percent_format(r, a, b.u.l->v, (int)b.u.l->n);
+        return mnv__jr_percent_format(r, a, &b, 1);
+    }
     if (a.t == JV_UNDEF || b.t == JV_UNDEF) {
         jv u = a.t == JV_UNDEF ? a : b;
         mnv__jr_fail(r, "%s", u.uname ? u.uname : "undefined value in an operation");
@@ -389,7 +393,6 @@ static jv call_macro(jrender *r, jfunc *fn, jv *args, int nargs, const char **kw
         else mnv__jd_set(r, kwargs.u.d, mnv__jv_strz(kwn[k]), kwv[k]);
     }
     for (int i = nargs; i < np; i++) {
-        jv dummy;
         bool given = false;
         for (size_t k = 0; k < f->n; k++)
             if (!strcmp(f->k[k], m->names[i])) given = true;
@@ -400,8 +403,8 @@ static jv call_macro(jrender *r, jfunc *fn, jv *args, int nargs, const char **kw
             sprintf(msg, "parameter '%s' was not provided", m->names[i]);
             frame_set(r, f, m->names[i], mnv__jv_undef(msg));
         }
-        (void)dummy;
     }
+    varargs.tuple = 1;
     frame_set(r, f, "varargs", varargs);
     frame_set(r, f, "kwargs", kwargs);
     jbuf *saved = r->out;
@@ -416,6 +419,7 @@ static jv call_macro(jrender *r, jfunc *fn, jv *args, int nargs, const char **kw
 }
 
 jv mnv__jr_call(jrender *r, jframe *f, jv fn, jv *args, int nargs, const char **kwn, jv *kwv, int nkw) {
+    (void)f;
     if (fn.t == JV_UNDEF) mnv__jr_fail(r, "%s", fn.uname ? fn.uname : "undefined value is not callable");
     if (fn.t != JV_FUNC) mnv__jr_fail(r, "'%s' object is not callable", mnv__jv_typename(fn));
     jfunc *F = fn.u.fn;
@@ -424,7 +428,6 @@ jv mnv__jr_call(jrender *r, jframe *f, jv fn, jv *args, int nargs, const char **
     case JF_METHOD: return mnv__jr_method(r, F->self, F->name, args, nargs, kwn, kwv, nkw);
     default: return mnv__jr_global(r, F->name, args, nargs, kwn, kwv, nkw);
     }
-    (void)f;
 }
 
 /* evaluates positional and keyword arguments of a call/filter/test node */
@@ -444,18 +447,69 @@ static jv apply_filters(jrender *r, jframe *f, const jnode *chain, jv text) {
     return mnv__jr_filter(r, f, chain->s, in, args, chain->nv, chain->names, kwv, chain->nw);
 }
 
+static jv eval_name(jrender *r, jframe *f, const jnode *n) {
+    jv v;
+    if (frame_get(f, n->s, &v)) return v;
+    if (mnv__jr_is_global(n->s)) return func_value(r, JF_BUILTIN, n->s);
+    char *msg = mnv__ja_alloc(r->a, n->len + 32);
+    sprintf(msg, "'%s' is undefined", n->s);
+    return mnv__jv_undef(msg);
+}
+
+static jv eval_slice(jrender *r, jframe *f, const jnode *n) {
+    jv o = mnv__jr_eval(r, f, n->a);
+    jv a = n->b ? mnv__jr_eval(r, f, n->b) : mnv__jv_none();
+    jv b = n->c ? mnv__jr_eval(r, f, n->c) : mnv__jv_none();
+    jv c = n->d ? mnv__jr_eval(r, f, n->d) : mnv__jv_none();
+    r->line = n->line;
+    if (o.t == JV_UNDEF) mnv__jr_fail(r, "%s", o.uname ? o.uname : "undefined value");
+    return do_slice(r, o, a, b, c);
+}
+
+static jv eval_sign(jrender *r, jframe *f, const jnode *n) {
+    jv v = mnv__jr_eval(r, f, n->a);
+    r->line = n->line;
+    if (!is_num(v))
+        mnv__jr_fail(r, "bad operand type for unary %c: '%s'", n->kind == JN_NEG ? '-' : '+', mnv__jv_typename(v));
+    if (n->kind == JN_POS) return v.t == JV_BOOL ? mnv__jv_int(v.u.b) : v;
+    if (v.t == JV_FLOAT) return mnv__jv_float(-v.u.f);
+    if (as_i(v) == INT64_MIN) mnv__jr_fail(r, "integer overflow in unary -");
+    return mnv__jv_int(-as_i(v));
+}
+
+/* a < b <= c ...: each pair in turn, as Python chains them */
+static jv eval_compare(jrender *r, jframe *f, const jnode *n) {
+    jv a = mnv__jr_eval(r, f, n->a);
+    for (int i = 0; i < n->nv; i++) {
+        jv b = mnv__jr_eval(r, f, n->v[i]);
+        r->line = n->line;
+        if (!compare(r, n->ops[i], a, b)) return mnv__jv_bool(false);
+        a = b;
+    }
+    return mnv__jv_bool(true);
+}
+
+/* [a, b], (a, b), {k: v} */
+static jv eval_display(jrender *r, jframe *f, const jnode *n) {
+    if (n->kind == JN_DICT) {
+        jv d = mnv__jv_dict(r, (size_t)n->nv);
+        for (int i = 0; i < n->nv; i++) {
+            jv k = mnv__jr_eval(r, f, n->v[i]);
+            mnv__jd_set(r, d.u.d, k, mnv__jr_eval(r, f, n->w[i]));
+        }
+        return d;
+    }
+    jv l = mnv__jv_list(r, (size_t)n->nv);
+    for (int i = 0; i < n->nv; i++) mnv__jl_push(r, l.u.l, mnv__jr_eval(r, f, n->v[i]));
+    l.tuple = n->kind == JN_TUPLE;
+    return l;
+}
+
 jv mnv__jr_eval(jrender *r, jframe *f, const jnode *n) {
     r->line = n->line;
     switch (n->kind) {
     case JN_LIT: return n->lit;
-    case JN_NAME: {
-        jv v;
-        if (frame_get(f, n->s, &v)) return v;
-        if (mnv__jr_is_global(n->s)) return func_value(r, JF_BUILTIN, n->s);
-        char *msg = mnv__ja_alloc(r->a, n->len + 32);
-        sprintf(msg, "'%s' is undefined", n->s);
-        return mnv__jv_undef(msg);
-    }
+    case JN_NAME: return eval_name(r, f, n);
     case JN_ATTR: {
         jv o = mnv__jr_eval(r, f, n->a);
         r->line = n->line;
@@ -467,15 +521,7 @@ jv mnv__jr_eval(jrender *r, jframe *f, const jnode *n) {
         r->line = n->line;
         return mnv__jr_getitem(r, o, k);
     }
-    case JN_SLICE: {
-        jv o = mnv__jr_eval(r, f, n->a);
-        jv a = n->b ? mnv__jr_eval(r, f, n->b) : mnv__jv_none();
-        jv b = n->c ? mnv__jr_eval(r, f, n->c) : mnv__jv_none();
-        jv c = n->d ? mnv__jr_eval(r, f, n->d) : mnv__jv_none();
-        r->line = n->line;
-        if (o.t == JV_UNDEF) mnv__jr_fail(r, "%s", o.uname ? o.uname : "undefined value");
-        return do_slice(r, o, a, b, c);
-    }
+    case JN_SLICE: return eval_slice(r, f, n);
     case JN_CALL: {
         jv fn = mnv__jr_eval(r, f, n->a);
         jv *args, *kwv;
@@ -498,16 +544,7 @@ jv mnv__jr_eval(jrender *r, jframe *f, const jnode *n) {
         bool t = mnv__jr_test(r, f, n->s, in, args, n->nv);
         return mnv__jv_bool(n->op ? !t : t);
     }
-    case JN_NEG: case JN_POS: {
-        jv v = mnv__jr_eval(r, f, n->a);
-        r->line = n->line;
-        if (!is_num(v)) mnv__jr_fail(r, "bad operand type for unary %c: '%s'", n->kind == JN_NEG ? '-' : '+',
-                                     mnv__jv_typename(v));
-        if (n->kind == JN_POS) return v.t == JV_BOOL ? mnv__jv_int(v.u.b) : v;
-        if (v.t == JV_FLOAT) return mnv__jv_float(-v.u.f);
-        if (as_i(v) == INT64_MIN) mnv__jr_fail(r, "integer overflow in unary -");
-        return mnv__jv_int(-as_i(v));
-    }
+    case JN_NEG: case JN_POS: return eval_sign(r, f, n);
     case JN_NOT: return mnv__jv_bool(!mnv__jv_truthy(mnv__jr_eval(r, f, n->a)));
     case JN_AND: {
         jv a = mnv__jr_eval(r, f, n->a);
@@ -523,16 +560,7 @@ jv mnv__jr_eval(jrender *r, jframe *f, const jnode *n) {
         r->line = n->line;
         return binop(r, n->op, a, b);
     }
-    case JN_CMP: {
-        jv a = mnv__jr_eval(r, f, n->a);
-        for (int i = 0; i < n->nv; i++) {
-            jv b = mnv__jr_eval(r, f, n->v[i]);
-            r->line = n->line;
-            if (!compare(r, n->ops[i], a, b)) return mnv__jv_bool(false);
-            a = b;
-        }
-        return mnv__jv_bool(true);
-    }
+    case JN_CMP: return eval_compare(r, f, n);
     case JN_CONCAT: {
         jbuf b = {0};
         for (int i = 0; i < n->nv; i++) {
@@ -544,20 +572,7 @@ jv mnv__jr_eval(jrender *r, jframe *f, const jnode *n) {
     case JN_COND:
         if (mnv__jv_truthy(mnv__jr_eval(r, f, n->a))) return mnv__jr_eval(r, f, n->b);
         return n->c ? mnv__jr_eval(r, f, n->c) : mnv__jv_undef("the conditional expression had no else");
-    case JN_LIST: case JN_TUPLE: {
-        jv l = mnv__jv_list(r, (size_t)n->nv);
-        for (int i = 0; i < n->nv; i++) mnv__jl_push(r, l.u.l, mnv__jr_eval(r, f, n->v[i]));
-        l.tuple = n->kind == JN_TUPLE;
-        return l;
-    }
-    case JN_DICT: {
-        jv d = mnv__jv_dict(r, (size_t)n->nv);
-        for (int i = 0; i < n->nv; i++) {
-            jv k = mnv__jr_eval(r, f, n->v[i]);
-            mnv__jd_set(r, d.u.d, k, mnv__jr_eval(r, f, n->w[i]));
-        }
-        return d;
-    }
+    case JN_LIST: case JN_TUPLE: case JN_DICT: return eval_display(r, f, n);
     default: mnv__jr_fail(r, "a statement used as an expression");
     }
 }

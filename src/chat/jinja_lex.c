@@ -276,36 +276,102 @@ static bool lex_comment(lexer *L) {
     return lx_err(L, "unclosed comment");
 }
 
+/* The text before a tag, cut as the tag's marker says: '-' strips all
+ * whitespace, '+' keeps it, and else (lstrip_blocks) a block or comment tag
+ * alone after the start of its line takes the spaces before it. */
+static size_t strip_before_tag(const char *text, size_t tlen, char kind, char mark, bool line_start) {
+    if (mark == '-') {
+        while (tlen && is_space(text[tlen - 1])) tlen--;
+    } else if (mark != '+' && kind != '{') {
+        size_t lpos = tlen;
+        while (lpos && text[lpos - 1] != '\n') lpos--;
+        if (lpos > 0 || line_start) {
+            bool ws = true;
+            for (size_t i = lpos; i < tlen; i++)
+                if (!is_space(text[i])) ws = false;
+            if (ws) tlen = lpos;
+        }
+    }
+    return tlen;
+}
+
+/* "{% raw %}" at L->pos (after "{%" and its marker): its text up to
+ * "{% endraw %}" is one text token. Returns false (nothing consumed) when
+ * the tag is not raw; true with L->err set on a missing endraw. As in Jinja,
+ * no trim_blocks after "{% raw %}" itself. */
+static bool lex_raw(lexer *L) {
+    size_t i = L->pos;
+    while (i < L->n && is_space(L->s[i])) i++;
+    if (L->n - i < 3 || memcmp(L->s + i, "raw", 3) != 0) return false;
+    i += 3;
+    while (i < L->n && is_space(L->s[i])) i++;
+    bool strip = false;
+    if (i + 2 < L->n && L->s[i] == '-' && L->s[i + 1] == '%' && L->s[i + 2] == '}') {
+        strip = true;
+        i += 3;
+    } else if (i + 1 < L->n && L->s[i] == '%' && L->s[i + 1] == '}') {
+        i += 2;
+    } else {
+        return false;
+    }
+    if (strip)
+        while (i < L->n && is_space(L->s[i])) i++;
+    size_t start = i;
+    for (; i + 1 < L->n; i++) {
+        if (L->s[i] != '{' || L->s[i + 1] != '%') continue;
+        size_t j = i + 2;
+        char mark = j < L->n && (L->s[j] == '-' || L->s[j] == '+') ? L->s[j++] : 0;
+        while (j < L->n && is_space(L->s[j])) j++;
+        if (L->n - j < 6 || memcmp(L->s + j, "endraw", 6) != 0) continue;
+        j += 6;
+        while (j < L->n && is_space(L->s[j])) j++;
+        char emark = j < L->n && (L->s[j] == '-' || L->s[j] == '+') ? L->s[j++] : 0;
+        if (j + 1 >= L->n || L->s[j] != '%' || L->s[j + 1] != '}') continue;
+        j += 2;
+        bool line_start = start == 0 || L->s[start - 1] == '\n';
+        size_t tlen = strip_before_tag(L->s + start, i - start, '%', mark, line_start);
+        L->line += count_nl(L->s + L->pos, start - L->pos);
+        if (tlen && !lx_push(L, (jtok){.kind = JT_TEXT, .line = L->line, .s = L->s + start, .len = tlen})) return true;
+        if (emark == '-')
+            while (j < L->n && is_space(L->s[j])) j++;
+        else if (!emark && j < L->n && L->s[j] == '\n')
+            j++;
+        L->line += count_nl(L->s + start, j - start);
+        L->pos = j;
+        return true;
+    }
+    lx_err(L, "missing {%% endraw %%}");
+    return true;
+}
+
 bool mnv__jinja_lex(jarena *a, const char *src, size_t len, jtok **toks, size_t *n, char *err,
                     size_t errcap) {
     lexer L = {.a = a, .n = len, .line = 1, .err = err, .errcap = errcap};
+    if (errcap) err[0] = 0;
+    /* as Jinja reads a source: every \r\n and \r becomes \n, and one
+     * newline at the very end is dropped (keep_trailing_newline off) */
     char *copy = mnv__ja_alloc(a, len + 1);
     if (!copy) return lx_err(&L, "template too large");
-    memcpy(copy, src, len);
-    copy[len] = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (src[i] == '\r') {
+            copy[k++] = '\n';
+            if (i + 1 < len && src[i + 1] == '\n') i++;
+        } else {
+            copy[k++] = src[i];
+        }
+    }
+    if (k && copy[k - 1] == '\n') k--;
+    copy[k] = 0;
     L.s = copy;
+    L.n = k;
     while (L.pos < L.n) {
         size_t tag = next_tag(&L, L.pos);
         const char *text = L.s + L.pos;
         size_t tlen = tag - L.pos;
         bool line_start = L.pos == 0 || L.s[L.pos - 1] == '\n';
         int text_line = L.line;
-        if (tag < L.n) {
-            char kind = L.s[tag + 1];
-            char mark = tag + 2 < L.n ? L.s[tag + 2] : 0;
-            if (mark == '-') {
-                while (tlen && is_space(text[tlen - 1])) tlen--;
-            } else if (mark != '+' && kind != '{') {
-                size_t lpos = tlen;
-                while (lpos && text[lpos - 1] != '\n') lpos--;
-                if (lpos > 0 || line_start) {
-                    bool ws = true;
-                    for (size_t i = lpos; i < tlen; i++)
-                        if (!is_space(text[i])) ws = false;
-                    if (ws) tlen = lpos;
-                }
-            }
-        }
+        if (tag < L.n) tlen = strip_before_tag(text, tlen, L.s[tag + 1], tag + 2 < L.n ? L.s[tag + 2] : 0, line_start);
         if (tlen && !lx_push(&L, (jtok){.kind = JT_TEXT, .line = text_line, .s = text, .len = tlen}))
             return false;
         L.line += count_nl(L.s + L.pos, tag - L.pos);
@@ -318,6 +384,10 @@ bool mnv__jinja_lex(jarena *a, const char *src, size_t len, jtok **toks, size_t 
             continue;
         }
         bool block = kind == '%';
+        if (block && lex_raw(&L)) {
+            if (L.err[0]) return false;
+            continue;
+        }
         if (!lx_push(&L, (jtok){.kind = block ? JT_BLOCK_BEGIN : JT_VAR_BEGIN, .line = L.line})) return false;
         if (!lex_tag(&L, block)) return false;
     }

@@ -432,14 +432,14 @@ static void json_str(jrender *r, jbuf *b, const char *s, size_t n) {
     mnv__jb_puts(r, b, "\"");
 }
 
-static void json_newline(jrender *r, jbuf *b, int indent, int level) {
+static void json_newline(jrender *r, jbuf *b, const char *indent, int level) {
     mnv__jb_puts(r, b, "\n");
-    for (int i = 0; i < indent * level; i++) mnv__jb_puts(r, b, " ");
+    for (int i = 0; i < level; i++) mnv__jb_puts(r, b, indent);
 }
 
 static int key_cmp_r(jrender *r, const jdict *d, size_t a, size_t b) { return mnv__jv_cmp(r, d->k[a], d->k[b]); }
 
-void mnv__jv_tojson(jrender *r, jbuf *b, jv v, int indent, bool sort_keys, int level) {
+void mnv__jv_tojson(jrender *r, jbuf *b, jv v, const char *indent, bool sort_keys, int level) {
     if (level > 200) mnv__jr_fail(r, "value nested too deeply for tojson");
     char tmp[64];
     switch (v.t) {
@@ -462,11 +462,11 @@ void mnv__jv_tojson(jrender *r, jbuf *b, jv v, int indent, bool sort_keys, int l
         }
         mnv__jb_puts(r, b, "[");
         for (size_t i = 0; i < v.u.l->n; i++) {
-            if (i) mnv__jb_puts(r, b, indent >= 0 ? "," : ", ");
-            if (indent >= 0) json_newline(r, b, indent, level + 1);
+            if (i) mnv__jb_puts(r, b, indent ? "," : ", ");
+            if (indent) json_newline(r, b, indent, level + 1);
             mnv__jv_tojson(r, b, v.u.l->v[i], indent, sort_keys, level + 1);
         }
-        if (indent >= 0) json_newline(r, b, indent, level);
+        if (indent) json_newline(r, b, indent, level);
         mnv__jb_puts(r, b, "]");
         return;
     case JV_DICT: {
@@ -487,19 +487,19 @@ void mnv__jv_tojson(jrender *r, jbuf *b, jv v, int indent, bool sort_keys, int l
         mnv__jb_puts(r, b, "{");
         for (size_t i = 0; i < d->n; i++) {
             jv k = d->k[order[i]];
-            if (i) mnv__jb_puts(r, b, indent >= 0 ? "," : ", ");
-            if (indent >= 0) json_newline(r, b, indent, level + 1);
+            if (i) mnv__jb_puts(r, b, indent ? "," : ", ");
+            if (indent) json_newline(r, b, indent, level + 1);
             if (k.t == JV_STR) json_str(r, b, k.u.s.p, k.u.s.n);
             else if (k.t == JV_INT || k.t == JV_FLOAT || k.t == JV_BOOL || k.t == JV_NONE) {
                 jbuf kb = {0};
-                mnv__jv_tojson(r, &kb, k, -1, false, level + 1);
+                mnv__jv_tojson(r, &kb, k, NULL, false, level + 1);
                 json_str(r, b, kb.p, kb.n);
             } else mnv__jr_fail(r, "tojson: keys must be str, int, float, bool or None, not %s",
                                 mnv__jv_typename(k));
             mnv__jb_puts(r, b, ": ");
             mnv__jv_tojson(r, b, d->v[order[i]], indent, sort_keys, level + 1);
         }
-        if (indent >= 0) json_newline(r, b, indent, level);
+        if (indent) json_newline(r, b, indent, level);
         mnv__jb_puts(r, b, "}");
         return;
     }
@@ -515,7 +515,10 @@ jv mnv__jv_from_cjson(jrender *r, const cJSON *j, int depth) {
     if (cJSON_IsBool(j)) return mnv__jv_bool(cJSON_IsTrue(j));
     if (cJSON_IsNumber(j)) {
         double d = j->valuedouble;
-        if (d == floor(d) && fabs(d) < 9.007199254740992e15) return mnv__jv_int((int64_t)d);
+        /* cJSON keeps no trace of "3.0" against "3": an integral value is an
+         * int (but -0.0, which only a float can be, stays one) */
+        if (d == floor(d) && fabs(d) < 9.007199254740992e15 && !(d == 0 && signbit(d)))
+            return mnv__jv_int((int64_t)d);
         return mnv__jv_float(d);
     }
     if (cJSON_IsString(j)) return mnv__jv_str(r, j->valuestring, strlen(j->valuestring));

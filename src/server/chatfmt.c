@@ -375,9 +375,10 @@ static void show(srv_buf *all, srv_buf *delta, size_t *streamed, const char *s, 
 
 static void template_feed(srv_job *j, srv_choice *c) {
     size_t r0, r1, c0, c1;
-    visible(j, c->text.p ? c->text.p : "", c->text_read, &r0, &r1, &c0, &c1);
-    show(&c->reasoning, &c->delta_reasoning, &c->r_streamed, c->text.p + r0, r1 - r0);
-    show(&c->content, &c->delta_content, &c->c_streamed, c->text.p + c0, c1 - c0);
+    const char *t = c->text.p ? c->text.p : "";
+    visible(j, t, c->text_read, &r0, &r1, &c0, &c1);
+    show(&c->reasoning, &c->delta_reasoning, &c->r_streamed, t + r0, r1 - r0);
+    show(&c->content, &c->delta_content, &c->c_streamed, t + c0, c1 - c0);
 }
 
 /* The final split of the whole text; what streaming showed is kept when the
@@ -425,7 +426,7 @@ void srv_chat_reader_feed(srv_job *j, srv_choice *c) {
         const srv_tok *t = &c->toks[c->n_read];
         if (c->parser) {
             mnv_chat_parser_push(c->parser, t->id);
-        } else if (j->fmt == SRV_FMT_PLAIN) {
+        } else if (j->fmt == SRV_FMT_PLAIN && t->text_end > c->text_read) {
             srv_buf_put(&c->content, c->text.p + c->text_read, t->text_end - c->text_read);
             srv_buf_put(&c->delta_content, c->text.p + c->text_read, t->text_end - c->text_read);
         }

@@ -159,8 +159,9 @@ bool srv_admit(srv_conn *c) {
     int limit = s->p.parallel + s->p.max_queue;
     if (atomic_fetch_add(&s->active, 1) >= limit) {
         atomic_fetch_sub(&s->active, 1);
-        reply_err(c, 503, "server_busy", "the server is busy (%s requests running or queued); retry later",
-                  "all");
+        char n[32];
+        snprintf(n, sizeof n, "%d", limit);
+        reply_err(c, 503, "server_busy", "the server is busy (%s requests running or waiting); retry later", n);
         return false;
     }
     c->admitted = true;
@@ -239,6 +240,10 @@ static void dispatch(srv_conn *c) {
     if (!hit) {
         if (path_known) reply_err(c, 405, "method_not_allowed", "method %s is not allowed here", c->method);
         else reply_err(c, 404, "not_found", "no such endpoint: %s", c->path);
+        return;
+    }
+    if (!atomic_load(&c->s->ready) && hit->fn != srv_h_health) {
+        reply_err(c, 503, "model_loading", "%s", "the model is loading; retry later");
         return;
     }
     if (!hit->open && !authorized(c)) {
@@ -344,21 +349,18 @@ mnv_status mnv__server_start(const mnv__server_params *p, mnv__server **out) {
     mnv__server *s = calloc(1, sizeof *s);
     if (!s) return mnv_set_error(MNV_ERR_NOMEM, "out of memory");
     s->p = *p;
-    s->tok = mnv_model_tokenizer(p->model);
-    if (!s->tok) {
-        free(s);
-        return mnv_set_error(MNV_ERR_UNSUPPORTED, "serve: the model directory has no tokenizer.json");
-    }
-    s->n_vocab = mnv_tokenizer_n_vocab(s->tok);
+    s->p.model = NULL, s->p.engine = NULL;
     s->api_key = p->api_key && *p->api_key ? strdup(p->api_key) : NULL;
     s->model_id = strdup(p->model_id ? p->model_id : "minerva");
     s->p.api_key = NULL;
     pthread_mutex_init(&s->mu, NULL);
     srv_metrics_init(&s->metrics);
-    mnv_status st = srv_formats_load(s);
-    if (st != MNV_OK) {
-        mnv__server_stop(s);
-        return st;
+    if (p->model) {
+        mnv_status st = mnv__server_ready(s, p->model, p->engine, p->max_seq_tokens);
+        if (st != MNV_OK) {
+            mnv__server_stop(s);
+            return st;
+        }
     }
     const char *host = p->host ? p->host : "127.0.0.1";
     struct sockaddr_in a4 = {0};
@@ -393,14 +395,23 @@ mnv_status mnv__server_start(const mnv__server_params *p, mnv__server **out) {
 
 int mnv__server_port(const mnv__server *s) { return s->port; }
 
+mnv_status mnv__server_ready(mnv__server *s, mnv_model *model, mnv_engine *engine, int32_t max_seq_tokens) {
+    if (!(s->tok = mnv_model_tokenizer(model)))
+        return mnv_set_error(MNV_ERR_UNSUPPORTED, "serve: the model directory has no tokenizer.json");
+    s->n_vocab = mnv_tokenizer_n_vocab(s->tok);
+    s->p.model = model;
+    s->p.engine = engine;
+    s->p.max_seq_tokens = max_seq_tokens;
+    mnv_status st = srv_formats_load(s);
+    if (st == MNV_OK) atomic_store(&s->ready, 1); /* publishes the fields above to the HTTP threads */
+    return st;
+}
+
 void mnv__server_stop(mnv__server *s) {
     if (!s) return;
     atomic_store(&s->stopping, 1);
     pthread_mutex_lock(&s->mu);
-    for (srv_job *j = s->jobs; j; j = j->next) {
-        for (int i = 0; i < j->n_ch; i++)
-            if (j->ch[i].req) mnv_engine_cancel(s->p.engine, j->ch[i].req);
-    }
+    for (srv_job *j = s->jobs; j; j = j->next) srv_job_cancel(j); /* jobs exist only once ready */
     pthread_mutex_unlock(&s->mu);
     /* the cancelled requests end at the engine's next step; the streams then end */
     for (int i = 0; i < 500 && atomic_load(&s->active) > 0; i++) nanosleep(&(struct timespec){0, 10000000}, NULL);

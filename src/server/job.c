@@ -158,12 +158,12 @@ mnv_status srv_job_submit(srv_job *j) {
         pthread_mutex_lock(&j->mu);
         j->refs++;
         pthread_mutex_unlock(&j->mu);
-        st = mnv_engine_submit(j->srv->p.engine, &rp, &c->req);
-        if (st != MNV_OK) {
-            pthread_mutex_lock(&j->mu);
-            j->refs--;
-            pthread_mutex_unlock(&j->mu);
-        }
+        uint64_t id = 0;
+        st = mnv_engine_submit(j->srv->p.engine, &rp, &id);
+        pthread_mutex_lock(&j->mu);
+        if (st == MNV_OK) c->req = id;
+        else j->refs--;
+        pthread_mutex_unlock(&j->mu);
     }
     if (st != MNV_OK) {
         char msg[512];

@@ -11,9 +11,11 @@
 /* ---- small endpoints -------------------------------------------------------------------- */
 
 void srv_h_health(srv_conn *c, const cJSON *body) {
+    mnv__server *s = srv_conn_server(c);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "status", atomic_load(&srv_conn_server(c)->stopping) ? "stopping" : "ok");
-    srv_reply_json(c, 200, o);
+    bool ready = atomic_load(&s->ready);
+    cJSON_AddStringToObject(o, "status", !ready ? "loading" : atomic_load(&s->stopping) ? "stopping" : "ok");
+    srv_reply_json(c, ready ? 200 : 503, o);
 }
 
 void srv_h_models(srv_conn *c, const cJSON *body) {

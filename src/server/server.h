@@ -37,8 +37,13 @@ typedef struct {
 
 /* Bind and start serving on threads of the server's own. MNV_ERR_IO when the
  * address cannot be bound; MNV_ERR_UNSUPPORTED when the model has no
- * tokenizer. */
+ * tokenizer. With p->model NULL the server starts "loading": /health
+ * answers 503 {"status": "loading"}, every other endpoint 503, until
+ * mnv__server_ready gives it the model and the engine. */
 mnv_status mnv__server_start(const mnv__server_params *p, mnv__server **out);
+/* The model is loaded: serve it (its chat format is read now; a broken chat
+ * template fails here, naming the file). Call once, from one thread. */
+mnv_status mnv__server_ready(mnv__server *s, mnv_model *model, mnv_engine *engine, int32_t max_seq_tokens);
 /* Stop accepting, cancel every running request (their clients see the
  * stream end), wait for the connections to close, free the server. */
 void mnv__server_stop(mnv__server *s);

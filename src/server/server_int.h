@@ -75,6 +75,7 @@ struct mnv__server {
     srv_metrics metrics;
     atomic_int active;            /* jobs admitted and not yet ended */
     atomic_int stopping;
+    atomic_int ready;             /* the model and engine are set (else: loading) */
     atomic_uint_fast64_t seq;     /* ids of responses */
     pthread_mutex_t mu;           /* the job list */
     srv_job *jobs;

@@ -11,6 +11,7 @@
 /* ---- growable text ------------------------------------------------------------- */
 
 void srv_buf_put(srv_buf *b, const char *s, size_t n) {
+    if (!n) return;
     if (b->len + n + 1 > b->cap) {
         size_t cap = MNV_MAX(b->cap * 2, b->len + n + 256);
         char *p = realloc(b->p, cap);
