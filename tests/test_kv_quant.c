@@ -110,10 +110,10 @@ static void ref_attention(const float *q, const float *kc, const float *vc, int6
         mx = fmax(mx, sc[j]);
     }
     if (sink) den = exp(sink[h] - mx);
-    for (int32_t j = lo; j <= p; j++) den += exp(sc[j] - mx);
+    for (int32_t j = lo; j <= p; j++) den += sc[j] = exp(sc[j] - mx);
     for (int64_t i = 0; i < D; i++) {
         double a = 0;
-        for (int32_t j = lo; j <= p; j++) a += exp(sc[j] - mx) * vc[((s * C + j) * Hkv + kvh) * D + i];
+        for (int32_t j = lo; j <= p; j++) a += sc[j] * vc[((s * C + j) * Hkv + kvh) * D + i];
         out[i] = (float)(a / den);
     }
     free(sc);
