@@ -110,10 +110,10 @@ static void ref_attention(const float *q, const float *kc, const float *vc, int6
         mx = fmax(mx, sc[j]);
     }
     if (sink) den = exp(sink[h] - mx);
-    for (int32_t j = lo; j <= p; j++) den += exp(sc[j] - mx);
+    for (int32_t j = lo; j <= p; j++) den += sc[j] = exp(sc[j] - mx);
     for (int64_t i = 0; i < D; i++) {
         double a = 0;
-        for (int32_t j = lo; j <= p; j++) a += exp(sc[j] - mx) * vc[((s * C + j) * Hkv + kvh) * D + i];
+        for (int32_t j = lo; j <= p; j++) a += sc[j] * vc[((s * C + j) * Hkv + kvh) * D + i];
         out[i] = (float)(a / den);
     }
     free(sc);
@@ -197,7 +197,7 @@ static int64_t pick_group(void) {
 
 /* The kernel itself (mnv_cpu_attention) for K type kt and V type vt. */
 static void test_kernel(mnv_kv_type kt, mnv_kv_type vt) {
-    int64_t S = t_randint(1, 3), C = t_randint(1, 200), Hkv = t_randint(1, 3), G = pick_group();
+    int64_t S = t_randint(1, 3), C = t_randint(1, 160), Hkv = t_randint(1, 3), G = pick_group();
     int64_t D = pick_dim(kt, vt), T = t_randint(1, 8), H = Hkv * G;
     int32_t window = t_randint(0, 1) ? t_randint(1, (int)C) : 0;
     store st = store_make(S, C, Hkv, D, kt, vt, t_randint(0, 3) == 0);
@@ -320,7 +320,7 @@ int main(void) {
     t_seed();
     test_layouts();
     test_quantizer();
-    for (int rep = 0; rep < 3; rep++)
+    for (int rep = 0; rep < 2; rep++)
         for (int i = 0; i < 5; i++)
             for (int j = 0; j < 5; j++) test_kernel(TYPES[i], TYPES[j]);
     mnv_graph *g;
@@ -330,9 +330,8 @@ int main(void) {
     CHECK(mnv_graph_create(256, &g) == MNV_OK);
     CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
     CHECK(mnv_executor_create(be, &ex) == MNV_OK);
-    for (int rep = 0; rep < 2; rep++)
-        for (int i = 0; i < 5; i++)
-            for (int j = 0; j < 5; j++) test_graph(g, ex, TYPES[i], TYPES[j]);
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 5; j++) test_graph(g, ex, TYPES[i], TYPES[j]);
     mnv_executor_free(ex);
     mnv_backend_free(be);
     mnv_graph_free(g);
