@@ -11,6 +11,24 @@ mnv_session_params mnv_session_params_default(void) {
     return p;
 }
 
+/* Tokens of KV a session's pool holds: every sequence at its full context in
+ * the full-attention groups, and for each sliding-window group room for a
+ * whole batch beside the window (the pool sizes a ring for the window alone;
+ * the engine shrinks a prompt chunk that does not fit, a session evaluates
+ * its batches whole, so a batch of n_batch tokens must always fit). */
+static int64_t session_kv_tokens(const mnv_model_config *c, int32_t n_seq, int32_t n_ctx, int32_t n_batch) {
+    enum { B = 16 };
+    int64_t t = (int64_t)n_seq * ((n_ctx + B - 1) / B * B);
+    int32_t L = c->num_hidden_layers, n_groups = 0, window[MNV_MAX_KV_GROUPS] = {0};
+    int32_t *lg = calloc((size_t)MNV_MAX(L, 1) * 2, sizeof(int32_t));
+    if (lg) mnv_model_kv_groups(c, &n_groups, window, lg, lg + L);
+    free(lg);
+    const int32_t k = MNV_MIN(n_batch, n_ctx);
+    for (int32_t g = 0; g < n_groups; g++)
+        if (window[g]) t += ((int64_t)(k + B - 1) / B + 1) * B;
+    return t;
+}
+
 mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *params, int32_t n_seq,
                                     mnv_session **out) {
     if (!out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_create: out is NULL");
@@ -41,7 +59,8 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     ep.max_seqs = n_seq;
     ep.max_seq_tokens = s->params.n_ctx;
     ep.kv_block_tokens = 16;
-    ep.kv_max_tokens = (int32_t)MNV_MIN((int64_t)n_seq * ((s->params.n_ctx + 15) / 16 * 16), (int64_t)INT32_MAX);
+    ep.kv_max_tokens = (int32_t)MNV_MIN(session_kv_tokens(&model->cfg, n_seq, s->params.n_ctx, s->params.n_batch),
+                                        (int64_t)INT32_MAX);
     ep.step_tokens = s->params.n_batch;
     ep.exact_quant = s->params.exact_quant;
     ep.deterministic = s->params.deterministic;
@@ -334,7 +353,8 @@ mnv_status mnv_model_estimate_memory(const char *dir, const mnv_session_params *
         out->n_batch = sp.n_batch > 0 ? sp.n_batch : 512;
         out->weight_bytes = info.weight_bytes;
         mnv_kv_pool_params pp;
-        mnv__kv_pool_params(c, kt, vt, 16, 1, out->n_ctx, out->n_ctx, 0, &pp);
+        mnv__kv_pool_params(c, kt, vt, 16, 1, out->n_ctx, session_kv_tokens(c, 1, out->n_ctx, out->n_batch), 0,
+                            &pp);
         int64_t nb = mnv_kv_pool_plan_blocks(&pp);
         int32_t lmax = 0;
         for (int32_t g = 0; g < pp.n_groups; g++) lmax = MNV_MAX(lmax, pp.groups[g].n_layers);
