@@ -66,7 +66,7 @@ test-sanitize:
 
 test-tsan:
 	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread -DMINERVA_CUDA=OFF'
-	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads test_engine
+	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads test_engine test_jinja
 	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
 
 # The CUDA backend (needs nvcc and a GPU): every op against the CPU backend,
