@@ -88,28 +88,15 @@ check "busy: a clean exit" [ $? -eq 0 ]
 cat "$TMP/busy.log" >>"$ERRLOG"
 
 # gpt-oss: Harmony through a scripted model output
-TOK=../../shared/tokenizers/gptoss
-if [ -f "$TOK/tokenizer.json" ]; then
-    cat >"$TMP/cfg.json" <<'CFG'
-{"model_type": "gpt_oss", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4,
- "num_experts_per_tok": 2, "vocab_size": 201088, "sliding_window": 8,
- "layer_types": ["sliding_attention", "full_attention"], "rms_norm_eps": 1e-05,
- "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                  "original_max_position_embeddings": 4096, "truncate": false},
- "rope_theta": 150000, "max_position_embeddings": 131072, "swiglu_limit": 7.0,
- "attention_bias": true, "tie_word_embeddings": false, "eos_token_id": 200002}
-CFG
-    mnv synth --config "$TMP/cfg.json" --out "$TMP/gptoss" --dtype bf16 >/dev/null
-    check "synth a small gpt-oss" [ $? -eq 0 ]
-    cp "$TOK"/tokenizer*.json "$TMP/gptoss/"
+if [ -f "$GPTOSS_TOK/tokenizer.json" ]; then
+    synth_gptoss "$TMP/gptoss"
     start_server harmony -m "$TMP/gptoss" --ctx 2048 --parallel 2 --test-scripted-output
     BASE=$BASE MODEL=gptoss node serve/openai_test.mjs harmony
     check "openai client: gpt-oss (Harmony)" [ $? -eq 0 ]
     check "malformed model output: a warning in the log" grep -q "^warning: chatcmpl-.*returned as text" "$TMP/harmony.log"
     stop_server harmony
 else
-    echo "SKIP: $TOK not present (the gpt-oss server test)"
+    echo "SKIP: $GPTOSS_TOK not present (the gpt-oss server test)"
 fi
 
 # Qwen3: its chat template, reasoning and tool calls through a scripted output
