@@ -113,8 +113,22 @@ async function main() {
   check('logprobs: one entry per token', content.length === 8, content.length);
   check('logprobs: greedy token is the most likely', content.every((t) => t.top_logprobs.length === 3 && t.logprob <= 0 &&
     Math.abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 && t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob), content[0]);
+  // a token's text is its text in the output: SentencePiece's word-leading "\u2581" is a space, never dropped
+  const joined = content.map((t) => t.token).join('');
+  check('logprobs: the tokens spell the content', joined === lp.choices[0].message.content && / /.test(joined), [joined, lp.choices[0].message.content]);
+  check('logprobs: a word-leading token keeps its space', content.slice(1).some((t) => t.token.startsWith(' ') && t.bytes[0] === 32), content.map((t) => t.token));
+  check('logprobs: the greedy alternative is the token', content.every((t) => t.top_logprobs[0].token === t.token), content.map((t) => [t.token, t.top_logprobs[0].token]));
+  check('logprobs: alternatives as they would stand', content.slice(1).every((t) => t.top_logprobs.every((a) => !/\u2581/.test(a.token))) &&
+    content.slice(1).some((t) => t.top_logprobs.some((a) => a.token !== t.token && a.token.startsWith(' '))), content.map((t) => t.top_logprobs.map((a) => a.token)));
+  const lps = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 1, stream: true });
+  let stext = '', stoks = '';
+  for await (const ch of lps) for (const c of ch.choices) { stext += c.delta.content || ''; for (const t of c.logprobs?.content || []) stoks += t.token; }
+  check('logprobs streamed: the tokens spell the streamed content', stoks === stext && stext === lp.choices[0].message.content, [stoks, stext]);
   const clp = await client.completions.create({ model: MODEL, prompt: 'Once', max_tokens: 4, temperature: 0, logprobs: 2 });
   check('completion logprobs', clp.choices[0].logprobs.token_logprobs.length === 4 && clp.choices[0].logprobs.top_logprobs[0] !== null, clp.choices[0].logprobs);
+  check('completion logprobs: the tokens spell the text', clp.choices[0].logprobs.tokens.join('') === clp.choices[0].text &&
+    clp.choices[0].text.startsWith(' '), [clp.choices[0].logprobs.tokens, clp.choices[0].text]);
+
 
   // logit_bias forces a token
   const forced = tk.json.tokens[tk.json.tokens.length - 1];
