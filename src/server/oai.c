@@ -177,6 +177,29 @@ static bool get_scripted(mnv__server *s, const cJSON *body, srv_job *j, srv_err 
     return true;
 }
 
+/* response_format (chat completions) or text.format (responses): plain text
+ * only. Output constrained to JSON or a schema needs grammar-constrained
+ * sampling, which the engine does not have: such a request gets a 400 naming
+ * the field and its type, as OpenAI answers a value a model does not
+ * support, rather than an unconstrained reply its caller would trust. */
+static bool get_format(const cJSON *body, srv_job *j, srv_err *e) {
+    const char *param = "response_format";
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(body, param);
+    if (j->kind == SRV_RESPONSES) {
+        param = "text.format";
+        f = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "text"), "format");
+    }
+    if (!f || cJSON_IsNull(f)) return true;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(f, "type");
+    if (!cJSON_IsObject(f) || !cJSON_IsString(t))
+        return srv_err_set(e, 400, param, "invalid_type", "'%s' must be an object with a string 'type'", param);
+    if (strcmp(t->valuestring, "text") == 0) return true;
+    bool known = strcmp(t->valuestring, "json_object") == 0 || strcmp(t->valuestring, "json_schema") == 0;
+    return srv_err_set(e, 400, param, "unsupported_value",
+                       "'%s' of type '%.64s' is not supported%s; only {\"type\": \"text\"} is", param,
+                       t->valuestring, known ? " (this server has no constrained sampling)" : "");
+}
+
 bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *e) {
     mnv_sampler_params *sp = &j->gp.sampler;
     double temp = 1.0, top_p = 1.0, min_p = 0.0, pres = 0, freq = 0, rep = 1.0;
@@ -191,7 +214,7 @@ bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *
         !get_num(body, "repetition_penalty", 1e-3, 100, &rep, e) || !get_int(body, "top_k", -1, 1 << 30, &top_k, e) ||
         !get_int(body, mt_name, 0, 1 << 30, &max_tokens, e) ||
         !get_int(body, "seed", -9.2e18, 9.2e18, &seed, e) || !get_stops(body, j, e) || !get_bias(s, body, j, e) ||
-        !get_logprobs(body, j, e) || !get_scripted(s, body, j, e))
+        !get_logprobs(body, j, e) || !get_scripted(s, body, j, e) || !get_format(body, j, e))
         return false;
     const cJSON *ie = cJSON_GetObjectItemCaseSensitive(body, "ignore_eos"); /* extension, for benchmarks */
     if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie))

@@ -129,6 +129,16 @@ async function main() {
   check('completion logprobs: the tokens spell the text', clp.choices[0].logprobs.tokens.join('') === clp.choices[0].text &&
     clp.choices[0].text.startsWith(' '), [clp.choices[0].logprobs.tokens, clp.choices[0].text]);
 
+  // response_format: plain text only (no constrained sampling): JSON formats are refused by name
+  const rf = await raw('/v1/chat/completions', JSON.stringify({ model: MODEL, messages: msgs, max_tokens: 2, response_format: { type: 'json_object' } }));
+  check('response_format json_object: 400 naming the field and value', rf.status === 400 && rf.json?.error?.param === 'response_format' &&
+    /json_object/.test(rf.json.error.message), rf.text);
+  await expectStatus('response_format json_schema', 400, () => client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 2,
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object' } } } }));
+  const rft = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 2, temperature: 0, response_format: { type: 'text' } });
+  check('response_format text is served', rft.choices[0].message.content.length > 0, rft.choices[0]);
+  await expectStatus('responses text.format json_schema', 400, () => client.responses.create({ model: MODEL, input: 'x', max_output_tokens: 2,
+    text: { format: { type: 'json_schema', name: 'x', schema: { type: 'object' } } } }));
 
   // logit_bias forces a token
   const forced = tk.json.tokens[tk.json.tokens.length - 1];
