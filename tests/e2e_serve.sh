@@ -87,6 +87,34 @@ wait "$PID"
 check "busy: a clean exit" [ $? -eq 0 ]
 cat "$TMP/busy.log" >>"$ERRLOG"
 
+# a signal while the model loads: the port answers 503 "loading", and SIGINT
+# ends the process at once with status 0 and a log line (the load here never
+# ends: config.json is a FIFO no one writes)
+mkdir "$TMP/slow" && mkfifo "$TMP/slow/config.json"
+"$MNV_CLI" serve --port 0 -m "$TMP/slow" 2>"$TMP/slow.log" &
+PID=$!
+i=0
+while [ $i -lt 100 ] && ! grep -qs "(loading the model)$" "$TMP/slow.log"; do
+    sleep 0.1
+    i=$((i + 1))
+done
+PORT=$(sed -n 's/.* on http:\/\/[^ ]*:\([0-9]*\) (loading the model)$/\1/p' "$TMP/slow.log")
+health=$(node -e "fetch('http://127.0.0.1:$PORT/health').then(async (r) => console.log(r.status, await r.text()))" 2>&1)
+check "loading: /health says 503 loading (got '$health')" [ "$health" = '503 {"status":"loading"}' ]
+kill -INT "$PID"
+# a watchdog: a server still loading after 10 s is killed (status 137)
+(i=0
+ while [ $i -lt 100 ] && [ ! -e "$TMP/slow.done" ]; do sleep 0.1; i=$((i + 1)); done
+ [ -e "$TMP/slow.done" ] || kill -KILL "$PID" 2>/dev/null) &
+watchdog=$!
+wait "$PID"
+rc=$?
+: >"$TMP/slow.done"
+wait "$watchdog"
+cat "$TMP/slow.log" >>"$ERRLOG"
+check "SIGINT while loading: exit status 0 at once (got $rc)" [ "$rc" -eq 0 ]
+check "SIGINT while loading: a log line" contains "$TMP/slow.log" "SIGINT while loading the model: stopping"
+
 # gpt-oss: Harmony through a scripted model output
 if [ -f "$GPTOSS_TOK/tokenizer.json" ]; then
     synth_gptoss "$TMP/gptoss"
