@@ -47,7 +47,8 @@ static const char USAGE_HEAD[] =
     "      --cors-origin O     answer browser requests from origin O (repeatable; '*': any)\n"
     "      --max-body-kb N     largest request body in KiB (default 8192)\n"
     "      --max-json-depth N  deepest nesting of a JSON body (default 64)\n"
-    "      --timeout S         close a connection idle for S seconds (default 600)\n"
+    "      --timeout S         close a connection idle for S seconds, or whose request\n"
+    "                          body takes longer to arrive (default 600)\n"
     "      --test-scripted-output  for tests: a request's \"x_scripted_output\" text is\n"
     "                          the start of its reply (the model's output made known)\n";
 
