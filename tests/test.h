@@ -107,6 +107,21 @@ static inline mnv_generate_params t_greedy(t_ids *g, int n_gen) {
     return gp;
 }
 
+/* n_gen greedy tokens after prompt (n tokens) through a session of its own
+ * (128 tokens, deterministic) into *got. */
+static inline void t_session_greedy(mnv_model *m, const int32_t *prompt, int n, int n_gen, t_ids *got) {
+    got->n = 0;
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = 128;
+    sp.deterministic = 1;
+    mnv_session *s = NULL;
+    CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
+    if (!s) return;
+    mnv_generate_params gp = t_greedy(got, n_gen);
+    CHECKF(mnv_generate(s, prompt, (size_t)n, &gp, NULL) == MNV_OK, "generate: %s", mnv_last_error());
+    mnv_session_free(s);
+}
+
 /* np prompts (prompts[i]: lens[i] tokens) submitted at once to one engine
  * (4 sequences, 24-token steps, 128 tokens each, deterministic, stepped on
  * this thread); n_gen greedy tokens of request i into got[i]. */

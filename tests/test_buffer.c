@@ -314,15 +314,7 @@ static void test_executor(void) {
  * the first again through a session. */
 static void run_all(mnv_model *m, int32_t prompts[NP][40], const int *lens, t_ids *got) {
     t_engine_greedy(m, NP, prompts, lens, NGEN, got);
-    mnv_session_params sp = mnv_session_params_default();
-    sp.n_ctx = 128;
-    sp.deterministic = 1;
-    mnv_session *s = NULL;
-    CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
-    if (!s) return;
-    mnv_generate_params gp = t_greedy(&got[NP], NGEN);
-    CHECKF(mnv_generate(s, prompts[0], (size_t)lens[0], &gp, NULL) == MNV_OK, "generate: %s", mnv_last_error());
-    mnv_session_free(s);
+    t_session_greedy(m, prompts[0], lens[0], NGEN, &got[NP]);
 }
 
 /* The engine asks for the default backend: made the guarded one, every

@@ -649,16 +649,7 @@ static void check_engine(const char *name) {
         for (int j = 0; j < lens[i]; j++) prompts[i][j] = i % 2 && j < 20 ? prompts[0][j] : t_randint(0, V - 1);
     }
     t_ids alone[NP], batched[NP];
-    for (int i = 0; i < NP; i++) {
-        mnv_session_params sp = mnv_session_params_default();
-        sp.n_ctx = 128;
-        sp.deterministic = 1;
-        mnv_session *s = NULL;
-        CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
-        mnv_generate_params gp = t_greedy(&alone[i], NGEN);
-        if (s) CHECKF(mnv_generate(s, prompts[i], (size_t)lens[i], &gp, NULL) == MNV_OK, "%s", mnv_last_error());
-        mnv_session_free(s);
-    }
+    for (int i = 0; i < NP; i++) t_session_greedy(m, prompts[i], lens[i], NGEN, &alone[i]);
     t_engine_greedy(m, NP, prompts, lens, NGEN, batched);
     int equal = 0;
     for (int i = 0; i < NP; i++)
