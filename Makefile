@@ -4,7 +4,7 @@
 #   make test                        the suite, project compiler (Release, build/)
 #   make test-clang                  the suite built by clang (build-clang/)
 #   make test-sanitize               the suite under ASan + UBSan (build-sanitize/)
-#   make test-tsan                   the threaded tests under TSan (build-tsan/)
+#   make test-tsan                   the threaded tests and the server under TSan (build-tsan/)
 #   make test-cuda                   the CUDA backend's tests on this machine's GPU (build-cuda/)
 #
 # Any build dir and compiler: make test BUILD=build-x CC=clang
@@ -29,8 +29,10 @@ SAN_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O
 SAN_ENV = ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:exitcode=$(SAN_EXIT) \
           UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=$(SAN_EXIT) \
           TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:exitcode=$(SAN_EXIT)
-# the tests that run threads from the test itself (a ctest -R pattern)
-TSAN_TESTS = ^(test_threads|test_engine|test_jinja)$$
+# the tests that run threads from the test itself, and the server's end-to-end
+# test (every request kind, 32 concurrent streams, cancels mid-stream, slow
+# clients: about a minute under TSan) (a ctest -R pattern)
+TSAN_TESTS = ^(test_threads|test_engine|test_jinja|e2e_serve)$$
 
 .PHONY: all build run test test-clang test-sanitize test-tsan test-aarch64 test-cuda clean bootstrap fuzz bench
 
@@ -67,7 +69,7 @@ test-sanitize:
 test-tsan:
 	$(MAKE) build-tsan/CMakeCache.txt BUILD=build-tsan CMAKE_FLAGS='$(SAN_FLAGS) -DMNV_SANITIZE=thread -DMINERVA_CUDA=OFF'
 	cmake --build build-tsan -j $(JOBS) --target minerva_cli embed test_threads test_engine test_jinja
-	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -R '$(TSAN_TESTS)'
+	cd build-tsan && $(SAN_ENV) ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)'
 
 # The CUDA backend (needs nvcc and a GPU): every op against the CPU backend,
 # the model fixtures and the engine on the device. Prints the test's summary

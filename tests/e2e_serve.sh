@@ -2,7 +2,8 @@
 # End-to-end tests of `minerva serve` with the official `openai` npm package
 # (installed once into the build directory): the bundled stories260K (every
 # endpoint, 32 concurrent streams against each run alone, malformed
-# requests, disconnects, a full queue), then a small random gpt-oss with the
+# requests, disconnects, a full queue, slow clients, a signal while the model
+# loads), then a small random gpt-oss with the
 # harmony tokenizer (reasoning, tool calls, responses), when
 # ../../shared/tokenizers/gptoss is present. Skipped, with a message, without
 # node and npm or in a cross build.
@@ -87,29 +88,57 @@ wait "$PID"
 check "busy: a clean exit" [ $? -eq 0 ]
 cat "$TMP/busy.log" >>"$ERRLOG"
 
+# slow clients: a stalled or trickled body, a declared body over the cap, a
+# stream whose reader stalls
+start_server slow --timeout 2 --max-body-kb 64 --parallel 20
+BASE=$BASE MODEL=stories260K node serve/openai_test.mjs slow
+check "openai client: slow clients" [ $? -eq 0 ]
+kill -TERM "$PID"
+wait "$PID"
+check "slow: a clean exit" [ $? -eq 0 ]
+check "slow: the trickled body is logged as 408" grep -q "POST /v1/completions 408" "$TMP/slow.log"
+secs=$(awk '/POST \/v1\/chat\/completions/ { print int($(NF - 1)) }' "$TMP/slow.log")
+check "slow: the stalled stream ended by the timeout, in under 6 s (got '$secs')" [ "${secs:-99}" -lt 6 ]
+cat "$TMP/slow.log" >>"$ERRLOG"
+
+# a signal while the model loads: the port answers 503 "loading", and SIGINT
+# ends the process at once with status 0 and a log line (the load here never
+# ends: config.json is a FIFO no one writes)
+mkdir "$TMP/loading" && mkfifo "$TMP/loading/config.json"
+"$MNV_CLI" serve --port 0 -m "$TMP/loading" 2>"$TMP/loading.log" &
+PID=$!
+i=0
+while [ $i -lt 100 ] && ! grep -qs "(loading the model)$" "$TMP/loading.log"; do
+    sleep 0.1
+    i=$((i + 1))
+done
+PORT=$(sed -n 's/.* on http:\/\/[^ ]*:\([0-9]*\) (loading the model)$/\1/p' "$TMP/loading.log")
+health=$(node -e "fetch('http://127.0.0.1:$PORT/health').then(async (r) => console.log(r.status, await r.text()))" 2>&1)
+check "loading: /health says 503 loading (got '$health')" [ "$health" = '503 {"status":"loading"}' ]
+kill -INT "$PID"
+# a watchdog: a server still loading after 10 s is killed (status 137)
+(i=0
+ while [ $i -lt 100 ] && [ ! -e "$TMP/loading.done" ]; do sleep 0.1; i=$((i + 1)); done
+ [ -e "$TMP/loading.done" ] || kill -KILL "$PID" 2>/dev/null) &
+watchdog=$!
+wait "$PID"
+rc=$?
+: >"$TMP/loading.done"
+wait "$watchdog"
+cat "$TMP/loading.log" >>"$ERRLOG"
+check "SIGINT while loading: exit status 0 at once (got $rc)" [ "$rc" -eq 0 ]
+check "SIGINT while loading: a log line" contains "$TMP/loading.log" "SIGINT while loading the model: stopping"
+
 # gpt-oss: Harmony through a scripted model output
-TOK=../../shared/tokenizers/gptoss
-if [ -f "$TOK/tokenizer.json" ]; then
-    cat >"$TMP/cfg.json" <<'CFG'
-{"model_type": "gpt_oss", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
- "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4,
- "num_experts_per_tok": 2, "vocab_size": 201088, "sliding_window": 8,
- "layer_types": ["sliding_attention", "full_attention"], "rms_norm_eps": 1e-05,
- "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                  "original_max_position_embeddings": 4096, "truncate": false},
- "rope_theta": 150000, "max_position_embeddings": 131072, "swiglu_limit": 7.0,
- "attention_bias": true, "tie_word_embeddings": false, "eos_token_id": 200002}
-CFG
-    mnv synth --config "$TMP/cfg.json" --out "$TMP/gptoss" --dtype bf16 >/dev/null
-    check "synth a small gpt-oss" [ $? -eq 0 ]
-    cp "$TOK"/tokenizer*.json "$TMP/gptoss/"
+if [ -f "$GPTOSS_TOK/tokenizer.json" ]; then
+    synth_gptoss "$TMP/gptoss"
     start_server harmony -m "$TMP/gptoss" --ctx 2048 --parallel 2 --test-scripted-output
     BASE=$BASE MODEL=gptoss node serve/openai_test.mjs harmony
     check "openai client: gpt-oss (Harmony)" [ $? -eq 0 ]
     check "malformed model output: a warning in the log" grep -q "^warning: chatcmpl-.*returned as text" "$TMP/harmony.log"
     stop_server harmony
 else
-    echo "SKIP: $TOK not present (the gpt-oss server test)"
+    echo "SKIP: $GPTOSS_TOK not present (the gpt-oss server test)"
 fi
 
 # Qwen3: its chat template, reasoning and tool calls through a scripted output

@@ -77,6 +77,27 @@ expect_fail() {
         cat "$TMP/err" >&2
     fi
 }
+# A small random-weight gpt-oss (2 layers of width 64, 4 experts, a sliding
+# window of 8) with the real o200k Harmony tokenizer, for the tests that need
+# gpt-oss's tokenizer: present when the shared tokenizers sit beside the tree.
+GPTOSS_TOK=../../shared/tokenizers/gptoss
+# synth_gptoss DIR: synthesize it into DIR (a check of its own).
+synth_gptoss() {
+    cat >"$TMP/gptoss-config.json" <<'CFG'
+{"model_type": "gpt_oss", "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,
+ "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4,
+ "num_experts_per_tok": 2, "vocab_size": 201088, "sliding_window": 8,
+ "layer_types": ["sliding_attention", "full_attention"], "rms_norm_eps": 1e-05,
+ "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                  "original_max_position_embeddings": 4096, "truncate": false},
+ "rope_theta": 150000, "max_position_embeddings": 131072, "swiglu_limit": 7.0,
+ "attention_bias": true, "tie_word_embeddings": false, "eos_token_id": 200002}
+CFG
+    mnv synth --config "$TMP/gptoss-config.json" --out "$1" --dtype bf16 >/dev/null
+    check "synth a small gpt-oss" [ $? -eq 0 ]
+    cp "$GPTOSS_TOK"/tokenizer*.json "$1/"
+}
+
 e2e_done() {
     if grep -E "$SANITIZER_RE" "$ERRLOG" >&2; then
         bad "sanitizer reports on stderr (above)"

@@ -80,4 +80,83 @@ static inline double t_rel_l2(const float *a, const float *b, size_t n) {
     }
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
+#ifdef MINERVA_H
+/* ---- greedy generations through the engine -------------------------------- */
+/* The token ids one generation produced (kept by t_collect, up to 64). */
+typedef struct {
+    int32_t ids[64];
+    int n;
+} t_ids;
+
+static inline int t_collect(void *ud, int32_t tok, const char *text, size_t len) {
+    (void)text, (void)len;
+    t_ids *g = ud;
+    if (g->n < 64) g->ids[g->n++] = tok;
+    return 0;
+}
+
+/* n_gen greedy tokens past the end of text into *g (which is emptied). */
+static inline mnv_generate_params t_greedy(t_ids *g, int n_gen) {
+    g->n = 0;
+    mnv_generate_params gp = mnv_generate_params_default();
+    gp.max_tokens = n_gen;
+    gp.sampler.temperature = 0;
+    gp.ignore_eos = 1;
+    gp.on_token = t_collect;
+    gp.user_data = g;
+    return gp;
+}
+
+/* n_gen greedy tokens after prompt (n tokens) through a session of its own
+ * (128 tokens, deterministic) into *got. */
+static inline void t_session_greedy(mnv_model *m, const int32_t *prompt, int n, int n_gen, t_ids *got) {
+    got->n = 0;
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = 128;
+    sp.deterministic = 1;
+    mnv_session *s = NULL;
+    CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
+    if (!s) return;
+    mnv_generate_params gp = t_greedy(got, n_gen);
+    CHECKF(mnv_generate(s, prompt, (size_t)n, &gp, NULL) == MNV_OK, "generate: %s", mnv_last_error());
+    mnv_session_free(s);
+}
+
+/* np prompts (prompts[i]: lens[i] tokens) submitted at once to one engine
+ * (4 sequences, 24-token steps, 128 tokens each, deterministic, stepped on
+ * this thread); n_gen greedy tokens of request i into got[i]. */
+static inline void t_engine_greedy(mnv_model *m, int np, int32_t (*prompts)[40], const int *lens, int n_gen,
+                                   t_ids *got) {
+    for (int i = 0; i < np; i++) got[i].n = 0;
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.max_seqs = 4;
+    ep.step_tokens = 24;
+    ep.max_seq_tokens = 128;
+    ep.deterministic = 1;
+    ep.run_thread = 0;
+    mnv_engine *e = NULL;
+    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "engine: %s", mnv_last_error());
+    if (!e) return;
+    uint64_t ids[64];
+    for (int i = 0; i < np && i < 64; i++) {
+        mnv_request_params rp = mnv_request_params_default();
+        rp.prompt = prompts[i];
+        rp.n_prompt = (size_t)lens[i];
+        rp.gen = t_greedy(&got[i], n_gen);
+        CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
+    }
+    int active = 1, steps = 0;
+    while (active && steps++ < 10000) {
+        mnv_status st = mnv_engine_step(e, &active);
+        CHECKF(st == MNV_OK, "step: %s", mnv_last_error());
+        if (st != MNV_OK) break;
+    }
+    for (int i = 0; i < np && i < 64; i++) {
+        mnv_request_result r;
+        CHECKF(mnv_engine_wait(e, ids[i], &r) == MNV_OK, "request %d: %s", i, mnv_last_error());
+    }
+    mnv_engine_free(e);
+}
+#endif
+
 #endif

@@ -310,69 +310,11 @@ static void test_executor(void) {
 #define NP 6
 #define NGEN 12
 
-typedef struct {
-    int32_t ids[NGEN + 4];
-    int n;
-} got_ids;
-
-static int collect(void *ud, int32_t tok, const char *text, size_t len) {
-    got_ids *g = ud;
-    if (g->n < NGEN + 4) g->ids[g->n++] = tok;
-    return 0;
-}
-
-static mnv_generate_params greedy(got_ids *g) {
-    mnv_generate_params gp = mnv_generate_params_default();
-    gp.max_tokens = NGEN;
-    gp.sampler.temperature = 0;
-    gp.ignore_eos = 1;
-    gp.on_token = collect;
-    gp.user_data = g;
-    return gp;
-}
-
 /* NP prompts (some sharing a prefix) through one engine, all at once, then
  * the first again through a session. */
-static void run_all(mnv_model *m, int32_t prompts[NP][40], const int *lens, got_ids *got) {
-    mnv_engine_params ep = mnv_engine_params_default();
-    ep.max_seqs = 4;
-    ep.step_tokens = 24;
-    ep.max_seq_tokens = 128;
-    ep.deterministic = 1;
-    ep.run_thread = 0;
-    mnv_engine *e = NULL;
-    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "engine: %s", mnv_last_error());
-    if (!e) return;
-    uint64_t ids[NP];
-    for (int i = 0; i < NP; i++) {
-        got[i].n = 0;
-        mnv_request_params rp = mnv_request_params_default();
-        rp.prompt = prompts[i];
-        rp.n_prompt = (size_t)lens[i];
-        rp.gen = greedy(&got[i]);
-        CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
-    }
-    int active = 1, steps = 0;
-    while (active && steps++ < 10000) {
-        mnv_status st = mnv_engine_step(e, &active);
-        CHECKF(st == MNV_OK, "step: %s", mnv_last_error());
-        if (st != MNV_OK) break;
-    }
-    for (int i = 0; i < NP; i++) {
-        mnv_request_result r;
-        CHECKF(mnv_engine_wait(e, ids[i], &r) == MNV_OK, "request %d: %s", i, mnv_last_error());
-    }
-    mnv_engine_free(e);
-    mnv_session_params sp = mnv_session_params_default();
-    sp.n_ctx = 128;
-    sp.deterministic = 1;
-    mnv_session *s = NULL;
-    CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
-    if (!s) return;
-    got[NP].n = 0;
-    mnv_generate_params gp = greedy(&got[NP]);
-    CHECKF(mnv_generate(s, prompts[0], (size_t)lens[0], &gp, NULL) == MNV_OK, "generate: %s", mnv_last_error());
-    mnv_session_free(s);
+static void run_all(mnv_model *m, int32_t prompts[NP][40], const int *lens, t_ids *got) {
+    t_engine_greedy(m, NP, prompts, lens, NGEN, got);
+    t_session_greedy(m, prompts[0], lens[0], NGEN, &got[NP]);
 }
 
 /* The engine asks for the default backend: made the guarded one, every
@@ -389,7 +331,7 @@ static void test_engine_on_device(const char *dir) {
         for (int j = 0; j < lens[i]; j++)
             prompts[i][j] = i % 2 && j < 20 ? prompts[0][j] : t_randint(0, V - 1);
     }
-    got_ids want[NP + 1], got[NP + 1];
+    t_ids want[NP + 1], got[NP + 1];
     CHECK(mnv__backend_set_default("cpu") == MNV_OK);
     int n0 = n_computes;
     run_all(m, prompts, lens, want);

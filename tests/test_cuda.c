@@ -636,27 +636,6 @@ static void check_model(const char *name, double tol) {
 #define NP 5
 #define NGEN 10
 
-typedef struct {
-    int32_t ids[NGEN + 4];
-    int n;
-} got_ids;
-
-static int collect(void *ud, int32_t tok, const char *text, size_t len) {
-    got_ids *g = ud;
-    if (g->n < NGEN + 4) g->ids[g->n++] = tok;
-    return 0;
-}
-
-static mnv_generate_params greedy(got_ids *g) {
-    mnv_generate_params gp = mnv_generate_params_default();
-    gp.max_tokens = NGEN;
-    gp.sampler.temperature = 0;
-    gp.ignore_eos = 1;
-    gp.on_token = collect;
-    gp.user_data = g;
-    return gp;
-}
-
 static void check_engine(const char *name) {
     char dir[256];
     snprintf(dir, sizeof dir, "fixtures/models/%s", name);
@@ -669,50 +648,14 @@ static void check_engine(const char *name) {
         lens[i] = t_randint(21, 40);
         for (int j = 0; j < lens[i]; j++) prompts[i][j] = i % 2 && j < 20 ? prompts[0][j] : t_randint(0, V - 1);
     }
-    got_ids alone[NP], batched[NP];
-    for (int i = 0; i < NP; i++) {
-        mnv_session_params sp = mnv_session_params_default();
-        sp.n_ctx = 128;
-        sp.deterministic = 1;
-        mnv_session *s = NULL;
-        CHECKF(mnv_session_create(m, &sp, &s) == MNV_OK, "session: %s", mnv_last_error());
-        alone[i].n = 0;
-        mnv_generate_params gp = greedy(&alone[i]);
-        if (s) CHECKF(mnv_generate(s, prompts[i], (size_t)lens[i], &gp, NULL) == MNV_OK, "%s", mnv_last_error());
-        mnv_session_free(s);
-    }
-    mnv_engine_params ep = mnv_engine_params_default();
-    ep.max_seqs = 4;
-    ep.step_tokens = 24;
-    ep.max_seq_tokens = 128;
-    ep.deterministic = 1;
-    ep.run_thread = 0;
-    mnv_engine *e = NULL;
-    CHECKF(mnv_engine_create(m, &ep, &e) == MNV_OK, "engine: %s", mnv_last_error());
-    uint64_t ids[NP];
-    for (int i = 0; e && i < NP; i++) {
-        batched[i].n = 0;
-        mnv_request_params rp = mnv_request_params_default();
-        rp.prompt = prompts[i];
-        rp.n_prompt = (size_t)lens[i];
-        rp.gen = greedy(&batched[i]);
-        CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
-    }
-    int active = 1, steps = 0;
-    while (e && active && steps++ < 10000)
-        if (mnv_engine_step(e, &active) != MNV_OK) {
-            CHECKF(0, "step: %s", mnv_last_error());
-            break;
-        }
+    t_ids alone[NP], batched[NP];
+    for (int i = 0; i < NP; i++) t_session_greedy(m, prompts[i], lens[i], NGEN, &alone[i]);
+    t_engine_greedy(m, NP, prompts, lens, NGEN, batched);
     int equal = 0;
-    for (int i = 0; e && i < NP; i++) {
-        mnv_request_result res;
-        CHECKF(mnv_engine_wait(e, ids[i], &res) == MNV_OK, "request %d: %s", i, mnv_last_error());
+    for (int i = 0; i < NP; i++)
         equal += alone[i].n == NGEN && batched[i].n == NGEN && !memcmp(alone[i].ids, batched[i].ids, sizeof(int32_t) * NGEN);
-    }
     printf("%-18s cuda engine: %d/%d batched requests give their tokens alone\n", name, equal, NP);
     CHECKF(equal == NP, "%s: %d of %d batched requests differ from the request alone", name, NP - equal, NP);
-    mnv_engine_free(e);
     mnv_model_free(m);
 }
 

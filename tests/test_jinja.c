@@ -80,6 +80,13 @@ static void test_language(void) {
            NULL, "True True True False True True");
     EXPECT("{{ 0 or 'b' }} {{ 'a' and 'b' }} {{ not [] }} {{ 'y' if 0 else 'n' }} {{ 'y' if 1 }}", NULL,
            "b b True n y");
+    /* precedence and associativity: or < and < not < compare < + - < ~ < * / // % < ** */
+    EXPECT("{{ 2 ** 3 ** 2 }} {{ 20 - 2 * 3 // 2 % 4 }} {{ 2 * 3 ~ 4 }} {{ 1 ~ 2 ~ 3 * 2 }} {{ 8 / 2 / 2 }}", NULL,
+           "64 17 64 126 2.0");
+    EXPECT("{{ not 1 == 2 }} {{ 1 < 2 == 2 }} {{ 'x' not in 'ab' ~ 'x' }} {{ 1 in [1] and not 2 in [1] or 0 }}",
+           NULL, "True True False True");
+    EXPECT("{{ 0 or 0 and 1 }}|{{ 1 or 0 and 0 }}|{{ not 0 and 0 }}|{{ (1 - 2) - 3 }}|{{ 1 - (2 - 3) }}", NULL,
+           "0|1|0|-4|2");
     /* subscripts and slices, by code point */
     EXPECT("{{ s[0] }}{{ s[-1] }}|{{ s[1:3] }}|{{ s[::-1] }}|{{ l[1:] }}|{{ l[::2] }}|{{ l[-2:] }}",
            "{\"s\": \"h\\u00e9llo\", \"l\": [1, 2, 3, 4]}", "ho|\xc3\xa9l|oll\xc3\xa9h|[2, 3, 4]|[1, 3]|[3, 4]");
@@ -190,6 +197,8 @@ static void test_errors(void) {
     EXPECT_ERR("{{ 'abc }}", NULL, "line 1: unterminated string");
     EXPECT_ERR("{% for %}{% endfor %}", NULL, "expected a name");
     EXPECT_ERR("x\ny\n{{ 1 + }}", NULL, "line 3");
+    EXPECT_ERR("{{ 1\n+ 'a' }}", NULL, "line 2");                /* an operator's line */
+    EXPECT_ERR("{{ 1\n< 'a' }}", NULL, "line 1");                /* a comparison's: its first operand's */
     EXPECT_ERR("{% endif %}", NULL, "unexpected statement 'endif'");
     char deep[1200];
     size_t k = (size_t)snprintf(deep, sizeof deep, "{{ ");

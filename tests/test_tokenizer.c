@@ -806,6 +806,46 @@ static void remove_tmpdir(void) {
     rmdir(tmpdir);
 }
 
+/* UTF-8: the encoder against a bit-by-bit reference and the strict decoder,
+ * at every length boundary and fresh random code points of each length. */
+static size_t ref_utf8(uint32_t cp, unsigned char *o) {
+    static const uint32_t top[3] = {0x80, 0x800, 0x10000};
+    size_t n = 1;
+    while (n < 4 && cp >= top[n - 1]) n++;
+    if (n == 1) {
+        o[0] = (unsigned char)cp;
+        return 1;
+    }
+    for (size_t i = n - 1; i > 0; i--, cp >>= 6) o[i] = (unsigned char)(0x80 + cp % 64);
+    o[0] = (unsigned char)((0xF00u >> n) | cp); /* n leading ones, then the high bits */
+    return n;
+}
+
+static void test_utf8_encode(void) {
+    uint32_t cps[64] = {0, 0x41, 0x7F, 0x80, 0x7FF, 0x800, 0xFFFF, 0x10000, 0x10FFFF, 0xD7FF, 0xE000};
+    size_t n = 11;
+    while (n < 64) {
+        uint32_t bits[4] = {7, 11, 16, 21};
+        uint32_t cp = (uint32_t)(t_rand64() >> 20) & ((1u << bits[n % 4]) - 1);
+        if (cp <= 0x10FFFF && !(cp >= 0xD800 && cp < 0xE000)) cps[n++] = cp;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char out[4];
+        unsigned char ref[4];
+        size_t len = mnv__utf8_encode(cps[i], out), rlen = ref_utf8(cps[i], ref);
+        uint32_t back = 0xFFFFFFFF;
+        CHECKF(len == rlen && !memcmp(out, ref, len), "U+%04X: %zu bytes, reference %zu", (unsigned)cps[i],
+               len, rlen);
+        CHECKF(mnv__utf8_next(out, len, &back) == len && back == cps[i], "U+%04X decodes to U+%04X",
+               (unsigned)cps[i], (unsigned)back);
+    }
+    /* a surrogate is written as its three bytes, which the strict decoder refuses */
+    char out[4];
+    uint32_t cp;
+    CHECK(mnv__utf8_encode(0xD800, out) == 3 && !memcmp(out, "\xED\xA0\x80", 3));
+    CHECK(mnv__utf8_next(out, 3, &cp) == 0);
+}
+
 int main(void) {
     t_seed();
     cJSON *corpus = read_json(CORPUS);
@@ -829,6 +869,7 @@ int main(void) {
     CHECK(mkdtemp(tmpdir) != NULL);
     test_tiny_bpe();
     test_unicode();
+    test_utf8_encode();
     test_split_behaviors();
     test_metaspace(corpus);
     test_errors();

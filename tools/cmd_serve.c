@@ -5,9 +5,11 @@
  * cancels what runs, closes the connections and frees everything. */
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli_common.h"
 
@@ -31,7 +33,8 @@ static const char USAGE_HEAD[] =
     "GET /metrics (Prometheus), POST /tokenize, POST /detokenize. Requests run\n"
     "together in one batch (continuous batching, shared prompt prefixes). One line\n"
     "per request goes to stderr. While the model loads, /health answers 503\n"
-    "{\"status\": \"loading\"}. SIGINT or SIGTERM cancels what runs and stops.\n\n"
+    "{\"status\": \"loading\"}. SIGINT or SIGTERM cancels what runs and stops (while\n"
+    "the model loads: at once).\n\n"
     "Options:\n"
     "  -m, --model DIR         model directory (default: the bundled stories260K)\n"
     "      --host ADDR         address to listen on (default 127.0.0.1; 0.0.0.0: all)\n"
@@ -44,7 +47,8 @@ static const char USAGE_HEAD[] =
     "      --cors-origin O     answer browser requests from origin O (repeatable; '*': any)\n"
     "      --max-body-kb N     largest request body in KiB (default 8192)\n"
     "      --max-json-depth N  deepest nesting of a JSON body (default 64)\n"
-    "      --timeout S         close a connection idle for S seconds (default 600)\n"
+    "      --timeout S         close a connection idle for S seconds, or whose request\n"
+    "                          body takes longer to arrive (default 600)\n"
     "      --test-scripted-output  for tests: a request's \"x_scripted_output\" text is\n"
     "                          the start of its reply (the model's output made known)\n";
 
@@ -118,6 +122,38 @@ static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mn
     return 0;
 }
 
+/* SIGINT and SIGTERM come to one thread (every other thread blocks them).
+ * While the model loads, a signal ends the process at once (status 0, a log
+ * line): the load itself cannot be interrupted, and nothing is running yet
+ * that needs stopping (every request answers 503 "loading"). Once loaded, the
+ * signal is handed to the main thread, which stops the server in order. */
+typedef struct {
+    sigset_t sigs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool loaded;
+    int sig; /* received once loaded; 0 while none */
+} sig_watch;
+
+static const char *sig_name(int sig) { return sig == SIGINT ? "SIGINT" : "SIGTERM"; }
+
+static void *watch_signals(void *arg) {
+    sig_watch *w = arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&w->sigs, &sig) != 0) continue;
+        pthread_mutex_lock(&w->mu);
+        if (!w->loaded) {
+            fprintf(stderr, "minerva serve: %s while loading the model: stopping\n", sig_name(sig));
+            _exit(0);
+        }
+        w->sig = sig;
+        pthread_cond_signal(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        return NULL;
+    }
+}
+
 static int serve(serve_opts *o) {
     char *key = NULL, name[1024], def[4096];
     if (o->api_key_file && read_key(o->api_key_file, &key) != 0) return CLI_EXIT_FAIL;
@@ -133,12 +169,12 @@ static int serve(serve_opts *o) {
         }
         o->model_dir = def;
     }
-    /* every thread the server starts inherits this mask: the signals come to sigwait */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGINT);
-    sigaddset(&sigs, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    /* every thread the server starts inherits this mask: the signals come to watch_signals */
+    sig_watch w = {.loaded = false};
+    sigemptyset(&w.sigs);
+    sigaddset(&w.sigs, SIGINT);
+    sigaddset(&w.sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &w.sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     mnv__server_params sp = {0};
     sp.model_dir = o->model_dir;
@@ -158,6 +194,13 @@ static int serve(serve_opts *o) {
     mnv_status st = mnv__server_start(&sp, &srv);
     free(key); /* the server keeps its copy */
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot start the server");
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    pthread_t watcher;
+    if (pthread_create(&watcher, NULL, watch_signals, &w) != 0) {
+        mnv__server_stop(srv);
+        return cli_error(CMD, "cannot start the signal thread");
+    }
     fprintf(stderr, "minerva serve: '%s' on http://%s:%d (loading the model)\n", sp.model_id,
             o->host ? o->host : "127.0.0.1", mnv__server_port(srv));
     mnv_model *model = NULL;
@@ -166,12 +209,19 @@ static int serve(serve_opts *o) {
     int rc = load(o, kv_k, kv_v, &model, &engine, &ep);
     if (rc == 0 && (st = mnv__server_ready(srv, model, engine, ep.max_seq_tokens)) != MNV_OK)
         rc = cli_lib_error(CMD, st, "cannot serve '%s'", o->model_dir);
+    pthread_mutex_lock(&w.mu);
+    w.loaded = true; /* from here a signal stops the server in order */
+    while (rc == 0 && !w.sig) pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
     if (rc == 0) {
-        int sig = 0;
-        sigwait(&sigs, &sig);
-        fprintf(stderr, "minerva serve: %s: cancelling running requests and stopping\n",
-                sig == SIGINT ? "SIGINT" : "SIGTERM");
+        fprintf(stderr, "minerva serve: %s: cancelling running requests and stopping\n", sig_name(w.sig));
+        pthread_join(watcher, NULL);
+    } else {
+        pthread_cancel(watcher); /* in sigwait, a cancellation point */
+        pthread_join(watcher, NULL);
     }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
     mnv__server_stop(srv);
     mnv_engine_free(engine);
     mnv_model_free(model);

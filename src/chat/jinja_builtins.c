@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "chat/jinja.h"
+#include "tokenizer/tokenizer.h" /* mnv__utf8_encode */
 
 #define MAX_RANGE 100000 /* the sandbox's limit on range() */
 
@@ -146,24 +147,6 @@ static uint32_t to_lower(uint32_t c) {
     return c;
 }
 
-static void put_cp(char *o, size_t *k, uint32_t cp) {
-    if (cp < 0x80) {
-        o[(*k)++] = (char)cp;
-    } else if (cp < 0x800) {
-        o[(*k)++] = (char)(0xC0 | (cp >> 6));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        o[(*k)++] = (char)(0xE0 | (cp >> 12));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        o[(*k)++] = (char)(0xF0 | (cp >> 18));
-        o[(*k)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    }
-}
-
 static jv map_case(jrender *r, jv s, int mode) { /* 0 lower, 1 upper, 2 capitalize, 3 str.title, 4 Jinja title */
     /* the mappings above stay within 2-byte sequences, so the text never grows
      * by more than a byte per code point */
@@ -181,7 +164,7 @@ static jv map_case(jrender *r, jv s, int mode) { /* 0 lower, 1 upper, 2 capitali
         uint32_t m = up ? to_upper(c) : to_lower(c);
         bool cased = to_upper(c) != c || to_lower(c) != c || (c >= 0x80 && c != 0xD7 && c != 0xF7 && !py_space(c));
         if (m == c || l > 2) memcpy(o + k, s.u.s.p + i, l), k += l; /* unchanged bytes, even if not valid UTF-8 */
-        else put_cp(o, &k, m);
+        else k += mnv__utf8_encode(m, o + k);
         if (mode == 3) start = !cased; /* str.title: a word starts after any uncased character */
         else if (mode == 4)
             start = c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v' || c == '-' ||

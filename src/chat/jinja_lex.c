@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "chat/jinja.h"
+#include "tokenizer/tokenizer.h" /* mnv__utf8_encode */
 
 typedef struct {
     jarena *a;
@@ -58,24 +59,6 @@ static size_t next_tag(const lexer *L, size_t pos) {
     for (size_t i = pos; i + 1 < L->n; i++)
         if (L->s[i] == '{' && (L->s[i + 1] == '{' || L->s[i + 1] == '%' || L->s[i + 1] == '#')) return i;
     return L->n;
-}
-
-static void put_utf8(char *o, size_t *k, uint32_t cp) {
-    if (cp < 0x80) {
-        o[(*k)++] = (char)cp;
-    } else if (cp < 0x800) {
-        o[(*k)++] = (char)(0xC0 | (cp >> 6));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else if (cp < 0x10000) {
-        o[(*k)++] = (char)(0xE0 | (cp >> 12));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    } else {
-        o[(*k)++] = (char)(0xF0 | (cp >> 18));
-        o[(*k)++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        o[(*k)++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[(*k)++] = (char)(0x80 | (cp & 0x3F));
-    }
 }
 
 static int hexval(char c) {
@@ -131,7 +114,7 @@ static bool lex_string(lexer *L) {
                 cp = cp * 16 + (uint32_t)h;
             }
             if (cp > 0x10FFFF) return lx_err(L, "bad \\%c escape in a string", e);
-            put_utf8(o, &k, cp);
+            k += mnv__utf8_encode(cp, o + k);
             i += (size_t)hexn;
         }
     }

@@ -390,95 +390,54 @@ static jnode *parse_unary(parser *P, bool with_filter) {
     return n;
 }
 
-static jnode *bin(parser *P, int op, jnode *a, jnode *b, int line) {
-    jnode *n = mk(P, JN_BIN, line);
-    n->op = op;
-    n->a = a;
-    n->b = b;
-    return n;
-}
+/* ---- binary operators: one loop over a table of precedence levels ----
+ * Each level reads operands of the next level joined by its operators:
+ * left-associative nodes (a + b + c is (a + b) + c), one JN_CMP chain
+ * (a < b < c, each operand evaluated once), or one JN_CONCAT list. "not" is a
+ * prefix between "and" and the comparisons. */
+typedef struct {
+    const char *tok; /* an operator, or a name when word */
+    bool word;       /* "and", "or", "in", "not in" */
+    int op;          /* JN_BIN/JN_CMP operator (0 for and, or, ~) */
+} binop;
 
-static jnode *parse_pow(parser *P) {
-    jnode *n = parse_unary(P, true);
-    while (is_op(P, "**")) {
-        int line = cur(P)->line;
-        adv(P);
-        n = bin(P, JOP_POW, n, parse_unary(P, true), line);
-    }
-    return n;
-}
+typedef enum { FOLD_LEFT, FOLD_CHAIN, FOLD_LIST } fold;
 
-static jnode *parse_math2(parser *P) {
-    jnode *n = parse_pow(P);
-    for (;;) {
-        int line = cur(P)->line, op;
-        if (is_op(P, "*")) op = '*';
-        else if (is_op(P, "/")) op = '/';
-        else if (is_op(P, "//")) op = JOP_FLOORDIV;
-        else if (is_op(P, "%")) op = '%';
-        else return n;
-        adv(P);
-        n = bin(P, op, n, parse_pow(P), line);
-    }
-}
+typedef struct {
+    fold how;
+    jnode_kind kind;
+    binop ops[9]; /* ended by an entry without tok */
+} oplevel;
 
-static jnode *parse_concat(parser *P) {
-    jnode *n = parse_math2(P);
-    if (!is_op(P, "~")) return n;
-    nlist parts = {0};
-    nl_push(P, &parts, n);
-    int line = cur(P)->line;
-    while (accept_op(P, "~")) nl_push(P, &parts, parse_math2(P));
-    jnode *c = mk(P, JN_CONCAT, line);
-    c->v = parts.v;
-    c->nv = parts.n;
-    return c;
-}
+enum { LV_OR, LV_AND, LV_NOT, LV_CMP, LV_COUNT = 8 };
 
-static jnode *parse_math1(parser *P) {
-    jnode *n = parse_concat(P);
-    for (;;) {
-        int line = cur(P)->line, op;
-        if (is_op(P, "+")) op = '+';
-        else if (is_op(P, "-")) op = '-';
-        else return n;
-        adv(P);
-        n = bin(P, op, n, parse_concat(P), line);
-    }
-}
+static const oplevel levels[LV_COUNT] = {
+    [LV_OR] = {FOLD_LEFT, JN_OR, {{"or", true, 0}}},
+    [LV_AND] = {FOLD_LEFT, JN_AND, {{"and", true, 0}}},
+    [LV_CMP] = {FOLD_CHAIN, JN_CMP,
+                {{"==", false, JOP_EQ}, {"!=", false, JOP_NE}, {"<", false, '<'}, {">", false, '>'},
+                 {"<=", false, JOP_LE}, {">=", false, JOP_GE}, {"in", true, JOP_IN}, {"not", true, JOP_NOTIN}}},
+    {FOLD_LEFT, JN_BIN, {{"+", false, '+'}, {"-", false, '-'}}},
+    {FOLD_LIST, JN_CONCAT, {{"~", false, 0}}},
+    {FOLD_LEFT, JN_BIN, {{"*", false, '*'}, {"/", false, '/'}, {"//", false, JOP_FLOORDIV}, {"%", false, '%'}}},
+    {FOLD_LEFT, JN_BIN, {{"**", false, JOP_POW}}},
+};
 
-static jnode *parse_compare(parser *P) {
-    int line = cur(P)->line;
-    jnode *first = parse_math1(P);
-    nlist operands = {0};
-    int ops[64], nops = 0;
-    for (;;) {
-        int op;
-        if (is_op(P, "==")) op = JOP_EQ;
-        else if (is_op(P, "!=")) op = JOP_NE;
-        else if (is_op(P, "<")) op = '<';
-        else if (is_op(P, ">")) op = '>';
-        else if (is_op(P, "<=")) op = JOP_LE;
-        else if (is_op(P, ">=")) op = JOP_GE;
-        else if (is_name(P, "in")) op = JOP_IN;
-        else if (is_name(P, "not") && tok_is_name(peek(P, 1), "in")) {
+/* The operator of level lv at the current token, consumed (NULL if none). */
+static const binop *accept_binop(parser *P, int lv) {
+    for (const binop *o = levels[lv].ops; o->tok; o++) {
+        if (!(o->word ? is_name(P, o->tok) : is_op(P, o->tok))) continue;
+        if (o->op == JOP_NOTIN) {
+            if (!tok_is_name(peek(P, 1), "in")) continue;
             adv(P);
-            op = JOP_NOTIN;
-        } else break;
+        }
         adv(P);
-        if (nops == 64) p_fail(P, "comparison chain too long");
-        ops[nops++] = op;
-        nl_push(P, &operands, parse_math1(P));
+        return o;
     }
-    if (!nops) return first;
-    jnode *n = mk(P, JN_CMP, line);
-    n->a = first;
-    n->v = operands.v;
-    n->nv = operands.n;
-    n->ops = p_alloc(P, (size_t)nops * sizeof *n->ops);
-    memcpy(n->ops, ops, (size_t)nops * sizeof *ops);
-    return n;
+    return NULL;
 }
+
+static jnode *parse_level(parser *P, int lv);
 
 static jnode *parse_not(parser *P) {
     int line = cur(P)->line;
@@ -489,34 +448,54 @@ static jnode *parse_not(parser *P) {
         P->nest--;
         return n;
     }
-    return parse_compare(P);
+    return parse_level(P, LV_NOT + 1);
 }
 
-static jnode *parse_and(parser *P) {
-    jnode *n = parse_not(P);
-    while (is_name(P, "and")) {
-        int line = cur(P)->line;
-        adv(P);
-        jnode *m = mk(P, JN_AND, line);
-        m->a = n;
-        m->b = parse_not(P);
-        n = m;
+/* The rest of a JN_CMP chain or a JN_CONCAT list after its first operand
+ * and first operator o (a frame of its own: it holds the chain's operators). */
+static jnode *parse_nary(parser *P, int lv, jnode *first, const binop *o, int line) {
+    const oplevel *L = &levels[lv];
+    nlist operands = {0};
+    int ops[64], nops = 0;
+    if (L->how == FOLD_LIST) nl_push(P, &operands, first);
+    do {
+        if (L->how == FOLD_CHAIN) {
+            if (nops == 64) p_fail(P, "comparison chain too long");
+            ops[nops++] = o->op;
+        }
+        nl_push(P, &operands, parse_level(P, lv + 1));
+    } while ((o = accept_binop(P, lv)));
+    jnode *n = mk(P, L->kind, line);
+    n->v = operands.v;
+    n->nv = operands.n;
+    if (L->how == FOLD_CHAIN) {
+        n->a = first;
+        n->ops = p_alloc(P, (size_t)nops * sizeof *n->ops);
+        memcpy(n->ops, ops, (size_t)nops * sizeof *ops);
     }
     return n;
 }
 
-static jnode *parse_or(parser *P) {
-    jnode *n = parse_and(P);
-    while (is_name(P, "or")) {
-        int line = cur(P)->line;
-        adv(P);
-        jnode *m = mk(P, JN_OR, line);
+static jnode *parse_level(parser *P, int lv) {
+    if (lv == LV_NOT) return parse_not(P);
+    if (lv == LV_COUNT) return parse_unary(P, true);
+    const oplevel *L = &levels[lv];
+    int line = cur(P)->line; /* a chain's line is its first operand's */
+    jnode *n = parse_level(P, lv + 1);
+    for (;;) {
+        int op_line = cur(P)->line; /* a node's line is its operator's */
+        const binop *o = accept_binop(P, lv);
+        if (!o) return n;
+        if (L->how != FOLD_LEFT) return parse_nary(P, lv, n, o, L->how == FOLD_CHAIN ? line : op_line);
+        jnode *m = mk(P, L->kind, op_line);
+        m->op = o->op;
         m->a = n;
-        m->b = parse_and(P);
+        m->b = parse_level(P, lv + 1);
         n = m;
     }
-    return n;
 }
+
+static jnode *parse_or(parser *P) { return parse_level(P, LV_OR); }
 
 static jnode *parse_expr(parser *P) {
     enter(P);

@@ -267,7 +267,7 @@ mnv_status mnv_engine_submit(mnv_engine *e, const mnv_request_params *params, ui
         e->reg = reg;
         e->cap_reg = cap;
     }
-    r->id = ++e->next_id;
+    uint64_t id = r->id = ++e->next_id; /* r is the engine's once unlocked (a detached one may be freed) */
     e->reg[e->n_reg++] = r;
     if (e->inbox_tail)
         e->inbox_tail->next = r;
@@ -276,7 +276,7 @@ mnv_status mnv_engine_submit(mnv_engine *e, const mnv_request_params *params, ui
     e->inbox_tail = r;
     pthread_cond_signal(&e->cv_work);
     pthread_mutex_unlock(&e->mu);
-    *id_out = r->id;
+    *id_out = id;
     return MNV_OK;
 }
 

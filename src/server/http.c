@@ -92,6 +92,12 @@ static void reply_err(srv_conn *c, int status, const char *code, const char *fmt
     srv_reply_error(c, &e);
 }
 
+static void reply_too_big(srv_conn *c) {
+    srv_err e;
+    srv_err_set(&e, 413, NULL, "request_too_large", "the request body exceeds %zu bytes", c->s->p.max_body);
+    srv_reply_error(c, &e);
+}
+
 /* ---- streams ---------------------------------------------------------------------------- */
 
 typedef struct {
@@ -251,9 +257,7 @@ static void dispatch(srv_conn *c) {
         return;
     }
     if (c->too_big) {
-        srv_err e;
-        srv_err_set(&e, 413, NULL, "request_too_large", "the request body exceeds %zu bytes", c->s->p.max_body);
-        srv_reply_error(c, &e);
+        reply_too_big(c);
         return;
     }
     cJSON *body = NULL;
@@ -293,9 +297,19 @@ static srv_mhd_result on_access(void *cls, struct MHD_Connection *conn, const ch
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr, c->peer, sizeof c->peer);
         cors_origin(c);
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
-        if (cl && strtoull(cl, NULL, 10) > s->p.max_body) c->too_big = true;
         *con_cls = c;
+        if (cl && strtoull(cl, NULL, 10) > s->p.max_body) {
+            c->too_big = true;
+            reply_too_big(c); /* at once: the body is never read (the connection then closes) */
+        }
         return MHD_YES;
+    }
+    if (*upload_size && !c->replied && s->p.timeout_s && mnv_time_sec() - c->t0 > s->p.timeout_s) {
+        /* a body trickling in: it had the idle timeout to arrive in whole (a
+         * stalled one meets the idle timeout itself); no reply can be sent
+         * before the body has been read, so the connection is closed */
+        c->status = 408;
+        return MHD_NO;
     }
     if (*upload_size) {
         if (!c->too_big && c->body.len + *upload_size <= s->p.max_body) srv_buf_put(&c->body, upload, *upload_size);

@@ -177,6 +177,29 @@ static bool get_scripted(mnv__server *s, const cJSON *body, srv_job *j, srv_err 
     return true;
 }
 
+/* response_format (chat completions) or text.format (responses): plain text
+ * only. Output constrained to JSON or a schema needs grammar-constrained
+ * sampling, which the engine does not have: such a request gets a 400 naming
+ * the field and its type, as OpenAI answers a value a model does not
+ * support, rather than an unconstrained reply its caller would trust. */
+static bool get_format(const cJSON *body, srv_job *j, srv_err *e) {
+    const char *param = "response_format";
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(body, param);
+    if (j->kind == SRV_RESPONSES) {
+        param = "text.format";
+        f = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(body, "text"), "format");
+    }
+    if (!f || cJSON_IsNull(f)) return true;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(f, "type");
+    if (!cJSON_IsObject(f) || !cJSON_IsString(t))
+        return srv_err_set(e, 400, param, "invalid_type", "'%s' must be an object with a string 'type'", param);
+    if (strcmp(t->valuestring, "text") == 0) return true;
+    bool known = strcmp(t->valuestring, "json_object") == 0 || strcmp(t->valuestring, "json_schema") == 0;
+    return srv_err_set(e, 400, param, "unsupported_value",
+                       "'%s' of type '%.64s' is not supported%s; only {\"type\": \"text\"} is", param,
+                       t->valuestring, known ? " (this server has no constrained sampling)" : "");
+}
+
 bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *e) {
     mnv_sampler_params *sp = &j->gp.sampler;
     double temp = 1.0, top_p = 1.0, min_p = 0.0, pres = 0, freq = 0, rep = 1.0;
@@ -191,7 +214,7 @@ bool srv_parse_sampling(mnv__server *s, const cJSON *body, srv_job *j, srv_err *
         !get_num(body, "repetition_penalty", 1e-3, 100, &rep, e) || !get_int(body, "top_k", -1, 1 << 30, &top_k, e) ||
         !get_int(body, mt_name, 0, 1 << 30, &max_tokens, e) ||
         !get_int(body, "seed", -9.2e18, 9.2e18, &seed, e) || !get_stops(body, j, e) || !get_bias(s, body, j, e) ||
-        !get_logprobs(body, j, e) || !get_scripted(s, body, j, e))
+        !get_logprobs(body, j, e) || !get_scripted(s, body, j, e) || !get_format(body, j, e))
         return false;
     const cJSON *ie = cJSON_GetObjectItemCaseSensitive(body, "ignore_eos"); /* extension, for benchmarks */
     if (ie && !cJSON_IsNull(ie) && !cJSON_IsBool(ie))
@@ -221,15 +244,40 @@ static char *token_text(mnv__server *s, int32_t id) {
     return srv_utf8_clean(buf, MNV_MIN(n, sizeof buf - 1));
 }
 
+/* The text of token i of a choice as its output shows it: the bytes the
+ * output got from it (a SentencePiece "\u2581" is the space it stands for, not
+ * dropped as at the start of a text; a character split over tokens is in the
+ * token that completes it). */
+static char *out_text(const srv_choice *c, size_t i) {
+    size_t from = i ? c->toks[i - 1].text_end : 0;
+    return srv_utf8_clean(c->text.p ? c->text.p + from : "", c->toks[i].text_end - from);
+}
+
+/* An alternative to token i: its text after the token before it (the
+ * previous output token, else the prompt's last unless that is BOS), as
+ * decoding the two shows it. */
+static char *alt_text(const srv_job *j, const srv_choice *c, size_t i, int32_t id) {
+    mnv__server *s = j->srv;
+    if (id == c->toks[i].id) return out_text(c, i);
+    int32_t prev = i ? c->toks[i - 1].id : c->n_prompt ? c->prompt[c->n_prompt - 1] : -1;
+    if (prev < 0 || prev == mnv_tokenizer_bos(s->tok)) return token_text(s, id);
+    int32_t two[2] = {prev, id};
+    char a[256], b[512];
+    size_t na = 0, nb = 0;
+    if (mnv_detokenize(s->tok, &prev, 1, 0, a, sizeof a, &na) != MNV_OK ||
+        mnv_detokenize(s->tok, two, 2, 0, b, sizeof b, &nb) != MNV_OK || nb < na || memcmp(a, b, na) != 0)
+        return token_text(s, id);
+    return srv_utf8_clean(b + na, nb - na);
+}
+
 static cJSON *bytes_of(const char *t) {
     cJSON *a = cJSON_CreateArray();
     for (const unsigned char *p = (const unsigned char *)t; *p; p++) cJSON_AddItemToArray(a, cJSON_CreateNumber(*p));
     return a;
 }
 
-static cJSON *chat_entry(mnv__server *s, int32_t id, float lp) {
+static cJSON *chat_entry(char *t, float lp) { /* takes t */
     cJSON *o = cJSON_CreateObject();
-    char *t = token_text(s, id);
     cJSON_AddStringToObject(o, "token", t ? t : "");
     cJSON_AddNumberToObject(o, "logprob", lp);
     cJSON_AddItemToObject(o, "bytes", bytes_of(t ? t : ""));
@@ -242,8 +290,9 @@ cJSON *srv_logprobs_chat(const srv_job *j, const srv_choice *c, size_t from, siz
     cJSON *o = cJSON_CreateObject(), *content = cJSON_CreateArray();
     for (size_t i = from; i < to; i++) {
         const srv_tok *t = &c->toks[i];
-        cJSON *e = chat_entry(j->srv, t->id, t->lp), *top = cJSON_CreateArray();
-        for (int32_t k = 0; k < t->n_top; k++) cJSON_AddItemToArray(top, chat_entry(j->srv, t->top_ids[k], t->top_lp[k]));
+        cJSON *e = chat_entry(out_text(c, i), t->lp), *top = cJSON_CreateArray();
+        for (int32_t k = 0; k < t->n_top; k++)
+            cJSON_AddItemToArray(top, chat_entry(alt_text(j, c, i, t->top_ids[k]), t->top_lp[k]));
         cJSON_AddItemToObject(e, "top_logprobs", top);
         cJSON_AddItemToArray(content, e);
     }
@@ -257,14 +306,14 @@ cJSON *srv_logprobs_completion(const srv_job *j, const srv_choice *c, size_t fro
           *tops = cJSON_CreateArray(), *offs = cJSON_CreateArray();
     for (size_t i = from; i < to; i++) {
         const srv_tok *t = &c->toks[i];
-        char *s = token_text(j->srv, t->id);
+        char *s = out_text(c, i);
         cJSON_AddItemToArray(toks, cJSON_CreateString(s ? s : ""));
         free(s);
         cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->lp));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)(i ? c->toks[i - 1].text_end : 0)));
         cJSON *top = cJSON_CreateObject();
         for (int32_t k = 0; k < t->n_top; k++) {
-            char *a = token_text(j->srv, t->top_ids[k]);
+            char *a = alt_text(j, c, i, t->top_ids[k]);
             if (a && !cJSON_GetObjectItemCaseSensitive(top, a)) cJSON_AddNumberToObject(top, a, t->top_lp[k]);
             free(a);
         }

@@ -30,7 +30,8 @@ typedef struct {
     int32_t max_queue;          /* requests waiting beyond those: more get 503 */
     size_t max_body;            /* bytes of a request body (413 beyond) */
     int max_depth;              /* nesting of a JSON body (400 beyond) */
-    unsigned timeout_s;         /* an idle connection is closed after this */
+    unsigned timeout_s;         /* an idle connection is closed after this; so is one
+                                   whose request body takes longer to arrive */
     int scripted_output;        /* 1: a request's "x_scripted_output" text is the reply's
                                    first tokens (tests of the output path); 0: ignored */
 } mnv__server_params;

@@ -67,6 +67,9 @@ static inline const char *mnv__plist_at(const mnv__plist *l, size_t i) {
 /* ---- unicode.c ------------------------------------------------------------- */
 /* Length (1-4) of the valid UTF-8 sequence at s, or 0 if invalid/truncated. */
 size_t mnv__utf8_next(const char *s, size_t n, uint32_t *cp);
+/* Write code point cp (at most 0x10FFFF; a surrogate is written as its three
+ * bytes, as Python's "surrogatepass" does) to out; returns its length, 1-4. */
+size_t mnv__utf8_encode(uint32_t cp, char out[4]);
 /* 1 if s[0..n) is valid UTF-8; else 0 and *bad_off = offset of the first error. */
 bool mnv__utf8_valid(const char *s, size_t n, size_t *bad_off);
 

@@ -1,6 +1,8 @@
-/* UTF-8 helpers, lossy decoding and Unicode normalization (NFC/NFD) for the
- * tokenizer. The normalization tables come from scripts/gen_unicode_tables.py
- * (Python's unicodedata); Hangul syllables are composed algorithmically. */
+/* UTF-8 helpers (the project's one encoder and its strict decoder, used by
+ * the chat templates too), lossy decoding and Unicode normalization (NFC/NFD)
+ * for the tokenizer. The normalization tables come from
+ * scripts/gen_unicode_tables.py (Python's unicodedata); Hangul syllables are
+ * composed algorithmically. */
 #include <stdlib.h>
 
 #include "tokenizer/tokenizer.h"
@@ -46,6 +48,29 @@ size_t mnv__utf8_next(const char *s, size_t n, uint32_t *cp) {
     for (int i = 1; i < len; i++) c = (c << 6) | (u[i] & 0x3F);
     *cp = c;
     return (size_t)len;
+}
+
+size_t mnv__utf8_encode(uint32_t cp, char out[4]) {
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
 }
 
 bool mnv__utf8_valid(const char *s, size_t n, size_t *bad_off) {

@@ -5,8 +5,10 @@
 // MODE busy:    a server with --parallel 1 --max-queue 0 (503 + Retry-After)
 // MODE harmony: a small gpt-oss with the harmony tokenizer, --test-scripted-output
 // MODE template: a small Qwen3 with its tokenizer and chat template, --test-scripted-output
+// MODE slow:    slow clients, on a server with --timeout 2 --max-body-kb 64
 // Environment: OPENAI_DIR (where node_modules/openai is), BASE (http://HOST:PORT),
 // KEY (the API key, main only), MODEL (the served model's name).
+import net from 'node:net';
 import { pathToFileURL } from 'node:url';
 import path from 'node:path';
 
@@ -113,8 +115,32 @@ async function main() {
   check('logprobs: one entry per token', content.length === 8, content.length);
   check('logprobs: greedy token is the most likely', content.every((t) => t.top_logprobs.length === 3 && t.logprob <= 0 &&
     Math.abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 && t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob), content[0]);
+  // a token's text is its text in the output: SentencePiece's word-leading "\u2581" is a space, never dropped
+  const joined = content.map((t) => t.token).join('');
+  check('logprobs: the tokens spell the content', joined === lp.choices[0].message.content && / /.test(joined), [joined, lp.choices[0].message.content]);
+  check('logprobs: a word-leading token keeps its space', content.slice(1).some((t) => t.token.startsWith(' ') && t.bytes[0] === 32), content.map((t) => t.token));
+  check('logprobs: the greedy alternative is the token', content.every((t) => t.top_logprobs[0].token === t.token), content.map((t) => [t.token, t.top_logprobs[0].token]));
+  check('logprobs: alternatives as they would stand', content.slice(1).every((t) => t.top_logprobs.every((a) => !/\u2581/.test(a.token))) &&
+    content.slice(1).some((t) => t.top_logprobs.some((a) => a.token !== t.token && a.token.startsWith(' '))), content.map((t) => t.top_logprobs.map((a) => a.token)));
+  const lps = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 1, stream: true });
+  let stext = '', stoks = '';
+  for await (const ch of lps) for (const c of ch.choices) { stext += c.delta.content || ''; for (const t of c.logprobs?.content || []) stoks += t.token; }
+  check('logprobs streamed: the tokens spell the streamed content', stoks === stext && stext === lp.choices[0].message.content, [stoks, stext]);
   const clp = await client.completions.create({ model: MODEL, prompt: 'Once', max_tokens: 4, temperature: 0, logprobs: 2 });
   check('completion logprobs', clp.choices[0].logprobs.token_logprobs.length === 4 && clp.choices[0].logprobs.top_logprobs[0] !== null, clp.choices[0].logprobs);
+  check('completion logprobs: the tokens spell the text', clp.choices[0].logprobs.tokens.join('') === clp.choices[0].text &&
+    clp.choices[0].text.startsWith(' '), [clp.choices[0].logprobs.tokens, clp.choices[0].text]);
+
+  // response_format: plain text only (no constrained sampling): JSON formats are refused by name
+  const rf = await raw('/v1/chat/completions', JSON.stringify({ model: MODEL, messages: msgs, max_tokens: 2, response_format: { type: 'json_object' } }));
+  check('response_format json_object: 400 naming the field and value', rf.status === 400 && rf.json?.error?.param === 'response_format' &&
+    /json_object/.test(rf.json.error.message), rf.text);
+  await expectStatus('response_format json_schema', 400, () => client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 2,
+    response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'object' } } } }));
+  const rft = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 2, temperature: 0, response_format: { type: 'text' } });
+  check('response_format text is served', rft.choices[0].message.content.length > 0, rft.choices[0]);
+  await expectStatus('responses text.format json_schema', 400, () => client.responses.create({ model: MODEL, input: 'x', max_output_tokens: 2,
+    text: { format: { type: 'json_schema', name: 'x', schema: { type: 'object' } } } }));
 
   // logit_bias forces a token
   const forced = tk.json.tokens[tk.json.tokens.length - 1];
@@ -295,9 +321,69 @@ async function template() {
   check('template: sampled output answers 200', typeof free.choices[0].message.content === 'string');
 }
 
+// Slow clients, through raw sockets: none may hold a connection thread (or
+// the engine) past the server's --timeout (2 s here).
+function rawSocket() {
+  const u = new URL(BASE);
+  const sock = net.connect(Number(u.port), u.hostname);
+  const t0 = Date.now();
+  let data = '';
+  const closed = new Promise((res) => sock.on('close', () => res(Date.now() - t0)));
+  sock.on('data', (d) => { data += d; });
+  sock.on('error', () => {});
+  return { sock, closed, text: () => data };
+}
+function head(len, extra = '') {
+  return `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${len}\r\n${extra}\r\n`;
+}
+const within = (p, ms) => Promise.race([p, sleep(ms).then(() => -1)]);
+
+async function slow() {
+  // a body that stalls: closed by the idle timeout
+  const a = rawSocket();
+  a.sock.write(head(1000) + '{"model"');
+  const ta = await within(a.closed, 8000);
+  check('a stalled body: the connection is closed by the timeout', ta >= 1500 && ta < 8000, ta);
+  // a body that trickles a byte every 200 ms (never idle): closed once the timeout has passed
+  const b = rawSocket();
+  b.sock.write(head(1000));
+  const drip = setInterval(() => { if (!b.sock.destroyed) b.sock.write(' '); }, 200);
+  const tb = await within(b.closed, 8000);
+  clearInterval(drip);
+  check('a trickled body: the connection is closed once the timeout has passed', tb >= 1500 && tb < 8000, tb);
+  // a declared body over the cap: 413 with an error object at once, before any byte of it
+  const c = rawSocket();
+  c.sock.write(head(100 * 1024 * 1024));
+  const tc = await within(c.closed, 4000);
+  const body = c.text().slice(c.text().indexOf('\r\n\r\n') + 4);
+  let err = null;
+  try { err = JSON.parse(body).error; } catch { /* not JSON */ }
+  check('a declared body over the cap: 413 at once', /^HTTP\/1\.1 413/.test(c.text()) && tc >= 0 && tc < 4000, [tc, c.text().slice(0, 40)]);
+  check('the 413 is an OpenAI error object', err?.code === 'request_too_large' && typeof err.message === 'string', body);
+  // a stream whose reader stalls: the engine serves others meanwhile, and the
+  // server closes the connection after the timeout while the reader is still
+  // stalled (e2e_serve.sh checks its log line: the request ended in under 6 s,
+  // cancelled if it was still generating)
+  const d = rawSocket();
+  // (16 choices with 20 alternatives per token: megabytes of events, more than the socket buffers hold)
+  const req = JSON.stringify({ model: MODEL, messages: [{ role: 'user', content: 'Once' }], max_tokens: 480, n: 16, temperature: 1,
+    stream: true, ignore_eos: true, logprobs: true, top_logprobs: 20 });
+  d.sock.write(head(Buffer.byteLength(req)).replace('/v1/completions', '/v1/chat/completions') + req);
+  d.sock.pause();
+  await sleep(500);
+  const t1 = Date.now();
+  const other = await client.completions.create({ model: MODEL, prompt: 'Once', max_tokens: 8, temperature: 0 });
+  check('a stalled stream reader: others are served meanwhile', other.choices[0].text.length > 0 && Date.now() - t1 < 5000, Date.now() - t1);
+  await sleep(7000);
+  check('a stalled stream reader: nothing left running, no KV blocks held', (await metric('minerva_requests_running')) === 0 &&
+    (await metric('minerva_kv_blocks_used')) === 0);
+  d.sock.destroy();
+  await stillServing('slow clients');
+}
+
 const mode = process.argv[2];
 try {
-  await ({ main, busy, harmony, template })[mode]();
+  await ({ main, busy, harmony, template, slow })[mode]();
 } catch (e) {
   fail++;
   console.error(`FAIL: ${mode}: ${e.stack || e}`);
