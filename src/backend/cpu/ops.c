@@ -124,6 +124,22 @@ void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, fl
     }
 }
 
+void mnv_cpu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block) {
+    const float norm = 1.0f / sqrtf((float)block);
+    for (int64_t b = 0; b < rows * n; b += block) {
+        float *v = y + b;
+        for (int32_t i = 0; i < block; i++) v[i] = x[b + i] * norm;
+        /* in-place butterflies: stage h pairs elements h apart (H_2b = [H_b H_b; H_b -H_b]) */
+        for (int32_t h = 1; h < block; h *= 2)
+            for (int32_t i = 0; i < block; i += 2 * h)
+                for (int32_t j = i; j < i + h; j++) {
+                    float a = v[j], c = v[j + h];
+                    v[j] = a + c;
+                    v[j + h] = a - c;
+                }
+    }
+}
+
 void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
                       int64_t rows) {
     size_t es = mnv_dtype_size(tt);
