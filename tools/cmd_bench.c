@@ -137,8 +137,10 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     cli_print_cpu(stdout);
     char kvn[32];
     cli_kv_name(&o->kv, kvn, sizeof kvn);
-    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s (rotated: %s), depth %d\n", model,
-           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, cli_kv_rotated(&o->kv), o->depth);
+    const char *rot = cli_kv_rotated(&o->kv);
+    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d%s%s\n", model,
+           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, o->depth,
+           strcmp(rot, "none") ? ", rotated: " : "", strcmp(rot, "none") ? rot : "");
     printf("first token after load: %.2f s\n", r->first_token_s);
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
