@@ -196,6 +196,8 @@ check "  and the rotated side (the 4-bit V)" contains "$TMP/out" "depth 40, rota
 expect_rc "bench --kv-rotate off --json" 0 "$MNV_CLI" bench -m "$MODEL" -p 0 -n 4 --reps 1 --kv-type q4 --kv-rotate off --json
 check "  says nothing is rotated" contains "$TMP/out" '"kv_rotated": "none"'
 expect_fail "--kv-rotate with a bad value" 2 "--kv-rotate: expected auto, on or off, got 'yes'" "$MNV_CLI" generate -m "$MODEL" --kv-rotate yes -p hi
+expect_rc "bench --depth 200 --depth-random" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1 --depth 200 --depth-random --kv-type q4
+check "  says the context is random" contains "$TMP/out" "depth 200 (random K/V, not computed)"
 expect_fail "bench --depth with --parallel" 2 "--depth applies to the pp and tg tests" "$MNV_CLI" bench -m "$MODEL" --parallel 1 --depth 8
 expect_fail "bench --reps 0" 2 "--reps: 0 is out of range" "$MNV_CLI" bench -m "$MODEL" --reps 0
 
