@@ -16,11 +16,11 @@
  * 0.05 (0.028 measured at most), perplexity within 12% (+6.4% at most); a
  * 4-bit K mean KL below 0.25 (stories260K 0.16, perplexity +24%; the other
  * models 0.027 at most), perplexity within 35%, top-1 at least 65 to 75%.
- * Without the rotation ("off": stories260K's 4-bit K 0.24, perplexity
- * +40%) the older floors: 4-bit V mean KL below 0.1, 4-bit K below 0.35, top-1
- * 60 to 65%, perplexity within 25% (4-bit V) or 60% (4-bit K). q8 with the
- * rotation forced on: below 4e-3 (the tiny gpt-oss 2.2e-3: why it is off at 8
- * bits). The rotation itself is exact: with an f32 cache it moves the
+ * Without the rotation ("off", q4 K and V: stories260K 0.24, perplexity
+ * +40%) the older floor: mean KL below 0.35, top-1 60%, perplexity within
+ * 60% (bench/NOTES.md has the mixed pairs and q8 with and without it; they
+ * are left out here to keep the emulated runs short). The rotation itself
+ * is exact: with an f32 cache it moves the
  * logits by rounding only (check_rotation_exact). The
  * figures are printed (bench/NOTES.md keeps them). */
 #include <math.h>
@@ -39,12 +39,9 @@ static const kv_case CASES[] = {
     {"f16", MNV_KV_F16, MNV_KV_F16, MNV_KV_ROTATE_AUTO, 1e-5, 1e-4, 0.99, 0.001},
     {"bf16", MNV_KV_BF16, MNV_KV_BF16, MNV_KV_ROTATE_AUTO, 2e-4, 2e-3, 0.98, 0.005},
     {"q8", MNV_KV_Q8, MNV_KV_Q8, MNV_KV_ROTATE_AUTO, 1e-3, 1e-2, 0.97, 0.01},
-    {"q8 on", MNV_KV_Q8, MNV_KV_Q8, MNV_KV_ROTATE_ON, 4e-3, 1e-2, 0.97, 0.015},
     {"q8/q4", MNV_KV_Q8, MNV_KV_Q4, MNV_KV_ROTATE_AUTO, 0.05, 1.0, 0.70, 0.12},
     {"q4/q8", MNV_KV_Q4, MNV_KV_Q8, MNV_KV_ROTATE_AUTO, 0.25, 3.0, 0.75, 0.35},
     {"q4", MNV_KV_Q4, MNV_KV_Q4, MNV_KV_ROTATE_AUTO, 0.25, 3.0, 0.65, 0.35},
-    {"q8/q4 off", MNV_KV_Q8, MNV_KV_Q4, MNV_KV_ROTATE_OFF, 0.1, 1.0, 0.65, 0.25},
-    {"q4/q8 off", MNV_KV_Q4, MNV_KV_Q8, MNV_KV_ROTATE_OFF, 0.35, 5.0, 0.60, 0.60},
     {"q4 off", MNV_KV_Q4, MNV_KV_Q4, MNV_KV_ROTATE_OFF, 0.35, 5.0, 0.60, 0.60},
 };
 
