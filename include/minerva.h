@@ -191,6 +191,25 @@ typedef enum {
 /* "f32", "f16", "bf16", "q8", "q4" ("default" for MNV_KV_DEFAULT, "?" otherwise). */
 MNV_API const char *mnv_kv_type_name(mnv_kv_type t);
 
+/* Rotation of the KV cache (params' kv_rotate): a normalized Walsh-Hadamard
+ * transform along the head dimension, in blocks of the largest power of two
+ * that divides head_dim, applied to queries and keys after RoPE (attention
+ * scores are unchanged) and to values before they are cached, the attention
+ * output turned back. Results are the same up to rounding; a quantized side
+ * loses less, since the rotation spreads a few large channels over the
+ * whole group. AUTO: the Q4 sides only (where it was measured to pay); ON:
+ * both sides, whatever their types; OFF: never. The setting belongs to the
+ * session or engine: its cache (prefix cache included) holds rotated rows. */
+typedef enum {
+    MNV_KV_ROTATE_AUTO = 0,
+    MNV_KV_ROTATE_ON,
+    MNV_KV_ROTATE_OFF,
+    MNV_KV_ROTATE_COUNT
+} mnv_kv_rotate;
+
+/* "auto", "on", "off" ("?" otherwise). */
+MNV_API const char *mnv_kv_rotate_name(mnv_kv_rotate r);
+
 /* ------------------------------------------------------------------------ */
 /* Tokenizer                                                                */
 /* ------------------------------------------------------------------------ */
@@ -374,7 +393,8 @@ typedef struct {
                               default (the CPU). A device not built in or not present fails
                               mnv_session_create with MNV_ERR_UNSUPPORTED naming it. The string
                               is read during the call only */
-    uint32_t reserved[6];
+    int32_t kv_rotate;     /* mnv_kv_rotate: a rotation of the K/V heads; AUTO (0) by default */
+    uint32_t reserved[5];
 } mnv_session_params;
 
 MNV_API mnv_session_params mnv_session_params_default(void);
@@ -605,7 +625,8 @@ typedef struct {
     int32_t kv_type_k;        /* as in mnv_session_params: K and V element types (mnv_kv_type, */
     int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
     const char *device;       /* as in mnv_session_params */
-    uint32_t reserved[6];
+    int32_t kv_rotate;        /* as in mnv_session_params (mnv_kv_rotate) */
+    uint32_t reserved[5];
 } mnv_engine_params;
 
 MNV_API mnv_engine_params mnv_engine_params_default(void);

@@ -192,6 +192,10 @@ check "bench prints the decode bandwidth" contains "$TMP/out" "GB/s"
 expect_rc "bench --depth 40 with a q8 K and q4 V cache" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1 --depth 40 --kv-type-k q8 --kv-type-v q4
 check "  prints the floor at that depth" contains "$TMP/out" "floor at depth 40"
 check "  names the types" contains "$TMP/out" "KV q8/q4, depth 40"
+check "  and the rotated side (the 4-bit V)" contains "$TMP/out" "depth 40, rotated: V"
+expect_rc "bench --kv-rotate off --json" 0 "$MNV_CLI" bench -m "$MODEL" -p 0 -n 4 --reps 1 --kv-type q4 --kv-rotate off --json
+check "  says nothing is rotated" contains "$TMP/out" '"kv_rotated": "none"'
+expect_fail "--kv-rotate with a bad value" 2 "--kv-rotate: expected auto, on or off, got 'yes'" "$MNV_CLI" generate -m "$MODEL" --kv-rotate yes -p hi
 expect_rc "bench --depth 200 --depth-random" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1 --depth 200 --depth-random --kv-type q4
 check "  says the context is random" contains "$TMP/out" "depth 200 (random K/V, not computed)"
 expect_fail "bench --depth with --parallel" 2 "--depth applies to the pp and tg tests" "$MNV_CLI" bench -m "$MODEL" --parallel 1 --depth 8

@@ -373,6 +373,8 @@ static void check_estimate(const char *dir, int exact_weights, const char *chat_
     sp.n_ctx = 128;
     sp.n_batch = 64;
     sp.kv_dtype = t_rand64() % 2 ? MNV_DTYPE_F32 : MNV_DTYPE_BF16;
+    static int calls;
+    sp.kv_rotate = calls++ % 2 ? MNV_KV_ROTATE_ON : MNV_KV_ROTATE_AUTO; /* rotated heads: more nodes */
     mnv_memory_estimate est;
     mnv_status st = mnv_model_estimate_memory(dir, &sp, &est);
     CHECKF(st == MNV_OK, "%s: %s", dir, mnv_last_error());

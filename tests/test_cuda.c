@@ -168,6 +168,31 @@ static void test_elementwise(void) {
         }
 }
 
+/* ---- Hadamard rotation: blocks 8 .. 256, one or several per row ---- */
+typedef struct {
+    int64_t T, H, D;
+    int32_t block;
+    float *x;
+} hadamard_case;
+
+static mnv_array *build_hadamard(side *s, mnv_graph *g, void *ud) {
+    hadamard_case *c = ud;
+    int64_t sh[3] = {c->T, c->H, c->D};
+    return mnv_hadamard(g, P(s, g, c->x, MNV_DTYPE_F32, 3, sh), c->block);
+}
+
+static void test_hadamard(void) {
+    for (int i = 0; i < 6; i++) {
+        hadamard_case c = {.T = 2 * t_randint(0, 4) + 1, .H = t_randint(1, 5), .block = 8 << i};
+        c.D = c.block * (i < 2 ? 5 : t_randint(1, 2)); /* e.g. 80 = 5 x 16 */
+        c.x = randv((size_t)(c.T * c.H * c.D), 2.0f);
+        char what[64];
+        snprintf(what, sizeof what, "hadamard D %lld block %d", (long long)c.D, c.block);
+        compare(what, build_hadamard, &c, 1e-5, false);
+        free(c.x);
+    }
+}
+
 /* ---- RoPE and row gathers ---- */
 typedef struct {
     int64_t T, H, D;
@@ -671,6 +696,7 @@ int main(void) {
     if (!cpu) return t_done();
     test_elementwise();
     test_rope();
+    test_hadamard();
     test_get_rows();
     test_qget_rows();
     test_matmul();

@@ -175,6 +175,44 @@ static void test_rope(int traditional) {
     free(want);
 }
 
+/* The Hadamard op against the matrix itself: H[i][j] = (-1)^popcount(i & j)
+ * / sqrt(block) (Sylvester order), applied by a naive double sum to each
+ * block of a (T, heads, D) array with T odd; then the op applied twice is
+ * the identity. A block that is not a power of two dividing D is refused. */
+static void test_hadamard(void) {
+    int32_t block = 1 << t_randint(t_randint(0, 3) ? 3 : 1, 8); /* mostly 8 .. 256, at times 2 or 4 */
+    int64_t T = 2 * t_randint(0, 4) + 1, H = t_randint(1, 3), D = block * t_randint(1, 3);
+    if (t_randint(0, 2) == 0 && block <= 64) D = block * 5; /* several blocks per head (e.g. 80 = 5 x 16) */
+    int64_t sh[3] = {T, H, D}, n = T * H * D;
+    begin();
+    float *x;
+    mnv_array *ax = rand_input(3, sh, &x);
+    mnv_array *y = mnv_hadamard(g, ax, block), *yy = mnv_hadamard(g, y, block);
+    mnv_set_output(y);
+    mnv_set_output(yy);
+    run();
+    float *want = malloc(sizeof(float) * (size_t)n);
+    for (int64_t b = 0; b < n; b += block)
+        for (int32_t i = 0; i < block; i++) {
+            double acc = 0;
+            for (int32_t j = 0; j < block; j++)
+                acc += (__builtin_popcount((unsigned)(i & j)) & 1 ? -1.0 : 1.0) * x[b + j];
+            want[b + i] = (float)(acc / sqrt((double)block));
+        }
+    char what[64];
+    snprintf(what, sizeof what, "hadamard block %d D %lld", block, (long long)D);
+    check(what, y->data, want, (size_t)n, 1e-6);
+    snprintf(what, sizeof what, "hadamard twice, block %d", block);
+    check(what, yy->data, x, (size_t)n, 1e-6);
+    free(want);
+    begin();
+    int64_t sh2[2] = {3, 24};
+    CHECK(mnv_hadamard(g, rand_input(2, sh2, NULL), 16) == NULL && mnv_graph_status(g) == MNV_ERR_INVALID_ARG);
+    CHECK(strstr(mnv_last_error(), "hadamard") != NULL);
+    begin();
+    CHECK(mnv_hadamard(g, rand_input(2, sh2, NULL), 12) == NULL && mnv_graph_status(g) == MNV_ERR_INVALID_ARG);
+}
+
 static void test_get_rows_copy(void) {
     int64_t V = t_randint(2, 50), D = t_randint(1, 70), T = t_randint(1, 12);
     int64_t ts[2] = {V, D}, is[1] = {T};
@@ -408,6 +446,7 @@ static void test_all(int reps) {
             test_rope(0);
             test_rope(1);
             test_get_rows_copy();
+            test_hadamard();
             test_attention(false, 0);
             test_attention(true, 0);
             test_attention(t_randint(0, 1), t_randint(1, 6));

@@ -2,6 +2,7 @@
 #include "cli_common.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -312,6 +313,7 @@ void cli_kv_opts(cli_kv_flags *f, cli_opt *out) {
         {NULL, "--kv-type", CLI_STR, &f->all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &f->k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &f->v, 0, 0, NULL},
+        {NULL, "--kv-rotate", CLI_STR, &f->rotate, 0, 0, NULL},
     };
     memcpy(out, opts, sizeof opts);
 }
@@ -321,7 +323,9 @@ void cli_kv_usage(char *buf, size_t cap) {
            "      --kv-type T         KV cache element type: f32, f16, bf16, q8 or q4 (8/4-bit\n"
            "                          per group of 32 with a scale and a bias) (default f32)\n"
            "      --kv-type-k T       the K cache's type alone (default: --kv-type)\n"
-           "      --kv-type-v T       the V cache's type alone (default: --kv-type)\n");
+           "      --kv-type-v T       the V cache's type alone (default: --kv-type)\n"
+           "      --kv-rotate R       Hadamard rotation of the K/V heads: auto (the q4 sides),\n"
+           "                          on (both sides, any type) or off (default auto)\n");
 }
 
 static int parse_kv(const char *cmd, const char *opt, const char *s, int32_t *out) {
@@ -340,6 +344,24 @@ int cli_kv_types(const char *cmd, const cli_kv_flags *f, int32_t *k, int32_t *v)
     if (f->k && parse_kv(cmd, "--kv-type-k", f->k, k)) return CLI_EXIT_USAGE;
     if (f->v && parse_kv(cmd, "--kv-type-v", f->v, v)) return CLI_EXIT_USAGE;
     return 0;
+}
+
+int cli_kv_rotate(const char *cmd, const cli_kv_flags *f, int32_t *rot) {
+    *rot = MNV_KV_ROTATE_AUTO;
+    if (!f->rotate) return 0;
+    for (int r = 0; r < MNV_KV_ROTATE_COUNT; r++)
+        if (!strcmp(f->rotate, mnv_kv_rotate_name((mnv_kv_rotate)r))) {
+            *rot = r;
+            return 0;
+        }
+    return cli_usage(cmd, "--kv-rotate: expected auto, on or off, got '%s'", f->rotate);
+}
+
+const char *cli_kv_rotated(const cli_kv_flags *f) {
+    const char *all = f->all ? f->all : "f32", *k = f->k ? f->k : all, *v = f->v ? f->v : all;
+    bool on = f->rotate && !strcmp(f->rotate, "on"), off = f->rotate && !strcmp(f->rotate, "off");
+    bool rk = !off && (on || !strcmp(k, "q4")), rv = !off && (on || !strcmp(v, "q4"));
+    return rk && rv ? "K and V" : rk ? "K" : rv ? "V" : "none";
 }
 
 void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap) {

@@ -116,20 +116,28 @@ void cli_gen_usage(char *buf, size_t cap, const cli_gen_flags *f);
 void cli_gen_flags_finish(cli_gen_flags *f);
 
 /* The KV cache's element types: --kv-type T (K and V), --kv-type-k T and
- * --kv-type-v T (one side, over --kv-type); T: f32, f16, bf16, q8, q4. */
+ * --kv-type-v T (one side, over --kv-type); T: f32, f16, bf16, q8, q4; and
+ * --kv-rotate auto|on|off (mnv_kv_rotate). */
 typedef struct {
     const char *all, *k, *v; /* NULL: not given (f32) */
+    const char *rotate;      /* NULL: not given (auto) */
 } cli_kv_flags;
 
-#define CLI_KV_N_OPTS 3
+#define CLI_KV_N_OPTS 4
 void cli_kv_opts(cli_kv_flags *f, cli_opt *out);
 /* Append their help lines to buf. */
 void cli_kv_usage(char *buf, size_t cap);
 /* The K and V types (mnv_kv_type) the options name; 0, or a usage error
  * printed and non-zero. */
 int cli_kv_types(const char *cmd, const cli_kv_flags *f, int32_t *k, int32_t *v);
+/* The rotation (mnv_kv_rotate) --kv-rotate names; 0, or a usage error
+ * printed and non-zero. */
+int cli_kv_rotate(const char *cmd, const cli_kv_flags *f, int32_t *rot);
 /* "q8" or "q8/q4": the types as given, for reports. */
 void cli_kv_name(const cli_kv_flags *f, char *buf, size_t cap);
+/* The sides the options rotate (mnv_kv_rotate's rule: auto turns the q4
+ * sides): "K and V", "K", "V" or "none", for reports. */
+const char *cli_kv_rotated(const cli_kv_flags *f);
 
 /* The runtime: --threads, --ctx, the KV types, --exact-quant and --deterministic. */
 typedef struct {

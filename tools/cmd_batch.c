@@ -391,7 +391,9 @@ static void print_summary(const batch_opts *o, const batch_run *b, size_t failed
 static int make_engine(const batch_opts *o, mnv_model *model, mnv_engine **e) {
     mnv_engine_params ep = mnv_engine_params_default();
     ep.n_threads = o->run.n_threads;
-    if (cli_kv_types(CMD, &o->run.kv, &ep.kv_type_k, &ep.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->run.kv, &ep.kv_type_k, &ep.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->run.kv, &ep.kv_rotate))
+        return CLI_EXIT_USAGE;
     ep.exact_quant = o->run.exact_quant;
     ep.deterministic = o->run.deterministic;
     ep.device = o->run.device;
@@ -425,7 +427,10 @@ static int run_batch(const batch_opts *o, mnv_model *model) {
 
 static int load_and_run(batch_opts *o) {
     int32_t kt, vt;
-    if (cli_kv_types(CMD, &o->run.kv, &kt, &vt)) return CLI_EXIT_USAGE;
+    int32_t rot;
+    if (cli_kv_types(CMD, &o->run.kv, &kt, &vt) ||
+        cli_kv_rotate(CMD, &o->run.kv, &rot))
+        return CLI_EXIT_USAGE;
     cli_gen_flags_finish(&o->gen);
     mnv_model *model = NULL;
     int rc = cli_load_model(CMD, o->model_dir, o->run.n_threads, &model);

@@ -40,6 +40,7 @@ static const char USAGE[] =
     "                      (decode costs the same; for depths whose prefill would take long)\n"
     "      --kv-type T     KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
     "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
+    "      --kv-rotate R   Hadamard rotation of the K/V heads: auto (q4 sides), on, off\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
     "      --deterministic products as if every token were alone in its batch\n"
     "      --device D      where to compute: cpu, cuda or cuda:N (default cpu)\n"
@@ -123,8 +124,9 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
                ci.matmul, o->exact_quant ? ci.qmatmul_exact : ci.qmatmul, ci.attention);
         char kvn[32];
         cli_kv_name(&o->kv, kvn, sizeof kvn);
-        printf(", \"threads\": %d, \"kv_type\": \"%s\", \"depth\": %d, \"depth_random\": %s, \"prefill_tokens\": %d",
-               r->threads, kvn, o->depth, o->depth_random ? "true" : "false", o->n_prefill);
+        printf(", \"threads\": %d, \"kv_type\": \"%s\", \"kv_rotated\": \"%s\", \"depth\": %d, \"depth_random\": %s"
+               ", \"prefill_tokens\": %d",
+               r->threads, kvn, cli_kv_rotated(&o->kv), o->depth, o->depth_random ? "true" : "false", o->n_prefill);
         json_rate("prefill_tok_s", r->pp_tok_s, o->n_prefill > 0);
         printf(", \"decode_tokens\": %d", o->n_decode);
         json_rate("decode_tok_s", r->tg_tok_s, o->n_decode > 0);
@@ -139,9 +141,11 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     cli_print_cpu(stdout);
     char kvn[32];
     cli_kv_name(&o->kv, kvn, sizeof kvn);
-    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d%s\n", model,
+    const char *rot = cli_kv_rotated(&o->kv);
+    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d%s%s%s\n", model,
            (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, o->depth,
-           o->depth > 0 && o->depth_random ? " (random K/V, not computed)" : "");
+           o->depth > 0 && o->depth_random ? " (random K/V, not computed)" : "",
+           strcmp(rot, "none") ? ", rotated: " : "", strcmp(rot, "none") ? rot : "");
     printf("first token after load: %.2f s\n", r->first_token_s);
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
@@ -184,7 +188,9 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = (n_max > 0 ? n_max : 1) + o->depth;
     sp.n_batch = o->n_prefill > 0 ? o->n_prefill : 512;
-    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     if (o->depth > 0) { /* K/V bytes of the depth tokens: each decoded token reads them */
         mnv_session_params dp = sp;
         dp.n_ctx = o->depth;
@@ -334,7 +340,9 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
                        par_result *res) {
     mnv_engine_params ep = mnv_engine_params_default();
     ep.n_threads = o->n_threads;
-    if (cli_kv_types(CMD, &o->kv, &ep.kv_type_k, &ep.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->kv, &ep.kv_type_k, &ep.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->kv, &ep.kv_rotate))
+        return CLI_EXIT_USAGE;
     ep.exact_quant = o->exact_quant;
     ep.deterministic = o->deterministic;
     ep.device = o->device;
@@ -450,6 +458,7 @@ int cmd_bench(int argc, char **argv) {
         {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
+        {NULL, "--kv-rotate", CLI_STR, &o.kv.rotate, 0, 0, NULL},
         {NULL, "--exact-quant", CLI_FLAG, &o.exact_quant, 0, 0, NULL},
         {NULL, "--parallel", CLI_STR, &o.parallel, 0, 0, NULL},
         {NULL, "--deterministic", CLI_FLAG, &o.deterministic, 0, 0, NULL},

@@ -70,6 +70,7 @@ static const char USAGE[] =
     "  -c, --ctx N            context length (default: the model's, at most 8192)\n"
     "      --kv-type T        KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
     "      --kv-type-k T      the K cache's type alone; --kv-type-v T: the V cache's\n"
+    "      --kv-rotate R      Hadamard rotation of the K/V heads: auto (q4 sides), on, off\n"
     "      --device D         where to compute: cpu, cuda or cuda:N (default cpu)\n"
     "      --stats            tokens and speed of each turn on stderr\n"
     "  -h, --help             show this help\n";
@@ -91,6 +92,7 @@ static int parse_args(chat_opts *o, int argc, char **argv, int *rc) {
         {NULL, "--kv-type", CLI_STR, &o->kv.all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &o->kv.k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &o->kv.v, 0, 0, NULL},
+        {NULL, "--kv-rotate", CLI_STR, &o->kv.rotate, 0, 0, NULL},
         {NULL, "--stats", CLI_FLAG, &o->stats, 0, 0, NULL},
         {NULL, "--device", CLI_STR, &o->device, 0, 0, NULL},
     };
@@ -390,7 +392,9 @@ static int make_session(chat_state *c) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = n_ctx;
     sp.n_threads = c->o->n_threads;
-    if (cli_kv_types(CMD, &c->o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &c->o->kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &c->o->kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     sp.device = c->o->device;
     st = mnv_session_create(c->model, &sp, &c->sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");

@@ -94,7 +94,9 @@ static int run(gen_opts *o, mnv_model *model, const int32_t *prompt, size_t n_pr
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = o->run.n_ctx;
     sp.n_threads = o->run.n_threads;
-    if (cli_kv_types(CMD, &o->run.kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->run.kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->run.kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     sp.exact_quant = o->run.exact_quant;
     sp.deterministic = o->run.deterministic;
     sp.device = o->run.device;

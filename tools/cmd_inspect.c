@@ -100,7 +100,9 @@ static int print_memory(const char *dir, const mnv_model_info *in, unsigned long
     char a[32], b[32], c[32];
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = mo->ctx;
-    if (cli_kv_types(CMD, &mo->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &mo->kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &mo->kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     char kvn[32];
     cli_kv_name(&mo->kv, kvn, sizeof kvn);
     mnv_memory_estimate est;

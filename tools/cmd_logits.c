@@ -20,6 +20,7 @@ static const char USAGE[] =
     "  -c, --ctx N       context length (default: the number of ids)\n"
     "      --kv-type T   KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
     "      --kv-type-k T the K cache's type alone; --kv-type-v T: the V cache's\n"
+    "      --kv-rotate R Hadamard rotation of the K/V heads: auto (q4 sides), on, off\n"
     "  -h, --help        show this help\n";
 
 typedef struct {
@@ -57,7 +58,9 @@ static int eval_and_print(const logits_opts *o, mnv_model *model, const int32_t 
     mnv_session_params sp = mnv_session_params_default();
     sp.n_threads = o->n_threads;
     sp.n_ctx = o->n_ctx ? o->n_ctx : (int32_t)n;
-    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     float *logits = malloc(n * n_vocab * sizeof *logits);
     if (!logits) return cli_error(CMD, "out of memory for %zu x %zu logits", n, n_vocab);
     mnv_session *s = NULL;
@@ -83,6 +86,7 @@ int cmd_logits(int argc, char **argv) {
         {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
+        {NULL, "--kv-rotate", CLI_STR, &o.kv.rotate, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

@@ -28,6 +28,7 @@ static const char USAGE[] =
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
     "      --kv-type T     KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
     "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
+    "      --kv-rotate R   Hadamard rotation of the K/V heads: auto (q4 sides), on, off\n"
     "  -h, --help          show this help\n";
 
 typedef struct {
@@ -67,7 +68,9 @@ static int run_chunks(const ppl_opts *o, mnv_model *model, const int32_t *ids, s
                       size_t ctx, size_t n_vocab) {
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = (int32_t)ctx;
-    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v)) return CLI_EXIT_USAGE;
+    if (cli_kv_types(CMD, &o->kv, &sp.kv_type_k, &sp.kv_type_v) ||
+        cli_kv_rotate(CMD, &o->kv, &sp.kv_rotate))
+        return CLI_EXIT_USAGE;
     sp.n_threads = o->n_threads;
     mnv_session *s = NULL;
     mnv_status st = mnv_session_create(model, &sp, &s);
@@ -140,6 +143,7 @@ int cmd_perplexity(int argc, char **argv) {
         {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},
+        {NULL, "--kv-rotate", CLI_STR, &o.kv.rotate, 0, 0, NULL},
     };
     cli_spec spec = {CMD, USAGE, opts, sizeof opts / sizeof opts[0], NULL};
     int rc = 0;

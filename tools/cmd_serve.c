@@ -109,6 +109,7 @@ static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mn
     ep->n_threads = o->run.n_threads;
     ep->kv_type_k = kv_k;
     ep->kv_type_v = kv_v;
+    cli_kv_rotate(CMD, &o->run.kv, &ep->kv_rotate); /* checked before loading */
     ep->device = o->run.device;
     ep->max_seqs = o->parallel;
     int32_t train = info.n_ctx_train > 0 && info.n_ctx_train < 4096 ? info.n_ctx_train : 4096;
@@ -157,8 +158,8 @@ static void *watch_signals(void *arg) {
 static int serve(serve_opts *o) {
     char *key = NULL, name[1024], def[4096];
     if (o->api_key_file && read_key(o->api_key_file, &key) != 0) return CLI_EXIT_FAIL;
-    int32_t kv_k = 0, kv_v = 0;
-    if (cli_kv_types(CMD, &o->run.kv, &kv_k, &kv_v)) {
+    int32_t kv_k = 0, kv_v = 0, rot = 0;
+    if (cli_kv_types(CMD, &o->run.kv, &kv_k, &kv_v) || cli_kv_rotate(CMD, &o->run.kv, &rot)) {
         free(key);
         return CLI_EXIT_USAGE;
     }

@@ -371,6 +371,17 @@ mnv_array *mnv_rope(mnv_graph *g, mnv_array *x, mnv_array *pos, mnv_array *inv_f
     return n;
 }
 
+mnv_array *mnv_hadamard(mnv_graph *g, mnv_array *x, int32_t block) {
+    NEED(x);
+    int64_t D = x->shape[x->ndim - 1];
+    if (block < 1 || (block & (block - 1)) || D % block)
+        return fail(g, MNV_ERR_INVALID_ARG, "hadamard: block %d must be a power of two dividing the last dim %lld",
+                    block, (long long)D);
+    mnv_node *n = unary(g, MNV_OP_HADAMARD, x);
+    if (n) n->p.i[0] = block;
+    return n;
+}
+
 mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids) {
     NEED(table);
     NEED(ids);

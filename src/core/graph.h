@@ -43,7 +43,8 @@
     X(MNV_OP_MOE_MATMUL, "moe_matmul") /* src0 x, src1 experts W, src2 ids, src3 bias,       \
                                           src4 scales, src5 biases (quantized W) */         \
     X(MNV_OP_SWIGLU_OAI, "swiglu_oai") /* gpt-oss clamped SwiGLU of src0 gate, src1 up */   \
-    X(MNV_OP_MOE_SUM, "moe_sum")       /* src0 (T, k, N) weighted by src1 (T, k) -> (T, N) */
+    X(MNV_OP_MOE_SUM, "moe_sum")       /* src0 (T, k, N) weighted by src1 (T, k) -> (T, N) */ \
+    X(MNV_OP_HADAMARD, "hadamard")     /* src0 (.., D): each block of p.i[0] along D times H */
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -165,6 +166,11 @@ mnv_array *mnv_silu(mnv_graph *g, mnv_array *x);
 mnv_array *mnv_gelu(mnv_graph *g, mnv_array *x);
 mnv_array *mnv_silu_mul(mnv_graph *g, mnv_array *gate, mnv_array *up);
 mnv_array *mnv_get_rows(mnv_graph *g, mnv_array *table, mnv_array *ids);
+/* Normalized Walsh-Hadamard transform along the last dim of x (.., D): each
+ * run of `block` elements (a power of two dividing D) becomes H x with
+ * H = H^T = H^-1 (Sylvester order, scaled by 1 / sqrt(block)), so dot
+ * products within a block are kept and applying it twice is the identity. */
+mnv_array *mnv_hadamard(mnv_graph *g, mnv_array *x, int32_t block);
 /* KV caches are paged: a cache is (NB, B, Hkv, D), NB blocks of B token
  * rows, whose dim 0 may be strided (the blocks of a pool that also holds
  * other layers). A dense cache of S sequences of C tokens is the case

@@ -353,6 +353,7 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
     q = mnv_rope(g, mnv_reshape_3d(g, q, T, NH, D), pos, inv_freq, m->n_rot, 0, m->rope_attn_factor);
     k = mnv_rope(g, mnv_reshape_3d(g, k, T, Hkv, D), pos, inv_freq, m->n_rot, 0, m->rope_attn_factor);
     v = mnv_reshape_3d(g, v, T, Hkv, D);
+    mnv_model_kv_rotate(g, kv, &q, &k, &v);
     int64_t nh = NH;
     int32_t grp = kv->layer_group ? kv->layer_group[l] : 0;
     mnv_array *kc, *vc;
@@ -362,6 +363,7 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
     mnv_array *sinks = mnv_param(g, L->sinks, MNV_DTYPE_F32, 1, &nh, "sinks");
     int32_t window = c->layer_sliding[l] ? c->sliding_window : 0;
     mnv_array *a = mnv_attention(g, q, kc, vc, in->tables[grp], in->seq, pos, sinks, 1.0f / sqrtf((float)D), window);
+    a = mnv_model_kv_unrotate(g, kv, a);
     a = mnv_model_linear(g, mnv_reshape_2d(g, a, T, NH * D), &w->wo);
     return mnv_add(g, a, mnv_weight_param(g, &w->bo));
 }

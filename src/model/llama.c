@@ -135,6 +135,7 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
     int trad = c->rope.traditional;
     q = mnv_rope(g, q, in->pos, inv_freq, m->n_rot, trad, m->rope_attn_factor);
     k = mnv_rope(g, k, in->pos, inv_freq, m->n_rot, trad, m->rope_attn_factor);
+    mnv_model_kv_rotate(g, kv, &q, &k, &v);
     mnv_array *kc, *vc;
     mnv_model_kv_leaves(g, m, kv, l, &kc, &vc);
     int32_t grp = kv->layer_group ? kv->layer_group[l] : 0;
@@ -143,6 +144,7 @@ static mnv_array *attention_block(const mnv_model *m, mnv_graph *g, int32_t l, m
     int32_t window = c->layer_sliding[l] ? c->sliding_window : 0;
     mnv_array *a = mnv_attention(g, q, kc, vc, in->tables[grp], in->seq, in->pos, NULL, 1.0f / sqrtf((float)D),
                                  window);
+    a = mnv_model_kv_unrotate(g, kv, a);
     mnv_set_name(a, "attn.%d", l);
     return linear(g, mnv_reshape_2d(g, a, T, H * D), &w->wo, &w->bo);
 }

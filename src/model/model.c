@@ -313,6 +313,18 @@ void mnv_model_kv_leaves(mnv_graph *g, const mnv_model *m, const mnv_kv_cache *k
     *vc = mnv_kv_param(g, kv->v[l], &kv->v_lay, kv->n_blocks, kv->block_tokens, Hkv, kv->block_stride, "v_cache");
 }
 
+void mnv_model_kv_rotate(mnv_graph *g, const mnv_kv_cache *kv, mnv_array **q, mnv_array **k, mnv_array **v) {
+    if (kv->rot_k) {
+        *q = mnv_hadamard(g, *q, kv->rot_k);
+        *k = mnv_hadamard(g, *k, kv->rot_k);
+    }
+    if (kv->rot_v) *v = mnv_hadamard(g, *v, kv->rot_v);
+}
+
+mnv_array *mnv_model_kv_unrotate(mnv_graph *g, const mnv_kv_cache *kv, mnv_array *attn) {
+    return kv->rot_v ? mnv_hadamard(g, attn, kv->rot_v) : attn; /* H^-1 = H */
+}
+
 /* Parameters as MLX counts them: a packed quantized weight holds
  * words * 32 / bits parameters; scales and biases are not parameters. */
 static uint64_t mnv_model_count_params(const mnv_model *m) {

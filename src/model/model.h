@@ -37,6 +37,11 @@ typedef struct {
     int64_t n_blocks, block_tokens, block_stride;
     void **k, **v;              /* per layer: its K / V rows in block 0 */
     const int32_t *layer_group; /* per layer: its group; NULL: every layer in group 0 */
+    /* Hadamard rotation along head_dim (mnv_hadamard's block; 0: none): rot_k
+     * turns Q and K after RoPE (scores unchanged), rot_v turns V before it is
+     * cached and the attention output back, so values quantize with fewer
+     * outliers per group. The cache's contents depend on it: one per pool. */
+    int32_t rot_k, rot_v;
 } mnv_kv_cache;
 
 /* A ragged batch: tokens of several sequences at different positions. */
@@ -80,6 +85,11 @@ void mnv_model_kv_groups(const mnv_model_config *c, int32_t *n_groups, int32_t w
 /* Cache leaves of layer l: K and V as (n_blocks, B, Hkv, D) strided views. */
 void mnv_model_kv_leaves(mnv_graph *g, const mnv_model *m, const mnv_kv_cache *kv, int32_t l, mnv_array **kc,
                          mnv_array **vc);
+/* The cache's rotation (kv->rot_k, rot_v) of a layer's q, k (after RoPE) and
+ * v (T, heads, D) before they meet the cache; mnv_model_kv_unrotate turns
+ * the attention output (T, H, D) back. No nodes when the rotation is off. */
+void mnv_model_kv_rotate(mnv_graph *g, const mnv_kv_cache *kv, mnv_array **q, mnv_array **k, mnv_array **v);
+mnv_array *mnv_model_kv_unrotate(mnv_graph *g, const mnv_kv_cache *kv, mnv_array *attn);
 
 typedef struct mnv_model_arch mnv_model_arch;
 

@@ -8,6 +8,13 @@ const char *mnv_kv_type_name(mnv_kv_type t) {
     return (int)t >= 0 && t < MNV_KV_TYPE_COUNT ? names[t] : "?";
 }
 
+const char *mnv_kv_rotate_name(mnv_kv_rotate r) {
+    static const char *names[MNV_KV_ROTATE_COUNT] = {"auto", "on", "off"};
+    return (int)r >= 0 && r < MNV_KV_ROTATE_COUNT ? names[r] : "?";
+}
+
+int32_t mnv_kv_rotation_block(int32_t head_dim) { return head_dim > 0 ? head_dim & -head_dim : 0; }
+
 int32_t mnv_kv_default_group(int32_t head_dim) {
     static const int32_t cand[3] = {32, 16, 8};
     for (int i = 0; i < 3; i++)

@@ -33,6 +33,10 @@ typedef struct {
  * else 16, else 8, else head_dim. */
 int32_t mnv_kv_default_group(int32_t head_dim);
 
+/* The block of the cache's Hadamard rotation for a head size: the largest
+ * power of two dividing head_dim (the whole head when it is one). */
+int32_t mnv_kv_rotation_block(int32_t head_dim);
+
 /* The layout of (type, head_dim, group); group 0 picks the default. Fails
  * with MNV_ERR_INVALID_ARG (the message names the field) on an unknown type,
  * head_dim < 1, a group that does not divide head_dim, or an odd head_dim or

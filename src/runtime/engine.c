@@ -56,8 +56,20 @@ static mnv_status resolve_params(const mnv_model *m, const mnv_engine_params *in
                                  chk[i].name, (long long)chk[i].v, (long long)chk[i].lo, (long long)chk[i].hi);
     /* every running sequence decodes one token per step */
     if (p->step_tokens < p->max_seqs) p->step_tokens = p->max_seqs;
+    if (p->kv_rotate < 0 || p->kv_rotate >= MNV_KV_ROTATE_COUNT)
+        return mnv_set_error(MNV_ERR_INVALID_ARG,
+                             "mnv_engine_create: kv_rotate = %d is not auto (0), on (1) or off (2)",
+                             p->kv_rotate);
     mnv_kv_type kt, vt;
     return mnv__kv_types("mnv_engine_create", p->kv_dtype, p->kv_type_k, p->kv_type_v, &kt, &vt);
+}
+
+/* The rotation block of a side of type t under setting r (0: not rotated).
+ * AUTO turns the 4-bit sides only: at 8 bits the rotation did not pay
+ * (bench/NOTES.md, "KV rotation"). */
+static int32_t rot_block(int32_t r, mnv_kv_type t, int32_t head_dim) {
+    bool on = r == MNV_KV_ROTATE_ON || (r == MNV_KV_ROTATE_AUTO && t == MNV_KV_Q4);
+    return on ? mnv_kv_rotation_block(head_dim) : 0;
 }
 
 mnv_status mnv__kv_types(const char *who, mnv_dtype kv_dtype, int32_t kv_type_k, int32_t kv_type_v, mnv_kv_type *k,
@@ -138,6 +150,8 @@ static mnv_status make_pool(mnv_engine *e) {
                            .layer_group = e->layer_group};
     mnv_kv_layout_make(kt, c->head_dim, pp.quant_group, &e->kv.k_lay); /* checked by the pool */
     mnv_kv_layout_make(vt, c->head_dim, pp.quant_group, &e->kv.v_lay);
+    e->kv.rot_k = rot_block(e->p.kv_rotate, kt, c->head_dim);
+    e->kv.rot_v = rot_block(e->p.kv_rotate, vt, c->head_dim);
     uint8_t *base = mnv_buffer_addr(e->kv_mem); /* an address for kernels, not for the host */
     for (int32_t l = 0; l < L; l++) {
         e->kv_k[l] = base + mnv_kv_pool_offset(e->pool, 0, e->layer_index[l], 0, 0);

@@ -56,6 +56,7 @@ mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *
     ep.kv_dtype = s->params.kv_dtype;
     ep.kv_type_k = s->params.kv_type_k;
     ep.kv_type_v = s->params.kv_type_v;
+    ep.kv_rotate = s->params.kv_rotate;
     ep.max_seqs = n_seq;
     ep.max_seq_tokens = s->params.n_ctx;
     ep.kv_block_tokens = 16;

@@ -90,6 +90,7 @@ static void k_unary(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     case MNV_OP_SOFTMAX: mnv_cpu_softmax(x, y, hi - lo, D); break;
     case MNV_OP_SILU: mnv_cpu_silu(x, y, (hi - lo) * D); break;
     case MNV_OP_GELU: mnv_cpu_gelu(x, y, (hi - lo) * D); break;
+    case MNV_OP_HADAMARD: mnv_cpu_hadamard(x, y, hi - lo, D, n->p.i[0]); break;
     case MNV_OP_RMS_NORM:
         mnv_cpu_rms_norm(x, n->src[1] ? n->src[1]->data : NULL, y, hi - lo, D, n->p.norm.eps);
         break;
@@ -314,6 +315,7 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_COPY] = k_copy,         [MNV_OP_ADD] = k_binary,      [MNV_OP_MUL] = k_binary,
     [MNV_OP_SILU_MUL] = k_binary,   [MNV_OP_SCALE] = k_unary,     [MNV_OP_SOFTMAX] = k_unary,
     [MNV_OP_SILU] = k_unary,        [MNV_OP_GELU] = k_unary,      [MNV_OP_RMS_NORM] = k_unary,
+    [MNV_OP_HADAMARD] = k_unary,
     [MNV_OP_MATMUL] = k_matmul,     [MNV_OP_ROPE] = k_rope,       [MNV_OP_GET_ROWS] = k_get_rows,
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };

@@ -124,6 +124,44 @@ void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, fl
     }
 }
 
+/* Stages 1, 2 and 4 of the butterflies on 8 elements (an 8-point transform). */
+static void hadamard8(float *v) {
+    float a0 = v[0] + v[1], a1 = v[0] - v[1], a2 = v[2] + v[3], a3 = v[2] - v[3];
+    float a4 = v[4] + v[5], a5 = v[4] - v[5], a6 = v[6] + v[7], a7 = v[6] - v[7];
+    float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+    float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+    v[0] = b0 + b4, v[1] = b1 + b5, v[2] = b2 + b6, v[3] = b3 + b7;
+    v[4] = b0 - b4, v[5] = b1 - b5, v[6] = b2 - b6, v[7] = b3 - b7;
+}
+
+/* One stage: pairs h apart within each run of 2h (two disjoint halves, so
+ * the loop vectorizes). */
+static void hadamard_stage(float *v, int32_t block, int32_t h) {
+    for (int32_t i = 0; i < block; i += 2 * h) {
+        float *restrict lo = v + i, *restrict hi = v + i + h;
+        for (int32_t j = 0; j < h; j++) {
+            float a = lo[j], c = hi[j];
+            lo[j] = a + c;
+            hi[j] = a - c;
+        }
+    }
+}
+
+void mnv_cpu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block) {
+    const float norm = 1.0f / sqrtf((float)block);
+    for (int64_t i = 0; i < rows * n; i++) y[i] = x[i] * norm;
+    /* in place: H_2b = [H_b H_b; H_b -H_b], stage h pairing elements h apart */
+    for (int64_t b = 0; b < rows * n; b += block) {
+        float *v = y + b;
+        int32_t h = 1;
+        if (block >= 8) {
+            for (int32_t i = 0; i < block; i += 8) hadamard8(v + i);
+            h = 8;
+        }
+        for (; h < block; h *= 2) hadamard_stage(v, block, h);
+    }
+}
+
 void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
                       int64_t rows) {
     size_t es = mnv_dtype_size(tt);

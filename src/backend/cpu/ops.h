@@ -30,6 +30,10 @@ typedef struct {
 /* x, y: (rows, n_head, head_dim); pos: one position per row. */
 void mnv_cpu_rope(const mnv_rope_args *a, const float *x, const int32_t *pos, float *y, int64_t rows);
 
+/* y = x with each run of `block` elements (a power of two dividing n)
+ * times the normalized Walsh-Hadamard matrix (a fast transform); rows x n. */
+void mnv_cpu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block);
+
 /* y[r] = table[ids[r]] as f32 */
 void mnv_cpu_get_rows(const void *table, mnv_dtype tt, int64_t row_stride, int64_t n, const int32_t *ids, float *y,
                       int64_t rows);

@@ -350,6 +350,8 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
     case MNV_OP_SILU:
     case MNV_OP_GELU: return run_elem(n, s);
     case MNV_OP_SOFTMAX: return mnv_cu_softmax(x->data, n->data, mnv_array_rows(n), n->shape[n->ndim - 1], s);
+    case MNV_OP_HADAMARD:
+        return mnv_cu_hadamard(x->data, n->data, mnv_array_rows(n), n->shape[n->ndim - 1], n->p.i[0], s);
     case MNV_OP_RMS_NORM:
         return mnv_cu_rms_norm(x->data, n->src[1] ? n->src[1]->data : NULL, n->data, mnv_array_rows(n),
                                n->shape[n->ndim - 1], n->p.norm.eps, s);
@@ -434,6 +436,7 @@ static bool cuda_supports(mnv_backend *b, const mnv_node *n) {
     case MNV_OP_SILU:
     case MNV_OP_GELU:
     case MNV_OP_SOFTMAX:
+    case MNV_OP_HADAMARD:
     case MNV_OP_RMS_NORM:
     case MNV_OP_ROPE:
     case MNV_OP_TOPK:

@@ -57,6 +57,10 @@ typedef struct {
 } mnv_cu_rope_args;
 cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s);
 
+/* y = x (rows x n) with each run of `block` elements (a power of two
+ * dividing n) times the normalized Walsh-Hadamard matrix. */
+cudaError_t mnv_cu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block, cudaStream_t s);
+
 /* y[r] = table[ids[r]] (rows n long, row_stride elements apart) as f32. */
 cudaError_t mnv_cu_get_rows(const void *table, int32_t tt, int64_t row_stride, int64_t n, const int32_t *ids,
                             float *y, int64_t rows, cudaStream_t s);

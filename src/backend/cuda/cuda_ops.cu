@@ -136,6 +136,26 @@ extern "C" cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s) {
     CU_CHECK_LAUNCH();
 }
 
+/* ---- Walsh-Hadamard: one thread per output, a sum over its block ----
+ * H[i][j] = (-1)^popcount(i & j) (Sylvester order, as the CPU's butterflies
+ * give); the blocks are small (a head), so the quadratic sum is cheap. */
+static __global__ void k_hadamard(const float *x, float *y, int64_t total, int32_t block, float norm) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    int32_t r = (int32_t)(i % block);
+    const float *xb = x + (i - r);
+    float acc = 0.0f;
+    for (int32_t j = 0; j < block; j++) acc += (__popc(r & j) & 1) ? -xb[j] : xb[j];
+    y[i] = acc * norm;
+}
+
+extern "C" cudaError_t mnv_cu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block,
+                                       cudaStream_t s) {
+    int64_t total = rows * n;
+    if (total > 0) k_hadamard<<<blocks_for(total, 256), 256, 0, s>>>(x, y, total, block, 1.0f / sqrtf((float)block));
+    CU_CHECK_LAUNCH();
+}
+
 /* ---- row gathers and cache writes ---- */
 static __global__ void k_get_rows(const void *table, int32_t tt, int64_t rs, int64_t n, const int32_t *ids, float *y,
                                   int64_t rows) {

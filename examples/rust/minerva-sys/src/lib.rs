@@ -129,7 +129,8 @@ pub struct mnv_session_params {
     pub kv_type_k: i32,
     pub kv_type_v: i32,
     pub device: *const c_char,
-    pub reserved: [u32; 6],
+    pub kv_rotate: i32,
+    pub reserved: [u32; 5],
 }
 
 #[repr(C)]
