@@ -74,8 +74,8 @@ static double token(const cache *c, int64_t depth, const float *q, float *out, c
         mnv_attn_args a = {.kc = {c->lay, HKV, B, c->bs}, .vc = {c->lay, HKV, B, c->bs}, .n_head = H,
                            .scale = 0.125f, .k = c->k + (size_t)(l * c->nb * c->bs),
                            .v = c->v + (size_t)(l * c->nb * c->bs), .tables = table, .table_stride = c->nb,
-                           .q = q, .seq = &seq, .pos = &pos, .out = out};
-        mnv_cpu_attention(&a, 0, HKV);
+                           .q = q, .seq = &seq, .pos = &pos, .n_tokens = 1, .out = out};
+        mnv_cpu_attention(&a, 0, 1);
     }
     return now() - t0;
 }
