@@ -192,6 +192,8 @@ check "bench prints the decode bandwidth" contains "$TMP/out" "GB/s"
 expect_rc "bench --depth 40 with a q8 K and q4 V cache" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1 --depth 40 --kv-type-k q8 --kv-type-v q4
 check "  prints the floor at that depth" contains "$TMP/out" "floor at depth 40"
 check "  names the types" contains "$TMP/out" "KV q8/q4, depth 40"
+expect_rc "bench --depth 200 --depth-random" 0 "$MNV_CLI" bench -m "$MODEL" -p 8 -n 4 --reps 1 --depth 200 --depth-random --kv-type q4
+check "  says the context is random" contains "$TMP/out" "depth 200 (random K/V, not computed)"
 expect_fail "bench --depth with --parallel" 2 "--depth applies to the pp and tg tests" "$MNV_CLI" bench -m "$MODEL" --parallel 1 --depth 8
 expect_fail "bench --reps 0" 2 "--reps: 0 is out of range" "$MNV_CLI" bench -m "$MODEL" --reps 0
 

@@ -184,9 +184,44 @@ static void test_window_batches(void) {
     mnv_model_free(m);
 }
 
+/* A context of random K/V (benchmarks at depth) on a sliding-window model:
+ * the tokens count as held, evaluation continues after them (and after a
+ * truncation into them) with finite logits, and a fill past the context is
+ * refused without changing it. */
+static void test_fill_random(void) {
+    int V = 0;
+    mnv_model *m = t_load_model("fixtures/models/tiny-gptoss-dense", &V);
+    if (!m) return;
+    enum { N = 200 };
+    int32_t ids[N + 1];
+    for (int i = 0; i <= N; i++) ids[i] = t_randint(3, V - 1);
+    mnv_session_params sp = mnv_session_params_default();
+    sp.n_ctx = N + 8;
+    sp.n_batch = 16;
+    mnv_session *s = NULL;
+    CHECK(mnv_session_create(m, &sp, &s) == MNV_OK);
+    float *lg = malloc(sizeof(float) * (size_t)V);
+    mnv_status st = mnv__session_fill_random(s, ids, N);
+    CHECKF(st == MNV_OK && mnv_session_n_past(s) == N, "fill: %s, n_past %d", mnv_last_error(), mnv_session_n_past(s));
+    for (int rep = 0; rep < 2 && st == MNV_OK; rep++) {
+        st = mnv_session_eval(s, ids + N, 1, lg);
+        CHECKF(st == MNV_OK && mnv_session_n_past(s) == N + 1, "eval after the fill (rep %d): %s", rep, mnv_last_error());
+        bool finite = true;
+        for (int i = 0; i < V; i++) finite &= isfinite(lg[i]);
+        CHECK(finite);
+        if (st == MNV_OK) st = mnv_session_truncate(s, N - 3);
+        if (st == MNV_OK) st = mnv_session_eval(s, ids + N - 3, 3, NULL);
+    }
+    CHECK(mnv__session_fill_random(s, ids, 9) == MNV_ERR_RANGE && mnv_session_n_past(s) == N);
+    free(lg);
+    mnv_session_free(s);
+    mnv_model_free(m);
+}
+
 int main(void) {
     t_seed();
     test_window_batches();
+    test_fill_random();
     mnv_model *m = NULL;
     CHECK(mnv_model_load("../models/stories260K", NULL, &m) == MNV_OK);
     mnv_session_params sp = mnv_session_params_default();

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cli_common.h"
+#include "runtime/session.h" /* mnv__session_fill_random */
 
 #define CMD "bench"
 
@@ -35,6 +36,8 @@ static const char USAGE[] =
     "  -t, --threads N     CPU threads, 0 = all cores (default 0)\n"
     "  -d, --depth D       run both tests after D tokens already in the context (default 0);\n"
     "                      the floor printed counts the K/V bytes of D tokens with the weights\n"
+    "      --depth-random  write the D tokens' K/V as random values instead of computing them\n"
+    "                      (decode costs the same; for depths whose prefill would take long)\n"
     "      --kv-type T     KV cache element type: f32, f16, bf16, q8 or q4 (default f32)\n"
     "      --kv-type-k T   the K cache's type alone; --kv-type-v T: the V cache's\n"
     "      --exact-quant   quantized weights: f32 activations instead of int8\n"
@@ -51,7 +54,7 @@ static const char USAGE[] =
 
 typedef struct {
     const char *model_dir;
-    int n_prefill, n_decode, reps, n_threads, json, depth;
+    int n_prefill, n_decode, reps, n_threads, json, depth, depth_random;
     cli_kv_flags kv;
     int exact_quant, deterministic;
     const char *parallel; /* --parallel LIST, NULL when not given */
@@ -120,8 +123,8 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
                ci.matmul, o->exact_quant ? ci.qmatmul_exact : ci.qmatmul, ci.attention);
         char kvn[32];
         cli_kv_name(&o->kv, kvn, sizeof kvn);
-        printf(", \"threads\": %d, \"kv_type\": \"%s\", \"depth\": %d, \"prefill_tokens\": %d", r->threads, kvn,
-               o->depth, o->n_prefill);
+        printf(", \"threads\": %d, \"kv_type\": \"%s\", \"depth\": %d, \"depth_random\": %s, \"prefill_tokens\": %d",
+               r->threads, kvn, o->depth, o->depth_random ? "true" : "false", o->n_prefill);
         json_rate("prefill_tok_s", r->pp_tok_s, o->n_prefill > 0);
         printf(", \"decode_tokens\": %d", o->n_decode);
         json_rate("decode_tok_s", r->tg_tok_s, o->n_decode > 0);
@@ -136,8 +139,9 @@ static void print_result(const bench_opts *o, const char *model, const bench_res
     cli_print_cpu(stdout);
     char kvn[32];
     cli_kv_name(&o->kv, kvn, sizeof kvn);
-    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d\n", model,
-           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, o->depth);
+    printf("model: %s (weights %.2f MiB), threads: %d, reps: %d, KV %s, depth %d%s\n", model,
+           (double)r->weight_bytes / (1024.0 * 1024.0), r->threads, o->reps, kvn, o->depth,
+           o->depth > 0 && o->depth_random ? " (random K/V, not computed)" : "");
     printf("first token after load: %.2f s\n", r->first_token_s);
     if (o->n_prefill > 0) printf("pp%-5d %10.1f tok/s\n", o->n_prefill, r->pp_tok_s);
     if (o->n_decode > 0) {
@@ -167,7 +171,8 @@ static double first_token_seconds(mnv_session *s, const int32_t *ids) {
 
 /* Evaluate the depth tokens of the context (after ids[0 .. n_max)) in
  * slices of the session's batch. */
-static mnv_status fill_depth(mnv_session *s, const int32_t *ids, int depth, int batch) {
+static mnv_status fill_depth(mnv_session *s, const int32_t *ids, int depth, int batch, int random) {
+    if (random) return mnv__session_fill_random(s, ids, depth);
     mnv_status st = MNV_OK;
     for (int i = 0; i < depth && st == MNV_OK; i += batch)
         st = mnv_session_eval(s, ids + i, (size_t)(depth - i < batch ? depth - i : batch), NULL);
@@ -194,7 +199,7 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
     mnv_status st = mnv_session_create(model, &sp, &s);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
     r->first_token_s = first_token_seconds(s, ids);
-    if (o->depth > 0 && (st = fill_depth(s, ids + n_max, o->depth, sp.n_batch)) != MNV_OK) {
+    if (o->depth > 0 && (st = fill_depth(s, ids + n_max, o->depth, sp.n_batch, o->depth_random)) != MNV_OK) {
         mnv_session_free(s);
         return cli_lib_error(CMD, st, "filling a context of %d tokens failed", o->depth);
     }
@@ -441,6 +446,7 @@ int cmd_bench(int argc, char **argv) {
         {"-t", "--threads", CLI_INT, &o.n_threads, 0, 4096, NULL},
         {NULL, "--json", CLI_FLAG, &o.json, 0, 0, NULL},
         {"-d", "--depth", CLI_INT, &o.depth, 0, 1 << 24, NULL},
+        {NULL, "--depth-random", CLI_FLAG, &o.depth_random, 0, 0, NULL},
         {NULL, "--kv-type", CLI_STR, &o.kv.all, 0, 0, NULL},
         {NULL, "--kv-type-k", CLI_STR, &o.kv.k, 0, 0, NULL},
         {NULL, "--kv-type-v", CLI_STR, &o.kv.v, 0, 0, NULL},

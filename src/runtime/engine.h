@@ -45,6 +45,12 @@ mnv_status mnv__kv_types(const char *who, mnv_dtype kv_dtype, int32_t kv_type_k,
                          mnv_kv_type *v);
 
 mnv_kv_pool *mnv__engine_pool(mnv_engine *e);
+/* Benchmarks at depth (engine_fill.c): append the n tokens ids to seq with
+ * random K/V values written straight into its blocks instead of computed
+ * (the cost of decoding after them is the same; the values mean nothing),
+ * chunk tokens at a time as a prefill of that batch size would. */
+mnv_status mnv__engine_fill_random(mnv_engine *e, int32_t seq, const int32_t *ids, int64_t n, int64_t chunk,
+                                   uint64_t seed);
 /* Tests: 0 builds and plans every step's graph afresh (the reference for
  * replayed graphs). */
 void mnv__engine_set_graph_cache(mnv_engine *e, bool on);

@@ -291,6 +291,26 @@ mnv_status mnv_session_eval(mnv_session *s, const int32_t *ids, size_t n, float 
     return MNV_OK;
 }
 
+mnv_status mnv__session_fill_random(mnv_session *s, const int32_t *ids, int32_t n) {
+    if (!s || (!ids && n > 0) || n < 0) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv__session_fill_random: bad argument");
+    if (n == 0) return MNV_OK;
+    int32_t n_pre, skipped;
+    mnv_status st = seq_ready(s, 0, s->n_past, ids, n, false, &n_pre, &skipped);
+    if (st != MNV_OK) return st;
+    if (n_pre == 0)
+        st = mnv__engine_fill_random(s->e, s->seqs[0].seq, ids, n, s->params.n_batch,
+                                     0x9E3779B97F4A7C15ull + (uint64_t)s->n_past);
+    else
+        st = mnv_set_error(MNV_ERR_INVALID_ARG, "filling the context: %d tokens of history would be recomputed", n_pre);
+    if (st != MNV_OK) { /* the pool sequence may hold part of the fill: start over */
+        mnv_session_reset(s);
+        return st;
+    }
+    s->n_past = s->seqs[0].n = s->n_past + n;
+    s->logits_valid = false;
+    return MNV_OK;
+}
+
 mnv_status mnv_session_dump_graph(mnv_session *s, const char *path) {
     if (!s || !path) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_dump_graph: NULL argument");
     mnv__step_figures f;

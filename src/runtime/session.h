@@ -39,6 +39,12 @@ mnv_status mnv__session_check_cancel(mnv_session *s, const char *where);
  * p0, p0 + 1, ... with p0 at most its length (p0 below it rewrites the
  * context from p0). logits_out: n_out rows. */
 mnv_status mnv_session_forward(mnv_session *s, const mnv_batch *b, float *logits_out);
+/* Benchmarks: append the n tokens ids to sequence 0's context with random
+ * K/V (mnv__engine_fill_random) instead of evaluating them; the next
+ * evaluation has no logits of them to continue from. A fill past the
+ * context fails with nothing changed; a failure of the pool empties the
+ * context. */
+mnv_status mnv__session_fill_random(mnv_session *s, const int32_t *ids, int32_t n);
 /* Create a session with n_seq local sequences. */
 mnv_status mnv_session_create_multi(mnv_model *model, const mnv_session_params *params, int32_t n_seq,
                                     mnv_session **out);
