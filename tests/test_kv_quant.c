@@ -15,6 +15,7 @@
 #include "backend/cpu/cpu_isa.h"
 #include "backend/cpu/ops.h"
 #include "core/graph.h"
+#include "core/threadpool.h"
 #include "test.h"
 
 static const mnv_kv_type TYPES[5] = {MNV_KV_F32, MNV_KV_F16, MNV_KV_BF16, MNV_KV_Q8, MNV_KV_Q4};
@@ -219,14 +220,12 @@ static void test_kernel(mnv_kv_type kt, mnv_kv_type vt) {
         }
     mnv_attn_args a = {.kc = {st.kl, Hkv, st.B, st.kbs}, .vc = {st.vl, Hkv, st.B, st.vbs}, .n_head = (int32_t)H,
                        .scale = scale, .window = window, .sinks = sinks, .k = st.k, .v = st.v, .tables = st.tables,
-                       .table_stride = st.W, .q = q, .seq = seq, .pos = pos, .out = got};
+                       .table_stride = st.W, .q = q, .seq = seq, .pos = pos, .n_tokens = T, .out = got};
     for (int lv = MNV_ISA_SCALAR; lv < MNV_ISA_COUNT; lv++) {
         if (lv != MNV_ISA_SCALAR && !mnv__isa_host((mnv_isa)lv)) continue;
         mnv__isa_set_cap((mnv_isa)lv);
         memset(got, 0xff, 4 * qn); /* NaN: every output must be written */
-        int64_t mid = t_randint(0, (int)(T * Hkv));
-        mnv_cpu_attention(&a, 0, mid);
-        mnv_cpu_attention(&a, mid, T * Hkv);
+        mnv_cpu_attention(&a, 0, 1);
         char what[200];
         snprintf(what, sizeof what, "attention %s K %s V %s %s S%lld C%lld B%lld H%lld/%lld D%lld T%lld sinks %d window %d",
                  mnv__isa_name((mnv_isa)lv), mnv_kv_type_name(kt), mnv_kv_type_name(vt), st.tables ? "paged" : "dense",
@@ -239,6 +238,88 @@ static void test_kernel(mnv_kv_type kt, mnv_kv_type vt) {
     }
     mnv__isa_set_cap(MNV_ISA_COUNT);
     free(kf), free(vf), free(q), free(want), free(got), free(sinks);
+    store_free(&st);
+}
+
+/* Threads of a pool running mnv_cpu_attention with the pool's barrier. */
+typedef struct {
+    mnv_attn_args a;
+    mnv_threadpool *tp;
+} pool_run;
+
+static void pool_barrier(void *ctx) { mnv_threadpool_barrier(ctx); }
+static void pool_task(void *arg, int ith, int nth) { mnv_cpu_attention(&((pool_run *)arg)->a, ith, nth); }
+
+/* Tiles and split key ranges: a batch of runs of consecutive positions of
+ * several sequences (chunked prefill; ragged lengths, some of one token),
+ * on 1 and 3 threads with parts as short as 16 keys, so that few tiles on more
+ * threads split their keys and merge the parts (sinks included); against
+ * the reference on every level the host has. In row-invariant mode (no
+ * split) each row must be bit for bit what it is with its token alone. */
+static void test_tiles(mnv_kv_type kt, mnv_kv_type vt, mnv_threadpool *tp) {
+    int64_t S = t_randint(1, 3), C = t_randint(16, 200), Hkv = t_randint(1, 2), G = pick_group();
+    int64_t D = pick_dim(kt, vt), H = Hkv * G;
+    int32_t window = t_randint(0, 1) ? t_randint(1, (int)C) : 0;
+    store st = store_make(S, C, Hkv, D, kt, vt, t_randint(0, 3) == 0);
+    int32_t seq[32], pos[32];
+    int64_t T = 0;
+    bool decode = t_randint(0, 1); /* few tokens: the split path */
+    for (int run = 0, nrun = decode ? t_randint(1, 2) : t_randint(1, 4); run < nrun && T < 32; run++) {
+        int64_t len = decode ? 1 : t_randint(1, 20), s = t_randint(0, (int)S - 1);
+        len = MNV_MIN(MNV_MIN(len, 32 - T), C);
+        int64_t p0 = t_randint(0, (int)(C - len));
+        for (int64_t i = 0; i < len; i++) seq[T] = (int32_t)s, pos[T++] = (int32_t)(p0 + i);
+    }
+    size_t cn = (size_t)(S * C * Hkv * D), qn = (size_t)(T * H * D);
+    float *kf = malloc(4 * cn), *vf = malloc(4 * cn), *q = malloc(4 * qn), *want = malloc(4 * qn), *got = malloc(4 * qn);
+    float *alone = malloc(4 * (size_t)(H * D)), *sinks = t_randint(0, 1) ? malloc(4 * (size_t)H) : NULL;
+    for (size_t i = 0; i < cn; i++) kf[i] = t_randf(), vf[i] = 2 * t_randf();
+    store_fill(&st, kf, vf);
+    for (size_t i = 0; i < qn; i++) q[i] = 2 * t_randf();
+    for (int64_t h = 0; sinks && h < H; h++) sinks[h] = 3 * t_randf();
+    float scale = 1.0f / sqrtf((float)D);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int32_t lo = window > 0 && pos[t] - window + 1 > 0 ? pos[t] - window + 1 : 0;
+            ref_attention(q + (t * H + h) * D, kf, vf, C, Hkv, D, seq[t], pos[t], lo, h, h / G, scale, sinks,
+                          want + (t * H + h) * D);
+        }
+    int nth = mnv_threadpool_size(tp);
+    void *scratch = malloc(mnv_cpu_attention_scratch_size(T, Hkv, H, D, nth));
+    pool_run pr = {.a = {.kc = {st.kl, Hkv, st.B, st.kbs}, .vc = {st.vl, Hkv, st.B, st.vbs}, .n_head = (int32_t)H,
+                         .scale = scale, .window = window, .sinks = sinks, .k = st.k, .v = st.v,
+                         .tables = st.tables, .table_stride = st.W, .q = q, .seq = seq, .pos = pos, .n_tokens = T,
+                         .out = got, .scratch = scratch, .barrier = pool_barrier, .barrier_ctx = tp,
+                         .split_keys = 16 * t_randint(1, 3)},
+                   .tp = tp};
+    for (int lv = MNV_ISA_SCALAR; lv < MNV_ISA_COUNT; lv++) {
+        if (lv != MNV_ISA_SCALAR && !mnv__isa_host((mnv_isa)lv)) continue;
+        mnv__isa_set_cap((mnv_isa)lv);
+        char what[220];
+        snprintf(what, sizeof what, "tiles %s K %s V %s %s S%lld C%lld B%lld H%lld/%lld D%lld T%lld threads %d sinks %d window %d",
+                 mnv__isa_name((mnv_isa)lv), mnv_kv_type_name(kt), mnv_kv_type_name(vt), st.tables ? "paged" : "dense",
+                 (long long)S, (long long)C, (long long)st.B, (long long)H, (long long)Hkv, (long long)D, (long long)T,
+                 nth, sinks != NULL, window);
+        for (int inv = 0; inv < 2; inv++) {
+            pr.a.row_invariant = inv;
+            memset(got, 0xff, 4 * qn); /* NaN: every output must be written */
+            mnv_threadpool_run(tp, pool_task, &pr);
+            bool finite = true;
+            for (size_t i = 0; i < qn; i++) finite &= isfinite(got[i]) != 0;
+            double e = finite ? t_rel_l2(got, want, qn) : INFINITY;
+            CHECKF(e < 1e-5, "%s row-invariant %d: rel L2 %.3g", what, inv, e);
+        }
+        bool same = true; /* got: the row-invariant batch */
+        for (int64_t t = 0; t < T; t++) {
+            mnv_attn_args one = pr.a;
+            one.q = q + t * H * D, one.seq = seq + t, one.pos = pos + t, one.n_tokens = 1, one.out = alone;
+            mnv_cpu_attention(&one, 0, 1);
+            same &= memcmp(alone, got + t * H * D, 4 * (size_t)(H * D)) == 0;
+        }
+        CHECKF(same, "%s: a row batched differs from the row alone in row-invariant mode", what);
+    }
+    mnv__isa_set_cap(MNV_ISA_COUNT);
+    free(kf), free(vf), free(q), free(want), free(got), free(alone), free(sinks), free(scratch);
     store_free(&st);
 }
 
@@ -323,6 +404,14 @@ int main(void) {
     for (int rep = 0; rep < 2; rep++)
         for (int i = 0; i < 5; i++)
             for (int j = 0; j < 5; j++) test_kernel(TYPES[i], TYPES[j]);
+    for (int nth = 1; nth <= 3; nth += 2) {
+        mnv_threadpool *tp;
+        CHECK(mnv_threadpool_create(nth, &tp) == MNV_OK);
+        mnv_threadpool_set_adaptive(tp, false);
+        for (int i = 0; i < 5; i++)
+            for (int j = 0; j < 5; j++) test_tiles(TYPES[i], TYPES[j], tp);
+        mnv_threadpool_free(tp);
+    }
     mnv_graph *g;
     mnv_backend *be;
     mnv_executor *ex;

@@ -1,19 +1,20 @@
-/* Attention with AVX2 + FMA + F16C for KV caches of every element type
- * (f32, f16, bf16, q8, q4; K and V of any two types).
+/* Attention tiles (ops.h: mnv_attn_tile) with AVX2 + FMA + F16C for KV
+ * caches of every element type (f32, f16, bf16, q8, q4; K and V of any two
+ * types).
  *
- * One (token, KV head) item at a time: all query heads of the group are
- * served together, so each key and value row is read (and converted in
- * registers: F16C, a 16-bit shift, or for q8/q4 the codes widened to f32
- * and scale * q + bias in one FMA) once per group and per block of 8 keys,
- * never copied per query head. Per block, each head's 8
- * scores come from 8 dot-product accumulators reduced by a transpose tree;
- * the online (flash-style) softmax rescales the head's output only when its
- * running maximum grows; exponentials are vectorized. A sliding window starts
- * the key loop at its first key, so blocks wholly outside it are never read.
- * Query heads go in chunks of at most 8 (their accumulators stay in
- * registers); head_dim up to 256, any value for float caches (a tail
- * shorter than 8 is read through a zero-padded copy), a multiple of 8 with
- * groups of 8 or more for quantized ones. One copy of the per-block code per
+ * The rows of a tile (query tokens and the query heads of one KV head's
+ * group) are served together, so each key and value row is read (and
+ * converted in registers: F16C, a 16-bit shift, or for q8/q4 the codes
+ * widened to f32 and scale * q + bias in one FMA) once per chunk of up to 8
+ * rows and per block of 8 keys, never copied per row. Per block, each row's
+ * 8 scores come from 8 dot-product accumulators reduced by a transpose tree
+ * and are masked to the row's own key range (causal limit, window start);
+ * the online (flash-style) softmax rescales the row's output only when its
+ * running maximum grows; exponentials are vectorized. Blocks outside every
+ * row's range are never read; a chunk of rows none of which sees a block
+ * skips it. head_dim up to 256, any value for float caches (a tail shorter
+ * than 8 is read through a zero-padded copy), a multiple of 8 with groups
+ * of 8 or more for quantized ones. One copy of the per-block code per
  * element type (the K side and the V side are separate functions), so every
  * pair of K and V types runs the same code. */
 #if defined(__x86_64__)
@@ -25,7 +26,7 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-enum { MAXG = 16, MAXD = 256, BK = 8 /* keys per block */, HCH = 8 /* heads per chunk */ };
+enum { MAXG = MNV_ATTN_ROWS, MAXD = 256, BK = 8 /* keys per block */, HCH = 8 /* heads per chunk */ };
 
 /* 8 elements of a float cache row from element i, widened to f32. */
 INLINE __m256 load8(const void *row, int64_t i, int t) {
@@ -76,12 +77,14 @@ INLINE __m256 hsum8x8(const __m256 v[8]) {
 
 typedef struct {
     int64_t D, C, tail; /* head_dim = 8 C + tail */
-    int G;
+    int G;                                   /* rows of the tile */
+    int64_t j0;                              /* the block's first key */
     float scale;
+    int64_t lo[MAXG], hi[MAXG];              /* each row's keys, clipped to the tile's */
     int32_t ng[2], gi[2][MAXD / 8];          /* K, V quantized: groups of a row; slice c's group */
     float sb[2][BK][MAXD / 4];               /* K, V quantized: each key's scales then biases as f32 */
-    float m[MAXG], l[MAXG];                  /* running max and denominator per head */
-    _Alignas(32) float q[MAXG][MAXD];        /* the group's queries, zero-padded */
+    float m[MAXG], l[MAXG];                  /* running max and denominator per row */
+    _Alignas(32) float q[MAXG][MAXD];        /* the rows' queries, zero-padded */
     _Alignas(32) float acc[MAXG][MAXD];      /* unnormalised outputs */
     _Alignas(32) float w[MAXG][BK];          /* the block's softmax weights */
     _Alignas(32) float part[HCH][BK][8];     /* per-key partial dot products */
@@ -126,17 +129,26 @@ INLINE void block_dots(group_state *s, const void *const k[BK], int g0, int gn, 
     }
 }
 
-/* Online softmax of head g0+g over the block: rescale its output if the
- * maximum grew, then w = exp(score - max) (0 past nb keys). */
-static void block_softmax(group_state *s, int g0, int gn, int nb) {
-    const __m256 valid = _mm256_castsi256_ps(
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(nb), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+/* Lanes of the block inside row h's key range. */
+static inline __m256 row_mask(const group_state *s, int h) {
+    const int64_t lo = s->lo[h] - s->j0, hi = s->hi[h] - s->j0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i a = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)MNV_MIN(MNV_MAX(lo, -1), BK) - 1));
+    const __m256i b = _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)MNV_MAX(MNV_MIN(hi, BK), -1) + 1), lane);
+    return _mm256_castsi256_ps(_mm256_and_si256(a, b));
+}
+
+/* Online softmax of row g0+g over the block, masked to its key range:
+ * rescale its output if the maximum grew, then w = exp(score - max) (0
+ * outside the range; a row whose maximum is still -inf gets 0, not NaN). */
+static void block_softmax(group_state *s, int g0, int gn) {
     for (int g = 0; g < gn; g++) {
         __m256 rows[BK];
         for (int j = 0; j < BK; j++) rows[j] = _mm256_load_ps(s->part[g][j]);
+        int h = g0 + g;
+        const __m256 valid = row_mask(s, h);
         __m256 sc = _mm256_mul_ps(hsum8x8(rows), _mm256_set1_ps(s->scale));
         sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, valid);
-        int h = g0 + g;
         float bm = hmax256(sc);
         if (bm > s->m[h]) {
             float corr = expf(s->m[h] - bm);
@@ -222,16 +234,25 @@ static const chunk_fn VALS[MNV_KV_TYPE_COUNT][4] = {
     [MNV_KV_Q4] = {vals_q4_8, vals_q4_4, vals_q4_2, vals_q4_1},
 };
 
-/* Every head of the group over one block, in chunks of 8, 4, 2, 1 heads. */
+/* Whether none of rows [g0, g0 + gn) sees a key of the block. */
+static bool chunk_idle(const group_state *s, int g0, int gn) {
+    for (int g = g0; g < g0 + gn; g++)
+        if (s->lo[g] <= s->hi[g] && s->hi[g] >= s->j0 && s->lo[g] < s->j0 + BK) return false;
+    return true;
+}
+
+/* Every row of the tile over one block, in chunks of 8, 4, 2, 1 rows. */
 static void block_all(group_state *s, const void *const k[BK], const void *const v[BK], int nb,
                       const chunk_fn *dots, const chunk_fn *vals) {
     static const int size[4] = {8, 4, 2, 1};
     int g0 = 0;
     for (int i = 0; i < 4; i++)
         while (s->G - g0 >= size[i]) {
-            dots[i](s, k, nb, g0);
-            block_softmax(s, g0, size[i], nb);
-            vals[i](s, v, nb, g0);
+            if (!chunk_idle(s, g0, size[i])) {
+                dots[i](s, k, nb, g0);
+                block_softmax(s, g0, size[i]);
+                vals[i](s, v, nb, g0);
+            }
             g0 += size[i];
             if (i > 0) break; /* 4, 2, 1 are each needed at most once */
         }
@@ -249,36 +270,38 @@ static void scales_f32(group_state *s, int kv, int32_t at, const void *const r[B
     }
 }
 
-static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, group_state *s) {
-    const int64_t D = s->D, H = a->n_head, G = s->G, Dp = 8 * (s->C + (s->tail > 0));
-    const int64_t sq = a->seq[t], p = a->pos[t];
-    const int64_t lo = a->window > 0 && p - a->window + 1 > 0 ? p - a->window + 1 : 0;
+/* The tile's rows over keys [k0, k1), blocks of 8 from k0; only the keys
+ * of the union of the rows' ranges are read (others in a block repeat one
+ * of them, masked for every row). */
+static void attend_tile(const mnv_attn_args *a, mnv_attn_tile *t, group_state *s) {
+    const int64_t D = s->D, Dp = 8 * (s->C + (s->tail > 0));
     const chunk_fn *dots = DOTS[a->kc.lay.type], *vals = VALS[a->vc.lay.type];
-    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(kvh * a->kc.lay.row_bytes);
-    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(kvh * a->vc.lay.row_bytes);
+    const uint8_t *kb = (const uint8_t *)a->k + (size_t)(t->kvh * a->kc.lay.row_bytes);
+    const uint8_t *vb = (const uint8_t *)a->v + (size_t)(t->kvh * a->vc.lay.row_bytes);
     size_t koff[BK], voff[BK];
-    for (int64_t g = 0; g < G; g++) {
-        int64_t h = kvh * G + g;
-        const float *qh = a->q + (t * H + h) * D;
-        for (int64_t i = 0; i < Dp; i++) s->q[g][i] = i < D ? qh[i] : 0.0f, s->acc[g][i] = 0.0f;
-        s->m[g] = a->sinks ? a->sinks[h] : -INFINITY; /* a sink adds exp(sink - m) to the denominator */
-        s->l[g] = a->sinks ? 1.0f : 0.0f;
+    int64_t ulo = INT64_MAX, uhi = INT64_MIN;
+    for (int g = 0; g < s->G; g++) {
+        for (int64_t i = 0; i < Dp; i++) s->q[g][i] = i < D ? t->q[g][i] : 0.0f, s->acc[g][i] = 0.0f;
+        s->m[g] = t->m[g], s->l[g] = t->l[g];
+        s->lo[g] = MNV_MAX(t->lo[g], t->k0), s->hi[g] = MNV_MIN(t->hi[g], t->k1 - 1);
+        if (s->lo[g] <= s->hi[g]) ulo = MNV_MIN(ulo, s->lo[g]), uhi = MNV_MAX(uhi, s->hi[g]);
     }
-    for (int64_t j0 = lo; j0 <= p; j0 += BK) {
-        int nb = (int)(p - j0 + 1 < BK ? p - j0 + 1 : BK);
+    for (int64_t j0 = ulo <= uhi ? t->k0 + (ulo - t->k0) / BK * BK : uhi + 1; j0 <= uhi; j0 += BK) {
+        const int64_t f = MNV_MAX(j0, ulo), n = MNV_MIN(j0 + BK - 1, uhi) - f + 1;
         const void *k[BK], *v[BK];
-        mnv_attn_rows(a, sq, j0, nb, koff, voff);
+        mnv_attn_rows(a, t->seq, f, (int)n, koff, voff);
         for (int j = 0; j < BK; j++) {
-            int jj = j < nb ? j : 0;
+            const int64_t jj = j0 + j - f >= 0 && j0 + j - f < n ? j0 + j - f : 0;
             k[j] = kb + koff[jj], v[j] = vb + voff[jj];
         }
+        s->j0 = j0;
         if (s->ng[0]) scales_f32(s, 0, a->kc.lay.scales_at, k);
         if (s->ng[1]) scales_f32(s, 1, a->vc.lay.scales_at, v);
-        block_all(s, k, v, nb, dots, vals);
+        block_all(s, k, v, (int)(f - j0 + n), dots, vals);
     }
-    for (int64_t g = 0; g < G; g++) {
-        float *out = a->out + (t * H + kvh * G + g) * D, inv = s->l[g] > 0 ? 1.0f / s->l[g] : 0.0f;
-        for (int64_t i = 0; i < D; i++) out[i] = s->acc[g][i] * inv;
+    for (int g = 0; g < s->G; g++) {
+        for (int64_t i = 0; i < D; i++) t->acc[g][i] = s->acc[g][i];
+        t->m[g] = s->m[g], t->l[g] = s->l[g];
     }
 }
 
@@ -294,15 +317,14 @@ static bool side_ok(const mnv_kv_layout *l, int kv, group_state *s) {
     return true;
 }
 
-/* Items [i0, i1) of T * n_head_kv (token, KV head) pairs; false when this
- * kernel does not apply (then nothing was written). */
-bool mnv__attention_avx2(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    const int64_t Hkv = a->kc.n_head_kv, D = a->kc.lay.head_dim, G = a->n_head / Hkv;
-    if (D < 1 || D > MAXD || G < 1 || G > MAXG || a->vc.lay.head_dim != D) return false;
+/* One tile; false when this kernel does not apply (then nothing was written). */
+bool mnv__attn_tile_avx2(const mnv_attn_args *a, mnv_attn_tile *t) {
+    const int64_t D = a->kc.lay.head_dim;
+    if (D < 1 || D > MAXD || t->n < 1 || t->n > MAXG || a->vc.lay.head_dim != D) return false;
     group_state s;
     if (!side_ok(&a->kc.lay, 0, &s) || !side_ok(&a->vc.lay, 1, &s)) return false;
-    s.D = D, s.C = D / 8, s.tail = D % 8, s.G = (int)G, s.scale = a->scale;
-    for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, &s);
+    s.D = D, s.C = D / 8, s.tail = D % 8, s.G = t->n, s.scale = a->scale;
+    attend_tile(a, t, &s);
     return true;
 }
 #endif

@@ -151,11 +151,10 @@ static void k_attention(cpu_ctx *c, mnv_node *n, int ith, int nth) {
         .scale = n->p.attn.scale, .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL,
         .k = n->src[1]->data, .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
         .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = q->data, .seq = n->src[4]->data,
-        .pos = n->src[5]->data, .out = n->data,
+        .pos = n->src[5]->data, .n_tokens = q->shape[0], .out = n->data, .scratch = c->scratch,
+        .barrier = cpu_barrier, .barrier_ctx = c, .row_invariant = c->row_invariant,
     };
-    int64_t lo, hi;
-    split(q->shape[0] * a.kc.n_head_kv, ith, nth, &lo, &hi);
-    mnv_cpu_attention(&a, lo, hi);
+    mnv_cpu_attention(&a, ith, nth);
 }
 
 static void k_qmatmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
@@ -351,6 +350,11 @@ static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
             need = MNV_MAX(need, s);
         } else if (nd->op == MNV_OP_MOE_MATMUL) {
             need = MNV_MAX(need, moe_scratch_size(nd, mnv_threadpool_size(c->tp)));
+        } else if (nd->op == MNV_OP_ATTENTION) {
+            const mnv_node *q = nd->src[0];
+            size_t s = mnv_cpu_attention_scratch_size(q->shape[0], nd->src[1]->shape[2], q->shape[1], q->shape[2],
+                                                      mnv_threadpool_size(c->tp));
+            need = MNV_MAX(need, s);
         } else if (nd->op == MNV_OP_QMATMUL) {
             size_t s = mnv_cpu_qmatmul_scratch_size(mnv_array_rows(nd->src[0]), nd->p.q.k, &nd->p.q.fmt,
                                                     mnv_threadpool_size(c->tp));

@@ -186,66 +186,6 @@ void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *row
     }
 }
 
-#define ATTN_BLOCK 64
-
-/* A cache row as f32: the row itself (f32), or read into buf. */
-static const float *row_f32(const mnv_kv_layout *l, const uint8_t *row, float *buf) {
-    if (l->type == MNV_KV_F32) return (const float *)row;
-    mnv_kv_load_row(l, row, buf);
-    return buf;
-}
-
-/* One query row against keys [lo, hi] of one sequence and kv head, with an
- * online (flash-style) softmax over blocks of keys. */
-static void attend_one(const mnv_attn_args *a, const float *q, int64_t s, int64_t kvh, int64_t lo, int64_t hi,
-                       float sink, float *out) {
-    const mnv_vec_ops *v = mnv_vec();
-    int64_t D = a->kc.lay.head_dim;
-    float acc[512], kbuf[512], sc[ATTN_BLOCK];
-    float m = sink, l = isinf(sink) ? 0.0f : 1.0f; /* a sink adds exp(sink - m) to the denominator */
-    for (int64_t i = 0; i < D; i++) acc[i] = 0.0f;
-    size_t koff[ATTN_BLOCK], voff[ATTN_BLOCK];
-    const uint8_t *kb = (const uint8_t *)a->k + kvh * a->kc.lay.row_bytes;
-    const uint8_t *vb = (const uint8_t *)a->v + kvh * a->vc.lay.row_bytes;
-    for (int64_t j0 = lo; j0 <= hi; j0 += ATTN_BLOCK) {
-        int64_t nb = MNV_MIN(ATTN_BLOCK, hi - j0 + 1);
-        float bm = -INFINITY;
-        mnv_attn_rows(a, s, j0, (int)nb, koff, voff);
-        for (int64_t j = 0; j < nb; j++) {
-            sc[j] = v->dot_f32(q, row_f32(&a->kc.lay, kb + koff[j], kbuf), D) * a->scale;
-            bm = sc[j] > bm ? sc[j] : bm;
-        }
-        if (bm > m) {
-            float corr = expf(m - bm);
-            l *= corr;
-            v->scale_f32(acc, corr, D);
-            m = bm;
-        }
-        for (int64_t j = 0; j < nb; j++) {
-            float w = expf(sc[j] - m);
-            l += w;
-            v->axpy_f32(acc, row_f32(&a->vc.lay, vb + voff[j], kbuf), w, D);
-        }
-    }
-    float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (int64_t i = 0; i < D; i++) out[i] = acc[i] * inv;
-}
-
-void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    const mnv_vec_ops *v = mnv_vec();
-    if (v->attention && v->attention(a, i0, i1)) return;
-    int64_t H = a->n_head, D = a->kc.lay.head_dim, Hkv = a->kc.n_head_kv, group = H / Hkv;
-    for (int64_t i = i0; i < i1; i++) {
-        int64_t t = i / Hkv, kvh = i % Hkv;
-        int64_t p = a->pos[t];
-        int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
-        for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
-            float sink = a->sinks ? a->sinks[h] : -INFINITY;
-            attend_one(a, a->q + (t * H + h) * D, a->seq[t], kvh, lo, p, sink, a->out + (t * H + h) * D);
-        }
-    }
-}
-
 void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;

@@ -63,7 +63,16 @@ typedef struct mnv_attn_args {
     int64_t table_stride;
     const float *q;        /* (T, H, D) */
     const int32_t *seq, *pos;
+    int64_t n_tokens;      /* T */
     float *out;            /* (T, H, D) */
+    /* Splitting a key range across threads (mnv_cpu_attention): scratch of
+     * mnv_cpu_attention_scratch_size bytes and a barrier among the nth
+     * threads; without them (NULL) nothing is split. */
+    void *scratch;
+    void (*barrier)(void *ctx);
+    void *barrier_ctx;
+    int32_t row_invariant; /* never split: a row's result must not depend on the batch or the threads */
+    int32_t split_keys;    /* least keys per split part (0: the default, 512); tests set it small */
 } mnv_attn_args;
 
 /* Byte offsets in a's K and V caches of the rows of positions [p0, p0 + n)
@@ -84,15 +93,45 @@ static inline void mnv_attn_rows(const mnv_attn_args *a, int64_t s, int64_t p0, 
         }
     }
 }
-/* Computes the (token, KV head) pairs [i0, i1) of T * n_head_kv: every query
- * head of the pair's group. */
-void mnv_cpu_attention(const mnv_attn_args *a, int64_t i0, int64_t i1);
+
+/* Attention of the T tokens (each over keys [max(0, pos - window + 1), pos]
+ * of its sequence), run by thread ith of nth (every thread calls it; all
+ * meet at a->barrier when the key ranges are split). Tokens of one sequence
+ * at consecutive positions are served in tiles of up to MNV_ATTN_ROWS rows
+ * (query token, query head of one KV head's group); when there are fewer
+ * tiles than threads, each tile's key range is split into parts whose
+ * partial results are merged after the barrier. */
+void mnv_cpu_attention(const mnv_attn_args *a, int ith, int nth);
+/* Bytes of scratch a run of a (its T, heads and head_dim) on nth threads may need. */
+size_t mnv_cpu_attention_scratch_size(int64_t n_tokens, int64_t n_head_kv, int64_t n_head, int64_t head_dim, int nth);
+
+/* A tile: n rows of one sequence and KV head, over keys [k0, k1). Row r is
+ * a query token and head: its query q[r], and the keys it sees [lo[r],
+ * hi[r]] (clipped to [k0, k1)); the positions of the union of the rows'
+ * ranges are all readable in the cache, others may not be. Keys are taken in
+ * blocks at multiples of the kernel's block size from k0 (a multiple of
+ * MNV_ATTN_ALIGN), the same blocks for a row whatever the other rows, so a
+ * row's result does not depend on the tile it is in. A kernel starts each
+ * row from (m[r], l[r]) (a sink's logit and 1, or -inf and 0) and an output
+ * of zeros, and leaves the running max in m[r], the denominator in l[r] and
+ * the unnormalized output (head_dim floats) in acc[r]. */
+enum { MNV_ATTN_ROWS = 16, MNV_ATTN_ALIGN = 16 };
+typedef struct mnv_attn_tile {
+    int32_t n;
+    int64_t seq, kvh, k0, k1;
+    const float *q[MNV_ATTN_ROWS];
+    int64_t lo[MNV_ATTN_ROWS], hi[MNV_ATTN_ROWS];
+    float m[MNV_ATTN_ROWS], l[MNV_ATTN_ROWS];
+    float *acc[MNV_ATTN_ROWS];
+} mnv_attn_tile;
+/* The portable tile kernel (every layout and head_dim): the reference form. */
+void mnv__attn_tile_scalar(const mnv_attn_args *a, mnv_attn_tile *t);
 /* The AVX-512 kernel for f32 K and V (false: not applicable, nothing written). */
-bool mnv__attention_avx512(const mnv_attn_args *a, int64_t i0, int64_t i1);
+bool mnv__attn_tile_avx512(const mnv_attn_args *a, mnv_attn_tile *t);
 /* The AVX2 kernel for every pair of K and V types, head_dim <= 256 (a
- * multiple of 8 and of a group of 8 or more with a quantized type), at most
- * 16 query heads per KV head (false: not applicable, nothing written). */
-bool mnv__attention_avx2(const mnv_attn_args *a, int64_t i0, int64_t i1);
+ * multiple of 8 and of a group of 8 or more with a quantized type) (false:
+ * not applicable, nothing written). */
+bool mnv__attn_tile_avx2(const mnv_attn_args *a, mnv_attn_tile *t);
 
 #endif
 

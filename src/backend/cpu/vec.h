@@ -7,6 +7,7 @@
 #include "core/core.h"
 
 struct mnv_attn_args; /* backend/cpu/ops.h */
+struct mnv_attn_tile;
 
 typedef struct {
     const char *name;
@@ -19,9 +20,9 @@ typedef struct {
     double (*sumsq_f32)(const float *x, int64_t n);
     /* y[i] = silu(g[i]) * u[i] */
     void (*silu_mul_f32)(const float *g, const float *u, float *y, int64_t n);
-    /* attention over (token, KV head) items [i0, i1); NULL, or false when the
+    /* attention of one tile (backend/cpu/ops.h); NULL, or false when the
      * shape is not covered: the portable kernel runs instead */
-    bool (*attention)(const struct mnv_attn_args *a, int64_t i0, int64_t i1);
+    bool (*attention)(const struct mnv_attn_args *a, struct mnv_attn_tile *t);
     /* n elements between float dtypes (KV cache rows, embedding rows); NULL,
      * or false for a pair not covered: the portable loop runs instead */
     bool (*convert)(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int64_t n);

@@ -118,6 +118,6 @@ static bool convert(const void *src, mnv_dtype st, void *dst, mnv_dtype dt, int6
     return true;
 }
 
-static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, mnv__attention_avx2, convert};
+static const mnv_vec_ops ops = {"avx2", dot, axpy, scale, sumsq, silu_mul, mnv__attn_tile_avx2, convert};
 const mnv_vec_ops *mnv_vec_avx2(void) { return &ops; }
 #endif

@@ -67,8 +67,8 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
 
 /* f16, bf16, q8 and q4 caches (and shapes the AVX-512 kernel declines) go to
  * the AVX2 kernel, which this host also runs, rather than to the portable one. */
-static bool attention(const struct mnv_attn_args *a, int64_t i0, int64_t i1) {
-    return mnv__attention_avx512(a, i0, i1) || mnv__attention_avx2(a, i0, i1);
+static bool attention(const struct mnv_attn_args *a, struct mnv_attn_tile *t) {
+    return mnv__attn_tile_avx512(a, t) || mnv__attn_tile_avx2(a, t);
 }
 
 /* Row conversions: the AVX2 ones. */

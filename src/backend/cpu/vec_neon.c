@@ -108,7 +108,7 @@ static void silu_mul(const float *g, const float *u, float *y, int64_t n) {
 
 /* ---- attention ---------------------------------------------------------------- */
 
-enum { MAXG = 16, MAXD = 256, KB = 16 /* keys per block */ };
+enum { MAXG = MNV_ATTN_ROWS, MAXD = 256, KB = 16 /* keys per block */ };
 
 /* A q8/q4 row (head_dim and group multiples of 8) into buf: codes widened
  * to f32, then bias + q * scale in one fused step per 4 elements. */
@@ -159,57 +159,61 @@ static const float *cache_row(const mnv_kv_layout *l, const uint8_t *row, float 
 }
 
 typedef struct {
-    const float *q[MAXG];
-    float *out[MAXG];
-    float m[MAXG], l[MAXG];
+    int64_t lo[MAXG], hi[MAXG];
     float acc[MAXG][MAXD];
-} group_state;
+} tile_state;
 
-static void attend_group(const mnv_attn_args *a, int64_t t, int64_t kvh, int64_t G, group_state *st) {
-    const int64_t D = a->kc.lay.head_dim, H = a->n_head, s = a->seq[t], p = a->pos[t];
-    const int64_t lo = a->window > 0 ? MNV_MAX(0, p - a->window + 1) : 0;
-    const uint8_t *kb = (const uint8_t *)a->k + kvh * a->kc.lay.row_bytes;
-    const uint8_t *vb = (const uint8_t *)a->v + kvh * a->vc.lay.row_bytes;
+/* The tile's rows over keys [k0, k1) in blocks of KB keys from k0, each
+ * row's scores masked to its own key range; only keys of the union of the
+ * ranges are read. */
+static void attend_tile(const mnv_attn_args *a, mnv_attn_tile *t, tile_state *st) {
+    const int64_t D = a->kc.lay.head_dim, R = t->n;
+    const uint8_t *kb = (const uint8_t *)a->k + t->kvh * a->kc.lay.row_bytes;
+    const uint8_t *vb = (const uint8_t *)a->v + t->kvh * a->vc.lay.row_bytes;
     size_t koff[KB], voff[KB];
     float kbuf[MAXD], sc[MAXG][KB];
-    for (int64_t g = 0; g < G; g++) {
-        const int64_t h = kvh * G + g;
-        st->q[g] = a->q + (t * H + h) * D;
-        st->out[g] = a->out + (t * H + h) * D;
-        st->m[g] = a->sinks ? a->sinks[h] : -INFINITY;
-        st->l[g] = a->sinks ? 1.0f : 0.0f; /* a sink adds exp(sink - m) to the denominator */
+    int64_t ulo = INT64_MAX, uhi = INT64_MIN;
+    for (int64_t g = 0; g < R; g++) {
+        st->lo[g] = MNV_MAX(t->lo[g], t->k0), st->hi[g] = MNV_MIN(t->hi[g], t->k1 - 1);
+        if (st->lo[g] <= st->hi[g]) ulo = MNV_MIN(ulo, st->lo[g]), uhi = MNV_MAX(uhi, st->hi[g]);
         for (int64_t d = 0; d < D; d++) st->acc[g][d] = 0.0f;
     }
-    for (int64_t j0 = lo; j0 <= p; j0 += KB) {
-        const int nb = (int)MNV_MIN(KB, p - j0 + 1);
-        mnv_attn_rows(a, s, j0, nb, koff, voff);
-        for (int j = 0; j < nb; j++) {
+    for (int64_t j0 = ulo <= uhi ? t->k0 + (ulo - t->k0) / KB * KB : uhi + 1; j0 <= uhi; j0 += KB) {
+        const int64_t f = MNV_MAX(j0, ulo);
+        const int n = (int)(MNV_MIN(j0 + KB - 1, uhi) - f + 1);
+        mnv_attn_rows(a, t->seq, f, n, koff, voff);
+        int jl[MAXG], jh[MAXG]; /* each row's keys in the block: [jl, jh) of the n read */
+        for (int64_t g = 0; g < R; g++) {
+            jl[g] = (int)MNV_MAX(0, st->lo[g] - f), jh[g] = (int)MNV_MIN(n, st->hi[g] - f + 1);
+            if (jh[g] < jl[g]) jh[g] = jl[g];
+        }
+        for (int j = 0; j < n; j++) {
             const float *k = cache_row(&a->kc.lay, kb + koff[j], kbuf);
-            for (int64_t g = 0; g < G; g++) sc[g][j] = dot(st->q[g], k, D) * a->scale;
+            for (int64_t g = 0; g < R; g++)
+                if (j >= jl[g] && j < jh[g]) sc[g][j] = dot(t->q[g], k, D) * a->scale;
         }
-        for (int64_t g = 0; g < G; g++) {
+        for (int64_t g = 0; g < R; g++) {
+            if (jl[g] == jh[g]) continue;
             float bm = -INFINITY;
-            for (int j = 0; j < nb; j++) bm = sc[g][j] > bm ? sc[g][j] : bm;
-            if (bm > st->m[g]) {
-                const float corr = expf(st->m[g] - bm);
-                st->l[g] *= corr;
+            for (int j = jl[g]; j < jh[g]; j++) bm = sc[g][j] > bm ? sc[g][j] : bm;
+            if (bm > t->m[g]) {
+                const float corr = expf(t->m[g] - bm);
+                t->l[g] *= corr;
                 scale(st->acc[g], corr, D);
-                st->m[g] = bm;
+                t->m[g] = bm;
             }
-            for (int j = 0; j < nb; j++) {
-                sc[g][j] = expf(sc[g][j] - st->m[g]);
-                st->l[g] += sc[g][j];
+            for (int j = jl[g]; j < jh[g]; j++) {
+                sc[g][j] = expf(sc[g][j] - t->m[g]);
+                t->l[g] += sc[g][j];
             }
         }
-        for (int j = 0; j < nb; j++) {
+        for (int j = 0; j < n; j++) {
             const float *v = cache_row(&a->vc.lay, vb + voff[j], kbuf);
-            for (int64_t g = 0; g < G; g++) axpy(st->acc[g], v, sc[g][j], D);
+            for (int64_t g = 0; g < R; g++)
+                if (j >= jl[g] && j < jh[g]) axpy(st->acc[g], v, sc[g][j], D);
         }
     }
-    for (int64_t g = 0; g < G; g++) {
-        const float inv = st->l[g] > 0 ? 1.0f / st->l[g] : 0.0f;
-        for (int64_t d = 0; d < D; d++) st->out[g][d] = st->acc[g][d] * inv;
-    }
+    for (int64_t g = 0; g < R; g++) memcpy(t->acc[g], st->acc[g], sizeof(float) * (size_t)D);
 }
 
 /* A side this kernel reads: float, or q8/q4 in groups of a multiple of 8. */
@@ -218,11 +222,11 @@ static bool side_ok(const mnv_kv_layout *l) {
     return l->type == MNV_KV_F32 || l->type == MNV_KV_F16 || l->type == MNV_KV_BF16;
 }
 
-static bool attention(const mnv_attn_args *a, int64_t i0, int64_t i1) {
-    const int64_t Hkv = a->kc.n_head_kv, G = a->n_head / Hkv, D = a->kc.lay.head_dim;
-    if (D % 4 || D > MAXD || G > MAXG || !side_ok(&a->kc.lay) || !side_ok(&a->vc.lay)) return false;
-    group_state st; /* 16 KiB of accumulators */
-    for (int64_t i = i0; i < i1; i++) attend_group(a, i / Hkv, i % Hkv, G, &st);
+static bool attention(const mnv_attn_args *a, mnv_attn_tile *t) {
+    const int64_t D = a->kc.lay.head_dim;
+    if (D % 4 || D > MAXD || t->n > MAXG || !side_ok(&a->kc.lay) || !side_ok(&a->vc.lay)) return false;
+    tile_state st; /* 16 KiB of accumulators */
+    attend_tile(a, t, &st);
     return true;
 }
 
