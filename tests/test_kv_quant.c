@@ -83,7 +83,11 @@ static void test_quantizer(void) {
         for (int32_t g0 = 0; g0 < D; g0 += l.group) {
             float mn = x[g0], mx = x[g0];
             for (int32_t i = g0; i < g0 + l.group; i++) mn = fminf(mn, x[i]), mx = fmaxf(mx, x[i]);
-            double step = (mx - mn) / top, bound = 0.5 * step * (1 + 1e-3) + 1e-3 * (fabs(mn) + fabs(mx)) + 1e-30;
+            /* half a step, the f16 rounding of scale and bias (relative, and absolute
+             * where they are f16 subnormals: half of 2^-24 for the bias and for each
+             * of the top multiples of the scale) */
+            double step = (mx - mn) / top, bound = 0.5 * step * (1 + 1e-3) + 1e-3 * (fabs(mn) + fabs(mx)) +
+                                                   ldexp(1.0, -25) * (1 + top);
             for (int32_t i = g0; i < g0 + l.group; i++) {
                 CHECKF(fabs((double)y[i] - x[i]) <= bound, "%s D%d: element %d: %g -> %g (bound %g)",
                        mnv_kv_type_name(t), D, i, x[i], y[i], bound);
