@@ -83,25 +83,35 @@ static double median(double *v, int n) {
 }
 
 /* Runs one test (one_by_one: the tg test) reps+1 times from a context of
- * depth tokens; *tok_s gets the median rate. */
+ * depth tokens; *tok_s gets the median rate. The pp test's first token
+ * differs in every repetition (ids[0] + r, modulo the vocabulary): the
+ * blocks an earlier repetition filled stay in the prefix cache, and the
+ * same prompt again would be served from it instead of computed. */
 static mnv_status time_test(mnv_session *s, int depth, const int32_t *ids, int n, int one_by_one, int reps,
-                            double *tok_s) {
+                            int32_t n_vocab, double *tok_s) {
     double *rates = malloc((size_t)reps * sizeof *rates);
-    if (!rates) return MNV_ERR_NOMEM;
+    int32_t *own = one_by_one ? NULL : malloc((size_t)n * sizeof *own);
+    if (!rates || (!one_by_one && !own)) {
+        free(rates), free(own);
+        return MNV_ERR_NOMEM;
+    }
+    if (own) memcpy(own, ids, (size_t)n * sizeof *own);
     mnv_status st = MNV_OK;
     for (int r = 0; r <= reps && st == MNV_OK; r++) {
         if (depth > 0)
             st = mnv_session_truncate(s, depth);
         else
             mnv_session_reset(s);
+        if (own) own[0] = (int32_t)(((int64_t)ids[0] + r) % n_vocab);
         double t0 = cli_now();
         if (one_by_one)
             for (int i = 0; i < n && st == MNV_OK; i++) st = mnv_session_eval(s, ids + i, 1, NULL);
         else
-            st = mnv_session_eval(s, ids, (size_t)n, NULL);
+            st = mnv_session_eval(s, own, (size_t)n, NULL);
         double dt = cli_now() - t0;
         if (r > 0) rates[r - 1] = dt > 0 ? n / dt : 0.0; /* r == 0 is the warm-up */
     }
+    free(own);
     if (st == MNV_OK) *tok_s = median(rates, reps);
     free(rates);
     return st;
@@ -183,7 +193,8 @@ static mnv_status fill_depth(mnv_session *s, const int32_t *ids, int depth, int 
     return st;
 }
 
-static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, bench_result *r) {
+static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, int32_t n_vocab,
+                     bench_result *r) {
     int n_max = o->n_prefill > o->n_decode ? o->n_prefill : o->n_decode;
     mnv_session_params sp = mnv_session_params_default();
     sp.n_ctx = (n_max > 0 ? n_max : 1) + o->depth;
@@ -209,10 +220,10 @@ static int run_tests(const bench_opts *o, mnv_model *model, const int32_t *ids, 
         mnv_session_free(s);
         return cli_lib_error(CMD, st, "filling a context of %d tokens failed", o->depth);
     }
-    if (o->n_prefill > 0) st = time_test(s, o->depth, ids, o->n_prefill, 0, o->reps, &r->pp_tok_s);
+    if (o->n_prefill > 0) st = time_test(s, o->depth, ids, o->n_prefill, 0, o->reps, n_vocab, &r->pp_tok_s);
     int rc = st != MNV_OK ? cli_lib_error(CMD, st, "prefill test failed") : 0;
     if (rc == 0 && o->n_decode > 0) {
-        st = time_test(s, o->depth, ids, o->n_decode, 1, o->reps, &r->tg_tok_s);
+        st = time_test(s, o->depth, ids, o->n_decode, 1, o->reps, n_vocab, &r->tg_tok_s);
         if (st != MNV_OK) rc = cli_lib_error(CMD, st, "decode test failed");
         else mnv_session_get_stats(s, &r->last);
     }
@@ -234,7 +245,7 @@ static int bench_main(const bench_opts *o, mnv_model *model, const char *model_n
     }
     bench_result r = {.weight_bytes = info.weight_bytes, .active_bytes = info.active_bytes_per_token,
                       .threads = o->n_threads};
-    int rc = run_tests(o, model, ids, &r);
+    int rc = run_tests(o, model, ids, info.n_vocab, &r);
     mnv_cpu_info ci;
     mnv_cpu_get_info(&ci);
     if (r.threads <= 0 || r.threads > ci.n_cpus) r.threads = ci.n_cpus; /* the library's clamp */
