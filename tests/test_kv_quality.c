@@ -93,14 +93,9 @@ static float *run_logits(mnv_model *m, const int32_t *ids, int n, int V, mnv_kv_
 }
 
 static void check_model(const char *dir, int n) {
-    mnv_model *m = NULL;
-    if (mnv_model_load(dir, NULL, &m) != MNV_OK) {
-        CHECKF(0, "%s: %s", dir, mnv_last_error());
-        return;
-    }
-    mnv_model_info info;
-    mnv_model_get_info(m, &info);
-    const int V = info.n_vocab;
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
     /* the greedy run of the f32 cache, token by token from id 1 */
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
     float *row = malloc(sizeof(float) * (size_t)V);
@@ -154,14 +149,9 @@ static void check_model(const char *dir, int n) {
  * (scores and outputs are the same sums in another basis); with a q4 cache
  * the setting is seen to act (the logits move). */
 static void check_rotation_exact(const char *dir, int n) {
-    mnv_model *m = NULL;
-    if (mnv_model_load(dir, NULL, &m) != MNV_OK) {
-        CHECKF(0, "%s: %s", dir, mnv_last_error());
-        return;
-    }
-    mnv_model_info info;
-    mnv_model_get_info(m, &info);
-    const int V = info.n_vocab;
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n);
     for (int i = 0; i < n; i++) ids[i] = t_randint(3, V - 1);
     float *off = run_logits(m, ids, n, V, MNV_KV_F32, MNV_KV_F32, MNV_KV_ROTATE_OFF);

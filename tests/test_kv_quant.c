@@ -201,6 +201,26 @@ static int64_t pick_group(void) {
 }
 
 /* The kernel itself (mnv_cpu_attention) for K type kt and V type vt. */
+/* Random K and V (f32 copies in kf, vf, stored in st), queries, sinks (if
+ * any), then the reference output of every token and query head of the
+ * batch (seq, pos: T tokens) in want; returns the score scale. */
+static float random_case(store *st, float *kf, float *vf, size_t cn, float *q, size_t qn, float *sinks, float *want,
+                         int64_t T, int64_t H, int64_t G, const int32_t *seq, const int32_t *pos, int32_t window) {
+    const int64_t C = st->C, Hkv = st->Hkv, D = st->D;
+    for (size_t i = 0; i < cn; i++) kf[i] = t_randf(), vf[i] = 2 * t_randf();
+    store_fill(st, kf, vf);
+    for (size_t i = 0; i < qn; i++) q[i] = 2 * t_randf();
+    for (int64_t h = 0; sinks && h < H; h++) sinks[h] = 3 * t_randf();
+    float scale = 1.0f / sqrtf((float)D);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t h = 0; h < H; h++) {
+            int32_t lo = window > 0 && pos[t] - window + 1 > 0 ? pos[t] - window + 1 : 0;
+            ref_attention(q + (t * H + h) * D, kf, vf, C, Hkv, D, seq[t], pos[t], lo, h, h / G, scale, sinks,
+                          want + (t * H + h) * D);
+        }
+    return scale;
+}
+
 static void test_kernel(mnv_kv_type kt, mnv_kv_type vt) {
     int64_t S = t_randint(1, 3), C = t_randint(1, 160), Hkv = t_randint(1, 3), G = pick_group();
     int64_t D = pick_dim(kt, vt), T = t_randint(1, 8), H = Hkv * G;
@@ -210,18 +230,8 @@ static void test_kernel(mnv_kv_type kt, mnv_kv_type vt) {
     float *kf = malloc(4 * cn), *vf = malloc(4 * cn), *q = malloc(4 * qn), *want = malloc(4 * qn), *got = malloc(4 * qn);
     float *sinks = t_randint(0, 1) ? malloc(4 * (size_t)H) : NULL;
     int32_t seq[8], pos[8];
-    for (size_t i = 0; i < cn; i++) kf[i] = t_randf(), vf[i] = 2 * t_randf();
-    store_fill(&st, kf, vf);
-    for (size_t i = 0; i < qn; i++) q[i] = 2 * t_randf();
-    for (int64_t h = 0; sinks && h < H; h++) sinks[h] = 3 * t_randf();
     for (int64_t t = 0; t < T; t++) seq[t] = t_randint(0, (int)S - 1), pos[t] = t_randint(0, (int)C - 1);
-    float scale = 1.0f / sqrtf((float)D);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < H; h++) {
-            int32_t lo = window > 0 && pos[t] - window + 1 > 0 ? pos[t] - window + 1 : 0;
-            ref_attention(q + (t * H + h) * D, kf, vf, C, Hkv, D, seq[t], pos[t], lo, h, h / G, scale, sinks,
-                          want + (t * H + h) * D);
-        }
+    const float scale = random_case(&st, kf, vf, cn, q, qn, sinks, want, T, H, G, seq, pos, window);
     mnv_attn_args a = {.kc = {st.kl, Hkv, st.B, st.kbs}, .vc = {st.vl, Hkv, st.B, st.vbs}, .n_head = (int32_t)H,
                        .scale = scale, .window = window, .sinks = sinks, .k = st.k, .v = st.v, .tables = st.tables,
                        .table_stride = st.W, .q = q, .seq = seq, .pos = pos, .n_tokens = T, .out = got};
@@ -277,17 +287,7 @@ static void test_tiles(mnv_kv_type kt, mnv_kv_type vt, mnv_threadpool *tp) {
     size_t cn = (size_t)(S * C * Hkv * D), qn = (size_t)(T * H * D);
     float *kf = malloc(4 * cn), *vf = malloc(4 * cn), *q = malloc(4 * qn), *want = malloc(4 * qn), *got = malloc(4 * qn);
     float *alone = malloc(4 * (size_t)(H * D)), *sinks = t_randint(0, 1) ? malloc(4 * (size_t)H) : NULL;
-    for (size_t i = 0; i < cn; i++) kf[i] = t_randf(), vf[i] = 2 * t_randf();
-    store_fill(&st, kf, vf);
-    for (size_t i = 0; i < qn; i++) q[i] = 2 * t_randf();
-    for (int64_t h = 0; sinks && h < H; h++) sinks[h] = 3 * t_randf();
-    float scale = 1.0f / sqrtf((float)D);
-    for (int64_t t = 0; t < T; t++)
-        for (int64_t h = 0; h < H; h++) {
-            int32_t lo = window > 0 && pos[t] - window + 1 > 0 ? pos[t] - window + 1 : 0;
-            ref_attention(q + (t * H + h) * D, kf, vf, C, Hkv, D, seq[t], pos[t], lo, h, h / G, scale, sinks,
-                          want + (t * H + h) * D);
-        }
+    const float scale = random_case(&st, kf, vf, cn, q, qn, sinks, want, T, H, G, seq, pos, window);
     int nth = mnv_threadpool_size(tp);
     void *scratch = malloc(mnv_cpu_attention_scratch_size(T, Hkv, H, D, nth));
     pool_run pr = {.a = {.kc = {st.kl, Hkv, st.B, st.kbs}, .vc = {st.vl, Hkv, st.B, st.vbs}, .n_head = (int32_t)H,
