@@ -85,6 +85,22 @@ static void test_greedy(void) {
     CHECK(mnv_sampler_sample(g, tie, 6) == 1);
     float nan_l[3] = {NAN, -3.0f, -4.0f};
     CHECK(mnv_sampler_sample(g, nan_l, 3) == 1);
+    /* a chain of greedy alone scans the row without candidates: the same
+     * picks as the stage, ties, NaN and infinities included */
+    mnv_sampler *ch = mnv_sampler_chain();
+    mnv_sampler_chain_add(ch, mnv_sampler_greedy());
+    static const float specials[4] = {NAN, INFINITY, -INFINITY, 2.0f};
+    for (int trial = 0; trial < 200; trial++) {
+        int n = t_randint(1, 300);
+        rand_logits(g_logits, n, 2.0f);
+        for (int i = 0; i < n; i++)
+            if (t_randint(0, 9) == 0) g_logits[i] = specials[t_randint(0, 3)];
+        ok &= mnv_sampler_sample(ch, g_logits, n) == mnv_sampler_sample(g, g_logits, n);
+    }
+    CHECK(ok);
+    for (int i = 0; i < 3; i++) g_logits[i] = NAN;
+    CHECK(mnv_sampler_sample(ch, g_logits, 3) == 0 && mnv_sampler_sample(g, g_logits, 3) == 0);
+    mnv_sampler_free(ch);
     mnv_sampler_free(g);
 }
 

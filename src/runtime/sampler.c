@@ -160,12 +160,32 @@ mnv_status mnv_sampler_chain_create(const mnv_sampler_params *p, int32_t n_vocab
     return MNV_OK;
 }
 
+/* A chain of greedy alone: the highest logit (NaN as -inf, +inf as the
+ * largest float, ties to the lower id, as the greedy stage picks among
+ * candidates) read straight from the row, without building candidates. */
+static int32_t greedy_scan(const float *logits, int32_t n) {
+    int32_t best = 0;
+    float bl = -INFINITY;
+    for (int32_t i = 0; i < n; i++) {
+        float l = logits[i];
+        l = isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
+        if (l > bl || i == 0) {
+            best = i;
+            bl = l;
+        }
+    }
+    return best;
+}
+
 int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab) {
     if (!s || !logits || n_vocab <= 0) {
         mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: sample needs a sampler, logits and n_vocab > 0 (got %d)", n_vocab);
         return -1;
     }
     mnv_token_cand *buf, *tmp = NULL;
+    if (s->iface == &chain_iface && ((chain_ctx *)s->ctx)->n == 1 &&
+        mnv__sampler_is_greedy(((chain_ctx *)s->ctx)->stages[0]))
+        return greedy_scan(logits, n_vocab);
     if (s->iface == &chain_iface) {
         chain_ctx *ch = s->ctx;
         if (ch->broken) {

@@ -123,6 +123,8 @@ static const mnv_sampler_iface greedy_iface = {"greedy", greedy_apply, NULL, NUL
 
 mnv_sampler *mnv_sampler_greedy(void) { return mnv__sampler_new(&greedy_iface, 0); }
 
+bool mnv__sampler_is_greedy(const mnv_sampler *s) { return s && s->iface == &greedy_iface; }
+
 /* ---- dist: draw from the softmax with a seeded xoshiro256** ---------------- */
 
 typedef struct {
