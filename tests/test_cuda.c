@@ -68,6 +68,7 @@ done:
 }
 
 static mnv_backend *cpu, *gpu;
+static mnv_backend *gpu_plain; /* no fused launches, attention one block per query */
 
 /* The case on both backends: f32 outputs within tol (relative L2), other
  * outputs (ids) equal. */
@@ -87,6 +88,17 @@ static void compare(const char *what, build_fn build, void *ud, double tol, bool
     } else {
         CHECKF(0, "%s: no result to compare", what);
     }
+    free(a);
+    free(b);
+}
+
+/* The same case on the device with and without its fused launches (and
+ * split attention): the same bits, as the fused kernels do the same
+ * arithmetic in the same order. */
+static void same_bits(const char *what, build_fn build, void *ud) {
+    size_t na = 0, nb = 0;
+    void *a = run_on(gpu, build, ud, &na), *b = run_on(gpu_plain, build, ud, &nb);
+    CHECKF(a && b && na == nb && !memcmp(a, b, na), "%s: fused and plain launches differ", what);
     free(a);
     free(b);
 }
@@ -378,6 +390,129 @@ static void test_matmul(void) {
         }
 }
 
+/* A product, its bias add and the residual add: one launch on the device. */
+typedef struct {
+    mm_case mm;
+    float *bias, *res;
+    void *bias_bt; /* bias as bt */
+    mnv_dtype bt;
+    bool with_bias, with_res, res_first;
+} fused_case;
+
+static mnv_array *build_fused_product(side *s, mnv_graph *g, void *ud) {
+    fused_case *c = ud;
+    mnv_array *y = build_matmul(s, g, &c->mm);
+    if (c->with_bias) y = mnv_add(g, y, P(s, g, c->bias_bt, c->bt, 1, &c->mm.n));
+    if (c->with_res) {
+        int64_t rs[2] = {c->mm.m, c->mm.n};
+        mnv_array *r = P(s, g, c->res, MNV_DTYPE_F32, 2, rs);
+        y = c->res_first ? mnv_add(g, r, y) : mnv_add(g, y, r);
+    }
+    return y;
+}
+
+static void test_fused_products(void) {
+    static const mnv_qformat fmts[] = {
+        {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_F16},
+        {MNV_QMODE_AFFINE, 4, 32, MNV_DTYPE_F32},  {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},
+        {MNV_QMODE_NONE, 0, 0, MNV_DTYPE_F32},
+    };
+    for (int i = 0; i < 10; i++) {
+        fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 3 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
+        c.mm.m = i < 5 ? 1 : t_randint(2, 12);
+        c.mm.n = t_randint(1, 300);
+        c.mm.k = 64 * t_randint(1, 12);
+        c.mm.q.fmt = fmts[i % 5];
+        c.mm.x = randv((size_t)(c.mm.m * c.mm.k), 1.0f);
+        float *w = NULL;
+        if (c.mm.q.fmt.mode != MNV_QMODE_NONE) {
+            quantize(&c.mm.q, c.mm.n, c.mm.k);
+        } else {
+            c.mm.wt = float_types[i % 3];
+            c.mm.ldw = c.mm.k;
+            w = randv((size_t)(c.mm.n * c.mm.k), 1.0f);
+            c.mm.w = as_dtype(w, (size_t)(c.mm.n * c.mm.k), c.mm.wt);
+        }
+        c.bias = randv((size_t)c.mm.n, 1.0f);
+        c.bias_bt = as_dtype(c.bias, (size_t)c.mm.n, c.bt);
+        c.res = randv((size_t)(c.mm.m * c.mm.n), 1.0f);
+        char what[96];
+        snprintf(what, sizeof what, "fused product %s %d m %lld n %lld k %lld bias %d res %d",
+                 c.mm.q.fmt.mode ? mnv_qmode_name(c.mm.q.fmt.mode) : mnv_dtype_name(c.mm.wt), c.mm.q.fmt.bits,
+                 (long long)c.mm.m, (long long)c.mm.n, (long long)c.mm.k, c.with_bias, c.with_res);
+        compare(what, build_fused_product, &c, c.mm.wt == MNV_DTYPE_BF16 ? 4e-3 : 1e-5, false);
+        same_bits(what, build_fused_product, &c);
+        free(c.mm.x);
+        free(w);
+        free(c.mm.w);
+        free(c.mm.q.packed);
+        free(c.mm.q.scales);
+        free(c.mm.q.biases);
+        free(c.bias);
+        free(c.bias_bt);
+        free(c.res);
+    }
+}
+
+/* Three products of one input (q, k and v), some with a bias add: one
+ * launch on the device; their sum is the output. */
+typedef struct {
+    fused_case part[3];
+} shared_case;
+
+static mnv_array *build_shared_products(side *s, mnv_graph *g, void *ud) {
+    shared_case *c = ud;
+    int64_t xs[2] = {c->part[0].mm.m, c->part[0].mm.k};
+    mnv_array *x = P(s, g, c->part[0].mm.x, MNV_DTYPE_F32, 2, xs), *y[3];
+    for (int i = 0; i < 3; i++) {
+        mm_case *m = &c->part[i].mm;
+        mnv_array *w, *sc, *bi;
+        quant_leaves(s, g, &m->q, m->n, m->k, &w, &sc, &bi);
+        y[i] = mnv_qmatmul(g, x, w, sc, bi, &m->q.fmt, m->k);
+        if (c->part[i].with_bias) y[i] = mnv_add(g, y[i], P(s, g, c->part[i].bias, MNV_DTYPE_F32, 1, &m->n));
+    }
+    int64_t nmin = MNV_MIN(MNV_MIN(c->part[0].mm.n, c->part[1].mm.n), c->part[2].mm.n);
+    for (int i = 0; i < 3; i++) { /* the outputs' first nmin columns */
+        int64_t sh[2] = {c->part[i].mm.m, nmin}, st[2] = {c->part[i].mm.n, 1};
+        y[i] = mnv_view(g, y[i], 2, sh, st, 0);
+    }
+    return mnv_add(g, mnv_add(g, y[0], y[1]), y[2]);
+}
+
+static void test_shared_products(void) {
+    static const mnv_qformat fmts[] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
+                                       {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};
+    for (int i = 0; i < 4; i++) {
+        shared_case c;
+        memset(&c, 0, sizeof c);
+        /* q, k and v sizes: rows of their own (the first many, the others few) */
+        int64_t m = i < 2 ? 1 : t_randint(2, 9), k = 64 * t_randint(1, 8);
+        float *x = randv((size_t)(m * k), 1.0f);
+        for (int p = 0; p < 3; p++) {
+            fused_case *f = &c.part[p];
+            int64_t n = p == 0 ? t_randint(300, 1200) : t_randint(1, 200);
+            f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
+            f->mm.q.fmt = fmts[i % 2];
+            quantize(&f->mm.q, n, k);
+            f->with_bias = (i + p) % 3 != 0;
+            f->bias = randv((size_t)n, 1.0f);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "shared-input products %s %d m %lld n %lld/%lld/%lld k %lld",
+                 mnv_qmode_name(fmts[i % 2].mode), fmts[i % 2].bits, (long long)m, (long long)c.part[0].mm.n,
+                 (long long)c.part[1].mm.n, (long long)c.part[2].mm.n, (long long)k);
+        compare(what, build_shared_products, &c, 1e-5, false);
+        same_bits(what, build_shared_products, &c);
+        for (int p = 0; p < 3; p++) {
+            free(c.part[p].mm.q.packed);
+            free(c.part[p].mm.q.scales);
+            free(c.part[p].mm.q.biases);
+            free(c.part[p].bias);
+        }
+        free(x);
+    }
+}
+
 /* ---- paged attention after cache writes ---- */
 typedef struct {
     int64_t S, NB, B, Hkv, H, D, W, T;
@@ -387,7 +522,8 @@ typedef struct {
     void *pool;           /* K: NB blocks of K rows, each followed by a block's room (a pool of two layers) */
     void *vpool;          /* V: NB blocks, contiguous, of dtype vdt */
     int32_t *tables, *seq, *pos, *slot;
-    float *q, *k, *v, *sink;
+    float *q, *k, *v, *sink, *inv_freq;
+    bool rope;
 } attn_case;
 
 static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
@@ -397,26 +533,36 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
     int64_t sh[4] = {c->NB, c->B, c->Hkv, c->D}, st[4] = {2 * blk, row, c->D, 1};
     mnv_array *kc = mnv_view(g, pool, 4, sh, st, c->NB % 2 ? blk : 0), *vc = P(s, g, c->vpool, c->vdt, 4, sh);
     int64_t qs[3] = {c->T, c->H, c->D}, ks[3] = {c->T, c->Hkv, c->D}, ts[2] = {c->S, c->W};
-    mnv_array *slot = I(g, c->slot, MNV_DTYPE_I32, 1, &c->T);
-    kc = mnv_cache_write(g, kc, P(s, g, c->k, MNV_DTYPE_F32, 3, ks), slot);
+    mnv_array *slot = I(g, c->slot, MNV_DTYPE_I32, 1, &c->T), *pos = I(g, c->pos, MNV_DTYPE_I32, 1, &c->T);
+    mnv_array *q = P(s, g, c->q, MNV_DTYPE_F32, 3, qs), *k = P(s, g, c->k, MNV_DTYPE_F32, 3, ks);
+    if (c->rope) { /* as a model's layer orders them: RoPE of q and k, then the cache writes */
+        int64_t half = c->D / 2;
+        mnv_array *inv = P(s, g, c->inv_freq, MNV_DTYPE_F32, 1, &half);
+        q = mnv_rope(g, q, pos, inv, (int32_t)c->D, 0, 1.0f);
+        k = mnv_rope(g, k, pos, inv, (int32_t)c->D, 0, 1.0f);
+    }
+    kc = mnv_cache_write(g, kc, k, slot);
     vc = mnv_cache_write(g, vc, P(s, g, c->v, MNV_DTYPE_F32, 3, ks), slot);
-    return mnv_attention(g, P(s, g, c->q, MNV_DTYPE_F32, 3, qs), kc, vc, I(g, c->tables, MNV_DTYPE_I32, 2, ts),
-                         I(g, c->seq, MNV_DTYPE_I32, 1, &c->T), I(g, c->pos, MNV_DTYPE_I32, 1, &c->T),
+    return mnv_attention(g, q, kc, vc, I(g, c->tables, MNV_DTYPE_I32, 2, ts),
+                         I(g, c->seq, MNV_DTYPE_I32, 1, &c->T), pos,
                          c->sinks ? P(s, g, c->sink, MNV_DTYPE_F32, 1, &c->H) : NULL, 1.0f / sqrtf((float)c->D),
                          c->window);
 }
 
 static void test_attention(void) {
-    for (int i = 0; i < 12; i++) {
-        attn_case c = {.S = t_randint(1, 3), .B = i % 2 ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
-                       .D = i % 3 == 0 ? 128 : 64, .dt = float_types[i % 3], .sinks = i % 4 >= 2,
-                       .window = i % 5 == 4 ? t_randint(1, 12) : 0};
+    for (int i = 0; i < 16; i++) {
+        /* from 12 on: contexts of several chunks of keys (split over blocks
+         * in decode), windows longer than a chunk */
+        bool longer = i >= 12;
+        attn_case c = {.S = t_randint(1, 3), .B = i % 2 || longer ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
+                       .D = i % 3 == 0 ? 128 : i == 13 ? 80 : 64, .dt = float_types[i % 3], .sinks = i % 4 >= 2,
+                       .window = i % 5 == 4 ? t_randint(1, 12) : i == 14 ? t_randint(200, 700) : 0};
         c.H = c.Hkv * t_randint(1, 4);
         int32_t len[3], nnew[3];
         c.W = 0;
         c.T = 0;
         for (int s = 0; s < c.S; s++) {
-            len[s] = t_randint(1, 70);
+            len[s] = longer ? t_randint(200, 1300) : t_randint(1, 70);
             nnew[s] = t_randint(1, len[s] < 5 ? len[s] : 5);
             c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
             c.T += nnew[s];
@@ -450,11 +596,15 @@ static void test_attention(void) {
         c.k = randv((size_t)(c.T * row), 1.0f);
         c.v = randv((size_t)(c.T * row), 1.0f);
         c.sink = randv((size_t)c.H, 2.0f);
+        c.rope = i % 2 == 0;
+        c.inv_freq = malloc(sizeof(float) * (size_t)(c.D / 2));
+        for (int64_t d = 0; d < c.D / 2; d++) c.inv_freq[d] = powf(10000.0f, -2.0f * (float)d / (float)c.D);
         char what[96];
         snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d",
                  mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt),
                  (long long)c.H, (long long)c.Hkv, (long long)c.D, (long long)c.B, c.window, c.sinks);
         compare(what, build_attention, &c, 1e-5, false);
+        same_bits(what, build_attention, &c);
         free(pool);
         free(c.pool);
         free(c.vpool);
@@ -467,6 +617,7 @@ static void test_attention(void) {
         free(c.k);
         free(c.v);
         free(c.sink);
+        free(c.inv_freq);
     }
 }
 
@@ -542,6 +693,92 @@ static void test_moe(void) {
         free(c.q.packed);
         free(c.q.scales);
         free(c.q.biases);
+    }
+}
+
+/* gpt-oss's expert block: gate and up products, their SwiGLU, the down
+ * product per slot, the weighted sum and the residual (fused on the
+ * device into three launches). */
+typedef struct {
+    int64_t T, E, kk, N, K;
+    rows_case gate, up, down, router;
+    float *logits, *h, *res, *bg, *bu, *bd, *br;
+    bool routed; /* logits from a router product of h (and its bias) */
+} moe_block_case;
+
+static mnv_array *expert_leaves(side *s, mnv_graph *g, rows_case *q, int64_t E, int64_t N, int64_t K,
+                                mnv_array **sc, mnv_array **bi) {
+    int64_t words = mnv_qformat_row_words(&q->fmt, K), groups = mnv_qformat_row_groups(&q->fmt, K);
+    int64_t ws[3] = {E, N, words}, ss[3] = {E, N, groups};
+    *sc = P(s, g, q->scales, q->fmt.scale_dtype, 3, ss);
+    *bi = q->fmt.mode == MNV_QMODE_AFFINE ? P(s, g, q->biases, q->fmt.scale_dtype, 3, ss) : NULL;
+    return P(s, g, q->packed, MNV_DTYPE_U32, 3, ws);
+}
+
+static mnv_array *build_moe_block(side *s, mnv_graph *g, void *ud) {
+    moe_block_case *c = ud;
+    int64_t ls[2] = {c->T, c->E}, hs[2] = {c->T, c->K}, bs[2] = {c->E, c->N}, bds[2] = {c->E, c->K};
+    mnv_array *h = P(s, g, c->h, MNV_DTYPE_F32, 2, hs), *sc, *bi, *logits;
+    if (c->routed) {
+        mnv_array *w;
+        quant_leaves(s, g, &c->router, c->E, c->K, &w, &sc, &bi);
+        logits = mnv_add(g, mnv_qmatmul(g, h, w, sc, bi, &c->router.fmt, c->K), P(s, g, c->br, MNV_DTYPE_F32, 1, &c->E));
+    } else {
+        logits = P(s, g, c->logits, MNV_DTYPE_F32, 2, ls);
+    }
+    mnv_array *ids = mnv_topk(g, logits, (int32_t)c->kk);
+    mnv_array *wts = mnv_gather_softmax(g, logits, ids);
+    mnv_array *wg = expert_leaves(s, g, &c->gate, c->E, c->N, c->K, &sc, &bi);
+    mnv_array *gate = mnv_moe_matmul(g, h, wg, sc, bi, &c->gate.fmt, c->K, ids, P(s, g, c->bg, MNV_DTYPE_F32, 2, bs));
+    mnv_array *wu = expert_leaves(s, g, &c->up, c->E, c->N, c->K, &sc, &bi);
+    mnv_array *up = mnv_moe_matmul(g, h, wu, sc, bi, &c->up.fmt, c->K, ids, P(s, g, c->bu, MNV_DTYPE_F32, 2, bs));
+    mnv_array *a = mnv_swiglu_oai(g, gate, up, 1.702f, 7.0f);
+    mnv_array *wd = expert_leaves(s, g, &c->down, c->E, c->K, c->N, &sc, &bi);
+    mnv_array *y = mnv_moe_matmul(g, a, wd, sc, bi, &c->down.fmt, c->N, ids, P(s, g, c->bd, MNV_DTYPE_F32, 2, bds));
+    return mnv_add(g, P(s, g, c->res, MNV_DTYPE_F32, 2, hs), mnv_moe_sum(g, y, wts));
+}
+
+static void test_moe_block(void) {
+    static const mnv_qformat fmts[] = {{MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},
+                                       {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
+                                       {MNV_QMODE_AFFINE, 4, 32, MNV_DTYPE_F16}};
+    for (int i = 0; i < 6; i++) {
+        moe_block_case c = {.T = i < 3 ? t_randint(1, 3) : t_randint(9, 40), .E = t_randint(4, 32),
+                            .N = 64 * t_randint(1, 3), .K = 64 * t_randint(1, 5)};
+        c.kk = t_randint(1, 4);
+        c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i % 3];
+        quantize(&c.gate, c.E * c.N, c.K);
+        quantize(&c.up, c.E * c.N, c.K);
+        quantize(&c.down, c.E * c.K, c.N);
+        c.routed = i % 2 == 0;
+        c.router.fmt = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16};
+        quantize(&c.router, c.E, c.K);
+        c.br = randv((size_t)c.E, 1.0f);
+        c.logits = randv((size_t)(c.T * c.E), 3.0f);
+        c.h = randv((size_t)(c.T * c.K), 1.0f);
+        c.res = randv((size_t)(c.T * c.K), 1.0f);
+        c.bg = randv((size_t)(c.E * c.N), 1.0f);
+        c.bu = randv((size_t)(c.E * c.N), 1.0f);
+        c.bd = randv((size_t)(c.E * c.K), 1.0f);
+        char what[96];
+        snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s",
+                 mnv_qmode_name(c.gate.fmt.mode), c.gate.fmt.bits, (long long)c.T, (long long)c.E, (long long)c.kk,
+                 (long long)c.N, (long long)c.K, c.routed ? " routed" : "");
+        compare(what, build_moe_block, &c, 1e-5, false);
+        same_bits(what, build_moe_block, &c);
+        rows_case *qs[4] = {&c.gate, &c.up, &c.down, &c.router};
+        free(c.br);
+        for (int q = 0; q < 4; q++) {
+            free(qs[q]->packed);
+            free(qs[q]->scales);
+            free(qs[q]->biases);
+        }
+        free(c.logits);
+        free(c.h);
+        free(c.res);
+        free(c.bg);
+        free(c.bu);
+        free(c.bd);
     }
 }
 
@@ -693,18 +930,27 @@ int main(void) {
     t_seed();
     mnv_backend_params cp = {.name = "cpu", .exact_quant = 1};
     CHECK(mnv_backend_create(&cp, &cpu) == MNV_OK);
-    if (!cpu) return t_done();
+    setenv("MNV_CUDA_FUSE", "0", 1);
+    setenv("MNV_CUDA_ATTN_SPLIT", "0", 1);
+    CHECK(mnv_backend_create(&gp, &gpu_plain) == MNV_OK);
+    unsetenv("MNV_CUDA_FUSE");
+    unsetenv("MNV_CUDA_ATTN_SPLIT");
+    if (!cpu || !gpu_plain) return t_done();
     test_elementwise();
     test_rope();
     test_hadamard();
     test_get_rows();
     test_qget_rows();
     test_matmul();
+    test_fused_products();
+    test_shared_products();
     test_attention();
     test_moe();
+    test_moe_block();
     printf("ops: %d passed, %d failed\n", t_pass, t_fail);
     mnv_backend_free(cpu);
     mnv_backend_free(gpu);
+    mnv_backend_free(gpu_plain);
     /* sessions and engines ask for the default backend */
     CHECK(mnv__backend_set_default("cuda") == MNV_OK);
     static const char *models[] = {"tiny-llama", "tiny-qwen3", "tiny-qwen2", "tiny-mistral", "tiny-llama-bf16",

@@ -74,6 +74,12 @@ typedef struct {
     void (*synchronize)(mnv_backend *b);
     /* Threads used for compute (1 for devices). */
     int (*n_threads)(mnv_backend *b);
+    /* Optional (NULL: nothing to do). Called by the planner once every
+     * node's last reader is known (node->last_use), before memory is
+     * placed: a backend that runs several nodes as one launch extends the
+     * lifetimes of what the launch reads to its last node, so that no output
+     * of the launch is given their memory. */
+    void (*plan_lifetimes)(mnv_backend *b, mnv_graph *g);
 } mnv_backend_iface;
 
 struct mnv_backend {

@@ -132,6 +132,7 @@ static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
     }
     ex->n_free = 0;
     compute_lifetimes(g);
+    if (ex->be->iface->plan_lifetimes) ex->be->iface->plan_lifetimes(ex->be, g);
     size_t high = 0;
     for (int32_t i = 0; !ex->host_mem && i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);

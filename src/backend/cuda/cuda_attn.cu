@@ -1,11 +1,24 @@
-/* Paged attention on CUDA: one block per (token, query head). Each warp
- * walks a share of the token's key positions with an online softmax (its
- * lanes hold slices of the head dimension), then the warps' partial results
- * are merged with the sink logit, as cpu/ops.c's attend_one computes it. */
+/* Paged attention on CUDA, flash style. A query's keys are cut into chunks
+ * of ATTN_CHUNK positions at fixed places (multiples of ATTN_CHUNK); a
+ * chunk's partial result (its running max m, sum l and weighted values) is
+ * computed by one block: each warp takes tiles of 32 keys, a lane a key's
+ * score, then the tile's weights are applied to V with the lanes holding
+ * slices of the head dimension; the block's warps are merged in order.
+ * The chunks are merged in order with an online softmax, then the sink.
+ *
+ * Two ways to run it give the same bits: split (decode), one block per
+ * (query, chunk) writing partials that a second kernel merges, so that a
+ * long context is read by many blocks at once; and sequential (long
+ * batches, where the partials would not fit the scratch), one block per
+ * query walking its chunks. The arithmetic of a chunk and of the merges is
+ * one and the same, so a query's result does not depend on which way its
+ * step ran or on what it was batched with. */
 #include "backend/cuda/cuda_common.cuh"
 
 #define ATTN_WARPS 4
-#define ATTN_MAXC 8 /* head_dim <= 32 * ATTN_MAXC */
+#define ATTN_THREADS (ATTN_WARPS * 32)
+#define ATTN_CHUNK 256
+#define ATTN_MAXD 256
 
 /* Element offset of position p of sequence s (KV head 0) in cache c. */
 static __device__ __forceinline__ int64_t row_offset(const mnv_cu_attn_args &a, const mnv_cu_cache &c, int64_t s,
@@ -15,71 +28,251 @@ static __device__ __forceinline__ int64_t row_offset(const mnv_cu_attn_args &a, 
     return blk * c.block_stride + (p % B) * c.n_head_kv * c.head_dim;
 }
 
-static __global__ void __launch_bounds__(ATTN_WARPS * 32) k_attention(mnv_cu_attn_args a) {
-    __shared__ float sm[ATTN_WARPS], sl[ATTN_WARPS], sacc[ATTN_WARPS][32 * ATTN_MAXC];
-    const int64_t H = a.n_head, D = a.kc.head_dim, group = H / a.kc.n_head_kv;
-    const int64_t t = blockIdx.x / H, h = blockIdx.x % H, kvh = h / group;
+static __device__ __forceinline__ float half_bits(uint32_t h, int32_t dt) {
+    return dt == MNV_CU_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* dot(q, K row at element offset off), summed in order d = 0, 1, ...;
+ * 16 bytes a load where the row allows. */
+static __device__ __forceinline__ float kdot(const void *k, int32_t dt, int64_t off, const float *sq, int64_t D) {
+    float dot = 0.0f;
+    if (dt == MNV_CU_F32) {
+        const float *p = (const float *)k + off;
+        if (((uintptr_t)p & 15) == 0 && D % 4 == 0) {
+            for (int64_t d = 0; d < D; d += 4) {
+                float4 v = __ldg((const float4 *)(p + d));
+                dot = fmaf(sq[d], v.x, dot);
+                dot = fmaf(sq[d + 1], v.y, dot);
+                dot = fmaf(sq[d + 2], v.z, dot);
+                dot = fmaf(sq[d + 3], v.w, dot);
+            }
+        } else {
+            for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], p[d], dot);
+        }
+        return dot;
+    }
+    const uint16_t *p = (const uint16_t *)k + off;
+    if (((uintptr_t)p & 15) == 0 && D % 8 == 0) {
+        for (int64_t d = 0; d < D; d += 8) {
+            uint4 v = __ldg((const uint4 *)(p + d));
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                dot = fmaf(sq[d + 2 * c], half_bits(w[c] & 0xffffu, dt), dot);
+                dot = fmaf(sq[d + 2 * c + 1], half_bits(w[c] >> 16, dt), dot);
+            }
+        }
+    } else {
+        for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], half_bits(p[d], dt), dot);
+    }
+    return dot;
+}
+
+/* A running softmax state: max, sum of weights, weighted values (the
+ * lane's DPL dimensions, lane * DPL + i). */
+template <int DPL> struct attn_state {
+    float m, l, acc[DPL];
+};
+
+/* s := s merged with (m, l, acc): the same steps wherever states meet. */
+template <int DPL>
+static __device__ __forceinline__ void merge_into(attn_state<DPL> &s, float m, float l, const float *acc) {
+    if (m == -INFINITY) return; /* nothing there */
+    float mn = fmaxf(s.m, m);
+    float a = s.m == -INFINITY ? 0.0f : expf(s.m - mn), b = expf(m - mn);
+    s.l = s.l * a + l * b;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) s.acc[i] = s.acc[i] * a + acc[i] * b;
+    s.m = mn;
+}
+
+/* Positions [lo, hi] of query t in chunk c, or false when none. */
+static __device__ __forceinline__ bool chunk_range(const mnv_cu_attn_args &a, int64_t t, int64_t c, int64_t *lo,
+                                                   int64_t *hi) {
+    int64_t p = a.pos[t];
+    int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+    *lo = c * ATTN_CHUNK > first ? c * ATTN_CHUNK : first;
+    *hi = (c + 1) * ATTN_CHUNK - 1 < p ? (c + 1) * ATTN_CHUNK - 1 : p;
+    return *lo <= *hi;
+}
+
+/* The partial state of query t, head h over positions [lo, hi] (one
+ * chunk), in the block's lane-0 warp's view: every thread returns, the
+ * state is valid in warp 0. sq: the query (D floats) in shared memory;
+ * sh: scratch of ATTN_WARPS states. */
+template <int DPL>
+static __device__ attn_state<DPL> chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64_t h, int64_t lo,
+                                                int64_t hi, const float *sq, float *sh) {
+    const int64_t D = a.kc.head_dim, group = a.n_head / a.kc.n_head_kv, kvh = h / group, s = a.seq[t];
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    const int nc = (int)((D + 31) / 32);
-    const float *q = a.q + (t * H + h) * D;
-    float qv[ATTN_MAXC], acc[ATTN_MAXC];
+    attn_state<DPL> st;
+    st.m = -INFINITY;
+    st.l = 0.0f;
 #pragma unroll
-    for (int c = 0; c < ATTN_MAXC; c++) {
-        int64_t d = lane + 32 * c;
-        qv[c] = c < nc && d < D ? q[d] : 0.0f;
-        acc[c] = 0.0f;
-    }
-    const int64_t s = a.seq[t], p = a.pos[t];
-    const int64_t lo = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
-    float m = -INFINITY, l = 0.0f;
-    for (int64_t j = lo + wid; j <= p; j += ATTN_WARPS) {
-        int64_t koff = row_offset(a, a.kc, s, j) + kvh * D, voff = row_offset(a, a.vc, s, j) + kvh * D;
-        float dot = 0.0f;
-#pragma unroll
-        for (int c = 0; c < ATTN_MAXC; c++) {
-            int64_t d = lane + 32 * c;
-            if (c < nc && d < D) dot += qv[c] * cu_load(a.k, a.kc.dtype, koff + d);
+    for (int i = 0; i < DPL; i++) st.acc[i] = 0.0f;
+    for (int64_t base = lo + 32 * wid; base <= hi; base += 32 * ATTN_WARPS) {
+        int64_t j = base + lane;
+        float sc = -INFINITY;
+        if (j <= hi) {
+            sc = kdot(a.k, a.kc.dtype, row_offset(a, a.kc, s, j) + kvh * D, sq, D) * a.scale;
         }
-        float sc = warp_sum(dot) * a.scale;
-        float mn = fmaxf(m, sc);
-        float corr = expf(m - mn), w = expf(sc - mn); /* m = -inf at first: corr 0 */
-        l = l * corr + w;
+        float mt = warp_max(sc), mn = fmaxf(st.m, mt);
+        float corr = st.m == -INFINITY ? 0.0f : expf(st.m - mn);
+        float p = j <= hi ? expf(sc - mn) : 0.0f;
+        st.l = st.l * corr + warp_sum(p);
 #pragma unroll
-        for (int c = 0; c < ATTN_MAXC; c++) {
-            int64_t d = lane + 32 * c;
-            float v = c < nc && d < D ? cu_load(a.v, a.vc.dtype, voff + d) : 0.0f;
-            acc[c] = acc[c] * corr + w * v;
+        for (int i = 0; i < DPL; i++) st.acc[i] *= corr;
+        st.m = mn;
+        int n = hi - base + 1 < 32 ? (int)(hi - base + 1) : 32;
+        for (int jj = 0; jj < n; jj++) {
+            float pj = __shfl_sync(0xffffffffu, p, jj);
+            int64_t vo = row_offset(a, a.vc, s, base + jj) + kvh * D;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) {
+                int64_t d = lane * DPL + i;
+                if (d < D) st.acc[i] = fmaf(pj, cu_load(a.v, a.vc.dtype, vo + d), st.acc[i]);
+            }
         }
-        m = mn;
     }
+    /* the warps' states, merged in order by warp 0 */
+    float *sm = sh, *sl = sh + ATTN_WARPS, *sacc = sh + 2 * ATTN_WARPS;
     if (lane == 0) {
-        sm[wid] = m;
-        sl[wid] = l;
+        sm[wid] = st.m;
+        sl[wid] = st.l;
     }
 #pragma unroll
-    for (int c = 0; c < ATTN_MAXC; c++) sacc[wid][lane + 32 * c] = acc[c];
+    for (int i = 0; i < DPL; i++) sacc[wid * 32 * DPL + lane * DPL + i] = st.acc[i];
     __syncthreads();
-    float sink = a.sinks ? a.sinks[h] : -INFINITY;
-    float M = sink;
-    for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sm[w]);
-    float L = a.sinks && sink > -INFINITY ? expf(sink - M) : 0.0f;
-    float f[ATTN_WARPS];
-    for (int w = 0; w < ATTN_WARPS; w++) {
-        f[w] = sl[w] > 0.0f ? expf(sm[w] - M) : 0.0f;
-        L += sl[w] * f[w];
-    }
+    attn_state<DPL> r;
+    r.m = -INFINITY;
+    r.l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) r.acc[i] = 0.0f;
+    if (wid == 0)
+        for (int w = 0; w < ATTN_WARPS; w++) merge_into<DPL>(r, sm[w], sl[w], sacc + w * 32 * DPL + lane * DPL);
+    __syncthreads(); /* sh is reused by the next chunk */
+    return r;
+}
+
+/* The final output from the merged state and the sink (warp 0). */
+template <int DPL>
+static __device__ void finish(const mnv_cu_attn_args &a, int64_t t, int64_t h, const attn_state<DPL> &s) {
+    const int lane = threadIdx.x & 31;
+    const int64_t D = a.kc.head_dim;
+    float sink = a.sinks ? a.sinks[h] : -INFINITY, M = fmaxf(s.m, sink);
+    float f = s.m == -INFINITY ? 0.0f : expf(s.m - M);
+    float L = s.l * f + (sink > -INFINITY ? expf(sink - M) : 0.0f);
     float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    float *out = a.out + (t * H + h) * D;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-        float v = 0.0f;
-        for (int w = 0; w < ATTN_WARPS; w++) v += sacc[w][d] * f[w];
-        out[d] = v * inv;
+    float *out = a.out + (t * a.n_head + h) * D;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        int64_t d = lane * DPL + i;
+        if (d < D) out[d] = s.acc[i] * f * inv;
     }
 }
 
-extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, cudaStream_t s) {
-    if (a->kc.head_dim > 32 * ATTN_MAXC || a->vc.head_dim != a->kc.head_dim) return cudaErrorInvalidValue;
-    int64_t blocks = a->T * a->n_head;
-    if (blocks > 0) k_attention<<<(unsigned)blocks, ATTN_WARPS * 32, 0, s>>>(*a);
+#define SH_FLOATS (2 * ATTN_WARPS + ATTN_WARPS * ATTN_MAXD)
+
+static __device__ void load_q(const mnv_cu_attn_args &a, int64_t t, int64_t h, float *sq) {
+    const int64_t D = a.kc.head_dim;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) sq[d] = a.q[(t * a.n_head + h) * D + d];
+    __syncthreads();
+}
+
+/* Sequential: one block per (query, head), its chunks in order. */
+template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_seq(mnv_cu_attn_args a) {
+    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
+    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head;
+    load_q(a, t, h, sq);
+    attn_state<DPL> s;
+    s.m = -INFINITY;
+    s.l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
+    for (int64_t c = 0; c * ATTN_CHUNK <= a.pos[t]; c++) {
+        int64_t lo, hi;
+        if (!chunk_range(a, t, c, &lo, &hi)) continue;
+        attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
+        merge_into<DPL>(s, p.m, p.l, p.acc);
+    }
+    if (threadIdx.x < 32) finish<DPL>(a, t, h, s);
+}
+
+/* Split: one block per (query, head, chunk); part holds, per (query, head,
+ * chunk), m, l and 32 * DPL values (lane-major, as the lanes hold them). */
+template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
+    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
+    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, c = blockIdx.y;
+    const int64_t stride = 2 + 32 * DPL;
+    float *pp = part + ((int64_t)blockIdx.x * gridDim.y + c) * stride;
+    int64_t lo, hi;
+    if (!chunk_range(a, t, c, &lo, &hi)) { /* the whole block */
+        if (threadIdx.x == 0) pp[0] = -INFINITY;
+        return;
+    }
+    load_q(a, t, h, sq);
+    attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    if (lane == 0) {
+        pp[0] = p.m;
+        pp[1] = p.l;
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; i++) pp[2 + lane * DPL + i] = p.acc[i];
+}
+
+template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const float *part, int64_t chunks) {
+    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, stride = 2 + 32 * DPL;
+    const int lane = threadIdx.x;
+    attn_state<DPL> s;
+    s.m = -INFINITY;
+    s.l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
+    for (int64_t c = 0; c < chunks; c++) {
+        const float *pp = part + ((int64_t)blockIdx.x * chunks + c) * stride;
+        float m = pp[0];
+        if (m == -INFINITY) continue;
+        float acc[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[i] = pp[2 + lane * DPL + i];
+        merge_into<DPL>(s, m, pp[1], acc);
+    }
+    finish<DPL>(a, t, h, s);
+}
+
+/* Chunks a query of this step may span: the block tables' width (or the
+ * cache's rows) bounds every position. */
+static int64_t max_chunks(const mnv_cu_attn_args *a) {
+    int64_t cap = a->tables ? a->table_stride * a->kc.block_tokens : a->kc.block_tokens;
+    return (cap + ATTN_CHUNK - 1) / ATTN_CHUNK;
+}
+
+extern "C" size_t mnv_cu_attention_scratch(const mnv_cu_attn_args *a) {
+    int64_t dpl = (a->kc.head_dim + 31) / 32;
+    size_t bytes = (size_t)(a->T * a->n_head) * (size_t)max_chunks(a) * (size_t)(2 + 32 * dpl) * 4;
+    return a->T > 0 && max_chunks(a) > 1 && bytes <= MNV_CU_ATTN_SPLIT_MAX ? bytes : 0;
+}
+
+template <int DPL> static cudaError_t attn_go(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size,
+                                              cudaStream_t s) {
+    int64_t blocks = a->T * a->n_head, chunks = max_chunks(a);
+    size_t need = mnv_cu_attention_scratch(a);
+    if (need > 0 && scratch && scratch_size >= need && chunks <= 65535) {
+        k_attn_split<DPL><<<dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s>>>(*a, (float *)scratch);
+        k_attn_merge<DPL><<<(unsigned)blocks, 32, 0, s>>>(*a, (const float *)scratch, chunks);
+    } else {
+        k_attn_seq<DPL><<<(unsigned)blocks, ATTN_THREADS, 0, s>>>(*a);
+    }
     CU_CHECK_LAUNCH();
+}
+
+extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
+    int64_t D = a->kc.head_dim;
+    if (D > ATTN_MAXD || a->vc.head_dim != D) return cudaErrorInvalidValue;
+    if (a->T * a->n_head <= 0) return cudaSuccess;
+    if (D <= 64) return attn_go<2>(a, scratch, scratch_size, s);
+    if (D <= 128) return attn_go<4>(a, scratch, scratch_size, s);
+    return attn_go<8>(a, scratch, scratch_size, s);
 }

@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_prof.h"
 
 #define BLAS_WORKSPACE (32u << 20)
 
@@ -58,6 +59,11 @@ typedef struct {
     size_t scratch_size;
     const char *gemm_err;
     bool graphs;        /* capture and replay (MNV_CUDA_GRAPHS=0 turns it off) */
+    mnv_cu_prof *prof;  /* MNV_CUDA_PROFILE=1: time every node (graphs off) */
+    bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
+    int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
+    bool planning;      /* fuse() matching for the planner: no launches */
+    bool attn_split;    /* decode attention over many blocks (MNV_CUDA_ATTN_SPLIT=0: one per query) */
     captured cap[N_CAPTURED];
     uint64_t clock;
     char name[16];
@@ -233,8 +239,20 @@ static void matmul_args(const mnv_node *n, mnv_cu_matmul_args *a) {
     }
 }
 
+static mnv_cu_attn_args attn_args(const mnv_node *n) {
+    const mnv_node *x = n->src[0];
+    mnv_cu_attn_args a = {
+        .kc = cache_of(n->src[1]), .vc = cache_of(n->src[2]), .n_head = (int32_t)x->shape[1],
+        .scale = n->p.attn.scale, .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL,
+        .k = n->src[1]->data, .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
+        .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = x->data, .seq = n->src[4]->data,
+        .pos = n->src[5]->data, .out = n->data, .T = x->shape[0],
+    };
+    return a;
+}
+
 static bool use_blas(const cuda_ctx *c, const mnv_cu_matmul_args *a) {
-    return !c->row_invariant && a->m >= MNV_CU_GEMM_MIN_ROWS;
+    return !c->row_invariant && a->m >= (a->w.mode != MNV_QMODE_NONE ? c->gemm_min_packed : MNV_CU_GEMM_MIN_ROWS);
 }
 
 static void drop_captures(cuda_ctx *c) {
@@ -282,6 +300,10 @@ static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
         mnv_node *nd = mnv_graph_node(g, i);
         if (nd->op == MNV_OP_MOE_MATMUL)
             need = MNV_MAX(need, mnv_cu_moe_scratch(nd->shape[0], nd->shape[1], nd->src[1]->shape[0]));
+        if (nd->op == MNV_OP_ATTENTION && c->attn_split) {
+            mnv_cu_attn_args a = attn_args(nd);
+            need = MNV_MAX(need, mnv_cu_attention_scratch(&a));
+        }
         if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
         mnv_cu_matmul_args a;
         matmul_args(nd, &a);
@@ -329,6 +351,10 @@ static cudaError_t run_elem(const mnv_node *n, cudaStream_t s) {
     return mnv_cu_elem(&e, s);
 }
 
+static mnv_cu_moe_args moe_args(const mnv_node *n);
+static mnv_cu_rope_args rope_args(const mnv_node *n);
+
+
 static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
     cudaStream_t s = c->stream;
     const mnv_node *x = n->src[0];
@@ -356,10 +382,7 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_rms_norm(x->data, n->src[1] ? n->src[1]->data : NULL, n->data, mnv_array_rows(n),
                                n->shape[n->ndim - 1], n->p.norm.eps, s);
     case MNV_OP_ROPE: {
-        mnv_cu_rope_args a = {.x = x->data, .pos = n->src[1]->data, .inv_freq = n->src[2]->data, .y = n->data,
-                              .rows = n->shape[0], .n_head = (int32_t)n->shape[1], .head_dim = (int32_t)n->shape[2],
-                              .n_rot = n->p.rope.n_rot, .traditional = n->p.rope.traditional,
-                              .attn_factor = n->p.rope.attn_factor};
+        mnv_cu_rope_args a = rope_args(n);
         return mnv_cu_rope(&a, s);
     }
     case MNV_OP_GET_ROWS:
@@ -370,15 +393,8 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_cache_write(&cs, n->data, n->src[1]->data, n->src[2]->data, n->src[1]->shape[0], s);
     }
     case MNV_OP_ATTENTION: {
-        mnv_cu_attn_args a = {
-            .kc = cache_of(n->src[1]), .vc = cache_of(n->src[2]), .n_head = (int32_t)x->shape[1],
-            .scale = n->p.attn.scale,
-            .window = n->p.attn.window, .sinks = n->src[6] ? n->src[6]->data : NULL, .k = n->src[1]->data,
-            .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
-            .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = x->data, .seq = n->src[4]->data,
-            .pos = n->src[5]->data, .out = n->data, .T = x->shape[0],
-        };
-        return mnv_cu_attention(&a, s);
+        mnv_cu_attn_args a = attn_args(n);
+        return mnv_cu_attention(&a, c->attn_split ? c->scratch : NULL, c->scratch_size, s);
     }
     case MNV_OP_MATMUL:
     case MNV_OP_QMATMUL: {
@@ -400,15 +416,10 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_gather_softmax(x->data, x->shape[1], n->src[1]->data, (int32_t)n->shape[1], n->data,
                                      n->shape[0], s);
     case MNV_OP_MOE_SUM:
-        return mnv_cu_moe_sum(x->data, n->src[1]->data, (int32_t)x->shape[1], n->shape[1], n->data, n->shape[0], s);
+        return mnv_cu_moe_sum(x->data, n->src[1]->data, (int32_t)x->shape[1], n->shape[1], NULL, n->data,
+                              n->shape[0], s);
     case MNV_OP_MOE_MATMUL: {
-        const mnv_node *bias = n->src[3];
-        mnv_cu_moe_args a = {
-            .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
-            .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
-            .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
-            .n = n->shape[2], .k = n->p.q.k, .E = n->src[1]->shape[0],
-        };
+        mnv_cu_moe_args a = moe_args(n);
         return mnv_cu_moe_matmul(&a, c->scratch, s);
     }
     default: return cudaSuccess; /* leaves and views */
@@ -472,11 +483,254 @@ static mnv_status cuda_compute(mnv_backend *b, mnv_graph *g) {
             return mnv_set_error(MNV_ERR_BACKEND, "%s: replaying a graph: %s", c->name, cudaGetErrorString(e));
         return MNV_OK;
     }
+    if (c->prof && !mnv__cu_prof_begin(c->prof, n, c->stream)) {
+        mnv__cu_prof_free(c->prof);
+        c->prof = NULL;
+    }
     st = run_nodes(b, g);
     if (st != MNV_OK) return st;
+    if (c->prof) mnv__cu_prof_end(c->prof, g, c->stream);
     cudaError_t e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) return mnv_set_error(MNV_ERR_BACKEND, "%s: running a graph: %s", c->name, cudaGetErrorString(e));
     return MNV_OK;
+}
+
+/* ---- fusion: a node and the one or two after it as one launch ----
+ * Only where the intermediate values are read by nothing else, and the
+ * last node's memory (which the planner may give the first node's inputs
+ * back for) does not overlap what the launch reads. */
+static bool is_leafy(const mnv_node *n) { return n->op == MNV_OP_LEAF || n->op == MNV_OP_VIEW; }
+
+static int32_t next_op(mnv_graph *g, int32_t i) {
+    int32_t n = mnv_graph_n_nodes(g);
+    for (i++; i < n; i++)
+        if (!is_leafy(mnv_graph_node(g, i))) return i;
+    return -1;
+}
+
+static size_t node_bytes(const mnv_node *n) { return (size_t)mnv_array_nelem(n) * mnv_dtype_size(n->dtype); }
+
+static bool overlaps(const mnv_node *a, const mnv_node *b) {
+    if (!a->data || !b->data) return false;
+    uintptr_t a0 = (uintptr_t)a->data, b0 = (uintptr_t)b->data;
+    return a0 < b0 + node_bytes(b) && b0 < a0 + node_bytes(a);
+}
+
+/* v (at index i) read once, by node j only. */
+static bool only_reader(const mnv_node *v, int32_t j) { return v->last_use == j && !(v->flags & MNV_NODE_OUTPUT); }
+
+static bool is_contiguous(const mnv_node *n) {
+    int64_t st = 1;
+    for (int d = n->ndim - 1; d >= 0; d--) {
+        if (n->shape[d] != 1 && n->stride[d] != st) return false;
+        st *= n->shape[d];
+    }
+    return true;
+}
+
+/* ADD node a = prev + other (either order): the other operand when it is
+ * an f32 residual of prev's shape. */
+static const mnv_node *residual_of(const mnv_node *a, const mnv_node *prev) {
+    if (a->op != MNV_OP_ADD) return NULL;
+    const mnv_node *o = a->src[0] == prev ? a->src[1] : a->src[1] == prev ? a->src[0] : NULL;
+    if (!o || o == prev || o->dtype != MNV_DTYPE_F32 || mnv_array_nelem(o) != mnv_array_nelem(prev) ||
+        !is_contiguous(o))
+        return NULL;
+    return o;
+}
+
+/* A product at node i and the add of its bias when that comes next: *a
+ * its launch, *out the node its result lands in; returns the last node
+ * covered, or -1 when the product is not one for the chunked kernels. */
+static int32_t product_unit(cuda_ctx *c, mnv_graph *g, int32_t i, mnv_cu_matmul_args *a, mnv_node **out) {
+    mnv_node *mm = mnv_graph_node(g, i);
+    matmul_args(mm, a);
+    if (use_blas(c, a) || (!c->planning && !mnv_cu_mmv_fast(&a->w, a->k, a->x, a->ldx))) return -1;
+    *out = mm;
+    int32_t j = next_op(g, i);
+    mnv_node *add = j >= 0 ? mnv_graph_node(g, j) : NULL;
+    if (!add || add->op != MNV_OP_ADD || add->src[0] != mm || !only_reader(mm, j) || add->src[1] == mm ||
+        !is_float(add->src[1]->dtype) || mnv_array_nelem(add->src[1]) != a->n || !is_contiguous(add->src[1]))
+        return i;
+    a->bias = add->src[1]->data;
+    a->bias_type = (int32_t)add->src[1]->dtype;
+    *out = add;
+    return j;
+}
+
+static bool same_layout(const mnv_cu_matmul_args *a, const mnv_cu_matmul_args *b) {
+    return a->m == b->m && a->k == b->k && a->x == b->x && a->ldx == b->ldx && a->w.mode == b->w.mode &&
+           a->w.wtype == b->w.wtype && a->w.bits == b->w.bits && a->w.group_size == b->w.group_size &&
+           a->w.scale_type == b->w.scale_type;
+}
+
+/* Products of one input in a row (q, k and v; gate and up), each with its
+ * bias add, as one launch; a product alone with its bias add and the
+ * residual add after it. */
+static int32_t fuse_product(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    mnv_cu_matmul_args a[3];
+    mnv_node *out[3], *mm = mnv_graph_node(g, i);
+    int32_t last = product_unit(c, g, i, &a[0], &out[0]);
+    if (last < 0) return -1;
+    int n = 1;
+    for (int32_t j; n < 3 && (j = next_op(g, last)) >= 0; n++) {
+        mnv_node *nd = mnv_graph_node(g, j);
+        if ((nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) || nd->src[0] != mm->src[0]) break;
+        int32_t l = product_unit(c, g, j, &a[n], &out[n]);
+        if (l < 0 || !same_layout(&a[0], &a[n])) break;
+        last = l;
+    }
+    if (n == 1) {
+        int32_t k = next_op(g, last);
+        mnv_node *radd = k >= 0 ? mnv_graph_node(g, k) : NULL;
+        const mnv_node *res = radd && only_reader(out[0], k) ? residual_of(radd, out[0]) : NULL;
+        if (res) {
+            a[0].res = res->data;
+            a[0].ldr = a[0].n;
+            last = k;
+            out[0] = radd;
+        }
+        if (last == i) return -1; /* nothing to fuse */
+    }
+    for (int u = 0; u < n; u++) {
+        if (overlaps(out[u], mm->src[0])) return -1;
+        a[u].y = out[u]->data;
+    }
+    if (!c->planning) *e = mnv_cu_matmul_shared(a, n, c->stream);
+    return last;
+}
+
+/* A router: its product (and bias add), the top k of the logits and
+ * their softmax, when nothing else reads the logits. */
+static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    mnv_cu_matmul_args a;
+    mnv_node *out;
+    int32_t j = product_unit(c, g, i, &a, &out), k = j >= 0 ? next_op(g, j) : -1, l = k >= 0 ? next_op(g, k) : -1;
+    if (l < 0 || a.n > MNV_CU_ROUTER_MAX) return -1;
+    mnv_node *tk = mnv_graph_node(g, k), *gs = mnv_graph_node(g, l);
+    if (tk->op != MNV_OP_TOPK || gs->op != MNV_OP_GATHER_SOFTMAX || tk->src[0] != out || gs->src[0] != out ||
+        gs->src[1] != tk || !only_reader(out, l) || !is_contiguous(tk) || !is_contiguous(gs) ||
+        overlaps(tk, mnv_graph_node(g, i)->src[0]) || overlaps(gs, mnv_graph_node(g, i)->src[0]))
+        return -1;
+    mnv_cu_router_args r = {.mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data};
+    if (!c->planning) *e = mnv_cu_router(&r, c->stream);
+    return l;
+}
+
+static mnv_cu_moe_args moe_args(const mnv_node *n) {
+    const mnv_node *x = n->src[0], *bias = n->src[3];
+    return (mnv_cu_moe_args){
+        .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
+        .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
+        .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
+        .n = n->shape[2], .k = n->p.q.k, .E = n->src[1]->shape[0],
+    };
+}
+
+/* The experts' gate and up products (one input, one routing) and the
+ * SwiGLU of the two. */
+static int32_t fuse_experts(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    mnv_node *gate = mnv_graph_node(g, i);
+    int32_t j = next_op(g, i), k = j >= 0 ? next_op(g, j) : -1;
+    if (k < 0) return -1;
+    mnv_node *up = mnv_graph_node(g, j), *sw = mnv_graph_node(g, k);
+    if (up->op != MNV_OP_MOE_MATMUL || sw->op != MNV_OP_SWIGLU_OAI || sw->src[0] != gate || sw->src[1] != up ||
+        up->src[0] != gate->src[0] || up->src[2] != gate->src[2] || up->p.q.k != gate->p.q.k ||
+        memcmp(&up->p.q.fmt, &gate->p.q.fmt, sizeof up->p.q.fmt) != 0 || up->shape[2] != gate->shape[2] ||
+        !only_reader(gate, k) || !only_reader(up, k) || overlaps(sw, gate->src[0]) || overlaps(sw, gate->src[2]))
+        return -1;
+    mnv_cu_moe_args a = moe_args(gate), b = moe_args(up);
+    if (c->planning) return k;
+    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k)) return -1;
+    a.dual = 1;
+    a.w2 = b.w;
+    a.bias2 = b.bias;
+    a.b2s0 = b.bs0;
+    a.b2s1 = b.bs1;
+    a.alpha = sw->p.swiglu.alpha;
+    a.limit = sw->p.swiglu.limit;
+    a.y = sw->data;
+    *e = mnv_cu_moe_matmul(&a, c->scratch, c->stream);
+    return k;
+}
+
+/* The experts' weighted sum and the residual add after it. */
+static int32_t fuse_moe_sum(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    mnv_node *ms = mnv_graph_node(g, i);
+    int32_t j = next_op(g, i);
+    mnv_node *add = j >= 0 ? mnv_graph_node(g, j) : NULL;
+    const mnv_node *res = add && only_reader(ms, j) && is_contiguous(ms) ? residual_of(add, ms) : NULL;
+    if (!res || overlaps(add, ms->src[0]) || overlaps(add, ms->src[1])) return -1;
+    if (c->planning) return j;
+    *e = mnv_cu_moe_sum(ms->src[0]->data, ms->src[1]->data, (int32_t)ms->src[0]->shape[1], ms->shape[1], res->data,
+                        add->data, ms->shape[0], c->stream);
+    return j;
+}
+
+static mnv_cu_rope_args rope_args(const mnv_node *n) {
+    return (mnv_cu_rope_args){.x = n->src[0]->data, .pos = n->src[1]->data, .inv_freq = n->src[2]->data,
+                              .y = n->data, .rows = n->shape[0], .n_head = (int32_t)n->shape[1],
+                              .head_dim = (int32_t)n->shape[2], .n_rot = n->p.rope.n_rot,
+                              .traditional = n->p.rope.traditional, .attn_factor = n->p.rope.attn_factor};
+}
+
+/* RoPE of q and k, then k and v written to their caches. */
+static int32_t fuse_rope(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    mnv_node *rq = mnv_graph_node(g, i);
+    int32_t j = next_op(g, i), k1 = j >= 0 ? next_op(g, j) : -1, k2 = k1 >= 0 ? next_op(g, k1) : -1;
+    if (k2 < 0) return -1;
+    mnv_node *rk = mnv_graph_node(g, j), *wk = mnv_graph_node(g, k1), *wv = mnv_graph_node(g, k2);
+    if (rk->op != MNV_OP_ROPE || wk->op != MNV_OP_CACHE_WRITE || wv->op != MNV_OP_CACHE_WRITE ||
+        rk->src[1] != rq->src[1] || rk->src[2] != rq->src[2] || wk->src[1] != rk || !only_reader(rk, k1) ||
+        wv->src[2] != wk->src[2] || wv->src[1]->dtype != MNV_DTYPE_F32 || !is_contiguous(wv->src[1]) ||
+        !is_contiguous(rq->src[0]) || !is_contiguous(rk->src[0]) || !is_float(wk->dtype) || !is_float(wv->dtype) ||
+        wv->src[1]->shape[0] != rk->shape[0] || overlaps(rq, rk->src[0]) || overlaps(rq, wv->src[1]))
+        return -1;
+    mnv_cu_rope_write_args a = {.q = rope_args(rq), .k = rope_args(rk), .kc = cache_of(wk), .vc = cache_of(wv),
+                                .kcache = wk->data, .vcache = wv->data, .v = wv->src[1]->data,
+                                .slot = wk->src[2]->data, .T = wv->src[1]->shape[0]};
+    if (!c->planning) *e = mnv_cu_rope_write(&a, c->stream);
+    return k2;
+}
+
+/* The last node a fused launch at node i covers (-1: none; *e its launch). */
+static int32_t fuse(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e) {
+    if (!c->fuse) return -1;
+    switch (mnv_graph_node(g, i)->op) {
+    case MNV_OP_MATMUL:
+    case MNV_OP_QMATMUL: {
+        int32_t last = fuse_router(c, g, i, e);
+        return last >= 0 ? last : fuse_product(c, g, i, e);
+    }
+    case MNV_OP_MOE_MATMUL: return fuse_experts(c, g, i, e);
+    case MNV_OP_MOE_SUM: return fuse_moe_sum(c, g, i, e);
+    case MNV_OP_ROPE: return fuse_rope(c, g, i, e);
+    default: return -1;
+    }
+}
+
+static mnv_node *root_of(mnv_node *n) { return n->view_src ? n->view_src : n; }
+
+/* The planner's hook: each launch that will cover nodes [i, last] keeps
+ * what it reads from outside alive to its last node. The matching is the
+ * run's, without what only the run knows (addresses). */
+static void cuda_plan_lifetimes(mnv_backend *b, mnv_graph *g) {
+    cuda_ctx *c = b->ctx;
+    c->planning = true;
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) {
+        if (is_leafy(mnv_graph_node(g, i))) continue;
+        int32_t last = fuse(c, g, i, NULL);
+        for (int32_t j = i; j <= last; j++) {
+            mnv_node *nd = mnv_graph_node(g, j);
+            for (int s = 0; s < MNV_MAX_SRC; s++) {
+                mnv_node *r = nd->src[s] ? root_of(nd->src[s]) : NULL;
+                if (r && (r->id < i || r->id > last) && r->last_use >= i && r->last_use < last) r->last_use = last;
+            }
+        }
+        if (last > i) i = last;
+    }
+    c->planning = false;
 }
 
 /* Queue every node's work on the stream (no wait). */
@@ -485,17 +739,23 @@ static mnv_status run_nodes(mnv_backend *b, mnv_graph *g) {
     int32_t n = mnv_graph_n_nodes(g);
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
-        if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
+        if (is_leafy(nd)) continue;
         if (i > 0 && b->abort && atomic_load_explicit(b->abort, memory_order_relaxed)) {
             cudaStreamSynchronize(c->stream);
             return mnv_set_error(MNV_ERR_CANCELLED, "%s: stopped before node %d of %d (%s)", c->name, i, n,
                                  mnv_op_name(nd->op));
         }
         c->gemm_err = NULL;
-        cudaError_t e = run_node(c, nd);
+        if (c->prof) mnv__cu_prof_mark(c->prof, i, c->stream);
+        cudaError_t e = cudaSuccess;
+        int32_t last = fuse(c, g, i, &e);
+        if (last < 0) e = run_node(c, nd);
         if (e != cudaSuccess)
-            return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s): %s", c->name, i, nd->name,
-                                 mnv_op_name(nd->op), c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
+            return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s%s): %s", c->name, i, nd->name,
+                                 mnv_op_name(nd->op), last >= 0 ? ", fused" : "",
+                                 c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
+        for (; i < last; i++) /* the covered nodes: their time is the first one's */
+            if (c->prof && !is_leafy(mnv_graph_node(g, i + 1))) mnv__cu_prof_mark(c->prof, i + 1, c->stream);
     }
     return MNV_OK;
 }
@@ -599,6 +859,7 @@ static void cuda_free(mnv_backend *b) {
     cudaStreamSynchronize(c->stream);
     for (int32_t i = 0; i < c->n_up; i++) cudaFree((void *)c->uploads[i].dev);
     drop_captures(c);
+    mnv__cu_prof_free(c->prof);
     if (c->cublas) cublasDestroy(c->cublas);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
@@ -613,7 +874,7 @@ static const mnv_backend_iface cuda_iface = {
     .version = MNV_BACKEND_IFACE_VERSION, .name = "cuda", .free = cuda_free, .buffer_alloc = cuda_alloc,
     .buffer_free = cuda_dealloc, .host_memory = cuda_host_memory, .wrap_host = cuda_wrap, .upload = cuda_upload,
     .download = cuda_download, .copy = cuda_copy, .supports_node = cuda_supports, .compute = cuda_compute,
-    .synchronize = cuda_sync, .n_threads = cuda_threads,
+    .synchronize = cuda_sync, .n_threads = cuda_threads, .plan_lifetimes = cuda_plan_lifetimes,
 };
 
 mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **out) {
@@ -639,6 +900,17 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->row_invariant = p->row_invariant;
     const char *env = getenv("MNV_CUDA_GRAPHS");
     c->graphs = !env || strcmp(env, "0") != 0;
+    env = getenv("MNV_CUDA_FUSE");
+    c->fuse = !env || strcmp(env, "0") != 0;
+    env = getenv("MNV_CUDA_GEMM_MIN_PACKED");
+    c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
+    env = getenv("MNV_CUDA_ATTN_SPLIT");
+    c->attn_split = !env || strcmp(env, "0") != 0;
+    env = getenv("MNV_CUDA_PROFILE");
+    if (env && strcmp(env, "1") == 0) {
+        c->prof = mnv__cu_prof_create();
+        c->graphs = false;
+    }
     e = cudaSetDevice(p->device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {

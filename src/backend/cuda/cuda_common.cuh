@@ -49,6 +49,36 @@ static __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+/* gpt-oss's clamped SwiGLU of gate g and up u (the SWIGLU_OAI op). */
+static __device__ __forceinline__ float cu_swiglu(float g, float u, float alpha, float limit) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+}
+
+/* The k largest of x[0, n) (ids, largest first; ties keep the lower index),
+ * by insertion into a sorted list (k and n are small: experts). */
+static __device__ __forceinline__ void cu_topk_row(const float *x, int64_t n, int32_t k, int32_t *out) {
+    int32_t cnt = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t p = cnt < k ? cnt : k;
+        while (p > 0 && x[i] > x[out[p - 1]]) p--;
+        if (p >= k) continue;
+        int32_t last = cnt < k ? cnt : k - 1;
+        for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
+        out[p] = i;
+        if (cnt < k) cnt++;
+    }
+}
+
+/* w = softmax of x at ids[0, k). */
+static __device__ __forceinline__ void cu_gather_softmax_row(const float *x, const int32_t *ids, int32_t k, float *w) {
+    float m = -INFINITY, s = 0.0f;
+    for (int32_t j = 0; j < k; j++) m = fmaxf(m, x[ids[j]]);
+    for (int32_t j = 0; j < k; j++) s += w[j] = expf(x[ids[j]] - m);
+    for (int32_t j = 0; j < k; j++) w[j] /= s;
+}
+
 /* E2M1 by its bits (no table in local memory): exponent field e, mantissa
  * bit m: e > 0 is (1 + m/2) 2^(e-1), e = 0 is m/2. */
 static __device__ __forceinline__ float e2m1(uint32_t code) {

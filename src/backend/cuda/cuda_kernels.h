@@ -73,6 +73,19 @@ typedef struct {
 cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *rows, const int32_t *slot,
                                int64_t T, cudaStream_t s);
 
+/* q's RoPE (to q.y), k's RoPE written to its cache (k.y unused) and v
+ * (T, n_head_kv, head_dim) written to its cache, at slot[t]: one launch
+ * doing what ROPE, ROPE, CACHE_WRITE, CACHE_WRITE do. */
+typedef struct {
+    mnv_cu_rope_args q, k;
+    mnv_cu_cache kc, vc;
+    void *kcache, *vcache;
+    const float *v;
+    const int32_t *slot;
+    int64_t T;
+} mnv_cu_rope_write_args;
+cudaError_t mnv_cu_rope_write(const mnv_cu_rope_write_args *a, cudaStream_t s);
+
 typedef struct {
     mnv_cu_cache kc, vc; /* K and V: float caches, each of its own dtype and block stride */
     int32_t n_head;
@@ -87,8 +100,12 @@ typedef struct {
     float *out;            /* (T, H, D) */
     int64_t T;
 } mnv_cu_attn_args;
-/* head_dim <= 256. */
-cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, cudaStream_t s);
+/* head_dim <= 256. Decode-sized steps split each query's keys over many
+ * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
+ * results either way); scratch NULL runs each query in one block. */
+#define MNV_CU_ATTN_SPLIT_MAX ((size_t)64 << 20)
+size_t mnv_cu_attention_scratch(const mnv_cu_attn_args *a);
+cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s);
 
 /* A weight matrix as the product kernels read it: float rows (mode 0) or
  * MLX packed rows with scales (and affine biases). Row r of expert e starts
@@ -104,15 +121,28 @@ typedef struct {
     float global_scale;
 } mnv_cu_weight;
 
-/* y (m, n) (row stride ldy) = x (m, k) (row stride ldx) times W's rows^T. */
+/* y (m, n) (row stride ldy) = x (m, k) (row stride ldx) times W's rows^T,
+ * then (fused epilogue, when bias or res is set) y = res + (y + bias):
+ * bias n values of dtype bias_type, res (m, n) f32 with row stride ldr. */
 typedef struct {
     const float *x;
     int64_t ldx;
     mnv_cu_weight w;
     float *y;
     int64_t ldy, m, n, k;
+    const void *bias;
+    int32_t bias_type;
+    const float *res;
+    int64_t ldr;
 } mnv_cu_matmul_args;
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
+/* Whether the product of x (row stride ldx, at x) with w reads w in 16-byte
+ * chunks (the fast path of few rows): only then are its epilogue and the
+ * experts' gate/up pairing (mnv_cu_moe_args.dual) available. */
+int mnv_cu_mmv_fast(const mnv_cu_weight *w, int64_t k, const float *x, int64_t ldx);
+/* n (1 to 3) products of one x (same x, m, k; weights of one layout, each
+ * mnv_cu_mmv_fast) in one launch, each with its own output and epilogue. */
+cudaError_t mnv_cu_matmul_shared(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 
 /* Dequantize (or widen, for float W) rows ids[0..rows) of W (k each) to y
  * (rows, k); ids NULL: rows r0, r0 + 1, ... */
@@ -127,7 +157,10 @@ cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int3
                          cudaStream_t s);
 
 /* y[t, j] = x_t W_{ids[t, j]}^T + bias[ids[t, j]]; x (T, K) or (T, kk, K)
- * (per_slot); bias (E, N) with strides bs0, bs1 or NULL. */
+ * (per_slot); bias (E, N) with strides bs0, bs1 or NULL. With dual (only
+ * where mnv_cu_mmv_fast holds for both weights, of one format):
+ * y = swiglu(that, x_t W2^T + bias2) with alpha and limit as the
+ * SWIGLU_OAI op, W the gate and W2 the up projection. */
 typedef struct {
     const float *x;
     int32_t per_slot;
@@ -137,6 +170,11 @@ typedef struct {
     int64_t bs0, bs1;
     float *y;
     int64_t T, kk, n, k, E;
+    int32_t dual;
+    mnv_cu_weight w2;
+    const float *bias2;
+    int64_t b2s0, b2s1;
+    float alpha, limit;
 } mnv_cu_moe_args;
 /* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
  * expert on the device (each expert's rows read once per 8 of its rows);
@@ -145,12 +183,26 @@ typedef struct {
 size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
+/* A router in one launch, one block per row of x: logits = the product
+ * mm (n <= 32 rows, mnv_cu_mmv_fast, with its bias epilogue; mm.y unused),
+ * then ids = the top kk of each row and w = their softmax, as the
+ * product, TOPK and GATHER_SOFTMAX compute them. */
+typedef struct {
+    mnv_cu_matmul_args mm;
+    int32_t kk;
+    int32_t *ids;
+    float *w;
+} mnv_cu_router_args;
+#define MNV_CU_ROUTER_MAX 32
+cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s);
+
 /* Mixture-of-experts helpers (as cpu/ops.h). */
 cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s);
 cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows,
                                   cudaStream_t s);
-cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows,
-                           cudaStream_t s);
+/* y = sum_j w[., j] x[., j, .], then y = res + y where res (rows, n) is set. */
+cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
+                           int64_t rows, cudaStream_t s);
 
 /* ---- large products through cuBLAS (cuda_gemm.c) ---- */
 /* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32

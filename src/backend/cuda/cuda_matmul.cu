@@ -1,9 +1,12 @@
 /* Matrix products on CUDA: float and MLX-quantized weights, plain and per
- * expert. One warp computes one weight row's dot products with up to PLAIN_MR
- * rows of x, so the weights stream once per PLAIN_MR rows of x (decode reads
- * them once); packed rows are read a U32 word per lane and dequantized in
- * registers. cuda_gemm.c sends large float products to cuBLAS. */
-#include "backend/cuda/cuda_common.cuh"
+ * expert. Weights whose rows read in 16-byte chunks (cuda_mmv.cuh: f32,
+ * bf16, f16, affine 8 and 4 bits, mxfp4) take the chunked kernels, with
+ * the fused epilogues; the rest take the element-wise ones below, where one
+ * warp computes one weight row's dot products with up to PLAIN_MR rows of x.
+ * cuda_gemm.c sends large products to cuBLAS. */
+#include <string.h>
+
+#include "backend/cuda/cuda_mmv.cuh"
 
 #define PLAIN_MR 4 /* rows of x per warp in plain products */
 #define MOE_MR 8  /* (token, slot) rows of one expert per warp in grouped expert products */
@@ -113,6 +116,184 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
     }
 }
 
+
+/* ---- the chunked kernels (cuda_mmv.cuh) ----
+ * A block of MMV_THREADS threads is cut into row groups of wk warps; a
+ * group computes RW weight rows against MX rows of x, its wk warps taking
+ * interleaved chunks of the rows (wk grows with k, never with the number
+ * of rows of x), then summing through shared memory in a fixed order. */
+#define MMV_THREADS 128
+#define MMV_WARPS (MMV_THREADS / 32)
+
+/* Warps per row group: from the rows and chunks of the weight alone (never
+ * the rows of x, which would change the order of a row's sums): enough
+ * warps in flight to cover the device, each with two chunks or more. Up to
+ * 64 rows (a router), one warp a group. */
+static int mmv_wk(int64_t n, int64_t nchunks) {
+    if (n <= 64) return 1;
+    int wk = 1;
+    while (wk < 4 && (n + 3) / 4 * wk < 4096 && nchunks >= 96 * wk) wk *= 2;
+    return wk;
+}
+
+/* The sums of the block's groups: red[warp][r * MX + c] on return, for the
+ * group's first warp to read (after the barrier). */
+template <int RW, int MX>
+static __device__ __forceinline__ float mmv_reduce(float (*acc)[MX], float (*red)[RW * MX], int wk, int *pair) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int c = 0; c < MX; c++) {
+            float v = warp_sum(acc[r][c]);
+            if (lane == 0) red[warp][r * MX + c] = v;
+        }
+    __syncthreads();
+    *pair = -1;
+    if (warp % wk != 0 || lane >= RW * MX) return 0.0f;
+    float v = red[warp][lane];
+    for (int i = 1; i < wk; i++) v += red[warp + i][lane];
+    *pair = lane;
+    return v;
+}
+
+/* Up to MMV_SEGS products of one x (each its own weight, rows, output and
+ * epilogue) in one launch: segment i owns blocks [first[i], first[i + 1]). */
+#define MMV_SEGS 3
+typedef struct {
+    mnv_cu_matmul_args seg[MMV_SEGS];
+    int64_t first[MMV_SEGS + 1];
+    int wk[MMV_SEGS]; /* each its own, as when run alone */
+    int n;
+} mmv_segs;
+
+template <int F, int RW, int MX> static __global__ void __launch_bounds__(MMV_THREADS) k_mmv(mmv_segs sg) {
+    constexpr int E = mmv_fmt<F>::epc;
+    __shared__ float red[MMV_WARPS][RW * MX];
+    int si = 0;
+    while (si + 1 < sg.n && (int64_t)blockIdx.x >= sg.first[si + 1]) si++;
+    const mnv_cu_matmul_args &a = sg.seg[si];
+    const int wk = sg.wk[si];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t bx = (int64_t)blockIdx.x - sg.first[si];
+    const int64_t n0 = (bx * (MMV_WARPS / wk) + warp / wk) * RW, m0 = (int64_t)blockIdx.y * MX;
+    mmv_row rows[RW];
+    const float *xs[MX];
+#pragma unroll
+    for (int r = 0; r < RW; r++) rows[r] = mmv_row_of(a.w, 0, n0 + r < a.n ? n0 + r : a.n - 1);
+#pragma unroll
+    for (int c = 0; c < MX; c++) xs[c] = a.x + (m0 + c < a.m ? m0 + c : a.m - 1) * a.ldx;
+    float acc[RW][MX];
+#pragma unroll
+    for (int r = 0; r < RW; r++)
+#pragma unroll
+        for (int c = 0; c < MX; c++) acc[r][c] = 0.0f;
+    if (n0 < a.n) mmv_accum<F, RW, MX>(a.w, rows, xs, a.k / E, (warp % wk) * 32 + lane, 32 * wk, acc);
+    int pair;
+    float v = mmv_reduce<RW, MX>(acc, red, wk, &pair);
+    if (pair < 0) return;
+    int64_t n = n0 + pair / MX, m = m0 + pair % MX;
+    if (n >= a.n || m >= a.m) return;
+    if (a.bias) v = v + cu_load(a.bias, a.bias_type, n);
+    if (a.res) v = a.res[m * a.ldr + n] + v;
+    a.y[m * a.ldy + n] = v;
+}
+
+template <int F, int RW, int MX> static cudaError_t mmv_go(mmv_segs *sg, cudaStream_t s) {
+    int64_t gy = (sg->seg[0].m + MX - 1) / MX;
+    sg->first[0] = 0;
+    for (int i = 0; i < sg->n; i++) {
+        sg->wk[i] = mmv_wk(sg->seg[i].n, sg->seg[i].k / mmv_fmt<F>::epc);
+        int64_t per_block = (int64_t)(MMV_WARPS / sg->wk[i]) * RW;
+        sg->first[i + 1] = sg->first[i] + (sg->seg[i].n + per_block - 1) / per_block;
+    }
+    if (gy > 65535 || sg->first[sg->n] > INT32_MAX) return cudaErrorInvalidValue;
+    k_mmv<F, RW, MX><<<dim3((unsigned)sg->first[sg->n], (unsigned)gy), MMV_THREADS, 0, s>>>(*sg);
+    CU_CHECK_LAUNCH();
+}
+
+template <int F> static cudaError_t mmv_rows(mmv_segs *sg, cudaStream_t s) {
+    int64_t m = sg->seg[0].m;
+    if (m == 1) return mmv_go<F, 4, 1>(sg, s);
+    if (m == 2) return mmv_go<F, 4, 2>(sg, s);
+    if (m <= 4) return mmv_go<F, 2, 4>(sg, s);
+    return mmv_go<F, 2, 8>(sg, s);
+}
+
+/* Products of one x, m and k, their weights of one layout. */
+static cudaError_t mmv_launch(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
+    if (n < 1 || n > MMV_SEGS) return cudaErrorInvalidValue;
+    mmv_segs sg;
+    memset(&sg, 0, sizeof sg);
+    sg.n = n;
+    int f = mmv_layout(&a[0].w, a[0].k);
+    for (int i = 0; i < n; i++) {
+        if (mmv_layout(&a[i].w, a[i].k) != f || a[i].x != a[0].x || a[i].ldx != a[0].ldx || a[i].m != a[0].m ||
+            a[i].k != a[0].k || a[i].w.mode != a[0].w.mode || a[i].w.scale_type != a[0].w.scale_type ||
+            a[i].w.group_size != a[0].w.group_size || a[i].n <= 0)
+            return cudaErrorInvalidValue;
+        sg.seg[i] = a[i];
+    }
+    switch (f) {
+    case MMV_F32: return mmv_rows<MMV_F32>(&sg, s);
+    case MMV_BF16: return mmv_rows<MMV_BF16>(&sg, s);
+    case MMV_F16: return mmv_rows<MMV_F16>(&sg, s);
+    case MMV_A8: return mmv_rows<MMV_A8>(&sg, s);
+    case MMV_A4: return mmv_rows<MMV_A4>(&sg, s);
+    case MMV_MX4: return mmv_rows<MMV_MX4>(&sg, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+extern "C" cudaError_t mnv_cu_matmul_shared(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
+    for (int i = 0; i < n; i++)
+        if (!mnv_cu_mmv_fast(&a[i].w, a[i].k, a[i].x, a[i].ldx)) return cudaErrorInvalidValue;
+    return a[0].m <= 0 ? cudaSuccess : mmv_launch(a, n, s);
+}
+
+extern "C" int mnv_cu_mmv_fast(const mnv_cu_weight *w, int64_t k, const float *x, int64_t ldx) {
+    return mmv_layout(w, k) != MMV_NONE && ((uintptr_t)x & 15) == 0 && ldx % 4 == 0;
+}
+
+/* The router: warp r sums row r as the chunked product does for up to 64
+ * rows (one warp a group, lanes on interleaved chunks), so the logits
+ * match the product's bits; then one thread picks and weighs the top kk. */
+template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32) k_router(mnv_cu_router_args a) {
+    constexpr int E = mmv_fmt<F>::epc;
+    __shared__ float lg[MNV_CU_ROUTER_MAX];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t t = blockIdx.x;
+    mmv_row row = mmv_row_of(a.mm.w, 0, warp);
+    const float *xs[1] = {a.mm.x + t * a.mm.ldx};
+    float acc[1][1] = {{0.0f}};
+    mmv_accum<F, 1, 1>(a.mm.w, &row, xs, a.mm.k / E, lane, 32, acc);
+    float v = warp_sum(acc[0][0]);
+    if (a.mm.bias) v = v + cu_load(a.mm.bias, a.mm.bias_type, warp);
+    if (lane == 0) lg[warp] = v;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    cu_topk_row(lg, a.mm.n, a.kk, a.ids + t * a.kk);
+    cu_gather_softmax_row(lg, a.ids + t * a.kk, a.kk, a.w + t * a.kk);
+}
+
+extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s) {
+    if (a->mm.n < 1 || a->mm.n > MNV_CU_ROUTER_MAX || a->kk < 1 || a->kk > a->mm.n ||
+        !mnv_cu_mmv_fast(&a->mm.w, a->mm.k, a->mm.x, a->mm.ldx) || a->mm.m > INT32_MAX)
+        return cudaErrorInvalidValue;
+    if (a->mm.m <= 0) return cudaSuccess;
+    dim3 grid((unsigned)a->mm.m), block((unsigned)(32 * a->mm.n));
+    switch (mmv_layout(&a->mm.w, a->mm.k)) {
+    case MMV_F32: k_router<MMV_F32><<<grid, block, 0, s>>>(*a); break;
+    case MMV_BF16: k_router<MMV_BF16><<<grid, block, 0, s>>>(*a); break;
+    case MMV_F16: k_router<MMV_F16><<<grid, block, 0, s>>>(*a); break;
+    case MMV_A8: k_router<MMV_A8><<<grid, block, 0, s>>>(*a); break;
+    case MMV_A4: k_router<MMV_A4><<<grid, block, 0, s>>>(*a); break;
+    case MMV_MX4: k_router<MMV_MX4><<<grid, block, 0, s>>>(*a); break;
+    default: return cudaErrorInvalidValue;
+    }
+    CU_CHECK_LAUNCH();
+}
+
 static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args a) {
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
     int64_t m0 = (int64_t)blockIdx.y * PLAIN_MR;
@@ -130,6 +311,8 @@ static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args
 
 extern "C" cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s) {
     if (a->m <= 0 || a->n <= 0) return cudaSuccess;
+    if (mnv_cu_mmv_fast(&a->w, a->k, a->x, a->ldx)) return mmv_launch(a, 1, s);
+    if (a->bias || a->res) return cudaErrorInvalidValue; /* epilogues are the chunked path's */
     int64_t gy = (a->m + PLAIN_MR - 1) / PLAIN_MR;
     if (gy > 65535) return cudaErrorInvalidValue;
     dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)gy);
@@ -217,6 +400,99 @@ static __global__ void __launch_bounds__(WARPS * 32) k_moe_tiles(mnv_cu_moe_args
     }
 }
 
+
+/* Experts, chunked: MX = 1, one (token, slot) per grid row y; MX = MOE_MR,
+ * one tile of an expert's rows (grouped) per grid row y. With DUAL the
+ * group reads RW rows of the gate and the same RW rows of the up weight
+ * and writes their SwiGLU. */
+template <int F, int RW, int MX, bool DUAL>
+static __global__ void __launch_bounds__(MMV_THREADS) k_moe_mmv(mnv_cu_moe_args a, moe_groups gr, int wk) {
+    constexpr int E = mmv_fmt<F>::epc, R = DUAL ? 2 * RW : RW;
+    __shared__ float red[MMV_WARPS][R * MX];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t n0 = ((int64_t)blockIdx.x * (MMV_WARPS / wk) + warp / wk) * RW;
+    int32_t ts[MX], e, cnt = 1;
+    if (MX == 1) {
+        ts[0] = (int32_t)blockIdx.y;
+        e = a.ids[ts[0]];
+    } else {
+        int32_t t = (int32_t)blockIdx.y;
+        if (t >= *gr.n_tiles) return; /* the whole block */
+        e = gr.tile[3 * t];
+        int32_t first = gr.tile[3 * t + 1];
+        cnt = gr.tile[3 * t + 2];
+#pragma unroll
+        for (int c = 0; c < MX; c++) ts[c] = gr.sorted[first + (c < cnt ? c : 0)];
+    }
+    mmv_row rows[R];
+    const float *xs[MX];
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        int64_t n = n0 + r < a.n ? n0 + r : a.n - 1;
+        rows[r] = mmv_row_of(a.w, e, n);
+        if (DUAL) rows[RW + r] = mmv_row_of(a.w2, e, n);
+    }
+#pragma unroll
+    for (int c = 0; c < MX; c++) xs[c] = a.x + (a.per_slot ? ts[c] : ts[c] / a.kk) * a.k;
+    float acc[R][MX];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < MX; c++) acc[r][c] = 0.0f;
+    if (n0 < a.n) mmv_accum<F, R, MX>(a.w, rows, xs, a.k / E, (warp % wk) * 32 + lane, 32 * wk, acc);
+    int pair;
+    float v = mmv_reduce<R, MX>(acc, red, wk, &pair);
+    if (pair < 0) return;
+    int r = pair / MX, c = pair % MX;
+    if (DUAL && r >= RW) return; /* the up rows' sums are read by the gate rows' lanes */
+    int64_t n = n0 + r;
+    if (n >= a.n || c >= cnt) return;
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) {
+        const int gw = warp - warp % wk; /* the group's first warp holds the summed... */
+        float u = 0.0f;
+        for (int i = 0; i < wk; i++) u += red[gw + i][(RW + r) * MX + c];
+        u = u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f);
+        v = cu_swiglu(v, u, a.alpha, a.limit);
+    }
+    a.y[(int64_t)ts[c] * a.n + n] = v;
+}
+
+
+template <int F, int MX, bool DUAL>
+static cudaError_t moe_go(const mnv_cu_moe_args *a, const moe_groups *gr, int64_t gy, cudaStream_t s) {
+    constexpr int RW = 2;
+    int wk = mmv_wk(a->n, a->k / mmv_fmt<F>::epc);
+    int64_t per_block = (int64_t)(MMV_WARPS / wk) * RW, gx = (a->n + per_block - 1) / per_block;
+    if (gy > 65535) return cudaErrorInvalidValue;
+    moe_groups g = gr ? *gr : moe_groups{NULL, NULL, NULL};
+    k_moe_mmv<F, RW, MX, DUAL><<<dim3((unsigned)gx, (unsigned)gy), MMV_THREADS, 0, s>>>(*a, g, wk);
+    CU_CHECK_LAUNCH();
+}
+
+template <int F> static cudaError_t moe_fmt(const mnv_cu_moe_args *a, const moe_groups *gr, int64_t gy, cudaStream_t s) {
+    if (gr) return a->dual ? moe_go<F, MOE_MR, true>(a, gr, gy, s) : moe_go<F, MOE_MR, false>(a, gr, gy, s);
+    return a->dual ? moe_go<F, 1, true>(a, NULL, gy, s) : moe_go<F, 1, false>(a, NULL, gy, s);
+}
+
+/* gy: (token, slot) rows, or (grouped) the most tiles there can be. */
+static cudaError_t moe_mmv_launch(const mnv_cu_moe_args *a, const moe_groups *gr, int64_t gy, cudaStream_t s) {
+    int f = mmv_layout(&a->w, a->k);
+    if (a->dual && (mmv_layout(&a->w2, a->k) != f || a->w2.mode != a->w.mode || a->w2.bits != a->w.bits ||
+                    a->w2.group_size != a->w.group_size || a->w2.scale_type != a->w.scale_type ||
+                    a->w2.wtype != a->w.wtype))
+        return cudaErrorInvalidValue;
+    switch (f) {
+    case MMV_F32: return moe_fmt<MMV_F32>(a, gr, gy, s);
+    case MMV_BF16: return moe_fmt<MMV_BF16>(a, gr, gy, s);
+    case MMV_F16: return moe_fmt<MMV_F16>(a, gr, gy, s);
+    case MMV_A8: return moe_fmt<MMV_A8>(a, gr, gy, s);
+    case MMV_A4: return moe_fmt<MMV_A4>(a, gr, gy, s);
+    case MMV_MX4: return moe_fmt<MMV_MX4>(a, gr, gy, s);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 extern "C" size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E) {
     int64_t rows = T * kk;
     if (rows < MNV_CU_MOE_GROUP_MIN) return 0;
@@ -227,14 +503,18 @@ extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch
     int64_t rows = a->T * a->kk;
     if (rows <= 0 || a->n <= 0) return cudaSuccess;
     unsigned gx = (unsigned)((a->n + WARPS - 1) / WARPS);
+    bool fast = mnv_cu_mmv_fast(&a->w, a->k, a->x, a->k);
+    if (a->dual && !fast) return cudaErrorInvalidValue; /* pairing is the chunked path's */
     if (rows >= MNV_CU_MOE_GROUP_MIN && scratch) {
         int64_t max_tiles = rows / MOE_MR + a->E + 1;
         if (max_tiles > 65535 || a->E > 4096) return cudaErrorInvalidValue;
         moe_groups gr = {(int32_t *)scratch, (int32_t *)scratch + rows, (int32_t *)scratch + rows + 3 * max_tiles};
         k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, gr);
+        if (fast) return moe_mmv_launch(a, &gr, max_tiles, s);
         k_moe_tiles<<<dim3(gx, (unsigned)max_tiles), WARPS * 32, 0, s>>>(*a, gr);
         CU_CHECK_LAUNCH();
     }
+    if (fast) return moe_mmv_launch(a, NULL, rows, s);
     if (rows > 65535) return cudaErrorInvalidValue;
     k_moe<<<dim3(gx, (unsigned)rows), WARPS * 32, 0, s>>>(*a);
     CU_CHECK_LAUNCH();

@@ -34,11 +34,7 @@ static __global__ void k_elem(mnv_cu_elem_args a) {
         case MNV_CU_ADD: y = x + cu_load(a.b, a.bt, (i / a.n) * a.bs + i % a.n); break;
         case MNV_CU_MUL: y = x * cu_load(a.b, a.bt, (i / a.n) * a.bs + i % a.n); break;
         case MNV_CU_SILU_MUL: y = x / (1.0f + expf(-x)) * ((const float *)a.b)[i]; break;
-        case MNV_CU_SWIGLU: {
-            float g = fminf(x, a.f1), u = fminf(fmaxf(((const float *)a.b)[i], -a.f1), a.f1);
-            y = g / (1.0f + expf(-a.f0 * g)) * (u + 1.0f);
-            break;
-        }
+        case MNV_CU_SWIGLU: y = cu_swiglu(x, ((const float *)a.b)[i], a.f0, a.f1); break;
         case MNV_CU_SCALE: y = x * a.f0; break;
         case MNV_CU_SILU: y = x / (1.0f + expf(-x)); break;
         default: y = 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); break;
@@ -108,26 +104,74 @@ extern "C" cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y,
 }
 
 /* ---- RoPE: one thread per (row, head, rotated pair); the rest copied ---- */
-static __global__ void k_rope(mnv_cu_rope_args a) {
+static __device__ __forceinline__ int64_t rope_items(const mnv_cu_rope_args &a) {
+    return a.rows * a.n_head * (a.n_rot / 2 + (a.head_dim - a.n_rot));
+}
+
+/* Item i of a RoPE: its (row, head) *rh and one or two (dimension, value)
+ * results; returns how many. */
+static __device__ __forceinline__ int rope_item(const mnv_cu_rope_args &a, int64_t i, int64_t *rh, int32_t *d,
+                                                float *v) {
     int32_t D = a.head_dim, half = a.n_rot / 2, per_head = half + (D - a.n_rot);
-    int64_t total = a.rows * a.n_head * per_head;
-    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= total) return;
     int32_t k = (int32_t)(i % per_head);
-    int64_t rh = i / per_head, r = rh / a.n_head;
-    const float *xh = a.x + rh * D;
-    float *yh = a.y + rh * D;
+    *rh = i / per_head;
+    const float *xh = a.x + *rh * D;
     if (k >= half) { /* a dimension that is not rotated */
-        int32_t d = a.n_rot + (k - half);
-        yh[d] = xh[d];
-        return;
+        d[0] = a.n_rot + (k - half);
+        v[0] = xh[d[0]];
+        return 1;
     }
-    float ang = (float)a.pos[r] * a.inv_freq[k]; /* f32 product, as the reference computes it */
+    float ang = (float)a.pos[*rh / a.n_head] * a.inv_freq[k]; /* f32 product, as the reference computes it */
     float cs = (float)cos((double)ang) * a.attn_factor, sn = (float)sin((double)ang) * a.attn_factor;
-    int32_t i0 = a.traditional ? 2 * k : k, i1 = a.traditional ? 2 * k + 1 : k + half;
-    float x0 = xh[i0], x1 = xh[i1];
-    yh[i0] = x0 * cs - x1 * sn;
-    yh[i1] = x1 * cs + x0 * sn;
+    d[0] = a.traditional ? 2 * k : k;
+    d[1] = a.traditional ? 2 * k + 1 : k + half;
+    float x0 = xh[d[0]], x1 = xh[d[1]];
+    v[0] = x0 * cs - x1 * sn;
+    v[1] = x1 * cs + x0 * sn;
+    return 2;
+}
+
+static __global__ void k_rope(mnv_cu_rope_args a) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, rh;
+    if (i >= rope_items(a)) return;
+    int32_t d[2];
+    float v[2];
+    int n = rope_item(a, i, &rh, d, v);
+    for (int j = 0; j < n; j++) a.y[rh * a.head_dim + d[j]] = v[j];
+}
+
+/* Element e of token t's row into a cache at the token's slot. */
+static __device__ __forceinline__ void cache_put(const mnv_cu_cache &c, void *cache, const int32_t *slot, int64_t t,
+                                                 int64_t e, float v) {
+    int64_t blk = slot[t] / c.block_tokens, r = slot[t] % c.block_tokens;
+    cu_store(cache, c.dtype, blk * c.block_stride + r * c.n_head_kv * c.head_dim + e, v);
+}
+
+/* RoPE of q, RoPE of k into its cache, v into its cache: one launch. */
+static __global__ void k_rope_write(mnv_cu_rope_write_args a) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, rh;
+    int64_t nq = rope_items(a.q), nk = rope_items(a.k), nv = a.T * a.vc.n_head_kv * a.vc.head_dim;
+    int32_t d[2];
+    float v[2];
+    if (i < nq) {
+        int n = rope_item(a.q, i, &rh, d, v);
+        for (int j = 0; j < n; j++) a.q.y[rh * a.q.head_dim + d[j]] = v[j];
+    } else if (i < nq + nk) {
+        int n = rope_item(a.k, i - nq, &rh, d, v);
+        int64_t t = rh / a.k.n_head, h = rh % a.k.n_head;
+        for (int j = 0; j < n; j++) cache_put(a.kc, a.kcache, a.slot, t, h * a.k.head_dim + d[j], v[j]);
+    } else if (i < nq + nk + nv) {
+        int64_t e = i - nq - nk, row = a.vc.n_head_kv * a.vc.head_dim;
+        cache_put(a.vc, a.vcache, a.slot, e / row, e % row, a.v[e]);
+    }
+}
+
+extern "C" cudaError_t mnv_cu_rope_write(const mnv_cu_rope_write_args *a, cudaStream_t s) {
+    int64_t total = a->q.rows * a->q.n_head * (a->q.n_rot / 2 + a->q.head_dim - a->q.n_rot) +
+                    a->k.rows * a->k.n_head * (a->k.n_rot / 2 + a->k.head_dim - a->k.n_rot) +
+                    a->T * a->vc.n_head_kv * a->vc.head_dim;
+    if (total > 0) k_rope_write<<<blocks_for(total, 256), 256, 0, s>>>(*a);
+    CU_CHECK_LAUNCH();
 }
 
 extern "C" cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s) {
@@ -191,18 +235,7 @@ extern "C" cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, co
 static __global__ void k_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
-    const float *xr = x + r * n;
-    int32_t *out = ids + r * k;
-    int32_t cnt = 0;
-    for (int32_t i = 0; i < n; i++) { /* insertion into a sorted list of k; ties keep the lower index */
-        int32_t p = cnt < k ? cnt : k;
-        while (p > 0 && xr[i] > xr[out[p - 1]]) p--;
-        if (p >= k) continue;
-        int32_t last = cnt < k ? cnt : k - 1;
-        for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
-        out[p] = i;
-        if (cnt < k) cnt++;
-    }
+    cu_topk_row(x + r * n, n, k, ids + r * k);
 }
 
 extern "C" cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s) {
@@ -214,11 +247,7 @@ static __global__ void k_gather_softmax(const float *x, int64_t n, const int32_t
                                         int64_t rows) {
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
-    const float *xr = x + r * n;
-    float m = -INFINITY, s = 0.0f;
-    for (int32_t j = 0; j < k; j++) m = fmaxf(m, xr[ids[r * k + j]]);
-    for (int32_t j = 0; j < k; j++) s += w[r * k + j] = expf(xr[ids[r * k + j]] - m);
-    for (int32_t j = 0; j < k; j++) w[r * k + j] /= s;
+    cu_gather_softmax_row(x + r * n, ids + r * k, k, w + r * k);
 }
 
 extern "C" cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w,
@@ -227,18 +256,19 @@ extern "C" cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const in
     CU_CHECK_LAUNCH();
 }
 
-static __global__ void k_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows) {
+static __global__ void k_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
+                                 int64_t rows) {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * n) return;
     int64_t r = i / n, c = i % n;
     float acc = 0.0f;
     for (int32_t j = 0; j < k; j++) acc += w[r * k + j] * x[(r * k + j) * n + c];
-    y[i] = acc;
+    y[i] = res ? res[i] + acc : acc;
 }
 
-extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, float *y, int64_t rows,
-                                      cudaStream_t s) {
-    if (rows * n > 0) k_moe_sum<<<blocks_for(rows * n, 256), 256, 0, s>>>(x, w, k, n, y, rows);
+extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
+                                      int64_t rows, cudaStream_t s) {
+    if (rows * n > 0) k_moe_sum<<<blocks_for(rows * n, 256), 256, 0, s>>>(x, w, k, n, res, y, rows);
     CU_CHECK_LAUNCH();
 }
 

@@ -1,0 +1,135 @@
+/* Per-node timing of the CUDA backend (MNV_CUDA_PROFILE=1): each node's
+ * launches are bracketed by events, graphs run node by node (no replay),
+ * and when the backend is freed a table of device time by op and weight
+ * (layer numbers folded) goes to stderr. A tool for finding where a step's
+ * time goes, not a mode to run in: the events and the synchronisation per
+ * step cost time of their own. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_prof.h"
+
+typedef struct {
+    char key[96];
+    double ms;
+    int64_t calls;
+} prof_row;
+
+struct mnv_cu_prof {
+    cudaEvent_t *ev;
+    int32_t n_ev;
+    prof_row *rows;
+    int32_t n_rows, cap_rows;
+    int64_t steps;
+    double total_ms;
+};
+
+mnv_cu_prof *mnv__cu_prof_create(void) { return calloc(1, sizeof(mnv_cu_prof)); }
+
+/* A node's key: its op and the first weight it reads, digits folded to '#'. */
+static void node_key(const mnv_node *n, char *out, size_t cap) {
+    const char *w = "";
+    for (int s = 0; s < MNV_MAX_SRC && !*w; s++)
+        if (n->src[s] && n->src[s]->op == MNV_OP_LEAF && (n->src[s]->flags & MNV_NODE_PARAM)) w = n->src[s]->name;
+    size_t k = (size_t)snprintf(out, cap, "%-14s ", mnv_op_name(n->op));
+    bool digit = false;
+    for (; *w && k + 1 < cap; w++) {
+        if (isdigit((unsigned char)*w)) {
+            if (!digit) out[k++] = '#';
+            digit = true;
+        } else {
+            out[k++] = *w;
+            digit = false;
+        }
+    }
+    out[k < cap ? k : cap - 1] = 0;
+}
+
+static prof_row *row_of(mnv_cu_prof *p, const char *key) {
+    for (int32_t i = 0; i < p->n_rows; i++)
+        if (strcmp(p->rows[i].key, key) == 0) return &p->rows[i];
+    if (p->n_rows == p->cap_rows) {
+        int32_t nc = p->cap_rows ? 2 * p->cap_rows : 64;
+        prof_row *r = realloc(p->rows, (size_t)nc * sizeof *r);
+        if (!r) return NULL;
+        p->rows = r;
+        p->cap_rows = nc;
+    }
+    prof_row *r = &p->rows[p->n_rows++];
+    memset(r, 0, sizeof *r);
+    snprintf(r->key, sizeof r->key, "%s", key);
+    return r;
+}
+
+static bool grow(mnv_cu_prof *p, int32_t n_ev);
+
+bool mnv__cu_prof_begin(mnv_cu_prof *p, int32_t n_nodes, cudaStream_t s) {
+    if (p->n_ev < n_nodes + 1 && !grow(p, n_nodes + 1)) return false;
+    cudaEventRecord(p->ev[0], s); /* the step's start, whatever node 0 is */
+    return true;
+}
+
+static bool grow(mnv_cu_prof *p, int32_t n_ev) {
+    cudaEvent_t *ev = realloc(p->ev, (size_t)n_ev * sizeof *ev);
+    if (!ev) return false;
+    p->ev = ev;
+    for (int32_t i = p->n_ev; i < n_ev; i++)
+        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
+            p->n_ev = i;
+            return false;
+        }
+    p->n_ev = n_ev;
+    return true;
+}
+
+void mnv__cu_prof_mark(mnv_cu_prof *p, int32_t i, cudaStream_t s) { cudaEventRecord(p->ev[i], s); }
+
+void mnv__cu_prof_end(mnv_cu_prof *p, mnv_graph *g, cudaStream_t s) {
+    int32_t n = mnv_graph_n_nodes(g);
+    cudaEventRecord(p->ev[n], s);
+    cudaEventSynchronize(p->ev[n]);
+    char key[96];
+    float ms;
+    p->steps++;
+    if (cudaEventElapsedTime(&ms, p->ev[0], p->ev[n]) == cudaSuccess) p->total_ms += ms;
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
+        /* the next marked node's event ends this one */
+        int32_t j = i + 1;
+        while (j < n && (mnv_graph_node(g, j)->op == MNV_OP_LEAF || mnv_graph_node(g, j)->op == MNV_OP_VIEW)) j++;
+        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[j]) != cudaSuccess) continue;
+        node_key(nd, key, sizeof key);
+        prof_row *r = row_of(p, key);
+        if (r) {
+            r->ms += ms;
+            r->calls++;
+        }
+    }
+}
+
+static int by_time(const void *a, const void *b) {
+    double x = ((const prof_row *)a)->ms, y = ((const prof_row *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+void mnv__cu_prof_free(mnv_cu_prof *p) {
+    if (!p) return;
+    if (p->steps > 0) {
+        qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, by_time);
+        fprintf(stderr, "cuda profile: %lld graph runs, %.3f ms of device time each on average\n",
+                (long long)p->steps, p->total_ms / (double)p->steps);
+        fprintf(stderr, "%-80s %9s %11s %6s\n", "op and weight", "calls", "us/call", "share");
+        for (int32_t i = 0; i < p->n_rows; i++) {
+            const prof_row *r = &p->rows[i];
+            fprintf(stderr, "%-80.80s %9lld %11.2f %5.1f%%\n", r->key, (long long)r->calls,
+                    1000.0 * r->ms / (double)r->calls, p->total_ms > 0 ? 100.0 * r->ms / p->total_ms : 0.0);
+        }
+    }
+    for (int32_t i = 0; i < p->n_ev; i++) cudaEventDestroy(p->ev[i]);
+    free(p->ev);
+    free(p->rows);
+    free(p);
+}
