@@ -754,8 +754,8 @@ static mnv_status run_nodes(mnv_backend *b, mnv_graph *g) {
             return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s%s): %s", c->name, i, nd->name,
                                  mnv_op_name(nd->op), last >= 0 ? ", fused" : "",
                                  c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
-        for (; i < last; i++) /* the covered nodes: their time is the first one's */
-            if (c->prof && !is_leafy(mnv_graph_node(g, i + 1))) mnv__cu_prof_mark(c->prof, i + 1, c->stream);
+        if (c->prof) mnv__cu_prof_done(c->prof, i, c->stream);
+        if (last > i) i = last; /* the covered nodes: their time is the first one's */
     }
     return MNV_OK;
 }

@@ -1,12 +1,14 @@
 /* Per-node timing of the CUDA backend (MNV_CUDA_PROFILE=1): each node's
- * launches are bracketed by events, graphs run node by node (no replay),
- * and when the backend is freed a table of device time by op and weight
- * (layer numbers folded) goes to stderr. A tool for finding where a step's
- * time goes, not a mode to run in: the events and the synchronisation per
- * step cost time of their own. */
+ * launches are bracketed by events and waited for before the next node is
+ * queued (so the time is the device's, not the host's pace of launching),
+ * graphs run node by node (no replay), and when the backend is freed a
+ * table of device time by op and weight (layer numbers folded) goes to
+ * stderr. A tool for finding where a step's time goes, not a mode to run
+ * in: a replayed step runs its kernels back to back, without these waits. */
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_prof.h"
@@ -18,8 +20,9 @@ typedef struct {
 } prof_row;
 
 struct mnv_cu_prof {
-    cudaEvent_t *ev;
+    cudaEvent_t *ev; /* two per node: before and after its launches */
     int32_t n_ev;
+    uint8_t *timed;  /* nodes timed this step (a fused launch times its first) */
     prof_row *rows;
     int32_t n_rows, cap_rows;
     int64_t steps;
@@ -66,8 +69,12 @@ static prof_row *row_of(mnv_cu_prof *p, const char *key) {
 static bool grow(mnv_cu_prof *p, int32_t n_ev);
 
 bool mnv__cu_prof_begin(mnv_cu_prof *p, int32_t n_nodes, cudaStream_t s) {
-    if (p->n_ev < n_nodes + 1 && !grow(p, n_nodes + 1)) return false;
-    cudaEventRecord(p->ev[0], s); /* the step's start, whatever node 0 is */
+    (void)s;
+    if (p->n_ev < 2 * n_nodes && !grow(p, 2 * n_nodes)) return false;
+    uint8_t *t = realloc(p->timed, (size_t)n_nodes);
+    if (!t) return false;
+    p->timed = t;
+    memset(t, 0, (size_t)n_nodes);
     return true;
 }
 
@@ -84,29 +91,29 @@ static bool grow(mnv_cu_prof *p, int32_t n_ev) {
     return true;
 }
 
-void mnv__cu_prof_mark(mnv_cu_prof *p, int32_t i, cudaStream_t s) { cudaEventRecord(p->ev[i], s); }
+void mnv__cu_prof_mark(mnv_cu_prof *p, int32_t i, cudaStream_t s) { cudaEventRecord(p->ev[2 * i], s); }
+
+void mnv__cu_prof_done(mnv_cu_prof *p, int32_t i, cudaStream_t s) {
+    cudaEventRecord(p->ev[2 * i + 1], s);
+    cudaEventSynchronize(p->ev[2 * i + 1]);
+    p->timed[i] = 1;
+}
 
 void mnv__cu_prof_end(mnv_cu_prof *p, mnv_graph *g, cudaStream_t s) {
+    (void)s;
     int32_t n = mnv_graph_n_nodes(g);
-    cudaEventRecord(p->ev[n], s);
-    cudaEventSynchronize(p->ev[n]);
     char key[96];
     float ms;
     p->steps++;
-    if (cudaEventElapsedTime(&ms, p->ev[0], p->ev[n]) == cudaSuccess) p->total_ms += ms;
     for (int32_t i = 0; i < n; i++) {
-        mnv_node *nd = mnv_graph_node(g, i);
-        if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
-        /* the next marked node's event ends this one */
-        int32_t j = i + 1;
-        while (j < n && (mnv_graph_node(g, j)->op == MNV_OP_LEAF || mnv_graph_node(g, j)->op == MNV_OP_VIEW)) j++;
-        if (cudaEventElapsedTime(&ms, p->ev[i], p->ev[j]) != cudaSuccess) continue;
-        node_key(nd, key, sizeof key);
+        if (!p->timed[i] || cudaEventElapsedTime(&ms, p->ev[2 * i], p->ev[2 * i + 1]) != cudaSuccess) continue;
+        node_key(mnv_graph_node(g, i), key, sizeof key);
         prof_row *r = row_of(p, key);
         if (r) {
             r->ms += ms;
             r->calls++;
         }
+        p->total_ms += ms;
     }
 }
 
@@ -119,7 +126,7 @@ void mnv__cu_prof_free(mnv_cu_prof *p) {
     if (!p) return;
     if (p->steps > 0) {
         qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, by_time);
-        fprintf(stderr, "cuda profile: %lld graph runs, %.3f ms of device time each on average\n",
+        fprintf(stderr, "cuda profile: %lld graph runs, %.3f ms of kernel time each on average\n",
                 (long long)p->steps, p->total_ms / (double)p->steps);
         fprintf(stderr, "%-80s %9s %11s %6s\n", "op and weight", "calls", "us/call", "share");
         for (int32_t i = 0; i < p->n_rows; i++) {
@@ -130,6 +137,7 @@ void mnv__cu_prof_free(mnv_cu_prof *p) {
     }
     for (int32_t i = 0; i < p->n_ev; i++) cudaEventDestroy(p->ev[i]);
     free(p->ev);
+    free(p->timed);
     free(p->rows);
     free(p);
 }
