@@ -7,6 +7,7 @@
  * 77 (CTest reports the test as skipped). */
 #include "minerva.h"
 #include "backend/backend.h"
+#include "quant/kv_quant.h"
 #include "test.h"
 
 /* One side of a comparison: a backend, and device copies of the case's
@@ -621,6 +622,93 @@ static void test_attention(void) {
     }
 }
 
+/* ---- quantized caches (Q8, Q4): cache writes and attention ---- */
+typedef struct {
+    int64_t NB, B, Hkv, H, D, T;
+    mnv_kv_layout lk, lv;
+    uint8_t *kpool, *vpool; /* NB blocks of B token rows of Hkv head rows */
+    int32_t *pos, *slot, *seq, *tables;
+    float *q, *k, *v;
+    int32_t window;
+} qattn_case;
+
+static mnv_array *kv_leaf(side *s, mnv_graph *g, const qattn_case *c, const mnv_kv_layout *l, const uint8_t *pool,
+                          const char *name) {
+    int64_t bs = c->B * c->Hkv * l->row_bytes, bytes = c->NB * bs;
+    void *data = (void *)pool;
+    if (!mnv_backend_host_memory(s->be)) {
+        mnv_buffer *b = NULL;
+        if (s->nb == 32 || mnv_buffer_alloc(s->be, (size_t)bytes, &b) != MNV_OK) return NULL;
+        s->bufs[s->nb++] = b;
+        if (mnv_buffer_upload(b, 0, pool, (size_t)bytes) != MNV_OK) return NULL;
+        data = mnv_buffer_addr(b);
+    }
+    return mnv_kv_param(g, data, l, c->NB, c->B, c->Hkv, bs, name);
+}
+
+static mnv_array *build_qattention(side *s, mnv_graph *g, void *ud) {
+    qattn_case *c = ud;
+    int64_t qs[3] = {c->T, c->H, c->D}, ks[3] = {c->T, c->Hkv, c->D}, ts[2] = {1, c->NB};
+    mnv_array *slot = I(g, c->slot, MNV_DTYPE_I32, 1, &c->T);
+    mnv_array *kc = mnv_cache_write(g, kv_leaf(s, g, c, &c->lk, c->kpool, "k"), P(s, g, c->k, MNV_DTYPE_F32, 3, ks), slot);
+    mnv_array *vc = mnv_cache_write(g, kv_leaf(s, g, c, &c->lv, c->vpool, "v"), P(s, g, c->v, MNV_DTYPE_F32, 3, ks), slot);
+    return mnv_attention(g, P(s, g, c->q, MNV_DTYPE_F32, 3, qs), kc, vc, I(g, c->tables, MNV_DTYPE_I32, 2, ts),
+                         I(g, c->seq, MNV_DTYPE_I32, 1, &c->T), I(g, c->pos, MNV_DTYPE_I32, 1, &c->T), NULL,
+                         1.0f / sqrtf((float)c->D), c->window);
+}
+
+static void test_attention_quant(void) {
+    static const mnv_kv_type kt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q8, MNV_KV_F16};
+    static const mnv_kv_type vt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q4, MNV_KV_Q8};
+    for (int i = 0; i < 8; i++) {
+        qattn_case c = {.B = 16, .Hkv = t_randint(1, 2), .D = i % 2 ? 64 : 128, .T = t_randint(1, 4),
+                        .window = i == 5 ? t_randint(50, 300) : 0};
+        c.H = c.Hkv * t_randint(1, 4);
+        int64_t len = i < 4 ? t_randint(c.T, 60) : t_randint(300, 900); /* one sequence; its last T are new */
+        c.NB = (len + c.B - 1) / c.B;
+        CHECK(mnv_kv_layout_make(kt[i % 4], (int32_t)c.D, 0, &c.lk) == MNV_OK);
+        CHECK(mnv_kv_layout_make(vt[i % 4], (int32_t)c.D, 0, &c.lv) == MNV_OK);
+        size_t kb = (size_t)(c.NB * c.B * c.Hkv * c.lk.row_bytes), vb = (size_t)(c.NB * c.B * c.Hkv * c.lv.row_bytes);
+        c.kpool = malloc(kb);
+        c.vpool = malloc(vb);
+        float *row = malloc(sizeof(float) * (size_t)c.D);
+        for (int64_t r = 0; r < c.NB * c.B * c.Hkv; r++) { /* the context: random rows stored in each layout */
+            for (int64_t d = 0; d < c.D; d++) row[d] = t_randf();
+            mnv_kv_store_row(&c.lk, row, c.kpool + r * c.lk.row_bytes);
+            for (int64_t d = 0; d < c.D; d++) row[d] = t_randf();
+            mnv_kv_store_row(&c.lv, row, c.vpool + r * c.lv.row_bytes);
+        }
+        free(row);
+        c.tables = malloc(sizeof(int32_t) * (size_t)c.NB);
+        for (int b = 0; b < c.NB; b++) c.tables[b] = (int32_t)(c.NB - 1 - b); /* blocks in reverse order */
+        c.pos = malloc(sizeof(int32_t) * (size_t)c.T);
+        c.slot = malloc(sizeof(int32_t) * (size_t)c.T);
+        c.seq = calloc((size_t)c.T, sizeof(int32_t));
+        for (int t = 0; t < c.T; t++) {
+            c.pos[t] = (int32_t)(len - c.T + t);
+            c.slot[t] = c.tables[c.pos[t] / c.B] * (int32_t)c.B + c.pos[t] % (int32_t)c.B;
+        }
+        c.q = randv((size_t)(c.T * c.H * c.D), 1.0f);
+        c.k = randv((size_t)(c.T * c.Hkv * c.D), 1.0f);
+        c.v = randv((size_t)(c.T * c.Hkv * c.D), 1.0f);
+        char what[96];
+        snprintf(what, sizeof what, "attention K %s V %s H %lld/%lld D %lld T %lld len %lld win %d",
+                 mnv_kv_type_name(kt[i % 4]), mnv_kv_type_name(vt[i % 4]), (long long)c.H, (long long)c.Hkv,
+                 (long long)c.D, (long long)c.T, (long long)len, c.window);
+        compare(what, build_qattention, &c, 1e-5, false);
+        same_bits(what, build_qattention, &c);
+        free(c.kpool);
+        free(c.vpool);
+        free(c.tables);
+        free(c.pos);
+        free(c.slot);
+        free(c.seq);
+        free(c.q);
+        free(c.k);
+        free(c.v);
+    }
+}
+
 /* ---- mixture of experts: router, expert products, weighted sum ---- */
 typedef struct {
     int64_t T, E, kk, N, K;
@@ -945,6 +1033,7 @@ int main(void) {
     test_fused_products();
     test_shared_products();
     test_attention();
+    test_attention_quant();
     test_moe();
     test_moe_block();
     printf("ops: %d passed, %d failed\n", t_pass, t_fail);

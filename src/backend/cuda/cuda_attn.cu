@@ -20,24 +20,29 @@
 #define ATTN_CHUNK 256
 #define ATTN_MAXD 256
 
-/* Element offset of position p of sequence s (KV head 0) in cache c. */
-static __device__ __forceinline__ int64_t row_offset(const mnv_cu_attn_args &a, const mnv_cu_cache &c, int64_t s,
-                                                     int64_t p) {
+/* The row of KV head kvh at position p of sequence s in cache c. */
+static __device__ __forceinline__ const uint8_t *kv_row(const mnv_cu_attn_args &a, const mnv_cu_cache &c,
+                                                        const void *base, int64_t s, int64_t p, int64_t kvh) {
     int64_t B = c.block_tokens;
     int64_t blk = a.tables ? a.tables[s * a.table_stride + p / B] : s;
-    return blk * c.block_stride + (p % B) * c.n_head_kv * c.head_dim;
+    return (const uint8_t *)base + blk * c.block_stride + ((p % B) * c.n_head_kv + kvh) * c.row_bytes;
 }
 
 static __device__ __forceinline__ float half_bits(uint32_t h, int32_t dt) {
     return dt == MNV_CU_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
 }
 
-/* dot(q, K row at element offset off), summed in order d = 0, 1, ...;
- * 16 bytes a load where the row allows. */
-static __device__ __forceinline__ float kdot(const void *k, int32_t dt, int64_t off, const float *sq, int64_t D) {
+/* dot(q, a K row), summed in order d = 0, 1, ...; 16 bytes a load where a
+ * float row allows. */
+static __device__ __forceinline__ float kdot(const uint8_t *row, const mnv_cu_cache &c, const float *sq, int64_t D) {
     float dot = 0.0f;
+    const int32_t dt = c.dtype;
+    if (c.kv >= MNV_CU_KV_Q8) {
+        for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], cu_kv_at(row, c.kv, dt, c.group, c.scales_at, D, d), dot);
+        return dot;
+    }
     if (dt == MNV_CU_F32) {
-        const float *p = (const float *)k + off;
+        const float *p = (const float *)row;
         if (((uintptr_t)p & 15) == 0 && D % 4 == 0) {
             for (int64_t d = 0; d < D; d += 4) {
                 float4 v = __ldg((const float4 *)(p + d));
@@ -51,7 +56,7 @@ static __device__ __forceinline__ float kdot(const void *k, int32_t dt, int64_t 
         }
         return dot;
     }
-    const uint16_t *p = (const uint16_t *)k + off;
+    const uint16_t *p = (const uint16_t *)row;
     if (((uintptr_t)p & 15) == 0 && D % 8 == 0) {
         for (int64_t d = 0; d < D; d += 8) {
             uint4 v = __ldg((const uint4 *)(p + d));
@@ -114,7 +119,7 @@ static __device__ attn_state<DPL> chunk_partial(const mnv_cu_attn_args &a, int64
         int64_t j = base + lane;
         float sc = -INFINITY;
         if (j <= hi) {
-            sc = kdot(a.k, a.kc.dtype, row_offset(a, a.kc, s, j) + kvh * D, sq, D) * a.scale;
+            sc = kdot(kv_row(a, a.kc, a.k, s, j, kvh), a.kc, sq, D) * a.scale;
         }
         float mt = warp_max(sc), mn = fmaxf(st.m, mt);
         float corr = st.m == -INFINITY ? 0.0f : expf(st.m - mn);
@@ -126,11 +131,12 @@ static __device__ attn_state<DPL> chunk_partial(const mnv_cu_attn_args &a, int64
         int n = hi - base + 1 < 32 ? (int)(hi - base + 1) : 32;
         for (int jj = 0; jj < n; jj++) {
             float pj = __shfl_sync(0xffffffffu, p, jj);
-            int64_t vo = row_offset(a, a.vc, s, base + jj) + kvh * D;
+            const uint8_t *vr = kv_row(a, a.vc, a.v, s, base + jj, kvh);
 #pragma unroll
             for (int i = 0; i < DPL; i++) {
                 int64_t d = lane * DPL + i;
-                if (d < D) st.acc[i] = fmaf(pj, cu_load(a.v, a.vc.dtype, vo + d), st.acc[i]);
+                if (d < D)
+                    st.acc[i] = fmaf(pj, cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d), st.acc[i]);
             }
         }
     }

@@ -204,7 +204,12 @@ static mnv_status map_params(cuda_ctx *c, mnv_graph *g) {
 static bool is_float(mnv_dtype t) { return t == MNV_DTYPE_F32 || t == MNV_DTYPE_F16 || t == MNV_DTYPE_BF16; }
 
 static mnv_cu_cache cache_of(const mnv_node *c) {
-    return (mnv_cu_cache){c->shape[2], c->shape[3], c->shape[1], c->stride[0], (int32_t)c->dtype};
+    mnv_kv_layout lay = {0};
+    mnv_kv_layout_of(c, &lay); /* checked when the graph was built */
+    return (mnv_cu_cache){.n_head_kv = c->shape[2], .head_dim = lay.head_dim, .block_tokens = c->shape[1],
+                          .block_stride = c->stride[0] * (int64_t)mnv_dtype_size(c->dtype),
+                          .dtype = (int32_t)c->dtype, .kv = lay.type, .group = lay.group,
+                          .row_bytes = lay.row_bytes, .scales_at = lay.scales_at};
 }
 
 /* A 2-d (or per-expert 3-d) weight: float rows, or packed words with scales. */
@@ -433,9 +438,11 @@ static bool cuda_supports(mnv_backend *b, const mnv_node *n) {
     case MNV_OP_COPY: return is_float(n->src[0]->dtype) && is_float(n->dtype);
     case MNV_OP_ADD:
     case MNV_OP_MUL: return is_float(n->src[1]->dtype);
-    case MNV_OP_CACHE_WRITE: return is_float(n->dtype);
-    case MNV_OP_ATTENTION: /* float caches (Q8/Q4 caches are U8 rows: not yet on this backend) */
-        return is_float(n->src[1]->dtype) && is_float(n->src[2]->dtype) && n->src[1]->shape[3] <= 256;
+    case MNV_OP_CACHE_WRITE: return true; /* every KV type */
+    case MNV_OP_ATTENTION: {
+        mnv_kv_layout k, v;
+        return mnv_kv_layout_of(n->src[1], &k) && mnv_kv_layout_of(n->src[2], &v) && k.head_dim <= 256;
+    }
     case MNV_OP_MATMUL: return is_float(n->src[1]->dtype);
     case MNV_OP_GET_ROWS: return is_float(n->src[0]->dtype);
     case MNV_OP_MOE_MATMUL:

@@ -49,6 +49,19 @@ static __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+/* Element d of one head's row of a KV cache (quant/kv_quant.h); Q8/Q4
+ * rows are byte-aligned only, so their f16 scales are read a byte at a time. */
+static __device__ __forceinline__ float cu_kv_at(const uint8_t *row, int32_t kv, int32_t dtype, int32_t group,
+                                                 int32_t scales_at, int64_t D, int64_t d) {
+    if (kv < MNV_CU_KV_Q8) return cu_load(row, dtype, d);
+    int64_t g = d / group, ng = D / group;
+    const uint8_t *sp = row + scales_at + 2 * g, *bp = row + scales_at + 2 * (ng + g);
+    float s = __half2float(__ushort_as_half((unsigned short)(sp[0] | sp[1] << 8)));
+    float b = __half2float(__ushort_as_half((unsigned short)(bp[0] | bp[1] << 8)));
+    uint32_t q = kv == MNV_CU_KV_Q8 ? row[d] : (row[d >> 1] >> (4 * (d & 1))) & 15u;
+    return s * (float)q + b;
+}
+
 /* gpt-oss's clamped SwiGLU of gate g and up u (the SWIGLU_OAI op). */
 static __device__ __forceinline__ float cu_swiglu(float g, float u, float alpha, float limit) {
     g = fminf(g, limit);

@@ -65,11 +65,16 @@ cudaError_t mnv_cu_hadamard(const float *x, float *y, int64_t rows, int64_t n, i
 cudaError_t mnv_cu_get_rows(const void *table, int32_t tt, int64_t row_stride, int64_t n, const int32_t *ids,
                             float *y, int64_t rows, cudaStream_t s);
 
-/* A paged cache as in cpu/ops.h. */
+/* A paged cache as in cpu/ops.h: blocks block_stride bytes apart, of
+ * block_tokens token rows of n_head_kv head rows of row_bytes each, in the
+ * layout of quant/kv_quant.h: kv is its mnv_kv_type (F32, F16, BF16 rows of
+ * the float dtype; Q8 and Q4 rows of codes, then group f16 scales at byte
+ * scales_at, then the f16 biases). */
 typedef struct {
     int64_t n_head_kv, head_dim, block_tokens, block_stride;
-    int32_t dtype;
+    int32_t dtype, kv, group, row_bytes, scales_at;
 } mnv_cu_cache;
+enum { MNV_CU_KV_Q8 = 4, MNV_CU_KV_Q4 = 5 }; /* mnv_kv_type values */
 cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *rows, const int32_t *slot,
                                int64_t T, cudaStream_t s);
 

@@ -140,11 +140,17 @@ static __global__ void k_rope(mnv_cu_rope_args a) {
     for (int j = 0; j < n; j++) a.y[rh * a.head_dim + d[j]] = v[j];
 }
 
-/* Element e of token t's row into a cache at the token's slot. */
+/* Token t's row of a cache (its slot). */
+static __device__ __forceinline__ uint8_t *cache_row(const mnv_cu_cache &c, void *cache, const int32_t *slot,
+                                                     int64_t t) {
+    int64_t blk = slot[t] / c.block_tokens, r = slot[t] % c.block_tokens;
+    return (uint8_t *)cache + blk * c.block_stride + r * c.n_head_kv * c.row_bytes;
+}
+
+/* Element e of token t's row into a float cache at the token's slot. */
 static __device__ __forceinline__ void cache_put(const mnv_cu_cache &c, void *cache, const int32_t *slot, int64_t t,
                                                  int64_t e, float v) {
-    int64_t blk = slot[t] / c.block_tokens, r = slot[t] % c.block_tokens;
-    cu_store(cache, c.dtype, blk * c.block_stride + r * c.n_head_kv * c.head_dim + e, v);
+    cu_store(cache_row(c, cache, slot, t), c.dtype, e, v);
 }
 
 /* RoPE of q, RoPE of k into its cache, v into its cache: one launch. */
@@ -219,13 +225,52 @@ static __global__ void k_cache_write(mnv_cu_cache c, void *cache, const float *r
     int64_t rowlen = c.n_head_kv * c.head_dim;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= T * rowlen) return;
-    int64_t t = i / rowlen, e = i % rowlen;
-    int64_t blk = slot[t] / c.block_tokens, r = slot[t] % c.block_tokens;
-    cu_store(cache, c.dtype, blk * c.block_stride + r * rowlen + e, rows[i]);
+    cache_put(c, cache, slot, i / rowlen, i % rowlen, rows[i]);
+}
+
+/* f16 of x clamped to the finite range (kv_quant.c's to_f16). */
+static __device__ __forceinline__ unsigned short kv_f16(float x) {
+    const float big = 65504.0f;
+    return __half_as_ushort(__float2half_rn(x > big ? big : x < -big ? -big : x));
+}
+
+/* Q8/Q4: one thread per (token, head, group), quantizing as
+ * mnv_kv_store_row does. */
+static __global__ void k_cache_write_q(mnv_cu_cache c, void *cache, const float *rows, const int32_t *slot, int64_t T) {
+    const int64_t D = c.head_dim, G = c.group, ng = D / G;
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * c.n_head_kv * ng) return;
+    int64_t g = i % ng, th = i / ng, t = th / c.n_head_kv, h = th % c.n_head_kv;
+    const float *xg = rows + th * D + g * G;
+    uint8_t *r = cache_row(c, cache, slot, t) + h * c.row_bytes;
+    const int top = c.kv == MNV_CU_KV_Q8 ? 255 : 15;
+    float mn = xg[0], mx = xg[0];
+    for (int64_t j = 1; j < G; j++) mn = fminf(mn, xg[j]), mx = fmaxf(mx, xg[j]);
+    unsigned short sh = kv_f16((mx - mn) / (float)top), bh = kv_f16(mn);
+    float s = __half2float(__ushort_as_half(sh)), b = __half2float(__ushort_as_half(bh)), inv = s > 0 ? 1.0f / s : 0.0f;
+    uint8_t *sp = r + c.scales_at + 2 * g, *bp = r + c.scales_at + 2 * (ng + g);
+    sp[0] = (uint8_t)sh, sp[1] = (uint8_t)(sh >> 8), bp[0] = (uint8_t)bh, bp[1] = (uint8_t)(bh >> 8);
+    int32_t lo = 0;
+    for (int64_t j = 0; j < G; j++) {
+        float v = rintf((xg[j] - b) * inv);
+        int32_t q = v > (float)top ? top : v > 0 ? (int32_t)v : 0; /* NaN: 0 */
+        int64_t e = g * G + j;
+        if (c.kv == MNV_CU_KV_Q8)
+            r[e] = (uint8_t)q;
+        else if (j % 2 == 0) /* Q4: two codes a byte, the even one low (G is even) */
+            lo = q;
+        else
+            r[e / 2] = (uint8_t)(lo | q << 4);
+    }
 }
 
 extern "C" cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, const float *rows, const int32_t *slot,
                                           int64_t T, cudaStream_t s) {
+    if (c->kv >= MNV_CU_KV_Q8) {
+        int64_t total = T * c->n_head_kv * (c->head_dim / c->group);
+        if (total > 0) k_cache_write_q<<<blocks_for(total, 128), 128, 0, s>>>(*c, cache, rows, slot, T);
+        CU_CHECK_LAUNCH();
+    }
     int64_t total = T * c->n_head_kv * c->head_dim;
     if (total > 0) k_cache_write<<<blocks_for(total, 256), 256, 0, s>>>(*c, cache, rows, slot, T);
     CU_CHECK_LAUNCH();
