@@ -256,7 +256,7 @@ static int64_t max_chunks(const mnv_cu_attn_args *a) {
 }
 
 extern "C" size_t mnv_cu_attention_scratch(const mnv_cu_attn_args *a) {
-    int64_t dpl = (a->kc.head_dim + 31) / 32;
+    int64_t D = a->kc.head_dim, dpl = D <= 64 ? 2 : D <= 128 ? 4 : 8; /* as mnv_cu_attention dispatches */
     size_t bytes = (size_t)(a->T * a->n_head) * (size_t)max_chunks(a) * (size_t)(2 + 32 * dpl) * 4;
     return a->T > 0 && max_chunks(a) > 1 && bytes <= MNV_CU_ATTN_SPLIT_MAX ? bytes : 0;
 }
