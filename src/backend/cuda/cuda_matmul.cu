@@ -449,7 +449,7 @@ static __global__ void __launch_bounds__(MMV_THREADS) k_moe_mmv(mnv_cu_moe_args 
     if (n >= a.n || c >= cnt) return;
     v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
     if (DUAL) {
-        const int gw = warp - warp % wk; /* the group's first warp holds the summed... */
+        const int gw = warp - warp % wk; /* the up row's sums, added as mmv_reduce adds them */
         float u = 0.0f;
         for (int i = 0; i < wk; i++) u += red[gw + i][(RW + r) * MX + c];
         u = u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f);
