@@ -239,79 +239,86 @@ INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_
     }
 }
 
-/* Rows [j0, j1) of y for R prepared rows of x (deinterleaved), 4-bit codes
- * (affine, or mxfp4 through the table), J rows of W at a time ((j1 - j0) a
- * multiple of J; J = 2 shares the x loads and gives two independent sums
- * for m = 1). A 32-byte load holds 64 codes: low nibbles against the even x,
- * high against the odd; int32 lane l then covers elements 8l..8l+7 of the 64. */
+/* Decode kernels: rows [j0, j1) of y for R prepared rows of x, J rows of W
+ * side by side ((j1 - j0) a multiple of J), the group size G a compile-time
+ * constant (32, 64 or 128), so the loops over a group's codes unroll and the
+ * accumulators (R x J vectors) stay in registers. The J rows share every load
+ * of x and give J independent sums; each row stream is prefetched once per
+ * 64-byte line. Every instance is its own function (NOINLINE below): inlined
+ * into one switch, the instances of a format shared one register allocation
+ * and GCC kept the accumulators on the stack. */
+enum { MAXJ = 4 };
+
+/* 4-bit codes (affine, or mxfp4 through the table), x deinterleaved. A 32-byte
+ * load holds 64 codes: low nibbles against the even x, high against the odd;
+ * int32 lane l of the widened sum then covers elements 8l..8l+7 of the 64
+ * (G = 32: lanes 0-3 one group, 4-7 the next). Per group the int16 sums take
+ * at most 4 vpmaddubsw results (G = 128; |pair| <= 2 * 24 * 127). */
+INLINE void q4_chunk(const uint8_t *const *w, int64_t e, bool half, const xrow *xr, const int R, const int J,
+                     const bool FP4, __m256i p[][MAXR]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = fp4_lut();
+    __m256i lo[MAXJ], hi[MAXJ];
+    for (int u = 0; u < J; u++) {
+        const __m256i wv = half ? load_lo128(w[u] + e / 2) : _mm256_loadu_si256((const __m256i *)(w[u] + e / 2));
+        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
+    }
+    for (int i = 0; i < R; i++) {
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
+        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
+        for (int u = 0; u < J; u++)
+            p[u][i] = _mm256_add_epi16(p[u][i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
+                                                                 _mm256_maddubs_epi16(hi[u], xo)));
+    }
+}
+
 INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R, const int J, const bool FP4) {
-    const int64_t k = a->k, G = d->G, ng = k / G;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), lut = fp4_lut();
-    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+                  const int R, const int J, const int G, const bool FP4) {
+    const int64_t k = a->k, ng = k / G, rb = k / 2;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t skip = rb >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
-        const uint8_t *w[2];
-        const void *sc[2], *bi[2];
-        __m256 facc[2][MAXR];
+        const uint8_t *w[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
+        __m256 facc[MAXJ][MAXR];
         for (int u = 0; u < J; u++) {
             w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
             for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[2][MAXR][8];
+            _Alignas(32) float sd[MAXJ][MAXR][8];
             for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, sd[u], facc[u]);
-            if (G == 32) { /* two groups per load: lanes 0-3 and 4-7 */
-                __m256 sdv[2][MAXR];
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) sdv[u][i] = _mm256_load_ps(sd[u][i]);
-                __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-                for (int64_t g = 0; g < n8; g += 2, idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2))) {
-                    const int64_t e = (g0 + g) * 32;
-                    __m256i lo[2], hi[2];
-                    for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], e / 2, k / 2, skip);
-                        const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w[u] + e / 2))
-                                                      : load_lo128(w[u] + e / 2);
-                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
-                    }
-                    for (int i = 0; i < R; i++) {
-                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
-                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
-                        for (int u = 0; u < J; u++) {
-                            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
-                                                               _mm256_maddubs_epi16(hi[u], xo));
-                            const __m256 sv = _mm256_permutevar8x32_ps(sdv[u][i], idx);
-                            facc[u][i] =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sv, facc[u][i]);
-                        }
-                    }
+            if (G == 32) { /* a chunk is two groups: lanes 0-3 and 4-7 */
+                for (int64_t t = 0; 2 * t < n8; t++) {
+                    const int64_t e = (g0 + 2 * t) * 32;
+                    if (!(t & 1))
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e / 2, rb, skip);
+                    __m256i p[MAXJ][MAXR];
+                    for (int u = 0; u < J; u++)
+                        for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
+                    q4_chunk(w, e, 2 * t + 1 == n8, xr, R, J, FP4, p);
+                    const __m256i idx =
+                        _mm256_add_epi32(_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_set1_epi32((int)(2 * t)));
+                    for (int u = 0; u < J; u++)
+                        for (int i = 0; i < R; i++)
+                            facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[u][i], ones)),
+                                                         _mm256_permutevar8x32_ps(_mm256_load_ps(sd[u][i]), idx),
+                                                         facc[u][i]);
                 }
                 continue;
             }
-            for (int64_t g = 0; g < n8; g++) { /* G = 64 or 128: int16 sums over the group (<= 4 * 2 * 24 * 127) */
+            for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i p[2][MAXR];
+                __m256i p[MAXJ][MAXR];
                 for (int u = 0; u < J; u++)
                     for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
-                for (int64_t c = 0; c < G; c += 64) {
-                    __m256i lo[2], hi[2];
-                    for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], (e + c) / 2, k / 2, skip);
-                        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[u] + (e + c) / 2));
-                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
-                    }
-                    for (int i = 0; i < R; i++) {
-                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
-                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c + 32));
-                        for (int u = 0; u < J; u++)
-                            p[u][i] = _mm256_add_epi16(p[u][i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
-                                                                                 _mm256_maddubs_epi16(hi[u], xo)));
-                    }
+                for (int c = 0; c < G; c += 64) {
+                    if (G == 128 || !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], (e + c) / 2, rb, skip);
+                    q4_chunk(w, e + c, false, xr, R, J, FP4, p);
                 }
                 for (int u = 0; u < J; u++)
                     for (int i = 0; i < R; i++)
@@ -324,36 +331,37 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     }
 }
 
-/* The same for 8-bit codes (element order): 32 codes per load, offset to
- * q - 128 and multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
+/* 8-bit codes (element order): 32 codes per load, offset to q - 128 and
+ * multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
 INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R, const int J) {
-    const int64_t k = a->k, G = d->G, ng = k / G;
+                  const int R, const int J, const int G) {
+    const int64_t k = a->k, ng = k / G;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+    const int64_t skip = k >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
-        const uint8_t *w[2];
-        const void *sc[2], *bi[2];
-        __m256 facc[2][MAXR];
+        const uint8_t *w[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
+        __m256 facc[MAXJ][MAXR];
         for (int u = 0; u < J; u++) {
             w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
             for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[2][MAXR][8];
+            _Alignas(32) float sd[MAXJ][MAXR][8];
             for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, sd[u], facc[u]);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i s[2][MAXR];
+                __m256i s[MAXJ][MAXR];
                 for (int u = 0; u < J; u++)
                     for (int i = 0; i < R; i++) s[u][i] = _mm256_setzero_si256();
-                for (int64_t c = 0; c < G; c += 32) {
-                    __m256i ws[2], wa[2];
+                for (int c = 0; c < G; c += 32) {
+                    if (G > 32 ? !(c & 32) : !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e + c, k, skip);
+                    __m256i ws[MAXJ], wa[MAXJ];
                     for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], e + c, k, skip);
                         ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
                         wa[u] = _mm256_abs_epi8(ws[u]);
                     }
@@ -378,75 +386,77 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
-/* Each instance is its own function: inlined into one switch, the eight of a
- * format shared one register allocation, and GCC kept the accumulators and
- * the constants on the stack (Zen 2, 0.48B decode: see bench/NOTES.md). */
+typedef void gemv_rows_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,
+                          int64_t j1);
 #define NOINLINE static __attribute__((noinline))
-#define GEMV4_INST(R, J, F)                                                                                         \
-    NOINLINE void gemv4_##R##_##J##_##F(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y,      \
-                                        int64_t j0, int64_t j1) {                                                  \
-        gemv4(a, d, xbase, y, j0, j1, R, J, F);                                                                    \
-    }
-GEMV4_INST(1, 2, 0)
-GEMV4_INST(1, 1, 0)
-GEMV4_INST(2, 1, 0)
-GEMV4_INST(3, 1, 0)
-GEMV4_INST(4, 1, 0)
-GEMV4_INST(1, 2, 1)
-GEMV4_INST(1, 1, 1)
-GEMV4_INST(2, 1, 1)
-GEMV4_INST(3, 1, 1)
-GEMV4_INST(4, 1, 1)
-#define GEMV8_INST(R, J)                                                                                            \
-    NOINLINE void gemv8_##R##_##J(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,  \
-                                  int64_t j1) {                                                                    \
-        gemv8(a, d, xbase, y, j0, j1, R, J);                                                                       \
-    }
-GEMV8_INST(1, 2)
-GEMV8_INST(1, 1)
-GEMV8_INST(2, 1)
-GEMV8_INST(3, 1)
-GEMV8_INST(4, 1)
+/* Instances per group size: (R, J) = (1, 4), (1, 1), (2, 2), (2, 1), (3, 1), (4, 1). */
+#define GEMV_SET(KIND, G)                                                                                      \
+    NOINLINE void KIND##_##G##_1_4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 1, 4, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_1_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 1, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_2_2(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 2, 2, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_2_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 2, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_3_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 3, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_4_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 4, 1, G);                                                            \
+    }                                                                                                               \
+    static gemv_rows_fn *const KIND##_##G##_set[6] = {KIND##_##G##_1_4, KIND##_##G##_1_1, KIND##_##G##_2_2,        \
+                                                      KIND##_##G##_2_1, KIND##_##G##_3_1, KIND##_##G##_4_1};
+INLINE void gemv4a(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0, int64_t j1,
+                   const int R, const int J, const int G) {
+    gemv4(a, d, xb, y, j0, j1, R, J, G, false);
+}
+INLINE void gemv4f(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0, int64_t j1,
+                   const int R, const int J, const int G) {
+    gemv4(a, d, xb, y, j0, j1, R, J, G, true);
+}
+GEMV_SET(gemv4a, 32)
+GEMV_SET(gemv4a, 64)
+GEMV_SET(gemv4a, 128)
+GEMV_SET(gemv4f, 32)
+GEMV_SET(gemv8, 32)
+GEMV_SET(gemv8, 64)
+GEMV_SET(gemv8, 128)
 
-/* One row of x: pairs of W rows, then the odd one. */
+/* rows of x -> the set's J-wide instance over the largest multiple of J rows,
+ * the J = 1 one over the rest */
+static void gemv_run_set(gemv_rows_fn *const *set, const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase,
+                         float *y, int rows, int64_t n0, int64_t n1) {
+    gemv_rows_fn *wide = rows == 1 ? set[0] : rows == 2 ? set[2] : NULL;
+    gemv_rows_fn *one = rows == 1 ? set[1] : rows == 2 ? set[3] : rows == 3 ? set[4] : set[5];
+    const int J = rows <= 1 ? 4 : 2;
+    int64_t ne = n0;
+    if (wide) {
+        ne = n0 + (n1 - n0) / J * J;
+        wide(a, d, xbase, y, n0, ne);
+    }
+    one(a, d, xbase, y, ne, n1);
+}
+
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv4_1_2_0(a, d, xbase, y, n0, ne);
-        gemv4_1_1_0(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv4_2_1_0(a, d, xbase, y, n0, n1); break;
-    case 3: gemv4_3_1_0(a, d, xbase, y, n0, n1); break;
-    default: gemv4_4_1_0(a, d, xbase, y, n0, n1); break;
-    }
-}
-static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
-                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv4_1_2_1(a, d, xbase, y, n0, ne);
-        gemv4_1_1_1(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv4_2_1_1(a, d, xbase, y, n0, n1); break;
-    case 3: gemv4_3_1_1(a, d, xbase, y, n0, n1); break;
-    default: gemv4_4_1_1(a, d, xbase, y, n0, n1); break;
-    }
+    gemv_run_set(d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
+                 a, d, xbase, y, rows, n0, n1);
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv8_1_2(a, d, xbase, y, n0, ne);
-        gemv8_1_1(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv8_2_1(a, d, xbase, y, n0, n1); break;
-    case 3: gemv8_3_1(a, d, xbase, y, n0, n1); break;
-    default: gemv8_4_1(a, d, xbase, y, n0, n1); break;
-    }
+    gemv_run_set(d->G == 32 ? gemv8_32_set : d->G == 64 ? gemv8_64_set : gemv8_128_set, a, d, xbase, y, rows, n0,
+                 n1);
 }
 
 /* 2, 3, 5 and 6-bit codes: 32 codes (4*bits bytes) to one byte each, in
@@ -545,7 +555,6 @@ static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xba
 }
 
 static gemv_fn *gemv_for(const qdesc *d) {
-    if (d->fp4) return gemv_i8_fp4;
     return d->bits == 8 ? gemv_i8_q8 : d->bits == 4 ? gemv_i8_q4 : gemv_i8_bits;
 }
 
