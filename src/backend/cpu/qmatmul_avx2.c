@@ -226,17 +226,17 @@ INLINE __m256i fp4_lut(void) {
     return _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
 }
 
-/* Per window of 8 groups: the per-group factor s * dx of each x row (to sd)
- * and the bias terms (into facc). 8-bit: bias b + 128 s for codes offset to q - 128. */
-INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
-                          const int R, const bool OFF128, float sd[][8], __m256 *facc) {
+/* Per window of 8 groups: the per-group factor s * dx of each x row (to sd);
+ * returns the bias factors, whose terms the caller adds (B * xs2): the
+ * accumulators never have their address taken, so they stay in registers.
+ * 8-bit: bias b + 128 s for codes offset to q - 128. */
+INLINE __m256 window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
+                            const int R, const bool OFF128, float sd[][8]) {
     const __m256 S = load_scales8(sc, d->sdt, g0, n8);
     __m256 B = d->fp4 ? S : load_scales8(bi, d->sdt, g0, n8);
     if (OFF128) B = _mm256_fmadd_ps(S, _mm256_set1_ps(128.0f), B);
-    for (int i = 0; i < R; i++) {
-        _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
-        facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
-    }
+    for (int i = 0; i < R; i++) _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
+    return B;
 }
 
 /* Decode kernels: rows [j0, j1) of y for R prepared rows of x, J rows of W
@@ -247,7 +247,21 @@ INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_
  * 64-byte line. Every instance is its own function (NOINLINE below): inlined
  * into one switch, the instances of a format shared one register allocation
  * and GCC kept the accumulators on the stack. */
-enum { MAXJ = 4 };
+enum { MAXJ = 4, MAXA = 4 }; /* W rows side by side; accumulators (R x J) at most */
+
+/* The accumulators are named variables f0..f3 (accumulator n: x row n % R,
+ * W row n / R): GCC kept an array of them in memory across the group loop,
+ * a store per accumulator and group. ACC(X) applies X to each one in use. */
+#define ACC(X)                                                                                                      \
+    do {                                                                                                            \
+        if (0 < R * J) X(0);                                                                                        \
+        if (1 < R * J) X(1);                                                                                        \
+        if (2 < R * J) X(2);                                                                                        \
+        if (3 < R * J) X(3);                                                                                        \
+    } while (0)
+#define ACC_ZERO(n) f##n = _mm256_setzero_ps()
+#define ACC_BIAS(n) f##n = _mm256_fmadd_ps(B[(n) / R], _mm256_loadu_ps(xr[(n) % R].xs2 + g0), f##n)
+#define ACC_OUT(n) y[(n) % R * a->ldy + j + (n) / R] = hsum8(f##n)
 
 /* 4-bit codes (affine, or mxfp4 through the table), x deinterleaved. A 32-byte
  * load holds 64 codes: low nibbles against the even x, high against the odd;
@@ -255,7 +269,7 @@ enum { MAXJ = 4 };
  * (G = 32: lanes 0-3 one group, 4-7 the next). Per group the int16 sums take
  * at most 4 vpmaddubsw results (G = 128; |pair| <= 2 * 24 * 127). */
 INLINE void q4_chunk(const uint8_t *const *w, int64_t e, bool half, const xrow *xr, const int R, const int J,
-                     const bool FP4, __m256i p[][MAXR]) {
+                     const bool FP4, __m256i *p) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), lut = fp4_lut();
     __m256i lo[MAXJ], hi[MAXJ];
     for (int u = 0; u < J; u++) {
@@ -267,7 +281,7 @@ INLINE void q4_chunk(const uint8_t *const *w, int64_t e, bool half, const xrow *
         const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
         const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
         for (int u = 0; u < J; u++)
-            p[u][i] = _mm256_add_epi16(p[u][i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
+            p[u * R + i] = _mm256_add_epi16(p[u * R + i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
                                                                  _mm256_maddubs_epi16(hi[u], xo)));
     }
 }
@@ -282,52 +296,53 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     for (int64_t j = j0; j < j1; j += J) {
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
-        __m256 facc[MAXJ][MAXR];
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
             w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
-            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[MAXJ][MAXR][8];
-            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, sd[u], facc[u]);
+            _Alignas(32) float sd[MAXA][8];
+            __m256 B[MAXJ];
+            for (int u = 0; u < J; u++) B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, sd + u * R);
+            ACC(ACC_BIAS);
             if (G == 32) { /* a chunk is two groups: lanes 0-3 and 4-7 */
                 for (int64_t t = 0; 2 * t < n8; t++) {
                     const int64_t e = (g0 + 2 * t) * 32;
                     if (!(t & 1))
                         for (int u = 0; u < J; u++) prefetch_rows(w[u], e / 2, rb, skip);
-                    __m256i p[MAXJ][MAXR];
+                    __m256i p[MAXA];
                     for (int u = 0; u < J; u++)
-                        for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
+                        for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
                     q4_chunk(w, e, 2 * t + 1 == n8, xr, R, J, FP4, p);
                     const __m256i idx =
                         _mm256_add_epi32(_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_set1_epi32((int)(2 * t)));
-                    for (int u = 0; u < J; u++)
-                        for (int i = 0; i < R; i++)
-                            facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[u][i], ones)),
-                                                         _mm256_permutevar8x32_ps(_mm256_load_ps(sd[u][i]), idx),
-                                                         facc[u][i]);
+#define ACC_G32(n)                                                                                                  \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
+                           _mm256_permutevar8x32_ps(_mm256_load_ps(sd[n]), idx), f##n)
+                    ACC(ACC_G32);
+#undef ACC_G32
                 }
                 continue;
             }
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i p[MAXJ][MAXR];
+                __m256i p[MAXA];
                 for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
+                    for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
                 for (int c = 0; c < G; c += 64) {
                     if (G == 128 || !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
                         for (int u = 0; u < J; u++) prefetch_rows(w[u], (e + c) / 2, rb, skip);
                     q4_chunk(w, e + c, false, xr, R, J, FP4, p);
                 }
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++)
-                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[u][i], ones)),
-                                                     _mm256_broadcast_ss(&sd[u][i][g]), facc[u][i]);
+#define ACC_G(n)                                                                                                    \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)), _mm256_broadcast_ss(&sd[n][g]), f##n)
+                ACC(ACC_G);
+#undef ACC_G
             }
         }
-        for (int u = 0; u < J; u++)
-            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
+        ACC(ACC_OUT);
     }
 }
 
@@ -343,20 +358,22 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     for (int64_t j = j0; j < j1; j += J) {
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
-        __m256 facc[MAXJ][MAXR];
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
             w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
-            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[MAXJ][MAXR][8];
-            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, sd[u], facc[u]);
+            _Alignas(32) float sd[MAXA][8];
+            __m256 B[MAXJ];
+            for (int u = 0; u < J; u++) B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, sd + u * R);
+            ACC(ACC_BIAS);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i s[MAXJ][MAXR];
+                __m256i s[MAXA];
                 for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) s[u][i] = _mm256_setzero_si256();
+                    for (int i = 0; i < R; i++) s[u * R + i] = _mm256_setzero_si256();
                 for (int c = 0; c < G; c += 32) {
                     if (G > 32 ? !(c & 32) : !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
                         for (int u = 0; u < J; u++) prefetch_rows(w[u], e + c, k, skip);
@@ -368,21 +385,23 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     for (int i = 0; i < R; i++) {
                         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
                         for (int u = 0; u < J; u++)
-                            s[u][i] = _mm256_add_epi32(
-                                s[u][i],
+                            s[u * R + i] = _mm256_add_epi32(
+                                s[u * R + i],
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(wa[u], _mm256_sign_epi8(xv, ws[u])), ones));
                     }
                 }
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++)
-                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[u][i]), _mm256_broadcast_ss(&sd[u][i][g]),
-                                                     facc[u][i]);
+#define ACC_G(n) f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[n]), _mm256_broadcast_ss(&sd[n][g]), f##n)
+                ACC(ACC_G);
+#undef ACC_G
             }
         }
-        for (int u = 0; u < J; u++)
-            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
+        ACC(ACC_OUT);
     }
 }
+#undef ACC
+#undef ACC_ZERO
+#undef ACC_BIAS
+#undef ACC_OUT
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
@@ -523,7 +542,8 @@ INLINE void gemvb(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
             _Alignas(32) float sd[MAXR][8];
-            window_scales(d, sc, bi, g0, n8, xr, R, false, sd, facc);
+            const __m256 B = window_scales(d, sc, bi, g0, n8, xr, R, false, sd);
+            for (int i = 0; i < R; i++) facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
                 __m256i s[MAXR];
