@@ -43,14 +43,24 @@
 #define PF_AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
-/* Byte off of a row of rb bytes, in a kernel that streams J rows side by
- * side (skip = (J - 1) row strides): past the row's end the prefetch goes to
- * the same place in the row this stream reads next, not into a row that a
- * neighbouring stream is reading now. Rows shorter than the distance keep
- * skip = 0: the J streams' prefetches then tile the rows ahead without gaps. */
-INLINE void prefetch_rows(const uint8_t *w, int64_t off, int64_t rb, int64_t skip) {
-    const int64_t t = off + PF_AHEAD;
-    _mm_prefetch((const char *)w + t + (t >= rb ? skip : 0), _MM_HINT_T0);
+/* Prefetch in a kernel that streams J rows side by side: stream u reads row
+ * u of a block of J rows, then row u of the next block, and so on, so "dist
+ * bytes ahead in the stream" is in the same row while that row lasts, else
+ * in a row of a later block. The whole lead (J streams) is PF_LEAD bytes,
+ * whatever J: PF_AHEAD above is the lead of one stream. */
+#define PF_LEAD (2 * PF_AHEAD)
+typedef struct {
+    int64_t lim, pa, pb; /* offsets below lim prefetch off + pa, the others off + pb */
+} pfplan;
+
+static pfplan pf_plan(int64_t rb, int64_t stride, int J) {
+    const int64_t dist = PF_LEAD / J;
+    const int64_t q = dist / rb, r = dist % rb;
+    return (pfplan){rb - r, q * J * stride + r, (q + 1) * J * stride + r - rb};
+}
+
+INLINE void prefetch_rows(const uint8_t *w, int64_t off, const pfplan *p) {
+    _mm_prefetch((const char *)w + off + (off >= p->lim ? p->pb : p->pa), _MM_HINT_T0);
 }
 
 enum { MAXR = 4 };
@@ -290,7 +300,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                   const int R, const int J, const int G, const bool FP4) {
     const int64_t k = a->k, ng = k / G, rb = k / 2;
     const __m256i ones = _mm256_set1_epi16(1);
-    const int64_t skip = rb >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+    const pfplan pf = pf_plan(rb, a->ldw * 4, J); /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
@@ -311,16 +321,17 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int64_t t = 0; 2 * t < n8; t++) {
                     const int64_t e = (g0 + 2 * t) * 32;
                     if (!(t & 1))
-                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e / 2, rb, skip);
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e / 2, &pf);
                     __m256i p[MAXA];
                     for (int u = 0; u < J; u++)
                         for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
                     q4_chunk(w, e, 2 * t + 1 == n8, xr, R, J, FP4, p);
-                    const __m256i idx =
-                        _mm256_add_epi32(_mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), _mm256_set1_epi32((int)(2 * t)));
+/* the two groups' factors as one vector: two broadcast loads and a blend (no shuffle) */
 #define ACC_G32(n)                                                                                                  \
     f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
-                           _mm256_permutevar8x32_ps(_mm256_load_ps(sd[n]), idx), f##n)
+                           _mm256_blend_ps(_mm256_broadcast_ss(&sd[n][2 * t]),                                      \
+                                           _mm256_broadcast_ss(&sd[n][2 * t + 1]), 0xF0),                           \
+                           f##n)
                     ACC(ACC_G32);
 #undef ACC_G32
                 }
@@ -333,7 +344,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
                 for (int c = 0; c < G; c += 64) {
                     if (G == 128 || !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
-                        for (int u = 0; u < J; u++) prefetch_rows(w[u], (e + c) / 2, rb, skip);
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], (e + c) / 2, &pf);
                     q4_chunk(w, e + c, false, xr, R, J, FP4, p);
                 }
 #define ACC_G(n)                                                                                                    \
@@ -352,7 +363,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                   const int R, const int J, const int G) {
     const int64_t k = a->k, ng = k / G;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    const int64_t skip = k >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+    const pfplan pf = pf_plan(k, a->ldw * 4, J); /* ldw in words */
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
     for (int64_t j = j0; j < j1; j += J) {
@@ -376,7 +387,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     for (int i = 0; i < R; i++) s[u * R + i] = _mm256_setzero_si256();
                 for (int c = 0; c < G; c += 32) {
                     if (G > 32 ? !(c & 32) : !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
-                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e + c, k, skip);
+                        for (int u = 0; u < J; u++) prefetch_rows(w[u], e + c, &pf);
                     __m256i ws[MAXJ], wa[MAXJ];
                     for (int u = 0; u < J; u++) {
                         ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
