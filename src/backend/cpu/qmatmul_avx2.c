@@ -130,10 +130,9 @@ INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
     case MNV_DTYPE_BF16:
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)s + g))), 16));
-    default: { /* E8M0: e << 23, e = 0 -> 2^-127 */
+    default: { /* E8M0: e << 23, e = 0 -> 2^-127 (0x00400000, below every e << 23 of e > 0) */
         const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)s + g)));
-        const __m256i z = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
-        return _mm256_castsi256_ps(_mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), z));
+        return _mm256_castsi256_ps(_mm256_max_epu32(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000)));
     }
     }
 }
