@@ -36,10 +36,11 @@
 
 #include "backend/cpu/qmatmul.h"
 
-/* Decode streams each weight row once; a software prefetch this many bytes
- * ahead of the reads keeps enough lines in flight for one core to approach
- * its share of DRAM bandwidth (Zen 2, 0.48B 8-bit decode: 33.5 -> 51 tok/s;
- * 512 and 4096 bytes ahead measured slower). */
+/* The 2, 3, 5 and 6-bit decode kernel streams one row at a time; a software
+ * prefetch this many bytes ahead of the reads keeps enough lines in flight
+ * for one core to approach its share of DRAM bandwidth (Zen 2, measured on
+ * 0.48B 8-bit decode when it streamed this way: 33.5 -> 51 tok/s; 512 and
+ * 4096 bytes ahead measured slower). */
 #define PF_AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
@@ -47,7 +48,7 @@
  * each part front to back: J sequential streams, which the hardware
  * prefetcher follows (J neighbouring rows at a time, each stream jumping J
  * rows at its row's end, read at half the rate on Zen 3 from one thread:
- * 0.48B 4-bit decode 49 -> 63 tok/s, 8-bit 29 -> 42). A software prefetch
+ * 0.48B 4-bit decode on one thread 49 -> 63 tok/s, 8-bit 29 -> 42). A software prefetch
  * runs PF_LEAD / J bytes ahead in each stream (into the part's next rows,
  * which follow in memory); 1 KiB measured ahead of 4 KiB and of none. */
 #define PF_LEAD 1024
