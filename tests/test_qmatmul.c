@@ -444,6 +444,9 @@ int main(void) {
             check_case(f, t_randint(1, 4), t_randint(1, 150), f->G * t_randint(1, maxg), nth);
             check_case(f, t_randint(5, 37), t_randint(1, 150), f->G * t_randint(1, maxg), nth);
         }
+        /* decode over row counts that leave the decode kernels' 4 (one row of x) or 2 (two
+         * rows) streams a remainder, on one thread and on two */
+        check_case(f, 1 + fi % 2, 4 * t_randint(4, 12) + 1 + fi % 3, f->G * t_randint(1, maxg), 1 + fi % 2);
         /* every mid-size m (decode kernel over several x rows, then the x panel
          * of 16 or 32 rows) and the first prefill m, threads 1..3 in turn */
         for (int64_t m = MNV_QMATMUL_GEMV_MAX_M + 1; m <= MNV_QMATMUL_MID_MAX_M + 1; m++)

@@ -23,8 +23,8 @@
  *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
  *   times the scale, exact) and multiplied in f32.
  *
- * Decode (m <= 4) streams each W row once, front to back (threads split n
- * into contiguous chunks). Mid-size m (int8) runs the decode kernel on up to 4
+ * Decode (m <= 4) streams each W row once (threads split n into contiguous
+ * chunks; a thread reads its chunk as up to 4 sequential streams). Mid-size m (int8) runs the decode kernel on up to 4
  * rows of x per pass over 16-row blocks of W, so W comes from memory once.
  * Prefill packs panels of W (int8: codes as [k/2][rows][2] bytes for
  * vpmaddubsw against a broadcast pair of x codes; f32: [k][16] floats) into a
@@ -36,21 +36,24 @@
 
 #include "backend/cpu/qmatmul.h"
 
-/* Decode streams each weight row once; a software prefetch this many bytes
- * ahead of the reads keeps enough lines in flight for one core to approach
- * its share of DRAM bandwidth (Zen 2, 0.48B 8-bit decode: 33.5 -> 51 tok/s;
- * 512 and 4096 bytes ahead measured slower). */
+/* The 2, 3, 5 and 6-bit decode kernel streams one row at a time; a software
+ * prefetch this many bytes ahead of the reads keeps enough lines in flight
+ * for one core to approach its share of DRAM bandwidth (Zen 2, measured on
+ * 0.48B 8-bit decode when it streamed this way: 33.5 -> 51 tok/s; 512 and
+ * 4096 bytes ahead measured slower). */
 #define PF_AHEAD 2048
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
-/* Byte off of a row of rb bytes, in a kernel that streams J rows side by
- * side (skip = (J - 1) row strides): past the row's end the prefetch goes to
- * the same place in the row this stream reads next, not into a row that a
- * neighbouring stream is reading now. Rows shorter than the distance keep
- * skip = 0: the J streams' prefetches then tile the rows ahead without gaps. */
-INLINE void prefetch_rows(const uint8_t *w, int64_t off, int64_t rb, int64_t skip) {
-    const int64_t t = off + PF_AHEAD;
-    _mm_prefetch((const char *)w + t + (t >= rb ? skip : 0), _MM_HINT_T0);
+/* The int8 decode kernels stream J parts of a thread's rows side by side,
+ * each part front to back: J sequential streams, which the hardware
+ * prefetcher follows (J neighbouring rows at a time, each stream jumping J
+ * rows at its row's end, read at half the rate on Zen 3 from one thread:
+ * 0.48B 4-bit decode on one thread 49 -> 63 tok/s, 8-bit 29 -> 42). A software prefetch
+ * runs PF_LEAD / J bytes ahead in each stream (into the part's next rows,
+ * which follow in memory); 1 KiB measured ahead of 4 KiB and of none. */
+#define PF_LEAD 1024
+INLINE void prefetch_at(const uint8_t *w, int64_t off, int64_t dist) {
+    _mm_prefetch((const char *)w + off + dist, _MM_HINT_T0);
 }
 
 enum { MAXR = 4 };
@@ -128,10 +131,9 @@ INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
     case MNV_DTYPE_BF16:
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)s + g))), 16));
-    default: { /* E8M0: e << 23, e = 0 -> 2^-127 */
+    default: { /* E8M0: e << 23, e = 0 -> 2^-127 (0x00400000, below every e << 23 of e > 0) */
         const __m256i e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)s + g)));
-        const __m256i z = _mm256_cmpeq_epi32(e, _mm256_setzero_si256());
-        return _mm256_castsi256_ps(_mm256_blendv_epi8(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000), z));
+        return _mm256_castsi256_ps(_mm256_max_epu32(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000)));
     }
     }
 }
@@ -226,227 +228,265 @@ INLINE __m256i fp4_lut(void) {
     return _mm256_broadcastsi128_si256(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
 }
 
-/* Per window of 8 groups: the per-group factor s * dx of each x row (to sd)
- * and the bias terms (into facc). 8-bit: bias b + 128 s for codes offset to q - 128. */
-INLINE void window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
-                          const int R, const bool OFF128, float sd[][8], __m256 *facc) {
-    const __m256 S = load_scales8(sc, d->sdt, g0, n8);
-    __m256 B = d->fp4 ? S : load_scales8(bi, d->sdt, g0, n8);
+/* Per window of 8 groups: the per-group factor s * dx of each x row (to sd);
+ * returns the bias factors, whose terms the caller adds (B * xs2): the
+ * accumulators never have their address taken, so they stay in registers.
+ * 8-bit: bias b + 128 s for codes offset to q - 128. */
+INLINE __m256 window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
+                            const int R, const bool OFF128, const bool FP4, const int SDT, float sd[][8]) {
+    const mnv_dtype sdt = SDT >= 0 ? (mnv_dtype)SDT : d->sdt; /* SDT: the dtype when known at compile time */
+    const __m256 S = load_scales8(sc, sdt, g0, n8);
+    __m256 B = FP4 ? S : load_scales8(bi, sdt, g0, n8);
     if (OFF128) B = _mm256_fmadd_ps(S, _mm256_set1_ps(128.0f), B);
+    for (int i = 0; i < R; i++) _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
+    return B;
+}
+
+/* Decode kernels: rows [j0, j1) of y for R prepared rows of x, J rows of W
+ * side by side ((j1 - j0) a multiple of J), the group size G a compile-time
+ * constant (32, 64 or 128), so the loops over a group's codes unroll and the
+ * accumulators (R x J vectors) stay in registers. The J rows share every load
+ * of x and give J independent sums; each row stream is prefetched once per
+ * 64-byte line. Every instance is its own function (NOINLINE below): inlined
+ * into one switch, the instances of a format shared one register allocation
+ * and GCC kept the accumulators on the stack. */
+enum { MAXJ = 4, MAXA = 4 }; /* W rows side by side; accumulators (R x J) at most */
+
+/* The accumulators are named variables f0..f3 (accumulator n: x row n % R,
+ * W row n / R): GCC kept an array of them in memory across the group loop,
+ * a store per accumulator and group. ACC(X) applies X to each one in use. */
+#define ACC(X)                                                                                                      \
+    do {                                                                                                            \
+        if (0 < R * J) X(0);                                                                                        \
+        if (1 < R * J) X(1);                                                                                        \
+        if (2 < R * J) X(2);                                                                                        \
+        if (3 < R * J) X(3);                                                                                        \
+    } while (0)
+#define ACC_ZERO(n) f##n = _mm256_setzero_ps()
+#define ACC_BIAS(n) f##n = _mm256_fmadd_ps(B[(n) / R], _mm256_loadu_ps(xr[(n) % R].xs2 + g0), f##n)
+#define ACC_OUT(n) y[(n) % R * a->ldy + j0 + (n) / R * part + r] = hsum8(f##n)
+
+/* 4-bit codes (affine, or mxfp4 through the table), x deinterleaved. A 32-byte
+ * load holds 64 codes: low nibbles against the even x, high against the odd;
+ * int32 lane l of the widened sum then covers elements 8l..8l+7 of the 64
+ * (G = 32: lanes 0-3 one group, 4-7 the next). Per group the int16 sums take
+ * at most 4 vpmaddubsw results (G = 128; |pair| <= 2 * 24 * 127). */
+INLINE void q4_chunk(const uint8_t *const *w, int64_t e, bool half, const xrow *xr, const int R, const int J,
+                     const bool FP4, __m256i *p) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = fp4_lut();
+    __m256i lo[MAXJ], hi[MAXJ];
+    for (int u = 0; u < J; u++) {
+        const __m256i wv = half ? load_lo128(w[u] + e / 2) : _mm256_loadu_si256((const __m256i *)(w[u] + e / 2));
+        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
+        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
+    }
     for (int i = 0; i < R; i++) {
-        _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
-        facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
+        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
+        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
+        for (int u = 0; u < J; u++)
+            p[u * R + i] = _mm256_add_epi16(p[u * R + i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
+                                                                 _mm256_maddubs_epi16(hi[u], xo)));
     }
 }
 
-/* Rows [j0, j1) of y for R prepared rows of x (deinterleaved), 4-bit codes
- * (affine, or mxfp4 through the table), J rows of W at a time ((j1 - j0) a
- * multiple of J; J = 2 shares the x loads and gives two independent sums
- * for m = 1). A 32-byte load holds 64 codes: low nibbles against the even x,
- * high against the odd; int32 lane l then covers elements 8l..8l+7 of the 64. */
 INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R, const int J, const bool FP4) {
-    const int64_t k = a->k, G = d->G, ng = k / G;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), lut = fp4_lut();
-    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+                  const int R, const int J, const int G, const bool FP4, const int SDT) {
+    const int64_t k = a->k, ng = k / G;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    for (int64_t j = j0; j < j1; j += J) {
-        const uint8_t *w[2];
-        const void *sc[2], *bi[2];
-        __m256 facc[2][MAXR];
+    for (int64_t r = 0; r < part; r++) {
+        const uint8_t *w[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
-            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
+            const int64_t j = j0 + u * part + r;
+            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[2][MAXR][8];
-            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, sd[u], facc[u]);
-            if (G == 32) { /* two groups per load: lanes 0-3 and 4-7 */
-                __m256 sdv[2][MAXR];
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) sdv[u][i] = _mm256_load_ps(sd[u][i]);
-                __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-                for (int64_t g = 0; g < n8; g += 2, idx = _mm256_add_epi32(idx, _mm256_set1_epi32(2))) {
-                    const int64_t e = (g0 + g) * 32;
-                    __m256i lo[2], hi[2];
-                    for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], e / 2, k / 2, skip);
-                        const __m256i wv = g + 1 < n8 ? _mm256_loadu_si256((const __m256i *)(w[u] + e / 2))
-                                                      : load_lo128(w[u] + e / 2);
-                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
-                    }
-                    for (int i = 0; i < R; i++) {
-                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e));
-                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32));
-                        for (int u = 0; u < J; u++) {
-                            const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
-                                                               _mm256_maddubs_epi16(hi[u], xo));
-                            const __m256 sv = _mm256_permutevar8x32_ps(sdv[u][i], idx);
-                            facc[u][i] =
-                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), sv, facc[u][i]);
-                        }
-                    }
+            _Alignas(32) float sd[MAXA][8];
+            __m256 B[MAXJ];
+            for (int u = 0; u < J; u++)
+                B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, FP4, SDT, sd + u * R);
+            ACC(ACC_BIAS);
+            if (G == 32) { /* a chunk is two groups: lanes 0-3 and 4-7 */
+                for (int64_t t = 0; 2 * t < n8; t++) {
+                    const int64_t e = (g0 + 2 * t) * 32;
+                    if (!(t & 1))
+                        for (int u = 0; u < J; u++) prefetch_at(w[u], e / 2, dist);
+                    __m256i p[MAXA];
+                    for (int u = 0; u < J; u++)
+                        for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
+                    q4_chunk(w, e, 2 * t + 1 == n8, xr, R, J, FP4, p);
+/* the two groups' factors as one vector: two broadcast loads and a blend (no shuffle) */
+#define ACC_G32(n)                                                                                                  \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
+                           _mm256_blend_ps(_mm256_broadcast_ss(&sd[n][2 * t]),                                      \
+                                           _mm256_broadcast_ss(&sd[n][2 * t + 1]), 0xF0),                           \
+                           f##n)
+                    ACC(ACC_G32);
+#undef ACC_G32
                 }
                 continue;
             }
-            for (int64_t g = 0; g < n8; g++) { /* G = 64 or 128: int16 sums over the group (<= 4 * 2 * 24 * 127) */
+            for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i p[2][MAXR];
+                __m256i p[MAXA];
                 for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) p[u][i] = _mm256_setzero_si256();
-                for (int64_t c = 0; c < G; c += 64) {
-                    __m256i lo[2], hi[2];
-                    for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], (e + c) / 2, k / 2, skip);
-                        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w[u] + (e + c) / 2));
-                        lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
-                        if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
-                    }
-                    for (int i = 0; i < R; i++) {
-                        const __m256i xe = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
-                        const __m256i xo = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c + 32));
-                        for (int u = 0; u < J; u++)
-                            p[u][i] = _mm256_add_epi16(p[u][i], _mm256_add_epi16(_mm256_maddubs_epi16(lo[u], xe),
-                                                                                 _mm256_maddubs_epi16(hi[u], xo)));
-                    }
+                    for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
+                for (int c = 0; c < G; c += 64) {
+                    if (G == 128 || !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
+                        for (int u = 0; u < J; u++) prefetch_at(w[u], (e + c) / 2, dist);
+                    q4_chunk(w, e + c, false, xr, R, J, FP4, p);
                 }
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++)
-                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[u][i], ones)),
-                                                     _mm256_broadcast_ss(&sd[u][i][g]), facc[u][i]);
+#define ACC_G(n)                                                                                                    \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)), _mm256_broadcast_ss(&sd[n][g]), f##n)
+                ACC(ACC_G);
+#undef ACC_G
             }
         }
-        for (int u = 0; u < J; u++)
-            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
+        ACC(ACC_OUT);
     }
 }
 
-/* The same for 8-bit codes (element order): 32 codes per load, offset to
- * q - 128 and multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
+/* 8-bit codes (element order): 32 codes per load, offset to q - 128 and
+ * multiplied as |q - 128| x sign-carrying x; int32 sums per group. */
 INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R, const int J) {
-    const int64_t k = a->k, G = d->G, ng = k / G;
+                  const int R, const int J, const int G, const int SDT) {
+    const int64_t k = a->k, ng = k / G;
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
-    const int64_t skip = k / 2 >= PF_AHEAD ? (J - 1) * a->ldw * 4 : 0; /* ldw in words */
+    const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    for (int64_t j = j0; j < j1; j += J) {
-        const uint8_t *w[2];
-        const void *sc[2], *bi[2];
-        __m256 facc[2][MAXR];
+    for (int64_t r = 0; r < part; r++) {
+        const uint8_t *w[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            w[u] = wrow(a, j + u), sc[u] = srow(a, d, j + u), bi[u] = brow(a, d, j + u);
-            for (int i = 0; i < R; i++) facc[u][i] = _mm256_setzero_ps();
+            const int64_t j = j0 + u * part + r;
+            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[2][MAXR][8];
-            for (int u = 0; u < J; u++) window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, sd[u], facc[u]);
+            _Alignas(32) float sd[MAXA][8];
+            __m256 B[MAXJ];
+            for (int u = 0; u < J; u++)
+                B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, true, false, SDT, sd + u * R);
+            ACC(ACC_BIAS);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
-                __m256i s[2][MAXR];
+                __m256i s[MAXA];
                 for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++) s[u][i] = _mm256_setzero_si256();
-                for (int64_t c = 0; c < G; c += 32) {
-                    __m256i ws[2], wa[2];
+                    for (int i = 0; i < R; i++) s[u * R + i] = _mm256_setzero_si256();
+                for (int c = 0; c < G; c += 32) {
+                    if (G > 32 ? !(c & 32) : !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
+                        for (int u = 0; u < J; u++) prefetch_at(w[u], e + c, dist);
+                    __m256i ws[MAXJ], wa[MAXJ];
                     for (int u = 0; u < J; u++) {
-                        prefetch_rows(w[u], e + c, k, skip);
                         ws[u] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w[u] + e + c)), flip);
                         wa[u] = _mm256_abs_epi8(ws[u]);
                     }
                     for (int i = 0; i < R; i++) {
                         const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
                         for (int u = 0; u < J; u++)
-                            s[u][i] = _mm256_add_epi32(
-                                s[u][i],
+                            s[u * R + i] = _mm256_add_epi32(
+                                s[u * R + i],
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(wa[u], _mm256_sign_epi8(xv, ws[u])), ones));
                     }
                 }
-                for (int u = 0; u < J; u++)
-                    for (int i = 0; i < R; i++)
-                        facc[u][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[u][i]), _mm256_broadcast_ss(&sd[u][i][g]),
-                                                     facc[u][i]);
+#define ACC_G(n) f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[n]), _mm256_broadcast_ss(&sd[n][g]), f##n)
+                ACC(ACC_G);
+#undef ACC_G
             }
         }
-        for (int u = 0; u < J; u++)
-            for (int i = 0; i < R; i++) y[i * a->ldy + j + u] = hsum8(facc[u][i]);
+        ACC(ACC_OUT);
     }
 }
+#undef ACC
+#undef ACC_ZERO
+#undef ACC_BIAS
+#undef ACC_OUT
 
 typedef void gemv_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                      int64_t n1);
-/* Each instance is its own function: inlined into one switch, the eight of a
- * format shared one register allocation, and GCC kept the accumulators and
- * the constants on the stack (Zen 2, 0.48B decode: see bench/NOTES.md). */
+typedef void gemv_rows_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,
+                          int64_t j1);
 #define NOINLINE static __attribute__((noinline))
-#define GEMV4_INST(R, J, F)                                                                                         \
-    NOINLINE void gemv4_##R##_##J##_##F(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y,      \
-                                        int64_t j0, int64_t j1) {                                                  \
-        gemv4(a, d, xbase, y, j0, j1, R, J, F);                                                                    \
+/* Instances per group size: (R, J) = (1, 4), (1, 1), (2, 2), (2, 1), (3, 1), (4, 1). */
+#define GEMV_SET(KIND, G)                                                                                      \
+    NOINLINE void KIND##_##G##_1_4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 1, 4, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_1_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 1, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_2_2(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 2, 2, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_2_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 2, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_3_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 3, 1, G);                                                            \
+    }                                                                                                               \
+    NOINLINE void KIND##_##G##_4_1(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0,   \
+                                   int64_t j1) {                                                                   \
+        KIND(a, d, xb, y, j0, j1, 4, 1, G);                                                            \
+    }                                                                                                               \
+    static gemv_rows_fn *const KIND##_##G##_set[6] = {KIND##_##G##_1_4, KIND##_##G##_1_1, KIND##_##G##_2_2,        \
+                                                      KIND##_##G##_2_1, KIND##_##G##_3_1, KIND##_##G##_4_1};
+/* The formats' instances; mxfp4's scale dtype (E8M0) fixed at compile time
+ * (one thread, mxfp4 from L3: 17.1 -> 18.5 GB/s; a bf16 twin of the affine
+ * instances gained 4% for twice the code, and was left out). */
+#define GEMV_KIND(NAME, CORE, ...)                                                                                 \
+    INLINE void NAME(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0, int64_t j1,     \
+                     const int R, const int J, const int G) {                                                      \
+        CORE(a, d, xb, y, j0, j1, R, J, G, __VA_ARGS__);                                                           \
     }
-GEMV4_INST(1, 2, 0)
-GEMV4_INST(1, 1, 0)
-GEMV4_INST(2, 1, 0)
-GEMV4_INST(3, 1, 0)
-GEMV4_INST(4, 1, 0)
-GEMV4_INST(1, 2, 1)
-GEMV4_INST(1, 1, 1)
-GEMV4_INST(2, 1, 1)
-GEMV4_INST(3, 1, 1)
-GEMV4_INST(4, 1, 1)
-#define GEMV8_INST(R, J)                                                                                            \
-    NOINLINE void gemv8_##R##_##J(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0,  \
-                                  int64_t j1) {                                                                    \
-        gemv8(a, d, xbase, y, j0, j1, R, J);                                                                       \
-    }
-GEMV8_INST(1, 2)
-GEMV8_INST(1, 1)
-GEMV8_INST(2, 1)
-GEMV8_INST(3, 1)
-GEMV8_INST(4, 1)
+GEMV_KIND(gemv4a, gemv4, false, -1)
+GEMV_KIND(gemv4f, gemv4, true, MNV_DTYPE_U8)
+GEMV_KIND(gemv8a, gemv8, -1)
+GEMV_SET(gemv4a, 32)
+GEMV_SET(gemv4a, 64)
+GEMV_SET(gemv4a, 128)
+GEMV_SET(gemv4f, 32)
+GEMV_SET(gemv8a, 32)
+GEMV_SET(gemv8a, 64)
+GEMV_SET(gemv8a, 128)
 
-/* One row of x: pairs of W rows, then the odd one. */
+/* rows of x -> the set's J-wide instance over the largest multiple of J rows,
+ * the J = 1 one over the rest */
+static void gemv_run_set(gemv_rows_fn *const *set, const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase,
+                         float *y, int rows, int64_t n0, int64_t n1) {
+    gemv_rows_fn *wide = rows == 1 ? set[0] : rows == 2 ? set[2] : NULL;
+    gemv_rows_fn *one = rows == 1 ? set[1] : rows == 2 ? set[3] : rows == 3 ? set[4] : set[5];
+    const int J = rows <= 1 ? 4 : 2;
+    int64_t ne = n0;
+    if (wide) {
+        ne = n0 + (n1 - n0) / J * J;
+        wide(a, d, xbase, y, n0, ne);
+    }
+    one(a, d, xbase, y, ne, n1);
+}
+
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv4_1_2_0(a, d, xbase, y, n0, ne);
-        gemv4_1_1_0(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv4_2_1_0(a, d, xbase, y, n0, n1); break;
-    case 3: gemv4_3_1_0(a, d, xbase, y, n0, n1); break;
-    default: gemv4_4_1_0(a, d, xbase, y, n0, n1); break;
-    }
-}
-static void gemv_i8_fp4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
-                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv4_1_2_1(a, d, xbase, y, n0, ne);
-        gemv4_1_1_1(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv4_2_1_1(a, d, xbase, y, n0, n1); break;
-    case 3: gemv4_3_1_1(a, d, xbase, y, n0, n1); break;
-    default: gemv4_4_1_1(a, d, xbase, y, n0, n1); break;
-    }
+    gemv_run_set(d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
+                 a, d, xbase, y, rows, n0, n1);
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    const int64_t ne = n0 + (n1 - n0) / 2 * 2;
-    switch (rows) {
-    case 1:
-        gemv8_1_2(a, d, xbase, y, n0, ne);
-        gemv8_1_1(a, d, xbase, y, ne, n1);
-        break;
-    case 2: gemv8_2_1(a, d, xbase, y, n0, n1); break;
-    case 3: gemv8_3_1(a, d, xbase, y, n0, n1); break;
-    default: gemv8_4_1(a, d, xbase, y, n0, n1); break;
-    }
+    gemv_run_set(d->G == 32 ? gemv8a_32_set : d->G == 64 ? gemv8a_64_set : gemv8a_128_set, a, d, xbase, y, rows, n0,
+                 n1);
 }
 
 /* 2, 3, 5 and 6-bit codes: 32 codes (4*bits bytes) to one byte each, in
@@ -513,7 +553,8 @@ INLINE void gemvb(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
             _Alignas(32) float sd[MAXR][8];
-            window_scales(d, sc, bi, g0, n8, xr, R, false, sd, facc);
+            const __m256 B = window_scales(d, sc, bi, g0, n8, xr, R, false, false, -1, sd);
+            for (int i = 0; i < R; i++) facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
             for (int64_t g = 0; g < n8; g++) {
                 const int64_t e = (g0 + g) * G;
                 __m256i s[MAXR];
@@ -545,7 +586,6 @@ static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xba
 }
 
 static gemv_fn *gemv_for(const qdesc *d) {
-    if (d->fp4) return gemv_i8_fp4;
     return d->bits == 8 ? gemv_i8_q8 : d->bits == 4 ? gemv_i8_q4 : gemv_i8_bits;
 }
 
