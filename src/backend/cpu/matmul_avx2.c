@@ -285,12 +285,35 @@ static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16
     const float *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3];
     const uint16_t *w0 = w[0], *w1 = w[1], *w2 = w[2];
     int64_t q = 0; /* byte offset in the W rows; x rows at twice it */
-    const int64_t end = k16 * 2;
+    const int64_t end = k16 * 2, end32 = k16 / 32 * 64;
 #define FMA3(x, a, b, c)                                                                         \
     "vmovaps " x ", %%ymm15\n\t"                                                                 \
     "vfmadd231ps %%ymm15, %%ymm12, %%ymm" a "\n\t"                                               \
     "vfmadd231ps %%ymm15, %%ymm13, %%ymm" b "\n\t"                                               \
     "vfmadd231ps %%ymm15, %%ymm14, %%ymm" c "\n\t"
+    /* 16 elements at byte dw of the W rows (x at xe: even, xo: odd): the even
+     * ones are the low halves shifted up, the odd ones the high halves */
+#define HALF(dw, xe, xo)                                                                         \
+    "vmovdqu " dw "(%[w0], %[q]), %%ymm12\n\t"                                                   \
+    "vpslld $16, %%ymm12, %%ymm12\n\t"                                                           \
+    "vmovdqu " dw "(%[w1], %[q]), %%ymm13\n\t"                                                   \
+    "vpslld $16, %%ymm13, %%ymm13\n\t"                                                           \
+    "vmovdqu " dw "(%[w2], %[q]), %%ymm14\n\t"                                                   \
+    "vpslld $16, %%ymm14, %%ymm14\n\t"                                                           \
+    FMA3(xe "(%[x0], %[q], 2)", "0", "1", "2")                                                   \
+    FMA3(xe "(%[x1], %[q], 2)", "3", "4", "5")                                                   \
+    FMA3(xe "(%[x2], %[q], 2)", "6", "7", "8")                                                   \
+    FMA3(xe "(%[x3], %[q], 2)", "9", "10", "11")                                                 \
+    "vmovdqu " dw "(%[w0], %[q]), %%ymm12\n\t"                                                   \
+    "vpand %[mask], %%ymm12, %%ymm12\n\t"                                                        \
+    "vmovdqu " dw "(%[w1], %[q]), %%ymm13\n\t"                                                   \
+    "vpand %[mask], %%ymm13, %%ymm13\n\t"                                                        \
+    "vmovdqu " dw "(%[w2], %[q]), %%ymm14\n\t"                                                   \
+    "vpand %[mask], %%ymm14, %%ymm14\n\t"                                                        \
+    FMA3(xo "(%[x0], %[q], 2)", "0", "1", "2")                                                   \
+    FMA3(xo "(%[x1], %[q], 2)", "3", "4", "5")                                                   \
+    FMA3(xo "(%[x2], %[q], 2)", "6", "7", "8")                                                   \
+    FMA3(xo "(%[x3], %[q], 2)", "9", "10", "11")
     __asm__ volatile(
         "vxorps %%ymm0, %%ymm0, %%ymm0\n\t"
         "vxorps %%ymm1, %%ymm1, %%ymm1\n\t"
@@ -304,38 +327,23 @@ static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16
         "vxorps %%ymm9, %%ymm9, %%ymm9\n\t"
         "vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
         "vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
-        "test %[end], %[end]\n\t"
-        "jz 2f\n\t"
+        "cmp %[end32], %[q]\n\t"
+        "jae 2f\n\t"
+        /* 32 elements per turn: one prefetch per 64-byte line of each row */
         "1:\n\t"
         "prefetcht0 1024(%[w0], %[q])\n\t"
         "prefetcht0 1024(%[w1], %[q])\n\t"
         "prefetcht0 1024(%[w2], %[q])\n\t"
-        /* even elements: the low halves shifted up */
-        "vmovdqu (%[w0], %[q]), %%ymm12\n\t"
-        "vpslld $16, %%ymm12, %%ymm12\n\t"
-        "vmovdqu (%[w1], %[q]), %%ymm13\n\t"
-        "vpslld $16, %%ymm13, %%ymm13\n\t"
-        "vmovdqu (%[w2], %[q]), %%ymm14\n\t"
-        "vpslld $16, %%ymm14, %%ymm14\n\t"
-        FMA3("(%[x0], %[q], 2)", "0", "1", "2")
-        FMA3("(%[x1], %[q], 2)", "3", "4", "5")
-        FMA3("(%[x2], %[q], 2)", "6", "7", "8")
-        FMA3("(%[x3], %[q], 2)", "9", "10", "11")
-        /* odd elements: the high halves */
-        "vmovdqu (%[w0], %[q]), %%ymm12\n\t"
-        "vpand %[mask], %%ymm12, %%ymm12\n\t"
-        "vmovdqu (%[w1], %[q]), %%ymm13\n\t"
-        "vpand %[mask], %%ymm13, %%ymm13\n\t"
-        "vmovdqu (%[w2], %[q]), %%ymm14\n\t"
-        "vpand %[mask], %%ymm14, %%ymm14\n\t"
-        FMA3("32(%[x0], %[q], 2)", "0", "1", "2")
-        FMA3("32(%[x1], %[q], 2)", "3", "4", "5")
-        FMA3("32(%[x2], %[q], 2)", "6", "7", "8")
-        FMA3("32(%[x3], %[q], 2)", "9", "10", "11")
-        "add $32, %[q]\n\t"
-        "cmp %[end], %[q]\n\t"
+        HALF("0", "0", "32")
+        HALF("32", "64", "96")
+        "add $64, %[q]\n\t"
+        "cmp %[end32], %[q]\n\t"
         "jb 1b\n\t"
         "2:\n\t"
+        "cmp %[end], %[q]\n\t" /* 16 elements left */
+        "jae 3f\n\t"
+        HALF("0", "0", "32")
+        "3:\n\t"
         "vmovups %%ymm0, 0(%[s])\n\t"
         "vmovups %%ymm1, 32(%[s])\n\t"
         "vmovups %%ymm2, 64(%[s])\n\t"
@@ -350,9 +358,11 @@ static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16
         "vmovups %%ymm11, 352(%[s])\n\t"
         : [q] "+r"(q)
         : [x0] "r"(x0), [x1] "r"(x1), [x2] "r"(x2), [x3] "r"(x3), [w0] "r"(w0), [w1] "r"(w1),
-          [w2] "r"(w2), [end] "r"(end), [s] "r"(sums), [mask] "m"(*(const __m256i *)HI_HALVES)
+          [w2] "r"(w2), [end] "r"(end), [end32] "r"(end32), [s] "r"(sums),
+          [mask] "m"(*(const __m256i *)HI_HALVES)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+#undef HALF
 #undef FMA3
 }
 
