@@ -7,7 +7,9 @@
  * registers, 2 panel loads and 6 broadcasts of x per k, so FMAs, not loads,
  * bound the loop. The x rows (6 x KC) stay in L1, the panels (NC x KC) in
  * L2. Decode (m <= 4): each W row streamed once, front to back, as one of 4
- * sequential streams, in dot-product form with f32 math. */
+ * sequential streams, in dot-product form with f32 math. Batched decode with
+ * BF16 weights (5-16 rows, a scratch given): 4 x 3 tiles on x permuted once,
+ * see "batched decode" below. */
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
@@ -422,10 +424,14 @@ INLINE void batch_tile(const mnv_matmul_args *a, const float *xp, int64_t kp, in
 #pragma GCC unroll 4
     for (int c = 0; c < C; c++) w[c] = (const uint16_t *)a->w + j[c] * a->ldw;
     batch_dot(R, C, xr, x, w, a->k, out);
+    float *const y = a->y + i0 * a->ldy; /* locals: a store to y could alias *a */
+    const int64_t ldy = a->ldy, j0 = j[0], j1 = j[C > 1], j2 = j[C > 2 ? 2 : 0];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; i++)
-#pragma GCC unroll 4
-        for (int c = 0; c < C; c++) a->y[(i0 + i) * a->ldy + j[c]] = out[i][c];
+    for (int i = 0; i < R; i++) {
+        y[i * ldy + j0] = out[i][0];
+        if (C > 1) y[i * ldy + j1] = out[i][1];
+        if (C > 2) y[i * ldy + j2] = out[i][2];
+    }
 }
 
 /* Rows of x by the W rows j[0..C): passes of at most BR rows (m split evenly:
