@@ -281,9 +281,9 @@ INLINE __m256 bf16_odd(const uint16_t *p) {
 
 /* The 4 x 3 tile's loop in assembly: the compiler spills accumulators of it
  * (12 of them, 3 weights and x take all 16 registers), and a spilled sum puts
- * a store and a load into its FMA chain. sums[r * 3 + c] gets the 8 lane sums
- * of x_r . w_c over k16 elements (a multiple of 16); xp: permuted x rows. */
-static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16, __m256 sums[12]) {
+ * a store and a load into its FMA chain. out[r][c] = x_r . w_c over k16
+ * elements (a multiple of 16); xp: permuted x rows. */
+static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16, float out[BR][4]) {
     const float *x0 = xp[0], *x1 = xp[1], *x2 = xp[2], *x3 = xp[3];
     const uint16_t *w0 = w[0], *w1 = w[1], *w2 = w[2];
     int64_t q = 0; /* byte offset in the W rows; x rows at twice it */
@@ -316,6 +316,14 @@ static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16
     FMA3(xo "(%[x1], %[q], 2)", "3", "4", "5")                                                   \
     FMA3(xo "(%[x2], %[q], 2)", "6", "7", "8")                                                   \
     FMA3(xo "(%[x3], %[q], 2)", "9", "10", "11")
+    /* the row's three sums (and a copy of the third) to 16 bytes at ds */
+#define SUM3(a, b, c, ds)                                                                        \
+    "vhaddps %%ymm" b ", %%ymm" a ", %%ymm12\n\t"                                                \
+    "vhaddps %%ymm" c ", %%ymm" c ", %%ymm13\n\t"                                                \
+    "vhaddps %%ymm13, %%ymm12, %%ymm12\n\t"                                                      \
+    "vextractf128 $1, %%ymm12, %%xmm13\n\t"                                                      \
+    "vaddps %%xmm13, %%xmm12, %%xmm12\n\t"                                                       \
+    "vmovups %%xmm12, " ds "(%[s])\n\t"
     __asm__ volatile(
         "vxorps %%ymm0, %%ymm0, %%ymm0\n\t"
         "vxorps %%ymm1, %%ymm1, %%ymm1\n\t"
@@ -346,24 +354,17 @@ static void tile43(const float *const *xp, const uint16_t *const *w, int64_t k16
         "jae 3f\n\t"
         HALF("0", "0", "32")
         "3:\n\t"
-        "vmovups %%ymm0, 0(%[s])\n\t"
-        "vmovups %%ymm1, 32(%[s])\n\t"
-        "vmovups %%ymm2, 64(%[s])\n\t"
-        "vmovups %%ymm3, 96(%[s])\n\t"
-        "vmovups %%ymm4, 128(%[s])\n\t"
-        "vmovups %%ymm5, 160(%[s])\n\t"
-        "vmovups %%ymm6, 192(%[s])\n\t"
-        "vmovups %%ymm7, 224(%[s])\n\t"
-        "vmovups %%ymm8, 256(%[s])\n\t"
-        "vmovups %%ymm9, 288(%[s])\n\t"
-        "vmovups %%ymm10, 320(%[s])\n\t"
-        "vmovups %%ymm11, 352(%[s])\n\t"
+        SUM3("0", "1", "2", "0")
+        SUM3("3", "4", "5", "16")
+        SUM3("6", "7", "8", "32")
+        SUM3("9", "10", "11", "48")
         : [q] "+r"(q)
         : [x0] "r"(x0), [x1] "r"(x1), [x2] "r"(x2), [x3] "r"(x3), [w0] "r"(w0), [w1] "r"(w1),
-          [w2] "r"(w2), [end] "r"(end), [end32] "r"(end32), [s] "r"(sums),
+          [w2] "r"(w2), [end] "r"(end), [end32] "r"(end32), [s] "r"(out),
           [mask] "m"(*(const __m256i *)HI_HALVES)
         : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
           "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+#undef SUM3
 #undef HALF
 #undef FMA3
 }
@@ -378,7 +379,7 @@ INLINE void batch_dot(int R, int C, const float *const *xp, const float *const *
 #pragma GCC unroll 4
         for (int c = 0; c < C; c++) acc[i][c] = _mm256_setzero_ps();
     const int64_t k16 = k / 16 * 16;
-    if (R == 4 && C == 3) tile43(xp, w, k16, (__m256 *)acc);
+    if (R == 4 && C == 3) tile43(xp, w, k16, out);
     else for (int64_t kk = 0; kk < k16; kk += 16) {
         __m256 wv[BC];
 #pragma GCC unroll 4
@@ -407,7 +408,8 @@ INLINE void batch_dot(int R, int C, const float *const *xp, const float *const *
     const __m256 z = _mm256_setzero_ps();
 #pragma GCC unroll 4
     for (int i = 0; i < R; i++) {
-        _mm_storeu_ps(out[i], hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z, z));
+        if (R < 4 || C < 3) /* else tile43 summed the lanes */
+            _mm_storeu_ps(out[i], hsum4(acc[i][0], C > 1 ? acc[i][1] : z, C > 2 ? acc[i][2] : z, z));
         for (int64_t q = k16; q < k; q++)
             for (int c = 0; c < C; c++) out[i][c] += x[i][q] * mnv_bf16_to_f32(w[c][q]);
     }
