@@ -54,7 +54,7 @@ bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out);
 /* AVX2: BF16 products with m from this to MNV_MATMUL_PASSES_MAX_M (batched
  * decode), given a scratch and a barrier and not row-invariant, run as tiles
  * of 4 x-rows by 3 W-rows on x permuted once (mnv__matmul_avx2_batched). */
-#define MNV_MATMUL_BATCH_MIN_M 5
+#define MNV_MATMUL_BATCH_MIN_M 7 /* 5 and 6 rows: the decode kernel in one pass was faster */
 /* Products with m at most this are run as matrix-vector products: each
  * weight row is streamed once with f32 math, no scratch and no barrier. */
 #define MNV_MATMUL_GEMV_MAX_M 4

@@ -8,7 +8,7 @@
  * bound the loop. The x rows (6 x KC) stay in L1, the panels (NC x KC) in
  * L2. Decode (m <= 4): each W row streamed once, front to back, as one of 4
  * sequential streams, in dot-product form with f32 math. Batched decode with
- * BF16 weights (5-16 rows, a scratch given): 4 x 3 tiles on x permuted once,
+ * BF16 weights (7-16 rows, a scratch given): 4 x 3 tiles on x permuted once,
  * see "batched decode" below. */
 #if defined(__x86_64__) || defined(_M_X64)
 
