@@ -136,10 +136,13 @@ bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out) {
 
 /* Enough for every implementation, so forcing one never outgrows a buffer
  * sized earlier: BF16 products round x to bf16 rows of kpad elements
- * (AVX-512 BF16) or permute it into f32 rows of kpad elements (AVX2). */
+ * (AVX-512 BF16), or up to MNV_MATMUL_PASSES_MAX_M rows permute it into f32
+ * rows of kpad elements (AVX2). */
 size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype) {
     if (wtype != MNV_DTYPE_BF16 || m <= MNV_MATMUL_GEMV_MAX_M) return 0;
-    return (size_t)m * (size_t)mnv__matmul_bf16_kpad(k) * sizeof(float);
+    const size_t kpad = (size_t)mnv__matmul_bf16_kpad(k);
+    if (m > MNV_MATMUL_PASSES_MAX_M) return (size_t)m * kpad * sizeof(uint16_t);
+    return (size_t)m * kpad * sizeof(float);
 }
 
 /* Rows of W per block in run_passes: a block streams from memory once and is
