@@ -14,9 +14,11 @@
  * prefill figure is also given as a % of it. Figures are "median/best" of several timed runs: this
  * host is shared, and the best run is the one least disturbed.
  *
- * usage: bench_matmul [reps (default 9)] [pool MiB (default 512)] [impl] [dtypes] [sweep]
+ * usage: bench_matmul [reps (default 9)] [pool MiB (default 512)] [impl] [dtypes] [sweep|batch]
  *   ("" for impl or dtypes: the default; "sweep": instead, GB/s of weights from DRAM
- *   for m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880)
+ *   for m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880; "batch":
+ *   GFLOP/s and % of the FMA peak, weights from DRAM, for m = 1, 4, 5, 6, 8, 12, 16
+ *   (batched decode) on the products of a 0.48B Qwen2 (4864x896, 896x4864, 896x896))
  *   impl    forces an implementation ("avx512", "avx2", "scalar", ...)
  *   dtypes  which weight types to run, e.g. "bf16,f16" (default all) */
 #include <pthread.h>
@@ -122,8 +124,11 @@ static double stream_pass(pool *p, const void *buf, size_t bytes) {
  * Intel cores) on 2 pipes; the result is used, so nothing is optimised out. */
 __attribute__((target("avx2,fma"))) static float fma_chains(long iters) {
     __m256 b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0.1f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-    __m256 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+    /* distinct starting values: equal chains would be merged into one by the compiler */
+    __m256 a0 = _mm256_set1_ps(0.10f), a1 = _mm256_set1_ps(0.11f), a2 = _mm256_set1_ps(0.12f);
+    __m256 a3 = _mm256_set1_ps(0.13f), a4 = _mm256_set1_ps(0.14f), a5 = _mm256_set1_ps(0.15f);
+    __m256 a6 = _mm256_set1_ps(0.16f), a7 = _mm256_set1_ps(0.17f), a8 = _mm256_set1_ps(0.18f);
+    __m256 a9 = _mm256_set1_ps(0.19f), a10 = _mm256_set1_ps(0.20f), a11 = _mm256_set1_ps(0.21f);
     for (long i = 0; i < iters; i++) {
         a0 = _mm256_fmadd_ps(a0, b, c), a1 = _mm256_fmadd_ps(a1, b, c);
         a2 = _mm256_fmadd_ps(a2, b, c), a3 = _mm256_fmadd_ps(a3, b, c);
@@ -206,6 +211,9 @@ typedef struct {
     double ratio;  /* decode: median of rate / streaming read, each rep paired */
 } result;
 
+/* 1: products run row-invariant (the engine's deterministic mode). */
+static int row_invariant;
+
 /* Each rep times a batch of ~0.1 s; a decode rep is followed by a streaming
  * read of the same pool, so that the ratio compares figures taken a moment
  * apart (this host's bandwidth drifts by 2x within minutes). */
@@ -217,7 +225,7 @@ static result run_case_mode(pool *p, const wshape *s, mnv_dtype t, int64_t m, ch
     size_t wbytes = (size_t)(s->n * s->k) * mnv_dtype_size(t);
     job j = {.a = {.x = x, .ldx = s->k, .wtype = t, .ldw = s->k, .y = y, .ldy = s->n, .m = m,
                    .n = s->n, .k = s->k, .scratch = scratch, .barrier = spin_wait,
-                   .barrier_ctx = &p->inner},
+                   .barrier_ctx = &p->inner, .row_invariant = row_invariant},
              .w0 = wpool, .wbytes = wbytes,
              /* prefill reuses one weight copy (it is compute-bound); decode cycles */
              .ncopies = decode ? (int)(pool_bytes / wbytes) : 1};
@@ -270,6 +278,43 @@ static void run_sweep(mnv_dtype t, char *wpool, size_t pool_bytes, float *x, flo
     }
 }
 
+static const wshape BATCH_SHAPES[] = {
+    {"4864x896", 4864, 896},
+    {"896x4864", 896, 4864},
+    {"896x896", 896, 896},
+};
+static const int64_t BATCH_M[] = {1, 4, 5, 6, 8, 12, 16};
+enum { N_BATCH_M = sizeof BATCH_M / sizeof BATCH_M[0] };
+
+/* GFLOP/s (median) per m, 1 and 2 threads, weights from DRAM; in brackets the
+ * % of the same threads' FMA peak. Each line twice: as by default, then
+ * row-invariant ("det": the decode kernel's passes, deterministic mode). */
+static void run_batch(mnv_dtype t, char *wpool, size_t pool_bytes, float *x, float *y,
+                      void *scratch, int reps, const double peak[3]) {
+    printf("\n%-6s GFLOP/s (%% of FMA peak), weights from DRAM\n%-9s %-4s", mnv_dtype_name(t),
+           "W", "thr");
+    for (int mi = 0; mi < N_BATCH_M; mi++) printf(" %11lld", (long long)BATCH_M[mi]);
+    printf("\n");
+    for (int s = 0; s < 3; s++)
+        for (int v = 0; v < 4; v++) {
+            const int nth = 1 + v / 2;
+            row_invariant = v % 2;
+            pool p;
+            pool_init(&p, nth);
+            printf("%-9s %d%-3s", BATCH_SHAPES[s].name, nth, row_invariant ? "det" : "");
+            for (int mi = 0; mi < N_BATCH_M; mi++) {
+                const int64_t m = BATCH_M[mi];
+                double gbs = run_case_mode(&p, &BATCH_SHAPES[s], t, m, wpool, pool_bytes, x, y,
+                                           scratch, reps, true).rate;
+                double g = gbs / (double)mnv_dtype_size(t) * 2.0 * (double)m;
+                printf(" %5.1f (%2.0f%%)", g, peak[nth] > 0 ? 100 * g / peak[nth] : 0.0);
+            }
+            printf("\n");
+            pool_free(&p);
+        }
+    row_invariant = 0;
+}
+
 int main(int argc, char **argv) {
     int reps = argc > 1 ? atoi(argv[1]) : 9;
     size_t pool_bytes = (size_t)(argc > 2 ? atoi(argv[2]) : 512) << 20;
@@ -278,6 +323,7 @@ int main(int argc, char **argv) {
         return fprintf(stderr, "impl %s not available\n", argv[3]), 1;
     const char *only = argc > 4 && argv[4][0] ? argv[4] : "bf16,f16,f32";
     const bool sweep = argc > 5 && strcmp(argv[5], "sweep") == 0;
+    const bool batch = argc > 5 && strcmp(argv[5], "batch") == 0;
     const int64_t M = 512, KMAX = 5504;
     char *wpool = alloc_huge(pool_bytes);
     float *x = malloc(sizeof(float) * (size_t)(M * KMAX));
@@ -296,6 +342,10 @@ int main(int argc, char **argv) {
         mnv_dtype t = WTYPES[w];
         if (!listed(only, mnv_dtype_name(t))) continue;
         fill_random(wpool, pool_bytes / mnv_dtype_size(t), t);
+        if (batch) {
+            run_batch(t, wpool, pool_bytes, x, y, scratch, reps, peak);
+            continue;
+        }
         if (sweep) {
             run_sweep(t, wpool, pool_bytes, x, y, scratch, reps);
             continue;

@@ -61,6 +61,7 @@ typedef struct {
     void (*run)(const mnv_matmul_args *a, int ith, int nth);
     int64_t pass_rows;    /* rows of x its decode kernel takes at once (m <= this: run alone) */
     int64_t passes_max_m; /* m up to this runs as passes of the decode kernel (run_passes) */
+    bool (*own)(const mnv_matmul_args *a); /* if set and true: run() takes the product itself */
 } matmul_impl;
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -77,14 +78,15 @@ static void run_avx512(const mnv_matmul_args *a, int ith, int nth) {
 static const matmul_impl impls[] = {
 #if defined(__x86_64__) || defined(_M_X64)
     /* its own mid-size path (BF16 dot products) up to MNV_MATMUL_MID_MAX_M */
-    {"avx512-bf16", MNV_ISA_AVX512, MNV_CPU_AVX512_BF16, run_avx512_bf16, 4, 4},
-    {"avx512", MNV_ISA_AVX512, -1, run_avx512, 4, MNV_MATMUL_PASSES_MAX_M},
-    {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2, 6, MNV_MATMUL_PASSES_MAX_M},
+    {"avx512-bf16", MNV_ISA_AVX512, MNV_CPU_AVX512_BF16, run_avx512_bf16, 4, 4, NULL},
+    {"avx512", MNV_ISA_AVX512, -1, run_avx512, 4, MNV_MATMUL_PASSES_MAX_M, NULL},
+    {"avx2", MNV_ISA_AVX2, -1, mnv__matmul_avx2, 6, MNV_MATMUL_PASSES_MAX_M,
+     mnv__matmul_avx2_batched},
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
-    {"neon", MNV_ISA_NEON, -1, mnv__matmul_neon, 4, MNV_MATMUL_PASSES_MAX_M},
+    {"neon", MNV_ISA_NEON, -1, mnv__matmul_neon, 4, MNV_MATMUL_PASSES_MAX_M, NULL},
 #endif
-    {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar, 4, 4},
+    {"scalar", MNV_ISA_SCALAR, -1, mnv__matmul_scalar, 4, 4, NULL},
 };
 enum { N_IMPLS = sizeof impls / sizeof impls[0] };
 
@@ -133,10 +135,14 @@ bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out) {
 }
 
 /* Enough for every implementation, so forcing one never outgrows a buffer
- * sized earlier: BF16 products round x to bf16 rows of kpad elements. */
+ * sized earlier: BF16 products round x to bf16 rows of kpad elements
+ * (AVX-512 BF16), or up to MNV_MATMUL_PASSES_MAX_M rows permute it into f32
+ * rows of kpad elements (AVX2). */
 size_t mnv_cpu_matmul_scratch_size(int64_t m, int64_t k, mnv_dtype wtype) {
     if (wtype != MNV_DTYPE_BF16 || m <= MNV_MATMUL_GEMV_MAX_M) return 0;
-    return (size_t)m * (size_t)mnv__matmul_bf16_kpad(k) * sizeof(uint16_t);
+    const size_t kpad = (size_t)mnv__matmul_bf16_kpad(k);
+    if (m > MNV_MATMUL_PASSES_MAX_M) return (size_t)m * kpad * sizeof(uint16_t);
+    return (size_t)m * kpad * sizeof(float);
 }
 
 /* Rows of W per block in run_passes: a block streams from memory once and is
@@ -184,7 +190,7 @@ void mnv_cpu_matmul(const mnv_matmul_args *a, int ith, int nth) {
     const matmul_impl *impl = current_impl();
     const bool passes = a->row_invariant ? a->m > impl->pass_rows
                                          : a->m > impl->pass_rows && a->m <= impl->passes_max_m;
-    if (passes)
+    if (passes && !(impl->own && impl->own(a)))
         run_passes(impl, a, ith, nth);
     else
         impl->run(a, ith, nth);

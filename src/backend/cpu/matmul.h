@@ -51,6 +51,10 @@ bool mnv_cpu_matmul_impl_at(int i, mnv_cpu_impl_desc *out);
 
 /* ---- internal: the implementations and what they share ------------------- */
 
+/* AVX2: BF16 products with m from this to MNV_MATMUL_PASSES_MAX_M (batched
+ * decode), given a scratch and a barrier and not row-invariant, run as tiles
+ * of 4 x-rows by 3 W-rows on x permuted once (mnv__matmul_avx2_batched). */
+#define MNV_MATMUL_BATCH_MIN_M 7 /* 5 and 6 rows: the decode kernel in one pass was faster */
 /* Products with m at most this are run as matrix-vector products: each
  * weight row is streamed once with f32 math, no scratch and no barrier. */
 #define MNV_MATMUL_GEMV_MAX_M 4
@@ -83,6 +87,8 @@ void mnv__matmul_scalar(const mnv_matmul_args *a, int ith, int nth);
  * rounded to bf16 in the scratch (needs AVX512_BF16); otherwise f32 math. */
 void mnv__matmul_avx512(const mnv_matmul_args *a, int ith, int nth, bool bf16_dot);
 void mnv__matmul_avx2(const mnv_matmul_args *a, int ith, int nth);
+/* True when mnv__matmul_avx2 runs this product with its batched-decode tiles. */
+bool mnv__matmul_avx2_batched(const mnv_matmul_args *a);
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
 /* f32 math for every weight type (matmul_neon.c). */
