@@ -105,6 +105,24 @@ static const mnv_backend_iface guard_iface = {
     .supports_node = g_supports, .compute = g_compute, .synchronize = g_sync, .n_threads = g_threads,
 };
 
+/* A backend that (as one fusing two nodes would) keeps each node's input
+ * alive one node past its last reader. */
+static void g_plan_lifetimes(mnv_backend *b, mnv_graph *g) {
+    (void)b;
+    int32_t n = mnv_graph_n_nodes(g);
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (nd->op != MNV_OP_LEAF && nd->last_use >= 0 && nd->last_use + 1 < n) nd->last_use++;
+    }
+}
+
+static const mnv_backend_iface extend_iface = {
+    .version = MNV_BACKEND_IFACE_VERSION, .name = "extended", .free = g_destroy, .buffer_alloc = g_alloc,
+    .buffer_free = g_free, .host_memory = g_host_memory, .upload = g_upload, .download = g_download, .copy = g_copy,
+    .supports_node = g_supports, .compute = g_compute, .synchronize = g_sync, .n_threads = g_threads,
+    .plan_lifetimes = g_plan_lifetimes,
+};
+
 static mnv_status guard_ctor(const mnv_backend_params *p, mnv_backend **out) {
     *out = NULL;
     mnv_backend *b = calloc(1, sizeof *b);
@@ -347,8 +365,42 @@ static void test_engine_on_device(const char *dir) {
     mnv_model_free(m);
 }
 
+/* The planner with a backend's lifetime hook: a value kept past its last
+ * reader is not given to the node after that reader, and is freed when its
+ * extended life ends (a long chain does not grow the arena). */
+static void test_plan_hook(void) {
+    mnv_backend *dev = guard_create();
+    mnv_graph *g = NULL;
+    mnv_executor *ex = NULL;
+    CHECK(dev && mnv_graph_create(256, &g) == MNV_OK);
+    if (!dev || !g) {
+        mnv_backend_free(dev);
+        return;
+    }
+    dev->iface = &extend_iface;
+    CHECK(mnv_executor_create(dev, &ex) == MNV_OK);
+    const int64_t n = 4096, len = 60;
+    int64_t shape[1] = {n};
+    mnv_array *x = mnv_input(g, MNV_DTYPE_F32, 1, shape, "x"), *y = x, *chain[60];
+    for (int i = 0; i < len; i++) chain[i] = y = mnv_scale(g, y, 1.0f + 1.0f / (float)(i + 1));
+    mnv_set_output(y);
+    size_t need = 0, one = (size_t)n * 4;
+    CHECKF(mnv_executor_plan(ex, g, &need) == MNV_OK, "%s", mnv_last_error());
+    CHECKF(need <= 5 * one, "arena %zu bytes for a chain of %d x %zu with lives one node longer", need, (int)len, one);
+    bool apart = true; /* node i + 2 is placed while node i still lives */
+    for (int i = 0; i + 2 < len; i++) {
+        size_t a = chain[i]->offset, b = chain[i + 2]->offset;
+        apart &= a + one <= b || b + one <= a;
+    }
+    CHECK(apart);
+    mnv_executor_free(ex);
+    mnv_graph_free(g);
+    mnv_backend_free(dev);
+}
+
 int main(void) {
     t_seed();
+    test_plan_hook();
     mnv_backend_params p = {.name = "cpu", .n_threads = 1};
     mnv_backend *cpu = NULL;
     CHECK(mnv_backend_create(&p, &cpu) == MNV_OK);

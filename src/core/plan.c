@@ -133,6 +133,19 @@ static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
     ex->n_free = 0;
     compute_lifetimes(g);
     if (ex->be->iface->plan_lifetimes) ex->be->iface->plan_lifetimes(ex->be, g);
+    /* the values whose life ends at each node: freed once that node's own
+     * memory is placed (a backend's hook may have extended a value past its
+     * last reader, so the readers alone do not say when) */
+    int32_t *ends = malloc(sizeof(int32_t) * (size_t)(2 * n + 1)), *next = ends ? ends + n : NULL;
+    if (!ends) return mnv_set_error(MNV_ERR_NOMEM, "planner: out of memory");
+    for (int32_t i = 0; i < n; i++) ends[i] = -1;
+    for (int32_t i = 0; i < n; i++) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (owns_memory(ex, nd) && nd->last_use >= 0 && nd->last_use < n) {
+            next[i] = ends[nd->last_use];
+            ends[nd->last_use] = i;
+        }
+    }
     size_t high = 0;
     for (int32_t i = 0; !ex->host_mem && i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
@@ -144,14 +157,12 @@ static mnv_status plan(mnv_executor *ex, mnv_graph *g, size_t *size_out) {
             nd->offset = fl_alloc(ex, slot_bytes(nd), &high);
             if (nd->last_use < 0) fl_free(ex, nd->offset, slot_bytes(nd)); /* dead value */
         }
-        for (int s = 0; s < MNV_MAX_SRC; s++) {
-            mnv_node *r = nd->src[s] ? root_of(nd->src[s]) : NULL;
-            if (!r || r->last_use != i || !owns_memory(ex, r)) continue;
-            bool dup = false; /* the same root may feed several slots */
-            for (int t = 0; t < s; t++) dup |= nd->src[t] && root_of(nd->src[t]) == r;
-            if (!dup) fl_free(ex, r->offset, slot_bytes(r));
+        for (int32_t r = ends[i]; r >= 0; r = next[r]) {
+            mnv_node *v = mnv_graph_node(g, r);
+            fl_free(ex, v->offset, slot_bytes(v));
         }
     }
+    free(ends);
     *size_out = high;
     return MNV_OK;
 }
