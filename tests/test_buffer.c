@@ -112,7 +112,7 @@ static void g_plan_lifetimes(mnv_backend *b, mnv_graph *g) {
     int32_t n = mnv_graph_n_nodes(g);
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
-        if (nd->op != MNV_OP_LEAF && nd->last_use >= 0 && nd->last_use + 1 < n) nd->last_use++;
+        if (nd->op != MNV_OP_LEAF && nd->last_use >= 0 && nd->last_use < n - 1) nd->last_use++; /* not outputs */
     }
 }
 
