@@ -2,6 +2,9 @@
  * conversions, the thread pool and its barrier. */
 #include <stdatomic.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backend/backend.h"
@@ -169,11 +172,92 @@ static void test_thread_counts(void) {
     CHECK(mnv_cpu_get_info(NULL) == MNV_ERR_INVALID_ARG);
 }
 
+/* Weak neighbours: a runnable thread niced 10 or more above us, or under
+ * SCHED_IDLE, is not counted as taking a CPU from an adaptive run. */
+static void test_weak_stat_lines(void) {
+    /* fields 3.. : state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+     * cutime cstime priority nice threads ...; policy is field 41 */
+    const char *head = "4242 (cc1 (x) y) ";
+    char line[512];
+    const struct {
+        char state;
+        int nice, policy;
+        bool weak;
+    } cases[] = {{'R', 19, 0, true}, {'R', 10, 0, true}, {'R', 9, 0, false}, {'S', 19, 0, false},
+                 {'R', 0, 5, true},  {'R', 0, 0, false}, {'D', 0, 5, false}, {'R', -5, 3, false}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int o = snprintf(line, sizeof line, "%s%c 1 1 1 0 -1 4194304 10 0 0 0 5 6 0 0 %d %d 1 0 99", head,
+                         cases[c].state, 20 + cases[c].nice, cases[c].nice);
+        for (int f = 23; f <= 40; f++) o += snprintf(line + o, sizeof line - (size_t)o, " %d", f);
+        snprintf(line + o, sizeof line - (size_t)o, " %d 0 0\n", cases[c].policy);
+        CHECKF(mnv__stat_weak_runnable(line, 0) == cases[c].weak, "case %zu: %s", c, line);
+    }
+    /* relative to our own nice; a line cut before the nice field is not weak */
+    snprintf(line, sizeof line, "%sR 1 1 1 0 -1 4194304 10 0 0 0 5 6 0 0 39 19 1", head);
+    CHECK(mnv__stat_weak_runnable(line, 0) && mnv__stat_weak_runnable(line, 9) && !mnv__stat_weak_runnable(line, 10));
+    CHECK(!mnv__stat_weak_runnable("4242 (cc1) R 1 1 1", 0));
+    CHECK(!mnv__stat_weak_runnable("4242 cc1 R", 0) && !mnv__stat_weak_runnable("", 0));
+}
+
+/* A spinning child: at nice 19 it is weak (for a test not itself niced), at
+ * our own nice it is not. */
+static pid_t spin_child(int nice_by) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        if (nice_by) (void)!nice(nice_by);
+        alarm(10); /* never outlive the test */
+        for (volatile unsigned long i = 0;; i++) {}
+    }
+    return pid;
+}
+
+static bool child_weak(pid_t pid, int our_nice, int tries_max) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    for (int tries = 0; tries < tries_max; tries++) { /* until it has niced itself and runs */
+        FILE *f = fopen(path, "r");
+        if (!f) return false;
+        const bool ok = fgets(buf, sizeof buf, f) != NULL;
+        fclose(f);
+        if (ok && mnv__stat_weak_runnable(buf, our_nice)) return true;
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+static void test_weak_children(void) {
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) {
+        printf("  weak neighbours: no /proc here, skipped\n");
+        return;
+    }
+    fclose(f);
+    const int our_nice = getpriority(PRIO_PROCESS, 0);
+    const pid_t niced = spin_child(19), plain = spin_child(0);
+    CHECK(niced > 0 && plain > 0);
+    if (our_nice + 10 <= 19) {
+        CHECKF(child_weak(niced, our_nice, 200), "a spinning child at nice 19 is weak beside us at %d", our_nice);
+        CHECK(mnv__weak_runnable() >= 1);
+    } else {
+        printf("  weak neighbours: this test runs at nice %d, the niced child cannot be weaker\n", our_nice);
+    }
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    CHECK(!child_weak(plain, our_nice, 1));
+    kill(niced, SIGKILL);
+    kill(plain, SIGKILL);
+    waitpid(niced, NULL, 0);
+    waitpid(plain, NULL, 0);
+}
+
 int main(void) {
     t_seed();
     test_thread_counts();
     test_threadpool_sleep();
     test_threadpool_adaptive();
+    test_weak_stat_lines();
+    test_weak_children();
     test_status();
     test_dtypes();
     test_halves();

@@ -14,13 +14,17 @@
  *
  * A run also takes only as many threads as the CPUs other processes leave
  * free (run_width): threads in lockstep beside a busy neighbour would wait
- * for each other's time slices at every node.
+ * for each other's time slices at every node. Neighbours far below our
+ * priority (niced 10 or more above us, or SCHED_IDLE) do not count: the
+ * scheduler gives them under a tenth of a core beside each of our threads.
  *
  * Wakers store the new word value, then look at the word's sleeper count;
  * sleepers count themselves in before the kernel re-checks the word. Both
  * are sequentially consistent, so a wake-up is never missed. */
 #include "core/threadpool.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -28,6 +32,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -54,6 +60,7 @@ enum {
 };
 static const int64_t SPIN_HOT_NS = 10 * 1000 * 1000; /* CPUs free: spin up to 10 ms, then sleep */
 static const int64_t SPIN_BLIND_NS = 200 * 1000;     /* run queue unknown: 0.2 ms */
+static const int64_t WEAK_SCAN_NS = 500 * 1000 * 1000; /* how often the weak neighbours are counted */
 
 /* A word threads wait on, with its sleepers, on a cache line of its own. */
 typedef struct {
@@ -80,6 +87,11 @@ struct mnv_threadpool {
     /* the last look at the run queue (contended()) */
     _Atomic int64_t probe_t;
     _Atomic int probing, busy;
+    /* runnable threads of other processes far below our priority, counted
+     * by run_width() at most every WEAK_SCAN_NS (-1: never counted) */
+    _Atomic int weak;
+    int64_t weak_t;
+    int others_prev; /* run_width()'s count of others at the previous run */
 #if !defined(__linux__)
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -109,7 +121,7 @@ static int runnable_now(mnv_threadpool *tp) {
 
 static bool machine_busy(mnv_threadpool *tp) {
     const int r = runnable_now(tp);
-    return r < 0 || r > tp->n_online;
+    return r < 0 || r - MNV_MAX(0, atomic_load_explicit(&tp->weak, memory_order_relaxed)) > tp->n_online;
 }
 
 /* Someone waits for a core we hold: the machine has more runnable threads
@@ -220,6 +232,7 @@ mnv_status mnv_threadpool_create(int n_threads, mnv_threadpool **out) {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     tp->n_online = online > 0 ? (int)online : 1;
     tp->loadavg_fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+    atomic_store(&tp->weak, -1);
     /* The machine-wide count says nothing of the CPUs a process confined to
      * some of them (affinity, cpuset, quota) shares with others: spin briefly. */
     tp->spin_ns = tp->loadavg_fd >= 0 && mnv__cpu_count() >= tp->n_online ? SPIN_HOT_NS : SPIN_BLIND_NS;
@@ -275,14 +288,27 @@ int mnv_threadpool_size(const mnv_threadpool *tp) { return tp->n; }
  * least the caller). Threads in lockstep beside a busy neighbour wait for
  * each other's time slices at every node; fewer threads do not. The run
  * queue counts our own running threads (the caller and the workers that
- * are not asleep): they are not "others". */
+ * are not asleep): they are not "others", nor are the weak neighbours'
+ * (counted afresh at most every WEAK_SCAN_NS, and only while others run).
+ * The run queue is read at one instant, where a kernel thread may be
+ * passing through: only others seen at two runs in a row count. */
 static int run_width(mnv_threadpool *tp) {
     if (!tp->adaptive || tp->spin_ns != SPIN_HOT_NS) return tp->n;
     const int r = runnable_now(tp);
     if (r < 0) return tp->n;
     const int ours = tp->n - atomic_load(&tp->generation.sleepers);
-    const int others = MNV_MAX(0, r - ours);
-    return MNV_MAX(1, MNV_MIN(tp->n, tp->n_online - others));
+    int others = MNV_MAX(0, r - ours);
+    if (others > 0 && tp->n_online - others < tp->n) {
+        const int64_t t = now_ns();
+        if (atomic_load_explicit(&tp->weak, memory_order_relaxed) < 0 || t - tp->weak_t > WEAK_SCAN_NS) {
+            atomic_store_explicit(&tp->weak, mnv__weak_runnable(), memory_order_relaxed);
+            tp->weak_t = t;
+        }
+        others = MNV_MAX(0, others - atomic_load_explicit(&tp->weak, memory_order_relaxed));
+    }
+    const int seen = MNV_MIN(others, tp->others_prev);
+    tp->others_prev = others;
+    return MNV_MAX(1, MNV_MIN(tp->n, tp->n_online - seen));
 }
 
 void mnv_threadpool_run(mnv_threadpool *tp, mnv_task_fn fn, void *arg) {
@@ -417,4 +443,87 @@ int mnv__cpu_count(void) {
 int mnv__threads_clamp(int requested) {
     const int avail = mnv__cpu_count();
     return requested <= 0 || requested > avail ? avail : requested;
+}
+
+/* ---- weak neighbours ---------------------------------------------------------- */
+
+enum { WEAK_NICE = 10, POLICY_IDLE = 5 };
+
+/* Fields of one line of /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat:
+ * the state (field 3), nice (19), the thread count (20) and the scheduling
+ * policy (41, -1 when the kernel is too old to write it), read after the
+ * last ')' since the command name may hold spaces and parens. */
+static bool parse_stat(const char *stat, char *state, long *nice, long *threads, long *policy) {
+    const char *p = strrchr(stat, ')');
+    if (!p || p[1] != ' ' || !p[2]) return false;
+    p += 2;
+    *state = *p;
+    *nice = 0, *threads = 1, *policy = -1;
+    int field = 3;
+    for (; *p && field <= 41; field++) {
+        if (field == 19) *nice = strtol(p, NULL, 10);
+        else if (field == 20) *threads = strtol(p, NULL, 10);
+        else if (field == 41) *policy = strtol(p, NULL, 10);
+        const char *sp = strchr(p, ' ');
+        if (!sp) break;
+        p = sp + 1;
+    }
+    return field >= 20;
+}
+
+bool mnv__stat_weak_runnable(const char *stat, int our_nice) {
+    char state;
+    long nice, threads, policy;
+    if (!parse_stat(stat, &state, &nice, &threads, &policy) || state != 'R') return false;
+    return policy == POLICY_IDLE || nice >= our_nice + WEAK_NICE;
+}
+
+#if defined(__linux__)
+static bool read_stat(const char *path, char *buf, size_t cap) {
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const ssize_t len = read(fd, buf, cap - 1);
+    close(fd);
+    if (len <= 0) return false;
+    buf[len] = 0;
+    return true;
+}
+
+/* A multi-threaded process: its runnable threads that are weak. */
+static int weak_tasks(const char *pid, int our_nice) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%.16s/task", pid);
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!isdigit((unsigned char)e->d_name[0])) continue;
+        snprintf(path, sizeof path, "/proc/%.16s/task/%.16s/stat", pid, e->d_name);
+        if (read_stat(path, buf, sizeof buf) && mnv__stat_weak_runnable(buf, our_nice)) n++;
+    }
+    closedir(d);
+    return n;
+}
+#endif
+
+int mnv__weak_runnable(void) {
+    int n = 0;
+#if defined(__linux__)
+    DIR *d = opendir("/proc");
+    if (!d) return 0;
+    const int our_nice = getpriority(PRIO_PROCESS, 0);
+    const long self = (long)getpid();
+    char path[64], buf[1024];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!isdigit((unsigned char)e->d_name[0]) || strtol(e->d_name, NULL, 10) == self) continue;
+        snprintf(path, sizeof path, "/proc/%.16s/stat", e->d_name);
+        char state;
+        long nice, threads, policy;
+        if (!read_stat(path, buf, sizeof buf) || !parse_stat(buf, &state, &nice, &threads, &policy)) continue;
+        if (threads > 1) n += weak_tasks(e->d_name, our_nice);
+        else n += mnv__stat_weak_runnable(buf, our_nice);
+    }
+    closedir(d);
+#endif
+    return n;
 }

@@ -37,5 +37,11 @@ int mnv__cpu_count(void);
 /* The thread count to use for a request: 0 (or less) gives mnv__cpu_count(),
  * more than that is clamped to it. */
 int mnv__threads_clamp(int requested);
+/* Runnable threads of other processes far below this one's priority (niced
+ * WEAK_NICE = 10 or more above it, or under SCHED_IDLE), which an adaptive
+ * run does not count as taking a CPU; 0 where /proc is not readable. */
+int mnv__weak_runnable(void);
+/* Whether a /proc stat line is such a thread's, for a process at our_nice. */
+bool mnv__stat_weak_runnable(const char *stat, int our_nice);
 
 #endif

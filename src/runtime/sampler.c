@@ -160,15 +160,17 @@ mnv_status mnv_sampler_chain_create(const mnv_sampler_params *p, int32_t n_vocab
     return MNV_OK;
 }
 
-/* A chain of greedy alone: the highest logit (NaN as -inf, +inf as the
- * largest float, ties to the lower id, as the greedy stage picks among
- * candidates) read straight from the row, without building candidates. */
+/* A logit as the stages see it: NaN as -inf, +inf as the largest float. */
+static inline float clean_logit(float l) { return isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l; }
+
+/* A chain of greedy alone: the highest logit (cleaned, ties to the lower
+ * id, as the greedy stage picks among candidates) read straight from the
+ * row, without building candidates. */
 static int32_t greedy_scan(const float *logits, int32_t n) {
     int32_t best = 0;
     float bl = -INFINITY;
     for (int32_t i = 0; i < n; i++) {
-        float l = logits[i];
-        l = isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
+        const float l = clean_logit(logits[i]);
         if (l > bl || i == 0) {
             best = i;
             bl = l;
@@ -201,11 +203,7 @@ int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab)
         mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n_vocab);
         return -1;
     }
-    for (int32_t i = 0; i < n_vocab; i++) {
-        float l = logits[i];
-        l = isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
-        buf[i] = (mnv_token_cand){i, l, 0.0f};
-    }
+    for (int32_t i = 0; i < n_vocab; i++) buf[i] = (mnv_token_cand){i, clean_logit(logits[i]), 0.0f};
     mnv_cand_array c = {buf, (size_t)n_vocab, 0, -1};
     s->iface->apply(s, &c);
     int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
