@@ -619,8 +619,10 @@ static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e)
         gs->src[1] != tk || !only_reader(out, l) || !is_contiguous(tk) || !is_contiguous(gs) ||
         overlaps(tk, mnv_graph_node(g, i)->src[0]) || overlaps(gs, mnv_graph_node(g, i)->src[0]))
         return -1;
+    if (c->planning) return l; /* the run may still fall back: lives kept longer are safe */
+    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.ldx) || a.m > INT32_MAX) return -1; /* unfused, as any other */
     mnv_cu_router_args r = {.mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data};
-    if (!c->planning) *e = mnv_cu_router(&r, c->stream);
+    *e = mnv_cu_router(&r, c->stream);
     return l;
 }
 
