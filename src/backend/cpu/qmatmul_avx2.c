@@ -989,8 +989,11 @@ INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const floa
         if (BITS == 8)
             for (int r = 0; r < I8_R; r++) s32[r][0] = s32[r][1] = _mm256_setzero_si256();
         for (int64_t q0 = 0; q0 < qg; q0 += SEG) {
-            __m256i s[I8_R][2];
-            for (int r = 0; r < I8_R; r++) s[r][0] = s[r][1] = _mm256_setzero_si256();
+            __m256i s[I8_R][2]; /* 8-bit: the group's int32 sums themselves (no second set of registers) */
+            for (int r = 0; r < I8_R; r++) {
+                s[r][0] = BITS == 8 ? s32[r][0] : _mm256_setzero_si256();
+                s[r][1] = BITS == 8 ? s32[r][1] : _mm256_setzero_si256();
+            }
 #pragma GCC unroll 1
             for (int64_t q = q0; q < q0 + SEG; q++) {
                 const uint8_t *pq = pc + (g * qg + q) * 64;
@@ -1019,8 +1022,7 @@ INLINE void i8_tile(const int BITS, const int SEG, const uint8_t *pc, const floa
             }
             for (int r = 0; r < I8_R; r++) {
                 if (BITS == 8) {
-                    s32[r][0] = _mm256_add_epi32(s32[r][0], s[r][0]);
-                    s32[r][1] = _mm256_add_epi32(s32[r][1], s[r][1]);
+                    s32[r][0] = s[r][0], s32[r][1] = s[r][1];
                     continue;
                 }
                 const __m256 dxb = _mm256_broadcast_ss(dx[r] + g);
