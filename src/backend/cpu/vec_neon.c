@@ -230,6 +230,6 @@ static bool attention(const mnv_attn_args *a, mnv_attn_tile *t) {
     return true;
 }
 
-static const mnv_vec_ops ops = {"neon", dot, axpy, scale, sumsq, silu_mul, attention};
+static const mnv_vec_ops ops = {"neon", dot, axpy, scale, sumsq, silu_mul, attention, NULL}; /* convert: the portable loops */
 const mnv_vec_ops *mnv_vec_neon(void) { return &ops; }
 #endif
