@@ -274,6 +274,41 @@ static void test_get_rows(void) {
     }
 }
 
+/* Argmax of logits rows (what greedy requests bring back instead of rows):
+ * rows as wide as a vocabulary and narrow ones, with NaN, +inf, -inf, ties
+ * of the maximum and rows of nothing but NaN and -inf; the ids equal. */
+typedef struct {
+    int64_t R, N;
+    float *x;
+} argmax_case;
+
+static mnv_array *build_argmax(side *s, mnv_graph *g, void *ud) {
+    argmax_case *c = ud;
+    int64_t sh[2] = {c->R, c->N};
+    return mnv_argmax(g, P(s, g, c->x, MNV_DTYPE_F32, 2, sh));
+}
+
+static void test_argmax(void) {
+    for (int i = 0; i < 8; i++) {
+        argmax_case c = {.R = t_randint(1, 9), .N = i < 2 ? 201088 : t_randint(1, 5000)};
+        c.x = randv((size_t)(c.R * c.N), 4.0f);
+        for (int64_t r = 0; r < c.R; r++) {
+            float *row = c.x + r * c.N;
+            const int kind = (int)(r % 6);
+            if (kind == 1) row[t_randint(0, (int)c.N - 1)] = NAN;
+            if (kind == 2) row[t_randint(0, (int)c.N - 1)] = INFINITY, row[t_randint(0, (int)c.N - 1)] = INFINITY;
+            if (kind == 3) row[t_randint(0, (int)c.N - 1)] = row[t_randint(0, (int)c.N - 1)] = 9.0f;
+            if (kind == 4) row[0] = NAN;
+            if (kind == 5)
+                for (int64_t j = 0; j < c.N; j++) row[j] = j % 3 ? -INFINITY : NAN;
+        }
+        char what[64];
+        snprintf(what, sizeof what, "argmax %lld x %lld", (long long)c.R, (long long)c.N);
+        compare(what, build_argmax, &c, 0, true);
+        free(c.x);
+    }
+}
+
 /* ---- quantized weights ---- */
 /* The formats the models use (and the rest MLX defines). */
 static const mnv_qformat qformats[] = {
@@ -1028,6 +1063,7 @@ int main(void) {
     test_rope();
     test_hadamard();
     test_get_rows();
+    test_argmax();
     test_qget_rows();
     test_matmul();
     test_fused_products();

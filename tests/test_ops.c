@@ -4,6 +4,7 @@
  * matmul) to that level's implementation. Tolerances: f32 ops 1e-5 relative L2 (float
  * rounding of sums up to a few thousand terms); bf16-weight matmul 1e-2
  * (activations rounded to bf16). */
+#include <float.h>
 #include <math.h>
 
 #include "backend/backend.h"
@@ -383,6 +384,48 @@ static void test_attention(bool sinks, int32_t window) {
  * (round to nearest even) at random lengths and values of every magnitude:
  * f16 subnormals and overflow, infinities, and NaN for bf16 (an f16 NaN's
  * payload may differ, so f16 inputs are non-NaN). */
+/* Logits rows with what greedy sampling must survive: NaN, +inf, -inf,
+ * ties of the maximum, rows with nothing but NaN and -inf. */
+static void awkward_rows(float *x, int64_t R, int64_t N) {
+    for (int64_t r = 0; r < R; r++) {
+        float *row = x + r * N;
+        const int kind = t_randint(0, 5);
+        for (int64_t i = 0; i < N; i++) row[i] = kind == 5 ? (t_randint(0, 1) ? NAN : -INFINITY) : t_randf();
+        if (kind == 1) row[t_randint(0, (int)N - 1)] = NAN;
+        if (kind == 2) row[t_randint(0, (int)N - 1)] = INFINITY, row[t_randint(0, (int)N - 1)] = INFINITY;
+        if (kind == 3) row[t_randint(0, (int)N - 1)] = row[t_randint(0, (int)N - 1)] = 7.0f; /* a tie at the top */
+        if (kind == 4) row[0] = NAN, row[t_randint(0, (int)N - 1)] = -INFINITY;
+    }
+}
+
+/* The reference: NaN below everything, +inf as the largest finite value,
+ * the first of equal maxima; a row of NaN and -inf gives 0. */
+static int32_t ref_argmax(const float *x, int64_t n) {
+    int32_t best = 0;
+    double bv = -HUGE_VAL;
+    for (int64_t i = 0; i < n; i++) {
+        const double v = isnan(x[i]) ? -HUGE_VAL : isinf(x[i]) && x[i] > 0 ? (double)FLT_MAX : (double)x[i];
+        if (v > bv) bv = v, best = (int32_t)i;
+    }
+    return best;
+}
+
+static void test_argmax(void) {
+    begin();
+    const int64_t R = t_randint(1, 9), N = t_randint(1, 3000), sh[2] = {R, N};
+    float *x;
+    mnv_array *a = rand_input(2, sh, &x);
+    awkward_rows(x, R, N);
+    mnv_array *ids = mnv_argmax(g, a);
+    CHECK(ids && ids->dtype == MNV_DTYPE_I32 && ids->ndim == 1 && ids->shape[0] == R);
+    if (!ids) return;
+    mnv_set_output(ids);
+    run();
+    for (int64_t r = 0; r < R; r++)
+        CHECKF(((int32_t *)ids->data)[r] == ref_argmax(x + r * N, N), "argmax row %lld of %lld x %lld: %d, want %d",
+               (long long)r, (long long)R, (long long)N, ((int32_t *)ids->data)[r], ref_argmax(x + r * N, N));
+}
+
 static void test_convert(void) {
     int64_t n = t_randint(0, 300);
     float *x = malloc(4 * (size_t)n + 4), *y = malloc(4 * (size_t)n + 4), *yr = malloc(4 * (size_t)n + 4);
@@ -450,6 +493,7 @@ static void test_all(int reps) {
             test_attention(false, 0);
             test_attention(true, 0);
             test_attention(t_randint(0, 1), t_randint(1, 6));
+            test_argmax();
         }
         test_planner_reuse();
         mnv_executor_free(ex);
@@ -485,6 +529,9 @@ int main(void) {
     CHECK(mnv_graph_status(g) == MNV_ERR_INVALID_ARG);
     CHECK(strstr(mnv_last_error(), "matmul") != NULL);
     CHECK(mnv_add(g, NULL, x) == NULL);
+    mnv_graph_reset(g);
+    int64_t v3[3] = {2, 3, 4};
+    CHECK(mnv_argmax(g, mnv_input(g, MNV_DTYPE_F32, 3, v3, "x3")) == NULL && strstr(mnv_last_error(), "argmax"));
     mnv_graph_free(g);
     return t_done();
 }

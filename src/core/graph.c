@@ -572,6 +572,18 @@ mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k) {
     return n;
 }
 
+mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits) {
+    NEED(logits);
+    if (logits->ndim != 2 || logits->shape[1] < 1 || logits->shape[1] > INT32_MAX)
+        return fail(g, MNV_ERR_INVALID_ARG, "argmax: needs a (T, n) array with 1 <= n <= 2^31 - 1");
+    logits = as_f32(g, logits);
+    if (!logits) return NULL;
+    int64_t shape[1] = {logits->shape[0]};
+    mnv_node *n = new_node(g, MNV_OP_ARGMAX, MNV_DTYPE_I32, 1, shape);
+    if (n) n->src[0] = logits;
+    return n;
+}
+
 mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids) {
     NEED(logits);
     NEED(ids);

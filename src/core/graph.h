@@ -44,7 +44,8 @@
                                           src4 scales, src5 biases (quantized W) */         \
     X(MNV_OP_SWIGLU_OAI, "swiglu_oai") /* gpt-oss clamped SwiGLU of src0 gate, src1 up */   \
     X(MNV_OP_MOE_SUM, "moe_sum")       /* src0 (T, k, N) weighted by src1 (T, k) -> (T, N) */ \
-    X(MNV_OP_HADAMARD, "hadamard")     /* src0 (.., D): each block of p.i[0] along D times H */
+    X(MNV_OP_HADAMARD, "hadamard")     /* src0 (.., D): each block of p.i[0] along D times H */ \
+    X(MNV_OP_ARGMAX, "argmax")         /* src0 (T, n) -> (T) i32: mnv__argmax_row of each row */
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -227,6 +228,10 @@ mnv_array *mnv_view(mnv_graph *g, mnv_array *a, int32_t ndim, const int64_t *sha
  *   g * sigmoid(alpha g) * (u + 1).
  * moe_sum: sum_j w[t, j] y[t, j] -> (T, N). */
 mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k);
+/* (T, n) -> (T) i32: each row's largest, as greedy sampling picks it
+ * (core/argmax.h: NaN below everything, ties to the lower index), so a
+ * decode step can hand back ids instead of rows of logits. */
+mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits);
 mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids);
 mnv_array *mnv_moe_matmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
                           const mnv_qformat *fmt, int64_t k, mnv_array *ids, mnv_array *bias);

@@ -242,7 +242,7 @@ static mnv_status graph_for(mnv_engine *e, const mnv__gentry *key, const mnv_bat
     *victim = *key;
     victim->g = g;
     victim->used = e->tick;
-    victim->logits = NULL;
+    victim->logits = victim->argmax = NULL;
     mnv_status st = g ? MNV_OK : mnv_graph_create(128 + 96 * e->model->cfg.num_hidden_layers, &victim->g);
     if (st != MNV_OK) return st;
     mnv_graph_reset(victim->g);
@@ -253,9 +253,15 @@ static mnv_status graph_for(mnv_engine *e, const mnv__gentry *key, const mnv_bat
     if (!logits)
         return mnv_graph_status(victim->g) != MNV_OK ? mnv_graph_status(victim->g)
                                                      : mnv_set_error(MNV_ERR_INTERNAL, "graph build failed");
+    mnv_array *argmax = NULL;
+    if (key->n_out > 0) { /* each wanted row's greedy pick, beside the rows themselves */
+        if (!(argmax = mnv_argmax(victim->g, logits))) return mnv_graph_status(victim->g);
+        mnv_set_output(argmax);
+    }
     double t1 = mnv_time_sec();
     if ((st = mnv_executor_plan(e->ex, victim->g, &victim->arena)) != MNV_OK) return st;
     victim->logits = logits;
+    victim->argmax = argmax;
     e->last.build_sec = t1 - t0;
     e->last.plan_sec = mnv_time_sec() - t1;
     e->last.fill_sec = 0;
@@ -335,7 +341,8 @@ static mnv_status fill_tables(mnv_engine *e, const mnv__step_part *parts, int32_
     return MNV_OK;
 }
 
-mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits) {
+mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits,
+                           int32_t *argmax) {
     int32_t T = 0, nout = 0;
     mnv_status st = check_parts(e, parts, n_parts, &T, &nout);
     if (st == MNV_OK) st = reserve_step(e, T);
@@ -385,6 +392,7 @@ mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n
     if (logits && nout)
         st = mnv_executor_read(e->ex, ge->logits, logits,
                                (size_t)nout * (size_t)e->model->cfg.vocab_size * sizeof(float));
+    if (st == MNV_OK && argmax && nout) st = mnv_executor_read(e->ex, ge->argmax, argmax, (size_t)nout * sizeof(int32_t));
     for (int32_t i = 0; st == MNV_OK && i < n_parts; i++)
         st = mnv_kv_pool_commit(e->pool, parts[i].seq, parts[i].ids, parts[i].n);
     return st;

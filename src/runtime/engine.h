@@ -23,9 +23,12 @@ typedef struct {
  * (MNV_ERR_NOMEM when it is full, nothing evaluated), fill the step's
  * inputs, run the graph of this shape (cached: built and planned once),
  * commit the tokens. logits (may be NULL when no row is wanted): the wanted
- * rows, part after part. MNV_ERR_CANCELLED when the backend's abort flag
- * stopped the pass: nothing committed. */
-mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits);
+ * rows, part after part. argmax (may be NULL): each wanted row's argmax
+ * (core/argmax.h), computed where the logits are, so that greedy requests
+ * need no rows of logits brought back. MNV_ERR_CANCELLED when the backend's
+ * abort flag stopped the pass: nothing committed. */
+mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits,
+                           int32_t *argmax);
 
 /* An engine without its request scheduler (no step thread, no locks): the
  * session drives it with mnv__engine_run alone. */

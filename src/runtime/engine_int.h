@@ -19,6 +19,7 @@ typedef struct {
     mnv_graph *g;
     mnv_step_inputs in;
     mnv_array *logits;                /* NULL: not built */
+    mnv_array *argmax;                /* (n_out) i32, NULL when n_out is 0 */
     size_t arena;
     uint64_t used;                    /* LRU tick, 0: never */
 } mnv__gentry;
@@ -66,6 +67,7 @@ struct mnv_engine {
     mnv__step_part *parts;
     mnv__request **part_req;
     float *out_logits;                /* max_seqs rows of vocab */
+    int32_t *out_argmax;              /* max_seqs ids: the rows' argmax */
     pthread_t thread;
     bool thread_started;
     atomic_int stop;

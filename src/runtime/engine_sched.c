@@ -469,7 +469,7 @@ static bool grow_tokens(mnv__request *r) {
 }
 
 /* After the pass: the tokens are in the cache; sample where logits came. */
-static void after_run(mnv_engine *e, int32_t n) {
+static void after_run(mnv_engine *e, int32_t n, bool with_logits) {
     int32_t V = e->model->cfg.vocab_size, row = 0;
     double now = mnv_time_sec();
     for (int32_t i = 0; i < n; i++) {
@@ -481,7 +481,8 @@ static void after_run(mnv_engine *e, int32_t n) {
         else
             e->stats.tokens_prefilled += (uint64_t)pt->n;
         if (pt->out_from == pt->n) continue;
-        const float *lg = e->out_logits + (size_t)row++ * (size_t)V;
+        const float *lg = with_logits ? e->out_logits + (size_t)row * (size_t)V : NULL;
+        const int32_t argmax = e->out_argmax[row++];
         if (r->gp.max_tokens <= 0) {
             r->res.gen.stop_reason = MNV_STOP_MAX_TOKENS;
             finish(e, r, MNV_OK);
@@ -489,7 +490,7 @@ static void after_run(mnv_engine *e, int32_t n) {
         }
         int32_t tok;
         bool done;
-        mnv_status st = mnv__gen_step(&r->gen, lg, r->n_tokens >= e->p.max_seq_tokens, &tok, &done);
+        mnv_status st = mnv__gen_step(&r->gen, lg, argmax, r->n_tokens >= e->p.max_seq_tokens, &tok, &done);
         if (r->res.gen.n_generated == 1 && r->t_first == 0) {
             r->t_first = now;
             r->res.first_token_seconds = now - r->t_submit;
@@ -510,10 +511,15 @@ static mnv_status do_step(mnv_engine *e) {
     int32_t n = make_room(e);
     mnv_status st = MNV_OK;
     if (n > 0) {
-        st = mnv__engine_run(e, e->parts, n, e->out_logits);
+        /* rows of logits come back only for requests that sample from them;
+         * greedy ones take the argmax computed beside them */
+        bool with_logits = false;
+        for (int32_t i = 0; i < n && !with_logits; i++)
+            with_logits = e->parts[i].out_from < e->parts[i].n && mnv__gen_wants_logits(&e->part_req[i]->gen);
+        st = mnv__engine_run(e, e->parts, n, with_logits ? e->out_logits : NULL, e->out_argmax);
         e->stats.steps++;
         if (st == MNV_OK) {
-            after_run(e, n);
+            after_run(e, n, with_logits);
         } else { /* the pass itself failed: every request in it fails with its error */
             char msg[256];
             snprintf(msg, sizeof msg, "%s", mnv_last_error());
@@ -570,7 +576,8 @@ mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, 
     e->parts = calloc((size_t)S, sizeof *e->parts);
     e->part_req = calloc((size_t)S, sizeof *e->part_req);
     e->out_logits = malloc((size_t)S * (size_t)model->cfg.vocab_size * sizeof(float));
-    if (!e->running || !e->parts || !e->part_req || !e->out_logits)
+    e->out_argmax = malloc((size_t)S * sizeof(int32_t));
+    if (!e->running || !e->parts || !e->part_req || !e->out_logits || !e->out_argmax)
         st = mnv_set_error(MNV_ERR_NOMEM, "engine: out of memory");
     if (st == MNV_OK) publish(e);
     if (st == MNV_OK && e->p.run_thread) {
@@ -611,5 +618,6 @@ void mnv_engine_free(mnv_engine *e) {
     free(e->parts);
     free(e->part_req);
     free(e->out_logits);
+    free(e->out_argmax);
     mnv__engine_destroy(e);
 }

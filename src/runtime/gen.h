@@ -35,8 +35,14 @@ mnv_status mnv__gen_begin(mnv__gen *g, const mnv_model *m, const mnv_generate_pa
                           size_t n_prompt, mnv_generate_result *res);
 /* Sample the next token from logits, deliver its text through on_token and
  * decide whether generation ends (*done, res->stop_reason set). ctx_full:
- * the context cannot take the sampled token. */
-mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_t *tok_out, bool *done);
+ * the context cannot take the sampled token. logits may be NULL where
+ * mnv__gen_wants_logits says no: the token is then argmax, the logits'
+ * argmax as core/argmax.h picks it (computed where the logits are). */
+mnv_status mnv__gen_step(mnv__gen *g, const float *logits, int32_t argmax, bool ctx_full, int32_t *tok_out,
+                         bool *done);
+/* Whether the next mnv__gen_step needs the logits themselves: a sampler
+ * other than greedy alone, a logit bias, or log-probabilities to report. */
+bool mnv__gen_wants_logits(const mnv__gen *g);
 void mnv__gen_end(mnv__gen *g);
 
 #endif

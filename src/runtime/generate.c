@@ -129,16 +129,23 @@ static void report_logprobs(mnv__gen *g, const float *logits, int32_t tok) {
     g->gp->on_logprobs(g->gp->user_data, &r);
 }
 
-mnv_status mnv__gen_step(mnv__gen *g, const float *logits, bool ctx_full, int32_t *tok_out, bool *done) {
+bool mnv__gen_wants_logits(const mnv__gen *g) {
+    return g->biased || g->gp->on_logprobs || !mnv__sampler_greedy_only(g->smp);
+}
+
+mnv_status mnv__gen_step(mnv__gen *g, const float *logits, int32_t argmax, bool ctx_full, int32_t *tok_out,
+                         bool *done) {
     *done = false;
+    if (!logits && (mnv__gen_wants_logits(g) || argmax < 0 || argmax >= g->model->cfg.vocab_size))
+        return mnv_set_error(MNV_ERR_INTERNAL, "generate: a step without logits needs a greedy sampler and an id");
     if (g->biased) {
         memcpy(g->biased, logits, (size_t)g->model->cfg.vocab_size * sizeof(float));
         for (size_t i = 0; i < g->gp->n_logit_bias; i++) g->biased[g->gp->logit_bias[i].token] += g->gp->logit_bias[i].bias;
         logits = g->biased;
     }
-    int32_t tok = (size_t)g->res->n_generated < g->gp->n_scripted
-                      ? g->gp->scripted_ids[g->res->n_generated]
-                      : mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size);
+    int32_t tok = (size_t)g->res->n_generated < g->gp->n_scripted ? g->gp->scripted_ids[g->res->n_generated]
+                  : logits ? mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size)
+                           : argmax;
     if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
     *tok_out = tok;
     if (g->gp->on_logprobs) report_logprobs(g, logits, tok);
@@ -166,7 +173,7 @@ static mnv_status gen_loop(mnv__gen *g, mnv_session *s) {
         if (cst != MNV_OK) return cst;
         int32_t tok;
         bool done;
-        mnv_status st = mnv__gen_step(g, s->last_logits, s->n_past >= s->params.n_ctx, &tok, &done);
+        mnv_status st = mnv__gen_step(g, s->last_logits, -1, s->n_past >= s->params.n_ctx, &tok, &done);
         if (st != MNV_OK) return st;
         if (done) break;
         if ((st = mnv_session_eval(s, &tok, 1, NULL)) != MNV_OK) return st;

@@ -3,6 +3,8 @@
  * sampler_stages.c. */
 #include "runtime/sampler.h"
 
+#include "core/argmax.h"
+
 #include <float.h>
 #include <math.h>
 #include <stdalign.h>
@@ -160,23 +162,9 @@ mnv_status mnv_sampler_chain_create(const mnv_sampler_params *p, int32_t n_vocab
     return MNV_OK;
 }
 
-/* A logit as the stages see it: NaN as -inf, +inf as the largest float. */
-static inline float clean_logit(float l) { return isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l; }
-
-/* A chain of greedy alone: the highest logit (cleaned, ties to the lower
- * id, as the greedy stage picks among candidates) read straight from the
- * row, without building candidates. */
-static int32_t greedy_scan(const float *logits, int32_t n) {
-    int32_t best = 0;
-    float bl = -INFINITY;
-    for (int32_t i = 0; i < n; i++) {
-        const float l = clean_logit(logits[i]);
-        if (l > bl || i == 0) {
-            best = i;
-            bl = l;
-        }
-    }
-    return best;
+bool mnv__sampler_greedy_only(const mnv_sampler *s) {
+    return s && s->iface == &chain_iface && ((chain_ctx *)s->ctx)->n == 1 &&
+           mnv__sampler_is_greedy(((chain_ctx *)s->ctx)->stages[0]);
 }
 
 int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab) {
@@ -185,9 +173,7 @@ int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab)
         return -1;
     }
     mnv_token_cand *buf, *tmp = NULL;
-    if (s->iface == &chain_iface && ((chain_ctx *)s->ctx)->n == 1 &&
-        mnv__sampler_is_greedy(((chain_ctx *)s->ctx)->stages[0]))
-        return greedy_scan(logits, n_vocab);
+    if (mnv__sampler_greedy_only(s)) return mnv__argmax_row(logits, n_vocab); /* no candidates */
     if (s->iface == &chain_iface) {
         chain_ctx *ch = s->ctx;
         if (ch->broken) {
@@ -203,7 +189,7 @@ int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab)
         mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n_vocab);
         return -1;
     }
-    for (int32_t i = 0; i < n_vocab; i++) buf[i] = (mnv_token_cand){i, clean_logit(logits[i]), 0.0f};
+    for (int32_t i = 0; i < n_vocab; i++) buf[i] = (mnv_token_cand){i, mnv__clean_logit(logits[i]), 0.0f};
     mnv_cand_array c = {buf, (size_t)n_vocab, 0, -1};
     s->iface->apply(s, &c);
     int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;

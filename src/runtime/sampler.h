@@ -46,6 +46,8 @@ void mnv_sampler_free(mnv_sampler *s);
 /* The individual stages, usable alone (for tests and custom chains). */
 mnv_sampler *mnv_sampler_greedy(void);
 bool mnv__sampler_is_greedy(const mnv_sampler *s);
+/* A chain of greedy alone: its token is the logits' argmax (core/argmax.h). */
+bool mnv__sampler_greedy_only(const mnv_sampler *s);
 mnv_sampler *mnv_sampler_dist(uint64_t seed);       /* draw from softmax of logits */
 mnv_sampler *mnv_sampler_temperature(float t);
 mnv_sampler *mnv_sampler_top_k(int32_t k);

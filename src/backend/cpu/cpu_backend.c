@@ -10,6 +10,7 @@
 #include "backend/cpu/ops.h"
 #include "backend/cpu/qmatmul.h"
 #include "backend/cpu/vec.h"
+#include "core/argmax.h"
 #include "core/threadpool.h"
 
 typedef struct {
@@ -185,6 +186,13 @@ static void k_topk(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     if (hi > lo) mnv_cpu_topk((const float *)n->src[0]->data + lo * E, E, k, (int32_t *)n->data + lo * k, hi - lo);
 }
 
+static void k_argmax(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    (void)c;
+    int64_t lo, hi, V = n->src[0]->shape[1];
+    split(n->shape[0], ith, nth, &lo, &hi);
+    for (int64_t r = lo; r < hi; r++) ((int32_t *)n->data)[r] = mnv__argmax_row((const float *)n->src[0]->data + r * V, V);
+}
+
 static void k_gather_softmax(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     int64_t lo, hi, E = n->src[0]->shape[1];
     int32_t k = (int32_t)n->shape[1];
@@ -314,7 +322,7 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_COPY] = k_copy,         [MNV_OP_ADD] = k_binary,      [MNV_OP_MUL] = k_binary,
     [MNV_OP_SILU_MUL] = k_binary,   [MNV_OP_SCALE] = k_unary,     [MNV_OP_SOFTMAX] = k_unary,
     [MNV_OP_SILU] = k_unary,        [MNV_OP_GELU] = k_unary,      [MNV_OP_RMS_NORM] = k_unary,
-    [MNV_OP_HADAMARD] = k_unary,
+    [MNV_OP_HADAMARD] = k_unary,    [MNV_OP_ARGMAX] = k_argmax,
     [MNV_OP_MATMUL] = k_matmul,     [MNV_OP_ROPE] = k_rope,       [MNV_OP_GET_ROWS] = k_get_rows,
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };

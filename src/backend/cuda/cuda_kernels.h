@@ -201,6 +201,9 @@ typedef struct {
 #define MNV_CU_ROUTER_MAX 32
 cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s);
 
+/* ids[r] = the largest of row r of x (rows, n), as core/argmax.h picks it. */
+cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, int64_t rows, cudaStream_t s);
+
 /* Mixture-of-experts helpers (as cpu/ops.h). */
 cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s);
 cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows,

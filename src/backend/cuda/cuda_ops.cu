@@ -2,6 +2,8 @@
  * row ops, RoPE, row gathers, cache writes and the mixture-of-experts
  * helpers. Simple one-thread-per-element (or one-block-per-row) kernels;
  * the arithmetic follows cpu/ops.c. */
+#include <cfloat>
+
 #include "backend/cuda/cuda_common.cuh"
 
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
@@ -273,6 +275,52 @@ extern "C" cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, co
     }
     int64_t total = T * c->n_head_kv * c->head_dim;
     if (total > 0) k_cache_write<<<blocks_for(total, 256), 256, 0, s>>>(*c, cache, rows, slot, T);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- argmax of logits rows: a block per row ------------------------------------ */
+
+/* The answer of core/argmax.h: values cleaned (NaN -> -inf, +inf -> FLT_MAX),
+ * the largest wins and ties go to the lower index. Each thread scans a
+ * strided share in increasing order (a strict > keeps its lowest index), then
+ * the (value, index) pairs reduce by the same rule, which does not depend on
+ * the order of the reduction. */
+struct cu_best {
+    float v;
+    int32_t i;
+};
+
+static __device__ __forceinline__ cu_best cu_better(cu_best a, cu_best b) {
+    return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
+}
+
+enum { ARGMAX_THREADS = 256 };
+
+static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x, int64_t n, int32_t *ids) {
+    const float *row = x + (int64_t)blockIdx.x * n;
+    cu_best b = {-INFINITY, 0};
+    for (int64_t i = threadIdx.x; i < n; i += ARGMAX_THREADS) {
+        float l = row[i];
+        l = isnan(l) ? -INFINITY : (l == INFINITY ? FLT_MAX : l);
+        if (l > b.v) b = cu_best{l, (int32_t)i};
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        cu_best other = {__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
+        b = cu_better(b, other);
+    }
+    __shared__ cu_best warp_best[ARGMAX_THREADS / 32];
+    if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = b;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        cu_best r = warp_best[0];
+        for (int w = 1; w < ARGMAX_THREADS / 32; w++) r = cu_better(r, warp_best[w]);
+        ids[blockIdx.x] = r.i;
+    }
+}
+
+extern "C" cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, int64_t rows, cudaStream_t s) {
+    if (rows > 0x7fffffff || n < 1) return cudaErrorInvalidValue;
+    if (rows > 0) k_argmax<<<(unsigned)rows, ARGMAX_THREADS, 0, s>>>(x, n, ids);
     CU_CHECK_LAUNCH();
 }
 
