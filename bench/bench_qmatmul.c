@@ -15,7 +15,8 @@
  * usage: bench_qmatmul [reps (default 5)] [pool MiB (default 512)] [impl] [formats] [sweep|cpu]
  *   impl     forces an implementation ("avx512-vnni", "avx512", "avx2-int8", "avx2",
  *            "scalar"; "" = auto)
- *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4"; also q6, q3, mxfp8)
+ *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4"; also q6, q5, q3, q2,
+ *            mxfp8, and the affine widths at groups 32 and 128: q6g32, q3g128, ...)
  *   sweep    "sweep": instead, GB/s of weights (from DRAM, the pool cycled) for
  *            m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880
  *            (the mid-size m of mixture-of-experts layers and batched decode)
@@ -134,6 +135,12 @@ static const qcase FORMATS[] = {
     {"q6", "q6: affine 6-bit g64", {MNV_QMODE_AFFINE, 6, 64, MNV_DTYPE_BF16}},
     {"q3", "q3: affine 3-bit g64", {MNV_QMODE_AFFINE, 3, 64, MNV_DTYPE_BF16}},
     {"mxfp8", "mxfp8 (g32, E8M0)", {MNV_QMODE_MXFP8, 8, 32, MNV_DTYPE_U8}},
+    {"q5", "q5: affine 5-bit g64", {MNV_QMODE_AFFINE, 5, 64, MNV_DTYPE_BF16}},
+    {"q2", "q2: affine 2-bit g64", {MNV_QMODE_AFFINE, 2, 64, MNV_DTYPE_BF16}},
+#define QG(B, G) {"q" #B "g" #G, "q" #B "g" #G ": affine " #B "-bit g" #G, {MNV_QMODE_AFFINE, B, G, MNV_DTYPE_BF16}}
+    QG(6, 32), QG(6, 128), QG(5, 32), QG(5, 128), QG(3, 32), QG(3, 128), QG(2, 32), QG(2, 128),
+    QG(8, 32), QG(8, 128), QG(4, 32), QG(4, 128),
+#undef QG
 };
 enum { N_FORMATS = sizeof FORMATS / sizeof FORMATS[0] };
 

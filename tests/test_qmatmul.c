@@ -453,6 +453,23 @@ int main(void) {
             check_case(f, m, t_randint(1, 70), f->G * t_randint(1, MNV_MIN(maxg, 24)), 1 + (int)(m % 3));
         check_get_rows(f);
     }
+    /* the 2, 3, 5 and 6-bit decode kernels (one instance per width and group
+     * size, run by passes of up to 4 rows of x for m up to 16): every m in
+     * 1..16 against odd n (never a multiple of the 4 or 2 rows a pass reads
+     * side by side), k at 1..9 groups (so the rows end inside a kernel chunk:
+     * 2 bits reads 128 codes at a time, 3 bits 64), scale dtypes in turn, on 1
+     * and 2 threads */
+    {
+        static const int lbits[] = {2, 3, 5, 6}, lgroups[] = {32, 64, 128};
+        static const mnv_dtype lsd[] = {MNV_DTYPE_BF16, MNV_DTYPE_F16, MNV_DTYPE_F32};
+        for (int b = 0; b < 4; b++)
+            for (int g = 0; g < 3; g++)
+                for (int64_t m = 1; m <= 16; m++) {
+                    const fmtcase f = {MNV_QMODE_AFFINE, lbits[b], lgroups[g], lsd[m % 3]};
+                    const int64_t n = 4 * t_randint(1, 8) + (m % 2 ? 1 : 3), k = f.G * (1 + (m + b + g) % 9);
+                    check_case(&f, m, n, k, 1 + (int)(m % 2));
+                }
+    }
     /* k longer than one int8 k block (1920 codes) and several panels per thread */
     const fmtcase big[] = {{MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F16},
                            {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};

@@ -36,13 +36,6 @@
 
 #include "backend/cpu/qmatmul.h"
 
-/* The 2, 3, 5 and 6-bit decode kernel streams one row at a time; a software
- * prefetch this many bytes ahead of the reads keeps enough lines in flight
- * for one core to approach its share of DRAM bandwidth (Zen 2, measured on
- * 0.48B 8-bit decode when it streamed this way: 33.5 -> 51 tok/s; 512 and
- * 4096 bytes ahead measured slower). */
-#define PF_AHEAD 2048
-#define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_AHEAD, _MM_HINT_T0)
 #define INLINE static inline __attribute__((always_inline))
 /* The int8 decode kernels stream J parts of a thread's rows side by side,
  * each part front to back: J sequential streams, which the hardware
@@ -190,8 +183,46 @@ INLINE void deinterleave64(int8_t *p) {
     _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-/* Groups must be multiples of 32 elements. */
-static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xrow r) {
+/* 2, 3, 5 and 6-bit decode order (the byte slots of lb_codes):
+ *   2 bits, per 128 elements: element 4b + t at 32t + b (byte b of 32 W bytes
+ *     holds elements 4b..4b+3, one per 2-bit plane t);
+ *   3 bits, per 64: the 16-element blocks in the order 0, 2, 1, 3;
+ *   then (3, 5, 6 bits) each 16 as the pairs of codes lb_codes forms. */
+INLINE void lb_order(int8_t *q, int64_t kp, int bits) {
+    if (bits == 2) {
+        const __m256i planes = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+        const __m256i qw = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (int64_t c = 0; c < kp; c += 128) {
+            __m256i v[4]; /* v[i] qword t: plane t of bytes 8i..8i+7 */
+            for (int i = 0; i < 4; i++)
+                v[i] = _mm256_permutevar8x32_epi32(
+                    _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(q + c + 32 * i)), planes), qw);
+            const __m256i t0 = _mm256_unpacklo_epi64(v[0], v[1]), t1 = _mm256_unpackhi_epi64(v[0], v[1]);
+            const __m256i t2 = _mm256_unpacklo_epi64(v[2], v[3]), t3 = _mm256_unpackhi_epi64(v[2], v[3]);
+            _mm256_storeu_si256((__m256i *)(q + c), _mm256_permute2x128_si256(t0, t2, 0x20));
+            _mm256_storeu_si256((__m256i *)(q + c + 32), _mm256_permute2x128_si256(t1, t3, 0x20));
+            _mm256_storeu_si256((__m256i *)(q + c + 64), _mm256_permute2x128_si256(t0, t2, 0x31));
+            _mm256_storeu_si256((__m256i *)(q + c + 96), _mm256_permute2x128_si256(t1, t3, 0x31));
+        }
+        return;
+    }
+    const __m256i pairs =
+        bits == 6 ? _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15))
+                  : _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+    for (int64_t c = 0; c < kp; c += 64) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(q + c)), b = _mm256_loadu_si256((const __m256i *)(q + c + 32));
+        if (bits == 3) {
+            const __m256i t = _mm256_permute2x128_si256(a, b, 0x20);
+            b = _mm256_permute2x128_si256(a, b, 0x31), a = t;
+        }
+        _mm256_storeu_si256((__m256i *)(q + c), _mm256_shuffle_epi8(a, pairs));
+        _mm256_storeu_si256((__m256i *)(q + c + 32), _mm256_shuffle_epi8(b, pairs));
+    }
+}
+
+/* Groups must be multiples of 32 elements. order_bits: the decode order of
+ * that width (4: deinterleave64; 2, 3, 5, 6: lb_order), 0 element order. */
+static void prep_x_row(const float *x, int64_t k, const qdesc *d, int order_bits, xrow r) {
     const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = mnv__qx_kpad(k);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
@@ -217,8 +248,9 @@ static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xr
     }
     for (int64_t g = ng; g < ngp; g++) r.dx[g] = r.xs2[g] = 0.0f;
     memset(r.q + k, 0, (size_t)(kp - k));
-    if (deint)
+    if (order_bits == 4)
         for (int64_t c = 0; c < kp; c += 64) deinterleave64(r.q + c);
+    else if (order_bits) lb_order(r.q, kp, order_bits);
 }
 
 /* ---- decode: int8 ------------------------------------------------------------------ */
@@ -406,6 +438,177 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
         ACC(ACC_OUT);
     }
 }
+/* 2, 3, 5 and 6-bit codes, x in lb_order. A chunk of C codes (2 bits: 128,
+ * 3 bits: 64, 5 and 6 bits: 32) is read as NV code vectors of 32 bytes, each
+ * code in its own byte slot:
+ *   2 bits: one 32-byte load, planes (w >> 2t) & 3 (NV = 4);
+ *   3, 5, 6 bits: two 16-byte loads, the chunk's first and last 16 bytes
+ *     (no byte outside it), one per 128-bit lane. vpshufb gives each 16-bit
+ *     word the two bytes that hold a pair of neighbouring codes, a dword the
+ *     same pair of two periods of the packing (3 bits: 8 codes in 3 bytes,
+ *     5 bits: 8 in 5, 6 bits: 4 in 3), so one vpsrlvd puts both pairs' first
+ *     code at bit 0 (their second is then at bit `bits`), vpsllw moves the
+ *     second to bit 8, and a byte blend and a mask keep the two. 3 bits: 6
+ *     bytes (16 codes) per lane and vector, NV = 2; 5 and 6 bits, NV = 1.
+ * Per int32 lane of the widened sum, elements of one group: 2 bits, elements
+ * 16l..16l+15 of the chunk; 3 bits, lanes 0-3 elements 0-31 and lanes 4-7
+ * 32-63; 5 and 6 bits, one group. (A word's two codes shifted by vpmulhuw
+ * and vpmullw by powers of two, with no vpsrlvd, measured 6% slower at 5 and
+ * 6 bits: one thread, cache-resident, 18.4 against 19.5 GB/s at 6 bits.) */
+INLINE int lb_chunk(const int BITS) { return BITS == 2 ? 128 : BITS == 3 ? 64 : 32; }
+INLINE int lb_nv(const int BITS) { return BITS == 2 ? 4 : BITS == 3 ? 2 : 1; }
+/* where lane 1 loads, from the chunk's start: its last 16 bytes */
+INLINE int lb_lane1(const int BITS) { return BITS == 5 ? 4 : 8; }
+
+typedef struct {
+    __m256i sa, sb, sv, hb, mk;
+} lbconst;
+
+/* Per lane, dword d (pair d of each of two periods; 6 bits: pair d % 2 of
+ * periods 2(d/2), 2(d/2)+1): the source bytes (-128: zero) and the shift. */
+INLINE lbconst lb_const(const int BITS) {
+    lbconst k;
+    k.mk = _mm256_set1_epi8((char)((1 << BITS) - 1));
+    k.hb = _mm256_set1_epi16((short)0xFF00);
+    k.sa = k.sb = k.sv = _mm256_setzero_si256();
+    if (BITS == 3) {
+        k.sa = _mm256_setr_epi8(0, 1, 3, 4, 0, 1, 3, 4, 1, 2, 4, 5, 2, -128, 5, -128, 4, 5, 7, 8, 4, 5, 7, 8, 5, 6, 8,
+                                9, 6, -128, 9, -128);
+        k.sb = _mm256_setr_epi8(6, 7, 9, 10, 6, 7, 9, 10, 7, 8, 10, 11, 8, -128, 11, -128, 10, 11, 13, 14, 10, 11, 13,
+                                14, 11, 12, 14, 15, 12, -128, 15, -128);
+        k.sv = _mm256_setr_epi32(0, 6, 4, 2, 0, 6, 4, 2);
+    } else if (BITS == 5) {
+        k.sa = _mm256_setr_epi8(0, 1, 5, 6, 1, 2, 6, 7, 2, 3, 7, 8, 3, 4, 8, 9, 6, 7, 11, 12, 7, 8, 12, 13, 8, 9, 13,
+                                14, 9, 10, 14, 15);
+        k.sv = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    } else if (BITS == 6) {
+        k.sa = _mm256_setr_epi8(0, 1, 3, 4, 1, 2, 4, 5, 6, 7, 9, 10, 7, 8, 10, 11, 4, 5, 7, 8, 5, 6, 8, 9, 10, 11, 13,
+                                14, 11, 12, 14, 15);
+        k.sv = _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4);
+    }
+    return k;
+}
+
+/* The chunk's bytes at p as loaded (3, 5, 6 bits: the two lanes). */
+INLINE __m256i lb_load(const int BITS, const uint8_t *p) {
+    if (BITS == 2) return _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)p)),
+                                   _mm_loadu_si128((const __m128i *)(p + lb_lane1(BITS))), 1);
+}
+
+/* Code vector t of a loaded chunk. */
+INLINE __m256i lb_codes(const int BITS, __m256i v, int t, const lbconst *k) {
+    if (BITS == 2) return _mm256_and_si256(t ? _mm256_srli_epi16(v, 2 * t) : v, k->mk);
+    const __m256i s = _mm256_srlv_epi32(_mm256_shuffle_epi8(v, t ? k->sb : k->sa), k->sv);
+    return _mm256_and_si256(_mm256_blendv_epi8(s, _mm256_slli_epi16(s, 8 - BITS), k->hb), k->mk);
+}
+
+/* The factor s * dx of a chunk's int32 lanes: gpc groups per chunk from sd[q * gpc]. */
+INLINE __m256 lb_factor(const float *sd, int64_t q, const int GPC) {
+    if (GPC == 1) return _mm256_broadcast_ss(sd + q);
+    if (GPC == 2) return _mm256_blend_ps(_mm256_broadcast_ss(sd + 2 * q), _mm256_broadcast_ss(sd + 2 * q + 1), 0xF0);
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_load_ps(sd + 4 * q)),
+                                    _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+}
+
+/* The int16 sums of one chunk (codes at src[u] + off) against x at element
+ * e, added to p. Sums of NV * SEG maddubs stay in
+ * int16: pairs reach 2 * (2^bits - 1) * 127. */
+INLINE void lb_chunk_sums(const uint8_t *const *src, int64_t off, int64_t e, const xrow *xr, const int R,
+                          const int J, const int BITS, const lbconst *k, __m256i *p) {
+    __m256i v[MAXJ];
+    for (int u = 0; u < J; u++) v[u] = lb_load(BITS, src[u] + off);
+    for (int t = 0; t < lb_nv(BITS); t++) {
+        __m256i xv[MAXR];
+        for (int i = 0; i < R; i++) xv[i] = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + 32 * t));
+        for (int u = 0; u < J; u++) {
+            const __m256i c = lb_codes(BITS, v[u], t, k);
+            for (int i = 0; i < R; i++) {
+                const __m256i m = _mm256_maddubs_epi16(c, xv[i]);
+                p[u * R + i] = _mm256_add_epi16(p[u * R + i], m);
+            }
+        }
+    }
+}
+
+INLINE void gemvl(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
+                  const int R, const int J, const int G, const int BITS) {
+    const int C = lb_chunk(BITS), CB = C * BITS / 8;
+    const int GPC = C >= G ? C / G : 1, CPG = C < G ? G / C : 1;
+    const int SEG = BITS == 6 ? 2 : 4; /* chunks per int16 sum when C < G (NV = 1 at 5, 6 bits; 3 bits: 2 x 2) */
+    const int64_t k = a->k, ng = k / G, kmain = k / C * C;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const lbconst K = lb_const(BITS);
+    const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
+    xrow xr[MAXR];
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    for (int64_t r = 0; r < part; r++) {
+        const uint8_t *w[MAXJ], *wt[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
+        _Alignas(32) uint8_t tail[MAXJ][32]; /* a row's last, partial chunk (2, 3 bits), zero-padded */
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
+        for (int u = 0; u < J; u++) {
+            const int64_t j = j0 + u * part + r;
+            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
+            wt[u] = tail[u];
+            if (kmain < k) {
+                memset(tail[u], 0, 32);
+                memcpy(tail[u], w[u] + kmain / 8 * BITS, (size_t)((k - kmain) / 8 * BITS));
+            }
+        }
+        for (int64_t g0 = 0; g0 < ng; g0 += 8) {
+            const int64_t n8 = MNV_MIN(8, ng - g0);
+            _Alignas(32) float sd[MAXA][8];
+            __m256 B[MAXJ];
+            for (int u = 0; u < J; u++)
+                B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, false, -1, sd + u * R);
+            ACC(ACC_BIAS);
+            const int64_t e0 = g0 * G, e1 = e0 + n8 * G;
+            if (C >= G) { /* a chunk is GPC groups */
+                int64_t e = e0;
+                for (; e < MNV_MIN(e1, kmain); e += C) {
+                    const int64_t off = e / 8 * BITS, q = (e - e0) / C;
+                    if ((off & 63) < CB)
+                        for (int u = 0; u < J; u++) prefetch_at(w[u], off, dist);
+                    __m256i p[MAXA];
+                    for (int n = 0; n < R * J; n++) p[n] = _mm256_setzero_si256();
+                    lb_chunk_sums(w, off, e, xr, R, J, BITS, &K, p);
+#define ACC_LB(n) f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)), lb_factor(sd[n], q, GPC), f##n)
+                    ACC(ACC_LB);
+                }
+                if (e < e1) { /* the row's last chunk, partial */
+                    const int64_t q = (e - e0) / C;
+                    __m256i p[MAXA];
+                    for (int n = 0; n < R * J; n++) p[n] = _mm256_setzero_si256();
+                    lb_chunk_sums(wt, 0, e, xr, R, J, BITS, &K, p);
+                    ACC(ACC_LB);
+                }
+#undef ACC_LB
+                continue;
+            }
+            for (int64_t g = 0; g < n8; g++) { /* a group is CPG chunks */
+                const int64_t eg = (g0 + g) * G;
+                __m256i p[MAXA], s[MAXA];
+                for (int n = 0; n < R * J; n++) s[n] = p[n] = _mm256_setzero_si256();
+                for (int c = 0; c < CPG; c++) {
+                    const int64_t e = eg + c * C, off = e / 8 * BITS;
+                    if ((off & 63) < CB)
+                        for (int u = 0; u < J; u++) prefetch_at(w[u], off, dist);
+                    if (c % SEG == 0)
+                        for (int n = 0; n < R * J; n++) p[n] = _mm256_setzero_si256();
+                    lb_chunk_sums(w, off, e, xr, R, J, BITS, &K, p);
+                    if (c % SEG == SEG - 1 || c == CPG - 1)
+                        for (int n = 0; n < R * J; n++) s[n] = _mm256_add_epi32(s[n], _mm256_madd_epi16(p[n], ones));
+                }
+#define ACC_G(n) f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[n]), _mm256_broadcast_ss(&sd[n][g]), f##n)
+                ACC(ACC_G);
+#undef ACC_G
+            }
+        }
+        ACC(ACC_OUT);
+    }
+}
 #undef ACC
 #undef ACC_ZERO
 #undef ACC_BIAS
@@ -462,6 +665,22 @@ GEMV_SET(gemv4f, 32)
 GEMV_SET(gemv8a, 32)
 GEMV_SET(gemv8a, 64)
 GEMV_SET(gemv8a, 128)
+GEMV_KIND(gemvl2, gemvl, 2)
+GEMV_KIND(gemvl3, gemvl, 3)
+GEMV_KIND(gemvl5, gemvl, 5)
+GEMV_KIND(gemvl6, gemvl, 6)
+GEMV_SET(gemvl2, 32)
+GEMV_SET(gemvl2, 64)
+GEMV_SET(gemvl2, 128)
+GEMV_SET(gemvl3, 32)
+GEMV_SET(gemvl3, 64)
+GEMV_SET(gemvl3, 128)
+GEMV_SET(gemvl5, 32)
+GEMV_SET(gemvl5, 64)
+GEMV_SET(gemvl5, 128)
+GEMV_SET(gemvl6, 32)
+GEMV_SET(gemvl6, 64)
+GEMV_SET(gemvl6, 128)
 
 /* rows of x -> the set's J-wide instance over the largest multiple of J rows,
  * the J = 1 one over the rest */
@@ -489,101 +708,18 @@ static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase
                  n1);
 }
 
-/* 2, 3, 5 and 6-bit codes: 32 codes (4*bits bytes) to one byte each, in
- * element order. Dword l receives codes 4l..4l+3: the two 128-bit lanes are
- * loaded from bytes 0 and 2*bits, vpshufb brings each dword the 3 bytes
- * holding its codes, vpsrlvd drops a 4-bit misalignment (3 and 5 bits), and
- * three shift + mask steps move code t to byte t. */
-typedef struct {
-    __m256i shuf, shift, m0, m1, m2, m3;
-    __m128i c1, c2, c3;
-    int bits;
-} unpacker;
-
-static unpacker unpacker_for(int bits) {
-    uint8_t shuf[32];
-    int32_t shift[8];
-    for (int l = 0; l < 8; l++) {
-        const int bit = 4 * l * bits, p = bit / 8 - (l < 4 ? 0 : 2 * bits);
-        shift[l] = bit % 8;
-        for (int t = 0; t < 4; t++) shuf[4 * l + t] = (uint8_t)(t < 3 ? p + t : 0x80);
-    }
-    unpacker u = {.bits = bits};
-    u.shuf = _mm256_loadu_si256((const __m256i *)shuf);
-    u.shift = _mm256_loadu_si256((const __m256i *)shift);
-    const int m = (1 << bits) - 1;
-    u.m0 = _mm256_set1_epi32(m), u.m1 = _mm256_set1_epi32(m << 8);
-    u.m2 = _mm256_set1_epi32(m << 16), u.m3 = _mm256_set1_epi32(m << 24);
-    u.c1 = _mm_cvtsi32_si128(8 - bits), u.c2 = _mm_cvtsi32_si128(16 - 2 * bits);
-    u.c3 = _mm_cvtsi32_si128(24 - 3 * bits);
-    return u;
-}
-
-/* Codes [e, e+32) of a packed row of rb bytes (e a multiple of 32). */
-INLINE __m256i unpack32(const unpacker *u, const uint8_t *w, int64_t e, int64_t rb) {
-    const int b = u->bits;
-    const uint8_t *p = w + e / 8 * b;
-    _Alignas(32) uint8_t tmp[32 + 16];
-    if (e / 8 * b + 2 * b + 16 > rb) { /* near the row's end: no reads past it */
-        memset(tmp, 0, sizeof tmp);
-        memcpy(tmp, p, (size_t)(4 * b));
-        p = tmp;
-    }
-    __m256i v = _mm256_loadu2_m128i((const __m128i *)(p + 2 * b), (const __m128i *)p);
-    v = _mm256_srlv_epi32(_mm256_shuffle_epi8(v, u->shuf), u->shift);
-    __m256i r = _mm256_and_si256(v, u->m0);
-    r = _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c1), u->m1));
-    r = _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c2), u->m2));
-    return _mm256_or_si256(r, _mm256_and_si256(_mm256_sll_epi32(v, u->c3), u->m3));
-}
-
-/* The same as gemv8 for 2, 3, 5 and 6-bit codes (at most 63: no offset). */
-INLINE void gemvb(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
-                  const int R) {
-    const int64_t k = a->k, G = d->G, ng = k / G, rb = k * d->bits / 8;
-    const __m256i ones = _mm256_set1_epi16(1);
-    const unpacker up = unpacker_for(d->bits);
-    xrow xr[MAXR];
-    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    for (int64_t j = j0; j < j1; j++) {
-        const uint8_t *w = wrow(a, j);
-        const void *sc = srow(a, d, j), *bi = brow(a, d, j);
-        __m256 facc[MAXR];
-        for (int i = 0; i < R; i++) facc[i] = _mm256_setzero_ps();
-        for (int64_t g0 = 0; g0 < ng; g0 += 8) {
-            const int64_t n8 = MNV_MIN(8, ng - g0);
-            _Alignas(32) float sd[MAXR][8];
-            const __m256 B = window_scales(d, sc, bi, g0, n8, xr, R, false, false, -1, sd);
-            for (int i = 0; i < R; i++) facc[i] = _mm256_fmadd_ps(B, _mm256_loadu_ps(xr[i].xs2 + g0), facc[i]);
-            for (int64_t g = 0; g < n8; g++) {
-                const int64_t e = (g0 + g) * G;
-                __m256i s[MAXR];
-                for (int i = 0; i < R; i++) s[i] = _mm256_setzero_si256();
-                for (int64_t c = 0; c < G; c += 32) {
-                    PREFETCH(w + (e + c) / 8 * d->bits);
-                    const __m256i wv = unpack32(&up, w, e + c, rb);
-                    for (int i = 0; i < R; i++) {
-                        const __m256i xv = _mm256_loadu_si256((const __m256i *)(xr[i].q + e + c));
-                        s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
-                    }
-                }
-                for (int i = 0; i < R; i++)
-                    facc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[i]), _mm256_broadcast_ss(&sd[i][g]), facc[i]);
-            }
-        }
-        for (int i = 0; i < R; i++) y[i * a->ldy + j] = hsum8(facc[i]);
-    }
-}
-
 static void gemv_i8_bits(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                          int64_t n1) {
-    switch (rows) {
-    case 1: gemvb(a, d, xbase, y, n0, n1, 1); break;
-    case 2: gemvb(a, d, xbase, y, n0, n1, 2); break;
-    case 3: gemvb(a, d, xbase, y, n0, n1, 3); break;
-    default: gemvb(a, d, xbase, y, n0, n1, 4); break;
-    }
+    static gemv_rows_fn *const *const sets[4][3] = {{gemvl2_32_set, gemvl2_64_set, gemvl2_128_set},
+                                                    {gemvl3_32_set, gemvl3_64_set, gemvl3_128_set},
+                                                    {gemvl5_32_set, gemvl5_64_set, gemvl5_128_set},
+                                                    {gemvl6_32_set, gemvl6_64_set, gemvl6_128_set}};
+    const int b = d->bits == 2 ? 0 : d->bits == 3 ? 1 : d->bits == 5 ? 2 : 3;
+    gemv_run_set(sets[b][d->G == 32 ? 0 : d->G == 64 ? 1 : 2], a, d, xbase, y, rows, n0, n1);
 }
+
+/* The order of prepared x for the decode kernel of d (prep_x_row). */
+static int x_order(const qdesc *d) { return d->bits == 8 ? 0 : d->bits; }
 
 static gemv_fn *gemv_for(const qdesc *d) {
     return d->bits == 8 ? gemv_i8_q8 : d->bits == 4 ? gemv_i8_q4 : gemv_i8_bits;
@@ -592,7 +728,7 @@ static gemv_fn *gemv_for(const qdesc *d) {
 /* Each thread prepares its own copy of x (m <= 4 rows: cheaper than a barrier). */
 static void i8_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
     uint8_t *xbase = mnv__align64(a->scratch) + (size_t)ith * (size_t)a->m * mnv__qx_row_bytes(a->k);
-    for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, a->k, d, d->bits == 4, xrow_at(xbase, a->k, i));
+    for (int64_t i = 0; i < a->m; i++) prep_x_row(a->x + i * a->ldx, a->k, d, x_order(d), xrow_at(xbase, a->k, i));
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
     gemv_for(d)(a, d, xbase, a->y, (int)a->m, n0, n1);
@@ -609,7 +745,7 @@ static void i8_mid(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) 
     uint8_t *xbase = mnv__align64(a->scratch);
     int64_t r0, r1;
     mnv__qsplit(m, ith, nth, 1, &r0, &r1);
-    for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, d->bits == 4, xrow_at(xbase, k, i));
+    for (int64_t i = r0; i < r1; i++) prep_x_row(a->x + i * a->ldx, k, d, x_order(d), xrow_at(xbase, k, i));
     if (nth > 1) a->barrier(a->barrier_ctx);
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
