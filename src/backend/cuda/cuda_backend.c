@@ -652,7 +652,8 @@ static int32_t fuse_experts(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e
         return -1;
     mnv_cu_moe_args a = moe_args(gate), b = moe_args(up);
     if (c->planning) return k;
-    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k)) return -1;
+    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k) || a.w.wtype != b.w.wtype)
+        return -1; /* the pair is read in one layout: float experts of two dtypes run unfused */
     a.dual = 1;
     a.w2 = b.w;
     a.bias2 = b.bias;
