@@ -762,11 +762,11 @@ static mnv_status run_nodes(mnv_backend *b, mnv_graph *g) {
         cudaError_t e = cudaSuccess;
         int32_t last = fuse(c, g, i, &e);
         if (last < 0) e = run_node(c, nd);
+        if (e == cudaSuccess && c->prof) e = mnv__cu_prof_done(c->prof, i, c->stream); /* its kernels' faults too */
         if (e != cudaSuccess)
             return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s%s): %s", c->name, i, nd->name,
                                  mnv_op_name(nd->op), last >= 0 ? ", fused" : "",
                                  c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
-        if (c->prof) mnv__cu_prof_done(c->prof, i, c->stream);
         if (last > i) i = last; /* the covered nodes: their time is the first one's */
     }
     return MNV_OK;
