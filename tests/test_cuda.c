@@ -371,15 +371,22 @@ static void test_qget_rows(void) {
 typedef struct {
     int64_t m, n, k, ldw;
     mnv_dtype wt;
-    float *x;
+    float *x;       /* m * k floats (unaligned: 1 + m * k, x being the view at x + 1) */
+    bool unaligned; /* x 4 bytes past a 16-byte boundary: no chunked product, no fused launch */
     void *w;
     rows_case q; /* quantized when q.fmt.mode != NONE */
 } mm_case;
 
+/* x (m, k) of a case: a leaf, or a view one float into one. */
+static mnv_array *x_leaf(side *s, mnv_graph *g, const float *x, int64_t m, int64_t k, bool unaligned) {
+    int64_t xs[2] = {m, k}, all = 1 + m * k, st[2] = {k, 1};
+    if (!unaligned) return P(s, g, x, MNV_DTYPE_F32, 2, xs);
+    return mnv_view(g, P(s, g, x, MNV_DTYPE_F32, 1, &all), 2, xs, st, 1);
+}
+
 static mnv_array *build_matmul(side *s, mnv_graph *g, void *ud) {
     mm_case *c = ud;
-    int64_t xs[2] = {c->m, c->k};
-    mnv_array *x = P(s, g, c->x, MNV_DTYPE_F32, 2, xs);
+    mnv_array *x = x_leaf(s, g, c->x, c->m, c->k, c->unaligned);
     if (c->q.fmt.mode != MNV_QMODE_NONE) {
         mnv_array *w, *sc, *bi;
         quant_leaves(s, g, &c->q, c->n, c->k, &w, &sc, &bi);
@@ -490,6 +497,67 @@ static void test_fused_products(void) {
     }
 }
 
+/* Products whose rows are long enough for 2 and 4 warps a row group
+ * (cuda_matmul.cu's mmv_wk: 96 and 192 chunks of 16 bytes a row) and more
+ * rows than one group, a partial last block, 1, 3 and 7 rows of x (the
+ * kernels' 1, 4 and 8 rows a tile), with bias and residual epilogues; and
+ * the same products with x unaligned (the element-wise kernel and unfused
+ * adds). */
+static void test_wide_products(void) {
+    static const struct {
+        mnv_qformat fmt;
+        mnv_dtype wt;
+        int64_t epc; /* elements in 16 bytes */
+    } lay[6] = {
+        {{MNV_QMODE_NONE, 0, 0, MNV_DTYPE_F32}, MNV_DTYPE_F32, 4},
+        {{MNV_QMODE_NONE, 0, 0, MNV_DTYPE_F32}, MNV_DTYPE_F16, 8},
+        {{MNV_QMODE_NONE, 0, 0, MNV_DTYPE_F32}, MNV_DTYPE_BF16, 8},
+        {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_F16}, MNV_DTYPE_F32, 16},
+        {{MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}, MNV_DTYPE_F32, 32},
+        {{MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}, MNV_DTYPE_F32, 32},
+    };
+    static const int64_t ms[3] = {1, 3, 7};
+    for (int i = 0; i < 14; i++) {
+        const int l = i < 12 ? i % 6 : i == 12 ? 3 : 2; /* unaligned x: 8-bit affine, bf16 */
+        fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 3 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
+        c.mm.m = ms[i % 3];
+        c.mm.n = t_randint(65, 150);
+        c.mm.k = lay[l].epc * (i < 6 ? 96 + 2 * t_randint(0, 20) : 192 + 2 * t_randint(0, 20)); /* 2, then 4 warps */
+        c.mm.unaligned = i >= 12;
+        c.mm.q.fmt = lay[l].fmt;
+        float *w = NULL;
+        if (c.mm.q.fmt.mode != MNV_QMODE_NONE) {
+            if (c.mm.k % c.mm.q.fmt.group_size) c.mm.k += c.mm.q.fmt.group_size - c.mm.k % c.mm.q.fmt.group_size;
+            quantize(&c.mm.q, c.mm.n, c.mm.k);
+        } else {
+            c.mm.wt = lay[l].wt;
+            c.mm.ldw = c.mm.k;
+            w = randv((size_t)(c.mm.n * c.mm.k), 1.0f);
+            c.mm.w = as_dtype(w, (size_t)(c.mm.n * c.mm.k), c.mm.wt);
+        }
+        c.mm.x = randv((size_t)(1 + c.mm.m * c.mm.k), 1.0f);
+        c.bias = randv((size_t)c.mm.n, 1.0f);
+        c.bias_bt = as_dtype(c.bias, (size_t)c.mm.n, c.bt);
+        c.res = randv((size_t)(c.mm.m * c.mm.n), 1.0f);
+        char what[112];
+        snprintf(what, sizeof what, "wide product %s %d m %lld n %lld k %lld bias %d res %d%s",
+                 c.mm.q.fmt.mode ? mnv_qmode_name(c.mm.q.fmt.mode) : mnv_dtype_name(c.mm.wt), c.mm.q.fmt.bits,
+                 (long long)c.mm.m, (long long)c.mm.n, (long long)c.mm.k, c.with_bias, c.with_res,
+                 c.mm.unaligned ? " x unaligned" : "");
+        compare(what, build_fused_product, &c, c.mm.wt == MNV_DTYPE_BF16 ? 4e-3 : 1e-5, false);
+        same_bits(what, build_fused_product, &c);
+        free(c.mm.x);
+        free(w);
+        free(c.mm.w);
+        free(c.mm.q.packed);
+        free(c.mm.q.scales);
+        free(c.mm.q.biases);
+        free(c.bias);
+        free(c.bias_bt);
+        free(c.res);
+    }
+}
+
 /* Three products of one input (q, k and v), some with a bias add: one
  * launch on the device; their sum is the output. */
 typedef struct {
@@ -518,15 +586,16 @@ static mnv_array *build_shared_products(side *s, mnv_graph *g, void *ud) {
 static void test_shared_products(void) {
     static const mnv_qformat fmts[] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                        {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 6; i++) {
         shared_case c;
         memset(&c, 0, sizeof c);
-        /* q, k and v sizes: rows of their own (the first many, the others few) */
-        int64_t m = i < 2 ? 1 : t_randint(2, 9), k = 64 * t_randint(1, 8);
+        /* q, k and v sizes: rows of their own (the first many, the others few); from 4 on, rows of
+         * 128 chunks: segments of 2 warps a row group (q) beside one of 1 (v: up to 64 rows) */
+        int64_t m = i < 2 || i == 4 ? 1 : t_randint(2, 9), k = i < 4 ? 64 * t_randint(1, 8) : i == 4 ? 2048 : 4096;
         float *x = randv((size_t)(m * k), 1.0f);
         for (int p = 0; p < 3; p++) {
             fused_case *f = &c.part[p];
-            int64_t n = p == 0 ? t_randint(300, 1200) : t_randint(1, 200);
+            int64_t n = p == 0 ? t_randint(300, 1200) : i >= 4 && p == 2 ? t_randint(1, 64) : t_randint(1, 200);
             f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
             f->mm.q.fmt = fmts[i % 2];
             quantize(&f->mm.q, n, k);
@@ -586,12 +655,14 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
 }
 
 static void test_attention(void) {
-    for (int i = 0; i < 16; i++) {
+    for (int i = 0; i < 18; i++) {
         /* from 12 on: contexts of several chunks of keys (split over blocks
-         * in decode), windows longer than a chunk */
+         * in decode), windows longer than a chunk; 16 and 17: heads of 8
+         * values a lane (256, and 160 with lanes past the head) */
         bool longer = i >= 12;
         attn_case c = {.S = t_randint(1, 3), .B = i % 2 || longer ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
-                       .D = i % 3 == 0 ? 128 : i == 13 ? 80 : 64, .dt = float_types[i % 3], .sinks = i % 4 >= 2,
+                       .D = i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
+                       .dt = float_types[i % 3], .sinks = i % 4 >= 2,
                        .window = i % 5 == 4 ? t_randint(1, 12) : i == 14 ? t_randint(200, 700) : 0};
         c.H = c.Hkv * t_randint(1, 4);
         int32_t len[3], nnew[3];
@@ -696,7 +767,7 @@ static void test_attention_quant(void) {
     static const mnv_kv_type kt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q8, MNV_KV_F16};
     static const mnv_kv_type vt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q4, MNV_KV_Q8};
     for (int i = 0; i < 8; i++) {
-        qattn_case c = {.B = 16, .Hkv = t_randint(1, 2), .D = i % 2 ? 64 : 128, .T = t_randint(1, 4),
+        qattn_case c = {.B = 16, .Hkv = t_randint(1, 2), .D = i == 6 ? 80 : i % 2 ? 64 : 128, .T = t_randint(1, 4),
                         .window = i == 5 ? t_randint(50, 300) : 0};
         c.H = c.Hkv * t_randint(1, 4);
         int64_t len = i < 4 ? t_randint(c.T, 60) : t_randint(300, 900); /* one sequence; its last T are new */
@@ -826,7 +897,8 @@ typedef struct {
     int64_t T, E, kk, N, K;
     rows_case gate, up, down, router;
     float *logits, *h, *res, *bg, *bu, *bd, *br;
-    bool routed; /* logits from a router product of h (and its bias) */
+    bool routed;    /* logits from a router product of h (and its bias) */
+    bool unaligned; /* h 4 bytes past a 16-byte boundary: router and experts unfused, element-wise */
 } moe_block_case;
 
 static mnv_array *expert_leaves(side *s, mnv_graph *g, rows_case *q, int64_t E, int64_t N, int64_t K,
@@ -841,7 +913,7 @@ static mnv_array *expert_leaves(side *s, mnv_graph *g, rows_case *q, int64_t E, 
 static mnv_array *build_moe_block(side *s, mnv_graph *g, void *ud) {
     moe_block_case *c = ud;
     int64_t ls[2] = {c->T, c->E}, hs[2] = {c->T, c->K}, bs[2] = {c->E, c->N}, bds[2] = {c->E, c->K};
-    mnv_array *h = P(s, g, c->h, MNV_DTYPE_F32, 2, hs), *sc, *bi, *logits;
+    mnv_array *h = x_leaf(s, g, c->h, c->T, c->K, c->unaligned), *sc, *bi, *logits;
     if (c->routed) {
         mnv_array *w;
         quant_leaves(s, g, &c->router, c->E, c->K, &w, &sc, &bi);
@@ -865,28 +937,30 @@ static void test_moe_block(void) {
     static const mnv_qformat fmts[] = {{MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},
                                        {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                        {MNV_QMODE_AFFINE, 4, 32, MNV_DTYPE_F16}};
-    for (int i = 0; i < 6; i++) {
-        moe_block_case c = {.T = i < 3 ? t_randint(1, 3) : t_randint(9, 40), .E = t_randint(4, 32),
-                            .N = 64 * t_randint(1, 3), .K = 64 * t_randint(1, 5)};
+    for (int i = 0; i < 8; i++) { /* 6 and 7: h unaligned (a decode step, and rows enough to group) */
+        const int tmax = i < 3 || i == 6 ? 3 : i == 7 ? 15 : 40; /* 15: the router's product not cuBLAS's */
+        moe_block_case c = {.T = t_randint(tmax == 3 ? 1 : 9, tmax),
+                            .E = t_randint(4, 32), .N = 64 * t_randint(1, 3), .K = 64 * t_randint(1, 5),
+                            .unaligned = i >= 6};
         c.kk = t_randint(1, 4);
         c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i % 3];
         quantize(&c.gate, c.E * c.N, c.K);
         quantize(&c.up, c.E * c.N, c.K);
         quantize(&c.down, c.E * c.K, c.N);
-        c.routed = i % 2 == 0;
+        c.routed = i % 2 == 0 || i == 7;
         c.router.fmt = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16};
         quantize(&c.router, c.E, c.K);
         c.br = randv((size_t)c.E, 1.0f);
         c.logits = randv((size_t)(c.T * c.E), 3.0f);
-        c.h = randv((size_t)(c.T * c.K), 1.0f);
+        c.h = randv((size_t)((c.T + 1) * c.K), 1.0f); /* a row more: room for the unaligned view */
         c.res = randv((size_t)(c.T * c.K), 1.0f);
         c.bg = randv((size_t)(c.E * c.N), 1.0f);
         c.bu = randv((size_t)(c.E * c.N), 1.0f);
         c.bd = randv((size_t)(c.E * c.K), 1.0f);
         char what[96];
-        snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s",
+        snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s%s",
                  mnv_qmode_name(c.gate.fmt.mode), c.gate.fmt.bits, (long long)c.T, (long long)c.E, (long long)c.kk,
-                 (long long)c.N, (long long)c.K, c.routed ? " routed" : "");
+                 (long long)c.N, (long long)c.K, c.routed ? " routed" : "", c.unaligned ? " h unaligned" : "");
         compare(what, build_moe_block, &c, 1e-5, false);
         same_bits(what, build_moe_block, &c);
         rows_case *qs[4] = {&c.gate, &c.up, &c.down, &c.router};
@@ -1067,6 +1141,7 @@ int main(void) {
     test_qget_rows();
     test_matmul();
     test_fused_products();
+    test_wide_products();
     test_shared_products();
     test_attention();
     test_attention_quant();

@@ -79,15 +79,17 @@ template <int DPL> struct attn_state {
     float m, l, acc[DPL];
 };
 
-/* s := s merged with (m, l, acc): the same steps wherever states meet. */
+/* s := s merged with (m, l, acc): the same steps wherever states meet.
+ * Each product rounded on its own (a sum of two products may be contracted
+ * to an FMA over either one, and the kernels that merge must agree). */
 template <int DPL>
 static __device__ __forceinline__ void merge_into(attn_state<DPL> &s, float m, float l, const float *acc) {
     if (m == -INFINITY) return; /* nothing there */
     float mn = fmaxf(s.m, m);
     float a = s.m == -INFINITY ? 0.0f : expf(s.m - mn), b = expf(m - mn);
-    s.l = s.l * a + l * b;
+    s.l = __fadd_rn(__fmul_rn(s.l, a), __fmul_rn(l, b));
 #pragma unroll
-    for (int i = 0; i < DPL; i++) s.acc[i] = s.acc[i] * a + acc[i] * b;
+    for (int i = 0; i < DPL; i++) s.acc[i] = __fadd_rn(__fmul_rn(s.acc[i], a), __fmul_rn(acc[i], b));
     s.m = mn;
 }
 

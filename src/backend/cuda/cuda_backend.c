@@ -652,7 +652,8 @@ static int32_t fuse_experts(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e
         return -1;
     mnv_cu_moe_args a = moe_args(gate), b = moe_args(up);
     if (c->planning) return k;
-    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k)) return -1;
+    if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k) || a.w.wtype != b.w.wtype)
+        return -1; /* the pair is read in one layout: float experts of two dtypes run unfused */
     a.dual = 1;
     a.w2 = b.w;
     a.bias2 = b.bias;
@@ -761,11 +762,11 @@ static mnv_status run_nodes(mnv_backend *b, mnv_graph *g) {
         cudaError_t e = cudaSuccess;
         int32_t last = fuse(c, g, i, &e);
         if (last < 0) e = run_node(c, nd);
+        if (e == cudaSuccess && c->prof) e = mnv__cu_prof_done(c->prof, i, c->stream); /* its kernels' faults too */
         if (e != cudaSuccess)
             return mnv_set_error(MNV_ERR_BACKEND, "%s: node %d '%s' (%s%s): %s", c->name, i, nd->name,
                                  mnv_op_name(nd->op), last >= 0 ? ", fused" : "",
                                  c->gemm_err ? c->gemm_err : cudaGetErrorString(e));
-        if (c->prof) mnv__cu_prof_done(c->prof, i, c->stream);
         if (last > i) i = last; /* the covered nodes: their time is the first one's */
     }
     return MNV_OK;

@@ -59,7 +59,7 @@ static __device__ __forceinline__ float cu_kv_at(const uint8_t *row, int32_t kv,
     float s = __half2float(__ushort_as_half((unsigned short)(sp[0] | sp[1] << 8)));
     float b = __half2float(__ushort_as_half((unsigned short)(bp[0] | bp[1] << 8)));
     uint32_t q = kv == MNV_CU_KV_Q8 ? row[d] : (row[d >> 1] >> (4 * (d & 1))) & 15u;
-    return s * (float)q + b;
+    return fmaf(s, (float)q, b); /* as mnv_kv_load_row */
 }
 
 /* gpt-oss's clamped SwiGLU of gate g and up u (the SWIGLU_OAI op). */

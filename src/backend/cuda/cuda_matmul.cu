@@ -65,7 +65,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
     const void *sc = (const uint8_t *)w.scales + so * ses;
     const void *bi = w.biases ? (const uint8_t *)w.biases + so * ses : NULL;
     const int64_t gw = (int64_t)w.group_size * w.bits / 32; /* words per group */
-    if ((w.bits == 4 || w.bits == 8) && gw % 4 == 0 && ((uintptr_t)row & 15) == 0) {
+    if ((w.bits == 4 || w.bits == 8) && gw % 4 == 0 && K % (128 / w.bits) == 0 && ((uintptr_t)row & 15) == 0) {
         /* 16 bytes a lane (4 words of one group): decode reads at bandwidth */
         const int epw = 32 / w.bits;
         const uint32_t mask = (1u << w.bits) - 1u;
@@ -90,7 +90,7 @@ static __device__ __forceinline__ void dot_row(const mnv_cu_weight &w, int64_t e
         }
         return;
     }
-    if (32 % w.bits == 0) { /* 2, 4, 8 bits: a word holds whole elements of one group */
+    if (32 % w.bits == 0 && K % (32 / w.bits) == 0) { /* 2, 4, 8 bits: a word holds whole elements of one group */
         const int epw = 32 / w.bits;
         const uint32_t mask = (1u << w.bits) - 1u;
         const int64_t words = K / epw;

@@ -177,9 +177,10 @@ static inline int mmv_layout(const mnv_cu_weight *w, int64_t k) {
         return w->wtype == MNV_CU_F32 ? MMV_F32 : w->wtype == MNV_CU_BF16 ? MMV_BF16 : MMV_F16;
     }
     if ((w->ldw % 4) || (w->we % 4) || ((uintptr_t)w->w & 15)) return MMV_NONE;
-    if (w->mode == CU_QAFFINE && w->bits == 8 && w->group_size % 16 == 0) return MMV_A8;
-    if (w->mode == CU_QAFFINE && w->bits == 4 && w->group_size % 32 == 0) return MMV_A4;
-    if (w->mode == CU_QMXFP4 && w->group_size % 32 == 0) return MMV_MX4;
+    /* k whole chunks: the kernels read k / epc of them (a row's tail would be left out) */
+    if (w->mode == CU_QAFFINE && w->bits == 8 && w->group_size % 16 == 0 && k % 16 == 0) return MMV_A8;
+    if (w->mode == CU_QAFFINE && w->bits == 4 && w->group_size % 32 == 0 && k % 32 == 0) return MMV_A4;
+    if (w->mode == CU_QMXFP4 && w->group_size % 32 == 0 && k % 32 == 0) return MMV_MX4;
     return MMV_NONE;
 }
 

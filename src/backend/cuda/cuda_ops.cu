@@ -128,8 +128,11 @@ static __device__ __forceinline__ int rope_item(const mnv_cu_rope_args &a, int64
     d[0] = a.traditional ? 2 * k : k;
     d[1] = a.traditional ? 2 * k + 1 : k + half;
     float x0 = xh[d[0]], x1 = xh[d[1]];
-    v[0] = x0 * cs - x1 * sn;
-    v[1] = x1 * cs + x0 * sn;
+    /* each product rounded, as cpu/ops.c (C17, no contraction) computes it; a
+     * contraction could also pick either product, differently in k_rope and
+     * k_rope_write, whose results must agree */
+    v[0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+    v[1] = __fadd_rn(__fmul_rn(x1, cs), __fmul_rn(x0, sn));
     return 2;
 }
 

@@ -93,10 +93,11 @@ static bool grow(mnv_cu_prof *p, int32_t n_ev) {
 
 void mnv__cu_prof_mark(mnv_cu_prof *p, int32_t i, cudaStream_t s) { cudaEventRecord(p->ev[2 * i], s); }
 
-void mnv__cu_prof_done(mnv_cu_prof *p, int32_t i, cudaStream_t s) {
-    cudaEventRecord(p->ev[2 * i + 1], s);
-    cudaEventSynchronize(p->ev[2 * i + 1]);
-    p->timed[i] = 1;
+cudaError_t mnv__cu_prof_done(mnv_cu_prof *p, int32_t i, cudaStream_t s) {
+    cudaError_t e = cudaEventRecord(p->ev[2 * i + 1], s);
+    if (e == cudaSuccess) e = cudaEventSynchronize(p->ev[2 * i + 1]);
+    p->timed[i] = e == cudaSuccess;
+    return e;
 }
 
 void mnv__cu_prof_end(mnv_cu_prof *p, mnv_graph *g, cudaStream_t s) {
