@@ -412,6 +412,94 @@ static void test_convert(void) {
     free(x), free(y), free(yr), free(h), free(hr);
 }
 
+/* Mixture-of-experts products (quantized experts: mxfp4, 8-bit affine) on a
+ * backend of its own (exact: f32 activations; row_invariant), at decode
+ * sizes (every expert picked by at most 4 pairs: one pass over the picked
+ * experts' rows) and small batches (an expert picked more often: expert by
+ * expert). Each (token, slot) pair against its expert's product computed
+ * alone (one row, one thread) by the same qmatmul, and, exact, against a
+ * naive double-precision reference on the dequantized weights: 1e-5
+ * relative L2 (f32 sums over K of at most 192 terms). */
+static void test_moe(int threads, int exact, int row_invariant) {
+    mnv_backend_params bp = {.name = "cpu", .n_threads = threads, .exact_quant = exact, .row_invariant = row_invariant};
+    mnv_backend *mb = NULL;
+    mnv_executor *mx = NULL;
+    CHECK(mnv_backend_create(&bp, &mb) == MNV_OK);
+    mnv_executor_create(mb, &mx);
+    const bool fp4 = t_randint(0, 1);
+    const mnv_qformat f = fp4 ? (mnv_qformat){.mode = MNV_QMODE_MXFP4, .bits = 4, .group_size = 32, .scale_dtype = MNV_DTYPE_U8}
+                              : (mnv_qformat){.mode = MNV_QMODE_AFFINE, .bits = 8, .group_size = 64, .scale_dtype = MNV_DTYPE_BF16};
+    const int64_t E = t_randint(2, 12), kk = t_randint(1, MNV_MIN(4, (int)E)), T = t_randint(1, 7);
+    const int64_t K = f.group_size * t_randint(1, 3), N = t_randint(1, 90), G = K / f.group_size;
+    const int64_t rw = mnv_qformat_row_words(&f, K), ss = fp4 ? 1 : 2;
+    const bool per_slot = t_randint(0, 1), has_bias = t_randint(0, 1);
+    uint32_t *w = malloc((size_t)(E * N * rw) * 4);
+    uint8_t *sc = malloc((size_t)(E * N * G) * (size_t)ss), *bi = malloc((size_t)(E * N * G) * (size_t)ss);
+    float *bias = malloc((size_t)(E * N) * 4), *wd = malloc((size_t)(E * N * K) * 4);
+    for (int64_t i = 0; i < E * N * rw; i++) w[i] = (uint32_t)t_rand64();
+    for (int64_t i = 0; i < E * N * G; i++) {
+        if (fp4) sc[i] = (uint8_t)t_randint(120, 130);
+        else {
+            uint16_t s = mnv_f32_to_bf16(0.01f * t_randf()), b = mnv_f32_to_bf16(0.5f * t_randf());
+            memcpy(sc + 2 * i, &s, 2), memcpy(bi + 2 * i, &b, 2);
+        }
+    }
+    for (int64_t i = 0; i < E * N; i++) bias[i] = t_randf();
+    for (int64_t r = 0; r < E * N; r++)
+        mnv__qdequant_groups(&f, w + r * rw, sc + r * G * ss, fp4 ? NULL : bi + r * G * ss, 1.0f, 0, G, wd + r * K);
+    begin();
+    int64_t xs3[3] = {T, kk, K}, xs2[2] = {T, K}, ids_sh[2] = {T, kk};
+    float *x;
+    mnv_array *ax = rand_input(per_slot ? 3 : 2, per_slot ? xs3 : xs2, &x);
+    mnv_array *aid = mnv_input(g, MNV_DTYPE_I32, 2, ids_sh, "ids");
+    int32_t *ids = mnv_input_data(aid);
+    for (int64_t t = 0; t < T; t++) /* kk distinct experts per token */
+        for (int64_t j = 0; j < kk; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)t_randint(0, (int)E - 1), dup = false;
+                for (int64_t q = 0; q < j; q++) dup |= ids[t * kk + q] == e;
+            } while (dup);
+            ids[t * kk + j] = e;
+        }
+    int64_t wsh[3] = {E, N, rw}, ssh[3] = {E, N, G}, bsh[2] = {E, N};
+    mnv_array *aw = mnv_param(g, w, MNV_DTYPE_U32, 3, wsh, "w");
+    mnv_array *as = mnv_param(g, sc, fp4 ? MNV_DTYPE_U8 : MNV_DTYPE_BF16, 3, ssh, "scales");
+    mnv_array *ab = fp4 ? NULL : mnv_param(g, bi, MNV_DTYPE_BF16, 3, ssh, "biases");
+    mnv_array *abias = has_bias ? mnv_param(g, bias, MNV_DTYPE_F32, 2, bsh, "bias") : NULL;
+    mnv_array *y = mnv_moe_matmul(g, ax, aw, as, ab, &f, K, aid, abias);
+    mnv_set_output(y);
+    mnv_status st = mnv_executor_run(mx, g);
+    CHECKF(st == MNV_OK, "moe run: %s", mnv_last_error());
+    float *want = malloc((size_t)(T * kk * N) * 4), *alone = malloc((size_t)(T * kk * N) * 4);
+    void *scr = malloc(mnv_cpu_qmatmul_scratch_size(1, K, &f, 1));
+    for (int64_t p = 0; p < T * kk; p++) {
+        const int64_t e = ids[p];
+        const float *xr = x + (per_slot ? p : p / kk) * K;
+        mnv_qmatmul_args a = {.x = xr, .ldx = K, .w = w + e * N * rw, .ldw = rw, .scales = sc + e * N * G * ss,
+                              .biases = fp4 ? NULL : bi + e * N * G * ss, .lds = G, .fmt = f, .global_scale = 1.0f,
+                              .y = alone + p * N, .ldy = N, .m = 1, .n = N, .k = K, .scratch = scr, .exact = exact,
+                              .row_invariant = row_invariant};
+        mnv_cpu_qmatmul(&a, 0, 1);
+        for (int64_t j = 0; j < N; j++) {
+            double s = has_bias ? bias[e * N + j] : 0.0;
+            for (int64_t k = 0; k < K; k++) s += (double)xr[k] * wd[(e * N + j) * K + k];
+            want[p * N + j] = (float)s;
+            if (has_bias) alone[p * N + j] += bias[e * N + j];
+        }
+    }
+    char what[128];
+    snprintf(what, sizeof what, "moe %s T %lld E %lld k %lld N %lld K %lld%s%s, %d threads%s%s", fp4 ? "mxfp4" : "q8",
+             (long long)T, (long long)E, (long long)kk, (long long)N, (long long)K, per_slot ? " per slot" : "",
+             has_bias ? " bias" : "", threads, exact ? " exact" : "", row_invariant ? " row-invariant" : "");
+    check(what, y->data, alone, (size_t)(T * kk * N), 1e-5);
+    if (exact) check(what, y->data, want, (size_t)(T * kk * N), 1e-5);
+    free(want), free(alone), free(scr), free(w), free(sc), free(bi), free(bias), free(wd);
+    mnv_executor_free(mx);
+    mnv_backend_free(mb);
+}
+
 /* The planner reuses memory: a long chain needs far less than its total. */
 static void test_planner_reuse(void) {
     int64_t sh[2] = {16, 256};
@@ -451,6 +539,7 @@ static void test_all(int reps) {
             test_attention(true, 0);
             test_attention(t_randint(0, 1), t_randint(1, 6));
         }
+        for (int rep = 0; rep < 2 * reps; rep++) test_moe(threads, rep % 3 == 1, rep % 3 == 2);
         test_planner_reuse();
         mnv_executor_free(ex);
         mnv_backend_free(be);
