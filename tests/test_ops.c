@@ -500,6 +500,71 @@ static void test_moe(int threads, int exact, int row_invariant) {
     mnv_backend_free(mb);
 }
 
+/* Barriers left out between independent nodes: decode products of one x
+ * (8-bit affine) with bias adds, summed in a chain, after an rms_norm. On
+ * `threads` threads the result equals the one-thread run's (every kernel
+ * here computes a row or a column the same way whatever the split); some
+ * barriers are left out, and none between a node and a node of its group
+ * (the nodes run since the last barrier kept) that reads it. */
+static mnv_node *root(mnv_node *n) { return n->view_src ? n->view_src : n; }
+
+static void test_barrier_plan(int threads) {
+    const mnv_qformat f = {.mode = MNV_QMODE_AFFINE, .bits = 8, .group_size = 64, .scale_dtype = MNV_DTYPE_BF16};
+    const int64_t K = 64 * t_randint(1, 4), N = t_randint(1, 70), P = t_randint(2, 5), rw = mnv_qformat_row_words(&f, K);
+    uint32_t *w = malloc((size_t)(P * N * rw) * 4);
+    uint16_t *sb = malloc((size_t)(P * N * (K / 64)) * 2 * 2);
+    float *bias = malloc((size_t)(P * N) * 4), *norm = malloc((size_t)K * 4);
+    for (int64_t i = 0; i < P * N * rw; i++) w[i] = (uint32_t)t_rand64();
+    for (int64_t i = 0; i < P * N * (K / 64) * 2; i++) sb[i] = mnv_f32_to_bf16(0.01f * t_randf());
+    for (int64_t i = 0; i < P * N; i++) bias[i] = t_randf();
+    for (int64_t i = 0; i < K; i++) norm[i] = t_randf();
+    float *got = malloc((size_t)N * 4), *want = malloc((size_t)N * 4), *x0 = malloc((size_t)K * 4);
+    for (int64_t i = 0; i < K; i++) x0[i] = t_randf();
+    for (int pass = 0; pass < 2; pass++) {
+        mnv_backend_params bp = {.name = "cpu", .n_threads = pass ? threads : 1};
+        mnv_backend *b = NULL;
+        mnv_executor *x = NULL;
+        CHECK(mnv_backend_create(&bp, &b) == MNV_OK);
+        mnv_executor_create(b, &x);
+        begin();
+        int64_t xs[2] = {1, K}, ks[1] = {K}, ws[2] = {N, rw}, ss[2] = {N, K / 64}, bs[1] = {N};
+        mnv_array *in = mnv_input(g, MNV_DTYPE_F32, 2, xs, "x");
+        memcpy(mnv_input_data(in), x0, (size_t)K * 4);
+        mnv_array *h = mnv_rms_norm(g, in, mnv_param(g, norm, MNV_DTYPE_F32, 1, ks, "norm"), 1e-5f), *sum = NULL;
+        for (int64_t p = 0; p < P; p++) {
+            mnv_array *aw = mnv_param(g, w + p * N * rw, MNV_DTYPE_U32, 2, ws, "w");
+            mnv_array *as = mnv_param(g, sb + p * N * (K / 64), MNV_DTYPE_BF16, 2, ss, "s");
+            mnv_array *ab = mnv_param(g, sb + (P + p) * N * (K / 64), MNV_DTYPE_BF16, 2, ss, "b");
+            mnv_array *y = mnv_add(g, mnv_qmatmul(g, h, aw, as, ab, &f, K), mnv_param(g, bias + p * N, MNV_DTYPE_F32, 1, bs, "bias"));
+            sum = sum ? mnv_add(g, sum, y) : y;
+        }
+        mnv_set_output(sum);
+        CHECKF(mnv_executor_run(x, g) == MNV_OK, "barrier plan run: %s", mnv_last_error());
+        memcpy(pass ? got : want, sum->data, (size_t)N * 4);
+        const uint8_t *plan = mnv__cpu_barrier_plan(b);
+        int32_t left_out = 0, start = 0;
+        for (int32_t i = 0; plan && i < mnv_graph_n_nodes(g); i++) {
+            mnv_node *nd = mnv_graph_node(g, i);
+            if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
+            for (int32_t q = start; q < i; q++) /* no source of nd among its group */
+                if (mnv_graph_node(g, q)->op != MNV_OP_LEAF && mnv_graph_node(g, q)->op != MNV_OP_VIEW)
+                for (int s = 0; s < MNV_MAX_SRC; s++)
+                    CHECKF(!nd->src[s] || root(nd->src[s]) != mnv_graph_node(g, q),
+                           "barrier plan: node %d reads node %d of its group", i, q);
+            left_out += plan[i];
+            if (!plan[i]) start = i + 1;
+        }
+        if (pass) CHECKF(left_out > 0, "barrier plan: no barrier left out (%lld products)", (long long)P);
+        mnv_executor_free(x);
+        mnv_backend_free(b);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "barrier plan, %lld products, %d threads", (long long)P, threads);
+    check(what, got, want, (size_t)N, 1e-6);
+    for (int64_t j = 0; j < N; j++) CHECKF(got[j] == want[j], "%s: column %lld differs from one thread's", what, (long long)j);
+    free(w), free(sb), free(bias), free(norm), free(got), free(want), free(x0);
+}
+
 /* The planner reuses memory: a long chain needs far less than its total. */
 static void test_planner_reuse(void) {
     int64_t sh[2] = {16, 256};
@@ -540,6 +605,7 @@ static void test_all(int reps) {
             test_attention(t_randint(0, 1), t_randint(1, 6));
         }
         for (int rep = 0; rep < 2 * reps; rep++) test_moe(threads, rep % 3 == 1, rep % 3 == 2);
+        for (int rep = 0; rep < reps; rep++) test_barrier_plan(threads);
         test_planner_reuse();
         mnv_executor_free(ex);
         mnv_backend_free(be);
