@@ -455,6 +455,159 @@ static void test_convert(void) {
     free(x), free(y), free(yr), free(h), free(hr);
 }
 
+/* Mixture-of-experts products (quantized experts: mxfp4, 8-bit affine) on a
+ * backend of its own (exact: f32 activations; row_invariant), at decode
+ * sizes (every expert picked by at most 4 pairs: one pass over the picked
+ * experts' rows) and small batches (an expert picked more often: expert by
+ * expert). Each (token, slot) pair against its expert's product computed
+ * alone (one row, one thread) by the same qmatmul, and, exact, against a
+ * naive double-precision reference on the dequantized weights: 1e-5
+ * relative L2 (f32 sums over K of at most 192 terms). */
+static void test_moe(int threads, int exact, int row_invariant) {
+    mnv_backend_params bp = {.name = "cpu", .n_threads = threads, .exact_quant = exact, .row_invariant = row_invariant};
+    mnv_backend *mb = NULL;
+    mnv_executor *mx = NULL;
+    CHECK(mnv_backend_create(&bp, &mb) == MNV_OK);
+    mnv_executor_create(mb, &mx);
+    const bool fp4 = t_randint(0, 1);
+    const mnv_qformat f = fp4 ? (mnv_qformat){.mode = MNV_QMODE_MXFP4, .bits = 4, .group_size = 32, .scale_dtype = MNV_DTYPE_U8}
+                              : (mnv_qformat){.mode = MNV_QMODE_AFFINE, .bits = 8, .group_size = 64, .scale_dtype = MNV_DTYPE_BF16};
+    const int64_t E = t_randint(2, 12), kk = t_randint(1, MNV_MIN(4, (int)E)), T = t_randint(1, 7);
+    const int64_t K = f.group_size * t_randint(1, 3), N = t_randint(1, 90), G = K / f.group_size;
+    const int64_t rw = mnv_qformat_row_words(&f, K), ss = fp4 ? 1 : 2;
+    const bool per_slot = t_randint(0, 1), has_bias = t_randint(0, 1);
+    uint32_t *w = malloc((size_t)(E * N * rw) * 4);
+    uint8_t *sc = malloc((size_t)(E * N * G) * (size_t)ss), *bi = malloc((size_t)(E * N * G) * (size_t)ss);
+    float *bias = malloc((size_t)(E * N) * 4), *wd = malloc((size_t)(E * N * K) * 4);
+    for (int64_t i = 0; i < E * N * rw; i++) w[i] = (uint32_t)t_rand64();
+    for (int64_t i = 0; i < E * N * G; i++) {
+        if (fp4) sc[i] = (uint8_t)t_randint(120, 130);
+        else {
+            uint16_t s = mnv_f32_to_bf16(0.01f * t_randf()), b = mnv_f32_to_bf16(0.5f * t_randf());
+            memcpy(sc + 2 * i, &s, 2), memcpy(bi + 2 * i, &b, 2);
+        }
+    }
+    for (int64_t i = 0; i < E * N; i++) bias[i] = t_randf();
+    for (int64_t r = 0; r < E * N; r++)
+        mnv__qdequant_groups(&f, w + r * rw, sc + r * G * ss, fp4 ? NULL : bi + r * G * ss, 1.0f, 0, G, wd + r * K);
+    begin();
+    int64_t xs3[3] = {T, kk, K}, xs2[2] = {T, K}, ids_sh[2] = {T, kk};
+    float *x;
+    mnv_array *ax = rand_input(per_slot ? 3 : 2, per_slot ? xs3 : xs2, &x);
+    mnv_array *aid = mnv_input(g, MNV_DTYPE_I32, 2, ids_sh, "ids");
+    int32_t *ids = mnv_input_data(aid);
+    for (int64_t t = 0; t < T; t++) /* kk distinct experts per token */
+        for (int64_t j = 0; j < kk; j++) {
+            int32_t e;
+            bool dup;
+            do {
+                e = (int32_t)t_randint(0, (int)E - 1), dup = false;
+                for (int64_t q = 0; q < j; q++) dup |= ids[t * kk + q] == e;
+            } while (dup);
+            ids[t * kk + j] = e;
+        }
+    int64_t wsh[3] = {E, N, rw}, ssh[3] = {E, N, G}, bsh[2] = {E, N};
+    mnv_array *aw = mnv_param(g, w, MNV_DTYPE_U32, 3, wsh, "w");
+    mnv_array *as = mnv_param(g, sc, fp4 ? MNV_DTYPE_U8 : MNV_DTYPE_BF16, 3, ssh, "scales");
+    mnv_array *ab = fp4 ? NULL : mnv_param(g, bi, MNV_DTYPE_BF16, 3, ssh, "biases");
+    mnv_array *abias = has_bias ? mnv_param(g, bias, MNV_DTYPE_F32, 2, bsh, "bias") : NULL;
+    mnv_array *y = mnv_moe_matmul(g, ax, aw, as, ab, &f, K, aid, abias);
+    mnv_set_output(y);
+    mnv_status st = mnv_executor_run(mx, g);
+    CHECKF(st == MNV_OK, "moe run: %s", mnv_last_error());
+    float *want = malloc((size_t)(T * kk * N) * 4), *alone = malloc((size_t)(T * kk * N) * 4);
+    void *scr = malloc(mnv_cpu_qmatmul_scratch_size(1, K, &f, 1));
+    for (int64_t p = 0; p < T * kk; p++) {
+        const int64_t e = ids[p];
+        const float *xr = x + (per_slot ? p : p / kk) * K;
+        mnv_qmatmul_args a = {.x = xr, .ldx = K, .w = w + e * N * rw, .ldw = rw, .scales = sc + e * N * G * ss,
+                              .biases = fp4 ? NULL : bi + e * N * G * ss, .lds = G, .fmt = f, .global_scale = 1.0f,
+                              .y = alone + p * N, .ldy = N, .m = 1, .n = N, .k = K, .scratch = scr, .exact = exact,
+                              .row_invariant = row_invariant};
+        mnv_cpu_qmatmul(&a, 0, 1);
+        for (int64_t j = 0; j < N; j++) {
+            double s = has_bias ? bias[e * N + j] : 0.0;
+            for (int64_t k = 0; k < K; k++) s += (double)xr[k] * wd[(e * N + j) * K + k];
+            want[p * N + j] = (float)s;
+            if (has_bias) alone[p * N + j] += bias[e * N + j];
+        }
+    }
+    char what[128];
+    snprintf(what, sizeof what, "moe %s T %lld E %lld k %lld N %lld K %lld%s%s, %d threads%s%s", fp4 ? "mxfp4" : "q8",
+             (long long)T, (long long)E, (long long)kk, (long long)N, (long long)K, per_slot ? " per slot" : "",
+             has_bias ? " bias" : "", threads, exact ? " exact" : "", row_invariant ? " row-invariant" : "");
+    check(what, y->data, alone, (size_t)(T * kk * N), 1e-5);
+    if (exact) check(what, y->data, want, (size_t)(T * kk * N), 1e-5);
+    free(want), free(alone), free(scr), free(w), free(sc), free(bi), free(bias), free(wd);
+    mnv_executor_free(mx);
+    mnv_backend_free(mb);
+}
+
+/* Barriers left out between independent nodes: decode products of one x
+ * (8-bit affine) with bias adds, summed in a chain, after an rms_norm. On
+ * `threads` threads the result equals the one-thread run's (every kernel
+ * here computes a row or a column the same way whatever the split); some
+ * barriers are left out, and none between a node and a node of its group
+ * (the nodes run since the last barrier kept) that reads it. */
+static mnv_node *root(mnv_node *n) { return n->view_src ? n->view_src : n; }
+
+static void test_barrier_plan(int threads) {
+    const mnv_qformat f = {.mode = MNV_QMODE_AFFINE, .bits = 8, .group_size = 64, .scale_dtype = MNV_DTYPE_BF16};
+    const int64_t K = 64 * t_randint(1, 4), N = t_randint(1, 70), P = t_randint(2, 5), rw = mnv_qformat_row_words(&f, K);
+    uint32_t *w = malloc((size_t)(P * N * rw) * 4);
+    uint16_t *sb = malloc((size_t)(P * N * (K / 64)) * 2 * 2);
+    float *bias = malloc((size_t)(P * N) * 4), *norm = malloc((size_t)K * 4);
+    for (int64_t i = 0; i < P * N * rw; i++) w[i] = (uint32_t)t_rand64();
+    for (int64_t i = 0; i < P * N * (K / 64) * 2; i++) sb[i] = mnv_f32_to_bf16(0.01f * t_randf());
+    for (int64_t i = 0; i < P * N; i++) bias[i] = t_randf();
+    for (int64_t i = 0; i < K; i++) norm[i] = t_randf();
+    float *got = malloc((size_t)N * 4), *want = malloc((size_t)N * 4), *x0 = malloc((size_t)K * 4);
+    for (int64_t i = 0; i < K; i++) x0[i] = t_randf();
+    for (int pass = 0; pass < 2; pass++) {
+        mnv_backend_params bp = {.name = "cpu", .n_threads = pass ? threads : 1};
+        mnv_backend *b = NULL;
+        mnv_executor *x = NULL;
+        CHECK(mnv_backend_create(&bp, &b) == MNV_OK);
+        mnv_executor_create(b, &x);
+        begin();
+        int64_t xs[2] = {1, K}, ks[1] = {K}, ws[2] = {N, rw}, ss[2] = {N, K / 64}, bs[1] = {N};
+        mnv_array *in = mnv_input(g, MNV_DTYPE_F32, 2, xs, "x");
+        memcpy(mnv_input_data(in), x0, (size_t)K * 4);
+        mnv_array *h = mnv_rms_norm(g, in, mnv_param(g, norm, MNV_DTYPE_F32, 1, ks, "norm"), 1e-5f), *sum = NULL;
+        for (int64_t p = 0; p < P; p++) {
+            mnv_array *aw = mnv_param(g, w + p * N * rw, MNV_DTYPE_U32, 2, ws, "w");
+            mnv_array *as = mnv_param(g, sb + p * N * (K / 64), MNV_DTYPE_BF16, 2, ss, "s");
+            mnv_array *ab = mnv_param(g, sb + (P + p) * N * (K / 64), MNV_DTYPE_BF16, 2, ss, "b");
+            mnv_array *y = mnv_add(g, mnv_qmatmul(g, h, aw, as, ab, &f, K), mnv_param(g, bias + p * N, MNV_DTYPE_F32, 1, bs, "bias"));
+            sum = sum ? mnv_add(g, sum, y) : y;
+        }
+        mnv_set_output(sum);
+        CHECKF(mnv_executor_run(x, g) == MNV_OK, "barrier plan run: %s", mnv_last_error());
+        memcpy(pass ? got : want, sum->data, (size_t)N * 4);
+        const uint8_t *plan = mnv__cpu_barrier_plan(b);
+        int32_t left_out = 0, start = 0;
+        for (int32_t i = 0; plan && i < mnv_graph_n_nodes(g); i++) {
+            mnv_node *nd = mnv_graph_node(g, i);
+            if (nd->op == MNV_OP_LEAF || nd->op == MNV_OP_VIEW) continue;
+            for (int32_t q = start; q < i; q++) /* no source of nd among its group */
+                if (mnv_graph_node(g, q)->op != MNV_OP_LEAF && mnv_graph_node(g, q)->op != MNV_OP_VIEW)
+                for (int s = 0; s < MNV_MAX_SRC; s++)
+                    CHECKF(!nd->src[s] || root(nd->src[s]) != mnv_graph_node(g, q),
+                           "barrier plan: node %d reads node %d of its group", i, q);
+            left_out += plan[i];
+            if (!plan[i]) start = i + 1;
+        }
+        if (pass) CHECKF(left_out > 0, "barrier plan: no barrier left out (%lld products)", (long long)P);
+        mnv_executor_free(x);
+        mnv_backend_free(b);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "barrier plan, %lld products, %d threads", (long long)P, threads);
+    check(what, got, want, (size_t)N, 1e-6);
+    for (int64_t j = 0; j < N; j++) CHECKF(got[j] == want[j], "%s: column %lld differs from one thread's", what, (long long)j);
+    free(w), free(sb), free(bias), free(norm), free(got), free(want), free(x0);
+}
+
 /* The planner reuses memory: a long chain needs far less than its total. */
 static void test_planner_reuse(void) {
     int64_t sh[2] = {16, 256};
@@ -495,6 +648,8 @@ static void test_all(int reps) {
             test_attention(t_randint(0, 1), t_randint(1, 6));
             test_argmax();
         }
+        for (int rep = 0; rep < 2 * reps; rep++) test_moe(threads, rep % 3 == 1, rep % 3 == 2);
+        for (int rep = 0; rep < reps; rep++) test_barrier_plan(threads);
         test_planner_reuse();
         mnv_executor_free(ex);
         mnv_backend_free(be);

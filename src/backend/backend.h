@@ -160,6 +160,10 @@ double mnv_executor_plan_seconds(const mnv_executor *ex);
 
 /* Per-backend constructors (registered in registry.c). */
 mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out);
+/* Tests: per node of the CPU backend's last graph, 1 where the barrier after
+ * the node was left out (cpu_backend.c says when); NULL for another backend
+ * or before any graph. Valid until the backend's next compute. */
+const uint8_t *mnv__cpu_barrier_plan(const mnv_backend *b);
 /* The CUDA backend (built with MINERVA_CUDA): p->device picks the card. */
 mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **out);
 

@@ -25,6 +25,8 @@ typedef struct {
     /* the first node not run when thread 0 saw the abort flag, else -1;
      * written once per run, by thread 0, before a barrier */
     _Atomic int32_t stop_before;
+    uint8_t *no_barrier; /* per node of g: 1 where the barrier after it is left out (plan_barriers) */
+    int32_t no_barrier_cap;
 } cpu_ctx;
 
 typedef void (*cpu_kernel)(cpu_ctx *c, mnv_node *n, int ith, int nth);
@@ -227,12 +229,64 @@ static size_t moe_mm_scratch(const mnv_node *n, int nth) {
     return mnv_cpu_qmatmul_scratch_size(m, k, &n->p.q.fmt, nth);
 }
 
+/* ---- decode: one pass over the picked experts' rows ----
+ * When quantized experts each serve at most MNV_QMATMUL_GEMV_MAX_M of the
+ * (token, slot) pairs (decode, and small batches), the picked experts' W
+ * rows form one list (expert after expert, in expert order) that the threads
+ * split evenly, 16-row aligned; each thread runs the decode kernel alone
+ * (ith 0 of 1) on its part of each expert it meets. Every thread groups the
+ * pairs itself and keeps its x rows, products and the kernel's scratch in a
+ * region of the scratch of its own, so the node needs no barrier inside it:
+ * 4 experts cost one pass and the node's closing barrier instead of 1 + 3
+ * barriers per expert. A pair's result is the same as through the per-expert
+ * path: the same kernel with the same rows of x, whose arithmetic for a W
+ * row does not depend on the range of rows it is given. */
+enum { MOE_FUSED_MAX_PAIRS = 64 };
+
+typedef struct {
+    int32_t *start, *rows; /* E + 1 prefix sums, m pairs sorted by expert */
+    float *xg, *yg;        /* GEMV_MAX_M rows of K, GEMV_MAX_M rows of N */
+    void *mm_scratch;
+} moe_private;
+
+static size_t moe_private_mm(const mnv_node *n) {
+    return (mnv_cpu_qmatmul_scratch_size(MNV_QMATMUL_GEMV_MAX_M, n->p.q.k, &n->p.q.fmt, 1) + 63) & ~(size_t)63;
+}
+
+/* Bytes of one thread's region (a multiple of 64). */
+static size_t moe_private_size(const mnv_node *n) {
+    int64_t E = n->src[1]->shape[0], m = n->src[2]->shape[0] * n->src[2]->shape[1];
+    size_t s = moe_private_mm(n);
+    s += ((size_t)(E + 1 + m) * 4 + 63) & ~(size_t)63;
+    s += (size_t)MNV_QMATMUL_GEMV_MAX_M * (size_t)(n->p.q.k + n->shape[2]) * 4;
+    return (s + 63) & ~(size_t)63;
+}
+
+static bool moe_fused_ok(const mnv_node *n) {
+    return n->p.q.fmt.mode != MNV_QMODE_NONE && n->src[2]->shape[0] * n->src[2]->shape[1] <= MOE_FUSED_MAX_PAIRS;
+}
+
 static size_t moe_scratch_size(const mnv_node *n, int nth) {
     int64_t E = n->src[1]->shape[0], m = n->src[2]->shape[0] * n->src[2]->shape[1];
     size_t s = (moe_mm_scratch(n, nth) + 63) & ~(size_t)63;
     s += (size_t)(E + 1 + m) * 4 + 64;
     s += (size_t)m * (size_t)(n->p.q.k + n->shape[2]) * 4 + 128;
+    if (moe_fused_ok(n)) s = MNV_MAX(s, (size_t)nth * moe_private_size(n) + 64);
     return s;
+}
+
+static moe_private moe_private_at(cpu_ctx *c, const mnv_node *n, int ith) {
+    int64_t E = n->src[1]->shape[0], m = n->src[2]->shape[0] * n->src[2]->shape[1];
+    uint8_t *p = mnv__align64(c->scratch) + (size_t)ith * moe_private_size(n);
+    moe_private mp;
+    mp.mm_scratch = p;
+    p += moe_private_mm(n);
+    mp.start = (int32_t *)p;
+    mp.rows = mp.start + E + 1;
+    p += ((size_t)(E + 1 + m) * 4 + 63) & ~(size_t)63;
+    mp.xg = (float *)p;
+    mp.yg = mp.xg + (size_t)MNV_QMATMUL_GEMV_MAX_M * n->p.q.k;
+    return mp;
 }
 
 static moe_scratch moe_layout(cpu_ctx *c, const mnv_node *n, int nth) {
@@ -283,12 +337,73 @@ static void moe_expert(cpu_ctx *c, mnv_node *n, const moe_scratch *ms, int64_t e
     mnv_cpu_qmatmul(&a, ith, nth);
 }
 
+/* Rows [j0, j1) of expert e for its cnt pairs rows[0 .. cnt), by this
+ * thread alone (x rows gathered, unless one, and outputs scattered, plus the
+ * expert bias). */
+static void moe_fused_part(cpu_ctx *c, mnv_node *n, const moe_private *mp, int64_t e, const int32_t *rows,
+                           int64_t cnt, int64_t j0, int64_t j1) {
+    const mnv_node *x = n->src[0], *w = n->src[1], *sc = n->src[4], *bi = n->src[5], *bias = n->src[3];
+    const int64_t kk = n->src[2]->shape[1], K = n->p.q.k, N = n->shape[2];
+    const bool per_slot = x->ndim == 3;
+    const size_t ses = mnv_dtype_size(sc->dtype);
+    const float *xs = (const float *)x->data + (per_slot ? rows[0] : rows[0] / kk) * K;
+    if (cnt > 1) {
+        for (int64_t r = 0; r < cnt; r++)
+            memcpy(mp->xg + r * K, (const float *)x->data + (per_slot ? rows[r] : rows[r] / kk) * K, (size_t)K * 4);
+        xs = mp->xg;
+    }
+    float *y = cnt > 1 ? mp->yg : (float *)n->data + rows[0] * N;
+    const int64_t e_w = e * w->stride[0] + j0 * w->stride[1], e_s = e * sc->stride[0] + j0 * sc->stride[1];
+    mnv_qmatmul_args a = {
+        .x = xs, .ldx = K, .w = (const uint32_t *)w->data + e_w, .ldw = w->stride[1],
+        .scales = (const uint8_t *)sc->data + (size_t)e_s * ses,
+        .biases = bi ? (const uint8_t *)bi->data + (size_t)e_s * ses : NULL, .lds = sc->stride[1],
+        .fmt = n->p.q.fmt, .global_scale = n->p.q.global_scale, .y = y + j0, .ldy = N, .m = cnt, .n = j1 - j0,
+        .k = K, .scratch = mp->mm_scratch, .exact = c->exact_quant, .row_invariant = c->row_invariant,
+    };
+    mnv_cpu_qmatmul(&a, 0, 1);
+    for (int64_t r = 0; r < cnt; r++) {
+        float *dst = (float *)n->data + rows[r] * N;
+        if (cnt > 1) memcpy(dst + j0, mp->yg + r * N + j0, (size_t)(j1 - j0) * 4);
+        if (bias) {
+            const float *b = (const float *)bias->data + e * bias->stride[0];
+            for (int64_t i = j0; i < j1; i++) dst[i] += b[i * bias->stride[1]];
+        }
+    }
+}
+
+/* The one-pass path; false (nothing done, by every thread alike) when an
+ * expert serves more pairs than the decode kernel takes. */
+static bool moe_fused(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    const int32_t *ids = n->src[2]->data;
+    const int64_t m = n->src[2]->shape[0] * n->src[2]->shape[1], E = n->src[1]->shape[0], N = n->shape[2];
+    moe_private mp = moe_private_at(c, n, ith);
+    moe_group(ids, m, E, mp.start, mp.rows);
+    int64_t active = 0;
+    for (int64_t e = 0; e < E; e++) {
+        const int64_t cnt = mp.start[e + 1] - mp.start[e];
+        if (cnt > MNV_QMATMUL_GEMV_MAX_M) return false;
+        active += cnt > 0;
+    }
+    int64_t lo, hi, base = 0;
+    mnv__qsplit(active * N, ith, nth, 16, &lo, &hi);
+    for (int64_t e = 0; e < E && base < hi; e++) {
+        const int64_t cnt = mp.start[e + 1] - mp.start[e];
+        if (cnt == 0) continue;
+        const int64_t j0 = MNV_MAX(lo - base, 0), j1 = MNV_MIN(hi - base, N);
+        if (j0 < j1) moe_fused_part(c, n, &mp, e, mp.rows + mp.start[e], cnt, j0, j1);
+        base += N;
+    }
+    return true;
+}
+
 static void k_moe_matmul(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     const mnv_node *x = n->src[0], *bias = n->src[3];
     const int32_t *ids = n->src[2]->data;
     int64_t kk = n->src[2]->shape[1], m = n->src[2]->shape[0] * kk, E = n->src[1]->shape[0];
     int64_t K = n->p.q.k, N = n->shape[2];
     bool per_slot = x->ndim == 3;
+    if (moe_fused_ok(n) && moe_fused(c, n, ith, nth)) return;
     moe_scratch ms = moe_layout(c, n, nth);
     if (ith == 0) moe_group(ids, m, E, ms.start, ms.rows);
     mnv_threadpool_barrier(c->tp);
@@ -327,6 +442,143 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };
 
+/* ---- barriers between independent nodes ----
+ * Every node ends with a barrier, except where the next one may start while
+ * other threads still run this one. The barrier after node i is left out
+ * when the next node j may join the group of nodes run since the last
+ * barrier kept (at most MAX_GROUP), which holds when:
+ *  1. no node of the group calls a barrier inside it or touches memory that
+ *     other threads touch besides its sources and output: the elementwise
+ *     and row-wise kernels, quantized products of at most
+ *     MNV_QMATMUL_GEMV_MAX_M rows (each thread prepares its copy of x at
+ *     ith * m * row bytes of the scratch) and quantized mixture-of-experts
+ *     products of at most that many (token, slot) pairs (always the one-pass
+ *     path: each thread its own region of the scratch);
+ *  2. the nodes of the group that use the scratch use it alike (products of
+ *     the same m and k, or experts with the same region size), so thread t's
+ *     part of the scratch is the same in each and no thread writes another's;
+ *  3. no node of the group reads bytes that another one writes, and no two
+ *     write the same bytes: byte ranges of sources and outputs as placed by
+ *     the planner, so a value put on memory freed inside the group (whose
+ *     last reader is in it) counts as an overlap.
+ * The abort flag is looked at only before the barriers kept. */
+enum { MAX_GROUP = 8 };
+
+typedef struct {
+    int kind; /* 0 none, 1 quantized decode product, 2 one-pass experts */
+    int64_t a, b;
+} scratch_use;
+
+static bool runs_alone(const mnv_node *n, scratch_use *u) {
+    *u = (scratch_use){0, 0, 0};
+    switch (n->op) {
+    case MNV_OP_ADD: case MNV_OP_MUL: case MNV_OP_SILU_MUL: case MNV_OP_SWIGLU_OAI: case MNV_OP_SCALE:
+    case MNV_OP_SOFTMAX: case MNV_OP_SILU: case MNV_OP_GELU: case MNV_OP_RMS_NORM: case MNV_OP_HADAMARD:
+    case MNV_OP_COPY: case MNV_OP_ROPE: case MNV_OP_GET_ROWS: case MNV_OP_QGET_ROWS: case MNV_OP_TOPK:
+    case MNV_OP_GATHER_SOFTMAX: case MNV_OP_MOE_SUM:
+        return true;
+    case MNV_OP_QMATMUL:
+        *u = (scratch_use){1, mnv_array_rows(n->src[0]), n->p.q.k};
+        return u->a <= MNV_QMATMUL_GEMV_MAX_M;
+    case MNV_OP_MOE_MATMUL:
+        *u = (scratch_use){2, (int64_t)moe_private_size(n), 0};
+        return n->p.q.fmt.mode != MNV_QMODE_NONE &&
+               n->src[2]->shape[0] * n->src[2]->shape[1] <= MNV_QMATMUL_GEMV_MAX_M;
+    default: return false;
+    }
+}
+
+/* [lo, hi) bytes of a node's elements; false when unknown (no data, a
+ * negative stride, a dtype without a size). */
+static bool byte_span(const mnv_node *n, uintptr_t *lo, uintptr_t *hi) {
+    const size_t es = mnv_dtype_size(n->dtype);
+    if (!n->data || es == 0) return false;
+    int64_t last = 0;
+    for (int d = 0; d < n->ndim; d++) {
+        if (n->shape[d] <= 0) {
+            *lo = *hi = (uintptr_t)n->data;
+            return true;
+        }
+        if (n->stride[d] < 0) return false;
+        last += (n->shape[d] - 1) * n->stride[d];
+    }
+    *lo = (uintptr_t)n->data;
+    *hi = *lo + (size_t)(last + 1) * es;
+    return true;
+}
+
+static bool spans_apart(const mnv_node *x, const mnv_node *y) {
+    uintptr_t a0, a1, b0, b1;
+    if (!byte_span(x, &a0, &a1) || !byte_span(y, &b0, &b1)) return false;
+    return a1 <= b0 || b1 <= a0 || a0 == a1 || b0 == b1;
+}
+
+/* Neither writes what the other reads or writes (rule 3). */
+static bool independent(const mnv_node *a, const mnv_node *b) {
+    if (!spans_apart(a, b)) return false;
+    for (int s = 0; s < MNV_MAX_SRC; s++) {
+        if (a->src[s] && !spans_apart(a->src[s], b)) return false;
+        if (b->src[s] && !spans_apart(b->src[s], a)) return false;
+    }
+    return true;
+}
+
+static mnv_node *root_of(mnv_node *n) { return n->view_src ? n->view_src : n; }
+
+static bool reads(const mnv_node *n, const mnv_node *v) {
+    for (int s = 0; s < MNV_MAX_SRC; s++)
+        if (n->src[s] && root_of(n->src[s]) == v) return true;
+    return false;
+}
+
+/* The planner's hook: a value whose last reader i may run without a barrier
+ * after it (rule 1 holds for i and for the next node j, and j does not read
+ * i) stays alive through j, so that j's output is not placed on it and the
+ * pair can pass rule 3. */
+static void cpu_plan_lifetimes(mnv_backend *b, mnv_graph *g) {
+    (void)b;
+    const int32_t n = mnv_graph_n_nodes(g);
+    mnv_node *next = NULL; /* the kernel node after i, if rule 1 holds for it */
+    scratch_use u;
+    for (int32_t i = n - 1; i >= 0; i--) {
+        mnv_node *nd = mnv_graph_node(g, i);
+        if (!kernels[nd->op]) continue;
+        const bool alone = runs_alone(nd, &u);
+        for (int s = 0; alone && next && !reads(next, nd) && s < MNV_MAX_SRC; s++) {
+            mnv_node *r = nd->src[s] ? root_of(nd->src[s]) : NULL;
+            if (r && r->last_use == i) r->last_use = next->id;
+        }
+        next = alone ? nd : NULL;
+    }
+}
+
+/* c->no_barrier for the graph's nodes (the rule above). */
+static void plan_barriers(cpu_ctx *c, mnv_graph *g) {
+    const int32_t n = mnv_graph_n_nodes(g);
+    memset(c->no_barrier, 0, (size_t)n);
+    int32_t grp[MAX_GROUP], ng = 0, prev = -1;
+    scratch_use gu = {0, 0, 0};
+    for (int32_t i = 0; i < n; i++) {
+        const mnv_node *nd = mnv_graph_node(g, i);
+        if (!kernels[nd->op]) continue;
+        scratch_use u;
+        const bool alone = runs_alone(nd, &u);
+        bool join = alone && ng > 0 && ng < MAX_GROUP &&
+                    (u.kind == 0 || gu.kind == 0 || (u.kind == gu.kind && u.a == gu.a && u.b == gu.b));
+        for (int32_t q = 0; join && q < ng; q++) join = independent(mnv_graph_node(g, grp[q]), nd);
+        if (join) {
+            c->no_barrier[prev] = 1;
+            grp[ng++] = i;
+            if (u.kind) gu = u;
+        } else if (alone) {
+            grp[0] = i, ng = 1, gu = u;
+        } else {
+            ng = 0;
+        }
+        prev = i;
+    }
+}
+
 /* A thread slow to read stop_before after node i's barrier may see the
  * value thread 0 set after the next node (j + 1, before j's barrier); so a
  * thread stops only when the value names the node right after the barrier
@@ -339,6 +591,8 @@ static void run_graph(void *arg, int ith, int nth) {
         cpu_kernel k = kernels[nd->op];
         if (!k) continue;
         k(c, nd, ith, nth);
+        if (c->no_barrier[i]) continue;
+
         if (ith == 0 && c->abort && i < c->last_node && atomic_load_explicit(c->abort, memory_order_relaxed))
             atomic_store_explicit(&c->stop_before, i + 1, memory_order_relaxed);
         mnv_threadpool_barrier(c->tp);
@@ -375,6 +629,13 @@ static mnv_status cpu_compute(mnv_backend *b, mnv_graph *g) {
         c->scratch_size = c->scratch ? need : 0;
         if (!c->scratch) return mnv_set_error(MNV_ERR_NOMEM, "cpu: cannot allocate %zu bytes of scratch", need);
     }
+    if (n > c->no_barrier_cap) {
+        uint8_t *nb = realloc(c->no_barrier, (size_t)n);
+        if (!nb) return mnv_set_error(MNV_ERR_NOMEM, "cpu: cannot allocate the barrier plan of %d nodes", n);
+        c->no_barrier = nb;
+        c->no_barrier_cap = n;
+    }
+    plan_barriers(c, g);
     if (b->abort && atomic_load(b->abort))
         return mnv_set_error(MNV_ERR_CANCELLED, "cpu: stopped before node 0 of %d", n);
     c->g = g;
@@ -432,6 +693,7 @@ static void cpu_free(mnv_backend *b) {
     cpu_ctx *c = b->ctx;
     mnv_threadpool_free(c->tp);
     mnv_aligned_free(c->scratch);
+    free(c->no_barrier);
     free(c);
     free(b);
 }
@@ -440,7 +702,12 @@ static const mnv_backend_iface cpu_iface = {
     .version = MNV_BACKEND_IFACE_VERSION, .name = "cpu", .free = cpu_free, .buffer_alloc = cpu_alloc,
     .buffer_free = cpu_dealloc, .host_memory = cpu_host_memory, .wrap_host = cpu_wrap, .upload = cpu_upload,
     .download = cpu_download, .copy = cpu_copy, .supports_node = cpu_supports, .compute = cpu_compute, .synchronize = cpu_sync, .n_threads = cpu_threads,
+    .plan_lifetimes = cpu_plan_lifetimes,
 };
+
+const uint8_t *mnv__cpu_barrier_plan(const mnv_backend *b) {
+    return b && b->iface == &cpu_iface ? ((const cpu_ctx *)b->ctx)->no_barrier : NULL;
+}
 
 mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out) {
     *out = NULL;
