@@ -464,7 +464,8 @@ static void test_convert(void) {
  * naive double-precision reference on the dequantized weights: 1e-5
  * relative L2 (f32 sums over K of at most 192 terms). */
 static void test_moe(int threads, int exact, int row_invariant) {
-    mnv_backend_params bp = {.name = "cpu", .n_threads = threads, .exact_quant = exact, .row_invariant = row_invariant};
+    mnv_backend_params bp = {.name = "cpu", .n_threads = threads, .exact_quant = exact, .row_invariant = row_invariant,
+                             .fixed_width = 1};
     mnv_backend *mb = NULL;
     mnv_executor *mx = NULL;
     CHECK(mnv_backend_create(&bp, &mb) == MNV_OK);
@@ -564,7 +565,7 @@ static void test_barrier_plan(int threads) {
     float *got = malloc((size_t)N * 4), *want = malloc((size_t)N * 4), *x0 = malloc((size_t)K * 4);
     for (int64_t i = 0; i < K; i++) x0[i] = t_randf();
     for (int pass = 0; pass < 2; pass++) {
-        mnv_backend_params bp = {.name = "cpu", .n_threads = pass ? threads : 1};
+        mnv_backend_params bp = {.name = "cpu", .n_threads = pass ? threads : 1, .fixed_width = 1};
         mnv_backend *b = NULL;
         mnv_executor *x = NULL;
         CHECK(mnv_backend_create(&bp, &b) == MNV_OK);
@@ -630,7 +631,7 @@ static void test_planner_reuse(void) {
 
 static void test_all(int reps) {
     for (int threads = 1; threads <= 3; threads++) {
-        mnv_backend_params bp = {.name = "cpu", .n_threads = threads};
+        mnv_backend_params bp = {.name = "cpu", .n_threads = threads, .fixed_width = 1};
         CHECK(mnv_backend_create(&bp, &be) == MNV_OK);
         mnv_executor_create(be, &ex);
         for (int rep = 0; rep < reps; rep++) {

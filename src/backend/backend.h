@@ -99,6 +99,8 @@ typedef struct {
     int n_threads;      /* 0 = all online cores */
     int exact_quant;    /* 1: quantized products keep f32 activations (MLX's numerics) */
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
+    int fixed_width;    /* 1: every run takes every thread, even beside busy neighbours (tests of
+                           what threads do together; 0: runs narrow to the CPUs others leave) */
 } mnv_backend_params;
 
 /* registry.c: the one place that knows every backend. p->name NULL: the

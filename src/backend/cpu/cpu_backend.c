@@ -728,6 +728,7 @@ mnv_status mnv_backend_cpu_create(const mnv_backend_params *p, mnv_backend **out
         free(c);
         return st;
     }
+    if (p->fixed_width) mnv_threadpool_set_adaptive(c->tp, false);
     b->iface = &cpu_iface;
     b->ctx = c;
     *out = b;
