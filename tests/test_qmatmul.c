@@ -150,15 +150,24 @@ static void problem_init(problem *p, const fmtcase *f, int64_t m, int64_t n, int
     p->wref = malloc(sizeof(double) * (size_t)(n * k));
     for (int64_t i = 0; i < m * p->ldx; i++) p->x[i] = t_randf();
     for (int64_t i = 0; i < n * p->ldw; i++) p->w[i] = (uint32_t)t_rand64();
-    if (f->mode == MNV_QMODE_MXFP8) /* no NaN elements (0x7f, 0xff) */
+    if (f->mode == MNV_QMODE_MXFP8) { /* no NaN elements (0x7f, 0xff) */
         for (int64_t i = 0; i < n * p->ldw * 4; i++)
             if ((((uint8_t *)p->w)[i] & 0x7f) == 0x7f) ((uint8_t *)p->w)[i] ^= 1;
+        /* and, whatever the draw, zeros, the smallest and largest subnormals,
+         * the smallest normal and the largest value, of either sign, at a
+         * random row and place */
+        static const uint8_t edge[] = {0x00, 0x80, 0x01, 0x81, 0x07, 0x87, 0x08, 0x88, 0x7e, 0xfe};
+        uint8_t *row = (uint8_t *)(p->w + t_randint(0, (int)n - 1) * p->ldw);
+        const int64_t at = t_randint(0, (int)(k - (int64_t)sizeof edge));
+        if (k >= (int64_t)sizeof edge) memcpy(row + at, edge, sizeof edge);
+    }
     for (int64_t i = 0; i < n * p->lds; i++) {
         if (f->mode == MNV_QMODE_AFFINE) {
             store_scale(f, p->s, i, 0.02f * t_randf()); /* negative scales too */
             store_scale(f, p->b, i, 0.5f * t_randf());
-        } else if (f->mode == MNV_QMODE_NVFP4) { /* E4M3 scales, either sign, no NaN */
-            ((uint8_t *)p->s)[i] = (uint8_t)(t_randint(0x18, 0x50) | (t_randint(0, 1) << 7));
+        } else if (f->mode == MNV_QMODE_NVFP4) { /* E4M3 scales, either sign, no NaN; some subnormal */
+            ((uint8_t *)p->s)[i] = (uint8_t)((t_randint(0, 7) ? t_randint(0x18, 0x50) : t_randint(1, 7)) |
+                                             (t_randint(0, 1) << 7));
         } else {
             ((uint8_t *)p->s)[i] = (uint8_t)t_randint(120, 130);
         }
@@ -241,12 +250,16 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
 
 /* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
  * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
- * prefill (m > 4) when nth > 1 threads have no barrier to share x.) */
+ * prefill (m > 4) when nth > 1 threads have no barrier to share x.
+ * qmatmul_avx2.c, avx2-int8: nvfp4 too, except above m = 16 with k an odd
+ * multiple of 16, which runs the f32 prefill.) */
 static bool impl_int8(const char *impl);
 
-static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
+static bool int8_path(const char *impl, const fmtcase *f, int64_t m, int64_t k, bool scratch, bool barrier,
+                      int nth) {
     if (!impl_int8(impl) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
+    if (f->mode == MNV_QMODE_NVFP4) return strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0);
     return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
 
@@ -333,7 +346,7 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
         fmt_name(f, name);
         CHECKF(unwritten == 0 && overwritten == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: %d outputs not written, %d "
                "written outside", label, name, (long long)m, (long long)n, (long long)k, nth, unwritten, overwritten);
-        const bool i8 = int8_path(impl, f, m, !no_scratch, !no_barrier, nth);
+        const bool i8 = int8_path(impl, f, m, k, !no_scratch, !no_barrier, nth);
         const double err = t_rel_l2(ycmp, yref, (size_t)(m * n));
         if (!i8) { /* as against int8-rounded x below: relative L2, or each output within f32
                     * rounding of its terms (a few outputs that cancel have no useful relative error) */

@@ -157,6 +157,9 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
 /* int8: int8 activations and vpmaddubsw for affine (every bit width) and
  * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math (qmatmul_avx2.c). */
 void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8);
+/* mxfp8, any m (rows of x 4 at a time over blocks of W; meant for small m),
+ * f32 activations through F16C (qmatmul_fp_avx2.c). */
+void mnv__qmatmul_avx2_mxfp8(const mnv_qmatmul_args *a, int ith, int nth);
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
 /* f32 math for every format (qmatmul_neon.c). */

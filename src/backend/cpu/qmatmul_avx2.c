@@ -60,13 +60,16 @@ enum { MAXR = 4 };
 
 typedef struct {
     int bits, G;     /* bits per code, group size */
-    bool fp4;        /* mxfp4 */
+    bool fp4;        /* mxfp4 or nvfp4 (E2M1 codes) */
+    bool nv;         /* nvfp4: E4M3 scales times gs */
+    float gs;        /* nvfp4's global scale */
     mnv_dtype sdt;   /* scale dtype; U8 = E8M0 (E4M3 for nvfp4) */
     int64_t ss;      /* bytes per scale */
 } qdesc;
 
-static qdesc describe(const mnv_qformat *f) {
-    qdesc d = {.bits = f->bits, .G = f->group_size, .fp4 = f->mode == MNV_QMODE_MXFP4};
+static qdesc describe(const mnv_qformat *f, float global_scale) {
+    qdesc d = {.bits = f->bits, .G = f->group_size, .fp4 = f->mode == MNV_QMODE_MXFP4 || f->mode == MNV_QMODE_NVFP4,
+               .nv = f->mode == MNV_QMODE_NVFP4, .gs = global_scale};
     d.sdt = f->mode == MNV_QMODE_AFFINE ? f->scale_dtype : MNV_DTYPE_U8;
     d.ss = (int64_t)mnv_dtype_size(d.sdt);
     return d;
@@ -138,6 +141,21 @@ INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
     }
 }
 
+/* nvfp4: scales g .. g+n-1 (n <= 8), E4M3 times gs, lanes from n on 0; no
+ * byte past the n-th is read. E4M3 to f16 bits by shift and mask (the code
+ * sign-extended, shifted left 7: the sign lands in bits 15 and 14, the mask
+ * clears 14), exactly e4m3 * 2^-8, then vcvtph2ps; 0x7f/0xff give NaN. */
+INLINE __m256 load_e4m3_scales8(const uint8_t *s, int64_t g, int64_t n, float gs) {
+    uint64_t v = 0;
+    memcpy(&v, s + g, (size_t)n);
+    const __m128i c = _mm_cvtepi8_epi16(_mm_cvtsi64_si128((long long)v));
+    const __m256 f = _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(c, 7), _mm_set1_epi16((short)0xBFFF)));
+    const __m128i nan16 = _mm_cmpeq_epi16(_mm_or_si128(c, _mm_set1_epi16(0x80)), _mm_set1_epi16(-1));
+    const __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(nan16));
+    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(0x1p8f)), _mm256_set1_ps(gs)),
+                            _mm256_set1_ps(NAN), nan);
+}
+
 /* ---- 8 x 8 transpose of 32-bit elements ------------------------------------------ */
 
 /* dst row c (c < 8) = element c of src rows 0..7; strides in bytes. */
@@ -190,7 +208,7 @@ INLINE void deinterleave64(int8_t *p) {
     _mm256_storeu_si256((__m256i *)(p + 32), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-/* Groups must be multiples of 32 elements. */
+/* Groups of 16 or of a multiple of 32 elements. */
 static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xrow r) {
     const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = mnv__qx_kpad(k);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -202,7 +220,15 @@ static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xr
         const float am = hmax8(amax), dx = am / 127.0f;
         const __m256 inv = _mm256_set1_ps(am > 0.0f ? 127.0f / am : 0.0f);
         __m256i sq = _mm256_setzero_si256();
-        for (int64_t t = 0; t < G; t += 32) { /* round to nearest even */
+        if (G == 16) { /* int32 -> int16 -> int8, in order */
+            const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg), inv));
+            const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + 8), inv));
+            sq = _mm256_add_epi32(q0, q1);
+            const __m256i h = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+            _mm_storeu_si128((__m128i *)(r.q + g * G),
+                             _mm_packs_epi16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+        }
+        for (int64_t t = 0; t + 32 <= G; t += 32) { /* round to nearest even */
             __m256i q[4];
             for (int u = 0; u < 4; u++) {
                 q[u] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + t + 8 * u), inv));
@@ -235,7 +261,7 @@ INLINE __m256i fp4_lut(void) {
 INLINE __m256 window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
                             const int R, const bool OFF128, const bool FP4, const int SDT, float sd[][8]) {
     const mnv_dtype sdt = SDT >= 0 ? (mnv_dtype)SDT : d->sdt; /* SDT: the dtype when known at compile time */
-    const __m256 S = load_scales8(sc, sdt, g0, n8);
+    const __m256 S = FP4 && d->nv ? load_e4m3_scales8(sc, g0, n8, d->gs) : load_scales8(sc, sdt, g0, n8);
     __m256 B = FP4 ? S : load_scales8(bi, sdt, g0, n8);
     if (OFF128) B = _mm256_fmadd_ps(S, _mm256_set1_ps(128.0f), B);
     for (int i = 0; i < R; i++) _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
@@ -271,12 +297,19 @@ enum { MAXJ = 4, MAXA = 4 }; /* W rows side by side; accumulators (R x J) at mos
  * int32 lane l of the widened sum then covers elements 8l..8l+7 of the 64
  * (G = 32: lanes 0-3 one group, 4-7 the next). Per group the int16 sums take
  * at most 4 vpmaddubsw results (G = 128; |pair| <= 2 * 24 * 127). */
-INLINE void q4_chunk(const uint8_t *const *w, int64_t e, bool half, const xrow *xr, const int R, const int J,
+INLINE void q4_chunk(const uint8_t *const *w, int64_t e, int bytes, const xrow *xr, const int R, const int J,
                      const bool FP4, __m256i *p) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), lut = fp4_lut();
     __m256i lo[MAXJ], hi[MAXJ];
     for (int u = 0; u < J; u++) {
-        const __m256i wv = half ? load_lo128(w[u] + e / 2) : _mm256_loadu_si256((const __m256i *)(w[u] + e / 2));
+        __m256i wv;
+        if (bytes == 32) wv = _mm256_loadu_si256((const __m256i *)(w[u] + e / 2));
+        else if (bytes == 16) wv = load_lo128(w[u] + e / 2);
+        else { /* the row's last 8 or 24 bytes (groups of 16) */
+            _Alignas(32) uint8_t tmp[32] = {0};
+            memcpy(tmp, w[u] + e / 2, (size_t)bytes);
+            wv = _mm256_load_si256((const __m256i *)tmp);
+        }
         lo[u] = _mm256_and_si256(wv, m4), hi[u] = _mm256_and_si256(_mm256_srli_epi16(wv, 4), m4);
         if (FP4) lo[u] = _mm256_shuffle_epi8(lut, lo[u]), hi[u] = _mm256_shuffle_epi8(lut, hi[u]);
     }
@@ -312,6 +345,23 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
             for (int u = 0; u < J; u++)
                 B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, FP4, SDT, sd + u * R);
             ACC(ACC_BIAS);
+            if (G == 16) { /* a chunk is four groups: lanes 2q and 2q+1 group q */
+                const __m256i dup0 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+                const __m256i dup1 = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+                for (int u = 0; u < J; u++) prefetch_at(w[u], g0 * 8, dist); /* the window's 64 bytes */
+                for (int64_t t = 0; 4 * t < n8; t++) {
+                    __m256i p[MAXA];
+                    for (int u = 0; u < J; u++)
+                        for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
+                    q4_chunk(w, (g0 + 4 * t) * 16, (int)MNV_MIN(32, (n8 - 4 * t) * 8), xr, R, J, FP4, p);
+#define ACC_G16(n)                                                                                                  \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
+                           _mm256_permutevar8x32_ps(_mm256_load_ps(sd[n]), t ? dup1 : dup0), f##n)
+                    ACC(ACC_G16);
+#undef ACC_G16
+                }
+                continue;
+            }
             if (G == 32) { /* a chunk is two groups: lanes 0-3 and 4-7 */
                 for (int64_t t = 0; 2 * t < n8; t++) {
                     const int64_t e = (g0 + 2 * t) * 32;
@@ -320,7 +370,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                     __m256i p[MAXA];
                     for (int u = 0; u < J; u++)
                         for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
-                    q4_chunk(w, e, 2 * t + 1 == n8, xr, R, J, FP4, p);
+                    q4_chunk(w, e, 2 * t + 1 == n8 ? 16 : 32, xr, R, J, FP4, p);
 /* the two groups' factors as one vector: two broadcast loads and a blend (no shuffle) */
 #define ACC_G32(n)                                                                                                  \
     f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
@@ -340,7 +390,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
                 for (int c = 0; c < G; c += 64) {
                     if (G == 128 || !((g0 + g) & 1)) /* one prefetch per 64 bytes of each row */
                         for (int u = 0; u < J; u++) prefetch_at(w[u], (e + c) / 2, dist);
-                    q4_chunk(w, e + c, false, xr, R, J, FP4, p);
+                    q4_chunk(w, e + c, 32, xr, R, J, FP4, p);
                 }
 #define ACC_G(n)                                                                                                    \
     f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)), _mm256_broadcast_ss(&sd[n][g]), f##n)
@@ -459,6 +509,7 @@ GEMV_SET(gemv4a, 32)
 GEMV_SET(gemv4a, 64)
 GEMV_SET(gemv4a, 128)
 GEMV_SET(gemv4f, 32)
+GEMV_SET(gemv4f, 16)
 GEMV_SET(gemv8a, 32)
 GEMV_SET(gemv8a, 64)
 GEMV_SET(gemv8a, 128)
@@ -480,7 +531,7 @@ static void gemv_run_set(gemv_rows_fn *const *set, const mnv_qmatmul_args *a, co
 
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    gemv_run_set(d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
+    gemv_run_set(d->nv ? gemv4f_16_set : d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
                  a, d, xbase, y, rows, n0, n1);
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
@@ -959,7 +1010,8 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64
             for (int64_t g = 0; g < ngb; g++) {
                 float s = 0.0f, b = 0.0f;
                 if (r < rb) {
-                    s = scale_at(d->sdt, srow(a, d, jb + r), g0 + g);
+                    s = d->nv ? mnv_e4m3_to_f32(((const uint8_t *)srow(a, d, jb + r))[g0 + g]) * d->gs
+                              : scale_at(d->sdt, srow(a, d, jb + r), g0 + g);
                     b = d->fp4 ? s : scale_at(d->sdt, brow(a, d, jb + r), g0 + g);
                     if (d->bits == 8) b = fmaf(128.0f, s, b);
                 }
@@ -1095,7 +1147,7 @@ static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
 
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
-    const int64_t kc_max = mnv__qpick_kc(m, k, G, MNV__QI8_KC_MAX);
+    const int64_t kc_max = mnv__qpick_kc(m, k, MNV_MAX(G, 32), MNV__QI8_KC_MAX); /* codes_row: 32 at a time */
     i8_tile_fn *tile = d->bits == 8                  ? i8_tile_q8
                        : d->fp4 || d->bits == 5       ? i8_tile_fp4
                        : d->bits == 6                 ? i8_tile_q6
@@ -1133,20 +1185,32 @@ static void i8_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
  * decode kernel is ahead at every m up to 16 (4-bit: 2.7 ms against 3.6 at
  * m = 16; 8-bit: 3.6 against 4.3). */
 enum { I8_MID_MAX_M = 16 };
+/* mxfp8 up to this runs its decode kernel (qmatmul_fp_avx2.c), above it the f32 prefill. */
+enum { MXFP8_MID_MAX_M = 16 };
 
 void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8) {
-    const qdesc d = describe(&a->fmt);
+    const qdesc d = describe(&a->fmt, a->global_scale);
     const mnv_qmode mode = a->fmt.mode;
-    const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
+    const bool i8_fmt =
+        mode == MNV_QMODE_MXFP4 || mode == MNV_QMODE_NVFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
+    if (mode == MNV_QMODE_MXFP8 && (a->m <= MXFP8_MID_MAX_M || !a->scratch)) {
+        mnv__qmatmul_avx2_mxfp8(a, ith, nth);
+        return;
+    }
     if (a->m <= MNV_QMATMUL_GEMV_MAX_M || !a->scratch) {
         if (int8 && a->scratch && i8_fmt) i8_decode(a, &d, ith, nth);
         else f32_decode(a, &d, ith, nth);
         return;
     }
     if (int8 && i8_fmt && (nth == 1 || a->barrier)) {
-        if (a->m <= I8_MID_MAX_M) i8_mid(a, &d, ith, nth);
-        else i8_prefill(a, &d, ith, nth);
-        return;
+        if (a->m <= I8_MID_MAX_M) {
+            i8_mid(a, &d, ith, nth);
+            return;
+        }
+        if (a->k % 32 == 0) { /* the packed panels take 32 codes at a time (nvfp4: k a multiple of 16) */
+            i8_prefill(a, &d, ith, nth);
+            return;
+        }
     }
     f32_prefill(a, &d, ith, nth);
 }
