@@ -141,19 +141,29 @@ INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
     }
 }
 
-/* nvfp4: scales g .. g+n-1 (n <= 8), E4M3 times gs, lanes from n on 0; no
- * byte past the n-th is read. E4M3 to f16 bits by shift and mask (the code
- * sign-extended, shifted left 7: the sign lands in bits 15 and 14, the mask
- * clears 14), exactly e4m3 * 2^-8, then vcvtph2ps; 0x7f/0xff give NaN. */
-INLINE __m256 load_e4m3_scales8(const uint8_t *s, int64_t g, int64_t n, float gs) {
-    uint64_t v = 0;
-    memcpy(&v, s + g, (size_t)n);
-    const __m128i c = _mm_cvtepi8_epi16(_mm_cvtsi64_si128((long long)v));
-    const __m256 f = _mm256_cvtph_ps(_mm_and_si128(_mm_slli_epi16(c, 7), _mm_set1_epi16((short)0xBFFF)));
-    const __m128i nan16 = _mm_cmpeq_epi16(_mm_or_si128(c, _mm_set1_epi16(0x80)), _mm_set1_epi16(-1));
-    const __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(nan16));
-    return _mm256_blendv_ps(_mm256_mul_ps(_mm256_mul_ps(f, _mm256_set1_ps(0x1p8f)), _mm256_set1_ps(gs)),
-                            _mm256_set1_ps(NAN), nan);
+/* nvfp4: scales g .. g+n-1 (n <= 16) times gs, to lo (the first 8) and hi,
+ * lanes from n on 0; no byte past the n-th is read. E4M3 to f16 bits by
+ * shift and mask (the code sign-extended and shifted left 7: the sign lands
+ * in bits 15 and 14, the mask clears 14), exactly e4m3 * 2^-8; vcvtph2ps, then
+ * one product with 2^8 gs (the rounding of e4m3 * gs). NaN codes (0x7f,
+ * 0xff) come out NaN. */
+INLINE void load_e4m3_scales16(const uint8_t *s, int64_t g, int64_t n, float gs, __m256 *lo, __m256 *hi) {
+    __m128i v;
+    if (n == 16) v = _mm_loadu_si128((const __m128i *)(s + g));
+    else {
+        _Alignas(16) uint8_t tmp[16] = {0};
+        memcpy(tmp, s + g, (size_t)n);
+        v = _mm_load_si128((const __m128i *)tmp);
+    }
+    const __m256i c = _mm256_cvtepi8_epi16(v);
+    const __m256i h = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xBFFF));
+    const __m256i m7 = _mm256_set1_epi16(0x7f);
+    const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(c, m7), m7); /* all ones: a NaN */
+    const __m256 k = _mm256_set1_ps(0x1p8f * gs);
+    *lo = _mm256_or_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k),
+                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(nan))));
+    *hi = _mm256_or_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k),
+                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(nan, 1))));
 }
 
 /* ---- 8 x 8 transpose of 32-bit elements ------------------------------------------ */
@@ -261,7 +271,7 @@ INLINE __m256i fp4_lut(void) {
 INLINE __m256 window_scales(const qdesc *d, const void *sc, const void *bi, int64_t g0, int64_t n8, const xrow *xr,
                             const int R, const bool OFF128, const bool FP4, const int SDT, float sd[][8]) {
     const mnv_dtype sdt = SDT >= 0 ? (mnv_dtype)SDT : d->sdt; /* SDT: the dtype when known at compile time */
-    const __m256 S = FP4 && d->nv ? load_e4m3_scales8(sc, g0, n8, d->gs) : load_scales8(sc, sdt, g0, n8);
+    const __m256 S = load_scales8(sc, sdt, g0, n8);
     __m256 B = FP4 ? S : load_scales8(bi, sdt, g0, n8);
     if (OFF128) B = _mm256_fmadd_ps(S, _mm256_set1_ps(128.0f), B);
     for (int i = 0; i < R; i++) _mm256_store_ps(sd[i], _mm256_mul_ps(S, _mm256_loadu_ps(xr[i].dx + g0)));
@@ -345,23 +355,6 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
             for (int u = 0; u < J; u++)
                 B[u] = window_scales(d, sc[u], bi[u], g0, n8, xr, R, false, FP4, SDT, sd + u * R);
             ACC(ACC_BIAS);
-            if (G == 16) { /* a chunk is four groups: lanes 2q and 2q+1 group q */
-                const __m256i dup0 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-                const __m256i dup1 = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
-                for (int u = 0; u < J; u++) prefetch_at(w[u], g0 * 8, dist); /* the window's 64 bytes */
-                for (int64_t t = 0; 4 * t < n8; t++) {
-                    __m256i p[MAXA];
-                    for (int u = 0; u < J; u++)
-                        for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
-                    q4_chunk(w, (g0 + 4 * t) * 16, (int)MNV_MIN(32, (n8 - 4 * t) * 8), xr, R, J, FP4, p);
-#define ACC_G16(n)                                                                                                  \
-    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
-                           _mm256_permutevar8x32_ps(_mm256_load_ps(sd[n]), t ? dup1 : dup0), f##n)
-                    ACC(ACC_G16);
-#undef ACC_G16
-                }
-                continue;
-            }
             if (G == 32) { /* a chunk is two groups: lanes 0-3 and 4-7 */
                 for (int64_t t = 0; 2 * t < n8; t++) {
                     const int64_t e = (g0 + 2 * t) * 32;
@@ -396,6 +389,67 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)), _mm256_broadcast_ss(&sd[n][g]), f##n)
                 ACC(ACC_G);
 #undef ACC_G
+            }
+        }
+        ACC(ACC_OUT);
+    }
+}
+
+/* nvfp4 (E2M1 codes as mxfp4's, groups of 16, x deinterleaved): windows of
+ * 16 groups (128 bytes of a row), whose E4M3 scales are converted at once. A
+ * 32-byte chunk is four groups: int32 lanes 2q and 2q+1 of the widened sum
+ * are group q, scaled by their factor s * dx duplicated into both lanes. */
+INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int64_t j0, int64_t j1,
+                   const int R, const int J) {
+    const int64_t k = a->k, ng = k / 16;
+    const __m256i ones = _mm256_set1_epi16(1);
+    const __m256i dup0 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup1 = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
+    const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
+    xrow xr[MAXR];
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    for (int64_t r = 0; r < part; r++) {
+        const uint8_t *w[MAXJ], *sc[MAXJ];
+        __m256 f0, f1, f2, f3;
+        ACC(ACC_ZERO);
+        for (int u = 0; u < J; u++) {
+            const int64_t j = j0 + u * part + r;
+            w[u] = wrow(a, j), sc[u] = srow(a, d, j);
+        }
+        for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+            const int64_t n16 = MNV_MIN(16, ng - g0);
+            _Alignas(32) float sd[MAXA][16];
+            for (int u = 0; u < J; u++) {
+                __m256 S0, S1;
+                load_e4m3_scales16(sc[u], g0, n16, d->gs, &S0, &S1);
+                for (int i = 0; i < R; i++) { /* the per-group factors, and the second term S * xs2 */
+                    _mm256_store_ps(sd[u * R + i], _mm256_mul_ps(S0, _mm256_loadu_ps(xr[i].dx + g0)));
+                    _mm256_store_ps(sd[u * R + i] + 8, _mm256_mul_ps(S1, _mm256_loadu_ps(xr[i].dx + g0 + 8)));
+                }
+                for (int i = 0; i < R; i++) {
+                    const __m256 b = _mm256_fmadd_ps(S1, _mm256_loadu_ps(xr[i].xs2 + g0 + 8),
+                                                     _mm256_mul_ps(S0, _mm256_loadu_ps(xr[i].xs2 + g0)));
+                    /* accumulator u * R + i */
+                    switch (u * R + i) {
+                    case 0: f0 = _mm256_add_ps(f0, b); break;
+                    case 1: f1 = _mm256_add_ps(f1, b); break;
+                    case 2: f2 = _mm256_add_ps(f2, b); break;
+                    default: f3 = _mm256_add_ps(f3, b); break;
+                    }
+                }
+            }
+            for (int64_t t = 0; 4 * t < n16; t++) {
+                if (!(t & 1))
+                    for (int u = 0; u < J; u++) prefetch_at(w[u], (g0 + 4 * t) * 8, dist);
+                __m256i p[MAXA];
+                for (int u = 0; u < J; u++)
+                    for (int i = 0; i < R; i++) p[u * R + i] = _mm256_setzero_si256();
+                q4_chunk(w, (g0 + 4 * t) * 16, (int)MNV_MIN(32, (n16 - 4 * t) * 8), xr, R, J, true, p);
+#define ACC_G16(n)                                                                                                  \
+    f##n = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p[n], ones)),                                       \
+                           _mm256_permutevar8x32_ps(_mm256_load_ps(sd[n] + (t >> 1) * 8), (t & 1) ? dup1 : dup0),   \
+                           f##n)
+                ACC(ACC_G16);
+#undef ACC_G16
             }
         }
         ACC(ACC_OUT);
@@ -504,12 +558,17 @@ typedef void gemv_rows_fn(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb
     }
 GEMV_KIND(gemv4a, gemv4, false, -1)
 GEMV_KIND(gemv4f, gemv4, true, MNV_DTYPE_U8)
+INLINE void gemv4n_k(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xb, float *y, int64_t j0, int64_t j1,
+                     const int R, const int J, const int G) {
+    (void)G;
+    gemv4n(a, d, xb, y, j0, j1, R, J);
+}
 GEMV_KIND(gemv8a, gemv8, -1)
 GEMV_SET(gemv4a, 32)
 GEMV_SET(gemv4a, 64)
 GEMV_SET(gemv4a, 128)
 GEMV_SET(gemv4f, 32)
-GEMV_SET(gemv4f, 16)
+GEMV_SET(gemv4n_k, 16)
 GEMV_SET(gemv8a, 32)
 GEMV_SET(gemv8a, 64)
 GEMV_SET(gemv8a, 128)
@@ -531,7 +590,7 @@ static void gemv_run_set(gemv_rows_fn *const *set, const mnv_qmatmul_args *a, co
 
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    gemv_run_set(d->nv ? gemv4f_16_set : d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
+    gemv_run_set(d->nv ? gemv4n_k_16_set : d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
                  a, d, xbase, y, rows, n0, n1);
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
