@@ -141,29 +141,32 @@ INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
     }
 }
 
-/* nvfp4: scales g .. g+n-1 (n <= 16) times gs, to lo (the first 8) and hi,
- * lanes from n on 0; no byte past the n-th is read. E4M3 to f16 bits by
+/* nvfp4: the E4M3 scale codes g .. g+n-1 (n <= 16) of a row, zero from n
+ * on (no byte past the n-th is read). */
+INLINE __m128i load_e4m3_codes16(const uint8_t *s, int64_t g, int64_t n) {
+    if (n == 16) return _mm_loadu_si128((const __m128i *)(s + g));
+    _Alignas(16) uint8_t tmp[16] = {0};
+    memcpy(tmp, s + g, (size_t)n);
+    return _mm_load_si128((const __m128i *)tmp);
+}
+
+/* 16 E4M3 codes times gs, to lo (the first 8) and hi. E4M3 to f16 bits by
  * shift and mask (the code sign-extended and shifted left 7: the sign lands
- * in bits 15 and 14, the mask clears 14), exactly e4m3 * 2^-8; vcvtph2ps, then
- * one product with 2^8 gs (the rounding of e4m3 * gs). NaN codes (0x7f,
- * 0xff) come out NaN. */
-INLINE void load_e4m3_scales16(const uint8_t *s, int64_t g, int64_t n, float gs, __m256 *lo, __m256 *hi) {
-    __m128i v;
-    if (n == 16) v = _mm_loadu_si128((const __m128i *)(s + g));
-    else {
-        _Alignas(16) uint8_t tmp[16] = {0};
-        memcpy(tmp, s + g, (size_t)n);
-        v = _mm_load_si128((const __m128i *)tmp);
-    }
-    const __m256i c = _mm256_cvtepi8_epi16(v);
-    const __m256i h = _mm256_and_si256(_mm256_slli_epi16(c, 7), _mm256_set1_epi16((short)0xBFFF));
-    const __m256i m7 = _mm256_set1_epi16(0x7f);
-    const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(c, m7), m7); /* all ones: a NaN */
+ * in bits 15 and 14, the mask clears 14), exactly e4m3 * 2^-8; vcvtph2ps,
+ * then one product with 2^8 gs (the rounding of e4m3 * gs). The NaN codes
+ * (0x7f, 0xff) come out +-480 gs: callers look for them (has_e4m3_nan). */
+INLINE void e4m3_scales16(__m128i v, float gs, __m256 *lo, __m256 *hi) {
+    const __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(v), 7), _mm256_set1_epi16((short)0xBFFF));
     const __m256 k = _mm256_set1_ps(0x1p8f * gs);
-    *lo = _mm256_or_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k),
-                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(nan))));
-    *hi = _mm256_or_ps(_mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k),
-                       _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(nan, 1))));
+    *lo = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), k);
+    *hi = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), k);
+}
+
+/* Any NaN code (0x7f, 0xff) among n E4M3 codes? */
+static bool has_e4m3_nan(const uint8_t *s, int64_t n) {
+    for (int64_t t = 0; t < n; t++)
+        if ((s[t] & 0x7f) == 0x7f) return true;
+    return false;
 }
 
 /* ---- 8 x 8 transpose of 32-bit elements ------------------------------------------ */
@@ -220,7 +223,9 @@ INLINE void deinterleave64(int8_t *p) {
 
 /* Groups of 16 or of a multiple of 32 elements. */
 static void prep_x_row(const float *x, int64_t k, const qdesc *d, bool deint, xrow r) {
-    const int64_t G = d->G, ng = k / G, ngp = (ng + 7) / 8 * 8, kp = mnv__qx_kpad(k);
+    /* per-group arrays zero to a multiple of 16 groups (the windows of the decode kernels; the
+     * arrays hold a multiple of 16 floats, mnv__qx_group_bytes) */
+    const int64_t G = d->G, ng = k / G, ngp = (ng + 15) / 16 * 16, kp = mnv__qx_kpad(k);
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t g = 0; g < ng; g++) {
@@ -410,6 +415,7 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
     for (int64_t r = 0; r < part; r++) {
         const uint8_t *w[MAXJ], *sc[MAXJ];
         __m256 f0, f1, f2, f3;
+        __m128i nan = _mm_setzero_si128(); /* bytes 0xff where a scale is NaN */
         ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
             const int64_t j = j0 + u * part + r;
@@ -420,7 +426,9 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
             _Alignas(32) float sd[MAXA][16];
             for (int u = 0; u < J; u++) {
                 __m256 S0, S1;
-                load_e4m3_scales16(sc[u], g0, n16, d->gs, &S0, &S1);
+                const __m128i c = load_e4m3_codes16(sc[u], g0, n16);
+                nan = _mm_max_epu8(nan, _mm_or_si128(c, _mm_set1_epi8((char)0x80)));
+                e4m3_scales16(c, d->gs, &S0, &S1);
                 for (int i = 0; i < R; i++) { /* the per-group factors, and the second term S * xs2 */
                     _mm256_store_ps(sd[u * R + i], _mm256_mul_ps(S0, _mm256_loadu_ps(xr[i].dx + g0)));
                     _mm256_store_ps(sd[u * R + i] + 8, _mm256_mul_ps(S1, _mm256_loadu_ps(xr[i].dx + g0 + 8)));
@@ -453,6 +461,10 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
             }
         }
         ACC(ACC_OUT);
+        if (_mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm_set1_epi8(-1)))) /* a NaN scale: its rows' sums are NaN */
+            for (int u = 0; u < J; u++)
+                if (has_e4m3_nan(sc[u], ng))
+                    for (int i = 0; i < R; i++) y[i * a->ldy + j0 + u * part + r] = NAN;
     }
 }
 
