@@ -418,6 +418,47 @@ static void check_get_rows(const fmtcase *f) {
     problem_free(&p);
 }
 
+/* NaN codes (mxfp8 elements, nvfp4 scales: E4M3 0x7f and 0xff, which no
+ * encoder writes) give NaN in their W row's outputs and nowhere else, in every
+ * implementation, for decode, mid-size m and prefill. */
+static void check_nan_codes(const fmtcase *f) {
+    static const int64_t ms[] = {1, 3, 9, 40};
+    for (int mi = 0; mi < 4; mi++) {
+        const int64_t m = ms[mi], n = 13, k = 96, bad = t_randint(0, (int)n - 1);
+        problem p;
+        problem_init(&p, f, m, n, k);
+        const uint8_t code = t_randint(0, 1) ? 0x7f : 0xff;
+        if (f->mode == MNV_QMODE_MXFP8) ((uint8_t *)(p.w + bad * p.ldw))[t_randint(0, (int)k - 1)] = code;
+        else ((uint8_t *)p.s)[bad * p.lds + t_randint(0, (int)(k / f->G) - 1)] = code;
+        const mnv_qformat qf = to_qformat(f);
+        void *scratch = malloc(mnv_cpu_qmatmul_scratch_size(m, k, &qf, 2));
+        for (int im = 0; im <= N_IMPL; im++) {
+            if (im < N_IMPL) {
+                mnv__isa_set_cap(IMPLS[im].isa);
+                if (!mnv_cpu_qmatmul_force(IMPLS[im].name)) continue;
+            } else {
+                mnv__isa_set_cap(MNV_ISA_COUNT);
+                mnv_cpu_qmatmul_force(NULL);
+            }
+            for (int64_t i = 0; i < m * p.ldy; i++) p.y[i] = 0.0f;
+            mnv_qmatmul_args a = {.x = p.x, .ldx = p.ldx, .w = p.w, .ldw = p.ldw, .scales = p.s, .lds = p.lds,
+                                  .fmt = qf, .global_scale = p.gs, .y = p.y, .ldy = p.ldy, .m = m, .n = n, .k = k,
+                                  .scratch = scratch};
+            run_threads(&a, 2, true);
+            int64_t wrong = 0;
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) wrong += (j == bad) != (bool)isnan(p.y[i * p.ldy + j]);
+            char name[64];
+            CHECKF(wrong == 0, "%s %s NaN code 0x%02x in row %lld, m=%lld: %lld outputs wrong", mnv_cpu_qmatmul_impl(),
+                   fmt_name(f, name), code, (long long)bad, (long long)m, (long long)wrong);
+        }
+        mnv_cpu_qmatmul_force(NULL);
+        mnv__isa_set_cap(MNV_ISA_COUNT);
+        free(scratch);
+        problem_free(&p);
+    }
+}
+
 /* Lists the paths (levels) the host runs, best first, with the automatic
  * choice under each cap and the implementations of that level; fills IMPLS. */
 static void list_paths(void) {
@@ -465,6 +506,7 @@ int main(void) {
         for (int64_t m = MNV_QMATMUL_GEMV_MAX_M + 1; m <= MNV_QMATMUL_MID_MAX_M + 1; m++)
             check_case(f, m, t_randint(1, 70), f->G * t_randint(1, MNV_MIN(maxg, 24)), 1 + (int)(m % 3));
         check_get_rows(f);
+        if (f->mode == MNV_QMODE_MXFP8 || f->mode == MNV_QMODE_NVFP4) check_nan_codes(f);
     }
     /* k longer than one int8 k block (1920 codes) and several panels per thread */
     const fmtcase big[] = {{MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F16},

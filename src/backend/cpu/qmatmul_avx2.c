@@ -783,10 +783,16 @@ INLINE __m256 e4m3_8(__m256i c) {
         _mm256_castps_si256(f), _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24)));
 }
 
+/* One E4M3 code as f32 through F16C (the shift and mask of e4m3_scales16). */
+INLINE float e4m3_f32(uint8_t c) {
+    if ((c & 0x7f) == 0x7f) return NAN;
+    return _cvtsh_ss((unsigned short)(((unsigned)(int8_t)c << 7) & 0xBFFFu)) * 0x1p8f;
+}
+
 /* Scale and bias of group g of a row, as f32 (nvfp4: e4m3 * global). */
 INLINE void group_sb(const mnv_qmatmul_args *a, const qdesc *d, const void *sc, const void *bi, int64_t g, float *s,
                      float *b) {
-    if (a->fmt.mode == MNV_QMODE_NVFP4) *s = mnv_e4m3_to_f32(((const uint8_t *)sc)[g]) * a->global_scale;
+    if (a->fmt.mode == MNV_QMODE_NVFP4) *s = e4m3_f32(((const uint8_t *)sc)[g]) * a->global_scale;
     else *s = scale_at(d->sdt, sc, g);
     *b = a->fmt.mode == MNV_QMODE_AFFINE ? scale_at(d->sdt, bi, g) : 0.0f;
 }
@@ -1081,7 +1087,7 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64
             for (int64_t g = 0; g < ngb; g++) {
                 float s = 0.0f, b = 0.0f;
                 if (r < rb) {
-                    s = d->nv ? mnv_e4m3_to_f32(((const uint8_t *)srow(a, d, jb + r))[g0 + g]) * d->gs
+                    s = d->nv ? e4m3_f32(((const uint8_t *)srow(a, d, jb + r))[g0 + g]) * d->gs
                               : scale_at(d->sdt, srow(a, d, jb + r), g0 + g);
                     b = d->fp4 ? s : scale_at(d->sdt, brow(a, d, jb + r), g0 + g);
                     if (d->bits == 8) b = fmaf(128.0f, s, b);
