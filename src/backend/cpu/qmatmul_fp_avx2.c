@@ -1,5 +1,5 @@
 /* mxfp8 weights with AVX2 + FMA + F16C (compiled with -mavx2 -mfma -mf16c):
- * y = x * dequant(W)^T for rows of x up to MXFP8_MID_M, x in f32 (exact, as
+ * y = x * dequant(W)^T for a few rows of x, x in f32 (exact, as
  * the portable path: no int8 rounding of activations).
  *
  * E4M3 values are not small integers (4 exponent bits), so no int8 or int16
@@ -19,7 +19,7 @@
  * Decode streams each W row once, as the int8 kernels of qmatmul_avx2.c do:
  * a thread's rows as J parts side by side (J sequential streams sharing every
  * load of x), a software prefetch PF_LEAD / J bytes ahead in each stream.
- * Up to MXFP8_MID_M rows of x run the same kernel in passes of at most 4
+ * More rows of x (up to 8 from qmatmul_avx2.c) run the same kernel in passes of at most 4
  * over blocks of 16 W rows (W from memory once, the later passes from L1). */
 #if defined(__x86_64__) || defined(_M_X64)
 
