@@ -2,11 +2,12 @@
  * -mf16c), for hosts without AVX-512. The numerics are those of
  * qmatmul_avx512.c; two families, chosen per call:
  *
- * int8 (impl "avx2-int8"): affine (every bit width) and mxfp4. Each row of x is
+ * int8 (impl "avx2-int8"): affine (every bit width), mxfp4 and nvfp4. Each row of x is
  *   rounded to int8 with one scale per weight group (dx = max|x|/127 over the
  *   group, codes rint(x/dx)), and
  *     affine  y = sum_g dx_g * (s_g * sum_j xq_j q_j  +  b_g * sum_j xq_j)
  *     mxfp4   y = sum_g 2^(e_g-127) * 0.5 * dx_g * (sum_j xq_j u_j - 12 sum_j xq_j)
+ *     nvfp4   the same with groups of 16 and e4m3(s_g) * global for 2^(e_g-127)
  *   with u = 2*e2m1 + 12 in [0, 24] (a vpshufb table). vpmaddubsw multiplies
  *   unsigned codes by signed x into int16 pairs and vpmaddwd against ones
  *   widens them to int32. Codes up to 24 (4-bit, mxfp4's u) times |x| <= 127
@@ -19,9 +20,10 @@
  *   xhat_j = dx_g * xq_j, up to f32 rounding of the sums (error analysis in
  *   qmatmul_avx512.c).
  *
- * f32 (impl "avx2", and the other formats under "avx2-int8"): weights are
- *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
- *   times the scale, exact) and multiplied in f32.
+ * f32 (impl "avx2", and mxfp8 under "avx2-int8"): weights are dequantized
+ *   to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3 times the
+ *   scale, exact) and multiplied in f32. mxfp8 up to m = 8 runs the F16C
+ *   kernels of qmatmul_fp_avx2.c.
  *
  * Decode (m <= 4) streams each W row once (threads split n into contiguous
  * chunks; a thread reads its chunk as up to 4 sequential streams). Mid-size m (int8) runs the decode kernel on up to 4
@@ -196,7 +198,7 @@ INLINE void transpose8(const void *src, int64_t ss, void *dst, int64_t ds) {
 
 /* One row of prepared x: int8 codes (kpad bytes), then per group dx and the
  * second term's factor (affine: dx * sum of codes, the bias's weight;
- * mxfp4: -6 * dx * sum of codes), each zero-padded to a multiple of 8 groups
+ * mxfp4, nvfp4: -6 * dx * sum of codes), each zero-padded to a multiple of 16 groups
  * (the layout of mnv__qx_row_bytes). */
 typedef struct {
     int8_t *q;
@@ -602,8 +604,9 @@ static void gemv_run_set(gemv_rows_fn *const *set, const mnv_qmatmul_args *a, co
 
 static void gemv_i8_q4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
-    gemv_run_set(d->nv ? gemv4n_k_16_set : d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set : d->G == 64 ? gemv4a_64_set : gemv4a_128_set,
-                 a, d, xbase, y, rows, n0, n1);
+    gemv_rows_fn *const *set = d->nv ? gemv4n_k_16_set : d->fp4 ? gemv4f_32_set : d->G == 32 ? gemv4a_32_set
+                             : d->G == 64 ? gemv4a_64_set : gemv4a_128_set;
+    gemv_run_set(set, a, d, xbase, y, rows, n0, n1);
 }
 static void gemv_i8_q8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, float *y, int rows, int64_t n0,
                        int64_t n1) {
