@@ -16,7 +16,7 @@
  *   impl     forces an implementation ("avx512-vnni", "avx512", "avx2-int8", "avx2",
  *            "scalar"; "" = auto)
  *   formats  which to run, e.g. "q8,q4" (default "q8,q4,mxfp4"; also q6, q5, q3, q2,
- *            mxfp8, and the affine widths at groups 32 and 128: q6g32, q3g128, ...)
+ *            mxfp8, nvfp4, and the affine widths at groups 32 and 128: q6g32, q3g128, ...)
  *   sweep    "sweep": instead, GB/s of weights (from DRAM, the pool cycled) for
  *            m = 1, 4, 5, 8, 16, 32 at 5504x1024, 1024x5504 and 2880x2880
  *            (the mid-size m of mixture-of-experts layers and batched decode)
@@ -135,6 +135,7 @@ static const qcase FORMATS[] = {
     {"q6", "q6: affine 6-bit g64", {MNV_QMODE_AFFINE, 6, 64, MNV_DTYPE_BF16}},
     {"q3", "q3: affine 3-bit g64", {MNV_QMODE_AFFINE, 3, 64, MNV_DTYPE_BF16}},
     {"mxfp8", "mxfp8 (g32, E8M0)", {MNV_QMODE_MXFP8, 8, 32, MNV_DTYPE_U8}},
+    {"nvfp4", "nvfp4 (g16, E4M3)", {MNV_QMODE_NVFP4, 4, 16, MNV_DTYPE_U8}},
     {"q5", "q5: affine 5-bit g64", {MNV_QMODE_AFFINE, 5, 64, MNV_DTYPE_BF16}},
     {"q2", "q2: affine 2-bit g64", {MNV_QMODE_AFFINE, 2, 64, MNV_DTYPE_BF16}},
 #define QG(B, G) {"q" #B "g" #G, "q" #B "g" #G ": affine " #B "-bit g" #G, {MNV_QMODE_AFFINE, B, G, MNV_DTYPE_BF16}}
@@ -162,8 +163,9 @@ static uint64_t next_rand(void) {
     return rng >> 11;
 }
 
-/* Random codes everywhere, then valid scales (affine bf16 in +-0.02 for
- * scales and biases, E8M0 120..130) in the scale regions of every shape's
+/* Random codes everywhere (mxfp8: no NaN codes, which no encoder writes),
+ * then valid scales (affine bf16 in +-0.02 for scales and biases, E8M0
+ * 120..130, nvfp4 E4M3 0x18..0x50) in the scale regions of every shape's
  * layout of the pool (the layouts overlap; each shape sees random codes and
  * valid scales in its own). */
 static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f);
@@ -235,6 +237,9 @@ static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
         uint64_t v = next_rand() ^ (next_rand() << 21);
         memcpy(pool + i, &v, 8);
     }
+    if (f->mode == MNV_QMODE_MXFP8)
+        for (size_t i = 0; i < bytes; i++)
+            if ((pool[i] & 0x7f) == 0x7f) pool[i] ^= 1;
     for (int s = 0; s < N_SHAPES + N_SWEEP_SHAPES; s++) {
         const wshape *sh = s < N_SHAPES ? &SHAPES[s] : &SWEEP_SHAPES[s - N_SHAPES];
         const qsizes z = sizes_of(f, sh->n, sh->k);
@@ -247,7 +252,9 @@ static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
                     ((uint16_t *)sc)[i] = mnv_f32_to_bf16(0.02f * a);
                 }
             } else {
-                for (size_t i = 0; i < z.sbytes; i++) ((uint8_t *)sc)[i] = (uint8_t)(120 + next_rand() % 11);
+                const bool nv = f->mode == MNV_QMODE_NVFP4;
+                for (size_t i = 0; i < z.sbytes; i++)
+                    ((uint8_t *)sc)[i] = (uint8_t)(nv ? 0x18 + next_rand() % 57 : 120 + next_rand() % 11);
             }
         }
     }

@@ -150,15 +150,24 @@ static void problem_init(problem *p, const fmtcase *f, int64_t m, int64_t n, int
     p->wref = malloc(sizeof(double) * (size_t)(n * k));
     for (int64_t i = 0; i < m * p->ldx; i++) p->x[i] = t_randf();
     for (int64_t i = 0; i < n * p->ldw; i++) p->w[i] = (uint32_t)t_rand64();
-    if (f->mode == MNV_QMODE_MXFP8) /* no NaN elements (0x7f, 0xff) */
+    if (f->mode == MNV_QMODE_MXFP8) { /* no NaN elements (0x7f, 0xff) */
         for (int64_t i = 0; i < n * p->ldw * 4; i++)
             if ((((uint8_t *)p->w)[i] & 0x7f) == 0x7f) ((uint8_t *)p->w)[i] ^= 1;
+        /* and, whatever the draw, zeros, the smallest and largest subnormals,
+         * the smallest normal and the largest value, of either sign, at a
+         * random row and place */
+        static const uint8_t edge[] = {0x00, 0x80, 0x01, 0x81, 0x07, 0x87, 0x08, 0x88, 0x7e, 0xfe};
+        uint8_t *row = (uint8_t *)(p->w + t_randint(0, (int)n - 1) * p->ldw);
+        const int64_t at = t_randint(0, (int)(k - (int64_t)sizeof edge));
+        if (k >= (int64_t)sizeof edge) memcpy(row + at, edge, sizeof edge);
+    }
     for (int64_t i = 0; i < n * p->lds; i++) {
         if (f->mode == MNV_QMODE_AFFINE) {
             store_scale(f, p->s, i, 0.02f * t_randf()); /* negative scales too */
             store_scale(f, p->b, i, 0.5f * t_randf());
-        } else if (f->mode == MNV_QMODE_NVFP4) { /* E4M3 scales, either sign, no NaN */
-            ((uint8_t *)p->s)[i] = (uint8_t)(t_randint(0x18, 0x50) | (t_randint(0, 1) << 7));
+        } else if (f->mode == MNV_QMODE_NVFP4) { /* E4M3 scales, either sign, no NaN; some subnormal */
+            ((uint8_t *)p->s)[i] = (uint8_t)((t_randint(0, 7) ? t_randint(0x18, 0x50) : t_randint(1, 7)) |
+                                             (t_randint(0, 1) << 7));
         } else {
             ((uint8_t *)p->s)[i] = (uint8_t)t_randint(120, 130);
         }
@@ -241,12 +250,16 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
 
 /* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
  * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
- * prefill (m > 4) when nth > 1 threads have no barrier to share x.) */
+ * prefill (m > 4) when nth > 1 threads have no barrier to share x.
+ * qmatmul_avx2.c, avx2-int8: nvfp4 too, except above m = 16 with k an odd
+ * multiple of 16, which runs the f32 prefill.) */
 static bool impl_int8(const char *impl);
 
-static bool int8_path(const char *impl, const fmtcase *f, int64_t m, bool scratch, bool barrier, int nth) {
+static bool int8_path(const char *impl, const fmtcase *f, int64_t m, int64_t k, bool scratch, bool barrier,
+                      int nth) {
     if (!impl_int8(impl) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
+    if (f->mode == MNV_QMODE_NVFP4) return strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0);
     return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
 
@@ -333,7 +346,7 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
         fmt_name(f, name);
         CHECKF(unwritten == 0 && overwritten == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: %d outputs not written, %d "
                "written outside", label, name, (long long)m, (long long)n, (long long)k, nth, unwritten, overwritten);
-        const bool i8 = int8_path(impl, f, m, !no_scratch, !no_barrier, nth);
+        const bool i8 = int8_path(impl, f, m, k, !no_scratch, !no_barrier, nth);
         const double err = t_rel_l2(ycmp, yref, (size_t)(m * n));
         if (!i8) { /* as against int8-rounded x below: relative L2, or each output within f32
                     * rounding of its terms (a few outputs that cancel have no useful relative error) */
@@ -405,6 +418,47 @@ static void check_get_rows(const fmtcase *f) {
     problem_free(&p);
 }
 
+/* NaN codes (mxfp8 elements, nvfp4 scales: E4M3 0x7f and 0xff, which no
+ * encoder writes) give NaN in their W row's outputs and nowhere else, in every
+ * implementation, for decode, mid-size m and prefill. */
+static void check_nan_codes(const fmtcase *f) {
+    static const int64_t ms[] = {1, 3, 9, 40};
+    for (int mi = 0; mi < 4; mi++) {
+        const int64_t m = ms[mi], n = 13, k = 96, bad = t_randint(0, (int)n - 1);
+        problem p;
+        problem_init(&p, f, m, n, k);
+        const uint8_t code = t_randint(0, 1) ? 0x7f : 0xff;
+        if (f->mode == MNV_QMODE_MXFP8) ((uint8_t *)(p.w + bad * p.ldw))[t_randint(0, (int)k - 1)] = code;
+        else ((uint8_t *)p.s)[bad * p.lds + t_randint(0, (int)(k / f->G) - 1)] = code;
+        const mnv_qformat qf = to_qformat(f);
+        void *scratch = malloc(mnv_cpu_qmatmul_scratch_size(m, k, &qf, 2));
+        for (int im = 0; im <= N_IMPL; im++) {
+            if (im < N_IMPL) {
+                mnv__isa_set_cap(IMPLS[im].isa);
+                if (!mnv_cpu_qmatmul_force(IMPLS[im].name)) continue;
+            } else {
+                mnv__isa_set_cap(MNV_ISA_COUNT);
+                mnv_cpu_qmatmul_force(NULL);
+            }
+            for (int64_t i = 0; i < m * p.ldy; i++) p.y[i] = 0.0f;
+            mnv_qmatmul_args a = {.x = p.x, .ldx = p.ldx, .w = p.w, .ldw = p.ldw, .scales = p.s, .lds = p.lds,
+                                  .fmt = qf, .global_scale = p.gs, .y = p.y, .ldy = p.ldy, .m = m, .n = n, .k = k,
+                                  .scratch = scratch};
+            run_threads(&a, 2, true);
+            int64_t wrong = 0;
+            for (int64_t i = 0; i < m; i++)
+                for (int64_t j = 0; j < n; j++) wrong += (j == bad) != (bool)isnan(p.y[i * p.ldy + j]);
+            char name[64];
+            CHECKF(wrong == 0, "%s %s NaN code 0x%02x in row %lld, m=%lld: %lld outputs wrong", mnv_cpu_qmatmul_impl(),
+                   fmt_name(f, name), code, (long long)bad, (long long)m, (long long)wrong);
+        }
+        mnv_cpu_qmatmul_force(NULL);
+        mnv__isa_set_cap(MNV_ISA_COUNT);
+        free(scratch);
+        problem_free(&p);
+    }
+}
+
 /* Lists the paths (levels) the host runs, best first, with the automatic
  * choice under each cap and the implementations of that level; fills IMPLS. */
 static void list_paths(void) {
@@ -452,6 +506,7 @@ int main(void) {
         for (int64_t m = MNV_QMATMUL_GEMV_MAX_M + 1; m <= MNV_QMATMUL_MID_MAX_M + 1; m++)
             check_case(f, m, t_randint(1, 70), f->G * t_randint(1, MNV_MIN(maxg, 24)), 1 + (int)(m % 3));
         check_get_rows(f);
+        if (f->mode == MNV_QMODE_MXFP8 || f->mode == MNV_QMODE_NVFP4) check_nan_codes(f);
     }
     /* the 2, 3, 5 and 6-bit decode kernels (one instance per width and group
      * size, run by passes of up to 4 rows of x for m up to 16): every m in

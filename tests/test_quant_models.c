@@ -1,6 +1,6 @@
 /* Quantized models end to end: the bundled stories260K and the tiny
  * transformers fixtures converted to MLX affine 8-bit and 4-bit and mxfp4
- * (mnv_convert), loaded and run.
+ * (the tiny fixtures also to mxfp8 and nvfp4) (mnv_convert), loaded and run.
  *
  * Reported per mode, against the f32 model: top-1 agreement over a long
  * greedy run (teacher-forced on the f32 model's own greedy sequence),
@@ -189,9 +189,10 @@ int main(void) {
         {"affine", 4, 64, 0.70, 1.20}, {"mxfp4", 4, 32, 0.70, 1.35},
     };
     run_model("stories260K", "../models/stories260K", 1, stories, 5, 1);
-    const qcase tiny[] = {{"affine", 8, 32, 0, 0}, {"affine", 4, 32, 0, 0}, {"mxfp4", 4, 32, 0, 0}};
-    run_model("tiny-llama", "fixtures/models/tiny-llama", 5, tiny, 3, 0);
-    run_model("tiny-qwen3", "fixtures/models/tiny-qwen3", 5, tiny, 3, 0);
+    const qcase tiny[] = {{"affine", 8, 32, 0, 0}, {"affine", 4, 32, 0, 0}, {"mxfp4", 4, 32, 0, 0},
+                          {"mxfp8", 8, 32, 0, 0}, {"nvfp4", 4, 16, 0, 0}};
+    run_model("tiny-llama", "fixtures/models/tiny-llama", 5, tiny, 5, 0);
+    run_model("tiny-qwen3", "fixtures/models/tiny-qwen3", 5, tiny, 5, 0);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_root);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tmp_root);
