@@ -454,6 +454,43 @@ static mnv_array *build_fused_product(side *s, mnv_graph *g, void *ud) {
     return y;
 }
 
+/* A product case's weights (float weights of dtype wt when unquantized; k
+ * rounded up to the group), x (one float more, for an unaligned view), bias
+ * and residual; run on both backends and fused against plain, then freed. */
+static void run_fused_case(fused_case *c, mnv_dtype wt, const char *label) {
+    float *w = NULL;
+    if (c->mm.q.fmt.mode != MNV_QMODE_NONE) {
+        const int64_t G = c->mm.q.fmt.group_size;
+        if (c->mm.k % G) c->mm.k += G - c->mm.k % G;
+        quantize(&c->mm.q, c->mm.n, c->mm.k);
+    } else {
+        c->mm.wt = wt;
+        c->mm.ldw = c->mm.k;
+        w = randv((size_t)(c->mm.n * c->mm.k), 1.0f);
+        c->mm.w = as_dtype(w, (size_t)(c->mm.n * c->mm.k), c->mm.wt);
+    }
+    c->mm.x = randv((size_t)(1 + c->mm.m * c->mm.k), 1.0f);
+    c->bias = randv((size_t)c->mm.n, 1.0f);
+    c->bias_bt = as_dtype(c->bias, (size_t)c->mm.n, c->bt);
+    c->res = randv((size_t)(c->mm.m * c->mm.n), 1.0f);
+    char what[128];
+    snprintf(what, sizeof what, "%s %s %d m %lld n %lld k %lld bias %d res %d%s", label,
+             c->mm.q.fmt.mode ? mnv_qmode_name(c->mm.q.fmt.mode) : mnv_dtype_name(c->mm.wt), c->mm.q.fmt.bits,
+             (long long)c->mm.m, (long long)c->mm.n, (long long)c->mm.k, c->with_bias, c->with_res,
+             c->mm.unaligned ? " x unaligned" : "");
+    compare(what, build_fused_product, c, c->mm.wt == MNV_DTYPE_BF16 ? 4e-3 : 1e-5, false);
+    same_bits(what, build_fused_product, c);
+    free(c->mm.x);
+    free(w);
+    free(c->mm.w);
+    free(c->mm.q.packed);
+    free(c->mm.q.scales);
+    free(c->mm.q.biases);
+    free(c->bias);
+    free(c->bias_bt);
+    free(c->res);
+}
+
 static void test_fused_products(void) {
     static const mnv_qformat fmts[] = {
         {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_F16},
@@ -466,34 +503,7 @@ static void test_fused_products(void) {
         c.mm.n = t_randint(1, 300);
         c.mm.k = 64 * t_randint(1, 12);
         c.mm.q.fmt = fmts[i % 5];
-        c.mm.x = randv((size_t)(c.mm.m * c.mm.k), 1.0f);
-        float *w = NULL;
-        if (c.mm.q.fmt.mode != MNV_QMODE_NONE) {
-            quantize(&c.mm.q, c.mm.n, c.mm.k);
-        } else {
-            c.mm.wt = float_types[i % 3];
-            c.mm.ldw = c.mm.k;
-            w = randv((size_t)(c.mm.n * c.mm.k), 1.0f);
-            c.mm.w = as_dtype(w, (size_t)(c.mm.n * c.mm.k), c.mm.wt);
-        }
-        c.bias = randv((size_t)c.mm.n, 1.0f);
-        c.bias_bt = as_dtype(c.bias, (size_t)c.mm.n, c.bt);
-        c.res = randv((size_t)(c.mm.m * c.mm.n), 1.0f);
-        char what[96];
-        snprintf(what, sizeof what, "fused product %s %d m %lld n %lld k %lld bias %d res %d",
-                 c.mm.q.fmt.mode ? mnv_qmode_name(c.mm.q.fmt.mode) : mnv_dtype_name(c.mm.wt), c.mm.q.fmt.bits,
-                 (long long)c.mm.m, (long long)c.mm.n, (long long)c.mm.k, c.with_bias, c.with_res);
-        compare(what, build_fused_product, &c, c.mm.wt == MNV_DTYPE_BF16 ? 4e-3 : 1e-5, false);
-        same_bits(what, build_fused_product, &c);
-        free(c.mm.x);
-        free(w);
-        free(c.mm.w);
-        free(c.mm.q.packed);
-        free(c.mm.q.scales);
-        free(c.mm.q.biases);
-        free(c.bias);
-        free(c.bias_bt);
-        free(c.res);
+        run_fused_case(&c, float_types[i % 3], "fused product");
     }
 }
 
@@ -525,36 +535,7 @@ static void test_wide_products(void) {
         c.mm.k = lay[l].epc * (i < 6 ? 96 + 2 * t_randint(0, 20) : 192 + 2 * t_randint(0, 20)); /* 2, then 4 warps */
         c.mm.unaligned = i >= 12;
         c.mm.q.fmt = lay[l].fmt;
-        float *w = NULL;
-        if (c.mm.q.fmt.mode != MNV_QMODE_NONE) {
-            if (c.mm.k % c.mm.q.fmt.group_size) c.mm.k += c.mm.q.fmt.group_size - c.mm.k % c.mm.q.fmt.group_size;
-            quantize(&c.mm.q, c.mm.n, c.mm.k);
-        } else {
-            c.mm.wt = lay[l].wt;
-            c.mm.ldw = c.mm.k;
-            w = randv((size_t)(c.mm.n * c.mm.k), 1.0f);
-            c.mm.w = as_dtype(w, (size_t)(c.mm.n * c.mm.k), c.mm.wt);
-        }
-        c.mm.x = randv((size_t)(1 + c.mm.m * c.mm.k), 1.0f);
-        c.bias = randv((size_t)c.mm.n, 1.0f);
-        c.bias_bt = as_dtype(c.bias, (size_t)c.mm.n, c.bt);
-        c.res = randv((size_t)(c.mm.m * c.mm.n), 1.0f);
-        char what[112];
-        snprintf(what, sizeof what, "wide product %s %d m %lld n %lld k %lld bias %d res %d%s",
-                 c.mm.q.fmt.mode ? mnv_qmode_name(c.mm.q.fmt.mode) : mnv_dtype_name(c.mm.wt), c.mm.q.fmt.bits,
-                 (long long)c.mm.m, (long long)c.mm.n, (long long)c.mm.k, c.with_bias, c.with_res,
-                 c.mm.unaligned ? " x unaligned" : "");
-        compare(what, build_fused_product, &c, c.mm.wt == MNV_DTYPE_BF16 ? 4e-3 : 1e-5, false);
-        same_bits(what, build_fused_product, &c);
-        free(c.mm.x);
-        free(w);
-        free(c.mm.w);
-        free(c.mm.q.packed);
-        free(c.mm.q.scales);
-        free(c.mm.q.biases);
-        free(c.bias);
-        free(c.bias_bt);
-        free(c.res);
+        run_fused_case(&c, lay[l].wt, "wide product");
     }
 }
 

@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "backend/cpu/vec.h"
+#include "backend/topk_row.h"
 
 float mnv_cpu_load(const void *p, mnv_dtype t, int64_t i) {
     switch (t) {
@@ -187,20 +188,7 @@ void mnv_cpu_cache_write(const mnv_cache_shape *c, void *cache, const float *row
 }
 
 void mnv_cpu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
-    for (int64_t r = 0; r < rows; r++) {
-        const float *xr = x + r * n;
-        int32_t *out = ids + r * k;
-        int32_t cnt = 0;
-        for (int32_t i = 0; i < n; i++) { /* insertion into a sorted list of k */
-            int32_t p = cnt < k ? cnt : k;
-            while (p > 0 && xr[i] > xr[out[p - 1]]) p--;
-            if (p >= k) continue;
-            int32_t last = cnt < k ? cnt : k - 1;
-            for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
-            out[p] = i;
-            if (cnt < k) cnt++;
-        }
-    }
+    for (int64_t r = 0; r < rows; r++) mnv__topk_row(x + r * n, n, k, ids + r * k);
 }
 
 void mnv_cpu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w, int64_t rows) {

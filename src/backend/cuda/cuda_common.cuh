@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/topk_row.h"
 
 /* qmode values of quant/quant.h */
 enum { CU_QNONE = 0, CU_QAFFINE = 1, CU_QMXFP4 = 2, CU_QMXFP8 = 3, CU_QNVFP4 = 4 };
@@ -67,21 +68,6 @@ static __device__ __forceinline__ float cu_swiglu(float g, float u, float alpha,
     g = fminf(g, limit);
     u = fminf(fmaxf(u, -limit), limit);
     return g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
-}
-
-/* The k largest of x[0, n) (ids, largest first; ties keep the lower index),
- * by insertion into a sorted list (k and n are small: experts). */
-static __device__ __forceinline__ void cu_topk_row(const float *x, int64_t n, int32_t k, int32_t *out) {
-    int32_t cnt = 0;
-    for (int32_t i = 0; i < n; i++) {
-        int32_t p = cnt < k ? cnt : k;
-        while (p > 0 && x[i] > x[out[p - 1]]) p--;
-        if (p >= k) continue;
-        int32_t last = cnt < k ? cnt : k - 1;
-        for (int32_t j = last; j > p; j--) out[j] = out[j - 1];
-        out[p] = i;
-        if (cnt < k) cnt++;
-    }
 }
 
 /* w = softmax of x at ids[0, k). */

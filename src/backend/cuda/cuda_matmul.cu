@@ -272,7 +272,7 @@ template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32
     if (lane == 0) lg[warp] = v;
     __syncthreads();
     if (threadIdx.x != 0) return;
-    cu_topk_row(lg, a.mm.n, a.kk, a.ids + t * a.kk);
+    mnv__topk_row(lg, a.mm.n, a.kk, a.ids + t * a.kk);
     cu_gather_softmax_row(lg, a.ids + t * a.kk, a.kk, a.w + t * a.kk);
 }
 

@@ -331,7 +331,7 @@ extern "C" cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, in
 static __global__ void k_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
-    cu_topk_row(x + r * n, n, k, ids + r * k);
+    mnv__topk_row(x + r * n, n, k, ids + r * k);
 }
 
 extern "C" cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s) {
