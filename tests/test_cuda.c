@@ -838,36 +838,55 @@ static mnv_array *build_moe(side *s, mnv_graph *g, void *ud) {
     return mnv_moe_sum(g, y, wts);
 }
 
+#define MOE_MMA_MIN 128 /* MNV_CU_MOE_MMA_MIN: rows from which experts run on tensor cores */
+
+/* One case of build_moe: its inputs drawn, the device against the CPU.
+ * fmt: the experts' packed format, or NULL for float experts of c.wt. */
+static void run_moe_case(moe_case c, const mnv_qformat *fmt) {
+    int64_t rows = c.interleaved ? 2 * c.N : c.N;
+    c.logits = randv((size_t)(c.T * c.E), 3.0f);
+    c.x = randv((size_t)(c.T * c.kk * c.K), 1.0f);
+    c.bias = randv((size_t)(c.E * rows), 1.0f);
+    float *w = randv((size_t)(c.E * rows * c.K), 0.5f);
+    c.w = as_dtype(w, (size_t)(c.E * rows * c.K), c.wt);
+    if (fmt) {
+        c.q.fmt = *fmt;
+        quantize(&c.q, c.E * rows, c.K);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "moe stage %d %s T %lld E %lld k %lld%s%s", c.stage,
+             c.q.fmt.mode ? mnv_qmode_name(c.q.fmt.mode) : mnv_dtype_name(c.wt), (long long)c.T, (long long)c.E,
+             (long long)c.kk, c.per_slot ? " per-slot" : "", c.interleaved ? " interleaved" : "");
+    compare(what, build_moe, &c, c.wt == MNV_DTYPE_BF16 && !c.q.fmt.mode ? 4e-3 : 1e-5, c.stage == 0);
+    free(c.logits);
+    free(c.x);
+    free(c.bias);
+    free(w);
+    free(c.w);
+    free(c.q.packed);
+    free(c.q.scales);
+    free(c.q.biases);
+}
+
 static void test_moe(void) {
     for (int i = 0; i < 10; i++) {
         /* odd cases: enough (token, slot) rows to be grouped by expert */
-        moe_case c = {.T = i % 2 ? t_randint(16, 40) : t_randint(1, 7), .E = i < 5 ? 32 : t_randint(4, 40), .N = t_randint(1, 90),
+        moe_case c = {.T = i % 2 ? t_randint(16, 31) : t_randint(1, 7), .E = i < 5 ? 32 : t_randint(4, 40), .N = t_randint(1, 90),
                       .K = 64 * t_randint(1, 4), .stage = i < 2 ? i : 2, .per_slot = i % 3 == 1,
                       .interleaved = i % 2 == 1, .wt = float_types[i % 3]};
         c.kk = t_randint(1, c.E < 4 ? (int)c.E : 4);
-        int64_t rows = c.interleaved ? 2 * c.N : c.N;
-        c.logits = randv((size_t)(c.T * c.E), 3.0f);
-        c.x = randv((size_t)(c.T * c.kk * c.K), 1.0f);
-        c.bias = randv((size_t)(c.E * rows), 1.0f);
-        float *w = randv((size_t)(c.E * rows * c.K), 0.5f);
-        c.w = as_dtype(w, (size_t)(c.E * rows * c.K), c.wt);
-        if (i >= 5) {
-            c.q.fmt = qformats[i == 5 ? 0 : i == 6 ? 1 : 6];
-            quantize(&c.q, c.E * rows, c.K);
-        }
-        char what[96];
-        snprintf(what, sizeof what, "moe stage %d %s T %lld E %lld k %lld%s%s", c.stage,
-                 c.q.fmt.mode ? mnv_qmode_name(c.q.fmt.mode) : mnv_dtype_name(c.wt), (long long)c.T, (long long)c.E,
-                 (long long)c.kk, c.per_slot ? " per-slot" : "", c.interleaved ? " interleaved" : "");
-        compare(what, build_moe, &c, c.wt == MNV_DTYPE_BF16 && !c.q.fmt.mode ? 4e-3 : 1e-5, c.stage == 0);
-        free(c.logits);
-        free(c.x);
-        free(c.bias);
-        free(w);
-        free(c.w);
-        free(c.q.packed);
-        free(c.q.scales);
-        free(c.q.biases);
+        if (c.T * c.kk >= MOE_MMA_MIN) c.kk = (MOE_MMA_MIN - 1) / c.T; /* the chunked kernels */
+        run_moe_case(c, i < 5 ? NULL : &qformats[i == 5 ? 0 : i == 6 ? 1 : 6]);
+    }
+}
+
+/* Enough (token, slot) rows for the tensor-core experts: mxfp4 and bf16,
+ * output rows not a multiple of a block's, per token and per slot. */
+static void test_moe_mma(void) {
+    for (int i = 0; i < 6; i++) {
+        moe_case c = {.T = t_randint(40, 90), .E = t_randint(4, 40), .N = t_randint(1, 300), .K = 32 * t_randint(1, 12),
+                      .kk = 4, .stage = 2, .per_slot = i % 2 == 1, .interleaved = i == 3, .wt = MNV_DTYPE_BF16};
+        run_moe_case(c, i < 4 ? &qformats[6] : NULL);
     }
 }
 
@@ -918,13 +937,15 @@ static void test_moe_block(void) {
     static const mnv_qformat fmts[] = {{MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},
                                        {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                        {MNV_QMODE_AFFINE, 4, 32, MNV_DTYPE_F16}};
-    for (int i = 0; i < 8; i++) { /* 6 and 7: h unaligned (a decode step, and rows enough to group) */
-        const int tmax = i < 3 || i == 6 ? 3 : i == 7 ? 15 : 40; /* 15: the router's product not cuBLAS's */
-        moe_block_case c = {.T = t_randint(tmax == 3 ? 1 : 9, tmax),
+    /* 6 and 7: h unaligned (a decode step, and rows enough to group); 8
+     * and 9: mxfp4 with rows enough for tensor cores */
+    for (int i = 0; i < 10; i++) {
+        const int tmax = i < 3 || i == 6 ? 3 : i == 7 ? 15 : i >= 8 ? 70 : 40; /* 15: the router's product not cuBLAS's */
+        moe_block_case c = {.T = t_randint(tmax == 3 ? 1 : tmax == 70 ? 40 : 9, tmax),
                             .E = t_randint(4, 32), .N = 64 * t_randint(1, 3), .K = 64 * t_randint(1, 5),
-                            .unaligned = i >= 6};
-        c.kk = t_randint(1, 4);
-        c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i % 3];
+                            .unaligned = i == 6 || i == 7};
+        c.kk = i >= 8 ? 4 : t_randint(1, 4);
+        c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i >= 8 ? 0 : i % 3];
         quantize(&c.gate, c.E * c.N, c.K);
         quantize(&c.up, c.E * c.N, c.K);
         quantize(&c.down, c.E * c.K, c.N);
@@ -1127,6 +1148,7 @@ int main(void) {
     test_attention();
     test_attention_quant();
     test_moe();
+    test_moe_mma();
     test_moe_block();
     printf("ops: %d passed, %d failed\n", t_pass, t_fail);
     mnv_backend_free(cpu);

@@ -62,6 +62,7 @@ typedef struct {
     mnv_cu_prof *prof;  /* MNV_CUDA_PROFILE=1: time every node (graphs off) */
     bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
+    int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
     bool planning;      /* fuse() matching for the planner: no launches */
     bool attn_split;    /* decode attention over many blocks (MNV_CUDA_ATTN_SPLIT=0: one per query) */
     captured cap[N_CAPTURED];
@@ -297,14 +298,18 @@ static captured *capture_entry(cuda_ctx *c, const mnv_graph *g, uint64_t hash) {
     return lru;
 }
 
+static mnv_cu_moe_args moe_args(const cuda_ctx *c, const mnv_node *n);
+
 /* Scratch for the graph's cuBLAS products and expert grouping, allocated
  * before anything is queued (one node uses it at a time). */
 static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
     size_t need = 0;
     for (int32_t i = 0; i < mnv_graph_n_nodes(g); i++) {
         mnv_node *nd = mnv_graph_node(g, i);
-        if (nd->op == MNV_OP_MOE_MATMUL)
-            need = MNV_MAX(need, mnv_cu_moe_scratch(nd->shape[0], nd->shape[1], nd->src[1]->shape[0]));
+        if (nd->op == MNV_OP_MOE_MATMUL) {
+            mnv_cu_moe_args a = moe_args(c, nd);
+            need = MNV_MAX(need, mnv_cu_moe_scratch(&a));
+        }
         if (nd->op == MNV_OP_ATTENTION && c->attn_split) {
             mnv_cu_attn_args a = attn_args(nd);
             need = MNV_MAX(need, mnv_cu_attention_scratch(&a));
@@ -356,7 +361,6 @@ static cudaError_t run_elem(const mnv_node *n, cudaStream_t s) {
     return mnv_cu_elem(&e, s);
 }
 
-static mnv_cu_moe_args moe_args(const mnv_node *n);
 static mnv_cu_rope_args rope_args(const mnv_node *n);
 
 
@@ -425,7 +429,7 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_moe_sum(x->data, n->src[1]->data, (int32_t)x->shape[1], n->shape[1], NULL, n->data,
                               n->shape[0], s);
     case MNV_OP_MOE_MATMUL: {
-        mnv_cu_moe_args a = moe_args(n);
+        mnv_cu_moe_args a = moe_args(c, n);
         return mnv_cu_moe_matmul(&a, c->scratch, s);
     }
     default: return cudaSuccess; /* leaves and views */
@@ -628,9 +632,10 @@ static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e)
     return l;
 }
 
-static mnv_cu_moe_args moe_args(const mnv_node *n) {
+static mnv_cu_moe_args moe_args(const cuda_ctx *c, const mnv_node *n) {
     const mnv_node *x = n->src[0], *bias = n->src[3];
     return (mnv_cu_moe_args){
+        .mma_min_rows = c->row_invariant ? 0 : c->moe_mma_min,
         .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
         .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
         .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
@@ -650,7 +655,7 @@ static int32_t fuse_experts(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e
         memcmp(&up->p.q.fmt, &gate->p.q.fmt, sizeof up->p.q.fmt) != 0 || up->shape[2] != gate->shape[2] ||
         !only_reader(gate, k) || !only_reader(up, k) || overlaps(sw, gate->src[0]) || overlaps(sw, gate->src[2]))
         return -1;
-    mnv_cu_moe_args a = moe_args(gate), b = moe_args(up);
+    mnv_cu_moe_args a = moe_args(c, gate), b = moe_args(c, up);
     if (c->planning) return k;
     if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.k) || !mnv_cu_mmv_fast(&b.w, b.k, b.x, b.k) || a.w.wtype != b.w.wtype)
         return -1; /* the pair is read in one layout: float experts of two dtypes run unfused */
@@ -916,6 +921,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->fuse = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_GEMM_MIN_PACKED");
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
+    env = getenv("MNV_CUDA_MOE_MMA_MIN");
+    c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
     env = getenv("MNV_CUDA_ATTN_SPLIT");
     c->attn_split = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_PROFILE");

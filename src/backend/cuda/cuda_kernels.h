@@ -153,6 +153,10 @@ cudaError_t mnv_cu_matmul_shared(const mnv_cu_matmul_args *a, int n, cudaStream_
  * (rows, k); ids NULL: rows r0, r0 + 1, ... */
 cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
                              int64_t rows, cudaStream_t s);
+/* Rows r0 .. r0 + rows of W dequantized (widened) to two bf16 terms each,
+ * hi = the value rounded, lo = the rest rounded (each (rows, k)). */
+cudaError_t mnv_cu_qget_rows_split(const mnv_cu_weight *w, int64_t k, int64_t r0, void *hi, void *lo, int64_t rows,
+                                   cudaStream_t s);
 
 /* x (m, k), row stride ldx, as hi + lo in dtype t (BF16; each (m, k)
  * contiguous): hi = x rounded, lo = the rest rounded, so that a product of
@@ -180,13 +184,23 @@ typedef struct {
     const float *bias2;
     int64_t b2s0, b2s1;
     float alpha, limit;
+    int64_t mma_min_rows; /* (token, slot) rows from which tensor cores take the product (0: never) */
 } mnv_cu_moe_args;
 /* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
  * expert on the device (each expert's rows read once per 8 of its rows);
- * that needs mnv_cu_moe_scratch bytes of scratch (0 below). */
+ * from mma_min_rows on, mxfp4 and bf16 experts (whose values bf16 holds
+ * exactly) run on tensor cores, in tiles of 64 rows of an expert, x split
+ * as hi + lo bf16 terms (results within 2^-16 of f32 activations, summed
+ * in another order than the chunked kernels: not row-invariant). Either
+ * needs mnv_cu_moe_scratch bytes of scratch (0 when neither applies). */
 #define MNV_CU_MOE_GROUP_MIN 32
-size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E);
+#define MNV_CU_MOE_MMA_MIN 128
+size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
+/* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */
+int mnv__cu_moe_mma_fits(const mnv_cu_moe_args *a);
+size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
 /* A router in one launch, one block per row of x: logits = the product
  * mm (n <= 32 rows, mnv_cu_mmv_fast, with its bias epilogue; mm.y unused),
@@ -216,8 +230,9 @@ cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n,
 /* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32
  * weights by SGEMM; bf16 weights on tensor cores with x split into two
  * bf16 terms (mnv_cu_split: results within 2^-16 of f32 activations);
- * packed and f16 weights widened to f32 in slices of rows
- * (mnv_cu_qget_rows, which reads float rows too), then SGEMM. Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
+ * packed and f16 weights dequantized (widened) in slices of rows to two
+ * bf16 terms as well (mnv_cu_qget_rows_split), three tensor-core products
+ * a slice (within about 2^-15). Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
 #define MNV_CU_GEMM_MIN_ROWS 16
 size_t mnv__cu_gemm_scratch(const mnv_cu_matmul_args *a);
 /* Returns a message naming what failed, or NULL. */

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_mmv.cuh"
+#include "backend/cuda/cuda_moe.cuh"
 
 #define PLAIN_MR 4 /* rows of x per warp in plain products */
 #define MOE_MR 8  /* (token, slot) rows of one expert per warp in grouped expert products */
@@ -333,6 +334,24 @@ extern "C" cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const
     CU_CHECK_LAUNCH();
 }
 
+static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo,
+                                         int64_t rows) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * k) return;
+    float v = cu_weight_at(&w, 0, r0 + i / k, i % k);
+    uint16_t h = f32_to_bf16_bits(v);
+    hi[i] = h;
+    lo[i] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+}
+
+extern "C" cudaError_t mnv_cu_qget_rows_split(const mnv_cu_weight *w, int64_t k, int64_t r0, void *hi, void *lo,
+                                              int64_t rows, cudaStream_t s) {
+    if (rows * k > 0)
+        k_qget_rows_split<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, r0, (uint16_t *)hi,
+                                                                             (uint16_t *)lo, rows);
+    CU_CHECK_LAUNCH();
+}
+
 /* One (token, slot) per grid row y: its expert's rows, WARPS per block. */
 static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
@@ -344,40 +363,6 @@ static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
     dot_row<1>(a.w, e, n, xs, 1, a.k, acc);
     float v = warp_sum(acc[0]);
     if ((threadIdx.x & 31) == 0) a.y[ts * a.n + n] = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
-}
-
-/* Grouping (prefill): the (token, slot) rows sorted by expert on the device
- * (a counting sort in one block; the order within an expert does not
- * matter, each row's sum is its own), cut into tiles of up to MOE_MR rows
- * of one expert, so that each expert row is read once per tile. */
-typedef struct {
-    int32_t *sorted;  /* rows, by expert */
-    int32_t *tile;    /* per tile: expert, first sorted index, count */
-    int32_t *n_tiles;
-} moe_groups;
-
-static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, moe_groups gr) {
-    extern __shared__ int32_t sh[]; /* count[E], start[E], fill[E] */
-    int32_t *count = sh, *start = sh + E, *fill = sh + 2 * E;
-    for (int32_t e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;
-    __syncthreads();
-    for (int32_t i = threadIdx.x; i < rows; i += blockDim.x) atomicAdd(&count[ids[i]], 1);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int32_t acc = 0, t = 0;
-        for (int32_t e = 0; e < E; e++) {
-            start[e] = fill[e] = acc;
-            for (int32_t c = 0; c < count[e]; c += MOE_MR, t++) {
-                gr.tile[3 * t] = e;
-                gr.tile[3 * t + 1] = acc + c;
-                gr.tile[3 * t + 2] = count[e] - c < MOE_MR ? count[e] - c : MOE_MR;
-            }
-            acc += count[e];
-        }
-        *gr.n_tiles = t;
-    }
-    __syncthreads();
-    for (int32_t i = threadIdx.x; i < rows; i += blockDim.x) gr.sorted[atomicAdd(&fill[ids[i]], 1)] = i;
 }
 
 static __global__ void __launch_bounds__(WARPS * 32) k_moe_tiles(mnv_cu_moe_args a, moe_groups gr) {
@@ -493,10 +478,11 @@ static cudaError_t moe_mmv_launch(const mnv_cu_moe_args *a, const moe_groups *gr
     }
 }
 
-extern "C" size_t mnv_cu_moe_scratch(int64_t T, int64_t kk, int64_t E) {
-    int64_t rows = T * kk;
-    if (rows < MNV_CU_MOE_GROUP_MIN) return 0;
-    return (size_t)(rows + 3 * (rows / MOE_MR + E + 1) + 1) * 4;
+extern "C" size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a) {
+    int64_t rows = a->T * a->kk;
+    size_t grouped = rows < MNV_CU_MOE_GROUP_MIN ? 0 : (size_t)(rows + 3 * moe_max_tiles(rows, a->E, MOE_MR) + 1) * 4;
+    size_t mma = mnv__cu_moe_mma_fits(a) ? mnv__cu_moe_mma_scratch(a) : 0;
+    return grouped > mma ? grouped : mma;
 }
 
 extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
@@ -505,11 +491,12 @@ extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch
     unsigned gx = (unsigned)((a->n + WARPS - 1) / WARPS);
     bool fast = mnv_cu_mmv_fast(&a->w, a->k, a->x, a->k);
     if (a->dual && !fast) return cudaErrorInvalidValue; /* pairing is the chunked path's */
+    if (scratch && mnv__cu_moe_mma_fits(a)) return mnv__cu_moe_mma(a, scratch, s);
     if (rows >= MNV_CU_MOE_GROUP_MIN && scratch) {
-        int64_t max_tiles = rows / MOE_MR + a->E + 1;
+        int64_t max_tiles = moe_max_tiles(rows, a->E, MOE_MR);
         if (max_tiles > 65535 || a->E > 4096) return cudaErrorInvalidValue;
         moe_groups gr = {(int32_t *)scratch, (int32_t *)scratch + rows, (int32_t *)scratch + rows + 3 * max_tiles};
-        k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, gr);
+        k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, MOE_MR, gr);
         if (fast) return moe_mmv_launch(a, &gr, max_tiles, s);
         k_moe_tiles<<<dim3(gx, (unsigned)max_tiles), WARPS * 32, 0, s>>>(*a, gr);
         CU_CHECK_LAUNCH();
