@@ -118,7 +118,22 @@ INLINE float scale_at(mnv_dtype t, const void *s, int64_t g) {
 
 /* Scales g .. g+n-1 (n <= 8) of a row as f32, lanes from n on 0. */
 INLINE __m256 load_scales8(const void *s, mnv_dtype t, int64_t g, int64_t n) {
-    if (n < 8) {
+    if (n < 8) { /* a row's last window: masked loads of whole 4-byte words where they cover n exactly (no
+                  * byte past the n-th read; a scalar fill would stall the vector load on its stores) */
+        const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        if (t == MNV_DTYPE_F32) return _mm256_maskload_ps((const float *)s + g, lanes);
+        if ((t == MNV_DTYPE_F16 || t == MNV_DTYPE_BF16) && n % 2 == 0) {
+            const __m128i words = _mm_cmpgt_epi32(_mm_set1_epi32((int)n / 2), _mm_setr_epi32(0, 1, 2, 3));
+            const __m128i v = _mm_maskload_epi32((const int *)((const uint16_t *)s + g), words);
+            if (t == MNV_DTYPE_F16) return _mm256_cvtph_ps(v); /* zero halves: 0.0 */
+            return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
+        }
+        if (t != MNV_DTYPE_F16 && t != MNV_DTYPE_BF16 && n % 4 == 0) { /* E8M0 */
+            const __m128i words = _mm_cmpgt_epi32(_mm_set1_epi32((int)n / 4), _mm_setr_epi32(0, 1, 2, 3));
+            const __m256i e = _mm256_cvtepu8_epi32(_mm_maskload_epi32((const int *)((const uint8_t *)s + g), words));
+            const __m256i v = _mm256_max_epu32(_mm256_slli_epi32(e, 23), _mm256_set1_epi32(0x00400000));
+            return _mm256_castsi256_ps(_mm256_and_si256(v, lanes));
+        }
         _Alignas(32) float tmp[8] = {0};
         for (int64_t i = 0; i < n; i++) tmp[i] = scale_at(t, s, g + i);
         return _mm256_load_ps(tmp);
