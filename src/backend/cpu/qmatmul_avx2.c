@@ -45,11 +45,14 @@
  * rows at its row's end, read at half the rate on Zen 3 from one thread:
  * 0.48B 4-bit decode on one thread 49 -> 63 tok/s, 8-bit 29 -> 42). A software prefetch
  * runs PF_LEAD / J bytes ahead in each stream (into the part's next rows,
- * which follow in memory); 1 KiB measured ahead of 4 KiB and of none. */
+ * which follow in memory); 1 KiB measured ahead of 4 KiB and of none. Each
+ * stream starts at its own row of its part (mnv__qstream_shift), so that the
+ * streams do not meet on the same DRAM banks. */
 #define PF_LEAD 1024
 INLINE void prefetch_at(const uint8_t *w, int64_t off, int64_t dist) {
     _mm_prefetch((const char *)w + off + dist, _MM_HINT_T0);
 }
+
 
 enum { MAXR = 4 };
 
@@ -355,7 +358,7 @@ enum { MAXJ = 4, MAXA = 4 }; /* W rows side by side; accumulators (R x J) at mos
     } while (0)
 #define ACC_ZERO(n) f##n = _mm256_setzero_ps()
 #define ACC_BIAS(n) f##n = _mm256_fmadd_ps(B[(n) / R], _mm256_loadu_ps(xr[(n) % R].xs2 + g0), f##n)
-#define ACC_OUT(n) y[(n) % R * a->ldy + j0 + (n) / R * part + r] = hsum8(f##n)
+#define ACC_OUT(n) y[(n) % R * a->ldy + j0 + (n) / R * part + rr[(n) / R]] = hsum8(f##n)
 
 /* 4-bit codes (affine, or mxfp4 through the table), x deinterleaved. A 32-byte
  * load holds 64 codes: low nibbles against the even x, high against the odd;
@@ -394,13 +397,16 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
+        int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            const int64_t j = j0 + u * part + r;
+            rr[u] = (r + u * shift) % part;
+            const int64_t j = j0 + u * part + rr[u];
             w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
@@ -462,13 +468,16 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
+        int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *sc[MAXJ];
         __m256 f0, f1, f2, f3;
         __m128i nan = _mm_setzero_si128(); /* bytes 0xff where a scale is NaN */
         ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            const int64_t j = j0 + u * part + r;
+            rr[u] = (r + u * shift) % part;
+            const int64_t j = j0 + u * part + rr[u];
             w[u] = wrow(a, j), sc[u] = srow(a, d, j);
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 16) {
@@ -514,7 +523,7 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
         if (_mm_movemask_epi8(_mm_cmpeq_epi8(nan, _mm_set1_epi8(-1)))) /* a NaN scale: its rows' sums are NaN */
             for (int u = 0; u < J; u++)
                 if (has_e4m3_nan(sc[u], ng))
-                    for (int i = 0; i < R; i++) y[i * a->ldy + j0 + u * part + r] = NAN;
+                    for (int i = 0; i < R; i++) y[i * a->ldy + j0 + u * part + rr[u]] = NAN;
     }
 }
 
@@ -527,13 +536,16 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
+        int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            const int64_t j = j0 + u * part + r;
+            rr[u] = (r + u * shift) % part;
+            const int64_t j = j0 + u * part + rr[u];
             w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
         }
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
@@ -676,14 +688,17 @@ INLINE void gemvl(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
+    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
+        int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *wt[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
         _Alignas(32) uint8_t tail[MAXJ][32]; /* a row's last, partial chunk (2, 3 bits), zero-padded */
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
         for (int u = 0; u < J; u++) {
-            const int64_t j = j0 + u * part + r;
+            rr[u] = (r + u * shift) % part;
+            const int64_t j = j0 + u * part + rr[u];
             w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
             wt[u] = tail[u];
             if (kmain < k) {

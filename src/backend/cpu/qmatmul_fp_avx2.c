@@ -72,12 +72,15 @@ INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_
                      const int J) {
     const int64_t k = a->k, ng = k / 32, part = (j1 - j0) / J, dist = PF_LEAD / J;
     const __m256i top = _mm256_set1_epi8((char)0x80);
+    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
+        int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *sc[MAXJ];
         __m256i nan = _mm256_setzero_si256();
         __m256 f[MAXR * MAXJ];
         for (int u = 0; u < J; u++) {
-            const int64_t j = j0 + u * part + r;
+            rr[u] = (r + u * shift) % part;
+            const int64_t j = j0 + u * part + rr[u];
             w[u] = (const uint8_t *)(a->w + j * a->ldw);
             sc[u] = (const uint8_t *)a->scales + j * a->lds;
         }
@@ -116,7 +119,7 @@ INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_
         for (int u = 0; u < J; u++) {
             const bool has_nan = any_nan && row_has_nan(w[u], k);
             for (int i = 0; i < R; i++)
-                y[i * a->ldy + j0 + u * part + r] = has_nan ? NAN : hsum8(f[u * R + i]) * 0x1p8f;
+                y[i * a->ldy + j0 + u * part + rr[u]] = has_nan ? NAN : hsum8(f[u * R + i]) * 0x1p8f;
         }
     }
 }
