@@ -209,23 +209,28 @@ INLINE void rows_dot(int R, int C, mnv_dtype t, const float *const *x, const voi
 }
 
 /* Rows [n0, n1) of y for m = R rows of x, each weight byte read once, as C
- * sequential streams side by side (see run_rows in matmul_avx512.c). */
+ * sequential streams side by side (see run_rows in matmul_avx512.c), each
+ * starting at its own row of its part (mnv__stream_shift). */
 INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, mnv_dtype t, int R, int C) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, part = (n1 - n0) / C;
     const float *x[MAXR];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
+    const int64_t shift = mnv__stream_shift(part, a->ldw * wsize);
     for (int64_t r = 0; r < part; r++) {
         const void *w[4];
         float out[MAXR][4];
+        int64_t j[4];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++)
-            w[c] = (const char *)a->w + (n0 + c * part + r) * a->ldw * wsize;
+        for (int c = 0; c < C; c++) {
+            j[c] = n0 + c * part + (r + c * shift) % part;
+            w[c] = (const char *)a->w + j[c] * a->ldw * wsize;
+        }
         rows_dot(R, C, t, x, w, a->k, out);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++) a->y[i * a->ldy + n0 + c * part + r] = out[i][c];
+            for (int c = 0; c < C; c++) a->y[i * a->ldy + j[c]] = out[i][c];
     }
     for (int64_t j = n0 + C * part; j < n1; j++) { /* the n % C rows left */
         const void *w[4] = {(const char *)a->w + j * a->ldw * wsize};

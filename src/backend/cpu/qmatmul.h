@@ -20,6 +20,7 @@
 #define MNV_CPU_QMATMUL_H
 
 #include "backend/cpu/cpu_isa.h"
+#include "backend/cpu/matmul.h"
 #include "quant/quant.h"
 
 typedef struct {
@@ -93,19 +94,6 @@ enum {
  * bytes each (a scale and a sum, each implementation says which), sized for
  * groups of at least 16 and 64-byte aligned. The one description of this
  * layout: every implementation reaches its rows through mnv__qx_row_at. */
-/* The AVX2 decode kernels read J parts of a thread's rows as J streams
- * side by side. Stream u starts its part at row u * shift (wrapping once to
- * the part's first rows), so that the streams read addresses about 512 KiB
- * apart modulo 1 MiB: parts of a power-of-two size in bytes (or near one)
- * otherwise put every stream on the same DRAM banks at once (4-bit g64 4096
- * x 2048 read at 15 GB/s on one Zen 3 thread against 22 at 6144 x 2048).
- * row_bytes: the bytes of a row's codes. */
-static inline int64_t mnv__qstream_shift(int64_t part, int64_t row_bytes) {
-    const int64_t mib = (int64_t)1 << 20, off = (part * row_bytes) % mib;
-    const int64_t want = ((mib / 2 - off) % mib + mib) % mib;
-    return part > 1 && row_bytes > 0 ? (want / row_bytes) % part : 0;
-}
-
 static inline int64_t mnv__qx_kpad(int64_t k) { return (k + 127) / 128 * 128; }
 static inline size_t mnv__qx_group_bytes(int64_t k) { return ((size_t)mnv__qx_kpad(k) / 16 * 4 + 63) / 64 * 64; }
 static inline size_t mnv__qx_row_bytes(int64_t k) { return (size_t)mnv__qx_kpad(k) + 2 * mnv__qx_group_bytes(k); }

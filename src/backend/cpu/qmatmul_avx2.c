@@ -46,7 +46,7 @@
  * 0.48B 4-bit decode on one thread 49 -> 63 tok/s, 8-bit 29 -> 42). A software prefetch
  * runs PF_LEAD / J bytes ahead in each stream (into the part's next rows,
  * which follow in memory); 1 KiB measured ahead of 4 KiB and of none. Each
- * stream starts at its own row of its part (mnv__qstream_shift), so that the
+ * stream starts at its own row of its part (mnv__stream_shift), so that the
  * streams do not meet on the same DRAM banks. */
 #define PF_LEAD 1024
 INLINE void prefetch_at(const uint8_t *w, int64_t off, int64_t dist) {
@@ -397,7 +397,7 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
+    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
@@ -468,7 +468,7 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
+    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *sc[MAXJ];
@@ -536,7 +536,7 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
+    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
@@ -688,7 +688,7 @@ INLINE void gemvl(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
     for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
+    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *wt[MAXJ];

@@ -72,7 +72,7 @@ INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_
                      const int J) {
     const int64_t k = a->k, ng = k / 32, part = (j1 - j0) / J, dist = PF_LEAD / J;
     const __m256i top = _mm256_set1_epi8((char)0x80);
-    const int64_t shift = mnv__qstream_shift(part, a->ldw * 4);
+    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *sc[MAXJ];
