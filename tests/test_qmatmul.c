@@ -248,18 +248,19 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
     pthread_barrier_destroy(&bar);
 }
 
-/* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine and
- * mxfp4 under avx512-vnni; without scratch it falls back to f32, and so does
- * prefill (m > 4) when nth > 1 threads have no barrier to share x.
- * qmatmul_avx2.c, avx2-int8: nvfp4 too, except above m = 16 with k an odd
- * multiple of 16, which runs the f32 prefill.) */
+/* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine,
+ * mxfp4 and nvfp4 under avx512-vnni; without scratch it falls back to f32,
+ * and so does prefill (m > 4) when nth > 1 threads have no barrier to share x.
+ * qmatmul_avx2.c, avx2-int8: the same, except nvfp4 above m = 16 with k an
+ * odd multiple of 16, which runs the f32 prefill.) */
 static bool impl_int8(const char *impl);
 
 static bool int8_path(const char *impl, const fmtcase *f, int64_t m, int64_t k, bool scratch, bool barrier,
                       int nth) {
     if (!impl_int8(impl) || !scratch) return false;
     if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
-    if (f->mode == MNV_QMODE_NVFP4) return strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0);
+    if (f->mode == MNV_QMODE_NVFP4)
+        return strcmp(impl, "avx512-vnni") == 0 || (strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0));
     return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
 }
 

@@ -11,8 +11,8 @@
  * (large m) dequantizes tiles into cache-resident buffers (or works on the
  * packed codes directly) and runs a blocked product. The implementation for
  * the host is chosen at run time; every implementation covers every format
- * (AVX-512: int8 activations with VNNI for affine and mxfp4, f32 for the
- * rest; AVX2: int8 activations with vpmaddubsw for affine, mxfp4 and
+ * (AVX-512: int8 activations with VNNI for affine, mxfp4 and nvfp4, f32
+ * (F16C for mxfp8) for the rest; AVX2: int8 activations with vpmaddubsw for affine, mxfp4 and
  * nvfp4, f32 (F16C for mxfp8) for the rest; AArch64 NEON: int8 activations with SDOT where the CPU has
  * the dot-product extension, likewise, and an f32 path; a portable f32 path
  * for any host). */
@@ -152,8 +152,8 @@ float mnv__qscale(const mnv_qformat *f, const void *scales, int64_t g, float glo
 
 void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
 #if defined(__x86_64__) || defined(_M_X64)
-/* vnni: int8 activations and vpdpbusd for affine (every bit width) and
- * mxfp4; otherwise (and for mxfp8, nvfp4) f32 math. */
+/* vnni: int8 activations and vpdpbusd for affine (every bit width), mxfp4
+ * and nvfp4; otherwise (and for mxfp8) f32 math. */
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
 /* int8: int8 activations and vpmaddubsw for affine (every bit width), mxfp4
  * and nvfp4; otherwise (and for mxfp8) f32 math (qmatmul_avx2.c). */
@@ -161,6 +161,8 @@ void mnv__qmatmul_avx2(const mnv_qmatmul_args *a, int ith, int nth, bool int8);
 /* mxfp8, any m (rows of x 4 at a time over blocks of W; meant for small m),
  * f32 activations through F16C (qmatmul_fp_avx2.c). */
 void mnv__qmatmul_avx2_mxfp8(const mnv_qmatmul_args *a, int ith, int nth);
+/* The same with AVX-512 (qmatmul_fp_avx512.c). */
+void mnv__qmatmul_avx512_mxfp8(const mnv_qmatmul_args *a, int ith, int nth);
 #endif
 #if defined(__aarch64__) || defined(_M_ARM64)
 /* f32 math for every format (qmatmul_neon.c). */

@@ -1,11 +1,12 @@
 /* y = x * dequant(W)^T with AVX-512 (compiled with -mavx512f/bw/vl/dq/bf16/vnni
  * -mfma -mf16c). Two families, chosen per call:
  *
- * int8 (VNNI, impl "avx512-vnni"): affine 2-8-bit and mxfp4, decode and
- *   prefill. Each row of x is rounded to int8 with one scale
+ * int8 (VNNI, impl "avx512-vnni"): affine 2-8-bit, mxfp4 and nvfp4, decode
+ *   and prefill. Each row of x is rounded to int8 with one scale
  *   per weight group (dx = max|x|/127 over the group), and
  *     affine  y = sum_g dx_g * (s_g * sum_j xq_j q_j  +  b_g * sum_j xq_j)
  *     mxfp4   y = sum_g 2^(e_g-127) * 0.5 * dx_g * (sum_j xq_j u_j - 12 sum_j xq_j)
+ *     nvfp4   the same with groups of 16 and e4m3(s_g) * global for 2^(e_g-127)
  *   with u = 2*e2m1 + 12 in [0, 24] (a vpshufb table), so vpdpbusd multiplies
  *   unsigned codes by signed x, 64 pairs per instruction. Both are exactly
  *   xhat . w (up to f32 rounding of the sums) for xhat_j = dx_g * xq_j, so the
@@ -16,7 +17,7 @@
  *   exact sum would leave the error sum e_j s q_j, 2-3x larger when the bias
  *   is a group edge as MLX makes it).
  *
- * f32 (impl "avx512", and mxfp8 / nvfp4 under "avx512-vnni"): weights are
+ * f32 (impl "avx512", and mxfp8 under "avx512-vnni"): weights are
  *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
  *   times the scale, exact) and multiplied in f32.
  *
@@ -45,13 +46,16 @@ enum { MAXR = 4, I8_MAXR = 8, I8_R = 4, F32_R = 6 };
 
 typedef struct {
     int bits, G, lg;  /* bits per code, group size, log2(group size) */
-    bool fp4;         /* mxfp4 */
-    mnv_dtype sdt;    /* scale dtype; U8 = E8M0 */
+    bool fp4;         /* mxfp4 or nvfp4 (E2M1 codes) */
+    bool nv;          /* nvfp4: E4M3 scales times gs */
+    float gs;         /* nvfp4's global scale */
+    mnv_dtype sdt;    /* scale dtype; U8 = E8M0 (E4M3 for nvfp4) */
     int64_t ss;       /* bytes per scale */
 } qdesc;
 
-static qdesc describe(const mnv_qformat *f) {
-    qdesc d = {.bits = f->bits, .G = f->group_size, .fp4 = f->mode == MNV_QMODE_MXFP4};
+static qdesc describe(const mnv_qformat *f, float global_scale) {
+    qdesc d = {.bits = f->bits, .G = f->group_size, .fp4 = f->mode == MNV_QMODE_MXFP4 || f->mode == MNV_QMODE_NVFP4,
+               .nv = f->mode == MNV_QMODE_NVFP4, .gs = global_scale};
     while ((1 << d.lg) < d.G) d.lg++;
     d.sdt = f->mode == MNV_QMODE_AFFINE ? f->scale_dtype : MNV_DTYPE_U8;
     d.ss = (int64_t)mnv_dtype_size(d.sdt);
@@ -81,6 +85,17 @@ INLINE float scale_at(mnv_dtype t, const void *s, int64_t g) {
     }
 }
 
+/* FP8 E4M3 codes to f32: the 7 magnitude bits placed under an f32 exponent
+ * bias of 127 - 7 = 120 (subnormals come out right as f32 denormals scaled
+ * by 2^120; the host runs without flush-to-zero), 0x7f NaN, then the sign. */
+INLINE __m512 e4m3_16(__m512i c) {
+    const __m512i em = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
+    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(em, 20)), _mm512_set1_ps(0x1p120f));
+    f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(em, _mm512_set1_epi32(0x7f)), _mm512_set1_ps(NAN));
+    return _mm512_castsi512_ps(
+        _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24)));
+}
+
 /* Scales g .. g+15 of a row as f32 (lanes outside mk are 0). */
 INLINE __m512 load_scales16(const void *s, mnv_dtype t, int64_t g, __mmask16 mk) {
     switch (t) {
@@ -96,6 +111,14 @@ INLINE __m512 load_scales16(const void *s, mnv_dtype t, int64_t g, __mmask16 mk)
             _mm512_mask_mov_epi32(_mm512_slli_epi32(e, 23), z, _mm512_set1_epi32(0x00400000)));
     }
     }
+}
+
+/* The weight scales g .. g+15 of a row (nvfp4: E4M3 times the global scale). */
+INLINE __m512 load_wscales16(const qdesc *d, const void *s, int64_t g, __mmask16 mk) {
+    if (d->nv)
+        return _mm512_mul_ps(e4m3_16(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, (const uint8_t *)s + g))),
+                             _mm512_set1_ps(d->gs));
+    return load_scales16(s, d->sdt, g, mk);
 }
 
 /* ---- 16 x 16 transpose of 32-bit elements ----------------------------------------- */
@@ -268,7 +291,7 @@ INLINE void vnni_gemv(const mnv_qmatmul_args *a, const qdesc *d, const unpacker 
         for (int i = 0; i < R; i++) facc[i] = bacc[i] = _mm512_setzero_ps();
         for (int64_t g0 = 0; g0 < ng; g0 += 16) {
             const __mmask16 mk = ng - g0 >= 16 ? 0xffff : (__mmask16)((1u << (ng - g0)) - 1);
-            const __m512 S = load_scales16(sc, d->sdt, g0, mk);
+            const __m512 S = load_wscales16(d, sc, g0, mk);
             const __m512 B = FP4 ? S : load_scales16(bi, d->sdt, g0, mk);
             __m512 SD[I8_MAXR];
             for (int i = 0; i < R; i++) {
@@ -461,9 +484,9 @@ static void pack_i8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *u
             for (int64_t g = 0; g < ngb; g += 16) {
                 const __mmask16 mk = ngb - g >= 16 ? 0xffff : (__mmask16)((1u << (ngb - g)) - 1);
                 for (int64_t r = 0; r < 16; r++) {
-                    const __m512 v = r < rb ? load_scales16(pass ? brow(a, d, jb + r) : srow(a, d, jb + r), d->sdt,
-                                                            g0 + g, mk)
-                                            : _mm512_setzero_ps();
+                    const __m512 v = r >= rb ? _mm512_setzero_ps()
+                                     : pass       ? load_scales16(brow(a, d, jb + r), d->sdt, g0 + g, mk)
+                                                  : load_wscales16(d, srow(a, d, jb + r), g0 + g, mk);
                     _mm512_store_ps(tmp[r], v);
                 }
                 transpose16(tmp, 64, dst + g * NP + cb * 16, NP * 4);
@@ -597,17 +620,6 @@ INLINE __m512i codes16(const qdesc *d, const unpacker *up, const uint8_t *w, int
         return _mm512_cvtepu8_epi32(
             _mm512_castsi512_si128(unpack64(up, w + e / 8 * d->bits, ((__mmask64)1 << (2 * d->bits)) - 1)));
     }
-}
-
-/* FP8 E4M3 codes to f32: the 7 magnitude bits placed under an f32 exponent
- * bias of 127 - 7 = 120 (subnormals come out right as f32 denormals scaled
- * by 2^120; the host runs without flush-to-zero), 0x7f NaN, then the sign. */
-INLINE __m512 e4m3_16(__m512i c) {
-    const __m512i em = _mm512_and_si512(c, _mm512_set1_epi32(0x7f));
-    __m512 f = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(em, 20)), _mm512_set1_ps(0x1p120f));
-    f = _mm512_mask_mov_ps(f, _mm512_cmpeq_epi32_mask(em, _mm512_set1_epi32(0x7f)), _mm512_set1_ps(NAN));
-    return _mm512_castsi512_ps(
-        _mm512_or_si512(_mm512_castps_si512(f), _mm512_slli_epi32(_mm512_and_si512(c, _mm512_set1_epi32(0x80)), 24)));
 }
 
 INLINE float e4m3_1(uint8_t c) {
@@ -798,11 +810,19 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
  * packed prefill in isolated sweeps but cost gpt-oss prefill 10-14% in the
  * whole model, so it was taken out.) */
 static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
+/* mxfp8 up to this runs its decode kernel (qmatmul_fp_avx512.c), above it the
+ * f32 prefill. */
+enum { MXFP8_MID_MAX_M = 8 };
 
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {
-    const qdesc d = describe(&a->fmt);
+    const qdesc d = describe(&a->fmt, a->global_scale);
     const mnv_qmode mode = a->fmt.mode;
-    const bool i8_fmt = mode == MNV_QMODE_MXFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
+    const bool i8_fmt =
+        mode == MNV_QMODE_MXFP4 || mode == MNV_QMODE_NVFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
+    if (mode == MNV_QMODE_MXFP8 && (a->m <= MXFP8_MID_MAX_M || !a->scratch)) {
+        mnv__qmatmul_avx512_mxfp8(a, ith, nth);
+        return;
+    }
     if (a->m <= MNV_QMATMUL_GEMV_MAX_M) {
         if (vnni && a->scratch && i8_fmt) vnni_decode(a, &d, ith, nth);
         else f32_decode(a, &d, ith, nth);
