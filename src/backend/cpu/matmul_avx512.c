@@ -239,23 +239,29 @@ INLINE void rows_dot(int R, int C, int t, const float *const *x, const void *con
  * in L1, but x of k = 5504 f32 (22 KB) plus the W row overflow L1 and it
  * drops to ~52%; 4 streams give 75-100%; 6 or 8 streams, 2-4 rows next to
  * each other, or blocking k (rows read in pieces) all lose 30-60%, as do
- * software prefetches. */
+ * software prefetches. Each stream starts at its own row of its part
+ * (mnv__stream_shift), so that parts a multiple of 1 MiB apart do not read
+ * the same DRAM banks at the same time. */
 INLINE void run_rows(const mnv_matmul_args *a, int64_t n0, int64_t n1, int t, int R, int C) {
     const int64_t wsize = t == MNV_DTYPE_F32 ? 4 : 2, part = (n1 - n0) / C;
     const float *x[MAXR];
 #pragma GCC unroll 8
     for (int i = 0; i < R; i++) x[i] = a->x + i * a->ldx;
+    const int64_t shift = mnv__stream_shift(part, a->ldw * wsize);
     for (int64_t r = 0; r < part; r++) {
         const void *w[MAXC];
         float out[MAXR][MAXC];
+        int64_t j[MAXC];
 #pragma GCC unroll 4
-        for (int c = 0; c < C; c++)
-            w[c] = (const char *)a->w + (n0 + c * part + r) * a->ldw * wsize;
+        for (int c = 0; c < C; c++) {
+            j[c] = n0 + c * part + (r + c * shift) % part;
+            w[c] = (const char *)a->w + j[c] * a->ldw * wsize;
+        }
         rows_dot(R, C, t, x, w, a->k, out);
 #pragma GCC unroll 8
         for (int i = 0; i < R; i++)
 #pragma GCC unroll 4
-            for (int c = 0; c < C; c++) a->y[i * a->ldy + n0 + c * part + r] = out[i][c];
+            for (int c = 0; c < C; c++) a->y[i * a->ldy + j[c]] = out[i][c];
     }
     for (int64_t j = n0 + C * part; j < n1; j++) { /* the n % C rows left */
         const void *w[MAXC] = {(const char *)a->w + j * a->ldw * wsize};
