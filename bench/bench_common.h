@@ -102,10 +102,15 @@ static double median(double *v, int n) {
     return v[n / 2];
 }
 
+/* Memory for the weight pools: in 2 MiB pages where the kernel gives them,
+ * or, with MNV_BENCH_SMALL_PAGES set, in 4 KiB pages as a checkpoint mapped
+ * from the page cache has them (the hardware prefetchers stop at each 4 KiB
+ * page, so a kernel's rate can differ between the two). */
 static void *alloc_huge(size_t bytes) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
-    madvise(p, bytes, MADV_HUGEPAGE);
+    const char *e = getenv("MNV_BENCH_SMALL_PAGES");
+    madvise(p, bytes, e && *e && strcmp(e, "0") != 0 ? MADV_NOHUGEPAGE : MADV_HUGEPAGE);
     return p;
 }
 #endif
