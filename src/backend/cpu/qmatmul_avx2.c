@@ -942,15 +942,17 @@ INLINE __m256i codes8(int bits, const uint8_t *w, int64_t e, int64_t rowbytes) {
                             _mm256_set1_epi32((1 << bits) - 1));
 }
 
-/* FP8 E4M3 codes to f32: the 7 magnitude bits placed under an f32 exponent
- * bias of 127 - 7 = 120 (subnormals come out right as f32 denormals scaled
- * by 2^120; the host runs without flush-to-zero), 0x7f NaN, then the sign. */
+/* 8 E4M3 codes (one a 32-bit lane) to f32 through F16C: the shift and mask
+ * of e4m3_scales16 on 16-bit lanes, so that no subnormal code becomes a
+ * denormal f32 operand; 0x7f and 0xff NaN. */
 INLINE __m256 e4m3_8(__m256i c) {
     const __m256i em = _mm256_and_si256(c, _mm256_set1_epi32(0x7f));
-    __m256 f = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(em, 20)), _mm256_set1_ps(0x1p120f));
-    f = _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f))));
-    return _mm256_castsi256_ps(_mm256_or_si256(
-        _mm256_castps_si256(f), _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24)));
+    const __m256i h = _mm256_or_si256(_mm256_slli_epi32(em, 7),
+                                      _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 8));
+    const __m256 f = _mm256_mul_ps(
+        _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1))),
+        _mm256_set1_ps(0x1p8f));
+    return _mm256_blendv_ps(f, _mm256_set1_ps(NAN), _mm256_castsi256_ps(_mm256_cmpeq_epi32(em, _mm256_set1_epi32(0x7f))));
 }
 
 /* One E4M3 code as f32 through F16C (the shift and mask of e4m3_scales16). */
