@@ -185,13 +185,26 @@ static void problem_free(problem *p) {
     free(p->y), free(p->wref);
 }
 
+enum { X_EXACT, X_INT8, X_BF16 }; /* how an implementation rounds x */
+
+/* x rounded to bf16, nearest even (finite x). */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
 /* y_ref = xs * wref^T in double, as floats; xs = x, or x rounded to int8 per
  * group the way the int8 paths document it (dx = max|x|/127 in f32, codes
- * rint(x * (127/max|x|))). bound (optional): per output, the worst case of
- * rounding x to int8, sum_g dx_g/2 * sum_{j in g} |w_j|, plus 1e-5 sum |x w|
- * for f32 arithmetic. mag_out (optional): per output, sum |xs w|, the scale of its
+ * rint(x * (127/max|x|))), or to bf16. bound, bound_bf16 (optional): per
+ * output, the worst case of rounding x to int8, sum_g dx_g/2 * sum_{j in g}
+ * |w_j|, or to bf16, sum_j 2^-8 |x_j w_j|, plus 1e-5 sum |x w| for f32
+ * arithmetic. mag_out (optional): per output, sum |xs w|, the scale of its
  * f32 rounding. */
-static void reference_mag(const problem *p, bool int8_x, float *yref, double *bound, double *mag_out) {
+static void reference_mag(const problem *p, int xround, float *yref, double *bound, double *bound_bf16,
+                          double *mag_out) {
     const int64_t G = p->f.G, k = p->k;
     double *xs = malloc(sizeof(double) * (size_t)k), *dxs = malloc(sizeof(double) * (size_t)(k / G));
     for (int64_t i = 0; i < p->m; i++) {
@@ -202,17 +215,21 @@ static void reference_mag(const problem *p, bool int8_x, float *yref, double *bo
             const float dx = am / 127.0f, inv = am > 0.0f ? 127.0f / am : 0.0f;
             dxs[g] = dx;
             for (int64_t t = 0; t < G; t++)
-                xs[g * G + t] = int8_x ? (double)dx * nearbyintf(x[g * G + t] * inv) : x[g * G + t];
+                xs[g * G + t] = xround == X_INT8   ? (double)dx * nearbyintf(x[g * G + t] * inv)
+                                : xround == X_BF16 ? bf16_round(x[g * G + t])
+                                                   : x[g * G + t];
         }
         for (int64_t j = 0; j < p->n; j++) {
-            double acc = 0, b = 0, mag = 0;
+            double acc = 0, b = 0, bb = 0, mag = 0;
             for (int64_t kk = 0; kk < k; kk++) {
                 acc += xs[kk] * p->wref[j * k + kk];
                 b += dxs[kk / G] / 2 * fabs(p->wref[j * k + kk]);
+                bb += 0x1p-8 * fabs(x[kk] * p->wref[j * k + kk]);
                 mag += fabs(xs[kk] * p->wref[j * k + kk]);
             }
             yref[i * p->n + j] = (float)acc;
             if (bound) bound[i * p->n + j] = b + 1e-5 * mag;
+            if (bound_bf16) bound_bf16[i * p->n + j] = bb + 1e-5 * mag;
             if (mag_out) mag_out[i * p->n + j] = mag;
         }
     }
@@ -248,20 +265,25 @@ static void run_threads(mnv_qmatmul_args *a, int nth, bool with_barrier) {
     pthread_barrier_destroy(&bar);
 }
 
-/* Does impl round x to int8 for this call? (qmatmul_avx512.c: affine,
- * mxfp4 and nvfp4 under avx512-vnni; without scratch it falls back to f32,
- * and so does prefill (m > 4) when nth > 1 threads have no barrier to share x.
- * qmatmul_avx2.c, avx2-int8: the same, except nvfp4 above m = 16 with k an
- * odd multiple of 16, which runs the f32 prefill.) */
+/* Does impl round x for this call, and how? (qmatmul_avx512.c: to int8 for
+ * affine, mxfp4 and nvfp4 under avx512-vnni, to bf16 for mxfp8 above 16 rows
+ * where the host has AVX-512 BF16; without scratch it falls back to f32, and
+ * so does prefill (m > 4) when nth > 1 threads have no barrier to share x.
+ * qmatmul_avx2.c, avx2-int8: int8 as avx512-vnni, except nvfp4 above m = 16
+ * with k an odd multiple of 16, which runs the f32 prefill.) */
 static bool impl_int8(const char *impl);
 
-static bool int8_path(const char *impl, const fmtcase *f, int64_t m, int64_t k, bool scratch, bool barrier,
+static int x_rounding(const char *impl, const fmtcase *f, int64_t m, int64_t k, bool scratch, bool barrier,
                       int nth) {
-    if (!impl_int8(impl) || !scratch) return false;
-    if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return false;
+    if (!impl_int8(impl) || !scratch) return X_EXACT;
+    if (m > MNV_QMATMUL_GEMV_MAX_M && nth > 1 && !barrier) return X_EXACT;
+    if (f->mode == MNV_QMODE_MXFP8) /* bf16 dot products above 16 rows (qmatmul_avx512.c) */
+        return strcmp(impl, "avx512-vnni") == 0 && m > 16 && mnv__cpu_has(MNV_CPU_AVX512_BF16) ? X_BF16 : X_EXACT;
     if (f->mode == MNV_QMODE_NVFP4)
-        return strcmp(impl, "avx512-vnni") == 0 || (strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0));
-    return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4;
+        return strcmp(impl, "avx512-vnni") == 0 || (strcmp(impl, "avx2-int8") == 0 && (m <= 16 || k % 32 == 0))
+                   ? X_INT8
+                   : X_EXACT;
+    return f->mode == MNV_QMODE_AFFINE || f->mode == MNV_QMODE_MXFP4 ? X_INT8 : X_EXACT;
 }
 
 /* Tolerances:
@@ -276,10 +298,13 @@ static bool int8_path(const char *impl, const fmtcase *f, int64_t m, int64_t k, 
  *    dx/(sqrt(12) rms(x)) ~ (1/127)/sqrt(12)*sqrt(3) = 1/254 ~ 0.0039 for x
  *    uniform in [-1, 1): measured median 0.0038, but with one x row and one or
  *    two groups it is the ratio of two single random sums and its tail passes
- *    1e-2, so the statistical figure is reported, not checked. */
+ *    1e-2, so the statistical figure is reported, not checked.
+ *  bf16 paths (x rounded to bf16, nearest even; weights exact): against that
+ *    rounded x, the f32 limit; against the exact product, per output within
+ *    sum_j 2^-8 |x_j w_j| (|e_j| <= 2^-8 |x_j|: 8 significant bits). */
 #define TOL_F32 1e-5
-static double i8_err[4096];
-static int n_i8_err;
+static double i8_err[4096], bf_err[4096];
+static int n_i8_err, n_bf_err;
 
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -303,9 +328,9 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
     float *yref = malloc(sizeof(float) * (size_t)(m * n)), *yq = malloc(sizeof(float) * (size_t)(m * n));
     double *magq = malloc(sizeof(double) * (size_t)(m * n)), *mag = malloc(sizeof(double) * (size_t)(m * n));
     float *ycmp = malloc(sizeof(float) * (size_t)(m * n));
-    double *bound = malloc(sizeof(double) * (size_t)(m * n));
-    reference_mag(&p, false, yref, bound, mag);
-    bool have_q = false;
+    double *bound = malloc(sizeof(double) * (size_t)(m * n)), *bound_bf = malloc(sizeof(double) * (size_t)(m * n));
+    reference_mag(&p, X_EXACT, yref, bound, bound_bf, mag);
+    int have_q = X_EXACT; /* which rounding yq and magq hold */
     const mnv_qformat qf = to_qformat(f);
     const size_t ss = mnv_cpu_qmatmul_scratch_size(m, k, &qf, nth);
     void *scratch = malloc(ss + 1); /* deliberately not 64-byte aligned */
@@ -347,33 +372,36 @@ static void check_case(const fmtcase *f, int64_t m, int64_t n, int64_t k, int nt
         fmt_name(f, name);
         CHECKF(unwritten == 0 && overwritten == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: %d outputs not written, %d "
                "written outside", label, name, (long long)m, (long long)n, (long long)k, nth, unwritten, overwritten);
-        const bool i8 = int8_path(impl, f, m, k, !no_scratch, !no_barrier, nth);
+        const int xr = x_rounding(impl, f, m, k, !no_scratch, !no_barrier, nth);
         const double err = t_rel_l2(ycmp, yref, (size_t)(m * n));
-        if (!i8) { /* as against int8-rounded x below: relative L2, or each output within f32
-                    * rounding of its terms (a few outputs that cancel have no useful relative error) */
+        if (xr == X_EXACT) { /* as against rounded x below: relative L2, or each output within f32
+                              * rounding of its terms (a few outputs that cancel have no useful relative error) */
             int64_t far = 0;
             for (int64_t t = 0; t < m * n; t++) far += !(fabs((double)ycmp[t] - yref[t]) <= TOL_F32 * mag[t]);
             CHECKF(err < TOL_F32 || far == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: rel L2 %.3g", label, name,
                    (long long)m, (long long)n, (long long)k, nth, err);
         } else {
+            const char *how = xr == X_INT8 ? "int8" : "bf16";
+            const double *bd = xr == X_INT8 ? bound : bound_bf;
             int64_t over = 0;
-            for (int64_t t = 0; t < m * n; t++) over += !(fabs((double)ycmp[t] - yref[t]) <= bound[t]);
-            CHECKF(over == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: %lld outputs beyond the int8 rounding bound",
-                   label, name, (long long)m, (long long)n, (long long)k, nth, (long long)over);
-            if (n_i8_err < 4096) i8_err[n_i8_err++] = err;
-            if (!have_q) reference_mag(&p, true, yq, NULL, magq), have_q = true;
+            for (int64_t t = 0; t < m * n; t++) over += !(fabs((double)ycmp[t] - yref[t]) <= bd[t]);
+            CHECKF(over == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: %lld outputs beyond the %s rounding bound",
+                   label, name, (long long)m, (long long)n, (long long)k, nth, (long long)over, how);
+            if (xr == X_INT8 && n_i8_err < 4096) i8_err[n_i8_err++] = err;
+            if (xr == X_BF16 && n_bf_err < 4096) bf_err[n_bf_err++] = err;
+            if (have_q != xr) reference_mag(&p, xr, yq, NULL, NULL, magq), have_q = xr;
             const double eq = t_rel_l2(ycmp, yq, (size_t)(m * n));
             /* relative L2, or per output within f32 rounding of its terms: a
              * single output that cancels to near zero has no useful relative error */
             int64_t far = 0;
             for (int64_t t = 0; t < m * n; t++) far += !(fabs((double)ycmp[t] - yq[t]) <= TOL_F32 * magq[t]);
-            CHECKF(eq < TOL_F32 || far == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: rel L2 vs int8-rounded x %.3g",
-                   label, name, (long long)m, (long long)n, (long long)k, nth, eq);
+            CHECKF(eq < TOL_F32 || far == 0, "%s %s m=%lld n=%lld k=%lld nth=%d: rel L2 vs %s-rounded x %.3g",
+                   label, name, (long long)m, (long long)n, (long long)k, nth, how, eq);
         }
     }
     mnv_cpu_qmatmul_force(NULL);
     mnv__isa_set_cap(MNV_ISA_COUNT);
-    free(scratch), free(yref), free(yq), free(ycmp), free(bound), free(magq), free(mag);
+    free(scratch), free(yref), free(yq), free(ycmp), free(bound), free(bound_bf), free(magq), free(mag);
     problem_free(&p);
 }
 
@@ -539,6 +567,11 @@ int main(void) {
         qsort(i8_err, (size_t)n_i8_err, sizeof(double), cmp_double);
         printf("int8 paths vs exact: rel L2 median %.4f, 90%% %.4f, max %.4f over %d products\n",
                i8_err[n_i8_err / 2], i8_err[n_i8_err * 9 / 10], i8_err[n_i8_err - 1], n_i8_err);
+    }
+    if (n_bf_err) {
+        qsort(bf_err, (size_t)n_bf_err, sizeof(double), cmp_double);
+        printf("bf16 paths vs exact: rel L2 median %.4f, 90%% %.4f, max %.4f over %d products\n",
+               bf_err[n_bf_err / 2], bf_err[n_bf_err * 9 / 10], bf_err[n_bf_err - 1], n_bf_err);
     }
     /* m, n = 0 and k = 0 */
     {

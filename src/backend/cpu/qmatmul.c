@@ -291,12 +291,11 @@ bool mnv_cpu_qmatmul_impl_at(int i, mnv_cpu_impl_desc *out) {
  *                    x panel of mid-size m) + one panel per thread
  * plus 64 bytes to align the start. */
 size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt, int nth) {
-    (void)fmt;
     if (m <= 0 || k <= 0) return 0;
     if (nth < 1) nth = 1;
-    const size_t xr = mnv__qx_row_bytes(k);
+    const size_t xr = mnv__qx_row_bytes(k), xp = mnv__qx_row_bytes_for(k, fmt);
     size_t dec = (size_t)nth * (size_t)MNV_MIN(m, MNV_QMATMUL_GEMV_MAX_M) * xr;
-    size_t pre = m > MNV_QMATMUL_GEMV_MAX_M ? (size_t)MNV_MAX(m, 32) * xr + (size_t)nth * mnv__qpanel_bytes() : 0;
+    size_t pre = m > MNV_QMATMUL_GEMV_MAX_M ? (size_t)MNV_MAX(m, 32) * xp + (size_t)nth * mnv__qpanel_bytes() : 0;
     return MNV_MAX(dec, pre) + 64;
 }
 

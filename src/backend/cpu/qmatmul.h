@@ -106,6 +106,12 @@ static inline mnv__qx_row mnv__qx_row_at(uint8_t *base, int64_t k, int64_t i) {
     const size_t kp = (size_t)mnv__qx_kpad(k);
     return (mnv__qx_row){(int8_t *)p, p + kp, p + kp + mnv__qx_group_bytes(k)};
 }
+/* Bytes of a prepared row of x for the format: int8 codes and the group
+ * terms, or for mxfp8 at least its bf16 copy (the AVX-512 BF16 prefill). */
+static inline size_t mnv__qx_row_bytes_for(int64_t k, const mnv_qformat *f) {
+    const size_t r = mnv__qx_row_bytes(k), b = 2 * (size_t)mnv__qx_kpad(k);
+    return f && f->mode == MNV_QMODE_MXFP8 && b > r ? b : r;
+}
 /* p rounded up to a 64-byte boundary (the scratch's start). */
 static inline uint8_t *mnv__align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 /* Bytes of one thread's private panel for products with m > MNV_QMATMUL_GEMV_MAX_M. */

@@ -815,6 +815,124 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
     }
 }
 
+/* ---- mxfp8 prefill: bf16 dot products ------------------------------------------------------ */
+
+/* Under "avx512-vnni" on hosts with AVX-512 BF16, mxfp8 products of more than
+ * MXFP8_MID_MAX_M rows round x to bf16 (nearest even, as the bf16 weights'
+ * default products do) and multiply with vdpbf16ps: E4M3 times a power of two
+ * is exact in bf16 (4 significant bits), so weights are dequantized exactly
+ * (f32 from deq_f32, then bf16; a product below 2^-126, from an E8M0 scale
+ * under ~2^-117, would be flushed to zero) and only x is rounded, by at most
+ * 2^-8 of an element (8 significant bits). Panels hold (kc/2, FNP) pairs of consecutive weights of a
+ * row, so that one vdpbf16ps takes 16 rows x 2 k against a broadcast pair of
+ * x: twice the multiply-adds of an f32 FMA. */
+
+/* x row (k floats) as bf16 pairs, zero-padded to mnv__qx_kpad(k) elements. */
+static void bf16_x_row(const float *x, int64_t k, uint32_t *dst) {
+    for (int64_t kk = 0; kk < mnv__qx_kpad(k); kk += 32) {
+        const int64_t left = k - kk; /* may be <= 0 in the padding */
+        const __mmask16 mlo = left >= 16 ? 0xffff : (__mmask16)((1u << MNV_MAX(left, 0)) - 1);
+        const __mmask16 mhi = left >= 32 ? 0xffff : (__mmask16)((1u << MNV_MAX(left - 16, 0)) - 1);
+        const __m512 lo = _mm512_maskz_loadu_ps(mlo, x + kk), hi = _mm512_maskz_loadu_ps(mhi, x + kk + 16);
+        _mm512_storeu_si512(dst + kk / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+/* kc floats (a multiple of 32) to kc/2 bf16 pairs, in place (each store
+ * lands at or before the floats just loaded). */
+static void to_pairs(float *row, int64_t kc) {
+    for (int64_t kk = 0; kk < kc; kk += 32) {
+        const __m512 lo = _mm512_loadu_ps(row + kk), hi = _mm512_loadu_ps(row + kk + 16);
+        _mm512_storeu_si512((uint32_t *)row + kk / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+/* y tile (F32_R rows of x) x (C*16 rows of W): panel is (kc2, FNP) pairs. */
+INLINE void bf16_tile(const int C, const uint32_t *panel, int64_t kc2, const uint32_t *const *x, float *const *y,
+                      int rows, const __mmask16 *cm, bool accumulate) {
+    __m512 acc[F32_R][4];
+    for (int r = 0; r < F32_R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < kc2; t++) {
+        __m512i wv[4];
+        for (int c = 0; c < C; c++) wv[c] = _mm512_loadu_si512(panel + t * FNP + 16 * c);
+        for (int r = 0; r < F32_R; r++) {
+            const __m512i xb = _mm512_set1_epi32((int)x[r][t]);
+            for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xb, (__m512bh)wv[c]);
+        }
+    }
+    for (int r = 0; r < F32_R; r++) {
+        if (r >= rows) break;
+        for (int c = 0; c < C; c++) {
+            __m512 v = acc[r][c];
+            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cm[c], y[r] + 16 * c));
+            _mm512_mask_storeu_ps(y[r] + 16 * c, cm[c], v);
+        }
+    }
+}
+
+static void bf16_tile_any(int C, const uint32_t *panel, int64_t kc2, const uint32_t *const *x, float *const *y,
+                          int rows, const __mmask16 *cm, bool accumulate) {
+    switch (C) {
+    case 4: bf16_tile(4, panel, kc2, x, y, rows, cm, accumulate); break;
+    case 3: bf16_tile(3, panel, kc2, x, y, rows, cm, accumulate); break;
+    case 2: bf16_tile(2, panel, kc2, x, y, rows, cm, accumulate); break;
+    default: bf16_tile(1, panel, kc2, x, y, rows, cm, accumulate); break;
+    }
+}
+
+static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    const int64_t m = a->m, k = a->k, G = d->G, kp2 = mnv__qx_kpad(k) / 2;
+    uint8_t *base = mnv__align64(a->scratch);
+    uint32_t *xb = (uint32_t *)base;
+    uint32_t *panel = (uint32_t *)(base + (size_t)m * mnv__qx_row_bytes_for(k, &a->fmt) +
+                                   (size_t)ith * mnv__qpanel_bytes());
+    float *rowbuf = (float *)(panel + (size_t)FNP * FKC);
+    int64_t r0, r1;
+    mnv__qsplit(m, ith, nth, 1, &r0, &r1);
+    for (int64_t i = r0; i < r1; i++) bf16_x_row(a->x + i * a->ldx, k, xb + i * kp2);
+    if (nth > 1) a->barrier(a->barrier_ctx);
+    const unpacker up = unpacker_for(2);
+    int64_t n0, n1;
+    mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
+    const int64_t kcm = FKC / G * G;
+    for (int64_t k0 = 0; k0 < k; k0 += kcm) {
+        const int64_t kc = MNV_MIN(kcm, k - k0), kc2 = kc / 2;
+        for (int64_t jp = n0; jp < n1; jp += FNP) {
+            const int64_t rows = MNV_MIN(FNP, n1 - jp);
+            const int C = (int)((rows + 15) / 16);
+            for (int cb = 0; cb < C; cb++) {
+                for (int64_t r = 0; r < 16; r++) {
+                    float *row = rowbuf + r * FKC;
+                    if (cb * 16 + r < rows) {
+                        deq_f32(a, d, &up, jp + cb * 16 + r, k0 / G, kc / G, row);
+                        to_pairs(row, kc);
+                    } else {
+                        memset(row, 0, sizeof(uint32_t) * (size_t)kc2);
+                    }
+                }
+                for (int64_t t = 0; t < kc2; t += 16)
+                    transpose16((const uint32_t *)rowbuf + t, FKC * 4, panel + t * FNP + cb * 16, FNP * 4);
+            }
+            __mmask16 cm[4];
+            for (int c = 0; c < 4; c++) {
+                const int64_t left = rows - 16 * c;
+                cm[c] = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+            }
+            for (int64_t i0 = 0; i0 < m; i0 += F32_R) {
+                const uint32_t *x[F32_R];
+                float *y[F32_R];
+                for (int r = 0; r < F32_R; r++) {
+                    const int64_t i = MNV_MIN(i0 + r, m - 1);
+                    x[r] = xb + i * kp2 + k0 / 2;
+                    y[r] = a->y + i * a->ldy + jp;
+                }
+                bf16_tile_any(C, panel, kc2, x, y, (int)MNV_MIN(F32_R, m - i0), cm, k0 > 0);
+            }
+        }
+    }
+}
+
 /* ---- entry point -------------------------------------------------------------------------- */
 
 /* Mid-size m up to this runs the decode kernel (vnni_mid), above it the
@@ -837,6 +955,10 @@ void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni)
         mode == MNV_QMODE_MXFP4 || mode == MNV_QMODE_NVFP4 || (mode == MNV_QMODE_AFFINE && d.G >= 32);
     if (mode == MNV_QMODE_MXFP8 && (a->m <= MXFP8_MID_MAX_M || !a->scratch)) {
         mnv__qmatmul_avx512_mxfp8(a, ith, nth);
+        return;
+    }
+    if (mode == MNV_QMODE_MXFP8 && vnni && mnv__cpu_has(MNV_CPU_AVX512_BF16) && (nth == 1 || a->barrier)) {
+        bf16_prefill(a, &d, ith, nth);
         return;
     }
     if (a->m <= MNV_QMATMUL_GEMV_MAX_M) {
