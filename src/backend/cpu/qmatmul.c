@@ -288,7 +288,8 @@ bool mnv_cpu_qmatmul_impl_at(int i, mnv_cpu_impl_desc *out) {
  * layer sizes it once for all its tokens and runs experts with fewer):
  *   m <= GEMV_MAX_M  each thread prepares its own copy of x (no barrier)
  *   larger m         x prepared once (shared; at least 32 rows' worth, for the
- *                    x panel of mid-size m) + one panel per thread
+ *                    x panel of mid-size m; for mxfp8 at least its bf16
+ *                    copy) + one panel per thread
  * plus 64 bytes to align the start. */
 size_t mnv_cpu_qmatmul_scratch_size(int64_t m, int64_t k, const mnv_qformat *fmt, int nth) {
     if (m <= 0 || k <= 0) return 0;

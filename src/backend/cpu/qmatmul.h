@@ -11,8 +11,9 @@
  * (large m) dequantizes tiles into cache-resident buffers (or works on the
  * packed codes directly) and runs a blocked product. The implementation for
  * the host is chosen at run time; every implementation covers every format
- * (AVX-512: int8 activations with VNNI for affine, mxfp4 and nvfp4, f32
- * (F16C for mxfp8) for the rest; AVX2: int8 activations with vpmaddubsw for affine, mxfp4 and
+ * (AVX-512: int8 activations with VNNI for affine, mxfp4 and nvfp4; mxfp8
+ * through F16C in decode and bf16 dot products in prefill where the CPU has
+ * BF16; f32 for the rest; AVX2: int8 activations with vpmaddubsw for affine, mxfp4 and
  * nvfp4, f32 (F16C for mxfp8) for the rest; AArch64 NEON: int8 activations with SDOT where the CPU has
  * the dot-product extension, likewise, and an f32 path; a portable f32 path
  * for any host). */
@@ -159,7 +160,8 @@ float mnv__qscale(const mnv_qformat *f, const void *scales, int64_t g, float glo
 void mnv__qmatmul_scalar(const mnv_qmatmul_args *a, int ith, int nth);
 #if defined(__x86_64__) || defined(_M_X64)
 /* vnni: int8 activations and vpdpbusd for affine (every bit width), mxfp4
- * and nvfp4; otherwise (and for mxfp8) f32 math. */
+ * and nvfp4, bf16 activations and vdpbf16ps for mxfp8's prefill (where the
+ * CPU has BF16); otherwise f32 math (mxfp8 decode: qmatmul_fp_avx512.c). */
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni);
 /* int8: int8 activations and vpmaddubsw for affine (every bit width), mxfp4
  * and nvfp4; otherwise (and for mxfp8) f32 math (qmatmul_avx2.c). */

@@ -17,7 +17,10 @@
  *   exact sum would leave the error sum e_j s q_j, 2-3x larger when the bias
  *   is a group edge as MLX makes it).
  *
- * f32 (impl "avx512", and mxfp8 under "avx512-vnni"): weights are
+ * bf16 (mxfp8 prefill under "avx512-vnni" where the CPU has BF16): see
+ *   bf16_prefill below.
+ *
+ * f32 (impl "avx512", and mxfp8 otherwise): weights are
  *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
  *   times the scale, exact) and multiplied in f32.
  *
