@@ -252,7 +252,7 @@ static void fill_pool(char *pool, size_t bytes, const mnv_qformat *f) {
                     ((uint16_t *)sc)[i] = mnv_f32_to_bf16(0.02f * a);
                 }
             } else { /* nvfp4: E4M3 of amax/6 as MLX writes it without a global scale, for
-                        weights of ~0.02: 0.004-0.02, mostly subnormal codes (E = 0) */
+                        small weights: 0.0039-0.0254, half of them subnormal codes (E = 0) */
                 const bool nv = f->mode == MNV_QMODE_NVFP4;
                 for (size_t i = 0; i < z.sbytes; i++)
                     ((uint8_t *)sc)[i] = (uint8_t)(nv ? 0x02 + next_rand() % 12 : 120 + next_rand() % 11);

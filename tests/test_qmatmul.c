@@ -556,8 +556,9 @@ int main(void) {
     }
     /* k longer than one int8 k block (1920 codes) and several panels per thread */
     const fmtcase big[] = {{MNV_QMODE_AFFINE, 4, 64, MNV_DTYPE_BF16}, {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F16},
-                           {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};
-    for (int b = 0; b < 3; b++) {
+                           {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}, {MNV_QMODE_NVFP4, 4, 16, MNV_DTYPE_U8},
+                           {MNV_QMODE_MXFP8, 8, 32, MNV_DTYPE_U8}};
+    for (int b = 0; b < 5; b++) {
         check_case(&big[b], 9, 203, 4096 + 2 * big[b].G, 2);
         check_case(&big[b], 14, 203, 4096 + 2 * big[b].G, 3);
         check_case(&big[b], 27, 203, 4096 + 2 * big[b].G, 2);

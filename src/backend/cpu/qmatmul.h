@@ -52,8 +52,10 @@ void mnv_cpu_qmatmul(const mnv_qmatmul_args *a, int ith, int nth);
  * ("avx512-vnni", "avx2-int8", "avx512", "avx2", "neon-dot", "neon",
  * "scalar"; false if the host lacks it; NULL restores the automatic choice).
  * avx512-vnni, avx2-int8 and neon-dot round activations to int8 (one scale
- * per group) for the formats they cover; avx512, avx2, neon and scalar are
- * f32. */
+ * per group) for the formats they cover, and avx512-vnni rounds them to bf16
+ * for mxfp8 products of more than 16 rows where the CPU has BF16 (so mxfp8
+ * prefill and decode round differently there); avx512, avx2, neon and scalar
+ * are f32. */
 const char *mnv_cpu_qmatmul_impl(void);
 bool mnv_cpu_qmatmul_force(const char *impl);
 /* What a session with exact_quant runs: the current choice, or its f32 twin. */

@@ -1,5 +1,5 @@
 /* y = x * dequant(W)^T with AVX-512 (compiled with -mavx512f/bw/vl/dq/bf16/vnni
- * -mfma -mf16c). Two families, chosen per call:
+ * -mfma -mf16c). Three families, chosen per call:
  *
  * int8 (VNNI, impl "avx512-vnni"): affine 2-8-bit, mxfp4 and nvfp4, decode
  *   and prefill. Each row of x is rounded to int8 with one scale
@@ -737,7 +737,7 @@ static void f32_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
     const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     if (a->fmt.mode == MNV_QMODE_AFFINE) f32_gemv_affine(a, d, &up, n0, n1);
-    else if (a->fmt.mode == MNV_QMODE_MXFP8) f32_gemv_fp8(a, d, &up, n0, n1);
+    else if (a->fmt.mode == MNV_QMODE_MXFP8) f32_gemv_fp8(a, d, &up, n0, n1); /* unreached: qmatmul_fp_avx512.c */
     else f32_gemv_fp4(a, d, &up, n0, n1);
 }
 
@@ -826,7 +826,8 @@ static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int 
  * is exact in bf16 (4 significant bits), so weights are dequantized exactly
  * (f32 from deq_f32, then bf16; a product below 2^-126, from an E8M0 scale
  * under ~2^-117, would be flushed to zero) and only x is rounded, by at most
- * 2^-8 of an element (8 significant bits). Panels hold (kc/2, FNP) pairs of consecutive weights of a
+ * 2^-8 of an element (8 significant bits; an element below 2^-126 becomes
+ * zero). Panels hold (kc/2, FNP) pairs of consecutive weights of a
  * row, so that one vdpbf16ps takes 16 rows x 2 k against a broadcast pair of
  * x: twice the multiply-adds of an f32 FMA. */
 
@@ -947,8 +948,9 @@ static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int
  * whole model, so it was taken out.) */
 static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
 /* mxfp8 up to this runs its decode kernel (qmatmul_fp_avx512.c), above it the
- * f32 prefill. Measured on Zen 4 (one thread, weights from DRAM, GB/s): m = 16
- * 1.5-1.8 against the prefill's 1.1-1.2; m = 32 0.8-0.9 either way. */
+ * bf16 prefill (where the CPU has BF16) or the f32 one. Measured on Zen 4 (one
+ * thread, weights from DRAM, GB/s): m = 16 1.5-1.8 against the f32 prefill's
+ * 1.1-1.2; m = 32 0.8-0.9 either way. */
 enum { MXFP8_MID_MAX_M = 16 };
 
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {

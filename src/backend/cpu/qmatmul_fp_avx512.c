@@ -21,7 +21,7 @@
  * over 1 KiB on rows of 5504 codes. More rows of x (up to MXFP8_MID_MAX_M of
  * qmatmul_avx512.c, or any m without a scratch for the f32 prefill) run the
  * same kernel in passes of at most 4 over blocks of 16 W rows (W from memory
- * once, the later passes from L1). */
+ * once, the later passes from L1 or L2). */
 #if defined(__x86_64__) || defined(_M_X64)
 
 #include <immintrin.h>
