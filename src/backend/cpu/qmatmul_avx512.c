@@ -950,7 +950,8 @@ static int64_t mid_gemv_max_m(const qdesc *d) { return d->bits == 8 ? 6 : 10; }
 /* mxfp8 up to this runs its decode kernel (qmatmul_fp_avx512.c), above it the
  * bf16 prefill (where the CPU has BF16) or the f32 one. Measured on Zen 4 (one
  * thread, weights from DRAM, GB/s): m = 16 1.5-1.8 against the f32 prefill's
- * 1.1-1.2; m = 32 0.8-0.9 either way. */
+ * 1.1-1.2 and the bf16 prefill's 1.4-2.0 (a draw, shape by shape); m = 32
+ * 0.8-0.9 against 1.1-1.5 for the bf16 prefill. */
 enum { MXFP8_MID_MAX_M = 16 };
 
 void mnv__qmatmul_avx512(const mnv_qmatmul_args *a, int ith, int nth, bool vnni) {
