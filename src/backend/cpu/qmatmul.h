@@ -115,6 +115,13 @@ static inline size_t mnv__qx_row_bytes_for(int64_t k, const mnv_qformat *f) {
     const size_t r = mnv__qx_row_bytes(k), b = 2 * (size_t)mnv__qx_kpad(k);
     return f && f->mode == MNV_QMODE_MXFP8 && b > r ? b : r;
 }
+/* Does a row of k E4M3 codes hold a NaN (0x7f, 0xff)? (The mxfp8 decode
+ * kernels ask only once they have seen one among the rows they stream.) */
+static inline bool mnv__e4m3_row_has_nan(const uint8_t *w, int64_t k) {
+    for (int64_t t = 0; t < k; t++)
+        if ((w[t] & 0x7f) == 0x7f) return true;
+    return false;
+}
 /* p rounded up to a 64-byte boundary (the scratch's start). */
 static inline uint8_t *mnv__align64(void *p) { return (uint8_t *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
 /* Bytes of one thread's private panel for products with m > MNV_QMATMUL_GEMV_MAX_M. */

@@ -18,7 +18,7 @@
  *   is a group edge as MLX makes it).
  *
  * bf16 (mxfp8 prefill under "avx512-vnni" where the CPU has BF16): see
- *   bf16_prefill below.
+ *   panel_prefill below.
  *
  * f32 (impl "avx512", and mxfp8 otherwise): weights are
  *   dequantized to f32 in registers (affine s*q + b as one FMA; e2m1 / e4m3
@@ -727,9 +727,6 @@ static void f32_gemv_affine(const mnv_qmatmul_args *a, const qdesc *d, const unp
 static void f32_gemv_fp4(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t n0, int64_t n1) {
     F32_GEMV_CASES(MNV_QMODE_MXFP4)
 }
-static void f32_gemv_fp8(const mnv_qmatmul_args *a, const qdesc *d, const unpacker *up, int64_t n0, int64_t n1) {
-    F32_GEMV_CASES(MNV_QMODE_MXFP8)
-}
 #undef F32_GEMV_CASES
 
 static void f32_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
@@ -737,13 +734,27 @@ static void f32_decode(const mnv_qmatmul_args *a, const qdesc *d, int ith, int n
     mnv__qsplit(a->n, ith, nth, a->n >= 64 * nth ? 16 : 4, &n0, &n1);
     const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     if (a->fmt.mode == MNV_QMODE_AFFINE) f32_gemv_affine(a, d, &up, n0, n1);
-    else if (a->fmt.mode == MNV_QMODE_MXFP8) f32_gemv_fp8(a, d, &up, n0, n1); /* unreached: qmatmul_fp_avx512.c */
-    else f32_gemv_fp4(a, d, &up, n0, n1);
+    else f32_gemv_fp4(a, d, &up, n0, n1); /* mxfp4, nvfp4 (mxfp8 decodes in qmatmul_fp_avx512.c) */
 }
 
 enum { FNP = MNV__QF32_NP, FKC = MNV__QF32_KC_MAX };
 
-/* y tile (F32_R rows of x) x (C*16 rows of W): panel is (kc, FNP) f32. */
+/* Write (or add, for later k blocks) the first rows of an F32_R x (C*16)
+ * tile of y; cm masks the valid rows of W in each 16. */
+INLINE void store_tile(const int C, __m512 acc[F32_R][4], float *const *y, int rows, const __mmask16 *cm,
+                       bool accumulate) {
+    for (int r = 0; r < F32_R; r++) {
+        if (r >= rows) break;
+        for (int c = 0; c < C; c++) {
+            __m512 v = acc[r][c];
+            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cm[c], y[r] + 16 * c));
+            _mm512_mask_storeu_ps(y[r] + 16 * c, cm[c], v);
+        }
+    }
+}
+
+/* y tile (F32_R rows of x) x (C*16 rows of W) over one k block: the panel
+ * is (kc, FNP) floats, x f32, one FMA a weight. */
 INLINE void f32_tile(const int C, const float *panel, int64_t kc, const float *const *x, float *const *y, int rows,
                      const __mmask16 *cm, bool accumulate) {
     __m512 acc[F32_R][4];
@@ -757,68 +768,41 @@ INLINE void f32_tile(const int C, const float *panel, int64_t kc, const float *c
             for (int c = 0; c < C; c++) acc[r][c] = _mm512_fmadd_ps(xb, wv[c], acc[r][c]);
         }
     }
-    for (int r = 0; r < F32_R; r++) {
-        if (r >= rows) break;
-        for (int c = 0; c < C; c++) {
-            __m512 v = acc[r][c];
-            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cm[c], y[r] + 16 * c));
-            _mm512_mask_storeu_ps(y[r] + 16 * c, cm[c], v);
-        }
-    }
+    store_tile(C, acc, y, rows, cm, accumulate);
 }
 
-static void f32_tile_any(int C, const float *panel, int64_t kc, const float *const *x, float *const *y, int rows,
-                         const __mmask16 *cm, bool accumulate) {
+/* The same with the panel as (kc/2, FNP) bf16 pairs of consecutive weights
+ * of a row and x as the same pairs: one vdpbf16ps (16 rows x 2 k) a pair. */
+INLINE void bf16_tile(const int C, const uint32_t *panel, int64_t kc2, const uint32_t *const *x, float *const *y,
+                      int rows, const __mmask16 *cm, bool accumulate) {
+    __m512 acc[F32_R][4];
+    for (int r = 0; r < F32_R; r++)
+        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < kc2; t++) {
+        __m512i wv[4];
+        for (int c = 0; c < C; c++) wv[c] = _mm512_loadu_si512(panel + t * FNP + 16 * c);
+        for (int r = 0; r < F32_R; r++) {
+            const __m512i xb = _mm512_set1_epi32((int)x[r][t]);
+            for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xb, (__m512bh)wv[c]);
+        }
+    }
+    store_tile(C, acc, y, rows, cm, accumulate);
+}
+
+/* One tile of panel_prefill: ke panel elements a row (kc floats, or kc/2 bf16 pairs). */
+INLINE void panel_tile_any(int C, const bool bf16, const float *panel, int64_t ke, const void *const *x,
+                           float *const *y, int rows, const __mmask16 *cm, bool accumulate) {
+#define PANEL_TILE(CC)                                                                                        \
+    (bf16 ? bf16_tile(CC, (const uint32_t *)panel, ke, (const uint32_t *const *)x, y, rows, cm, accumulate) \
+          : f32_tile(CC, panel, ke, (const float *const *)x, y, rows, cm, accumulate))
     switch (C) {
-    case 4: f32_tile(4, panel, kc, x, y, rows, cm, accumulate); break;
-    case 3: f32_tile(3, panel, kc, x, y, rows, cm, accumulate); break;
-    case 2: f32_tile(2, panel, kc, x, y, rows, cm, accumulate); break;
-    default: f32_tile(1, panel, kc, x, y, rows, cm, accumulate); break;
+    case 4: PANEL_TILE(4); break;
+    case 3: PANEL_TILE(3); break;
+    case 2: PANEL_TILE(2); break;
+    default: PANEL_TILE(1); break;
     }
+#undef PANEL_TILE
 }
-
-static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
-    const int64_t m = a->m, k = a->k, G = d->G;
-    float *panel = (float *)(mnv__align64(a->scratch) + (size_t)m * mnv__qx_row_bytes(k) +
-                             (size_t)ith * mnv__qpanel_bytes());
-    float *rowbuf = panel + (size_t)FNP * FKC;
-    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
-    int64_t n0, n1;
-    mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
-    const int64_t kcm = FKC / G * G;
-    for (int64_t k0 = 0; k0 < k; k0 += kcm) {
-        const int64_t kc = MNV_MIN(kcm, k - k0);
-        for (int64_t jp = n0; jp < n1; jp += FNP) {
-            const int64_t rows = MNV_MIN(FNP, n1 - jp);
-            const int C = (int)((rows + 15) / 16);
-            for (int cb = 0; cb < C; cb++) {
-                for (int64_t r = 0; r < 16; r++) {
-                    if (cb * 16 + r < rows) deq_f32(a, d, &up, jp + cb * 16 + r, k0 / G, kc / G, rowbuf + r * FKC);
-                    else memset(rowbuf + r * FKC, 0, sizeof(float) * (size_t)kc);
-                }
-                for (int64_t t = 0; t < kc; t += 16)
-                    transpose16(rowbuf + t, FKC * 4, panel + t * FNP + cb * 16, FNP * 4);
-            }
-            __mmask16 cm[4];
-            for (int c = 0; c < 4; c++) {
-                const int64_t left = rows - 16 * c;
-                cm[c] = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-            }
-            for (int64_t i0 = 0; i0 < m; i0 += F32_R) {
-                const float *x[F32_R];
-                float *y[F32_R];
-                for (int r = 0; r < F32_R; r++) {
-                    const int64_t i = MNV_MIN(i0 + r, m - 1);
-                    x[r] = a->x + i * a->ldx + k0;
-                    y[r] = a->y + i * a->ldy + jp;
-                }
-                f32_tile_any(C, panel, kc, x, y, (int)MNV_MIN(F32_R, m - i0), cm, k0 > 0);
-            }
-        }
-    }
-}
-
-/* ---- mxfp8 prefill: bf16 dot products ------------------------------------------------------ */
 
 /* Under "avx512-vnni" on hosts with AVX-512 BF16, mxfp8 products of more than
  * MXFP8_MID_MAX_M rows round x to bf16 (nearest even, as the bf16 weights'
@@ -851,57 +835,28 @@ static void to_pairs(float *row, int64_t kc) {
     }
 }
 
-/* y tile (F32_R rows of x) x (C*16 rows of W): panel is (kc2, FNP) pairs. */
-INLINE void bf16_tile(const int C, const uint32_t *panel, int64_t kc2, const uint32_t *const *x, float *const *y,
-                      int rows, const __mmask16 *cm, bool accumulate) {
-    __m512 acc[F32_R][4];
-    for (int r = 0; r < F32_R; r++)
-        for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < kc2; t++) {
-        __m512i wv[4];
-        for (int c = 0; c < C; c++) wv[c] = _mm512_loadu_si512(panel + t * FNP + 16 * c);
-        for (int r = 0; r < F32_R; r++) {
-            const __m512i xb = _mm512_set1_epi32((int)x[r][t]);
-            for (int c = 0; c < C; c++) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], (__m512bh)xb, (__m512bh)wv[c]);
-        }
-    }
-    for (int r = 0; r < F32_R; r++) {
-        if (r >= rows) break;
-        for (int c = 0; c < C; c++) {
-            __m512 v = acc[r][c];
-            if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(cm[c], y[r] + 16 * c));
-            _mm512_mask_storeu_ps(y[r] + 16 * c, cm[c], v);
-        }
-    }
-}
-
-static void bf16_tile_any(int C, const uint32_t *panel, int64_t kc2, const uint32_t *const *x, float *const *y,
-                          int rows, const __mmask16 *cm, bool accumulate) {
-    switch (C) {
-    case 4: bf16_tile(4, panel, kc2, x, y, rows, cm, accumulate); break;
-    case 3: bf16_tile(3, panel, kc2, x, y, rows, cm, accumulate); break;
-    case 2: bf16_tile(2, panel, kc2, x, y, rows, cm, accumulate); break;
-    default: bf16_tile(1, panel, kc2, x, y, rows, cm, accumulate); break;
-    }
-}
-
-static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+/* Prefill on dequantized panels: f32 (every format), or bf16 dot products
+ * (bf16 = true: mxfp8 under "avx512-vnni" where the CPU has BF16; x rounded to
+ * bf16 pairs once, in the scratch, then a barrier). */
+INLINE void panel_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth, const bool bf16) {
     const int64_t m = a->m, k = a->k, G = d->G, kp2 = mnv__qx_kpad(k) / 2;
     uint8_t *base = mnv__align64(a->scratch);
-    uint32_t *xb = (uint32_t *)base;
-    uint32_t *panel = (uint32_t *)(base + (size_t)m * mnv__qx_row_bytes_for(k, &a->fmt) +
-                                   (size_t)ith * mnv__qpanel_bytes());
-    float *rowbuf = (float *)(panel + (size_t)FNP * FKC);
-    int64_t r0, r1;
-    mnv__qsplit(m, ith, nth, 1, &r0, &r1);
-    for (int64_t i = r0; i < r1; i++) bf16_x_row(a->x + i * a->ldx, k, xb + i * kp2);
-    if (nth > 1) a->barrier(a->barrier_ctx);
-    const unpacker up = unpacker_for(2);
+    const uint32_t *xb = (const uint32_t *)base;
+    float *panel = (float *)(base + (size_t)m * mnv__qx_row_bytes_for(k, &a->fmt) +
+                             (size_t)ith * mnv__qpanel_bytes());
+    float *rowbuf = panel + (size_t)FNP * FKC;
+    if (bf16) {
+        int64_t r0, r1;
+        mnv__qsplit(m, ith, nth, 1, &r0, &r1);
+        for (int64_t i = r0; i < r1; i++) bf16_x_row(a->x + i * a->ldx, k, (uint32_t *)base + i * kp2);
+        if (nth > 1) a->barrier(a->barrier_ctx);
+    }
+    const unpacker up = unpacker_for(d->bits == 4 || d->bits == 8 ? 2 : d->bits);
     int64_t n0, n1;
     mnv__qsplit(a->n, ith, nth, 16, &n0, &n1);
     const int64_t kcm = FKC / G * G;
     for (int64_t k0 = 0; k0 < k; k0 += kcm) {
-        const int64_t kc = MNV_MIN(kcm, k - k0), kc2 = kc / 2;
+        const int64_t kc = MNV_MIN(kcm, k - k0), ke = bf16 ? kc / 2 : kc; /* panel elements a row */
         for (int64_t jp = n0; jp < n1; jp += FNP) {
             const int64_t rows = MNV_MIN(FNP, n1 - jp);
             const int C = (int)((rows + 15) / 16);
@@ -910,13 +865,13 @@ static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int
                     float *row = rowbuf + r * FKC;
                     if (cb * 16 + r < rows) {
                         deq_f32(a, d, &up, jp + cb * 16 + r, k0 / G, kc / G, row);
-                        to_pairs(row, kc);
+                        if (bf16) to_pairs(row, kc);
                     } else {
-                        memset(row, 0, sizeof(uint32_t) * (size_t)kc2);
+                        memset(row, 0, sizeof(float) * (size_t)ke);
                     }
                 }
-                for (int64_t t = 0; t < kc2; t += 16)
-                    transpose16((const uint32_t *)rowbuf + t, FKC * 4, panel + t * FNP + cb * 16, FNP * 4);
+                for (int64_t t = 0; t < ke; t += 16)
+                    transpose16(rowbuf + t, FKC * 4, panel + t * FNP + cb * 16, FNP * 4);
             }
             __mmask16 cm[4];
             for (int c = 0; c < 4; c++) {
@@ -924,17 +879,24 @@ static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int
                 cm[c] = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
             }
             for (int64_t i0 = 0; i0 < m; i0 += F32_R) {
-                const uint32_t *x[F32_R];
+                const void *x[F32_R];
                 float *y[F32_R];
                 for (int r = 0; r < F32_R; r++) {
                     const int64_t i = MNV_MIN(i0 + r, m - 1);
-                    x[r] = xb + i * kp2 + k0 / 2;
+                    x[r] = bf16 ? (const void *)(xb + i * kp2 + k0 / 2) : (const void *)(a->x + i * a->ldx + k0);
                     y[r] = a->y + i * a->ldy + jp;
                 }
-                bf16_tile_any(C, panel, kc2, x, y, (int)MNV_MIN(F32_R, m - i0), cm, k0 > 0);
+                panel_tile_any(C, bf16, panel, ke, x, y, (int)MNV_MIN(F32_R, m - i0), cm, k0 > 0);
             }
         }
     }
+}
+
+static void f32_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    panel_prefill(a, d, ith, nth, false);
+}
+static void bf16_prefill(const mnv_qmatmul_args *a, const qdesc *d, int ith, int nth) {
+    panel_prefill(a, d, ith, nth, true);
 }
 
 /* ---- entry point -------------------------------------------------------------------------- */

@@ -57,14 +57,6 @@ INLINE __m256 e8m0_8(const uint8_t *s, int64_t g, int64_t n) {
     return _mm256_castsi256_ps(_mm256_and_si256(f, live));
 }
 
-/* Does a row of k codes hold a NaN (0x7f, 0xff)? (Only asked once the
- * kernel has seen one among the rows it streams together.) */
-static bool row_has_nan(const uint8_t *w, int64_t k) {
-    for (int64_t t = 0; t < k; t++)
-        if ((w[t] & 0x7f) == 0x7f) return true;
-    return false;
-}
-
 /* Rows [j0, j1) of y for R rows of x (from x, row stride ldx) with J W rows
  * side by side ((j1 - j0) a multiple of J). Accumulator n: x row n % R, W
  * row n / R. */
@@ -117,7 +109,7 @@ INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_
         }
         const bool any_nan = _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan, _mm256_set1_epi8(-1))) != 0;
         for (int u = 0; u < J; u++) {
-            const bool has_nan = any_nan && row_has_nan(w[u], k);
+            const bool has_nan = any_nan && mnv__e4m3_row_has_nan(w[u], k);
             for (int i = 0; i < R; i++)
                 y[i * a->ldy + j0 + u * part + rr[u]] = has_nan ? NAN : hsum8(f[u * R + i]) * 0x1p8f;
         }

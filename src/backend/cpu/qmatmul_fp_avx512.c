@@ -41,14 +41,6 @@ INLINE __m512 e8m0_16(const uint8_t *s, int64_t g, __mmask16 mk) {
     return _mm512_castsi512_ps(_mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
 }
 
-/* Does a row of k codes hold a NaN (0x7f, 0xff)? (Only asked once the
- * kernel has seen one in the row.) */
-static bool row_has_nan(const uint8_t *w, int64_t k) {
-    for (int64_t t = 0; t < k; t++)
-        if ((w[t] & 0x7f) == 0x7f) return true;
-    return false;
-}
-
 /* Rows [j0, j1) of y for R rows of x (from x, row stride ldx). */
 INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_t j0, int64_t j1, const int R) {
     const int64_t k = a->k, ng = k / 32;
@@ -82,7 +74,7 @@ INLINE void fp8_gemv(const mnv_qmatmul_args *a, const float *x, float *y, int64_
             }
         }
         const bool has_nan =
-            _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan, _mm256_set1_epi8(-1))) != 0 && row_has_nan(w, k);
+            _mm256_movemask_epi8(_mm256_cmpeq_epi8(nan, _mm256_set1_epi8(-1))) != 0 && mnv__e4m3_row_has_nan(w, k);
         for (int i = 0; i < R; i++) y[i * a->ldy + j] = has_nan ? NAN : _mm512_reduce_add_ps(f[i]) * 0x1p8f;
     }
 }
