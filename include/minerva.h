@@ -626,7 +626,12 @@ typedef struct {
     int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
     const char *device;       /* as in mnv_session_params */
     int32_t kv_rotate;        /* as in mnv_session_params (mnv_kv_rotate) */
-    uint32_t reserved[5];
+    int32_t host_sampling;    /* 0 (default): a sampled request whose sampler cuts the
+                                 vocabulary (top-k up to 256, top-p, min-p; no penalties, logit
+                                 bias or log-probabilities) gets its row's 256 best candidates
+                                 from where the logits are, not the row: the same tokens.
+                                 1: every sampled request brings its whole row back */
+    uint32_t reserved[4];
 } mnv_engine_params;
 
 MNV_API mnv_engine_params mnv_engine_params_default(void);
@@ -709,7 +714,9 @@ typedef struct {
     uint64_t preemptions;       /* requests sent back to the queue for room (recomputed later) */
     double host_seconds;        /* building, planning and filling step inputs, summed */
     double compute_seconds;     /* running the steps' graphs, summed */
-    uint32_t reserved[8];
+    uint64_t sampled_from_cands; /* sampled tokens decided by their row's candidates */
+    uint64_t sampled_from_rows;  /* sampled tokens drawn from a whole row of logits brought back */
+    uint32_t reserved[4];
 } mnv_engine_stats;
 
 /* Any thread: a consistent snapshot. */

@@ -125,10 +125,12 @@ static inline void t_session_greedy(mnv_model *m, const int32_t *prompt, int n, 
 /* np prompts (prompts[i]: lens[i] tokens) submitted at once to one engine
  * (4 sequences, 24-token steps, 128 tokens each, deterministic, stepped on
  * this thread); n_gen greedy tokens of request i into got[i]. */
-static inline void t_engine_greedy(mnv_model *m, int np, int32_t (*prompts)[40], const int *lens, int n_gen,
-                                   t_ids *got) {
+/* sp: the requests' sampler (NULL: greedy; request i's seed is sp->seed + i) */
+static inline void t_engine_run(mnv_model *m, int np, int32_t (*prompts)[40], const int *lens, int n_gen,
+                                const mnv_sampler_params *sp, int host_sampling, t_ids *got) {
     for (int i = 0; i < np; i++) got[i].n = 0;
     mnv_engine_params ep = mnv_engine_params_default();
+    ep.host_sampling = host_sampling;
     ep.max_seqs = 4;
     ep.step_tokens = 24;
     ep.max_seq_tokens = 128;
@@ -143,6 +145,10 @@ static inline void t_engine_greedy(mnv_model *m, int np, int32_t (*prompts)[40],
         rp.prompt = prompts[i];
         rp.n_prompt = (size_t)lens[i];
         rp.gen = t_greedy(&got[i], n_gen);
+        if (sp) {
+            rp.gen.sampler = *sp;
+            rp.gen.sampler.seed += (uint64_t)i;
+        }
         CHECKF(mnv_engine_submit(e, &rp, &ids[i]) == MNV_OK, "submit: %s", mnv_last_error());
     }
     int active = 1, steps = 0;
@@ -156,6 +162,11 @@ static inline void t_engine_greedy(mnv_model *m, int np, int32_t (*prompts)[40],
         CHECKF(mnv_engine_wait(e, ids[i], &r) == MNV_OK, "request %d: %s", i, mnv_last_error());
     }
     mnv_engine_free(e);
+}
+
+static inline void t_engine_greedy(mnv_model *m, int np, int32_t (*prompts)[40], const int *lens, int n_gen,
+                                   t_ids *got) {
+    t_engine_run(m, np, prompts, lens, n_gen, NULL, 0, got);
 }
 #endif
 

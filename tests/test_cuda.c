@@ -7,6 +7,7 @@
  * 77 (CTest reports the test as skipped). */
 #include "minerva.h"
 #include "backend/backend.h"
+#include "core/topcands.h"
 #include "quant/kv_quant.h"
 #include "test.h"
 
@@ -305,6 +306,48 @@ static void test_argmax(void) {
         char what[64];
         snprintf(what, sizeof what, "argmax %lld x %lld", (long long)c.R, (long long)c.N);
         compare(what, build_argmax, &c, 0, true);
+        free(c.x);
+    }
+}
+
+/* Sampling candidates (core/topcands.h) of rows as wide as a vocabulary and
+ * narrow ones (some shorter than K), with the argmax cases' NaN, infinities
+ * and ties, and rows of few distinct values (ties across the K-th place):
+ * values and indices the same bits as the CPU's, the log sum within 1e-5. */
+static mnv_array *build_top_cands(side *s, mnv_graph *g, void *ud) {
+    argmax_case *c = ud;
+    int64_t sh[2] = {c->R, c->N};
+    return mnv_top_cands(g, P(s, g, c->x, MNV_DTYPE_F32, 2, sh));
+}
+
+static void test_top_cands(void) {
+    const int K = MNV_TOP_CANDS;
+    for (int i = 0; i < 10; i++) {
+        argmax_case c = {.R = t_randint(1, 9), .N = i < 2 ? 201088 : i < 4 ? t_randint(1, 300) : t_randint(1, 50000)};
+        c.x = randv((size_t)(c.R * c.N), 4.0f);
+        for (int64_t r = 0; r < c.R; r++) {
+            float *row = c.x + r * c.N;
+            const int kind = (int)((r + i) % 7);
+            if (kind == 1) row[t_randint(0, (int)c.N - 1)] = NAN;
+            if (kind == 2) row[t_randint(0, (int)c.N - 1)] = INFINITY, row[t_randint(0, (int)c.N - 1)] = INFINITY;
+            if (kind == 3) row[t_randint(0, (int)c.N - 1)] = row[t_randint(0, (int)c.N - 1)] = 9.0f;
+            if (kind == 4) row[0] = NAN, row[c.N - 1] = -0.0f;
+            if (kind == 5)
+                for (int64_t j = 0; j < c.N; j++) row[j] = j % 3 ? -INFINITY : NAN;
+            if (kind == 6)
+                for (int64_t j = 0; j < c.N; j++) row[j] = (float)t_randint(-2, 2) * 0.5f;
+        }
+        size_t na = 0, nb = 0;
+        float *a = run_on(cpu, build_top_cands, &c, &na), *b = run_on(gpu, build_top_cands, &c, &nb);
+        bool ok = a && b && na == nb && na == (size_t)c.R * MNV_TOP_CANDS_ROW * 4;
+        for (int64_t r = 0; ok && r < c.R; r++) {
+            const float *ra = a + r * MNV_TOP_CANDS_ROW, *rb = b + r * MNV_TOP_CANDS_ROW;
+            ok = !memcmp(ra, rb, 2 * (size_t)K * 4) &&
+                 (ra[2 * K] == rb[2 * K] || fabsf(ra[2 * K] - rb[2 * K]) <= 1e-5f * fmaxf(1.0f, fabsf(ra[2 * K])));
+        }
+        CHECKF(ok, "top_cands %lld x %lld: the device's candidates differ", (long long)c.R, (long long)c.N);
+        free(a);
+        free(b);
         free(c.x);
     }
 }
@@ -1117,6 +1160,17 @@ static void check_engine(const char *name) {
         equal += alone[i].n == NGEN && batched[i].n == NGEN && !memcmp(alone[i].ids, batched[i].ids, sizeof(int32_t) * NGEN);
     printf("%-18s cuda engine: %d/%d batched requests give their tokens alone\n", name, equal, NP);
     CHECKF(equal == NP, "%s: %d of %d batched requests differ from the request alone", name, NP - equal, NP);
+    /* sampled: the device's candidates pick what the rows brought back do */
+    mnv_sampler_params sp = mnv_sampler_params_default();
+    sp.seed = 11;
+    t_engine_run(m, NP, prompts, lens, NGEN, &sp, 1, alone);
+    t_engine_run(m, NP, prompts, lens, NGEN, &sp, 0, batched);
+    equal = 0;
+    for (int i = 0; i < NP; i++)
+        equal += alone[i].n == NGEN && batched[i].n == NGEN && !memcmp(alone[i].ids, batched[i].ids, sizeof(int32_t) * NGEN);
+    printf("%-18s cuda engine: %d/%d sampled requests pick the same tokens from candidates as from rows\n", name,
+           equal, NP);
+    CHECKF(equal == NP, "%s: %d of %d sampled requests differ between candidates and rows", name, NP - equal, NP);
     mnv_model_free(m);
 }
 
@@ -1140,6 +1194,7 @@ int main(void) {
     test_hadamard();
     test_get_rows();
     test_argmax();
+    test_top_cands();
     test_qget_rows();
     test_matmul();
     test_fused_products();

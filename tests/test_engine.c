@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "minerva.h"
+#include "core/topcands.h"
 #include "runtime/engine_int.h"
 #include "runtime/session.h"
 #include "test.h"
@@ -40,6 +41,10 @@ static mnv_generate_params greedy(int n, got_ids *g) {
 
 /* The K and V types of the runs (f32 unless a test sets them). */
 static int32_t kv_k = MNV_KV_F32, kv_v = MNV_KV_F32;
+/* Batched runs: the sampler of every request (NULL: greedy; the seed is
+ * the request's index added to it) and engine_params.host_sampling. */
+static const mnv_sampler_params *run_sampler;
+static int32_t run_host_sampling;
 
 /* Each prompt alone, through a session and mnv_generate: the reference. */
 static void alone(mnv_model *m, int32_t prompts[][96], const int *lens, int n, int n_gen, got_ids *want) {
@@ -77,6 +82,7 @@ static void batched(mnv_model *m, int32_t prompts[][96], const int *lens, int n,
     ep.kv_type_k = kv_k;
     ep.kv_type_v = kv_v;
     ep.run_thread = 0;
+    ep.host_sampling = run_host_sampling;
     mnv_engine *e = NULL;
     mnv_status st = mnv_engine_create(m, &ep, &e);
     CHECKF(st == MNV_OK, "engine: %s", mnv_last_error());
@@ -91,6 +97,10 @@ static void batched(mnv_model *m, int32_t prompts[][96], const int *lens, int n,
                 rp.prompt = prompts[submitted];
                 rp.n_prompt = (size_t)lens[submitted];
                 rp.gen = greedy(n_gen, &got[submitted]);
+                if (run_sampler) {
+                    rp.gen.sampler = *run_sampler;
+                    rp.gen.sampler.seed += (uint64_t)submitted;
+                }
                 st = mnv_engine_submit(e, &rp, &ids[submitted]);
                 CHECKF(st == MNV_OK, "submit: %s", mnv_last_error());
                 submitted++;
@@ -188,6 +198,61 @@ static void test_equivalence(const char *dir) {
     batched(m, prompts, lens, n, n_gen, &noprefix, got, &es, cached);
     compare(dir, "16 at once, no prefix cache", want, got, n);
     CHECK(es.prefix_hit_tokens == 0);
+    mnv_model_free(m);
+}
+
+/* Sampled requests: the tokens picked from the candidates computed beside
+ * the logits (host_sampling 0) equal those drawn from the whole rows
+ * brought back (host_sampling 1), batched and staggered, for chains that
+ * cut at top-k, top-p or min-p and for ones the candidates cannot decide
+ * (penalties, plain temperature), which must take the rows. */
+static void test_sampled(const char *dir) {
+    int V = 0;
+    mnv_model *m = t_load_model(dir, &V);
+    if (!m) return;
+    static int32_t prompts[8][96];
+    int lens[8], n = 8, n_gen = 16;
+    for (int i = 0; i < n; i++) {
+        lens[i] = t_randint(1, 60);
+        for (int j = 0; j < 96; j++) prompts[i][j] = t_randint(0, V - 1);
+    }
+    struct {
+        const char *what;
+        int32_t top_k;
+        float top_p, min_p, temp, repeat;
+        bool cands; /* the candidates must decide every token */
+    } chains[] = {
+        {"default chain", 40, 0.95f, 0.05f, 0.8f, 1.0f, true},
+        {"top-k 256, hot", MNV_TOP_CANDS, 1.0f, 0.0f, 1.5f, 1.0f, true},
+        {"top-p 0.9", 0, 0.9f, 0.0f, 1.0f, 1.0f, false},
+        {"min-p 0.1", 0, 1.0f, 0.1f, 1.2f, 1.0f, false},
+        {"temperature alone", 0, 1.0f, 0.0f, 1.0f, 1.0f, false},
+        {"penalties", 40, 0.95f, 0.05f, 0.8f, 1.3f, false},
+    };
+    run_cfg cfg = {4, 32, 4096, 2, 1};
+    got_ids want[8], got[8];
+    int32_t cached[8];
+    mnv_engine_stats es;
+    for (size_t c = 0; c < sizeof chains / sizeof chains[0]; c++) {
+        mnv_sampler_params sp = mnv_sampler_params_default();
+        sp.top_k = chains[c].top_k, sp.top_p = chains[c].top_p, sp.min_p = chains[c].min_p;
+        sp.temperature = chains[c].temp, sp.repeat_penalty = chains[c].repeat, sp.seed = 1000 * c + 7;
+        run_sampler = &sp;
+        run_host_sampling = 1;
+        batched(m, prompts, lens, n, n_gen, &cfg, want, &es, cached);
+        CHECKF(es.sampled_from_cands == 0, "%s, %s: host sampling took %llu tokens from candidates", dir,
+               chains[c].what, (unsigned long long)es.sampled_from_cands);
+        run_host_sampling = 0;
+        batched(m, prompts, lens, n, n_gen, &cfg, got, &es, cached);
+        compare(dir, chains[c].what, want, got, n);
+        const bool all_cands = es.sampled_from_rows == 0 && es.sampled_from_cands == (uint64_t)(n * n_gen);
+        CHECKF(!chains[c].cands || all_cands, "%s, %s: %llu tokens from candidates, %llu from rows", dir,
+               chains[c].what, (unsigned long long)es.sampled_from_cands, (unsigned long long)es.sampled_from_rows);
+        CHECKF(chains[c].repeat == 1.0f || es.sampled_from_cands == 0, "%s, penalties decided by candidates", dir);
+        printf("%-36s sampled, %-18s: same ids; %llu tokens from candidates, %llu from rows\n", dir, chains[c].what,
+               (unsigned long long)es.sampled_from_cands, (unsigned long long)es.sampled_from_rows);
+    }
+    run_sampler = NULL;
     mnv_model_free(m);
 }
 
@@ -450,6 +515,8 @@ int main(void) {
     kv_k = kv_v = MNV_KV_F32;
     test_session_restart("../models/stories260K");
     test_session_restart("fixtures/models/tiny-gptoss-mxfp4");
+    test_sampled("../models/stories260K");
+    test_sampled("fixtures/models/tiny-gptoss-mxfp4");
     test_graph_replay("../models/stories260K");
     test_graph_replay("fixtures/models/tiny-gptoss-mxfp4");
     mnv_model *m = NULL;

@@ -14,6 +14,7 @@
 #include "backend/cpu/vec.h"
 #include "backend/cpu/ops.h"
 #include "core/graph.h"
+#include "core/topcands.h"
 #include "test.h"
 
 static mnv_backend *be;
@@ -426,6 +427,61 @@ static void test_argmax(void) {
                (long long)r, (long long)R, (long long)N, ((int32_t *)ids->data)[r], ref_argmax(x + r * N, N));
 }
 
+/* Sampling candidates (core/topcands.h) against a full sort of the cleaned
+ * row by (value descending, index ascending), and log sum exp(x - max) in
+ * double: the values and indices exactly, the sum within 1e-5 relative. Rows
+ * of few distinct values put ties across the K-th place. */
+typedef struct {
+    double v;
+    int32_t i;
+} ref_cand;
+
+static int ref_cand_cmp(const void *pa, const void *pb) {
+    const ref_cand *a = pa, *b = pb;
+    if (a->v != b->v) return a->v > b->v ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static void test_top_cands(void) {
+    begin();
+    const int64_t R = t_randint(1, 5), N = t_randint(0, 2) ? t_randint(1, 3000) : t_randint(1, 300), sh[2] = {R, N};
+    const int32_t K = MNV_TOP_CANDS;
+    float *x;
+    mnv_array *a = rand_input(2, sh, &x);
+    awkward_rows(x, R, N);
+    if (t_randint(0, 1)) /* few distinct values: ties everywhere */
+        for (int64_t i = 0; i < R * N; i++)
+            if (isfinite(x[i])) x[i] = (float)t_randint(-2, 2) * 0.5f;
+    mnv_array *c = mnv_top_cands(g, a);
+    CHECK(c && c->dtype == MNV_DTYPE_F32 && c->ndim == 2 && c->shape[0] == R && c->shape[1] == MNV_TOP_CANDS_ROW);
+    if (!c) return;
+    mnv_set_output(c);
+    run();
+    ref_cand *rc = malloc((size_t)N * sizeof *rc);
+    for (int64_t r = 0; r < R; r++) {
+        const float *row = x + r * N, *o = (const float *)c->data + r * MNV_TOP_CANDS_ROW;
+        double mx = -HUGE_VAL, sum = 0.0;
+        for (int64_t i = 0; i < N; i++) {
+            const double v = isnan(row[i]) ? -HUGE_VAL : isinf(row[i]) && row[i] > 0 ? (double)FLT_MAX : (double)row[i];
+            rc[i] = (ref_cand){v, (int32_t)i};
+            if (v > mx) mx = v;
+        }
+        for (int64_t i = 0; i < N; i++) sum += rc[i].v > -HUGE_VAL ? exp(rc[i].v - mx) : 0.0;
+        qsort(rc, (size_t)N, sizeof *rc, ref_cand_cmp);
+        bool same = true;
+        for (int32_t k = 0; k < K; k++) {
+            const double wv = k < N ? rc[k].v : -HUGE_VAL;
+            const float wi = k < N ? (float)rc[k].i : -1.0f;
+            same &= (double)o[k] == wv && o[K + k] == wi;
+        }
+        CHECKF(same, "top_cands row %lld of %lld x %lld: candidates differ", (long long)r, (long long)R, (long long)N);
+        const double lse = log(mx > -HUGE_VAL ? sum : (double)N), got = o[2 * K];
+        CHECKF(fabs(got - lse) <= 1e-5 * fmax(1.0, fabs(lse)), "top_cands row %lld: log sum %.9g, want %.9g",
+               (long long)r, got, lse);
+    }
+    free(rc);
+}
+
 static void test_convert(void) {
     int64_t n = t_randint(0, 300);
     float *x = malloc(4 * (size_t)n + 4), *y = malloc(4 * (size_t)n + 4), *yr = malloc(4 * (size_t)n + 4);
@@ -648,6 +704,7 @@ static void test_all(int reps) {
             test_attention(true, 0);
             test_attention(t_randint(0, 1), t_randint(1, 6));
             test_argmax();
+            test_top_cands();
         }
         for (int rep = 0; rep < 2 * reps; rep++) test_moe(threads, rep % 3 == 1, rep % 3 == 2);
         for (int rep = 0; rep < reps; rep++) test_barrier_plan(threads);
@@ -688,6 +745,8 @@ int main(void) {
     mnv_graph_reset(g);
     int64_t v3[3] = {2, 3, 4};
     CHECK(mnv_argmax(g, mnv_input(g, MNV_DTYPE_F32, 3, v3, "x3")) == NULL && strstr(mnv_last_error(), "argmax"));
+    mnv_graph_reset(g);
+    CHECK(mnv_top_cands(g, mnv_input(g, MNV_DTYPE_F32, 3, v3, "x3")) == NULL && strstr(mnv_last_error(), "top_cands"));
     mnv_graph_free(g);
     return t_done();
 }

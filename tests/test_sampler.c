@@ -1,6 +1,7 @@
 /* Sampler stages and chain: each stage against its definition at fresh random
  * logits, the draw against softmax(logits / T) by chi-square, seeding,
  * penalties exactly, and the default chain. */
+#include "core/topcands.h"
 #include "runtime/sampler.h"
 #include "test.h"
 
@@ -14,7 +15,7 @@ static void rand_logits(float *l, int n, float scale) {
 
 static mnv_cand_array make_cands(const float *l, int n) {
     for (int i = 0; i < n; i++) g_cand[i] = (mnv_token_cand){i, l[i], 0};
-    return (mnv_cand_array){g_cand, (size_t)n, 0, -1};
+    return (mnv_cand_array){.data = g_cand, .size = (size_t)n, .selected = -1};
 }
 
 static int argmax(const float *l, int n) {
@@ -426,6 +427,64 @@ static void bench(void) {
     }
 }
 
+/* Sampling from a device's candidates (core/topcands.h) against sampling
+ * from the whole row: two chains of the same params and seed, fed the same
+ * rows, must pick the same tokens at every step, the candidate one falling
+ * back to the row where it cannot decide. Chains that cut within the
+ * candidates (top-k up to K, no penalties) must never fall back; top-p and
+ * min-p cuts decide where the cut falls within them. Rows flat and peaked,
+ * with NaN, -inf and ties, vocabularies above and below K. */
+static void test_cands(void) {
+    const int32_t K = MNV_TOP_CANDS;
+    static const int32_t top_ks[] = {0, 1, 40, K, K + 44};
+    static const float top_ps[] = {1.0f, 0.95f, 0.5f}, min_ps[] = {0.0f, 0.05f, 0.3f}, temps[] = {0.0f, 0.7f, 1.3f};
+    float *row = malloc(20000 * sizeof *row), *cr = malloc(MNV_TOP_CANDS_ROW * sizeof *cr), vals[MNV_TOP_CANDS];
+    int32_t ids[MNV_TOP_CANDS];
+    long decided = 0, fell_back = 0;
+    for (int cfg = 0; cfg < 120; cfg++) {
+        mnv_sampler_params p = mnv_sampler_params_default();
+        p.top_k = top_ks[t_randint(0, 4)];
+        p.top_p = top_ps[t_randint(0, 2)];
+        p.min_p = min_ps[t_randint(0, 2)];
+        p.temperature = temps[t_randint(0, 2)];
+        p.seed = (uint64_t)t_randint(0, 1000000);
+        if (t_randint(0, 4) == 0) p.repeat_penalty = 1.3f, p.presence_penalty = 0.5f;
+        const int32_t V = t_randint(0, 3) ? t_randint(K + 1, 20000) : t_randint(1, K);
+        mnv_sampler *a = NULL, *b = NULL;
+        CHECK(mnv_sampler_chain_create(&p, V, &a) == MNV_OK && mnv_sampler_chain_create(&p, V, &b) == MNV_OK);
+        const bool must_decide = p.repeat_penalty == 1.0f && p.temperature > 0.0f && p.top_k >= 1 && p.top_k <= K;
+        CHECKF(!must_decide || mnv__sampler_uses_cands(b), "top-k %d chain does not use candidates", p.top_k);
+        for (int step = 0; step < 12; step++) {
+            const float scale = t_randint(0, 1) ? 2.0f : 12.0f;
+            for (int32_t i = 0; i < V; i++) row[i] = scale * t_randf();
+            if (step % 4 == 1) row[t_randint(0, V - 1)] = NAN, row[t_randint(0, V - 1)] = -INFINITY;
+            if (step % 4 == 2)
+                for (int32_t i = 0; i < V; i++) row[i] = (float)t_randint(0, 3);
+            mnv__top_cands_row(row, V, cr, vals, ids);
+            const int32_t want = mnv_sampler_sample(a, row, V);
+            int32_t got = mnv__sampler_sample_cands(b, cr, V);
+            if (got == -2) {
+                fell_back++;
+                CHECKF(!must_decide, "top-k %d, V %d: the candidates did not decide", p.top_k, V);
+                got = mnv_sampler_sample(b, row, V);
+            } else {
+                decided++;
+            }
+            CHECKF(got == want && want >= 0,
+                   "cfg %d step %d (V %d, top-k %d, top-p %g, min-p %g, T %g, penalties %d): token %d, want %d", cfg,
+                   step, V, p.top_k, (double)p.top_p, (double)p.min_p, (double)p.temperature, p.repeat_penalty != 1.0f,
+                   got, want);
+            mnv_sampler_accept(a, want);
+            mnv_sampler_accept(b, want);
+        }
+        mnv_sampler_free(a);
+        mnv_sampler_free(b);
+    }
+    CHECKF(decided > 0 && fell_back > 0, "candidates decided %ld steps, fell back on %ld", decided, fell_back);
+    free(row);
+    free(cr);
+}
+
 int main(void) {
     t_seed();
     test_defaults();
@@ -438,6 +497,7 @@ int main(void) {
     test_penalties();
     test_chain_top_k1();
     test_degenerate();
+    test_cands();
     bench();
     return t_done();
 }

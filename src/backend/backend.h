@@ -156,6 +156,8 @@ mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena
  * MNV_ERR_INVALID_ARG when n has no place in the arena or size passes its
  * end. */
 mnv_status mnv_executor_read(mnv_executor *ex, const mnv_node *n, void *dst, size_t size);
+/* The same, size bytes from byte offset off of the value (one row of many). */
+mnv_status mnv_executor_read_at(mnv_executor *ex, const mnv_node *n, size_t off, void *dst, size_t size);
 size_t mnv_executor_arena_size(const mnv_executor *ex);
 /* Seconds spent planning in the last run (host overhead). */
 double mnv_executor_plan_seconds(const mnv_executor *ex);

@@ -1,4 +1,5 @@
 #include "core/graph.h"
+#include "core/topcands.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -580,6 +581,18 @@ mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits) {
     if (!logits) return NULL;
     int64_t shape[1] = {logits->shape[0]};
     mnv_node *n = new_node(g, MNV_OP_ARGMAX, MNV_DTYPE_I32, 1, shape);
+    if (n) n->src[0] = logits;
+    return n;
+}
+
+mnv_array *mnv_top_cands(mnv_graph *g, mnv_array *logits) {
+    NEED(logits);
+    if (logits->ndim != 2 || logits->shape[1] < 1 || logits->shape[1] > (1 << 24))
+        return fail(g, MNV_ERR_INVALID_ARG, "top_cands: needs a (T, n) array with 1 <= n <= 2^24");
+    logits = as_f32(g, logits);
+    if (!logits) return NULL;
+    int64_t shape[2] = {logits->shape[0], MNV_TOP_CANDS_ROW};
+    mnv_node *n = new_node(g, MNV_OP_TOP_CANDS, MNV_DTYPE_F32, 2, shape);
     if (n) n->src[0] = logits;
     return n;
 }

@@ -45,7 +45,8 @@
     X(MNV_OP_SWIGLU_OAI, "swiglu_oai") /* gpt-oss clamped SwiGLU of src0 gate, src1 up */   \
     X(MNV_OP_MOE_SUM, "moe_sum")       /* src0 (T, k, N) weighted by src1 (T, k) -> (T, N) */ \
     X(MNV_OP_HADAMARD, "hadamard")     /* src0 (.., D): each block of p.i[0] along D times H */ \
-    X(MNV_OP_ARGMAX, "argmax")         /* src0 (T, n) -> (T) i32: mnv__argmax_row of each row */
+    X(MNV_OP_ARGMAX, "argmax")         /* src0 (T, n) -> (T) i32: mnv__argmax_row of each row */ \
+    X(MNV_OP_TOP_CANDS, "top_cands")   /* src0 (T, n) -> (T, MNV_TOP_CANDS_ROW): core/topcands.h */
 
 typedef enum {
 #define MNV_X_ENUM(name, str) name,
@@ -232,6 +233,10 @@ mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k);
  * (core/argmax.h: NaN below everything, ties to the lower index), so a
  * decode step can hand back ids instead of rows of logits. */
 mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits);
+/* (T, n) -> (T, MNV_TOP_CANDS_ROW) f32: each row's largest MNV_TOP_CANDS
+ * values and indices, and its log sum exp(x - max) (core/topcands.h), so that a
+ * sampled decode step can hand back candidates instead of rows of logits. */
+mnv_array *mnv_top_cands(mnv_graph *g, mnv_array *logits);
 mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids);
 mnv_array *mnv_moe_matmul(mnv_graph *g, mnv_array *x, mnv_array *w, mnv_array *scales, mnv_array *biases,
                           const mnv_qformat *fmt, int64_t k, mnv_array *ids, mnv_array *bias);

@@ -223,16 +223,20 @@ mnv_status mnv_executor_run_planned(mnv_executor *ex, mnv_graph *g, size_t arena
     return st == MNV_OK ? ex->be->iface->compute(ex->be, g) : st;
 }
 
-mnv_status mnv_executor_read(mnv_executor *ex, const mnv_node *n, void *dst, size_t size) {
+mnv_status mnv_executor_read_at(mnv_executor *ex, const mnv_node *n, size_t at, void *dst, size_t size) {
     const mnv_node *r = n && n->view_src ? n->view_src : n;
     if (!r || !ex->arena || !owns_memory(ex, r))
         return mnv_set_error(MNV_ERR_INVALID_ARG, "executor read: node '%s' has no place in the arena",
                              n ? n->name : "(null)");
     size_t off = n->view_src ? n->view_offset : 0, have = value_bytes(r);
-    if (off > have || size > have - off)
-        return mnv_set_error(MNV_ERR_INVALID_ARG, "executor read: %zu bytes of node '%s' (%zu from offset %zu)", size,
-                             n->name, have, off);
-    return mnv_buffer_download(dst, ex->arena, r->offset + off, size);
+    if (off > have || at > have - off || size > have - off - at)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "executor read: %zu bytes at %zu of node '%s' (%zu from offset %zu)",
+                             size, at, n->name, have, off);
+    return mnv_buffer_download(dst, ex->arena, r->offset + off + at, size);
+}
+
+mnv_status mnv_executor_read(mnv_executor *ex, const mnv_node *n, void *dst, size_t size) {
+    return mnv_executor_read_at(ex, n, 0, dst, size);
 }
 
 mnv_status mnv_executor_run(mnv_executor *ex, mnv_graph *g) {

@@ -3,6 +3,8 @@
  * requests (engine_sched.c) and the session (session.c) build on it. */
 #include "runtime/engine_int.h"
 
+#include "core/topcands.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -209,7 +211,9 @@ void mnv__engine_destroy(mnv_engine *e) {
 /* ---- the graph cache ---------------------------------------------------------------- */
 
 static bool same_shape(const mnv__gentry *a, const mnv__gentry *b, int32_t n_groups) {
-    if (a->T != b->T || a->S != b->S || a->n_out != b->n_out || a->all_rows != b->all_rows) return false;
+    if (a->T != b->T || a->S != b->S || a->n_out != b->n_out || a->all_rows != b->all_rows ||
+        a->with_cands != b->with_cands)
+        return false;
     for (int32_t g = 0; g < n_groups; g++)
         if (a->W[g] != b->W[g]) return false;
     return true;
@@ -242,7 +246,7 @@ static mnv_status graph_for(mnv_engine *e, const mnv__gentry *key, const mnv_bat
     *victim = *key;
     victim->g = g;
     victim->used = e->tick;
-    victim->logits = victim->argmax = NULL;
+    victim->logits = victim->argmax = victim->cands = NULL;
     mnv_status st = g ? MNV_OK : mnv_graph_create(128 + 96 * e->model->cfg.num_hidden_layers, &victim->g);
     if (st != MNV_OK) return st;
     mnv_graph_reset(victim->g);
@@ -258,15 +262,29 @@ static mnv_status graph_for(mnv_engine *e, const mnv__gentry *key, const mnv_bat
         if (!(argmax = mnv_argmax(victim->g, logits))) return mnv_graph_status(victim->g);
         mnv_set_output(argmax);
     }
+    mnv_array *cands = NULL;
+    if (key->n_out > 0 && key->with_cands) { /* and their sampling candidates */
+        if (!(cands = mnv_top_cands(victim->g, logits))) return mnv_graph_status(victim->g);
+        mnv_set_output(cands);
+    }
     double t1 = mnv_time_sec();
     if ((st = mnv_executor_plan(e->ex, victim->g, &victim->arena)) != MNV_OK) return st;
     victim->logits = logits;
     victim->argmax = argmax;
+    victim->cands = cands;
     e->last.build_sec = t1 - t0;
     e->last.plan_sec = mnv_time_sec() - t1;
     e->last.fill_sec = 0;
     *out = victim;
     return MNV_OK;
+}
+
+mnv_status mnv__engine_read_logits(mnv_engine *e, int32_t row, float *dst) {
+    const mnv__gentry *ge = e->last_run;
+    const size_t V = (size_t)e->model->cfg.vocab_size;
+    if (!ge || !ge->logits || row < 0 || row >= ge->n_out)
+        return mnv_set_error(MNV_ERR_INTERNAL, "engine: no row %d of logits in the last pass", row);
+    return mnv_executor_read_at(e->ex, ge->logits, (size_t)row * V * sizeof(float), dst, V * sizeof(float));
 }
 
 static int32_t pow2_at_least(int64_t n) {
@@ -342,7 +360,7 @@ static mnv_status fill_tables(mnv_engine *e, const mnv__step_part *parts, int32_
 }
 
 mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits,
-                           int32_t *argmax) {
+                           int32_t *argmax, float *cands) {
     int32_t T = 0, nout = 0;
     mnv_status st = check_parts(e, parts, n_parts, &T, &nout);
     if (st == MNV_OK) st = reserve_step(e, T);
@@ -354,7 +372,7 @@ mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n
     int32_t B = e->p.kv_block_tokens;
     mnv_batch b = {.n_tokens = T, .ids = ids, .pos = pos, .seq = seq, .n_out = nout, .out_rows = rows,
                    .n_groups = e->n_groups, .n_seqs = n_parts};
-    mnv__gentry key = {.T = T, .S = n_parts, .n_out = nout};
+    mnv__gentry key = {.T = T, .S = n_parts, .n_out = nout, .with_cands = cands != NULL};
     for (int32_t g = 0; g < e->n_groups; g++) {
         if ((st = fill_tables(e, parts, n_parts, g, &key.W[g])) != MNV_OK) return st;
         b.tables[g] = e->b_tables[g];
@@ -386,6 +404,7 @@ mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n
     e->last.run_sec = t2 - t1;
     e->last.arena_bytes = mnv_executor_arena_size(e->ex);
     e->last.graph = ge->g;
+    e->last_run = ge;
     e->stats.host_seconds += t1 - t0;
     e->stats.compute_seconds += t2 - t1;
     if (st != MNV_OK) return st;
@@ -393,6 +412,8 @@ mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n
         st = mnv_executor_read(e->ex, ge->logits, logits,
                                (size_t)nout * (size_t)e->model->cfg.vocab_size * sizeof(float));
     if (st == MNV_OK && argmax && nout) st = mnv_executor_read(e->ex, ge->argmax, argmax, (size_t)nout * sizeof(int32_t));
+    if (st == MNV_OK && cands && nout)
+        st = mnv_executor_read(e->ex, ge->cands, cands, (size_t)nout * MNV_TOP_CANDS_ROW * sizeof(float));
     for (int32_t i = 0; st == MNV_OK && i < n_parts; i++)
         st = mnv_kv_pool_commit(e->pool, parts[i].seq, parts[i].ids, parts[i].n);
     return st;

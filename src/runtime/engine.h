@@ -25,10 +25,15 @@ typedef struct {
  * commit the tokens. logits (may be NULL when no row is wanted): the wanted
  * rows, part after part. argmax (may be NULL): each wanted row's argmax
  * (core/argmax.h), computed where the logits are, so that greedy requests
- * need no rows of logits brought back. MNV_ERR_CANCELLED when the backend's
+ * need no rows of logits brought back. cands (may be NULL): each wanted row's
+ * sampling candidates (MNV_TOP_CANDS_ROW floats, core/topcands.h), also
+ * computed where the logits are. MNV_ERR_CANCELLED when the backend's
  * abort flag stopped the pass: nothing committed. */
 mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits,
-                           int32_t *argmax);
+                           int32_t *argmax, float *cands);
+/* Row `row` of the wanted logits of the last pass (vocab_size floats), for
+ * a request its candidates could not decide; valid until the next pass. */
+mnv_status mnv__engine_read_logits(mnv_engine *e, int32_t row, float *dst);
 
 /* An engine without its request scheduler (no step thread, no locks): the
  * session drives it with mnv__engine_run alone. */

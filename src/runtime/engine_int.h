@@ -15,11 +15,13 @@
 typedef struct {
     int32_t T, S, n_out;              /* tokens, sequences, logits rows */
     bool all_rows;
+    bool with_cands;                  /* the rows' sampling candidates built too */
     int32_t W[MNV_MAX_KV_GROUPS];     /* block table widths (powers of two) */
     mnv_graph *g;
     mnv_step_inputs in;
     mnv_array *logits;                /* NULL: not built */
     mnv_array *argmax;                /* (n_out) i32, NULL when n_out is 0 */
+    mnv_array *cands;                 /* (n_out, MNV_TOP_CANDS_ROW), NULL unless with_cands */
     size_t arena;
     uint64_t used;                    /* LRU tick, 0: never */
 } mnv__gentry;
@@ -68,6 +70,8 @@ struct mnv_engine {
     mnv__request **part_req;
     float *out_logits;                /* max_seqs rows of vocab */
     int32_t *out_argmax;              /* max_seqs ids: the rows' argmax */
+    float *out_cands;                 /* max_seqs rows of MNV_TOP_CANDS_ROW: sampling candidates */
+    mnv__gentry *last_run;            /* the entry of the last pass (its logits stay until the next) */
     pthread_t thread;
     bool thread_started;
     atomic_int stop;

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "core/topcands.h"
 #include "runtime/engine_int.h"
 
 struct mnv__request {
@@ -468,8 +469,10 @@ static bool grow_tokens(mnv__request *r) {
     return true;
 }
 
-/* After the pass: the tokens are in the cache; sample where logits came. */
-static void after_run(mnv_engine *e, int32_t n, bool with_logits) {
+/* After the pass: the tokens are in the cache; pick each wanted row's token
+ * from what came back (rows of logits, candidates or argmax). A row whose
+ * candidates could not decide is brought back alone. */
+static void after_run(mnv_engine *e, int32_t n, bool with_logits, bool with_cands) {
     int32_t V = e->model->cfg.vocab_size, row = 0;
     double now = mnv_time_sec();
     for (int32_t i = 0; i < n; i++) {
@@ -481,8 +484,10 @@ static void after_run(mnv_engine *e, int32_t n, bool with_logits) {
         else
             e->stats.tokens_prefilled += (uint64_t)pt->n;
         if (pt->out_from == pt->n) continue;
-        const float *lg = with_logits ? e->out_logits + (size_t)row * (size_t)V : NULL;
-        const int32_t argmax = e->out_argmax[row++];
+        float *lg = e->out_logits + (size_t)row * (size_t)V;
+        mnv__gen_row out = {with_logits ? lg : NULL, with_cands ? e->out_cands + (size_t)row * MNV_TOP_CANDS_ROW : NULL,
+                            e->out_argmax[row]};
+        const int32_t at = row++;
         if (r->gp.max_tokens <= 0) {
             r->res.gen.stop_reason = MNV_STOP_MAX_TOKENS;
             finish(e, r, MNV_OK);
@@ -490,7 +495,15 @@ static void after_run(mnv_engine *e, int32_t n, bool with_logits) {
         }
         int32_t tok;
         bool done;
-        mnv_status st = mnv__gen_step(&r->gen, lg, argmax, r->n_tokens >= e->p.max_seq_tokens, &tok, &done);
+        bool need = false, full = r->n_tokens >= e->p.max_seq_tokens;
+        mnv_status st = mnv__gen_step(&r->gen, &out, full, &tok, &done, &need);
+        if (st == MNV_OK && out.cands && !need && mnv__gen_wants_logits(&r->gen)) e->stats.sampled_from_cands++;
+        if (st == MNV_OK && (need || (out.logits && mnv__gen_wants_logits(&r->gen)))) e->stats.sampled_from_rows++;
+        if (st == MNV_OK && need) {
+            out.logits = lg;
+            st = mnv__engine_read_logits(e, at, lg);
+            if (st == MNV_OK) st = mnv__gen_step(&r->gen, &out, full, &tok, &done, NULL);
+        }
         if (r->res.gen.n_generated == 1 && r->t_first == 0) {
             r->t_first = now;
             r->res.first_token_seconds = now - r->t_submit;
@@ -513,13 +526,21 @@ static mnv_status do_step(mnv_engine *e) {
     if (n > 0) {
         /* rows of logits come back only for requests that sample from them;
          * greedy ones take the argmax computed beside them */
-        bool with_logits = false;
-        for (int32_t i = 0; i < n && !with_logits; i++)
-            with_logits = e->parts[i].out_from < e->parts[i].n && mnv__gen_wants_logits(&e->part_req[i]->gen);
-        st = mnv__engine_run(e, e->parts, n, with_logits ? e->out_logits : NULL, e->out_argmax);
+        bool with_logits = false, with_cands = false;
+        for (int32_t i = 0; i < n && !with_logits; i++) {
+            const mnv__gen *gen = &e->part_req[i]->gen;
+            if (e->parts[i].out_from == e->parts[i].n || !mnv__gen_wants_logits(gen)) continue;
+            if (mnv__gen_wants_cands(gen) && !e->p.host_sampling)
+                with_cands = true;
+            else
+                with_logits = true;
+        }
+        with_cands &= !with_logits; /* every row comes back anyway */
+        st = mnv__engine_run(e, e->parts, n, with_logits ? e->out_logits : NULL, e->out_argmax,
+                             with_cands ? e->out_cands : NULL);
         e->stats.steps++;
         if (st == MNV_OK) {
-            after_run(e, n, with_logits);
+            after_run(e, n, with_logits, with_cands);
         } else { /* the pass itself failed: every request in it fails with its error */
             char msg[256];
             snprintf(msg, sizeof msg, "%s", mnv_last_error());
@@ -577,7 +598,8 @@ mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, 
     e->part_req = calloc((size_t)S, sizeof *e->part_req);
     e->out_logits = malloc((size_t)S * (size_t)model->cfg.vocab_size * sizeof(float));
     e->out_argmax = malloc((size_t)S * sizeof(int32_t));
-    if (!e->running || !e->parts || !e->part_req || !e->out_logits || !e->out_argmax)
+    e->out_cands = malloc((size_t)S * MNV_TOP_CANDS_ROW * sizeof(float));
+    if (!e->running || !e->parts || !e->part_req || !e->out_logits || !e->out_argmax || !e->out_cands)
         st = mnv_set_error(MNV_ERR_NOMEM, "engine: out of memory");
     if (st == MNV_OK) publish(e);
     if (st == MNV_OK && e->p.run_thread) {
@@ -619,5 +641,6 @@ void mnv_engine_free(mnv_engine *e) {
     free(e->part_req);
     free(e->out_logits);
     free(e->out_argmax);
+    free(e->out_cands);
     mnv__engine_destroy(e);
 }

@@ -133,20 +133,43 @@ bool mnv__gen_wants_logits(const mnv__gen *g) {
     return g->biased || g->gp->on_logprobs || !mnv__sampler_greedy_only(g->smp);
 }
 
-mnv_status mnv__gen_step(mnv__gen *g, const float *logits, int32_t argmax, bool ctx_full, int32_t *tok_out,
-                         bool *done) {
+bool mnv__gen_wants_cands(const mnv__gen *g) {
+    return !g->biased && !g->gp->on_logprobs && mnv__sampler_uses_cands(g->smp);
+}
+
+mnv_status mnv__gen_step(mnv__gen *g, const mnv__gen_row *row, bool ctx_full, int32_t *tok_out, bool *done,
+                         bool *need_logits) {
     *done = false;
-    if (!logits && (mnv__gen_wants_logits(g) || argmax < 0 || argmax >= g->model->cfg.vocab_size))
-        return mnv_set_error(MNV_ERR_INTERNAL, "generate: a step without logits needs a greedy sampler and an id");
-    if (g->biased) {
+    if (need_logits) *need_logits = false;
+    const float *logits = row->logits;
+    const int32_t V = g->model->cfg.vocab_size;
+    const bool scripted = (size_t)g->res->n_generated < g->gp->n_scripted;
+    int32_t tok = -1;
+    if (scripted) {
+        tok = g->gp->scripted_ids[g->res->n_generated];
+    } else if (!logits && mnv__gen_wants_logits(g)) {
+        if (!row->cands || !need_logits || !mnv__gen_wants_cands(g))
+            return mnv_set_error(MNV_ERR_INTERNAL, "generate: this step's sampler needs the row of logits");
+        tok = mnv__sampler_sample_cands(g->smp, row->cands, V);
+        if (tok == -2) {
+            *need_logits = true;
+            return MNV_OK;
+        }
+        if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
+    } else if (!logits) {
+        if (row->argmax < 0 || row->argmax >= V)
+            return mnv_set_error(MNV_ERR_INTERNAL, "generate: a step without logits needs a greedy sampler and an id");
+        tok = row->argmax;
+    }
+    if (logits && g->biased) {
         memcpy(g->biased, logits, (size_t)g->model->cfg.vocab_size * sizeof(float));
         for (size_t i = 0; i < g->gp->n_logit_bias; i++) g->biased[g->gp->logit_bias[i].token] += g->gp->logit_bias[i].bias;
         logits = g->biased;
     }
-    int32_t tok = (size_t)g->res->n_generated < g->gp->n_scripted ? g->gp->scripted_ids[g->res->n_generated]
-                  : logits ? mnv_sampler_sample(g->smp, logits, g->model->cfg.vocab_size)
-                           : argmax;
+    if (!scripted && logits) tok = mnv_sampler_sample(g->smp, logits, V);
     if (tok < 0) return MNV_ERR_INVALID_ARG; /* the sampler set the message */
+    if (g->gp->on_logprobs && !logits)
+        return mnv_set_error(MNV_ERR_INTERNAL, "generate: log-probabilities need the row of logits");
     *tok_out = tok;
     if (g->gp->on_logprobs) report_logprobs(g, logits, tok);
     mnv_sampler_accept(g->smp, tok);
@@ -173,7 +196,8 @@ static mnv_status gen_loop(mnv__gen *g, mnv_session *s) {
         if (cst != MNV_OK) return cst;
         int32_t tok;
         bool done;
-        mnv_status st = mnv__gen_step(g, s->last_logits, -1, s->n_past >= s->params.n_ctx, &tok, &done);
+        const mnv__gen_row row = {s->last_logits, NULL, -1};
+        mnv_status st = mnv__gen_step(g, &row, s->n_past >= s->params.n_ctx, &tok, &done, NULL);
         if (st != MNV_OK) return st;
         if (done) break;
         if ((st = mnv_session_eval(s, &tok, 1, NULL)) != MNV_OK) return st;

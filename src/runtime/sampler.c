@@ -4,6 +4,7 @@
 #include "runtime/sampler.h"
 
 #include "core/argmax.h"
+#include "core/topcands.h"
 
 #include <float.h>
 #include <math.h>
@@ -66,7 +67,7 @@ typedef struct {
 
 static void chain_apply(mnv_sampler *s, mnv_cand_array *c) {
     chain_ctx *ch = s->ctx;
-    for (int i = 0; i < ch->n; i++) ch->stages[i]->iface->apply(ch->stages[i], c);
+    for (int i = 0; i < ch->n && !c->incomplete; i++) ch->stages[i]->iface->apply(ch->stages[i], c);
 }
 
 static void chain_accept(mnv_sampler *s, int32_t token) {
@@ -190,10 +191,55 @@ int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab)
         return -1;
     }
     for (int32_t i = 0; i < n_vocab; i++) buf[i] = (mnv_token_cand){i, mnv__clean_logit(logits[i]), 0.0f};
-    mnv_cand_array c = {buf, (size_t)n_vocab, 0, -1};
+    mnv_cand_array c = {.data = buf, .size = (size_t)n_vocab, .selected = -1};
     s->iface->apply(s, &c);
     int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
     free(tmp);
+    if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
+    return id;
+}
+
+bool mnv__sampler_uses_cands(const mnv_sampler *s) {
+    if (!s || s->iface != &chain_iface || ((chain_ctx *)s->ctx)->broken) return false;
+    const chain_ctx *ch = s->ctx;
+    for (int i = 0; i < ch->n; i++) {
+        int k = mnv__sampler_cands_kind(ch->stages[i]);
+        if (k) return k > 0;
+    }
+    return false;
+}
+
+int32_t mnv__sampler_sample_cands(mnv_sampler *s, const float *cands, int32_t n_vocab) {
+    if (!s || !cands || n_vocab <= 0) {
+        mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: sample needs a sampler, candidates and n_vocab > 0 (got %d)",
+                      n_vocab);
+        return -1;
+    }
+    if (!mnv__sampler_uses_cands(s)) return -2;
+    chain_ctx *ch = s->ctx;
+    const int32_t K = MNV_TOP_CANDS, n = n_vocab < K ? n_vocab : K;
+    if (!chain_reserve(ch, (size_t)n)) {
+        mnv_set_error(MNV_ERR_NOMEM, "sampler: out of memory for %d candidates", n);
+        return -1;
+    }
+    mnv_token_cand *buf = ch->buf;
+    double present = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        const float id = cands[K + i];
+        if (!(id >= 0.0f && id < (float)n_vocab)) {
+            mnv_set_error(MNV_ERR_INTERNAL, "sampler: candidate %d has id %g of a vocabulary of %d", i, (double)id,
+                          n_vocab);
+            return -1;
+        }
+        buf[i] = (mnv_token_cand){(int32_t)id, cands[i], 0.0f};
+        present += cands[0] == -INFINITY ? 1.0 : exp((double)cands[i] - (double)cands[0]);
+    }
+    const double tail = exp((double)cands[2 * K]) - present;
+    mnv_cand_array c = {.data = buf, .size = (size_t)n, .sorted = 1, .selected = -1, .partial = n_vocab > K,
+                        .tail = tail > 0.0 ? tail : 0.0};
+    s->iface->apply(s, &c);
+    if (c.incomplete) return -2;
+    int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
     if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
     return id;
 }

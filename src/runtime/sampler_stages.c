@@ -2,6 +2,8 @@
  * penalties. Each works in place on a mnv_cand_array (see sampler.h). */
 #include "runtime/sampler.h"
 
+#include "core/topcands.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -160,9 +162,20 @@ static void dist_reset(mnv_sampler *s) {
 
 static void dist_apply(mnv_sampler *s, mnv_cand_array *c) {
     dist_ctx *d = s->ctx;
+    if (c->partial) { /* a draw needs every token's weight */
+        c->incomplete = 1;
+        return;
+    }
     if (!c->size) {
         c->selected = -1;
         return;
+    }
+    /* few candidates are drawn from in their best-first order, so that the
+     * same draw picks the same token however the cuts before left them
+     * (a device's candidates arrive sorted; a row's cuts may not sort) */
+    if (!c->sorted && c->size <= MNV_TOP_CANDS) {
+        qsort(c->data, c->size, sizeof *c->data, cand_cmp);
+        c->sorted = 1;
     }
     float mx = cand_max_logit(c);
     double sum = 0;
@@ -198,6 +211,10 @@ mnv_sampler *mnv_sampler_dist(uint64_t seed) {
 
 static void temperature_apply(mnv_sampler *s, mnv_cand_array *c) {
     float t = *(const float *)s->ctx;
+    if (t > 0.0f && c->partial) { /* the missing tokens' weights would change too */
+        c->incomplete = 1;
+        return;
+    }
     if (t > 0.0f) { /* dividing by t > 0 keeps the order */
         if (t != 1.0f)
             for (size_t i = 0; i < c->size; i++) c->data[i].logit /= t;
@@ -207,6 +224,7 @@ static void temperature_apply(mnv_sampler *s, mnv_cand_array *c) {
     cand_swap(&c->data[0], &c->data[cand_best(c)]);
     c->size = 1;
     c->sorted = 1;
+    c->partial = 0;
 }
 
 static const mnv_sampler_iface temperature_iface = {"temperature", temperature_apply, NULL, NULL, NULL};
@@ -222,6 +240,11 @@ mnv_sampler *mnv_sampler_temperature(float t) {
 static void top_k_apply(mnv_sampler *s, mnv_cand_array *c) {
     int32_t k = *(const int32_t *)s->ctx;
     if (k <= 0 || !c->size) return;
+    if (c->partial && (size_t)k > c->size) {
+        c->incomplete = 1;
+        return;
+    }
+    c->partial = 0;
     size_t n = MNV_MIN((size_t)k, c->size);
     if (!c->sorted) cand_sort_range(c->data, 0, c->size, n);
     c->size = n;
@@ -308,17 +331,48 @@ static int top_p_bucketed(mnv_cand_array *c, const cut_ctx *f) {
     return 1;
 }
 
+/* Sorted candidates with the weight of the missing ones (tail): the same
+ * walk, the sum counting the tail; the cut must fall within the candidates. */
+static void top_p_partial(mnv_cand_array *c, const cut_ctx *f) {
+    float mx = cand_max_logit(c);
+    double sum = c->tail, cum = 0;
+    for (size_t i = 0; i < c->size; i++) sum += cand_weight(c->data[i].logit, mx);
+    double target = (double)f->p * sum;
+    for (size_t i = 0; i < c->size; i++) {
+        cum += cand_weight(c->data[i].logit, mx);
+        if (cum >= target && i + 1 >= f->min_keep) {
+            c->size = i + 1;
+            c->partial = 0;
+            return;
+        }
+    }
+    c->incomplete = 1;
+}
+
 static void top_p_apply(mnv_sampler *s, mnv_cand_array *c) {
     const cut_ctx *f = s->ctx;
-    if (!(f->p < 1.0f) || c->size <= 1) return;
+    if (!(f->p < 1.0f)) return;
+    if (c->partial) {
+        top_p_partial(c, f);
+        return;
+    }
+    if (c->size <= 1) return;
     if (c->sorted || c->size < 4096 || !top_p_bucketed(c, f)) top_p_sorted(c, f);
 }
 
 /* Keep tokens with p >= min_p * p_max, i.e. logit >= max_logit + log(min_p). */
 static void min_p_apply(mnv_sampler *s, mnv_cand_array *c) {
     const cut_ctx *f = s->ctx;
-    if (!(f->p > 0.0f) || c->size <= 1) return;
+    if (!(f->p > 0.0f)) return;
     float thr = cand_max_logit(c) + logf(f->p);
+    if (c->partial) { /* sorted: the missing tokens are at most the last one */
+        if (!c->size || c->data[c->size - 1].logit >= thr) {
+            c->incomplete = 1;
+            return;
+        }
+        c->partial = 0;
+    }
+    if (c->size <= 1) return;
     size_t n = 0;
     for (size_t i = 0; i < c->size; i++) n += c->data[i].logit >= thr;
     if (n >= f->min_keep) { /* compact in place; the order (and sortedness) is kept */
@@ -399,6 +453,10 @@ static void penalize(const pen_ctx *q, mnv_token_cand *t, int32_t count) {
 static void pen_apply(mnv_sampler *s, mnv_cand_array *c) {
     pen_ctx *q = s->ctx;
     if (!q->n) return;
+    if (c->partial) { /* a penalized token may rise into (or fall out of) the candidates */
+        c->incomplete = 1;
+        return;
+    }
     /* Fast path: candidates still indexed by id (fresh from logits), so each
      * window token is found directly; else one pass over the candidates. */
     int direct = 1;
@@ -433,6 +491,18 @@ static void pen_free(mnv_sampler *s) {
 }
 
 static const mnv_sampler_iface pen_iface = {"penalties", pen_apply, pen_accept, pen_reset, pen_free};
+
+int mnv__sampler_cands_kind(const mnv_sampler *s) {
+    if (s->iface == &greedy_iface) return 1;
+    if (s->iface == &top_k_iface) {
+        int32_t k = *(const int32_t *)s->ctx;
+        return k <= 0 ? 0 : k <= MNV_TOP_CANDS ? 1 : -1;
+    }
+    if (s->iface == &top_p_iface) return ((const cut_ctx *)s->ctx)->p < 1.0f ? 1 : 0;
+    if (s->iface == &min_p_iface) return ((const cut_ctx *)s->ctx)->p > 0.0f ? 1 : 0;
+    if (s->iface == &temperature_iface) return *(const float *)s->ctx > 0.0f ? -1 : 1;
+    return -1; /* penalties, dist, anything else */
+}
 
 mnv_sampler *mnv_sampler_penalties(int32_t last_n, float repeat, float freq, float present) {
     if (last_n < -1) return NULL;

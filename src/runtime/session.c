@@ -180,7 +180,7 @@ static mnv_status seq_ready(mnv_session *s, int32_t i, int32_t p0, const int32_t
 }
 
 static mnv_status run_parts(mnv_session *s, mnv__step_part *parts, int32_t n, int32_t n_tokens, float *logits) {
-    mnv_status st = mnv__engine_run(s->e, parts, n, logits, NULL);
+    mnv_status st = mnv__engine_run(s->e, parts, n, logits, NULL, NULL);
     if (st == MNV_ERR_CANCELLED) return cancelled_in_forward(s, n_tokens);
     return st;
 }

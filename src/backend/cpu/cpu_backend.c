@@ -11,6 +11,7 @@
 #include "backend/cpu/qmatmul.h"
 #include "backend/cpu/vec.h"
 #include "core/argmax.h"
+#include "core/topcands.h"
 #include "core/threadpool.h"
 
 typedef struct {
@@ -193,6 +194,16 @@ static void k_argmax(cpu_ctx *c, mnv_node *n, int ith, int nth) {
     int64_t lo, hi, V = n->src[0]->shape[1];
     split(n->shape[0], ith, nth, &lo, &hi);
     for (int64_t r = lo; r < hi; r++) ((int32_t *)n->data)[r] = mnv__argmax_row((const float *)n->src[0]->data + r * V, V);
+}
+
+static void k_top_cands(cpu_ctx *c, mnv_node *n, int ith, int nth) {
+    (void)c;
+    int64_t lo, hi, V = n->src[0]->shape[1];
+    split(n->shape[0], ith, nth, &lo, &hi);
+    float vals[MNV_TOP_CANDS];
+    int32_t ids[MNV_TOP_CANDS];
+    for (int64_t r = lo; r < hi; r++)
+        mnv__top_cands_row((const float *)n->src[0]->data + r * V, V, (float *)n->data + r * MNV_TOP_CANDS_ROW, vals, ids);
 }
 
 static void k_gather_softmax(cpu_ctx *c, mnv_node *n, int ith, int nth) {
@@ -438,6 +449,7 @@ static const cpu_kernel kernels[MNV_OP_COUNT] = {
     [MNV_OP_SILU_MUL] = k_binary,   [MNV_OP_SCALE] = k_unary,     [MNV_OP_SOFTMAX] = k_unary,
     [MNV_OP_SILU] = k_unary,        [MNV_OP_GELU] = k_unary,      [MNV_OP_RMS_NORM] = k_unary,
     [MNV_OP_HADAMARD] = k_unary,    [MNV_OP_ARGMAX] = k_argmax,
+    [MNV_OP_TOP_CANDS] = k_top_cands,
     [MNV_OP_MATMUL] = k_matmul,     [MNV_OP_ROPE] = k_rope,       [MNV_OP_GET_ROWS] = k_get_rows,
     [MNV_OP_CACHE_WRITE] = k_cache_write, [MNV_OP_ATTENTION] = k_attention,
 };

@@ -420,6 +420,7 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_qget_rows(&w, n->p.q.k, n->src[1]->data, 0, n->data, n->shape[0], s);
     }
     case MNV_OP_ARGMAX: return mnv_cu_argmax(x->data, x->shape[1], n->data, n->shape[0], s);
+    case MNV_OP_TOP_CANDS: return mnv_cu_top_cands(x->data, x->shape[1], n->data, n->shape[0], s);
     case MNV_OP_TOPK:
         return mnv_cu_topk(x->data, x->shape[1], (int32_t)n->shape[1], n->data, n->shape[0], s);
     case MNV_OP_GATHER_SOFTMAX:
@@ -464,6 +465,7 @@ static bool cuda_supports(mnv_backend *b, const mnv_node *n) {
     case MNV_OP_ROPE:
     case MNV_OP_TOPK:
     case MNV_OP_ARGMAX:
+    case MNV_OP_TOP_CANDS:
     case MNV_OP_GATHER_SOFTMAX:
     case MNV_OP_MOE_SUM: return true;
     default: return false;

@@ -217,6 +217,8 @@ cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s);
 
 /* ids[r] = the largest of row r of x (rows, n), as core/argmax.h picks it. */
 cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, int64_t rows, cudaStream_t s);
+/* out: rows of MNV_TOP_CANDS_ROW floats, each row of x's candidates as core/topcands.h defines them. */
+cudaError_t mnv_cu_top_cands(const float *x, int64_t n, float *out, int64_t rows, cudaStream_t s);
 
 /* Mixture-of-experts helpers (as cpu/ops.h). */
 cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s);
