@@ -297,7 +297,12 @@ typedef struct {
                                        reads every page of the weights (so the first
                                        generation does not wait on the disk) and reports
                                        (bytes read, total weight bytes): at 0, about every
-                                       32 MiB and at the total, on the loading thread */
+                                       32 MiB and at the total, on the loading thread.
+                                       On a device (cuda), the copy of the weights to its
+                                       memory, at the first step of a session or engine,
+                                       reports again in the same way (bytes copied, bytes
+                                       to copy; about every 256 MiB), on the thread that
+                                       runs the step */
     void *progress_user_data;
     uint32_t reserved[8];
 } mnv_model_params;

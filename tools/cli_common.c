@@ -511,6 +511,23 @@ void cli_print_cpu(FILE *f) {
     fprintf(f, "; threads: %d by default (the CPUs this process may run on)\n", ci.n_cpus);
 }
 
+/* Load progress on a terminal, for models of a gigabyte or more: reading the
+ * weights at load, then (on a device) copying them to its memory. */
+typedef struct {
+    int phase, pct, quiet;
+} load_progress;
+
+static void on_load_progress(void *user_data, uint64_t done, uint64_t total) {
+    load_progress *lp = user_data;
+    if (done == 0) lp->phase++, lp->pct = -1, lp->quiet = total < (1ull << 30);
+    int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
+    if (lp->quiet || pct == lp->pct) return;
+    lp->pct = pct;
+    fprintf(stderr, "\r%s: %3d%% of %.1f GB", lp->phase == 1 ? "reading the weights" : "copying the weights to the device",
+            pct, (double)total / 1e9);
+    if (done >= total) fputc('\n', stderr);
+}
+
 int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out) {
     char def[PATH_MAX + 64];
     *out = NULL;
@@ -524,6 +541,8 @@ int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **
                 cmd, n_threads, ci.n_cpus, ci.n_cpus);
     mnv_model_params mp = mnv_model_params_default();
     mp.n_threads = n_threads;
+    static load_progress lp;
+    if (isatty(fileno(stderr))) mp.progress = on_load_progress, mp.progress_user_data = &lp;
     mnv_status st = mnv_model_load(dir, &mp, out);
     if (st != MNV_OK) return cli_lib_error(cmd, st, "cannot load model '%s'", dir);
     return 0;

@@ -101,6 +101,11 @@ typedef struct {
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
     int fixed_width;    /* 1: every run takes every thread, even beside busy neighbours (tests of
                            what threads do together; 0: runs narrow to the CPUs others leave) */
+    /* A device backend copying weights to its memory (when a graph first
+     * reads them) reports (bytes copied, bytes to copy) here: at 0, about
+     * every 256 MiB and at the total. NULL: no reports. */
+    void (*progress)(void *user_data, uint64_t done, uint64_t total);
+    void *progress_user_data;
 } mnv_backend_params;
 
 /* registry.c: the one place that knows every backend. p->name NULL: the

@@ -175,7 +175,8 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
         return st;
     }
     mnv_backend_params bp = {.name = e->p.device, .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
-                             .row_invariant = e->p.deterministic};
+                             .row_invariant = e->p.deterministic, .progress = model->params.progress,
+                             .progress_user_data = model->params.progress_user_data};
     st = mnv_backend_create(&bp, &e->be);
     if (st == MNV_OK) st = mnv_executor_create(e->be, &e->ex);
     if (st == MNV_OK) st = make_pool(e);
