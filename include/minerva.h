@@ -632,10 +632,11 @@ typedef struct {
     const char *device;       /* as in mnv_session_params */
     int32_t kv_rotate;        /* as in mnv_session_params (mnv_kv_rotate) */
     int32_t host_sampling;    /* 0 (default): a sampled request whose sampler cuts the
-                                 vocabulary (top-k up to 256, top-p, min-p; no penalties, logit
-                                 bias or log-probabilities) gets its row's 256 best candidates
-                                 from where the logits are, not the row: the same tokens.
-                                 1: every sampled request brings its whole row back */
+                                 vocabulary (top-k up to 256, top-p, min-p; penalties only
+                                 before a top-k; no logit bias or log-probabilities) gets its
+                                 row's 256 best candidates from where the logits are, not the
+                                 row: the same tokens. 1: every sampled request brings its
+                                 whole row back */
     uint32_t reserved[4];
 } mnv_engine_params;
 

@@ -204,8 +204,10 @@ static void test_equivalence(const char *dir) {
 /* Sampled requests: the tokens picked from the candidates computed beside
  * the logits (host_sampling 0) equal those drawn from the whole rows
  * brought back (host_sampling 1), batched and staggered, for chains that
- * cut at top-k, top-p or min-p and for ones the candidates cannot decide
- * (penalties, plain temperature), which must take the rows. */
+ * cut at top-k, top-p or min-p (with penalties that lower logits, before
+ * top-k) and for ones the candidates cannot decide (plain temperature,
+ * penalties before top-p, a negative presence penalty), which must take
+ * the rows. */
 static void test_sampled(const char *dir) {
     int V = 0;
     mnv_model *m = t_load_model(dir, &V);
@@ -219,15 +221,17 @@ static void test_sampled(const char *dir) {
     struct {
         const char *what;
         int32_t top_k;
-        float top_p, min_p, temp, repeat;
-        bool cands; /* the candidates must decide every token */
+        float top_p, min_p, temp, repeat, presence;
+        int cands; /* 1: the candidates must decide every token; -1: none */
     } chains[] = {
-        {"default chain", 40, 0.95f, 0.05f, 0.8f, 1.0f, true},
-        {"top-k 256, hot", MNV_TOP_CANDS, 1.0f, 0.0f, 1.5f, 1.0f, true},
-        {"top-p 0.9", 0, 0.9f, 0.0f, 1.0f, 1.0f, false},
-        {"min-p 0.1", 0, 1.0f, 0.1f, 1.2f, 1.0f, false},
-        {"temperature alone", 0, 1.0f, 0.0f, 1.0f, 1.0f, false},
-        {"penalties", 40, 0.95f, 0.05f, 0.8f, 1.3f, false},
+        {"default chain", 40, 0.95f, 0.05f, 0.8f, 1.0f, 0.0f, 1},
+        {"top-k 256, hot", MNV_TOP_CANDS, 1.0f, 0.0f, 1.5f, 1.0f, 0.0f, 1},
+        {"top-p 0.9", 0, 0.9f, 0.0f, 1.0f, 1.0f, 0.0f, 0},
+        {"min-p 0.1", 0, 1.0f, 0.1f, 1.2f, 1.0f, 0.0f, 0},
+        {"temperature alone", 0, 1.0f, 0.0f, 1.0f, 1.0f, 0.0f, -1},
+        {"penalties, top-k", 40, 0.95f, 0.05f, 0.8f, 1.3f, 0.5f, 0},
+        {"penalties, top-p", 0, 0.9f, 0.0f, 0.8f, 1.3f, 0.0f, -1},
+        {"negative presence", 40, 1.0f, 0.0f, 0.8f, 1.0f, -0.5f, -1},
     };
     run_cfg cfg = {4, 32, 4096, 2, 1};
     got_ids want[8], got[8];
@@ -237,6 +241,7 @@ static void test_sampled(const char *dir) {
         mnv_sampler_params sp = mnv_sampler_params_default();
         sp.top_k = chains[c].top_k, sp.top_p = chains[c].top_p, sp.min_p = chains[c].min_p;
         sp.temperature = chains[c].temp, sp.repeat_penalty = chains[c].repeat, sp.seed = 1000 * c + 7;
+        sp.presence_penalty = chains[c].presence;
         run_sampler = &sp;
         run_host_sampling = 1;
         batched(m, prompts, lens, n, n_gen, &cfg, want, &es, cached);
@@ -246,9 +251,10 @@ static void test_sampled(const char *dir) {
         batched(m, prompts, lens, n, n_gen, &cfg, got, &es, cached);
         compare(dir, chains[c].what, want, got, n);
         const bool all_cands = es.sampled_from_rows == 0 && es.sampled_from_cands == (uint64_t)(n * n_gen);
-        CHECKF(!chains[c].cands || all_cands, "%s, %s: %llu tokens from candidates, %llu from rows", dir,
+        CHECKF(chains[c].cands != 1 || all_cands, "%s, %s: %llu tokens from candidates, %llu from rows", dir,
                chains[c].what, (unsigned long long)es.sampled_from_cands, (unsigned long long)es.sampled_from_rows);
-        CHECKF(chains[c].repeat == 1.0f || es.sampled_from_cands == 0, "%s, penalties decided by candidates", dir);
+        CHECKF(chains[c].cands != -1 || es.sampled_from_cands == 0, "%s, %s: %llu tokens from candidates", dir,
+               chains[c].what, (unsigned long long)es.sampled_from_cands);
         printf("%-36s sampled, %-18s: same ids; %llu tokens from candidates, %llu from rows\n", dir, chains[c].what,
                (unsigned long long)es.sampled_from_cands, (unsigned long long)es.sampled_from_rows);
     }

@@ -448,11 +448,13 @@ static void test_cands(void) {
         p.min_p = min_ps[t_randint(0, 2)];
         p.temperature = temps[t_randint(0, 2)];
         p.seed = (uint64_t)t_randint(0, 1000000);
-        if (t_randint(0, 4) == 0) p.repeat_penalty = 1.3f, p.presence_penalty = 0.5f;
+        if (t_randint(0, 3) == 0) p.repeat_penalty = 1.3f, p.presence_penalty = 0.5f;
+        if (t_randint(0, 9) == 0) p.frequency_penalty = -0.4f; /* raises logits: never from candidates */
         const int32_t V = t_randint(0, 3) ? t_randint(K + 1, 20000) : t_randint(1, K);
         mnv_sampler *a = NULL, *b = NULL;
         CHECK(mnv_sampler_chain_create(&p, V, &a) == MNV_OK && mnv_sampler_chain_create(&p, V, &b) == MNV_OK);
-        const bool must_decide = p.repeat_penalty == 1.0f && p.temperature > 0.0f && p.top_k >= 1 && p.top_k <= K;
+        const bool must_decide = p.repeat_penalty == 1.0f && p.frequency_penalty == 0.0f && p.temperature > 0.0f &&
+                                 p.top_k >= 1 && p.top_k <= K;
         CHECKF(!must_decide || mnv__sampler_uses_cands(b), "top-k %d chain does not use candidates", p.top_k);
         for (int step = 0; step < 12; step++) {
             const float scale = t_randint(0, 1) ? 2.0f : 12.0f;
@@ -463,6 +465,7 @@ static void test_cands(void) {
             mnv__top_cands_row(row, V, cr, vals, ids);
             const int32_t want = mnv_sampler_sample(a, row, V);
             int32_t got = mnv__sampler_sample_cands(b, cr, V);
+            CHECKF(p.frequency_penalty >= 0.0f || got == -2, "a negative penalty decided by candidates");
             if (got == -2) {
                 fell_back++;
                 CHECKF(!must_decide, "top-k %d, V %d: the candidates did not decide", p.top_k, V);

@@ -236,7 +236,7 @@ int32_t mnv__sampler_sample_cands(mnv_sampler *s, const float *cands, int32_t n_
     }
     const double tail = exp((double)cands[2 * K]) - present;
     mnv_cand_array c = {.data = buf, .size = (size_t)n, .sorted = 1, .selected = -1, .partial = n_vocab > K,
-                        .tail = tail > 0.0 ? tail : 0.0};
+                        .bound = cands[n - 1], .tail = tail > 0.0 ? tail : 0.0};
     s->iface->apply(s, &c);
     if (c.incomplete) return -2;
     int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;

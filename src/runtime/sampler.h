@@ -18,10 +18,12 @@ typedef struct {
     int sorted;            /* 1 when sorted by logit, descending */
     int32_t selected;      /* index into data of the chosen token, -1 if none yet */
     /* Candidates taken from a device's top few (core/topcands.h): partial
-     * while tokens of the vocabulary are missing from data, all below its
-     * last; tail is their summed weight exp(l - max logit). A stage whose
-     * answer depends on them sets incomplete and changes nothing. */
+     * while tokens of the vocabulary are missing from data; each missing
+     * logit is at most bound; tail is their summed weight exp(l - max
+     * logit), or < 0 once penalties made it unknown. A stage whose answer
+     * depends on them sets incomplete and changes nothing. */
     int partial, incomplete;
+    float bound;
     double tail;
 } mnv_cand_array;
 
@@ -47,12 +49,14 @@ mnv_status mnv_sampler_chain_create(const mnv_sampler_params *p, int32_t n_vocab
 int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab);
 /* The same from a row of candidates (core/topcands.h) of the n_vocab
  * logits: the same token, where the candidates decide it. Returns -2 when
- * they cannot (a cut that falls beyond them, a draw or penalties over the
- * whole vocabulary): nothing changed, sample from the logits instead. */
+ * they cannot (a cut that falls beyond them, a draw over the whole
+ * vocabulary, penalties that could raise a missing token): nothing
+ * changed, sample from the logits instead. */
 int32_t mnv__sampler_sample_cands(mnv_sampler *s, const float *cands, int32_t n_vocab);
 /* Whether mnv__sampler_sample_cands can decide for this chain at all: one
- * without penalties that cuts the vocabulary (top-k within the candidates,
- * top-p or min-p) or picks the best before drawing. */
+ * whose penalties (if any) only lower logits and that cuts the vocabulary
+ * (top-k within the candidates, top-p or min-p) or picks the best before
+ * drawing. */
 bool mnv__sampler_uses_cands(const mnv_sampler *s);
 /* A stage's part in that: 1 decides from the candidates (a cut, greedy),
  * 0 changes nothing, -1 needs the whole vocabulary (sampler_stages.c). */

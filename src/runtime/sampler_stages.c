@@ -244,9 +244,14 @@ static void top_k_apply(mnv_sampler *s, mnv_cand_array *c) {
         c->incomplete = 1;
         return;
     }
-    c->partial = 0;
     size_t n = MNV_MIN((size_t)k, c->size);
     if (!c->sorted) cand_sort_range(c->data, 0, c->size, n);
+    /* penalized candidates: the k-th must stay above every missing token */
+    if (c->partial && c->tail < 0 && !(c->data[n - 1].logit > c->bound)) {
+        c->incomplete = 1;
+        return;
+    }
+    c->partial = 0;
     c->size = n;
     c->sorted = 1;
 }
@@ -334,6 +339,10 @@ static int top_p_bucketed(mnv_cand_array *c, const cut_ctx *f) {
 /* Sorted candidates with the weight of the missing ones (tail): the same
  * walk, the sum counting the tail; the cut must fall within the candidates. */
 static void top_p_partial(mnv_cand_array *c, const cut_ctx *f) {
+    if (c->tail < 0 || !c->sorted) {
+        c->incomplete = 1;
+        return;
+    }
     float mx = cand_max_logit(c);
     double sum = c->tail, cum = 0;
     for (size_t i = 0; i < c->size; i++) sum += cand_weight(c->data[i].logit, mx);
@@ -365,8 +374,8 @@ static void min_p_apply(mnv_sampler *s, mnv_cand_array *c) {
     const cut_ctx *f = s->ctx;
     if (!(f->p > 0.0f)) return;
     float thr = cand_max_logit(c) + logf(f->p);
-    if (c->partial) { /* sorted: the missing tokens are at most the last one */
-        if (!c->size || c->data[c->size - 1].logit >= thr) {
+    if (c->partial) { /* every missing token is at most bound */
+        if (!c->size || c->bound >= thr) {
             c->incomplete = 1;
             return;
         }
@@ -453,10 +462,11 @@ static void penalize(const pen_ctx *q, mnv_token_cand *t, int32_t count) {
 static void pen_apply(mnv_sampler *s, mnv_cand_array *c) {
     pen_ctx *q = s->ctx;
     if (!q->n) return;
-    if (c->partial) { /* a penalized token may rise into (or fall out of) the candidates */
+    if (c->partial && (q->repeat < 1.0f || q->freq < 0.0f || q->present < 0.0f)) { /* a token could rise into them */
         c->incomplete = 1;
         return;
     }
+    if (c->partial) c->tail = -1.0; /* penalties that only lower keep the bound, not the tail */
     /* Fast path: candidates still indexed by id (fresh from logits), so each
      * window token is found directly; else one pass over the candidates. */
     int direct = 1;
@@ -501,7 +511,11 @@ int mnv__sampler_cands_kind(const mnv_sampler *s) {
     if (s->iface == &top_p_iface) return ((const cut_ctx *)s->ctx)->p < 1.0f ? 1 : 0;
     if (s->iface == &min_p_iface) return ((const cut_ctx *)s->ctx)->p > 0.0f ? 1 : 0;
     if (s->iface == &temperature_iface) return *(const float *)s->ctx > 0.0f ? -1 : 1;
-    return -1; /* penalties, dist, anything else */
+    if (s->iface == &pen_iface) { /* penalties that only lower logits leave the bound valid */
+        const pen_ctx *q = s->ctx;
+        return q->repeat >= 1.0f && q->freq >= 0.0f && q->present >= 0.0f ? 0 : -1;
+    }
+    return -1; /* dist, anything else */
 }
 
 mnv_sampler *mnv_sampler_penalties(int32_t last_n, float repeat, float freq, float present) {
