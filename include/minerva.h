@@ -297,12 +297,8 @@ typedef struct {
                                        reads every page of the weights (so the first
                                        generation does not wait on the disk) and reports
                                        (bytes read, total weight bytes): at 0, about every
-                                       32 MiB and at the total, on the loading thread.
-                                       On a device (cuda), the copy of the weights to its
-                                       memory, at the first step of a session or engine,
-                                       reports again in the same way (bytes copied, bytes
-                                       to copy; about every 256 MiB), on the thread that
-                                       runs the step */
+                                       32 MiB and at the total, on the loading thread
+                                       (a device's copy: mnv_session_load_weights) */
     void *progress_user_data;
     uint32_t reserved[8];
 } mnv_model_params;
@@ -457,6 +453,12 @@ MNV_API void mnv_session_cancel(mnv_session *s);
  * later evaluation continues from position n, so a conversation whose new
  * rendering shares a prefix with the old one re-evaluates only the rest. */
 MNV_API mnv_status mnv_session_truncate(mnv_session *s, int32_t n);
+/* On a device with memory of its own (cuda), copy the model's weights there
+ * now rather than at the first evaluation, reporting (bytes copied, total)
+ * to progress (may be NULL) at 0, about every 256 MiB and at the total, on
+ * this thread, during this call only. On the CPU it does nothing and
+ * reports nothing (the weights are read where they are mapped). */
+MNV_API mnv_status mnv_session_load_weights(mnv_session *s, mnv_progress_callback progress, void *user_data);
 
 /* Tokens currently held in the session's context. */
 MNV_API int32_t mnv_session_n_past(const mnv_session *s);
@@ -646,6 +648,9 @@ MNV_API mnv_engine_params mnv_engine_params_default(void);
  * up front; MNV_ERR_NOMEM names the figures when it does not fit in the
  * memory available. */
 MNV_API mnv_status mnv_engine_create(mnv_model *model, const mnv_engine_params *params, mnv_engine **out);
+/* As mnv_session_load_weights, for an engine: call it before the first
+ * request is submitted. */
+MNV_API mnv_status mnv_engine_load_weights(mnv_engine *e, mnv_progress_callback progress, void *user_data);
 /* Cancel every request (their on_done sees MNV_ERR_CANCELLED), stop the
  * step thread, free everything. Not from a callback, and not while another
  * thread is in mnv_engine_wait (collect or detach requests first). */

@@ -1140,12 +1140,41 @@ static void check_model(const char *name, double tol) {
 #define NP 5
 #define NGEN 10
 
+typedef struct {
+    int calls;
+    uint64_t first, last, total;
+    bool monotone;
+} upload_reports;
+
+static void on_upload(void *user_data, uint64_t done, uint64_t total) {
+    upload_reports *u = user_data;
+    if (u->calls++ == 0) u->first = done, u->total = total, u->monotone = true;
+    u->monotone &= done >= u->last && done <= total && total == u->total;
+    u->last = done;
+}
+
 static void check_engine(const char *name) {
     char dir[256];
     snprintf(dir, sizeof dir, "fixtures/models/%s", name);
     int V = 0;
     mnv_model *m = t_load_model(dir, &V);
     if (!m) return;
+    /* the weights copied up front, reported from 0 to the matrices' bytes */
+    mnv_session_params sp0 = mnv_session_params_default();
+    mnv_session *s0 = NULL;
+    upload_reports u = {0};
+    CHECK(mnv_session_create(m, &sp0, &s0) == MNV_OK);
+    CHECKF(mnv_session_load_weights(s0, on_upload, &u) == MNV_OK, "%s", mnv_last_error());
+    uint64_t matrices = 0;
+    for (size_t i = 0; i < mnv_model_n_tensors(m); i++) {
+        mnv_tensor_info ti;
+        if (mnv_model_tensor_info(m, i, &ti) == MNV_OK && ti.ndim >= 2) matrices += ti.nbytes;
+    }
+    CHECKF(u.calls >= 2 && u.first == 0 && u.last == matrices && u.total == matrices && u.monotone,
+           "%s: %d upload reports, first %llu, last %llu of %llu (matrices %llu)", name, u.calls,
+           (unsigned long long)u.first, (unsigned long long)u.last, (unsigned long long)u.total,
+           (unsigned long long)matrices);
+    mnv_session_free(s0);
     int32_t prompts[NP][40];
     int lens[NP];
     for (int i = 0; i < NP; i++) { /* odd ones share prompt 0's first 20 tokens */

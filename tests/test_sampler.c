@@ -462,6 +462,8 @@ static void test_cands(void) {
             if (step % 4 == 1) row[t_randint(0, V - 1)] = NAN, row[t_randint(0, V - 1)] = -INFINITY;
             if (step % 4 == 2)
                 for (int32_t i = 0; i < V; i++) row[i] = (float)t_randint(0, 3);
+            if (step % 6 == 3) /* a few equal maxima, the rest -inf (or all -inf): sums land on the target */
+                for (int32_t i = 0; i < V; i++) row[i] = i < 4 && step % 12 == 3 ? 0.0f : -INFINITY;
             mnv__top_cands_row(row, V, cr, vals, ids);
             const int32_t want = mnv_sampler_sample(a, row, V);
             int32_t got = mnv__sampler_sample_cands(b, cr, V);

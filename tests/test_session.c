@@ -218,6 +218,11 @@ static void test_fill_random(void) {
     mnv_model_free(m);
 }
 
+static void count_reports(void *user_data, uint64_t done, uint64_t total) {
+    (void)done, (void)total;
+    ++*(int *)user_data;
+}
+
 int main(void) {
     t_seed();
     test_window_batches();
@@ -228,6 +233,10 @@ int main(void) {
     sp.n_batch = 2;
     mnv_session *s = NULL;
     CHECK(mnv_session_create(m, &sp, &s) == MNV_OK);
+    /* on the CPU the weights stay where they are mapped: no copy, no reports */
+    int reports = 0;
+    CHECK(mnv_session_load_weights(s, count_reports, &reports) == MNV_OK && reports == 0);
+    CHECK(mnv_session_load_weights(NULL, NULL, NULL) == MNV_ERR_INVALID_ARG);
 
     /* a bad id in a later batch: nothing is evaluated, the message gives its index */
     int32_t ids[4] = {1, 300, 400, 99999};

@@ -511,21 +511,29 @@ void cli_print_cpu(FILE *f) {
     fprintf(f, "; threads: %d by default (the CPUs this process may run on)\n", ci.n_cpus);
 }
 
-/* Load progress on a terminal, for models of a gigabyte or more: reading the
- * weights at load, then (on a device) copying them to its memory. */
+/* Progress on a terminal, for models of a gigabyte or more: reading the
+ * weights at load, copying them to a device. */
 typedef struct {
-    int phase, pct, quiet;
+    const char *what;
+    int pct, quiet;
 } load_progress;
 
 static void on_load_progress(void *user_data, uint64_t done, uint64_t total) {
     load_progress *lp = user_data;
-    if (done == 0) lp->phase++, lp->pct = -1, lp->quiet = total < (1ull << 30);
+    if (done == 0) lp->pct = -1, lp->quiet = total < (1ull << 30);
     int pct = total ? (int)(100.0 * (double)done / (double)total) : 100;
     if (lp->quiet || pct == lp->pct) return;
     lp->pct = pct;
-    fprintf(stderr, "\r%s: %3d%% of %.1f GB", lp->phase == 1 ? "reading the weights" : "copying the weights to the device",
-            pct, (double)total / 1e9);
+    fprintf(stderr, "\r%s: %3d%% of %.1f GB", lp->what, pct, (double)total / 1e9);
     if (done >= total) fputc('\n', stderr);
+}
+
+int cli_load_weights(const char *cmd, mnv_session *s, mnv_engine *e) {
+    load_progress lp = {"copying the weights to the device", -1, 0};
+    const bool tty = isatty(fileno(stderr));
+    mnv_status st = s ? mnv_session_load_weights(s, tty ? on_load_progress : NULL, &lp)
+                      : mnv_engine_load_weights(e, tty ? on_load_progress : NULL, &lp);
+    return st == MNV_OK ? 0 : cli_lib_error(cmd, st, "cannot copy the weights to the device");
 }
 
 int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out) {
@@ -541,8 +549,11 @@ int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **
                 cmd, n_threads, ci.n_cpus, ci.n_cpus);
     mnv_model_params mp = mnv_model_params_default();
     mp.n_threads = n_threads;
-    static load_progress lp;
-    if (isatty(fileno(stderr))) mp.progress = on_load_progress, mp.progress_user_data = &lp;
+    load_progress lp = {"reading the weights", -1, 0};
+    /* a terminal sees big loads read every page (the first evaluation then
+     * waits on no disk); inspect reads no weights */
+    if (isatty(fileno(stderr)) && strcmp(cmd, "inspect") != 0)
+        mp.progress = on_load_progress, mp.progress_user_data = &lp;
     mnv_status st = mnv_model_load(dir, &mp, out);
     if (st != MNV_OK) return cli_lib_error(cmd, st, "cannot load model '%s'", dir);
     return 0;

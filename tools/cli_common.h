@@ -171,6 +171,9 @@ void cli_print_cpu(FILE *f);
 
 /* Load the model in dir (NULL: the bundled default). Returns 0 or 1 (printed). */
 int cli_load_model(const char *cmd, const char *dir, int n_threads, mnv_model **out);
+/* Copy the weights to the device of the session s (or else the engine e)
+ * now, with progress on a terminal; nothing on the CPU. */
+int cli_load_weights(const char *cmd, mnv_session *s, mnv_engine *e);
 
 /* Tokenize into a heap array. Returns the library status (message not printed). */
 mnv_status cli_tokenize(const mnv_tokenizer *tok, const char *text, size_t len, int add_bos,

@@ -406,6 +406,7 @@ static int make_engine(const batch_opts *o, mnv_model *model, mnv_engine **e) {
     ep.run_thread = 0;
     mnv_status st = mnv_engine_create(model, &ep, e);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create the engine");
+    if (cli_load_weights(CMD, NULL, *e)) return CLI_EXIT_FAIL;
     return 0;
 }
 

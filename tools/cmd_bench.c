@@ -375,6 +375,10 @@ static int par_measure(const bench_opts *o, mnv_model *model, int n_seqs, int p,
     mnv_engine *e = NULL;
     mnv_status st = mnv_engine_create(model, &ep, &e);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create an engine for %d sequences", n_seqs);
+    if (cli_load_weights(CMD, NULL, e)) {
+        mnv_engine_free(e);
+        return CLI_EXIT_FAIL;
+    }
     par_result *runs = calloc((size_t)o->reps + 1, sizeof *runs);
     uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)n_seqs;
     for (int r = 0; runs && r <= o->reps && st == MNV_OK; r++) st = par_once(o, e, n_seqs, p, n_vocab, &x, &runs[r]);

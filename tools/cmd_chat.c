@@ -398,6 +398,7 @@ static int make_session(chat_state *c) {
     sp.device = c->o->device;
     st = mnv_session_create(c->model, &sp, &c->sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
+    if (cli_load_weights(CMD, c->sess, NULL)) return CLI_EXIT_FAIL;
     mnv_session_stats ss;
     c->n_ctx = mnv_session_get_stats(c->sess, &ss) == MNV_OK && ss.n_ctx > 0 ? ss.n_ctx : n_ctx;
     return 0;

@@ -103,6 +103,10 @@ static int run(gen_opts *o, mnv_model *model, const int32_t *prompt, size_t n_pr
     mnv_session *sess = NULL;
     mnv_status st = mnv_session_create(model, &sp, &sess);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create a session");
+    if (cli_load_weights(CMD, sess, NULL)) {
+        mnv_session_free(sess);
+        return CLI_EXIT_FAIL;
+    }
     gen_stream g = {o->print_ids, 0, -1};
     o->gen.gp.on_token = on_token;
     o->gen.gp.user_data = &g;

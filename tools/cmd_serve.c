@@ -118,6 +118,7 @@ static int load(serve_opts *o, int32_t kv_k, int32_t kv_v, mnv_model **model, mn
     ep->deterministic = o->run.deterministic;
     mnv_status st = mnv_engine_create(*model, ep, engine);
     if (st != MNV_OK) return cli_lib_error(CMD, st, "cannot create the engine");
+    if (cli_load_weights(CMD, NULL, *engine)) return CLI_EXIT_FAIL;
     fprintf(stderr, "minerva serve: model %s (%s), %d parallel, context %d: ready\n", o->model_dir, info.arch,
             o->parallel, ep->max_seq_tokens);
     return 0;

@@ -80,6 +80,11 @@ typedef struct {
      * lifetimes of what the launch reads to its last node, so that no output
      * of the launch is given their memory. */
     void (*plan_lifetimes)(mnv_backend *b, mnv_graph *g);
+    /* Optional (NULL: weights are read where they are). Copy read-only
+     * weights [host, host + size) to the device now, so that graphs reading
+     * them later find them there instead of copying them at their first
+     * run; name names them in errors. */
+    mnv_status (*place_weights)(mnv_backend *b, const void *host, size_t size, const char *name);
 } mnv_backend_iface;
 
 struct mnv_backend {
@@ -101,11 +106,6 @@ typedef struct {
     int row_invariant;  /* 1: a row's results never depend on the other rows computed with it */
     int fixed_width;    /* 1: every run takes every thread, even beside busy neighbours (tests of
                            what threads do together; 0: runs narrow to the CPUs others leave) */
-    /* A device backend copying weights to its memory (when a graph first
-     * reads them) reports (bytes copied, bytes to copy) here: at 0, about
-     * every 256 MiB and at the total. NULL: no reports. */
-    void (*progress)(void *user_data, uint64_t done, uint64_t total);
-    void *progress_user_data;
 } mnv_backend_params;
 
 /* registry.c: the one place that knows every backend. p->name NULL: the

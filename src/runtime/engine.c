@@ -4,6 +4,7 @@
 #include "runtime/engine_int.h"
 
 #include "core/topcands.h"
+#include "io/safetensors.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,8 +176,7 @@ mnv_status mnv__engine_create(mnv_model *model, const mnv_engine_params *params,
         return st;
     }
     mnv_backend_params bp = {.name = e->p.device, .n_threads = e->p.n_threads, .exact_quant = e->p.exact_quant,
-                             .row_invariant = e->p.deterministic, .progress = model->params.progress,
-                             .progress_user_data = model->params.progress_user_data};
+                             .row_invariant = e->p.deterministic};
     st = mnv_backend_create(&bp, &e->be);
     if (st == MNV_OK) st = mnv_executor_create(e->be, &e->ex);
     if (st == MNV_OK) st = make_pool(e);
@@ -277,6 +277,32 @@ static mnv_status graph_for(mnv_engine *e, const mnv__gentry *key, const mnv_bat
     e->last.plan_sec = mnv_time_sec() - t1;
     e->last.fill_sec = 0;
     *out = victim;
+    return MNV_OK;
+}
+
+mnv_status mnv__engine_place_weights(mnv_engine *e, mnv_progress_callback progress, void *user_data) {
+    if (!e->be->iface->place_weights) return MNV_OK; /* weights are read where they are */
+    const mnv_st_set *set = e->model->st;
+    const uint64_t step = 256ull << 20;
+    uint64_t total = 0, done = 0, next = step;
+    /* the checkpoint's matrices and stacks (its 1-d tensors were turned into
+     * f32 at load, and go with the first graph that reads them) */
+    for (size_t i = 0; i < mnv_st_count(set); i++)
+        if (mnv_st_get(set, i)->ndim >= 2) total += mnv_st_get(set, i)->nbytes;
+    if (progress) progress(user_data, 0, total);
+    for (size_t i = 0; i < mnv_st_count(set); i++) {
+        const mnv_st_tensor *t = mnv_st_get(set, i);
+        if (t->ndim < 2) continue;
+        mnv_status st = e->be->iface->place_weights(e->be, t->data, t->nbytes, t->name);
+        if (st != MNV_OK) return st;
+        done += t->nbytes;
+        if (progress && done >= next && done < total) {
+            progress(user_data, done, total);
+            next = done + step;
+        }
+    }
+    e->be->iface->synchronize(e->be);
+    if (progress) progress(user_data, total, total);
     return MNV_OK;
 }
 

@@ -31,6 +31,9 @@ typedef struct {
  * abort flag stopped the pass: nothing committed. */
 mnv_status mnv__engine_run(mnv_engine *e, const mnv__step_part *parts, int32_t n_parts, float *logits,
                            int32_t *argmax, float *cands);
+/* Copy the model's weights to the engine's device now (nothing on the CPU),
+ * reporting (bytes copied, total) as mnv_session_load_weights says. */
+mnv_status mnv__engine_place_weights(mnv_engine *e, mnv_progress_callback progress, void *user_data);
 /* Row `row` of the wanted logits of the last pass (vocab_size floats), for
  * a request its candidates could not decide; valid until the next pass. */
 mnv_status mnv__engine_read_logits(mnv_engine *e, int32_t row, float *dst);

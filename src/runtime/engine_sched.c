@@ -225,6 +225,11 @@ static mnv_status check_prompt(const mnv_engine *e, const mnv_request_params *p)
     return MNV_OK;
 }
 
+mnv_status mnv_engine_load_weights(mnv_engine *e, mnv_progress_callback progress, void *user_data) {
+    if (!e) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_load_weights: engine is NULL");
+    return mnv__engine_place_weights(e, progress, user_data);
+}
+
 mnv_status mnv_engine_submit(mnv_engine *e, const mnv_request_params *params, uint64_t *id_out) {
     if (id_out) *id_out = 0;
     if (!e || !params || !id_out) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_submit: NULL argument");

@@ -337,7 +337,10 @@ static int top_p_bucketed(mnv_cand_array *c, const cut_ctx *f) {
 }
 
 /* Sorted candidates with the weight of the missing ones (tail): the same
- * walk, the sum counting the tail; the cut must fall within the candidates. */
+ * walk, the sum counting the tail; the cut must fall within the candidates,
+ * and clear of the target by more than the rounding of the two paths' sums
+ * (the tail comes from a float log-sum; the row's walk adds in another
+ * order), or the row decides. */
 static void top_p_partial(mnv_cand_array *c, const cut_ctx *f) {
     if (c->tail < 0 || !c->sorted) {
         c->incomplete = 1;
@@ -346,10 +349,12 @@ static void top_p_partial(mnv_cand_array *c, const cut_ctx *f) {
     float mx = cand_max_logit(c);
     double sum = c->tail, cum = 0;
     for (size_t i = 0; i < c->size; i++) sum += cand_weight(c->data[i].logit, mx);
-    double target = (double)f->p * sum;
+    double target = (double)f->p * sum, eps = 1e-5 * sum;
     for (size_t i = 0; i < c->size; i++) {
+        const double prev = cum;
         cum += cand_weight(c->data[i].logit, mx);
         if (cum >= target && i + 1 >= f->min_keep) {
+            if (cum - target < eps || (i + 1 > f->min_keep && target - prev < eps)) break;
             c->size = i + 1;
             c->partial = 0;
             return;

@@ -125,6 +125,11 @@ mnv_status mnv__session_check_cancel(mnv_session *s, const char *where) {
     return mnv_set_error(MNV_ERR_CANCELLED, "%s: cancelled with %d tokens in the context", where, s->n_past);
 }
 
+mnv_status mnv_session_load_weights(mnv_session *s, mnv_progress_callback progress, void *user_data) {
+    if (!s) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_load_weights: session is NULL");
+    return mnv__engine_place_weights(s->e, progress, user_data);
+}
+
 mnv_status mnv_session_truncate(mnv_session *s, int32_t n) {
     if (!s) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_session_truncate: NULL session");
     if (n < 0 || n > s->n_past)

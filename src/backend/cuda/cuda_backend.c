@@ -52,8 +52,6 @@ typedef struct {
     range *uploads;    /* sorted by host */
     int32_t n_up, cap_up;
     size_t upload_bytes;
-    void (*progress)(void *, uint64_t, uint64_t); /* weight uploads (mnv_backend_params) */
-    void *progress_ud;
     int row_invariant;  /* never cuBLAS: its results depend on the row count */
     void *cublas;       /* cublasHandle_t */
     void *blas_ws;      /* cuBLAS's workspace (fixed, so that products may be captured) */
@@ -198,35 +196,27 @@ static bool uploaded(const cuda_ctx *c, const void *p, size_t size) {
     return false;
 }
 
-/* Parameter leaves to device addresses (uploading weights the first time,
- * with progress reports where asked), then views re-derived from their
- * sources. */
+/* Parameter leaves to device addresses (uploading weights the first time),
+ * then views re-derived from their sources. */
 static mnv_status map_params(cuda_ctx *c, mnv_graph *g) {
     int32_t n = mnv_graph_n_nodes(g);
-    uint64_t total = 0, done = 0, next = 0;
-    const uint64_t step = 256ull << 20;
-    for (int32_t i = 0; c->progress && i < n; i++) {
-        const mnv_node *nd = mnv_graph_node(g, i);
-        if (is_param(nd) && !uploaded(c, nd->data, leaf_extent(nd))) total += leaf_extent(nd);
-    }
-    if (total) c->progress(c->progress_ud, 0, total), next = step;
     for (int32_t i = 0; i < n; i++) {
         mnv_node *nd = mnv_graph_node(g, i);
         if (is_param(nd)) {
-            const size_t before = c->upload_bytes;
             mnv_status st = device_view(c, nd->data, leaf_extent(nd), nd->name, &nd->data);
             if (st != MNV_OK) return st;
-            done += c->upload_bytes - before;
-            if (total && done >= next && done < total) {
-                c->progress(c->progress_ud, done, total);
-                next = done + step;
-            }
         } else if ((nd->op == MNV_OP_VIEW || nd->op == MNV_OP_CACHE_WRITE) && nd->view_src) {
             nd->data = (uint8_t *)nd->view_src->data + nd->view_offset;
         }
     }
-    if (total) c->progress(c->progress_ud, total, total);
     return MNV_OK;
+}
+
+static mnv_status cuda_place_weights(mnv_backend *b, const void *host, size_t size, const char *name) {
+    cuda_ctx *c = b->ctx;
+    cudaSetDevice(c->device);
+    void *d;
+    return uploaded(c, host, size) ? MNV_OK : device_view(c, host, size, name, &d);
 }
 
 /* ---- adapters: node -> launch ---- */
@@ -922,6 +912,7 @@ static const mnv_backend_iface cuda_iface = {
     .buffer_free = cuda_dealloc, .host_memory = cuda_host_memory, .wrap_host = cuda_wrap, .upload = cuda_upload,
     .download = cuda_download, .copy = cuda_copy, .supports_node = cuda_supports, .compute = cuda_compute,
     .synchronize = cuda_sync, .n_threads = cuda_threads, .plan_lifetimes = cuda_plan_lifetimes,
+    .place_weights = cuda_place_weights,
 };
 
 mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **out) {
@@ -945,8 +936,6 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->device = p->device;
     snprintf(c->name, sizeof c->name, "cuda:%d", p->device);
     c->row_invariant = p->row_invariant;
-    c->progress = p->progress;
-    c->progress_ud = p->progress_user_data;
     const char *env = getenv("MNV_CUDA_GRAPHS");
     c->graphs = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_FUSE");

@@ -257,6 +257,11 @@ extern "C" {
     pub fn mnv_session_reset(s: *mut mnv_session);
     pub fn mnv_session_cancel(s: *mut mnv_session);
     pub fn mnv_session_truncate(s: *mut mnv_session, n: i32) -> mnv_status;
+    pub fn mnv_session_load_weights(
+        s: *mut mnv_session,
+        progress: mnv_progress_callback,
+        user_data: *mut c_void,
+    ) -> mnv_status;
     pub fn mnv_session_n_past(s: *const mnv_session) -> i32;
     pub fn mnv_session_eval(s: *mut mnv_session, ids: *const i32, n: usize, logits: *mut f32) -> mnv_status;
     pub fn mnv_session_get_stats(s: *const mnv_session, out: *mut mnv_session_stats) -> mnv_status;
