@@ -633,12 +633,13 @@ typedef struct {
     int32_t kv_type_v;        /* q8/q4 included); MNV_KV_DEFAULT (0): as kv_dtype */
     const char *device;       /* as in mnv_session_params */
     int32_t kv_rotate;        /* as in mnv_session_params (mnv_kv_rotate) */
-    int32_t host_sampling;    /* 0 (default): a sampled request whose sampler cuts the
-                                 vocabulary (top-k up to 256, top-p, min-p; penalties only
-                                 before a top-k; no logit bias or log-probabilities) gets its
-                                 row's 256 best candidates from where the logits are, not the
-                                 row: the same tokens. 1: every sampled request brings its
-                                 whole row back */
+    int32_t host_sampling;    /* 0 (default): on a device (cuda), a sampled request whose
+                                 sampler cuts the vocabulary (top-k up to 256, top-p, min-p;
+                                 penalties only before a top-k; no logit bias or
+                                 log-probabilities) gets its row's 256 best candidates from
+                                 where the logits are, not the row: the same tokens; on the
+                                 CPU, where the rows are in host memory already, it samples
+                                 the row. 1: rows everywhere. -1: candidates on the CPU too */
     uint32_t reserved[4];
 } mnv_engine_params;
 

@@ -202,7 +202,7 @@ static void test_equivalence(const char *dir) {
 }
 
 /* Sampled requests: the tokens picked from the candidates computed beside
- * the logits (host_sampling 0) equal those drawn from the whole rows
+ * the logits (host_sampling -1: on the CPU too) equal those drawn from the whole rows
  * brought back (host_sampling 1), batched and staggered, for chains that
  * cut at top-k, top-p or min-p (with penalties that lower logits, before
  * top-k) and for ones the candidates cannot decide (plain temperature,
@@ -247,7 +247,7 @@ static void test_sampled(const char *dir) {
         batched(m, prompts, lens, n, n_gen, &cfg, want, &es, cached);
         CHECKF(es.sampled_from_cands == 0, "%s, %s: host sampling took %llu tokens from candidates", dir,
                chains[c].what, (unsigned long long)es.sampled_from_cands);
-        run_host_sampling = 0;
+        run_host_sampling = -1; /* candidates on the CPU too */
         batched(m, prompts, lens, n, n_gen, &cfg, got, &es, cached);
         compare(dir, chains[c].what, want, got, n);
         const bool all_cands = es.sampled_from_rows == 0 && es.sampled_from_cands == (uint64_t)(n * n_gen);
@@ -259,6 +259,10 @@ static void test_sampled(const char *dir) {
                (unsigned long long)es.sampled_from_cands, (unsigned long long)es.sampled_from_rows);
     }
     run_sampler = NULL;
+    mnv_engine_params ep = mnv_engine_params_default();
+    ep.host_sampling = 2;
+    mnv_engine *e = NULL;
+    CHECK(mnv_engine_create(m, &ep, &e) == MNV_ERR_INVALID_ARG && !e && strstr(mnv_last_error(), "host_sampling"));
     mnv_model_free(m);
 }
 

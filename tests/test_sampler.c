@@ -423,6 +423,18 @@ static void bench(void) {
         double t0 = mnv_time_sec();
         for (int i = 0; i < iters; i++) mnv_sampler_sample(s, g_logits, n);
         printf("%s chain, V=%d: %.3f ms/token\n", v ? "top-p only" : "default", n, (mnv_time_sec() - t0) * 1e3 / iters);
+        /* the same from the row's candidates (computing them here, as the CPU kernel does) */
+        static float cr[MNV_TOP_CANDS_ROW], vals[MNV_TOP_CANDS];
+        static int32_t ids[MNV_TOP_CANDS];
+        double t1 = mnv_time_sec(), t_cands = 0;
+        for (int i = 0; i < iters; i++) {
+            const double a0 = mnv_time_sec();
+            mnv__top_cands_row(g_logits, n, cr, vals, ids);
+            t_cands += mnv_time_sec() - a0;
+            if (mnv__sampler_sample_cands(s, cr, n) == -2) mnv_sampler_sample(s, g_logits, n);
+        }
+        printf("%s chain from candidates, V=%d: %.3f ms/token, of which %.3f ms finding them\n", v ? "top-p only" : "default",
+               n, (mnv_time_sec() - t1) * 1e3 / iters, t_cands * 1e3 / iters);
         mnv_sampler_free(s);
     }
 }

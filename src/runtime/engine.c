@@ -52,6 +52,7 @@ static mnv_status resolve_params(const mnv_model *m, const mnv_engine_params *in
         {"max_seq_tokens", p->max_seq_tokens, 1, INT32_MAX / 2},
         {"kv_block_tokens", p->kv_block_tokens, 1, 4096},
         {"step_tokens", p->step_tokens, 1, 1 << 20},
+        {"host_sampling", p->host_sampling, -1, 1},
     };
     for (size_t i = 0; i < sizeof chk / sizeof chk[0]; i++)
         if (chk[i].v < chk[i].lo || chk[i].v > chk[i].hi)

@@ -535,7 +535,8 @@ static mnv_status do_step(mnv_engine *e) {
         for (int32_t i = 0; i < n && !with_logits; i++) {
             const mnv__gen *gen = &e->part_req[i]->gen;
             if (e->parts[i].out_from == e->parts[i].n || !mnv__gen_wants_logits(gen)) continue;
-            if (mnv__gen_wants_cands(gen) && !e->p.host_sampling)
+            if (mnv__gen_wants_cands(gen) && e->p.host_sampling <= 0 &&
+                (e->p.host_sampling < 0 || !mnv_backend_host_memory(e->be)))
                 with_cands = true;
             else
                 with_logits = true;
