@@ -3,7 +3,8 @@
  * preserving keys (four passes of 8 bits), keeps everything above it and
  * the lowest-indexed of the values equal to it, and ranks the K kept by
  * (value descending, index ascending). The first pass also sums the row's
- * exponentials (an online maximum per thread, merged across the block). */
+ * exponentials (an online maximum per thread, merged across the block).
+ * The histograms add each warp's lanes of one digit with one atomic. */
 #include <cfloat>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -39,8 +40,13 @@ static __global__ void __launch_bounds__(TC_THREADS) k_top_cands(const float *x,
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += TC_THREADS) hist[i] = 0;
         __syncthreads();
-        for (int64_t i = tid; i < n; i += TC_THREADS) {
-            const float l = tc_clean(row[i]);
+        /* whole warps step together, so that lanes of one digit add their
+         * count once (logits share their top bytes: one bin would take
+         * nearly every element's atomic otherwise) */
+        for (int64_t t0 = 0; t0 < n; t0 += TC_THREADS) {
+            const int64_t i = t0 + tid;
+            const bool in = i < n;
+            const float l = in ? tc_clean(row[i]) : -INFINITY;
             if (shift == 24 && l > -INFINITY) {
                 if (l > tm) {
                     ts = ts * expf(tm - l) + 1.0f;
@@ -50,7 +56,10 @@ static __global__ void __launch_bounds__(TC_THREADS) k_top_cands(const float *x,
                 }
             }
             const uint32_t k = tc_key(l);
-            if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+            const bool counted = in && (k & mask) == prefix;
+            const uint32_t digit = (k >> shift) & 255u;
+            const uint32_t peers = __match_any_sync(0xffffffffu, counted ? digit : 256u + (uint32_t)lane);
+            if (counted && lane == __ffs(peers) - 1) atomicAdd(&hist[digit], (uint32_t)__popc(peers));
         }
         __syncthreads();
         if (warp == 0) { /* the digit where the count from the top reaches want */
