@@ -492,6 +492,9 @@ int cmd_bench(int argc, char **argv) {
     if (cli_parse(&spec, argc, argv, &rc)) return rc;
     int32_t *list = NULL;
     size_t n_list = 0;
+    if ((o.sample || o.host_sampling) && !o.parallel)
+        return cli_usage(CMD, "--sample and --host-sampling go with --parallel");
+    if (o.host_sampling && !o.sample) return cli_usage(CMD, "--host-sampling goes with --sample");
     if (o.parallel && (rc = parse_parallel(&o, &list, &n_list)) != 0) {
         free(list);
         return rc;

@@ -501,13 +501,19 @@ static void after_run(mnv_engine *e, int32_t n, bool with_logits, bool with_cand
         int32_t tok;
         bool done;
         bool need = false, full = r->n_tokens >= e->p.max_seq_tokens;
+        /* a token the sampler draws (not greedy's argmax, not a scripted one) */
+        const bool sampled = mnv__gen_wants_logits(&r->gen) && (size_t)r->res.gen.n_generated >= r->gp.n_scripted;
         mnv_status st = mnv__gen_step(&r->gen, &out, full, &tok, &done, &need);
-        if (st == MNV_OK && out.cands && !need && mnv__gen_wants_logits(&r->gen)) e->stats.sampled_from_cands++;
-        if (st == MNV_OK && (need || (out.logits && mnv__gen_wants_logits(&r->gen)))) e->stats.sampled_from_rows++;
         if (st == MNV_OK && need) {
             out.logits = lg;
             st = mnv__engine_read_logits(e, at, lg);
             if (st == MNV_OK) st = mnv__gen_step(&r->gen, &out, full, &tok, &done, NULL);
+        }
+        if (st == MNV_OK && sampled) {
+            if (out.logits)
+                e->stats.sampled_from_rows++;
+            else if (out.cands)
+                e->stats.sampled_from_cands++;
         }
         if (r->res.gen.n_generated == 1 && r->t_first == 0) {
             r->t_first = now;
