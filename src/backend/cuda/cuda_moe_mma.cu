@@ -311,8 +311,10 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
 
 extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
+    /* x's two terms and the block's sums (static) within the 48 KB a launch gets without opting in */
+    size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
     return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < MNV_CU_MOE_GROUP_MIN && mma_layout(a) == MMV_MX4 &&
-           (size_t)a->k * 4 <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
+           (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
 extern "C" cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s) {
