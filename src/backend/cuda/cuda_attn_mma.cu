@@ -256,10 +256,24 @@ template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_
     CU_CHECK_LAUNCH();
 }
 
+/* Whether the current device gives a block the kernel's shared memory
+ * (static and dynamic): head size 128 needs ~109 KB, more than some cards
+ * allow (99 KB on sm_86/89/120); those keep the per-query kernels. */
+static bool smem_fits(int64_t D) {
+    int dev = 0, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        return false;
+    cudaFuncAttributes fa;
+    cudaError_t e = D == 64 ? cudaFuncGetAttributes(&fa, k_attn_mma<64>) : cudaFuncGetAttributes(&fa, k_attn_mma<128>);
+    if (e != cudaSuccess) return false;
+    return fa.sharedSizeBytes + (D == 64 ? am_smem<64>() : am_smem<128>()) <= (size_t)optin;
+}
+
 extern "C" int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a) {
     int64_t D = a->kc.head_dim;
     return a->mma_min_rows > 0 && a->T >= a->mma_min_rows && (D == 64 || D == 128) && a->vc.head_dim == D &&
-           a->n_head <= 65535 && (a->T + AM_Q - 1) / AM_Q <= INT32_MAX;
+           a->n_head <= 65535 && (a->T + AM_Q - 1) / AM_Q <= INT32_MAX && smem_fits(D);
 }
 
 extern "C" cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s) {
