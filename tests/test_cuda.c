@@ -679,11 +679,13 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
 }
 
 static void test_attention(void) {
-    for (int i = 0; i < 18; i++) {
+    for (int i = 0; i < 22; i++) {
         /* from 12 on: contexts of several chunks of keys (split over blocks
          * in decode), windows longer than a chunk; 16 and 17: heads of 8
-         * values a lane (256, and 160 with lanes past the head) */
-        bool longer = i >= 12;
+         * values a lane (256, and 160 with lanes past the head); from 18
+         * on: prefill chunks of one to three sequences, enough queries for
+         * the tensor-core kernel, tiles of queries across sequences */
+        bool longer = i >= 12, prefill = i >= 18;
         attn_case c = {.S = t_randint(1, 3), .B = i % 2 || longer ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
                        .D = i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
                        .dt = float_types[i % 3], .sinks = i % 4 >= 2,
@@ -693,8 +695,8 @@ static void test_attention(void) {
         c.W = 0;
         c.T = 0;
         for (int s = 0; s < c.S; s++) {
-            len[s] = longer ? t_randint(200, 1300) : t_randint(1, 70);
-            nnew[s] = t_randint(1, len[s] < 5 ? len[s] : 5);
+            len[s] = prefill ? t_randint(40, 700) : longer ? t_randint(200, 1300) : t_randint(1, 70);
+            nnew[s] = prefill ? MNV_MIN(len[s], t_randint(40, 200)) : t_randint(1, len[s] < 5 ? len[s] : 5);
             c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
             c.T += nnew[s];
         }
@@ -790,9 +792,9 @@ static mnv_array *build_qattention(side *s, mnv_graph *g, void *ud) {
 static void test_attention_quant(void) {
     static const mnv_kv_type kt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q8, MNV_KV_F16};
     static const mnv_kv_type vt[4] = {MNV_KV_Q8, MNV_KV_Q4, MNV_KV_Q4, MNV_KV_Q8};
-    for (int i = 0; i < 8; i++) {
-        qattn_case c = {.B = 16, .Hkv = t_randint(1, 2), .D = i == 6 ? 80 : i % 2 ? 64 : 128, .T = t_randint(1, 4),
-                        .window = i == 5 ? t_randint(50, 300) : 0};
+    for (int i = 0; i < 10; i++) { /* 8 and 9: prefill chunks (the tensor-core kernel) */
+        qattn_case c = {.B = 16, .Hkv = t_randint(1, 2), .D = i == 6 ? 80 : i % 2 ? 64 : 128,
+                        .T = i >= 8 ? t_randint(64, 200) : t_randint(1, 4), .window = i == 5 || i == 9 ? t_randint(50, 300) : 0};
         c.H = c.Hkv * t_randint(1, 4);
         int64_t len = i < 4 ? t_randint(c.T, 60) : t_randint(300, 900); /* one sequence; its last T are new */
         c.NB = (len + c.B - 1) / c.B;
@@ -924,12 +926,14 @@ static void test_moe(void) {
 }
 
 /* Enough (token, slot) rows for the tensor-core experts: mxfp4 and bf16,
- * output rows not a multiple of a block's, per token and per slot. */
+ * output rows not a multiple of a block's, per token and per slot; 6 to
+ * 9: decode steps (mxfp4 on tensor cores a slot a block). */
 static void test_moe_mma(void) {
-    for (int i = 0; i < 6; i++) {
-        moe_case c = {.T = t_randint(40, 90), .E = t_randint(4, 40), .N = t_randint(1, 300), .K = 32 * t_randint(1, 12),
-                      .kk = 4, .stage = 2, .per_slot = i % 2 == 1, .interleaved = i == 3, .wt = MNV_DTYPE_BF16};
-        run_moe_case(c, i < 4 ? &qformats[6] : NULL);
+    for (int i = 0; i < 10; i++) {
+        moe_case c = {.T = i >= 6 ? t_randint(1, 7) : t_randint(40, 90), .E = t_randint(4, 40), .N = t_randint(1, 300),
+                      .K = 32 * t_randint(1, i >= 6 ? 100 : 12),
+                      .kk = 4, .stage = 2, .per_slot = i % 2 == 1, .interleaved = i == 3 || i == 9, .wt = MNV_DTYPE_BF16};
+        run_moe_case(c, i < 4 || i >= 6 ? &qformats[6] : NULL);
     }
 }
 

@@ -280,6 +280,7 @@ extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch
     int64_t D = a->kc.head_dim;
     if (D > ATTN_MAXD || a->vc.head_dim != D) return cudaErrorInvalidValue;
     if (a->T * a->n_head <= 0) return cudaSuccess;
+    if (mnv__cu_attention_mma_fits(a)) return mnv__cu_attention_mma(a, s);
     if (D <= 64) return attn_go<2>(a, scratch, scratch_size, s);
     if (D <= 128) return attn_go<4>(a, scratch, scratch_size, s);
     return attn_go<8>(a, scratch, scratch_size, s);

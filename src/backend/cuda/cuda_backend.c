@@ -63,6 +63,7 @@ typedef struct {
     bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
     int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
+    int64_t attn_mma_min;    /* queries from which attention runs on tensor cores (0: never) */
     bool planning;      /* fuse() matching for the planner: no launches */
     bool attn_split;    /* decode attention over many blocks (MNV_CUDA_ATTN_SPLIT=0: one per query) */
     captured cap[N_CAPTURED];
@@ -263,7 +264,7 @@ static void matmul_args(const mnv_node *n, mnv_cu_matmul_args *a) {
     }
 }
 
-static mnv_cu_attn_args attn_args(const mnv_node *n) {
+static mnv_cu_attn_args attn_args(const cuda_ctx *c, const mnv_node *n) {
     const mnv_node *x = n->src[0];
     mnv_cu_attn_args a = {
         .kc = cache_of(n->src[1]), .vc = cache_of(n->src[2]), .n_head = (int32_t)x->shape[1],
@@ -271,6 +272,7 @@ static mnv_cu_attn_args attn_args(const mnv_node *n) {
         .k = n->src[1]->data, .v = n->src[2]->data, .tables = n->src[3] ? n->src[3]->data : NULL,
         .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = x->data, .seq = n->src[4]->data,
         .pos = n->src[5]->data, .out = n->data, .T = x->shape[0],
+        .mma_min_rows = c->row_invariant ? 0 : c->attn_mma_min,
     };
     return a;
 }
@@ -329,7 +331,7 @@ static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
             need = MNV_MAX(need, mnv_cu_moe_scratch(&a));
         }
         if (nd->op == MNV_OP_ATTENTION && c->attn_split) {
-            mnv_cu_attn_args a = attn_args(nd);
+            mnv_cu_attn_args a = attn_args(c, nd);
             need = MNV_MAX(need, mnv_cu_attention_scratch(&a));
         }
         if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
@@ -420,7 +422,7 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
         return mnv_cu_cache_write(&cs, n->data, n->src[1]->data, n->src[2]->data, n->src[1]->shape[0], s);
     }
     case MNV_OP_ATTENTION: {
-        mnv_cu_attn_args a = attn_args(n);
+        mnv_cu_attn_args a = attn_args(c, n);
         return mnv_cu_attention(&a, c->attn_split ? c->scratch : NULL, c->scratch_size, s);
     }
     case MNV_OP_MATMUL:
@@ -944,6 +946,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
     c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
+    env = getenv("MNV_CUDA_ATTN_MMA_MIN");
+    c->attn_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_ATTN_MMA_MIN;
     env = getenv("MNV_CUDA_ATTN_SPLIT");
     c->attn_split = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_PROFILE");

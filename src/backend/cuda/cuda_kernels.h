@@ -104,6 +104,7 @@ typedef struct {
     const int32_t *seq, *pos;
     float *out;            /* (T, H, D) */
     int64_t T;
+    int64_t mma_min_rows;  /* queries from which tensor cores take the step (0: never) */
 } mnv_cu_attn_args;
 /* head_dim <= 256. Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
@@ -111,6 +112,13 @@ typedef struct {
 #define MNV_CU_ATTN_SPLIT_MAX ((size_t)64 << 20)
 size_t mnv_cu_attention_scratch(const mnv_cu_attn_args *a);
 cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s);
+/* From mma_min_rows queries on, head sizes 64 and 128 run on tensor cores
+ * (cuda_attn_mma.cu): operands split into two bf16 terms (within about
+ * 2^-16 of f32), sums in another order than the per-query kernels (not
+ * row-invariant). */
+#define MNV_CU_ATTN_MMA_MIN 64
+int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a);
+cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s);
 
 /* A weight matrix as the product kernels read it: float rows (mode 0) or
  * MLX packed rows with scales (and affine biases). Row r of expert e starts
@@ -201,6 +209,10 @@ cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStrea
 int mnv__cu_moe_mma_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
+/* Below MNV_CU_MOE_GROUP_MIN rows (and with mma_min_rows set), mxfp4
+ * experts run on tensor cores one (token, slot) a block (cuda_moe_mma.cu). */
+int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s);
 
 /* A router in one launch, one block per row of x: logits = the product
  * mm (n <= 32 rows, mnv_cu_mmv_fast, with its bias epilogue; mm.y unused),

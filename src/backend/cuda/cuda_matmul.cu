@@ -344,11 +344,49 @@ static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0,
     lo[i] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
 }
 
+/* The same for weights read in 16-byte chunks: a thread per chunk. */
+template <int F>
+static __global__ void k_chunks_split(mnv_cu_weight w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo, int64_t rows) {
+    constexpr int E = mmv_fmt<F>::epc;
+    constexpr bool grouped = F == MMV_A8 || F == MMV_A4 || F == MMV_MX4;
+    const int64_t nc = k / E, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * nc) return;
+    const int64_t r = i / nc, qi = i % nc;
+    mmv_row row = mmv_row_of(w, 0, r0 + r);
+    uint4 q = __ldg(row.q + qi);
+    float sc = 1.0f, b = 0.0f;
+    if (grouped) mmv_group<F>(w, row.sc, row.bi, qi * E, &sc, &b);
+    uint32_t *ph = (uint32_t *)(hi + r * k + qi * E), *pl = (uint32_t *)(lo + r * k + qi * E);
+#pragma unroll
+    for (int j = 0; j < E; j += 2) {
+        float v0 = grouped ? fmaf(mmv_code<F>(q, j), sc, b) : mmv_code<F>(q, j);
+        float v1 = grouped ? fmaf(mmv_code<F>(q, j + 1), sc, b) : mmv_code<F>(q, j + 1);
+        uint32_t h0 = f32_to_bf16_bits(v0), h1 = f32_to_bf16_bits(v1);
+        ph[j / 2] = h0 | h1 << 16;
+        pl[j / 2] = f32_to_bf16_bits(v0 - bf16_bits_to_f32((uint16_t)h0)) |
+                    (uint32_t)f32_to_bf16_bits(v1 - bf16_bits_to_f32((uint16_t)h1)) << 16;
+    }
+}
+
+template <int F> static void chunks_split(const mnv_cu_weight *w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo,
+                                          int64_t rows, cudaStream_t s) {
+    int64_t n = rows * (k / mmv_fmt<F>::epc);
+    k_chunks_split<F><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(*w, k, r0, hi, lo, rows);
+}
+
 extern "C" cudaError_t mnv_cu_qget_rows_split(const mnv_cu_weight *w, int64_t k, int64_t r0, void *hi, void *lo,
                                               int64_t rows, cudaStream_t s) {
-    if (rows * k > 0)
-        k_qget_rows_split<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, r0, (uint16_t *)hi,
-                                                                             (uint16_t *)lo, rows);
+    if (rows * k <= 0) return cudaSuccess;
+    uint16_t *h = (uint16_t *)hi, *l = (uint16_t *)lo;
+    switch (mmv_layout(w, k)) {
+    case MMV_F32: chunks_split<MMV_F32>(w, k, r0, h, l, rows, s); break;
+    case MMV_BF16: chunks_split<MMV_BF16>(w, k, r0, h, l, rows, s); break;
+    case MMV_F16: chunks_split<MMV_F16>(w, k, r0, h, l, rows, s); break;
+    case MMV_A8: chunks_split<MMV_A8>(w, k, r0, h, l, rows, s); break;
+    case MMV_A4: chunks_split<MMV_A4>(w, k, r0, h, l, rows, s); break;
+    case MMV_MX4: chunks_split<MMV_MX4>(w, k, r0, h, l, rows, s); break;
+    default: k_qget_rows_split<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, r0, h, l, rows);
+    }
     CU_CHECK_LAUNCH();
 }
 
@@ -492,6 +530,7 @@ extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch
     bool fast = mnv_cu_mmv_fast(&a->w, a->k, a->x, a->k);
     if (a->dual && !fast) return cudaErrorInvalidValue; /* pairing is the chunked path's */
     if (scratch && mnv__cu_moe_mma_fits(a)) return mnv__cu_moe_mma(a, scratch, s);
+    if (mnv__cu_moe_dmma_fits(a)) return mnv__cu_moe_dmma(a, s);
     if (rows >= MNV_CU_MOE_GROUP_MIN && scratch) {
         int64_t max_tiles = moe_max_tiles(rows, a->E, MOE_MR);
         if (max_tiles > 65535 || a->E > 4096) return cudaErrorInvalidValue;

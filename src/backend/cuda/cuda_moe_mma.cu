@@ -10,6 +10,8 @@
 #include "backend/cuda/cuda_mmv.cuh"
 #include "backend/cuda/cuda_moe.cuh"
 
+static int mma_layout(const mnv_cu_moe_args *a);
+
 #define TM 64     /* rows of one expert per tile */
 #define BK 32     /* k per step (one mxfp4 group) */
 #define LDS 40    /* shared row stride in bf16: 80 bytes, so the fragment loads hit 32 banks */
@@ -200,6 +202,130 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
                     a.y[ts * a.n + col] = v;
                 }
         }
+}
+
+/* ---- few rows (decode): one (token, slot) per block row ----
+ * A warp multiplies 16 expert rows by the slot's x on tensor cores, x the
+ * B operand's first column (the other seven zero): the codes become bf16
+ * by byte permutes (about 2.5 instructions a code, against 7 for the
+ * scalar decode, which left the kernel bound by its instructions, not by
+ * memory). Thread (g, q) holds word q of each 16-byte group chunk of rows g
+ * and g + 8, so the k order inside a group is permuted alike in A and B;
+ * a group's two mma steps go to a scratch sum that its scale then folds
+ * in. The block's four warps take interleaved pairs of groups and add
+ * their sums in order. */
+
+/* Four bf16 pairs (codes 0-1, 2-3, 4-5, 6-7 of word w) of E2M1 values. */
+static __device__ __forceinline__ void mx4_pairs(uint32_t w, uint32_t *p) {
+    const uint32_t lo = w & 0x7777u, hi = (w >> 16) & 0x7777u;
+    /* bf16 high and low bytes of 0, .5, 1, 1.5, 2, 3, 4, 6 */
+    const uint32_t hl = __byte_perm(0x3F3F3F00u, 0x40404040u, lo), ll = __byte_perm(0xC0800000u, 0xC0804000u, lo);
+    const uint32_t hh = __byte_perm(0x3F3F3F00u, 0x40404040u, hi), lh = __byte_perm(0xC0800000u, 0xC0804000u, hi);
+    p[0] = __byte_perm(ll, hl, 0x5140) | ((w << 12) & 0x8000u) | ((w << 24) & 0x80000000u);
+    p[1] = __byte_perm(ll, hl, 0x7362) | ((w << 4) & 0x8000u) | ((w << 16) & 0x80000000u);
+    p[2] = __byte_perm(lh, hh, 0x5140) | ((w >> 4) & 0x8000u) | ((w << 8) & 0x80000000u);
+    p[3] = __byte_perm(lh, hh, 0x7362) | ((w >> 12) & 0x8000u) | (w & 0x80000000u);
+}
+
+#define DM_ROWS 16 /* expert rows per block */
+
+template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmma(mnv_cu_moe_args a) {
+    constexpr int R = DUAL ? 2 : 1; /* weights: gate (and up) */
+    extern __shared__ __align__(16) uint16_t xs[]; /* hi[k], lo[k] */
+    __shared__ float red[THREADS / 32][R][DM_ROWS];
+    const int64_t ts = blockIdx.y, K = a.k, ng = K / 32;
+    const int32_t e = a.ids[ts];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const float *x = a.x + (a.per_slot ? ts : ts / a.kk) * K;
+    uint16_t *xh = xs, *xl = xs + K;
+    for (int64_t j = tid; j < K; j += THREADS) {
+        float v = x[j];
+        uint16_t h = f32_to_bf16_bits(v);
+        xh[j] = h;
+        xl[j] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+    }
+    __syncthreads();
+    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
+    const uint32_t *wr[R][2];
+    const uint8_t *sr[R][2];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            wr[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
+            sr[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+        }
+    }
+    float acc[R][2] = {};
+#pragma unroll 2
+    for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) {
+            const int64_t grp = g0 + gi;
+            if (grp >= ng) break;
+            uint32_t b[2][4] = {}; /* hi, lo: x at codes 0-1, 2-3, 4-5, 6-7 of word q (column 0 only) */
+            if (g == 0) {
+                const uint2 h0 = *(const uint2 *)&xh[grp * 32 + 8 * q], h1 = *(const uint2 *)&xh[grp * 32 + 8 * q + 4];
+                const uint2 l0 = *(const uint2 *)&xl[grp * 32 + 8 * q], l1 = *(const uint2 *)&xl[grp * 32 + 8 * q + 4];
+                b[0][0] = h0.x, b[0][1] = h0.y, b[0][2] = h1.x, b[0][3] = h1.y;
+                b[1][0] = l0.x, b[1][1] = l0.y, b[1][2] = l1.x, b[1][3] = l1.y;
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                uint32_t p0[4], p8[4];
+                mx4_pairs(__ldg(wr[r][0] + grp * 4), p0);
+                mx4_pairs(__ldg(wr[r][1] + grp * 4), p8);
+                const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
+                float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_bf16(t, a0, b[0][0], b[0][1]);
+                mma_bf16(t, a0, b[1][0], b[1][1]);
+                mma_bf16(t, a1, b[0][2], b[0][3]);
+                mma_bf16(t, a1, b[1][2], b[1][3]);
+                acc[r][0] = fmaf(t[0], e8m0(__ldg(sr[r][0] + grp)), acc[r][0]); /* row g, column 0 (q = 0) */
+                acc[r][1] = fmaf(t[2], e8m0(__ldg(sr[r][1] + grp)), acc[r][1]); /* row g + 8 */
+            }
+        }
+    }
+    if (q == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            red[warp][r][g] = acc[r][0];
+            red[warp][r][g + 8] = acc[r][1];
+        }
+    __syncthreads();
+    if (tid >= DM_ROWS) return;
+    const int64_t n = n0 + tid;
+    if (n >= a.n) return;
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < THREADS / 32; w++) {
+        v += red[w][0][tid];
+        if (DUAL) u += red[w][R - 1][tid];
+    }
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
+    a.y[ts * a.n + n] = v;
+}
+
+extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
+    int64_t rows = a->T * a->kk;
+    /* x's two terms and the block's sums (static) within the 48 KB a launch gets without opting in */
+    size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
+    return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < MNV_CU_MOE_GROUP_MIN && mma_layout(a) == MMV_MX4 &&
+           (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
+}
+
+extern "C" cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s) {
+    if (!mnv__cu_moe_dmma_fits(a)) return cudaErrorInvalidValue;
+    dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)(a->T * a->kk));
+    size_t sm = (size_t)a->k * 4;
+    if (a->dual)
+        k_moe_dmma<true><<<grid, THREADS, sm, s>>>(*a);
+    else
+        k_moe_dmma<false><<<grid, THREADS, sm, s>>>(*a);
+    CU_CHECK_LAUNCH();
 }
 
 static int mma_layout(const mnv_cu_moe_args *a) {

@@ -1,0 +1,282 @@
+/* Attention of long batches (prefill) on tensor cores, flash style: a
+ * block takes 64 queries of one head and walks tiles of 64 keys, scores
+ * and weighted values by mma.sync m16n8k16 with every operand split into
+ * two bf16 terms (hi + lo; the three products hh, hl, lh summed in f32,
+ * within about 2^-16 of f32 operands), the softmax kept online per query
+ * row in registers, the sink folded in at the end as the other kernels do.
+ *
+ * The 64 queries may belong to several sequences (a batch of prefill
+ * chunks): their keys are walked sequence by sequence, each query masking
+ * out the keys that are not its own (another sequence, past its position,
+ * before its window). Keys are read through the block tables from caches
+ * of any KV type. A query's result does not depend on the other queries
+ * of its tile, but its sums run in another order than the per-query
+ * kernels': this path is for batches that are not asked to be
+ * row-invariant. */
+#include "backend/cuda/cuda_common.cuh"
+
+#define AM_Q 64       /* queries per block */
+#define AM_K 64       /* keys per tile */
+#define AM_THREADS 128
+#define AM_VS (AM_K + 8) /* shared row stride (bf16) of the transposed V tile */
+
+static __device__ __forceinline__ void am_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ void split2(float v, uint16_t *h, uint16_t *l) {
+    *h = f32_to_bf16_bits(v);
+    *l = f32_to_bf16_bits(v - bf16_bits_to_f32(*h));
+}
+
+/* Two floats as the hi and lo bf16 pairs of an mma operand register. */
+static __device__ __forceinline__ void split_pair(float a, float b, uint32_t *hi, uint32_t *lo) {
+    uint16_t ah, al, bh, bl;
+    split2(a, &ah, &al);
+    split2(b, &bh, &bl);
+    *hi = ah | (uint32_t)bh << 16;
+    *lo = al | (uint32_t)bl << 16;
+}
+
+static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &a, const mnv_cu_cache &c,
+                                                        const void *base, int64_t s, int64_t p, int64_t kvh) {
+    int64_t B = c.block_tokens;
+    int64_t blk = a.tables ? a.tables[s * a.table_stride + p / B] : s;
+    return (const uint8_t *)base + blk * c.block_stride + ((p % B) * c.n_head_kv + kvh) * c.row_bytes;
+}
+
+template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma(mnv_cu_attn_args a) {
+    constexpr int QS = D + 8; /* shared row stride (bf16) of Q and K: fragment loads hit 32 banks */
+    extern __shared__ __align__(16) uint16_t smem[];
+    uint16_t *qh = smem, *ql = qh + AM_Q * QS, *kh = ql + AM_Q * QS, *kl = kh + AM_K * QS;
+    uint16_t *vh = kl + AM_K * QS, *vl = vh + D * AM_VS; /* V transposed: [d][key] */
+    __shared__ int32_t rseq[AM_Q];
+    __shared__ int64_t rlo[AM_Q], rhi[AM_Q];
+    __shared__ int32_t useq[AM_Q];
+    __shared__ int64_t ulo[AM_Q], uhi[AM_Q];
+    __shared__ int32_t n_u;
+
+    const int64_t t0 = (int64_t)blockIdx.x * AM_Q, h = blockIdx.y;
+    const int64_t group = a.n_head / a.kc.n_head_kv, kvh = h / group;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+
+    /* the queries (split), and each one's sequence and key range */
+    for (int e = tid; e < AM_Q * D; e += AM_THREADS) {
+        int r = e / D, d = e % D;
+        int64_t t = t0 + r;
+        float v = t < a.T ? a.q[(t * a.n_head + h) * D + d] : 0.0f;
+        split2(v, &qh[r * QS + d], &ql[r * QS + d]);
+    }
+    if (tid < AM_Q) {
+        int64_t t = t0 + tid;
+        if (t < a.T) {
+            int64_t p = a.pos[t];
+            rseq[tid] = a.seq[t];
+            rlo[tid] = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+            rhi[tid] = p;
+        } else {
+            rseq[tid] = -1;
+            rlo[tid] = 1;
+            rhi[tid] = 0; /* no keys */
+        }
+    }
+    __syncthreads();
+    if (tid == 0) { /* the distinct sequences and the union of their queries' ranges */
+        int32_t n = 0;
+        for (int r = 0; r < AM_Q; r++) {
+            if (rseq[r] < 0) continue;
+            int u = 0;
+            while (u < n && useq[u] != rseq[r]) u++;
+            if (u == n) {
+                useq[n] = rseq[r];
+                ulo[n] = rlo[r];
+                uhi[n] = rhi[r];
+                n++;
+            } else {
+                ulo[u] = rlo[r] < ulo[u] ? rlo[r] : ulo[u];
+                uhi[u] = rhi[r] > uhi[u] ? rhi[r] : uhi[u];
+            }
+        }
+        n_u = n;
+    }
+    __syncthreads();
+
+    /* this thread's two query rows: g and g + 8 of the warp's 16 */
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int32_t s0 = rseq[r0], s1 = rseq[r1];
+    const int64_t lo0 = rlo[r0], hi0 = rhi[r0], lo1 = rlo[r1], hi1 = rhi[r1];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float o[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+
+    for (int32_t u = 0; u < n_u; u++) {
+        const int32_t sq = useq[u];
+        const int64_t klo = ulo[u], khi = uhi[u];
+        for (int64_t kb = klo / AM_K * AM_K; kb <= khi; kb += AM_K) {
+            __syncthreads(); /* the previous tile's reads are done */
+            for (int e = tid; e < AM_K * D; e += AM_THREADS) {
+                int j = e / D, d = e % D;
+                int64_t p = kb + j;
+                float kv = 0.0f, vv = 0.0f;
+                if (p >= klo && p <= khi) {
+                    kv = cu_kv_at(am_row(a, a.kc, a.k, sq, p, kvh), a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d);
+                    vv = cu_kv_at(am_row(a, a.vc, a.v, sq, p, kvh), a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d);
+                }
+                split2(kv, &kh[j * QS + d], &kl[j * QS + d]);
+                split2(vv, &vh[d * AM_VS + j], &vl[d * AM_VS + j]);
+            }
+            __syncthreads();
+
+            /* scores: this warp's 16 queries by the tile's 64 keys */
+            float sc[AM_K / 8][4];
+#pragma unroll
+            for (int ni = 0; ni < AM_K / 8; ni++) sc[ni][0] = sc[ni][1] = sc[ni][2] = sc[ni][3] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < D; ks += 16) {
+                uint32_t ah[4], al[4];
+                const int c0 = ks + 2 * q;
+                ah[0] = *(const uint32_t *)&qh[r0 * QS + c0];
+                ah[1] = *(const uint32_t *)&qh[r1 * QS + c0];
+                ah[2] = *(const uint32_t *)&qh[r0 * QS + c0 + 8];
+                ah[3] = *(const uint32_t *)&qh[r1 * QS + c0 + 8];
+                al[0] = *(const uint32_t *)&ql[r0 * QS + c0];
+                al[1] = *(const uint32_t *)&ql[r1 * QS + c0];
+                al[2] = *(const uint32_t *)&ql[r0 * QS + c0 + 8];
+                al[3] = *(const uint32_t *)&ql[r1 * QS + c0 + 8];
+#pragma unroll
+                for (int ni = 0; ni < AM_K / 8; ni++) {
+                    const int key = ni * 8 + g;
+                    uint32_t bh0 = *(const uint32_t *)&kh[key * QS + c0], bh1 = *(const uint32_t *)&kh[key * QS + c0 + 8];
+                    uint32_t bl0 = *(const uint32_t *)&kl[key * QS + c0], bl1 = *(const uint32_t *)&kl[key * QS + c0 + 8];
+                    am_mma(sc[ni], ah, bh0, bh1);
+                    am_mma(sc[ni], ah, bl0, bl1);
+                    am_mma(sc[ni], al, bh0, bh1);
+                }
+            }
+
+            /* mask, scale, the rows' online softmax */
+            float mt[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int ni = 0; ni < AM_K / 8; ni++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const int hr = c >> 1;
+                    const int64_t p = kb + ni * 8 + 2 * q + (c & 1);
+                    const bool ok = hr ? (s1 == sq && p >= lo1 && p <= hi1) : (s0 == sq && p >= lo0 && p <= hi0);
+                    sc[ni][c] = ok ? sc[ni][c] * a.scale : -INFINITY;
+                    mt[hr] = fmaxf(mt[hr], sc[ni][c]);
+                }
+            float corr[2];
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 1));
+                mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 2));
+                float mn = fmaxf(m[hr], mt[hr]);
+                corr[hr] = m[hr] == -INFINITY ? 0.0f : expf(m[hr] - mn);
+                m[hr] = mn;
+                l[hr] *= corr[hr];
+            }
+#pragma unroll
+            for (int ni = 0; ni < AM_K / 8; ni++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const int hr = c >> 1;
+                    float p = sc[ni][c] == -INFINITY ? 0.0f : expf(sc[ni][c] - m[hr]);
+                    sc[ni][c] = p;
+                    l[hr] += p;
+                }
+#pragma unroll
+            for (int i = 0; i < D / 8; i++) {
+                o[i][0] *= corr[0];
+                o[i][1] *= corr[0];
+                o[i][2] *= corr[1];
+                o[i][3] *= corr[1];
+            }
+
+            /* o += p V: the score fragments are the A operand as they lie */
+#pragma unroll
+            for (int kk = 0; kk < AM_K / 16; kk++) {
+                uint32_t ph[4], pl[4];
+                split_pair(sc[2 * kk][0], sc[2 * kk][1], &ph[0], &pl[0]);
+                split_pair(sc[2 * kk][2], sc[2 * kk][3], &ph[1], &pl[1]);
+                split_pair(sc[2 * kk + 1][0], sc[2 * kk + 1][1], &ph[2], &pl[2]);
+                split_pair(sc[2 * kk + 1][2], sc[2 * kk + 1][3], &ph[3], &pl[3]);
+                const int c0 = kk * 16 + 2 * q;
+#pragma unroll
+                for (int nd = 0; nd < D / 8; nd++) {
+                    const int d = nd * 8 + g;
+                    uint32_t bh0 = *(const uint32_t *)&vh[d * AM_VS + c0], bh1 = *(const uint32_t *)&vh[d * AM_VS + c0 + 8];
+                    uint32_t bl0 = *(const uint32_t *)&vl[d * AM_VS + c0], bl1 = *(const uint32_t *)&vl[d * AM_VS + c0 + 8];
+                    am_mma(o[nd], ph, bh0, bh1);
+                    am_mma(o[nd], ph, bl0, bl1);
+                    am_mma(o[nd], pl, bh0, bh1);
+                }
+            }
+        }
+    }
+
+    /* the row sums over the quad, the sink, the output */
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
+        l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
+    }
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int64_t t = t0 + (hr ? r1 : r0);
+        if (t >= a.T) continue;
+        float M = fmaxf(m[hr], sink);
+        float f = m[hr] == -INFINITY ? 0.0f : expf(m[hr] - M);
+        float L = l[hr] * f + (sink > -INFINITY ? expf(sink - M) : 0.0f);
+        float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        float *out = a.out + (t * a.n_head + h) * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd++) {
+            out[nd * 8 + 2 * q] = o[nd][2 * hr] * f * inv;
+            out[nd * 8 + 2 * q + 1] = o[nd][2 * hr + 1] * f * inv;
+        }
+    }
+}
+
+template <int D> static size_t am_smem(void) {
+    return (size_t)(2 * AM_Q * (D + 8) + 2 * AM_K * (D + 8) + 2 * D * AM_VS) * 2;
+}
+
+template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_t s) {
+    size_t sm = am_smem<D>(); /* over the default 48 KB: asked for on each launch (the current device's) */
+    cudaError_t e = cudaFuncSetAttribute(k_attn_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
+    if (e != cudaSuccess) return e;
+    dim3 grid((unsigned)((a->T + AM_Q - 1) / AM_Q), (unsigned)a->n_head);
+    k_attn_mma<D><<<grid, AM_THREADS, sm, s>>>(*a);
+    CU_CHECK_LAUNCH();
+}
+
+/* Whether the current device gives a block the kernel's shared memory
+ * (static and dynamic): head size 128 needs ~109 KB, more than some cards
+ * allow (99 KB on sm_86/89/120); those keep the per-query kernels. */
+static bool smem_fits(int64_t D) {
+    int dev = 0, optin = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+        return false;
+    cudaFuncAttributes fa;
+    cudaError_t e = D == 64 ? cudaFuncGetAttributes(&fa, k_attn_mma<64>) : cudaFuncGetAttributes(&fa, k_attn_mma<128>);
+    if (e != cudaSuccess) return false;
+    return fa.sharedSizeBytes + (D == 64 ? am_smem<64>() : am_smem<128>()) <= (size_t)optin;
+}
+
+extern "C" int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a) {
+    int64_t D = a->kc.head_dim;
+    return a->mma_min_rows > 0 && a->T >= a->mma_min_rows && (D == 64 || D == 128) && a->vc.head_dim == D &&
+           a->n_head <= 65535 && (a->T + AM_Q - 1) / AM_Q <= INT32_MAX && smem_fits(D);
+}
+
+extern "C" cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s) {
+    if (!mnv__cu_attention_mma_fits(a)) return cudaErrorInvalidValue;
+    return a->kc.head_dim == 64 ? am_go<64>(a, s) : am_go<128>(a, s);
+}
