@@ -117,6 +117,8 @@ cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t sc
  * 2^-16 of f32), sums in another order than the per-query kernels (not
  * row-invariant). */
 #define MNV_CU_ATTN_MMA_MIN 64
+/* ... and as many queries a sequence on average (tables' rows), at least */
+#define MNV_CU_ATTN_MMA_PER_SEQ 8
 int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a);
 cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s);
 
