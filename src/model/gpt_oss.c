@@ -79,7 +79,7 @@ static mnv_status expert_bias(mnv_model *m, gptoss_data *d, const mnv_st_tensor 
                : t->dtype == MNV_DTYPE_BF16 ? mnv_bf16_to_f32(((const uint16_t *)t->data)[i])
                                             : mnv_f16_to_f32(((const uint16_t *)t->data)[i]);
     *out = b;
-    return MNV_OK;
+    return mnv__model_mark_copied(m, t->data);
 }
 
 /* (a) MLX layout: mlp.experts.NAME.{weight, scales, [biases], bias}. */
@@ -189,9 +189,11 @@ static mnv_status bind_dense(mnv_model *m, gptoss_data *d, int32_t l, const char
         for (int64_t n = 0; n < N; n++)
             for (int64_t k = 0; k < K; k++)
                 memcpy(rows + ((e * N + n) * K + k) * es, src + ((e * K + k) * cols + n * interleave + first) * es, es);
+    mnv_status st = mnv__model_mark_copied(m, w->data);
+    if (st != MNV_OK) return st;
     snprintf(suffix, sizeof suffix, "mlp.experts.%s_bias", base);
     float *bias = NULL;
-    mnv_status st = expert_bias(m, d, find(m, l, suffix), l, suffix, E, cols, &bias);
+    st = expert_bias(m, d, find(m, l, suffix), l, suffix, E, cols, &bias);
     if (st != MNV_OK) return st;
     *mw = (moe_weight){.w = rows, .wdt = w->dtype, .w_total = E * N * K, .w_es = N * K, .w_rs = K, .bias = bias,
                        .b_total = E * cols, .b_es = cols, .b_rs = interleave, .b_off = first, .E = E, .N = N, .K = K};

@@ -442,6 +442,25 @@ mnv_status mnv_model_load(const char *dir, const mnv_model_params *params, mnv_m
     return MNV_OK;
 }
 
+mnv_status mnv__model_mark_copied(mnv_model *m, const void *data) {
+    if (mnv__model_is_copied(m, data)) return MNV_OK;
+    if (m->n_copied == m->cap_copied) {
+        size_t nc = m->cap_copied ? 2 * m->cap_copied : 64;
+        const void **c = realloc(m->copied, nc * sizeof *c);
+        if (!c) return mnv_set_error(MNV_ERR_NOMEM, "%s: out of memory", m->dir);
+        m->copied = c;
+        m->cap_copied = nc;
+    }
+    m->copied[m->n_copied++] = data;
+    return MNV_OK;
+}
+
+bool mnv__model_is_copied(const mnv_model *m, const void *data) {
+    for (size_t i = 0; i < m->n_copied; i++)
+        if (m->copied[i] == data) return true;
+    return false;
+}
+
 void mnv_model_free(mnv_model *m) {
     if (!m) return;
     if (m->arch && m->arch->free) m->arch->free(m);
@@ -450,6 +469,7 @@ void mnv_model_free(mnv_model *m) {
     free(m->layers);
     free(m->inv_freq);
     free(m->f32_pool);
+    free(m->copied);
     free(m->dir);
     free(m);
 }

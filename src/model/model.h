@@ -174,7 +174,15 @@ struct mnv_model {
     float *f32_pool;
     size_t f32_used, f32_cap;
     uint64_t n_params, weight_bytes;
+    /* checkpoint tensors (their data) that bind read into copies of its
+     * own, so that no graph reads them where they are mapped */
+    const void **copied;
+    size_t n_copied, cap_copied;
 };
+
+/* Record that bind read tensor data `data` into a copy (see copied). */
+mnv_status mnv__model_mark_copied(mnv_model *m, const void *data);
+bool mnv__model_is_copied(const mnv_model *m, const void *data);
 
 const mnv_model_arch *mnv_arch_llama(void);
 const mnv_model_arch *mnv_arch_gpt_oss(void);

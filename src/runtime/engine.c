@@ -286,14 +286,18 @@ mnv_status mnv__engine_place_weights(mnv_engine *e, mnv_progress_callback progre
     const mnv_st_set *set = e->model->st;
     const uint64_t step = 256ull << 20;
     uint64_t total = 0, done = 0, next = step;
-    /* the checkpoint's matrices and stacks (its 1-d tensors were turned into
-     * f32 at load, and go with the first graph that reads them) */
-    for (size_t i = 0; i < mnv_st_count(set); i++)
-        if (mnv_st_get(set, i)->ndim >= 2) total += mnv_st_get(set, i)->nbytes;
+    /* the checkpoint's matrices and stacks that graphs read where they are
+     * mapped (its 1-d tensors were turned into f32 at load, and tensors bind
+     * copied into another layout are read from the copy: those go with the
+     * first graph that reads them) */
+    for (size_t i = 0; i < mnv_st_count(set); i++) {
+        const mnv_st_tensor *t = mnv_st_get(set, i);
+        if (t->ndim >= 2 && !mnv__model_is_copied(e->model, t->data)) total += t->nbytes;
+    }
     if (progress) progress(user_data, 0, total);
     for (size_t i = 0; i < mnv_st_count(set); i++) {
         const mnv_st_tensor *t = mnv_st_get(set, i);
-        if (t->ndim < 2) continue;
+        if (t->ndim < 2 || mnv__model_is_copied(e->model, t->data)) continue;
         mnv_status st = e->be->iface->place_weights(e->be, t->data, t->nbytes, t->name);
         if (st != MNV_OK) return st;
         done += t->nbytes;

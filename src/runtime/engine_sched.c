@@ -227,6 +227,12 @@ static mnv_status check_prompt(const mnv_engine *e, const mnv_request_params *p)
 
 mnv_status mnv_engine_load_weights(mnv_engine *e, mnv_progress_callback progress, void *user_data) {
     if (!e) return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_load_weights: engine is NULL");
+    pthread_mutex_lock(&e->mu);
+    const uint64_t submitted = e->next_id; /* after a submit the step thread may be using the device */
+    pthread_mutex_unlock(&e->mu);
+    if (submitted)
+        return mnv_set_error(MNV_ERR_INVALID_ARG, "mnv_engine_load_weights: %llu requests were submitted already",
+                             (unsigned long long)submitted);
     return mnv__engine_place_weights(e, progress, user_data);
 }
 
@@ -502,7 +508,7 @@ static void after_run(mnv_engine *e, int32_t n, bool with_logits, bool with_cand
         bool done;
         bool need = false, full = r->n_tokens >= e->p.max_seq_tokens;
         /* a token the sampler draws (not greedy's argmax, not a scripted one) */
-        const bool sampled = mnv__gen_wants_logits(&r->gen) && (size_t)r->res.gen.n_generated >= r->gp.n_scripted;
+        const bool sampled = !mnv__sampler_greedy_only(r->gen.smp) && (size_t)r->res.gen.n_generated >= r->gp.n_scripted;
         mnv_status st = mnv__gen_step(&r->gen, &out, full, &tok, &done, &need);
         if (st == MNV_OK && need) {
             out.logits = lg;
