@@ -573,28 +573,27 @@ mnv_array *mnv_topk(mnv_graph *g, mnv_array *logits, int32_t k) {
     return n;
 }
 
-mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits) {
+/* A row reduction of (T, n) logits with 1 <= n <= max_n: (T) when cols is
+ * 0, else (T, cols). */
+static mnv_array *logits_rows_op(mnv_graph *g, mnv_array *logits, mnv_op op, mnv_dtype dt, int64_t cols, int64_t max_n,
+                                 const char *what, const char *max_text) {
     NEED(logits);
-    if (logits->ndim != 2 || logits->shape[1] < 1 || logits->shape[1] > INT32_MAX)
-        return fail(g, MNV_ERR_INVALID_ARG, "argmax: needs a (T, n) array with 1 <= n <= 2^31 - 1");
+    if (logits->ndim != 2 || logits->shape[1] < 1 || logits->shape[1] > max_n)
+        return fail(g, MNV_ERR_INVALID_ARG, "%s: needs a (T, n) array with 1 <= n <= %s", what, max_text);
     logits = as_f32(g, logits);
     if (!logits) return NULL;
-    int64_t shape[1] = {logits->shape[0]};
-    mnv_node *n = new_node(g, MNV_OP_ARGMAX, MNV_DTYPE_I32, 1, shape);
+    int64_t shape[2] = {logits->shape[0], cols};
+    mnv_node *n = new_node(g, op, dt, cols ? 2 : 1, shape);
     if (n) n->src[0] = logits;
     return n;
 }
 
+mnv_array *mnv_argmax(mnv_graph *g, mnv_array *logits) {
+    return logits_rows_op(g, logits, MNV_OP_ARGMAX, MNV_DTYPE_I32, 0, INT32_MAX, "argmax", "2^31 - 1");
+}
+
 mnv_array *mnv_top_cands(mnv_graph *g, mnv_array *logits) {
-    NEED(logits);
-    if (logits->ndim != 2 || logits->shape[1] < 1 || logits->shape[1] > (1 << 24))
-        return fail(g, MNV_ERR_INVALID_ARG, "top_cands: needs a (T, n) array with 1 <= n <= 2^24");
-    logits = as_f32(g, logits);
-    if (!logits) return NULL;
-    int64_t shape[2] = {logits->shape[0], MNV_TOP_CANDS_ROW};
-    mnv_node *n = new_node(g, MNV_OP_TOP_CANDS, MNV_DTYPE_F32, 2, shape);
-    if (n) n->src[0] = logits;
-    return n;
+    return logits_rows_op(g, logits, MNV_OP_TOP_CANDS, MNV_DTYPE_F32, MNV_TOP_CANDS_ROW, 1 << 24, "top_cands", "2^24");
 }
 
 mnv_array *mnv_gather_softmax(mnv_graph *g, mnv_array *logits, mnv_array *ids) {

@@ -168,6 +168,13 @@ bool mnv__sampler_greedy_only(const mnv_sampler *s) {
            mnv__sampler_is_greedy(((chain_ctx *)s->ctx)->stages[0]);
 }
 
+/* The token a chain's apply selected, or -1 with the error set. */
+static int32_t selected_id(const mnv_cand_array *c) {
+    int32_t id = c->selected >= 0 && (size_t)c->selected < c->size ? c->data[c->selected].id : -1;
+    if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
+    return id;
+}
+
 int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab) {
     if (!s || !logits || n_vocab <= 0) {
         mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: sample needs a sampler, logits and n_vocab > 0 (got %d)", n_vocab);
@@ -193,9 +200,8 @@ int32_t mnv_sampler_sample(mnv_sampler *s, const float *logits, int32_t n_vocab)
     for (int32_t i = 0; i < n_vocab; i++) buf[i] = (mnv_token_cand){i, mnv__clean_logit(logits[i]), 0.0f};
     mnv_cand_array c = {.data = buf, .size = (size_t)n_vocab, .selected = -1};
     s->iface->apply(s, &c);
-    int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
+    const int32_t id = selected_id(&c); /* before tmp, which may hold c's data, goes */
     free(tmp);
-    if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
     return id;
 }
 
@@ -238,8 +244,5 @@ int32_t mnv__sampler_sample_cands(mnv_sampler *s, const float *cands, int32_t n_
     mnv_cand_array c = {.data = buf, .size = (size_t)n, .sorted = 1, .selected = -1, .partial = n_vocab > K,
                         .bound = cands[n - 1], .tail = tail > 0.0 ? tail : 0.0};
     s->iface->apply(s, &c);
-    if (c.incomplete) return -2;
-    int32_t id = c.selected >= 0 && (size_t)c.selected < c.size ? buf[c.selected].id : -1;
-    if (id < 0) mnv_set_error(MNV_ERR_INVALID_ARG, "sampler: nothing selected (the chain needs a greedy or dist stage)");
-    return id;
+    return c.incomplete ? -2 : selected_id(&c);
 }

@@ -188,15 +188,6 @@ static size_t leaf_extent(const mnv_node *n) {
 
 static bool is_param(const mnv_node *nd) { return nd->op == MNV_OP_LEAF && (nd->flags & MNV_NODE_PARAM); }
 
-/* Whether host range [p, p + size) is on the device already. */
-static bool uploaded(const cuda_ctx *c, const void *p, size_t size) {
-    uintptr_t h = (uintptr_t)p;
-    if (!p || size == 0 || is_device(c, h)) return true;
-    for (int32_t i = find_le(c->uploads, c->n_up, h, true); i >= 0; i--)
-        if (h + size <= c->uploads[i].host + c->uploads[i].size) return true;
-    return false;
-}
-
 /* Parameter leaves to device addresses (uploading weights the first time),
  * then views re-derived from their sources. */
 static mnv_status map_params(cuda_ctx *c, mnv_graph *g) {
@@ -216,8 +207,8 @@ static mnv_status map_params(cuda_ctx *c, mnv_graph *g) {
 static mnv_status cuda_place_weights(mnv_backend *b, const void *host, size_t size, const char *name) {
     cuda_ctx *c = b->ctx;
     cudaSetDevice(c->device);
-    void *d;
-    return uploaded(c, host, size) ? MNV_OK : device_view(c, host, size, name, &d);
+    void *d; /* device_view finds an upload that holds the range, or makes one */
+    return device_view(c, host, size, name, &d);
 }
 
 /* ---- adapters: node -> launch ---- */
