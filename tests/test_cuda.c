@@ -932,7 +932,9 @@ static void test_moe(void) {
  * 9: decode steps (mxfp4 on tensor cores a slot a block). */
 static void test_moe_mma(void) {
     for (int i = 0; i < 10; i++) {
-        moe_case c = {.T = i >= 6 ? t_randint(1, 7) : t_randint(40, 90), .E = t_randint(4, 40), .N = t_randint(1, 300),
+        /* 0: 4 experts, tiles of 64 rows; 1: 40 experts, tiles of 16 */
+        moe_case c = {.T = i >= 6 ? t_randint(1, 7) : t_randint(40, 90), .E = i == 0 ? 4 : i == 1 ? 40 : t_randint(4, 40),
+                      .N = t_randint(1, 300),
                       .K = 32 * t_randint(1, i >= 6 ? 100 : 12),
                       .kk = 4, .stage = 2, .per_slot = i % 2 == 1, .interleaved = i == 3 || i == 9, .wt = MNV_DTYPE_BF16};
         run_moe_case(c, i < 4 || i >= 6 ? &qformats[6] : NULL);

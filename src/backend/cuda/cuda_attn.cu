@@ -189,6 +189,7 @@ static __device__ void load_q(const mnv_cu_attn_args &a, int64_t t, int64_t h, f
 
 /* Sequential: one block per (query, head), its chunks in order. */
 template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_seq(mnv_cu_attn_args a) {
+    cu_grid_entry();
     __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
     const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head;
     load_q(a, t, h, sq);
@@ -209,6 +210,7 @@ template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn
 /* Split: one block per (query, head, chunk); part holds, per (query, head,
  * chunk), m, l and 32 * DPL values (lane-major, as the lanes hold them). */
 template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
+    cu_grid_entry();
     __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
     const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, c = blockIdx.y;
     const int64_t stride = 2 + 32 * DPL;
@@ -231,6 +233,7 @@ template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn
 }
 
 template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const float *part, int64_t chunks) {
+    cu_grid_entry();
     const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, stride = 2 + 32 * DPL;
     const int lane = threadIdx.x;
     attn_state<DPL> s;
@@ -268,10 +271,10 @@ template <int DPL> static cudaError_t attn_go(const mnv_cu_attn_args *a, void *s
     int64_t blocks = a->T * a->n_head, chunks = max_chunks(a);
     size_t need = mnv_cu_attention_scratch(a);
     if (need > 0 && scratch && scratch_size >= need && chunks <= 65535) {
-        k_attn_split<DPL><<<dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s>>>(*a, (float *)scratch);
-        k_attn_merge<DPL><<<(unsigned)blocks, 32, 0, s>>>(*a, (const float *)scratch, chunks);
+        cu_launch(k_attn_split<DPL>, dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s, *a, (float *)scratch);
+        cu_launch(k_attn_merge<DPL>, (unsigned)blocks, 32, 0, s, *a, (const float *)scratch, chunks);
     } else {
-        k_attn_seq<DPL><<<(unsigned)blocks, ATTN_THREADS, 0, s>>>(*a);
+        cu_launch(k_attn_seq<DPL>, (unsigned)blocks, ATTN_THREADS, 0, s, *a);
     }
     CU_CHECK_LAUNCH();
 }

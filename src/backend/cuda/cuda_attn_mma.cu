@@ -49,6 +49,7 @@ static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &
 }
 
 template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma(mnv_cu_attn_args a) {
+    cu_grid_entry();
     constexpr int QS = D + 8; /* shared row stride (bf16) of Q and K: fragment loads hit 32 banks */
     extern __shared__ __align__(16) uint16_t smem[];
     uint16_t *qh = smem, *ql = qh + AM_Q * QS, *kh = ql + AM_Q * QS, *kl = kh + AM_K * QS;
@@ -252,7 +253,7 @@ template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_
     cudaError_t e = cudaFuncSetAttribute(k_attn_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
     if (e != cudaSuccess) return e;
     dim3 grid((unsigned)((a->T + AM_Q - 1) / AM_Q), (unsigned)a->n_head);
-    k_attn_mma<D><<<grid, AM_THREADS, sm, s>>>(*a);
+    cu_launch(k_attn_mma<D>, grid, AM_THREADS, sm, s, *a);
     CU_CHECK_LAUNCH();
 }
 

@@ -63,6 +63,7 @@ typedef struct {
     bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
     int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
+    int32_t moe_tile;        /* their tiles' rows: 16, 64, or 0 (chosen by the kernel) */
     int64_t attn_mma_min;    /* queries from which attention runs on tensor cores (0: never) */
     bool planning;      /* fuse() matching for the planner: no launches */
     bool attn_split;    /* decode attention over many blocks (MNV_CUDA_ATTN_SPLIT=0: one per query) */
@@ -654,7 +655,7 @@ static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e)
 static mnv_cu_moe_args moe_args(const cuda_ctx *c, const mnv_node *n) {
     const mnv_node *x = n->src[0], *bias = n->src[3];
     return (mnv_cu_moe_args){
-        .mma_min_rows = c->row_invariant ? 0 : c->moe_mma_min,
+        .mma_min_rows = c->row_invariant ? 0 : c->moe_mma_min, .mma_tile = c->moe_tile,
         .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
         .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
         .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
@@ -943,10 +944,17 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
     c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
+    env = getenv("MNV_CUDA_MOE_TILE");
+    c->moe_tile = env ? (int32_t)atoi(env) : 0;
     env = getenv("MNV_CUDA_ATTN_MMA_MIN");
     c->attn_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_ATTN_MMA_MIN;
     env = getenv("MNV_CUDA_ATTN_SPLIT");
     c->attn_split = !env || strcmp(env, "0") != 0;
+    env = getenv("MNV_CUDA_PDL");
+    int major = 0;
+    if (env && strcmp(env, "1") == 0 &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9)
+        mnv__cu_set_pdl(1);
     env = getenv("MNV_CUDA_PROFILE");
     if (env && strcmp(env, "1") == 0) {
         c->prof = mnv__cu_prof_create();

@@ -16,6 +16,42 @@ enum { CU_QNONE = 0, CU_QAFFINE = 1, CU_QMXFP4 = 2, CU_QMXFP8 = 3, CU_QNVFP4 = 4
 
 #define CU_CHECK_LAUNCH() return cudaGetLastError()
 
+/* Launches. Every kernel goes through cu_launch and begins with
+ * cu_grid_entry(). With programmatic dependent launch on (mnv__cu_pdl:
+ * sm_90 and later, MNV_CUDA_PDL), a kernel's blocks may be scheduled while
+ * the kernel before it in the stream is still running: the launch, and
+ * what a kernel does before its entry (reading weights, which no kernel
+ * writes), overlap that kernel's last blocks. The entry waits until the
+ * kernel before has completed and its writes are visible (a wait every
+ * block reaches before it reads or writes activations), then lets the next
+ * kernel be scheduled. Without the attribute the entry is a no-op and the
+ * stream orders kernels as usual. */
+extern "C" int mnv__cu_pdl;
+static __device__ __forceinline__ void cu_grid_entry(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+/* A 128-byte line into L2 ahead of its use (a hint: no fault, no result). */
+static __device__ __forceinline__ void cu_prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+template <typename... K, typename... A>
+static cudaError_t cu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A &&...args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = mnv__cu_pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, static_cast<A &&>(args)...);
+}
+
 static __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
 static __device__ __forceinline__ float cu_load(const void *p, int32_t t, int64_t i) {

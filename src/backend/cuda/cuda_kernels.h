@@ -14,6 +14,10 @@
 extern "C" {
 #endif
 
+/* Programmatic dependent launch of every kernel (cuda_common.cuh's
+ * cu_launch): 0 off (the default), 1 on; for devices of sm_90 and later. */
+void mnv__cu_set_pdl(int on);
+
 /* dtype codes as in core.h (kept in step by a static assert in the adapter) */
 enum { MNV_CU_F32 = 0, MNV_CU_F16 = 1, MNV_CU_BF16 = 2 };
 
@@ -195,6 +199,7 @@ typedef struct {
     int64_t b2s0, b2s1;
     float alpha, limit;
     int64_t mma_min_rows; /* (token, slot) rows from which tensor cores take the product (0: never) */
+    int32_t mma_tile;     /* rows of an expert's tile there: 16, 64 or 0 (chosen from rows per expert) */
 } mnv_cu_moe_args;
 /* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
  * expert on the device (each expert's rows read once per 8 of its rows);
@@ -211,8 +216,9 @@ cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStrea
 int mnv__cu_moe_mma_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
-/* Below MNV_CU_MOE_GROUP_MIN rows (and with mma_min_rows set), mxfp4
- * experts run on tensor cores one (token, slot) a block (cuda_moe_mma.cu). */
+/* Below mma_min_rows rows (when set), mxfp4 experts run on tensor cores
+ * one (token, slot) a block (cuda_moe_mma.cu): each slot reads its
+ * expert's rows, slots of one expert share them through L2. */
 int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s);
 

@@ -166,6 +166,7 @@ typedef struct {
     int64_t first[MMV_SEGS + 1];
     int wk[MMV_SEGS]; /* each its own, as when run alone */
     int n;
+    int prefetch; /* the first rows of x's blocks send their weights to L2 before the entry */
 } mmv_segs;
 
 template <int F, int RW, int MX> static __global__ void __launch_bounds__(MMV_THREADS) k_mmv(mmv_segs sg) {
@@ -182,6 +183,12 @@ template <int F, int RW, int MX> static __global__ void __launch_bounds__(MMV_TH
     const float *xs[MX];
 #pragma unroll
     for (int r = 0; r < RW; r++) rows[r] = mmv_row_of(a.w, 0, n0 + r < a.n ? n0 + r : a.n - 1);
+    const int64_t t0 = (warp % wk) * 32 + lane, step = 32 * wk, nchunks = a.k / E;
+    if (sg.prefetch && blockIdx.y == 0 && n0 < a.n) /* the weights on their way before the wait */
+        for (int64_t qi = t0, i = 0; qi < nchunks && i < 16; qi += step, i++)
+#pragma unroll
+            for (int r = 0; r < RW; r++) cu_prefetch_l2(rows[r].q + qi);
+    cu_grid_entry();
 #pragma unroll
     for (int c = 0; c < MX; c++) xs[c] = a.x + (m0 + c < a.m ? m0 + c : a.m - 1) * a.ldx;
     float acc[RW][MX];
@@ -189,7 +196,7 @@ template <int F, int RW, int MX> static __global__ void __launch_bounds__(MMV_TH
     for (int r = 0; r < RW; r++)
 #pragma unroll
         for (int c = 0; c < MX; c++) acc[r][c] = 0.0f;
-    if (n0 < a.n) mmv_accum<F, RW, MX>(a.w, rows, xs, a.k / E, (warp % wk) * 32 + lane, 32 * wk, acc);
+    if (n0 < a.n) mmv_accum<F, RW, MX>(a.w, rows, xs, nchunks, t0, step, acc);
     int pair;
     float v = mmv_reduce<RW, MX>(acc, red, wk, &pair);
     if (pair < 0) return;
@@ -209,7 +216,8 @@ template <int F, int RW, int MX> static cudaError_t mmv_go(mmv_segs *sg, cudaStr
         sg->first[i + 1] = sg->first[i] + (sg->seg[i].n + per_block - 1) / per_block;
     }
     if (gy > 65535 || sg->first[sg->n] > INT32_MAX) return cudaErrorInvalidValue;
-    k_mmv<F, RW, MX><<<dim3((unsigned)sg->first[sg->n], (unsigned)gy), MMV_THREADS, 0, s>>>(*sg);
+    sg->prefetch = mnv__cu_pdl;
+    cu_launch(k_mmv<F, RW, MX>, dim3((unsigned)sg->first[sg->n], (unsigned)gy), MMV_THREADS, 0, s, *sg);
     CU_CHECK_LAUNCH();
 }
 
@@ -260,6 +268,7 @@ extern "C" int mnv_cu_mmv_fast(const mnv_cu_weight *w, int64_t k, const float *x
  * rows (one warp a group, lanes on interleaved chunks), so the logits
  * match the product's bits; then one thread picks and weighs the top kk. */
 template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32) k_router(mnv_cu_router_args a) {
+    cu_grid_entry();
     constexpr int E = mmv_fmt<F>::epc;
     __shared__ float lg[MNV_CU_ROUTER_MAX];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -284,18 +293,19 @@ extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s
     if (a->mm.m <= 0) return cudaSuccess;
     dim3 grid((unsigned)a->mm.m), block((unsigned)(32 * a->mm.n));
     switch (mmv_layout(&a->mm.w, a->mm.k)) {
-    case MMV_F32: k_router<MMV_F32><<<grid, block, 0, s>>>(*a); break;
-    case MMV_BF16: k_router<MMV_BF16><<<grid, block, 0, s>>>(*a); break;
-    case MMV_F16: k_router<MMV_F16><<<grid, block, 0, s>>>(*a); break;
-    case MMV_A8: k_router<MMV_A8><<<grid, block, 0, s>>>(*a); break;
-    case MMV_A4: k_router<MMV_A4><<<grid, block, 0, s>>>(*a); break;
-    case MMV_MX4: k_router<MMV_MX4><<<grid, block, 0, s>>>(*a); break;
+    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, 0, s, *a); break;
+    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, 0, s, *a); break;
+    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, 0, s, *a); break;
+    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, 0, s, *a); break;
+    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, 0, s, *a); break;
+    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, 0, s, *a); break;
     default: return cudaErrorInvalidValue;
     }
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args a) {
+    cu_grid_entry();
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
     int64_t m0 = (int64_t)blockIdx.y * PLAIN_MR;
     if (n >= a.n) return;
@@ -317,12 +327,13 @@ extern "C" cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s
     int64_t gy = (a->m + PLAIN_MR - 1) / PLAIN_MR;
     if (gy > 65535) return cudaErrorInvalidValue;
     dim3 grid((unsigned)((a->n + WARPS - 1) / WARPS), (unsigned)gy);
-    k_matmul<<<grid, WARPS * 32, 0, s>>>(*a);
+    cu_launch(k_matmul, grid, WARPS * 32, 0, s, *a);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_qget_rows(mnv_cu_weight w, int64_t k, const int32_t *ids, int64_t r0, float *y,
                                    int64_t rows) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * k) return;
     y[i] = cu_weight_at(&w, 0, ids ? ids[i / k] : r0 + i / k, i % k);
@@ -330,12 +341,13 @@ static __global__ void k_qget_rows(mnv_cu_weight w, int64_t k, const int32_t *id
 
 extern "C" cudaError_t mnv_cu_qget_rows(const mnv_cu_weight *w, int64_t k, const int32_t *ids, int64_t r0, float *y,
                                         int64_t rows, cudaStream_t s) {
-    if (rows * k > 0) k_qget_rows<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, ids, r0, y, rows);
+    if (rows * k > 0) cu_launch(k_qget_rows, (unsigned)((rows * k + 255) / 256), 256, 0, s, *w, k, ids, r0, y, rows);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo,
                                          int64_t rows) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * k) return;
     float v = cu_weight_at(&w, 0, r0 + i / k, i % k);
@@ -347,6 +359,7 @@ static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0,
 /* The same for weights read in 16-byte chunks: a thread per chunk. */
 template <int F>
 static __global__ void k_chunks_split(mnv_cu_weight w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo, int64_t rows) {
+    cu_grid_entry();
     constexpr int E = mmv_fmt<F>::epc;
     constexpr bool grouped = F == MMV_A8 || F == MMV_A4 || F == MMV_MX4;
     const int64_t nc = k / E, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -371,7 +384,7 @@ static __global__ void k_chunks_split(mnv_cu_weight w, int64_t k, int64_t r0, ui
 template <int F> static void chunks_split(const mnv_cu_weight *w, int64_t k, int64_t r0, uint16_t *hi, uint16_t *lo,
                                           int64_t rows, cudaStream_t s) {
     int64_t n = rows * (k / mmv_fmt<F>::epc);
-    k_chunks_split<F><<<(unsigned)((n + 255) / 256), 256, 0, s>>>(*w, k, r0, hi, lo, rows);
+    cu_launch(k_chunks_split<F>, (unsigned)((n + 255) / 256), 256, 0, s, *w, k, r0, hi, lo, rows);
 }
 
 extern "C" cudaError_t mnv_cu_qget_rows_split(const mnv_cu_weight *w, int64_t k, int64_t r0, void *hi, void *lo,
@@ -385,13 +398,14 @@ extern "C" cudaError_t mnv_cu_qget_rows_split(const mnv_cu_weight *w, int64_t k,
     case MMV_A8: chunks_split<MMV_A8>(w, k, r0, h, l, rows, s); break;
     case MMV_A4: chunks_split<MMV_A4>(w, k, r0, h, l, rows, s); break;
     case MMV_MX4: chunks_split<MMV_MX4>(w, k, r0, h, l, rows, s); break;
-    default: k_qget_rows_split<<<(unsigned)((rows * k + 255) / 256), 256, 0, s>>>(*w, k, r0, h, l, rows);
+    default: cu_launch(k_qget_rows_split, (unsigned)((rows * k + 255) / 256), 256, 0, s, *w, k, r0, h, l, rows);
     }
     CU_CHECK_LAUNCH();
 }
 
 /* One (token, slot) per grid row y: its expert's rows, WARPS per block. */
 static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
+    cu_grid_entry();
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
     int64_t ts = blockIdx.y; /* t * kk + j */
     if (n >= a.n) return;
@@ -404,6 +418,7 @@ static __global__ void __launch_bounds__(WARPS * 32) k_moe(mnv_cu_moe_args a) {
 }
 
 static __global__ void __launch_bounds__(WARPS * 32) k_moe_tiles(mnv_cu_moe_args a, moe_groups gr) {
+    cu_grid_entry();
     int64_t n = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5);
     int32_t t = blockIdx.y;
     if (n >= a.n || t >= *gr.n_tiles) return;
@@ -430,6 +445,7 @@ static __global__ void __launch_bounds__(WARPS * 32) k_moe_tiles(mnv_cu_moe_args
  * and writes their SwiGLU. */
 template <int F, int RW, int MX, bool DUAL>
 static __global__ void __launch_bounds__(MMV_THREADS) k_moe_mmv(mnv_cu_moe_args a, moe_groups gr, int wk) {
+    cu_grid_entry();
     constexpr int E = mmv_fmt<F>::epc, R = DUAL ? 2 * RW : RW;
     __shared__ float red[MMV_WARPS][R * MX];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -489,7 +505,7 @@ static cudaError_t moe_go(const mnv_cu_moe_args *a, const moe_groups *gr, int64_
     int64_t per_block = (int64_t)(MMV_WARPS / wk) * RW, gx = (a->n + per_block - 1) / per_block;
     if (gy > 65535) return cudaErrorInvalidValue;
     moe_groups g = gr ? *gr : moe_groups{NULL, NULL, NULL};
-    k_moe_mmv<F, RW, MX, DUAL><<<dim3((unsigned)gx, (unsigned)gy), MMV_THREADS, 0, s>>>(*a, g, wk);
+    cu_launch(k_moe_mmv<F, RW, MX, DUAL>, dim3((unsigned)gx, (unsigned)gy), MMV_THREADS, 0, s, *a, g, wk);
     CU_CHECK_LAUNCH();
 }
 
@@ -535,13 +551,13 @@ extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch
         int64_t max_tiles = moe_max_tiles(rows, a->E, MOE_MR);
         if (max_tiles > 65535 || a->E > 4096) return cudaErrorInvalidValue;
         moe_groups gr = {(int32_t *)scratch, (int32_t *)scratch + rows, (int32_t *)scratch + rows + 3 * max_tiles};
-        k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, MOE_MR, gr);
+        cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows, (int32_t)a->E, MOE_MR, gr);
         if (fast) return moe_mmv_launch(a, &gr, max_tiles, s);
-        k_moe_tiles<<<dim3(gx, (unsigned)max_tiles), WARPS * 32, 0, s>>>(*a, gr);
+        cu_launch(k_moe_tiles, dim3(gx, (unsigned)max_tiles), WARPS * 32, 0, s, *a, gr);
         CU_CHECK_LAUNCH();
     }
     if (fast) return moe_mmv_launch(a, NULL, rows, s);
     if (rows > 65535) return cudaErrorInvalidValue;
-    k_moe<<<dim3(gx, (unsigned)rows), WARPS * 32, 0, s>>>(*a);
+    cu_launch(k_moe, dim3(gx, (unsigned)rows), WARPS * 32, 0, s, *a);
     CU_CHECK_LAUNCH();
 }

@@ -20,6 +20,7 @@ static inline int64_t moe_max_tiles(int64_t rows, int64_t E, int32_t tile) { ret
 
 /* Launch: one block of 1024 threads, 3 * E int32 of dynamic shared memory. */
 static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, int32_t tile, moe_groups gr) {
+    cu_grid_entry();
     extern __shared__ int32_t sh[]; /* count[E], start[E], fill[E] */
     int32_t *count = sh, *start = sh + E, *fill = sh + 2 * E;
     for (int32_t e = threadIdx.x; e < E; e += blockDim.x) count[e] = 0;

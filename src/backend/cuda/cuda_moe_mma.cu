@@ -12,7 +12,8 @@
 
 static int mma_layout(const mnv_cu_moe_args *a);
 
-#define TM 64     /* rows of one expert per tile */
+#define TM 64     /* rows of one expert per tile (TM_FEW when experts get few rows each) */
+#define TM_FEW 16
 #define BK 32     /* k per step (one mxfp4 group) */
 #define LDS 40    /* shared row stride in bf16: 80 bytes, so the fragment loads hit 32 banks */
 #define THREADS 128
@@ -20,6 +21,7 @@ static int mma_layout(const mnv_cu_moe_args *a);
 /* hi[s] and lo[s] = the two bf16 terms of the x row of sorted row s. */
 static __global__ void k_gather_split(const float *x, int32_t per_slot, int64_t kk, int64_t k, const int32_t *sorted,
                                       uint16_t *hi, uint16_t *lo) {
+    cu_grid_entry();
     int64_t s = blockIdx.x;
     int64_t ts = sorted[s];
     const float *row = x + (per_slot ? ts : ts / kk) * k;
@@ -48,31 +50,40 @@ static __device__ __forceinline__ uint4 mx4_to_bf16(uint32_t w, uint32_t s) {
     return make_uint4(h[0] | h[1] << 16, h[2] | h[3] << 16, h[4] | h[5] << 16, h[6] | h[7] << 16);
 }
 
-/* One tile (blockIdx.y) times BN weight rows (blockIdx.x); with DUAL the
- * block holds BN gate rows and the same BN up rows and writes their
- * SwiGLU. Warps: 2 x 2, each 32 tile rows by BN / 2 columns. */
-template <int F, bool DUAL>
+/* One tile (blockIdx.y) of T rows times BN weight rows (blockIdx.x); with
+ * DUAL the block holds BN gate rows and the same BN up rows and writes
+ * their SwiGLU. Warps: 2 x 2, each 32 tile rows by BN / 2 columns (T = 64),
+ * or 1 x 4, each the 16 tile rows by BN / 4 columns (T = 16). */
+template <int T> struct mma_shape {
+    static constexpr int WM = T >= 32 ? T / 32 : 1, WN = 4 / WM; /* warps along rows, columns */
+    static constexpr int MI = T / (16 * WM);                      /* 16-row mma tiles per warp */
+};
+template <int T, bool DUAL> static __host__ __device__ constexpr int mma_bn() { return (DUAL ? 4 : 8) * 8 * mma_shape<T>::WN; }
+
+template <int F, bool DUAL, int TT>
 static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, moe_groups gr, const uint16_t *xh,
                                                             const uint16_t *xl) {
+    cu_grid_entry();
+    constexpr int TM_ = TT, MI = mma_shape<TT>::MI, WM = mma_shape<TT>::WM;
     constexpr int NI = DUAL ? 4 : 8;        /* 8-column mma tiles per warp per weight */
-    constexpr int BN = NI * 16;             /* output columns per block */
-    constexpr int WR = DUAL ? 2 * BN : BN;  /* weight rows in shared memory: 128 */
-    constexpr int UA = 2 * TM * (BK / 8) / THREADS, UB = WR * (BK / 8) / THREADS; /* 16-byte units a thread moves */
-    __shared__ __align__(16) uint16_t sa[2][TM][LDS];
+    constexpr int BN = mma_bn<TT, DUAL>();  /* output columns per block */
+    constexpr int WR = DUAL ? 2 * BN : BN;  /* weight rows in shared memory */
+    constexpr int UA = 2 * TM_ * (BK / 8) / THREADS, UB = WR * (BK / 8) / THREADS; /* 16-byte units a thread moves */
+    __shared__ __align__(16) uint16_t sa[2][TM_][LDS];
     __shared__ __align__(16) uint16_t sb[WR][LDS];
     const int32_t t = blockIdx.y;
     if (t >= *gr.n_tiles) return; /* the whole block */
     const int32_t e = gr.tile[3 * t], first = gr.tile[3 * t + 1], cnt = gr.tile[3 * t + 2];
     const int64_t n0 = (int64_t)blockIdx.x * BN, K = a.k;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-    const int wm = warp & 1, wn = warp >> 1;
+    const int wm = warp % WM, wn = warp / WM;
 
     /* what this thread loads: the A units (hi, lo) and the weight units */
     const uint4 *pa[UA];
     bool va[UA];
 #pragma unroll
     for (int i = 0; i < UA; i++) {
-        int u = tid + THREADS * i, which = u / (TM * 4), row = (u >> 2) % TM, part = u & 3;
+        int u = tid + THREADS * i, which = u / (TM_ * 4), row = (u >> 2) % TM_, part = u & 3;
         va[i] = row < cnt;
         pa[i] = (const uint4 *)((which ? xl : xh) + (int64_t)(first + (va[i] ? row : 0)) * K + part * 8);
     }
@@ -111,7 +122,7 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
     auto store = [&]() {
 #pragma unroll
         for (int i = 0; i < UA; i++) {
-            int u = tid + THREADS * i, which = u / (TM * 4), row = (u >> 2) % TM, part = u & 3;
+            int u = tid + THREADS * i, which = u / (TM_ * 4), row = (u >> 2) % TM_, part = u & 3;
             *(uint4 *)&sa[which][row][part * 8] = ra[i];
         }
 #pragma unroll
@@ -121,9 +132,9 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
         }
     };
 
-    float acc[2][NI][4], acc2[2][DUAL ? NI : 1][4];
+    float acc[MI][NI][4], acc2[MI][DUAL ? NI : 1][4];
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < MI; mi++)
 #pragma unroll
         for (int ni = 0; ni < NI; ni++)
 #pragma unroll
@@ -139,10 +150,10 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
         if (k0 + BK < K) load(k0 + BK); /* the next step's loads in flight during this one's products */
 #pragma unroll
         for (int ks = 0; ks < BK; ks += 16) {
-            uint32_t ah[2][4], al[2][4];
+            uint32_t ah[MI][4], al[MI][4];
 #pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                int r = wm * 32 + mi * 16 + g;
+            for (int mi = 0; mi < MI; mi++) {
+                int r = wm * (MI * 16) + mi * 16 + g;
                 ah[mi][0] = *(const uint32_t *)&sa[0][r][ks + 2 * q];
                 ah[mi][1] = *(const uint32_t *)&sa[0][r + 8][ks + 2 * q];
                 ah[mi][2] = *(const uint32_t *)&sa[0][r][ks + 2 * q + 8];
@@ -154,10 +165,10 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
             }
 #pragma unroll
             for (int ni = 0; ni < NI; ni++) {
-                int c = wn * (BN / 2) + ni * 8 + g;
+                int c = wn * (NI * 8) + ni * 8 + g;
                 uint32_t b0 = *(const uint32_t *)&sb[c][ks + 2 * q], b1 = *(const uint32_t *)&sb[c][ks + 2 * q + 8];
 #pragma unroll
-                for (int mi = 0; mi < 2; mi++) {
+                for (int mi = 0; mi < MI; mi++) {
                     mma_bf16(acc[mi][ni], ah[mi], b0, b1);
                     mma_bf16(acc[mi][ni], al[mi], b0, b1);
                 }
@@ -165,7 +176,7 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
                     uint32_t u0 = *(const uint32_t *)&sb[BN + c][ks + 2 * q];
                     uint32_t u1 = *(const uint32_t *)&sb[BN + c][ks + 2 * q + 8];
 #pragma unroll
-                    for (int mi = 0; mi < 2; mi++) {
+                    for (int mi = 0; mi < MI; mi++) {
                         mma_bf16(acc2[mi][DUAL ? ni : 0], ah[mi], u0, u1);
                         mma_bf16(acc2[mi][DUAL ? ni : 0], al[mi], u0, u1);
                     }
@@ -181,17 +192,17 @@ static __global__ void __launch_bounds__(THREADS) k_moe_mma(mnv_cu_moe_args a, m
 
     /* c[0], c[1]: row g, columns 2q, 2q + 1; c[2], c[3]: row g + 8 */
 #pragma unroll
-    for (int mi = 0; mi < 2; mi++)
+    for (int mi = 0; mi < MI; mi++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int row = wm * 32 + mi * 16 + g + 8 * h;
+            int row = wm * (MI * 16) + mi * 16 + g + 8 * h;
             if (row >= cnt) continue;
             int64_t ts = gr.sorted[first + row];
 #pragma unroll
             for (int ni = 0; ni < NI; ni++)
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
-                    int64_t col = n0 + wn * (BN / 2) + ni * 8 + 2 * q + j;
+                    int64_t col = n0 + wn * (NI * 8) + ni * 8 + 2 * q + j;
                     if (col >= a.n) continue;
                     float v = acc[mi][ni][2 * h + j] + (a.bias ? a.bias[e * a.bs0 + col * a.bs1] : 0.0f);
                     if (DUAL) {
@@ -230,6 +241,7 @@ static __device__ __forceinline__ void mx4_pairs(uint32_t w, uint32_t *p) {
 #define DM_ROWS 16 /* expert rows per block */
 
 template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmma(mnv_cu_moe_args a) {
+    cu_grid_entry();
     constexpr int R = DUAL ? 2 : 1; /* weights: gate (and up) */
     extern __shared__ __align__(16) uint16_t xs[]; /* hi[k], lo[k] */
     __shared__ float red[THREADS / 32][R][DM_ROWS];
@@ -313,7 +325,7 @@ extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
     /* x's two terms and the block's sums (static) within the 48 KB a launch gets without opting in */
     size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
-    return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < MNV_CU_MOE_GROUP_MIN && mma_layout(a) == MMV_MX4 &&
+    return a->mma_min_rows > 0 && rows < a->mma_min_rows && mma_layout(a) == MMV_MX4 &&
            (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
@@ -322,9 +334,9 @@ extern "C" cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s
     dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)(a->T * a->kk));
     size_t sm = (size_t)a->k * 4;
     if (a->dual)
-        k_moe_dmma<true><<<grid, THREADS, sm, s>>>(*a);
+        cu_launch(k_moe_dmma<true>, grid, THREADS, sm, s, *a);
     else
-        k_moe_dmma<false><<<grid, THREADS, sm, s>>>(*a);
+        cu_launch(k_moe_dmma<false>, grid, THREADS, sm, s, *a);
     CU_CHECK_LAUNCH();
 }
 
@@ -335,15 +347,24 @@ static int mma_layout(const mnv_cu_moe_args *a) {
     return f;
 }
 
+/* Rows of a tile: 64, or 16 when the experts get fewer than 32 rows each
+ * on average (batched decode: a tile's empty rows cost products all the
+ * same); mma_tile (16 or 64) chooses. */
+static int mma_tile(const mnv_cu_moe_args *a) {
+    if (a->mma_tile == TM || a->mma_tile == TM_FEW) return a->mma_tile;
+    return a->T * a->kk < 32 * a->E ? TM_FEW : TM;
+}
+
 extern "C" int mnv__cu_moe_mma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
     return a->mma_min_rows > 0 && rows >= a->mma_min_rows && mma_layout(a) != MMV_NONE &&
-           moe_max_tiles(rows, a->E, TM) <= 65535 && a->E <= 4096 && a->n <= 65535LL * 64;
+           moe_max_tiles(rows, a->E, mma_tile(a)) <= 65535 && a->E <= 4096 && a->n <= 65535LL * 64;
 }
 
-/* sorted, tiles and their count (rounded up to 16 bytes), then hi and lo */
+/* sorted, tiles and their count (rounded up to 16 bytes; as many as the
+ * smaller tiles can make), then hi and lo */
 static size_t groups_bytes(int64_t rows, int64_t E) {
-    return ((size_t)(rows + 3 * moe_max_tiles(rows, E, TM) + 1) * 4 + 15) & ~(size_t)15;
+    return ((size_t)(rows + 3 * moe_max_tiles(rows, E, TM_FEW) + 1) * 4 + 15) & ~(size_t)15;
 }
 
 extern "C" size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a) {
@@ -351,22 +372,30 @@ extern "C" size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a) {
     return groups_bytes(rows, a->E) + 2 * (size_t)rows * (size_t)a->k * 2;
 }
 
+template <int TT>
+static cudaError_t mma_go(const mnv_cu_moe_args *a, int f, moe_groups gr, const uint16_t *hi, const uint16_t *lo,
+                          int64_t max_tiles, cudaStream_t s) {
+    const int bn = a->dual ? mma_bn<TT, true>() : mma_bn<TT, false>();
+    dim3 grid((unsigned)((a->n + bn - 1) / bn), (unsigned)max_tiles);
+    if (f == MMV_MX4)
+        a->dual ? cu_launch(k_moe_mma<MMV_MX4, true, TT>, grid, THREADS, 0, s, *a, gr, hi, lo)
+                : cu_launch(k_moe_mma<MMV_MX4, false, TT>, grid, THREADS, 0, s, *a, gr, hi, lo);
+    else
+        a->dual ? cu_launch(k_moe_mma<MMV_BF16, true, TT>, grid, THREADS, 0, s, *a, gr, hi, lo)
+                : cu_launch(k_moe_mma<MMV_BF16, false, TT>, grid, THREADS, 0, s, *a, gr, hi, lo);
+    CU_CHECK_LAUNCH();
+}
+
 extern "C" cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
-    int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, TM);
+    const int tm = mma_tile(a);
+    int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, tm);
     int f = mma_layout(a);
     if (f == MMV_NONE || max_tiles > 65535 || rows > INT32_MAX) return cudaErrorInvalidValue;
     int32_t *base = (int32_t *)scratch;
     moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
     uint16_t *hi = (uint16_t *)((uint8_t *)scratch + groups_bytes(rows, a->E)), *lo = hi + rows * a->k;
-    k_moe_group<<<1, 1024, (size_t)(3 * a->E) * 4, s>>>(a->ids, (int32_t)rows, (int32_t)a->E, TM, gr);
-    k_gather_split<<<(unsigned)rows, 256, 0, s>>>(a->x, a->per_slot, a->kk, a->k, gr.sorted, hi, lo);
-    int bn = a->dual ? 64 : 128;
-    dim3 grid((unsigned)((a->n + bn - 1) / bn), (unsigned)max_tiles);
-    if (f == MMV_MX4)
-        a->dual ? k_moe_mma<MMV_MX4, true><<<grid, THREADS, 0, s>>>(*a, gr, hi, lo)
-                : k_moe_mma<MMV_MX4, false><<<grid, THREADS, 0, s>>>(*a, gr, hi, lo);
-    else
-        a->dual ? k_moe_mma<MMV_BF16, true><<<grid, THREADS, 0, s>>>(*a, gr, hi, lo)
-                : k_moe_mma<MMV_BF16, false><<<grid, THREADS, 0, s>>>(*a, gr, hi, lo);
-    CU_CHECK_LAUNCH();
+    cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows, (int32_t)a->E, tm, gr);
+    cu_launch(k_gather_split, (unsigned)rows, 256, 0, s, a->x, a->per_slot, a->kk, a->k, gr.sorted, hi, lo);
+    if (tm == TM) return mma_go<TM>(a, f, gr, hi, lo, max_tiles, s);
+    return mma_go<TM_FEW>(a, f, gr, hi, lo, max_tiles, s);
 }

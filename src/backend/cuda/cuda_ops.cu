@@ -6,10 +6,14 @@
 
 #include "backend/cuda/cuda_common.cuh"
 
+int mnv__cu_pdl = 0;
+extern "C" void mnv__cu_set_pdl(int on) { mnv__cu_pdl = on; }
+
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 /* ---- copy ---- */
 static __global__ void k_copy(mnv_cu_copy_args a, int64_t total) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     int64_t rem = i, off = 0;
@@ -23,12 +27,13 @@ static __global__ void k_copy(mnv_cu_copy_args a, int64_t total) {
 extern "C" cudaError_t mnv_cu_copy(const mnv_cu_copy_args *a, cudaStream_t s) {
     int64_t total = 1;
     for (int d = 0; d < a->ndim; d++) total *= a->shape[d];
-    if (total > 0) k_copy<<<blocks_for(total, 256), 256, 0, s>>>(*a, total);
+    if (total > 0) cu_launch(k_copy, blocks_for(total, 256), 256, 0, s, *a, total);
     CU_CHECK_LAUNCH();
 }
 
 /* ---- elementwise ---- */
 static __global__ void k_elem(mnv_cu_elem_args a) {
+    cu_grid_entry();
     int64_t total = a.rows * a.n;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         float x = a.a[i], y;
@@ -49,7 +54,7 @@ extern "C" cudaError_t mnv_cu_elem(const mnv_cu_elem_args *a, cudaStream_t s) {
     int64_t total = a->rows * a->n;
     if (total > 0) {
         int64_t b = blocks_for(total, 256);
-        k_elem<<<(unsigned)(b < 65536 ? b : 65536), 256, 0, s>>>(*a);
+        cu_launch(k_elem, (unsigned)(b < 65536 ? b : 65536), 256, 0, s, *a);
     }
     CU_CHECK_LAUNCH();
 }
@@ -67,6 +72,7 @@ static __device__ float block_reduce(float v, bool is_max, float *sh) {
 }
 
 static __global__ void k_softmax(const float *x, float *y, int64_t n) {
+    cu_grid_entry();
     __shared__ float sh[32];
     const float *xr = x + blockIdx.x * n;
     float *yr = y + blockIdx.x * n;
@@ -84,11 +90,12 @@ static __global__ void k_softmax(const float *x, float *y, int64_t n) {
 }
 
 extern "C" cudaError_t mnv_cu_softmax(const float *x, float *y, int64_t rows, int64_t n, cudaStream_t s) {
-    if (rows > 0) k_softmax<<<(unsigned)rows, 256, 0, s>>>(x, y, n);
+    if (rows > 0) cu_launch(k_softmax, (unsigned)rows, 256, 0, s, x, y, n);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_rms_norm(const float *x, const float *w, float *y, int64_t n, float eps) {
+    cu_grid_entry();
     __shared__ float sh[32];
     const float *xr = x + blockIdx.x * n;
     float *yr = y + blockIdx.x * n;
@@ -101,7 +108,7 @@ static __global__ void k_rms_norm(const float *x, const float *w, float *y, int6
 
 extern "C" cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps,
                                        cudaStream_t s) {
-    if (rows > 0) k_rms_norm<<<(unsigned)rows, 256, 0, s>>>(x, w, y, n, eps);
+    if (rows > 0) cu_launch(k_rms_norm, (unsigned)rows, 256, 0, s, x, w, y, n, eps);
     CU_CHECK_LAUNCH();
 }
 
@@ -137,6 +144,7 @@ static __device__ __forceinline__ int rope_item(const mnv_cu_rope_args &a, int64
 }
 
 static __global__ void k_rope(mnv_cu_rope_args a) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, rh;
     if (i >= rope_items(a)) return;
     int32_t d[2];
@@ -160,6 +168,7 @@ static __device__ __forceinline__ void cache_put(const mnv_cu_cache &c, void *ca
 
 /* RoPE of q, RoPE of k into its cache, v into its cache: one launch. */
 static __global__ void k_rope_write(mnv_cu_rope_write_args a) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, rh;
     int64_t nq = rope_items(a.q), nk = rope_items(a.k), nv = a.T * a.vc.n_head_kv * a.vc.head_dim;
     int32_t d[2];
@@ -181,13 +190,13 @@ extern "C" cudaError_t mnv_cu_rope_write(const mnv_cu_rope_write_args *a, cudaSt
     int64_t total = a->q.rows * a->q.n_head * (a->q.n_rot / 2 + a->q.head_dim - a->q.n_rot) +
                     a->k.rows * a->k.n_head * (a->k.n_rot / 2 + a->k.head_dim - a->k.n_rot) +
                     a->T * a->vc.n_head_kv * a->vc.head_dim;
-    if (total > 0) k_rope_write<<<blocks_for(total, 256), 256, 0, s>>>(*a);
+    if (total > 0) cu_launch(k_rope_write, blocks_for(total, 256), 256, 0, s, *a);
     CU_CHECK_LAUNCH();
 }
 
 extern "C" cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s) {
     int64_t total = a->rows * a->n_head * (a->n_rot / 2 + a->head_dim - a->n_rot);
-    if (total > 0) k_rope<<<blocks_for(total, 256), 256, 0, s>>>(*a);
+    if (total > 0) cu_launch(k_rope, blocks_for(total, 256), 256, 0, s, *a);
     CU_CHECK_LAUNCH();
 }
 
@@ -195,6 +204,7 @@ extern "C" cudaError_t mnv_cu_rope(const mnv_cu_rope_args *a, cudaStream_t s) {
  * H[i][j] = (-1)^popcount(i & j) (Sylvester order, as the CPU's butterflies
  * give); the blocks are small (a head), so the quadratic sum is cheap. */
 static __global__ void k_hadamard(const float *x, float *y, int64_t total, int32_t block, float norm) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     int32_t r = (int32_t)(i % block);
@@ -207,13 +217,14 @@ static __global__ void k_hadamard(const float *x, float *y, int64_t total, int32
 extern "C" cudaError_t mnv_cu_hadamard(const float *x, float *y, int64_t rows, int64_t n, int32_t block,
                                        cudaStream_t s) {
     int64_t total = rows * n;
-    if (total > 0) k_hadamard<<<blocks_for(total, 256), 256, 0, s>>>(x, y, total, block, 1.0f / sqrtf((float)block));
+    if (total > 0) cu_launch(k_hadamard, blocks_for(total, 256), 256, 0, s, x, y, total, block, 1.0f / sqrtf((float)block));
     CU_CHECK_LAUNCH();
 }
 
 /* ---- row gathers and cache writes ---- */
 static __global__ void k_get_rows(const void *table, int32_t tt, int64_t rs, int64_t n, const int32_t *ids, float *y,
                                   int64_t rows) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * n) return;
     int64_t r = i / n, c = i % n;
@@ -222,11 +233,12 @@ static __global__ void k_get_rows(const void *table, int32_t tt, int64_t rs, int
 
 extern "C" cudaError_t mnv_cu_get_rows(const void *table, int32_t tt, int64_t row_stride, int64_t n,
                                        const int32_t *ids, float *y, int64_t rows, cudaStream_t s) {
-    if (rows * n > 0) k_get_rows<<<blocks_for(rows * n, 256), 256, 0, s>>>(table, tt, row_stride, n, ids, y, rows);
+    if (rows * n > 0) cu_launch(k_get_rows, blocks_for(rows * n, 256), 256, 0, s, table, tt, row_stride, n, ids, y, rows);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_cache_write(mnv_cu_cache c, void *cache, const float *rows, const int32_t *slot, int64_t T) {
+    cu_grid_entry();
     int64_t rowlen = c.n_head_kv * c.head_dim;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= T * rowlen) return;
@@ -242,6 +254,7 @@ static __device__ __forceinline__ unsigned short kv_f16(float x) {
 /* Q8/Q4: one thread per (token, head, group), quantizing as
  * mnv_kv_store_row does. */
 static __global__ void k_cache_write_q(mnv_cu_cache c, void *cache, const float *rows, const int32_t *slot, int64_t T) {
+    cu_grid_entry();
     const int64_t D = c.head_dim, G = c.group, ng = D / G;
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= T * c.n_head_kv * ng) return;
@@ -273,11 +286,11 @@ extern "C" cudaError_t mnv_cu_cache_write(const mnv_cu_cache *c, void *cache, co
                                           int64_t T, cudaStream_t s) {
     if (c->kv >= MNV_CU_KV_Q8) {
         int64_t total = T * c->n_head_kv * (c->head_dim / c->group);
-        if (total > 0) k_cache_write_q<<<blocks_for(total, 128), 128, 0, s>>>(*c, cache, rows, slot, T);
+        if (total > 0) cu_launch(k_cache_write_q, blocks_for(total, 128), 128, 0, s, *c, cache, rows, slot, T);
         CU_CHECK_LAUNCH();
     }
     int64_t total = T * c->n_head_kv * c->head_dim;
-    if (total > 0) k_cache_write<<<blocks_for(total, 256), 256, 0, s>>>(*c, cache, rows, slot, T);
+    if (total > 0) cu_launch(k_cache_write, blocks_for(total, 256), 256, 0, s, *c, cache, rows, slot, T);
     CU_CHECK_LAUNCH();
 }
 
@@ -300,6 +313,7 @@ static __device__ __forceinline__ cu_best cu_better(cu_best a, cu_best b) {
 enum { ARGMAX_THREADS = 256 };
 
 static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x, int64_t n, int32_t *ids) {
+    cu_grid_entry();
     const float *row = x + (int64_t)blockIdx.x * n;
     cu_best b = {-INFINITY, 0};
     for (int64_t i = threadIdx.x; i < n; i += ARGMAX_THREADS) {
@@ -323,24 +337,26 @@ static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x
 
 extern "C" cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, int64_t rows, cudaStream_t s) {
     if (rows > 0x7fffffff || n < 1) return cudaErrorInvalidValue;
-    if (rows > 0) k_argmax<<<(unsigned)rows, ARGMAX_THREADS, 0, s>>>(x, n, ids);
+    if (rows > 0) cu_launch(k_argmax, (unsigned)rows, ARGMAX_THREADS, 0, s, x, n, ids);
     CU_CHECK_LAUNCH();
 }
 
 /* ---- mixture-of-experts helpers: one thread per row (k and E are small) ---- */
 static __global__ void k_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows) {
+    cu_grid_entry();
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     mnv__topk_row(x + r * n, n, k, ids + r * k);
 }
 
 extern "C" cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s) {
-    if (rows > 0) k_topk<<<blocks_for(rows, 64), 64, 0, s>>>(x, n, k, ids, rows);
+    if (rows > 0) cu_launch(k_topk, blocks_for(rows, 64), 64, 0, s, x, n, k, ids, rows);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w,
                                         int64_t rows) {
+    cu_grid_entry();
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     cu_gather_softmax_row(x + r * n, ids + r * k, k, w + r * k);
@@ -348,12 +364,13 @@ static __global__ void k_gather_softmax(const float *x, int64_t n, const int32_t
 
 extern "C" cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids, int32_t k, float *w,
                                              int64_t rows, cudaStream_t s) {
-    if (rows > 0) k_gather_softmax<<<blocks_for(rows, 64), 64, 0, s>>>(x, n, ids, k, w, rows);
+    if (rows > 0) cu_launch(k_gather_softmax, blocks_for(rows, 64), 64, 0, s, x, n, ids, k, w, rows);
     CU_CHECK_LAUNCH();
 }
 
 static __global__ void k_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
                                  int64_t rows) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * n) return;
     int64_t r = i / n, c = i % n;
@@ -364,12 +381,13 @@ static __global__ void k_moe_sum(const float *x, const float *w, int32_t k, int6
 
 extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
                                       int64_t rows, cudaStream_t s) {
-    if (rows * n > 0) k_moe_sum<<<blocks_for(rows * n, 256), 256, 0, s>>>(x, w, k, n, res, y, rows);
+    if (rows * n > 0) cu_launch(k_moe_sum, blocks_for(rows * n, 256), 256, 0, s, x, w, k, n, res, y, rows);
     CU_CHECK_LAUNCH();
 }
 
 /* ---- the f32 activations of a product as two half-precision terms ---- */
 static __global__ void k_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo) {
+    cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= m * k) return;
     float v = x[(i / k) * ldx + i % k];
@@ -379,6 +397,6 @@ static __global__ void k_split(const float *x, int64_t ldx, int64_t m, int64_t k
 
 extern "C" cudaError_t mnv_cu_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo,
                                     cudaStream_t s) {
-    if (m * k > 0) k_split<<<blocks_for(m * k, 256), 256, 0, s>>>(x, ldx, m, k, t, hi, lo);
+    if (m * k > 0) cu_launch(k_split, blocks_for(m * k, 256), 256, 0, s, x, ldx, m, k, t, hi, lo);
     CU_CHECK_LAUNCH();
 }

@@ -23,6 +23,7 @@ static __device__ __forceinline__ uint32_t tc_key(float l) {
 }
 
 static __global__ void __launch_bounds__(TC_THREADS) k_top_cands(const float *x, int64_t n, float *out) {
+    cu_grid_entry();
     constexpr int K = MNV_TOP_CANDS;
     const float *row = x + (int64_t)blockIdx.x * n;
     float *o = out + (int64_t)blockIdx.x * MNV_TOP_CANDS_ROW;
@@ -150,6 +151,6 @@ static __global__ void __launch_bounds__(TC_THREADS) k_top_cands(const float *x,
 
 extern "C" cudaError_t mnv_cu_top_cands(const float *x, int64_t n, float *out, int64_t rows, cudaStream_t s) {
     if (rows > 0x7fffffff || n < 1 || n > (1 << 24)) return cudaErrorInvalidValue;
-    if (rows > 0) k_top_cands<<<(unsigned)rows, TC_THREADS, 0, s>>>(x, n, out);
+    if (rows > 0) cu_launch(k_top_cands, (unsigned)rows, TC_THREADS, 0, s, x, n, out);
     CU_CHECK_LAUNCH();
 }
