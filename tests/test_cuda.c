@@ -929,11 +929,13 @@ static void test_moe(void) {
 
 /* Enough (token, slot) rows for the tensor-core experts: mxfp4 and bf16,
  * output rows not a multiple of a block's, per token and per slot; 6 to
- * 9: decode steps (mxfp4 on tensor cores a slot a block). */
+ * 9: decode steps (mxfp4 on tensor cores, a slot a block or grouped). */
 static void test_moe_mma(void) {
     for (int i = 0; i < 10; i++) {
         /* 0: 4 experts, tiles of 64 rows; 1: 40 experts, tiles of 16 */
-        moe_case c = {.T = i >= 6 ? t_randint(1, 7) : t_randint(40, 90), .E = i == 0 ? 4 : i == 1 ? 40 : t_randint(4, 40),
+        /* 6: 4 rows (a slot a block); 7: 28 rows (grouped a few a tile) */
+        moe_case c = {.T = i == 6 ? 1 : i == 7 ? 7 : i >= 8 ? t_randint(1, 7) : t_randint(40, 90),
+                      .E = i == 0 ? 4 : i == 1 ? 40 : t_randint(4, 40),
                       .N = t_randint(1, 300),
                       .K = 32 * t_randint(1, i >= 6 ? 100 : 12),
                       .kk = 4, .stage = 2, .per_slot = i % 2 == 1, .interleaved = i == 3 || i == 9, .wt = MNV_DTYPE_BF16};

@@ -64,6 +64,7 @@ typedef struct {
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
     int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
     int32_t moe_tile;        /* their tiles' rows: 16, 64, or 0 (chosen by the kernel) */
+    int64_t moe_gmma_min;    /* expert rows from which, below moe_mma_min, they run grouped a few a tile */
     int64_t attn_mma_min;    /* queries from which attention runs on tensor cores (0: never) */
     bool planning;      /* fuse() matching for the planner: no launches */
     bool attn_split;    /* decode attention over many blocks (MNV_CUDA_ATTN_SPLIT=0: one per query) */
@@ -656,6 +657,7 @@ static mnv_cu_moe_args moe_args(const cuda_ctx *c, const mnv_node *n) {
     const mnv_node *x = n->src[0], *bias = n->src[3];
     return (mnv_cu_moe_args){
         .mma_min_rows = c->row_invariant ? 0 : c->moe_mma_min, .mma_tile = c->moe_tile,
+        .gmma_min_rows = c->row_invariant ? 0 : c->moe_gmma_min,
         .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
         .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
         .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
@@ -944,6 +946,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
     c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
+    env = getenv("MNV_CUDA_MOE_GMMA_MIN");
+    c->moe_gmma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_GMMA_MIN;
     env = getenv("MNV_CUDA_MOE_TILE");
     c->moe_tile = env ? (int32_t)atoi(env) : 0;
     env = getenv("MNV_CUDA_ATTN_MMA_MIN");

@@ -200,6 +200,8 @@ typedef struct {
     float alpha, limit;
     int64_t mma_min_rows; /* (token, slot) rows from which tensor cores take the product (0: never) */
     int32_t mma_tile;     /* rows of an expert's tile there: 16, 64 or 0 (chosen from rows per expert) */
+    int64_t gmma_min_rows; /* rows from which (below mma_min_rows) mxfp4 experts run grouped, a tile of up to 8
+                              rows of an expert on tensor cores (0: never) */
 } mnv_cu_moe_args;
 /* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
  * expert on the device (each expert's rows read once per 8 of its rows);
@@ -210,6 +212,7 @@ typedef struct {
  * needs mnv_cu_moe_scratch bytes of scratch (0 when neither applies). */
 #define MNV_CU_MOE_GROUP_MIN 32
 #define MNV_CU_MOE_MMA_MIN 128
+#define MNV_CU_MOE_GMMA_MIN 16
 size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */
@@ -220,6 +223,12 @@ cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_
  * one (token, slot) a block (cuda_moe_mma.cu): each slot reads its
  * expert's rows, slots of one expert share them through L2. */
 int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a);
+/* From gmma_min_rows rows (below mma_min_rows), mxfp4 experts run grouped
+ * by expert on tensor cores, a tile of up to 8 rows a block row
+ * (cuda_moe_mma.cu); scratch mnv__cu_moe_gmma_scratch bytes. */
+int mnv__cu_moe_gmma_fits(const mnv_cu_moe_args *a);
+size_t mnv__cu_moe_gmma_scratch(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_gmma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s);
 
 /* A router in one launch, one block per row of x: logits = the product

@@ -340,6 +340,126 @@ extern "C" cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s
     CU_CHECK_LAUNCH();
 }
 
+/* ---- batched decode: (token, slot) rows grouped by expert, up to eight a
+ * tile ----
+ * As the decode kernel, with B's eight columns the x rows of one tile: a
+ * weight row read serves all of them (one expert's rows are read once per
+ * tile, not once per slot). Thread (g, q) reads tile row g's x a group at
+ * a time (through L1 and L2) and splits it into its bf16 terms itself;
+ * past the tile's rows its column is zero. */
+#define GM_TILE 8
+template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmma(mnv_cu_moe_args a, moe_groups gr) {
+    cu_grid_entry();
+    constexpr int R = DUAL ? 2 : 1;
+    __shared__ float red[THREADS / 32][R][DM_ROWS][GM_TILE];
+    const int32_t t = blockIdx.y;
+    if (t >= *gr.n_tiles) return; /* the whole block */
+    const int32_t e = gr.tile[3 * t], first = gr.tile[3 * t + 1], cnt = gr.tile[3 * t + 2];
+    const int64_t K = a.k, ng = K / 32;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const bool has = g < cnt;
+    const int64_t tx = has ? gr.sorted[first + g] : 0;
+    const float *x = a.x + (a.per_slot ? tx : tx / a.kk) * K + 8 * q;
+    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
+    const uint32_t *wr[R][2];
+    const uint8_t *sr[R][2];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            wr[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
+            sr[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+        }
+    }
+    float acc[R][2][2] = {}; /* weight row g (+ 8 h), tile rows 2q + j */
+#pragma unroll 2
+    for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) {
+            const int64_t grp = g0 + gi;
+            if (grp >= ng) break;
+            uint32_t b[2][4] = {}; /* hi, lo: x at codes 0-1, 2-3, 4-5, 6-7 of word q */
+            if (has) {
+                const float4 v0 = __ldg((const float4 *)(x + grp * 32)), v1 = __ldg((const float4 *)(x + grp * 32 + 4));
+                const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const uint16_t h0 = f32_to_bf16_bits(v[2 * i]), h1 = f32_to_bf16_bits(v[2 * i + 1]);
+                    const uint16_t l0 = f32_to_bf16_bits(v[2 * i] - bf16_bits_to_f32(h0));
+                    const uint16_t l1 = f32_to_bf16_bits(v[2 * i + 1] - bf16_bits_to_f32(h1));
+                    b[0][i] = (uint32_t)h0 | (uint32_t)h1 << 16;
+                    b[1][i] = (uint32_t)l0 | (uint32_t)l1 << 16;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                uint32_t p0[4], p8[4];
+                mx4_pairs(__ldg(wr[r][0] + grp * 4), p0);
+                mx4_pairs(__ldg(wr[r][1] + grp * 4), p8);
+                const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
+                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mma_bf16(c, a0, b[0][0], b[0][1]);
+                mma_bf16(c, a0, b[1][0], b[1][1]);
+                mma_bf16(c, a1, b[0][2], b[0][3]);
+                mma_bf16(c, a1, b[1][2], b[1][3]);
+                const float s0 = e8m0(__ldg(sr[r][0] + grp)), s8 = e8m0(__ldg(sr[r][1] + grp));
+                acc[r][0][0] = fmaf(c[0], s0, acc[r][0][0]);
+                acc[r][0][1] = fmaf(c[1], s0, acc[r][0][1]);
+                acc[r][1][0] = fmaf(c[2], s8, acc[r][1][0]);
+                acc[r][1][1] = fmaf(c[3], s8, acc[r][1][1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) red[warp][r][g + 8 * h][2 * q + j] = acc[r][h][j];
+    __syncthreads();
+    const int row = tid / GM_TILE, col = tid % GM_TILE; /* THREADS = DM_ROWS x GM_TILE */
+    const int64_t n = n0 + row;
+    if (col >= cnt || n >= a.n) return;
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < THREADS / 32; w++) {
+        v += red[w][0][row][col];
+        if (DUAL) u += red[w][R - 1][row][col];
+    }
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
+    a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
+}
+static_assert(THREADS == DM_ROWS * GM_TILE, "k_moe_gmma: a thread per output of a block");
+
+extern "C" int mnv__cu_moe_gmma_fits(const mnv_cu_moe_args *a) {
+    int64_t rows = a->T * a->kk;
+    return a->gmma_min_rows > 0 && rows >= a->gmma_min_rows && (a->mma_min_rows <= 0 || rows < a->mma_min_rows) &&
+           mma_layout(a) == MMV_MX4 && ((uintptr_t)a->x & 15) == 0 && moe_max_tiles(rows, a->E, GM_TILE) <= 65535 &&
+           a->E <= 4096 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX && rows <= INT32_MAX;
+}
+
+extern "C" size_t mnv__cu_moe_gmma_scratch(const mnv_cu_moe_args *a) {
+    int64_t rows = a->T * a->kk;
+    return (size_t)(rows + 3 * moe_max_tiles(rows, a->E, GM_TILE) + 1) * 4;
+}
+
+extern "C" cudaError_t mnv__cu_moe_gmma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    if (!mnv__cu_moe_gmma_fits(a)) return cudaErrorInvalidValue;
+    int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, GM_TILE);
+    int32_t *base = (int32_t *)scratch;
+    moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
+    cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows, (int32_t)a->E, GM_TILE, gr);
+    dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)max_tiles);
+    if (a->dual)
+        cu_launch(k_moe_gmma<true>, grid, THREADS, 0, s, *a, gr);
+    else
+        cu_launch(k_moe_gmma<false>, grid, THREADS, 0, s, *a, gr);
+    CU_CHECK_LAUNCH();
+}
+
 static int mma_layout(const mnv_cu_moe_args *a) {
     int f = mmv_layout(&a->w, a->k);
     if (a->k % BK || (f != MMV_MX4 && f != MMV_BF16) || (f == MMV_MX4 && a->w.group_size != 32)) return MMV_NONE;
