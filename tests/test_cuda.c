@@ -922,7 +922,8 @@ static void test_moe(void) {
                       .K = 64 * t_randint(1, 4), .stage = i < 2 ? i : 2, .per_slot = i % 3 == 1,
                       .interleaved = i % 2 == 1, .wt = float_types[i % 3]};
         c.kk = t_randint(1, c.E < 4 ? (int)c.E : 4);
-        if (c.T * c.kk >= MOE_MMA_MIN) c.kk = (MOE_MMA_MIN - 1) / c.T; /* the chunked kernels */
+        /* below the tile kernel: the chunked kernels, mxfp4 the decode ones on tensor cores */
+        if (c.T * c.kk >= MOE_MMA_MIN) c.kk = (MOE_MMA_MIN - 1) / c.T;
         run_moe_case(c, i < 5 ? NULL : &qformats[i == 5 ? 0 : i == 6 ? 1 : 6]);
     }
 }

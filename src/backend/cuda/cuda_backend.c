@@ -957,7 +957,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     env = getenv("MNV_CUDA_PDL");
     int major = 0;
     if (env && strcmp(env, "1") == 0 &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9)
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9 &&
+        mnv__cu_pdl_built())
         mnv__cu_set_pdl(1);
     env = getenv("MNV_CUDA_PROFILE");
     if (env && strcmp(env, "1") == 0) {

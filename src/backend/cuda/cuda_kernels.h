@@ -17,6 +17,7 @@ extern "C" {
 /* Programmatic dependent launch of every kernel (cuda_common.cuh's
  * cu_launch): 0 off (the default), 1 on; for devices of sm_90 and later. */
 void mnv__cu_set_pdl(int on);
+int mnv__cu_pdl_built(void); /* the kernels' code has the entry's wait (sm_90 or later) */
 
 /* dtype codes as in core.h (kept in step by a static assert in the adapter) */
 enum { MNV_CU_F32 = 0, MNV_CU_F16 = 1, MNV_CU_BF16 = 2 };

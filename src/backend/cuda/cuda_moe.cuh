@@ -15,8 +15,11 @@ typedef struct {
     int32_t *n_tiles;
 } moe_groups;
 
-/* The most tiles `rows` rows of E experts can make. */
-static inline int64_t moe_max_tiles(int64_t rows, int64_t E, int32_t tile) { return rows / tile + E + 1; }
+/* The most tiles `rows` rows of E experts can make: a part-filled tile at
+ * most for each expert that has rows. */
+static inline int64_t moe_max_tiles(int64_t rows, int64_t E, int32_t tile) {
+    return rows / tile + (E < rows ? E : rows) + 1;
+}
 
 /* Launch: one block of 1024 threads, 3 * E int32 of dynamic shared memory. */
 static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, int32_t tile, moe_groups gr) {

@@ -325,7 +325,7 @@ extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
     /* x's two terms and the block's sums (static) within the 48 KB a launch gets without opting in */
     size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
-    return a->mma_min_rows > 0 && rows < a->mma_min_rows && mma_layout(a) == MMV_MX4 &&
+    return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows <= 65535 && mma_layout(a) == MMV_MX4 &&
            (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
@@ -436,7 +436,7 @@ static_assert(THREADS == DM_ROWS * GM_TILE, "k_moe_gmma: a thread per output of 
 
 extern "C" int mnv__cu_moe_gmma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
-    return a->gmma_min_rows > 0 && rows >= a->gmma_min_rows && (a->mma_min_rows <= 0 || rows < a->mma_min_rows) &&
+    return a->gmma_min_rows > 0 && rows >= a->gmma_min_rows && a->mma_min_rows > 0 && rows < a->mma_min_rows &&
            mma_layout(a) == MMV_MX4 && ((uintptr_t)a->x & 15) == 0 && moe_max_tiles(rows, a->E, GM_TILE) <= 65535 &&
            a->E <= 4096 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX && rows <= INT32_MAX;
 }

@@ -9,6 +9,13 @@
 int mnv__cu_pdl = 0;
 extern "C" void mnv__cu_set_pdl(int on) { mnv__cu_pdl = on; }
 
+static __global__ void k_copy(mnv_cu_copy_args a, int64_t total);
+/* Whether the kernels were built with their entry's wait: PTX of sm_90 or later. */
+extern "C" int mnv__cu_pdl_built(void) {
+    cudaFuncAttributes fa;
+    return cudaFuncGetAttributes(&fa, (const void *)k_copy) == cudaSuccess && fa.ptxVersion >= 90;
+}
+
 static unsigned blocks_for(int64_t n, int threads) { return (unsigned)((n + threads - 1) / threads); }
 
 /* ---- copy ---- */
