@@ -933,8 +933,8 @@ static void test_moe(void) {
  * 9: decode steps (mxfp4 on tensor cores, a slot a block or grouped). */
 static void test_moe_mma(void) {
     for (int i = 0; i < 10; i++) {
-        /* 0: 4 experts, tiles of 64 rows; 1: 40 experts, tiles of 16 */
-        /* 6: 4 rows (a slot a block); 7: 28 rows (grouped a few a tile) */
+        /* 0: 4 experts (tiles of 64 rows); 1: 40 experts (tiles of 16 where they are chosen by rows per expert) */
+        /* 6: 4 rows (a slot a block); 7: 28 rows (grouped a few a tile where that is on) */
         moe_case c = {.T = i == 6 ? 1 : i == 7 ? 7 : i >= 8 ? t_randint(1, 7) : t_randint(40, 90),
                       .E = i == 0 ? 4 : i == 1 ? 40 : t_randint(4, 40),
                       .N = t_randint(1, 300),
@@ -1245,6 +1245,28 @@ int main(void) {
     test_moe();
     test_moe_mma();
     test_moe_block();
+    /* the experts' paths off by default: decode rows grouped a few a tile,
+     * tiles of 16 rows chosen from the rows per expert */
+    setenv("MNV_CUDA_MOE_GMMA_MIN", "16", 1);
+    setenv("MNV_CUDA_MOE_TILE", "auto", 1);
+    mnv_backend *gpu_default = gpu, *plain_default = gpu_plain;
+    CHECK(mnv_backend_create(&gp, &gpu) == MNV_OK);
+    setenv("MNV_CUDA_FUSE", "0", 1);
+    setenv("MNV_CUDA_ATTN_SPLIT", "0", 1);
+    CHECK(mnv_backend_create(&gp, &gpu_plain) == MNV_OK);
+    unsetenv("MNV_CUDA_FUSE");
+    unsetenv("MNV_CUDA_ATTN_SPLIT");
+    unsetenv("MNV_CUDA_MOE_GMMA_MIN");
+    unsetenv("MNV_CUDA_MOE_TILE");
+    if (gpu && gpu_plain) {
+        test_moe();
+        test_moe_mma();
+        test_moe_block();
+    }
+    mnv_backend_free(gpu);
+    mnv_backend_free(gpu_plain);
+    gpu = gpu_default;
+    gpu_plain = plain_default;
     printf("ops: %d passed, %d failed\n", t_pass, t_fail);
     mnv_backend_free(cpu);
     mnv_backend_free(gpu);

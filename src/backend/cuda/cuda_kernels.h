@@ -200,7 +200,8 @@ typedef struct {
     int64_t b2s0, b2s1;
     float alpha, limit;
     int64_t mma_min_rows; /* (token, slot) rows from which tensor cores take the product (0: never) */
-    int32_t mma_tile;     /* rows of an expert's tile there: 16, 64 or 0 (chosen from rows per expert) */
+    int32_t mma_tile;     /* rows of an expert's tile there: 16 or 64; 0: 64; -1: 16 when the experts get
+                             fewer than 32 rows each (not yet measured on a GPU) */
     int64_t gmma_min_rows; /* rows from which (below mma_min_rows) mxfp4 experts run grouped, a tile of up to 8
                               rows of an expert on tensor cores (0: never) */
 } mnv_cu_moe_args;
@@ -213,16 +214,16 @@ typedef struct {
  * needs mnv_cu_moe_scratch bytes of scratch (0 when neither applies). */
 #define MNV_CU_MOE_GROUP_MIN 32
 #define MNV_CU_MOE_MMA_MIN 128
-#define MNV_CU_MOE_GMMA_MIN 16
+#define MNV_CU_MOE_GMMA_MIN 0 /* off until measured on a GPU (MNV_CUDA_MOE_GMMA_MIN=16 turns it on) */
 size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */
 int mnv__cu_moe_mma_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_mma_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_mma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
-/* Below mma_min_rows rows (when set), mxfp4 experts run on tensor cores
- * one (token, slot) a block (cuda_moe_mma.cu): each slot reads its
- * expert's rows, slots of one expert share them through L2. */
+/* Below gmma_min_rows rows (MNV_CU_MOE_GROUP_MIN when that is 0) and
+ * mma_min_rows (when set), mxfp4 experts run on tensor cores one (token,
+ * slot) a block (cuda_moe_mma.cu). */
 int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a);
 /* From gmma_min_rows rows (below mma_min_rows), mxfp4 experts run grouped
  * by expert on tensor cores, a tile of up to 8 rows a block row

@@ -325,7 +325,8 @@ extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
     /* x's two terms and the block's sums (static) within the 48 KB a launch gets without opting in */
     size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
-    return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows <= 65535 && mma_layout(a) == MMV_MX4 &&
+    const int64_t below = a->gmma_min_rows > 0 ? a->gmma_min_rows : MNV_CU_MOE_GROUP_MIN;
+    return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < below && rows <= 65535 && mma_layout(a) == MMV_MX4 &&
            (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
@@ -467,11 +468,12 @@ static int mma_layout(const mnv_cu_moe_args *a) {
     return f;
 }
 
-/* Rows of a tile: 64, or 16 when the experts get fewer than 32 rows each
- * on average (batched decode: a tile's empty rows cost products all the
- * same); mma_tile (16 or 64) chooses. */
+/* Rows of a tile: mma_tile (16 or 64), 64 by default, or with mma_tile -1
+ * 16 when the experts get fewer than 32 rows each on average (batched
+ * decode: a tile's empty rows cost products all the same). */
 static int mma_tile(const mnv_cu_moe_args *a) {
     if (a->mma_tile == TM || a->mma_tile == TM_FEW) return a->mma_tile;
+    if (a->mma_tile >= 0) return TM;
     return a->T * a->kk < 32 * a->E ? TM_FEW : TM;
 }
 
