@@ -1214,6 +1214,18 @@ static void check_engine(const char *name) {
     mnv_model_free(m);
 }
 
+/* A device backend without fused launches and with attention one block
+ * per query (and whatever else the environment sets). */
+static mnv_backend *plain_backend(const mnv_backend_params *gp) {
+    mnv_backend *b = NULL;
+    setenv("MNV_CUDA_FUSE", "0", 1);
+    setenv("MNV_CUDA_ATTN_SPLIT", "0", 1);
+    CHECK(mnv_backend_create(gp, &b) == MNV_OK);
+    unsetenv("MNV_CUDA_FUSE");
+    unsetenv("MNV_CUDA_ATTN_SPLIT");
+    return b;
+}
+
 int main(void) {
     mnv_backend_params gp = {.name = "cuda"};
     if (mnv_backend_create(&gp, &gpu) != MNV_OK) {
@@ -1223,11 +1235,7 @@ int main(void) {
     t_seed();
     mnv_backend_params cp = {.name = "cpu", .exact_quant = 1};
     CHECK(mnv_backend_create(&cp, &cpu) == MNV_OK);
-    setenv("MNV_CUDA_FUSE", "0", 1);
-    setenv("MNV_CUDA_ATTN_SPLIT", "0", 1);
-    CHECK(mnv_backend_create(&gp, &gpu_plain) == MNV_OK);
-    unsetenv("MNV_CUDA_FUSE");
-    unsetenv("MNV_CUDA_ATTN_SPLIT");
+    gpu_plain = plain_backend(&gp);
     if (!cpu || !gpu_plain) return t_done();
     test_elementwise();
     test_rope();
@@ -1251,11 +1259,7 @@ int main(void) {
     setenv("MNV_CUDA_MOE_TILE", "auto", 1);
     mnv_backend *gpu_default = gpu, *plain_default = gpu_plain;
     CHECK(mnv_backend_create(&gp, &gpu) == MNV_OK);
-    setenv("MNV_CUDA_FUSE", "0", 1);
-    setenv("MNV_CUDA_ATTN_SPLIT", "0", 1);
-    CHECK(mnv_backend_create(&gp, &gpu_plain) == MNV_OK);
-    unsetenv("MNV_CUDA_FUSE");
-    unsetenv("MNV_CUDA_ATTN_SPLIT");
+    gpu_plain = plain_backend(&gp);
     unsetenv("MNV_CUDA_MOE_GMMA_MIN");
     unsetenv("MNV_CUDA_MOE_TILE");
     if (gpu && gpu_plain) {

@@ -954,12 +954,6 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->attn_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_ATTN_MMA_MIN;
     env = getenv("MNV_CUDA_ATTN_SPLIT");
     c->attn_split = !env || strcmp(env, "0") != 0;
-    env = getenv("MNV_CUDA_PDL");
-    int major = 0;
-    if (env && strcmp(env, "1") == 0 &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9 &&
-        mnv__cu_pdl_built())
-        mnv__cu_set_pdl(1);
     env = getenv("MNV_CUDA_PROFILE");
     if (env && strcmp(env, "1") == 0) {
         c->prof = mnv__cu_prof_create();
@@ -973,6 +967,12 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
         free(c);
         return st;
     }
+    const char *pdl = getenv("MNV_CUDA_PDL");
+    int major = 0;
+    if (pdl && strcmp(pdl, "1") == 0 &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9 &&
+        mnv__cu_pdl_built())
+        mnv__cu_set_pdl(1);
     b->iface = &cuda_iface;
     b->ctx = c;
     cublasHandle_t h = NULL;

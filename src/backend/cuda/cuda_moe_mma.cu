@@ -240,6 +240,47 @@ static __device__ __forceinline__ void mx4_pairs(uint32_t w, uint32_t *p) {
 
 #define DM_ROWS 16 /* expert rows per block */
 
+/* The rows g and g + 8 (of 16 from n0, the last repeated past n) of each
+ * weight (gate, and up when R is 2) of expert e, as thread (g, q) reads
+ * them: word q of each group's 16 bytes, and the group scales. */
+template <int R> struct dm_rows {
+    const uint32_t *w[R][2];
+    const uint8_t *s[R][2];
+};
+template <int R>
+static __device__ __forceinline__ void dm_rows_of(const mnv_cu_moe_args &a, int64_t e, int64_t n0, int g, int q,
+                                                  dm_rows<R> *rw) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            rw->w[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
+            rw->s[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+        }
+    }
+}
+
+/* One group of one weight's 16 rows times B (b: x's hi and lo terms in the
+ * group's permuted k order): the group's unscaled sums c (the m16n8 C
+ * fragment) and the scales of rows g (s0) and g + 8 (s8). */
+static __device__ __forceinline__ void dm_group(const uint32_t *const *w, const uint8_t *const *sc, int64_t grp,
+                                                const uint32_t (*b)[4], float *c, float *s0, float *s8) {
+    uint32_t p0[4], p8[4];
+    mx4_pairs(__ldg(w[0] + grp * 4), p0);
+    mx4_pairs(__ldg(w[1] + grp * 4), p8);
+    const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
+    c[0] = c[1] = c[2] = c[3] = 0.0f;
+    mma_bf16(c, a0, b[0][0], b[0][1]);
+    mma_bf16(c, a0, b[1][0], b[1][1]);
+    mma_bf16(c, a1, b[0][2], b[0][3]);
+    mma_bf16(c, a1, b[1][2], b[1][3]);
+    *s0 = e8m0(__ldg(sc[0] + grp));
+    *s8 = e8m0(__ldg(sc[1] + grp));
+}
+
 template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmma(mnv_cu_moe_args a) {
     cu_grid_entry();
     constexpr int R = DUAL ? 2 : 1; /* weights: gate (and up) */
@@ -258,19 +299,8 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
     }
     __syncthreads();
     const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
-    const uint32_t *wr[R][2];
-    const uint8_t *sr[R][2];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const mnv_cu_weight &w = r ? a.w2 : a.w;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int64_t n = n0 + g + 8 * h;
-            n = n < a.n ? n : a.n - 1;
-            wr[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
-            sr[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
-        }
-    }
+    dm_rows<R> rw;
+    dm_rows_of<R>(a, e, n0, g, q, &rw);
     float acc[R][2] = {};
 #pragma unroll 2
     for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
@@ -287,17 +317,10 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                uint32_t p0[4], p8[4];
-                mx4_pairs(__ldg(wr[r][0] + grp * 4), p0);
-                mx4_pairs(__ldg(wr[r][1] + grp * 4), p8);
-                const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
-                float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                mma_bf16(t, a0, b[0][0], b[0][1]);
-                mma_bf16(t, a0, b[1][0], b[1][1]);
-                mma_bf16(t, a1, b[0][2], b[0][3]);
-                mma_bf16(t, a1, b[1][2], b[1][3]);
-                acc[r][0] = fmaf(t[0], e8m0(__ldg(sr[r][0] + grp)), acc[r][0]); /* row g, column 0 (q = 0) */
-                acc[r][1] = fmaf(t[2], e8m0(__ldg(sr[r][1] + grp)), acc[r][1]); /* row g + 8 */
+                float t[4], s0, s8;
+                dm_group(rw.w[r], rw.s[r], grp, b, t, &s0, &s8);
+                acc[r][0] = fmaf(t[0], s0, acc[r][0]); /* row g, column 0 (q = 0) */
+                acc[r][1] = fmaf(t[2], s8, acc[r][1]); /* row g + 8 */
             }
         }
     }
@@ -362,19 +385,8 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
     const int64_t tx = has ? gr.sorted[first + g] : 0;
     const float *x = a.x + (a.per_slot ? tx : tx / a.kk) * K + 8 * q;
     const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
-    const uint32_t *wr[R][2];
-    const uint8_t *sr[R][2];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const mnv_cu_weight &w = r ? a.w2 : a.w;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int64_t n = n0 + g + 8 * h;
-            n = n < a.n ? n : a.n - 1;
-            wr[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
-            sr[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
-        }
-    }
+    dm_rows<R> rw;
+    dm_rows_of<R>(a, e, n0, g, q, &rw);
     float acc[R][2][2] = {}; /* weight row g (+ 8 h), tile rows 2q + j */
 #pragma unroll 2
     for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
@@ -397,16 +409,8 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                uint32_t p0[4], p8[4];
-                mx4_pairs(__ldg(wr[r][0] + grp * 4), p0);
-                mx4_pairs(__ldg(wr[r][1] + grp * 4), p8);
-                const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
-                float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                mma_bf16(c, a0, b[0][0], b[0][1]);
-                mma_bf16(c, a0, b[1][0], b[1][1]);
-                mma_bf16(c, a1, b[0][2], b[0][3]);
-                mma_bf16(c, a1, b[1][2], b[1][3]);
-                const float s0 = e8m0(__ldg(sr[r][0] + grp)), s8 = e8m0(__ldg(sr[r][1] + grp));
+                float c[4], s0, s8;
+                dm_group(rw.w[r], rw.s[r], grp, b, c, &s0, &s8);
                 acc[r][0][0] = fmaf(c[0], s0, acc[r][0][0]);
                 acc[r][0][1] = fmaf(c[1], s0, acc[r][0][1]);
                 acc[r][1][0] = fmaf(c[2], s8, acc[r][1][0]);
