@@ -263,22 +263,42 @@ static __device__ __forceinline__ void dm_rows_of(const mnv_cu_moe_args &a, int6
     }
 }
 
-/* One group of one weight's 16 rows times B (b: x's hi and lo terms in the
- * group's permuted k order): the group's unscaled sums c (the m16n8 C
- * fragment) and the scales of rows g (s0) and g + 8 (s8). */
-static __device__ __forceinline__ void dm_group(const uint32_t *const *w, const uint8_t *const *sc, int64_t grp,
-                                                const uint32_t (*b)[4], float *c, float *s0, float *s8) {
+/* One warp step's weight loads: the words and scales of groups g0 and
+ * g0 + 1 (a group past ng reads g0 again; its sums are not used) of rows
+ * g and g + 8 of each weight. The kernels load a step ahead of the one
+ * they multiply, so a block always has the next step's reads in flight. */
+template <int R> struct dm_step {
+    uint32_t w[2][R][2];
+    uint32_t s[2][R][2];
+};
+template <int R>
+static __device__ __forceinline__ void dm_load(const dm_rows<R> &rw, int64_t g0, int64_t ng, dm_step<R> *st) {
+#pragma unroll
+    for (int gi = 0; gi < 2; gi++) {
+        const int64_t grp = g0 + gi < ng ? g0 + gi : g0;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                st->w[gi][r][h] = __ldg(rw.w[r][h] + grp * 4);
+                st->s[gi][r][h] = __ldg(rw.s[r][h] + grp);
+            }
+    }
+}
+
+/* One group of one weight's 16 rows (words w0 of row g, w8 of row g + 8)
+ * times B (b: x's hi and lo terms in the group's permuted k order): the
+ * group's unscaled sums c, the m16n8 C fragment. */
+static __device__ __forceinline__ void dm_group(uint32_t w0, uint32_t w8, const uint32_t (*b)[4], float *c) {
     uint32_t p0[4], p8[4];
-    mx4_pairs(__ldg(w[0] + grp * 4), p0);
-    mx4_pairs(__ldg(w[1] + grp * 4), p8);
+    mx4_pairs(w0, p0);
+    mx4_pairs(w8, p8);
     const uint32_t a0[4] = {p0[0], p8[0], p0[1], p8[1]}, a1[4] = {p0[2], p8[2], p0[3], p8[3]};
     c[0] = c[1] = c[2] = c[3] = 0.0f;
     mma_bf16(c, a0, b[0][0], b[0][1]);
     mma_bf16(c, a0, b[1][0], b[1][1]);
     mma_bf16(c, a1, b[0][2], b[0][3]);
     mma_bf16(c, a1, b[1][2], b[1][3]);
-    *s0 = e8m0(__ldg(sc[0] + grp));
-    *s8 = e8m0(__ldg(sc[1] + grp));
 }
 
 template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmma(mnv_cu_moe_args a) {
@@ -291,19 +311,41 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
     const float *x = a.x + (a.per_slot ? ts : ts / a.kk) * K;
     uint16_t *xh = xs, *xl = xs + K;
-    for (int64_t j = tid; j < K; j += THREADS) {
-        float v = x[j];
-        uint16_t h = f32_to_bf16_bits(v);
-        xh[j] = h;
-        xl[j] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+    /* x's two terms, four 16-byte loads a thread in flight at once */
+    for (int64_t j0 = tid; j0 < K / 4; j0 += 4 * THREADS) {
+        float4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int64_t j = j0 + u * THREADS;
+            v[u] = j < K / 4 ? __ldg((const float4 *)x + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int64_t j = j0 + u * THREADS;
+            if (j >= K / 4) break;
+            const float f[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+            uint32_t hw[2], lw[2];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const uint16_t h0 = f32_to_bf16_bits(f[2 * i]), h1 = f32_to_bf16_bits(f[2 * i + 1]);
+                hw[i] = (uint32_t)h0 | (uint32_t)h1 << 16;
+                lw[i] = (uint32_t)f32_to_bf16_bits(f[2 * i] - bf16_bits_to_f32(h0)) |
+                        (uint32_t)f32_to_bf16_bits(f[2 * i + 1] - bf16_bits_to_f32(h1)) << 16;
+            }
+            *(uint2 *)&xh[4 * j] = make_uint2(hw[0], hw[1]);
+            *(uint2 *)&xl[4 * j] = make_uint2(lw[0], lw[1]);
+        }
     }
     __syncthreads();
     const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
     dm_rows<R> rw;
     dm_rows_of<R>(a, e, n0, g, q, &rw);
     float acc[R][2] = {};
-#pragma unroll 2
-    for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
+    constexpr int64_t GSTEP = 2 * (THREADS / 32);
+    dm_step<R> cur, nxt;
+    if (2 * warp < ng) dm_load<R>(rw, 2 * warp, ng, &cur);
+    for (int64_t g0 = 2 * warp; g0 < ng; g0 += GSTEP) {
+        if (g0 + GSTEP < ng) dm_load<R>(rw, g0 + GSTEP, ng, &nxt);
 #pragma unroll
         for (int gi = 0; gi < 2; gi++) {
             const int64_t grp = g0 + gi;
@@ -317,12 +359,13 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                float t[4], s0, s8;
-                dm_group(rw.w[r], rw.s[r], grp, b, t, &s0, &s8);
-                acc[r][0] = fmaf(t[0], s0, acc[r][0]); /* row g, column 0 (q = 0) */
-                acc[r][1] = fmaf(t[2], s8, acc[r][1]); /* row g + 8 */
+                float t[4];
+                dm_group(cur.w[gi][r][0], cur.w[gi][r][1], b, t);
+                acc[r][0] = fmaf(t[0], e8m0(cur.s[gi][r][0]), acc[r][0]); /* row g, column 0 (q = 0) */
+                acc[r][1] = fmaf(t[2], e8m0(cur.s[gi][r][1]), acc[r][1]); /* row g + 8 */
             }
         }
+        cur = nxt;
     }
     if (q == 0)
 #pragma unroll
@@ -350,6 +393,7 @@ extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
     size_t red = (size_t)(THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
     const int64_t below = a->gmma_min_rows > 0 ? a->gmma_min_rows : MNV_CU_MOE_GROUP_MIN;
     return a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < below && rows <= 65535 && mma_layout(a) == MMV_MX4 &&
+           ((uintptr_t)a->x & 15) == 0 &&
            (size_t)a->k * 4 + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
@@ -388,15 +432,33 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
     dm_rows<R> rw;
     dm_rows_of<R>(a, e, n0, g, q, &rw);
     float acc[R][2][2] = {}; /* weight row g (+ 8 h), tile rows 2q + j */
-#pragma unroll 2
-    for (int64_t g0 = 2 * warp; g0 < ng; g0 += 2 * (THREADS / 32)) {
+    constexpr int64_t GSTEP = 2 * (THREADS / 32);
+    dm_step<R> cur, nxt;
+    float4 xc[2][2], xn[2][2]; /* x of the step multiplied and of the next, as the weights */
+    auto load_x = [&](int64_t g0, float4(*xv)[2]) {
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) {
+            const int64_t grp = g0 + gi < ng ? g0 + gi : g0;
+            xv[gi][0] = has ? __ldg((const float4 *)(x + grp * 32)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            xv[gi][1] = has ? __ldg((const float4 *)(x + grp * 32 + 4)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    };
+    if (2 * warp < ng) {
+        dm_load<R>(rw, 2 * warp, ng, &cur);
+        load_x(2 * warp, xc);
+    }
+    for (int64_t g0 = 2 * warp; g0 < ng; g0 += GSTEP) {
+        if (g0 + GSTEP < ng) {
+            dm_load<R>(rw, g0 + GSTEP, ng, &nxt);
+            load_x(g0 + GSTEP, xn);
+        }
 #pragma unroll
         for (int gi = 0; gi < 2; gi++) {
             const int64_t grp = g0 + gi;
             if (grp >= ng) break;
             uint32_t b[2][4] = {}; /* hi, lo: x at codes 0-1, 2-3, 4-5, 6-7 of word q */
             if (has) {
-                const float4 v0 = __ldg((const float4 *)(x + grp * 32)), v1 = __ldg((const float4 *)(x + grp * 32 + 4));
+                const float4 v0 = xc[gi][0], v1 = xc[gi][1];
                 const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
@@ -409,14 +471,18 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
-                float c[4], s0, s8;
-                dm_group(rw.w[r], rw.s[r], grp, b, c, &s0, &s8);
+                float c[4];
+                dm_group(cur.w[gi][r][0], cur.w[gi][r][1], b, c);
+                const float s0 = e8m0(cur.s[gi][r][0]), s8 = e8m0(cur.s[gi][r][1]);
                 acc[r][0][0] = fmaf(c[0], s0, acc[r][0][0]);
                 acc[r][0][1] = fmaf(c[1], s0, acc[r][0][1]);
                 acc[r][1][0] = fmaf(c[2], s8, acc[r][1][0]);
                 acc[r][1][1] = fmaf(c[3], s8, acc[r][1][1]);
             }
         }
+        cur = nxt;
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) xc[gi][0] = xn[gi][0], xc[gi][1] = xn[gi][1];
     }
 #pragma unroll
     for (int r = 0; r < R; r++)
