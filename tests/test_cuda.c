@@ -888,7 +888,7 @@ static mnv_array *build_moe(side *s, mnv_graph *g, void *ud) {
     return mnv_moe_sum(g, y, wts);
 }
 
-#define MOE_MMA_MIN 128 /* MNV_CU_MOE_MMA_MIN: rows from which experts run on tensor cores */
+#define MOE_MMA_MIN 128 /* the least rows from which experts run on the tile kernel (main's second round) */
 
 /* One case of build_moe: its inputs drawn, the device against the CPU.
  * fmt: the experts' packed format, or NULL for float experts of c.wt. */
@@ -937,8 +937,9 @@ static void test_moe(void) {
 static void test_moe_mma(void) {
     for (int i = 0; i < 10; i++) {
         /* 0: 4 experts (tiles of 64 rows); 1: 40 experts (tiles of 16 where they are chosen by rows per expert) */
-        /* 6: 4 rows (a slot a block); 7: 28 rows (grouped a few a tile where that is on) */
-        moe_case c = {.T = i == 6 ? 1 : i == 7 ? 7 : i >= 8 ? t_randint(1, 7) : t_randint(40, 90),
+        /* 2: 160 to 360 rows (mxfp4: grouped a few a tile by default, the tile kernel in main's second round);
+         * the others below 6 from 520 rows (the tile kernel); 6, 7: 4 and 28 rows (a slot a block) */
+        moe_case c = {.T = i == 6 ? 1 : i == 7 ? 7 : i >= 8 ? t_randint(1, 7) : i == 2 ? t_randint(40, 90) : t_randint(130, 200),
                       .E = i == 0 ? 4 : i == 1 ? 40 : t_randint(4, 40),
                       .N = t_randint(1, 300),
                       .K = 32 * t_randint(1, i >= 6 ? 100 : 12),
@@ -1256,14 +1257,17 @@ int main(void) {
     test_moe();
     test_moe_mma();
     test_moe_block();
-    /* the experts' paths off by default: decode rows grouped a few a tile,
-     * tiles of 16 rows chosen from the rows per expert */
-    setenv("MNV_CUDA_MOE_GMMA_MIN", "16", 1);
-    setenv("MNV_CUDA_MOE_TILE", "auto", 1);
+    /* the experts' paths the defaults leave out: from 32 rows the chunked
+     * grouped kernel (no grouped decode tiles), the tile kernel from 128
+     * rows, always in tiles of 64 */
+    setenv("MNV_CUDA_MOE_GMMA_MIN", "0", 1);
+    setenv("MNV_CUDA_MOE_MMA_MIN", "128", 1);
+    setenv("MNV_CUDA_MOE_TILE", "64", 1);
     mnv_backend *gpu_default = gpu, *plain_default = gpu_plain;
     CHECK(mnv_backend_create(&gp, &gpu) == MNV_OK);
     gpu_plain = plain_backend(&gp);
     unsetenv("MNV_CUDA_MOE_GMMA_MIN");
+    unsetenv("MNV_CUDA_MOE_MMA_MIN");
     unsetenv("MNV_CUDA_MOE_TILE");
     if (gpu && gpu_plain) {
         test_moe();

@@ -63,7 +63,7 @@ typedef struct {
     bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
     int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
-    int32_t moe_tile;        /* their tiles' rows: 16, 64; 0: 64; -1 (MNV_CUDA_MOE_TILE=auto): from rows per expert */
+    int32_t moe_tile;        /* their tiles' rows: 16, 64; -1 (default, MNV_CUDA_MOE_TILE=auto): from rows per expert */
     int64_t moe_gmma_min;    /* expert rows from which, below moe_mma_min, they run grouped a few a tile */
     int64_t attn_mma_min;    /* queries from which attention runs on tensor cores (0: never) */
     bool planning;      /* fuse() matching for the planner: no launches */
@@ -949,7 +949,7 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     env = getenv("MNV_CUDA_MOE_GMMA_MIN");
     c->moe_gmma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_GMMA_MIN;
     env = getenv("MNV_CUDA_MOE_TILE");
-    c->moe_tile = !env ? 0 : strcmp(env, "auto") == 0 ? -1 : (int32_t)atoi(env);
+    c->moe_tile = !env || strcmp(env, "auto") == 0 ? -1 : (int32_t)atoi(env);
     env = getenv("MNV_CUDA_ATTN_MMA_MIN");
     c->attn_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_ATTN_MMA_MIN;
     env = getenv("MNV_CUDA_ATTN_SPLIT");

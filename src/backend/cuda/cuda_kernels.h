@@ -201,7 +201,7 @@ typedef struct {
     float alpha, limit;
     int64_t mma_min_rows; /* (token, slot) rows from which tensor cores take the product (0: never) */
     int32_t mma_tile;     /* rows of an expert's tile there: 16 or 64; 0: 64; -1: 16 when the experts get
-                             fewer than 32 rows each (not yet measured on a GPU) */
+                             fewer than 32 rows each */
     int64_t gmma_min_rows; /* rows from which (below mma_min_rows) mxfp4 experts run grouped, a tile of up to 8
                               rows of an expert on tensor cores (0: never) */
 } mnv_cu_moe_args;
@@ -213,8 +213,13 @@ typedef struct {
  * in another order than the chunked kernels: not row-invariant). Either
  * needs mnv_cu_moe_scratch bytes of scratch (0 when neither applies). */
 #define MNV_CU_MOE_GROUP_MIN 32
-#define MNV_CU_MOE_MMA_MIN 128
-#define MNV_CU_MOE_GMMA_MIN 0 /* off until measured on a GPU (MNV_CUDA_MOE_GMMA_MIN=16 turns it on) */
+/* Measured on the H100 (gpt-oss-20b shapes, bench/NOTES.md): below 32
+ * rows a slot a block wins (16 rows: 472 against 420 tok/s grouped); the
+ * grouped decode kernel beats the chunked one from 32 rows (8 sequences:
+ * 189 -> 555 tok/s) and the tile kernel up to 256 rows; from 512 rows the
+ * tile kernel wins. */
+#define MNV_CU_MOE_MMA_MIN 512
+#define MNV_CU_MOE_GMMA_MIN 32
 size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */

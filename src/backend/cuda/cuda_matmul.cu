@@ -266,11 +266,13 @@ extern "C" int mnv_cu_mmv_fast(const mnv_cu_weight *w, int64_t k, const float *x
 
 /* The router: warp r sums row r as the chunked product does for up to 64
  * rows (one warp a group, lanes on interleaved chunks), so the logits
- * match the product's bits; then one thread picks and weighs the top kk. */
+ * match the product's bits; then warp 0 picks the top kk and one thread
+ * weighs them. */
 template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32) k_router(mnv_cu_router_args a) {
     cu_grid_entry();
     constexpr int E = mmv_fmt<F>::epc;
     __shared__ float lg[MNV_CU_ROUTER_MAX];
+    __shared__ int32_t ids[MNV_CU_ROUTER_MAX];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t t = blockIdx.x;
     mmv_row row = mmv_row_of(a.mm.w, 0, warp);
@@ -281,9 +283,27 @@ template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32
     if (a.mm.bias) v = v + cu_load(a.mm.bias, a.mm.bias_type, warp);
     if (lane == 0) lg[warp] = v;
     __syncthreads();
-    if (threadIdx.x != 0) return;
-    mnv__topk_row(lg, a.mm.n, a.kk, a.ids + t * a.kk);
-    cu_gather_softmax_row(lg, a.ids + t * a.kk, a.kk, a.w + t * a.kk);
+    if (warp != 0) return;
+    /* Each lane ranks its logit: larger first, ties to the lower index, the
+     * order mnv__topk_row gives (one thread inserting 32 logits in turn
+     * took 5 us). A row with a NaN takes mnv__topk_row itself: there the
+     * order depends on the visiting order. */
+    const int n = a.mm.n;
+    const float mine = lane < n ? lg[lane] : -INFINITY;
+    if (__any_sync(0xffffffffu, lane < n && isnan(mine))) {
+        if (lane == 0) mnv__topk_row(lg, n, a.kk, ids);
+    } else {
+        int rank = 0;
+        for (int j = 0; j < n; j++) {
+            const float o = __shfl_sync(0xffffffffu, mine, j);
+            rank += o > mine || (o == mine && j < lane);
+        }
+        if (lane < n && rank < a.kk) ids[rank] = lane;
+    }
+    __syncwarp();
+    if (lane != 0) return;
+    cu_gather_softmax_row(lg, ids, a.kk, a.w + t * a.kk);
+    for (int32_t j = 0; j < a.kk; j++) a.ids[t * a.kk + j] = ids[j];
 }
 
 extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s) {
@@ -292,13 +312,14 @@ extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s
         return cudaErrorInvalidValue;
     if (a->mm.m <= 0) return cudaSuccess;
     dim3 grid((unsigned)a->mm.m), block((unsigned)(32 * a->mm.n));
+    const size_t sm = 0;
     switch (mmv_layout(&a->mm.w, a->mm.k)) {
-    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, 0, s, *a); break;
-    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, 0, s, *a); break;
-    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, 0, s, *a); break;
-    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, 0, s, *a); break;
-    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, 0, s, *a); break;
-    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, 0, s, *a); break;
+    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, sm, s, *a); break;
+    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, sm, s, *a); break;
+    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, sm, s, *a); break;
+    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, sm, s, *a); break;
+    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, sm, s, *a); break;
+    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, sm, s, *a); break;
     default: return cudaErrorInvalidValue;
     }
     CU_CHECK_LAUNCH();

@@ -355,17 +355,45 @@ static __device__ __forceinline__ cu_best cu_better(cu_best a, cu_best b) {
     return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
 }
 
-enum { ARGMAX_THREADS = 256 };
+enum { ARGMAX_THREADS = 1024 };
 
-static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x, int64_t n, int32_t *ids) {
+static __device__ __forceinline__ void argmax_take(cu_best *b, float l, int64_t i) {
+    l = isnan(l) ? -INFINITY : (l == INFINITY ? FLT_MAX : l);
+    if (l > b->v) *b = cu_best{l, (int32_t)i};
+}
+
+/* A row of a block; with vec, 16-byte loads, four a thread in flight (a
+ * vocabulary row is 0.8 MB: one load at a time left it latency-bound). A
+ * thread visits its elements in increasing order, so a tie keeps the
+ * lower index, as the reduction does. */
+static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x, int64_t n, int32_t *ids, int vec) {
     cu_grid_entry();
     const float *row = x + (int64_t)blockIdx.x * n;
     cu_best b = {-INFINITY, 0};
-    for (int64_t i = threadIdx.x; i < n; i += ARGMAX_THREADS) {
-        float l = row[i];
-        l = isnan(l) ? -INFINITY : (l == INFINITY ? FLT_MAX : l);
-        if (l > b.v) b = cu_best{l, (int32_t)i};
+    int64_t i0 = 0;
+    if (vec) {
+        const float4 *r4 = (const float4 *)row;
+        const int64_t n4 = n / 4;
+        for (int64_t j0 = threadIdx.x; j0 < n4; j0 += 4 * ARGMAX_THREADS) {
+            float4 v[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int64_t j = j0 + (int64_t)u * ARGMAX_THREADS;
+                v[u] = j < n4 ? __ldg(r4 + j) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const int64_t j = j0 + (int64_t)u * ARGMAX_THREADS;
+                if (j >= n4) break;
+                argmax_take(&b, v[u].x, 4 * j);
+                argmax_take(&b, v[u].y, 4 * j + 1);
+                argmax_take(&b, v[u].z, 4 * j + 2);
+                argmax_take(&b, v[u].w, 4 * j + 3);
+            }
+        }
+        i0 = 4 * n4;
     }
+    for (int64_t i = i0 + threadIdx.x; i < n; i += ARGMAX_THREADS) argmax_take(&b, row[i], i);
     for (int o = 16; o > 0; o >>= 1) {
         cu_best other = {__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)};
         b = cu_better(b, other);
@@ -382,7 +410,8 @@ static __global__ void __launch_bounds__(ARGMAX_THREADS) k_argmax(const float *x
 
 extern "C" cudaError_t mnv_cu_argmax(const float *x, int64_t n, int32_t *ids, int64_t rows, cudaStream_t s) {
     if (rows > 0x7fffffff || n < 1) return cudaErrorInvalidValue;
-    if (rows > 0) cu_launch(k_argmax, (unsigned)rows, ARGMAX_THREADS, 0, s, x, n, ids);
+    const int vec = n % 4 == 0 && ((uintptr_t)x & 15) == 0;
+    if (rows > 0) cu_launch(k_argmax, (unsigned)rows, ARGMAX_THREADS, 0, s, x, n, ids, vec);
     CU_CHECK_LAUNCH();
 }
 
@@ -391,7 +420,13 @@ static __global__ void k_topk(const float *x, int64_t n, int32_t k, int32_t *ids
     cu_grid_entry();
     int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
-    mnv__topk_row(x + r * n, n, k, ids + r * k);
+    if (k > MNV_CU_ROUTER_MAX) {
+        mnv__topk_row(x + r * n, n, k, ids + r * k);
+        return;
+    }
+    int32_t best[MNV_CU_ROUTER_MAX]; /* the insertion sort's reads and writes in local memory, not global */
+    mnv__topk_row(x + r * n, n, k, best);
+    for (int32_t j = 0; j < k; j++) ids[r * k + j] = best[j];
 }
 
 extern "C" cudaError_t mnv_cu_topk(const float *x, int64_t n, int32_t k, int32_t *ids, int64_t rows, cudaStream_t s) {
