@@ -312,14 +312,13 @@ extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s
         return cudaErrorInvalidValue;
     if (a->mm.m <= 0) return cudaSuccess;
     dim3 grid((unsigned)a->mm.m), block((unsigned)(32 * a->mm.n));
-    const size_t sm = 0;
     switch (mmv_layout(&a->mm.w, a->mm.k)) {
-    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, sm, s, *a); break;
-    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, sm, s, *a); break;
-    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, sm, s, *a); break;
-    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, sm, s, *a); break;
-    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, sm, s, *a); break;
-    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, sm, s, *a); break;
+    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, 0, s, *a); break;
+    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, 0, s, *a); break;
+    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, 0, s, *a); break;
+    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, 0, s, *a); break;
+    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, 0, s, *a); break;
+    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, 0, s, *a); break;
     default: return cudaErrorInvalidValue;
     }
     CU_CHECK_LAUNCH();

@@ -238,6 +238,15 @@ static __device__ __forceinline__ void mx4_pairs(uint32_t w, uint32_t *p) {
     p[3] = __byte_perm(lh, hh, 0x7362) | ((w >> 12) & 0x8000u) | (w & 0x80000000u);
 }
 
+/* The two bf16 terms (hi + lo, within 2^-16 of the f32 values) of floats a
+ * and b, a the low half of each word: the B operand's pairs. */
+static __device__ __forceinline__ void bf16_split2(float a, float b, uint32_t *hi, uint32_t *lo) {
+    const uint16_t ha = f32_to_bf16_bits(a), hb = f32_to_bf16_bits(b);
+    *hi = (uint32_t)ha | (uint32_t)hb << 16;
+    *lo = (uint32_t)f32_to_bf16_bits(a - bf16_bits_to_f32(ha)) |
+          (uint32_t)f32_to_bf16_bits(b - bf16_bits_to_f32(hb)) << 16;
+}
+
 #define DM_ROWS 16 /* expert rows per block */
 
 /* The rows g and g + 8 (of 16 from n0, the last repeated past n) of each
@@ -323,15 +332,9 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
         for (int u = 0; u < 4; u++) {
             const int64_t j = j0 + u * THREADS;
             if (j >= K / 4) break;
-            const float f[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
             uint32_t hw[2], lw[2];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const uint16_t h0 = f32_to_bf16_bits(f[2 * i]), h1 = f32_to_bf16_bits(f[2 * i + 1]);
-                hw[i] = (uint32_t)h0 | (uint32_t)h1 << 16;
-                lw[i] = (uint32_t)f32_to_bf16_bits(f[2 * i] - bf16_bits_to_f32(h0)) |
-                        (uint32_t)f32_to_bf16_bits(f[2 * i + 1] - bf16_bits_to_f32(h1)) << 16;
-            }
+            bf16_split2(v[u].x, v[u].y, &hw[0], &lw[0]);
+            bf16_split2(v[u].z, v[u].w, &hw[1], &lw[1]);
             *(uint2 *)&xh[4 * j] = make_uint2(hw[0], hw[1]);
             *(uint2 *)&xl[4 * j] = make_uint2(lw[0], lw[1]);
         }
@@ -461,13 +464,7 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
                 const float4 v0 = xc[gi][0], v1 = xc[gi][1];
                 const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const uint16_t h0 = f32_to_bf16_bits(v[2 * i]), h1 = f32_to_bf16_bits(v[2 * i + 1]);
-                    const uint16_t l0 = f32_to_bf16_bits(v[2 * i] - bf16_bits_to_f32(h0));
-                    const uint16_t l1 = f32_to_bf16_bits(v[2 * i + 1] - bf16_bits_to_f32(h1));
-                    b[0][i] = (uint32_t)h0 | (uint32_t)h1 << 16;
-                    b[1][i] = (uint32_t)l0 | (uint32_t)l1 << 16;
-                }
+                for (int i = 0; i < 4; i++) bf16_split2(v[2 * i], v[2 * i + 1], &b[0][i], &b[1][i]);
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
