@@ -46,6 +46,7 @@ static inline void t_seed(void) {
     t_rng_state = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) ^ (uint64_t)clock() << 20;
     if (!t_rng_state) t_rng_state = 88172645463325252ull;
     printf("seed %llu\n", (unsigned long long)t_rng_state);
+    fflush(stdout); /* seen even if the test dies */
 }
 static inline uint64_t t_rand64(void) {
     uint64_t x = t_rng_state;

@@ -7,6 +7,7 @@
  * 77 (CTest reports the test as skipped). */
 #include "minerva.h"
 #include "backend/backend.h"
+#include "backend/cpu/qmatmul.h"
 #include "core/topcands.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -701,7 +702,8 @@ static void test_attention(void) {
         c.T = 0;
         for (int s = 0; s < c.S; s++) {
             len[s] = prefill ? t_randint(40, 700) : longer ? t_randint(200, 1300) : t_randint(1, 70);
-            nnew[s] = prefill ? MNV_MIN(len[s], t_randint(40, 200)) : t_randint(1, len[s] < 5 ? len[s] : 5);
+            const int32_t draw = prefill ? t_randint(40, 200) : t_randint(1, 5); /* drawn once: MNV_MIN evaluates twice */
+            nnew[s] = MNV_MIN(len[s], draw);
             c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
             c.T += nnew[s];
         }
@@ -737,10 +739,10 @@ static void test_attention(void) {
         c.rope = i % 2 == 0;
         c.inv_freq = malloc(sizeof(float) * (size_t)(c.D / 2));
         for (int64_t d = 0; d < c.D / 2; d++) c.inv_freq[d] = powf(10000.0f, -2.0f * (float)d / (float)c.D);
-        char what[96];
-        snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d",
-                 mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt),
-                 (long long)c.H, (long long)c.Hkv, (long long)c.D, (long long)c.B, c.window, c.sinks);
+        char what[128];
+        snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d S %lld T %lld W %lld",
+                 mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt), (long long)c.H, (long long)c.Hkv, (long long)c.D,
+                 (long long)c.B, c.window, c.sinks, (long long)c.S, (long long)c.T, (long long)c.W);
         compare(what, build_attention, &c, 1e-5, false);
         same_bits(what, build_attention, &c);
         free(pool);
@@ -991,6 +993,43 @@ static mnv_array *build_moe_block(side *s, mnv_graph *g, void *ud) {
     return mnv_add(g, P(s, g, c->res, MNV_DTYPE_F32, 2, hs), mnv_moe_sum(g, y, wts));
 }
 
+/* One case of build_moe_block: the rest of its inputs drawn, the device
+ * against the CPU (within tol) and its fused launches against its plain
+ * ones. */
+static void run_moe_block_case(moe_block_case c, double tol) {
+    quantize(&c.gate, c.E * c.N, c.K);
+    quantize(&c.up, c.E * c.N, c.K);
+    quantize(&c.down, c.E * c.K, c.N);
+    c.router.fmt = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16};
+    quantize(&c.router, c.E, c.K);
+    c.br = randv((size_t)c.E, 1.0f);
+    c.logits = randv((size_t)(c.T * c.E), 3.0f);
+    c.h = randv((size_t)((c.T + 1) * c.K), 1.0f); /* a row more: room for the unaligned view */
+    c.res = randv((size_t)(c.T * c.K), 1.0f);
+    c.bg = randv((size_t)(c.E * c.N), 1.0f);
+    c.bu = randv((size_t)(c.E * c.N), 1.0f);
+    c.bd = randv((size_t)(c.E * c.K), 1.0f);
+    char what[96];
+    snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s%s",
+             mnv_qmode_name(c.gate.fmt.mode), c.gate.fmt.bits, (long long)c.T, (long long)c.E, (long long)c.kk,
+             (long long)c.N, (long long)c.K, c.routed ? " routed" : "", c.unaligned ? " h unaligned" : "");
+    compare(what, build_moe_block, &c, tol, false);
+    same_bits(what, build_moe_block, &c);
+    rows_case *qs[4] = {&c.gate, &c.up, &c.down, &c.router};
+    free(c.br);
+    for (int q = 0; q < 4; q++) {
+        free(qs[q]->packed);
+        free(qs[q]->scales);
+        free(qs[q]->biases);
+    }
+    free(c.logits);
+    free(c.h);
+    free(c.res);
+    free(c.bg);
+    free(c.bu);
+    free(c.bd);
+}
+
 static void test_moe_block(void) {
     static const mnv_qformat fmts[] = {{MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8},
                                        {MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
@@ -1004,38 +1043,36 @@ static void test_moe_block(void) {
                             .unaligned = i == 6 || i == 7};
         c.kk = i >= 8 ? 4 : t_randint(1, 4);
         c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i >= 8 ? 0 : i % 3];
-        quantize(&c.gate, c.E * c.N, c.K);
-        quantize(&c.up, c.E * c.N, c.K);
-        quantize(&c.down, c.E * c.K, c.N);
         c.routed = i % 2 == 0 || i == 7;
-        c.router.fmt = (mnv_qformat){MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16};
-        quantize(&c.router, c.E, c.K);
-        c.br = randv((size_t)c.E, 1.0f);
-        c.logits = randv((size_t)(c.T * c.E), 3.0f);
-        c.h = randv((size_t)((c.T + 1) * c.K), 1.0f); /* a row more: room for the unaligned view */
-        c.res = randv((size_t)(c.T * c.K), 1.0f);
-        c.bg = randv((size_t)(c.E * c.N), 1.0f);
-        c.bu = randv((size_t)(c.E * c.N), 1.0f);
-        c.bd = randv((size_t)(c.E * c.K), 1.0f);
-        char what[96];
-        snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s%s",
-                 mnv_qmode_name(c.gate.fmt.mode), c.gate.fmt.bits, (long long)c.T, (long long)c.E, (long long)c.kk,
-                 (long long)c.N, (long long)c.K, c.routed ? " routed" : "", c.unaligned ? " h unaligned" : "");
-        compare(what, build_moe_block, &c, 1e-5, false);
-        same_bits(what, build_moe_block, &c);
-        rows_case *qs[4] = {&c.gate, &c.up, &c.down, &c.router};
-        free(c.br);
-        for (int q = 0; q < 4; q++) {
-            free(qs[q]->packed);
-            free(qs[q]->scales);
-            free(qs[q]->biases);
-        }
-        free(c.logits);
-        free(c.h);
-        free(c.res);
-        free(c.bg);
-        free(c.bu);
-        free(c.bd);
+        run_moe_block_case(c, 1e-5);
+    }
+}
+
+/* Decode steps of mxfp4 experts with x rounded to int8 (a backend without
+ * exact_quant; the CPU's int8 path the reference): fewer than 32 (token,
+ * slot) rows, the slot-a-block kernel (cases 0-7), and from 32 up to the
+ * tile kernel's 512 the grouped one (8-11). The router stays out: the
+ * CPU would round its x too. */
+static void test_moe_i8(void) {
+    for (int i = 0; i < 12; i++) {
+        moe_case c = {.T = i == 0 ? 1 : i >= 8 ? t_randint(8, 120) : t_randint(1, 7), .E = t_randint(4, 40),
+                      .N = t_randint(1, 300),
+                      .K = 32 * t_randint(1, 100), .kk = t_randint(1, 4), .stage = 2, .per_slot = i % 2 == 1,
+                      .interleaved = i == 3, .wt = MNV_DTYPE_BF16};
+        if (i >= 8) c.kk = 4;
+        if (c.kk > c.E) c.kk = c.E;
+        run_moe_case(c, &qformats[6]);
+    }
+    for (int i = 0; i < 6; i++) {
+        moe_block_case c = {.T = i >= 4 ? t_randint(8, 100) : t_randint(1, 7), .E = t_randint(4, 32),
+                            .N = 32 * t_randint(1, 40),
+                            .K = 32 * t_randint(1, 40), .kk = 4, .unaligned = i == 3};
+        c.gate.fmt = c.up.fmt = c.down.fmt = (mnv_qformat){MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8};
+        /* The down product rounds the SwiGLU's output, which the two sides
+         * compute an ulp or so apart: the few codes rounded the other way
+         * (each off by a step of its group) measured 6e-5; int8 against f32
+         * activations is 4e-3 to 1e-2 here, so 1e-3 still tells them apart. */
+        run_moe_block_case(c, 1e-3);
     }
 }
 
@@ -1231,7 +1268,7 @@ static mnv_backend *plain_backend(const mnv_backend_params *gp) {
 }
 
 int main(void) {
-    mnv_backend_params gp = {.name = "cuda"};
+    mnv_backend_params gp = {.name = "cuda", .exact_quant = 1}; /* f32 activations, as the CPU reference */
     if (mnv_backend_create(&gp, &gpu) != MNV_OK) {
         printf("test_cuda: SKIPPED: %s\n", mnv_last_error());
         return 77;
@@ -1278,6 +1315,27 @@ int main(void) {
     mnv_backend_free(gpu_plain);
     gpu = gpu_default;
     gpu_plain = plain_default;
+    /* without exact_quant: the decode experts' int8 path against the CPU's */
+    if (mnv_cpu_qmatmul_force("avx512-vnni") || mnv_cpu_qmatmul_force("avx2-int8") ||
+        mnv_cpu_qmatmul_force("neon-dot")) {
+        mnv_backend *cpu_exact = cpu, *cpu_i8 = NULL;
+        mnv_backend_params ci = {.name = "cpu"}, gi = {.name = "cuda"};
+        CHECK(mnv_backend_create(&ci, &cpu_i8) == MNV_OK);
+        CHECK(mnv_backend_create(&gi, &gpu) == MNV_OK);
+        gpu_plain = plain_backend(&gi);
+        cpu = cpu_i8;
+        printf("int8 activations: the CPU's %s\n", mnv_cpu_qmatmul_impl());
+        if (cpu && gpu && gpu_plain) test_moe_i8();
+        mnv_backend_free(cpu_i8);
+        mnv_backend_free(gpu);
+        mnv_backend_free(gpu_plain);
+        mnv_cpu_qmatmul_force(NULL);
+        cpu = cpu_exact;
+        gpu = gpu_default;
+        gpu_plain = plain_default;
+    } else {
+        printf("int8 activations: SKIPPED: this CPU has no int8 product path to compare with\n");
+    }
     printf("ops: %d passed, %d failed\n", t_pass, t_fail);
     mnv_backend_free(cpu);
     mnv_backend_free(gpu);

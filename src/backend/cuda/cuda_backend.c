@@ -53,6 +53,7 @@ typedef struct {
     int32_t n_up, cap_up;
     size_t upload_bytes;
     int row_invariant;  /* never cuBLAS: its results depend on the row count */
+    int exact_quant;    /* quantized products keep f32 activations (else the decode experts round x to int8) */
     void *cublas;       /* cublasHandle_t */
     void *blas_ws;      /* cuBLAS's workspace (fixed, so that products may be captured) */
     void *scratch;      /* cuda_gemm.c's scratch */
@@ -657,7 +658,7 @@ static mnv_cu_moe_args moe_args(const cuda_ctx *c, const mnv_node *n) {
     const mnv_node *x = n->src[0], *bias = n->src[3];
     return (mnv_cu_moe_args){
         .mma_min_rows = c->row_invariant ? 0 : c->moe_mma_min, .mma_tile = c->moe_tile,
-        .gmma_min_rows = c->row_invariant ? 0 : c->moe_gmma_min,
+        .gmma_min_rows = c->row_invariant ? 0 : c->moe_gmma_min, .x_i8 = !c->exact_quant,
         .x = x->data, .per_slot = x->ndim == 3, .w = weight_of(n, n->src[1], n->src[4], n->src[5]),
         .ids = n->src[2]->data, .bias = bias ? bias->data : NULL, .bs0 = bias ? bias->stride[0] : 0,
         .bs1 = bias ? bias->stride[1] : 0, .y = n->data, .T = n->shape[0], .kk = n->shape[1],
@@ -938,6 +939,7 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->device = p->device;
     snprintf(c->name, sizeof c->name, "cuda:%d", p->device);
     c->row_invariant = p->row_invariant;
+    c->exact_quant = p->exact_quant;
     const char *env = getenv("MNV_CUDA_GRAPHS");
     c->graphs = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_FUSE");

@@ -204,6 +204,8 @@ typedef struct {
                              fewer than 32 rows each */
     int64_t gmma_min_rows; /* rows from which (below mma_min_rows) mxfp4 experts run grouped, a tile of up to 8
                               rows of an expert on tensor cores (0: never) */
+    int32_t x_i8;          /* 1: those two decode paths round x to int8, one scale per group of 32 (the CPU's
+                              default numerics, cpu/qmatmul.h); 0: x as two bf16 terms (f32 within 2^-16) */
 } mnv_cu_moe_args;
 /* From MNV_CU_MOE_GROUP_MIN (token, slot) rows on, the rows are grouped by
  * expert on the device (each expert's rows read once per 8 of its rows);
@@ -237,6 +239,14 @@ int mnv__cu_moe_gmma_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_gmma_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_gmma(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 cudaError_t mnv__cu_moe_dmma(const mnv_cu_moe_args *a, cudaStream_t s);
+/* The same two paths with x_i8 (cuda_moe_i8.cu): int8 codes of x times the
+ * weights' codes doubled (integers in [-12, 12]) on the int8 tensor cores,
+ * each group's exact integer sum times its two scales. */
+int mnv__cu_moe_dmma_i8_fits(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_dmma_i8(const mnv_cu_moe_args *a, cudaStream_t s);
+int mnv__cu_moe_gmma_i8_fits(const mnv_cu_moe_args *a);
+size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
 /* A router in one launch, one block per row of x: logits = the product
  * mm (n <= 32 rows, mnv_cu_mmv_fast, with its bias epilogue; mm.y unused),

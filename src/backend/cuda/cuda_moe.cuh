@@ -47,4 +47,56 @@ static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, 
     for (int32_t i = threadIdx.x; i < rows; i += blockDim.x) gr.sorted[atomicAdd(&fill[ids[i]], 1)] = i;
 }
 
+/* ---- the decode experts' weight reads (cuda_moe_mma.cu, cuda_moe_i8.cu) ----
+ * A block takes DM_ROWS rows of an expert's weight; thread (g, q) of each
+ * warp (g = lane / 4, q = lane % 4) reads rows g and g + 8, word q of each
+ * 16-byte group (32 mxfp4 codes), which the mma fragments then take. */
+#define DM_ROWS 16 /* expert rows per block */
+
+/* The rows g and g + 8 (of 16 from n0, the last repeated past n) of each
+ * weight (gate, and up when R is 2) of expert e, as thread (g, q) reads
+ * them: word q of each group's 16 bytes, and the group scales. */
+template <int R> struct dm_rows {
+    const uint32_t *w[R][2];
+    const uint8_t *s[R][2];
+};
+template <int R>
+static __device__ __forceinline__ void dm_rows_of(const mnv_cu_moe_args &a, int64_t e, int64_t n0, int g, int q,
+                                                  dm_rows<R> *rw) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            rw->w[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
+            rw->s[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+        }
+    }
+}
+
+/* One warp step's weight loads: the words and scales of groups g0 and
+ * g0 + 1 (a group past ng reads g0 again; its sums are not used) of rows
+ * g and g + 8 of each weight. The kernels load a step ahead of the one
+ * they multiply, so a block always has the next step's reads in flight. */
+template <int R> struct dm_step {
+    uint32_t w[2][R][2];
+    uint32_t s[2][R][2];
+};
+template <int R>
+static __device__ __forceinline__ void dm_load(const dm_rows<R> &rw, int64_t g0, int64_t ng, dm_step<R> *st) {
+#pragma unroll
+    for (int gi = 0; gi < 2; gi++) {
+        const int64_t grp = g0 + gi < ng ? g0 + gi : g0;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                st->w[gi][r][h] = __ldg(rw.w[r][h] + grp * 4);
+                st->s[gi][r][h] = __ldg(rw.s[r][h] + grp);
+            }
+    }
+}
+
 #endif

@@ -247,54 +247,6 @@ static __device__ __forceinline__ void bf16_split2(float a, float b, uint32_t *h
           (uint32_t)f32_to_bf16_bits(b - bf16_bits_to_f32(hb)) << 16;
 }
 
-#define DM_ROWS 16 /* expert rows per block */
-
-/* The rows g and g + 8 (of 16 from n0, the last repeated past n) of each
- * weight (gate, and up when R is 2) of expert e, as thread (g, q) reads
- * them: word q of each group's 16 bytes, and the group scales. */
-template <int R> struct dm_rows {
-    const uint32_t *w[R][2];
-    const uint8_t *s[R][2];
-};
-template <int R>
-static __device__ __forceinline__ void dm_rows_of(const mnv_cu_moe_args &a, int64_t e, int64_t n0, int g, int q,
-                                                  dm_rows<R> *rw) {
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const mnv_cu_weight &w = r ? a.w2 : a.w;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int64_t n = n0 + g + 8 * h;
-            n = n < a.n ? n : a.n - 1;
-            rw->w[r][h] = (const uint32_t *)w.w + e * w.we + n * w.ldw + q;
-            rw->s[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
-        }
-    }
-}
-
-/* One warp step's weight loads: the words and scales of groups g0 and
- * g0 + 1 (a group past ng reads g0 again; its sums are not used) of rows
- * g and g + 8 of each weight. The kernels load a step ahead of the one
- * they multiply, so a block always has the next step's reads in flight. */
-template <int R> struct dm_step {
-    uint32_t w[2][R][2];
-    uint32_t s[2][R][2];
-};
-template <int R>
-static __device__ __forceinline__ void dm_load(const dm_rows<R> &rw, int64_t g0, int64_t ng, dm_step<R> *st) {
-#pragma unroll
-    for (int gi = 0; gi < 2; gi++) {
-        const int64_t grp = g0 + gi < ng ? g0 + gi : g0;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                st->w[gi][r][h] = __ldg(rw.w[r][h] + grp * 4);
-                st->s[gi][r][h] = __ldg(rw.s[r][h] + grp);
-            }
-    }
-}
-
 /* One group of one weight's 16 rows (words w0 of row g, w8 of row g + 8)
  * times B (b: x's hi and lo terms in the group's permuted k order): the
  * group's unscaled sums c, the m16n8 C fragment. */

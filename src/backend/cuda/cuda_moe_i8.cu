@@ -1,0 +1,388 @@
+/* The mxfp4 decode experts with x rounded to int8 (mnv_cu_moe_args.x_i8):
+ * the CPU's default numerics (cpu/qmatmul.h: dx = max|x| / 127 over each
+ * group of 32, codes round(x / dx) to nearest even), so a session without
+ * exact_quant computes what the CPU does, up to the order of the float
+ * sums. Each group's sum is exact in int32:
+ *
+ *   y = sum_g 2^(e_g - 127) * (dx_g / 2) * sum_j xq_j * w2_j
+ *
+ * with w2 = 2 * e2m1 in [-12, 12]. The products run on the int8 tensor
+ * cores, mma.sync m16n8k32: one instruction is a group of 16 weight rows,
+ * and a code becomes its int8 by byte permutes (11 instructions a word of
+ * eight), where the bf16 path (cuda_moe_mma.cu) spends four mma and about
+ * twice the instructions a group: that kernel was bound by its instruction
+ * rate, not by memory (bench/NOTES.md). */
+#include "backend/cuda/cuda_mmv.cuh"
+#include "backend/cuda/cuda_moe.cuh"
+
+#define QI_THREADS 128
+
+/* prmt.b32 as PTX defines it: the low 16 bits of s select, a nibble's bit
+ * 3 replicating the sign (unused here: the selectors keep it clear).
+ * __byte_perm masks each selector to its low three bits first, which
+ * costs an instruction a call where the selector is not a constant. */
+static __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(s));
+    return r;
+}
+
+/* Eight mxfp4 codes (word w, code 0 the lowest nibble) as int8 2 * e2m1:
+ * codes 0-3 in lo, 4-7 in hi, byte i the code i (of each half). A table
+ * lookup of the magnitude among the positive and among the negative
+ * values, then a permute picking either by the sign bit (selector bytes
+ * 0-3, or 4-7 where the sign is set). */
+static __device__ __forceinline__ void mx4_i8(uint32_t w, uint32_t *lo, uint32_t *hi) {
+    const uint32_t P0 = 0x03020100u, P1 = 0x0C080604u; /* 0, 1, 2, 3, 4, 6, 8, 12 */
+    const uint32_t N0 = 0xFDFEFF00u, N1 = 0xF4F8FAFCu; /* their negatives */
+    const uint32_t m = w & 0x77777777u, mh = m >> 16;
+    const uint32_t sel = ((w >> 1) & 0x44444444u) | 0x32103210u;
+    *lo = prmt(prmt(P0, P1, m), prmt(N0, N1, m), sel);
+    *hi = prmt(prmt(P0, P1, mh), prmt(N0, N1, mh), sel >> 16);
+}
+
+/* e8m0 in two instructions: e << 23, or 2^-127 (0x00400000, below every
+ * e << 23 of e > 0) for e = 0. */
+static __device__ __forceinline__ float e8m0_max(uint32_t e) { return __uint_as_float(max(e << 23, 0x00400000u)); }
+
+static __device__ __forceinline__ void mma_s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* A group of 32 floats x as the CPU rounds it: 32 int8 codes to q
+ * (16-byte aligned), half the group's step dx / 2 to *dxh (the codes of
+ * the weights are doubled). */
+static __device__ __forceinline__ void quant_group(const float *x, int8_t *q, float *dxh) {
+    float4 v[8];
+    if (((uintptr_t)x & 15) == 0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] = __ldg((const float4 *)x + i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            v[i] = make_float4(__ldg(x + 4 * i), __ldg(x + 4 * i + 1), __ldg(x + 4 * i + 2), __ldg(x + 4 * i + 3));
+    }
+    float am = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(v[i].x), fabsf(v[i].y)), fmaxf(fabsf(v[i].z), fabsf(v[i].w))));
+    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
+    uint32_t p[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float f[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+        uint32_t r = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) r |= ((uint32_t)__float2int_rn(__fmul_rn(f[j], inv)) & 0xFFu) << (8 * j);
+        p[i] = r;
+    }
+    ((uint4 *)q)[0] = make_uint4(p[0], p[1], p[2], p[3]);
+    ((uint4 *)q)[1] = make_uint4(p[4], p[5], p[6], p[7]);
+    *dxh = __fmul_rn(0.5f, __fdiv_rn(am, 127.0f));
+}
+
+/* One (token, slot) a block row, DM_ROWS weight rows a block; each warp
+ * takes every fourth quad (four groups in a row). Thread (g, q) loads the
+ * 16 bytes of group q of the quad of rows g and g + 8 in one load, and the
+ * quad's four mma take word i of each: their k slots of thread q are group
+ * q's, so B's column q holds x's codes of group q at those slots (lane
+ * (q, q) loads them, the other lanes zeros) and C's column q sums group q
+ * alone, in int32 over the four. Lanes q = 0, 1 then hold groups 2q and
+ * 2q + 1 of rows g and g + 8 and apply their scales. */
+#define QI_ZERO 32 /* bytes of zeros after x's codes: the B rows of lanes off the diagonal */
+
+template <int R> struct qi_step {
+    uint4 w[R][2];       /* rows g, g + 8: group q of the quad */
+    uint32_t s[R][2][2]; /* rows g, g + 8: scales of groups 2q, 2q + 1 */
+};
+
+template <int R>
+static __device__ __forceinline__ void qi_load(const uint8_t *const (*wp)[2], const uint8_t *const (*sp)[2],
+                                               int32_t quad, int32_t ng, int q, qi_step<R> *st) {
+    const int32_t gw = min(4 * quad + q, ng - 1), gs0 = min(4 * quad + 2 * (q & 1), ng - 1),
+                  gs1 = min(4 * quad + 2 * (q & 1) + 1, ng - 1);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            st->w[r][h] = __ldg((const uint4 *)(wp[r][h] + 16 * gw));
+            st->s[r][h][0] = __ldg(sp[r][h] + gs0);
+            st->s[r][h][1] = __ldg(sp[r][h] + gs1);
+        }
+}
+
+template <int R>
+static __device__ __forceinline__ void qi_quad(const qi_step<R> &st, const int8_t *xb, float2 d, float (*acc)[2]) {
+    uint2 b[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) b[i] = *(const uint2 *)(xb + 8 * i);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int c[4] = {0, 0, 0, 0};
+        const uint32_t w0[4] = {st.w[r][0].x, st.w[r][0].y, st.w[r][0].z, st.w[r][0].w};
+        const uint32_t w8[4] = {st.w[r][1].x, st.w[r][1].y, st.w[r][1].z, st.w[r][1].w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint32_t am[4];
+            mx4_i8(w0[i], &am[0], &am[2]);
+            mx4_i8(w8[i], &am[1], &am[3]);
+            mma_s8(c, am, b[i].x, b[i].y);
+        }
+        acc[r][0] = fmaf((float)c[0], e8m0_max(st.s[r][0][0]) * d.x, acc[r][0]);
+        acc[r][0] = fmaf((float)c[1], e8m0_max(st.s[r][0][1]) * d.y, acc[r][0]);
+        acc[r][1] = fmaf((float)c[2], e8m0_max(st.s[r][1][0]) * d.x, acc[r][1]);
+        acc[r][1] = fmaf((float)c[3], e8m0_max(st.s[r][1][1]) * d.y, acc[r][1]);
+    }
+}
+
+template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_moe_dmma_i8(mnv_cu_moe_args a) {
+    cu_grid_entry();
+    constexpr int R = DUAL ? 2 : 1;
+    extern __shared__ __align__(16) uint8_t qs[]; /* codes[K], QI_ZERO zeros, dxh[nq * 4] */
+    __shared__ float red[QI_THREADS / 32][R][DM_ROWS];
+    const int32_t ts = blockIdx.y, K = (int32_t)a.k, ng = K / 32, nq = (ng + 3) / 4;
+    const int32_t e = a.ids[ts];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const float *x = a.x + (a.per_slot ? (int64_t)ts : (int64_t)ts / a.kk) * K;
+    int8_t *xq = (int8_t *)qs;
+    float *dxh = (float *)(qs + K + QI_ZERO);
+    for (int32_t grp = tid; grp < 4 * nq; grp += QI_THREADS) {
+        if (grp < ng)
+            quant_group(x + (int64_t)grp * 32, xq + grp * 32, dxh + grp);
+        else
+            dxh[grp] = 0.0f;
+    }
+    if (tid < QI_ZERO / 4) ((uint32_t *)(qs + K))[tid] = 0;
+    __syncthreads();
+    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
+    const uint8_t *wp[R][2], *sp[R][2];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            wp[r][h] = (const uint8_t *)w.w + (e * w.we + n * w.ldw) * 4;
+            sp[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+        }
+    }
+    float acc[R][2] = {};
+    qi_step<R> s0, s1;
+    int32_t quad = warp;
+    if (quad < nq) qi_load<R>(wp, sp, quad, ng, q, &s0);
+    /* two quads an iteration, each loading the one after it (no register copies) */
+    for (; quad < nq; quad += 2 * (QI_THREADS / 32)) {
+        const int32_t q1 = quad + QI_THREADS / 32, q2 = q1 + QI_THREADS / 32;
+        if (q1 < nq) qi_load<R>(wp, sp, q1, ng, q, &s1);
+        {
+            const int32_t grp = 4 * quad + q;
+            const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
+            qi_quad<R>(s0, xb, *(const float2 *)&dxh[4 * quad + 2 * (q & 1)], acc);
+        }
+        if (q1 >= nq) break;
+        if (q2 < nq) qi_load<R>(wp, sp, q2, ng, q, &s0);
+        {
+            const int32_t grp = 4 * q1 + q;
+            const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
+            qi_quad<R>(s1, xb, *(const float2 *)&dxh[4 * q1 + 2 * (q & 1)], acc);
+        }
+    }
+    /* lanes q = 0, 1 hold groups 0-1 and 2-3 of each quad */
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) acc[r][h] += __shfl_xor_sync(0xffffffffu, acc[r][h], 1);
+    if (q == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            red[warp][r][g] = acc[r][0];
+            red[warp][r][g + 8] = acc[r][1];
+        }
+    __syncthreads();
+    if (tid >= DM_ROWS) return;
+    const int64_t n = n0 + tid;
+    if (n >= a.n) return;
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < QI_THREADS / 32; w++) {
+        v += red[w][0][tid];
+        if (DUAL) u += red[w][R - 1][tid];
+    }
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
+    a.y[(int64_t)ts * a.n + n] = v;
+}
+
+static bool mx4_g32(const mnv_cu_weight *w, int64_t k) {
+    return mmv_layout(w, k) == MMV_MX4 && w->group_size == 32 && k % 32 == 0;
+}
+
+/* a row's groups in 16-byte loads */
+static bool w16(const mnv_cu_weight *w) { return ((uintptr_t)w->w & 15) == 0 && w->ldw % 4 == 0 && w->we % 4 == 0; }
+static size_t dmma_i8_smem(int64_t k) { return (size_t)k + QI_ZERO + (size_t)((k / 32 + 3) / 4 * 4) * 4; }
+
+extern "C" int mnv__cu_moe_dmma_i8_fits(const mnv_cu_moe_args *a) {
+    const int64_t rows = a->T * a->kk;
+    const int64_t below = a->gmma_min_rows > 0 ? a->gmma_min_rows : MNV_CU_MOE_GROUP_MIN;
+    const size_t red = (size_t)(QI_THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
+    return a->x_i8 && a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < below && rows <= 65535 &&
+           mx4_g32(&a->w, a->k) && (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
+           a->k <= INT32_MAX / 2 && dmma_i8_smem(a->k) + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
+}
+
+extern "C" cudaError_t mnv__cu_moe_dmma_i8(const mnv_cu_moe_args *a, cudaStream_t s) {
+    if (!mnv__cu_moe_dmma_i8_fits(a)) return cudaErrorInvalidValue;
+    dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)(a->T * a->kk));
+    const size_t sm = dmma_i8_smem(a->k);
+    if (a->dual)
+        cu_launch(k_moe_dmma_i8<true>, grid, QI_THREADS, sm, s, *a);
+    else
+        cu_launch(k_moe_dmma_i8<false>, grid, QI_THREADS, sm, s, *a);
+    CU_CHECK_LAUNCH();
+}
+
+/* ---- batched decode: rows grouped by expert, up to eight a tile ----
+ * As k_moe_gmma (cuda_moe_mma.cu), with B's eight columns the int8 codes
+ * of the tile's x rows, which k_quant_rows rounds once for all blocks
+ * beforehand. Lane (g, q) loads column g's codes and step; the steps of
+ * the columns of its C fragment (2q, 2q + 1) come from the lanes that
+ * loaded them. */
+#define GQ_TILE 8
+
+/* rows x rows of k floats: codes (rows, k) and half steps (rows, k / 32),
+ * a thread a group. */
+static __global__ void k_quant_rows(const float *x, int64_t rows, int64_t k, int8_t *xq, float *dxh) {
+    cu_grid_entry();
+    const int64_t ng = k / 32, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows * ng) return;
+    const int64_t r = i / ng, grp = i % ng;
+    quant_group(x + r * k + grp * 32, xq + r * k + grp * 32, dxh + i);
+}
+
+template <bool DUAL>
+static __global__ void __launch_bounds__(QI_THREADS) k_moe_gmma_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
+                                                                 const float *dxh) {
+    cu_grid_entry();
+    constexpr int R = DUAL ? 2 : 1;
+    __shared__ float red[QI_THREADS / 32][R][DM_ROWS][GQ_TILE];
+    const int32_t t = blockIdx.y;
+    if (t >= *gr.n_tiles) return; /* the whole block */
+    const int32_t e = gr.tile[3 * t], first = gr.tile[3 * t + 1], cnt = gr.tile[3 * t + 2];
+    const int64_t K = a.k, ng = K / 32;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const bool has = g < cnt;
+    const int64_t tx = has ? gr.sorted[first + g] : 0, xr = a.per_slot ? tx : tx / a.kk;
+    const int8_t *xc = xq + xr * K + 8 * q; /* column g's codes 8q.. of each group */
+    const float *dc = dxh + xr * ng;
+    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
+    dm_rows<R> rw;
+    dm_rows_of<R>(a, e, n0, g, q, &rw);
+    float acc[R][2][2] = {}; /* weight row g (+ 8 h), tile rows 2q + j */
+    constexpr int64_t GSTEP = 2 * (QI_THREADS / 32);
+    dm_step<R> cur, nxt;
+    uint2 bc[2], bn[2];
+    float dc2[2], dn2[2];
+    auto load_x = [&](int64_t g0, uint2 *b, float *d) {
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) {
+            const int64_t grp = g0 + gi < ng ? g0 + gi : g0;
+            b[gi] = has ? __ldg((const uint2 *)(xc + grp * 32)) : make_uint2(0u, 0u);
+            d[gi] = has ? __ldg(dc + grp) : 0.0f;
+        }
+    };
+    if (2 * warp < ng) {
+        dm_load<R>(rw, 2 * warp, ng, &cur);
+        load_x(2 * warp, bc, dc2);
+    }
+    for (int64_t g0 = 2 * warp; g0 < ng; g0 += GSTEP) {
+        if (g0 + GSTEP < ng) {
+            dm_load<R>(rw, g0 + GSTEP, ng, &nxt);
+            load_x(g0 + GSTEP, bn, dn2);
+        }
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) {
+            const int64_t grp = g0 + gi;
+            if (grp >= ng) break;
+            /* the steps of columns 2q and 2q + 1, from lanes 8q and 8q + 4 */
+            const float d0 = __shfl_sync(0xffffffffu, dc2[gi], 8 * q), d1 = __shfl_sync(0xffffffffu, dc2[gi], 8 * q + 4);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                uint32_t am[4];
+                mx4_i8(cur.w[gi][r][0], &am[0], &am[2]);
+                mx4_i8(cur.w[gi][r][1], &am[1], &am[3]);
+                int c[4] = {0, 0, 0, 0};
+                mma_s8(c, am, bc[gi].x, bc[gi].y);
+                const float s0 = e8m0_max(cur.s[gi][r][0]), s8 = e8m0_max(cur.s[gi][r][1]);
+                acc[r][0][0] = fmaf((float)c[0], s0 * d0, acc[r][0][0]);
+                acc[r][0][1] = fmaf((float)c[1], s0 * d1, acc[r][0][1]);
+                acc[r][1][0] = fmaf((float)c[2], s8 * d0, acc[r][1][0]);
+                acc[r][1][1] = fmaf((float)c[3], s8 * d1, acc[r][1][1]);
+            }
+        }
+        cur = nxt;
+#pragma unroll
+        for (int gi = 0; gi < 2; gi++) bc[gi] = bn[gi], dc2[gi] = dn2[gi];
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) red[warp][r][g + 8 * h][2 * q + j] = acc[r][h][j];
+    __syncthreads();
+    const int row = tid / GQ_TILE, col = tid % GQ_TILE; /* QI_THREADS = DM_ROWS x GQ_TILE */
+    const int64_t n = n0 + row;
+    if (col >= cnt || n >= a.n) return;
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < QI_THREADS / 32; w++) {
+        v += red[w][0][row][col];
+        if (DUAL) u += red[w][R - 1][row][col];
+    }
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
+    a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
+}
+static_assert(QI_THREADS == DM_ROWS * GQ_TILE, "k_moe_gmma_i8: a thread per output of a block");
+
+static int64_t x_rows(const mnv_cu_moe_args *a) { return a->per_slot ? a->T * a->kk : a->T; }
+
+extern "C" int mnv__cu_moe_gmma_i8_fits(const mnv_cu_moe_args *a) {
+    const int64_t rows = a->T * a->kk;
+    return a->x_i8 && a->gmma_min_rows > 0 && rows >= a->gmma_min_rows && a->mma_min_rows > 0 &&
+           rows < a->mma_min_rows && mx4_g32(&a->w, a->k) && (!a->dual || mx4_g32(&a->w2, a->k)) &&
+           moe_max_tiles(rows, a->E, GQ_TILE) <= 65535 && a->E <= 4096 &&
+           (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX && rows <= INT32_MAX &&
+           (x_rows(a) * (a->k / 32) + QI_THREADS - 1) / QI_THREADS <= INT32_MAX;
+}
+
+/* sorted, tiles and their count, then x's codes and half steps */
+static size_t gq_groups_bytes(const mnv_cu_moe_args *a) {
+    const int64_t rows = a->T * a->kk;
+    return ((size_t)(rows + 3 * moe_max_tiles(rows, a->E, GQ_TILE) + 1) * 4 + 15) & ~(size_t)15;
+}
+
+extern "C" size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a) {
+    const size_t codes = ((size_t)x_rows(a) * (size_t)a->k + 15) & ~(size_t)15;
+    return gq_groups_bytes(a) + codes + (size_t)x_rows(a) * (size_t)(a->k / 32) * 4;
+}
+
+extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    if (!mnv__cu_moe_gmma_i8_fits(a)) return cudaErrorInvalidValue;
+    const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, GQ_TILE), xr = x_rows(a);
+    int32_t *base = (int32_t *)scratch;
+    moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
+    int8_t *xq = (int8_t *)scratch + gq_groups_bytes(a);
+    float *dxh = (float *)(xq + ((xr * a->k + 15) & ~(int64_t)15));
+    cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows, (int32_t)a->E, GQ_TILE, gr);
+    cu_launch(k_quant_rows, (unsigned)((xr * (a->k / 32) + QI_THREADS - 1) / QI_THREADS), QI_THREADS, 0, s, a->x, xr,
+              a->k, xq, dxh);
+    dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)max_tiles);
+    if (a->dual)
+        cu_launch(k_moe_gmma_i8<true>, grid, QI_THREADS, 0, s, *a, gr, xq, dxh);
+    else
+        cu_launch(k_moe_gmma_i8<false>, grid, QI_THREADS, 0, s, *a, gr, xq, dxh);
+    CU_CHECK_LAUNCH();
+}
