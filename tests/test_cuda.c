@@ -1048,6 +1048,52 @@ static void test_moe_block(void) {
     }
 }
 
+/* 8-bit affine products of 2 to 8 rows with x rounded to int8 (a backend
+ * without exact_quant) against the CPU's int8 path: groups of 32, 64 and
+ * 128, rows split over a block's warps and (from 16,385 rows) a warp's
+ * own, bias and residual epilogues fused and not, and q, k and v in one
+ * launch. */
+static void test_matmul_i8(void) {
+    static const mnv_qformat fmts[3] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
+                                        {MNV_QMODE_AFFINE, 8, 32, MNV_DTYPE_F16},
+                                        {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F32}};
+    for (int i = 0; i < 12; i++) {
+        fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 3 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
+        c.mm.m = i < 3 ? 2 : t_randint(2, 8);
+        c.mm.n = i >= 10 ? t_randint(16385, 16600) : t_randint(1, 300);
+        c.mm.k = 128 * t_randint(1, i >= 10 ? 2 : 24);
+        c.mm.q.fmt = fmts[i % 3];
+        run_fused_case(&c, MNV_DTYPE_F32, "int8 product");
+    }
+    for (int i = 0; i < 3; i++) {
+        shared_case c;
+        memset(&c, 0, sizeof c);
+        const int64_t m = i == 0 ? 8 : t_randint(2, 8), k = 64 * t_randint(1, 45);
+        float *x = randv((size_t)(m * k), 1.0f);
+        for (int p = 0; p < 3; p++) {
+            fused_case *f = &c.part[p];
+            const int64_t n = p == 0 ? t_randint(300, 1200) : t_randint(1, 200);
+            f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
+            f->mm.q.fmt = fmts[0];
+            quantize(&f->mm.q, n, k);
+            f->with_bias = (i + p) % 3 != 0;
+            f->bias = randv((size_t)n, 1.0f);
+        }
+        char what[96];
+        snprintf(what, sizeof what, "int8 shared-input products m %lld n %lld/%lld/%lld k %lld", (long long)m,
+                 (long long)c.part[0].mm.n, (long long)c.part[1].mm.n, (long long)c.part[2].mm.n, (long long)k);
+        compare(what, build_shared_products, &c, 1e-5, false);
+        same_bits(what, build_shared_products, &c);
+        for (int p = 0; p < 3; p++) {
+            free(c.part[p].mm.q.packed);
+            free(c.part[p].mm.q.scales);
+            free(c.part[p].mm.q.biases);
+            free(c.part[p].bias);
+        }
+        free(x);
+    }
+}
+
 /* Decode steps of mxfp4 experts with x rounded to int8 (a backend without
  * exact_quant; the CPU's int8 path the reference): fewer than 32 (token,
  * slot) rows, the slot-a-block kernel (cases 0-7), and from 32 up to the
@@ -1325,7 +1371,10 @@ int main(void) {
         gpu_plain = plain_backend(&gi);
         cpu = cpu_i8;
         printf("int8 activations: the CPU's %s\n", mnv_cpu_qmatmul_impl());
-        if (cpu && gpu && gpu_plain) test_moe_i8();
+        if (cpu && gpu && gpu_plain) {
+            test_matmul_i8();
+            test_moe_i8();
+        }
         mnv_backend_free(cpu_i8);
         mnv_backend_free(gpu);
         mnv_backend_free(gpu_plain);

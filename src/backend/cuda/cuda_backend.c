@@ -245,10 +245,11 @@ static mnv_cu_weight weight_of(const mnv_node *n, const mnv_node *w, const mnv_n
     return r;
 }
 
-static void matmul_args(const mnv_node *n, mnv_cu_matmul_args *a) {
+static void matmul_args(const cuda_ctx *c, const mnv_node *n, mnv_cu_matmul_args *a) {
     const mnv_node *x = n->src[0], *w = n->src[1];
     *a = (mnv_cu_matmul_args){.x = x->data, .ldx = x->shape[x->ndim - 1], .y = n->data,
-                              .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0]};
+                              .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0],
+                              .x_i8 = !c->exact_quant && !c->row_invariant};
     if (n->op == MNV_OP_MATMUL) {
         a->w = (mnv_cu_weight){.w = w->data, .wtype = (int32_t)w->dtype, .ldw = w->stride[0]};
         a->k = w->shape[1];
@@ -336,7 +337,7 @@ static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
         }
         if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
         mnv_cu_matmul_args a;
-        matmul_args(nd, &a);
+        matmul_args(c, nd, &a);
         if (use_blas(c, &a)) need = MNV_MAX(need, mnv__cu_gemm_scratch(&a));
     }
     if (need <= c->scratch_size) return MNV_OK;
@@ -428,7 +429,7 @@ static cudaError_t run_node(cuda_ctx *c, mnv_node *n) {
     case MNV_OP_MATMUL:
     case MNV_OP_QMATMUL: {
         mnv_cu_matmul_args a;
-        matmul_args(n, &a);
+        matmul_args(c, n, &a);
         if (use_blas(c, &a)) {
             c->gemm_err = mnv__cu_gemm(c->cublas, &a, c->scratch, s);
             return c->gemm_err ? cudaErrorUnknown : cudaSuccess;
@@ -579,7 +580,7 @@ static const mnv_node *residual_of(const mnv_node *a, const mnv_node *prev) {
  * covered, or -1 when the product is not one for the chunked kernels. */
 static int32_t product_unit(cuda_ctx *c, mnv_graph *g, int32_t i, mnv_cu_matmul_args *a, mnv_node **out) {
     mnv_node *mm = mnv_graph_node(g, i);
-    matmul_args(mm, a);
+    matmul_args(c, mm, a);
     if (use_blas(c, a) || (!c->planning && !mnv_cu_mmv_fast(&a->w, a->k, a->x, a->ldx))) return -1;
     *out = mm;
     int32_t j = next_op(g, i);
@@ -945,7 +946,7 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     env = getenv("MNV_CUDA_FUSE");
     c->fuse = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_GEMM_MIN_PACKED");
-    c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_ROWS;
+    c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_PACKED;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
     c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
     env = getenv("MNV_CUDA_MOE_GMMA_MIN");

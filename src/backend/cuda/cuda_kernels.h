@@ -154,7 +154,17 @@ typedef struct {
     int32_t bias_type;
     const float *res;
     int64_t ldr;
+    int32_t x_i8; /* 1: 8-bit affine weights by MNV_CU_I8_MIN_M to MNV_CU_I8_MAX_M rows of x round x to int8,
+                     one scale per group (the CPU's default numerics, cuda_mmv_i8.cu); 0: f32 activations */
 } mnv_cu_matmul_args;
+/* One row stays with the chunked kernel, which reads the weights faster
+ * there (an H100, gpt-oss-20b's attention products: 15 against 18-22 us;
+ * its lm_head 263 against 370-404 us); from 2 to 8 rows the int8 tensor
+ * cores win (8 decoding sequences: 874 -> 996 tok/s). */
+#define MNV_CU_I8_MIN_M 2
+#define MNV_CU_I8_MAX_M 8
+int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n);
+cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
 /* Whether the product of x (row stride ldx, at x) with w reads w in 16-byte
  * chunks (the fast path of few rows): only then are its epilogue and the
@@ -282,6 +292,11 @@ cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n,
  * bf16 terms as well (mnv_cu_qget_rows_split), three tensor-core products
  * a slice (within about 2^-15). Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
 #define MNV_CU_GEMM_MIN_ROWS 16
+/* Packed weights from 64 rows of x (MNV_CUDA_GEMM_MIN_PACKED): below, the
+ * chunked kernels, which read the packed rows once per 8 rows of x, beat
+ * widening every weight to bf16 each step (an H100, gpt-oss-20b: 16
+ * decoding sequences 529 -> 1,173 tok/s, 32: 1,039 -> 1,532; 64 even). */
+#define MNV_CU_GEMM_MIN_PACKED 64
 size_t mnv__cu_gemm_scratch(const mnv_cu_matmul_args *a);
 /* Returns a message naming what failed, or NULL. */
 const char *mnv__cu_gemm(void *cublas, const mnv_cu_matmul_args *a, void *scratch, cudaStream_t s);

@@ -1,0 +1,253 @@
+/* 8-bit affine products of 2 to MNV_CU_I8_MAX_M rows of x with x rounded
+ * to int8 (mnv_cu_matmul_args.x_i8): the CPU's default numerics
+ * (cpu/qmatmul.h: per weight group, dx = max|x| / 127, codes round(x / dx)
+ * to nearest even), so that
+ *
+ *   y = sum_g dx_g * (s_g * sum_j xq_j q_j) + b_g * (dx_g * sum_j xq_j)
+ *
+ * with each group's integer sum exact. The weights' codes are the bytes
+ * as stored: mma.sync m16n8k32 with unsigned A (codes) and signed B (x),
+ * one instruction for 16 weight rows by 32 codes by the 8 rows of x, where
+ * the chunked kernel spends a permute, a subtraction and an FMA a code.
+ *
+ * A block stages its rows of x as codes in shared memory (a thread a
+ * group; the first weights already on their way), then each warp takes
+ * 16 weight rows: thread (g, q) loads the 16-byte quarter q of a group of
+ * 64 of rows g and g + 8 (32 bytes of a group of 128, 8 of 32), two groups
+ * a step (one of 128) with the next step's loads in flight; the group's k
+ * steps take 8 bytes of each quarter, and B holds x's codes in the same
+ * order (k is permuted alike on both sides within a group, whose scale is
+ * one). Up to 16,384 weight rows the eight warps split each row's groups
+ * (summed in a fixed order), above that each warp has 16 rows of its own. */
+#include <string.h>
+
+#include "backend/cuda/cuda_mmv.cuh"
+
+#define AI_THREADS 256
+#define AI_SEGS 3
+#define AI_WIDE 16384 /* weight rows from which a warp takes its own rows */
+
+typedef struct {
+    mnv_cu_matmul_args seg[AI_SEGS];
+    int64_t first[AI_SEGS + 1]; /* segment i owns blocks [first[i], first[i + 1]) */
+    int n;
+} ai_segs;
+
+static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* A group of G floats of x as the CPU rounds it: codes to q (16-byte
+ * aligned), its step dx and dx times the sum of its codes to *d. */
+template <int G> static __device__ __forceinline__ void ai_quant(const float *x, int8_t *q, float2 *d) {
+    const bool al = ((uintptr_t)x & 15) == 0;
+    float am = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < G; j += 4) {
+        const float4 v = al ? __ldg((const float4 *)(x + j))
+                            : make_float4(__ldg(x + j), __ldg(x + j + 1), __ldg(x + j + 2), __ldg(x + j + 3));
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    }
+    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
+    int sum = 0;
+#pragma unroll 4
+    for (int j = 0; j < G; j += 16) {
+        uint32_t p[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float4 v = al ? __ldg((const float4 *)(x + j + 4 * u))
+                                : make_float4(__ldg(x + j + 4 * u), __ldg(x + j + 4 * u + 1),
+                                              __ldg(x + j + 4 * u + 2), __ldg(x + j + 4 * u + 3));
+            const int c0 = __float2int_rn(__fmul_rn(v.x, inv)), c1 = __float2int_rn(__fmul_rn(v.y, inv));
+            const int c2 = __float2int_rn(__fmul_rn(v.z, inv)), c3 = __float2int_rn(__fmul_rn(v.w, inv));
+            sum += c0 + c1 + c2 + c3;
+            p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
+                   (uint32_t)(c3 & 0xFF) << 24;
+        }
+        *(uint4 *)(q + j) = make_uint4(p[0], p[1], p[2], p[3]);
+    }
+    const float dx = __fdiv_rn(am, 127.0f);
+    *d = make_float2(dx, __fmul_rn(dx, (float)sum));
+}
+
+/* What thread (g, q) reads of GS groups: G / 4 bytes of each of rows g
+ * and g + 8, and their scales and biases. */
+template <int G, int GS> struct ai_step {
+    uint32_t w[GS][2][G / 16];
+    float s[GS][2], b[GS][2];
+};
+
+/* Groups grp, grp + 1, ... (GS of them; one past ng reads grp again, its
+ * sums unused). */
+template <int G, int GS>
+static __device__ __forceinline__ void ai_load(const mnv_cu_weight &w, const uint8_t *const *rp,
+                                               const uint8_t *const *sp, const uint8_t *const *bp, int64_t grp,
+                                               int64_t ng, int q, ai_step<G, GS> *st) {
+#pragma unroll
+    for (int gi = 0; gi < GS; gi++) {
+        const int64_t gg = grp + gi < ng ? grp + gi : grp;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *p = rp[h] + gg * G + (G / 4) * q;
+            if (G == 32) {
+                const uint2 v = __ldg((const uint2 *)p);
+                st->w[gi][h][0] = v.x, st->w[gi][h][1] = v.y;
+            } else {
+#pragma unroll
+                for (int u = 0; u < G / 64; u++) {
+                    const uint4 v = __ldg((const uint4 *)p + u);
+                    st->w[gi][h][4 * u] = v.x, st->w[gi][h][4 * u + 1] = v.y;
+                    st->w[gi][h][4 * u + 2] = v.z, st->w[gi][h][4 * u + 3] = v.w;
+                }
+            }
+            st->s[gi][h] = cu_load(sp[h], w.scale_type, gg);
+            st->b[gi][h] = cu_load(bp[h], w.scale_type, gg);
+        }
+    }
+}
+
+template <int G> static __global__ void __launch_bounds__(AI_THREADS) k_mmv_i8(ai_segs sg) {
+    cu_grid_entry();
+    constexpr int KS = G / 32, GS = G == 128 ? 1 : 2, NW = AI_THREADS / 32; /* k steps a group, groups a step */
+    extern __shared__ __align__(16) uint8_t sh[]; /* codes (m, k), then (dx, dx * sum) (m, k / G) */
+    __shared__ float red[NW][16][MNV_CU_I8_MAX_M];
+    int si = 0;
+    while (si + 1 < sg.n && (int64_t)blockIdx.x >= sg.first[si + 1]) si++;
+    const mnv_cu_matmul_args &a = sg.seg[si];
+    const int64_t K = a.k, ng = K / G;
+    const int m = (int)a.m, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    /* warps splitting a row's groups, and this warp's first row */
+    const bool wide = a.n > AI_WIDE;
+    const int wk = wide ? 1 : NW, kw = wide ? 0 : warp;
+    const int64_t bx = (int64_t)blockIdx.x - sg.first[si];
+    const int64_t n0 = wide ? (bx * NW + warp) * 16 : bx * 16;
+    const uint8_t *rp[2], *sp[2], *bp[2];
+    const size_t ses = a.w.scale_type == MNV_CU_F32 ? 4 : 2;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int64_t n = n0 + g + 8 * h;
+        n = n < a.n ? n : a.n - 1;
+        rp[h] = (const uint8_t *)((const uint32_t *)a.w.w + n * a.w.ldw);
+        sp[h] = (const uint8_t *)a.w.scales + n * a.w.lds * ses;
+        bp[h] = (const uint8_t *)a.w.biases + n * a.w.lds * ses;
+    }
+    /* the first weights on their way while x is rounded */
+    const int64_t gstep = (int64_t)GS * wk;
+    ai_step<G, GS> cur, nxt;
+    if (n0 < a.n && GS * kw < ng) ai_load<G, GS>(a.w, rp, sp, bp, GS * kw, ng, q, &cur);
+    int8_t *xq = (int8_t *)sh;
+    float2 *dxs = (float2 *)(sh + (((int64_t)m * K + 15) & ~(int64_t)15));
+    for (int64_t i = tid; i < m * ng; i += AI_THREADS) {
+        const int64_t r = i / ng, grp = i % ng;
+        ai_quant<G>(a.x + r * a.ldx + grp * G, xq + r * K + grp * G, dxs + i);
+    }
+    __syncthreads();
+    /* column g of B: x row g's codes, zero past the rows */
+    const int8_t *xb = xq + (g < m ? g : 0) * K + (G / 4) * q;
+    const uint32_t bmask = g < m ? 0xFFFFFFFFu : 0u;
+    const int j0 = 2 * q < m ? 2 * q : 0, j1 = 2 * q + 1 < m ? 2 * q + 1 : 0;
+    float acc[2][2] = {};
+    for (int64_t g0 = GS * kw; n0 < a.n && g0 < ng; g0 += gstep) {
+        if (g0 + gstep < ng) ai_load<G, GS>(a.w, rp, sp, bp, g0 + gstep, ng, q, &nxt);
+#pragma unroll
+        for (int gi = 0; gi < GS; gi++) {
+            const int64_t grp = g0 + gi;
+            if (grp >= ng) break;
+            uint32_t bw[G / 16];
+            if (G == 32) {
+                const uint2 v = *(const uint2 *)(xb + grp * G);
+                bw[0] = v.x & bmask, bw[1] = v.y & bmask;
+            } else {
+#pragma unroll
+                for (int u = 0; u < G / 64; u++) {
+                    const uint4 v = *((const uint4 *)(xb + grp * G) + u);
+                    bw[4 * u] = v.x & bmask, bw[4 * u + 1] = v.y & bmask;
+                    bw[4 * u + 2] = v.z & bmask, bw[4 * u + 3] = v.w & bmask;
+                }
+            }
+            int c[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int t = 0; t < KS; t++) {
+                const uint32_t am[4] = {cur.w[gi][0][2 * t], cur.w[gi][1][2 * t], cur.w[gi][0][2 * t + 1],
+                                        cur.w[gi][1][2 * t + 1]};
+                mma_u8s8(c, am, bw[2 * t], bw[2 * t + 1]);
+            }
+            const float2 d0 = dxs[j0 * ng + grp], d1 = dxs[j1 * ng + grp];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                acc[h][0] = fmaf(cur.b[gi][h], d0.y, fmaf((float)c[2 * h], cur.s[gi][h] * d0.x, acc[h][0]));
+                acc[h][1] = fmaf(cur.b[gi][h], d1.y, fmaf((float)c[2 * h + 1], cur.s[gi][h] * d1.x, acc[h][1]));
+            }
+        }
+        cur = nxt;
+    }
+    /* lane (g, q) holds rows g, g + 8 by x rows 2q, 2q + 1 */
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) red[warp][g + 8 * h][2 * q + j] = acc[h][j];
+    __syncthreads();
+    /* a thread an output: (row, x row) */
+    for (int o = tid; o < (wide ? 16 * NW : 16) * MNV_CU_I8_MAX_M; o += AI_THREADS) {
+        const int row = o / MNV_CU_I8_MAX_M, col = o % MNV_CU_I8_MAX_M;
+        const int64_t n = n0 - (wide ? (int64_t)warp * 16 : 0) + row;
+        if (col >= m || n >= a.n) continue;
+        float v;
+        if (wide) {
+            v = red[row / 16][row % 16][col];
+        } else {
+            v = red[0][row][col];
+            for (int w = 1; w < NW; w++) v += red[w][row][col];
+        }
+        if (a.bias) v = v + cu_load(a.bias, a.bias_type, n);
+        if (a.res) v = a.res[col * a.ldr + n] + v;
+        a.y[col * a.ldy + n] = v;
+    }
+}
+
+static size_t ai_smem(int64_t m, int64_t k, int64_t G) {
+    return (((size_t)m * (size_t)k + 15) & ~(size_t)15) + (size_t)m * (size_t)(k / G) * 8;
+}
+
+extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
+    if (n < 1 || n > AI_SEGS) return 0;
+    const mnv_cu_weight &w = a[0].w;
+    const int G = w.group_size;
+    if (!a[0].x_i8 || a[0].m < MNV_CU_I8_MIN_M || a[0].m > MNV_CU_I8_MAX_M || (G != 32 && G != 64 && G != 128) ||
+        a[0].k % G || a[0].k > INT32_MAX || ai_smem(a[0].m, a[0].k, G) > 40 * 1024)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        const mnv_cu_weight &v = a[i].w;
+        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
+            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].ldx != a[0].ldx ||
+            a[i].m != a[0].m || a[i].k != a[0].k || a[i].n < 1)
+            return 0;
+    }
+    return 1;
+}
+
+extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
+    if (!mnv__cu_mmv_i8_fits(a, n)) return cudaErrorInvalidValue;
+    ai_segs sg;
+    memset(&sg, 0, sizeof sg);
+    sg.n = n;
+    for (int i = 0; i < n; i++) {
+        sg.seg[i] = a[i];
+        const int64_t per_block = a[i].n > AI_WIDE ? 16 * (AI_THREADS / 32) : 16;
+        sg.first[i + 1] = sg.first[i] + (a[i].n + per_block - 1) / per_block;
+    }
+    if (sg.first[n] > INT32_MAX) return cudaErrorInvalidValue;
+    const int G = a[0].w.group_size;
+    const size_t sm = ai_smem(a[0].m, a[0].k, G);
+    const dim3 grid((unsigned)sg.first[n]);
+    if (G == 32)
+        cu_launch(k_mmv_i8<32>, grid, AI_THREADS, sm, s, sg);
+    else if (G == 64)
+        cu_launch(k_mmv_i8<64>, grid, AI_THREADS, sm, s, sg);
+    else
+        cu_launch(k_mmv_i8<128>, grid, AI_THREADS, sm, s, sg);
+    CU_CHECK_LAUNCH();
+}
