@@ -1097,12 +1097,12 @@ static void test_matmul_i8(void) {
 /* Decode steps of mxfp4 experts with x rounded to int8 (a backend without
  * exact_quant; the CPU's int8 path the reference): fewer than 32 (token,
  * slot) rows, the slot-a-block kernel (cases 0-7), and from 32 up to the
- * tile kernel's 512 the grouped one (8-11). The router stays out: the
- * CPU would round its x too. */
+ * tile kernel's 2,048 the grouped one (8-11; 11: 520 rows or more). The
+ * router stays out: the CPU would round its x too. */
 static void test_moe_i8(void) {
     for (int i = 0; i < 12; i++) {
-        moe_case c = {.T = i == 0 ? 1 : i >= 8 ? t_randint(8, 120) : t_randint(1, 7), .E = t_randint(4, 40),
-                      .N = t_randint(1, 300),
+        moe_case c = {.T = i == 0 ? 1 : i == 11 ? t_randint(130, 500) : i >= 8 ? t_randint(8, 120) : t_randint(1, 7),
+                      .E = t_randint(4, 40), .N = t_randint(1, 300),
                       .K = 32 * t_randint(1, 100), .kk = t_randint(1, 4), .stage = 2, .per_slot = i % 2 == 1,
                       .interleaved = i == 3, .wt = MNV_DTYPE_BF16};
         if (i >= 8) c.kk = 4;

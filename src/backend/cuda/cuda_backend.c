@@ -948,7 +948,7 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     env = getenv("MNV_CUDA_GEMM_MIN_PACKED");
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_PACKED;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
-    c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_MMA_MIN;
+    c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : p->exact_quant ? MNV_CU_MOE_MMA_MIN : MNV_CU_MOE_MMA_MIN_I8;
     env = getenv("MNV_CUDA_MOE_GMMA_MIN");
     c->moe_gmma_min = env ? MNV_MAX(atoll(env), 0) : MNV_CU_MOE_GMMA_MIN;
     env = getenv("MNV_CUDA_MOE_TILE");

@@ -232,6 +232,11 @@ typedef struct {
  * tile kernel wins. */
 #define MNV_CU_MOE_MMA_MIN 512
 #define MNV_CU_MOE_GMMA_MIN 32
+/* With x_i8 the grouped kernel keeps the rows up to 2,047 (an H100,
+ * gpt-oss-20b: 128 decoding sequences 2,113 -> 2,689 tok/s, 256: 2,820 ->
+ * 3,112, a 128-token prefill 2,479 -> 3,640; from 512 tokens the tile
+ * kernel wins: 7,445 against 6,685). */
+#define MNV_CU_MOE_MMA_MIN_I8 2048
 size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */
