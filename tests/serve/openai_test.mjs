@@ -362,7 +362,7 @@ async function slow() {
   check('the 413 is an OpenAI error object', err?.code === 'request_too_large' && typeof err.message === 'string', body);
   // a stream whose reader stalls: the engine serves others meanwhile, and the
   // server closes the connection after the timeout while the reader is still
-  // stalled (e2e_serve.sh checks its log line: the request ended in under 6 s,
+  // stalled (e2e_serve.sh checks its log line: the request ended in under 7 s,
   // cancelled if it was still generating)
   const d = rawSocket();
   // (16 choices with 20 alternatives per token: megabytes of events, more than the socket buffers hold)
