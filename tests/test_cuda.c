@@ -613,38 +613,44 @@ static mnv_array *build_shared_products(side *s, mnv_graph *g, void *ud) {
     return mnv_add(g, mnv_add(g, y[0], y[1]), y[2]);
 }
 
+/* q, k and v of one x (m rows of k) in fmt: n rows each (v at most vmax),
+ * some with a bias; both backends, and fused against plain. */
+static void run_shared_case(const char *label, int64_t m, int64_t k, const mnv_qformat *fmt, int64_t vmax, int i) {
+    shared_case c;
+    memset(&c, 0, sizeof c);
+    float *x = randv((size_t)(m * k), 1.0f);
+    for (int p = 0; p < 3; p++) {
+        fused_case *f = &c.part[p];
+        int64_t n = p == 0 ? t_randint(300, 1200) : p == 2 ? t_randint(1, (int)vmax) : t_randint(1, 200);
+        f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
+        f->mm.q.fmt = *fmt;
+        quantize(&f->mm.q, n, k);
+        f->with_bias = (i + p) % 3 != 0;
+        f->bias = randv((size_t)n, 1.0f);
+    }
+    char what[112];
+    snprintf(what, sizeof what, "%s %s %d m %lld n %lld/%lld/%lld k %lld", label, mnv_qmode_name(fmt->mode), fmt->bits,
+             (long long)m, (long long)c.part[0].mm.n, (long long)c.part[1].mm.n, (long long)c.part[2].mm.n,
+             (long long)k);
+    compare(what, build_shared_products, &c, 1e-5, false);
+    same_bits(what, build_shared_products, &c);
+    for (int p = 0; p < 3; p++) {
+        free(c.part[p].mm.q.packed);
+        free(c.part[p].mm.q.scales);
+        free(c.part[p].mm.q.biases);
+        free(c.part[p].bias);
+    }
+    free(x);
+}
+
 static void test_shared_products(void) {
     static const mnv_qformat fmts[] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                        {MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8}};
     for (int i = 0; i < 6; i++) {
-        shared_case c;
-        memset(&c, 0, sizeof c);
         /* q, k and v sizes: rows of their own (the first many, the others few); from 4 on, rows of
          * 128 chunks: segments of 2 warps a row group (q) beside one of 1 (v: up to 64 rows) */
         int64_t m = i < 2 || i == 4 ? 1 : t_randint(2, 9), k = i < 4 ? 64 * t_randint(1, 8) : i == 4 ? 2048 : 4096;
-        float *x = randv((size_t)(m * k), 1.0f);
-        for (int p = 0; p < 3; p++) {
-            fused_case *f = &c.part[p];
-            int64_t n = p == 0 ? t_randint(300, 1200) : i >= 4 && p == 2 ? t_randint(1, 64) : t_randint(1, 200);
-            f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
-            f->mm.q.fmt = fmts[i % 2];
-            quantize(&f->mm.q, n, k);
-            f->with_bias = (i + p) % 3 != 0;
-            f->bias = randv((size_t)n, 1.0f);
-        }
-        char what[96];
-        snprintf(what, sizeof what, "shared-input products %s %d m %lld n %lld/%lld/%lld k %lld",
-                 mnv_qmode_name(fmts[i % 2].mode), fmts[i % 2].bits, (long long)m, (long long)c.part[0].mm.n,
-                 (long long)c.part[1].mm.n, (long long)c.part[2].mm.n, (long long)k);
-        compare(what, build_shared_products, &c, 1e-5, false);
-        same_bits(what, build_shared_products, &c);
-        for (int p = 0; p < 3; p++) {
-            free(c.part[p].mm.q.packed);
-            free(c.part[p].mm.q.scales);
-            free(c.part[p].mm.q.biases);
-            free(c.part[p].bias);
-        }
-        free(x);
+        run_shared_case("shared-input products", m, k, &fmts[i % 2], i >= 4 ? 64 : 200, i);
     }
 }
 
@@ -1066,31 +1072,8 @@ static void test_matmul_i8(void) {
         run_fused_case(&c, MNV_DTYPE_F32, "int8 product");
     }
     for (int i = 0; i < 3; i++) {
-        shared_case c;
-        memset(&c, 0, sizeof c);
         const int64_t m = i == 0 ? 8 : t_randint(2, 8), k = 64 * t_randint(1, 45);
-        float *x = randv((size_t)(m * k), 1.0f);
-        for (int p = 0; p < 3; p++) {
-            fused_case *f = &c.part[p];
-            const int64_t n = p == 0 ? t_randint(300, 1200) : t_randint(1, 200);
-            f->mm = (mm_case){.m = m, .n = n, .k = k, .x = x};
-            f->mm.q.fmt = fmts[0];
-            quantize(&f->mm.q, n, k);
-            f->with_bias = (i + p) % 3 != 0;
-            f->bias = randv((size_t)n, 1.0f);
-        }
-        char what[96];
-        snprintf(what, sizeof what, "int8 shared-input products m %lld n %lld/%lld/%lld k %lld", (long long)m,
-                 (long long)c.part[0].mm.n, (long long)c.part[1].mm.n, (long long)c.part[2].mm.n, (long long)k);
-        compare(what, build_shared_products, &c, 1e-5, false);
-        same_bits(what, build_shared_products, &c);
-        for (int p = 0; p < 3; p++) {
-            free(c.part[p].mm.q.packed);
-            free(c.part[p].mm.q.scales);
-            free(c.part[p].mm.q.biases);
-            free(c.part[p].bias);
-        }
-        free(x);
+        run_shared_case("int8 shared-input products", m, k, &fmts[0], 200, i);
     }
 }
 

@@ -180,4 +180,40 @@ static __device__ __forceinline__ float cu_weight_at(const mnv_cu_weight *w, int
     return cu_code(w->mode, cu_unpack(row, w->bits, j)) * g.scale + g.bias;
 }
 
+/* A group of G floats of x (G a multiple of 16) as the CPU's int8 paths
+ * round it (cpu/qmatmul_*.c): dx = max|x| / 127, codes round(x / dx) to
+ * nearest even, with IEEE division and products so that the codes are the
+ * CPU's. The codes go to q (16-byte aligned); returns dx and the codes' sum
+ * in *sum. */
+template <int G> static __device__ __forceinline__ float cu_round_group(const float *x, int8_t *q, int *sum) {
+    const bool al = ((uintptr_t)x & 15) == 0;
+    float am = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < G; j += 4) {
+        const float4 v = al ? __ldg((const float4 *)(x + j))
+                            : make_float4(__ldg(x + j), __ldg(x + j + 1), __ldg(x + j + 2), __ldg(x + j + 3));
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+    }
+    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
+    int total = 0;
+#pragma unroll 4
+    for (int j = 0; j < G; j += 16) {
+        uint32_t p[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const float4 v = al ? __ldg((const float4 *)(x + j + 4 * u))
+                                : make_float4(__ldg(x + j + 4 * u), __ldg(x + j + 4 * u + 1),
+                                              __ldg(x + j + 4 * u + 2), __ldg(x + j + 4 * u + 3));
+            const int c0 = __float2int_rn(__fmul_rn(v.x, inv)), c1 = __float2int_rn(__fmul_rn(v.y, inv));
+            const int c2 = __float2int_rn(__fmul_rn(v.z, inv)), c3 = __float2int_rn(__fmul_rn(v.w, inv));
+            total += c0 + c1 + c2 + c3;
+            p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
+                   (uint32_t)(c3 & 0xFF) << 24;
+        }
+        *(uint4 *)(q + j) = make_uint4(p[0], p[1], p[2], p[3]);
+    }
+    *sum = total;
+    return __fdiv_rn(am, 127.0f);
+}
+
 #endif

@@ -40,39 +40,6 @@ static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* A group of G floats of x as the CPU rounds it: codes to q (16-byte
- * aligned), its step dx and dx times the sum of its codes to *d. */
-template <int G> static __device__ __forceinline__ void ai_quant(const float *x, int8_t *q, float2 *d) {
-    const bool al = ((uintptr_t)x & 15) == 0;
-    float am = 0.0f;
-#pragma unroll 8
-    for (int j = 0; j < G; j += 4) {
-        const float4 v = al ? __ldg((const float4 *)(x + j))
-                            : make_float4(__ldg(x + j), __ldg(x + j + 1), __ldg(x + j + 2), __ldg(x + j + 3));
-        am = fmaxf(am, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
-    }
-    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
-    int sum = 0;
-#pragma unroll 4
-    for (int j = 0; j < G; j += 16) {
-        uint32_t p[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const float4 v = al ? __ldg((const float4 *)(x + j + 4 * u))
-                                : make_float4(__ldg(x + j + 4 * u), __ldg(x + j + 4 * u + 1),
-                                              __ldg(x + j + 4 * u + 2), __ldg(x + j + 4 * u + 3));
-            const int c0 = __float2int_rn(__fmul_rn(v.x, inv)), c1 = __float2int_rn(__fmul_rn(v.y, inv));
-            const int c2 = __float2int_rn(__fmul_rn(v.z, inv)), c3 = __float2int_rn(__fmul_rn(v.w, inv));
-            sum += c0 + c1 + c2 + c3;
-            p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
-                   (uint32_t)(c3 & 0xFF) << 24;
-        }
-        *(uint4 *)(q + j) = make_uint4(p[0], p[1], p[2], p[3]);
-    }
-    const float dx = __fdiv_rn(am, 127.0f);
-    *d = make_float2(dx, __fmul_rn(dx, (float)sum));
-}
-
 /* What thread (g, q) reads of GS groups: G / 4 bytes of each of rows g
  * and g + 8, and their scales and biases. */
 template <int G, int GS> struct ai_step {
@@ -142,7 +109,9 @@ template <int G> static __global__ void __launch_bounds__(AI_THREADS) k_mmv_i8(a
     float2 *dxs = (float2 *)(sh + (((int64_t)m * K + 15) & ~(int64_t)15));
     for (int64_t i = tid; i < m * ng; i += AI_THREADS) {
         const int64_t r = i / ng, grp = i % ng;
-        ai_quant<G>(a.x + r * a.ldx + grp * G, xq + r * K + grp * G, dxs + i);
+        int sum;
+        const float dx = cu_round_group<G>(a.x + r * a.ldx + grp * G, xq + r * K + grp * G, &sum);
+        dxs[i] = make_float2(dx, __fmul_rn(dx, (float)sum));
     }
     __syncthreads();
     /* column g of B: x row g's codes, zero past the rows */

@@ -55,7 +55,8 @@ static __global__ void k_moe_group(const int32_t *ids, int32_t rows, int32_t E, 
 
 /* The rows g and g + 8 (of 16 from n0, the last repeated past n) of each
  * weight (gate, and up when R is 2) of expert e, as thread (g, q) reads
- * them: word q of each group's 16 bytes, and the group scales. */
+ * them: word q of each group's 16 bytes (q = 0: the rows' starts), and the
+ * group scales. */
 template <int R> struct dm_rows {
     const uint32_t *w[R][2];
     const uint8_t *s[R][2];
@@ -97,6 +98,26 @@ static __device__ __forceinline__ void dm_load(const dm_rows<R> &rw, int64_t g0,
                 st->s[gi][r][h] = __ldg(rw.s[r][h] + grp);
             }
     }
+}
+
+/* The block's end in the decode expert kernels: red holds each warp's sums
+ * (gate, and up with DUAL) of DM_ROWS weight rows by TILE output rows;
+ * thread (row, col) adds the NW warps' in order, then the biases and the
+ * SwiGLU, and stores output row rows[col] (cnt of them) of weight row
+ * n0 + row. */
+template <bool DUAL, int NW, int TILE>
+static __device__ __forceinline__ void dm_out(const mnv_cu_moe_args &a, const float (*red)[DUAL ? 2 : 1][DM_ROWS][TILE],
+                                              int32_t e, const int32_t *rows, int cnt, int64_t n0, int row, int col) {
+    const int64_t n = n0 + row;
+    if (col >= cnt || n >= a.n) return;
+    float v = 0.0f, u = 0.0f;
+    for (int w = 0; w < NW; w++) {
+        v += red[w][0][row][col];
+        if (DUAL) u += red[w][DUAL ? 1 : 0][row][col];
+    }
+    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
+    a.y[(int64_t)rows[col] * a.n + n] = v;
 }
 
 #endif

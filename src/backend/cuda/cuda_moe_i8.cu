@@ -52,36 +52,11 @@ static __device__ __forceinline__ void mma_s8(int *c, const uint32_t *a, uint32_
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* A group of 32 floats x as the CPU rounds it: 32 int8 codes to q
- * (16-byte aligned), half the group's step dx / 2 to *dxh (the codes of
- * the weights are doubled). */
+/* A group of 32 floats of x rounded to int8 codes at q; *dxh = dx / 2
+ * (the weights' codes are doubled). */
 static __device__ __forceinline__ void quant_group(const float *x, int8_t *q, float *dxh) {
-    float4 v[8];
-    if (((uintptr_t)x & 15) == 0) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) v[i] = __ldg((const float4 *)x + i);
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            v[i] = make_float4(__ldg(x + 4 * i), __ldg(x + 4 * i + 1), __ldg(x + 4 * i + 2), __ldg(x + 4 * i + 3));
-    }
-    float am = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-        am = fmaxf(am, fmaxf(fmaxf(fabsf(v[i].x), fabsf(v[i].y)), fmaxf(fabsf(v[i].z), fabsf(v[i].w))));
-    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
-    uint32_t p[8];
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float f[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-        uint32_t r = 0;
-#pragma unroll
-        for (int j = 0; j < 4; j++) r |= ((uint32_t)__float2int_rn(__fmul_rn(f[j], inv)) & 0xFFu) << (8 * j);
-        p[i] = r;
-    }
-    ((uint4 *)q)[0] = make_uint4(p[0], p[1], p[2], p[3]);
-    ((uint4 *)q)[1] = make_uint4(p[4], p[5], p[6], p[7]);
-    *dxh = __fmul_rn(0.5f, __fdiv_rn(am, 127.0f));
+    int sum;
+    *dxh = 0.5f * cu_round_group<32>(x, q, &sum);
 }
 
 /* One (token, slot) a block row, DM_ROWS weight rows a block; each warp
@@ -100,17 +75,17 @@ template <int R> struct qi_step {
 };
 
 template <int R>
-static __device__ __forceinline__ void qi_load(const uint8_t *const (*wp)[2], const uint8_t *const (*sp)[2],
-                                               int32_t quad, int32_t ng, int q, qi_step<R> *st) {
+static __device__ __forceinline__ void qi_load(const dm_rows<R> &rw, int32_t quad, int32_t ng, int q,
+                                               qi_step<R> *st) {
     const int32_t gw = min(4 * quad + q, ng - 1), gs0 = min(4 * quad + 2 * (q & 1), ng - 1),
                   gs1 = min(4 * quad + 2 * (q & 1) + 1, ng - 1);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            st->w[r][h] = __ldg((const uint4 *)(wp[r][h] + 16 * gw));
-            st->s[r][h][0] = __ldg(sp[r][h] + gs0);
-            st->s[r][h][1] = __ldg(sp[r][h] + gs1);
+            st->w[r][h] = __ldg((const uint4 *)rw.w[r][h] + gw);
+            st->s[r][h][0] = __ldg(rw.s[r][h] + gs0);
+            st->s[r][h][1] = __ldg(rw.s[r][h] + gs1);
         }
 }
 
@@ -142,7 +117,7 @@ template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_m
     cu_grid_entry();
     constexpr int R = DUAL ? 2 : 1;
     extern __shared__ __align__(16) uint8_t qs[]; /* codes[K], QI_ZERO zeros, dxh[nq * 4] */
-    __shared__ float red[QI_THREADS / 32][R][DM_ROWS];
+    __shared__ float red[QI_THREADS / 32][R][DM_ROWS][1];
     const int32_t ts = blockIdx.y, K = (int32_t)a.k, ng = K / 32, nq = (ng + 3) / 4;
     const int32_t e = a.ids[ts];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -158,33 +133,23 @@ template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_m
     if (tid < QI_ZERO / 4) ((uint32_t *)(qs + K))[tid] = 0;
     __syncthreads();
     const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
-    const uint8_t *wp[R][2], *sp[R][2];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const mnv_cu_weight &w = r ? a.w2 : a.w;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int64_t n = n0 + g + 8 * h;
-            n = n < a.n ? n : a.n - 1;
-            wp[r][h] = (const uint8_t *)w.w + (e * w.we + n * w.ldw) * 4;
-            sp[r][h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
-        }
-    }
+    dm_rows<R> rw; /* the rows' starts: a thread reads whole groups here */
+    dm_rows_of<R>(a, e, n0, g, 0, &rw);
     float acc[R][2] = {};
     qi_step<R> s0, s1;
     int32_t quad = warp;
-    if (quad < nq) qi_load<R>(wp, sp, quad, ng, q, &s0);
+    if (quad < nq) qi_load<R>(rw, quad, ng, q, &s0);
     /* two quads an iteration, each loading the one after it (no register copies) */
     for (; quad < nq; quad += 2 * (QI_THREADS / 32)) {
         const int32_t q1 = quad + QI_THREADS / 32, q2 = q1 + QI_THREADS / 32;
-        if (q1 < nq) qi_load<R>(wp, sp, q1, ng, q, &s1);
+        if (q1 < nq) qi_load<R>(rw, q1, ng, q, &s1);
         {
             const int32_t grp = 4 * quad + q;
             const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
             qi_quad<R>(s0, xb, *(const float2 *)&dxh[4 * quad + 2 * (q & 1)], acc);
         }
         if (q1 >= nq) break;
-        if (q2 < nq) qi_load<R>(wp, sp, q2, ng, q, &s0);
+        if (q2 < nq) qi_load<R>(rw, q2, ng, q, &s0);
         {
             const int32_t grp = 4 * q1 + q;
             const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
@@ -199,21 +164,11 @@ template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_m
     if (q == 0)
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            red[warp][r][g] = acc[r][0];
-            red[warp][r][g + 8] = acc[r][1];
+            red[warp][r][g][0] = acc[r][0];
+            red[warp][r][g + 8][0] = acc[r][1];
         }
     __syncthreads();
-    if (tid >= DM_ROWS) return;
-    const int64_t n = n0 + tid;
-    if (n >= a.n) return;
-    float v = 0.0f, u = 0.0f;
-    for (int w = 0; w < QI_THREADS / 32; w++) {
-        v += red[w][0][tid];
-        if (DUAL) u += red[w][R - 1][tid];
-    }
-    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
-    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
-    a.y[(int64_t)ts * a.n + n] = v;
+    if (tid < DM_ROWS) dm_out<DUAL, QI_THREADS / 32, 1>(a, red, e, &ts, 1, n0, tid, 0);
 }
 
 static bool mx4_g32(const mnv_cu_weight *w, int64_t k) {
@@ -333,17 +288,8 @@ static __global__ void __launch_bounds__(QI_THREADS) k_moe_gmma_i8(mnv_cu_moe_ar
 #pragma unroll
             for (int j = 0; j < 2; j++) red[warp][r][g + 8 * h][2 * q + j] = acc[r][h][j];
     __syncthreads();
-    const int row = tid / GQ_TILE, col = tid % GQ_TILE; /* QI_THREADS = DM_ROWS x GQ_TILE */
-    const int64_t n = n0 + row;
-    if (col >= cnt || n >= a.n) return;
-    float v = 0.0f, u = 0.0f;
-    for (int w = 0; w < QI_THREADS / 32; w++) {
-        v += red[w][0][row][col];
-        if (DUAL) u += red[w][R - 1][row][col];
-    }
-    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
-    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
-    a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
+    /* QI_THREADS = DM_ROWS x GQ_TILE: a thread an output */
+    dm_out<DUAL, QI_THREADS / 32, GQ_TILE>(a, red, e, gr.sorted + first, cnt, n0, tid / GQ_TILE, tid % GQ_TILE);
 }
 static_assert(QI_THREADS == DM_ROWS * GQ_TILE, "k_moe_gmma_i8: a thread per output of a block");
 

@@ -266,7 +266,7 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
     cu_grid_entry();
     constexpr int R = DUAL ? 2 : 1; /* weights: gate (and up) */
     extern __shared__ __align__(16) uint16_t xs[]; /* hi[k], lo[k] */
-    __shared__ float red[THREADS / 32][R][DM_ROWS];
+    __shared__ float red[THREADS / 32][R][DM_ROWS][1];
     const int64_t ts = blockIdx.y, K = a.k, ng = K / 32;
     const int32_t e = a.ids[ts];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -325,21 +325,12 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
     if (q == 0)
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            red[warp][r][g] = acc[r][0];
-            red[warp][r][g + 8] = acc[r][1];
+            red[warp][r][g][0] = acc[r][0];
+            red[warp][r][g + 8][0] = acc[r][1];
         }
     __syncthreads();
-    if (tid >= DM_ROWS) return;
-    const int64_t n = n0 + tid;
-    if (n >= a.n) return;
-    float v = 0.0f, u = 0.0f;
-    for (int w = 0; w < THREADS / 32; w++) {
-        v += red[w][0][tid];
-        if (DUAL) u += red[w][R - 1][tid];
-    }
-    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
-    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
-    a.y[ts * a.n + n] = v;
+    const int32_t row_ts = (int32_t)ts;
+    if (tid < DM_ROWS) dm_out<DUAL, THREADS / 32, 1>(a, red, e, &row_ts, 1, n0, tid, 0);
 }
 
 extern "C" int mnv__cu_moe_dmma_fits(const mnv_cu_moe_args *a) {
@@ -440,17 +431,8 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
 #pragma unroll
             for (int j = 0; j < 2; j++) red[warp][r][g + 8 * h][2 * q + j] = acc[r][h][j];
     __syncthreads();
-    const int row = tid / GM_TILE, col = tid % GM_TILE; /* THREADS = DM_ROWS x GM_TILE */
-    const int64_t n = n0 + row;
-    if (col >= cnt || n >= a.n) return;
-    float v = 0.0f, u = 0.0f;
-    for (int w = 0; w < THREADS / 32; w++) {
-        v += red[w][0][row][col];
-        if (DUAL) u += red[w][R - 1][row][col];
-    }
-    v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
-    if (DUAL) v = cu_swiglu(v, u + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha, a.limit);
-    a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
+    /* THREADS = DM_ROWS x GM_TILE: a thread an output */
+    dm_out<DUAL, THREADS / 32, GM_TILE>(a, red, e, gr.sorted + first, cnt, n0, tid / GM_TILE, tid % GM_TILE);
 }
 static_assert(THREADS == DM_ROWS * GM_TILE, "k_moe_gmma: a thread per output of a block");
 
