@@ -177,8 +177,11 @@ template <int G> static __global__ void __launch_bounds__(AI_THREADS) k_mmv_i8(a
     }
 }
 
+/* 16 bytes past the steps: the compiler reads two groups' steps with one
+ * 16-byte load where the second group may be one past the last (its value
+ * unused; compute-sanitizer saw it read past the end at m 5, k 1216) */
 static size_t ai_smem(int64_t m, int64_t k, int64_t G) {
-    return (((size_t)m * (size_t)k + 15) & ~(size_t)15) + (size_t)m * (size_t)(k / G) * 8;
+    return (((size_t)m * (size_t)k + 15) & ~(size_t)15) + (size_t)m * (size_t)(k / G) * 8 + 16;
 }
 
 extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
