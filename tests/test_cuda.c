@@ -1065,16 +1065,17 @@ static void test_matmul_i8(void) {
                                         {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F32}};
     for (int i = 0; i < 12; i++) {
         fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 3 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
-        c.mm.m = i < 3 ? 2 : t_randint(2, 8);
+        /* one row (0-2, 9; 2: rows of up to 10,240), two (3-5) */
+        c.mm.m = i < 3 || i == 9 ? 1 : i < 6 ? 2 : t_randint(1, 8);
         c.mm.n = i >= 10 ? t_randint(16385, 16600) : t_randint(1, 300);
-        c.mm.k = 128 * t_randint(1, i >= 10 ? 2 : 24);
+        c.mm.k = 128 * (i == 2 ? t_randint(33, 80) : t_randint(1, i >= 10 ? 2 : 24));
         c.mm.q.fmt = fmts[i % 3];
         run_fused_case(&c, MNV_DTYPE_F32, "int8 product");
     }
     for (int i = 0; i < 3; i++) {
         /* 1: an odd count of groups read by a pair's first (a read past the
          * steps' end once) */
-        const int64_t m = i == 0 ? 8 : i == 1 ? 5 : t_randint(2, 8), k = i == 1 ? 1216 : 64 * t_randint(1, 45);
+        const int64_t m = i == 0 ? 8 : i == 1 ? 5 : t_randint(1, 8), k = i == 1 ? 1216 : 64 * t_randint(1, 45);
         run_shared_case("int8 shared-input products", m, k, &fmts[0], 200, i);
     }
 }

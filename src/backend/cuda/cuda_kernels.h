@@ -154,17 +154,18 @@ typedef struct {
     int32_t bias_type;
     const float *res;
     int64_t ldr;
-    int32_t x_i8; /* 1: 8-bit affine weights by MNV_CU_I8_MIN_M to MNV_CU_I8_MAX_M rows of x round x to int8,
+    int32_t x_i8; /* 1: 8-bit affine weights by 1 to MNV_CU_I8_MAX_M rows of x round x to int8,
                      one scale per group (the CPU's default numerics, cuda_mmv_i8.cu); 0: f32 activations */
 } mnv_cu_matmul_args;
-/* One row stays with the chunked kernel, which reads the weights faster
- * there (an H100, gpt-oss-20b's attention products: 15 against 18-22 us;
- * its lm_head 263 against 370-404 us); from 2 to 8 rows the int8 tensor
- * cores win (8 decoding sequences: 874 -> 996 tok/s). */
+/* From 2 to 8 rows the int8 tensor cores take them (8 decoding sequences:
+ * 874 -> 996 tok/s on an H100); one row takes a kernel of its own
+ * (mnv__cu_mmv1_i8: tiles of 16 weight rows a block, x rounded once a block). */
 #define MNV_CU_I8_MIN_M 2
 #define MNV_CU_I8_MAX_M 8
 int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n);
 cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
+int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n);
+cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);
 /* Whether the product of x (row stride ldx, at x) with w reads w in 16-byte
  * chunks (the fast path of few rows): only then are its epilogue and the

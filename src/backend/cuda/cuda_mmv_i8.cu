@@ -223,3 +223,237 @@ extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaSt
         cu_launch(k_mmv_i8<128>, grid, AI_THREADS, sm, s, sg);
     CU_CHECK_LAUNCH();
 }
+
+/* ---- one row of x (decode at batch 1) ----
+ * The same products with B's column 0 the only one used, organised for
+ * one row: a block of R1_THREADS rounds x once into shared memory (G / 16
+ * lanes a group, 16 values each, where the kernel above spends one thread
+ * a group), then takes tiles of 16 weight rows in turn (the grid two
+ * blocks an SM), each warp a share of the tile's groups (warp w: groups w,
+ * w + 16, ...) loaded R1_GROUPS<G> at once, summed across the warps in a
+ * fixed order. Column 0's lanes (q = 0) load the scales, their neighbours
+ * (q = 1) the biases. */
+#define R1_THREADS 512
+#define R1_WARPS (R1_THREADS / 32)
+
+template <int G> struct r1_cfg {
+    static constexpr int GR = G == 32 ? 4 : G == 64 ? 3 : 2; /* a warp's groups a round of loads */
+    static constexpr int W = G / 16;                         /* words of a row a thread loads a group */
+};
+
+typedef struct {
+    mnv_cu_matmul_args seg[AI_SEGS];
+    int64_t first[AI_SEGS + 1]; /* segment i owns tiles [first[i], first[i + 1]) */
+    int n;
+} r1_segs;
+
+/* The groups of x lanes l / (G / 16) of this warp round (16 values a lane):
+ * codes into xq, (dx, dx * sum) into dxs, as cu_round_group computes them. */
+template <int G>
+static __device__ __forceinline__ void r1_round(const float *x, int64_t ng, int64_t grp, int sub, int8_t *xq,
+                                                float2 *dxs) {
+    constexpr int L = G / 16;
+    const bool in = grp < ng;
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        v[u] = in ? __ldg((const float4 *)(x + grp * G + 16 * sub) + u) : make_float4(0.f, 0.f, 0.f, 0.f);
+    float am = 0.0f;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(v[u].x), fabsf(v[u].y)), fmaxf(fabsf(v[u].z), fabsf(v[u].w))));
+#pragma unroll
+    for (int o = 1; o < L; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
+    uint32_t p[4];
+    int sum = 0;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int c0 = __float2int_rn(__fmul_rn(v[u].x, inv)), c1 = __float2int_rn(__fmul_rn(v[u].y, inv));
+        const int c2 = __float2int_rn(__fmul_rn(v[u].z, inv)), c3 = __float2int_rn(__fmul_rn(v[u].w, inv));
+        sum += c0 + c1 + c2 + c3;
+        p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
+               (uint32_t)(c3 & 0xFF) << 24;
+    }
+#pragma unroll
+    for (int o = 1; o < L; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (!in) return;
+    *((uint4 *)(xq + grp * G) + sub) = make_uint4(p[0], p[1], p[2], p[3]);
+    if (sub == 0) {
+        const float dx = __fdiv_rn(am, 127.0f);
+        dxs[grp] = make_float2(dx, __fmul_rn(dx, (float)sum));
+    }
+}
+
+/* One round: groups grp0, grp0 + 16, ... (GR of them, those past ng not
+ * loaded) of rows g and g + 8: quarter q of each, and their scales (q = 0)
+ * or biases (q = 1). */
+template <int G> struct r1_step {
+    uint32_t w[r1_cfg<G>::GR][2][r1_cfg<G>::W];
+    float sb[r1_cfg<G>::GR][2]; /* q = 0: the scales, q = 1: the biases */
+};
+
+template <int G>
+static __device__ __forceinline__ void r1_load(const mnv_cu_weight &w, const uint8_t *const *rp, const int64_t *so,
+                                               int64_t grp0, int64_t ng, int q, r1_step<G> *st) {
+    constexpr int GR = r1_cfg<G>::GR;
+#pragma unroll
+    for (int i = 0; i < GR; i++) {
+        const int64_t grp = grp0 + (int64_t)R1_WARPS * i;
+        if (grp >= ng) break;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *p = rp[h] + grp * G + (G / 4) * q;
+            if (G == 32) {
+                const uint2 v = __ldg((const uint2 *)p);
+                st->w[i][h][0] = v.x, st->w[i][h][1] = v.y;
+            } else {
+#pragma unroll
+                for (int u = 0; u < G / 64; u++) {
+                    const uint4 v = __ldg((const uint4 *)p + u);
+                    st->w[i][h][4 * u] = v.x, st->w[i][h][4 * u + 1] = v.y;
+                    st->w[i][h][4 * u + 2] = v.z, st->w[i][h][4 * u + 3] = v.w;
+                }
+            }
+            if (q < 2) st->sb[i][h] = cu_load(q == 0 ? w.scales : w.biases, w.scale_type, so[h] + grp);
+        }
+    }
+}
+
+template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_i8(r1_segs sg) {
+    constexpr int KS = G / 32, GR = r1_cfg<G>::GR;
+    extern __shared__ __align__(16) uint8_t sh[]; /* codes (k), then (dx, dx * sum) (k / G) */
+    __shared__ float red[R1_WARPS][16];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const int64_t K = sg.seg[0].k, ng = K / G, total = sg.first[sg.n];
+    int8_t *xq = (int8_t *)sh;
+    float2 *dxs = (float2 *)(sh + ((K + 15) & ~(int64_t)15));
+    const uint8_t *rp[2];
+    int64_t so[2];
+    int si = 0;
+    auto rows_of = [&](int64_t t) {
+        while (si + 1 < sg.n && t >= sg.first[si + 1]) si++;
+        const mnv_cu_matmul_args &a = sg.seg[si];
+        const int64_t n0 = (t - sg.first[si]) * 16;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int64_t n = n0 + g + 8 * h;
+            n = n < a.n ? n : a.n - 1;
+            rp[h] = (const uint8_t *)((const uint32_t *)a.w.w + n * a.w.ldw);
+            so[h] = n * a.w.lds;
+        }
+    };
+    /* the first tile's weights on their way while x is rounded */
+    int64_t t = blockIdx.x;
+    r1_step<G> st;
+    if (t < total) {
+        rows_of(t);
+        r1_load<G>(sg.seg[si].w, rp, so, warp, ng, q, &st);
+    }
+    cu_grid_entry();
+    {
+        constexpr int L = G / 16, PW = 32 / L; /* lanes a group, groups a warp */
+        for (int64_t g0 = (int64_t)warp * PW; g0 < ng; g0 += (int64_t)R1_WARPS * PW)
+            r1_round<G>(sg.seg[0].x, ng, g0 + lane / L, lane % L, xq, dxs);
+    }
+    __syncthreads();
+    const int8_t *xb = xq + (G / 4) * q;
+    for (bool first = true; t < total; t += gridDim.x, first = false) {
+        if (!first) rows_of(t);
+        const mnv_cu_matmul_args &a = sg.seg[si];
+        float acc[2] = {0.0f, 0.0f};
+        for (int64_t grp0 = warp; grp0 < ng; grp0 += (int64_t)R1_WARPS * GR) {
+            if (!first || grp0 != warp) r1_load<G>(a.w, rp, so, grp0, ng, q, &st);
+#pragma unroll
+            for (int i = 0; i < GR; i++) {
+                const int64_t grp = grp0 + (int64_t)R1_WARPS * i;
+                if (grp >= ng) break;
+                uint32_t bw[G / 16];
+                if (G == 32) {
+                    const uint2 v = *(const uint2 *)(xb + grp * G);
+                    bw[0] = g == 0 ? v.x : 0u, bw[1] = g == 0 ? v.y : 0u;
+                } else {
+#pragma unroll
+                    for (int u = 0; u < G / 64; u++) {
+                        const uint4 v = *((const uint4 *)(xb + grp * G) + u);
+                        bw[4 * u] = g == 0 ? v.x : 0u, bw[4 * u + 1] = g == 0 ? v.y : 0u;
+                        bw[4 * u + 2] = g == 0 ? v.z : 0u, bw[4 * u + 3] = g == 0 ? v.w : 0u;
+                    }
+                }
+                int c[4] = {0, 0, 0, 0};
+#pragma unroll
+                for (int k = 0; k < KS; k++) {
+                    const uint32_t am[4] = {st.w[i][0][2 * k], st.w[i][1][2 * k], st.w[i][0][2 * k + 1],
+                                            st.w[i][1][2 * k + 1]};
+                    mma_u8s8(c, am, bw[2 * k], bw[2 * k + 1]);
+                }
+                const float b0 = __shfl_down_sync(0xffffffffu, st.sb[i][0], 1),
+                            b1 = __shfl_down_sync(0xffffffffu, st.sb[i][1], 1);
+                if (q == 0) {
+                    const float2 d = dxs[grp];
+                    acc[0] = fmaf(b0, d.y, fmaf((float)c[0], st.sb[i][0] * d.x, acc[0]));
+                    acc[1] = fmaf(b1, d.y, fmaf((float)c[2], st.sb[i][1] * d.x, acc[1]));
+                }
+            }
+        }
+        if (q == 0) red[warp][g] = acc[0], red[warp][g + 8] = acc[1];
+        __syncthreads();
+        if (tid < 16) {
+            const int64_t n = (t - sg.first[si]) * 16 + tid;
+            float v = red[0][tid];
+            for (int w = 1; w < R1_WARPS; w++) v += red[w][tid];
+            if (n < a.n) {
+                if (a.bias) v = v + cu_load(a.bias, a.bias_type, n);
+                if (a.res) v = a.res[n] + v;
+                a.y[n] = v;
+            }
+        }
+        __syncthreads();
+    }
+}
+
+/* 16 bytes past the steps, as ai_smem */
+static size_t r1_smem(int64_t k, int64_t G) { return (((size_t)k + 15) & ~(size_t)15) + (size_t)(k / G) * 8 + 16; }
+
+extern "C" int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n) {
+    if (n < 1 || n > AI_SEGS) return 0;
+    const mnv_cu_weight &w = a[0].w;
+    const int G = w.group_size;
+    if (!a[0].x_i8 || a[0].m != 1 || (G != 32 && G != 64 && G != 128) || a[0].k % G ||
+        r1_smem(a[0].k, G) > 40 * 1024)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        const mnv_cu_weight &v = a[i].w;
+        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
+            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].m != 1 || a[i].k != a[0].k ||
+            a[i].n < 1)
+            return 0;
+    }
+    return 1;
+}
+
+extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
+    if (!mnv__cu_mmv1_i8_fits(a, n)) return cudaErrorInvalidValue;
+    r1_segs sg;
+    memset(&sg, 0, sizeof sg);
+    sg.n = n;
+    for (int i = 0; i < n; i++) {
+        sg.seg[i] = a[i];
+        sg.first[i + 1] = sg.first[i] + (a[i].n + 15) / 16;
+    }
+    int dev = 0, sms = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (e != cudaSuccess) return e;
+    const int64_t cap = 2 * (int64_t)sms;
+    const dim3 grid((unsigned)(sg.first[n] < cap ? sg.first[n] : cap));
+    const int G = a[0].w.group_size;
+    const size_t sm = r1_smem(a[0].k, G);
+    if (G == 32)
+        cu_launch(k_mmv1_i8<32>, grid, R1_THREADS, sm, s, sg);
+    else if (G == 64)
+        cu_launch(k_mmv1_i8<64>, grid, R1_THREADS, sm, s, sg);
+    else
+        cu_launch(k_mmv1_i8<128>, grid, R1_THREADS, sm, s, sg);
+    CU_CHECK_LAUNCH();
+}
