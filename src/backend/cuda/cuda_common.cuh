@@ -180,6 +180,16 @@ static __device__ __forceinline__ float cu_weight_at(const mnv_cu_weight *w, int
     return cu_code(w->mode, cu_unpack(row, w->bits, j)) * g.scale + g.bias;
 }
 
+/* Four values of x times inv, rounded to nearest even, as four int8 codes
+ * in a word (element 0 the lowest byte); their sum added to *sum. */
+static __device__ __forceinline__ uint32_t cu_codes4(float4 v, float inv, int *sum) {
+    const int c0 = __float2int_rn(__fmul_rn(v.x, inv)), c1 = __float2int_rn(__fmul_rn(v.y, inv));
+    const int c2 = __float2int_rn(__fmul_rn(v.z, inv)), c3 = __float2int_rn(__fmul_rn(v.w, inv));
+    *sum += c0 + c1 + c2 + c3;
+    return (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
+           (uint32_t)(c3 & 0xFF) << 24;
+}
+
 /* A group of G floats of x (G a multiple of 16) as the CPU's int8 paths
  * round it (cpu/qmatmul_*.c): dx = max|x| / 127, codes round(x / dx) to
  * nearest even, with IEEE division and products so that the codes are the
@@ -204,11 +214,7 @@ template <int G> static __device__ __forceinline__ float cu_round_group(const fl
             const float4 v = al ? __ldg((const float4 *)(x + j + 4 * u))
                                 : make_float4(__ldg(x + j + 4 * u), __ldg(x + j + 4 * u + 1),
                                               __ldg(x + j + 4 * u + 2), __ldg(x + j + 4 * u + 3));
-            const int c0 = __float2int_rn(__fmul_rn(v.x, inv)), c1 = __float2int_rn(__fmul_rn(v.y, inv));
-            const int c2 = __float2int_rn(__fmul_rn(v.z, inv)), c3 = __float2int_rn(__fmul_rn(v.w, inv));
-            total += c0 + c1 + c2 + c3;
-            p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
-                   (uint32_t)(c3 & 0xFF) << 24;
+            p[u] = cu_codes4(v, inv, &total);
         }
         *(uint4 *)(q + j) = make_uint4(p[0], p[1], p[2], p[3]);
     }

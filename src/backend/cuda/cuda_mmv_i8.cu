@@ -29,7 +29,7 @@
 
 typedef struct {
     mnv_cu_matmul_args seg[AI_SEGS];
-    int64_t first[AI_SEGS + 1]; /* segment i owns blocks [first[i], first[i + 1]) */
+    int64_t first[AI_SEGS + 1]; /* segment i owns blocks (k_mmv1_i8: tiles) [first[i], first[i + 1]) */
     int n;
 } ai_segs;
 
@@ -38,6 +38,35 @@ static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint3
                  "{%0,%1,%2,%3};\n"
                  : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Quarter q of a group of G codes, G / 4 bytes at p (global), as G / 16 words. */
+template <int G> static __device__ __forceinline__ void ai_quarter(const uint8_t *p, uint32_t *w) {
+    if (G == 32) {
+        const uint2 v = __ldg((const uint2 *)p);
+        w[0] = v.x, w[1] = v.y;
+    } else {
+#pragma unroll
+        for (int u = 0; u < G / 64; u++) {
+            const uint4 v = __ldg((const uint4 *)p + u);
+            w[4 * u] = v.x, w[4 * u + 1] = v.y, w[4 * u + 2] = v.z, w[4 * u + 3] = v.w;
+        }
+    }
+}
+
+/* The same quarter of x's codes in shared memory (B's column of this
+ * thread), each word and'ed with mask (0 for the columns past x's rows). */
+template <int G> static __device__ __forceinline__ void ai_xquarter(const int8_t *p, uint32_t mask, uint32_t *b) {
+    if (G == 32) {
+        const uint2 v = *(const uint2 *)p;
+        b[0] = v.x & mask, b[1] = v.y & mask;
+    } else {
+#pragma unroll
+        for (int u = 0; u < G / 64; u++) {
+            const uint4 v = *((const uint4 *)p + u);
+            b[4 * u] = v.x & mask, b[4 * u + 1] = v.y & mask, b[4 * u + 2] = v.z & mask, b[4 * u + 3] = v.w & mask;
+        }
+    }
 }
 
 /* What thread (g, q) reads of GS groups: G / 4 bytes of each of rows g
@@ -58,18 +87,7 @@ static __device__ __forceinline__ void ai_load(const mnv_cu_weight &w, const uin
         const int64_t gg = grp + gi < ng ? grp + gi : grp;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const uint8_t *p = rp[h] + gg * G + (G / 4) * q;
-            if (G == 32) {
-                const uint2 v = __ldg((const uint2 *)p);
-                st->w[gi][h][0] = v.x, st->w[gi][h][1] = v.y;
-            } else {
-#pragma unroll
-                for (int u = 0; u < G / 64; u++) {
-                    const uint4 v = __ldg((const uint4 *)p + u);
-                    st->w[gi][h][4 * u] = v.x, st->w[gi][h][4 * u + 1] = v.y;
-                    st->w[gi][h][4 * u + 2] = v.z, st->w[gi][h][4 * u + 3] = v.w;
-                }
-            }
+            ai_quarter<G>(rp[h] + gg * G + (G / 4) * q, st->w[gi][h]);
             st->s[gi][h] = cu_load(sp[h], w.scale_type, gg);
             st->b[gi][h] = cu_load(bp[h], w.scale_type, gg);
         }
@@ -126,17 +144,7 @@ template <int G> static __global__ void __launch_bounds__(AI_THREADS) k_mmv_i8(a
             const int64_t grp = g0 + gi;
             if (grp >= ng) break;
             uint32_t bw[G / 16];
-            if (G == 32) {
-                const uint2 v = *(const uint2 *)(xb + grp * G);
-                bw[0] = v.x & bmask, bw[1] = v.y & bmask;
-            } else {
-#pragma unroll
-                for (int u = 0; u < G / 64; u++) {
-                    const uint4 v = *((const uint4 *)(xb + grp * G) + u);
-                    bw[4 * u] = v.x & bmask, bw[4 * u + 1] = v.y & bmask;
-                    bw[4 * u + 2] = v.z & bmask, bw[4 * u + 3] = v.w & bmask;
-                }
-            }
+            ai_xquarter<G>(xb + grp * G, bmask, bw);
             int c[4] = {0, 0, 0, 0};
 #pragma unroll
             for (int t = 0; t < KS; t++) {
@@ -184,12 +192,14 @@ static size_t ai_smem(int64_t m, int64_t k, int64_t G) {
     return (((size_t)m * (size_t)k + 15) & ~(size_t)15) + (size_t)m * (size_t)(k / G) * 8 + 16;
 }
 
-extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
+/* Products of one x (q, k, v), 8-bit affine weights alike, m rows of x from
+ * mlo to mhi, that these kernels take. */
+static int ai_fits(const mnv_cu_matmul_args *a, int n, int64_t mlo, int64_t mhi) {
     if (n < 1 || n > AI_SEGS) return 0;
     const mnv_cu_weight &w = a[0].w;
     const int G = w.group_size;
-    if (!a[0].x_i8 || a[0].m < MNV_CU_I8_MIN_M || a[0].m > MNV_CU_I8_MAX_M || (G != 32 && G != 64 && G != 128) ||
-        a[0].k % G || a[0].k > INT32_MAX || ai_smem(a[0].m, a[0].k, G) > 40 * 1024)
+    if (!a[0].x_i8 || a[0].m < mlo || a[0].m > mhi || (G != 32 && G != 64 && G != 128) || a[0].k % G ||
+        a[0].k > INT32_MAX || ai_smem(a[0].m, a[0].k, G) > 40 * 1024)
         return 0;
     for (int i = 0; i < n; i++) {
         const mnv_cu_weight &v = a[i].w;
@@ -199,6 +209,10 @@ extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
             return 0;
     }
     return 1;
+}
+
+extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
+    return ai_fits(a, n, MNV_CU_I8_MIN_M, MNV_CU_I8_MAX_M);
 }
 
 extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
@@ -240,14 +254,7 @@ extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaSt
 
 template <int G> struct r1_cfg {
     static constexpr int GR = G == 32 ? 4 : G == 64 ? 3 : 2; /* a warp's groups a round of loads */
-    static constexpr int W = G / 16;                         /* words of a row a thread loads a group */
 };
-
-typedef struct {
-    mnv_cu_matmul_args seg[AI_SEGS];
-    int64_t first[AI_SEGS + 1]; /* segment i owns tiles [first[i], first[i + 1]) */
-    int n;
-} r1_segs;
 
 /* The groups of x lanes l / (G / 16) of this warp round (16 values a lane):
  * codes into xq, (dx, dx * sum) into dxs, as cu_round_group computes them. */
@@ -270,13 +277,7 @@ static __device__ __forceinline__ void r1_round(const float *x, int64_t ng, int6
     uint32_t p[4];
     int sum = 0;
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
-        const int c0 = __float2int_rn(__fmul_rn(v[u].x, inv)), c1 = __float2int_rn(__fmul_rn(v[u].y, inv));
-        const int c2 = __float2int_rn(__fmul_rn(v[u].z, inv)), c3 = __float2int_rn(__fmul_rn(v[u].w, inv));
-        sum += c0 + c1 + c2 + c3;
-        p[u] = (uint32_t)(c0 & 0xFF) | (uint32_t)(c1 & 0xFF) << 8 | (uint32_t)(c2 & 0xFF) << 16 |
-               (uint32_t)(c3 & 0xFF) << 24;
-    }
+    for (int u = 0; u < 4; u++) p[u] = cu_codes4(v[u], inv, &sum);
 #pragma unroll
     for (int o = 1; o < L; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (!in) return;
@@ -291,7 +292,7 @@ static __device__ __forceinline__ void r1_round(const float *x, int64_t ng, int6
  * loaded) of rows g and g + 8: quarter q of each, and their scales (q = 0)
  * or biases (q = 1). */
 template <int G> struct r1_step {
-    uint32_t w[r1_cfg<G>::GR][2][r1_cfg<G>::W];
+    uint32_t w[r1_cfg<G>::GR][2][G / 16];
     float sb[r1_cfg<G>::GR][2]; /* q = 0: the scales, q = 1: the biases */
 };
 
@@ -305,24 +306,13 @@ static __device__ __forceinline__ void r1_load(const mnv_cu_weight &w, const uin
         if (grp >= ng) break;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const uint8_t *p = rp[h] + grp * G + (G / 4) * q;
-            if (G == 32) {
-                const uint2 v = __ldg((const uint2 *)p);
-                st->w[i][h][0] = v.x, st->w[i][h][1] = v.y;
-            } else {
-#pragma unroll
-                for (int u = 0; u < G / 64; u++) {
-                    const uint4 v = __ldg((const uint4 *)p + u);
-                    st->w[i][h][4 * u] = v.x, st->w[i][h][4 * u + 1] = v.y;
-                    st->w[i][h][4 * u + 2] = v.z, st->w[i][h][4 * u + 3] = v.w;
-                }
-            }
+            ai_quarter<G>(rp[h] + grp * G + (G / 4) * q, st->w[i][h]);
             if (q < 2) st->sb[i][h] = cu_load(q == 0 ? w.scales : w.biases, w.scale_type, so[h] + grp);
         }
     }
 }
 
-template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_i8(r1_segs sg) {
+template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_i8(ai_segs sg) {
     constexpr int KS = G / 32, GR = r1_cfg<G>::GR;
     extern __shared__ __align__(16) uint8_t sh[]; /* codes (k), then (dx, dx * sum) (k / G) */
     __shared__ float red[R1_WARPS][16];
@@ -360,6 +350,7 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
     }
     __syncthreads();
     const int8_t *xb = xq + (G / 4) * q;
+    const uint32_t bmask = g == 0 ? 0xFFFFFFFFu : 0u; /* column 0: x */
     for (bool first = true; t < total; t += gridDim.x, first = false) {
         if (!first) rows_of(t);
         const mnv_cu_matmul_args &a = sg.seg[si];
@@ -371,17 +362,7 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
                 const int64_t grp = grp0 + (int64_t)R1_WARPS * i;
                 if (grp >= ng) break;
                 uint32_t bw[G / 16];
-                if (G == 32) {
-                    const uint2 v = *(const uint2 *)(xb + grp * G);
-                    bw[0] = g == 0 ? v.x : 0u, bw[1] = g == 0 ? v.y : 0u;
-                } else {
-#pragma unroll
-                    for (int u = 0; u < G / 64; u++) {
-                        const uint4 v = *((const uint4 *)(xb + grp * G) + u);
-                        bw[4 * u] = g == 0 ? v.x : 0u, bw[4 * u + 1] = g == 0 ? v.y : 0u;
-                        bw[4 * u + 2] = g == 0 ? v.z : 0u, bw[4 * u + 3] = g == 0 ? v.w : 0u;
-                    }
-                }
+                ai_xquarter<G>(xb + grp * G, bmask, bw);
                 int c[4] = {0, 0, 0, 0};
 #pragma unroll
                 for (int k = 0; k < KS; k++) {
@@ -414,29 +395,11 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
     }
 }
 
-/* 16 bytes past the steps, as ai_smem */
-static size_t r1_smem(int64_t k, int64_t G) { return (((size_t)k + 15) & ~(size_t)15) + (size_t)(k / G) * 8 + 16; }
-
-extern "C" int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n) {
-    if (n < 1 || n > AI_SEGS) return 0;
-    const mnv_cu_weight &w = a[0].w;
-    const int G = w.group_size;
-    if (!a[0].x_i8 || a[0].m != 1 || (G != 32 && G != 64 && G != 128) || a[0].k % G ||
-        r1_smem(a[0].k, G) > 40 * 1024)
-        return 0;
-    for (int i = 0; i < n; i++) {
-        const mnv_cu_weight &v = a[i].w;
-        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
-            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].m != 1 || a[i].k != a[0].k ||
-            a[i].n < 1)
-            return 0;
-    }
-    return 1;
-}
+extern "C" int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n) { return ai_fits(a, n, 1, 1); }
 
 extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
     if (!mnv__cu_mmv1_i8_fits(a, n)) return cudaErrorInvalidValue;
-    r1_segs sg;
+    ai_segs sg;
     memset(&sg, 0, sizeof sg);
     sg.n = n;
     for (int i = 0; i < n; i++) {
@@ -450,7 +413,7 @@ extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaS
     const int64_t cap = 2 * (int64_t)sms;
     const dim3 grid((unsigned)(sg.first[n] < cap ? sg.first[n] : cap));
     const int G = a[0].w.group_size;
-    const size_t sm = r1_smem(a[0].k, G);
+    const size_t sm = ai_smem(1, a[0].k, G);
     if (G == 32)
         cu_launch(k_mmv1_i8<32>, grid, R1_THREADS, sm, s, sg);
     else if (G == 64)
