@@ -958,12 +958,14 @@ static void test_moe_mma(void) {
 
 /* gpt-oss's expert block: gate and up products, their SwiGLU, the down
  * product per slot, the weighted sum and the residual (fused on the
- * device into three launches). */
+ * device into three launches), and in some cases the next layer's RMS norm
+ * of the sum (fused into the last), added to it. */
 typedef struct {
     int64_t T, E, kk, N, K;
     rows_case gate, up, down, router;
-    float *logits, *h, *res, *bg, *bu, *bd, *br;
+    float *logits, *h, *res, *bg, *bu, *bd, *br, *nw;
     bool routed;    /* logits from a router product of h (and its bias) */
+    bool normed;    /* then the next layer's RMS norm of the sum (fused into the sum's launch), added to it */
     bool unaligned; /* h 4 bytes past a 16-byte boundary: router and experts unfused, element-wise */
 } moe_block_case;
 
@@ -996,7 +998,9 @@ static mnv_array *build_moe_block(side *s, mnv_graph *g, void *ud) {
     mnv_array *a = mnv_swiglu_oai(g, gate, up, 1.702f, 7.0f);
     mnv_array *wd = expert_leaves(s, g, &c->down, c->E, c->K, c->N, &sc, &bi);
     mnv_array *y = mnv_moe_matmul(g, a, wd, sc, bi, &c->down.fmt, c->N, ids, P(s, g, c->bd, MNV_DTYPE_F32, 2, bds));
-    return mnv_add(g, P(s, g, c->res, MNV_DTYPE_F32, 2, hs), mnv_moe_sum(g, y, wts));
+    mnv_array *sum = mnv_add(g, P(s, g, c->res, MNV_DTYPE_F32, 2, hs), mnv_moe_sum(g, y, wts));
+    if (!c->normed) return sum;
+    return mnv_add(g, sum, mnv_rms_norm(g, sum, P(s, g, c->nw, MNV_DTYPE_F32, 1, &c->K), 1e-5f));
 }
 
 /* One case of build_moe_block: the rest of its inputs drawn, the device
@@ -1015,10 +1019,12 @@ static void run_moe_block_case(moe_block_case c, double tol) {
     c.bg = randv((size_t)(c.E * c.N), 1.0f);
     c.bu = randv((size_t)(c.E * c.N), 1.0f);
     c.bd = randv((size_t)(c.E * c.K), 1.0f);
-    char what[96];
-    snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s%s",
+    c.nw = randv((size_t)c.K, 1.0f);
+    char what[112];
+    snprintf(what, sizeof what, "moe block %s %d T %lld E %lld k %lld N %lld K %lld%s%s%s",
              mnv_qmode_name(c.gate.fmt.mode), c.gate.fmt.bits, (long long)c.T, (long long)c.E, (long long)c.kk,
-             (long long)c.N, (long long)c.K, c.routed ? " routed" : "", c.unaligned ? " h unaligned" : "");
+             (long long)c.N, (long long)c.K, c.routed ? " routed" : "", c.unaligned ? " h unaligned" : "",
+             c.normed ? " normed" : "");
     compare(what, build_moe_block, &c, tol, false);
     same_bits(what, build_moe_block, &c);
     rows_case *qs[4] = {&c.gate, &c.up, &c.down, &c.router};
@@ -1034,6 +1040,7 @@ static void run_moe_block_case(moe_block_case c, double tol) {
     free(c.bg);
     free(c.bu);
     free(c.bd);
+    free(c.nw);
 }
 
 static void test_moe_block(void) {
@@ -1050,6 +1057,7 @@ static void test_moe_block(void) {
         c.kk = i >= 8 ? 4 : t_randint(1, 4);
         c.gate.fmt = c.up.fmt = c.down.fmt = fmts[i >= 8 ? 0 : i % 3];
         c.routed = i % 2 == 0 || i == 7;
+        c.normed = i % 3 != 1;
         run_moe_block_case(c, 1e-5);
     }
 }

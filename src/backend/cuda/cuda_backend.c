@@ -57,6 +57,7 @@ typedef struct {
     void *cublas;       /* cublasHandle_t */
     void *blas_ws;      /* cuBLAS's workspace (fixed, so that products may be captured) */
     void *scratch;      /* cuda_gemm.c's scratch */
+    void *router_state; /* the split router's logits and counts (MNV_CU_ROUTER_STATE bytes) */
     size_t scratch_size;
     const char *gemm_err;
     bool graphs;        /* capture and replay (MNV_CUDA_GRAPHS=0 turns it off) */
@@ -650,7 +651,8 @@ static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e)
         return -1;
     if (c->planning) return l; /* the run may still fall back: lives kept longer are safe */
     if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.ldx) || a.m > INT32_MAX) return -1; /* unfused, as any other */
-    mnv_cu_router_args r = {.mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data};
+    mnv_cu_router_args r = {
+        .mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data, .state = c->router_state};
     *e = mnv_cu_router(&r, c->stream);
     return l;
 }
@@ -702,6 +704,21 @@ static int32_t fuse_moe_sum(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e
     mnv_node *add = j >= 0 ? mnv_graph_node(g, j) : NULL;
     const mnv_node *res = add && only_reader(ms, j) && is_contiguous(ms) ? residual_of(add, ms) : NULL;
     if (!res || overlaps(add, ms->src[0]) || overlaps(add, ms->src[1])) return -1;
+    /* and the RMS norm of the sum where that comes next (the next layer's) */
+    int32_t k = next_op(g, j);
+    mnv_node *nm = k >= 0 ? mnv_graph_node(g, k) : NULL;
+    if (nm && nm->op == MNV_OP_RMS_NORM && nm->src[0] == add && is_contiguous(add) && is_contiguous(nm) &&
+        nm->shape[nm->ndim - 1] == ms->shape[1] && mnv_array_rows(nm) == ms->shape[0] &&
+        (!nm->src[1] || is_contiguous(nm->src[1])) && !overlaps(nm, add) && !overlaps(nm, ms->src[0]) &&
+        !overlaps(nm, ms->src[1]) && !overlaps(nm, res)) {
+        const float *nw = nm->src[1] ? nm->src[1]->data : NULL;
+        if (c->planning) return k;
+        if (mnv_cu_moe_sum_rms_fits(ms->src[0]->data, res->data, add->data, nw, nm->data, ms->shape[1])) {
+            *e = mnv_cu_moe_sum_rms(ms->src[0]->data, ms->src[1]->data, (int32_t)ms->src[0]->shape[1], ms->shape[1],
+                                    res->data, add->data, nw, nm->data, nm->p.norm.eps, ms->shape[0], c->stream);
+            return k;
+        }
+    }
     if (c->planning) return j;
     *e = mnv_cu_moe_sum(ms->src[0]->data, ms->src[1]->data, (int32_t)ms->src[0]->shape[1], ms->shape[1], res->data,
                         add->data, ms->shape[0], c->stream);
@@ -904,6 +921,7 @@ static void cuda_free(mnv_backend *b) {
     if (c->cublas) cublasDestroy(c->cublas);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
+    cudaFree(c->router_state);
     cudaStreamDestroy(c->stream);
     free(c->uploads);
     free(c->dev_ranges);
@@ -988,6 +1006,10 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
                            BLAS_WORKSPACE, cudaGetErrorString(e));
     if (st == MNV_OK && cublasSetWorkspace(h, c->blas_ws, BLAS_WORKSPACE) != CUBLAS_STATUS_SUCCESS)
         st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot give cuBLAS its workspace", c->name);
+    if (st == MNV_OK && ((e = cudaMalloc(&c->router_state, MNV_CU_ROUTER_STATE)) != cudaSuccess ||
+                         (e = cudaMemsetAsync(c->router_state, 0, MNV_CU_ROUTER_STATE, c->stream)) != cudaSuccess))
+        st = mnv_set_error(MNV_ERR_NOMEM, "%s: cannot allocate %d bytes for the router (%s)", c->name,
+                           MNV_CU_ROUTER_STATE, cudaGetErrorString(e));
     if (st != MNV_OK) {
         cuda_free(b);
         return st;

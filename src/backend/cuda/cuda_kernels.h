@@ -264,17 +264,24 @@ int mnv__cu_moe_gmma_i8_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
-/* A router in one launch, one block per row of x: logits = the product
- * mm (n <= 32 rows, mnv_cu_mmv_fast, with its bias epilogue; mm.y unused),
- * then ids = the top kk of each row and w = their softmax, as the
- * product, TOPK and GATHER_SOFTMAX compute them. */
+/* A router in one launch: logits = the product mm (n <= 32 rows,
+ * mnv_cu_mmv_fast, with its bias epilogue; mm.y unused), then ids = the
+ * top kk of each row and w = their softmax, as the product, TOPK and
+ * GATHER_SOFTMAX compute them. Up to MNV_CU_ROUTER_SPLIT rows of x with
+ * state given, each logit is a block of its own and the last block of a
+ * row to finish ranks them (state: MNV_CU_ROUTER_STATE bytes of device
+ * memory, zero when first given, left zero by every launch; one launch at
+ * a time uses it); else one block a row of x. */
 typedef struct {
     mnv_cu_matmul_args mm;
     int32_t kk;
     int32_t *ids;
     float *w;
+    void *state;
 } mnv_cu_router_args;
 #define MNV_CU_ROUTER_MAX 32
+#define MNV_CU_ROUTER_SPLIT 16
+#define MNV_CU_ROUTER_STATE (MNV_CU_ROUTER_SPLIT * (MNV_CU_ROUTER_MAX + 1) * 4)
 cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s);
 
 /* ids[r] = the largest of row r of x (rows, n), as core/argmax.h picks it. */
@@ -289,6 +296,14 @@ cudaError_t mnv_cu_gather_softmax(const float *x, int64_t n, const int32_t *ids,
 /* y = sum_j w[., j] x[., j, .], then y = res + y where res (rows, n) is set. */
 cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
                            int64_t rows, cudaStream_t s);
+/* mnv_cu_moe_sum with res (its sum into y), then ny = the RMS norm of y's
+ * rows (weights nw, may be NULL) as mnv_cu_rms_norm computes it, bit for
+ * bit, in one launch; cudaErrorInvalidValue where mnv_cu_moe_sum_rms_fits
+ * says no. */
+int mnv_cu_moe_sum_rms_fits(const float *x, const float *res, const float *y, const float *nw, const float *ny,
+                            int64_t n);
+cudaError_t mnv_cu_moe_sum_rms(const float *x, const float *w, int32_t k, int64_t n, const float *res, float *y,
+                               const float *nw, float *ny, float eps, int64_t rows, cudaStream_t s);
 
 /* ---- large products through cuBLAS (cuda_gemm.c) ---- */
 /* Products of at least MNV_CU_GEMM_MIN_ROWS rows of x go to cuBLAS: f32

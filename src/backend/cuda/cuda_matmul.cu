@@ -266,10 +266,33 @@ extern "C" int mnv_cu_mmv_fast(const mnv_cu_weight *w, int64_t k, const float *x
     return mmv_layout(w, k) != MMV_NONE && ((uintptr_t)x & 15) == 0 && ldx % 4 == 0;
 }
 
-/* The router: warp r sums row r as the chunked product does for up to 64
- * rows (one warp a group, lanes on interleaved chunks), so the logits
- * match the product's bits; then warp 0 picks the top kk and one thread
- * weighs them. */
+/* The top kk of a row's n logits (lg, shared) and their softmax, by one
+ * warp: each lane ranks its logit (larger first, ties to the lower index,
+ * the order mnv__topk_row gives; one thread inserting 32 logits in turn
+ * took 5 us). A row with a NaN takes mnv__topk_row itself: there the order
+ * depends on the visiting order. */
+static __device__ void router_pick(const float *lg, int32_t *ids, int n, int kk, int32_t *out_ids, float *out_w) {
+    const int lane = threadIdx.x & 31;
+    const float mine = lane < n ? lg[lane] : -INFINITY;
+    if (__any_sync(0xffffffffu, lane < n && isnan(mine))) {
+        if (lane == 0) mnv__topk_row(lg, n, kk, ids);
+    } else {
+        int rank = 0;
+        for (int j = 0; j < n; j++) {
+            const float o = __shfl_sync(0xffffffffu, mine, j);
+            rank += o > mine || (o == mine && j < lane);
+        }
+        if (lane < n && rank < kk) ids[rank] = lane;
+    }
+    __syncwarp();
+    if (lane != 0) return;
+    cu_gather_softmax_row(lg, ids, kk, out_w);
+    for (int32_t j = 0; j < kk; j++) out_ids[j] = ids[j];
+}
+
+/* The router, one block a row of x: warp r sums row r as the chunked
+ * product does for up to 64 rows (one warp a group, lanes on interleaved
+ * chunks), so the logits match the product's bits; then warp 0 picks. */
 template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32) k_router(mnv_cu_router_args a) {
     cu_grid_entry();
     constexpr int E = mmv_fmt<F>::epc;
@@ -285,27 +308,100 @@ template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32
     if (a.mm.bias) v = v + cu_load(a.mm.bias, a.mm.bias_type, warp);
     if (lane == 0) lg[warp] = v;
     __syncthreads();
-    if (warp != 0) return;
-    /* Each lane ranks its logit: larger first, ties to the lower index, the
-     * order mnv__topk_row gives (one thread inserting 32 logits in turn
-     * took 5 us). A row with a NaN takes mnv__topk_row itself: there the
-     * order depends on the visiting order. */
-    const int n = a.mm.n;
-    const float mine = lane < n ? lg[lane] : -INFINITY;
-    if (__any_sync(0xffffffffu, lane < n && isnan(mine))) {
-        if (lane == 0) mnv__topk_row(lg, n, a.kk, ids);
-    } else {
-        int rank = 0;
-        for (int j = 0; j < n; j++) {
-            const float o = __shfl_sync(0xffffffffu, mine, j);
-            rank += o > mine || (o == mine && j < lane);
+    if (warp == 0) router_pick(lg, ids, a.mm.n, a.kk, a.ids + t * a.kk, a.w + t * a.kk);
+}
+
+/* The router at a few rows of x: block (r, t) is one warp summing logit r
+ * of row t as k_router's warp r does (the same bits) on an SM of its own,
+ * where k_router's 32 warps share one SM's L1 (13 us a gpt-oss layer on an
+ * H100, mostly waiting on it). The row's weights are asked into L2 before
+ * the entry. Each block stores its logit and counts itself done; the last
+ * of row t picks, then zeroes the count for the next launch. */
+/* A lane's share of one row's product as mmv_accum<F, 1, 1> computes it
+ * with step 32 (the same chunks, the same operations in the same order),
+ * with up to RS_BATCH chunks' weights, x and scales asked for before the
+ * first is used: mmv_accum waits on x and the scales once a chunk, six
+ * round trips to L2 in a row of a gpt-oss router. */
+#define RS_BATCH 6
+template <int F>
+static __device__ __forceinline__ float router_accum(const mnv_cu_weight &w, const mmv_row &row, const float *x,
+                                                     int64_t nchunks, int lane) {
+    constexpr int E = mmv_fmt<F>::epc;
+    constexpr bool grouped = F == MMV_A8 || F == MMV_A4 || F == MMV_MX4;
+    constexpr bool affine = F == MMV_A8 || F == MMV_A4;
+    float acc = 0.0f;
+    for (int64_t base = lane; base < nchunks; base += 32 * RS_BATCH) {
+        uint4 q[RS_BATCH];
+        float4 xv[RS_BATCH][E / 4];
+        float sc[RS_BATCH], bi[RS_BATCH];
+#pragma unroll
+        for (int u = 0; u < RS_BATCH; u++) {
+            const int64_t qi = base + 32 * u;
+            if (qi >= nchunks) break;
+            q[u] = __ldg(row.q + qi);
+#pragma unroll
+            for (int j4 = 0; j4 < E / 4; j4++) xv[u][j4] = __ldg((const float4 *)x + qi * (E / 4) + j4);
+            if (grouped) mmv_group<F>(w, row.sc, row.bi, qi * E, &sc[u], &bi[u]);
         }
-        if (lane < n && rank < a.kk) ids[rank] = lane;
+#pragma unroll
+        for (int u = 0; u < RS_BATCH; u++) {
+            if (base + 32 * u >= nchunks) break;
+            float part = 0.0f, sx = 0.0f;
+#pragma unroll
+            for (int j4 = 0; j4 < E / 4; j4++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float v = mmv_code<F>(q[u], 4 * j4 + e);
+                    const float xe = e == 0 ? xv[u][j4].x : e == 1 ? xv[u][j4].y : e == 2 ? xv[u][j4].z : xv[u][j4].w;
+                    if (affine) sx += xe;
+                    if (grouped)
+                        part = fmaf(v, xe, part);
+                    else
+                        acc = fmaf(v, xe, acc);
+                }
+            if (grouped) {
+                acc = fmaf(sc[u], part, acc);
+                if (affine) acc = fmaf(bi[u], sx, acc);
+            }
+        }
     }
+    return acc;
+}
+
+template <int F> static __global__ void __launch_bounds__(32) k_router_split(mnv_cu_router_args a) {
+    constexpr int E = mmv_fmt<F>::epc;
+    __shared__ float lg[MNV_CU_ROUTER_MAX];
+    __shared__ int32_t ids[MNV_CU_ROUTER_MAX];
+    const int lane = threadIdx.x, r = blockIdx.x, n = a.mm.n;
+    const int64_t t = blockIdx.y, nchunks = a.mm.k / E;
+    float *slg = (float *)a.state + t * MNV_CU_ROUTER_MAX;
+    unsigned *done = (unsigned *)((float *)a.state + MNV_CU_ROUTER_SPLIT * MNV_CU_ROUTER_MAX) + t;
+    mmv_row row = mmv_row_of(a.mm.w, 0, r);
+    for (int64_t off = (int64_t)lane * 128; off < nchunks * 16; off += 32 * 128)
+        cu_prefetch_l2((const uint8_t *)row.q + off);
+    cu_grid_entry();
+    float v = warp_sum(router_accum<F>(a.mm.w, row, a.mm.x + t * a.mm.ldx, nchunks, lane));
+    if (a.mm.bias) v = v + cu_load(a.mm.bias, a.mm.bias_type, r);
+    unsigned before = 0;
+    if (lane == 0) {
+        slg[r] = v;
+        __threadfence();
+        before = atomicAdd(done, 1u);
+    }
+    if (__shfl_sync(0xffffffffu, before, 0) != (unsigned)n - 1) return;
+    __threadfence();
+    if (lane < n) lg[lane] = __ldcg(slg + lane);
     __syncwarp();
-    if (lane != 0) return;
-    cu_gather_softmax_row(lg, ids, a.kk, a.w + t * a.kk);
-    for (int32_t j = 0; j < a.kk; j++) a.ids[t * a.kk + j] = ids[j];
+    router_pick(lg, ids, n, a.kk, a.ids + t * a.kk, a.w + t * a.kk);
+    if (lane == 0) *done = 0;
+}
+
+template <int F> static cudaError_t router_go(const mnv_cu_router_args *a, cudaStream_t s) {
+    if (a->state && a->mm.m <= MNV_CU_ROUTER_SPLIT)
+        cu_launch(k_router_split<F>, dim3((unsigned)a->mm.n, (unsigned)a->mm.m), 32, 0, s, *a);
+    else
+        cu_launch(k_router<F>, dim3((unsigned)a->mm.m), dim3((unsigned)(32 * a->mm.n)), 0, s, *a);
+    CU_CHECK_LAUNCH();
 }
 
 extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s) {
@@ -313,17 +409,15 @@ extern "C" cudaError_t mnv_cu_router(const mnv_cu_router_args *a, cudaStream_t s
         !mnv_cu_mmv_fast(&a->mm.w, a->mm.k, a->mm.x, a->mm.ldx) || a->mm.m > INT32_MAX)
         return cudaErrorInvalidValue;
     if (a->mm.m <= 0) return cudaSuccess;
-    dim3 grid((unsigned)a->mm.m), block((unsigned)(32 * a->mm.n));
     switch (mmv_layout(&a->mm.w, a->mm.k)) {
-    case MMV_F32: cu_launch(k_router<MMV_F32>, grid, block, 0, s, *a); break;
-    case MMV_BF16: cu_launch(k_router<MMV_BF16>, grid, block, 0, s, *a); break;
-    case MMV_F16: cu_launch(k_router<MMV_F16>, grid, block, 0, s, *a); break;
-    case MMV_A8: cu_launch(k_router<MMV_A8>, grid, block, 0, s, *a); break;
-    case MMV_A4: cu_launch(k_router<MMV_A4>, grid, block, 0, s, *a); break;
-    case MMV_MX4: cu_launch(k_router<MMV_MX4>, grid, block, 0, s, *a); break;
+    case MMV_F32: return router_go<MMV_F32>(a, s);
+    case MMV_BF16: return router_go<MMV_BF16>(a, s);
+    case MMV_F16: return router_go<MMV_F16>(a, s);
+    case MMV_A8: return router_go<MMV_A8>(a, s);
+    case MMV_A4: return router_go<MMV_A4>(a, s);
+    case MMV_MX4: return router_go<MMV_MX4>(a, s);
     default: return cudaErrorInvalidValue;
     }
-    CU_CHECK_LAUNCH();
 }
 
 static __global__ void __launch_bounds__(WARPS * 32) k_matmul(mnv_cu_matmul_args a) {

@@ -465,6 +465,78 @@ extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k,
     CU_CHECK_LAUNCH();
 }
 
+/* The weighted sum, its residual and the next RMS norm of one row a block:
+ * each element summed as k_moe_sum does, the norm as k_rms_norm_v (the same
+ * threads' shares, in the same order). */
+static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, const float *w, int32_t k, int64_t n4,
+                                                            const float4 *res, float4 *y, const float4 *nw,
+                                                            float4 *ny, float eps) {
+    cu_grid_entry();
+    __shared__ float sh[32];
+    const int64_t r = blockIdx.x;
+    /* a slot at a time, the thread's loads of it all issued together (one
+     * element at a time, the loop waited on memory k x RMS_V times) */
+    float4 acc[RMS_V], rv[RMS_V], wv[RMS_V];
+#pragma unroll
+    for (int v = 0; v < RMS_V; v++) {
+        const int64_t i = threadIdx.x + v * 256;
+        acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        rv[v] = i < n4 ? __ldg(res + r * n4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        wv[v] = nw && i < n4 ? __ldg(nw + i) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    }
+    for (int32_t j = 0; j < k; j++) {
+        const float wj = w[r * k + j];
+        float4 xv[RMS_V];
+#pragma unroll
+        for (int v = 0; v < RMS_V; v++) {
+            const int64_t i = threadIdx.x + v * 256;
+            xv[v] = i < n4 ? __ldg(x + (r * k + j) * n4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int v = 0; v < RMS_V; v++)
+            acc[v].x += wj * xv[v].x, acc[v].y += wj * xv[v].y, acc[v].z += wj * xv[v].z, acc[v].w += wj * xv[v].w;
+    }
+    float4 hv[RMS_V];
+    float ss = 0.0f;
+#pragma unroll
+    for (int v = 0; v < RMS_V; v++) {
+        const int64_t i = threadIdx.x + v * 256;
+        hv[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (i >= n4) continue;
+        hv[v] = make_float4(rv[v].x + acc[v].x, rv[v].y + acc[v].y, rv[v].z + acc[v].z, rv[v].w + acc[v].w);
+        y[r * n4 + i] = hv[v];
+    }
+#pragma unroll
+    for (int v = 0; v < RMS_V; v++) ss += hv[v].x * hv[v].x + hv[v].y * hv[v].y + hv[v].z * hv[v].z + hv[v].w * hv[v].w;
+    ss = block_reduce(ss, false, sh);
+    const float inv = (float)(1.0 / sqrt((double)ss / (double)(4 * n4) + eps));
+#pragma unroll
+    for (int v = 0; v < RMS_V; v++) {
+        const int64_t i = threadIdx.x + v * 256;
+        if (i >= n4) continue;
+        ny[r * n4 + i] = make_float4(hv[v].x * inv * wv[v].x, hv[v].y * inv * wv[v].y, hv[v].z * inv * wv[v].z,
+                                     hv[v].w * inv * wv[v].w);
+    }
+}
+
+static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+extern "C" int mnv_cu_moe_sum_rms_fits(const float *x, const float *res, const float *y, const float *nw,
+                                       const float *ny, int64_t n) {
+    return n > 0 && n % 4 == 0 && n <= RMS_V * 4 * 256 && res && al16(x) && al16(res) && al16(y) && al16(nw) &&
+           al16(ny);
+}
+
+extern "C" cudaError_t mnv_cu_moe_sum_rms(const float *x, const float *w, int32_t k, int64_t n, const float *res,
+                                          float *y, const float *nw, float *ny, float eps, int64_t rows,
+                                          cudaStream_t s) {
+    if (!mnv_cu_moe_sum_rms_fits(x, res, y, nw, ny, n) || rows > INT32_MAX) return cudaErrorInvalidValue;
+    if (rows > 0)
+        cu_launch(k_moe_sum_rms, (unsigned)rows, 256, 0, s, (const float4 *)x, w, k, n / 4, (const float4 *)res,
+                  (float4 *)y, (const float4 *)nw, (float4 *)ny, eps);
+    CU_CHECK_LAUNCH();
+}
+
 /* ---- the f32 activations of a product as two half-precision terms ---- */
 static __global__ void k_split(const float *x, int64_t ldx, int64_t m, int64_t k, int32_t t, void *hi, void *lo) {
     cu_grid_entry();
