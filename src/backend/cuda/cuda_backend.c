@@ -988,12 +988,16 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
         free(c);
         return st;
     }
+    /* Programmatic dependent launch: on unless MNV_CUDA_PDL=0, where the
+     * kernels were built for it and every visible device is sm_90 or later
+     * (the switch is the process's, not a device's) */
     const char *pdl = getenv("MNV_CUDA_PDL");
-    int major = 0;
-    if (pdl && strcmp(pdl, "1") == 0 &&
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, p->device) == cudaSuccess && major >= 9 &&
-        mnv__cu_pdl_built())
-        mnv__cu_set_pdl(1);
+    int ndev = 0, all9 = cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0;
+    for (int d = 0; all9 && d < ndev; d++) {
+        int major = 0;
+        all9 = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d) == cudaSuccess && major >= 9;
+    }
+    mnv__cu_set_pdl((!pdl || strcmp(pdl, "0") != 0) && all9 && mnv__cu_pdl_built());
     b->iface = &cuda_iface;
     b->ctx = c;
     cublasHandle_t h = NULL;

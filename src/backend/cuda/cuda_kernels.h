@@ -15,7 +15,8 @@ extern "C" {
 #endif
 
 /* Programmatic dependent launch of every kernel (cuda_common.cuh's
- * cu_launch): 0 off (the default), 1 on; for devices of sm_90 and later. */
+ * cu_launch): 0 off, 1 on; for devices of sm_90 and later (the backend
+ * turns it on there unless MNV_CUDA_PDL=0). */
 void mnv__cu_set_pdl(int on);
 int mnv__cu_pdl_built(void); /* the kernels' code has the entry's wait (sm_90 or later) */
 
