@@ -118,20 +118,13 @@ static __global__ void k_rms_norm(const float *x, const float *w, float *y, int6
  * on memory once, not once per element a thread reads (a short row is
  * all latency). */
 #define RMS_V 8
-static __global__ void __launch_bounds__(256) k_rms_norm_v(const float4 *x, const float4 *w, float4 *y, int64_t n4,
-                                                           float eps) {
-    cu_grid_entry();
-    __shared__ float sh[32];
-    const float4 *xr = x + blockIdx.x * n4;
-    float4 *yr = y + blockIdx.x * n4;
-    float4 xv[RMS_V], wv[RMS_V];
+
+/* The end of a vectorised norm: a block of 256 whose thread holds elements
+ * threadIdx.x + 256 v (v < RMS_V, zero past n4) of the row in xv, and the
+ * weights in wv, writes the row's RMS norm to yr. */
+static __device__ __forceinline__ void rms_finish(const float4 *xv, const float4 *wv, float4 *yr, int64_t n4,
+                                                  float eps, float *sh) {
     float ss = 0.0f;
-#pragma unroll
-    for (int v = 0; v < RMS_V; v++) {
-        const int64_t i = threadIdx.x + v * 256;
-        xv[v] = i < n4 ? __ldg(xr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        wv[v] = w && i < n4 ? __ldg(w + i) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-    }
 #pragma unroll
     for (int v = 0; v < RMS_V; v++) ss += xv[v].x * xv[v].x + xv[v].y * xv[v].y + xv[v].z * xv[v].z + xv[v].w * xv[v].w;
     ss = block_reduce(ss, false, sh);
@@ -143,6 +136,22 @@ static __global__ void __launch_bounds__(256) k_rms_norm_v(const float4 *x, cons
             yr[i] = make_float4(xv[v].x * inv * wv[v].x, xv[v].y * inv * wv[v].y, xv[v].z * inv * wv[v].z,
                                 xv[v].w * inv * wv[v].w);
     }
+}
+
+static __global__ void __launch_bounds__(256) k_rms_norm_v(const float4 *x, const float4 *w, float4 *y, int64_t n4,
+                                                           float eps) {
+    cu_grid_entry();
+    __shared__ float sh[32];
+    const float4 *xr = x + blockIdx.x * n4;
+    float4 *yr = y + blockIdx.x * n4;
+    float4 xv[RMS_V], wv[RMS_V];
+#pragma unroll
+    for (int v = 0; v < RMS_V; v++) {
+        const int64_t i = threadIdx.x + v * 256;
+        xv[v] = i < n4 ? __ldg(xr + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        wv[v] = w && i < n4 ? __ldg(w + i) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    }
+    rms_finish(xv, wv, yr, n4, eps, sh);
 }
 
 extern "C" cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps,
@@ -497,7 +506,6 @@ static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, con
             acc[v].x += wj * xv[v].x, acc[v].y += wj * xv[v].y, acc[v].z += wj * xv[v].z, acc[v].w += wj * xv[v].w;
     }
     float4 hv[RMS_V];
-    float ss = 0.0f;
 #pragma unroll
     for (int v = 0; v < RMS_V; v++) {
         const int64_t i = threadIdx.x + v * 256;
@@ -506,17 +514,7 @@ static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, con
         hv[v] = make_float4(rv[v].x + acc[v].x, rv[v].y + acc[v].y, rv[v].z + acc[v].z, rv[v].w + acc[v].w);
         y[r * n4 + i] = hv[v];
     }
-#pragma unroll
-    for (int v = 0; v < RMS_V; v++) ss += hv[v].x * hv[v].x + hv[v].y * hv[v].y + hv[v].z * hv[v].z + hv[v].w * hv[v].w;
-    ss = block_reduce(ss, false, sh);
-    const float inv = (float)(1.0 / sqrt((double)ss / (double)(4 * n4) + eps));
-#pragma unroll
-    for (int v = 0; v < RMS_V; v++) {
-        const int64_t i = threadIdx.x + v * 256;
-        if (i >= n4) continue;
-        ny[r * n4 + i] = make_float4(hv[v].x * inv * wv[v].x, hv[v].y * inv * wv[v].y, hv[v].z * inv * wv[v].z,
-                                     hv[v].w * inv * wv[v].w);
-    }
+    rms_finish(hv, wv, ny + r * n4, n4, eps, sh);
 }
 
 static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
