@@ -1010,10 +1010,12 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
                            BLAS_WORKSPACE, cudaGetErrorString(e));
     if (st == MNV_OK && cublasSetWorkspace(h, c->blas_ws, BLAS_WORKSPACE) != CUBLAS_STATUS_SUCCESS)
         st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot give cuBLAS its workspace", c->name);
-    if (st == MNV_OK && ((e = cudaMalloc(&c->router_state, MNV_CU_ROUTER_STATE)) != cudaSuccess ||
-                         (e = cudaMemsetAsync(c->router_state, 0, MNV_CU_ROUTER_STATE, c->stream)) != cudaSuccess))
+    if (st == MNV_OK && (e = cudaMalloc(&c->router_state, MNV_CU_ROUTER_STATE)) != cudaSuccess)
         st = mnv_set_error(MNV_ERR_NOMEM, "%s: cannot allocate %d bytes for the router (%s)", c->name,
                            MNV_CU_ROUTER_STATE, cudaGetErrorString(e));
+    if (st == MNV_OK && (e = cudaMemsetAsync(c->router_state, 0, MNV_CU_ROUTER_STATE, c->stream)) != cudaSuccess)
+        st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot clear the router's counts (%s)", c->name,
+                           cudaGetErrorString(e));
     if (st != MNV_OK) {
         cuda_free(b);
         return st;

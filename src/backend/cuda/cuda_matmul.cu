@@ -390,6 +390,7 @@ template <int F> static __global__ void __launch_bounds__(32) k_router_split(mnv
     }
     if (__shfl_sync(0xffffffffu, before, 0) != (unsigned)n - 1) return;
     __threadfence();
+    __syncwarp(); /* lanes 1-31 after lane 0's count (a shuffle orders no memory) */
     if (lane < n) lg[lane] = __ldcg(slg + lane);
     __syncwarp();
     router_pick(lg, ids, n, a.kk, a.ids + t * a.kk, a.w + t * a.kk);
