@@ -311,12 +311,6 @@ template <int F> static __global__ void __launch_bounds__(MNV_CU_ROUTER_MAX * 32
     if (warp == 0) router_pick(lg, ids, a.mm.n, a.kk, a.ids + t * a.kk, a.w + t * a.kk);
 }
 
-/* The router at a few rows of x: block (r, t) is one warp summing logit r
- * of row t as k_router's warp r does (the same bits) on an SM of its own,
- * where k_router's 32 warps share one SM's L1 (13 us a gpt-oss layer on an
- * H100, mostly waiting on it). The row's weights are asked into L2 before
- * the entry. Each block stores its logit and counts itself done; the last
- * of row t picks, then zeroes the count for the next launch. */
 /* A lane's share of one row's product as mmv_accum<F, 1, 1> computes it
  * with step 32 (the same chunks, the same operations in the same order),
  * with up to RS_BATCH chunks' weights, x and scales asked for before the
@@ -368,6 +362,12 @@ static __device__ __forceinline__ float router_accum(const mnv_cu_weight &w, con
     return acc;
 }
 
+/* The router at a few rows of x: block (r, t) is one warp summing logit r
+ * of row t as k_router's warp r does (the same bits) on an SM of its own,
+ * where k_router's 32 warps share one SM's L1 (13 us a gpt-oss layer on an
+ * H100, mostly waiting on it). The row's weights are asked into L2 before
+ * the entry. Each block stores its logit and counts itself done; the last
+ * of row t picks, then zeroes the count for the next launch. */
 template <int F> static __global__ void __launch_bounds__(32) k_router_split(mnv_cu_router_args a) {
     constexpr int E = mmv_fmt<F>::epc;
     __shared__ float lg[MNV_CU_ROUTER_MAX];

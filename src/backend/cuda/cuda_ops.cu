@@ -119,6 +119,15 @@ static __global__ void k_rms_norm(const float *x, const float *w, float *y, int6
  * all latency). */
 #define RMS_V 8
 
+static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Rows of n that k_rms_norm_v takes (x the row, y the norm, w its weights
+ * or NULL); the fused sum and norm takes the same, so that its bits are
+ * the norm kernel's. */
+static bool rms_vec(const void *x, const void *y, const void *w, int64_t n) {
+    return n > 0 && n % 4 == 0 && n <= RMS_V * 4 * 256 && al16(x) && al16(y) && al16(w);
+}
+
 /* The end of a vectorised norm: a block of 256 whose thread holds elements
  * threadIdx.x + 256 v (v < RMS_V, zero past n4) of the row in xv, and the
  * weights in wv, writes the row's RMS norm to yr. */
@@ -157,9 +166,7 @@ static __global__ void __launch_bounds__(256) k_rms_norm_v(const float4 *x, cons
 extern "C" cudaError_t mnv_cu_rms_norm(const float *x, const float *w, float *y, int64_t rows, int64_t n, float eps,
                                        cudaStream_t s) {
     if (rows <= 0) CU_CHECK_LAUNCH();
-    const bool vec = n % 4 == 0 && n <= RMS_V * 4 * 256 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)y & 15) == 0 &&
-                     ((uintptr_t)w & 15) == 0;
-    if (vec)
+    if (rms_vec(x, y, w, n))
         cu_launch(k_rms_norm_v, (unsigned)rows, 256, 0, s, (const float4 *)x, (const float4 *)w, (float4 *)y, n / 4, eps);
     else
         cu_launch(k_rms_norm, (unsigned)rows, 256, 0, s, x, w, y, n, eps);
@@ -517,12 +524,9 @@ static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, con
     rms_finish(hv, wv, ny + r * n4, n4, eps, sh);
 }
 
-static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
-
 extern "C" int mnv_cu_moe_sum_rms_fits(const float *x, const float *res, const float *y, const float *nw,
                                        const float *ny, int64_t n) {
-    return n > 0 && n % 4 == 0 && n <= RMS_V * 4 * 256 && res && al16(x) && al16(res) && al16(y) && al16(nw) &&
-           al16(ny);
+    return rms_vec(y, ny, nw, n) && res && al16(x) && al16(res);
 }
 
 extern "C" cudaError_t mnv_cu_moe_sum_rms(const float *x, const float *w, int32_t k, int64_t n, const float *res,
