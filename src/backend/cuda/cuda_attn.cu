@@ -207,35 +207,13 @@ template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn
     if (threadIdx.x < 32) finish<DPL>(a, t, h, s);
 }
 
-/* Split: one block per (query, head, chunk); part holds, per (query, head,
- * chunk), m, l and 32 * DPL values (lane-major, as the lanes hold them). */
-template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
-    cu_grid_entry();
-    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
-    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, c = blockIdx.y;
-    const int64_t stride = 2 + 32 * DPL;
-    float *pp = part + ((int64_t)blockIdx.x * gridDim.y + c) * stride;
-    int64_t lo, hi;
-    if (!chunk_range(a, t, c, &lo, &hi)) { /* the whole block */
-        if (threadIdx.x == 0) pp[0] = -INFINITY;
-        return;
-    }
-    load_q(a, t, h, sq);
-    attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
-    if (threadIdx.x >= 32) return;
-    const int lane = threadIdx.x;
-    if (lane == 0) {
-        pp[0] = p.m;
-        pp[1] = p.l;
-    }
-#pragma unroll
-    for (int i = 0; i < DPL; i++) pp[2 + lane * DPL + i] = p.acc[i];
-}
-
-template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const float *part, int64_t chunks) {
-    cu_grid_entry();
+/* The chunks' partials of (query, head) blockIdx.x merged in order, then
+ * the output (one warp). ld: read around L1 (written by other blocks of
+ * the same launch). */
+template <int DPL, bool LD>
+static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part, int64_t chunks) {
     const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, stride = 2 + 32 * DPL;
-    const int lane = threadIdx.x;
+    const int lane = threadIdx.x & 31;
     attn_state<DPL> s;
     s.m = -INFINITY;
     s.l = 0.0f;
@@ -243,14 +221,63 @@ template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const
     for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
     for (int64_t c = 0; c < chunks; c++) {
         const float *pp = part + ((int64_t)blockIdx.x * chunks + c) * stride;
-        float m = pp[0];
+        float m = LD ? __ldcg(pp) : pp[0];
         if (m == -INFINITY) continue;
         float acc[DPL];
 #pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] = pp[2 + lane * DPL + i];
-        merge_into<DPL>(s, m, pp[1], acc);
+        for (int i = 0; i < DPL; i++) acc[i] = LD ? __ldcg(pp + 2 + lane * DPL + i) : pp[2 + lane * DPL + i];
+        merge_into<DPL>(s, m, LD ? __ldcg(pp + 1) : pp[1], acc);
     }
     finish<DPL>(a, t, h, s);
+}
+
+/* Split: one block per (query, head, chunk); part holds, per (query, head,
+ * chunk), m, l and 32 * DPL values (lane-major, as the lanes hold them).
+ * With a.count, the last block of a (query, head) to finish merges the
+ * partials (the same arithmetic as k_attn_merge) and zeroes its count. */
+template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
+    cu_grid_entry();
+    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
+    __shared__ int last;
+    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, c = blockIdx.y;
+    const int64_t stride = 2 + 32 * DPL;
+    float *pp = part + ((int64_t)blockIdx.x * gridDim.y + c) * stride;
+    int64_t lo, hi;
+    if (!chunk_range(a, t, c, &lo, &hi)) {
+        if (threadIdx.x == 0) pp[0] = -INFINITY;
+    } else {
+        load_q(a, t, h, sq);
+        attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
+        if (threadIdx.x < 32) {
+            const int lane = threadIdx.x;
+            if (lane == 0) {
+                pp[0] = p.m;
+                pp[1] = p.l;
+            }
+#pragma unroll
+            for (int i = 0; i < DPL; i++) pp[2 + lane * DPL + i] = p.acc[i];
+        }
+    }
+    if (!a.count) return;
+    /* warp 0 wrote the partial: its stores, then the count */
+    if (threadIdx.x < 32) {
+        __syncwarp();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(&a.count[blockIdx.x], 1) == (int)gridDim.y - 1;
+            if (last) a.count[blockIdx.x] = 0;
+        }
+        __syncwarp();
+        if (last) {
+            __threadfence();
+            merge_parts<DPL, true>(a, part, gridDim.y);
+        }
+    }
+}
+
+template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const float *part, int64_t chunks) {
+    cu_grid_entry();
+    merge_parts<DPL, false>(a, part, chunks);
 }
 
 /* Chunks a query of this step may span: the block tables' width (or the
@@ -271,8 +298,10 @@ template <int DPL> static cudaError_t attn_go(const mnv_cu_attn_args *a, void *s
     int64_t blocks = a->T * a->n_head, chunks = max_chunks(a);
     size_t need = mnv_cu_attention_scratch(a);
     if (need > 0 && scratch && scratch_size >= need && chunks <= 65535) {
-        cu_launch(k_attn_split<DPL>, dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s, *a, (float *)scratch);
-        cu_launch(k_attn_merge<DPL>, (unsigned)blocks, 32, 0, s, *a, (const float *)scratch, chunks);
+        mnv_cu_attn_args b = *a;
+        if (blocks > MNV_CU_ATTN_COUNT) b.count = NULL;
+        cu_launch(k_attn_split<DPL>, dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s, b, (float *)scratch);
+        if (!b.count) cu_launch(k_attn_merge<DPL>, (unsigned)blocks, 32, 0, s, b, (const float *)scratch, chunks);
     } else {
         cu_launch(k_attn_seq<DPL>, (unsigned)blocks, ATTN_THREADS, 0, s, *a);
     }

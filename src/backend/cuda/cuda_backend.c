@@ -16,6 +16,7 @@
 #include "backend/cuda/cuda_prof.h"
 
 #define BLAS_WORKSPACE (32u << 20)
+#define ZEROED_BYTES (MNV_CU_ROUTER_STATE + MNV_CU_ATTN_COUNT * 4)
 
 _Static_assert((int)MNV_CU_F32 == (int)MNV_DTYPE_F32 && (int)MNV_CU_F16 == (int)MNV_DTYPE_F16 &&
                    (int)MNV_CU_BF16 == (int)MNV_DTYPE_BF16,
@@ -57,7 +58,8 @@ typedef struct {
     void *cublas;       /* cublasHandle_t */
     void *blas_ws;      /* cuBLAS's workspace (fixed, so that products may be captured) */
     void *scratch;      /* cuda_gemm.c's scratch */
-    void *router_state; /* the split router's logits and counts (MNV_CU_ROUTER_STATE bytes) */
+    void *zeroed; /* what last-block kernels leave zeroed: the split router's logits and counts
+                   * (MNV_CU_ROUTER_STATE bytes), then the split attention's counts (ZEROED_BYTES in all) */
     size_t scratch_size;
     const char *gemm_err;
     bool graphs;        /* capture and replay (MNV_CUDA_GRAPHS=0 turns it off) */
@@ -269,6 +271,7 @@ static mnv_cu_attn_args attn_args(const cuda_ctx *c, const mnv_node *n) {
         .table_stride = n->src[3] ? n->src[3]->shape[1] : 0, .q = x->data, .seq = n->src[4]->data,
         .pos = n->src[5]->data, .out = n->data, .T = x->shape[0],
         .mma_min_rows = c->row_invariant ? 0 : c->attn_mma_min,
+        .count = (int32_t *)((uint8_t *)c->zeroed + MNV_CU_ROUTER_STATE),
     };
     /* tensor cores take blocks of 64 queries: worth it for runs of one
      * sequence's queries (prefill), not for steps of mostly one query a
@@ -652,7 +655,7 @@ static int32_t fuse_router(cuda_ctx *c, mnv_graph *g, int32_t i, cudaError_t *e)
     if (c->planning) return l; /* the run may still fall back: lives kept longer are safe */
     if (!mnv_cu_mmv_fast(&a.w, a.k, a.x, a.ldx) || a.m > INT32_MAX) return -1; /* unfused, as any other */
     mnv_cu_router_args r = {
-        .mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data, .state = c->router_state};
+        .mm = a, .kk = (int32_t)tk->shape[1], .ids = tk->data, .w = gs->data, .state = c->zeroed};
     *e = mnv_cu_router(&r, c->stream);
     return l;
 }
@@ -921,7 +924,7 @@ static void cuda_free(mnv_backend *b) {
     if (c->cublas) cublasDestroy(c->cublas);
     cudaFree(c->blas_ws);
     cudaFree(c->scratch);
-    cudaFree(c->router_state);
+    cudaFree(c->zeroed);
     cudaStreamDestroy(c->stream);
     free(c->uploads);
     free(c->dev_ranges);
@@ -1010,11 +1013,11 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
                            BLAS_WORKSPACE, cudaGetErrorString(e));
     if (st == MNV_OK && cublasSetWorkspace(h, c->blas_ws, BLAS_WORKSPACE) != CUBLAS_STATUS_SUCCESS)
         st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot give cuBLAS its workspace", c->name);
-    if (st == MNV_OK && (e = cudaMalloc(&c->router_state, MNV_CU_ROUTER_STATE)) != cudaSuccess)
-        st = mnv_set_error(MNV_ERR_NOMEM, "%s: cannot allocate %d bytes for the router (%s)", c->name,
-                           MNV_CU_ROUTER_STATE, cudaGetErrorString(e));
-    if (st == MNV_OK && (e = cudaMemsetAsync(c->router_state, 0, MNV_CU_ROUTER_STATE, c->stream)) != cudaSuccess)
-        st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot clear the router's counts (%s)", c->name,
+    if (st == MNV_OK && (e = cudaMalloc(&c->zeroed, ZEROED_BYTES)) != cudaSuccess)
+        st = mnv_set_error(MNV_ERR_NOMEM, "%s: cannot allocate %d bytes for the router and attention counts (%s)",
+                           c->name, ZEROED_BYTES, cudaGetErrorString(e));
+    if (st == MNV_OK && (e = cudaMemsetAsync(c->zeroed, 0, ZEROED_BYTES, c->stream)) != cudaSuccess)
+        st = mnv_set_error(MNV_ERR_BACKEND, "%s: cannot clear the router and attention counts (%s)", c->name,
                            cudaGetErrorString(e));
     if (st != MNV_OK) {
         cuda_free(b);
