@@ -65,21 +65,21 @@ static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, int64_t r
     if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;
 }
 
-/* 64 launches of the pattern in a graph, each over its own 4 experts;
- * returns microseconds a launch. */
-template <bool TILE>
-static double tile_run(cudaStream_t s, const uint8_t *buf, size_t total, int64_t rows, int64_t rb, unsigned *out,
-                       cudaEvent_t e0, cudaEvent_t e1) {
-    const size_t bytes = (size_t)(4 * rows * rb);
-    const int launches = 64;
-    const size_t slots = total / bytes < (size_t)launches ? total / bytes : (size_t)launches;
+#define LAUNCHES 64 /* a graph's launches */
+
+/* LAUNCHES launches, launch(s, l) issuing the l-th, captured once as a
+ * graph and replayed four times; returns the best replay's microseconds
+ * a launch (the first replay not counted), or -1 if the graph fails. */
+template <typename F> static double graph_us(cudaStream_t s, cudaEvent_t e0, cudaEvent_t e1, F launch) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
-    for (int l = 0; l < launches; l++)
-        k_tile<TILE><<<dim3((unsigned)(rows / 16), 4), 128, 0, s>>>(buf + (l % slots) * bytes, rows, rb, out);
-    cudaStreamEndCapture(s, &g);
-    if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) return -1.0;
+    for (int l = 0; l < LAUNCHES; l++) launch(s, l);
+    if (cudaStreamEndCapture(s, &g) != cudaSuccess) return -1.0;
+    if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) {
+        cudaGraphDestroy(g);
+        return -1.0;
+    }
     float best = 1e30f;
     for (int r = 0; r < 4; r++) {
         cudaEventRecord(e0, s);
@@ -92,7 +92,22 @@ static double tile_run(cudaStream_t s, const uint8_t *buf, size_t total, int64_t
     }
     cudaGraphExecDestroy(ge);
     cudaGraphDestroy(g);
-    return best * 1e3 / launches;
+    return best * 1e3 / LAUNCHES;
+}
+
+/* regions of `bytes` the launches take in turn within `total` */
+static size_t slots_of(size_t total, size_t bytes) {
+    return total / bytes < (size_t)LAUNCHES ? total / bytes : (size_t)LAUNCHES;
+}
+
+/* The pattern over 4 experts, each launch its own; microseconds a launch. */
+template <bool TILE>
+static double tile_run(cudaStream_t s, const uint8_t *buf, size_t total, int64_t rows, int64_t rb, unsigned *out,
+                       cudaEvent_t e0, cudaEvent_t e1) {
+    const size_t bytes = (size_t)(4 * rows * rb), slots = slots_of(total, bytes);
+    return graph_us(s, e0, e1, [&](cudaStream_t st, int l) {
+        k_tile<TILE><<<dim3((unsigned)(rows / 16), 4), 128, 0, st>>>(buf + (l % slots) * bytes, rows, rb, out);
+    });
 }
 
 int main(int argc, char **argv) {
@@ -116,39 +131,22 @@ int main(int argc, char **argv) {
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
     const double sizes_mb[] = {1, 4, 8, 12.6, 15.7, 32, 64, 128, 615};
-    printf("%s (sm_%d%d, %d SMs): one kernel reading S bytes, 64 launches a graph\n", pr.name, pr.major, pr.minor,
-           pr.multiProcessorCount);
+    printf("%s (sm_%d%d, %d SMs): one kernel reading S bytes, %d launches a graph\n", pr.name, pr.major, pr.minor,
+           pr.multiProcessorCount, LAUNCHES);
     for (size_t z = 0; z < sizeof sizes_mb / sizeof sizes_mb[0]; z++) {
         const size_t bytes = ((size_t)(sizes_mb[z] * 1e6) + 15) & ~(size_t)15, n = bytes / 16;
-        const int launches = 64;
-        const size_t slots = total / bytes < (size_t)launches ? total / bytes : (size_t)launches;
+        const size_t slots = slots_of(total, bytes);
         size_t want = (n + THREADS - 1) / THREADS, cap = 2 * (size_t)pr.multiProcessorCount;
         const unsigned grid = (unsigned)(want < cap ? want : cap);
-        cudaGraph_t g;
-        cudaGraphExec_t ge;
-        cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal);
-        for (int l = 0; l < launches; l++)
-            k_read<<<grid, THREADS, 0, s>>>((const uint4 *)((const char *)buf + (l % slots) * bytes), n, out);
-        cudaStreamEndCapture(s, &g);
-        if (cudaGraphInstantiate(&ge, g, 0) != cudaSuccess) {
+        const double us = graph_us(s, e0, e1, [&](cudaStream_t st, int l) {
+            k_read<<<grid, THREADS, 0, st>>>((const uint4 *)((const char *)buf + (l % slots) * bytes), n, out);
+        });
+        if (us < 0) {
             fprintf(stderr, "bench_cuda_read: graph: %s\n", cudaGetErrorString(cudaGetLastError()));
             return 1;
         }
-        float best = 1e30f;
-        for (int r = 0; r < 4; r++) {
-            cudaEventRecord(e0, s);
-            cudaGraphLaunch(ge, s);
-            cudaEventRecord(e1, s);
-            cudaEventSynchronize(e1);
-            float ms;
-            cudaEventElapsedTime(&ms, e0, e1);
-            if (r > 0 && ms < best) best = ms;
-        }
-        const double us = best * 1e3 / launches;
         printf("  %8.1f MB: %8.2f us a launch, %6.0f GB/s%s\n", bytes / 1e6, us, bytes / (us * 1e-6) / 1e9,
-               slots < (size_t)launches ? " (regions reused)" : "");
-        cudaGraphExecDestroy(ge);
-        cudaGraphDestroy(g);
+               slots < (size_t)LAUNCHES ? " (regions reused)" : "");
     }
     printf("the decode experts' pattern, 4 experts of N rows of R bytes, a block a tile of 16 rows:\n");
     const int64_t shapes[][2] = {{2880, 1440}, {2880, 1152}, {5760, 1440}};
@@ -157,6 +155,10 @@ int main(int argc, char **argv) {
         const double bytes = 4.0 * (double)rows * (double)rb;
         const double ut = tile_run<true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
                      ul = tile_run<false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1);
+        if (ut < 0 || ul < 0) {
+            fprintf(stderr, "bench_cuda_read: graph: %s\n", cudaGetErrorString(cudaGetLastError()));
+            return 1;
+        }
         printf("  N %5lld R %5lld (%5.1f MB): tile %7.2f us (%4.0f GB/s), linear %7.2f us (%4.0f GB/s)\n",
                (long long)rows, (long long)rb, bytes / 1e6, ut, bytes / (ut * 1e-6) / 1e9, ul,
                bytes / (ul * 1e-6) / 1e9);
