@@ -1066,7 +1066,7 @@ static void test_moe_block(void) {
  * without exact_quant) against the CPU's int8 path: groups of 32, 64 and
  * 128, rows split over a block's warps and (from 16,385 rows) a warp's
  * own, bias and residual epilogues fused and not, and q, k and v in one
- * launch. */
+ * launch; then the same from 9 rows up (the tiled kernel). */
 static void test_matmul_i8(void) {
     static const mnv_qformat fmts[3] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                         {MNV_QMODE_AFFINE, 8, 32, MNV_DTYPE_F16},
@@ -1086,6 +1086,20 @@ static void test_matmul_i8(void) {
         const int64_t m = i == 0 ? 8 : i == 1 ? 5 : t_randint(1, 8), k = i == 1 ? 1216 : 64 * t_randint(1, 45);
         run_shared_case("int8 shared-input products", m, k, &fmts[0], 200, i);
     }
+    /* from 9 rows the tiled kernel: tiles of 16, 32 and 64 rows of x, several
+     * of them (from 65), k an odd count of its 64-byte half stages (groups
+     * of 32 and 64) */
+    for (int i = 0; i < 9; i++) {
+        fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 4 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
+        c.mm.m = i < 3 ? t_randint(9, 16) : i < 6 ? t_randint(17, 64) : t_randint(65, 300);
+        c.mm.n = t_randint(1, 300);
+        c.mm.q.fmt = fmts[i % 3];
+        c.mm.k = c.mm.q.fmt.group_size * t_randint(1, 5120 / c.mm.q.fmt.group_size);
+        run_fused_case(&c, MNV_DTYPE_F32, "int8 tiled product");
+    }
+    for (int i = 0; i < 3; i++)
+        run_shared_case("int8 tiled shared-input products", t_randint(9, 130), 64 * t_randint(1, 45),
+                        &fmts[i % 2], 200, i);
 }
 
 /* Decode steps of mxfp4 experts with x rounded to int8 (a backend without

@@ -66,6 +66,7 @@ typedef struct {
     mnv_cu_prof *prof;  /* MNV_CUDA_PROFILE=1: time every node (graphs off) */
     bool fuse;          /* fused launches (MNV_CUDA_FUSE=0 turns them off) */
     int64_t gemm_min_packed; /* rows of x from which packed weights go to cuBLAS */
+    int64_t mm_i8_max;       /* rows of x from which 8-bit affine products leave the tiled int8 kernel */
     int64_t moe_mma_min;     /* expert rows from which experts run on tensor cores (0: never) */
     int32_t moe_tile;        /* their tiles' rows: 16, 64; -1 (default, MNV_CUDA_MOE_TILE=auto): from rows per expert */
     int64_t moe_gmma_min;    /* expert rows from which, below moe_mma_min, they run grouped a few a tile */
@@ -252,7 +253,9 @@ static void matmul_args(const cuda_ctx *c, const mnv_node *n, mnv_cu_matmul_args
     const mnv_node *x = n->src[0], *w = n->src[1];
     *a = (mnv_cu_matmul_args){.x = x->data, .ldx = x->shape[x->ndim - 1], .y = n->data,
                               .ldy = n->shape[n->ndim - 1], .m = mnv_array_rows(x), .n = w->shape[0],
-                              .x_i8 = !c->exact_quant && !c->row_invariant};
+                              .x_i8 = !c->exact_quant && !c->row_invariant, .scratch = c->scratch,
+                              .scratch_size = c->scratch_size};
+    a->mm_i8 = a->x_i8 && a->m < c->mm_i8_max;
     if (n->op == MNV_OP_MATMUL) {
         a->w = (mnv_cu_weight){.w = w->data, .wtype = (int32_t)w->dtype, .ldw = w->stride[0]};
         a->k = w->shape[1];
@@ -283,6 +286,7 @@ static mnv_cu_attn_args attn_args(const cuda_ctx *c, const mnv_node *n) {
 }
 
 static bool use_blas(const cuda_ctx *c, const mnv_cu_matmul_args *a) {
+    if (mnv__cu_mm_i8_fits(a, 1)) return false;
     return !c->row_invariant && a->m >= (a->w.mode != MNV_QMODE_NONE ? c->gemm_min_packed : MNV_CU_GEMM_MIN_ROWS);
 }
 
@@ -342,7 +346,10 @@ static mnv_status reserve_scratch(cuda_ctx *c, mnv_graph *g) {
         if (nd->op != MNV_OP_MATMUL && nd->op != MNV_OP_QMATMUL) continue;
         mnv_cu_matmul_args a;
         matmul_args(c, nd, &a);
-        if (use_blas(c, &a)) need = MNV_MAX(need, mnv__cu_gemm_scratch(&a));
+        if (use_blas(c, &a))
+            need = MNV_MAX(need, mnv__cu_gemm_scratch(&a));
+        else if (mnv__cu_mm_i8_fits(&a, 1))
+            need = MNV_MAX(need, mnv__cu_mm_i8_scratch(&a));
     }
     if (need <= c->scratch_size) return MNV_OK;
     drop_captures(c); /* they name the old scratch */
@@ -968,6 +975,8 @@ mnv_status mnv_backend_cuda_create(const mnv_backend_params *p, mnv_backend **ou
     c->fuse = !env || strcmp(env, "0") != 0;
     env = getenv("MNV_CUDA_GEMM_MIN_PACKED");
     c->gemm_min_packed = env ? MNV_MAX(atoll(env), MNV_CU_GEMM_MIN_ROWS) : MNV_CU_GEMM_MIN_PACKED;
+    env = getenv("MNV_CUDA_MM_I8_MAX");
+    c->mm_i8_max = env ? MNV_MAX(atoll(env), 0) : INT64_MAX;
     env = getenv("MNV_CUDA_MOE_MMA_MIN");
     c->moe_mma_min = env ? MNV_MAX(atoll(env), 0) : p->exact_quant ? MNV_CU_MOE_MMA_MIN : MNV_CU_MOE_MMA_MIN_I8;
     env = getenv("MNV_CUDA_MOE_GMMA_MIN");

@@ -161,6 +161,9 @@ typedef struct {
     int64_t ldr;
     int32_t x_i8; /* 1: 8-bit affine weights by 1 to MNV_CU_I8_MAX_M rows of x round x to int8,
                      one scale per group (the CPU's default numerics, cuda_mmv_i8.cu); 0: f32 activations */
+    int32_t mm_i8;      /* 1 (with x_i8): from MNV_CU_MM_I8_MIN_M rows, the tiled int8 kernel (cuda_mm_i8.cu) */
+    void *scratch;      /* device memory that kernel rounds x into (mnv__cu_mm_i8_scratch bytes) */
+    size_t scratch_size;
 } mnv_cu_matmul_args;
 /* From 2 to 8 rows the int8 tensor cores take them (8 decoding sequences:
  * 874 -> 996 tok/s on an H100); one row takes a kernel of its own
@@ -169,6 +172,13 @@ typedef struct {
 #define MNV_CU_I8_MAX_M 8
 int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n);
 cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
+/* From 9 rows (batched decode, prefill) a tiled kernel on the int8 tensor
+ * cores: x rounded once into scratch, tiles of 64 weight rows by up to 64
+ * rows of x, the weights read once per tile of x rows (cuda_mm_i8.cu). */
+#define MNV_CU_MM_I8_MIN_M 9
+int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n);
+size_t mnv__cu_mm_i8_scratch(const mnv_cu_matmul_args *a);
+cudaError_t mnv__cu_mm_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n);
 cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 cudaError_t mnv_cu_matmul(const mnv_cu_matmul_args *a, cudaStream_t s);

@@ -31,12 +31,15 @@ struct mnv_cu_prof {
 
 mnv_cu_prof *mnv__cu_prof_create(void) { return calloc(1, sizeof(mnv_cu_prof)); }
 
-/* A node's key: its op and the first weight it reads, digits folded to '#'. */
+/* A node's key: its op, its first input's rows (a decode step's products
+ * apart from a prompt's) and the first weight it reads, digits folded to '#'. */
 static void node_key(const mnv_node *n, char *out, size_t cap) {
     const char *w = "";
     for (int s = 0; s < MNV_MAX_SRC && !*w; s++)
         if (n->src[s] && n->src[s]->op == MNV_OP_LEAF && (n->src[s]->flags & MNV_NODE_PARAM)) w = n->src[s]->name;
-    size_t k = (size_t)snprintf(out, cap, "%-14s ", mnv_op_name(n->op));
+    const long long rows = n->src[0] ? (long long)mnv_array_rows(n->src[0]) : 0;
+    size_t k = (size_t)snprintf(out, cap, "%-14s %6lld ", mnv_op_name(n->op), rows);
+    if (k >= cap) k = cap - 1;
     bool digit = false;
     for (; *w && k + 1 < cap; w++) {
         if (isdigit((unsigned char)*w)) {
@@ -129,7 +132,7 @@ void mnv__cu_prof_free(mnv_cu_prof *p) {
         qsort(p->rows, (size_t)p->n_rows, sizeof *p->rows, by_time);
         fprintf(stderr, "cuda profile: %lld graph runs, %.3f ms of kernel time each on average\n",
                 (long long)p->steps, p->total_ms / (double)p->steps);
-        fprintf(stderr, "%-80s %9s %11s %6s\n", "op and weight", "calls", "us/call", "share");
+        fprintf(stderr, "%-80s %9s %11s %6s\n", "op, rows of its input and weight", "calls", "us/call", "share");
         for (int32_t i = 0; i < p->n_rows; i++) {
             const prof_row *r = &p->rows[i];
             fprintf(stderr, "%-80.80s %9lld %11.2f %5.1f%%\n", r->key, (long long)r->calls,

@@ -1,0 +1,298 @@
+/* 8-bit affine products of MNV_CU_MM_I8_MIN_M or more rows of x with x
+ * rounded to int8 (mnv_cu_matmul_args.mm_i8): the numerics of cuda_mmv_i8.cu
+ * (the CPU's default: per weight group, dx = max|x| / 127, codes round(x /
+ * dx) to nearest even),
+ *
+ *   y = sum_g dx_g * (s_g * sum_j xq_j q_j) + b_g * (dx_g * sum_j xq_j),
+ *
+ * for batched decode and prefill, where the weights must be read once per
+ * many rows of x and the products run on tensor cores.
+ *
+ * A first kernel rounds x once into the scratch buffer: codes (mp, kp) and
+ * (dx, dx * sum) (kp / G, mp), zero past x's rows and k, so that the tiles
+ * below read them without bounds. Then a block of four warps takes 64
+ * weight rows (16 a warp) by BM = 8 MT rows of x (MT n8 tiles; blocks of
+ * one weight tile and successive x tiles are neighbours in the grid, so
+ * the weights come from memory once and from L2 after). k advances 128
+ * bytes a stage: the weights' and x's codes and x's steps copied by
+ * cp.async into shared memory (rows of 128 bytes, their 16-byte pieces
+ * swizzled by the row so that ldmatrix reads eight rows without bank
+ * conflicts), the next stage on its way while this one is multiplied:
+ * mma.sync m16n8k32 with unsigned A (the codes as stored) and signed B (x's
+ * codes), a group's sums exact in int32, then scaled into f32 accumulators
+ * group by group in k order. Each (weight row, x row) is thus summed in
+ * the same order whatever the tile or the rows batched with it. */
+#include <string.h>
+
+#include "backend/cuda/cuda_mmv.cuh"
+
+#define MI_THREADS 128
+#define MI_BN 64  /* weight rows a block: 16 a warp */
+#define MI_KC 128 /* bytes of k a stage */
+#define MI_SEGS 3
+
+typedef struct {
+    mnv_cu_matmul_args seg[MI_SEGS];
+    int64_t first[MI_SEGS + 1]; /* segment i owns the weight tiles (grid y) [first[i], first[i + 1]) */
+    int n;
+    const int8_t *xq;   /* x's codes (mp, kp) */
+    const float2 *dxs;  /* (dx, dx * sum) (kp / G, mp) */
+    int64_t mp, kp;
+} mi_args;
+
+static __device__ __forceinline__ void cp16(void *dst, const void *src, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+}
+static __device__ __forceinline__ void cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void cp_wait(void) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ void ldsm4(const void *p, uint32_t *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* 16-byte piece pc of row r of a stage's 128-byte rows */
+static __device__ __forceinline__ int mi_at(int r, int pc) { return r * MI_KC + ((pc ^ (r & 7)) << 4); }
+
+/* x (m, k) rounded into codes (mp, kp) and steps (kp / G, mp), a thread a
+ * (row, group); zeros past m and k. */
+template <int G>
+static __global__ void k_mi_round(const float *x, int64_t ldx, int64_t m, int64_t k, int64_t mp, int64_t kp,
+                                  int8_t *xq, float2 *dxs) {
+    cu_grid_entry();
+    const int64_t ngp = kp / G, i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= mp * ngp) return;
+    const int64_t r = i % mp, grp = i / mp;
+    int8_t *q = xq + r * kp + grp * G;
+    if (r < m && grp < k / G) {
+        int sum;
+        const float dx = cu_round_group<G>(x + r * ldx + grp * G, q, &sum);
+        dxs[grp * mp + r] = make_float2(dx, __fmul_rn(dx, (float)sum));
+    } else {
+#pragma unroll
+        for (int j = 0; j < G; j += 16) *(uint4 *)(q + j) = make_uint4(0, 0, 0, 0);
+        dxs[grp * mp + r] = make_float2(0.0f, 0.0f);
+    }
+}
+
+/* Scales and biases of a stage's groups for rows g and g + 8 of a warp's 16 (0 past k). */
+template <int NGC> struct mi_sb {
+    float s[NGC][2], b[NGC][2];
+};
+
+template <int G, int MT> struct mi_cfg {
+    static constexpr int BM = 8 * MT, NGC = MI_KC / G;
+    static constexpr int WB = MI_BN * MI_KC, XB = BM * MI_KC, DB = NGC * BM * 8, SB = WB + XB + DB;
+    static constexpr int STAGES = 3 * SB <= 48 * 1024 ? 3 : 2;
+};
+
+template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_mm_i8(mi_args A) {
+    cu_grid_entry();
+    using C = mi_cfg<G, MT>;
+    constexpr int BM = C::BM, NGC = C::NGC, S = C::STAGES, KS = G / 32;
+    extern __shared__ __align__(16) uint8_t sh[];
+    int si = 0;
+    while (si + 1 < A.n && (int64_t)blockIdx.y >= A.first[si + 1]) si++;
+    const mnv_cu_matmul_args &a = A.seg[si];
+    const int64_t n0 = ((int64_t)blockIdx.y - A.first[si]) * MI_BN, m0 = (int64_t)blockIdx.x * BM;
+    const int64_t K = a.k, ng = K / G, nch = A.kp / MI_KC, mp = A.mp;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const size_t ses = a.w.scale_type == MNV_CU_F32 ? 4 : 2;
+
+    /* this thread's pieces of a stage: weights (4), x (MT / 2), steps (one, below NGC * BM / 2) */
+    const uint8_t *wsrc[4];
+    for (int i = 0; i < 4; i++) {
+        const int p = tid + MI_THREADS * i, r = p >> 3;
+        const int64_t n = n0 + r < a.n ? n0 + r : a.n - 1;
+        wsrc[i] = (const uint8_t *)((const uint32_t *)a.w.w + n * a.w.ldw) + (p & 7) * 16;
+    }
+    const int8_t *xsrc = A.xq + (m0 + (tid >> 3)) * A.kp + (tid & 7) * 16;
+    auto load = [&](int64_t c, int st) {
+        uint8_t *sw = sh + st * C::SB, *sx = sw + C::WB, *sd = sx + C::XB;
+        const int64_t kb = c * MI_KC;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int p = tid + MI_THREADS * i;
+            const bool in = kb + (p & 7) * 16 < K;
+            cp16(sw + mi_at(p >> 3, p & 7), in ? (const void *)(wsrc[i] + kb) : (const void *)wsrc[i], in);
+        }
+#pragma unroll
+        for (int i = 0; i < MT / 2; i++) {
+            const int p = tid + MI_THREADS * i;
+            cp16(sx + mi_at(p >> 3, p & 7), xsrc + (int64_t)(MI_THREADS / 8) * i * A.kp + kb, true);
+        }
+        if (tid < NGC * BM / 2) {
+            const int gi = tid / (BM / 2), pc = tid % (BM / 2);
+            cp16(sd + 16 * tid, A.dxs + (c * NGC + gi) * mp + m0 + 2 * pc, true);
+        }
+    };
+    const uint8_t *sp[2], *bp[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int64_t n = n0 + 16 * warp + g + 8 * h;
+        n = n < a.n ? n : a.n - 1;
+        sp[h] = (const uint8_t *)a.w.scales + n * a.w.lds * ses;
+        bp[h] = (const uint8_t *)a.w.biases + n * a.w.lds * ses;
+    }
+    auto load_sb = [&](int64_t c, mi_sb<NGC> *sb) {
+#pragma unroll
+        for (int gi = 0; gi < NGC; gi++) {
+            const int64_t grp = c * NGC + gi;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                sb->s[gi][h] = grp < ng ? cu_load(sp[h], a.w.scale_type, grp) : 0.0f;
+                sb->b[gi][h] = grp < ng ? cu_load(bp[h], a.w.scale_type, grp) : 0.0f;
+            }
+        }
+    };
+
+#pragma unroll
+    for (int st = 0; st < S - 1; st++) {
+        if (st < nch) load(st, st);
+        cp_commit();
+    }
+    mi_sb<NGC> cur, nxt;
+    load_sb(0, &cur);
+    float acc[MT][4] = {};
+    /* ldmatrix rows: A's (this warp's weight rows), B's (x rows of an n8 tile pair) */
+    const int ar = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1), apc = lane >> 4;
+    const int br = 8 * (lane >> 4) + (lane & 7), bpc = (lane >> 3) & 1;
+    for (int64_t c = 0; c < nch; c++) {
+        cp_wait<S - 2>();
+        __syncthreads();
+        if (c + S - 1 < nch) load(c + S - 1, (int)((c + S - 1) % S));
+        cp_commit();
+        if (c + 1 < nch) load_sb(c + 1, &nxt);
+        const uint8_t *sw = sh + (c % S) * C::SB, *sx = sw + C::WB;
+        const float2 *sd = (const float2 *)(sx + C::XB);
+#pragma unroll
+        for (int gi = 0; gi < NGC; gi++) {
+            int cc[MT][4];
+#pragma unroll
+            for (int j = 0; j < MT; j++) cc[j][0] = cc[j][1] = cc[j][2] = cc[j][3] = 0;
+#pragma unroll
+            for (int t = 0; t < KS; t++) {
+                const int ks = gi * KS + t;
+                uint32_t am[4];
+                ldsm4(sw + mi_at(ar, 2 * ks + apc), am);
+#pragma unroll
+                for (int j = 0; j < MT; j += 2) {
+                    uint32_t b[4];
+                    ldsm4(sx + mi_at(8 * j + br, 2 * ks + bpc), b);
+                    mma_u8s8(cc[j], am, b[0], b[1]);
+                    mma_u8s8(cc[j + 1], am, b[2], b[3]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MT; j++) {
+                const float4 d = *(const float4 *)(sd + gi * BM + 8 * j + 2 * q); /* columns 2q, 2q + 1 */
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float s = cur.s[gi][h], b = cur.b[gi][h];
+                    acc[j][2 * h] = fmaf(b, d.y, fmaf((float)cc[j][2 * h], s * d.x, acc[j][2 * h]));
+                    acc[j][2 * h + 1] = fmaf(b, d.w, fmaf((float)cc[j][2 * h + 1], s * d.z, acc[j][2 * h + 1]));
+                }
+            }
+        }
+        cur = nxt;
+    }
+    cp_wait<0>();
+    /* lane (g, q): rows g, g + 8 of the warp's 16 by x rows 8j + 2q, 8j + 2q + 1 */
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t n = n0 + 16 * warp + g + 8 * h;
+        if (n >= a.n) continue;
+        const float bias = a.bias ? cu_load(a.bias, a.bias_type, n) : 0.0f;
+#pragma unroll
+        for (int j = 0; j < MT; j++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                const int64_t col = m0 + 8 * j + 2 * q + u;
+                if (col >= a.m) continue;
+                float v = acc[j][2 * h + u];
+                if (a.bias) v = v + bias;
+                if (a.res) v = a.res[col * a.ldr + n] + v;
+                a.y[col * a.ldy + n] = v;
+            }
+    }
+}
+
+static int mi_mt(int64_t m) { return m <= 16 ? 2 : m <= 32 ? 4 : 8; }
+static int64_t mi_mp(int64_t m) {
+    const int64_t bm = 8 * mi_mt(m);
+    return (m + bm - 1) / bm * bm;
+}
+static int64_t mi_kp(int64_t k) { return (k + MI_KC - 1) / MI_KC * MI_KC; }
+
+extern "C" size_t mnv__cu_mm_i8_scratch(const mnv_cu_matmul_args *a) {
+    const int64_t mp = mi_mp(a->m), kp = mi_kp(a->k);
+    return (size_t)(mp * kp) + (size_t)(kp / a->w.group_size * mp) * sizeof(float2);
+}
+
+extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
+    if (n < 1 || n > MI_SEGS) return 0;
+    const mnv_cu_weight &w = a[0].w;
+    const int G = w.group_size;
+    if (!a[0].x_i8 || !a[0].mm_i8 || a[0].m < MNV_CU_MM_I8_MIN_M || a[0].m > (1 << 24) ||
+        (G != 32 && G != 64 && G != 128) || a[0].k % G || a[0].k > (1 << 28) || ((uintptr_t)a[0].x & 15) ||
+        a[0].ldx % 4)
+        return 0;
+    int64_t tiles = 0;
+    for (int i = 0; i < n; i++) {
+        const mnv_cu_weight &v = a[i].w;
+        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
+            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].ldx != a[0].ldx ||
+            a[i].m != a[0].m || a[i].k != a[0].k || a[i].n < 1)
+            return 0;
+        tiles += (a[i].n + MI_BN - 1) / MI_BN;
+    }
+    return tiles <= 65535 && mi_mp(a[0].m) / (8 * mi_mt(a[0].m)) <= INT32_MAX;
+}
+
+template <int G, int MT> static cudaError_t mi_go(const mi_args &A, cudaStream_t s) {
+    using C = mi_cfg<G, MT>;
+    const dim3 grid((unsigned)(A.mp / C::BM), (unsigned)A.first[A.n]);
+    cu_launch(k_mm_i8<G, MT>, grid, MI_THREADS, (size_t)C::STAGES * C::SB, s, A);
+    CU_CHECK_LAUNCH();
+}
+
+template <int G> static cudaError_t mi_launch(const mnv_cu_matmul_args *a, const mi_args &A, cudaStream_t s) {
+    const int64_t ngp = A.kp / G, threads = A.mp * ngp;
+    cu_launch(k_mi_round<G>, (unsigned)((threads + 255) / 256), 256, 0, s, a[0].x, a[0].ldx, a[0].m, a[0].k, A.mp,
+              A.kp, (int8_t *)A.xq, (float2 *)A.dxs);
+    const cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    const int mt = mi_mt(a[0].m);
+    return mt == 2 ? mi_go<G, 2>(A, s) : mt == 4 ? mi_go<G, 4>(A, s) : mi_go<G, 8>(A, s);
+}
+
+extern "C" cudaError_t mnv__cu_mm_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
+    if (!mnv__cu_mm_i8_fits(a, n) || !a[0].scratch || a[0].scratch_size < mnv__cu_mm_i8_scratch(&a[0]) ||
+        ((uintptr_t)a[0].scratch & 15))
+        return cudaErrorInvalidValue;
+    mi_args A;
+    memset(&A, 0, sizeof A);
+    A.n = n;
+    for (int i = 0; i < n; i++) {
+        A.seg[i] = a[i];
+        A.first[i + 1] = A.first[i] + (a[i].n + MI_BN - 1) / MI_BN;
+    }
+    A.mp = mi_mp(a[0].m);
+    A.kp = mi_kp(a[0].k);
+    A.xq = (const int8_t *)a[0].scratch;
+    A.dxs = (const float2 *)((const uint8_t *)a[0].scratch + A.mp * A.kp);
+    const int G = a[0].w.group_size;
+    return G == 32 ? mi_launch<32>(a, A, s) : G == 64 ? mi_launch<64>(a, A, s) : mi_launch<128>(a, A, s);
+}
