@@ -328,7 +328,8 @@ cudaError_t mnv_cu_moe_sum_rms(const float *x, const float *w, int32_t k, int64_
  * bf16 terms as well (mnv_cu_qget_rows_split), three tensor-core products
  * a slice (within about 2^-15). Each needs scratch device memory of mnv__cu_gemm_scratch bytes. */
 #define MNV_CU_GEMM_MIN_ROWS 16
-/* Packed weights from 64 rows of x (MNV_CUDA_GEMM_MIN_PACKED): below, the
+/* Packed weights from 64 rows of x (MNV_CUDA_GEMM_MIN_PACKED), except the
+ * 8-bit affine products that round x to int8 (mnv__cu_mm_i8): below, the
  * chunked kernels, which read the packed rows once per 8 rows of x, beat
  * widening every weight to bf16 each step (an H100, gpt-oss-20b: 16
  * decoding sequences 529 -> 1,173 tok/s, 32: 1,039 -> 1,532; 64 even). */

@@ -31,12 +31,19 @@
 #define MI_KC 128 /* bytes of k a stage */
 #define MI_SEGS 3
 
+#define MI_STAGES 4
+#define MI_SPLIT_MIN 4 /* stages of k a block takes at least when k is split */
+
 typedef struct {
     mnv_cu_matmul_args seg[MI_SEGS];
-    int64_t first[MI_SEGS + 1]; /* segment i owns the weight tiles (grid y) [first[i], first[i + 1]) */
+    int64_t first[MI_SEGS + 1]; /* segment i owns grid y [first[i], first[i + 1]): (weight tile, k split) */
+    int64_t split[MI_SEGS];     /* k splits of a segment's tiles (1: none) */
+    int64_t cps[MI_SEGS];       /* stages of k a split */
+    int64_t poff[MI_SEGS];      /* a split segment's partial sums in part: (split, mp, n) from poff */
     int n;
     const int8_t *xq;   /* x's codes (mp, kp) */
     const float2 *dxs;  /* (dx, dx * sum) (kp / G, mp) */
+    float *part;
     int64_t mp, kp;
 } mi_args;
 
@@ -95,10 +102,10 @@ template <int NGC> struct mi_sb {
 template <int G, int MT> struct mi_cfg {
     static constexpr int BM = 8 * MT, NGC = MI_KC / G;
     static constexpr int WB = MI_BN * MI_KC, XB = BM * MI_KC, DB = NGC * BM * 8, SB = WB + XB + DB;
-    static constexpr int STAGES = 3 * SB <= 48 * 1024 ? 3 : 2;
+    static constexpr int STAGES = MI_STAGES;
 };
 
-template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_mm_i8(mi_args A) {
+template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS, 3) k_mm_i8(mi_args A) {
     cu_grid_entry();
     using C = mi_cfg<G, MT>;
     constexpr int BM = C::BM, NGC = C::NGC, S = C::STAGES, KS = G / 32;
@@ -106,8 +113,10 @@ template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_
     int si = 0;
     while (si + 1 < A.n && (int64_t)blockIdx.y >= A.first[si + 1]) si++;
     const mnv_cu_matmul_args &a = A.seg[si];
-    const int64_t n0 = ((int64_t)blockIdx.y - A.first[si]) * MI_BN, m0 = (int64_t)blockIdx.x * BM;
-    const int64_t K = a.k, ng = K / G, nch = A.kp / MI_KC, mp = A.mp;
+    const int64_t local = (int64_t)blockIdx.y - A.first[si], split = A.split[si];
+    const int64_t n0 = local / split * MI_BN, m0 = (int64_t)blockIdx.x * BM, sp_i = local % split;
+    const int64_t K = a.k, ng = K / G, mp = A.mp, c0 = sp_i * A.cps[si];
+    const int64_t c1 = c0 + A.cps[si] < A.kp / MI_KC ? c0 + A.cps[si] : A.kp / MI_KC;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
     const size_t ses = a.w.scale_type == MNV_CU_F32 ? 4 : 2;
 
@@ -160,22 +169,22 @@ template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_
 
 #pragma unroll
     for (int st = 0; st < S - 1; st++) {
-        if (st < nch) load(st, st);
+        if (c0 + st < c1) load(c0 + st, st);
         cp_commit();
     }
     mi_sb<NGC> cur, nxt;
-    load_sb(0, &cur);
+    load_sb(c0, &cur);
     float acc[MT][4] = {};
     /* ldmatrix rows: A's (this warp's weight rows), B's (x rows of an n8 tile pair) */
     const int ar = 16 * warp + (lane & 7) + 8 * ((lane >> 3) & 1), apc = lane >> 4;
     const int br = 8 * (lane >> 4) + (lane & 7), bpc = (lane >> 3) & 1;
-    for (int64_t c = 0; c < nch; c++) {
+    for (int64_t c = c0; c < c1; c++) {
         cp_wait<S - 2>();
         __syncthreads();
-        if (c + S - 1 < nch) load(c + S - 1, (int)((c + S - 1) % S));
+        if (c + S - 1 < c1) load(c + S - 1, (int)((c + S - 1 - c0) % S));
         cp_commit();
-        if (c + 1 < nch) load_sb(c + 1, &nxt);
-        const uint8_t *sw = sh + (c % S) * C::SB, *sx = sw + C::WB;
+        if (c + 1 < c1) load_sb(c + 1, &nxt);
+        const uint8_t *sw = sh + ((c - c0) % S) * C::SB, *sx = sw + C::WB;
         const float2 *sd = (const float2 *)(sx + C::XB);
 #pragma unroll
         for (int gi = 0; gi < NGC; gi++) {
@@ -214,6 +223,14 @@ template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_
     for (int h = 0; h < 2; h++) {
         const int64_t n = n0 + 16 * warp + g + 8 * h;
         if (n >= a.n) continue;
+        if (split > 1) { /* partial sums; k_mi_reduce adds them and ends the product */
+            float *p = A.part + A.poff[si] + sp_i * mp * a.n;
+#pragma unroll
+            for (int j = 0; j < MT; j++)
+#pragma unroll
+                for (int u = 0; u < 2; u++) p[(m0 + 8 * j + 2 * q + u) * a.n + n] = acc[j][2 * h + u];
+            continue;
+        }
         const float bias = a.bias ? cu_load(a.bias, a.bias_type, n) : 0.0f;
 #pragma unroll
         for (int j = 0; j < MT; j++)
@@ -229,6 +246,23 @@ template <int G, int MT> static __global__ void __launch_bounds__(MI_THREADS) k_
     }
 }
 
+/* The split segments' partial sums added in split order, then the bias
+ * and residual as above: a thread an output, grid y the segment. */
+static __global__ void k_mi_reduce(mi_args A) {
+    cu_grid_entry();
+    const int si = (int)blockIdx.y;
+    const mnv_cu_matmul_args &a = A.seg[si];
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, split = A.split[si];
+    if (split < 2 || i >= a.m * a.n) return;
+    const int64_t col = i / a.n, n = i % a.n;
+    const float *p = A.part + A.poff[si] + i;
+    float v = p[0];
+    for (int64_t s = 1; s < split; s++) v += p[s * A.mp * a.n];
+    if (a.bias) v = v + cu_load(a.bias, a.bias_type, n);
+    if (a.res) v = a.res[col * a.ldr + n] + v;
+    a.y[col * a.ldy + n] = v;
+}
+
 static int mi_mt(int64_t m) { return m <= 16 ? 2 : m <= 32 ? 4 : 8; }
 static int64_t mi_mp(int64_t m) {
     const int64_t bm = 8 * mi_mt(m);
@@ -236,9 +270,41 @@ static int64_t mi_mp(int64_t m) {
 }
 static int64_t mi_kp(int64_t k) { return (k + MI_KC - 1) / MI_KC * MI_KC; }
 
+/* k is split where a product of one tile of x rows has fewer weight tiles
+ * than the blocks that keep every SM busy (an H100 holds three of these
+ * blocks an SM): the segment's tiles take 2 SMs / tiles splits of at
+ * least MI_SPLIT_MIN stages each. A segment's splits depend on its own
+ * shape only, so fused and separate launches sum alike. */
+static int64_t mi_blocks(void) {
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) !=
+                                                      cudaSuccess || v <= 0)
+            v = 132;
+        sms = v;
+    }
+    return 2 * (int64_t)sms;
+}
+#define MI_SPLIT_MAX 64
+
+static int64_t mi_split(const mnv_cu_matmul_args *a) {
+    const int64_t tiles = (a->n + MI_BN - 1) / MI_BN, nch = mi_kp(a->k) / MI_KC;
+    if (mi_mp(a->m) > 8 * mi_mt(a->m) || tiles >= mi_blocks()) return 1;
+    int64_t s = (mi_blocks() + tiles - 1) / tiles;
+    if (s > nch / MI_SPLIT_MIN) s = nch / MI_SPLIT_MIN;
+    if (s > MI_SPLIT_MAX) s = MI_SPLIT_MAX;
+    return s < 2 ? 1 : s;
+}
+
+/* x's codes and steps, then room for the partial sums of up to MI_SEGS
+ * split segments: splits x tiles is at most mi_blocks() + tiles, under
+ * twice mi_blocks(). */
 extern "C" size_t mnv__cu_mm_i8_scratch(const mnv_cu_matmul_args *a) {
     const int64_t mp = mi_mp(a->m), kp = mi_kp(a->k);
-    return (size_t)(mp * kp) + (size_t)(kp / a->w.group_size * mp) * sizeof(float2);
+    size_t z = (size_t)(mp * kp) + (size_t)(kp / a->w.group_size * mp) * sizeof(float2);
+    if (mp == 8 * mi_mt(a->m)) z += (size_t)MI_SEGS * (size_t)(2 * mi_blocks()) * MI_BN * (size_t)mp * 4;
+    return z;
 }
 
 extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
@@ -264,7 +330,18 @@ extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
 template <int G, int MT> static cudaError_t mi_go(const mi_args &A, cudaStream_t s) {
     using C = mi_cfg<G, MT>;
     const dim3 grid((unsigned)(A.mp / C::BM), (unsigned)A.first[A.n]);
-    cu_launch(k_mm_i8<G, MT>, grid, MI_THREADS, (size_t)C::STAGES * C::SB, s, A);
+    const size_t smem = (size_t)C::STAGES * C::SB;
+    if (smem > 48 * 1024) {
+        const cudaError_t e = cudaFuncSetAttribute(k_mm_i8<G, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    cu_launch(k_mm_i8<G, MT>, grid, MI_THREADS, smem, s, A);
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+    int64_t most = 0;
+    for (int i = 0; i < A.n; i++)
+        if (A.split[i] > 1 && A.seg[i].m * A.seg[i].n > most) most = A.seg[i].m * A.seg[i].n;
+    if (most > 0) cu_launch(k_mi_reduce, dim3((unsigned)((most + 255) / 256), (unsigned)A.n), 256, 0, s, A);
     CU_CHECK_LAUNCH();
 }
 
@@ -285,14 +362,24 @@ extern "C" cudaError_t mnv__cu_mm_i8(const mnv_cu_matmul_args *a, int n, cudaStr
     mi_args A;
     memset(&A, 0, sizeof A);
     A.n = n;
-    for (int i = 0; i < n; i++) {
-        A.seg[i] = a[i];
-        A.first[i + 1] = A.first[i] + (a[i].n + MI_BN - 1) / MI_BN;
-    }
     A.mp = mi_mp(a[0].m);
     A.kp = mi_kp(a[0].k);
     A.xq = (const int8_t *)a[0].scratch;
     A.dxs = (const float2 *)((const uint8_t *)a[0].scratch + A.mp * A.kp);
+    A.part = (float *)((uint8_t *)a[0].scratch + A.mp * A.kp + A.kp / a[0].w.group_size * A.mp * 8);
+    const int64_t nch = A.kp / MI_KC;
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        A.seg[i] = a[i];
+        A.split[i] = mi_split(&a[i]);
+        A.cps[i] = (nch + A.split[i] - 1) / A.split[i];
+        A.split[i] = (nch + A.cps[i] - 1) / A.cps[i]; /* no split left empty */
+        A.poff[i] = off;
+        if (A.split[i] > 1) off += A.split[i] * A.mp * a[i].n;
+        A.first[i + 1] = A.first[i] + (a[i].n + MI_BN - 1) / MI_BN * A.split[i];
+    }
+    if (A.first[n] > 65535 || (size_t)(A.mp * A.kp + A.kp / a[0].w.group_size * A.mp * 8 + off * 4) > a[0].scratch_size)
+        return cudaErrorInvalidValue;
     const int G = a[0].w.group_size;
     return G == 32 ? mi_launch<32>(a, A, s) : G == 64 ? mi_launch<64>(a, A, s) : mi_launch<128>(a, A, s);
 }
