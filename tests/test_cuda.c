@@ -691,24 +691,28 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
 }
 
 static void test_attention(void) {
-    for (int i = 0; i < 22; i++) {
+    for (int i = 0; i < 23; i++) {
         /* from 12 on: contexts of several chunks of keys (split over blocks
          * in decode), windows longer than a chunk; 16 and 17: heads of 8
-         * values a lane (256, and 160 with lanes past the head); from 18
-         * on: prefill chunks of one to three sequences, enough queries for
-         * the tensor-core kernel, tiles of queries across sequences */
-        bool longer = i >= 12, prefill = i >= 18;
-        attn_case c = {.S = t_randint(1, 3), .B = i % 2 || longer ? 16 : t_randint(1, 5), .Hkv = t_randint(1, 3),
-                       .D = i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
+         * values a lane (256, and 160 with lanes past the head); 18 to 21:
+         * prefill chunks of one to three sequences, enough queries for the
+         * tensor-core kernel, tiles of queries across sequences; 22: more
+         * (query, head) pairs than the split kernel's counts (its chunks
+         * merged by the second kernel), heads of 32 off the tensor cores */
+        bool many = i == 22, longer = i >= 12 && !many, prefill = i >= 18 && !many;
+        attn_case c = {.S = many ? 1 : t_randint(1, 3), .B = i % 2 || longer || many ? 16 : t_randint(1, 5),
+                       .Hkv = many ? 8 : t_randint(1, 3),
+                       .D = many ? 32 : i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
                        .dt = float_types[i % 3], .sinks = i % 4 >= 2,
                        .window = i % 5 == 4 ? t_randint(1, 12) : i == 14 ? t_randint(200, 700) : 0};
-        c.H = c.Hkv * t_randint(1, 4);
+        c.H = many ? 64 : c.Hkv * t_randint(1, 4);
         int32_t len[3], nnew[3];
         c.W = 0;
         c.T = 0;
         for (int s = 0; s < c.S; s++) {
-            len[s] = prefill ? t_randint(40, 700) : longer ? t_randint(200, 1300) : t_randint(1, 70);
-            const int32_t draw = prefill ? t_randint(40, 200) : t_randint(1, 5); /* drawn once: MNV_MIN evaluates twice */
+            len[s] = many ? t_randint(300, 600) : prefill ? t_randint(40, 700) : longer ? t_randint(200, 1300) : t_randint(1, 70);
+            /* drawn once: MNV_MIN evaluates twice */
+            const int32_t draw = many ? t_randint(270, 300) : prefill ? t_randint(40, 200) : t_randint(1, 5);
             nnew[s] = MNV_MIN(len[s], draw);
             c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
             c.T += nnew[s];
