@@ -159,8 +159,9 @@ typedef struct {
     int32_t bias_type;
     const float *res;
     int64_t ldr;
-    int32_t x_i8; /* 1: 8-bit affine weights by 1 to MNV_CU_I8_MAX_M rows of x round x to int8,
-                     one scale per group (the CPU's default numerics, cuda_mmv_i8.cu); 0: f32 activations */
+    int32_t x_i8; /* 1: 8-bit affine weights round x to int8, one scale per group (the CPU's default
+                     numerics: cuda_mmv_i8.cu up to MNV_CU_I8_MAX_M rows, then cuda_mm_i8.cu where
+                     mm_i8 is set); 0: f32 activations */
     int32_t mm_i8;      /* 1 (with x_i8): from MNV_CU_MM_I8_MIN_M rows, the tiled int8 kernel (cuda_mm_i8.cu) */
     void *scratch;      /* device memory that kernel rounds x into (mnv__cu_mm_i8_scratch bytes) */
     size_t scratch_size;
@@ -178,6 +179,8 @@ cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 #define MNV_CU_MM_I8_MIN_M 9
 int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n);
 size_t mnv__cu_mm_i8_scratch(const mnv_cu_matmul_args *a);
+/* fits, and a[0].scratch holds mnv__cu_mm_i8_scratch bytes (else the chunked kernels take it) */
+int mnv__cu_mm_i8_ready(const mnv_cu_matmul_args *a, int n);
 cudaError_t mnv__cu_mm_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);
 int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n);
 cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s);

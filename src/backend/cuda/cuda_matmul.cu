@@ -232,7 +232,7 @@ template <int F> static cudaError_t mmv_rows(mmv_segs *sg, cudaStream_t s) {
 /* Products of one x, m and k, their weights of one layout. */
 static cudaError_t mmv_launch(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
     if (n < 1 || n > MMV_SEGS) return cudaErrorInvalidValue;
-    if (mnv__cu_mm_i8_fits(a, n)) return mnv__cu_mm_i8(a, n, s);
+    if (mnv__cu_mm_i8_ready(a, n)) return mnv__cu_mm_i8(a, n, s);
     if (mnv__cu_mmv_i8_fits(a, n)) return mnv__cu_mmv_i8(a, n, s);
     if (mnv__cu_mmv1_i8_fits(a, n)) return mnv__cu_mmv1_i8(a, n, s);
     mmv_segs sg;

@@ -20,8 +20,13 @@
  * conflicts), the next stage on its way while this one is multiplied:
  * mma.sync m16n8k32 with unsigned A (the codes as stored) and signed B (x's
  * codes), a group's sums exact in int32, then scaled into f32 accumulators
- * group by group in k order. Each (weight row, x row) is thus summed in
- * the same order whatever the tile or the rows batched with it. */
+ * group by group in k order. Up to 64 rows of x, where a product has few
+ * weight tiles, k is split across blocks and a second kernel adds the
+ * partial sums in split order: a (weight row, x row) is then summed in
+ * another order than in a batch of more rows (as the 1-row and 2-8-row
+ * int8 kernels sum in orders of their own: x rounded to int8 is not a
+ * row-invariant mode), but in the same order on every device and whether
+ * or not q, k and v share the launch. */
 #include <string.h>
 
 #include "backend/cuda/cuda_mmv.cuh"
@@ -271,21 +276,14 @@ static int64_t mi_mp(int64_t m) {
 static int64_t mi_kp(int64_t k) { return (k + MI_KC - 1) / MI_KC * MI_KC; }
 
 /* k is split where a product of one tile of x rows has fewer weight tiles
- * than the blocks that keep every SM busy (an H100 holds three of these
- * blocks an SM): the segment's tiles take 2 SMs / tiles splits of at
- * least MI_SPLIT_MIN stages each. A segment's splits depend on its own
- * shape only, so fused and separate launches sum alike. */
-static int64_t mi_blocks(void) {
-    static int sms = 0;
-    if (!sms) {
-        int dev = 0, v = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) !=
-                                                      cudaSuccess || v <= 0)
-            v = 132;
-        sms = v;
-    }
-    return 2 * (int64_t)sms;
-}
+ * than MI_SPLIT_BLOCKS (two blocks for each of an H100's or H200's 132
+ * SMs, which hold three of these blocks each): the segment's tiles take
+ * MI_SPLIT_BLOCKS / tiles splits of at least MI_SPLIT_MIN stages each. A
+ * constant, not the device's SM count, so that the sums' order depends on
+ * the product's own shape alone: the same bits on every device, and for
+ * fused and separate launches. */
+#define MI_SPLIT_BLOCKS 264
+static int64_t mi_blocks(void) { return MI_SPLIT_BLOCKS; }
 #define MI_SPLIT_MAX 64
 
 static int64_t mi_split(const mnv_cu_matmul_args *a) {
@@ -312,7 +310,7 @@ extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
     const mnv_cu_weight &w = a[0].w;
     const int G = w.group_size;
     if (!a[0].x_i8 || !a[0].mm_i8 || a[0].m < MNV_CU_MM_I8_MIN_M || a[0].m > (1 << 24) ||
-        (G != 32 && G != 64 && G != 128) || a[0].k % G || a[0].k > (1 << 28) || ((uintptr_t)a[0].x & 15) ||
+        (G != 32 && G != 64 && G != 128) || a[0].k < G || a[0].k % G || a[0].k > (1 << 28) || ((uintptr_t)a[0].x & 15) ||
         a[0].ldx % 4)
         return 0;
     int64_t tiles = 0;
@@ -324,7 +322,12 @@ extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
             return 0;
         tiles += (a[i].n + MI_BN - 1) / MI_BN;
     }
-    return tiles <= 65535 && mi_mp(a[0].m) / (8 * mi_mt(a[0].m)) <= INT32_MAX;
+    return tiles <= 65535;
+}
+
+extern "C" int mnv__cu_mm_i8_ready(const mnv_cu_matmul_args *a, int n) {
+    return mnv__cu_mm_i8_fits(a, n) && a[0].scratch && ((uintptr_t)a[0].scratch & 15) == 0 &&
+           a[0].scratch_size >= mnv__cu_mm_i8_scratch(&a[0]);
 }
 
 template <int G, int MT> static cudaError_t mi_go(const mi_args &A, cudaStream_t s) {
@@ -335,30 +338,26 @@ template <int G, int MT> static cudaError_t mi_go(const mi_args &A, cudaStream_t
         const cudaError_t e = cudaFuncSetAttribute(k_mm_i8<G, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (e != cudaSuccess) return e;
     }
-    cu_launch(k_mm_i8<G, MT>, grid, MI_THREADS, smem, s, A);
-    cudaError_t e = cudaGetLastError();
+    cudaError_t e = cu_launch(k_mm_i8<G, MT>, grid, MI_THREADS, smem, s, A);
     if (e != cudaSuccess) return e;
     int64_t most = 0;
     for (int i = 0; i < A.n; i++)
         if (A.split[i] > 1 && A.seg[i].m * A.seg[i].n > most) most = A.seg[i].m * A.seg[i].n;
-    if (most > 0) cu_launch(k_mi_reduce, dim3((unsigned)((most + 255) / 256), (unsigned)A.n), 256, 0, s, A);
-    CU_CHECK_LAUNCH();
+    if (most > 0) e = cu_launch(k_mi_reduce, dim3((unsigned)((most + 255) / 256), (unsigned)A.n), 256, 0, s, A);
+    return e;
 }
 
 template <int G> static cudaError_t mi_launch(const mnv_cu_matmul_args *a, const mi_args &A, cudaStream_t s) {
     const int64_t ngp = A.kp / G, threads = A.mp * ngp;
-    cu_launch(k_mi_round<G>, (unsigned)((threads + 255) / 256), 256, 0, s, a[0].x, a[0].ldx, a[0].m, a[0].k, A.mp,
-              A.kp, (int8_t *)A.xq, (float2 *)A.dxs);
-    const cudaError_t e = cudaGetLastError();
+    const cudaError_t e = cu_launch(k_mi_round<G>, (unsigned)((threads + 255) / 256), 256, 0, s, a[0].x, a[0].ldx,
+                                    a[0].m, a[0].k, A.mp, A.kp, (int8_t *)A.xq, (float2 *)A.dxs);
     if (e != cudaSuccess) return e;
     const int mt = mi_mt(a[0].m);
     return mt == 2 ? mi_go<G, 2>(A, s) : mt == 4 ? mi_go<G, 4>(A, s) : mi_go<G, 8>(A, s);
 }
 
 extern "C" cudaError_t mnv__cu_mm_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
-    if (!mnv__cu_mm_i8_fits(a, n) || !a[0].scratch || a[0].scratch_size < mnv__cu_mm_i8_scratch(&a[0]) ||
-        ((uintptr_t)a[0].scratch & 15))
-        return cudaErrorInvalidValue;
+    if (!mnv__cu_mm_i8_ready(a, n)) return cudaErrorInvalidValue;
     mi_args A;
     memset(&A, 0, sizeof A);
     A.n = n;
