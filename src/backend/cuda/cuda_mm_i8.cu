@@ -68,13 +68,6 @@ static __device__ __forceinline__ void ldsm4(const void *p, uint32_t *r) {
                  : "r"(a));
 }
 
-static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* 16-byte piece pc of row r of a stage's 128-byte rows */
 static __device__ __forceinline__ int mi_at(int r, int pc) { return r * MI_KC + ((pc ^ (r & 7)) << 4); }
 
@@ -313,15 +306,9 @@ extern "C" int mnv__cu_mm_i8_fits(const mnv_cu_matmul_args *a, int n) {
         (G != 32 && G != 64 && G != 128) || a[0].k < G || a[0].k % G || a[0].k > (1 << 28) || ((uintptr_t)a[0].x & 15) ||
         a[0].ldx % 4)
         return 0;
+    if (!mmv_a8_segs(a, n, G)) return 0;
     int64_t tiles = 0;
-    for (int i = 0; i < n; i++) {
-        const mnv_cu_weight &v = a[i].w;
-        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
-            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].ldx != a[0].ldx ||
-            a[i].m != a[0].m || a[i].k != a[0].k || a[i].n < 1)
-            return 0;
-        tiles += (a[i].n + MI_BN - 1) / MI_BN;
-    }
+    for (int i = 0; i < n; i++) tiles += (a[i].n + MI_BN - 1) / MI_BN;
     return tiles <= 65535;
 }
 

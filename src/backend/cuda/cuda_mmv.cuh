@@ -184,4 +184,26 @@ static inline int mmv_layout(const mnv_cu_weight *w, int64_t k) {
     return MMV_NONE;
 }
 
+/* Products of one x (q, k and v) that the int8 kernels take as segments
+ * of one launch: 8-bit affine weights of one group size G and scale type,
+ * with biases, 16-byte rows, one x, m and k. */
+static inline int mmv_a8_segs(const mnv_cu_matmul_args *a, int n, int G) {
+    for (int i = 0; i < n; i++) {
+        const mnv_cu_weight *v = &a[i].w;
+        if (v->mode != CU_QAFFINE || v->bits != 8 || v->group_size != G || v->scale_type != a[0].w.scale_type ||
+            !v->biases || mmv_layout(v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].ldx != a[0].ldx ||
+            a[i].m != a[0].m || a[i].k != a[0].k || a[i].n < 1)
+            return 0;
+    }
+    return 1;
+}
+
+/* mma.sync m16n8k32, unsigned A (8-bit affine codes as stored), signed B (x's int8 codes). */
+static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 #endif

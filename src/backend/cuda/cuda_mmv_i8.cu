@@ -33,13 +33,6 @@ typedef struct {
     int n;
 } ai_segs;
 
-static __device__ __forceinline__ void mma_u8s8(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* Quarter q of a group of G codes, G / 4 bytes at p (global), as G / 16 words. */
 template <int G> static __device__ __forceinline__ void ai_quarter(const uint8_t *p, uint32_t *w) {
     if (G == 32) {
@@ -201,14 +194,7 @@ static int ai_fits(const mnv_cu_matmul_args *a, int n, int64_t mlo, int64_t mhi)
     if (!a[0].x_i8 || a[0].m < mlo || a[0].m > mhi || (G != 32 && G != 64 && G != 128) || a[0].k % G ||
         a[0].k > INT32_MAX || ai_smem(a[0].m, a[0].k, G) > 40 * 1024)
         return 0;
-    for (int i = 0; i < n; i++) {
-        const mnv_cu_weight &v = a[i].w;
-        if (v.mode != CU_QAFFINE || v.bits != 8 || v.group_size != G || v.scale_type != w.scale_type ||
-            !v.biases || mmv_layout(&v, a[i].k) != MMV_A8 || a[i].x != a[0].x || a[i].ldx != a[0].ldx ||
-            a[i].m != a[0].m || a[i].k != a[0].k || a[i].n < 1)
-            return 0;
-    }
-    return 1;
+    return mmv_a8_segs(a, n, G);
 }
 
 extern "C" int mnv__cu_mmv_i8_fits(const mnv_cu_matmul_args *a, int n) {
