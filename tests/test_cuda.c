@@ -1112,8 +1112,9 @@ static void test_matmul_i8(void) {
  * tile kernel's 2,048 the grouped one (8-11; 11: 520 rows or more). The
  * router stays out: the CPU would round its x too. */
 static void test_moe_i8(void) {
-    for (int i = 0; i < 12; i++) {
-        moe_case c = {.T = i == 0 ? 1 : i == 11 ? t_randint(130, 500) : i >= 8 ? t_randint(8, 120) : t_randint(1, 7),
+    for (int i = 0; i < 14; i++) {
+        /* 12, 13: 2,048 rows and more, the tile kernel */
+        moe_case c = {.T = i == 0 ? 1 : i >= 12 ? t_randint(512, 600) : i == 11 ? t_randint(130, 500) : i >= 8 ? t_randint(8, 120) : t_randint(1, 7),
                       .E = t_randint(4, 40), .N = t_randint(1, 300),
                       .K = 32 * t_randint(1, 100), .kk = t_randint(1, 4), .stage = 2, .per_slot = i % 2 == 1,
                       .interleaved = i == 3, .wt = MNV_DTYPE_BF16};
@@ -1121,8 +1122,9 @@ static void test_moe_i8(void) {
         if (c.kk > c.E) c.kk = c.E;
         run_moe_case(c, &qformats[6]);
     }
-    for (int i = 0; i < 6; i++) {
-        moe_block_case c = {.T = i >= 4 ? t_randint(8, 100) : t_randint(1, 7), .E = t_randint(4, 32),
+    for (int i = 0; i < 7; i++) {
+        /* 6: 2,048 (token, slot) rows and more, the tile kernel, gate and up with their SwiGLU */
+        moe_block_case c = {.T = i == 6 ? t_randint(512, 560) : i >= 4 ? t_randint(8, 100) : t_randint(1, 7), .E = t_randint(4, 32),
                             .N = 32 * t_randint(1, 40),
                             .K = 32 * t_randint(1, 40), .kk = 4, .unaligned = i == 3};
         c.gate.fmt = c.up.fmt = c.down.fmt = (mnv_qformat){MNV_QMODE_MXFP4, 4, 32, MNV_DTYPE_U8};

@@ -281,6 +281,11 @@ cudaError_t mnv__cu_moe_dmma_i8(const mnv_cu_moe_args *a, cudaStream_t s);
 int mnv__cu_moe_gmma_i8_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
+/* From mma_min_rows rows with x_i8: tiles of up to 64 rows of an expert on
+ * the int8 tensor cores, k staged through shared memory (cuda_moe_i8.cu). */
+int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a);
+size_t mnv__cu_moe_mm_i8_scratch(const mnv_cu_moe_args *a);
+cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 
 /* A router in one launch: logits = the product mm (n <= 32 rows,
  * mnv_cu_mmv_fast, with its bias epilogue; mm.y unused), then ids = the

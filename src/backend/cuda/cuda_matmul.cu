@@ -653,7 +653,9 @@ static cudaError_t moe_mmv_launch(const mnv_cu_moe_args *a, const moe_groups *gr
 extern "C" size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a) {
     int64_t rows = a->T * a->kk;
     size_t grouped = rows < MNV_CU_MOE_GROUP_MIN ? 0 : (size_t)(rows + 3 * moe_max_tiles(rows, a->E, MOE_MR) + 1) * 4;
-    size_t mma = mnv__cu_moe_mma_fits(a) ? mnv__cu_moe_mma_scratch(a) : 0;
+    size_t mma = mnv__cu_moe_mm_i8_fits(a) ? mnv__cu_moe_mm_i8_scratch(a)
+                 : mnv__cu_moe_mma_fits(a)  ? mnv__cu_moe_mma_scratch(a)
+                                            : 0;
     size_t gmma = mnv__cu_moe_gmma_i8_fits(a)  ? mnv__cu_moe_gmma_i8_scratch(a)
                   : mnv__cu_moe_gmma_fits(a) ? mnv__cu_moe_gmma_scratch(a)
                                              : 0;
@@ -667,6 +669,7 @@ extern "C" cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch
     unsigned gx = (unsigned)((a->n + WARPS - 1) / WARPS);
     bool fast = mnv_cu_mmv_fast(&a->w, a->k, a->x, a->k);
     if (a->dual && !fast) return cudaErrorInvalidValue; /* pairing is the chunked path's */
+    if (scratch && mnv__cu_moe_mm_i8_fits(a)) return mnv__cu_moe_mm_i8(a, scratch, s);
     if (scratch && mnv__cu_moe_mma_fits(a)) return mnv__cu_moe_mma(a, scratch, s);
     if (scratch && mnv__cu_moe_gmma_i8_fits(a)) return mnv__cu_moe_gmma_i8(a, scratch, s);
     if (scratch && mnv__cu_moe_gmma_fits(a)) return mnv__cu_moe_gmma(a, scratch, s);

@@ -332,3 +332,233 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
         cu_launch(k_moe_gmma_i8<false>, grid, QI_THREADS, 0, s, *a, gr, xq, dxh);
     CU_CHECK_LAUNCH();
 }
+
+/* ---- prefill: tiles of up to 64 rows of an expert ----
+ * From mma_min_rows rows with x_i8 (where the bf16 tile kernel of
+ * cuda_moe_mma.cu runs otherwise): rows grouped by expert into tiles of up
+ * to 64 (x rounded once by k_quant_rows), a block a tile by 64 weight rows
+ * (with DUAL: 32 of the gate and the same 32 of up, warps 0-1 and 2-3),
+ * k in stages of 256 codes (8 groups) copied by cp.async into shared
+ * memory three deep: weights as 128-byte rows, x's codes as 256-byte
+ * rows, both with their 16-byte pieces swizzled by the row, and x's half
+ * steps. Each group is one mma per 8 rows of the tile with A the weights'
+ * codes as int8 (word q of the group for thread q, as the kernels above)
+ * and B x's codes in the same order, its int32 sum scaled as k_moe_gmma_i8
+ * scales it. */
+#define ME_THREADS 128
+#define ME_BN 64           /* weight rows a block */
+#define ME_TILE 64         /* rows of an expert a tile */
+#define ME_KC 256          /* codes a stage */
+#define ME_NG (ME_KC / 32) /* groups a stage */
+#define ME_STAGES 3
+#define ME_WB (ME_BN * ME_KC / 2)
+#define ME_XB (ME_TILE * ME_KC)
+#define ME_DB (ME_NG * ME_TILE * 4)
+#define ME_SB (ME_WB + ME_XB + ME_DB)
+
+static __device__ __forceinline__ void me_cp(void *dst, const void *src, int bytes, bool valid) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (bytes == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
+}
+
+template <bool DUAL>
+static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
+                                                                  const float *dxh) {
+    cu_grid_entry();
+    extern __shared__ __align__(16) int32_t me_sh[];
+    uint8_t *sh = (uint8_t *)me_sh;
+    const int32_t t = blockIdx.x;
+    if (t >= *gr.n_tiles) return; /* the whole block */
+    const int32_t e = gr.tile[3 * t], first = gr.tile[3 * t + 1], cnt = gr.tile[3 * t + 2];
+    const int64_t K = a.k, ng = K / 32, nst = (K + ME_KC - 1) / ME_KC;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    /* output rows of the block: 64, or 32 of gate and up each */
+    const int64_t n0 = (int64_t)blockIdx.y * (DUAL ? ME_BN / 2 : ME_BN);
+    /* this thread's weight pieces: 4 (rows p >> 3, piece p & 7) */
+    const uint8_t *wsrc[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int p = tid + ME_THREADS * i, r = p >> 3;
+        const bool up = DUAL && r >= ME_BN / 2;
+        const mnv_cu_weight &w = up ? a.w2 : a.w;
+        int64_t n = n0 + (up ? r - ME_BN / 2 : r);
+        n = n < a.n ? n : a.n - 1;
+        wsrc[i] = (const uint8_t *)((const uint32_t *)w.w + e * w.we + n * w.ldw) + (p & 7) * 16;
+    }
+    /* x pieces: 8 (tile row p >> 4, piece p & 15); the rows' x row */
+    int64_t xrow[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = (tid + ME_THREADS * i) >> 4;
+        const int64_t tx = r < cnt ? gr.sorted[first + r] : 0;
+        xrow[i] = r < cnt ? (a.per_slot ? tx : tx / a.kk) : -1;
+    }
+    /* steps: 4 (group p / 64 of the stage, tile row p % 64) */
+    int64_t drow[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = (tid + ME_THREADS * i) % ME_TILE;
+        const int64_t tx = r < cnt ? gr.sorted[first + r] : 0;
+        drow[i] = r < cnt ? (a.per_slot ? tx : tx / a.kk) : -1;
+    }
+    auto load = [&](int64_t c, int st) {
+        uint8_t *sw = sh + st * ME_SB, *sx = sw + ME_WB;
+        float *sd = (float *)(sx + ME_XB);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int p = tid + ME_THREADS * i, r = p >> 3, pc = p & 7;
+            const bool in = c * (ME_KC / 2) + pc * 16 < K / 2;
+            me_cp(sw + r * (ME_KC / 2) + ((pc ^ (r & 7)) << 4), in ? wsrc[i] + c * (ME_KC / 2) : wsrc[i], 16, in);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int p = tid + ME_THREADS * i, r = p >> 4, pc = p & 15;
+            const bool in = xrow[i] >= 0 && c * ME_KC + pc * 16 < K;
+            const int8_t *src = in ? xq + xrow[i] * K + c * ME_KC + pc * 16 : xq;
+            me_cp(sx + r * ME_KC + ((pc ^ (r & 7)) << 4), src, 16, in);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int p = tid + ME_THREADS * i, gi = p / ME_TILE, r = p % ME_TILE;
+            const bool in = drow[i] >= 0 && c * ME_NG + gi < ng;
+            me_cp(sd + gi * ME_TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, 4, in);
+        }
+    };
+    /* scales of rows g and g + 8 of this warp's 16 (bytes; 0 past ng) */
+    const uint8_t *sp[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = 16 * warp + g + 8 * h;
+        const bool up = DUAL && r >= ME_BN / 2;
+        const mnv_cu_weight &w = up ? a.w2 : a.w;
+        int64_t n = n0 + (up ? r - ME_BN / 2 : r);
+        n = n < a.n ? n : a.n - 1;
+        sp[h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
+    }
+    auto load_s = [&](int64_t c, float (*s)[2]) {
+#pragma unroll
+        for (int i = 0; i < ME_NG; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int64_t grp = c * ME_NG + i;
+                s[i][h] = grp < ng ? e8m0_max(__ldg(sp[h] + grp)) : 0.0f;
+            }
+    };
+#pragma unroll
+    for (int st = 0; st < ME_STAGES - 1; st++) {
+        if (st < nst) load(st, st);
+        asm volatile("cp.async.commit_group;\n" ::);
+    }
+    float scur[ME_NG][2], snxt[ME_NG][2];
+    load_s(0, scur);
+    float acc[ME_TILE / 8][4] = {};
+    const int wr0 = 16 * warp + g, wr1 = wr0 + 8;
+    for (int64_t c = 0; c < nst; c++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(ME_STAGES - 2));
+        __syncthreads();
+        if (c + ME_STAGES - 1 < nst) load(c + ME_STAGES - 1, (int)((c + ME_STAGES - 1) % ME_STAGES));
+        asm volatile("cp.async.commit_group;\n" ::);
+        if (c + 1 < nst) load_s(c + 1, snxt);
+        const uint8_t *sw = sh + (c % ME_STAGES) * ME_SB, *sx = sw + ME_WB;
+        const float *sd = (const float *)(sx + ME_XB);
+#pragma unroll
+        for (int i = 0; i < ME_NG; i++) {
+            const uint32_t w0 = *(const uint32_t *)(sw + wr0 * (ME_KC / 2) + ((i ^ (wr0 & 7)) << 4) + 4 * q);
+            const uint32_t w8 = *(const uint32_t *)(sw + wr1 * (ME_KC / 2) + ((i ^ (wr1 & 7)) << 4) + 4 * q);
+            uint32_t am[4];
+            mx4_i8(w0, &am[0], &am[2]);
+            mx4_i8(w8, &am[1], &am[3]);
+            /* x codes 8q.. of group i: piece 2i + q / 2, half q % 2 */
+            const int xp = 2 * i + (q >> 1), xh = 8 * (q & 1);
+#pragma unroll
+            for (int j = 0; j < ME_TILE / 8; j++) {
+                const int xr = 8 * j + g;
+                const uint2 b = *(const uint2 *)(sx + xr * ME_KC + ((xp ^ (xr & 7)) << 4) + xh);
+                int cc[4] = {0, 0, 0, 0};
+                mma_s8(cc, am, b.x, b.y);
+                const float2 d = *(const float2 *)(sd + i * ME_TILE + 8 * j + 2 * q);
+                acc[j][0] = fmaf((float)cc[0], scur[i][0] * d.x, acc[j][0]);
+                acc[j][1] = fmaf((float)cc[1], scur[i][0] * d.y, acc[j][1]);
+                acc[j][2] = fmaf((float)cc[2], scur[i][1] * d.x, acc[j][2]);
+                acc[j][3] = fmaf((float)cc[3], scur[i][1] * d.y, acc[j][3]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < ME_NG; i++) scur[i][0] = snxt[i][0], scur[i][1] = snxt[i][1];
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+    /* lane (g, q): weight rows wr0, wr1 by tile rows 8j + 2q, 8j + 2q + 1 */
+    float *up = (float *)sh; /* DUAL: up's sums (32 rows x 64 tile rows) */
+    if (DUAL && warp >= 2) {
+#pragma unroll
+        for (int j = 0; j < ME_TILE / 8; j++)
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                up[((u < 2 ? wr0 : wr1) - ME_BN / 2) * ME_TILE + 8 * j + 2 * q + (u & 1)] = acc[j][u];
+    }
+    if (DUAL) __syncthreads();
+    if (DUAL && warp >= 2) return;
+#pragma unroll
+    for (int j = 0; j < ME_TILE / 8; j++)
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int wr = u < 2 ? wr0 : wr1, col = 8 * j + 2 * q + (u & 1);
+            const int64_t n = n0 + wr;
+            if (col >= cnt || n >= a.n) continue;
+            float v = acc[j][u];
+            v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
+            if (DUAL)
+                v = cu_swiglu(v, up[wr * ME_TILE + col] + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha,
+                              a.limit);
+            a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
+        }
+}
+
+static size_t me_groups_bytes(const mnv_cu_moe_args *a) {
+    const int64_t rows = a->T * a->kk;
+    return ((size_t)(rows + 3 * moe_max_tiles(rows, a->E, ME_TILE) + 1) * 4 + 15) & ~(size_t)15;
+}
+
+extern "C" int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a) {
+    const int64_t rows = a->T * a->kk;
+    const int64_t nb = a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN;
+    return a->x_i8 && a->mma_min_rows > 0 && rows >= a->mma_min_rows && mx4_g32(&a->w, a->k) &&
+           (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) && a->E <= 4096 &&
+           moe_max_tiles(rows, a->E, ME_TILE) <= INT32_MAX && nb <= 65535 && rows <= INT32_MAX &&
+           (x_rows(a) * (a->k / 32) + QI_THREADS - 1) / QI_THREADS <= INT32_MAX;
+}
+
+extern "C" size_t mnv__cu_moe_mm_i8_scratch(const mnv_cu_moe_args *a) {
+    const size_t codes = ((size_t)x_rows(a) * (size_t)a->k + 15) & ~(size_t)15;
+    return me_groups_bytes(a) + codes + (size_t)x_rows(a) * (size_t)(a->k / 32) * 4;
+}
+
+extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    if (!mnv__cu_moe_mm_i8_fits(a)) return cudaErrorInvalidValue;
+    const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, ME_TILE), xr = x_rows(a);
+    int32_t *base = (int32_t *)scratch;
+    moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
+    int8_t *xq = (int8_t *)scratch + me_groups_bytes(a);
+    float *dxh = (float *)(xq + ((xr * a->k + 15) & ~(int64_t)15));
+    cudaError_t err = cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows,
+                                (int32_t)a->E, ME_TILE, gr);
+    if (err == cudaSuccess)
+        err = cu_launch(k_quant_rows, (unsigned)((xr * (a->k / 32) + QI_THREADS - 1) / QI_THREADS), QI_THREADS, 0, s,
+                        a->x, xr, a->k, xq, dxh);
+    if (err != cudaSuccess) return err;
+    const size_t smem = (size_t)ME_STAGES * ME_SB;
+    const dim3 grid((unsigned)max_tiles, (unsigned)(a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2)
+                                                            : (a->n + ME_BN - 1) / ME_BN));
+    if (a->dual) {
+        err = cudaFuncSetAttribute(k_moe_mm_i8<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<true>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
+    } else {
+        err = cudaFuncSetAttribute(k_moe_mm_i8<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<false>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
+    }
+    return err;
+}
