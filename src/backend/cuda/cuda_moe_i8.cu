@@ -315,8 +315,15 @@ extern "C" size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a) {
     return gq_groups_bytes(a) + codes + (size_t)x_rows(a) * (size_t)(a->k / 32) * 4;
 }
 
+#ifdef MNV_CU_GQ_TILE
+static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
+#endif
+
 extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
     if (!mnv__cu_moe_gmma_i8_fits(a)) return cudaErrorInvalidValue;
+#ifdef MNV_CU_GQ_TILE
+    if (w16(&a->w) && (!a->dual || w16(&a->w2))) return me_gq(a, scratch, s);
+#endif
     const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, GQ_TILE), xr = x_rows(a);
     int32_t *base = (int32_t *)scratch;
     moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
@@ -347,14 +354,16 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
  * scales it. */
 #define ME_THREADS 128
 #define ME_BN 64           /* weight rows a block */
-#define ME_TILE 64         /* rows of an expert a tile */
+#define ME_TILE 64         /* rows of an expert a tile (prefill) */
 #define ME_KC 256          /* codes a stage */
 #define ME_NG (ME_KC / 32) /* groups a stage */
 #define ME_STAGES 3
 #define ME_WB (ME_BN * ME_KC / 2)
-#define ME_XB (ME_TILE * ME_KC)
-#define ME_DB (ME_NG * ME_TILE * 4)
-#define ME_SB (ME_WB + ME_XB + ME_DB)
+/* a stage's bytes: weights, x's codes, x's half steps */
+template <int TILE> struct me_cfg {
+    static constexpr int XB = TILE * ME_KC, DB = ME_NG * TILE * 4, SB = ME_WB + XB + DB;
+    static constexpr int XP = TILE * (ME_KC / 16), DP = ME_NG * TILE; /* x pieces, steps */
+};
 
 static __device__ __forceinline__ void me_cp(void *dst, const void *src, int bytes, bool valid) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
@@ -364,10 +373,12 @@ static __device__ __forceinline__ void me_cp(void *dst, const void *src, int byt
         asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
 }
 
-template <bool DUAL>
-static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
+template <bool DUAL, int TILE>
+static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
                                                                   const float *dxh) {
     cu_grid_entry();
+    using C = me_cfg<TILE>;
+    constexpr int XI = (C::XP + ME_THREADS - 1) / ME_THREADS, DI = (C::DP + ME_THREADS - 1) / ME_THREADS;
     extern __shared__ __align__(16) int32_t me_sh[];
     uint8_t *sh = (uint8_t *)me_sh;
     const int32_t t = blockIdx.x;
@@ -388,25 +399,28 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
         n = n < a.n ? n : a.n - 1;
         wsrc[i] = (const uint8_t *)((const uint32_t *)w.w + e * w.we + n * w.ldw) + (p & 7) * 16;
     }
-    /* x pieces: 8 (tile row p >> 4, piece p & 15); the rows' x row */
-    int64_t xrow[8];
+    /* x pieces: XI (tile row p >> 4, piece p & 15); the rows' x row, -1
+     * past the tile's rows (and past the pieces) */
+    int64_t xrow[XI];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int r = (tid + ME_THREADS * i) >> 4;
-        const int64_t tx = r < cnt ? gr.sorted[first + r] : 0;
-        xrow[i] = r < cnt ? (a.per_slot ? tx : tx / a.kk) : -1;
+    for (int i = 0; i < XI; i++) {
+        const int p = tid + ME_THREADS * i, r = p >> 4;
+        const bool in = p < C::XP && r < cnt;
+        const int64_t tx = in ? gr.sorted[first + r] : 0;
+        xrow[i] = in ? (a.per_slot ? tx : tx / a.kk) : -1;
     }
-    /* steps: 4 (group p / 64 of the stage, tile row p % 64) */
-    int64_t drow[4];
+    /* steps: DI (group p / TILE of the stage, tile row p % TILE) */
+    int64_t drow[DI];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int r = (tid + ME_THREADS * i) % ME_TILE;
-        const int64_t tx = r < cnt ? gr.sorted[first + r] : 0;
-        drow[i] = r < cnt ? (a.per_slot ? tx : tx / a.kk) : -1;
+    for (int i = 0; i < DI; i++) {
+        const int p = tid + ME_THREADS * i, r = p % TILE;
+        const bool in = p < C::DP && r < cnt;
+        const int64_t tx = in ? gr.sorted[first + r] : 0;
+        drow[i] = in ? (a.per_slot ? tx : tx / a.kk) : -1;
     }
     auto load = [&](int64_t c, int st) {
-        uint8_t *sw = sh + st * ME_SB, *sx = sw + ME_WB;
-        float *sd = (float *)(sx + ME_XB);
+        uint8_t *sw = sh + st * C::SB, *sx = sw + ME_WB;
+        float *sd = (float *)(sx + C::XB);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             const int p = tid + ME_THREADS * i, r = p >> 3, pc = p & 7;
@@ -414,17 +428,19 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
             me_cp(sw + r * (ME_KC / 2) + ((pc ^ (r & 7)) << 4), in ? wsrc[i] + c * (ME_KC / 2) : wsrc[i], 16, in);
         }
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
+        for (int i = 0; i < XI; i++) {
             const int p = tid + ME_THREADS * i, r = p >> 4, pc = p & 15;
+            if (C::XP % ME_THREADS && p >= C::XP) break;
             const bool in = xrow[i] >= 0 && c * ME_KC + pc * 16 < K;
             const int8_t *src = in ? xq + xrow[i] * K + c * ME_KC + pc * 16 : xq;
             me_cp(sx + r * ME_KC + ((pc ^ (r & 7)) << 4), src, 16, in);
         }
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int p = tid + ME_THREADS * i, gi = p / ME_TILE, r = p % ME_TILE;
+        for (int i = 0; i < DI; i++) {
+            const int p = tid + ME_THREADS * i, gi = p / TILE, r = p % TILE;
+            if (C::DP % ME_THREADS && p >= C::DP) break;
             const bool in = drow[i] >= 0 && c * ME_NG + gi < ng;
-            me_cp(sd + gi * ME_TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, 4, in);
+            me_cp(sd + gi * TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, 4, in);
         }
     };
     /* scales of rows g and g + 8 of this warp's 16 (bytes; 0 past ng) */
@@ -454,7 +470,7 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
     }
     float scur[ME_NG][2], snxt[ME_NG][2];
     load_s(0, scur);
-    float acc[ME_TILE / 8][4] = {};
+    float acc[TILE / 8][4] = {};
     const int wr0 = 16 * warp + g, wr1 = wr0 + 8;
     for (int64_t c = 0; c < nst; c++) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(ME_STAGES - 2));
@@ -462,8 +478,8 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
         if (c + ME_STAGES - 1 < nst) load(c + ME_STAGES - 1, (int)((c + ME_STAGES - 1) % ME_STAGES));
         asm volatile("cp.async.commit_group;\n" ::);
         if (c + 1 < nst) load_s(c + 1, snxt);
-        const uint8_t *sw = sh + (c % ME_STAGES) * ME_SB, *sx = sw + ME_WB;
-        const float *sd = (const float *)(sx + ME_XB);
+        const uint8_t *sw = sh + (c % ME_STAGES) * C::SB, *sx = sw + ME_WB;
+        const float *sd = (const float *)(sx + C::XB);
 #pragma unroll
         for (int i = 0; i < ME_NG; i++) {
             const uint32_t w0 = *(const uint32_t *)(sw + wr0 * (ME_KC / 2) + ((i ^ (wr0 & 7)) << 4) + 4 * q);
@@ -474,12 +490,12 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
             /* x codes 8q.. of group i: piece 2i + q / 2, half q % 2 */
             const int xp = 2 * i + (q >> 1), xh = 8 * (q & 1);
 #pragma unroll
-            for (int j = 0; j < ME_TILE / 8; j++) {
+            for (int j = 0; j < TILE / 8; j++) {
                 const int xr = 8 * j + g;
                 const uint2 b = *(const uint2 *)(sx + xr * ME_KC + ((xp ^ (xr & 7)) << 4) + xh);
                 int cc[4] = {0, 0, 0, 0};
                 mma_s8(cc, am, b.x, b.y);
-                const float2 d = *(const float2 *)(sd + i * ME_TILE + 8 * j + 2 * q);
+                const float2 d = *(const float2 *)(sd + i * TILE + 8 * j + 2 * q);
                 acc[j][0] = fmaf((float)cc[0], scur[i][0] * d.x, acc[j][0]);
                 acc[j][1] = fmaf((float)cc[1], scur[i][0] * d.y, acc[j][1]);
                 acc[j][2] = fmaf((float)cc[2], scur[i][1] * d.x, acc[j][2]);
@@ -492,18 +508,19 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
     asm volatile("cp.async.wait_group 0;\n" ::);
     __syncthreads();
     /* lane (g, q): weight rows wr0, wr1 by tile rows 8j + 2q, 8j + 2q + 1 */
-    float *up = (float *)sh; /* DUAL: up's sums (32 rows x 64 tile rows) */
+    float *up = (float *)sh; /* DUAL: up's sums (32 rows x TILE tile rows) */
+    static_assert(ME_BN / 2 * TILE * 4 <= ME_STAGES * C::SB, "k_moe_mm_i8: up's sums fit the stages");
     if (DUAL && warp >= 2) {
 #pragma unroll
-        for (int j = 0; j < ME_TILE / 8; j++)
+        for (int j = 0; j < TILE / 8; j++)
 #pragma unroll
             for (int u = 0; u < 4; u++)
-                up[((u < 2 ? wr0 : wr1) - ME_BN / 2) * ME_TILE + 8 * j + 2 * q + (u & 1)] = acc[j][u];
+                up[((u < 2 ? wr0 : wr1) - ME_BN / 2) * TILE + 8 * j + 2 * q + (u & 1)] = acc[j][u];
     }
     if (DUAL) __syncthreads();
     if (DUAL && warp >= 2) return;
 #pragma unroll
-    for (int j = 0; j < ME_TILE / 8; j++)
+    for (int j = 0; j < TILE / 8; j++)
 #pragma unroll
         for (int u = 0; u < 4; u++) {
             const int wr = u < 2 ? wr0 : wr1, col = 8 * j + 2 * q + (u & 1);
@@ -512,7 +529,7 @@ static __global__ void __launch_bounds__(ME_THREADS, 2) k_moe_mm_i8(mnv_cu_moe_a
             float v = acc[j][u];
             v = v + (a.bias ? a.bias[e * a.bs0 + n * a.bs1] : 0.0f);
             if (DUAL)
-                v = cu_swiglu(v, up[wr * ME_TILE + col] + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha,
+                v = cu_swiglu(v, up[wr * TILE + col] + (a.bias2 ? a.bias2[e * a.b2s0 + n * a.b2s1] : 0.0f), a.alpha,
                               a.limit);
             a.y[(int64_t)gr.sorted[first + col] * a.n + n] = v;
         }
@@ -537,28 +554,42 @@ extern "C" size_t mnv__cu_moe_mm_i8_scratch(const mnv_cu_moe_args *a) {
     return me_groups_bytes(a) + codes + (size_t)x_rows(a) * (size_t)(a->k / 32) * 4;
 }
 
-extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
-    if (!mnv__cu_moe_mm_i8_fits(a)) return cudaErrorInvalidValue;
-    const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, ME_TILE), xr = x_rows(a);
+/* The tile kernel over the scratch laid out as groups (groups_bytes of
+ * them), x's codes, x's half steps. */
+template <int TILE>
+static cudaError_t me_run(const mnv_cu_moe_args *a, void *scratch, size_t groups_bytes, cudaStream_t s) {
+    const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, TILE), xr = x_rows(a);
     int32_t *base = (int32_t *)scratch;
     moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
-    int8_t *xq = (int8_t *)scratch + me_groups_bytes(a);
+    int8_t *xq = (int8_t *)scratch + groups_bytes;
     float *dxh = (float *)(xq + ((xr * a->k + 15) & ~(int64_t)15));
-    cudaError_t err = cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows,
-                                (int32_t)a->E, ME_TILE, gr);
+    cudaError_t err =
+        cu_launch(k_moe_group, 1, 1024, (size_t)(3 * a->E) * 4, s, a->ids, (int32_t)rows, (int32_t)a->E, TILE, gr);
     if (err == cudaSuccess)
         err = cu_launch(k_quant_rows, (unsigned)((xr * (a->k / 32) + QI_THREADS - 1) / QI_THREADS), QI_THREADS, 0, s,
                         a->x, xr, a->k, xq, dxh);
     if (err != cudaSuccess) return err;
-    const size_t smem = (size_t)ME_STAGES * ME_SB;
+    const size_t smem = (size_t)ME_STAGES * me_cfg<TILE>::SB;
     const dim3 grid((unsigned)max_tiles, (unsigned)(a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2)
                                                             : (a->n + ME_BN - 1) / ME_BN));
     if (a->dual) {
-        err = cudaFuncSetAttribute(k_moe_mm_i8<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<true>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
+        err = cudaFuncSetAttribute(k_moe_mm_i8<true, TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<true, TILE>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
     } else {
-        err = cudaFuncSetAttribute(k_moe_mm_i8<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<false>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
+        err = cudaFuncSetAttribute(k_moe_mm_i8<false, TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<false, TILE>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
     }
     return err;
 }
+
+extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    if (!mnv__cu_moe_mm_i8_fits(a)) return cudaErrorInvalidValue;
+    return me_run<ME_TILE>(a, scratch, me_groups_bytes(a), s);
+}
+
+#ifdef MNV_CU_GQ_TILE
+static_assert(MNV_CU_GQ_TILE >= GQ_TILE, "me_gq: the groups fit the scratch");
+static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    return me_run<MNV_CU_GQ_TILE>(a, scratch, gq_groups_bytes(a), s);
+}
+#endif
