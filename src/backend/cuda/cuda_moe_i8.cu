@@ -316,13 +316,15 @@ extern "C" size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a) {
 }
 
 #ifdef MNV_CU_GQ_TILE
+#define ME_BN 64 /* as below */
 static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 #endif
 
 extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
     if (!mnv__cu_moe_gmma_i8_fits(a)) return cudaErrorInvalidValue;
 #ifdef MNV_CU_GQ_TILE
-    if (w16(&a->w) && (!a->dual || w16(&a->w2))) return me_gq(a, scratch, s);
+    if (w16(&a->w) && (!a->dual || w16(&a->w2)) && (a->n + ME_BN - 1) / ME_BN * (a->dual ? 2 : 1) <= 65535)
+        return me_gq(a, scratch, s);
 #endif
     const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, GQ_TILE), xr = x_rows(a);
     int32_t *base = (int32_t *)scratch;
