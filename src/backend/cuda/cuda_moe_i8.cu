@@ -379,6 +379,7 @@ template <bool DUAL, int TILE>
 static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
                                                                   const float *dxh) {
     cu_grid_entry();
+    static_assert(TILE % 8 == 0 && TILE <= 64, "k_moe_mm_i8: tiles of 8, 16, ... 64 rows");
     using C = me_cfg<TILE>;
     constexpr int XI = (C::XP + ME_THREADS - 1) / ME_THREADS, DI = (C::DP + ME_THREADS - 1) / ME_THREADS;
     extern __shared__ __align__(16) int32_t me_sh[];
