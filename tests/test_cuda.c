@@ -1108,9 +1108,10 @@ static void test_matmul_i8(void) {
 
 /* Decode steps of mxfp4 experts with x rounded to int8 (a backend without
  * exact_quant; the CPU's int8 path the reference): fewer than 32 (token,
- * slot) rows, the slot-a-block kernel (cases 0-7), and from 32 up to the
- * tile kernel's 2,048 the grouped one (8-11; 11: 520 rows or more). The
- * router stays out: the CPU would round its x too. */
+ * slot) rows, the slot-a-block kernel (cases 0-7); from 32 the grouped
+ * one, and from 256 the tile kernel in tiles of 16 (8-11; 11: 520 rows or
+ * more); from 2,048 the tile kernel in tiles of 64 (12, 13). The router
+ * stays out: the CPU would round its x too. */
 static void test_moe_i8(void) {
     for (int i = 0; i < 14; i++) {
         /* 12, 13: 2,048 rows and more, the tile kernel */

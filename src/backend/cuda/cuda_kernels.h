@@ -256,6 +256,11 @@ typedef struct {
  * 3,112, a 128-token prefill 2,479 -> 3,640; from 512 tokens the tile
  * kernel wins: 7,445 against 6,685). */
 #define MNV_CU_MOE_MMA_MIN_I8 2048
+/* From 256 rows (below mma_min_rows) the grouped int8 rows go to the tile
+ * kernel (cuda_moe_i8.cu) in tiles of 16 (an H100, gpt-oss-20b: 64
+ * decoding sequences 4,382 -> 4,542 tok/s, 128: 4,912 -> 5,558; at 48, 192
+ * rows, the grouped kernel still wins, 3,877 against 3,679). */
+#define MNV_CU_MOE_TILE_MIN_I8 256
 size_t mnv_cu_moe_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv_cu_moe_matmul(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* The tensor-core path (cuda_moe_mma.cu): whether it takes a, its scratch. */
@@ -282,7 +287,9 @@ int mnv__cu_moe_gmma_i8_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
 /* From mma_min_rows rows with x_i8: tiles of up to 64 rows of an expert on
- * the int8 tensor cores, k staged through shared memory (cuda_moe_i8.cu). */
+ * the int8 tensor cores, k staged through shared memory (cuda_moe_i8.cu);
+ * the grouped path above hands its rows to the same kernel in tiles of 16
+ * from MNV_CU_MOE_TILE_MIN_I8 rows. */
 int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a);
 size_t mnv__cu_moe_mm_i8_scratch(const mnv_cu_moe_args *a);
 cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);

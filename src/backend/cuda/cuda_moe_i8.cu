@@ -315,17 +315,16 @@ extern "C" size_t mnv__cu_moe_gmma_i8_scratch(const mnv_cu_moe_args *a) {
     return gq_groups_bytes(a) + codes + (size_t)x_rows(a) * (size_t)(a->k / 32) * 4;
 }
 
-#ifdef MNV_CU_GQ_TILE
-#define ME_BN 64 /* as below */
+/* From MNV_CU_MOE_TILE_MIN_I8 rows, where its 16-byte loads are aligned
+ * and its grid fits, the decode batch takes the tile kernel below in tiles
+ * of 16 rows of an expert. */
+#define GQ_TILE_ROWS 16
+static bool me_gq_fits(const mnv_cu_moe_args *a);
 static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s);
-#endif
 
 extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
     if (!mnv__cu_moe_gmma_i8_fits(a)) return cudaErrorInvalidValue;
-#ifdef MNV_CU_GQ_TILE
-    if (w16(&a->w) && (!a->dual || w16(&a->w2)) && (a->n + ME_BN - 1) / ME_BN * (a->dual ? 2 : 1) <= 65535)
-        return me_gq(a, scratch, s);
-#endif
+    if (me_gq_fits(a)) return me_gq(a, scratch, s);
     const int64_t rows = a->T * a->kk, max_tiles = moe_max_tiles(rows, a->E, GQ_TILE), xr = x_rows(a);
     int32_t *base = (int32_t *)scratch;
     moe_groups gr = {base, base + rows, base + rows + 3 * max_tiles};
@@ -590,9 +589,12 @@ extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch
     return me_run<ME_TILE>(a, scratch, me_groups_bytes(a), s);
 }
 
-#ifdef MNV_CU_GQ_TILE
-static_assert(MNV_CU_GQ_TILE >= GQ_TILE, "me_gq: the groups fit the scratch");
-static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
-    return me_run<MNV_CU_GQ_TILE>(a, scratch, gq_groups_bytes(a), s);
+static bool me_gq_fits(const mnv_cu_moe_args *a) {
+    return a->T * a->kk >= MNV_CU_MOE_TILE_MIN_I8 && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
+           (a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN) <= 65535;
 }
-#endif
+
+static_assert(GQ_TILE_ROWS >= GQ_TILE, "me_gq: the groups (counted in tiles of GQ_TILE) fit the scratch");
+static cudaError_t me_gq(const mnv_cu_moe_args *a, void *scratch, cudaStream_t s) {
+    return me_run<GQ_TILE_ROWS>(a, scratch, gq_groups_bytes(a), s);
+}
