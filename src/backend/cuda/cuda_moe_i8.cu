@@ -366,12 +366,9 @@ template <int TILE> struct me_cfg {
     static constexpr int XP = TILE * (ME_KC / 16), DP = ME_NG * TILE; /* x pieces, steps */
 };
 
-static __device__ __forceinline__ void me_cp(void *dst, const void *src, int bytes, bool valid) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    if (bytes == 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0));
+/* weight blocks of a product: 64 rows, or 32 of gate and up each */
+static int64_t me_nb(const mnv_cu_moe_args *a) {
+    return a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN;
 }
 
 template <bool DUAL, int TILE>
@@ -427,7 +424,7 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         for (int i = 0; i < 4; i++) {
             const int p = tid + ME_THREADS * i, r = p >> 3, pc = p & 7;
             const bool in = c * (ME_KC / 2) + pc * 16 < K / 2;
-            me_cp(sw + r * (ME_KC / 2) + ((pc ^ (r & 7)) << 4), in ? wsrc[i] + c * (ME_KC / 2) : wsrc[i], 16, in);
+            cp16(sw + r * (ME_KC / 2) + ((pc ^ (r & 7)) << 4), in ? wsrc[i] + c * (ME_KC / 2) : wsrc[i], in);
         }
 #pragma unroll
         for (int i = 0; i < XI; i++) {
@@ -435,14 +432,14 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
             if (C::XP % ME_THREADS && p >= C::XP) break;
             const bool in = xrow[i] >= 0 && c * ME_KC + pc * 16 < K;
             const int8_t *src = in ? xq + xrow[i] * K + c * ME_KC + pc * 16 : xq;
-            me_cp(sx + r * ME_KC + ((pc ^ (r & 7)) << 4), src, 16, in);
+            cp16(sx + r * ME_KC + ((pc ^ (r & 7)) << 4), src, in);
         }
 #pragma unroll
         for (int i = 0; i < DI; i++) {
             const int p = tid + ME_THREADS * i, gi = p / TILE, r = p % TILE;
             if (C::DP % ME_THREADS && p >= C::DP) break;
             const bool in = drow[i] >= 0 && c * ME_NG + gi < ng;
-            me_cp(sd + gi * TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, 4, in);
+            cp4(sd + gi * TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, in);
         }
     };
     /* scales of rows g and g + 8 of this warp's 16 (bytes; 0 past ng) */
@@ -468,17 +465,17 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
 #pragma unroll
     for (int st = 0; st < ME_STAGES - 1; st++) {
         if (st < nst) load(st, st);
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_commit();
     }
     float scur[ME_NG][2], snxt[ME_NG][2];
     load_s(0, scur);
     float acc[TILE / 8][4] = {};
     const int wr0 = 16 * warp + g, wr1 = wr0 + 8;
     for (int64_t c = 0; c < nst; c++) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(ME_STAGES - 2));
+        cp_wait<ME_STAGES - 2>();
         __syncthreads();
         if (c + ME_STAGES - 1 < nst) load(c + ME_STAGES - 1, (int)((c + ME_STAGES - 1) % ME_STAGES));
-        asm volatile("cp.async.commit_group;\n" ::);
+        cp_commit();
         if (c + 1 < nst) load_s(c + 1, snxt);
         const uint8_t *sw = sh + (c % ME_STAGES) * C::SB, *sx = sw + ME_WB;
         const float *sd = (const float *)(sx + C::XB);
@@ -507,7 +504,7 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
 #pragma unroll
         for (int i = 0; i < ME_NG; i++) scur[i][0] = snxt[i][0], scur[i][1] = snxt[i][1];
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_wait<0>();
     __syncthreads();
     /* lane (g, q): weight rows wr0, wr1 by tile rows 8j + 2q, 8j + 2q + 1 */
     float *up = (float *)sh; /* DUAL: up's sums (32 rows x TILE tile rows) */
@@ -544,7 +541,7 @@ static size_t me_groups_bytes(const mnv_cu_moe_args *a) {
 
 extern "C" int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a) {
     const int64_t rows = a->T * a->kk;
-    const int64_t nb = a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN;
+    const int64_t nb = me_nb(a);
     return a->x_i8 && a->mma_min_rows > 0 && rows >= a->mma_min_rows && mx4_g32(&a->w, a->k) &&
            (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) && a->E <= 4096 &&
            moe_max_tiles(rows, a->E, ME_TILE) <= INT32_MAX && nb <= 65535 && rows <= INT32_MAX &&
@@ -572,8 +569,7 @@ static cudaError_t me_run(const mnv_cu_moe_args *a, void *scratch, size_t groups
                         a->x, xr, a->k, xq, dxh);
     if (err != cudaSuccess) return err;
     const size_t smem = (size_t)ME_STAGES * me_cfg<TILE>::SB;
-    const dim3 grid((unsigned)max_tiles, (unsigned)(a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2)
-                                                            : (a->n + ME_BN - 1) / ME_BN));
+    const dim3 grid((unsigned)max_tiles, (unsigned)me_nb(a));
     if (a->dual) {
         err = cudaFuncSetAttribute(k_moe_mm_i8<true, TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
         if (err == cudaSuccess) err = cu_launch(k_moe_mm_i8<true, TILE>, grid, ME_THREADS, smem, s, *a, gr, xq, dxh);
@@ -591,7 +587,7 @@ extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch
 
 static bool me_gq_fits(const mnv_cu_moe_args *a) {
     return a->T * a->kk >= MNV_CU_MOE_TILE_MIN_I8 && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           (a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN) <= 65535;
+           me_nb(a) <= 65535;
 }
 
 static_assert(GQ_TILE_ROWS >= GQ_TILE, "me_gq: the groups (counted in tiles of GQ_TILE) fit the scratch");
