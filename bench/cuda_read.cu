@@ -13,7 +13,12 @@
  * of one expert. "tile" reads as k_moe_dmma_i8 does: each warp takes every
  * fourth quad (64 bytes of a row), lane (g, q) 16 bytes of rows g and
  * g + 8; "linear" reads the tile's 16 x R bytes front to back, 16 bytes a
- * thread. Both keep all of a thread's loads in flight.
+ * thread. Both keep all of a thread's loads in flight. Then each with the
+ * e8m0 scales (a byte a group of 32 codes, R / 16 a row): "tile" reading
+ * them as the kernel does from their own array (rows R / 16 bytes apart,
+ * lane (g, q) four bytes a quad: groups 2(q & 1) and 2(q & 1) + 1 of rows
+ * g and g + 8), "linear" with the tile's 16 rows' scales side by side
+ * (16 x R / 16 bytes, read front to back as the weights).
  * Usage: bench_cuda_read [device] */
 #include <stdint.h>
 #include <stdio.h>
@@ -39,18 +44,31 @@ static __global__ void __launch_bounds__(THREADS, 2) k_read(const uint4 *p, size
 
 #define TQ 8 /* quads a warp's loads in flight (R up to 4 * TQ * 64 bytes, a multiple of 16) */
 
-template <bool TILE>
-static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, int64_t rows, int64_t rb, unsigned *out) {
-    const uint8_t *t = w + ((int64_t)blockIdx.y * rows + (int64_t)blockIdx.x * 16) * rb;
+/* MODE: 0 tile, 1 linear; SC: the scales too, at sc (R / 16 bytes a row,
+ * in rows for the tile, side by side a tile for linear). */
+template <int MODE, bool SC>
+static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, const uint8_t *sc, int64_t rows, int64_t rb,
+                                                     unsigned *out) {
+    const int64_t r0 = (int64_t)blockIdx.y * rows + (int64_t)blockIdx.x * 16, sb = rb / 16;
+    const uint8_t *t = w + r0 * rb, *ts = sc + r0 * sb;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     unsigned acc = 0;
     uint4 v[2 * TQ];
-    if (TILE) {
+    uint32_t s4[TQ][4];
+    if (MODE == 0) {
 #pragma unroll
         for (int i = 0; i < TQ; i++) {
             const int64_t at = (warp + 4 * i) * 64 + 16 * q; /* a row's last quad may be part of one */
             v[2 * i] = at < rb ? __ldg((const uint4 *)(t + g * rb + at)) : make_uint4(0, 0, 0, 0);
             v[2 * i + 1] = at < rb ? __ldg((const uint4 *)(t + (g + 8) * rb + at)) : make_uint4(0, 0, 0, 0);
+            if (SC) {
+                const int64_t gs = 4 * (warp + 4 * i) + 2 * (q & 1);
+                const bool in = (warp + 4 * i) * 64 < rb;
+                s4[i][0] = in ? __ldg(ts + g * sb + gs) : 0u;
+                s4[i][1] = in ? __ldg(ts + g * sb + gs + 1) : 0u;
+                s4[i][2] = in ? __ldg(ts + (g + 8) * sb + gs) : 0u;
+                s4[i][3] = in ? __ldg(ts + (g + 8) * sb + gs + 1) : 0u;
+            }
         }
     } else {
         const int64_t n16 = 16 * rb / 16;
@@ -59,9 +77,16 @@ static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, int64_t r
             const int64_t j = threadIdx.x + 128 * i;
             v[i] = j < n16 ? __ldg((const uint4 *)t + j) : make_uint4(0, 0, 0, 0);
         }
+        if (SC) {
+            const uint4 z = threadIdx.x < sb ? __ldg((const uint4 *)ts + threadIdx.x) : make_uint4(0, 0, 0, 0);
+            s4[0][0] = z.x, s4[0][1] = z.y, s4[0][2] = z.z, s4[0][3] = z.w;
+        }
     }
 #pragma unroll
     for (int i = 0; i < 2 * TQ; i++) acc ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+    if (SC)
+#pragma unroll
+        for (int i = 0; i < (MODE == 0 ? TQ : 1); i++) acc ^= s4[i][0] ^ s4[i][1] ^ s4[i][2] ^ s4[i][3];
     if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;
 }
 
@@ -100,13 +125,15 @@ static size_t slots_of(size_t total, size_t bytes) {
     return total / bytes < (size_t)LAUNCHES ? total / bytes : (size_t)LAUNCHES;
 }
 
-/* The pattern over 4 experts, each launch its own; microseconds a launch. */
-template <bool TILE>
+/* The pattern over 4 experts, each launch its own (weights, then their
+ * scales); microseconds a launch. */
+template <int MODE, bool SC>
 static double tile_run(cudaStream_t s, const uint8_t *buf, size_t total, int64_t rows, int64_t rb, unsigned *out,
                        cudaEvent_t e0, cudaEvent_t e1) {
-    const size_t bytes = (size_t)(4 * rows * rb), slots = slots_of(total, bytes);
+    const size_t wb = (size_t)(4 * rows * rb), bytes = wb + wb / 16, slots = slots_of(total, bytes);
     return graph_us(s, e0, e1, [&](cudaStream_t st, int l) {
-        k_tile<TILE><<<dim3((unsigned)(rows / 16), 4), 128, 0, st>>>(buf + (l % slots) * bytes, rows, rb, out);
+        const uint8_t *w = buf + (l % slots) * bytes;
+        k_tile<MODE, SC><<<dim3((unsigned)(rows / 16), 4), 128, 0, st>>>(w, w + wb, rows, rb, out);
     });
 }
 
@@ -152,16 +179,20 @@ int main(int argc, char **argv) {
     const int64_t shapes[][2] = {{2880, 1440}, {2880, 1152}, {5760, 1440}};
     for (size_t z = 0; z < sizeof shapes / sizeof shapes[0]; z++) {
         const int64_t rows = shapes[z][0], rb = shapes[z][1];
-        const double bytes = 4.0 * (double)rows * (double)rb;
-        const double ut = tile_run<true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
-                     ul = tile_run<false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1);
-        if (ut < 0 || ul < 0) {
+        const double bytes = 4.0 * (double)rows * (double)rb, bs = bytes + bytes / 16;
+        const double ut = tile_run<0, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     ul = tile_run<1, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     uts = tile_run<0, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     uls = tile_run<1, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1);
+        if (ut < 0 || ul < 0 || uts < 0 || uls < 0) {
             fprintf(stderr, "bench_cuda_read: graph: %s\n", cudaGetErrorString(cudaGetLastError()));
             return 1;
         }
         printf("  N %5lld R %5lld (%5.1f MB): tile %7.2f us (%4.0f GB/s), linear %7.2f us (%4.0f GB/s)\n",
                (long long)rows, (long long)rb, bytes / 1e6, ut, bytes / (ut * 1e-6) / 1e9, ul,
                bytes / (ul * 1e-6) / 1e9);
+        printf("    with scales (%5.1f MB): tile %7.2f us (%4.0f GB/s), linear %7.2f us (%4.0f GB/s)\n", bs / 1e6, uts,
+               bs / (uts * 1e-6) / 1e9, uls, bs / (uls * 1e-6) / 1e9);
     }
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) {
