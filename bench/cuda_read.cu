@@ -44,9 +44,9 @@ static __global__ void __launch_bounds__(THREADS, 2) k_read(const uint4 *p, size
 
 #define TQ 8 /* quads a warp's loads in flight (R up to 4 * TQ * 64 bytes, a multiple of 16) */
 
-/* MODE: 0 tile, 1 linear; SC: the scales too, at sc (R / 16 bytes a row,
- * in rows for the tile, side by side a tile for linear). */
-template <int MODE, bool SC>
+/* SC: the scales too, at sc (R / 16 bytes a row; in rows for the tile,
+ * side by side a tile for linear). */
+template <bool TILE, bool SC>
 static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, const uint8_t *sc, int64_t rows, int64_t rb,
                                                      unsigned *out) {
     const int64_t r0 = (int64_t)blockIdx.y * rows + (int64_t)blockIdx.x * 16, sb = rb / 16;
@@ -55,19 +55,17 @@ static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, const uin
     unsigned acc = 0;
     uint4 v[2 * TQ];
     uint32_t s4[TQ][4];
-    if (MODE == 0) {
+    if (TILE) {
 #pragma unroll
         for (int i = 0; i < TQ; i++) {
             const int64_t at = (warp + 4 * i) * 64 + 16 * q; /* a row's last quad may be part of one */
             v[2 * i] = at < rb ? __ldg((const uint4 *)(t + g * rb + at)) : make_uint4(0, 0, 0, 0);
             v[2 * i + 1] = at < rb ? __ldg((const uint4 *)(t + (g + 8) * rb + at)) : make_uint4(0, 0, 0, 0);
             if (SC) {
-                const int64_t gs = 4 * (warp + 4 * i) + 2 * (q & 1);
-                const bool in = (warp + 4 * i) * 64 < rb;
-                s4[i][0] = in ? __ldg(ts + g * sb + gs) : 0u;
-                s4[i][1] = in ? __ldg(ts + g * sb + gs + 1) : 0u;
-                s4[i][2] = in ? __ldg(ts + (g + 8) * sb + gs) : 0u;
-                s4[i][3] = in ? __ldg(ts + (g + 8) * sb + gs + 1) : 0u;
+                const int64_t gs = 4 * (warp + 4 * i) + 2 * (q & 1); /* groups past the row: none read */
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+                    s4[i][u] = gs + (u & 1) < sb ? __ldg(ts + (g + 8 * (u >> 1)) * sb + gs + (u & 1)) : 0u;
             }
         }
     } else {
@@ -86,7 +84,7 @@ static __global__ void __launch_bounds__(128) k_tile(const uint8_t *w, const uin
     for (int i = 0; i < 2 * TQ; i++) acc ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
     if (SC)
 #pragma unroll
-        for (int i = 0; i < (MODE == 0 ? TQ : 1); i++) acc ^= s4[i][0] ^ s4[i][1] ^ s4[i][2] ^ s4[i][3];
+        for (int i = 0; i < (TILE ? TQ : 1); i++) acc ^= s4[i][0] ^ s4[i][1] ^ s4[i][2] ^ s4[i][3];
     if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;
 }
 
@@ -127,13 +125,13 @@ static size_t slots_of(size_t total, size_t bytes) {
 
 /* The pattern over 4 experts, each launch its own (weights, then their
  * scales); microseconds a launch. */
-template <int MODE, bool SC>
+template <bool TILE, bool SC>
 static double tile_run(cudaStream_t s, const uint8_t *buf, size_t total, int64_t rows, int64_t rb, unsigned *out,
                        cudaEvent_t e0, cudaEvent_t e1) {
     const size_t wb = (size_t)(4 * rows * rb), bytes = wb + wb / 16, slots = slots_of(total, bytes);
     return graph_us(s, e0, e1, [&](cudaStream_t st, int l) {
         const uint8_t *w = buf + (l % slots) * bytes;
-        k_tile<MODE, SC><<<dim3((unsigned)(rows / 16), 4), 128, 0, st>>>(w, w + wb, rows, rb, out);
+        k_tile<TILE, SC><<<dim3((unsigned)(rows / 16), 4), 128, 0, st>>>(w, w + wb, rows, rb, out);
     });
 }
 
@@ -180,10 +178,10 @@ int main(int argc, char **argv) {
     for (size_t z = 0; z < sizeof shapes / sizeof shapes[0]; z++) {
         const int64_t rows = shapes[z][0], rb = shapes[z][1];
         const double bytes = 4.0 * (double)rows * (double)rb, bs = bytes + bytes / 16;
-        const double ut = tile_run<0, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
-                     ul = tile_run<1, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
-                     uts = tile_run<0, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
-                     uls = tile_run<1, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1);
+        const double ut = tile_run<true, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     ul = tile_run<false, false>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     uts = tile_run<true, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1),
+                     uls = tile_run<false, true>(s, (const uint8_t *)buf, total, rows, rb, out, e0, e1);
         if (ut < 0 || ul < 0 || uts < 0 || uls < 0) {
             fprintf(stderr, "bench_cuda_read: graph: %s\n", cudaGetErrorString(cudaGetLastError()));
             return 1;
