@@ -697,11 +697,12 @@ static void test_attention(void) {
          * values a lane (256, and 160 with lanes past the head); 18 to 21:
          * prefill chunks of one to three sequences, enough queries for the
          * tensor-core kernel, tiles of queries across sequences; 22: more
-         * (query, head) pairs than the split kernel's counts (its chunks
-         * merged by the second kernel), heads of 32 off the tensor cores */
+         * (query, head) blocks than the split kernel's counts (its chunks
+         * merged by the second kernel: groups of 2 heads, a block a head),
+         * heads of 32 off the tensor cores */
         bool many = i == 22, longer = i >= 12 && !many, prefill = i >= 18 && !many;
         attn_case c = {.S = many ? 1 : t_randint(1, 3), .B = i % 2 || longer || many ? 16 : t_randint(1, 5),
-                       .Hkv = many ? 8 : t_randint(1, 3),
+                       .Hkv = many ? 32 : t_randint(1, 3),
                        .D = many ? 32 : i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
                        .dt = float_types[i % 3], .sinks = i % 4 >= 2,
                        .window = i % 5 == 4 ? t_randint(1, 12) : i == 14 ? t_randint(200, 700) : 0};

@@ -5,12 +5,15 @@
  * score, then the tile's weights are applied to V with the lanes holding
  * slices of the head dimension; the block's warps are merged in order.
  * The chunks are merged in order with an online softmax, then the sink.
+ * A block takes the query heads of a KV head together (8 or 4 of them
+ * where the group divides so), reading each K and V row once for them.
  *
  * Two ways to run it give the same bits: split (decode), one block per
- * (query, chunk) writing partials that a second kernel merges, so that a
- * long context is read by many blocks at once; and sequential (long
- * batches, where the partials would not fit the scratch), one block per
- * query walking its chunks. The arithmetic of a chunk and of the merges is
+ * (query, head group, chunk) writing partials that the group's last block
+ * (or a second kernel) merges, so that a long context is read by many
+ * blocks at once; and sequential (long batches, where the partials would
+ * not fit the scratch), one block per (query, head group) walking its
+ * chunks. The arithmetic of a chunk and of the merges is
  * one and the same, so a query's result does not depend on which way its
  * step ran or on what it was batched with. */
 #include "backend/cuda/cuda_common.cuh"

@@ -113,8 +113,9 @@ typedef struct {
     int64_t mma_min_rows;  /* queries from which tensor cores take the step (0: never) */
     int32_t *count;        /* NULL, or MNV_CU_ATTN_COUNT zeroed ints, which every launch leaves zeroed */
 } mnv_cu_attn_args;
-/* (query, head) pairs up to which a split step merges its chunks in its
- * own last block (given count), where more take a second kernel */
+/* Blocks of (query, head group) up to which a split step merges its
+ * chunks in its own last block (given count), where more take a second
+ * kernel */
 #define MNV_CU_ATTN_COUNT 16384
 /* head_dim <= 256. Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
