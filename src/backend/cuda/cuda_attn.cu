@@ -391,13 +391,15 @@ static cudaError_t attn_go(const mnv_cu_attn_args *a, void *scratch, size_t scra
 }
 
 /* Heads a block: the KV group's heads together where they divide into 8
- * (4 with 8 values a lane, for registers) or 4, else one. */
+ * (4 with 8 values a lane, for registers) or 4 and the step keeps
+ * MNV_CU_ATTN_GROUP_BLOCKS (query, head group) blocks at least, else one
+ * (a head's result is the same either way). */
 template <int DPL>
 static cudaError_t attn_heads(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
-    const int64_t group = a->n_head / a->kc.n_head_kv;
+    const int64_t group = a->n_head / a->kc.n_head_kv, pairs = a->T * a->n_head;
     if constexpr (DPL <= 4)
-        if (group % 8 == 0) return attn_go<DPL, 8>(a, scratch, scratch_size, s);
-    if (group % 4 == 0) return attn_go<DPL, 4>(a, scratch, scratch_size, s);
+        if (group % 8 == 0 && pairs / 8 >= MNV_CU_ATTN_GROUP_BLOCKS) return attn_go<DPL, 8>(a, scratch, scratch_size, s);
+    if (group % 4 == 0 && pairs / 4 >= MNV_CU_ATTN_GROUP_BLOCKS) return attn_go<DPL, 4>(a, scratch, scratch_size, s);
     return attn_go<DPL, 1>(a, scratch, scratch_size, s);
 }
 
