@@ -690,6 +690,64 @@ static mnv_array *build_attention(side *s, mnv_graph *g, void *ud) {
                          c->window);
 }
 
+/* c's pool, tables, positions and inputs for its S sequences of len[s]
+ * tokens, the last nnew[s] of them new this step (c's S, B, Hkv, H, D, dt
+ * and vdt set). */
+static void attn_fill(attn_case *c, const int32_t *len, const int32_t *nnew) {
+    c->W = 0;
+    c->T = 0;
+    for (int s = 0; s < c->S; s++) {
+        c->W = MNV_MAX(c->W, (len[s] + c->B - 1) / c->B);
+        c->T += nnew[s];
+    }
+    c->NB = c->S * c->W + 2;
+    int64_t row = c->Hkv * c->D, total = c->NB * 2 * c->B * row;
+    float *pool = randv((size_t)total, 1.0f);
+    c->pool = as_dtype(pool, (size_t)total, c->dt);
+    c->vpool = as_dtype(pool, (size_t)total / 2, c->vdt);
+    free(pool);
+    c->tables = calloc((size_t)(c->S * c->W), sizeof(int32_t));
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)c->NB);
+    for (int b = 0; b < c->NB; b++) perm[b] = b;
+    for (int b = (int)c->NB - 1; b > 0; b--) {
+        int j = t_randint(0, b), tmp = perm[b];
+        perm[b] = perm[j];
+        perm[j] = tmp;
+    }
+    for (int s = 0, next = 0; s < c->S; s++)
+        for (int b = 0; b < (len[s] + c->B - 1) / c->B; b++) c->tables[s * c->W + b] = perm[next++];
+    free(perm);
+    c->seq = malloc(sizeof(int32_t) * (size_t)c->T);
+    c->pos = malloc(sizeof(int32_t) * (size_t)c->T);
+    c->slot = malloc(sizeof(int32_t) * (size_t)c->T);
+    for (int s = 0, t = 0; s < c->S; s++)
+        for (int j = 0; j < nnew[s]; j++, t++) {
+            c->seq[t] = s;
+            c->pos[t] = len[s] - nnew[s] + j;
+            c->slot[t] = c->tables[s * c->W + c->pos[t] / c->B] * (int32_t)c->B + c->pos[t] % (int32_t)c->B;
+        }
+    c->q = randv((size_t)(c->T * c->H * c->D), 1.0f);
+    c->k = randv((size_t)(c->T * row), 1.0f);
+    c->v = randv((size_t)(c->T * row), 1.0f);
+    c->sink = randv((size_t)c->H, 2.0f);
+    c->inv_freq = malloc(sizeof(float) * (size_t)(c->D / 2));
+    for (int64_t d = 0; d < c->D / 2; d++) c->inv_freq[d] = powf(10000.0f, -2.0f * (float)d / (float)c->D);
+}
+
+static void attn_free(attn_case *c) {
+    free(c->pool);
+    free(c->vpool);
+    free(c->tables);
+    free(c->seq);
+    free(c->pos);
+    free(c->slot);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->sink);
+    free(c->inv_freq);
+}
+
 static void test_attention(void) {
     for (int i = 0; i < 23; i++) {
         /* from 12 on: contexts of several chunks of keys (split over blocks
@@ -697,77 +755,70 @@ static void test_attention(void) {
          * values a lane (256, and 160 with lanes past the head); 18 to 21:
          * prefill chunks of one to three sequences, enough queries for the
          * tensor-core kernel, tiles of queries across sequences; 22: more
-         * (query, head) pairs than the split kernel's counts (its chunks
-         * merged by the second kernel), heads of 32 off the tensor cores */
+         * (query, head) blocks than the split kernel's counts (its chunks
+         * merged by the second kernel: groups of 2 heads, a block a head),
+         * heads of 32 off the tensor cores */
         bool many = i == 22, longer = i >= 12 && !many, prefill = i >= 18 && !many;
         attn_case c = {.S = many ? 1 : t_randint(1, 3), .B = i % 2 || longer || many ? 16 : t_randint(1, 5),
-                       .Hkv = many ? 8 : t_randint(1, 3),
+                       .Hkv = many ? 32 : t_randint(1, 3),
                        .D = many ? 32 : i == 16 ? 256 : i == 17 ? 160 : i % 3 == 0 ? 128 : i == 13 ? 80 : 64,
                        .dt = float_types[i % 3], .sinks = i % 4 >= 2,
                        .window = i % 5 == 4 ? t_randint(1, 12) : i == 14 ? t_randint(200, 700) : 0};
-        c.H = many ? 64 : c.Hkv * t_randint(1, 4);
+        /* groups of 8 heads a KV head now and then (a block takes them together) */
+        c.H = many ? 64 : c.Hkv * (i % 4 == 1 ? 8 : t_randint(1, 4));
         int32_t len[3], nnew[3];
-        c.W = 0;
-        c.T = 0;
         for (int s = 0; s < c.S; s++) {
             len[s] = many ? t_randint(300, 600) : prefill ? t_randint(40, 700) : longer ? t_randint(200, 1300) : t_randint(1, 70);
             /* drawn once: MNV_MIN evaluates twice */
             const int32_t draw = many ? t_randint(270, 300) : prefill ? t_randint(40, 200) : t_randint(1, 5);
             nnew[s] = MNV_MIN(len[s], draw);
-            c.W = MNV_MAX(c.W, (len[s] + c.B - 1) / c.B);
-            c.T += nnew[s];
         }
-        c.NB = c.S * c.W + 2;
         c.vdt = float_types[(i + i / 3) % 3]; /* K and V of one type, and of two */
-        int64_t row = c.Hkv * c.D, total = c.NB * 2 * c.B * row;
-        float *pool = randv((size_t)total, 1.0f);
-        c.pool = as_dtype(pool, (size_t)total, c.dt);
-        c.vpool = as_dtype(pool, (size_t)total / 2, c.vdt);
-        c.tables = calloc((size_t)(c.S * c.W), sizeof(int32_t));
-        int32_t *perm = malloc(sizeof(int32_t) * (size_t)c.NB);
-        for (int b = 0; b < c.NB; b++) perm[b] = b;
-        for (int b = (int)c.NB - 1; b > 0; b--) {
-            int j = t_randint(0, b), tmp = perm[b];
-            perm[b] = perm[j];
-            perm[j] = tmp;
-        }
-        for (int s = 0, next = 0; s < c.S; s++)
-            for (int b = 0; b < (len[s] + c.B - 1) / c.B; b++) c.tables[s * c.W + b] = perm[next++];
-        c.seq = malloc(sizeof(int32_t) * (size_t)c.T);
-        c.pos = malloc(sizeof(int32_t) * (size_t)c.T);
-        c.slot = malloc(sizeof(int32_t) * (size_t)c.T);
-        for (int s = 0, t = 0; s < c.S; s++)
-            for (int j = 0; j < nnew[s]; j++, t++) {
-                c.seq[t] = s;
-                c.pos[t] = len[s] - nnew[s] + j;
-                c.slot[t] = c.tables[s * c.W + c.pos[t] / c.B] * (int32_t)c.B + c.pos[t] % (int32_t)c.B;
-            }
-        c.q = randv((size_t)(c.T * c.H * c.D), 1.0f);
-        c.k = randv((size_t)(c.T * row), 1.0f);
-        c.v = randv((size_t)(c.T * row), 1.0f);
-        c.sink = randv((size_t)c.H, 2.0f);
+        attn_fill(&c, len, nnew);
         c.rope = i % 2 == 0;
-        c.inv_freq = malloc(sizeof(float) * (size_t)(c.D / 2));
-        for (int64_t d = 0; d < c.D / 2; d++) c.inv_freq[d] = powf(10000.0f, -2.0f * (float)d / (float)c.D);
         char what[128];
         snprintf(what, sizeof what, "attention %s/%s H %lld/%lld D %lld B %lld win %d sinks %d S %lld T %lld W %lld",
                  mnv_dtype_name(c.dt), mnv_dtype_name(c.vdt), (long long)c.H, (long long)c.Hkv, (long long)c.D,
                  (long long)c.B, c.window, c.sinks, (long long)c.S, (long long)c.T, (long long)c.W);
         compare(what, build_attention, &c, 1e-5, false);
         same_bits(what, build_attention, &c);
-        free(pool);
-        free(c.pool);
-        free(c.vpool);
-        free(c.tables);
-        free(perm);
-        free(c.seq);
-        free(c.pos);
-        free(c.slot);
-        free(c.q);
-        free(c.k);
-        free(c.v);
-        free(c.sink);
-        free(c.inv_freq);
+        attn_free(&c);
+    }
+}
+
+/* A query's result does not depend on the batch it decodes in: 64
+ * sequences of one new token (a KV group's heads a block: 8, or 4 with
+ * groups of 4) against the first sequence alone (a head a block), split
+ * over blocks and one block a query. */
+static void test_attention_groups(void) {
+    static const struct {
+        int64_t Hkv, D;
+        int32_t window;
+    } cfg[] = {{8, 64, 0}, {8, 128, 0}, {16, 64, 128}};
+    for (size_t i = 0; i < sizeof cfg / sizeof cfg[0]; i++) {
+        attn_case c = {.S = 64, .B = 16, .Hkv = cfg[i].Hkv, .H = 64, .D = cfg[i].D, .dt = MNV_DTYPE_BF16,
+                       .vdt = MNV_DTYPE_BF16, .sinks = true, .window = cfg[i].window};
+        int32_t len[64], nnew[64];
+        for (int s = 0; s < c.S; s++) len[s] = t_randint(1, 700), nnew[s] = 1;
+        attn_fill(&c, len, nnew);
+        c.rope = true;
+        char what[128];
+        snprintf(what, sizeof what, "attention groups H %lld/%lld D %lld win %d S 64", (long long)c.H,
+                 (long long)c.Hkv, (long long)c.D, c.window);
+        compare(what, build_attention, &c, 1e-5, false);
+        attn_case one = c; /* the first sequence: its table row, token and inputs come first */
+        one.S = 1;
+        one.T = 1;
+        mnv_backend *sides[2] = {gpu, gpu_plain};
+        for (int b = 0; b < 2; b++) {
+            size_t na = 0, n1 = 0;
+            float *all = run_on(sides[b], build_attention, &c, &na), *first = run_on(sides[b], build_attention, &one, &n1);
+            CHECKF(all && first && n1 == (size_t)(c.H * c.D) * sizeof(float) && na >= n1 && !memcmp(all, first, n1),
+                   "%s (%s): the first sequence alone differs from it among 64", what, b ? "one block a query" : "split");
+            free(all);
+            free(first);
+        }
+        attn_free(&c);
     }
 }
 
@@ -1351,6 +1402,7 @@ int main(void) {
     test_wide_products();
     test_shared_products();
     test_attention();
+    test_attention_groups();
     test_attention_quant();
     test_moe();
     test_moe_mma();

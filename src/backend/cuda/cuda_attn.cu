@@ -5,12 +5,15 @@
  * score, then the tile's weights are applied to V with the lanes holding
  * slices of the head dimension; the block's warps are merged in order.
  * The chunks are merged in order with an online softmax, then the sink.
+ * A block takes the query heads of a KV head together (8 or 4 of them
+ * where the group divides so), reading each K and V row once for them.
  *
  * Two ways to run it give the same bits: split (decode), one block per
- * (query, chunk) writing partials that a second kernel merges, so that a
- * long context is read by many blocks at once; and sequential (long
- * batches, where the partials would not fit the scratch), one block per
- * query walking its chunks. The arithmetic of a chunk and of the merges is
+ * (query, head group, chunk) writing partials that the group's last block
+ * (or a second kernel) merges, so that a long context is read by many
+ * blocks at once; and sequential (long batches, where the partials would
+ * not fit the scratch), one block per (query, head group) walking its
+ * chunks. The arithmetic of a chunk and of the merges is
  * one and the same, so a query's result does not depend on which way its
  * step ran or on what it was batched with. */
 #include "backend/cuda/cuda_common.cuh"
@@ -32,45 +35,68 @@ static __device__ __forceinline__ float half_bits(uint32_t h, int32_t dt) {
     return dt == MNV_CU_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
 }
 
-/* dot(q, a K row), summed in order d = 0, 1, ...; 16 bytes a load where a
- * float row allows. */
-static __device__ __forceinline__ float kdot(const uint8_t *row, const mnv_cu_cache &c, const float *sq, int64_t D) {
-    float dot = 0.0f;
+/* dot(q_g, a K row) for the GH queries at sq (D floats apart), each summed
+ * in order d = 0, 1, ... (a query's sum does not depend on GH); 16 bytes a
+ * load where a float row allows. */
+template <int GH>
+static __device__ __forceinline__ void kdot(const uint8_t *row, const mnv_cu_cache &c, const float *sq, int64_t D,
+                                            float *dot) {
     const int32_t dt = c.dtype;
+#pragma unroll
+    for (int g = 0; g < GH; g++) dot[g] = 0.0f;
     if (c.kv >= MNV_CU_KV_Q8) {
-        for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], cu_kv_at(row, c.kv, dt, c.group, c.scales_at, D, d), dot);
-        return dot;
+        for (int64_t d = 0; d < D; d++) {
+            const float v = cu_kv_at(row, c.kv, dt, c.group, c.scales_at, D, d);
+#pragma unroll
+            for (int g = 0; g < GH; g++) dot[g] = fmaf(sq[g * D + d], v, dot[g]);
+        }
+        return;
     }
     if (dt == MNV_CU_F32) {
         const float *p = (const float *)row;
         if (((uintptr_t)p & 15) == 0 && D % 4 == 0) {
             for (int64_t d = 0; d < D; d += 4) {
-                float4 v = __ldg((const float4 *)(p + d));
-                dot = fmaf(sq[d], v.x, dot);
-                dot = fmaf(sq[d + 1], v.y, dot);
-                dot = fmaf(sq[d + 2], v.z, dot);
-                dot = fmaf(sq[d + 3], v.w, dot);
+                const float4 v = __ldg((const float4 *)(p + d));
+#pragma unroll
+                for (int g = 0; g < GH; g++) {
+                    const float *q = sq + g * D + d;
+                    dot[g] = fmaf(q[0], v.x, dot[g]);
+                    dot[g] = fmaf(q[1], v.y, dot[g]);
+                    dot[g] = fmaf(q[2], v.z, dot[g]);
+                    dot[g] = fmaf(q[3], v.w, dot[g]);
+                }
             }
         } else {
-            for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], p[d], dot);
+            for (int64_t d = 0; d < D; d++) {
+                const float v = p[d];
+#pragma unroll
+                for (int g = 0; g < GH; g++) dot[g] = fmaf(sq[g * D + d], v, dot[g]);
+            }
         }
-        return dot;
+        return;
     }
     const uint16_t *p = (const uint16_t *)row;
     if (((uintptr_t)p & 15) == 0 && D % 8 == 0) {
         for (int64_t d = 0; d < D; d += 8) {
-            uint4 v = __ldg((const uint4 *)(p + d));
+            const uint4 v = __ldg((const uint4 *)(p + d));
             const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
             for (int c = 0; c < 4; c++) {
-                dot = fmaf(sq[d + 2 * c], half_bits(w[c] & 0xffffu, dt), dot);
-                dot = fmaf(sq[d + 2 * c + 1], half_bits(w[c] >> 16, dt), dot);
+                const float lo = half_bits(w[c] & 0xffffu, dt), hi = half_bits(w[c] >> 16, dt);
+#pragma unroll
+                for (int g = 0; g < GH; g++) {
+                    dot[g] = fmaf(sq[g * D + d + 2 * c], lo, dot[g]);
+                    dot[g] = fmaf(sq[g * D + d + 2 * c + 1], hi, dot[g]);
+                }
             }
         }
     } else {
-        for (int64_t d = 0; d < D; d++) dot = fmaf(sq[d], half_bits(p[d], dt), dot);
+        for (int64_t d = 0; d < D; d++) {
+            const float v = half_bits(p[d], dt);
+#pragma unroll
+            for (int g = 0; g < GH; g++) dot[g] = fmaf(sq[g * D + d], v, dot[g]);
+        }
     }
-    return dot;
 }
 
 /* A running softmax state: max, sum of weights, weighted values (the
@@ -103,63 +129,103 @@ static __device__ __forceinline__ bool chunk_range(const mnv_cu_attn_args &a, in
     return *lo <= *hi;
 }
 
-/* The partial state of query t, head h over positions [lo, hi] (one
- * chunk), in the block's lane-0 warp's view: every thread returns, the
- * state is valid in warp 0. sq: the query (D floats) in shared memory;
- * sh: scratch of ATTN_WARPS states. */
-template <int DPL>
-static __device__ attn_state<DPL> chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64_t h, int64_t lo,
-                                                int64_t hi, const float *sq, float *sh) {
-    const int64_t D = a.kc.head_dim, group = a.n_head / a.kc.n_head_kv, kvh = h / group, s = a.seq[t];
+/* A head group: the GH query heads h0 .. h0 + GH - 1 of one KV head, which
+ * a block takes together so that each K and V row is read once for them.
+ * Each head's arithmetic is the one it has alone (GH 1): a query's result
+ * does not depend on GH. Shared memory: the queries (GH x 32 DPL floats)
+ * and the warps' states to merge (GH x SHF). */
+#define SHF(DPL) (2 * ATTN_WARPS + ATTN_WARPS * 32 * (DPL))
+
+/* The partial states of query t, heads h0 .. h0 + GH - 1 over positions
+ * [lo, hi] (one chunk), in warp 0's view: every thread returns, the states
+ * are valid in warp 0. sq: the queries (D floats each) in shared memory;
+ * sh: scratch of GH x ATTN_WARPS states. */
+template <int DPL, int GH>
+static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64_t h0, int64_t lo, int64_t hi,
+                                     const float *sq, float *sh, attn_state<DPL> *out) {
+    const int64_t D = a.kc.head_dim, group = a.n_head / a.kc.n_head_kv, kvh = h0 / group, s = a.seq[t];
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    attn_state<DPL> st;
-    st.m = -INFINITY;
-    st.l = 0.0f;
+    attn_state<DPL> st[GH];
 #pragma unroll
-    for (int i = 0; i < DPL; i++) st.acc[i] = 0.0f;
+    for (int g = 0; g < GH; g++) {
+        st[g].m = -INFINITY;
+        st[g].l = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) st[g].acc[i] = 0.0f;
+    }
     for (int64_t base = lo + 32 * wid; base <= hi; base += 32 * ATTN_WARPS) {
-        int64_t j = base + lane;
-        float sc = -INFINITY;
+        const int64_t j = base + lane;
+        float sc[GH], p[GH];
+#pragma unroll
+        for (int g = 0; g < GH; g++) sc[g] = -INFINITY;
         if (j <= hi) {
-            sc = kdot(kv_row(a, a.kc, a.k, s, j, kvh), a.kc, sq, D) * a.scale;
+            kdot<GH>(kv_row(a, a.kc, a.k, s, j, kvh), a.kc, sq, D, sc);
+#pragma unroll
+            for (int g = 0; g < GH; g++) sc[g] = sc[g] * a.scale;
         }
-        float mt = warp_max(sc), mn = fmaxf(st.m, mt);
-        float corr = st.m == -INFINITY ? 0.0f : expf(st.m - mn);
-        float p = j <= hi ? expf(sc - mn) : 0.0f;
-        st.l = st.l * corr + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < DPL; i++) st.acc[i] *= corr;
-        st.m = mn;
-        int n = hi - base + 1 < 32 ? (int)(hi - base + 1) : 32;
-        for (int jj = 0; jj < n; jj++) {
-            float pj = __shfl_sync(0xffffffffu, p, jj);
-            const uint8_t *vr = kv_row(a, a.vc, a.v, s, base + jj, kvh);
+        for (int g = 0; g < GH; g++) {
+            const float mt = warp_max(sc[g]), mn = fmaxf(st[g].m, mt);
+            const float corr = st[g].m == -INFINITY ? 0.0f : expf(st[g].m - mn);
+            p[g] = j <= hi ? expf(sc[g] - mn) : 0.0f;
+            st[g].l = st[g].l * corr + warp_sum(p[g]);
 #pragma unroll
-            for (int i = 0; i < DPL; i++) {
-                int64_t d = lane * DPL + i;
-                if (d < D)
-                    st.acc[i] = fmaf(pj, cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d), st.acc[i]);
+            for (int i = 0; i < DPL; i++) st[g].acc[i] *= corr;
+            st[g].m = mn;
+        }
+        /* V rows in batches of VU: the batch's loads first, then its
+         * products in key order (each head's sum in the order of a plain
+         * loop; only the loads move ahead) */
+        constexpr int VU = DPL * GH <= 8 ? 8 : 4;
+        const int n = hi - base + 1 < 32 ? (int)(hi - base + 1) : 32;
+        for (int j0 = 0; j0 < n; j0 += VU) {
+            float v[VU][DPL];
+#pragma unroll
+            for (int u = 0; u < VU; u++) {
+                const uint8_t *vr = j0 + u < n ? kv_row(a, a.vc, a.v, s, base + j0 + u, kvh) : NULL;
+#pragma unroll
+                for (int i = 0; i < DPL; i++) {
+                    const int64_t d = lane * DPL + i;
+                    v[u][i] = vr && d < D ? cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d) : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < VU; u++) {
+                if (j0 + u >= n) break; /* n is the warp's: the shuffles stay whole */
+#pragma unroll
+                for (int g = 0; g < GH; g++) {
+                    const float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
+#pragma unroll
+                    for (int i = 0; i < DPL; i++)
+                        if (lane * DPL + i < D) st[g].acc[i] = fmaf(pj, v[u][i], st[g].acc[i]);
+                }
             }
         }
     }
     /* the warps' states, merged in order by warp 0 */
-    float *sm = sh, *sl = sh + ATTN_WARPS, *sacc = sh + 2 * ATTN_WARPS;
-    if (lane == 0) {
-        sm[wid] = st.m;
-        sl[wid] = st.l;
+#pragma unroll
+    for (int g = 0; g < GH; g++) {
+        float *sm = sh + g * SHF(DPL), *sl = sm + ATTN_WARPS, *sacc = sm + 2 * ATTN_WARPS;
+        if (lane == 0) {
+            sm[wid] = st[g].m;
+            sl[wid] = st[g].l;
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) sacc[wid * 32 * DPL + lane * DPL + i] = st[g].acc[i];
     }
-#pragma unroll
-    for (int i = 0; i < DPL; i++) sacc[wid * 32 * DPL + lane * DPL + i] = st.acc[i];
     __syncthreads();
-    attn_state<DPL> r;
-    r.m = -INFINITY;
-    r.l = 0.0f;
 #pragma unroll
-    for (int i = 0; i < DPL; i++) r.acc[i] = 0.0f;
-    if (wid == 0)
-        for (int w = 0; w < ATTN_WARPS; w++) merge_into<DPL>(r, sm[w], sl[w], sacc + w * 32 * DPL + lane * DPL);
+    for (int g = 0; g < GH; g++) {
+        attn_state<DPL> &r = out[g];
+        r.m = -INFINITY;
+        r.l = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) r.acc[i] = 0.0f;
+        const float *sm = sh + g * SHF(DPL), *sl = sm + ATTN_WARPS, *sacc = sm + 2 * ATTN_WARPS;
+        if (wid == 0)
+            for (int w = 0; w < ATTN_WARPS; w++) merge_into<DPL>(r, sm[w], sl[w], sacc + w * 32 * DPL + lane * DPL);
+    }
     __syncthreads(); /* sh is reused by the next chunk */
-    return r;
 }
 
 /* The final output from the merged state and the sink (warp 0). */
@@ -179,40 +245,47 @@ static __device__ void finish(const mnv_cu_attn_args &a, int64_t t, int64_t h, c
     }
 }
 
-#define SH_FLOATS (2 * ATTN_WARPS + ATTN_WARPS * ATTN_MAXD)
-
-static __device__ void load_q(const mnv_cu_attn_args &a, int64_t t, int64_t h, float *sq) {
+/* The GH queries of heads h0.. of query t into sq, D floats apart. */
+template <int GH> static __device__ void load_q(const mnv_cu_attn_args &a, int64_t t, int64_t h0, float *sq) {
     const int64_t D = a.kc.head_dim;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) sq[d] = a.q[(t * a.n_head + h) * D + d];
+    const float *q = a.q + (t * a.n_head + h0) * D; /* the group's heads are adjacent */
+    for (int64_t d = threadIdx.x; d < GH * D; d += blockDim.x) sq[d] = q[d];
     __syncthreads();
 }
 
-/* Sequential: one block per (query, head), its chunks in order. */
-template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_seq(mnv_cu_attn_args a) {
+/* Sequential: one block per (query, head group), its chunks in order. */
+template <int DPL, int GH> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_seq(mnv_cu_attn_args a) {
     cu_grid_entry();
-    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
-    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head;
-    load_q(a, t, h, sq);
-    attn_state<DPL> s;
-    s.m = -INFINITY;
-    s.l = 0.0f;
+    __shared__ float sq[GH * 32 * DPL], sh[GH * SHF(DPL)];
+    const int64_t hg = a.n_head / GH, t = blockIdx.x / hg, h0 = blockIdx.x % hg * GH;
+    load_q<GH>(a, t, h0, sq);
+    attn_state<DPL> s[GH], p[GH];
 #pragma unroll
-    for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
+    for (int g = 0; g < GH; g++) {
+        s[g].m = -INFINITY;
+        s[g].l = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) s[g].acc[i] = 0.0f;
+    }
     for (int64_t c = 0; c * ATTN_CHUNK <= a.pos[t]; c++) {
         int64_t lo, hi;
         if (!chunk_range(a, t, c, &lo, &hi)) continue;
-        attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
-        merge_into<DPL>(s, p.m, p.l, p.acc);
+        chunk_partial<DPL, GH>(a, t, h0, lo, hi, sq, sh, p);
+#pragma unroll
+        for (int g = 0; g < GH; g++) merge_into<DPL>(s[g], p[g].m, p[g].l, p[g].acc);
     }
-    if (threadIdx.x < 32) finish<DPL>(a, t, h, s);
+    if (threadIdx.x < 32)
+#pragma unroll
+        for (int g = 0; g < GH; g++) finish<DPL>(a, t, h0 + g, s[g]);
 }
 
-/* The chunks' partials of (query, head) blockIdx.x merged in order, then
- * the output (one warp). ld: read around L1 (written by other blocks of
- * the same launch). */
+/* The chunks' partials of (query t, head h) merged in order, then the
+ * output (one warp). ld: read around L1 (written by other blocks of the
+ * same launch). */
 template <int DPL, bool LD>
-static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part, int64_t chunks) {
-    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, stride = 2 + 32 * DPL;
+static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part, int64_t chunks, int64_t t,
+                                   int64_t h) {
+    const int64_t stride = 2 + 32 * DPL, pair = t * a.n_head + h;
     const int lane = threadIdx.x & 31;
     attn_state<DPL> s;
     s.m = -INFINITY;
@@ -220,7 +293,7 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
 #pragma unroll
     for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
     for (int64_t c = 0; c < chunks; c++) {
-        const float *pp = part + ((int64_t)blockIdx.x * chunks + c) * stride;
+        const float *pp = part + (pair * chunks + c) * stride;
         float m = LD ? __ldcg(pp) : pp[0];
         if (m == -INFINITY) continue;
         float acc[DPL];
@@ -231,35 +304,42 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
     finish<DPL>(a, t, h, s);
 }
 
-/* Split: one block per (query, head, chunk); part holds, per (query, head,
- * chunk), m, l and 32 * DPL values (lane-major, as the lanes hold them).
- * With a.count, the last block of a (query, head) to finish merges the
- * partials (the same arithmetic as k_attn_merge) and zeroes its count. */
-template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
+/* Split: one block per (query, head group, chunk); part holds, per (query,
+ * head, chunk), m, l and 32 * DPL values (lane-major, as the lanes hold
+ * them). With a.count, the last block of a (query, head group) to finish
+ * merges the partials (the same arithmetic as k_attn_merge) and zeroes its
+ * count. */
+template <int DPL, int GH>
+static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
     cu_grid_entry();
-    __shared__ float sq[ATTN_MAXD], sh[SH_FLOATS];
+    __shared__ float sq[GH * 32 * DPL], sh[GH * SHF(DPL)];
     __shared__ int last;
-    const int64_t t = blockIdx.x / a.n_head, h = blockIdx.x % a.n_head, c = blockIdx.y;
-    const int64_t stride = 2 + 32 * DPL;
-    float *pp = part + ((int64_t)blockIdx.x * gridDim.y + c) * stride;
+    const int64_t hg = a.n_head / GH, t = blockIdx.x / hg, h0 = blockIdx.x % hg * GH, c = blockIdx.y;
+    const int64_t stride = 2 + 32 * DPL, chunks = gridDim.y;
     int64_t lo, hi;
     if (!chunk_range(a, t, c, &lo, &hi)) {
-        if (threadIdx.x == 0) pp[0] = -INFINITY;
+        if (threadIdx.x < GH) part[((t * a.n_head + h0 + threadIdx.x) * chunks + c) * stride] = -INFINITY;
     } else {
-        load_q(a, t, h, sq);
-        attn_state<DPL> p = chunk_partial<DPL>(a, t, h, lo, hi, sq, sh);
+        load_q<GH>(a, t, h0, sq);
+        attn_state<DPL> p[GH];
+        chunk_partial<DPL, GH>(a, t, h0, lo, hi, sq, sh, p);
         if (threadIdx.x < 32) {
             const int lane = threadIdx.x;
-            if (lane == 0) {
-                pp[0] = p.m;
-                pp[1] = p.l;
-            }
 #pragma unroll
-            for (int i = 0; i < DPL; i++) pp[2 + lane * DPL + i] = p.acc[i];
+            for (int g = 0; g < GH; g++) {
+                float *pp = part + ((t * a.n_head + h0 + g) * chunks + c) * stride;
+                if (lane == 0) {
+                    pp[0] = p[g].m;
+                    pp[1] = p[g].l;
+                }
+#pragma unroll
+                for (int i = 0; i < DPL; i++) pp[2 + lane * DPL + i] = p[g].acc[i];
+            }
         }
     }
     if (!a.count) return;
-    /* warp 0 wrote the partial: its stores, then the count */
+    /* warp 0 wrote the partials (or threads below GH their empty marks,
+     * all in warp 0): its stores, then the count */
     if (threadIdx.x < 32) {
         __syncwarp();
         if (threadIdx.x == 0) {
@@ -270,14 +350,14 @@ template <int DPL> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn
         __syncwarp();
         if (last) {
             __threadfence();
-            merge_parts<DPL, true>(a, part, gridDim.y);
+            for (int g = 0; g < GH; g++) merge_parts<DPL, true>(a, part, chunks, t, h0 + g);
         }
     }
 }
 
 template <int DPL> static __global__ void k_attn_merge(mnv_cu_attn_args a, const float *part, int64_t chunks) {
     cu_grid_entry();
-    merge_parts<DPL, false>(a, part, chunks);
+    merge_parts<DPL, false>(a, part, chunks, blockIdx.x / a.n_head, blockIdx.x % a.n_head);
 }
 
 /* Chunks a query of this step may span: the block tables' width (or the
@@ -293,19 +373,34 @@ extern "C" size_t mnv_cu_attention_scratch(const mnv_cu_attn_args *a) {
     return a->T > 0 && max_chunks(a) > 1 && bytes <= MNV_CU_ATTN_SPLIT_MAX ? bytes : 0;
 }
 
-template <int DPL> static cudaError_t attn_go(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size,
-                                              cudaStream_t s) {
-    int64_t blocks = a->T * a->n_head, chunks = max_chunks(a);
+template <int DPL, int GH>
+static cudaError_t attn_go(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
+    int64_t blocks = a->T * (a->n_head / GH), chunks = max_chunks(a);
     size_t need = mnv_cu_attention_scratch(a);
     if (need > 0 && scratch && scratch_size >= need && chunks <= 65535) {
         mnv_cu_attn_args b = *a;
         if (blocks > MNV_CU_ATTN_COUNT) b.count = NULL;
-        cu_launch(k_attn_split<DPL>, dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s, b, (float *)scratch);
-        if (!b.count) cu_launch(k_attn_merge<DPL>, (unsigned)blocks, 32, 0, s, b, (const float *)scratch, chunks);
+        cu_launch(k_attn_split<DPL, GH>, dim3((unsigned)blocks, (unsigned)chunks), ATTN_THREADS, 0, s, b,
+                  (float *)scratch);
+        if (!b.count)
+            cu_launch(k_attn_merge<DPL>, (unsigned)(a->T * a->n_head), 32, 0, s, b, (const float *)scratch, chunks);
     } else {
-        cu_launch(k_attn_seq<DPL>, (unsigned)blocks, ATTN_THREADS, 0, s, *a);
+        cu_launch(k_attn_seq<DPL, GH>, (unsigned)blocks, ATTN_THREADS, 0, s, *a);
     }
     CU_CHECK_LAUNCH();
+}
+
+/* Heads a block: the KV group's heads together where they divide into 8
+ * (4 with 8 values a lane, for registers) or 4 and the step keeps
+ * MNV_CU_ATTN_GROUP_BLOCKS (query, head group) blocks at least, else one
+ * (a head's result is the same either way). */
+template <int DPL>
+static cudaError_t attn_heads(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
+    const int64_t group = a->n_head / a->kc.n_head_kv, pairs = a->T * a->n_head;
+    if constexpr (DPL <= 4)
+        if (group % 8 == 0 && pairs / 8 >= MNV_CU_ATTN_GROUP_BLOCKS) return attn_go<DPL, 8>(a, scratch, scratch_size, s);
+    if (group % 4 == 0 && pairs / 4 >= MNV_CU_ATTN_GROUP_BLOCKS) return attn_go<DPL, 4>(a, scratch, scratch_size, s);
+    return attn_go<DPL, 1>(a, scratch, scratch_size, s);
 }
 
 extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
@@ -313,7 +408,7 @@ extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch
     if (D > ATTN_MAXD || a->vc.head_dim != D) return cudaErrorInvalidValue;
     if (a->T * a->n_head <= 0) return cudaSuccess;
     if (mnv__cu_attention_mma_fits(a)) return mnv__cu_attention_mma(a, s);
-    if (D <= 64) return attn_go<2>(a, scratch, scratch_size, s);
-    if (D <= 128) return attn_go<4>(a, scratch, scratch_size, s);
-    return attn_go<8>(a, scratch, scratch_size, s);
+    if (D <= 64) return attn_heads<2>(a, scratch, scratch_size, s);
+    if (D <= 128) return attn_heads<4>(a, scratch, scratch_size, s);
+    return attn_heads<8>(a, scratch, scratch_size, s);
 }

@@ -113,9 +113,15 @@ typedef struct {
     int64_t mma_min_rows;  /* queries from which tensor cores take the step (0: never) */
     int32_t *count;        /* NULL, or MNV_CU_ATTN_COUNT zeroed ints, which every launch leaves zeroed */
 } mnv_cu_attn_args;
-/* (query, head) pairs up to which a split step merges its chunks in its
- * own last block (given count), where more take a second kernel */
+/* Blocks of (query, head group) up to which a split step merges its
+ * chunks in its own last block (given count), where more take a second
+ * kernel */
 #define MNV_CU_ATTN_COUNT 16384
+/* Blocks of (query, head group) a step keeps at least when a block takes a
+ * KV group's heads together (an H100, gpt-oss-20b, groups of 8: 64
+ * decoding sequences, 512 blocks, +7%; 16 sequences -2%; batch 1 after a
+ * 2048-token prompt 32 -> 87 us a layer); fewer take a head a block. */
+#define MNV_CU_ATTN_GROUP_BLOCKS 512
 /* head_dim <= 256. Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
  * results either way); scratch NULL runs each query in one block. */
