@@ -118,9 +118,10 @@ typedef struct {
  * kernel */
 #define MNV_CU_ATTN_COUNT 16384
 /* Blocks of (query, head group) a step keeps at least when a block takes a
- * KV group's heads together (an H100, gpt-oss-20b, groups of 8: 64
- * decoding sequences, 512 blocks, +7%; 16 sequences -2%; batch 1 after a
- * 2048-token prompt 32 -> 87 us a layer); fewer take a head a block. */
+ * KV group's heads together; fewer take a head a block. Taking them always
+ * lost where few queries leave few blocks (an H100, gpt-oss-20b, groups of
+ * 8: batch 1 after a 2048-token prompt 32 -> 87 us a layer); with this
+ * threshold 32 decoding sequences +6.5%, 64 +8%, 128 +12%. */
 #define MNV_CU_ATTN_GROUP_BLOCKS 512
 /* head_dim <= 256. Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
