@@ -222,6 +222,24 @@ static xrow xrow_at(uint8_t *base, int64_t k, int64_t i) {
     return (xrow){r.q, (float *)r.g0, (float *)r.g1};
 }
 
+/* The J streams of a thread's rows j0..j0 + J * part (see PF_LEAD): the
+ * prepared x rows, and each stream's starting shift. */
+INLINE int64_t streams_begin(const mnv_qmatmul_args *a, uint8_t *xbase, int64_t part, const int R, xrow *xr) {
+    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, a->k, i);
+    return mnv__stream_shift(part, a->ldw * 4);
+}
+
+/* Step r of the streams: each stream's row within its part (rr) and that
+ * row's codes, scales and biases. */
+INLINE void stream_rows(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64_t part, int64_t shift, int64_t r,
+                        const int J, int64_t *rr, const uint8_t **w, const void **sc, const void **bi) {
+    for (int u = 0; u < J; u++) {
+        rr[u] = (r + u * shift) % part;
+        const int64_t j = j0 + u * part + rr[u];
+        w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
+    }
+}
+
 /* 4-bit decode order: within each 64-element chunk the 32 even elements, then
  * the 32 odd ones (byte b of 32 W bytes holds element 2b low, 2b+1 high). */
 INLINE void deinterleave64(int8_t *p) {
@@ -396,19 +414,14 @@ INLINE void gemv4(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const __m256i ones = _mm256_set1_epi16(1);
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
-    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
+    const int64_t shift = streams_begin(a, xbase, part, R, xr);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
-        for (int u = 0; u < J; u++) {
-            rr[u] = (r + u * shift) % part;
-            const int64_t j = j0 + u * part + rr[u];
-            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
-        }
+        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, bi);
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
             _Alignas(32) float sd[MAXA][8];
@@ -467,19 +480,15 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
     const __m256i dup0 = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3), dup1 = _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7);
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
-    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
+    const int64_t shift = streams_begin(a, xbase, part, R, xr);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
-        const uint8_t *w[MAXJ], *sc[MAXJ];
+        const uint8_t *w[MAXJ];
+        const void *sc[MAXJ], *bi[MAXJ];
         __m256 f0, f1, f2, f3;
         __m128i nan = _mm_setzero_si128(); /* bytes 0xff where a scale is NaN */
         ACC(ACC_ZERO);
-        for (int u = 0; u < J; u++) {
-            rr[u] = (r + u * shift) % part;
-            const int64_t j = j0 + u * part + rr[u];
-            w[u] = wrow(a, j), sc[u] = srow(a, d, j);
-        }
+        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, bi);
         for (int64_t g0 = 0; g0 < ng; g0 += 16) {
             const int64_t n16 = MNV_MIN(16, ng - g0);
             _Alignas(32) float sd[MAXA][16];
@@ -535,19 +544,14 @@ INLINE void gemv8(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
-    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
+    const int64_t shift = streams_begin(a, xbase, part, R, xr);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
         const void *sc[MAXJ], *bi[MAXJ];
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
-        for (int u = 0; u < J; u++) {
-            rr[u] = (r + u * shift) % part;
-            const int64_t j = j0 + u * part + rr[u];
-            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
-        }
+        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, bi);
         for (int64_t g0 = 0; g0 < ng; g0 += 8) {
             const int64_t n8 = MNV_MIN(8, ng - g0);
             _Alignas(32) float sd[MAXA][8];
@@ -687,8 +691,7 @@ INLINE void gemvl(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
     const lbconst K = lb_const(BITS);
     const int64_t part = (j1 - j0) / J, dist = PF_LEAD / J;
     xrow xr[MAXR];
-    for (int i = 0; i < R; i++) xr[i] = xrow_at(xbase, k, i);
-    const int64_t shift = mnv__stream_shift(part, a->ldw * 4);
+    const int64_t shift = streams_begin(a, xbase, part, R, xr);
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ], *wt[MAXJ];
@@ -696,10 +699,8 @@ INLINE void gemvl(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, flo
         _Alignas(32) uint8_t tail[MAXJ][32]; /* a row's last, partial chunk (2, 3 bits), zero-padded */
         __m256 f0, f1, f2, f3;
         ACC(ACC_ZERO);
+        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, bi);
         for (int u = 0; u < J; u++) {
-            rr[u] = (r + u * shift) % part;
-            const int64_t j = j0 + u * part + rr[u];
-            w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
             wt[u] = tail[u];
             if (kmain < k) {
                 memset(tail[u], 0, 32);
