@@ -105,6 +105,14 @@ template <int DPL> struct attn_state {
     float m, l, acc[DPL];
 };
 
+/* The empty state: no keys seen. */
+template <int DPL> static __device__ __forceinline__ void state_clear(attn_state<DPL> &s) {
+    s.m = -INFINITY;
+    s.l = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
+}
+
 /* s := s merged with (m, l, acc): the same steps wherever states meet.
  * Each product rounded on its own (a sum of two products may be contracted
  * to an FMA over either one, and the kernels that merge must agree). */
@@ -147,12 +155,7 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     attn_state<DPL> st[GH];
 #pragma unroll
-    for (int g = 0; g < GH; g++) {
-        st[g].m = -INFINITY;
-        st[g].l = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DPL; i++) st[g].acc[i] = 0.0f;
-    }
+    for (int g = 0; g < GH; g++) state_clear<DPL>(st[g]);
     for (int64_t base = lo + 32 * wid; base <= hi; base += 32 * ATTN_WARPS) {
         const int64_t j = base + lane;
         float sc[GH], p[GH];
@@ -217,10 +220,7 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
 #pragma unroll
     for (int g = 0; g < GH; g++) {
         attn_state<DPL> &r = out[g];
-        r.m = -INFINITY;
-        r.l = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DPL; i++) r.acc[i] = 0.0f;
+        state_clear<DPL>(r);
         const float *sm = sh + g * SHF(DPL), *sl = sm + ATTN_WARPS, *sacc = sm + 2 * ATTN_WARPS;
         if (wid == 0)
             for (int w = 0; w < ATTN_WARPS; w++) merge_into<DPL>(r, sm[w], sl[w], sacc + w * 32 * DPL + lane * DPL);
@@ -261,12 +261,7 @@ template <int DPL, int GH> static __global__ void __launch_bounds__(ATTN_THREADS
     load_q<GH>(a, t, h0, sq);
     attn_state<DPL> s[GH], p[GH];
 #pragma unroll
-    for (int g = 0; g < GH; g++) {
-        s[g].m = -INFINITY;
-        s[g].l = 0.0f;
-#pragma unroll
-        for (int i = 0; i < DPL; i++) s[g].acc[i] = 0.0f;
-    }
+    for (int g = 0; g < GH; g++) state_clear<DPL>(s[g]);
     for (int64_t c = 0; c * ATTN_CHUNK <= a.pos[t]; c++) {
         int64_t lo, hi;
         if (!chunk_range(a, t, c, &lo, &hi)) continue;
@@ -288,10 +283,7 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
     const int64_t stride = 2 + 32 * DPL, pair = t * a.n_head + h;
     const int lane = threadIdx.x & 31;
     attn_state<DPL> s;
-    s.m = -INFINITY;
-    s.l = 0.0f;
-#pragma unroll
-    for (int i = 0; i < DPL; i++) s.acc[i] = 0.0f;
+    state_clear<DPL>(s);
     for (int64_t c = 0; c < chunks; c++) {
         const float *pp = part + (pair * chunks + c) * stride;
         float m = LD ? __ldcg(pp) : pp[0];
