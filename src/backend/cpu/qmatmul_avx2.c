@@ -230,13 +230,14 @@ INLINE int64_t streams_begin(const mnv_qmatmul_args *a, uint8_t *xbase, int64_t 
 }
 
 /* Step r of the streams: each stream's row within its part (rr) and that
- * row's codes, scales and biases. */
+ * row's codes, scales and (bi not NULL) biases. */
 INLINE void stream_rows(const mnv_qmatmul_args *a, const qdesc *d, int64_t j0, int64_t part, int64_t shift, int64_t r,
                         const int J, int64_t *rr, const uint8_t **w, const void **sc, const void **bi) {
     for (int u = 0; u < J; u++) {
         rr[u] = (r + u * shift) % part;
         const int64_t j = j0 + u * part + rr[u];
-        w[u] = wrow(a, j), sc[u] = srow(a, d, j), bi[u] = brow(a, d, j);
+        w[u] = wrow(a, j), sc[u] = srow(a, d, j);
+        if (bi) bi[u] = brow(a, d, j);
     }
 }
 
@@ -484,11 +485,11 @@ INLINE void gemv4n(const mnv_qmatmul_args *a, const qdesc *d, uint8_t *xbase, fl
     for (int64_t r = 0; r < part; r++) {
         int64_t rr[MAXJ];
         const uint8_t *w[MAXJ];
-        const void *sc[MAXJ], *bi[MAXJ];
+        const void *sc[MAXJ];
         __m256 f0, f1, f2, f3;
         __m128i nan = _mm_setzero_si128(); /* bytes 0xff where a scale is NaN */
         ACC(ACC_ZERO);
-        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, bi);
+        stream_rows(a, d, j0, part, shift, r, J, rr, w, sc, NULL);
         for (int64_t g0 = 0; g0 < ng; g0 += 16) {
             const int64_t n16 = MNV_MIN(16, ng - g0);
             _Alignas(32) float sd[MAXA][16];
