@@ -137,6 +137,20 @@ static __device__ __forceinline__ bool chunk_range(const mnv_cu_attn_args &a, in
     return *lo <= *hi;
 }
 
+/* The chunks [c0, c1] that hold positions of query t, below chunks; chunk 0
+ * alone when none does (it then stands for the query, empty). */
+static __device__ __forceinline__ void chunks_used(const mnv_cu_attn_args &a, int64_t t, int64_t chunks, int64_t *c0,
+                                                   int64_t *c1) {
+    int64_t p = a.pos[t];
+    int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+    *c0 = 0;
+    *c1 = 0;
+    if (p < 0) return;
+    *c0 = first / ATTN_CHUNK;
+    *c1 = p / ATTN_CHUNK < chunks - 1 ? p / ATTN_CHUNK : chunks - 1;
+    if (*c0 > *c1) *c0 = *c1 = 0;
+}
+
 /* A head group: the GH query heads h0 .. h0 + GH - 1 of one KV head, which
  * a block takes together so that each K and V row is read once for them.
  * Each head's arithmetic is the one it has alone (GH 1): a query's result
@@ -194,13 +208,16 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
             }
 #pragma unroll
             for (int u = 0; u < VU; u++) {
-                if (j0 + u >= n) break; /* n is the warp's: the shuffles stay whole */
+                /* n is the warp's: the shuffles stay whole; an if, not a
+                 * break, so that the loop unrolls and v stays in registers */
+                if (j0 + u < n) {
 #pragma unroll
-                for (int g = 0; g < GH; g++) {
-                    const float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
+                    for (int g = 0; g < GH; g++) {
+                        const float pj = __shfl_sync(0xffffffffu, p[g], j0 + u);
 #pragma unroll
-                    for (int i = 0; i < DPL; i++)
-                        if (lane * DPL + i < D) st[g].acc[i] = fmaf(pj, v[u][i], st[g].acc[i]);
+                        for (int i = 0; i < DPL; i++)
+                            if (lane * DPL + i < D) st[g].acc[i] = fmaf(pj, v[u][i], st[g].acc[i]);
+                    }
                 }
             }
         }
@@ -284,7 +301,10 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
     const int lane = threadIdx.x & 31;
     attn_state<DPL> s;
     state_clear<DPL>(s);
-    for (int64_t c = 0; c < chunks; c++) {
+    int64_t c0, c1, lo, hi;
+    chunks_used(a, t, chunks, &c0, &c1);
+    for (int64_t c = c0; c <= c1; c++) {
+        if (!chunk_range(a, t, c, &lo, &hi)) continue; /* nothing written there */
         const float *pp = part + (pair * chunks + c) * stride;
         float m = LD ? __ldcg(pp) : pp[0];
         if (m == -INFINITY) continue;
@@ -298,9 +318,10 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
 
 /* Split: one block per (query, head group, chunk); part holds, per (query,
  * head, chunk), m, l and 32 * DPL values (lane-major, as the lanes hold
- * them). With a.count, the last block of a (query, head group) to finish
- * merges the partials (the same arithmetic as k_attn_merge) and zeroes its
- * count. */
+ * them). A block whose chunk holds no position of its query returns at
+ * once (a short context leaves most of the grid so). With a.count, the last
+ * block of a (query, head group) to finish among its used chunks merges the
+ * partials (the same arithmetic as k_attn_merge) and zeroes its count. */
 template <int DPL, int GH>
 static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
     cu_grid_entry();
@@ -308,7 +329,9 @@ static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_
     __shared__ int last;
     const int64_t hg = a.n_head / GH, t = blockIdx.x / hg, h0 = blockIdx.x % hg * GH, c = blockIdx.y;
     const int64_t stride = 2 + 32 * DPL, chunks = gridDim.y;
-    int64_t lo, hi;
+    int64_t lo, hi, c0, c1;
+    chunks_used(a, t, chunks, &c0, &c1);
+    if (c < c0 || c > c1) return; /* no positions: neither written, counted nor merged */
     if (!chunk_range(a, t, c, &lo, &hi)) {
         if (threadIdx.x < GH) part[((t * a.n_head + h0 + threadIdx.x) * chunks + c) * stride] = -INFINITY;
     } else {
@@ -336,7 +359,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_
         __syncwarp();
         if (threadIdx.x == 0) {
             __threadfence();
-            last = atomicAdd(&a.count[blockIdx.x], 1) == (int)gridDim.y - 1;
+            last = atomicAdd(&a.count[blockIdx.x], 1) == (int)(c1 - c0);
             if (last) a.count[blockIdx.x] = 0;
         }
         __syncwarp();
