@@ -321,9 +321,12 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
  * them). A block whose chunk holds no position of its query returns at
  * once (a short context leaves most of the grid so). With a.count, the last
  * block of a (query, head group) to finish among its used chunks merges the
- * partials (the same arithmetic as k_attn_merge) and zeroes its count. */
+ * partials (the same arithmetic as k_attn_merge) and zeroes its count.
+ * The bound's minimum of one block lets ptxas take the registers the code
+ * needs: without it, it aims at its own target (64 for <2, 1>) and spills
+ * (bench/NOTES.md). */
 template <int DPL, int GH>
-static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_args a, float *part) {
+static __global__ void __launch_bounds__(ATTN_THREADS, 1) k_attn_split(mnv_cu_attn_args a, float *part) {
     cu_grid_entry();
     __shared__ float sq[GH * 32 * DPL], sh[GH * SHF(DPL)];
     __shared__ int last;
@@ -358,6 +361,7 @@ static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_split(mnv_cu_attn_
     if (threadIdx.x < 32) {
         __syncwarp();
         if (threadIdx.x == 0) {
+            chunks_used(a, t, chunks, &c0, &c1); /* again: not held through the chunk */
             __threadfence();
             last = atomicAdd(&a.count[blockIdx.x], 1) == (int)(c1 - c0);
             if (last) a.count[blockIdx.x] = 0;
