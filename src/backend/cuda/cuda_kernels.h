@@ -121,9 +121,8 @@ typedef struct {
  * KV group's heads together; fewer take a head a block. Taking them always
  * lost where few queries leave few blocks (an H100, gpt-oss-20b, groups of
  * 8: batch 1 after a 2048-token prompt 32 -> 87 us a layer); with this
- * threshold 32 decoding sequences +6.5%, 64 +8%, 128 +12%, and 16 at a
- * short context -4.4% (their steps take a head a block, whose kernel
- * changed with the groups'). */
+ * threshold 32 decoding sequences +6.5%, 64 +8%, 128 +12%; 16 at a short
+ * context take a head a block (bench/NOTES.md). */
 #define MNV_CU_ATTN_GROUP_BLOCKS 512
 /* head_dim <= 256. Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
