@@ -23,12 +23,20 @@
 #define ATTN_CHUNK 256
 #define ATTN_MAXD 256
 
-/* The row of KV head kvh at position p of sequence s in cache c. */
-static __device__ __forceinline__ const uint8_t *kv_row(const mnv_cu_attn_args &a, const mnv_cu_cache &c,
-                                                        const void *base, int64_t s, int64_t p, int64_t kvh) {
-    int64_t B = c.block_tokens;
-    int64_t blk = a.tables ? a.tables[s * a.table_stride + p / B] : s;
-    return (const uint8_t *)base + blk * c.block_stride + ((p % B) * c.n_head_kv + kvh) * c.row_bytes;
+/* Where position p of sequence s lies: its block and its token row there
+ * (K and V share the tables and the block size; positions are int32). A
+ * lane finds its key's once; the V loop takes them by shuffles. */
+static __device__ __forceinline__ void kv_loc(const mnv_cu_attn_args &a, int64_t s, int64_t p, int32_t *blk,
+                                              int32_t *row) {
+    const int32_t B = (int32_t)a.kc.block_tokens, pi = (int32_t)p;
+    *blk = a.tables ? a.tables[s * a.table_stride + pi / B] : (int32_t)s;
+    *row = pi % B;
+}
+
+/* The row of KV head kvh at token row `row` of block blk in cache c. */
+static __device__ __forceinline__ const uint8_t *kv_at(const mnv_cu_cache &c, const void *base, int32_t blk,
+                                                       int32_t row, int64_t kvh) {
+    return (const uint8_t *)base + (int64_t)blk * c.block_stride + ((int64_t)row * c.n_head_kv + kvh) * c.row_bytes;
 }
 
 static __device__ __forceinline__ float half_bits(uint32_t h, int32_t dt) {
@@ -55,15 +63,23 @@ static __device__ __forceinline__ void kdot(const uint8_t *row, const mnv_cu_cac
     if (dt == MNV_CU_F32) {
         const float *p = (const float *)row;
         if (((uintptr_t)p & 15) == 0 && D % 4 == 0) {
-            for (int64_t d = 0; d < D; d += 4) {
-                const float4 v = __ldg((const float4 *)(p + d));
+            /* 64 values' loads at once (one round trip), then their products in order */
+            for (int64_t d0 = 0; d0 < D; d0 += 64) {
+                float4 v[16];
 #pragma unroll
-                for (int g = 0; g < GH; g++) {
-                    const float *q = sq + g * D + d;
-                    dot[g] = fmaf(q[0], v.x, dot[g]);
-                    dot[g] = fmaf(q[1], v.y, dot[g]);
-                    dot[g] = fmaf(q[2], v.z, dot[g]);
-                    dot[g] = fmaf(q[3], v.w, dot[g]);
+                for (int i = 0; i < 16; i++)
+                    v[i] = d0 + 4 * i < D ? __ldg((const float4 *)(p + d0) + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int i = 0; i < 16; i++) {
+                    if (d0 + 4 * i >= D) break;
+#pragma unroll
+                    for (int g = 0; g < GH; g++) {
+                        const float *q = sq + g * D + d0 + 4 * i;
+                        dot[g] = fmaf(q[0], v[i].x, dot[g]);
+                        dot[g] = fmaf(q[1], v[i].y, dot[g]);
+                        dot[g] = fmaf(q[2], v[i].z, dot[g]);
+                        dot[g] = fmaf(q[3], v[i].w, dot[g]);
+                    }
                 }
             }
         } else {
@@ -77,16 +93,23 @@ static __device__ __forceinline__ void kdot(const uint8_t *row, const mnv_cu_cac
     }
     const uint16_t *p = (const uint16_t *)row;
     if (((uintptr_t)p & 15) == 0 && D % 8 == 0) {
-        for (int64_t d = 0; d < D; d += 8) {
-            const uint4 v = __ldg((const uint4 *)(p + d));
-            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+        for (int64_t d0 = 0; d0 < D; d0 += 64) { /* as the f32 rows: 64 values' loads at once */
+            uint4 v[8];
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                const float lo = half_bits(w[c] & 0xffffu, dt), hi = half_bits(w[c] >> 16, dt);
+            for (int i = 0; i < 8; i++) v[i] = d0 + 8 * i < D ? __ldg((const uint4 *)(p + d0) + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-                for (int g = 0; g < GH; g++) {
-                    dot[g] = fmaf(sq[g * D + d + 2 * c], lo, dot[g]);
-                    dot[g] = fmaf(sq[g * D + d + 2 * c + 1], hi, dot[g]);
+            for (int i = 0; i < 8; i++) {
+                if (d0 + 8 * i >= D) break;
+                const int64_t d = d0 + 8 * i;
+                const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+#pragma unroll
+                for (int c = 0; c < 4; c++) {
+                    const float lo = half_bits(w[c] & 0xffffu, dt), hi = half_bits(w[c] >> 16, dt);
+#pragma unroll
+                    for (int g = 0; g < GH; g++) {
+                        dot[g] = fmaf(sq[g * D + d + 2 * c], lo, dot[g]);
+                        dot[g] = fmaf(sq[g * D + d + 2 * c + 1], hi, dot[g]);
+                    }
                 }
             }
         }
@@ -97,6 +120,30 @@ static __device__ __forceinline__ void kdot(const uint8_t *row, const mnv_cu_cac
             for (int g = 0; g < GH; g++) dot[g] = fmaf(sq[g * D + d], v, dot[g]);
         }
     }
+}
+
+/* The lane's DPL values (dimensions lane * DPL + i) of the VU V rows vr[u]
+ * (NULL: zeros), with the type's branch taken once a batch so that the
+ * batch's loads go out together. */
+template <int VU, int DPL>
+static __device__ __forceinline__ void v_rows(const mnv_cu_cache &c, const uint8_t *const *vr, int64_t D,
+                                              float (*v)[DPL]) {
+    const int lane = threadIdx.x & 31;
+    auto batch = [&](auto at) {
+#pragma unroll
+        for (int u = 0; u < VU; u++)
+#pragma unroll
+            for (int i = 0; i < DPL; i++) {
+                const int64_t d = lane * DPL + i;
+                v[u][i] = vr[u] && d < D ? at(vr[u], d) : 0.0f;
+            }
+    };
+    if (c.kv < MNV_CU_KV_Q8 && c.dtype == MNV_CU_F32)
+        batch([](const uint8_t *r, int64_t d) { return __ldg((const float *)r + d); });
+    else if (c.kv < MNV_CU_KV_Q8)
+        batch([&](const uint8_t *r, int64_t d) { return half_bits(__ldg((const unsigned short *)r + d), c.dtype); });
+    else
+        batch([&](const uint8_t *r, int64_t d) { return cu_kv_at(r, c.kv, c.dtype, c.group, c.scales_at, D, d); });
 }
 
 /* A running softmax state: max, sum of weights, weighted values (the
@@ -172,11 +219,13 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
     for (int g = 0; g < GH; g++) state_clear<DPL>(st[g]);
     for (int64_t base = lo + 32 * wid; base <= hi; base += 32 * ATTN_WARPS) {
         const int64_t j = base + lane;
+        int32_t blk = 0, row = 0;
+        if (j <= hi) kv_loc(a, s, j, &blk, &row);
         float sc[GH], p[GH];
 #pragma unroll
         for (int g = 0; g < GH; g++) sc[g] = -INFINITY;
         if (j <= hi) {
-            kdot<GH>(kv_row(a, a.kc, a.k, s, j, kvh), a.kc, sq, D, sc);
+            kdot<GH>(kv_at(a.kc, a.k, blk, row, kvh), a.kc, sq, D, sc);
 #pragma unroll
             for (int g = 0; g < GH; g++) sc[g] = sc[g] * a.scale;
         }
@@ -193,19 +242,17 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
         /* V rows in batches of VU: the batch's loads first, then its
          * products in key order (each head's sum in the order of a plain
          * loop; only the loads move ahead) */
-        constexpr int VU = DPL * GH <= 8 ? 8 : 4;
+        constexpr int VU = DPL * GH <= 2 ? 16 : DPL * GH <= 8 ? 8 : 4;
         const int n = hi - base + 1 < 32 ? (int)(hi - base + 1) : 32;
         for (int j0 = 0; j0 < n; j0 += VU) {
             float v[VU][DPL];
+            const uint8_t *vr[VU];
 #pragma unroll
             for (int u = 0; u < VU; u++) {
-                const uint8_t *vr = j0 + u < n ? kv_row(a, a.vc, a.v, s, base + j0 + u, kvh) : NULL;
-#pragma unroll
-                for (int i = 0; i < DPL; i++) {
-                    const int64_t d = lane * DPL + i;
-                    v[u][i] = vr && d < D ? cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d) : 0.0f;
-                }
+                const int32_t vb = __shfl_sync(0xffffffffu, blk, j0 + u), vw = __shfl_sync(0xffffffffu, row, j0 + u);
+                vr[u] = j0 + u < n ? kv_at(a.vc, a.v, vb, vw, kvh) : NULL;
             }
+            v_rows<VU, DPL>(a.vc, vr, D, v);
 #pragma unroll
             for (int u = 0; u < VU; u++) {
                 /* n is the warp's: the shuffles stay whole; an if, not a
@@ -271,7 +318,7 @@ template <int GH> static __device__ void load_q(const mnv_cu_attn_args &a, int64
 }
 
 /* Sequential: one block per (query, head group), its chunks in order. */
-template <int DPL, int GH> static __global__ void __launch_bounds__(ATTN_THREADS) k_attn_seq(mnv_cu_attn_args a) {
+template <int DPL, int GH> static __global__ void __launch_bounds__(ATTN_THREADS, 1) k_attn_seq(mnv_cu_attn_args a) {
     cu_grid_entry();
     __shared__ float sq[GH * 32 * DPL], sh[GH * SHF(DPL)];
     const int64_t hg = a.n_head / GH, t = blockIdx.x / hg, h0 = blockIdx.x % hg * GH;
@@ -319,7 +366,8 @@ static __device__ void merge_parts(const mnv_cu_attn_args &a, const float *part,
 /* Split: one block per (query, head group, chunk); part holds, per (query,
  * head, chunk), m, l and 32 * DPL values (lane-major, as the lanes hold
  * them). A block whose chunk holds no position of its query returns at
- * once (a short context leaves most of the grid so). With a.count, the last
+ * once (a short context leaves most of the grid so). With a.count, a query
+ * whose positions lie in one chunk is finished by that chunk's block; else the last
  * block of a (query, head group) to finish among its used chunks merges the
  * partials (the same arithmetic as k_attn_merge) and zeroes its count.
  * The bound's minimum of one block lets ptxas take the registers the code
@@ -335,12 +383,27 @@ static __global__ void __launch_bounds__(ATTN_THREADS, 1) k_attn_split(mnv_cu_at
     int64_t lo, hi, c0, c1;
     chunks_used(a, t, chunks, &c0, &c1);
     if (c < c0 || c > c1) return; /* no positions: neither written, counted nor merged */
-    if (!chunk_range(a, t, c, &lo, &hi)) {
+    const bool some = chunk_range(a, t, c, &lo, &hi);
+    attn_state<DPL> p[GH];
+    if (some) {
+        load_q<GH>(a, t, h0, sq);
+        chunk_partial<DPL, GH>(a, t, h0, lo, hi, sq, sh, p);
+    }
+    if (a.count && c0 == c1) {
+        /* the query's one chunk: its state is the result (merged into the
+         * empty state it would change no bit), so nothing is written,
+         * counted or read back */
+        if (threadIdx.x < 32)
+#pragma unroll
+            for (int g = 0; g < GH; g++) {
+                if (!some) state_clear<DPL>(p[g]);
+                finish<DPL>(a, t, h0 + g, p[g]);
+            }
+        return;
+    }
+    if (!some) {
         if (threadIdx.x < GH) part[((t * a.n_head + h0 + threadIdx.x) * chunks + c) * stride] = -INFINITY;
     } else {
-        load_q<GH>(a, t, h0, sq);
-        attn_state<DPL> p[GH];
-        chunk_partial<DPL, GH>(a, t, h0, lo, hi, sq, sh, p);
         if (threadIdx.x < 32) {
             const int lane = threadIdx.x;
 #pragma unroll
@@ -424,7 +487,9 @@ static cudaError_t attn_heads(const mnv_cu_attn_args *a, void *scratch, size_t s
 
 extern "C" cudaError_t mnv_cu_attention(const mnv_cu_attn_args *a, void *scratch, size_t scratch_size, cudaStream_t s) {
     int64_t D = a->kc.head_dim;
-    if (D > ATTN_MAXD || a->vc.head_dim != D) return cudaErrorInvalidValue;
+    if (D > ATTN_MAXD || a->vc.head_dim != D || a->vc.block_tokens != a->kc.block_tokens || a->kc.block_tokens < 1 ||
+        a->kc.block_tokens > INT32_MAX)
+        return cudaErrorInvalidValue;
     if (a->T * a->n_head <= 0) return cudaSuccess;
     if (mnv__cu_attention_mma_fits(a)) return mnv__cu_attention_mma(a, s);
     if (D <= 64) return attn_heads<2>(a, scratch, scratch_size, s);
