@@ -481,6 +481,8 @@ extern "C" cudaError_t mnv_cu_moe_sum(const float *x, const float *w, int32_t k,
     CU_CHECK_LAUNCH();
 }
 
+#define SUM_SLOTS 4 /* gpt-oss's experts a token */
+
 /* The weighted sum, its residual and the next RMS norm of one row a block:
  * each element summed as k_moe_sum does, the norm as k_rms_norm_v (the same
  * threads' shares, in the same order). */
@@ -490,8 +492,9 @@ static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, con
     cu_grid_entry();
     __shared__ float sh[32];
     const int64_t r = blockIdx.x;
-    /* a slot at a time, the thread's loads of it all issued together (one
-     * element at a time, the loop waited on memory k x RMS_V times) */
+    /* the thread's loads issued together, up to SUM_SLOTS slots at once (one
+     * element at a time, the loop waited on memory k x RMS_V times; one slot
+     * at a time, k times) */
     float4 acc[RMS_V], rv[RMS_V], wv[RMS_V];
 #pragma unroll
     for (int v = 0; v < RMS_V; v++) {
@@ -500,17 +503,28 @@ static __global__ void __launch_bounds__(256) k_moe_sum_rms(const float4 *x, con
         rv[v] = i < n4 ? __ldg(res + r * n4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         wv[v] = nw && i < n4 ? __ldg(nw + i) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     }
-    for (int32_t j = 0; j < k; j++) {
-        const float wj = w[r * k + j];
-        float4 xv[RMS_V];
+    /* SUM_SLOTS slots' loads at once, then their sums in slot order */
+    for (int32_t j0 = 0; j0 < k; j0 += SUM_SLOTS) {
+        float wj[SUM_SLOTS];
+        float4 xv[SUM_SLOTS][RMS_V];
 #pragma unroll
-        for (int v = 0; v < RMS_V; v++) {
-            const int64_t i = threadIdx.x + v * 256;
-            xv[v] = i < n4 ? __ldg(x + (r * k + j) * n4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int u = 0; u < SUM_SLOTS; u++) {
+            const int32_t j = j0 + u;
+            wj[u] = j < k ? w[r * k + j] : 0.0f;
+#pragma unroll
+            for (int v = 0; v < RMS_V; v++) {
+                const int64_t i = threadIdx.x + v * 256;
+                xv[u][v] = j < k && i < n4 ? __ldg(x + (r * k + j) * n4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            }
         }
 #pragma unroll
-        for (int v = 0; v < RMS_V; v++)
-            acc[v].x += wj * xv[v].x, acc[v].y += wj * xv[v].y, acc[v].z += wj * xv[v].z, acc[v].w += wj * xv[v].w;
+        for (int u = 0; u < SUM_SLOTS; u++) {
+            if (j0 + u >= k) break;
+#pragma unroll
+            for (int v = 0; v < RMS_V; v++)
+                acc[v].x += wj[u] * xv[u][v].x, acc[v].y += wj[u] * xv[u][v].y, acc[v].z += wj[u] * xv[u][v].z,
+                    acc[v].w += wj[u] * xv[u][v].w;
+        }
     }
     float4 hv[RMS_V];
 #pragma unroll
