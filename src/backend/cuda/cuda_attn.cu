@@ -25,7 +25,7 @@
 
 /* Where position p of sequence s lies: its block and its token row there
  * (K and V share the tables and the block size; positions are int32). A
- * lane finds its key's once; the V loop takes them by shuffles. */
+ * lane finds its key's once; the V loop takes its V row by shuffles. */
 static __device__ __forceinline__ void kv_loc(const mnv_cu_attn_args &a, int64_t s, int64_t p, int32_t *blk,
                                               int32_t *row) {
     const int32_t B = (int32_t)a.kc.block_tokens, pi = (int32_t)p;
@@ -221,6 +221,8 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
         const int64_t j = base + lane;
         int32_t blk = 0, row = 0;
         if (j <= hi) kv_loc(a, s, j, &blk, &row);
+        /* the lane's key's V row (NULL past hi), which the V loop shuffles */
+        const uint64_t vme = j <= hi ? (uint64_t)(uintptr_t)kv_at(a.vc, a.v, blk, row, kvh) : 0;
         float sc[GH], p[GH];
 #pragma unroll
         for (int g = 0; g < GH; g++) sc[g] = -INFINITY;
@@ -248,9 +250,10 @@ static __device__ void chunk_partial(const mnv_cu_attn_args &a, int64_t t, int64
             float v[VU][DPL];
             const uint8_t *vr[VU];
 #pragma unroll
-            for (int u = 0; u < VU; u++) {
-                const int32_t vb = __shfl_sync(0xffffffffu, blk, j0 + u), vw = __shfl_sync(0xffffffffu, row, j0 + u);
-                vr[u] = j0 + u < n ? kv_at(a.vc, a.v, vb, vw, kvh) : NULL;
+            for (int u = 0; u < VU; u++) { /* j0 + u < 32 (VU divides 32): lanes past n hold NULL */
+                const uint32_t lo = __shfl_sync(0xffffffffu, (uint32_t)vme, j0 + u),
+                               hi32 = __shfl_sync(0xffffffffu, (uint32_t)(vme >> 32), j0 + u);
+                vr[u] = (const uint8_t *)(uintptr_t)((uint64_t)hi32 << 32 | lo);
             }
             v_rows<VU, DPL>(a.vc, vr, D, v);
 #pragma unroll
