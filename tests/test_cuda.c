@@ -1126,11 +1126,12 @@ static void test_matmul_i8(void) {
     static const mnv_qformat fmts[3] = {{MNV_QMODE_AFFINE, 8, 64, MNV_DTYPE_BF16},
                                         {MNV_QMODE_AFFINE, 8, 32, MNV_DTYPE_F16},
                                         {MNV_QMODE_AFFINE, 8, 128, MNV_DTYPE_F32}};
-    for (int i = 0; i < 12; i++) {
+    for (int i = 0; i < 13; i++) {
         fused_case c = {.with_bias = i % 3 != 2, .with_res = i % 3 != 1, .res_first = i % 2, .bt = float_types[i % 3]};
-        /* one row (0-2, 9; 2: rows of up to 10,240), two (3-5) */
-        c.mm.m = i < 3 || i == 9 ? 1 : i < 6 ? 2 : t_randint(1, 8);
-        c.mm.n = i >= 10 ? t_randint(16385, 16600) : t_randint(1, 300);
+        /* one row (0-2, 9, 12; 2: rows of up to 10,240; 12: 264 to 528 tiles
+         * of 16 rows, the 8-warp blocks on a device of 132 SMs), two (3-5) */
+        c.mm.m = i < 3 || i == 9 || i == 12 ? 1 : i < 6 ? 2 : t_randint(1, 8);
+        c.mm.n = i == 12 ? t_randint(4225, 8448) : i >= 10 ? t_randint(16385, 16600) : t_randint(1, 300);
         c.mm.k = 128 * (i == 2 ? t_randint(33, 80) : t_randint(1, i >= 10 ? 2 : 24));
         c.mm.q.fmt = fmts[i % 3];
         run_fused_case(&c, MNV_DTYPE_F32, "int8 product");

@@ -226,17 +226,20 @@ extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaSt
 
 /* ---- one row of x (decode at batch 1) ----
  * The same products with B's column 0 the only one used, organised for
- * one row: a block of R1_THREADS rounds x once into shared memory (G / 16
+ * one row: a block of NW warps rounds x once into shared memory (G / 16
  * lanes a group, 16 values each, where the kernel above spends one thread
- * a group), then takes tiles of 16 weight rows in turn (the grid two
- * blocks an SM), each warp a share of the tile's groups (warp w: groups w,
- * w + 16, ...) loaded r1_cfg<G>::GR at once, summed across the warps in a
- * fixed order. Column 0's lanes (q = 0) load the scales, their neighbours
- * (q = 1) the biases. On an H100 this took batch-1 decode of gpt-oss-20b
+ * a group), then takes tiles of 16 weight rows in turn (the grid an SM's
+ * worth of blocks, 1,024 threads, a block's loads of a tile in flight at
+ * once), each warp a share of the tile's groups (warp w: groups w, w + NW,
+ * ...) loaded r1_cfg<G>::GR at once, summed across the warps in a fixed
+ * order. 16 warps a block (two an SM) take a tile in one round of loads;
+ * where the tiles would need two rounds of such blocks but one of 8-warp
+ * blocks (four an SM), 8 warps a block (q, k and v of gpt-oss-20b: 320
+ * tiles on 132 SMs, 15.1 -> 13.3 us on an H100). Column 0's lanes (q = 0)
+ * load the scales, their neighbours (q = 1) the biases. On an H100 this took batch-1 decode of gpt-oss-20b
  * from ~325 to ~337 tok/s; the scales, read as scattered 2-byte values,
  * cost several us of each product (bench/NOTES.md). */
-#define R1_THREADS 512
-#define R1_WARPS (R1_THREADS / 32)
+#define R1_SM_THREADS 1024 /* a block's threads times the blocks an SM */
 
 template <int G> struct r1_cfg {
     static constexpr int GR = G == 32 ? 4 : G == 64 ? 3 : 2; /* a warp's groups a round of loads */
@@ -282,13 +285,13 @@ template <int G> struct r1_step {
     float sb[r1_cfg<G>::GR][2]; /* q = 0: the scales, q = 1: the biases */
 };
 
-template <int G>
+template <int G, int NW>
 static __device__ __forceinline__ void r1_load(const mnv_cu_weight &w, const uint8_t *const *rp, const int64_t *so,
                                                int64_t grp0, int64_t ng, int q, r1_step<G> *st) {
     constexpr int GR = r1_cfg<G>::GR;
 #pragma unroll
     for (int i = 0; i < GR; i++) {
-        const int64_t grp = grp0 + (int64_t)R1_WARPS * i;
+        const int64_t grp = grp0 + (int64_t)NW * i;
         if (grp >= ng) break;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -298,10 +301,11 @@ static __device__ __forceinline__ void r1_load(const mnv_cu_weight &w, const uin
     }
 }
 
-template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_i8(ai_segs sg) {
+template <int G, int NW>
+static __global__ void __launch_bounds__(NW * 32, R1_SM_THREADS / (NW * 32)) k_mmv1_i8(ai_segs sg) {
     constexpr int KS = G / 32, GR = r1_cfg<G>::GR;
     extern __shared__ __align__(16) uint8_t sh[]; /* codes (k), then (dx, dx * sum) (k / G) */
-    __shared__ float red[R1_WARPS][16];
+    __shared__ float red[NW][16];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
     const int64_t K = sg.seg[0].k, ng = K / G, total = sg.first[sg.n];
     int8_t *xq = (int8_t *)sh;
@@ -326,12 +330,12 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
     r1_step<G> st;
     if (t < total) {
         rows_of(t);
-        r1_load<G>(sg.seg[si].w, rp, so, warp, ng, q, &st);
+        r1_load<G, NW>(sg.seg[si].w, rp, so, warp, ng, q, &st);
     }
     cu_grid_entry();
     {
         constexpr int L = G / 16, PW = 32 / L; /* lanes a group, groups a warp */
-        for (int64_t g0 = (int64_t)warp * PW; g0 < ng; g0 += (int64_t)R1_WARPS * PW)
+        for (int64_t g0 = (int64_t)warp * PW; g0 < ng; g0 += (int64_t)NW * PW)
             r1_round<G>(sg.seg[0].x, ng, g0 + lane / L, lane % L, xq, dxs);
     }
     __syncthreads();
@@ -341,11 +345,11 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
         if (!first) rows_of(t);
         const mnv_cu_matmul_args &a = sg.seg[si];
         float acc[2] = {0.0f, 0.0f};
-        for (int64_t grp0 = warp; grp0 < ng; grp0 += (int64_t)R1_WARPS * GR) {
-            if (!first || grp0 != warp) r1_load<G>(a.w, rp, so, grp0, ng, q, &st);
+        for (int64_t grp0 = warp; grp0 < ng; grp0 += (int64_t)NW * GR) {
+            if (!first || grp0 != warp) r1_load<G, NW>(a.w, rp, so, grp0, ng, q, &st);
 #pragma unroll
             for (int i = 0; i < GR; i++) {
-                const int64_t grp = grp0 + (int64_t)R1_WARPS * i;
+                const int64_t grp = grp0 + (int64_t)NW * i;
                 if (grp >= ng) break;
                 uint32_t bw[G / 16];
                 ai_xquarter<G>(xb + grp * G, bmask, bw);
@@ -370,7 +374,7 @@ template <int G> static __global__ void __launch_bounds__(R1_THREADS, 2) k_mmv1_
         if (tid < 16) {
             const int64_t n = (t - sg.first[si]) * 16 + tid;
             float v = red[0][tid];
-            for (int w = 1; w < R1_WARPS; w++) v += red[w][tid];
+            for (int w = 1; w < NW; w++) v += red[w][tid];
             if (n < a.n) {
                 if (a.bias) v = v + cu_load(a.bias, a.bias_type, n);
                 if (a.res) v = a.res[n] + v;
@@ -396,15 +400,26 @@ extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaS
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
-    const int64_t cap = 2 * (int64_t)sms;
-    const dim3 grid((unsigned)(sg.first[n] < cap ? sg.first[n] : cap));
+    const int64_t tiles = sg.first[n], wide = R1_SM_THREADS / 512 * (int64_t)sms;
+    const bool narrow = tiles > wide && tiles <= 2 * wide; /* one round of 8-warp blocks, not two of 16 */
+    const int64_t cap = narrow ? 2 * wide : wide;
+    const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
     const int G = a[0].w.group_size;
     const size_t sm = ai_smem(1, a[0].k, G);
-    if (G == 32)
-        cu_launch(k_mmv1_i8<32>, grid, R1_THREADS, sm, s, sg);
-    else if (G == 64)
-        cu_launch(k_mmv1_i8<64>, grid, R1_THREADS, sm, s, sg);
-    else
-        cu_launch(k_mmv1_i8<128>, grid, R1_THREADS, sm, s, sg);
+    if (narrow) {
+        if (G == 32)
+            cu_launch(k_mmv1_i8<32, 8>, grid, 256, sm, s, sg);
+        else if (G == 64)
+            cu_launch(k_mmv1_i8<64, 8>, grid, 256, sm, s, sg);
+        else
+            cu_launch(k_mmv1_i8<128, 8>, grid, 256, sm, s, sg);
+    } else {
+        if (G == 32)
+            cu_launch(k_mmv1_i8<32, 16>, grid, 512, sm, s, sg);
+        else if (G == 64)
+            cu_launch(k_mmv1_i8<64, 16>, grid, 512, sm, s, sg);
+        else
+            cu_launch(k_mmv1_i8<128, 16>, grid, 512, sm, s, sg);
+    }
     CU_CHECK_LAUNCH();
 }
