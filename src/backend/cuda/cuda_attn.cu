@@ -174,11 +174,15 @@ static __device__ __forceinline__ void merge_into(attn_state<DPL> &s, float m, f
     s.m = mn;
 }
 
+/* The first position query t at position p sees (its window's start). */
+static __device__ __forceinline__ int64_t first_pos(const mnv_cu_attn_args &a, int64_t p) {
+    return a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+}
+
 /* Positions [lo, hi] of query t in chunk c, or false when none. */
 static __device__ __forceinline__ bool chunk_range(const mnv_cu_attn_args &a, int64_t t, int64_t c, int64_t *lo,
                                                    int64_t *hi) {
-    int64_t p = a.pos[t];
-    int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+    const int64_t p = a.pos[t], first = first_pos(a, p);
     *lo = c * ATTN_CHUNK > first ? c * ATTN_CHUNK : first;
     *hi = (c + 1) * ATTN_CHUNK - 1 < p ? (c + 1) * ATTN_CHUNK - 1 : p;
     return *lo <= *hi;
@@ -188,8 +192,7 @@ static __device__ __forceinline__ bool chunk_range(const mnv_cu_attn_args &a, in
  * alone when none does (it then stands for the query, empty). */
 static __device__ __forceinline__ void chunks_used(const mnv_cu_attn_args &a, int64_t t, int64_t chunks, int64_t *c0,
                                                    int64_t *c1) {
-    int64_t p = a.pos[t];
-    int64_t first = a.window > 0 ? (p - a.window + 1 > 0 ? p - a.window + 1 : 0) : 0;
+    const int64_t p = a.pos[t], first = first_pos(a, p);
     *c0 = 0;
     *c1 = 0;
     if (p < 0) return;
@@ -427,7 +430,6 @@ static __global__ void __launch_bounds__(ATTN_THREADS, 1) k_attn_split(mnv_cu_at
     if (threadIdx.x < 32) {
         __syncwarp();
         if (threadIdx.x == 0) {
-            chunks_used(a, t, chunks, &c0, &c1); /* again: not held through the chunk */
             __threadfence();
             last = atomicAdd(&a.count[blockIdx.x], 1) == (int)(c1 - c0);
             if (last) a.count[blockIdx.x] = 0;
