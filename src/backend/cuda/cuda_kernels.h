@@ -124,7 +124,9 @@ typedef struct {
  * threshold 32 decoding sequences +6.5%, 64 +8%, 128 +12%; 16 at a short
  * context take a head a block (bench/NOTES.md). */
 #define MNV_CU_ATTN_GROUP_BLOCKS 512
-/* head_dim <= 256. Decode-sized steps split each query's keys over many
+/* head_dim <= 256; K and V share the tables and the block size
+ * (block_tokens, positions within int32), else cudaErrorInvalidValue.
+ * Decode-sized steps split each query's keys over many
  * blocks when mnv_cu_attention_scratch bytes of scratch are given (same
  * results either way); scratch NULL runs each query in one block. */
 #define MNV_CU_ATTN_SPLIT_MAX ((size_t)64 << 20)
