@@ -385,6 +385,15 @@ static __global__ void __launch_bounds__(NW * 32, R1_SM_THREADS / (NW * 32)) k_m
     }
 }
 
+template <int NW> static void r1_go(int G, dim3 grid, size_t sm, cudaStream_t s, const ai_segs &sg) {
+    if (G == 32)
+        cu_launch(k_mmv1_i8<32, NW>, grid, NW * 32, sm, s, sg);
+    else if (G == 64)
+        cu_launch(k_mmv1_i8<64, NW>, grid, NW * 32, sm, s, sg);
+    else
+        cu_launch(k_mmv1_i8<128, NW>, grid, NW * 32, sm, s, sg);
+}
+
 extern "C" int mnv__cu_mmv1_i8_fits(const mnv_cu_matmul_args *a, int n) { return ai_fits(a, n, 1, 1); }
 
 extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaStream_t s) {
@@ -400,26 +409,17 @@ extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaS
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     if (e != cudaSuccess) return e;
-    const int64_t tiles = sg.first[n], wide = R1_SM_THREADS / 512 * (int64_t)sms;
-    const bool narrow = tiles > wide && tiles <= 2 * wide; /* one round of 8-warp blocks, not two of 16 */
-    const int64_t cap = narrow ? 2 * wide : wide;
+    /* the 16-warp blocks the device holds at once; 8-warp blocks where they
+     * take the tiles in one round instead of two */
+    const int64_t tiles = sg.first[n], held16 = R1_SM_THREADS / 512 * (int64_t)sms;
+    const bool narrow = tiles > held16 && tiles <= 2 * held16;
+    const int64_t cap = narrow ? 2 * held16 : held16;
     const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
     const int G = a[0].w.group_size;
     const size_t sm = ai_smem(1, a[0].k, G);
-    if (narrow) {
-        if (G == 32)
-            cu_launch(k_mmv1_i8<32, 8>, grid, 256, sm, s, sg);
-        else if (G == 64)
-            cu_launch(k_mmv1_i8<64, 8>, grid, 256, sm, s, sg);
-        else
-            cu_launch(k_mmv1_i8<128, 8>, grid, 256, sm, s, sg);
-    } else {
-        if (G == 32)
-            cu_launch(k_mmv1_i8<32, 16>, grid, 512, sm, s, sg);
-        else if (G == 64)
-            cu_launch(k_mmv1_i8<64, 16>, grid, 512, sm, s, sg);
-        else
-            cu_launch(k_mmv1_i8<128, 16>, grid, 512, sm, s, sg);
-    }
+    if (narrow)
+        r1_go<8>(G, grid, sm, s, sg);
+    else
+        r1_go<16>(G, grid, sm, s, sg);
     CU_CHECK_LAUNCH();
 }
