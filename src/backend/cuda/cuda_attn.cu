@@ -96,7 +96,8 @@ static __device__ __forceinline__ void kdot(const uint8_t *row, const mnv_cu_cac
         for (int64_t d0 = 0; d0 < D; d0 += 64) { /* as the f32 rows: 64 values' loads at once */
             uint4 v[8];
 #pragma unroll
-            for (int i = 0; i < 8; i++) v[i] = d0 + 8 * i < D ? __ldg((const uint4 *)(p + d0) + i) : make_uint4(0, 0, 0, 0);
+            for (int i = 0; i < 8; i++)
+                v[i] = d0 + 8 * i < D ? __ldg((const uint4 *)(p + d0) + i) : make_uint4(0, 0, 0, 0);
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 if (d0 + 8 * i >= D) break;

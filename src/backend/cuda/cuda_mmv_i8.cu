@@ -236,9 +236,10 @@ extern "C" cudaError_t mnv__cu_mmv_i8(const mnv_cu_matmul_args *a, int n, cudaSt
  * where the tiles would need two rounds of such blocks but one of 8-warp
  * blocks (four an SM), 8 warps a block (q, k and v of gpt-oss-20b: 320
  * tiles on 132 SMs, 15.1 -> 13.3 us on an H100). Column 0's lanes (q = 0)
- * load the scales, their neighbours (q = 1) the biases. On an H100 this took batch-1 decode of gpt-oss-20b
- * from ~325 to ~337 tok/s; the scales, read as scattered 2-byte values,
- * cost several us of each product (bench/NOTES.md). */
+ * load the scales, their neighbours (q = 1) the biases. On an H100 this
+ * took batch-1 decode of gpt-oss-20b from ~325 to ~337 tok/s; the scales,
+ * read as scattered 2-byte values, cost several us of each product
+ * (bench/NOTES.md). */
 #define R1_SM_THREADS 1024 /* a block's threads times the blocks an SM */
 
 template <int G> struct r1_cfg {
@@ -411,7 +412,7 @@ extern "C" cudaError_t mnv__cu_mmv1_i8(const mnv_cu_matmul_args *a, int n, cudaS
     if (e != cudaSuccess) return e;
     /* the 16-warp blocks the device holds at once; 8-warp blocks where they
      * take the tiles in one round instead of two */
-    const int64_t tiles = sg.first[n], held16 = R1_SM_THREADS / 512 * (int64_t)sms;
+    const int64_t tiles = sg.first[n], held16 = R1_SM_THREADS / (16 * 32) * (int64_t)sms;
     const bool narrow = tiles > held16 && tiles <= 2 * held16;
     const int64_t cap = narrow ? 2 * held16 : held16;
     const dim3 grid((unsigned)(tiles < cap ? tiles : cap));
