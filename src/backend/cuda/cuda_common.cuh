@@ -239,4 +239,42 @@ template <int G> static __device__ __forceinline__ float cu_round_group(const fl
     return __fdiv_rn(am, 127.0f);
 }
 
+/* The same rounding by G / 16 lanes of a warp together (every lane of the
+ * warp calls; a group's lanes are consecutive and start at a multiple of
+ * G / 16): lane sub takes x's values 16 sub to 16 sub + 15 and writes
+ * their codes at q + 16 sub (16-byte aligned); al: x is 16-byte aligned.
+ * A group with !in is neither read nor written. Returns max|x| (dx times
+ * 127: dx = __fdiv_rn(max, 127.0f)) to every lane of the group, and the
+ * codes' sum in *sum where sum is not NULL. */
+template <int G>
+static __device__ __forceinline__ float cu_round_lanes(const float *x, bool in, bool al, int sub, int8_t *q,
+                                                      int *sum) {
+    constexpr int L = G / 16;
+    const float *xs = x + 16 * sub;
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        v[u] = !in  ? make_float4(0.f, 0.f, 0.f, 0.f)
+               : al ? __ldg((const float4 *)xs + u)
+                    : make_float4(__ldg(xs + 4 * u), __ldg(xs + 4 * u + 1), __ldg(xs + 4 * u + 2), __ldg(xs + 4 * u + 3));
+    float am = 0.0f;
+#pragma unroll
+    for (int u = 0; u < 4; u++)
+        am = fmaxf(am, fmaxf(fmaxf(fabsf(v[u].x), fabsf(v[u].y)), fmaxf(fabsf(v[u].z), fabsf(v[u].w))));
+#pragma unroll
+    for (int o = 1; o < L; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
+    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
+    uint32_t p[4];
+    int total = 0;
+#pragma unroll
+    for (int u = 0; u < 4; u++) p[u] = cu_codes4(v[u], inv, &total);
+    if (sum) {
+#pragma unroll
+        for (int o = 1; o < L; o <<= 1) total += __shfl_xor_sync(0xffffffffu, total, o);
+        *sum = total;
+    }
+    if (in) *((uint4 *)q + sub) = make_uint4(p[0], p[1], p[2], p[3]);
+    return am;
+}
+
 #endif

@@ -247,32 +247,14 @@ template <int G> struct r1_cfg {
 };
 
 /* The groups of x lanes l / (G / 16) of this warp round (16 values a lane):
- * codes into xq, (dx, dx * sum) into dxs, as cu_round_group computes them. */
+ * codes into xq, (dx, dx * sum) into dxs, as cu_round_group computes them
+ * (x is 16-byte aligned: mnv_cu_mmv_fast). */
 template <int G>
 static __device__ __forceinline__ void r1_round(const float *x, int64_t ng, int64_t grp, int sub, int8_t *xq,
                                                 float2 *dxs) {
-    constexpr int L = G / 16;
-    const bool in = grp < ng;
-    float4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++)
-        v[u] = in ? __ldg((const float4 *)(x + grp * G + 16 * sub) + u) : make_float4(0.f, 0.f, 0.f, 0.f);
-    float am = 0.0f;
-#pragma unroll
-    for (int u = 0; u < 4; u++)
-        am = fmaxf(am, fmaxf(fmaxf(fabsf(v[u].x), fabsf(v[u].y)), fmaxf(fabsf(v[u].z), fabsf(v[u].w))));
-#pragma unroll
-    for (int o = 1; o < L; o <<= 1) am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, o));
-    const float inv = am > 0.0f ? __fdiv_rn(127.0f, am) : 0.0f;
-    uint32_t p[4];
-    int sum = 0;
-#pragma unroll
-    for (int u = 0; u < 4; u++) p[u] = cu_codes4(v[u], inv, &sum);
-#pragma unroll
-    for (int o = 1; o < L; o <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (!in) return;
-    *((uint4 *)(xq + grp * G) + sub) = make_uint4(p[0], p[1], p[2], p[3]);
-    if (sub == 0) {
+    int sum;
+    const float am = cu_round_lanes<G>(x + grp * G, grp < ng, true, sub, xq + grp * G, &sum);
+    if (grp < ng && sub == 0) {
         const float dx = __fdiv_rn(am, 127.0f);
         dxs[grp] = make_float2(dx, __fmul_rn(dx, (float)sum));
     }

@@ -71,21 +71,54 @@ static __device__ __forceinline__ void quant_group(const float *x, int8_t *q, fl
 
 template <int R> struct qi_step {
     uint4 w[R][2];       /* rows g, g + 8: group q of the quad */
-    uint32_t s[R][2][2]; /* rows g, g + 8: scales of groups 2q, 2q + 1 */
+    uint32_t s[R][2]; /* rows g, g + 8: the scales of groups 2q (low byte) and 2q + 1 */
 };
 
+/* The block's rows: for each weight the start of its row n0 of the
+ * block's expert (the same for every thread) and a thread's byte offsets
+ * from there of rows g and g + 8 (the last row repeated past n), so that
+ * a load's address is the start plus 32-bit terms, not a 64-bit product
+ * (mnv__cu_moe_dmma_i8_fits keeps the offsets in 32 bits). */
+template <int R> struct qi_rows {
+    const uint8_t *w[R], *s[R];
+    uint32_t ow[R][2], os[R][2];
+};
 template <int R>
-static __device__ __forceinline__ void qi_load(const dm_rows<R> &rw, int32_t quad, int32_t ng, int q,
+static __device__ __forceinline__ void qi_rows_of(const mnv_cu_moe_args &a, int64_t e, int64_t n0, int g,
+                                                  qi_rows<R> *rw) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const mnv_cu_weight &w = r ? a.w2 : a.w;
+        rw->w[r] = (const uint8_t *)((const uint32_t *)w.w + e * w.we + n0 * w.ldw);
+        rw->s[r] = (const uint8_t *)w.scales + e * w.se + n0 * w.lds;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t i = min((int64_t)(g + 8 * h), a.n - 1 - n0);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const mnv_cu_weight &w = r ? a.w2 : a.w;
+            rw->ow[r][h] = (uint32_t)(i * w.ldw * 4);
+            rw->os[r][h] = (uint32_t)(i * w.lds);
+        }
+    }
+}
+
+/* PAIR (qi_pair): a row's two scales of a step in one 2-byte load; a pair
+ * past the last group reads the last pair, where x's codes are zeros. */
+template <int R, bool PAIR>
+static __device__ __forceinline__ void qi_load(const qi_rows<R> &rw, int32_t quad, int32_t ng, int q,
                                                qi_step<R> *st) {
-    const int32_t gw = min(4 * quad + q, ng - 1), gs0 = min(4 * quad + 2 * (q & 1), ng - 1),
-                  gs1 = min(4 * quad + 2 * (q & 1) + 1, ng - 1);
+    const uint32_t gw = min(4 * quad + q, ng - 1), gs = 4 * quad + 2 * (q & 1);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            st->w[r][h] = __ldg((const uint4 *)rw.w[r][h] + gw);
-            st->s[r][h][0] = __ldg(rw.s[r][h] + gs0);
-            st->s[r][h][1] = __ldg(rw.s[r][h] + gs1);
+            const uint8_t *sr = rw.s[r] + rw.os[r][h];
+            st->w[r][h] = __ldg((const uint4 *)(rw.w[r] + (rw.ow[r][h] + 16u * gw)));
+            st->s[r][h] = PAIR ? __ldg((const uint16_t *)(sr + min(gs, (uint32_t)ng - 2)))
+                               : __ldg(sr + min(gs, (uint32_t)ng - 1)) |
+                                     (uint32_t)__ldg(sr + min(gs + 1, (uint32_t)ng - 1)) << 8;
         }
 }
 
@@ -106,16 +139,19 @@ static __device__ __forceinline__ void qi_quad(const qi_step<R> &st, const int8_
             mx4_i8(w8[i], &am[1], &am[3]);
             mma_s8(c, am, b[i].x, b[i].y);
         }
-        acc[r][0] = fmaf((float)c[0], e8m0_max(st.s[r][0][0]) * d.x, acc[r][0]);
-        acc[r][0] = fmaf((float)c[1], e8m0_max(st.s[r][0][1]) * d.y, acc[r][0]);
-        acc[r][1] = fmaf((float)c[2], e8m0_max(st.s[r][1][0]) * d.x, acc[r][1]);
-        acc[r][1] = fmaf((float)c[3], e8m0_max(st.s[r][1][1]) * d.y, acc[r][1]);
+        acc[r][0] = fmaf((float)c[0], e8m0_max(st.s[r][0] & 0xFFu) * d.x, acc[r][0]);
+        acc[r][0] = fmaf((float)c[1], e8m0_max(st.s[r][0] >> 8) * d.y, acc[r][0]);
+        acc[r][1] = fmaf((float)c[2], e8m0_max(st.s[r][1] & 0xFFu) * d.x, acc[r][1]);
+        acc[r][1] = fmaf((float)c[3], e8m0_max(st.s[r][1] >> 8) * d.y, acc[r][1]);
     }
 }
 
-template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_moe_dmma_i8(mnv_cu_moe_args a) {
+template <bool DUAL, bool PAIR>
+static __global__ void __launch_bounds__(QI_THREADS, 6) k_moe_dmma_i8(mnv_cu_moe_args a) {
     cu_grid_entry();
-    constexpr int R = DUAL ? 2 : 1;
+    /* D steps of loads in flight a warp: gate and up take 80 registers with
+     * two (three spill), down 76 with four (bench/NOTES.md) */
+    constexpr int R = DUAL ? 2 : 1, W = QI_THREADS / 32, D = DUAL ? 2 : 4;
     extern __shared__ __align__(16) uint8_t qs[]; /* codes[K], QI_ZERO zeros, dxh[nq * 4] */
     __shared__ float red[QI_THREADS / 32][R][DM_ROWS][1];
     const int32_t ts = blockIdx.y, K = (int32_t)a.k, ng = K / 32, nq = (ng + 3) / 4;
@@ -124,36 +160,33 @@ template <bool DUAL> static __global__ void __launch_bounds__(QI_THREADS, 6) k_m
     const float *x = a.x + (a.per_slot ? (int64_t)ts : (int64_t)ts / a.kk) * K;
     int8_t *xq = (int8_t *)qs;
     float *dxh = (float *)(qs + K + QI_ZERO);
-    for (int32_t grp = tid; grp < 4 * nq; grp += QI_THREADS) {
-        if (grp < ng)
-            quant_group(x + (int64_t)grp * 32, xq + grp * 32, dxh + grp);
-        else
-            dxh[grp] = 0.0f;
+    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
+    qi_rows<R> rw; /* a thread reads whole groups of its rows */
+    qi_rows_of<R>(a, e, n0, g, &rw);
+    qi_step<R> st[D];
+    int32_t quad = warp;
+#pragma unroll
+    for (int i = 0; i < D - 1; i++) /* on their way while x is rounded */
+        if (quad + i * W < nq) qi_load<R, PAIR>(rw, quad + i * W, ng, q, &st[i]);
+    /* x rounded two lanes a group, 16 groups a warp (a row of x is 16-byte aligned where x is: K % 32 == 0) */
+    const bool al = ((uintptr_t)a.x & 15) == 0;
+    for (int32_t g0 = warp * 16; g0 < 4 * nq; g0 += W * 16) {
+        const int32_t grp = g0 + lane / 2;
+        const float am = cu_round_lanes<32>(x + (int64_t)grp * 32, grp < ng, al, lane & 1, xq + grp * 32, NULL);
+        if ((lane & 1) == 0 && grp < 4 * nq) dxh[grp] = grp < ng ? 0.5f * __fdiv_rn(am, 127.0f) : 0.0f;
     }
     if (tid < QI_ZERO / 4) ((uint32_t *)(qs + K))[tid] = 0;
     __syncthreads();
-    const int64_t n0 = (int64_t)blockIdx.x * DM_ROWS;
-    dm_rows<R> rw; /* the rows' starts: a thread reads whole groups here */
-    dm_rows_of<R>(a, e, n0, g, 0, &rw);
     float acc[R][2] = {};
-    qi_step<R> s0, s1;
-    int32_t quad = warp;
-    if (quad < nq) qi_load<R>(rw, quad, ng, q, &s0);
-    /* two quads an iteration, each loading the one after it (no register copies) */
-    for (; quad < nq; quad += 2 * (QI_THREADS / 32)) {
-        const int32_t q1 = quad + QI_THREADS / 32, q2 = q1 + QI_THREADS / 32;
-        if (q1 < nq) qi_load<R>(rw, q1, ng, q, &s1);
-        {
-            const int32_t grp = 4 * quad + q;
+    /* D quads an iteration, each loading the one D - 1 ahead (no register copies) */
+    for (; quad < nq; quad += D * W) {
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            const int32_t qi = quad + i * W, qn = qi + (D - 1) * W, grp = 4 * qi + q;
+            if (qi >= nq) break;
+            if (qn < nq) qi_load<R, PAIR>(rw, qn, ng, q, &st[(i + D - 1) % D]);
             const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
-            qi_quad<R>(s0, xb, *(const float2 *)&dxh[4 * quad + 2 * (q & 1)], acc);
-        }
-        if (q1 >= nq) break;
-        if (q2 < nq) qi_load<R>(rw, q2, ng, q, &s0);
-        {
-            const int32_t grp = 4 * q1 + q;
-            const int8_t *xb = g == q && grp < ng ? xq + grp * 32 : (const int8_t *)qs + K;
-            qi_quad<R>(s1, xb, *(const float2 *)&dxh[4 * q1 + 2 * (q & 1)], acc);
+            qi_quad<R>(st[i], xb, *(const float2 *)&dxh[4 * qi + 2 * (q & 1)], acc);
         }
     }
     /* lanes q = 0, 1 hold groups 0-1 and 2-3 of each quad */
@@ -175,8 +208,17 @@ static bool mx4_g32(const mnv_cu_weight *w, int64_t k) {
     return mmv_layout(w, k) == MMV_MX4 && w->group_size == 32 && k % 32 == 0;
 }
 
+/* a row's scales two groups a 2-byte load */
+static bool qi_pair(const mnv_cu_weight *w, int64_t k) {
+    return k % 64 == 0 && ((uintptr_t)w->scales & 1) == 0 && w->lds % 2 == 0 && w->se % 2 == 0;
+}
+
 /* a row's groups in 16-byte loads */
 static bool w16(const mnv_cu_weight *w) { return ((uintptr_t)w->w & 15) == 0 && w->ldw % 4 == 0 && w->we % 4 == 0; }
+/* a block's rows' offsets in 32 bits (qi_rows) */
+static bool qi_off32(const mnv_cu_weight *w) {
+    return w->ldw <= INT32_MAX / (4 * DM_ROWS) && w->lds <= INT32_MAX / DM_ROWS;
+}
 static size_t dmma_i8_smem(int64_t k) { return (size_t)k + QI_ZERO + (size_t)((k / 32 + 3) / 4 * 4) * 4; }
 
 extern "C" int mnv__cu_moe_dmma_i8_fits(const mnv_cu_moe_args *a) {
@@ -185,17 +227,18 @@ extern "C" int mnv__cu_moe_dmma_i8_fits(const mnv_cu_moe_args *a) {
     const size_t red = (size_t)(QI_THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
     return a->x_i8 && a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < below && rows <= 65535 &&
            mx4_g32(&a->w, a->k) && (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           a->k <= INT32_MAX / 2 && dmma_i8_smem(a->k) + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
+           qi_off32(&a->w) && (!a->dual || qi_off32(&a->w2)) && a->k <= INT32_MAX / 2 && dmma_i8_smem(a->k) + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
 extern "C" cudaError_t mnv__cu_moe_dmma_i8(const mnv_cu_moe_args *a, cudaStream_t s) {
     if (!mnv__cu_moe_dmma_i8_fits(a)) return cudaErrorInvalidValue;
     dim3 grid((unsigned)((a->n + DM_ROWS - 1) / DM_ROWS), (unsigned)(a->T * a->kk));
     const size_t sm = dmma_i8_smem(a->k);
+    const bool pair = qi_pair(&a->w, a->k) && (!a->dual || qi_pair(&a->w2, a->k));
     if (a->dual)
-        cu_launch(k_moe_dmma_i8<true>, grid, QI_THREADS, sm, s, *a);
+        cu_launch(pair ? k_moe_dmma_i8<true, true> : k_moe_dmma_i8<true, false>, grid, QI_THREADS, sm, s, *a);
     else
-        cu_launch(k_moe_dmma_i8<false>, grid, QI_THREADS, sm, s, *a);
+        cu_launch(pair ? k_moe_dmma_i8<false, true> : k_moe_dmma_i8<false, false>, grid, QI_THREADS, sm, s, *a);
     CU_CHECK_LAUNCH();
 }
 
