@@ -256,7 +256,8 @@ static __device__ __forceinline__ float cu_round_lanes(const float *x, bool in, 
     for (int u = 0; u < 4; u++)
         v[u] = !in  ? make_float4(0.f, 0.f, 0.f, 0.f)
                : al ? __ldg((const float4 *)xs + u)
-                    : make_float4(__ldg(xs + 4 * u), __ldg(xs + 4 * u + 1), __ldg(xs + 4 * u + 2), __ldg(xs + 4 * u + 3));
+                    : make_float4(__ldg(xs + 4 * u), __ldg(xs + 4 * u + 1), __ldg(xs + 4 * u + 2),
+                                  __ldg(xs + 4 * u + 3));
     float am = 0.0f;
 #pragma unroll
     for (int u = 0; u < 4; u++)

@@ -227,7 +227,8 @@ extern "C" int mnv__cu_moe_dmma_i8_fits(const mnv_cu_moe_args *a) {
     const size_t red = (size_t)(QI_THREADS / 32) * (a->dual ? 2 : 1) * DM_ROWS * 4;
     return a->x_i8 && a->mma_min_rows > 0 && rows < a->mma_min_rows && rows < below && rows <= 65535 &&
            mx4_g32(&a->w, a->k) && (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           qi_off32(&a->w) && (!a->dual || qi_off32(&a->w2)) && a->k <= INT32_MAX / 2 && dmma_i8_smem(a->k) + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
+           qi_off32(&a->w) && (!a->dual || qi_off32(&a->w2)) && a->k <= INT32_MAX / 2 &&
+           dmma_i8_smem(a->k) + red <= 48 * 1024 && (a->n + DM_ROWS - 1) / DM_ROWS <= INT32_MAX;
 }
 
 extern "C" cudaError_t mnv__cu_moe_dmma_i8(const mnv_cu_moe_args *a, cudaStream_t s) {
