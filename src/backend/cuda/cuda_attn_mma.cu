@@ -18,7 +18,7 @@
 #define AM_Q 64       /* queries per block */
 #define AM_K 64       /* keys per tile */
 #define AM_THREADS 128
-#define AM_VS (AM_K + 8) /* shared row stride (bf16) of the transposed V tile */
+static_assert(AM_THREADS == 2 * AM_K, "k_attn_mma: a thread a K or V row pointer of a tile");
 
 static __device__ __forceinline__ void am_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -53,7 +53,8 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
     constexpr int QS = D + 8; /* shared row stride (bf16) of Q and K: fragment loads hit 32 banks */
     extern __shared__ __align__(16) uint16_t smem[];
     uint16_t *qh = smem, *ql = qh + AM_Q * QS, *kh = ql + AM_Q * QS, *kl = kh + AM_K * QS;
-    uint16_t *vh = kl + AM_K * QS, *vl = vh + D * AM_VS; /* V transposed: [d][key] */
+    uint16_t *vh = kl + AM_K * QS, *vl = vh + AM_K * QS;
+    __shared__ const uint8_t *krow[2 * AM_K]; /* a tile's K rows, then its V rows (NULL: masked) */
     __shared__ int32_t rseq[AM_Q];
     __shared__ int64_t rlo[AM_Q], rhi[AM_Q];
     __shared__ int32_t useq[AM_Q];
@@ -119,43 +120,52 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
         const int64_t klo = ulo[u], khi = uhi[u];
         for (int64_t kb = klo / AM_K * AM_K; kb <= khi; kb += AM_K) {
             __syncthreads(); /* the previous tile's reads are done */
-            for (int e = tid; e < AM_K * D; e += AM_THREADS) {
-                int j = e / D, d = e % D;
-                int64_t p = kb + j;
-                float kv = 0.0f, vv = 0.0f;
-                if (p >= klo && p <= khi) {
-                    kv = cu_kv_at(am_row(a, a.kc, a.k, sq, p, kvh), a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d);
-                    vv = cu_kv_at(am_row(a, a.vc, a.v, sq, p, kvh), a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d);
+            {
+                const int j = tid % AM_K;
+                const bool isv = tid >= AM_K;
+                const int64_t p = kb + j;
+                krow[tid] = p >= klo && p <= khi ? am_row(a, isv ? a.vc : a.kc, isv ? a.v : a.k, sq, p, kvh) : nullptr;
+            }
+            __syncthreads();
+            /* K and V rows as they lie ([key][d]), two values a thread a step */
+#pragma unroll 4
+            for (int e = tid; e < AM_K * D / 2; e += AM_THREADS) {
+                const int j = e / (D / 2), d = 2 * (e % (D / 2));
+                const uint8_t *kr = krow[j], *vr = krow[AM_K + j];
+                float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+                if (kr) {
+                    k0 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d);
+                    k1 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d + 1);
+                    v0 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d);
+                    v1 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d + 1);
                 }
-                split2(kv, &kh[j * QS + d], &kl[j * QS + d]);
-                split2(vv, &vh[d * AM_VS + j], &vl[d * AM_VS + j]);
+                split_pair(k0, k1, (uint32_t *)&kh[j * QS + d], (uint32_t *)&kl[j * QS + d]);
+                split_pair(v0, v1, (uint32_t *)&vh[j * QS + d], (uint32_t *)&vl[j * QS + d]);
             }
             __syncthreads();
 
-            /* scores: this warp's 16 queries by the tile's 64 keys */
+            /* scores: this warp's 16 queries by the tile's 64 keys; ldmatrix
+             * rows: lane l gives row l % 8 (+ 8 for l & 8) of its matrix */
             float sc[AM_K / 8][4];
 #pragma unroll
             for (int ni = 0; ni < AM_K / 8; ni++) sc[ni][0] = sc[ni][1] = sc[ni][2] = sc[ni][3] = 0.0f;
+            const int lr = lane & 7, lm = lane >> 3;
 #pragma unroll
             for (int ks = 0; ks < D; ks += 16) {
+                /* A: rows 0-7 / 8-15 of the warp's queries by columns ks / ks + 8 */
                 uint32_t ah[4], al[4];
-                const int c0 = ks + 2 * q;
-                ah[0] = *(const uint32_t *)&qh[r0 * QS + c0];
-                ah[1] = *(const uint32_t *)&qh[r1 * QS + c0];
-                ah[2] = *(const uint32_t *)&qh[r0 * QS + c0 + 8];
-                ah[3] = *(const uint32_t *)&qh[r1 * QS + c0 + 8];
-                al[0] = *(const uint32_t *)&ql[r0 * QS + c0];
-                al[1] = *(const uint32_t *)&ql[r1 * QS + c0];
-                al[2] = *(const uint32_t *)&ql[r0 * QS + c0 + 8];
-                al[3] = *(const uint32_t *)&ql[r1 * QS + c0 + 8];
+                const int qa = (warp * 16 + lr + 8 * (lm & 1)) * QS + ks + 8 * (lm >> 1);
+                ldsm4(&qh[qa], ah);
+                ldsm4(&ql[qa], al);
 #pragma unroll
                 for (int ni = 0; ni < AM_K / 8; ni++) {
-                    const int key = ni * 8 + g;
-                    uint32_t bh0 = *(const uint32_t *)&kh[key * QS + c0], bh1 = *(const uint32_t *)&kh[key * QS + c0 + 8];
-                    uint32_t bl0 = *(const uint32_t *)&kl[key * QS + c0], bl1 = *(const uint32_t *)&kl[key * QS + c0 + 8];
-                    am_mma(sc[ni], ah, bh0, bh1);
-                    am_mma(sc[ni], ah, bl0, bl1);
-                    am_mma(sc[ni], al, bh0, bh1);
+                    /* B: keys ni * 8.. by columns ks, ks + 8, of hi then lo */
+                    uint32_t b[4];
+                    const int ka = (ni * 8 + lr) * QS + ks + 8 * (lm & 1);
+                    ldsm4(lm < 2 ? &kh[ka] : &kl[ka], b);
+                    am_mma(sc[ni], ah, b[0], b[1]);
+                    am_mma(sc[ni], ah, b[2], b[3]);
+                    am_mma(sc[ni], al, b[0], b[1]);
                 }
             }
 
@@ -206,15 +216,15 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
                 split_pair(sc[2 * kk][2], sc[2 * kk][3], &ph[1], &pl[1]);
                 split_pair(sc[2 * kk + 1][0], sc[2 * kk + 1][1], &ph[2], &pl[2]);
                 split_pair(sc[2 * kk + 1][2], sc[2 * kk + 1][3], &ph[3], &pl[3]);
-                const int c0 = kk * 16 + 2 * q;
 #pragma unroll
                 for (int nd = 0; nd < D / 8; nd++) {
-                    const int d = nd * 8 + g;
-                    uint32_t bh0 = *(const uint32_t *)&vh[d * AM_VS + c0], bh1 = *(const uint32_t *)&vh[d * AM_VS + c0 + 8];
-                    uint32_t bl0 = *(const uint32_t *)&vl[d * AM_VS + c0], bl1 = *(const uint32_t *)&vl[d * AM_VS + c0 + 8];
-                    am_mma(o[nd], ph, bh0, bh1);
-                    am_mma(o[nd], ph, bl0, bl1);
-                    am_mma(o[nd], pl, bh0, bh1);
+                    /* B transposed: keys kk * 16.. and + 8 by columns nd * 8.., of hi then lo */
+                    uint32_t b[4];
+                    const int va = (kk * 16 + lr + 8 * (lm & 1)) * QS + nd * 8;
+                    ldsm4t(lm < 2 ? &vh[va] : &vl[va], b);
+                    am_mma(o[nd], ph, b[0], b[1]);
+                    am_mma(o[nd], ph, b[2], b[3]);
+                    am_mma(o[nd], pl, b[0], b[1]);
                 }
             }
         }
@@ -245,7 +255,7 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
 }
 
 template <int D> static size_t am_smem(void) {
-    return (size_t)(2 * AM_Q * (D + 8) + 2 * AM_K * (D + 8) + 2 * D * AM_VS) * 2;
+    return (size_t)(2 * AM_Q * (D + 8) + 4 * AM_K * (D + 8)) * 2;
 }
 
 template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_t s) {

@@ -50,6 +50,24 @@ template <int N> static __device__ __forceinline__ void cp_wait(void) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* ldmatrix of four 8 x 8 b16 matrices: lanes 8i to 8i + 7 give the
+ * addresses of matrix i's rows (16 bytes each, 16-byte aligned in shared
+ * memory); r[i] gets row lane / 4, columns 2 (lane % 4) and the next, of
+ * matrix i. ldsm4t transposes: rows 2 (lane % 4) and the next, column
+ * lane / 4. */
+static __device__ __forceinline__ void ldsm4(const void *p, uint32_t *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+static __device__ __forceinline__ void ldsm4t(const void *p, uint32_t *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 /* A 128-byte line into L2 ahead of its use (a hint: no fault, no result). */
 static __device__ __forceinline__ void cu_prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
