@@ -50,7 +50,7 @@ static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &
 
 template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma(mnv_cu_attn_args a) {
     cu_grid_entry();
-    constexpr int QS = D + 8; /* shared row stride (bf16) of Q and K: fragment loads hit 32 banks */
+    constexpr int QS = D + 8; /* shared row stride (bf16) of Q, K and V: ldmatrix rows hit 32 banks */
     extern __shared__ __align__(16) uint16_t smem[];
     uint16_t *qh = smem, *ql = qh + AM_Q * QS, *kh = ql + AM_Q * QS, *kl = kh + AM_K * QS;
     uint16_t *vh = kl + AM_K * QS, *vl = vh + AM_K * QS;
@@ -268,7 +268,7 @@ template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_
 }
 
 /* Whether the current device gives a block the kernel's shared memory
- * (static and dynamic): head size 128 needs ~109 KB, more than some cards
+ * (static and dynamic): head size 128 needs ~108 KB, more than some cards
  * allow (99 KB on sm_86/89/120); those keep the per-query kernels. */
 static bool smem_fits(int64_t D) {
     int dev = 0, optin = 0;

@@ -403,6 +403,7 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
 #define ME_KC 256          /* codes a stage */
 #define ME_NG (ME_KC / 32) /* groups a stage */
 #define ME_STAGES 3
+#define ME_SPAD 4 /* bytes between rows of the shared scales past their groups */
 #define ME_WB (ME_BN * ME_KC / 2)
 /* a stage's bytes: weights, x's codes, x's half steps */
 template <int TILE> struct me_cfg {
@@ -492,9 +493,11 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         cp_commit();
     }
     /* the block's weight scales, whole rows of nst * ME_NG bytes (zero
-     * past ng) after the stages, while the first stages are on their way:
-     * a warp takes every fourth row, its lanes 32 groups at a time */
-    const int32_t ngp = (int32_t)nst * ME_NG;
+     * past ng; rows ME_SPAD bytes apart beyond that, so that a warp's rows
+     * do not share a bank) after the stages, while the first stages are
+     * on their way: a warp takes every fourth row, its lanes 32 groups at
+     * a time */
+    const int32_t ngp = (int32_t)nst * ME_NG, ngs = ngp + ME_SPAD;
     static_assert(ME_THREADS == 128, "k_moe_mm_i8: four warps take the scale rows");
     uint8_t *ssc = sh + ME_STAGES * C::SB;
     for (int32_t g0 = 0; g0 < ngp; g0 += 32) {
@@ -510,7 +513,7 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         }
 #pragma unroll
         for (int i = 0; i < ME_BN / 4; i++)
-            if (g0 + lane < ngp) ssc[(warp + 4 * i) * ngp + g0 + lane] = v[i];
+            if (g0 + lane < ngp) ssc[(warp + 4 * i) * ngs + g0 + lane] = v[i];
     }
     float acc[TILE / 8][4] = {};
     const int wr0 = 16 * warp + g, wr1 = wr0 + 8;
@@ -531,7 +534,7 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
             /* x codes 8q.. of group i: piece 2i + q / 2, half q % 2 */
             const int xp = 2 * i + (q >> 1), xh = 8 * (q & 1);
             const int32_t grp = (int32_t)c * ME_NG + i; /* past ng: 2^-127 times the zeros of the stage */
-            const float s0 = e8m0_max(ssc[wr0 * ngp + grp]), s1 = e8m0_max(ssc[wr1 * ngp + grp]);
+            const float s0 = e8m0_max(ssc[wr0 * ngs + grp]), s1 = e8m0_max(ssc[wr1 * ngs + grp]);
 #pragma unroll
             for (int j = 0; j < TILE / 8; j++) {
                 const int xr = 8 * j + g;
@@ -578,9 +581,15 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
 
 /* shared memory of a block: the stages, then its weight rows' scales */
 template <int TILE> static size_t me_smem(int64_t k) {
-    return (size_t)ME_STAGES * me_cfg<TILE>::SB + (size_t)ME_BN * (size_t)((k + ME_KC - 1) / ME_KC * ME_NG);
+    return (size_t)ME_STAGES * me_cfg<TILE>::SB + (size_t)ME_BN * (size_t)((k + ME_KC - 1) / ME_KC * ME_NG + ME_SPAD);
 }
-#define ME_SMEM_MAX (227 * 1024) /* a block's shared memory on sm_90 */
+/* whether the current device gives a block that much (its opt-in limit) */
+static bool me_smem_fits(size_t bytes) {
+    int dev = 0, optin = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
+           bytes <= (size_t)optin;
+}
 
 static size_t me_groups_bytes(const mnv_cu_moe_args *a) {
     const int64_t rows = a->T * a->kk;
@@ -593,7 +602,7 @@ extern "C" int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a) {
     return a->x_i8 && a->mma_min_rows > 0 && rows >= a->mma_min_rows && mx4_g32(&a->w, a->k) &&
            (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) && a->E <= 4096 &&
            moe_max_tiles(rows, a->E, ME_TILE) <= INT32_MAX && nb <= 65535 && rows <= INT32_MAX &&
-           me_smem<ME_TILE>(a->k) <= ME_SMEM_MAX &&
+           me_smem_fits(me_smem<ME_TILE>(a->k)) &&
            (x_rows(a) * (a->k / 32) + QI_THREADS - 1) / QI_THREADS <= INT32_MAX;
 }
 
@@ -636,7 +645,7 @@ extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch
 
 static bool me_gq_fits(const mnv_cu_moe_args *a) {
     return a->T * a->kk >= MNV_CU_MOE_TILE_MIN_I8 && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           me_nb(a) <= 65535 && me_smem<GQ_TILE_ROWS>(a->k) <= ME_SMEM_MAX;
+           me_nb(a) <= 65535 && me_smem_fits(me_smem<GQ_TILE_ROWS>(a->k));
 }
 
 static_assert(GQ_TILE_ROWS >= GQ_TILE, "me_gq: the groups (counted in tiles of GQ_TILE) fit the scratch");
