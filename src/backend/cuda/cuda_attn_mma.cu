@@ -61,7 +61,8 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
     __shared__ int64_t ulo[AM_Q], uhi[AM_Q];
     __shared__ int32_t n_u;
 
-    const int64_t t0 = (int64_t)blockIdx.x * AM_Q, h = blockIdx.y;
+    /* the last query tiles (the most keys) are handed out first, every head's together */
+    const int64_t t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * AM_Q, h = blockIdx.x;
     const int64_t group = a.n_head / a.kc.n_head_kv, kvh = h / group;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
 
@@ -262,7 +263,7 @@ template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_
     size_t sm = am_smem<D>(); /* over the default 48 KB: asked for on each launch (the current device's) */
     cudaError_t e = cudaFuncSetAttribute(k_attn_mma<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm);
     if (e != cudaSuccess) return e;
-    dim3 grid((unsigned)((a->T + AM_Q - 1) / AM_Q), (unsigned)a->n_head);
+    dim3 grid((unsigned)a->n_head, (unsigned)((a->T + AM_Q - 1) / AM_Q));
     cu_launch(k_attn_mma<D>, grid, AM_THREADS, sm, s, *a);
     CU_CHECK_LAUNCH();
 }
@@ -284,7 +285,7 @@ static bool smem_fits(int64_t D) {
 extern "C" int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a) {
     int64_t D = a->kc.head_dim;
     return a->mma_min_rows > 0 && a->T >= a->mma_min_rows && (D == 64 || D == 128) && a->vc.head_dim == D &&
-           a->n_head <= 65535 && (a->T + AM_Q - 1) / AM_Q <= INT32_MAX && smem_fits(D);
+           a->n_head <= INT32_MAX && (a->T + AM_Q - 1) / AM_Q <= 65535 && smem_fits(D);
 }
 
 extern "C" cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s) {
