@@ -28,17 +28,10 @@ static __device__ __forceinline__ void am_mma(float *c, const uint32_t *a, uint3
 }
 
 static __device__ __forceinline__ void split2(float v, uint16_t *h, uint16_t *l) {
-    *h = f32_to_bf16_bits(v);
-    *l = f32_to_bf16_bits(v - bf16_bits_to_f32(*h));
-}
-
-/* Two floats as the hi and lo bf16 pairs of an mma operand register. */
-static __device__ __forceinline__ void split_pair(float a, float b, uint32_t *hi, uint32_t *lo) {
-    uint16_t ah, al, bh, bl;
-    split2(a, &ah, &al);
-    split2(b, &bh, &bl);
-    *hi = ah | (uint32_t)bh << 16;
-    *lo = al | (uint32_t)bl << 16;
+    uint32_t hi, lo;
+    cu_split_bf16x2(v, 0.0f, &hi, &lo);
+    *h = (uint16_t)hi;
+    *l = (uint16_t)lo;
 }
 
 static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &a, const mnv_cu_cache &c,
@@ -46,6 +39,53 @@ static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &
     int64_t B = c.block_tokens;
     int64_t blk = a.tables ? a.tables[s * a.table_stride + p / B] : s;
     return (const uint8_t *)base + blk * c.block_stride + ((p % B) * c.n_head_kv + kvh) * c.row_bytes;
+}
+
+/* A tile's K and V rows as they lie ([key][d], split), from caches of
+ * any KV type: two values a thread a step. */
+template <int D>
+static __device__ __forceinline__ void am_load_any(const mnv_cu_attn_args &a, const uint8_t *const *krow, uint16_t *kh,
+                                                   uint16_t *kl, uint16_t *vh, uint16_t *vl, int tid) {
+    constexpr int QS = D + 8;
+#pragma unroll 4
+    for (int e = tid; e < AM_K * D / 2; e += AM_THREADS) {
+        const int j = e / (D / 2), d = 2 * (e % (D / 2));
+        const uint8_t *kr = krow[j], *vr = krow[AM_K + j];
+        float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
+        if (kr) {
+            k0 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d);
+            k1 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d + 1);
+            v0 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d);
+            v1 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d + 1);
+        }
+        cu_split_bf16x2(k0, k1, (uint32_t *)&kh[j * QS + d], (uint32_t *)&kl[j * QS + d]);
+        cu_split_bf16x2(v0, v1, (uint32_t *)&vh[j * QS + d], (uint32_t *)&vl[j * QS + d]);
+    }
+}
+
+/* The same from f32 caches whose rows lie 16 bytes aligned: four values
+ * of K and four of V a thread a step, a load each (the same values, so
+ * the same bits). */
+template <int D>
+static __device__ __forceinline__ void am_load_f32(const uint8_t *const *krow, uint16_t *kh, uint16_t *kl,
+                                                   uint16_t *vh, uint16_t *vl, int tid) {
+    constexpr int QS = D + 8;
+#pragma unroll 4
+    for (int e = tid; e < AM_K * D / 4; e += AM_THREADS) {
+        const int j = e / (D / 4), d = 4 * (e % (D / 4));
+        const uint8_t *kr = krow[j], *vr = krow[AM_K + j];
+        const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const float4 k = kr ? *(const float4 *)(kr + 4 * d) : z, v = kr ? *(const float4 *)(vr + 4 * d) : z;
+        uint2 h, l;
+        cu_split_bf16x2(k.x, k.y, &h.x, &l.x);
+        cu_split_bf16x2(k.z, k.w, &h.y, &l.y);
+        *(uint2 *)&kh[j * QS + d] = h;
+        *(uint2 *)&kl[j * QS + d] = l;
+        cu_split_bf16x2(v.x, v.y, &h.x, &l.x);
+        cu_split_bf16x2(v.z, v.w, &h.y, &l.y);
+        *(uint2 *)&vh[j * QS + d] = h;
+        *(uint2 *)&vl[j * QS + d] = l;
+    }
 }
 
 template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma(mnv_cu_attn_args a) {
@@ -65,6 +105,11 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
     const int64_t t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * AM_Q, h = blockIdx.x;
     const int64_t group = a.n_head / a.kc.n_head_kv, kvh = h / group;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    /* f32 caches with rows 16 bytes aligned: the tiles are loaded four values a load */
+    const bool f32kv = a.kc.kv < MNV_CU_KV_Q8 && a.kc.dtype == MNV_CU_F32 && a.vc.kv < MNV_CU_KV_Q8 &&
+                       a.vc.dtype == MNV_CU_F32 &&
+                       (((uintptr_t)a.k | (uintptr_t)a.v | (uintptr_t)a.kc.block_stride | (uintptr_t)a.kc.row_bytes |
+                         (uintptr_t)a.vc.block_stride | (uintptr_t)a.vc.row_bytes) & 15) == 0;
 
     /* the queries (split), and each one's sequence and key range */
     for (int e = tid; e < AM_Q * D; e += AM_THREADS) {
@@ -128,21 +173,10 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
                 krow[tid] = p >= klo && p <= khi ? am_row(a, isv ? a.vc : a.kc, isv ? a.v : a.k, sq, p, kvh) : nullptr;
             }
             __syncthreads();
-            /* K and V rows as they lie ([key][d]), two values a thread a step */
-#pragma unroll 4
-            for (int e = tid; e < AM_K * D / 2; e += AM_THREADS) {
-                const int j = e / (D / 2), d = 2 * (e % (D / 2));
-                const uint8_t *kr = krow[j], *vr = krow[AM_K + j];
-                float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
-                if (kr) {
-                    k0 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d);
-                    k1 = cu_kv_at(kr, a.kc.kv, a.kc.dtype, a.kc.group, a.kc.scales_at, D, d + 1);
-                    v0 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d);
-                    v1 = cu_kv_at(vr, a.vc.kv, a.vc.dtype, a.vc.group, a.vc.scales_at, D, d + 1);
-                }
-                split_pair(k0, k1, (uint32_t *)&kh[j * QS + d], (uint32_t *)&kl[j * QS + d]);
-                split_pair(v0, v1, (uint32_t *)&vh[j * QS + d], (uint32_t *)&vl[j * QS + d]);
-            }
+            if (f32kv)
+                am_load_f32<D>(krow, kh, kl, vh, vl, tid);
+            else
+                am_load_any<D>(a, krow, kh, kl, vh, vl, tid);
             __syncthreads();
 
             /* scores: this warp's 16 queries by the tile's 64 keys; ldmatrix
@@ -213,10 +247,10 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
 #pragma unroll
             for (int kk = 0; kk < AM_K / 16; kk++) {
                 uint32_t ph[4], pl[4];
-                split_pair(sc[2 * kk][0], sc[2 * kk][1], &ph[0], &pl[0]);
-                split_pair(sc[2 * kk][2], sc[2 * kk][3], &ph[1], &pl[1]);
-                split_pair(sc[2 * kk + 1][0], sc[2 * kk + 1][1], &ph[2], &pl[2]);
-                split_pair(sc[2 * kk + 1][2], sc[2 * kk + 1][3], &ph[3], &pl[3]);
+                cu_split_bf16x2(sc[2 * kk][0], sc[2 * kk][1], &ph[0], &pl[0]);
+                cu_split_bf16x2(sc[2 * kk][2], sc[2 * kk][3], &ph[1], &pl[1]);
+                cu_split_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1], &ph[2], &pl[2]);
+                cu_split_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3], &ph[3], &pl[3]);
 #pragma unroll
                 for (int nd = 0; nd < D / 8; nd++) {
                     /* B transposed: keys kk * 16.. and + 8 by columns nd * 8.., of hi then lo */

@@ -103,6 +103,24 @@ static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Two floats rounded to bf16 by one instruction (cvt.rn.bf16x2.f32,
+ * sm_80 and later): a in the low half, b in the high half. The rounding
+ * is f32_to_bf16_bits' for every value but NaN, whose payload may differ. */
+static __device__ __forceinline__ uint32_t cu_bf16x2_rn(float a, float b) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+}
+
+/* The two bf16 terms of floats a and b (a the low half of each word):
+ * hi = bf16(v), lo = bf16(v - hi), hi + lo within 2^-16 of v; an mma
+ * operand pair. */
+static __device__ __forceinline__ void cu_split_bf16x2(float a, float b, uint32_t *hi, uint32_t *lo) {
+    const uint32_t h = cu_bf16x2_rn(a, b);
+    *hi = h;
+    *lo = cu_bf16x2_rn(a - __uint_as_float(h << 16), b - __uint_as_float(h & 0xffff0000u));
+}
+
 static __device__ __forceinline__ void cu_store(void *p, int32_t t, int64_t i, float v) {
     if (t == MNV_CU_F32)
         ((float *)p)[i] = v;

@@ -492,10 +492,7 @@ static __global__ void k_chunks_split(mnv_cu_weight w, int64_t k, int64_t r0, ui
     for (int j = 0; j < E; j += 2) {
         float v0 = grouped ? fmaf(mmv_code<F>(q, j), sc, b) : mmv_code<F>(q, j);
         float v1 = grouped ? fmaf(mmv_code<F>(q, j + 1), sc, b) : mmv_code<F>(q, j + 1);
-        uint32_t h0 = f32_to_bf16_bits(v0), h1 = f32_to_bf16_bits(v1);
-        ph[j / 2] = h0 | h1 << 16;
-        pl[j / 2] = f32_to_bf16_bits(v0 - bf16_bits_to_f32((uint16_t)h0)) |
-                    (uint32_t)f32_to_bf16_bits(v1 - bf16_bits_to_f32((uint16_t)h1)) << 16;
+        cu_split_bf16x2(v0, v1, &ph[j / 2], &pl[j / 2]);
     }
 }
 
