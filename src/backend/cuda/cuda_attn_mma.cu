@@ -27,13 +27,6 @@ static __device__ __forceinline__ void am_mma(float *c, const uint32_t *a, uint3
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-static __device__ __forceinline__ void split2(float v, uint16_t *h, uint16_t *l) {
-    uint32_t hi, lo;
-    cu_split_bf16x2(v, 0.0f, &hi, &lo);
-    *h = (uint16_t)hi;
-    *l = (uint16_t)lo;
-}
-
 static __device__ __forceinline__ const uint8_t *am_row(const mnv_cu_attn_args &a, const mnv_cu_cache &c,
                                                         const void *base, int64_t s, int64_t p, int64_t kvh) {
     int64_t B = c.block_tokens;
@@ -75,7 +68,7 @@ static __device__ __forceinline__ void am_load_f32(const uint8_t *const *krow, u
         const int j = e / (D / 4), d = 4 * (e % (D / 4));
         const uint8_t *kr = krow[j], *vr = krow[AM_K + j];
         const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const float4 k = kr ? *(const float4 *)(kr + 4 * d) : z, v = kr ? *(const float4 *)(vr + 4 * d) : z;
+        const float4 k = kr ? __ldg((const float4 *)(kr + 4 * d)) : z, v = kr ? __ldg((const float4 *)(vr + 4 * d)) : z;
         uint2 h, l;
         cu_split_bf16x2(k.x, k.y, &h.x, &l.x);
         cu_split_bf16x2(k.z, k.w, &h.y, &l.y);
@@ -116,7 +109,7 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
         int r = e / D, d = e % D;
         int64_t t = t0 + r;
         float v = t < a.T ? a.q[(t * a.n_head + h) * D + d] : 0.0f;
-        split2(v, &qh[r * QS + d], &ql[r * QS + d]);
+        cu_split_bf16(v, &qh[r * QS + d], &ql[r * QS + d]);
     }
     if (tid < AM_Q) {
         int64_t t = t0 + tid;
@@ -316,10 +309,12 @@ static bool smem_fits(int64_t D) {
     return fa.sharedSizeBytes + (D == 64 ? am_smem<64>() : am_smem<128>()) <= (size_t)optin;
 }
 
+/* The query tiles are the grid's y (at most 65,535: 4,194,240 queries);
+ * a longer batch keeps the per-query kernels. */
 extern "C" int mnv__cu_attention_mma_fits(const mnv_cu_attn_args *a) {
     int64_t D = a->kc.head_dim;
     return a->mma_min_rows > 0 && a->T >= a->mma_min_rows && (D == 64 || D == 128) && a->vc.head_dim == D &&
-           a->n_head <= INT32_MAX && (a->T + AM_Q - 1) / AM_Q <= 65535 && smem_fits(D);
+           (a->T + AM_Q - 1) / AM_Q <= 65535 && smem_fits(D);
 }
 
 extern "C" cudaError_t mnv__cu_attention_mma(const mnv_cu_attn_args *a, cudaStream_t s) {

@@ -121,6 +121,14 @@ static __device__ __forceinline__ void cu_split_bf16x2(float a, float b, uint32_
     *lo = cu_bf16x2_rn(a - __uint_as_float(h << 16), b - __uint_as_float(h & 0xffff0000u));
 }
 
+/* The same for one float. */
+static __device__ __forceinline__ void cu_split_bf16(float v, uint16_t *hi, uint16_t *lo) {
+    uint32_t h, l;
+    cu_split_bf16x2(v, 0.0f, &h, &l);
+    *hi = (uint16_t)h;
+    *lo = (uint16_t)l;
+}
+
 static __device__ __forceinline__ void cu_store(void *p, int32_t t, int64_t i, float v) {
     if (t == MNV_CU_F32)
         ((float *)p)[i] = v;

@@ -468,10 +468,7 @@ static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0,
     cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * k) return;
-    float v = cu_weight_at(&w, 0, r0 + i / k, i % k);
-    uint16_t h = f32_to_bf16_bits(v);
-    hi[i] = h;
-    lo[i] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+    cu_split_bf16(cu_weight_at(&w, 0, r0 + i / k, i % k), &hi[i], &lo[i]);
 }
 
 /* The same for weights read in 16-byte chunks: a thread per chunk. */

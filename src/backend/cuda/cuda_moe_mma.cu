@@ -26,10 +26,7 @@ static __global__ void k_gather_split(const float *x, int32_t per_slot, int64_t 
     int64_t ts = sorted[s];
     const float *row = x + (per_slot ? ts : ts / kk) * k;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-        float v = row[j];
-        uint16_t h = f32_to_bf16_bits(v);
-        hi[s * k + j] = h;
-        lo[s * k + j] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+        cu_split_bf16(row[j], &hi[s * k + j], &lo[s * k + j]);
     }
 }
 
