@@ -3,7 +3,9 @@
  * and weighted values by mma.sync m16n8k16 with every operand split into
  * two bf16 terms (hi + lo; the three products hh, hl, lh summed in f32,
  * within about 2^-16 of f32 operands), the softmax kept online per query
- * row in registers, the sink folded in at the end as the other kernels do.
+ * row in registers in base 2 (scores and sink times log2 e, exp2: one
+ * ex2.approx a score, within a few ulp of expf), the sink folded in at the
+ * end as the other kernels do.
  *
  * The 64 queries may belong to several sequences (a batch of prefill
  * chunks): their keys are walked sequence by sequence, each query masking
@@ -18,6 +20,7 @@
 #define AM_Q 64       /* queries per block */
 #define AM_K 64       /* keys per tile */
 #define AM_THREADS 128
+#define AM_LOG2E 1.44269504088896340736f
 static_assert(AM_THREADS == 2 * AM_K, "k_attn_mma: a thread a K or V row pointer of a tile");
 
 static __device__ __forceinline__ void am_mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
@@ -98,6 +101,7 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
     const int64_t t0 = (int64_t)(gridDim.y - 1 - blockIdx.y) * AM_Q, h = blockIdx.x;
     const int64_t group = a.n_head / a.kc.n_head_kv, kvh = h / group;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+    const float scale2 = a.scale * AM_LOG2E; /* scores in base 2: exp(x) = 2^(x log2 e) */
     /* f32 caches with rows 16 bytes aligned: the tiles are loaded four values a load */
     const bool f32kv = a.kc.kv < MNV_CU_KV_Q8 && a.kc.dtype == MNV_CU_F32 && a.vc.kv < MNV_CU_KV_Q8 &&
                        a.vc.dtype == MNV_CU_F32 &&
@@ -197,26 +201,34 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
                 }
             }
 
-            /* mask, scale, the rows' online softmax */
+            /* mask, scale (to base 2), the rows' online softmax; the keys
+             * kb + j of the tile a row sees: j in [jlo, jhi] (none where the
+             * row is another sequence's) */
+            int jlo[2], jhi[2];
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                const int64_t lo = (hr ? lo1 : lo0) - kb, hi = (hr ? hi1 : hi0) - kb;
+                jlo[hr] = (int)(lo < 0 ? 0 : lo > AM_K ? AM_K : lo);
+                jhi[hr] = (hr ? s1 : s0) != sq ? -1 : (int)(hi < -1 ? -1 : hi > AM_K - 1 ? AM_K - 1 : hi);
+            }
             float mt[2] = {-INFINITY, -INFINITY};
 #pragma unroll
             for (int ni = 0; ni < AM_K / 8; ni++)
 #pragma unroll
                 for (int c = 0; c < 4; c++) {
-                    const int hr = c >> 1;
-                    const int64_t p = kb + ni * 8 + 2 * q + (c & 1);
-                    const bool ok = hr ? (s1 == sq && p >= lo1 && p <= hi1) : (s0 == sq && p >= lo0 && p <= hi0);
-                    sc[ni][c] = ok ? sc[ni][c] * a.scale : -INFINITY;
+                    const int hr = c >> 1, j = ni * 8 + 2 * q + (c & 1);
+                    sc[ni][c] = j >= jlo[hr] && j <= jhi[hr] ? sc[ni][c] * scale2 : -INFINITY;
                     mt[hr] = fmaxf(mt[hr], sc[ni][c]);
                 }
-            float corr[2];
+            float corr[2], ms[2];
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
                 mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 1));
                 mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 2));
                 float mn = fmaxf(m[hr], mt[hr]);
-                corr[hr] = m[hr] == -INFINITY ? 0.0f : expf(m[hr] - mn);
+                corr[hr] = m[hr] == -INFINITY ? 0.0f : exp2f(m[hr] - mn);
                 m[hr] = mn;
+                ms[hr] = mn == -INFINITY ? 0.0f : mn; /* no key yet: every score is -inf, 2^-inf = 0 */
                 l[hr] *= corr[hr];
             }
 #pragma unroll
@@ -224,7 +236,7 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
 #pragma unroll
                 for (int c = 0; c < 4; c++) {
                     const int hr = c >> 1;
-                    float p = sc[ni][c] == -INFINITY ? 0.0f : expf(sc[ni][c] - m[hr]);
+                    const float p = exp2f(sc[ni][c] - ms[hr]);
                     sc[ni][c] = p;
                     l[hr] += p;
                 }
@@ -264,14 +276,14 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
         l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 1);
         l[hr] += __shfl_xor_sync(0xffffffffu, l[hr], 2);
     }
-    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    const float sink = a.sinks ? a.sinks[h] * AM_LOG2E : -INFINITY; /* in base 2, as m */
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
         const int64_t t = t0 + (hr ? r1 : r0);
         if (t >= a.T) continue;
         float M = fmaxf(m[hr], sink);
-        float f = m[hr] == -INFINITY ? 0.0f : expf(m[hr] - M);
-        float L = l[hr] * f + (sink > -INFINITY ? expf(sink - M) : 0.0f);
+        float f = m[hr] == -INFINITY ? 0.0f : exp2f(m[hr] - M);
+        float L = l[hr] * f + (sink > -INFINITY ? exp2f(sink - M) : 0.0f);
         float inv = L > 0.0f ? 1.0f / L : 0.0f;
         float *out = a.out + (t * a.n_head + h) * D;
 #pragma unroll
