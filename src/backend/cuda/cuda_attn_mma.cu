@@ -4,8 +4,8 @@
  * two bf16 terms (hi + lo; the three products hh, hl, lh summed in f32,
  * within about 2^-16 of f32 operands), the softmax kept online per query
  * row in registers in base 2 (scores and sink times log2 e, exp2: one
- * ex2.approx a score, within a few ulp of expf), the sink folded in at the
- * end as the other kernels do.
+ * ex2.approx a score, within 2 ulp plus the rounding of x log2 e), the sink
+ * folded in at the end as the other kernels do.
  *
  * The 64 queries may belong to several sequences (a batch of prefill
  * chunks): their keys are walked sequence by sequence, each query masking
