@@ -225,10 +225,10 @@ template <int D> static __global__ void __launch_bounds__(AM_THREADS) k_attn_mma
             for (int hr = 0; hr < 2; hr++) {
                 mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 1));
                 mt[hr] = fmaxf(mt[hr], __shfl_xor_sync(0xffffffffu, mt[hr], 2));
-                float mn = fmaxf(m[hr], mt[hr]);
-                corr[hr] = m[hr] == -INFINITY ? 0.0f : exp2f(m[hr] - mn);
-                m[hr] = mn;
+                const float mn = fmaxf(m[hr], mt[hr]);
                 ms[hr] = mn == -INFINITY ? 0.0f : mn; /* no key yet: every score is -inf, 2^-inf = 0 */
+                corr[hr] = exp2f(m[hr] - ms[hr]);     /* 0 while m is -inf */
+                m[hr] = mn;
                 l[hr] *= corr[hr];
             }
 #pragma unroll
@@ -311,14 +311,9 @@ template <int D> static cudaError_t am_go(const mnv_cu_attn_args *a, cudaStream_
  * (static and dynamic): head size 128 needs ~108 KB, more than some cards
  * allow (99 KB on sm_86/89/120); those keep the per-query kernels. */
 static bool smem_fits(int64_t D) {
-    int dev = 0, optin = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
-        return false;
     cudaFuncAttributes fa;
     cudaError_t e = D == 64 ? cudaFuncGetAttributes(&fa, k_attn_mma<64>) : cudaFuncGetAttributes(&fa, k_attn_mma<128>);
-    if (e != cudaSuccess) return false;
-    return fa.sharedSizeBytes + (D == 64 ? am_smem<64>() : am_smem<128>()) <= (size_t)optin;
+    return e == cudaSuccess && fa.sharedSizeBytes + (D == 64 ? am_smem<64>() : am_smem<128>()) <= cu_smem_optin();
 }
 
 /* The query tiles are the grid's y (at most 65,535: 4,194,240 queries);

@@ -68,6 +68,16 @@ static __device__ __forceinline__ void ldsm4t(const void *p, uint32_t *r) {
                  : "r"(a));
 }
 
+/* The shared memory the current device gives a block that asks for it
+ * (its opt-in limit), 0 where that cannot be read. */
+static inline size_t cu_smem_optin(void) {
+    int dev = 0, optin = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess
+               ? (size_t)optin
+               : 0;
+}
+
 /* A 128-byte line into L2 ahead of its use (a hint: no fault, no result). */
 static __device__ __forceinline__ void cu_prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

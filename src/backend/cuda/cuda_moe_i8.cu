@@ -416,6 +416,16 @@ static int64_t me_nb(const mnv_cu_moe_args *a) {
     return a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN;
 }
 
+/* Row r of a block's 64 (DUAL: 32 of the gate, then the same 32 of up)
+ * as its weight and its row n (the last row repeated past a.n). */
+template <bool DUAL>
+static __device__ __forceinline__ const mnv_cu_weight &me_row(const mnv_cu_moe_args &a, int64_t n0, int r, int64_t *n) {
+    const bool up = DUAL && r >= ME_BN / 2;
+    const int64_t i = n0 + (up ? r - ME_BN / 2 : r);
+    *n = i < a.n ? i : a.n - 1;
+    return up ? a.w2 : a.w;
+}
+
 template <bool DUAL, int TILE>
 static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
                                                                   const float *dxh) {
@@ -436,11 +446,9 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
     const uint8_t *wsrc[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const int p = tid + ME_THREADS * i, r = p >> 3;
-        const bool up = DUAL && r >= ME_BN / 2;
-        const mnv_cu_weight &w = up ? a.w2 : a.w;
-        int64_t n = n0 + (up ? r - ME_BN / 2 : r);
-        n = n < a.n ? n : a.n - 1;
+        const int p = tid + ME_THREADS * i;
+        int64_t n;
+        const mnv_cu_weight &w = me_row<DUAL>(a, n0, p >> 3, &n);
         wsrc[i] = (const uint8_t *)((const uint32_t *)w.w + e * w.we + n * w.ldw) + (p & 7) * 16;
     }
     /* x pieces: XI (tile row p >> 4, piece p & 15); the rows' x row, -1
@@ -504,11 +512,8 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         uint8_t v[ME_BN / 4];
 #pragma unroll
         for (int i = 0; i < ME_BN / 4; i++) {
-            const int r = warp + 4 * i;
-            const bool up = DUAL && r >= ME_BN / 2;
-            const mnv_cu_weight &w = up ? a.w2 : a.w;
-            int64_t n = n0 + (up ? r - ME_BN / 2 : r);
-            n = n < a.n ? n : a.n - 1;
+            int64_t n;
+            const mnv_cu_weight &w = me_row<DUAL>(a, n0, warp + 4 * i, &n);
             v[i] = g0 + lane < ng ? __ldg((const uint8_t *)w.scales + e * w.se + n * w.lds + g0 + lane) : 0;
         }
 #pragma unroll
@@ -583,13 +588,6 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
 template <int TILE> static size_t me_smem(int64_t k) {
     return (size_t)ME_STAGES * me_cfg<TILE>::SB + (size_t)ME_BN * (size_t)((k + ME_KC - 1) / ME_KC * ME_NG + ME_SPAD);
 }
-/* whether the current device gives a block that much (its opt-in limit) */
-static bool me_smem_fits(size_t bytes) {
-    int dev = 0, optin = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess &&
-           bytes <= (size_t)optin;
-}
 
 static size_t me_groups_bytes(const mnv_cu_moe_args *a) {
     const int64_t rows = a->T * a->kk;
@@ -602,7 +600,7 @@ extern "C" int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a) {
     return a->x_i8 && a->mma_min_rows > 0 && rows >= a->mma_min_rows && mx4_g32(&a->w, a->k) &&
            (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) && a->E <= 4096 &&
            moe_max_tiles(rows, a->E, ME_TILE) <= INT32_MAX && nb <= 65535 && rows <= INT32_MAX &&
-           me_smem_fits(me_smem<ME_TILE>(a->k)) &&
+           me_smem<ME_TILE>(a->k) <= cu_smem_optin() &&
            (x_rows(a) * (a->k / 32) + QI_THREADS - 1) / QI_THREADS <= INT32_MAX;
 }
 
@@ -645,7 +643,7 @@ extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch
 
 static bool me_gq_fits(const mnv_cu_moe_args *a) {
     return a->T * a->kk >= MNV_CU_MOE_TILE_MIN_I8 && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           me_nb(a) <= 65535 && me_smem_fits(me_smem<GQ_TILE_ROWS>(a->k));
+           me_nb(a) <= 65535 && me_smem<GQ_TILE_ROWS>(a->k) <= cu_smem_optin();
 }
 
 static_assert(GQ_TILE_ROWS >= GQ_TILE, "me_gq: the groups (counted in tiles of GQ_TILE) fit the scratch");
