@@ -50,6 +50,34 @@ template <int N> static __device__ __forceinline__ void cp_wait(void) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
+/* ldmatrix of four 8 x 8 b16 matrices: lanes 8i to 8i + 7 give the
+ * addresses of matrix i's rows (16 bytes each, 16-byte aligned in shared
+ * memory); r[i] gets row lane / 4, columns 2 (lane % 4) and the next, of
+ * matrix i. ldsm4t transposes: rows 2 (lane % 4) and the next, column
+ * lane / 4. */
+static __device__ __forceinline__ void ldsm4(const void *p, uint32_t *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+static __device__ __forceinline__ void ldsm4t(const void *p, uint32_t *r) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/* The shared memory the current device gives a block that asks for it
+ * (its opt-in limit), 0 where that cannot be read. */
+static inline size_t cu_smem_optin(void) {
+    int dev = 0, optin = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+                   cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess
+               ? (size_t)optin
+               : 0;
+}
+
 /* A 128-byte line into L2 ahead of its use (a hint: no fault, no result). */
 static __device__ __forceinline__ void cu_prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
@@ -83,6 +111,32 @@ static __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
+}
+
+/* Two floats rounded to bf16 by one instruction (cvt.rn.bf16x2.f32,
+ * sm_80 and later): a in the low half, b in the high half. The rounding
+ * is f32_to_bf16_bits' for every value but NaN, whose payload may differ. */
+static __device__ __forceinline__ uint32_t cu_bf16x2_rn(float a, float b) {
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+}
+
+/* The two bf16 terms of floats a and b (a the low half of each word):
+ * hi = bf16(v), lo = bf16(v - hi), hi + lo within 2^-16 of v; an mma
+ * operand pair. */
+static __device__ __forceinline__ void cu_split_bf16x2(float a, float b, uint32_t *hi, uint32_t *lo) {
+    const uint32_t h = cu_bf16x2_rn(a, b);
+    *hi = h;
+    *lo = cu_bf16x2_rn(a - __uint_as_float(h << 16), b - __uint_as_float(h & 0xffff0000u));
+}
+
+/* The same for one float. */
+static __device__ __forceinline__ void cu_split_bf16(float v, uint16_t *hi, uint16_t *lo) {
+    uint32_t h, l;
+    cu_split_bf16x2(v, 0.0f, &h, &l);
+    *hi = (uint16_t)h;
+    *lo = (uint16_t)l;
 }
 
 static __device__ __forceinline__ void cu_store(void *p, int32_t t, int64_t i, float v) {

@@ -468,10 +468,7 @@ static __global__ void k_qget_rows_split(mnv_cu_weight w, int64_t k, int64_t r0,
     cu_grid_entry();
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= rows * k) return;
-    float v = cu_weight_at(&w, 0, r0 + i / k, i % k);
-    uint16_t h = f32_to_bf16_bits(v);
-    hi[i] = h;
-    lo[i] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+    cu_split_bf16(cu_weight_at(&w, 0, r0 + i / k, i % k), &hi[i], &lo[i]);
 }
 
 /* The same for weights read in 16-byte chunks: a thread per chunk. */
@@ -492,10 +489,7 @@ static __global__ void k_chunks_split(mnv_cu_weight w, int64_t k, int64_t r0, ui
     for (int j = 0; j < E; j += 2) {
         float v0 = grouped ? fmaf(mmv_code<F>(q, j), sc, b) : mmv_code<F>(q, j);
         float v1 = grouped ? fmaf(mmv_code<F>(q, j + 1), sc, b) : mmv_code<F>(q, j + 1);
-        uint32_t h0 = f32_to_bf16_bits(v0), h1 = f32_to_bf16_bits(v1);
-        ph[j / 2] = h0 | h1 << 16;
-        pl[j / 2] = f32_to_bf16_bits(v0 - bf16_bits_to_f32((uint16_t)h0)) |
-                    (uint32_t)f32_to_bf16_bits(v1 - bf16_bits_to_f32((uint16_t)h1)) << 16;
+        cu_split_bf16x2(v0, v1, &ph[j / 2], &pl[j / 2]);
     }
 }
 

@@ -52,13 +52,6 @@ typedef struct {
     int64_t mp, kp;
 } mi_args;
 
-static __device__ __forceinline__ void ldsm4(const void *p, uint32_t *r) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
 /* 16-byte piece pc of row r of a stage's 128-byte rows */
 static __device__ __forceinline__ int mi_at(int r, int pc) { return r * MI_KC + ((pc ^ (r & 7)) << 4); }
 

@@ -403,6 +403,7 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
 #define ME_KC 256          /* codes a stage */
 #define ME_NG (ME_KC / 32) /* groups a stage */
 #define ME_STAGES 3
+#define ME_SPAD 4 /* bytes between rows of the shared scales past their groups */
 #define ME_WB (ME_BN * ME_KC / 2)
 /* a stage's bytes: weights, x's codes, x's half steps */
 template <int TILE> struct me_cfg {
@@ -413,6 +414,16 @@ template <int TILE> struct me_cfg {
 /* weight blocks of a product: 64 rows, or 32 of gate and up each */
 static int64_t me_nb(const mnv_cu_moe_args *a) {
     return a->dual ? (a->n + ME_BN / 2 - 1) / (ME_BN / 2) : (a->n + ME_BN - 1) / ME_BN;
+}
+
+/* Row r of a block's 64 (DUAL: 32 of the gate, then the same 32 of up)
+ * as its weight and its row n (the last row repeated past a.n). */
+template <bool DUAL>
+static __device__ __forceinline__ const mnv_cu_weight &me_row(const mnv_cu_moe_args &a, int64_t n0, int r, int64_t *n) {
+    const bool up = DUAL && r >= ME_BN / 2;
+    const int64_t i = n0 + (up ? r - ME_BN / 2 : r);
+    *n = i < a.n ? i : a.n - 1;
+    return up ? a.w2 : a.w;
 }
 
 template <bool DUAL, int TILE>
@@ -435,11 +446,9 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
     const uint8_t *wsrc[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const int p = tid + ME_THREADS * i, r = p >> 3;
-        const bool up = DUAL && r >= ME_BN / 2;
-        const mnv_cu_weight &w = up ? a.w2 : a.w;
-        int64_t n = n0 + (up ? r - ME_BN / 2 : r);
-        n = n < a.n ? n : a.n - 1;
+        const int p = tid + ME_THREADS * i;
+        int64_t n;
+        const mnv_cu_weight &w = me_row<DUAL>(a, n0, p >> 3, &n);
         wsrc[i] = (const uint8_t *)((const uint32_t *)w.w + e * w.we + n * w.ldw) + (p & 7) * 16;
     }
     /* x pieces: XI (tile row p >> 4, piece p & 15); the rows' x row, -1
@@ -449,8 +458,8 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
     for (int i = 0; i < XI; i++) {
         const int p = tid + ME_THREADS * i, r = p >> 4;
         const bool in = p < C::XP && r < cnt;
-        const int64_t tx = in ? gr.sorted[first + r] : 0;
-        xrow[i] = in ? (a.per_slot ? tx : tx / a.kk) : -1;
+        const int32_t tx = in ? gr.sorted[first + r] : 0;
+        xrow[i] = in ? (a.per_slot ? tx : tx / (int32_t)a.kk) : -1;
     }
     /* steps: DI (group p / TILE of the stage, tile row p % TILE) */
     int64_t drow[DI];
@@ -458,8 +467,8 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
     for (int i = 0; i < DI; i++) {
         const int p = tid + ME_THREADS * i, r = p % TILE;
         const bool in = p < C::DP && r < cnt;
-        const int64_t tx = in ? gr.sorted[first + r] : 0;
-        drow[i] = in ? (a.per_slot ? tx : tx / a.kk) : -1;
+        const int32_t tx = in ? gr.sorted[first + r] : 0;
+        drow[i] = in ? (a.per_slot ? tx : tx / (int32_t)a.kk) : -1;
     }
     auto load = [&](int64_t c, int st) {
         uint8_t *sw = sh + st * C::SB, *sx = sw + ME_WB;
@@ -486,33 +495,31 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
             cp4(sd + gi * TILE + r, in ? dxh + drow[i] * ng + c * ME_NG + gi : dxh, in);
         }
     };
-    /* scales of rows g and g + 8 of this warp's 16 (bytes; 0 past ng) */
-    const uint8_t *sp[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int r = 16 * warp + g + 8 * h;
-        const bool up = DUAL && r >= ME_BN / 2;
-        const mnv_cu_weight &w = up ? a.w2 : a.w;
-        int64_t n = n0 + (up ? r - ME_BN / 2 : r);
-        n = n < a.n ? n : a.n - 1;
-        sp[h] = (const uint8_t *)w.scales + e * w.se + n * w.lds;
-    }
-    auto load_s = [&](int64_t c, float (*s)[2]) {
-#pragma unroll
-        for (int i = 0; i < ME_NG; i++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t grp = c * ME_NG + i;
-                s[i][h] = grp < ng ? e8m0_max(__ldg(sp[h] + grp)) : 0.0f;
-            }
-    };
 #pragma unroll
     for (int st = 0; st < ME_STAGES - 1; st++) {
         if (st < nst) load(st, st);
         cp_commit();
     }
-    float scur[ME_NG][2], snxt[ME_NG][2];
-    load_s(0, scur);
+    /* the block's weight scales, whole rows of nst * ME_NG bytes (zero
+     * past ng; rows ME_SPAD bytes apart beyond that, so that a warp's rows
+     * do not share a bank) after the stages, while the first stages are
+     * on their way: a warp takes every fourth row, its lanes 32 groups at
+     * a time */
+    const int32_t ngp = (int32_t)nst * ME_NG, ngs = ngp + ME_SPAD;
+    static_assert(ME_THREADS == 128, "k_moe_mm_i8: four warps take the scale rows");
+    uint8_t *ssc = sh + ME_STAGES * C::SB;
+    for (int32_t g0 = 0; g0 < ngp; g0 += 32) {
+        uint8_t v[ME_BN / 4];
+#pragma unroll
+        for (int i = 0; i < ME_BN / 4; i++) {
+            int64_t n;
+            const mnv_cu_weight &w = me_row<DUAL>(a, n0, warp + 4 * i, &n);
+            v[i] = g0 + lane < ng ? __ldg((const uint8_t *)w.scales + e * w.se + n * w.lds + g0 + lane) : 0;
+        }
+#pragma unroll
+        for (int i = 0; i < ME_BN / 4; i++)
+            if (g0 + lane < ngp) ssc[(warp + 4 * i) * ngs + g0 + lane] = v[i];
+    }
     float acc[TILE / 8][4] = {};
     const int wr0 = 16 * warp + g, wr1 = wr0 + 8;
     for (int64_t c = 0; c < nst; c++) {
@@ -520,7 +527,6 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         __syncthreads();
         if (c + ME_STAGES - 1 < nst) load(c + ME_STAGES - 1, (int)((c + ME_STAGES - 1) % ME_STAGES));
         cp_commit();
-        if (c + 1 < nst) load_s(c + 1, snxt);
         const uint8_t *sw = sh + (c % ME_STAGES) * C::SB, *sx = sw + ME_WB;
         const float *sd = (const float *)(sx + C::XB);
 #pragma unroll
@@ -532,6 +538,8 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
             mx4_i8(w8, &am[1], &am[3]);
             /* x codes 8q.. of group i: piece 2i + q / 2, half q % 2 */
             const int xp = 2 * i + (q >> 1), xh = 8 * (q & 1);
+            const int32_t grp = (int32_t)c * ME_NG + i; /* past ng: 2^-127 times the zeros of the stage */
+            const float s0 = e8m0_max(ssc[wr0 * ngs + grp]), s1 = e8m0_max(ssc[wr1 * ngs + grp]);
 #pragma unroll
             for (int j = 0; j < TILE / 8; j++) {
                 const int xr = 8 * j + g;
@@ -539,14 +547,12 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
                 int cc[4] = {0, 0, 0, 0};
                 mma_s8(cc, am, b.x, b.y);
                 const float2 d = *(const float2 *)(sd + i * TILE + 8 * j + 2 * q);
-                acc[j][0] = fmaf((float)cc[0], scur[i][0] * d.x, acc[j][0]);
-                acc[j][1] = fmaf((float)cc[1], scur[i][0] * d.y, acc[j][1]);
-                acc[j][2] = fmaf((float)cc[2], scur[i][1] * d.x, acc[j][2]);
-                acc[j][3] = fmaf((float)cc[3], scur[i][1] * d.y, acc[j][3]);
+                acc[j][0] = fmaf((float)cc[0], s0 * d.x, acc[j][0]);
+                acc[j][1] = fmaf((float)cc[1], s0 * d.y, acc[j][1]);
+                acc[j][2] = fmaf((float)cc[2], s1 * d.x, acc[j][2]);
+                acc[j][3] = fmaf((float)cc[3], s1 * d.y, acc[j][3]);
             }
         }
-#pragma unroll
-        for (int i = 0; i < ME_NG; i++) scur[i][0] = snxt[i][0], scur[i][1] = snxt[i][1];
     }
     cp_wait<0>();
     __syncthreads();
@@ -578,6 +584,11 @@ static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_m
         }
 }
 
+/* shared memory of a block: the stages, then its weight rows' scales */
+template <int TILE> static size_t me_smem(int64_t k) {
+    return (size_t)ME_STAGES * me_cfg<TILE>::SB + (size_t)ME_BN * (size_t)((k + ME_KC - 1) / ME_KC * ME_NG + ME_SPAD);
+}
+
 static size_t me_groups_bytes(const mnv_cu_moe_args *a) {
     const int64_t rows = a->T * a->kk;
     return ((size_t)(rows + 3 * moe_max_tiles(rows, a->E, ME_TILE) + 1) * 4 + 15) & ~(size_t)15;
@@ -589,6 +600,7 @@ extern "C" int mnv__cu_moe_mm_i8_fits(const mnv_cu_moe_args *a) {
     return a->x_i8 && a->mma_min_rows > 0 && rows >= a->mma_min_rows && mx4_g32(&a->w, a->k) &&
            (!a->dual || mx4_g32(&a->w2, a->k)) && w16(&a->w) && (!a->dual || w16(&a->w2)) && a->E <= 4096 &&
            moe_max_tiles(rows, a->E, ME_TILE) <= INT32_MAX && nb <= 65535 && rows <= INT32_MAX &&
+           me_smem<ME_TILE>(a->k) <= cu_smem_optin() &&
            (x_rows(a) * (a->k / 32) + QI_THREADS - 1) / QI_THREADS <= INT32_MAX;
 }
 
@@ -612,7 +624,7 @@ static cudaError_t me_run(const mnv_cu_moe_args *a, void *scratch, size_t groups
         err = cu_launch(k_quant_rows, (unsigned)((xr * (a->k / 32) + QI_THREADS - 1) / QI_THREADS), QI_THREADS, 0, s,
                         a->x, xr, a->k, xq, dxh);
     if (err != cudaSuccess) return err;
-    const size_t smem = (size_t)ME_STAGES * me_cfg<TILE>::SB;
+    const size_t smem = me_smem<TILE>(a->k);
     const dim3 grid((unsigned)max_tiles, (unsigned)me_nb(a));
     if (a->dual) {
         err = cudaFuncSetAttribute(k_moe_mm_i8<true, TILE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
@@ -631,7 +643,7 @@ extern "C" cudaError_t mnv__cu_moe_mm_i8(const mnv_cu_moe_args *a, void *scratch
 
 static bool me_gq_fits(const mnv_cu_moe_args *a) {
     return a->T * a->kk >= MNV_CU_MOE_TILE_MIN_I8 && w16(&a->w) && (!a->dual || w16(&a->w2)) &&
-           me_nb(a) <= 65535;
+           me_nb(a) <= 65535 && me_smem<GQ_TILE_ROWS>(a->k) <= cu_smem_optin();
 }
 
 static_assert(GQ_TILE_ROWS >= GQ_TILE, "me_gq: the groups (counted in tiles of GQ_TILE) fit the scratch");

@@ -26,10 +26,7 @@ static __global__ void k_gather_split(const float *x, int32_t per_slot, int64_t 
     int64_t ts = sorted[s];
     const float *row = x + (per_slot ? ts : ts / kk) * k;
     for (int64_t j = threadIdx.x; j < k; j += blockDim.x) {
-        float v = row[j];
-        uint16_t h = f32_to_bf16_bits(v);
-        hi[s * k + j] = h;
-        lo[s * k + j] = f32_to_bf16_bits(v - bf16_bits_to_f32(h));
+        cu_split_bf16(row[j], &hi[s * k + j], &lo[s * k + j]);
     }
 }
 
@@ -238,15 +235,6 @@ static __device__ __forceinline__ void mx4_pairs(uint32_t w, uint32_t *p) {
     p[3] = __byte_perm(lh, hh, 0x7362) | ((w >> 12) & 0x8000u) | (w & 0x80000000u);
 }
 
-/* The two bf16 terms (hi + lo, within 2^-16 of the f32 values) of floats a
- * and b, a the low half of each word: the B operand's pairs. */
-static __device__ __forceinline__ void bf16_split2(float a, float b, uint32_t *hi, uint32_t *lo) {
-    const uint16_t ha = f32_to_bf16_bits(a), hb = f32_to_bf16_bits(b);
-    *hi = (uint32_t)ha | (uint32_t)hb << 16;
-    *lo = (uint32_t)f32_to_bf16_bits(a - bf16_bits_to_f32(ha)) |
-          (uint32_t)f32_to_bf16_bits(b - bf16_bits_to_f32(hb)) << 16;
-}
-
 /* One group of one weight's 16 rows (words w0 of row g, w8 of row g + 8)
  * times B (b: x's hi and lo terms in the group's permuted k order): the
  * group's unscaled sums c, the m16n8 C fragment. */
@@ -285,8 +273,8 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_dmm
             const int64_t j = j0 + u * THREADS;
             if (j >= K / 4) break;
             uint32_t hw[2], lw[2];
-            bf16_split2(v[u].x, v[u].y, &hw[0], &lw[0]);
-            bf16_split2(v[u].z, v[u].w, &hw[1], &lw[1]);
+            cu_split_bf16x2(v[u].x, v[u].y, &hw[0], &lw[0]);
+            cu_split_bf16x2(v[u].z, v[u].w, &hw[1], &lw[1]);
             *(uint2 *)&xh[4 * j] = make_uint2(hw[0], hw[1]);
             *(uint2 *)&xl[4 * j] = make_uint2(lw[0], lw[1]);
         }
@@ -407,7 +395,7 @@ template <bool DUAL> static __global__ void __launch_bounds__(THREADS) k_moe_gmm
                 const float4 v0 = xc[gi][0], v1 = xc[gi][1];
                 const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-                for (int i = 0; i < 4; i++) bf16_split2(v[2 * i], v[2 * i + 1], &b[0][i], &b[1][i]);
+                for (int i = 0; i < 4; i++) cu_split_bf16x2(v[2 * i], v[2 * i + 1], &b[0][i], &b[1][i]);
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
