@@ -391,7 +391,7 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
  * to 64 (x rounded once by k_quant_rows), a block a tile by 64 weight rows
  * (with DUAL: 32 of the gate and the same 32 of up, warps 0-1 and 2-3),
  * k in stages of 256 codes (8 groups) copied by cp.async into shared
- * memory three deep: weights as 128-byte rows, x's codes as 256-byte
+ * memory two deep: weights as 128-byte rows, x's codes as 256-byte
  * rows, both with their 16-byte pieces swizzled by the row, and x's half
  * steps. Each group is one mma per 8 rows of the tile with A the weights'
  * codes as int8 (word q of the group for thread q, as the kernels above)
@@ -402,7 +402,7 @@ extern "C" cudaError_t mnv__cu_moe_gmma_i8(const mnv_cu_moe_args *a, void *scrat
 #define ME_TILE 64         /* rows of an expert a tile (prefill) */
 #define ME_KC 256          /* codes a stage */
 #define ME_NG (ME_KC / 32) /* groups a stage */
-#define ME_STAGES 3
+#define ME_STAGES 2 /* three blocks an SM at tiles of 64 (three stages leave room for two: ~9% slower) */
 #define ME_SPAD 4 /* bytes between rows of the shared scales past their groups */
 #define ME_WB (ME_BN * ME_KC / 2)
 /* a stage's bytes: weights, x's codes, x's half steps */
@@ -427,7 +427,7 @@ static __device__ __forceinline__ const mnv_cu_weight &me_row(const mnv_cu_moe_a
 }
 
 template <bool DUAL, int TILE>
-static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 2 : 4) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
+static __global__ void __launch_bounds__(ME_THREADS, TILE >= 64 ? 3 : 4) k_moe_mm_i8(mnv_cu_moe_args a, moe_groups gr, const int8_t *xq,
                                                                   const float *dxh) {
     cu_grid_entry();
     static_assert(TILE % 8 == 0 && TILE <= 64, "k_moe_mm_i8: tiles of 8, 16, ... 64 rows");
